@@ -1,0 +1,64 @@
+//! Registration and liveness: the chunk server tells the metadata server, at a fixed interval,
+//! where it is and how full it is. The first heartbeat registers it.
+
+use crate::service::ChunkService;
+use dfs_common::net::Peer;
+use dfs_common::proto::meta::{MetaReply, MetaRequest};
+use dfs_common::{FsError, ServerId};
+use quinn::Endpoint;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub struct Heartbeat {
+    pub server: ServerId,
+    pub advertise: String,
+    pub meta: SocketAddr,
+    pub interval: Duration,
+    pub service: Arc<ChunkService>,
+}
+
+impl Heartbeat {
+    pub async fn run(self, endpoint: Endpoint, shutdown: CancellationToken) {
+        let peer = Peer::new(endpoint, self.meta)
+            .with_timeout(self.interval.max(Duration::from_secs(2)) * 2);
+        let mut reachable = true;
+        loop {
+            match self.beat(&peer).await {
+                Ok(()) if !reachable => {
+                    tracing::info!(meta = %self.meta, "metadata server reachable again");
+                    reachable = true;
+                }
+                Ok(()) => {}
+                Err(e) if reachable => {
+                    tracing::warn!(meta = %self.meta, "heartbeat failed: {e}");
+                    reachable = false;
+                }
+                Err(e) => tracing::debug!(meta = %self.meta, "heartbeat failed: {e}"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+        }
+    }
+
+    async fn beat(&self, peer: &Peer) -> Result<(), FsError> {
+        let info = self.service.info();
+        let request = MetaRequest::Heartbeat {
+            server: self.server,
+            addr: self.advertise.clone(),
+            capacity: info.capacity,
+            used: info.used,
+            shards: info.shards,
+        };
+        let (reply, _) = peer.call::<_, MetaReply>(&request, None, 4096).await?;
+        match reply {
+            MetaReply::Done => Ok(()),
+            other => Err(FsError::protocol(format!(
+                "unexpected heartbeat reply {other:?}"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! `dfs-chunk`: flags, config file and environment in; a running chunk server out.
+
+use anyhow::Context;
+use clap::Parser;
+use dfs_chunk::ChunkConfig;
+use dfs_common::config::{load_identity, load_toml, parse_size, tls_paths};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// dfs chunk server: stores erasure-coded shards and serves them over QUIC.
+///
+/// Every option can also be set in the TOML file given by --config (same names, with
+/// underscores) or by its DFS_CHUNK_* environment variable; flags win over both.
+#[derive(Parser, Deserialize, Default, Debug)]
+#[serde(default, deny_unknown_fields)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, env = "DFS_CHUNK_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// UDP address to listen on [default: 0.0.0.0:7100].
+    #[arg(long, env = "DFS_CHUNK_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address clients use to reach this server [default: the listen address].
+    #[arg(long, env = "DFS_CHUNK_ADVERTISE")]
+    advertise: Option<String>,
+    /// Directory holding the shards [required].
+    #[arg(long, env = "DFS_CHUNK_DATA")]
+    data: Option<PathBuf>,
+    /// Metadata server address, HOST:PORT [required].
+    #[arg(long, env = "DFS_META")]
+    meta: Option<String>,
+    /// Directory with ca.pem, server.pem and server.key (see `dfs cert init`).
+    #[arg(long, env = "DFS_CERTS")]
+    certs: Option<PathBuf>,
+    /// CA certificate (overrides --certs).
+    #[arg(long, env = "DFS_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// This server's certificate (overrides --certs).
+    #[arg(long, env = "DFS_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// This server's private key (overrides --certs).
+    #[arg(long, env = "DFS_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Space offered, e.g. 500G [default: free space of the data directory's disk].
+    #[arg(long, env = "DFS_CHUNK_CAPACITY")]
+    capacity: Option<String>,
+    /// Milliseconds between heartbeats to the metadata server [default: 1000].
+    #[arg(long, env = "DFS_CHUNK_HEARTBEAT_MS")]
+    heartbeat_ms: Option<u64>,
+}
+
+fn resolve(args: Args) -> anyhow::Result<ChunkConfig> {
+    let file: Args = load_toml(args.config.as_deref())?;
+    let meta = args
+        .meta
+        .or(file.meta)
+        .context("--meta HOST:PORT is required")?;
+    let meta = dfs_common::net::resolve_addr(&meta)?;
+    let tls = tls_paths(
+        args.certs.or(file.certs),
+        "server",
+        args.tls_ca.or(file.tls_ca),
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+    )?;
+    let capacity = match args.capacity.or(file.capacity) {
+        Some(c) => Some(parse_size(&c).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    Ok(ChunkConfig {
+        listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "0.0.0.0:7100".parse().expect("valid default")),
+        advertise: args.advertise.or(file.advertise),
+        data_dir: args.data.or(file.data).context("--data DIR is required")?,
+        meta,
+        identity: load_identity(&tls)?,
+        capacity,
+        heartbeat_interval: Duration::from_millis(
+            args.heartbeat_ms
+                .or(file.heartbeat_ms)
+                .unwrap_or(1000)
+                .max(10),
+        ),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    dfs_common::telemetry::init_logging("info");
+    let config = resolve(Args::parse())?;
+    let shutdown = CancellationToken::new();
+    let running = dfs_chunk::start(config, shutdown.clone())
+        .await
+        .context("starting chunk server")?;
+    dfs_common::shutdown::wait_for_signal().await;
+    shutdown.cancel();
+    let _ = running.task.await;
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! The chunk server's request handler: validates, then does blocking disk work off the runtime.
+
+use crate::store::{validate_put, ShardStore};
+use bytes::Bytes;
+use dfs_common::net::rpc::read_body;
+use dfs_common::net::server::{PeerInfo, Response, Service};
+use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ChunkServerInfo};
+use dfs_common::proto::MAX_BLOCK_SIZE;
+use dfs_common::{FsError, FsResult, ServerId};
+use quinn::RecvStream;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Memory allowed for shard bodies being received at once; further puts wait their turn.
+const RECEIVE_BUDGET: u64 = 512 * 1024 * 1024;
+/// Unit of the receive budget, so permits fit a u32.
+const BUDGET_UNIT: u64 = 64 * 1024;
+
+pub struct ChunkService {
+    id: ServerId,
+    store: Arc<ShardStore>,
+    capacity: Option<u64>,
+    receive_budget: Semaphore,
+}
+
+impl ChunkService {
+    pub fn new(id: ServerId, store: Arc<ShardStore>, capacity: Option<u64>) -> Self {
+        ChunkService {
+            id,
+            store,
+            capacity,
+            receive_budget: Semaphore::new((RECEIVE_BUDGET / BUDGET_UNIT) as usize),
+        }
+    }
+
+    /// Identity and usage, as reported in heartbeats.
+    pub fn info(&self) -> ChunkServerInfo {
+        let used = self.store.used_bytes();
+        let disk_free = rustix::fs::statvfs(self.store.root())
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+            .unwrap_or(0);
+        let capacity = match self.capacity {
+            Some(c) => c,
+            None => used.saturating_add(disk_free),
+        };
+        ChunkServerInfo {
+            id: self.id,
+            capacity,
+            used,
+            shards: self.store.shard_count(),
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ShardStore) -> FsResult<T> + Send + 'static,
+    ) -> FsResult<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| FsError::io(format!("disk task failed: {e}")))?
+    }
+}
+
+impl Service for ChunkService {
+    type Request = ChunkRequest;
+    type Reply = ChunkReply;
+    const MAX_REQUEST: usize = 4096;
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+    async fn handle(
+        &self,
+        request: ChunkRequest,
+        body: &mut RecvStream,
+        _peer: &PeerInfo,
+    ) -> Response<ChunkReply> {
+        match request {
+            ChunkRequest::Put { key, owner, len } => {
+                validate_put(&key, &owner, len)?;
+                let info = self.info();
+                if info.used.saturating_add(len) > info.capacity {
+                    return Err(FsError::NoSpace(format!(
+                        "chunk server {} is full",
+                        self.id
+                    )));
+                }
+                let units = (len / BUDGET_UNIT + 1) as u32;
+                let _permit = self
+                    .receive_budget
+                    .acquire_many(units)
+                    .await
+                    .map_err(|_| FsError::unavailable("shutting down"))?;
+                let data = read_body(body, len as usize, Self::REQUEST_TIMEOUT).await?;
+                self.blocking(move |s| s.put(key, owner, &data)).await?;
+                Ok((ChunkReply::Stored, None))
+            }
+            ChunkRequest::Get { key, offset, len } => {
+                if len > MAX_BLOCK_SIZE {
+                    return Err(FsError::TooBig(format!("read of {len} bytes")));
+                }
+                let data = self.blocking(move |s| s.get(&key, offset, len)).await?;
+                Ok((
+                    ChunkReply::Data {
+                        len: data.len() as u64,
+                    },
+                    Some(Bytes::from(data)),
+                ))
+            }
+            ChunkRequest::Delete { key } => {
+                let existed = self.blocking(move |s| s.delete(&key)).await?;
+                Ok((ChunkReply::Deleted { existed }, None))
+            }
+            ChunkRequest::Info => Ok((ChunkReply::Info(self.info()), None)),
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! Shard files on local disk.
+//!
+//! # File format (version 1, all integers little-endian)
+//! ```text
+//! 0   magic "DFSSHARD"          8
+//! 8   version (1), 3 reserved    4
+//! 12  volume id                  8
+//! 20  block id                   8
+//! 28  shard index, k, m, 0       4
+//! 32  block length               8
+//! 40  shard length               8
+//! 48  sub-block size             4
+//! 52  one blake3 hash per sub-block (32 bytes each)
+//! ..  blake3 of everything above (32)
+//! ..  shard data
+//! ```
+//! The header names the volume, block and shard index, so placement could be rebuilt from the
+//! disks alone. Each sub-block is verified when read; bytes that fail are never returned.
+//!
+//! # Durability
+//! A shard is written to `tmp/`, fsynced, renamed into `shards/XX/`, and that directory is
+//! fsynced before the write is acknowledged. A crash before the rename leaves only a temp file,
+//! removed at the next start; after it, the shard is complete.
+
+use dfs_common::checksum::{self, Hash, SUB_BLOCK};
+use dfs_common::proto::chunk::{ShardKey, ShardOwner};
+use dfs_common::proto::MAX_BLOCK_SIZE;
+use dfs_common::{BlockId, EcPolicy, FsError, FsResult, VolumeId};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const MAGIC: &[u8; 8] = b"DFSSHARD";
+const VERSION: u8 = 1;
+const FIXED_HEADER: usize = 52;
+
+/// The parsed header of a shard file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardHeader {
+    pub key: ShardKey,
+    pub owner: ShardOwner,
+    pub shard_len: u64,
+    pub hashes: Vec<Hash>,
+}
+
+impl ShardHeader {
+    fn data_offset(&self) -> u64 {
+        (FIXED_HEADER + 32 * self.hashes.len() + 32) as u64
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut h = Vec::with_capacity(FIXED_HEADER + 32 * (self.hashes.len() + 1));
+        h.extend_from_slice(MAGIC);
+        h.extend_from_slice(&[VERSION, 0, 0, 0]);
+        h.extend_from_slice(&self.owner.volume.0.to_le_bytes());
+        h.extend_from_slice(&self.key.block.0.to_le_bytes());
+        let policy = self.owner.policy;
+        h.extend_from_slice(&[self.key.index, policy.k() as u8, policy.m() as u8, 0]);
+        h.extend_from_slice(&self.owner.block_len.to_le_bytes());
+        h.extend_from_slice(&self.shard_len.to_le_bytes());
+        h.extend_from_slice(&(SUB_BLOCK as u32).to_le_bytes());
+        for hash in &self.hashes {
+            h.extend_from_slice(hash);
+        }
+        let whole = checksum::hash(&h);
+        h.extend_from_slice(&whole);
+        h
+    }
+
+    /// Reads and verifies a header; every field is checked before it is trusted.
+    fn read(file: &mut File, path: &Path) -> FsResult<Self> {
+        let corrupt = |what: &str| FsError::Corrupt(format!("{}: {what}", path.display()));
+        let mut fixed = [0u8; FIXED_HEADER];
+        file.read_exact(&mut fixed)
+            .map_err(|_| corrupt("truncated header"))?;
+        if &fixed[..8] != MAGIC {
+            return Err(corrupt("bad magic"));
+        }
+        if fixed[8] != VERSION {
+            return Err(corrupt(&format!("unknown format version {}", fixed[8])));
+        }
+        let u64_at = |o: usize| u64::from_le_bytes(fixed[o..o + 8].try_into().expect("8 bytes"));
+        let sub_block = u32::from_le_bytes(fixed[48..52].try_into().expect("4 bytes"));
+        if sub_block as usize != SUB_BLOCK {
+            return Err(corrupt(&format!("unsupported sub-block size {sub_block}")));
+        }
+        let shard_len = u64_at(40);
+        if shard_len > MAX_BLOCK_SIZE {
+            return Err(corrupt("shard length out of range"));
+        }
+        let policy = EcPolicy::new(fixed[29], fixed[30]).map_err(|_| corrupt("bad policy"))?;
+        let count = checksum::sub_block_count(shard_len) as usize;
+        let mut table = vec![0u8; 32 * count + 32];
+        file.read_exact(&mut table)
+            .map_err(|_| corrupt("truncated checksum table"))?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&fixed);
+        hasher.update(&table[..32 * count]);
+        if hasher.finalize().as_bytes() != &table[32 * count..] {
+            return Err(corrupt("header checksum mismatch"));
+        }
+        let hashes = table[..32 * count]
+            .chunks_exact(32)
+            .map(|c| c.try_into().expect("32 bytes"))
+            .collect();
+        Ok(ShardHeader {
+            key: ShardKey {
+                block: BlockId(u64_at(20)),
+                index: fixed[28],
+            },
+            owner: ShardOwner {
+                volume: VolumeId(u64_at(12)),
+                policy,
+                block_len: u64_at(32),
+            },
+            shard_len,
+            hashes,
+        })
+    }
+}
+
+/// Checks that a shard about to be stored is consistent with its owner's policy.
+pub fn validate_put(key: &ShardKey, owner: &ShardOwner, len: u64) -> FsResult<()> {
+    if owner.block_len > MAX_BLOCK_SIZE {
+        return Err(FsError::TooBig(format!(
+            "block of {} bytes exceeds the {MAX_BLOCK_SIZE}-byte limit",
+            owner.block_len
+        )));
+    }
+    if key.index as usize >= owner.policy.total() {
+        return Err(FsError::invalid(format!(
+            "shard index {} out of range for policy {}",
+            key.index, owner.policy
+        )));
+    }
+    let expected = owner.policy.shard_len(owner.block_len);
+    if len != expected {
+        return Err(FsError::invalid(format!(
+            "shard of {len} bytes, but a {}-byte block under {} has {expected}-byte shards",
+            owner.block_len, owner.policy
+        )));
+    }
+    Ok(())
+}
+
+/// All shards of one chunk server.
+pub struct ShardStore {
+    root: PathBuf,
+    used_bytes: AtomicU64,
+    shard_count: AtomicU64,
+}
+
+impl ShardStore {
+    /// Opens (creating if needed) a store under `root`, removes leftover temp files and counts
+    /// what it holds.
+    pub fn open(root: &Path) -> FsResult<Self> {
+        let shards = root.join("shards");
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&shards)?;
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp)?;
+        }
+        fs::create_dir_all(&tmp)?;
+        let (mut used, mut count) = (0u64, 0u64);
+        for dir in fs::read_dir(&shards)? {
+            let dir = dir?;
+            if !dir.file_type()?.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(dir.path())? {
+                let meta = f?.metadata()?;
+                used += meta.len();
+                count += 1;
+            }
+        }
+        Ok(ShardStore {
+            root: root.to_path_buf(),
+            used_bytes: AtomicU64::new(used),
+            shard_count: AtomicU64::new(count),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn shard_count(&self) -> u64 {
+        self.shard_count.load(Ordering::Relaxed)
+    }
+
+    /// Where a shard's file lives: 256 subdirectories keep directories small.
+    pub fn shard_path(&self, key: &ShardKey) -> PathBuf {
+        self.root
+            .join("shards")
+            .join(format!("{:02x}", key.block.0 & 0xff))
+            .join(format!("{:016x}-{:02}", key.block.0, key.index))
+    }
+
+    /// Stores a shard durably. Storing the same shard again is a no-op; storing different
+    /// content under an existing key is refused.
+    pub fn put(&self, key: ShardKey, owner: ShardOwner, data: &[u8]) -> FsResult<()> {
+        validate_put(&key, &owner, data.len() as u64)?;
+        let header = ShardHeader {
+            key,
+            owner,
+            shard_len: data.len() as u64,
+            hashes: checksum::sub_block_hashes(data),
+        };
+        let path = self.shard_path(&key);
+        if path.exists() {
+            let existing = self.read_header(&key)?;
+            return if existing == header {
+                Ok(())
+            } else {
+                Err(FsError::Exists)
+            };
+        }
+        let tmp_path = self.root.join("tmp").join(format!(
+            "{:016x}-{:02}.{}",
+            key.block.0,
+            key.index,
+            rand::random::<u64>()
+        ));
+        let guard = TempFile(&tmp_path);
+        let mut file = File::create(&tmp_path)?;
+        let encoded = header.encode();
+        file.write_all(&encoded)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        drop(file);
+        let dir = path.parent().expect("shard path has a parent");
+        fs::create_dir_all(dir)?;
+        fs::rename(&tmp_path, &path)?;
+        std::mem::forget(guard);
+        File::open(dir)?.sync_all()?;
+        self.used_bytes
+            .fetch_add((encoded.len() + data.len()) as u64, Ordering::Relaxed);
+        self.shard_count.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn read_header(&self, key: &ShardKey) -> FsResult<ShardHeader> {
+        let path = self.shard_path(key);
+        let mut file = open_shard(&path)?;
+        let header = ShardHeader::read(&mut file, &path)?;
+        if header.key != *key {
+            return Err(FsError::Corrupt(format!(
+                "{}: header names another shard",
+                path.display()
+            )));
+        }
+        Ok(header)
+    }
+
+    /// Reads `len` bytes at `offset` of a shard, verifying every sub-block it touches.
+    pub fn get(&self, key: &ShardKey, offset: u64, len: u64) -> FsResult<Vec<u8>> {
+        let path = self.shard_path(key);
+        let mut file = open_shard(&path)?;
+        let header = ShardHeader::read(&mut file, &path)?;
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= header.shard_len)
+            .ok_or_else(|| {
+                FsError::invalid(format!(
+                    "range {offset}+{len} beyond shard of {} bytes",
+                    header.shard_len
+                ))
+            })?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let sub = SUB_BLOCK as u64;
+        let first = offset / sub;
+        let last = (end - 1) / sub;
+        let span_start = first * sub;
+        let span_end = ((last + 1) * sub).min(header.shard_len);
+        let mut span = vec![0u8; (span_end - span_start) as usize];
+        file.read_exact_at(&mut span, header.data_offset() + span_start)
+            .map_err(|e| FsError::Corrupt(format!("{}: short read: {e}", path.display())))?;
+        for (i, chunk) in span.chunks(SUB_BLOCK).enumerate() {
+            let index = first as usize + i;
+            if checksum::hash(chunk) != header.hashes[index] {
+                return Err(FsError::Corrupt(format!(
+                    "shard {}/{}: checksum mismatch in sub-block {index} ({})",
+                    key.block,
+                    key.index,
+                    path.display()
+                )));
+            }
+        }
+        let from = (offset - span_start) as usize;
+        span.drain(..from);
+        span.truncate(len as usize);
+        Ok(span)
+    }
+
+    /// Verifies every sub-block of a shard (used by checks and scrubbing).
+    pub fn verify(&self, key: &ShardKey) -> FsResult<()> {
+        let header = self.read_header(key)?;
+        self.get(key, 0, header.shard_len).map(|_| ())
+    }
+
+    pub fn delete(&self, key: &ShardKey) -> FsResult<bool> {
+        let path = self.shard_path(key);
+        let len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        fs::remove_file(&path)?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        self.used_bytes.fetch_sub(len, Ordering::Relaxed);
+        self.shard_count.fetch_sub(1, Ordering::Relaxed);
+        Ok(true)
+    }
+}
+
+fn open_shard(path: &Path) -> FsResult<File> {
+    let mut file = OpenOptions::new().read(true).open(path)?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(file)
+}
+
+/// Removes a temp file unless the write completed (then it is forgotten).
+struct TempFile<'a>(&'a Path);
+
+impl Drop for TempFile<'_> {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(block_len: u64) -> ShardOwner {
+        ShardOwner {
+            volume: VolumeId(7),
+            policy: EcPolicy::new(4, 2).unwrap(),
+            block_len,
+        }
+    }
+
+    fn key(block: u64, index: u8) -> ShardKey {
+        ShardKey {
+            block: BlockId(block),
+            index,
+        }
+    }
+
+    #[test]
+    fn put_get_ranges_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        store.put(key(1, 0), owner(800_000), &data).unwrap();
+        assert_eq!(store.get(&key(1, 0), 0, 200_000).unwrap(), data);
+        assert_eq!(
+            store.get(&key(1, 0), 65_530, 20).unwrap(),
+            &data[65_530..65_550]
+        );
+        assert_eq!(store.get(&key(1, 0), 199_999, 1).unwrap(), &data[199_999..]);
+        assert!(store.get(&key(1, 0), 199_999, 2).is_err());
+        assert_eq!(store.get(&key(2, 0), 0, 1), Err(FsError::NotFound));
+        // Idempotent re-put; conflicting content refused.
+        store.put(key(1, 0), owner(800_000), &data).unwrap();
+        let mut other = data.clone();
+        other[5] ^= 1;
+        assert_eq!(
+            store.put(key(1, 0), owner(800_000), &other),
+            Err(FsError::Exists)
+        );
+        // Inconsistent length refused.
+        assert!(store.put(key(3, 0), owner(10), &data).is_err());
+        assert!(store.put(key(3, 9), owner(800_000), &data).is_err());
+        let reopened = ShardStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.shard_count(), 1);
+        assert_eq!(reopened.get(&key(1, 0), 0, 10).unwrap(), &data[..10]);
+        assert!(reopened.delete(&key(1, 0)).unwrap());
+        assert!(!reopened.delete(&key(1, 0)).unwrap());
+        assert_eq!(reopened.shard_count(), 0);
+    }
+
+    #[test]
+    fn flipped_bit_is_detected_only_in_its_sub_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(dir.path()).unwrap();
+        let data = vec![9u8; 3 * SUB_BLOCK];
+        store
+            .put(key(5, 1), owner(12 * SUB_BLOCK as u64), &data)
+            .unwrap();
+        let path = store.shard_path(&key(5, 1));
+        let mut bytes = fs::read(&path).unwrap();
+        let header_len = bytes.len() - data.len();
+        bytes[header_len + SUB_BLOCK + 17] ^= 0x10;
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            store.get(&key(5, 1), SUB_BLOCK as u64, 10),
+            Err(FsError::Corrupt(_))
+        ));
+        assert!(matches!(store.verify(&key(5, 1)), Err(FsError::Corrupt(_))));
+        assert_eq!(store.get(&key(5, 1), 0, 100).unwrap(), vec![9u8; 100]);
+        assert_eq!(
+            store.get(&key(5, 1), 2 * SUB_BLOCK as u64, 100).unwrap(),
+            vec![9u8; 100]
+        );
+        // A damaged header is detected too.
+        bytes[header_len + SUB_BLOCK + 17] ^= 0x10;
+        bytes[20] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            store.get(&key(5, 1), 0, 1),
+            Err(FsError::Corrupt(_))
+        ));
+    }
+}

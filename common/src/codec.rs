@@ -1,0 +1,108 @@
+//! Frames on QUIC streams: a little-endian `u32` length, then that many bytes of bincode.
+//!
+//! The length is checked against a caller-given bound before anything is allocated, and bincode
+//! decodes with the same limit, so a peer can never make us allocate more than we agreed to.
+//! Bulk data (shard bytes) never goes through here: it follows the frame as raw bytes.
+
+use crate::error::FsError;
+use bincode::config::{self, Configuration};
+use quinn::{ReadExactError, RecvStream, SendStream};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Upper bound for any frame: large enough for a directory page with attributes or a layout of
+/// a few thousand extents, small enough that a hostile peer cannot exhaust memory.
+pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+
+fn bincode_config() -> Configuration {
+    config::standard()
+}
+
+/// Serializes `value` into a length-prefixed frame.
+pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FsError> {
+    let mut buf = vec![0u8; 4];
+    bincode::serde::encode_into_std_write(value, &mut buf, bincode_config())
+        .map_err(|e| FsError::protocol(format!("encode: {e}")))?;
+    let body_len = buf.len() - 4;
+    if body_len > MAX_FRAME {
+        return Err(FsError::TooBig(format!(
+            "message of {body_len} bytes exceeds the {MAX_FRAME}-byte frame limit"
+        )));
+    }
+    buf[..4].copy_from_slice(&(body_len as u32).to_le_bytes());
+    Ok(buf)
+}
+
+/// Decodes a frame body (without its length prefix), rejecting trailing bytes.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FsError> {
+    let cfg = bincode_config().with_limit::<MAX_FRAME>();
+    let (value, used) = bincode::serde::decode_from_slice(body, cfg)
+        .map_err(|e| FsError::protocol(format!("malformed message: {e}")))?;
+    if used != body.len() {
+        return Err(FsError::protocol(format!(
+            "malformed message: {} trailing bytes",
+            body.len() - used
+        )));
+    }
+    Ok(value)
+}
+
+pub async fn write_frame<T: Serialize>(send: &mut SendStream, value: &T) -> Result<(), FsError> {
+    let frame = encode_frame(value)?;
+    send.write_all(&frame).await.map_err(write_error)
+}
+
+/// Reads one frame of at most `max` bytes and decodes it.
+pub async fn read_frame<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    max: usize,
+) -> Result<T, FsError> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.map_err(read_error)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max.min(MAX_FRAME) {
+        return Err(FsError::TooBig(format!(
+            "peer sent a {len}-byte message, limit is {}",
+            max.min(MAX_FRAME)
+        )));
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(read_error)?;
+    decode_body(&body)
+}
+
+pub fn read_error(e: ReadExactError) -> FsError {
+    match e {
+        ReadExactError::FinishedEarly(n) => {
+            FsError::protocol(format!("stream ended early after {n} bytes"))
+        }
+        ReadExactError::ReadError(e) => FsError::unavailable(format!("read: {e}")),
+    }
+}
+
+pub fn write_error(e: quinn::WriteError) -> FsError {
+    FsError::unavailable(format!("write: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_rejects_garbage() {
+        let v = (42u64, "name".to_string(), vec![1u8, 2, 3]);
+        let frame = encode_frame(&v).unwrap();
+        let len = u32::from_le_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, frame.len() - 4);
+        let back: (u64, String, Vec<u8>) = decode_body(&frame[4..]).unwrap();
+        assert_eq!(back, v);
+        // Truncated and trailing input are errors, never panics.
+        assert!(decode_body::<(u64, String, Vec<u8>)>(&frame[4..frame.len() - 1]).is_err());
+        let mut longer = frame[4..].to_vec();
+        longer.push(0);
+        assert!(decode_body::<(u64, String, Vec<u8>)>(&longer).is_err());
+        // A declared vector length far beyond the limit is refused before allocating.
+        let huge = [0xFC, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F];
+        assert!(decode_body::<Vec<u8>>(&huge).is_err());
+    }
+}

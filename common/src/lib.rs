@@ -1,0 +1,28 @@
+//! Shared building blocks of dfs.
+//!
+//! # Layout
+//! - [`ids`]: typed identifiers (volumes, inodes, blocks, servers) and timestamps.
+//! - [`ec`]: the erasure-coding policy type, validated once when it is built.
+//! - [`error`]: the one errno-shaped error that crosses the wire.
+//! - [`erasure`]: Reed-Solomon encode and reconstruct (the only user of reed-solomon-erasure).
+//! - [`checksum`]: blake3 hashes per sub-block of a shard.
+//! - [`proto`]: request and response types of the metadata and chunk services.
+//! - [`codec`]: length-prefixed, bounded bincode frames on QUIC streams.
+//! - [`net`]: QUIC endpoints, TLS with the cluster CA, the RPC client and server loop.
+//! - [`telemetry`]: logging set-up shared by the binaries.
+
+pub mod checksum;
+pub mod codec;
+pub mod config;
+pub mod ec;
+pub mod erasure;
+pub mod error;
+pub mod ids;
+pub mod net;
+pub mod proto;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use ec::EcPolicy;
+pub use error::{FsError, FsResult};
+pub use ids::{BlockId, InodeId, ServerId, Timestamp, VolumeId};

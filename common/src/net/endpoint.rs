@@ -1,0 +1,109 @@
+//! quinn endpoints tuned for bulk transfer on fast links.
+//!
+//! quinn's defaults are sized for the internet: small flow-control windows and kernel socket
+//! buffers drop packets on loopback and LANs at full speed. Windows here allow several 4 MiB
+//! shard transfers in flight per connection; the socket buffers are raised as far as the kernel
+//! allows (`net.core.rmem_max` caps them).
+
+use super::tls::Identity;
+use crate::error::FsError;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{ClientConfig, Endpoint, EndpointConfig, ServerConfig, TransportConfig, VarInt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A connection with no packets for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Keep-alive pings keep idle connections open and detect dead peers.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
+const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+/// Requests in flight per connection; further streams wait for a slot (back-pressure).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 512;
+
+fn transport_config() -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
+    t.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
+    t.send_window(CONNECTION_WINDOW as u64);
+    t.max_idle_timeout(Some(
+        IDLE_TIMEOUT.try_into().expect("idle timeout fits a VarInt"),
+    ));
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    Arc::new(t)
+}
+
+fn client_config(identity: &Identity) -> Result<ClientConfig, FsError> {
+    let crypto = QuicClientConfig::try_from(identity.rustls_client_config()?)
+        .map_err(|e| FsError::invalid(format!("TLS client config: {e}")))?;
+    let mut cfg = ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(transport_config());
+    Ok(cfg)
+}
+
+fn server_config(identity: &Identity) -> Result<ServerConfig, FsError> {
+    let crypto = QuicServerConfig::try_from(identity.rustls_server_config()?)
+        .map_err(|e| FsError::invalid(format!("TLS server config: {e}")))?;
+    let mut cfg = ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(transport_config());
+    Ok(cfg)
+}
+
+fn bind_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, FsError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|e| FsError::io(format!("UDP socket: {e}")))?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket
+        .bind(&addr.into())
+        .map_err(|e| FsError::io(format!("bind {addr}: {e}")))?;
+    Ok(socket.into())
+}
+
+/// An endpoint that accepts connections on `addr` and can also connect out (servers talk to
+/// each other with the same identity).
+///
+/// `reset_key` should be a secret kept across restarts: with it, a restarted server answers
+/// packets of its old connections with a valid stateless reset, so peers notice the restart at
+/// once instead of after the idle timeout.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    identity: &Identity,
+    reset_key: Option<[u8; 32]>,
+) -> Result<Endpoint, FsError> {
+    let endpoint_config = match reset_key {
+        Some(key) => EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &key,
+        ))),
+        None => EndpointConfig::default(),
+    };
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| FsError::io("no async runtime for the QUIC endpoint"))?;
+    let mut endpoint = Endpoint::new(
+        endpoint_config,
+        Some(server_config(identity)?),
+        bind_socket(addr)?,
+        runtime,
+    )
+    .map_err(|e| FsError::io(format!("QUIC endpoint on {addr}: {e}")))?;
+    endpoint.set_default_client_config(client_config(identity)?);
+    Ok(endpoint)
+}
+
+/// An endpoint that only connects out (clients, the CLI).
+pub fn client_endpoint(identity: &Identity) -> Result<Endpoint, FsError> {
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| FsError::io("no async runtime for the QUIC endpoint"))?;
+    let addr: SocketAddr = "0.0.0.0:0".parse().expect("valid address");
+    let mut endpoint = Endpoint::new(EndpointConfig::default(), None, bind_socket(addr)?, runtime)
+        .map_err(|e| FsError::io(format!("QUIC endpoint: {e}")))?;
+    endpoint.set_default_client_config(client_config(identity)?);
+    Ok(endpoint)
+}

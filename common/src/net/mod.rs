@@ -1,0 +1,30 @@
+//! QUIC transport: every link in dfs is a quinn connection authenticated by the cluster CA.
+//!
+//! - [`tls`]: the cluster certificate authority, issuing certificates, loading identities.
+//! - [`endpoint`]: tuned quinn endpoints (flow-control windows, socket buffers, timeouts).
+//! - [`rpc`]: one long-lived connection per peer, one bidirectional stream per request.
+//! - [`server`]: the accept loop that hands every stream to a service's handler.
+
+pub mod endpoint;
+pub mod rpc;
+pub mod server;
+pub mod tls;
+
+pub use rpc::Peer;
+
+use crate::error::FsError;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+/// Resolves `HOST:PORT` to one socket address, preferring IPv4.
+pub fn resolve_addr(addr: &str) -> Result<SocketAddr, FsError> {
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| FsError::invalid(format!("address {addr:?}: {e}")))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| FsError::invalid(format!("address {addr:?} resolves to nothing")))
+}

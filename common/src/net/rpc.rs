@@ -1,0 +1,148 @@
+//! The client side of every dfs RPC: one long-lived connection per peer, one bidirectional
+//! stream per request, so a slow request never blocks another. This is the one choke point for
+//! remote calls: every call is bounded by a timeout here.
+
+use super::tls::SERVER_NAME;
+use crate::codec::{read_frame, write_error, write_frame};
+use crate::error::{FsError, FsResult};
+use bytes::Bytes;
+use quinn::{Connection, Endpoint, RecvStream};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// Default bound on one request: connect, send, and receive the reply frame.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound on establishing a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A remote party reached over one cached QUIC connection, re-established when it breaks.
+pub struct Peer {
+    endpoint: Endpoint,
+    addr: SocketAddr,
+    conn: Mutex<Option<Connection>>,
+    timeout: Duration,
+}
+
+impl Peer {
+    pub fn new(endpoint: Endpoint, addr: SocketAddr) -> Self {
+        Peer {
+            endpoint,
+            addr,
+            conn: Mutex::new(None),
+            timeout: DEFAULT_CALL_TIMEOUT,
+        }
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The cached connection, or a new one if there is none or it has closed.
+    async fn connection(&self) -> FsResult<Connection> {
+        let mut cached = self.conn.lock().await;
+        if let Some(conn) = cached.as_ref() {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+        }
+        let connecting = self
+            .endpoint
+            .connect(self.addr, SERVER_NAME)
+            .map_err(|e| FsError::unavailable(format!("connect to {}: {e}", self.addr)))?;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| FsError::unavailable(format!("connect to {}: timed out", self.addr)))?
+            .map_err(|e| FsError::unavailable(format!("connect to {}: {e}", self.addr)))?;
+        *cached = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Forgets the cached connection if it is `conn`, so the next call reconnects.
+    async fn drop_connection(&self, conn: &Connection) {
+        let mut cached = self.conn.lock().await;
+        if cached.as_ref().map(|c| c.stable_id()) == Some(conn.stable_id()) {
+            conn.close(0u32.into(), b"reset by client");
+            *cached = None;
+        }
+    }
+
+    /// Sends `request` (and `body`, raw, after it), then reads the reply frame of at most
+    /// `max_reply` bytes. Returns the reply and the stream, from which any raw reply body can be
+    /// read. Errors the server sent come back as `Err`.
+    pub async fn call<Q, R>(
+        &self,
+        request: &Q,
+        body: Option<Bytes>,
+        max_reply: usize,
+    ) -> FsResult<(R, RecvStream)>
+    where
+        Q: Serialize,
+        R: DeserializeOwned,
+    {
+        let conn = self.connection().await?;
+        let result = tokio::time::timeout(self.timeout, async {
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| FsError::unavailable(format!("{}: {e}", self.addr)))?;
+            write_frame(&mut send, request).await?;
+            if let Some(body) = body {
+                send.write_chunk(body).await.map_err(write_error)?;
+            }
+            let _ = send.finish();
+            let reply: Result<R, FsError> = read_frame(&mut recv, max_reply).await?;
+            Ok::<_, FsError>((reply, recv))
+        })
+        .await;
+        match result {
+            Ok(Ok((reply, recv))) => Ok((reply?, recv)),
+            Ok(Err(e)) => {
+                if matches!(e, FsError::Unavailable(_)) {
+                    self.drop_connection(&conn).await;
+                }
+                Err(e)
+            }
+            Err(_) => {
+                self.drop_connection(&conn).await;
+                Err(FsError::TimedOut(format!(
+                    "no reply from {} within {:?}",
+                    self.addr, self.timeout
+                )))
+            }
+        }
+    }
+}
+
+/// Reads exactly `len` raw bytes that follow a reply frame, bounded by `timeout`.
+pub async fn read_body(recv: &mut RecvStream, len: usize, timeout: Duration) -> FsResult<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    tokio::time::timeout(timeout, recv.read_exact(&mut buf))
+        .await
+        .map_err(|_| FsError::TimedOut("reading reply body".into()))?
+        .map_err(crate::codec::read_error)?;
+    Ok(buf)
+}
+
+/// Reads exactly `len` raw bytes into `buf`, bounded by `timeout`.
+pub async fn read_body_into(
+    recv: &mut RecvStream,
+    buf: &mut [u8],
+    timeout: Duration,
+) -> FsResult<()> {
+    tokio::time::timeout(timeout, recv.read_exact(buf))
+        .await
+        .map_err(|_| FsError::TimedOut("reading reply body".into()))?
+        .map_err(crate::codec::read_error)
+}

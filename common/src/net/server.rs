@@ -1,0 +1,146 @@
+//! The server side of every dfs service: accept connections, accept streams, decode one bounded
+//! request frame per stream, hand it to the service, write the reply (and any raw body).
+//!
+//! Every stream runs in its own task under a deadline, so a peer that stalls or sends garbage
+//! only loses its own stream; other streams and other clients keep being served.
+
+use crate::codec::{read_frame, write_frame};
+use crate::error::FsError;
+use bytes::Bytes;
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// What a service handler returns: a reply and optionally raw bytes to send after it.
+pub type Response<R> = Result<(R, Option<Bytes>), FsError>;
+
+/// Who sent a request.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub addr: SocketAddr,
+}
+
+pub trait Service: Send + Sync + 'static {
+    type Request: DeserializeOwned + Send + std::fmt::Debug;
+    type Reply: Serialize + Send + Sync;
+
+    /// Largest request frame this service accepts.
+    const MAX_REQUEST: usize;
+    /// Deadline for one whole request, including any body.
+    const REQUEST_TIMEOUT: Duration;
+
+    /// Handles one request; `body` holds whatever raw bytes the client sent after the frame.
+    fn handle(
+        &self,
+        request: Self::Request,
+        body: &mut RecvStream,
+        peer: &PeerInfo,
+    ) -> impl Future<Output = Response<Self::Reply>> + Send;
+}
+
+/// Serves `service` on `endpoint` until `shutdown` is cancelled, then waits for in-flight
+/// requests to finish.
+pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => incoming,
+        };
+        let Some(incoming) = incoming else { break };
+        let service = service.clone();
+        let shutdown = shutdown.clone();
+        let streams = tracker.clone();
+        tracker.spawn(async move {
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    debug!("handshake failed: {e}");
+                    return;
+                }
+            };
+            serve_connection(conn, service, shutdown, streams).await;
+        });
+    }
+    tracker.close();
+    endpoint.close(0u32.into(), b"shutting down");
+    tracker.wait().await;
+    info!("server stopped");
+}
+
+async fn serve_connection<S: Service>(
+    conn: Connection,
+    service: Arc<S>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let peer = PeerInfo {
+        addr: conn.remote_address(),
+    };
+    debug!(peer = %peer.addr, "connection open");
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = conn.accept_bi() => s,
+        };
+        let (send, recv) = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(peer = %peer.addr, "connection closed: {e}");
+                return;
+            }
+        };
+        let service = service.clone();
+        let peer = peer.clone();
+        tracker.spawn(async move {
+            match tokio::time::timeout(
+                S::REQUEST_TIMEOUT,
+                serve_stream(&*service, send, recv, &peer),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(peer = %peer.addr, "stream failed: {e}"),
+                Err(_) => warn!(peer = %peer.addr, "request exceeded {:?}", S::REQUEST_TIMEOUT),
+            }
+        });
+    }
+}
+
+async fn serve_stream<S: Service>(
+    service: &S,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    peer: &PeerInfo,
+) -> Result<(), FsError> {
+    let response = match read_frame::<S::Request>(&mut recv, S::MAX_REQUEST).await {
+        Ok(request) => service.handle(request, &mut recv, peer).await,
+        Err(e) => Err(e),
+    };
+    let (reply, body) = match response {
+        Ok((reply, body)) => (Ok(reply), body),
+        Err(e) => (Err(e), None),
+    };
+    let failed = reply.is_err();
+    write_frame(&mut send, &reply).await?;
+    if let Some(body) = body {
+        send.write_chunk(body)
+            .await
+            .map_err(crate::codec::write_error)?;
+    }
+    let _ = send.finish();
+    if failed {
+        // Discard whatever the peer is still sending (e.g. the body of a refused request).
+        let _ = recv.stop(0u32.into());
+    }
+    // Wait until the peer has the whole reply, so dropping the stream does not cut it off.
+    let _ = send.stopped().await;
+    Ok(())
+}

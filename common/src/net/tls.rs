@@ -1,0 +1,238 @@
+//! The cluster's own certificate authority and the TLS configurations built from it.
+//!
+//! Every party (metadata server, chunk servers, clients, admins) holds a certificate issued by
+//! the cluster CA and trusts only that CA, so a peer without such a certificate is refused in
+//! the handshake. Server certificates carry the name [`SERVER_NAME`] that clients verify.
+
+use crate::error::FsError;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The DNS name every dfs server certificate holds and every client checks.
+pub const SERVER_NAME: &str = "dfs.cluster";
+/// ALPN protocol id, so a dfs endpoint never talks to some other QUIC service by mistake.
+pub const ALPN: &[u8] = b"dfs/1";
+
+/// A certificate and its private key, both PEM.
+#[derive(Clone)]
+pub struct PemPair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// What a certificate may be used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Accepts connections (metadata and chunk servers); can also connect as a client.
+    Server,
+    /// Only connects (mounts, the CLI).
+    Client,
+}
+
+fn ca_params() -> Result<CertificateParams, FsError> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "dfs cluster CA");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params)
+}
+
+fn tls_err(e: impl std::fmt::Display) -> FsError {
+    FsError::invalid(format!("certificate: {e}"))
+}
+
+/// Creates a new cluster CA.
+pub fn generate_ca() -> Result<PemPair, FsError> {
+    let key = KeyPair::generate().map_err(tls_err)?;
+    let cert = ca_params()?.self_signed(&key).map_err(tls_err)?;
+    Ok(PemPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Issues a certificate for `name` signed by the CA. Server certificates also hold
+/// [`SERVER_NAME`] and every entry of `extra_names` (host names or IP addresses).
+pub fn issue(
+    ca: &PemPair,
+    name: &str,
+    role: Role,
+    extra_names: &[String],
+) -> Result<PemPair, FsError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(tls_err)?;
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let mut sans = Vec::new();
+    if role == Role::Server {
+        sans.push(SERVER_NAME.to_string());
+        sans.extend(extra_names.iter().cloned());
+    }
+    let mut params = CertificateParams::new(sans).map_err(tls_err)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = match role {
+        Role::Server => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    let key = KeyPair::generate().map_err(tls_err)?;
+    let cert = params.signed_by(&key, &issuer).map_err(tls_err)?;
+    Ok(PemPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Where a party's TLS files are: the CA certificate, its own certificate and its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPaths {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsPaths {
+    /// The layout of a certificate directory made by `dfs cert init`: `ca.pem`, `NAME.pem`,
+    /// `NAME.key`.
+    pub fn in_dir(dir: &Path, name: &str) -> Self {
+        TlsPaths {
+            ca: dir.join("ca.pem"),
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}.key")),
+        }
+    }
+}
+
+/// A loaded TLS identity: the CA to trust and our own certificate chain and key.
+#[derive(Debug)]
+pub struct Identity {
+    ca: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            ca: self.ca.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl Identity {
+    pub fn load(paths: &TlsPaths) -> Result<Self, FsError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| FsError::invalid(format!("{}: {e}", p.display())))
+        };
+        Self::from_pem(
+            &String::from_utf8_lossy(&read(&paths.ca)?),
+            &String::from_utf8_lossy(&read(&paths.cert)?),
+            &String::from_utf8_lossy(&read(&paths.key)?),
+        )
+    }
+
+    pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, FsError> {
+        let certs = |pem: &str, what: &str| -> Result<Vec<CertificateDer<'static>>, FsError> {
+            let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| FsError::invalid(format!("{what}: {e}")))?;
+            if certs.is_empty() {
+                return Err(FsError::invalid(format!("{what}: no certificate found")));
+            }
+            Ok(certs)
+        };
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| FsError::invalid(format!("private key: {e}")))?;
+        Ok(Identity {
+            ca: certs(ca_pem, "CA certificate")?,
+            chain: certs(cert_pem, "certificate")?,
+            key,
+        })
+    }
+
+    /// Builds an identity straight from PEM pairs (tests and the dev cluster).
+    pub fn from_pairs(ca: &PemPair, own: &PemPair) -> Result<Self, FsError> {
+        Self::from_pem(&ca.cert_pem, &own.cert_pem, &own.key_pem)
+    }
+
+    fn roots(&self) -> Result<Arc<rustls::RootCertStore>, FsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in &self.ca {
+            roots.add(c.clone()).map_err(tls_err)?;
+        }
+        Ok(Arc::new(roots))
+    }
+
+    pub fn rustls_server_config(&self) -> Result<rustls::ServerConfig, FsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots()?,
+            provider.clone(),
+        )
+        .build()
+        .map_err(tls_err)?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(tls_err)?;
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(cfg)
+    }
+
+    pub fn rustls_client_config(&self) -> Result<rustls::ClientConfig, FsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err)?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(tls_err)?;
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(cfg)
+    }
+}
+
+/// Writes a PEM pair as `dir/NAME.pem` and `dir/NAME.key` (the key readable by its owner only).
+pub fn write_pair(dir: &Path, name: &str, pair: &PemPair) -> Result<(), FsError> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join(format!("{name}.pem")), &pair.cert_pem)?;
+    let key_path = dir.join(format!("{name}.key"));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&key_path)?;
+    f.write_all(pair.key_pem.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Reads `dir/NAME.pem` and `dir/NAME.key`.
+pub fn read_pair(dir: &Path, name: &str) -> Result<PemPair, FsError> {
+    let read = |p: PathBuf| {
+        std::fs::read_to_string(&p).map_err(|e| FsError::invalid(format!("{}: {e}", p.display())))
+    };
+    Ok(PemPair {
+        cert_pem: read(dir.join(format!("{name}.pem")))?,
+        key_pem: read(dir.join(format!("{name}.key")))?,
+    })
+}

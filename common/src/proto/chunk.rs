@@ -1,0 +1,65 @@
+//! The chunk-server protocol. A request frame may be followed by raw shard bytes (`Put`), and a
+//! reply frame may be followed by raw shard bytes (`Data`), on the same QUIC stream.
+
+use crate::ec::EcPolicy;
+use crate::ids::{BlockId, ServerId, VolumeId};
+use serde::{Deserialize, Serialize};
+
+/// Which shard: block and index (0..k data, k..k+m parity).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ShardKey {
+    pub block: BlockId,
+    pub index: u8,
+}
+
+/// What a shard belongs to. Stored in the shard file's header, so placement could be rebuilt
+/// from the disks alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardOwner {
+    pub volume: VolumeId,
+    pub policy: EcPolicy,
+    /// Bytes of file data in the whole block (before padding and encoding).
+    pub block_len: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkRequest {
+    /// Store a shard; exactly `len` raw bytes follow the frame. Replaces nothing: storing a key
+    /// that exists with different content is refused.
+    Put {
+        key: ShardKey,
+        owner: ShardOwner,
+        len: u64,
+    },
+    /// Read `len` bytes at `offset` of a shard, verified against its checksums.
+    Get {
+        key: ShardKey,
+        offset: u64,
+        len: u64,
+    },
+    /// Delete a shard (idempotent).
+    Delete { key: ShardKey },
+    /// Identity and usage of the server.
+    Info,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkReply {
+    Stored,
+    /// Exactly `len` raw bytes follow the frame.
+    Data {
+        len: u64,
+    },
+    Deleted {
+        existed: bool,
+    },
+    Info(ChunkServerInfo),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkServerInfo {
+    pub id: ServerId,
+    pub capacity: u64,
+    pub used: u64,
+    pub shards: u64,
+}

@@ -1,0 +1,324 @@
+//! The metadata-server protocol: namespace, volumes, membership and file layouts.
+
+use crate::ec::EcPolicy;
+use crate::ids::{BlockId, InodeId, ServerId, Timestamp, VolumeId};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+/// Attributes of an inode, as `stat` shows them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    pub ino: InodeId,
+    pub volume: VolumeId,
+    pub kind: FileKind,
+    /// Permission bits including setuid, setgid and sticky (`0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    pub crtime: Timestamp,
+    pub rdev: u32,
+}
+
+/// A time to set: the server's clock, or a given value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimeSet {
+    Now,
+    At(Timestamp),
+}
+
+/// Fields of a setattr; `None` leaves a field unchanged.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+}
+
+/// `rename` flags, with Linux's values.
+pub const RENAME_NOREPLACE: u32 = 1;
+pub const RENAME_EXCHANGE: u32 = 2;
+
+/// `setxattr` flags, with Linux's values.
+pub const XATTR_CREATE: u32 = 1;
+pub const XATTR_REPLACE: u32 = 2;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub id: VolumeId,
+    pub name: String,
+    pub root: InodeId,
+    pub policy: EcPolicy,
+    pub block_size: u64,
+    pub created: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: String,
+    pub ino: InodeId,
+    pub kind: FileKind,
+    /// Present when the listing asked for attributes (readdirplus).
+    pub attr: Option<Attr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirPage {
+    pub entries: Vec<DirEntry>,
+    /// More entries follow the last one returned.
+    pub more: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatFs {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub inodes: u64,
+    pub block_size: u64,
+}
+
+/// A chunk server as the cluster sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub id: ServerId,
+    pub addr: String,
+    pub up: bool,
+    pub capacity: u64,
+    pub used: u64,
+    pub shards: u64,
+    /// Seconds since the last heartbeat, if one was seen since the metadata server started.
+    pub last_seen_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub servers: Vec<ServerStatus>,
+    pub volumes: u64,
+    pub inodes: u64,
+    pub blocks: u64,
+}
+
+/// Where a shard lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardLocation {
+    pub server: ServerId,
+    pub addr: String,
+}
+
+/// A block handed out for writing, with one server per shard index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockPlacement {
+    pub block: BlockId,
+    pub volume: VolumeId,
+    pub policy: EcPolicy,
+    pub shards: Vec<ShardLocation>,
+}
+
+/// A committed block as a reader needs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockInfo {
+    pub block: BlockId,
+    pub len: u64,
+    pub policy: EcPolicy,
+    pub shards: Vec<ShardLocation>,
+}
+
+/// `len` bytes of a file at `file_offset` are bytes `block_offset..` of `block`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    pub file_offset: u64,
+    pub len: u64,
+    pub block: BlockId,
+    pub block_offset: u64,
+}
+
+/// A freshly written block made visible by a commit. `block_len` is the whole block's length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewExtent {
+    pub extent: Extent,
+    pub block_len: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub size: u64,
+    /// Extents overlapping the asked range, in file order; gaps read as zeros.
+    pub extents: Vec<Extent>,
+    pub blocks: Vec<BlockInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaRequest {
+    CreateVolume {
+        name: String,
+        policy: EcPolicy,
+        block_size: u64,
+    },
+    ListVolumes,
+    GetVolume {
+        name: String,
+    },
+    /// Sent by chunk servers: registers on first contact, then refreshes liveness and usage.
+    Heartbeat {
+        server: ServerId,
+        addr: String,
+        capacity: u64,
+        used: u64,
+        shards: u64,
+    },
+    ClusterStatus,
+    Lookup {
+        parent: InodeId,
+        name: String,
+    },
+    GetAttr {
+        ino: InodeId,
+    },
+    SetAttr {
+        ino: InodeId,
+        set: SetAttr,
+    },
+    /// Creates a file, directory, FIFO, socket or device node; `Exists` if the name is taken.
+    MakeNode {
+        parent: InodeId,
+        name: String,
+        kind: FileKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+    },
+    Symlink {
+        parent: InodeId,
+        name: String,
+        target: String,
+        uid: u32,
+        gid: u32,
+    },
+    Link {
+        ino: InodeId,
+        new_parent: InodeId,
+        new_name: String,
+    },
+    Unlink {
+        parent: InodeId,
+        name: String,
+    },
+    Rmdir {
+        parent: InodeId,
+        name: String,
+    },
+    Rename {
+        parent: InodeId,
+        name: String,
+        new_parent: InodeId,
+        new_name: String,
+        flags: u32,
+    },
+    ReadLink {
+        ino: InodeId,
+    },
+    /// Lists a directory in name order, starting after `after` (the resume cookie).
+    ReadDir {
+        dir: InodeId,
+        after: Option<String>,
+        limit: u32,
+        with_attrs: bool,
+    },
+    StatFs {
+        ino: InodeId,
+    },
+    GetXattr {
+        ino: InodeId,
+        name: String,
+    },
+    SetXattr {
+        ino: InodeId,
+        name: String,
+        value: Vec<u8>,
+        flags: u32,
+    },
+    ListXattr {
+        ino: InodeId,
+    },
+    RemoveXattr {
+        ino: InodeId,
+        name: String,
+    },
+    /// Reserves a new block for `ino` and places its shards on distinct live servers.
+    AllocateBlock {
+        ino: InodeId,
+    },
+    /// A shard write failed: place that shard index of an uncommitted block elsewhere.
+    ReplaceShard {
+        block: BlockId,
+        index: u8,
+        failed: ServerId,
+    },
+    /// Makes written blocks visible in one transaction, in order (later extents win), and grows
+    /// the size to cover them.
+    CommitWrite {
+        ino: InodeId,
+        extents: Vec<NewExtent>,
+        mtime: Timestamp,
+    },
+    GetLayout {
+        ino: InodeId,
+        offset: u64,
+        len: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaReply {
+    Done,
+    Volume(VolumeInfo),
+    Volumes(Vec<VolumeInfo>),
+    Cluster(ClusterStatus),
+    Attr(Attr),
+    Target(String),
+    Dir(DirPage),
+    StatFs(StatFs),
+    Xattr(Vec<u8>),
+    XattrNames(Vec<String>),
+    Placement(BlockPlacement),
+    Shard(ShardLocation),
+    Layout(Layout),
+}
+
+impl MetaRequest {
+    /// Whether the request changes state, and so goes through the durable commit path.
+    pub fn is_mutation(&self) -> bool {
+        !matches!(
+            self,
+            MetaRequest::ListVolumes
+                | MetaRequest::GetVolume { .. }
+                | MetaRequest::ClusterStatus
+                | MetaRequest::Lookup { .. }
+                | MetaRequest::GetAttr { .. }
+                | MetaRequest::ReadLink { .. }
+                | MetaRequest::ReadDir { .. }
+                | MetaRequest::StatFs { .. }
+                | MetaRequest::GetXattr { .. }
+                | MetaRequest::ListXattr { .. }
+                | MetaRequest::GetLayout { .. }
+        )
+    }
+}

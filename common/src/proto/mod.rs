@@ -1,0 +1,19 @@
+//! Wire types of the dfs services. Each service has one request enum and one reply enum; every
+//! response on the wire is `Result<Reply, FsError>`.
+
+pub mod chunk;
+pub mod meta;
+
+/// Longest file name, as on Linux.
+pub const MAX_NAME_LEN: usize = 255;
+/// Longest symlink target.
+pub const MAX_SYMLINK_LEN: usize = 4096;
+/// Longest extended-attribute name and value, as on Linux.
+pub const MAX_XATTR_NAME_LEN: usize = 255;
+pub const MAX_XATTR_VALUE_LEN: usize = 64 * 1024;
+/// Largest block a volume may use; bounds every shard a chunk server accepts.
+pub const MAX_BLOCK_SIZE: u64 = 64 * 1024 * 1024;
+/// Default block size of a new volume.
+pub const DEFAULT_BLOCK_SIZE: u64 = 4 * 1024 * 1024;
+/// Largest file size: 2^63 - 1, the largest `off_t`.
+pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
