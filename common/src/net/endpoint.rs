@@ -107,3 +107,21 @@ pub fn client_endpoint(identity: &Identity) -> Result<Endpoint, FsError> {
     endpoint.set_default_client_config(client_config(identity)?);
     Ok(endpoint)
 }
+
+/// Loads the 32-byte stateless-reset secret kept at `path`, creating it on first use.
+pub fn load_or_create_reset_key(path: &std::path::Path) -> Result<[u8; 32], FsError> {
+    match std::fs::read(path) {
+        Ok(bytes) => bytes
+            .try_into()
+            .map_err(|_| FsError::Corrupt(format!("{}: expected 32 bytes", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; 32] = rand::random();
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, key)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            Ok(key)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

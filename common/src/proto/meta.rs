@@ -120,6 +120,9 @@ pub struct ClusterStatus {
 pub struct ShardLocation {
     pub server: ServerId,
     pub addr: String,
+    /// Whether the server was heartbeating when the reply was made; readers skip servers that
+    /// are down instead of waiting for them to time out.
+    pub up: bool,
 }
 
 /// A block handed out for writing, with one server per shard index.

@@ -1,0 +1,80 @@
+//! `dfs cert`: the cluster's certificate authority. `init` makes a CA plus a server and a client
+//! certificate (enough for a dev cluster); `issue` adds more from an existing CA.
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use dfs_common::net::tls::{generate_ca, issue, read_pair, write_pair, Role};
+use std::path::PathBuf;
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Create a new cluster CA in DIR with `server` and `client` certificates.
+    Init {
+        /// Directory to write ca.pem, ca.key, server.pem, server.key, client.pem, client.key.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Extra host names or IP addresses for the server certificate.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+    },
+    /// Issue a certificate from the CA in DIR, written as DIR/NAME.pem and DIR/NAME.key.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// A server certificate (metadata or chunk server) instead of a client one.
+        #[arg(long)]
+        server: bool,
+        /// Extra host names or IP addresses (server certificates).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+    },
+}
+
+pub fn run(cmd: &CertCommand) -> anyhow::Result<()> {
+    match cmd {
+        CertCommand::Init { dir, sans } => {
+            if dir.join("ca.key").exists() || dir.join("ca.pem").exists() {
+                bail!(
+                    "{} already holds a CA; refusing to replace it",
+                    dir.display()
+                );
+            }
+            let ca = generate_ca()?;
+            write_pair(dir, "ca", &ca)?;
+            let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            names.extend(sans.iter().cloned());
+            write_pair(
+                dir,
+                "server",
+                &issue(&ca, "dfs-server", Role::Server, &names)?,
+            )?;
+            write_pair(dir, "client", &issue(&ca, "dfs-client", Role::Client, &[])?)?;
+            println!(
+                "created CA and server/client certificates in {}",
+                dir.display()
+            );
+            Ok(())
+        }
+        CertCommand::Issue {
+            dir,
+            name,
+            server,
+            sans,
+        } => {
+            if name.is_empty() || name.contains('/') || name == "ca" {
+                bail!("invalid certificate name {name:?}");
+            }
+            let ca = read_pair(dir, "ca").context("reading the CA (ca.pem and ca.key)")?;
+            let role = if *server { Role::Server } else { Role::Client };
+            write_pair(dir, name, &issue(&ca, name, role, sans)?)?;
+            println!(
+                "issued {} certificate {}/{name}.pem",
+                if *server { "server" } else { "client" },
+                dir.display()
+            );
+            Ok(())
+        }
+    }
+}

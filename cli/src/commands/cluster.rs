@@ -1,0 +1,53 @@
+//! `dfs cluster status`: servers, their state and capacity.
+
+use crate::output;
+use clap::Subcommand;
+use dfs_client::Client;
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Chunk servers with their state, capacity and use; counts of volumes, inodes and blocks.
+    Status,
+}
+
+pub async fn run(client: &Client, cmd: ClusterCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCommand::Status => {
+            let status = client.cluster_status().await?;
+            if json {
+                return output::json(&status);
+            }
+            let rows: Vec<Vec<String>> = status
+                .servers
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.id.to_string(),
+                        s.addr.clone(),
+                        if s.up { "up".into() } else { "down".into() },
+                        output::size(s.capacity),
+                        output::size(s.used),
+                        s.shards.to_string(),
+                        s.last_seen_secs
+                            .map_or("never".into(), |t| format!("{t}s ago")),
+                    ]
+                })
+                .collect();
+            output::table(
+                &[
+                    "SERVER", "ADDRESS", "STATE", "CAPACITY", "USED", "SHARDS", "SEEN",
+                ],
+                &rows,
+            );
+            let up = status.servers.iter().filter(|s| s.up).count();
+            println!(
+                "\n{up}/{} servers up, {} volumes, {} inodes, {} blocks",
+                status.servers.len(),
+                status.volumes,
+                status.inodes,
+                status.blocks
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! File tools that work without a mount, like `hdfs dfs`: put, get, ls, stat, rm, mkdir.
+//! Remote paths are written `VOLUME:/path`.
+
+use crate::output;
+use anyhow::{bail, Context};
+use clap::Args;
+use dfs_client::Client;
+use dfs_common::proto::meta::{Attr, FileKind, VolumeInfo};
+use dfs_common::FsError;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Bytes one read request of `get` asks for; several are in flight.
+const GET_CHUNK: u64 = 16 * 1024 * 1024;
+const GET_IN_FLIGHT: usize = 3;
+
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    pub local: PathBuf,
+    pub remote: String,
+    /// Replace the remote file if it exists.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    pub remote: String,
+    pub local: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct PathArgs {
+    pub remote: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    pub remote: String,
+}
+
+#[derive(Args, Debug)]
+pub struct MkdirArgs {
+    pub remote: String,
+    /// Create missing parents; no error if the directory exists.
+    #[arg(short, long)]
+    pub parents: bool,
+}
+
+/// Splits `VOLUME:/path` and looks the volume up.
+async fn remote(client: &Client, spec: &str) -> anyhow::Result<(VolumeInfo, String)> {
+    let (volume, path) = spec
+        .split_once(':')
+        .with_context(|| format!("{spec:?} is not a remote path: write VOLUME:/path"))?;
+    let info = client.volume(volume).await.map_err(|e| match e {
+        FsError::NotFound => anyhow::anyhow!("no volume named {volume:?}"),
+        other => other.into(),
+    })?;
+    let path = if path.is_empty() {
+        "/".to_string()
+    } else {
+        path.to_string()
+    };
+    Ok((info, path))
+}
+
+fn not_found(spec: &str) -> impl Fn(FsError) -> anyhow::Error + '_ {
+    move |e| match e {
+        FsError::NotFound => anyhow::anyhow!("{spec}: no such file or directory"),
+        other => anyhow::anyhow!("{spec}: {other}"),
+    }
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
+    if std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(what.to_string());
+    }
+    bar
+}
+
+#[derive(Serialize)]
+struct Transfer {
+    bytes: u64,
+    seconds: f64,
+    mib_per_sec: f64,
+}
+
+fn report(json: bool, verb: &str, bytes: u64, started: Instant) -> anyhow::Result<()> {
+    let seconds = started.elapsed().as_secs_f64();
+    let rate = bytes as f64 / (1024.0 * 1024.0) / seconds.max(1e-9);
+    if json {
+        output::json(&Transfer {
+            bytes,
+            seconds,
+            mib_per_sec: rate,
+        })
+    } else {
+        eprintln!(
+            "{verb} {} in {seconds:.2} s ({rate:.1} MiB/s)",
+            output::size(bytes)
+        );
+        Ok(())
+    }
+}
+
+pub async fn put(client: &Client, args: PutArgs, json: bool) -> anyhow::Result<()> {
+    let (volume, path) = remote(client, &args.remote).await?;
+    let mut local = tokio::fs::File::open(&args.local)
+        .await
+        .with_context(|| format!("cannot open {}", args.local.display()))?;
+    let len = local.metadata().await?.len();
+    let (parent, name) = client
+        .resolve_parent(&volume, &path)
+        .await
+        .map_err(not_found(&args.remote))?;
+    let mut file = match client.create(parent.ino, name, 0o644, 0, 0).await {
+        Ok(f) => f,
+        Err(FsError::Exists) if args.force => {
+            let attr = client.lookup(parent.ino, name).await?;
+            let mut f = client
+                .handle_for(attr)
+                .await
+                .map_err(not_found(&args.remote))?;
+            f.truncate(0).await?;
+            f
+        }
+        Err(FsError::Exists) => bail!("{} exists (use --force to replace it)", args.remote),
+        Err(e) => return Err(not_found(&args.remote)(e)),
+    };
+    let started = Instant::now();
+    let bar = progress(len, "put");
+    let mut buf = vec![0u8; volume.block_size as usize];
+    let mut offset = 0u64;
+    loop {
+        let n = read_full(&mut local, &mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        file.write(offset, &buf[..n]).await?;
+        offset += n as u64;
+        bar.set_position(offset);
+    }
+    file.close().await.context("committing the file")?;
+    bar.finish_and_clear();
+    report(json, "put", offset, started)
+}
+
+/// Fills `buf` unless the file ends first; returns the bytes read.
+async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = file.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
+
+pub async fn get(client: &Client, args: GetArgs, json: bool) -> anyhow::Result<()> {
+    let (volume, path) = remote(client, &args.remote).await?;
+    let attr = client
+        .resolve(&volume, &path)
+        .await
+        .map_err(not_found(&args.remote))?;
+    if attr.kind != FileKind::File {
+        bail!("{} is not a regular file", args.remote);
+    }
+    let mut local = tokio::fs::File::create(&args.local)
+        .await
+        .with_context(|| format!("cannot create {}", args.local.display()))?;
+    let started = Instant::now();
+    let bar = progress(attr.size, "get");
+    let mut reads = VecDeque::new();
+    let mut next = 0u64;
+    let mut written = 0u64;
+    loop {
+        while reads.len() < GET_IN_FLIGHT && next < attr.size {
+            let (client, ino, at) = (client.clone(), attr.ino, next);
+            reads.push_back(tokio::spawn(async move {
+                client.read_range(ino, at, GET_CHUNK).await
+            }));
+            next += GET_CHUNK;
+        }
+        let Some(read) = reads.pop_front() else { break };
+        let data = read.await??;
+        if data.is_empty() {
+            break;
+        }
+        local.write_all(&data).await?;
+        written += data.len() as u64;
+        bar.set_position(written);
+    }
+    local.flush().await?;
+    bar.finish_and_clear();
+    report(json, "got", written, started)
+}
+
+#[derive(Serialize)]
+struct Entry<'a> {
+    name: &'a str,
+    #[serde(flatten)]
+    attr: &'a Attr,
+}
+
+fn kind_char(kind: FileKind) -> char {
+    match kind {
+        FileKind::File => '-',
+        FileKind::Dir => 'd',
+        FileKind::Symlink => 'l',
+        FileKind::Fifo => 'p',
+        FileKind::Socket => 's',
+        FileKind::CharDevice => 'c',
+        FileKind::BlockDevice => 'b',
+    }
+}
+
+fn mode_string(attr: &Attr) -> String {
+    let mut s = String::with_capacity(10);
+    s.push(kind_char(attr.kind));
+    for shift in [6, 3, 0] {
+        let bits = (attr.mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+pub async fn ls(client: &Client, args: PathArgs, json: bool) -> anyhow::Result<()> {
+    let (volume, path) = remote(client, &args.remote).await?;
+    let attr = client
+        .resolve(&volume, &path)
+        .await
+        .map_err(not_found(&args.remote))?;
+    let entries: Vec<(String, Attr)> = if attr.kind == FileKind::Dir {
+        client
+            .readdir_all(attr.ino, true)
+            .await?
+            .into_iter()
+            .filter_map(|e| e.attr.map(|a| (e.name, a)))
+            .collect()
+    } else {
+        vec![(
+            path.rsplit('/').next().unwrap_or_default().to_string(),
+            attr,
+        )]
+    };
+    if json {
+        let list: Vec<Entry> = entries
+            .iter()
+            .map(|(n, a)| Entry { name: n, attr: a })
+            .collect();
+        return output::json(&list);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|(name, a)| {
+            vec![
+                mode_string(a),
+                a.nlink.to_string(),
+                a.uid.to_string(),
+                a.gid.to_string(),
+                a.size.to_string(),
+                name.clone(),
+            ]
+        })
+        .collect();
+    output::table(&["MODE", "LINKS", "UID", "GID", "SIZE", "NAME"], &rows);
+    Ok(())
+}
+
+pub async fn stat(client: &Client, args: PathArgs, json: bool) -> anyhow::Result<()> {
+    let (volume, path) = remote(client, &args.remote).await?;
+    let attr = client
+        .resolve(&volume, &path)
+        .await
+        .map_err(not_found(&args.remote))?;
+    if json {
+        return output::json(&attr);
+    }
+    println!("  path: {}", args.remote);
+    println!(
+        " inode: {}  kind: {:?}  mode: {} ({:o})",
+        attr.ino,
+        attr.kind,
+        mode_string(&attr),
+        attr.mode
+    );
+    println!(
+        "  size: {} ({})  links: {}  uid: {}  gid: {}",
+        attr.size,
+        output::size(attr.size),
+        attr.nlink,
+        attr.uid,
+        attr.gid
+    );
+    println!(
+        " mtime: {}.{:09}  ctime: {}.{:09}",
+        attr.mtime.secs, attr.mtime.nanos, attr.ctime.secs, attr.ctime.nanos
+    );
+    Ok(())
+}
+
+pub async fn rm(client: &Client, args: RmArgs) -> anyhow::Result<()> {
+    let (volume, path) = remote(client, &args.remote).await?;
+    let (parent, name) = client
+        .resolve_parent(&volume, &path)
+        .await
+        .map_err(not_found(&args.remote))?;
+    let attr = client
+        .lookup(parent.ino, name)
+        .await
+        .map_err(not_found(&args.remote))?;
+    let result = if attr.kind == FileKind::Dir {
+        client.rmdir(parent.ino, name).await
+    } else {
+        client.unlink(parent.ino, name).await
+    };
+    result.map_err(|e| match e {
+        FsError::NotEmpty => anyhow::anyhow!("{}: directory not empty", args.remote),
+        other => not_found(&args.remote)(other),
+    })
+}
+
+pub async fn mkdir(client: &Client, args: MkdirArgs) -> anyhow::Result<()> {
+    let (volume, path) = remote(client, &args.remote).await?;
+    if !args.parents {
+        let (parent, name) = client
+            .resolve_parent(&volume, &path)
+            .await
+            .map_err(not_found(&args.remote))?;
+        client
+            .mkdir(parent.ino, name, 0o755, 0, 0)
+            .await
+            .map_err(|e| match e {
+                FsError::Exists => anyhow::anyhow!("{}: already exists", args.remote),
+                other => not_found(&args.remote)(other),
+            })?;
+        return Ok(());
+    }
+    let mut dir = client.getattr(volume.root).await?;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        dir = match client.lookup(dir.ino, part).await {
+            Ok(a) if a.kind == FileKind::Dir => a,
+            Ok(_) => bail!("{}: {part} exists and is not a directory", args.remote),
+            Err(FsError::NotFound) => match client.mkdir(dir.ino, part, 0o755, 0, 0).await {
+                Ok(a) => a,
+                Err(FsError::Exists) => client.lookup(dir.ino, part).await?,
+                Err(e) => return Err(e.into()),
+            },
+            Err(e) => return Err(e.into()),
+        };
+    }
+    Ok(())
+}

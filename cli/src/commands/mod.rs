@@ -1,0 +1,45 @@
+//! One module per noun; `run` connects (when the command needs a cluster) and dispatches.
+
+pub mod cert;
+pub mod cluster;
+pub mod files;
+pub mod volume;
+
+use crate::{Cli, Command};
+use anyhow::Context;
+use dfs_client::client::ClientOptions;
+use dfs_client::Client;
+use dfs_common::config::{load_identity, tls_paths};
+use dfs_common::net::resolve_addr;
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Cert(cmd) = &cli.command {
+        return cert::run(cmd);
+    }
+    let client = connect(&cli).await?;
+    let json = cli.json;
+    match cli.command {
+        Command::Cert(_) => unreachable!("handled above"),
+        Command::Volume(cmd) => volume::run(&client, cmd, json).await,
+        Command::Cluster(cmd) => cluster::run(&client, cmd, json).await,
+        Command::Put(args) => files::put(&client, args, json).await,
+        Command::Get(args) => files::get(&client, args, json).await,
+        Command::Ls(args) => files::ls(&client, args, json).await,
+        Command::Stat(args) => files::stat(&client, args, json).await,
+        Command::Rm(args) => files::rm(&client, args).await,
+        Command::Mkdir(args) => files::mkdir(&client, args).await,
+    }
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    let meta = cli
+        .meta
+        .as_deref()
+        .context("no metadata server given: pass --meta HOST:PORT or set DFS_META")?;
+    let addr = resolve_addr(meta)?;
+    let tls = tls_paths(cli.certs.clone(), "client", None, None, None)?;
+    let identity = load_identity(&tls)?;
+    Client::connect(addr, &identity, ClientOptions::default())
+        .await
+        .with_context(|| format!("cannot reach the metadata server at {meta}"))
+}

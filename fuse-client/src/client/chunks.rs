@@ -1,0 +1,123 @@
+//! Connections to chunk servers, one per address, and the two shard transfers.
+//!
+//! A server that just failed a request is remembered as suspect for a while, so readers go
+//! straight to other shards instead of waiting on it again.
+
+use bytes::Bytes;
+use dfs_common::net::rpc::read_body_into;
+use dfs_common::net::{resolve_addr, Peer};
+use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ShardKey, ShardOwner};
+use dfs_common::{FsError, FsResult};
+use quinn::Endpoint;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a server that failed a request is avoided by readers.
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
+
+pub struct ChunkPool {
+    endpoint: Endpoint,
+    timeout: Duration,
+    peers: Mutex<HashMap<String, Arc<Peer>>>,
+    suspects: Mutex<HashMap<String, Instant>>,
+}
+
+impl ChunkPool {
+    pub fn new(endpoint: Endpoint, timeout: Duration) -> Self {
+        ChunkPool {
+            endpoint,
+            timeout,
+            peers: Mutex::new(HashMap::new()),
+            suspects: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn peer(&self, addr: &str) -> FsResult<Arc<Peer>> {
+        let mut peers = self.peers.lock().expect("peer lock");
+        if let Some(p) = peers.get(addr) {
+            return Ok(p.clone());
+        }
+        let socket = resolve_addr(addr)?;
+        let peer = Arc::new(Peer::new(self.endpoint.clone(), socket).with_timeout(self.timeout));
+        peers.insert(addr.to_string(), peer.clone());
+        Ok(peer)
+    }
+
+    pub fn is_suspect(&self, addr: &str) -> bool {
+        let mut suspects = self.suspects.lock().expect("suspect lock");
+        match suspects.get(addr) {
+            Some(since) if since.elapsed() < SUSPECT_FOR => true,
+            Some(_) => {
+                suspects.remove(addr);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn note<T>(&self, addr: &str, result: FsResult<T>) -> FsResult<T> {
+        if let Err(e) = &result {
+            if matches!(e, FsError::Unavailable(_) | FsError::TimedOut(_)) {
+                self.suspects
+                    .lock()
+                    .expect("suspect lock")
+                    .insert(addr.to_string(), Instant::now());
+            }
+        }
+        result
+    }
+
+    pub async fn put_shard(
+        &self,
+        addr: &str,
+        key: ShardKey,
+        owner: ShardOwner,
+        data: Bytes,
+    ) -> FsResult<()> {
+        let result = async {
+            let peer = self.peer(addr)?;
+            let request = ChunkRequest::Put {
+                key,
+                owner,
+                len: data.len() as u64,
+            };
+            let (reply, _) = peer
+                .call::<_, ChunkReply>(&request, Some(data), 4096)
+                .await?;
+            match reply {
+                ChunkReply::Stored => Ok(()),
+                other => Err(FsError::protocol(format!("unexpected reply {other:?}"))),
+            }
+        }
+        .await;
+        self.note(addr, result)
+    }
+
+    /// Reads `len` bytes at `offset` of a shard.
+    pub async fn get_shard(
+        &self,
+        addr: &str,
+        key: ShardKey,
+        offset: u64,
+        len: u64,
+    ) -> FsResult<Vec<u8>> {
+        let result = async {
+            let peer = self.peer(addr)?;
+            let request = ChunkRequest::Get { key, offset, len };
+            let (reply, mut recv) = peer.call::<_, ChunkReply>(&request, None, 4096).await?;
+            match reply {
+                ChunkReply::Data { len: got } if got == len => {
+                    let mut buf = vec![0u8; len as usize];
+                    read_body_into(&mut recv, &mut buf, self.timeout).await?;
+                    Ok(buf)
+                }
+                other => Err(FsError::protocol(format!(
+                    "unexpected reply {other:?} to a {len}-byte read"
+                ))),
+            }
+        }
+        .await;
+        self.note(addr, result)
+    }
+}

@@ -1,0 +1,176 @@
+//! Written bytes not yet sent to the cluster, as non-overlapping runs keyed by file offset.
+//! Overlapping and adjacent writes merge into one run; newer bytes win.
+
+use std::collections::BTreeMap;
+
+#[derive(Default, Debug)]
+pub struct DirtyBuffer {
+    runs: BTreeMap<u64, Vec<u8>>,
+    bytes: usize,
+}
+
+impl DirtyBuffer {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let end = offset + data.len() as u64;
+        // Runs that overlap or touch [offset, end).
+        let mut touching: Vec<u64> = Vec::new();
+        if let Some((&start, run)) = self.runs.range(..=offset).next_back() {
+            if start + run.len() as u64 >= offset {
+                touching.push(start);
+            }
+        }
+        touching.extend(self.runs.range(offset + 1..=end).map(|(&s, _)| s));
+        touching.dedup();
+        let Some(&first) = touching.first() else {
+            self.runs.insert(offset, data.to_vec());
+            self.bytes += data.len();
+            return;
+        };
+        let new_start = first.min(offset);
+        let mut new_end = end;
+        for s in &touching {
+            new_end = new_end.max(s + self.runs[s].len() as u64);
+        }
+        let mut merged = if first <= offset {
+            self.runs.remove(&first).expect("run exists")
+        } else {
+            Vec::new()
+        };
+        self.bytes -= merged.len();
+        merged.resize((new_end - new_start) as usize, 0);
+        for s in touching.iter().filter(|&&s| s != first || first > offset) {
+            let run = self.runs.remove(s).expect("run exists");
+            self.bytes -= run.len();
+            let at = (s - new_start) as usize;
+            merged[at..at + run.len()].copy_from_slice(&run);
+        }
+        let at = (offset - new_start) as usize;
+        merged[at..at + data.len()].copy_from_slice(data);
+        self.bytes += merged.len();
+        self.runs.insert(new_start, merged);
+    }
+
+    /// Removes and returns every whole `block_size` piece from the front of each run.
+    pub fn take_full_blocks(&mut self, block_size: usize) -> Vec<(u64, Vec<u8>)> {
+        let full: Vec<u64> = self
+            .runs
+            .iter()
+            .filter(|(_, r)| r.len() >= block_size)
+            .map(|(&s, _)| s)
+            .collect();
+        let mut out = Vec::new();
+        for start in full {
+            let mut run = self.runs.remove(&start).expect("run exists");
+            self.bytes -= run.len();
+            let mut at = start;
+            while run.len() >= block_size {
+                let rest = run.split_off(block_size);
+                out.push((at, run));
+                at += block_size as u64;
+                run = rest;
+            }
+            if !run.is_empty() {
+                self.bytes += run.len();
+                self.runs.insert(at, run);
+            }
+        }
+        out
+    }
+
+    /// Removes and returns everything, cut into pieces of at most `block_size`.
+    pub fn take_all(&mut self, block_size: usize) -> Vec<(u64, Vec<u8>)> {
+        let mut out = self.take_full_blocks(block_size);
+        out.extend(std::mem::take(&mut self.runs));
+        self.bytes = 0;
+        out
+    }
+
+    /// Drops everything at or beyond `size` (a truncate).
+    pub fn truncate(&mut self, size: u64) {
+        let beyond: Vec<u64> = self.runs.range(size..).map(|(&s, _)| s).collect();
+        for s in beyond {
+            self.bytes -= self.runs.remove(&s).expect("run exists").len();
+        }
+        if let Some((&start, run)) = self.runs.range_mut(..size).next_back() {
+            let keep = (size - start) as usize;
+            if run.len() > keep {
+                self.bytes -= run.len() - keep;
+                run.truncate(keep);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model_apply(model: &mut Vec<Option<u8>>, offset: usize, data: &[u8]) {
+        if model.len() < offset + data.len() {
+            model.resize(offset + data.len(), None);
+        }
+        for (i, b) in data.iter().enumerate() {
+            model[offset + i] = Some(*b);
+        }
+    }
+
+    fn flatten(buf: &mut DirtyBuffer, bs: usize, len: usize) -> Vec<Option<u8>> {
+        let mut out = vec![None; len];
+        for (off, data) in buf.take_all(bs) {
+            assert!(data.len() <= bs);
+            for (i, b) in data.iter().enumerate() {
+                assert!(out[off as usize + i].is_none(), "pieces overlap");
+                out[off as usize + i] = Some(*b);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn random_writes_match_a_model() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        for _ in 0..200 {
+            let mut buf = DirtyBuffer::default();
+            let mut model = Vec::new();
+            for _ in 0..20 {
+                let off = rng.random_range(0..300usize);
+                let len = rng.random_range(1..60usize);
+                let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                buf.write(off as u64, &data);
+                model_apply(&mut model, off, &data);
+            }
+            let total = model.iter().filter(|b| b.is_some()).count();
+            assert_eq!(buf.bytes(), total);
+            let got = flatten(&mut buf, 16, model.len());
+            assert_eq!(got, model);
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn full_blocks_and_truncate() {
+        let mut buf = DirtyBuffer::default();
+        buf.write(0, &[1; 10]);
+        buf.write(10, &[2; 10]);
+        let blocks = buf.take_full_blocks(8);
+        assert_eq!(blocks.len(), 2);
+        assert_eq!(blocks[1].0, 8);
+        assert_eq!(buf.bytes(), 4);
+        buf.truncate(18);
+        assert_eq!(buf.bytes(), 2);
+        buf.truncate(0);
+        assert!(buf.is_empty());
+    }
+}

@@ -1,0 +1,211 @@
+//! An open file: writes are buffered and uploaded a block at a time in the background, several
+//! blocks in flight; `flush` (also called by `fsync` and `close`) uploads what is left and
+//! commits every written block in one metadata transaction. Reads see this handle's own writes
+//! because they flush first.
+
+use super::dirty::DirtyBuffer;
+use super::writer::upload_block;
+use super::{reader, Client};
+use dfs_common::proto::meta::{Attr, FileKind, MetaReply, MetaRequest, NewExtent, SetAttr};
+use dfs_common::proto::MAX_FILE_SIZE;
+use dfs_common::{FsError, FsResult, InodeId, Timestamp};
+use std::collections::VecDeque;
+use tokio::task::JoinHandle;
+
+/// Extents committed per metadata transaction at most; longer streams commit in steps.
+const MAX_EXTENTS_PER_COMMIT: usize = 1024;
+
+pub struct FileHandle {
+    client: Client,
+    ino: InodeId,
+    block_size: usize,
+    /// Size including buffered writes.
+    size: u64,
+    dirty: DirtyBuffer,
+    /// Uploads in the order their bytes were cut from the buffer (later ones win).
+    uploads: VecDeque<JoinHandle<FsResult<NewExtent>>>,
+    /// Finished uploads waiting for a commit, in order.
+    uploaded: Vec<NewExtent>,
+    /// An upload failed: the error is reported by the next flush.
+    failed: Option<FsError>,
+}
+
+impl Client {
+    /// Opens an existing regular file.
+    pub async fn open(&self, ino: InodeId) -> FsResult<FileHandle> {
+        let attr = self.getattr(ino).await?;
+        self.handle_for(attr).await
+    }
+
+    /// Creates a regular file (failing if the name exists) and opens it.
+    pub async fn create(
+        &self,
+        parent: InodeId,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<FileHandle> {
+        let attr = self
+            .make_node(parent, name, FileKind::File, mode, uid, gid, 0)
+            .await?;
+        self.handle_for(attr).await
+    }
+
+    pub async fn handle_for(&self, attr: Attr) -> FsResult<FileHandle> {
+        match attr.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(FsError::IsDir),
+            _ => return Err(FsError::invalid("not a regular file")),
+        }
+        let volume = self.volume_by_id(attr.volume).await?;
+        Ok(FileHandle {
+            client: self.clone(),
+            ino: attr.ino,
+            block_size: volume.block_size as usize,
+            size: attr.size,
+            dirty: DirtyBuffer::default(),
+            uploads: VecDeque::new(),
+            uploaded: Vec::new(),
+            failed: None,
+        })
+    }
+}
+
+impl FileHandle {
+    pub fn ino(&self) -> InodeId {
+        self.ino
+    }
+
+    /// The file size as this handle sees it, including buffered writes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Buffers `data` at `offset`; full blocks start uploading at once.
+    pub async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<usize> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(FsError::FileTooLarge)?;
+        self.dirty.write(offset, data);
+        self.size = self.size.max(end);
+        for (at, block) in self.dirty.take_full_blocks(self.block_size) {
+            self.start_upload(at, block).await?;
+        }
+        if self.dirty.bytes() > self.client.inner.options.max_dirty_bytes {
+            self.upload_dirty().await?;
+        }
+        Ok(data.len())
+    }
+
+    async fn start_upload(&mut self, offset: u64, data: Vec<u8>) -> FsResult<()> {
+        while self.uploads.len() >= self.client.inner.options.write_blocks_in_flight {
+            self.finish_oldest_upload().await;
+        }
+        let task = tokio::spawn(upload_block(self.client.clone(), self.ino, offset, data));
+        self.uploads.push_back(task);
+        if self.uploaded.len() >= MAX_EXTENTS_PER_COMMIT {
+            self.commit().await?;
+        }
+        self.failed.clone().map_or(Ok(()), Err)
+    }
+
+    async fn finish_oldest_upload(&mut self) {
+        if let Some(task) = self.uploads.pop_front() {
+            match task.await {
+                Ok(Ok(extent)) => self.uploaded.push(extent),
+                Ok(Err(e)) => self.failed = Some(e),
+                Err(e) => self.failed = Some(FsError::io(format!("upload task: {e}"))),
+            }
+        }
+    }
+
+    async fn upload_dirty(&mut self) -> FsResult<()> {
+        for (at, block) in self.dirty.take_all(self.block_size) {
+            self.start_upload(at, block).await?;
+        }
+        Ok(())
+    }
+
+    /// Commits finished uploads in one transaction.
+    async fn commit(&mut self) -> FsResult<()> {
+        if self.uploaded.is_empty() {
+            return Ok(());
+        }
+        let extents = std::mem::take(&mut self.uploaded);
+        let request = MetaRequest::CommitWrite {
+            ino: self.ino,
+            extents,
+            mtime: Timestamp::now(),
+        };
+        match self.client.call(&request).await? {
+            MetaReply::Attr(attr) => {
+                self.size = self.size.max(attr.size);
+                Ok(())
+            }
+            other => Err(FsError::protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Makes every write so far durable and visible to other clients.
+    pub async fn flush(&mut self) -> FsResult<()> {
+        self.upload_dirty().await?;
+        while !self.uploads.is_empty() {
+            self.finish_oldest_upload().await;
+        }
+        // Commit what did upload even if some block failed: each extent stands on its own, and
+        // a failed range simply keeps its old bytes. The failure is still reported.
+        let mut result = Ok(());
+        while !self.uploaded.is_empty() && result.is_ok() {
+            let rest = if self.uploaded.len() > MAX_EXTENTS_PER_COMMIT {
+                self.uploaded.split_off(MAX_EXTENTS_PER_COMMIT)
+            } else {
+                Vec::new()
+            };
+            result = self.commit().await;
+            self.uploaded = rest;
+        }
+        match self.failed.take() {
+            Some(e) => Err(e),
+            None => result,
+        }
+    }
+
+    pub async fn fsync(&mut self) -> FsResult<()> {
+        self.flush().await
+    }
+
+    /// Flushes and closes; errors of earlier writes surface here, as with NFS.
+    pub async fn close(mut self) -> FsResult<()> {
+        self.flush().await
+    }
+
+    /// Reads up to `len` bytes at `offset`, seeing this handle's own writes.
+    pub async fn read(&mut self, offset: u64, len: u64) -> FsResult<Vec<u8>> {
+        if !self.dirty.is_empty() || !self.uploads.is_empty() || !self.uploaded.is_empty() {
+            self.flush().await?;
+        }
+        reader::read(&self.client, self.ino, offset, len).await
+    }
+
+    /// Sets the size: drops bytes beyond it, or extends with zeros.
+    pub async fn truncate(&mut self, size: u64) -> FsResult<()> {
+        self.flush().await?;
+        let set = SetAttr {
+            size: Some(size),
+            ..SetAttr::default()
+        };
+        let attr = self.client.setattr(self.ino, set).await?;
+        self.size = attr.size;
+        Ok(())
+    }
+}
+
+impl Drop for FileHandle {
+    fn drop(&mut self) {
+        for task in &self.uploads {
+            task.abort();
+        }
+    }
+}

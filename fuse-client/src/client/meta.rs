@@ -1,0 +1,321 @@
+//! Typed wrappers for the metadata calls, and path resolution for tools that work with paths.
+
+use super::{expect_reply, Client};
+use dfs_common::proto::meta::*;
+use dfs_common::{EcPolicy, FsError, FsResult, InodeId};
+
+impl Client {
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        policy: EcPolicy,
+        block_size: u64,
+    ) -> FsResult<VolumeInfo> {
+        let reply = self
+            .call(&MetaRequest::CreateVolume {
+                name: name.into(),
+                policy,
+                block_size,
+            })
+            .await?;
+        expect_reply!(reply, MetaReply::Volume)
+    }
+
+    pub async fn list_volumes(&self) -> FsResult<Vec<VolumeInfo>> {
+        let volumes = expect_reply!(
+            self.call(&MetaRequest::ListVolumes).await?,
+            MetaReply::Volumes
+        )?;
+        self.remember_volumes(&volumes);
+        Ok(volumes)
+    }
+
+    pub async fn volume(&self, name: &str) -> FsResult<VolumeInfo> {
+        let v = expect_reply!(
+            self.call(&MetaRequest::GetVolume { name: name.into() })
+                .await?,
+            MetaReply::Volume
+        )?;
+        self.remember_volumes(std::slice::from_ref(&v));
+        Ok(v)
+    }
+
+    pub async fn cluster_status(&self) -> FsResult<ClusterStatus> {
+        expect_reply!(
+            self.call(&MetaRequest::ClusterStatus).await?,
+            MetaReply::Cluster
+        )
+    }
+
+    pub async fn lookup(&self, parent: InodeId, name: &str) -> FsResult<Attr> {
+        expect_reply!(
+            self.call(&MetaRequest::Lookup {
+                parent,
+                name: name.into()
+            })
+            .await?,
+            MetaReply::Attr
+        )
+    }
+
+    pub async fn getattr(&self, ino: InodeId) -> FsResult<Attr> {
+        expect_reply!(
+            self.call(&MetaRequest::GetAttr { ino }).await?,
+            MetaReply::Attr
+        )
+    }
+
+    pub async fn setattr(&self, ino: InodeId, set: SetAttr) -> FsResult<Attr> {
+        expect_reply!(
+            self.call(&MetaRequest::SetAttr { ino, set }).await?,
+            MetaReply::Attr
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn make_node(
+        &self,
+        parent: InodeId,
+        name: &str,
+        kind: FileKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+    ) -> FsResult<Attr> {
+        let request = MetaRequest::MakeNode {
+            parent,
+            name: name.into(),
+            kind,
+            mode,
+            uid,
+            gid,
+            rdev,
+        };
+        expect_reply!(self.call(&request).await?, MetaReply::Attr)
+    }
+
+    pub async fn mkdir(
+        &self,
+        parent: InodeId,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        self.make_node(parent, name, FileKind::Dir, mode, uid, gid, 0)
+            .await
+    }
+
+    pub async fn symlink(
+        &self,
+        parent: InodeId,
+        name: &str,
+        target: &str,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        let request = MetaRequest::Symlink {
+            parent,
+            name: name.into(),
+            target: target.into(),
+            uid,
+            gid,
+        };
+        expect_reply!(self.call(&request).await?, MetaReply::Attr)
+    }
+
+    pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &str) -> FsResult<Attr> {
+        let request = MetaRequest::Link {
+            ino,
+            new_parent,
+            new_name: new_name.into(),
+        };
+        expect_reply!(self.call(&request).await?, MetaReply::Attr)
+    }
+
+    pub async fn unlink(&self, parent: InodeId, name: &str) -> FsResult<()> {
+        expect_done(
+            self.call(&MetaRequest::Unlink {
+                parent,
+                name: name.into(),
+            })
+            .await?,
+        )
+    }
+
+    pub async fn rmdir(&self, parent: InodeId, name: &str) -> FsResult<()> {
+        expect_done(
+            self.call(&MetaRequest::Rmdir {
+                parent,
+                name: name.into(),
+            })
+            .await?,
+        )
+    }
+
+    pub async fn rename(
+        &self,
+        parent: InodeId,
+        name: &str,
+        new_parent: InodeId,
+        new_name: &str,
+        flags: u32,
+    ) -> FsResult<()> {
+        let request = MetaRequest::Rename {
+            parent,
+            name: name.into(),
+            new_parent,
+            new_name: new_name.into(),
+            flags,
+        };
+        expect_done(self.call(&request).await?)
+    }
+
+    pub async fn readlink(&self, ino: InodeId) -> FsResult<String> {
+        expect_reply!(
+            self.call(&MetaRequest::ReadLink { ino }).await?,
+            MetaReply::Target
+        )
+    }
+
+    /// One page of a directory listing, starting after the name `after`.
+    pub async fn readdir_page(
+        &self,
+        dir: InodeId,
+        after: Option<String>,
+        limit: u32,
+        with_attrs: bool,
+    ) -> FsResult<DirPage> {
+        expect_reply!(
+            self.call(&MetaRequest::ReadDir {
+                dir,
+                after,
+                limit,
+                with_attrs
+            })
+            .await?,
+            MetaReply::Dir
+        )
+    }
+
+    /// A whole directory listing, fetched page by page.
+    pub async fn readdir_all(&self, dir: InodeId, with_attrs: bool) -> FsResult<Vec<DirEntry>> {
+        let mut entries: Vec<DirEntry> = Vec::new();
+        loop {
+            let after = entries.last().map(|e| e.name.clone());
+            let page = self.readdir_page(dir, after, 1024, with_attrs).await?;
+            entries.extend(page.entries);
+            if !page.more {
+                return Ok(entries);
+            }
+        }
+    }
+
+    pub async fn statfs(&self, ino: InodeId) -> FsResult<StatFs> {
+        expect_reply!(
+            self.call(&MetaRequest::StatFs { ino }).await?,
+            MetaReply::StatFs
+        )
+    }
+
+    pub async fn getxattr(&self, ino: InodeId, name: &str) -> FsResult<Vec<u8>> {
+        expect_reply!(
+            self.call(&MetaRequest::GetXattr {
+                ino,
+                name: name.into()
+            })
+            .await?,
+            MetaReply::Xattr
+        )
+    }
+
+    pub async fn setxattr(
+        &self,
+        ino: InodeId,
+        name: &str,
+        value: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        let request = MetaRequest::SetXattr {
+            ino,
+            name: name.into(),
+            value: value.to_vec(),
+            flags,
+        };
+        expect_done(self.call(&request).await?)
+    }
+
+    pub async fn listxattr(&self, ino: InodeId) -> FsResult<Vec<String>> {
+        expect_reply!(
+            self.call(&MetaRequest::ListXattr { ino }).await?,
+            MetaReply::XattrNames
+        )
+    }
+
+    pub async fn removexattr(&self, ino: InodeId, name: &str) -> FsResult<()> {
+        expect_done(
+            self.call(&MetaRequest::RemoveXattr {
+                ino,
+                name: name.into(),
+            })
+            .await?,
+        )
+    }
+
+    pub async fn layout(&self, ino: InodeId, offset: u64, len: u64) -> FsResult<Layout> {
+        expect_reply!(
+            self.call(&MetaRequest::GetLayout { ino, offset, len })
+                .await?,
+            MetaReply::Layout
+        )
+    }
+
+    /// Resolves `path` (absolute within `volume`, `/` separated) to its attributes, without
+    /// following a symlink in the last component.
+    pub async fn resolve(&self, volume: &VolumeInfo, path: &str) -> FsResult<Attr> {
+        let mut attr = self.getattr(volume.root).await?;
+        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            if attr.kind != FileKind::Dir {
+                return Err(FsError::NotDir);
+            }
+            attr = self.lookup(attr.ino, part).await?;
+        }
+        Ok(attr)
+    }
+
+    /// Resolves the parent directory of `path` and returns it with the last name.
+    pub async fn resolve_parent<'p>(
+        &self,
+        volume: &VolumeInfo,
+        path: &'p str,
+    ) -> FsResult<(Attr, &'p str)> {
+        let trimmed = path.trim_end_matches('/');
+        let (dir, name) = match trimmed.rsplit_once('/') {
+            Some((dir, name)) => (dir, name),
+            None => ("", trimmed),
+        };
+        if name.is_empty() {
+            return Err(FsError::invalid(format!("{path:?} names no file")));
+        }
+        let parent = self.resolve(volume, dir).await?;
+        if parent.kind != FileKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        Ok((parent, name))
+    }
+}
+
+fn expect_done(reply: MetaReply) -> FsResult<()> {
+    match reply {
+        MetaReply::Done => Ok(()),
+        other => Err(FsError::protocol(format!("unexpected reply {other:?}"))),
+    }
+}
+
+impl Client {
+    /// Reads committed bytes of a file without opening it (no buffered writes to see).
+    pub async fn read_range(&self, ino: InodeId, offset: u64, len: u64) -> FsResult<Vec<u8>> {
+        super::reader::read(self, ino, offset, len).await
+    }
+}

@@ -1,0 +1,198 @@
+//! Reading file bytes: map the range onto extents, extents onto blocks, blocks onto data
+//! shards, and fetch every piece in parallel straight from the data shards (no decoding).
+//! A piece whose server is down, fails, or returns corrupt data is rebuilt from the same byte
+//! range of any k other shards; a block with fewer than k readable shards is an error, never
+//! wrong data.
+
+use super::Client;
+use dfs_common::proto::chunk::ShardKey;
+use dfs_common::proto::meta::{BlockInfo, Layout};
+use dfs_common::{FsError, FsResult, InodeId};
+use std::sync::Arc;
+use tokio::task::JoinSet;
+
+/// One contiguous range of one data shard, and where its bytes go in the output.
+struct Piece {
+    block: Arc<BlockInfo>,
+    index: usize,
+    shard_offset: u64,
+    len: u64,
+    out_offset: usize,
+}
+
+/// Reads up to `len` bytes at `offset`; returns fewer at end of file.
+pub async fn read(client: &Client, ino: InodeId, offset: u64, len: u64) -> FsResult<Vec<u8>> {
+    let layout = client.layout(ino, offset, len).await?;
+    read_with_layout(client, &layout, offset, len).await
+}
+
+pub async fn read_with_layout(
+    client: &Client,
+    layout: &Layout,
+    offset: u64,
+    len: u64,
+) -> FsResult<Vec<u8>> {
+    let end = offset.saturating_add(len).min(layout.size);
+    if offset >= end {
+        return Ok(Vec::new());
+    }
+    let mut out = vec![0u8; (end - offset) as usize];
+    let blocks: Vec<Arc<BlockInfo>> = layout.blocks.iter().cloned().map(Arc::new).collect();
+    let mut pieces = Vec::new();
+    for e in &layout.extents {
+        let start = e.file_offset.max(offset);
+        let stop = (e.file_offset + e.len).min(end);
+        if start >= stop {
+            continue;
+        }
+        let block = blocks
+            .iter()
+            .find(|b| b.block == e.block)
+            .ok_or_else(|| FsError::protocol(format!("layout lacks block {}", e.block)))?;
+        let in_block = e.block_offset + (start - e.file_offset);
+        split_into_pieces(
+            block,
+            in_block,
+            stop - start,
+            (start - offset) as usize,
+            &mut pieces,
+        )?;
+    }
+    let mut fetches = JoinSet::new();
+    for piece in pieces {
+        let client = client.clone();
+        fetches.spawn(async move {
+            let data = fetch_piece(&client, &piece).await?;
+            Ok::<_, FsError>((piece.out_offset, data))
+        });
+    }
+    while let Some(result) = fetches.join_next().await {
+        let (at, data) = result.map_err(|e| FsError::io(format!("read task: {e}")))??;
+        out[at..at + data.len()].copy_from_slice(&data);
+    }
+    Ok(out)
+}
+
+/// Splits block bytes `[in_block, in_block + len)` into per-data-shard pieces.
+fn split_into_pieces(
+    block: &Arc<BlockInfo>,
+    in_block: u64,
+    len: u64,
+    out_offset: usize,
+    pieces: &mut Vec<Piece>,
+) -> FsResult<()> {
+    if in_block + len > block.len || block.shards.len() != block.policy.total() {
+        return Err(FsError::Corrupt(format!(
+            "extent does not fit block {}",
+            block.block
+        )));
+    }
+    let shard_len = block.policy.shard_len(block.len);
+    let mut pos = in_block;
+    let end = in_block + len;
+    while pos < end {
+        let index = (pos / shard_len) as usize;
+        let shard_offset = pos % shard_len;
+        let take = (shard_len - shard_offset).min(end - pos);
+        pieces.push(Piece {
+            block: block.clone(),
+            index,
+            shard_offset,
+            len: take,
+            out_offset: out_offset + (pos - in_block) as usize,
+        });
+        pos += take;
+    }
+    Ok(())
+}
+
+fn key(piece: &Piece, index: usize) -> ShardKey {
+    ShardKey {
+        block: piece.block.block,
+        index: index as u8,
+    }
+}
+
+/// Fetches one piece from its data shard, falling back to reconstruction.
+async fn fetch_piece(client: &Client, piece: &Piece) -> FsResult<Vec<u8>> {
+    let location = &piece.block.shards[piece.index];
+    if location.up && !client.inner.chunks.is_suspect(&location.addr) {
+        match client
+            .inner
+            .chunks
+            .get_shard(
+                &location.addr,
+                key(piece, piece.index),
+                piece.shard_offset,
+                piece.len,
+            )
+            .await
+        {
+            Ok(data) => return Ok(data),
+            Err(e) => tracing::warn!(
+                block = %piece.block.block, index = piece.index, server = %location.server,
+                "shard read failed, reconstructing: {e}"
+            ),
+        }
+    }
+    reconstruct_piece(client, piece).await
+}
+
+/// Rebuilds a piece of a data shard from the same range of k other shards.
+async fn reconstruct_piece(client: &Client, piece: &Piece) -> FsResult<Vec<u8>> {
+    let policy = piece.block.policy;
+    let k = policy.k();
+    let mut fetches = JoinSet::new();
+    // Healthy-looking servers first; the others only if needed.
+    let mut order: Vec<usize> = (0..policy.total()).filter(|&i| i != piece.index).collect();
+    order.sort_by_key(|&i| {
+        let s = &piece.block.shards[i];
+        !s.up || client.inner.chunks.is_suspect(&s.addr)
+    });
+    let mut pending = order.into_iter();
+    let spawn = |fetches: &mut JoinSet<(usize, FsResult<Vec<u8>>)>, i: usize| {
+        let client = client.clone();
+        let addr = piece.block.shards[i].addr.clone();
+        let key = key(piece, i);
+        let (off, len) = (piece.shard_offset, piece.len);
+        fetches
+            .spawn(async move { (i, client.inner.chunks.get_shard(&addr, key, off, len).await) });
+    };
+    for i in pending.by_ref().take(k) {
+        spawn(&mut fetches, i);
+    }
+    let mut shards: Vec<Option<Vec<u8>>> = vec![None; policy.total()];
+    let mut have = 0;
+    let mut errors = Vec::new();
+    while let Some(joined) = fetches.join_next().await {
+        let (i, result) = joined.map_err(|e| FsError::io(format!("read task: {e}")))?;
+        match result {
+            Ok(data) => {
+                shards[i] = Some(data);
+                have += 1;
+                if have == k {
+                    break;
+                }
+            }
+            Err(e) => {
+                errors.push(format!("shard {i}: {e}"));
+                if let Some(next) = pending.next() {
+                    spawn(&mut fetches, next);
+                }
+            }
+        }
+    }
+    fetches.abort_all();
+    if have < k {
+        return Err(FsError::unavailable(format!(
+            "block {}: only {have} of {} shards readable, {k} needed ({})",
+            piece.block.block,
+            policy.total(),
+            errors.join("; ")
+        )));
+    }
+    client.codec(policy)?.reconstruct_data(&mut shards)?;
+    shards[piece.index]
+        .take()
+        .ok_or_else(|| FsError::io("reconstruction produced no data"))
+}

@@ -1,0 +1,145 @@
+//! File layouts: extents over immutable blocks, and the block reference counts they imply.
+//!
+//! A write never changes a block; it lays a new extent over the old range, cutting any extents
+//! it covers. A block whose reference count drops to zero is recorded in `garbage` for the
+//! collector; one that gains a reference again leaves it.
+
+use crate::store::schema::{decode, encode, BlockRecord};
+use crate::store::tables::WriteTables;
+use crate::store::DbResult;
+use dfs_common::proto::meta::Extent;
+use dfs_common::{BlockId, FsError, FsResult, InodeId, Timestamp};
+use redb::ReadableTable;
+use std::collections::BTreeMap;
+
+/// Reference-count changes gathered during one command and applied at its end, so a block cut
+/// and re-referenced in the same command never passes through zero.
+#[derive(Default)]
+pub struct RefDelta(BTreeMap<u64, i64>);
+
+impl RefDelta {
+    fn add(&mut self, block: u64, n: i64) {
+        *self.0.entry(block).or_default() += n;
+    }
+
+    pub fn apply(self, t: &mut WriteTables, now: Timestamp) -> FsResult<()> {
+        for (block, delta) in self.0 {
+            if delta == 0 {
+                continue;
+            }
+            let mut rec: BlockRecord = match t.blocks.get(block).db()? {
+                Some(v) => decode(v.value())?,
+                None => {
+                    return Err(FsError::Corrupt(format!(
+                        "extent refers to missing block {block}"
+                    )))
+                }
+            };
+            let refs = rec.refs as i64 + delta;
+            if refs < 0 {
+                return Err(FsError::Corrupt(format!(
+                    "block {block} reference count below zero"
+                )));
+            }
+            rec.refs = refs as u32;
+            t.blocks.insert(block, encode(&rec).as_slice()).db()?;
+            if refs == 0 {
+                t.garbage.insert(block, now.secs).db()?;
+            } else {
+                t.garbage.remove(block).db()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+type ExtentValue = (u64, u64, u64);
+
+/// Extents of `ino` overlapping `[start, end)`, in file order.
+pub fn overlapping(
+    extents: &impl ReadableTable<(u64, u64), ExtentValue>,
+    ino: InodeId,
+    start: u64,
+    end: u64,
+) -> FsResult<Vec<Extent>> {
+    let to_extent = |k: (u64, u64), v: ExtentValue| Extent {
+        file_offset: k.1,
+        len: v.0,
+        block: BlockId(v.1),
+        block_offset: v.2,
+    };
+    let mut out = Vec::new();
+    if let Some(item) = extents.range((ino.0, 0)..(ino.0, start)).db()?.next_back() {
+        let (k, v) = item.db()?;
+        let e = to_extent(k.value(), v.value());
+        if e.file_offset + e.len > start {
+            out.push(e);
+        }
+    }
+    if start < end {
+        for item in extents.range((ino.0, start)..(ino.0, end)).db()? {
+            let (k, v) = item.db()?;
+            out.push(to_extent(k.value(), v.value()));
+        }
+    }
+    Ok(out)
+}
+
+/// Removes the parts of `ino`'s extents that fall in `[start, end)`, keeping what lies outside.
+fn cut(
+    t: &mut WriteTables,
+    ino: InodeId,
+    start: u64,
+    end: u64,
+    refs: &mut RefDelta,
+) -> FsResult<()> {
+    for e in overlapping(&t.extents, ino, start, end)? {
+        t.extents.remove((ino.0, e.file_offset)).db()?;
+        refs.add(e.block.0, -1);
+        let e_end = e.file_offset + e.len;
+        if e.file_offset < start {
+            t.extents
+                .insert(
+                    (ino.0, e.file_offset),
+                    (start - e.file_offset, e.block.0, e.block_offset),
+                )
+                .db()?;
+            refs.add(e.block.0, 1);
+        }
+        if e_end > end {
+            let skip = end - e.file_offset;
+            t.extents
+                .insert(
+                    (ino.0, end),
+                    (e_end - end, e.block.0, e.block_offset + skip),
+                )
+                .db()?;
+            refs.add(e.block.0, 1);
+        }
+    }
+    Ok(())
+}
+
+/// Lays `extent` over whatever `ino` had in its range.
+pub fn put_extent(
+    t: &mut WriteTables,
+    ino: InodeId,
+    extent: Extent,
+    refs: &mut RefDelta,
+) -> FsResult<()> {
+    let end = extent.file_offset + extent.len;
+    cut(t, ino, extent.file_offset, end, refs)?;
+    t.extents
+        .insert(
+            (ino.0, extent.file_offset),
+            (extent.len, extent.block.0, extent.block_offset),
+        )
+        .db()?;
+    refs.add(extent.block.0, 1);
+    Ok(())
+}
+
+/// Drops everything at or beyond `size`.
+pub fn truncate(t: &mut WriteTables, ino: InodeId, size: u64, refs: &mut RefDelta) -> FsResult<()> {
+    cut(t, ino, size, u64::MAX, refs)
+}

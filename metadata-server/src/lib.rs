@@ -1,0 +1,72 @@
+//! dfs metadata server: the single source of truth for namespaces, file layouts, chunk-server
+//! membership and shard placement. It never touches file data.
+//!
+//! # Layout
+//! - [`store`]: redb, the schema, and the group-committing writer thread.
+//! - [`state_machine`]: every mutation as a deterministic command.
+//! - [`layout`]: extents over immutable blocks, block reference counts.
+//! - [`queries`]: read-only operations on a snapshot.
+//! - [`placement`]: choosing servers for shards (pure).
+//! - [`membership`]: chunk-server liveness from heartbeats.
+//! - [`service`]: the QUIC request handler.
+
+pub mod layout;
+pub mod membership;
+pub mod placement;
+pub mod queries;
+pub mod service;
+pub mod state_machine;
+pub mod store;
+
+use dfs_common::net::endpoint::server_endpoint;
+use dfs_common::net::server::serve;
+use dfs_common::net::tls::Identity;
+use dfs_common::FsResult;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug)]
+pub struct MetaConfig {
+    /// UDP address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub identity: Identity,
+    /// A chunk server silent for longer is down.
+    pub server_timeout: Duration,
+}
+
+pub struct RunningMetaServer {
+    pub addr: SocketAddr,
+    pub task: JoinHandle<()>,
+}
+
+/// Opens the store, binds the endpoint and serves until `shutdown`.
+pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<RunningMetaServer> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let reset_key =
+        dfs_common::net::endpoint::load_or_create_reset_key(&config.data_dir.join("reset-key"))?;
+    let db = store::open(&config.data_dir.join("meta.redb"))?;
+    let registered = {
+        let tx = store::read(&db)?;
+        queries::registered_servers(&store::tables::ReadTables::open(&tx)?)?
+    };
+    let membership = Arc::new(membership::Membership::new(
+        config.server_timeout,
+        registered,
+    ));
+    let (committer, committer_thread) = store::Committer::start(db.clone());
+    let service = Arc::new(service::MetaService::new(db, committer, membership));
+    let endpoint = server_endpoint(config.listen, &config.identity, Some(reset_key))?;
+    let addr = endpoint.local_addr()?;
+    tracing::info!(%addr, data = %config.data_dir.display(), "metadata server listening");
+    let task = tokio::spawn(async move {
+        serve(endpoint, service, shutdown).await;
+        // The service (and its committer handle) is gone: the committer drains and stops.
+        let _ = tokio::task::spawn_blocking(move || committer_thread.join()).await;
+    });
+    Ok(RunningMetaServer { addr, task })
+}

@@ -1,0 +1,88 @@
+//! `dfs-meta`: flags, config file and environment in; a running metadata server out.
+
+use anyhow::Context;
+use clap::Parser;
+use dfs_common::config::{load_identity, load_toml, tls_paths};
+use dfs_meta::MetaConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// dfs metadata server: namespaces, layouts, chunk-server membership and placement.
+///
+/// Every option can also be set in the TOML file given by --config (same names, with
+/// underscores) or by its DFS_META_* environment variable; flags win over both.
+#[derive(Parser, Deserialize, Default, Debug)]
+#[serde(default, deny_unknown_fields)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, env = "DFS_META_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// UDP address to listen on [default: 0.0.0.0:7000].
+    #[arg(long, env = "DFS_META_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Directory holding the metadata database [required].
+    #[arg(long, env = "DFS_META_DATA")]
+    data: Option<PathBuf>,
+    /// Directory with ca.pem, server.pem and server.key (see `dfs cert init`).
+    #[arg(long, env = "DFS_CERTS")]
+    certs: Option<PathBuf>,
+    /// CA certificate (overrides --certs).
+    #[arg(long, env = "DFS_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// This server's certificate (overrides --certs).
+    #[arg(long, env = "DFS_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// This server's private key (overrides --certs).
+    #[arg(long, env = "DFS_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Seconds without a heartbeat after which a chunk server is down [default: 30].
+    #[arg(long, env = "DFS_META_SERVER_TIMEOUT_SECS")]
+    server_timeout_secs: Option<f64>,
+}
+
+fn resolve(args: Args) -> anyhow::Result<MetaConfig> {
+    let file: Args = load_toml(args.config.as_deref())?;
+    let tls = tls_paths(
+        args.certs.or(file.certs),
+        "server",
+        args.tls_ca.or(file.tls_ca),
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+    )?;
+    let timeout = args
+        .server_timeout_secs
+        .or(file.server_timeout_secs)
+        .unwrap_or(30.0);
+    anyhow::ensure!(
+        timeout > 0.0 && timeout < 1e6,
+        "--server-timeout-secs must be positive"
+    );
+    Ok(MetaConfig {
+        listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "0.0.0.0:7000".parse().expect("valid default")),
+        data_dir: args.data.or(file.data).context("--data DIR is required")?,
+        identity: load_identity(&tls)?,
+        server_timeout: Duration::from_secs_f64(timeout),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    dfs_common::telemetry::init_logging("info");
+    let config = resolve(Args::parse())?;
+    let shutdown = CancellationToken::new();
+    let running = dfs_meta::start(config, shutdown.clone())
+        .await
+        .context("starting metadata server")?;
+    dfs_common::shutdown::wait_for_signal().await;
+    shutdown.cancel();
+    let _ = running.task.await;
+    Ok(())
+}

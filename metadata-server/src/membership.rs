@@ -1,0 +1,126 @@
+//! Which chunk servers are alive: heartbeats kept in memory. Addresses are also stored durably
+//! (through the state machine) so that layouts can name servers after a restart; liveness is
+//! not, since it is only true for the moment it was seen.
+
+use crate::placement::Candidate;
+use dfs_common::proto::meta::ServerStatus;
+use dfs_common::ServerId;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+struct Seen {
+    addr: String,
+    capacity: u64,
+    used: u64,
+    shards: u64,
+    at: Option<Instant>,
+}
+
+pub struct Membership {
+    servers: Mutex<BTreeMap<ServerId, Seen>>,
+    /// A server silent for longer is down.
+    timeout: Duration,
+}
+
+impl Membership {
+    pub fn new(timeout: Duration, registered: Vec<(ServerId, String)>) -> Self {
+        let servers = registered
+            .into_iter()
+            .map(|(id, addr)| {
+                (
+                    id,
+                    Seen {
+                        addr,
+                        capacity: 0,
+                        used: 0,
+                        shards: 0,
+                        at: None,
+                    },
+                )
+            })
+            .collect();
+        Membership {
+            servers: Mutex::new(servers),
+            timeout,
+        }
+    }
+
+    /// Records a heartbeat. Returns true when the server is new or moved, so its address must
+    /// be stored durably.
+    pub fn heartbeat(
+        &self,
+        id: ServerId,
+        addr: &str,
+        capacity: u64,
+        used: u64,
+        shards: u64,
+    ) -> bool {
+        let mut servers = self.servers.lock().expect("membership lock");
+        let known_addr = servers.get(&id).map(|s| s.addr.clone());
+        servers.insert(
+            id,
+            Seen {
+                addr: addr.to_string(),
+                capacity,
+                used,
+                shards,
+                at: Some(Instant::now()),
+            },
+        );
+        known_addr.as_deref() != Some(addr)
+    }
+
+    /// Forgets the durable-address check for a server, so its next heartbeat registers again
+    /// (used when storing its address failed).
+    pub fn forget_address(&self, id: ServerId) {
+        if let Some(s) = self.servers.lock().expect("membership lock").get_mut(&id) {
+            s.addr.clear();
+        }
+    }
+
+    fn is_up(&self, seen: &Seen, now: Instant) -> bool {
+        seen.at
+            .is_some_and(|at| now.duration_since(at) <= self.timeout)
+    }
+
+    /// Live servers as placement candidates.
+    pub fn live(&self) -> Vec<Candidate> {
+        let now = Instant::now();
+        let servers = self.servers.lock().expect("membership lock");
+        servers
+            .iter()
+            .filter(|(_, s)| self.is_up(s, now))
+            .map(|(&id, s)| Candidate {
+                id,
+                capacity: s.capacity,
+                used: s.used,
+            })
+            .collect()
+    }
+
+    pub fn status(&self) -> Vec<ServerStatus> {
+        let now = Instant::now();
+        let servers = self.servers.lock().expect("membership lock");
+        servers
+            .iter()
+            .map(|(&id, s)| ServerStatus {
+                id,
+                addr: s.addr.clone(),
+                up: self.is_up(s, now),
+                capacity: s.capacity,
+                used: s.used,
+                shards: s.shards,
+                last_seen_secs: s.at.map(|at| now.duration_since(at).as_secs()),
+            })
+            .collect()
+    }
+
+    /// Capacity and free bytes of the live servers.
+    pub fn capacity(&self) -> (u64, u64) {
+        self.live().iter().fold((0, 0), |(cap, free), c| {
+            (cap + c.capacity, free + c.capacity.saturating_sub(c.used))
+        })
+    }
+}

@@ -1,0 +1,190 @@
+//! Read-only operations, answered from a consistent snapshot without touching the committer.
+
+use crate::layout;
+use crate::store::schema::{decode, kind_from_code, BlockRecord, ServerRecord, VolumeRecord};
+use crate::store::tables::{get_dir, get_inode, lookup, to_attr, ReadTables};
+use crate::store::DbResult;
+use dfs_common::proto::meta::*;
+use dfs_common::{FsError, FsResult, InodeId, ServerId};
+use redb::{ReadableTable, ReadableTableMetadata};
+use std::collections::BTreeMap;
+
+/// Most entries one directory page returns.
+pub const MAX_DIR_PAGE: u32 = 1024;
+/// Most extents one layout reply returns (a reply is bounded like every frame).
+pub const MAX_LAYOUT_EXTENTS: usize = 4096;
+
+fn volume_info(name: &str, rec: VolumeRecord) -> VolumeInfo {
+    VolumeInfo {
+        id: rec.id,
+        name: name.to_string(),
+        root: rec.root,
+        policy: rec.policy,
+        block_size: rec.block_size,
+        created: rec.created,
+    }
+}
+
+pub fn list_volumes(t: &ReadTables) -> FsResult<Vec<VolumeInfo>> {
+    let mut out = Vec::new();
+    for item in t.volumes.iter().db()? {
+        let (name, value) = item.db()?;
+        out.push(volume_info(name.value(), decode(value.value())?));
+    }
+    Ok(out)
+}
+
+pub fn get_volume(t: &ReadTables, name: &str) -> FsResult<VolumeInfo> {
+    match t.volumes.get(name).db()? {
+        Some(v) => Ok(volume_info(name, decode(v.value())?)),
+        None => Err(FsError::NotFound),
+    }
+}
+
+pub fn lookup_attr(t: &ReadTables, parent: InodeId, name: &str) -> FsResult<Attr> {
+    get_dir(&t.inodes, parent)?;
+    let (ino, _) = lookup(&t.dentries, parent, name)?.ok_or(FsError::NotFound)?;
+    Ok(to_attr(ino, &get_inode(&t.inodes, ino)?))
+}
+
+pub fn get_attr(t: &ReadTables, ino: InodeId) -> FsResult<Attr> {
+    Ok(to_attr(ino, &get_inode(&t.inodes, ino)?))
+}
+
+pub fn read_link(t: &ReadTables, ino: InodeId) -> FsResult<String> {
+    get_inode(&t.inodes, ino)?
+        .target
+        .ok_or_else(|| FsError::invalid("not a symbolic link"))
+}
+
+pub fn read_dir(
+    t: &ReadTables,
+    dir: InodeId,
+    after: Option<&str>,
+    limit: u32,
+    with_attrs: bool,
+) -> FsResult<DirPage> {
+    get_dir(&t.inodes, dir)?;
+    let limit = limit.clamp(1, MAX_DIR_PAGE) as usize;
+    let start = after.unwrap_or("");
+    let mut entries = Vec::new();
+    let mut more = false;
+    for item in t.dentries.range((dir.0, start)..(dir.0 + 1, "")).db()? {
+        let (key, value) = item.db()?;
+        let (_, name) = key.value();
+        if after == Some(name) {
+            continue;
+        }
+        if entries.len() == limit {
+            more = true;
+            break;
+        }
+        let (ino, kind) = value.value();
+        let ino = InodeId(ino);
+        let attr = if with_attrs {
+            Some(to_attr(ino, &get_inode(&t.inodes, ino)?))
+        } else {
+            None
+        };
+        entries.push(DirEntry {
+            name: name.to_string(),
+            ino,
+            kind: kind_from_code(kind)?,
+            attr,
+        });
+    }
+    Ok(DirPage { entries, more })
+}
+
+pub fn get_xattr(t: &ReadTables, ino: InodeId, name: &str) -> FsResult<Vec<u8>> {
+    get_inode(&t.inodes, ino)?;
+    match t.xattrs.get((ino.0, name)).db()? {
+        Some(v) => Ok(v.value().to_vec()),
+        None => Err(FsError::NoAttribute),
+    }
+}
+
+pub fn list_xattr(t: &ReadTables, ino: InodeId) -> FsResult<Vec<String>> {
+    get_inode(&t.inodes, ino)?;
+    let mut names = Vec::new();
+    for item in t.xattrs.range((ino.0, "")..(ino.0 + 1, "")).db()? {
+        let (k, _) = item.db()?;
+        names.push(k.value().1.to_string());
+    }
+    Ok(names)
+}
+
+fn server_addr(t: &ReadTables, server: ServerId) -> FsResult<String> {
+    match t.servers.get(server.0).db()? {
+        Some(v) => Ok(decode::<ServerRecord>(v.value())?.addr),
+        None => Ok(String::new()),
+    }
+}
+
+pub fn get_layout(t: &ReadTables, ino: InodeId, offset: u64, len: u64) -> FsResult<Layout> {
+    let rec = get_inode(&t.inodes, ino)?;
+    if rec.kind != FileKind::File {
+        return Err(FsError::invalid("only regular files have layouts"));
+    }
+    let end = offset.saturating_add(len).min(rec.size);
+    let mut extents = layout::overlapping(&t.extents, ino, offset, end.max(offset))?;
+    extents.retain(|e| e.file_offset < end);
+    extents.truncate(MAX_LAYOUT_EXTENTS);
+    let mut blocks = BTreeMap::new();
+    for e in &extents {
+        if blocks.contains_key(&e.block) {
+            continue;
+        }
+        let rec: BlockRecord = match t.blocks.get(e.block.0).db()? {
+            Some(v) => decode(v.value())?,
+            None => {
+                return Err(FsError::Corrupt(format!(
+                    "extent refers to missing block {}",
+                    e.block
+                )))
+            }
+        };
+        let shards = rec
+            .shards
+            .iter()
+            .map(|&server| {
+                Ok(ShardLocation {
+                    server,
+                    addr: server_addr(t, server)?,
+                    up: true,
+                })
+            })
+            .collect::<FsResult<Vec<_>>>()?;
+        let info = BlockInfo {
+            block: e.block,
+            len: rec.len.unwrap_or(0),
+            policy: rec.policy,
+            shards,
+        };
+        blocks.insert(e.block, info);
+    }
+    Ok(Layout {
+        size: rec.size,
+        extents,
+        blocks: blocks.into_values().collect(),
+    })
+}
+
+/// Counts for `cluster status`.
+pub fn counts(t: &ReadTables) -> FsResult<(u64, u64, u64)> {
+    Ok((
+        t.volumes.len().db()?,
+        t.inodes.len().db()?,
+        t.blocks.len().db()?,
+    ))
+}
+
+/// Every chunk server ever registered, with its last known address.
+pub fn registered_servers(t: &ReadTables) -> FsResult<Vec<(ServerId, String)>> {
+    let mut out = Vec::new();
+    for item in t.servers.iter().db()? {
+        let (k, v) = item.db()?;
+        out.push((ServerId(k.value()), decode::<ServerRecord>(v.value())?.addr));
+    }
+    Ok(out)
+}

@@ -1,0 +1,202 @@
+//! The metadata server's request handler: reads go to a snapshot, mutations to the committer,
+//! placement decisions are made here (from live membership) and travel inside the command.
+
+use crate::membership::Membership;
+use crate::placement::place;
+use crate::queries;
+use crate::state_machine::Command;
+use crate::store::schema::{decode, BlockRecord};
+use crate::store::tables::{get_inode, get_volume_by_id, ReadTables};
+use crate::store::{self, Committer, DbResult};
+use dfs_common::codec::MAX_FRAME;
+use dfs_common::net::server::{PeerInfo, Response, Service};
+use dfs_common::proto::meta::*;
+use dfs_common::{FsError, FsResult, Timestamp};
+use quinn::RecvStream;
+use redb::Database;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct MetaService {
+    db: Arc<Database>,
+    committer: Committer,
+    membership: Arc<Membership>,
+}
+
+impl MetaService {
+    pub fn new(db: Arc<Database>, committer: Committer, membership: Arc<Membership>) -> Self {
+        MetaService {
+            db,
+            committer,
+            membership,
+        }
+    }
+
+    /// Runs a read-only query on a fresh snapshot, off the async runtime.
+    async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ReadTables) -> FsResult<T> + Send + 'static,
+    ) -> FsResult<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let tx = store::read(&db)?;
+            f(&ReadTables::open(&tx)?)
+        })
+        .await
+        .map_err(|e| FsError::io(format!("query task failed: {e}")))?
+    }
+
+    async fn commit(
+        &self,
+        request: MetaRequest,
+        placement: Vec<dfs_common::ServerId>,
+    ) -> FsResult<MetaReply> {
+        self.committer
+            .submit(Command {
+                now: Timestamp::now(),
+                request,
+                placement,
+            })
+            .await
+    }
+
+    async fn dispatch(&self, request: MetaRequest) -> FsResult<MetaReply> {
+        match request {
+            MetaRequest::Heartbeat {
+                server,
+                ref addr,
+                capacity,
+                used,
+                shards,
+            } => {
+                if self
+                    .membership
+                    .heartbeat(server, addr, capacity, used, shards)
+                {
+                    tracing::info!(%server, %addr, "chunk server registered");
+                    if let Err(e) = self.commit(request, vec![]).await {
+                        self.membership.forget_address(server);
+                        return Err(e);
+                    }
+                }
+                Ok(MetaReply::Done)
+            }
+            MetaRequest::ClusterStatus => {
+                let (volumes, inodes, blocks) = self.query(queries::counts).await?;
+                Ok(MetaReply::Cluster(ClusterStatus {
+                    servers: self.membership.status(),
+                    volumes,
+                    inodes,
+                    blocks,
+                }))
+            }
+            MetaRequest::StatFs { ino } => {
+                let (_, inodes, _) = self
+                    .query(move |t| {
+                        get_inode(&t.inodes, ino)?;
+                        queries::counts(t)
+                    })
+                    .await?;
+                let (total_bytes, free_bytes) = self.membership.capacity();
+                Ok(MetaReply::StatFs(StatFs {
+                    total_bytes,
+                    free_bytes,
+                    inodes,
+                    block_size: 4096,
+                }))
+            }
+            MetaRequest::AllocateBlock { ino } => {
+                let (policy, block_size) = self
+                    .query(move |t| {
+                        let rec = get_inode(&t.inodes, ino)?;
+                        let (_, vol) = get_volume_by_id(&t.volumes, rec.volume)?;
+                        Ok((vol.policy, vol.block_size))
+                    })
+                    .await?;
+                let placement = place(
+                    &self.membership.live(),
+                    policy.total(),
+                    policy.shard_len(block_size),
+                    rand::random(),
+                    &[],
+                )?;
+                self.commit(request, placement).await
+            }
+            MetaRequest::ReplaceShard { block, .. } => {
+                let rec: BlockRecord = self
+                    .query(move |t| match t.blocks.get(block.0).db()? {
+                        Some(v) => decode(v.value()),
+                        None => Err(FsError::NotFound),
+                    })
+                    .await?;
+                let min_free = rec.policy.shard_len(rec.len.unwrap_or(0));
+                let placement = place(
+                    &self.membership.live(),
+                    1,
+                    min_free,
+                    rand::random(),
+                    &rec.shards,
+                )?;
+                self.commit(request, placement).await
+            }
+            r if r.is_mutation() => self.commit(r, vec![]).await,
+            r => {
+                let mut reply = self.query(move |t| answer(t, r)).await?;
+                if let MetaReply::Layout(layout) = &mut reply {
+                    let live: Vec<_> = self.membership.live().into_iter().map(|c| c.id).collect();
+                    for shard in layout.blocks.iter_mut().flat_map(|b| b.shards.iter_mut()) {
+                        shard.up = live.contains(&shard.server);
+                    }
+                }
+                Ok(reply)
+            }
+        }
+    }
+}
+
+/// Answers a read-only request from a snapshot.
+fn answer(t: &ReadTables, request: MetaRequest) -> FsResult<MetaReply> {
+    Ok(match request {
+        MetaRequest::ListVolumes => MetaReply::Volumes(queries::list_volumes(t)?),
+        MetaRequest::GetVolume { name } => MetaReply::Volume(queries::get_volume(t, &name)?),
+        MetaRequest::Lookup { parent, name } => {
+            MetaReply::Attr(queries::lookup_attr(t, parent, &name)?)
+        }
+        MetaRequest::GetAttr { ino } => MetaReply::Attr(queries::get_attr(t, ino)?),
+        MetaRequest::ReadLink { ino } => MetaReply::Target(queries::read_link(t, ino)?),
+        MetaRequest::ReadDir {
+            dir,
+            after,
+            limit,
+            with_attrs,
+        } => MetaReply::Dir(queries::read_dir(
+            t,
+            dir,
+            after.as_deref(),
+            limit,
+            with_attrs,
+        )?),
+        MetaRequest::GetXattr { ino, name } => MetaReply::Xattr(queries::get_xattr(t, ino, &name)?),
+        MetaRequest::ListXattr { ino } => MetaReply::XattrNames(queries::list_xattr(t, ino)?),
+        MetaRequest::GetLayout { ino, offset, len } => {
+            MetaReply::Layout(queries::get_layout(t, ino, offset, len)?)
+        }
+        other => return Err(FsError::invalid(format!("unexpected request {other:?}"))),
+    })
+}
+
+impl Service for MetaService {
+    type Request = MetaRequest;
+    type Reply = MetaReply;
+    const MAX_REQUEST: usize = MAX_FRAME;
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+    async fn handle(
+        &self,
+        request: MetaRequest,
+        _body: &mut RecvStream,
+        _peer: &PeerInfo,
+    ) -> Response<MetaReply> {
+        Ok((self.dispatch(request).await?, None))
+    }
+}

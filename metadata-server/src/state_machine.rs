@@ -1,0 +1,767 @@
+//! The metadata state machine: every change to the namespace is a [`Command`] applied to a
+//! write transaction by [`apply`].
+//!
+//! `apply` is deterministic: the time, and any placement decided from live membership, travel
+//! inside the command, so the same commands applied to the same state give the same result.
+//! That is what lets the state machine sit behind a replicated log (Raft) later unchanged.
+//! Each operation checks everything before it changes anything; the committer also wraps each
+//! command in a savepoint, so a failed command leaves no trace.
+
+use crate::layout::{self, RefDelta};
+use crate::store::schema::*;
+use crate::store::tables::{
+    dir_is_empty, get_dir, get_inode, get_volume_by_id, lookup, to_attr, WriteTables,
+};
+use crate::store::DbResult;
+use dfs_common::proto::meta::*;
+use dfs_common::proto::{
+    MAX_BLOCK_SIZE, MAX_FILE_SIZE, MAX_NAME_LEN, MAX_SYMLINK_LEN, MAX_XATTR_NAME_LEN,
+    MAX_XATTR_VALUE_LEN,
+};
+use dfs_common::{BlockId, FsError, FsResult, InodeId, ServerId, Timestamp, VolumeId};
+use redb::{ReadableTable, WriteTransaction};
+
+/// Smallest block size a volume may use.
+pub const MIN_BLOCK_SIZE: u64 = 64 * 1024;
+
+/// A mutation with everything it needs to be applied deterministically.
+#[derive(Clone, Debug)]
+pub struct Command {
+    pub now: Timestamp,
+    pub request: MetaRequest,
+    /// Servers chosen by the caller for `AllocateBlock` (one per shard) or `ReplaceShard` (one).
+    pub placement: Vec<ServerId>,
+}
+
+pub fn apply(tx: &WriteTransaction, cmd: &Command) -> FsResult<MetaReply> {
+    let mut t = WriteTables::open(tx)?;
+    let now = cmd.now;
+    match &cmd.request {
+        MetaRequest::CreateVolume {
+            name,
+            policy,
+            block_size,
+        } => create_volume(&mut t, now, name, *policy, *block_size),
+        MetaRequest::Heartbeat { server, addr, .. } => {
+            let rec = ServerRecord {
+                addr: addr.clone(),
+                registered: now,
+            };
+            t.servers.insert(server.0, encode(&rec).as_slice()).db()?;
+            Ok(MetaReply::Done)
+        }
+        MetaRequest::SetAttr { ino, set } => set_attr(&mut t, now, *ino, set),
+        MetaRequest::MakeNode {
+            parent,
+            name,
+            kind,
+            mode,
+            uid,
+            gid,
+            rdev,
+        } => {
+            if *kind == FileKind::Symlink {
+                return Err(FsError::invalid("symlinks are made with Symlink"));
+            }
+            let node = NewNode {
+                kind: *kind,
+                mode: *mode,
+                uid: *uid,
+                gid: *gid,
+                rdev: *rdev,
+                target: None,
+            };
+            make_node(&mut t, now, *parent, name, node)
+        }
+        MetaRequest::Symlink {
+            parent,
+            name,
+            target,
+            uid,
+            gid,
+        } => {
+            if target.is_empty() {
+                return Err(FsError::NotFound);
+            }
+            if target.len() > MAX_SYMLINK_LEN {
+                return Err(FsError::NameTooLong);
+            }
+            let node = NewNode {
+                kind: FileKind::Symlink,
+                mode: 0o777,
+                uid: *uid,
+                gid: *gid,
+                rdev: 0,
+                target: Some(target.clone()),
+            };
+            make_node(&mut t, now, *parent, name, node)
+        }
+        MetaRequest::Link {
+            ino,
+            new_parent,
+            new_name,
+        } => link(&mut t, now, *ino, *new_parent, new_name),
+        MetaRequest::Unlink { parent, name } => unlink(&mut t, now, *parent, name),
+        MetaRequest::Rmdir { parent, name } => rmdir(&mut t, now, *parent, name),
+        MetaRequest::Rename {
+            parent,
+            name,
+            new_parent,
+            new_name,
+            flags,
+        } => rename(&mut t, now, *parent, name, *new_parent, new_name, *flags),
+        MetaRequest::SetXattr {
+            ino,
+            name,
+            value,
+            flags,
+        } => set_xattr(&mut t, now, *ino, name, value, *flags),
+        MetaRequest::RemoveXattr { ino, name } => {
+            let mut rec = get_inode(&t.inodes, *ino)?;
+            if t.xattrs.remove((ino.0, name.as_str())).db()?.is_none() {
+                return Err(FsError::NoAttribute);
+            }
+            rec.ctime = now;
+            t.put_inode(*ino, &rec)?;
+            Ok(MetaReply::Done)
+        }
+        MetaRequest::AllocateBlock { ino } => allocate_block(&mut t, now, *ino, &cmd.placement),
+        MetaRequest::ReplaceShard {
+            block,
+            index,
+            failed,
+        } => replace_shard(&mut t, *block, *index, *failed, &cmd.placement),
+        MetaRequest::CommitWrite {
+            ino,
+            extents,
+            mtime,
+        } => commit_write(&mut t, now, *ino, extents, *mtime),
+        other => Err(FsError::invalid(format!("not a mutation: {other:?}"))),
+    }
+}
+
+fn validate_name(name: &str) -> FsResult<()> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(FsError::invalid(format!("invalid file name {name:?}")));
+    }
+    Ok(())
+}
+
+/// Volume names appear in mount specs and paths: keep them plain.
+pub fn validate_volume_name(name: &str) -> FsResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(FsError::invalid(format!(
+            "invalid volume name {name:?}: use 1-64 letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+fn create_volume(
+    t: &mut WriteTables,
+    now: Timestamp,
+    name: &str,
+    policy: dfs_common::EcPolicy,
+    block_size: u64,
+) -> FsResult<MetaReply> {
+    validate_volume_name(name)?;
+    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
+        return Err(FsError::invalid(format!(
+            "block size {block_size} out of range {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}"
+        )));
+    }
+    if t.volumes.get(name).db()?.is_some() {
+        return Err(FsError::Exists);
+    }
+    let id = VolumeId(t.next_id(NEXT_VOLUME, 1)?);
+    // Inode 1 is never handed out: mounts show their volume's root as inode 1.
+    let root = InodeId(t.next_id(NEXT_INODE, 2)?);
+    let rec = VolumeRecord {
+        id,
+        root,
+        policy,
+        block_size,
+        created: now,
+    };
+    t.volumes.insert(name, encode(&rec).as_slice()).db()?;
+    let root_rec = InodeRecord {
+        volume: id,
+        kind: FileKind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        nlink: 2,
+        size: 0,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        rdev: 0,
+        parent: root,
+        target: None,
+    };
+    t.put_inode(root, &root_rec)?;
+    Ok(MetaReply::Volume(VolumeInfo {
+        id,
+        name: name.to_string(),
+        root,
+        policy,
+        block_size,
+        created: now,
+    }))
+}
+
+struct NewNode {
+    kind: FileKind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    rdev: u32,
+    target: Option<String>,
+}
+
+fn make_node(
+    t: &mut WriteTables,
+    now: Timestamp,
+    parent: InodeId,
+    name: &str,
+    node: NewNode,
+) -> FsResult<MetaReply> {
+    validate_name(name)?;
+    let mut parent_rec = get_dir(&t.inodes, parent)?;
+    if parent_rec.nlink == 0 {
+        return Err(FsError::NotFound);
+    }
+    if lookup(&t.dentries, parent, name)?.is_some() {
+        return Err(FsError::Exists);
+    }
+    let ino = InodeId(t.next_id(NEXT_INODE, 2)?);
+    let is_dir = node.kind == FileKind::Dir;
+    let rec = InodeRecord {
+        volume: parent_rec.volume,
+        kind: node.kind,
+        mode: node.mode & 0o7777,
+        uid: node.uid,
+        gid: node.gid,
+        nlink: if is_dir { 2 } else { 1 },
+        size: node.target.as_ref().map_or(0, |s| s.len() as u64),
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        rdev: node.rdev,
+        parent: if is_dir { parent } else { InodeId(0) },
+        target: node.target,
+    };
+    t.put_inode(ino, &rec)?;
+    t.dentries
+        .insert((parent.0, name), (ino.0, kind_code(node.kind)))
+        .db()?;
+    if is_dir {
+        parent_rec.nlink += 1;
+    }
+    parent_rec.mtime = now;
+    parent_rec.ctime = now;
+    t.put_inode(parent, &parent_rec)?;
+    Ok(MetaReply::Attr(to_attr(ino, &rec)))
+}
+
+fn link(
+    t: &mut WriteTables,
+    now: Timestamp,
+    ino: InodeId,
+    new_parent: InodeId,
+    new_name: &str,
+) -> FsResult<MetaReply> {
+    validate_name(new_name)?;
+    let mut rec = get_inode(&t.inodes, ino)?;
+    if rec.kind == FileKind::Dir {
+        return Err(FsError::NotPermitted);
+    }
+    let mut parent_rec = get_dir(&t.inodes, new_parent)?;
+    if parent_rec.volume != rec.volume {
+        return Err(FsError::invalid("hard links cannot cross volumes"));
+    }
+    if lookup(&t.dentries, new_parent, new_name)?.is_some() {
+        return Err(FsError::Exists);
+    }
+    if rec.nlink == 0 {
+        return Err(FsError::NotFound);
+    }
+    rec.nlink += 1;
+    rec.ctime = now;
+    t.put_inode(ino, &rec)?;
+    t.dentries
+        .insert((new_parent.0, new_name), (ino.0, kind_code(rec.kind)))
+        .db()?;
+    parent_rec.mtime = now;
+    parent_rec.ctime = now;
+    t.put_inode(new_parent, &parent_rec)?;
+    Ok(MetaReply::Attr(to_attr(ino, &rec)))
+}
+
+/// Drops one link of a non-directory; frees it with its extents and xattrs at zero links.
+fn drop_link(t: &mut WriteTables, now: Timestamp, ino: InodeId) -> FsResult<()> {
+    let mut rec = get_inode(&t.inodes, ino)?;
+    rec.nlink = rec.nlink.saturating_sub(1);
+    rec.ctime = now;
+    if rec.nlink > 0 {
+        return t.put_inode(ino, &rec);
+    }
+    free_inode(t, now, ino)
+}
+
+fn free_inode(t: &mut WriteTables, now: Timestamp, ino: InodeId) -> FsResult<()> {
+    let mut refs = RefDelta::default();
+    layout::truncate(t, ino, 0, &mut refs)?;
+    refs.apply(t, now)?;
+    let names: Vec<String> = t
+        .xattrs
+        .range((ino.0, "")..(ino.0 + 1, ""))
+        .db()?
+        .map(|item| item.db().map(|(k, _)| k.value().1.to_string()))
+        .collect::<FsResult<_>>()?;
+    for name in names {
+        t.xattrs.remove((ino.0, name.as_str())).db()?;
+    }
+    t.inodes.remove(ino.0).db()?;
+    Ok(())
+}
+
+fn touch_dir(t: &mut WriteTables, now: Timestamp, dir: InodeId, nlink_delta: i32) -> FsResult<()> {
+    let mut rec = get_inode(&t.inodes, dir)?;
+    rec.nlink = (rec.nlink as i64 + nlink_delta as i64).max(0) as u32;
+    rec.mtime = now;
+    rec.ctime = now;
+    t.put_inode(dir, &rec)
+}
+
+fn unlink(t: &mut WriteTables, now: Timestamp, parent: InodeId, name: &str) -> FsResult<MetaReply> {
+    get_dir(&t.inodes, parent)?;
+    let (child, kind) = lookup(&t.dentries, parent, name)?.ok_or(FsError::NotFound)?;
+    if kind == FileKind::Dir {
+        return Err(FsError::IsDir);
+    }
+    t.dentries.remove((parent.0, name)).db()?;
+    drop_link(t, now, child)?;
+    touch_dir(t, now, parent, 0)?;
+    Ok(MetaReply::Done)
+}
+
+fn rmdir(t: &mut WriteTables, now: Timestamp, parent: InodeId, name: &str) -> FsResult<MetaReply> {
+    if name == "." {
+        return Err(FsError::invalid("cannot remove '.'"));
+    }
+    if name == ".." {
+        return Err(FsError::NotEmpty);
+    }
+    get_dir(&t.inodes, parent)?;
+    let (child, kind) = lookup(&t.dentries, parent, name)?.ok_or(FsError::NotFound)?;
+    if kind != FileKind::Dir {
+        return Err(FsError::NotDir);
+    }
+    if !dir_is_empty(&t.dentries, child)? {
+        return Err(FsError::NotEmpty);
+    }
+    t.dentries.remove((parent.0, name)).db()?;
+    free_inode(t, now, child)?;
+    touch_dir(t, now, parent, -1)?;
+    Ok(MetaReply::Done)
+}
+
+/// Whether `candidate` is `dir` or lies below it.
+fn is_within(t: &WriteTables, candidate: InodeId, dir: InodeId) -> FsResult<bool> {
+    let mut cur = candidate;
+    // Bounded walk: a cycle in parent pointers would be corruption, not an infinite loop.
+    for _ in 0..100_000 {
+        if cur == dir {
+            return Ok(true);
+        }
+        let rec = get_inode(&t.inodes, cur)?;
+        if rec.parent == cur {
+            return Ok(false);
+        }
+        cur = rec.parent;
+    }
+    Err(FsError::Corrupt("directory parent chain too deep".into()))
+}
+
+fn rename(
+    t: &mut WriteTables,
+    now: Timestamp,
+    parent: InodeId,
+    name: &str,
+    new_parent: InodeId,
+    new_name: &str,
+    flags: u32,
+) -> FsResult<MetaReply> {
+    if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
+        || flags == RENAME_NOREPLACE | RENAME_EXCHANGE
+    {
+        return Err(FsError::invalid(format!("bad rename flags {flags:#x}")));
+    }
+    validate_name(name)?;
+    validate_name(new_name)?;
+    let parent_rec = get_dir(&t.inodes, parent)?;
+    let new_parent_rec = get_dir(&t.inodes, new_parent)?;
+    if parent_rec.volume != new_parent_rec.volume {
+        return Err(FsError::invalid("rename cannot cross volumes"));
+    }
+    let (src, src_kind) = lookup(&t.dentries, parent, name)?.ok_or(FsError::NotFound)?;
+    let dst = lookup(&t.dentries, new_parent, new_name)?;
+
+    if flags & RENAME_EXCHANGE != 0 {
+        let (dst, dst_kind) = dst.ok_or(FsError::NotFound)?;
+        if src == dst {
+            return Ok(MetaReply::Done);
+        }
+        if src_kind == FileKind::Dir && is_within(t, new_parent, src)? {
+            return Err(FsError::invalid("cannot move a directory into itself"));
+        }
+        if dst_kind == FileKind::Dir && is_within(t, parent, dst)? {
+            return Err(FsError::invalid("cannot move a directory into itself"));
+        }
+        t.dentries
+            .insert((parent.0, name), (dst.0, kind_code(dst_kind)))
+            .db()?;
+        t.dentries
+            .insert((new_parent.0, new_name), (src.0, kind_code(src_kind)))
+            .db()?;
+        let src_dir = (src_kind == FileKind::Dir) as i32;
+        let dst_dir = (dst_kind == FileKind::Dir) as i32;
+        reparent(t, now, src, new_parent)?;
+        reparent(t, now, dst, parent)?;
+        if parent != new_parent {
+            touch_dir(t, now, parent, dst_dir - src_dir)?;
+            touch_dir(t, now, new_parent, src_dir - dst_dir)?;
+        } else {
+            touch_dir(t, now, parent, 0)?;
+        }
+        return Ok(MetaReply::Done);
+    }
+
+    if let Some((dst, dst_kind)) = dst {
+        if dst == src {
+            // Two names of one file, or the same name: POSIX says do nothing.
+            return Ok(MetaReply::Done);
+        }
+        if flags & RENAME_NOREPLACE != 0 {
+            return Err(FsError::Exists);
+        }
+        match (src_kind == FileKind::Dir, dst_kind == FileKind::Dir) {
+            (true, false) => return Err(FsError::NotDir),
+            (false, true) => return Err(FsError::IsDir),
+            _ => {}
+        }
+        if src_kind == FileKind::Dir && is_within(t, new_parent, src)? {
+            return Err(FsError::invalid("cannot move a directory into itself"));
+        }
+        if dst_kind == FileKind::Dir {
+            if !dir_is_empty(&t.dentries, dst)? {
+                return Err(FsError::NotEmpty);
+            }
+            free_inode(t, now, dst)?;
+            touch_dir(t, now, new_parent, -1)?;
+        } else {
+            drop_link(t, now, dst)?;
+        }
+    } else if src_kind == FileKind::Dir && is_within(t, new_parent, src)? {
+        return Err(FsError::invalid("cannot move a directory into itself"));
+    }
+
+    t.dentries.remove((parent.0, name)).db()?;
+    t.dentries
+        .insert((new_parent.0, new_name), (src.0, kind_code(src_kind)))
+        .db()?;
+    reparent(t, now, src, new_parent)?;
+    let moved_dir = (src_kind == FileKind::Dir) as i32;
+    if parent != new_parent {
+        touch_dir(t, now, parent, -moved_dir)?;
+        touch_dir(t, now, new_parent, moved_dir)?;
+    } else {
+        touch_dir(t, now, parent, 0)?;
+    }
+    Ok(MetaReply::Done)
+}
+
+/// Records a moved inode's new parent (directories only) and its ctime.
+fn reparent(
+    t: &mut WriteTables,
+    now: Timestamp,
+    ino: InodeId,
+    new_parent: InodeId,
+) -> FsResult<()> {
+    let mut rec = get_inode(&t.inodes, ino)?;
+    if rec.kind == FileKind::Dir {
+        rec.parent = new_parent;
+    }
+    rec.ctime = now;
+    t.put_inode(ino, &rec)
+}
+
+fn set_attr(
+    t: &mut WriteTables,
+    now: Timestamp,
+    ino: InodeId,
+    set: &SetAttr,
+) -> FsResult<MetaReply> {
+    let mut rec = get_inode(&t.inodes, ino)?;
+    if let Some(size) = set.size {
+        match rec.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(FsError::IsDir),
+            _ => return Err(FsError::invalid("only regular files can be truncated")),
+        }
+        if size > MAX_FILE_SIZE {
+            return Err(FsError::FileTooLarge);
+        }
+    }
+    if let Some(mode) = set.mode {
+        rec.mode = mode & 0o7777;
+    }
+    if let Some(uid) = set.uid {
+        rec.uid = uid;
+    }
+    if let Some(gid) = set.gid {
+        rec.gid = gid;
+    }
+    if let Some(size) = set.size {
+        if size < rec.size {
+            let mut refs = RefDelta::default();
+            layout::truncate(t, ino, size, &mut refs)?;
+            refs.apply(t, now)?;
+        }
+        if size != rec.size || set.mtime.is_none() {
+            rec.mtime = now;
+        }
+        rec.size = size;
+    }
+    let resolve = |ts: TimeSet| match ts {
+        TimeSet::Now => now,
+        TimeSet::At(at) => at,
+    };
+    if let Some(atime) = set.atime {
+        rec.atime = resolve(atime);
+    }
+    if let Some(mtime) = set.mtime {
+        rec.mtime = resolve(mtime);
+    }
+    rec.ctime = now;
+    t.put_inode(ino, &rec)?;
+    Ok(MetaReply::Attr(to_attr(ino, &rec)))
+}
+
+fn set_xattr(
+    t: &mut WriteTables,
+    now: Timestamp,
+    ino: InodeId,
+    name: &str,
+    value: &[u8],
+    flags: u32,
+) -> FsResult<MetaReply> {
+    if name.is_empty() || name.len() > MAX_XATTR_NAME_LEN {
+        return Err(FsError::Range);
+    }
+    if value.len() > MAX_XATTR_VALUE_LEN {
+        return Err(FsError::TooBig(format!(
+            "xattr value of {} bytes",
+            value.len()
+        )));
+    }
+    if flags & !(XATTR_CREATE | XATTR_REPLACE) != 0 {
+        return Err(FsError::invalid(format!("bad setxattr flags {flags:#x}")));
+    }
+    let mut rec = get_inode(&t.inodes, ino)?;
+    let exists = t.xattrs.get((ino.0, name)).db()?.is_some();
+    if flags & XATTR_CREATE != 0 && exists {
+        return Err(FsError::Exists);
+    }
+    if flags & XATTR_REPLACE != 0 && !exists {
+        return Err(FsError::NoAttribute);
+    }
+    t.xattrs.insert((ino.0, name), value).db()?;
+    rec.ctime = now;
+    t.put_inode(ino, &rec)?;
+    Ok(MetaReply::Done)
+}
+
+fn shard_locations(t: &WriteTables, servers: &[ServerId]) -> FsResult<Vec<ShardLocation>> {
+    servers
+        .iter()
+        .map(|&server| {
+            let rec: ServerRecord = match t.servers.get(server.0).db()? {
+                Some(v) => decode(v.value())?,
+                None => {
+                    return Err(FsError::unavailable(format!(
+                        "unknown chunk server {server}"
+                    )))
+                }
+            };
+            Ok(ShardLocation {
+                server,
+                addr: rec.addr,
+                up: true,
+            })
+        })
+        .collect()
+}
+
+fn allocate_block(
+    t: &mut WriteTables,
+    now: Timestamp,
+    ino: InodeId,
+    placement: &[ServerId],
+) -> FsResult<MetaReply> {
+    let rec = get_inode(&t.inodes, ino)?;
+    if rec.kind != FileKind::File {
+        return Err(FsError::invalid("blocks belong to regular files"));
+    }
+    let (_, volume) = get_volume_by_id(&t.volumes, rec.volume)?;
+    if placement.len() != volume.policy.total() {
+        return Err(FsError::unavailable(format!(
+            "placement of {} servers for a {} block",
+            placement.len(),
+            volume.policy
+        )));
+    }
+    let shards = shard_locations(t, placement)?;
+    let block = BlockId(t.next_id(NEXT_BLOCK, 1)?);
+    let block_rec = BlockRecord {
+        volume: rec.volume,
+        policy: volume.policy,
+        len: None,
+        shards: placement.to_vec(),
+        refs: 0,
+        created: now,
+    };
+    t.blocks
+        .insert(block.0, encode(&block_rec).as_slice())
+        .db()?;
+    Ok(MetaReply::Placement(BlockPlacement {
+        block,
+        volume: rec.volume,
+        policy: volume.policy,
+        shards,
+    }))
+}
+
+fn replace_shard(
+    t: &mut WriteTables,
+    block: BlockId,
+    index: u8,
+    failed: ServerId,
+    placement: &[ServerId],
+) -> FsResult<MetaReply> {
+    let mut rec: BlockRecord = match t.blocks.get(block.0).db()? {
+        Some(v) => decode(v.value())?,
+        None => return Err(FsError::NotFound),
+    };
+    if rec.len.is_some() {
+        return Err(FsError::invalid(format!(
+            "block {block} is committed; its shards are repaired, not replaced"
+        )));
+    }
+    let slot = rec
+        .shards
+        .get_mut(index as usize)
+        .ok_or_else(|| FsError::invalid(format!("shard index {index} out of range")))?;
+    if *slot == failed {
+        let replacement = *placement
+            .first()
+            .ok_or_else(|| FsError::unavailable("no other live chunk server for this shard"))?;
+        *slot = replacement;
+    }
+    let current = rec.shards[index as usize];
+    t.blocks.insert(block.0, encode(&rec).as_slice()).db()?;
+    let location = shard_locations(t, &[current])?.remove(0);
+    Ok(MetaReply::Shard(location))
+}
+
+fn commit_write(
+    t: &mut WriteTables,
+    now: Timestamp,
+    ino: InodeId,
+    extents: &[NewExtent],
+    mtime: Timestamp,
+) -> FsResult<MetaReply> {
+    let mut rec = get_inode(&t.inodes, ino)?;
+    if rec.kind != FileKind::File {
+        return Err(FsError::invalid("writes go to regular files"));
+    }
+    // Check every extent before changing anything.
+    let mut blocks = Vec::with_capacity(extents.len());
+    for ne in extents {
+        let e = ne.extent;
+        let end = e
+            .file_offset
+            .checked_add(e.len)
+            .filter(|&end| end <= MAX_FILE_SIZE)
+            .ok_or(FsError::FileTooLarge)?;
+        let _ = end;
+        if e.len == 0
+            || ne.block_len > MAX_BLOCK_SIZE
+            || e.block_offset
+                .checked_add(e.len)
+                .is_none_or(|x| x > ne.block_len)
+        {
+            return Err(FsError::invalid(format!(
+                "extent {e:?} does not fit its {}-byte block",
+                ne.block_len
+            )));
+        }
+        let block: BlockRecord = match t.blocks.get(e.block.0).db()? {
+            Some(v) => decode(v.value())?,
+            None => {
+                return Err(FsError::invalid(format!(
+                    "block {} was never allocated",
+                    e.block
+                )))
+            }
+        };
+        if block.volume != rec.volume {
+            return Err(FsError::invalid(format!(
+                "block {} belongs to another volume",
+                e.block
+            )));
+        }
+        if block.len.is_some_and(|len| len != ne.block_len) {
+            return Err(FsError::invalid(format!(
+                "block {} committed with another length",
+                e.block
+            )));
+        }
+        blocks.push((e.block, block));
+    }
+    for (block, mut block_rec) in blocks {
+        if block_rec.len.is_none() {
+            let ne = extents
+                .iter()
+                .find(|ne| ne.extent.block == block)
+                .expect("checked above");
+            block_rec.len = Some(ne.block_len);
+            t.blocks
+                .insert(block.0, encode(&block_rec).as_slice())
+                .db()?;
+        }
+    }
+    let mut refs = RefDelta::default();
+    for ne in extents {
+        layout::put_extent(t, ino, ne.extent, &mut refs)?;
+        rec.size = rec.size.max(ne.extent.file_offset + ne.extent.len);
+    }
+    refs.apply(t, now)?;
+    rec.mtime = mtime;
+    rec.ctime = now;
+    t.put_inode(ino, &rec)?;
+    Ok(MetaReply::Attr(to_attr(ino, &rec)))
+}

@@ -1,0 +1,160 @@
+//! Typed access to the tables of [`super::schema`], shared by the state machine (writes) and
+//! the queries (reads). Helpers are generic over redb's `ReadableTable`, so one lookup serves
+//! both a write transaction and a read snapshot.
+
+use super::schema::*;
+use super::DbResult;
+use dfs_common::proto::meta::{Attr, FileKind};
+use dfs_common::{FsError, FsResult, InodeId, VolumeId};
+use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
+
+pub type InodeTable<'t> = Table<'t, u64, &'static [u8]>;
+
+/// Every table, opened for writing within one transaction.
+pub struct WriteTables<'t> {
+    pub volumes: Table<'t, &'static str, &'static [u8]>,
+    pub inodes: InodeTable<'t>,
+    pub dentries: Table<'t, (u64, &'static str), (u64, u8)>,
+    pub extents: Table<'t, (u64, u64), (u64, u64, u64)>,
+    pub blocks: Table<'t, u64, &'static [u8]>,
+    pub xattrs: Table<'t, (u64, &'static str), &'static [u8]>,
+    pub servers: Table<'t, u64, &'static [u8]>,
+    pub garbage: Table<'t, u64, i64>,
+    pub counters: Table<'t, &'static str, u64>,
+}
+
+impl<'t> WriteTables<'t> {
+    pub fn open(tx: &'t WriteTransaction) -> FsResult<Self> {
+        Ok(WriteTables {
+            volumes: tx.open_table(VOLUMES).db()?,
+            inodes: tx.open_table(INODES).db()?,
+            dentries: tx.open_table(DENTRIES).db()?,
+            extents: tx.open_table(EXTENTS).db()?,
+            blocks: tx.open_table(BLOCKS).db()?,
+            xattrs: tx.open_table(XATTRS).db()?,
+            servers: tx.open_table(SERVERS).db()?,
+            garbage: tx.open_table(GARBAGE).db()?,
+            counters: tx.open_table(COUNTERS).db()?,
+        })
+    }
+
+    /// Takes the next value of a counter; ids start at `first` and are never reused.
+    pub fn next_id(&mut self, counter: &str, first: u64) -> FsResult<u64> {
+        let id = self
+            .counters
+            .get(counter)
+            .db()?
+            .map(|v| v.value())
+            .unwrap_or(first);
+        self.counters.insert(counter, id + 1).db()?;
+        Ok(id)
+    }
+
+    pub fn put_inode(&mut self, ino: InodeId, rec: &InodeRecord) -> FsResult<()> {
+        self.inodes.insert(ino.0, encode(rec).as_slice()).db()?;
+        Ok(())
+    }
+}
+
+/// Reads an inode; `NotFound` if it does not exist.
+pub fn get_inode(
+    t: &impl ReadableTable<u64, &'static [u8]>,
+    ino: InodeId,
+) -> FsResult<InodeRecord> {
+    match t.get(ino.0).db()? {
+        Some(v) => decode(v.value()),
+        None => Err(FsError::NotFound),
+    }
+}
+
+/// Reads an inode that must be a directory.
+pub fn get_dir(t: &impl ReadableTable<u64, &'static [u8]>, ino: InodeId) -> FsResult<InodeRecord> {
+    let rec = get_inode(t, ino)?;
+    if rec.kind != FileKind::Dir {
+        return Err(FsError::NotDir);
+    }
+    Ok(rec)
+}
+
+/// The child named `name` in `parent`, if any.
+pub fn lookup(
+    t: &impl ReadableTable<(u64, &'static str), (u64, u8)>,
+    parent: InodeId,
+    name: &str,
+) -> FsResult<Option<(InodeId, FileKind)>> {
+    match t.get((parent.0, name)).db()? {
+        Some(v) => {
+            let (ino, kind) = v.value();
+            Ok(Some((InodeId(ino), kind_from_code(kind)?)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Whether a directory has any entry.
+pub fn dir_is_empty(
+    t: &impl ReadableTable<(u64, &'static str), (u64, u8)>,
+    dir: InodeId,
+) -> FsResult<bool> {
+    let mut range = t.range((dir.0, "")..(dir.0 + 1, "")).db()?;
+    Ok(range.next().is_none())
+}
+
+pub fn get_volume_by_id(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: VolumeId,
+) -> FsResult<(String, VolumeRecord)> {
+    for item in t.iter().db()? {
+        let (name, value) = item.db()?;
+        let rec: VolumeRecord = decode(value.value())?;
+        if rec.id == id {
+            return Ok((name.value().to_string(), rec));
+        }
+    }
+    Err(FsError::Corrupt(format!(
+        "volume {id} is referenced but missing"
+    )))
+}
+
+pub fn to_attr(ino: InodeId, rec: &InodeRecord) -> Attr {
+    Attr {
+        ino,
+        volume: rec.volume,
+        kind: rec.kind,
+        mode: rec.mode,
+        uid: rec.uid,
+        gid: rec.gid,
+        nlink: rec.nlink,
+        size: rec.size,
+        atime: rec.atime,
+        mtime: rec.mtime,
+        ctime: rec.ctime,
+        crtime: rec.crtime,
+        rdev: rec.rdev,
+    }
+}
+
+/// Read-only handles on the tables the queries use.
+pub struct ReadTables {
+    pub volumes: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    pub inodes: redb::ReadOnlyTable<u64, &'static [u8]>,
+    pub dentries: redb::ReadOnlyTable<(u64, &'static str), (u64, u8)>,
+    pub extents: redb::ReadOnlyTable<(u64, u64), (u64, u64, u64)>,
+    pub blocks: redb::ReadOnlyTable<u64, &'static [u8]>,
+    pub xattrs: redb::ReadOnlyTable<(u64, &'static str), &'static [u8]>,
+    pub servers: redb::ReadOnlyTable<u64, &'static [u8]>,
+}
+
+impl ReadTables {
+    pub fn open(tx: &ReadTransaction) -> FsResult<Self> {
+        Ok(ReadTables {
+            volumes: tx.open_table(VOLUMES).db()?,
+            inodes: tx.open_table(INODES).db()?,
+            dentries: tx.open_table(DENTRIES).db()?,
+            extents: tx.open_table(EXTENTS).db()?,
+            blocks: tx.open_table(BLOCKS).db()?,
+            xattrs: tx.open_table(XATTRS).db()?,
+            servers: tx.open_table(SERVERS).db()?,
+        })
+    }
+}
