@@ -44,13 +44,17 @@ pub fn place(
     seed: u64,
     exclude: &[ServerId],
 ) -> FsResult<Vec<ServerId>> {
-    let mut usable: Vec<&Candidate> = candidates
-        .iter()
-        .filter(|c| !exclude.contains(&c.id) && c.free() >= min_free)
-        .collect();
+    let eligible: Vec<&Candidate> = candidates.iter().filter(|c| !exclude.contains(&c.id)).collect();
+    if eligible.len() < count {
+        return Err(FsError::unavailable(format!(
+            "need {count} more live chunk servers for this block, {} available",
+            eligible.len()
+        )));
+    }
+    let mut usable: Vec<&Candidate> = eligible.into_iter().filter(|c| c.free() >= min_free).collect();
     if usable.len() < count {
         return Err(FsError::NoSpace(format!(
-            "need {count} chunk servers with free space, {} available",
+            "need {count} chunk servers with free space, {} have it",
             usable.len()
         )));
     }

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# A local dfs cluster on 127.0.0.1: one metadata server, DFS_CHUNK_SERVERS chunk servers and a
+# volume named "default".
+#
+#   scripts/dev-cluster.sh up       build, start what is not running, create the volume
+#   scripts/dev-cluster.sh status   what runs, and the cluster's own view
+#   scripts/dev-cluster.sh down     stop everything it started (data stays)
+#
+# Settings (environment):
+#   DFS_DEV_DIR        where data, logs, certificates and cluster.env go   [./.dfs-dev]
+#   DFS_CHUNK_SERVERS  number of chunk servers                             [6]
+#   DFS_EC             erasure-coding policy of volume "default"           [4+2]
+#   DFS_META_PORT      metadata server UDP port                            [7000]
+#   DFS_CHUNK_PORT     first chunk-server UDP port (then +1, +2, ...)      [7101]
+#
+# After `up`, `. "$DFS_DEV_DIR/cluster.env"` sets DFS_META, DFS_CERTS and PATH for the `dfs` CLI.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+dev_dir=${DFS_DEV_DIR:-$repo/.dfs-dev}
+mkdir -p "$dev_dir"
+dev_dir=$(cd "$dev_dir" && pwd)
+chunks=${DFS_CHUNK_SERVERS:-6}
+ec=${DFS_EC:-4+2}
+meta_port=${DFS_META_PORT:-7000}
+chunk_port=${DFS_CHUNK_PORT:-7101}
+bin=$repo/target/release
+meta_addr=127.0.0.1:$meta_port
+certs=$dev_dir/certs
+
+log() { printf 'dev-cluster: %s\n' "$*"; }
+die() { printf 'dev-cluster: error: %s\n' "$*" >&2; exit 1; }
+need() { command -v "$1" >/dev/null 2>&1; }
+
+running() { # pid file -> true if that process is alive (a killed, unreaped zombie is not)
+    [ -f "$1" ] || return 1
+    local pid
+    pid=$(cat "$1")
+    kill -0 "$pid" 2>/dev/null || return 1
+    ! grep -qE '^[0-9]+ \(.*\) Z' "/proc/$pid/stat" 2>/dev/null
+}
+
+install_missing() {
+    local missing=()
+    need cc || missing+=(gcc)
+    if [ ${#missing[@]} -gt 0 ]; then
+        if [ "$(id -u)" = 0 ] && need apt-get; then
+            log "installing ${missing[*]}"
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+        else
+            die "missing system packages: ${missing[*]} (install them, or run as root)"
+        fi
+    fi
+    need cargo || die "cargo is missing: install a Rust toolchain (https://rustup.rs)"
+}
+
+tune_udp() {
+    # QUIC moves bulk data over UDP; small kernel socket buffers drop packets at full speed.
+    local want=8388608 cur
+    cur=$(cat /proc/sys/net/core/rmem_max 2>/dev/null || echo "$want")
+    if [ "$cur" -lt "$want" ]; then
+        if [ "$(id -u)" = 0 ]; then
+            sysctl -qw net.core.rmem_max=$want net.core.wmem_max=$want || true
+        else
+            log "note: net.core.rmem_max is $cur; raise it to $want for full speed"
+        fi
+    fi
+}
+
+start() { # name pidfile logfile command...
+    local name=$1 pidfile=$2 logfile=$3
+    shift 3
+    if running "$pidfile"; then
+        log "$name already running (pid $(cat "$pidfile"))"
+        return
+    fi
+    nohup "$@" >>"$logfile" 2>&1 &
+    echo $! >"$pidfile"
+    log "started $name (pid $!)"
+}
+
+write_env() {
+    local pids=() dirs=()
+    for i in $(seq 1 "$chunks"); do
+        pids+=("$(cat "$dev_dir/pids/chunk$i.pid" 2>/dev/null || echo 0)")
+        dirs+=("$dev_dir/chunk$i")
+    done
+    cat >"$dev_dir/cluster.env" <<ENV
+# Written by scripts/dev-cluster.sh; source it: . $dev_dir/cluster.env
+export DFS_META=$meta_addr
+export DFS_CERTS=$certs
+export DFS_META_PID=$(cat "$dev_dir/pids/meta.pid")
+export DFS_META_DATA=$dev_dir/meta
+export DFS_CHUNK_PIDS="${pids[*]}"
+export DFS_CHUNK_DIRS="${dirs[*]}"
+export DFS_DEV_DIR=$dev_dir
+export PATH="$bin:\$PATH"
+ENV
+}
+
+wait_for_servers() {
+    local deadline=$((SECONDS + 60)) up=0
+    while [ $SECONDS -lt $deadline ]; do
+        up=$("$bin/dfs" --meta "$meta_addr" --certs "$certs" cluster status --json 2>/dev/null \
+            | grep -c '"up": true' || true)
+        [ "$up" -ge "$chunks" ] && return 0
+        sleep 0.2
+    done
+    die "only $up of $chunks chunk servers came up; see $dev_dir/logs"
+}
+
+up() {
+    install_missing
+    log "building release binaries"
+    (cd "$repo" && cargo build --release --bins --quiet)
+    tune_udp
+    mkdir -p "$dev_dir/logs" "$dev_dir/pids"
+    if [ ! -f "$certs/ca.pem" ]; then
+        "$bin/dfs" cert init --dir "$certs" >/dev/null
+        log "created cluster CA and certificates in $certs"
+    fi
+    start "metadata server on $meta_addr" "$dev_dir/pids/meta.pid" "$dev_dir/logs/meta.log" \
+        "$bin/dfs-meta" --listen "$meta_addr" --data "$dev_dir/meta" --certs "$certs"
+    for i in $(seq 1 "$chunks"); do
+        local port=$((chunk_port + i - 1))
+        start "chunk server $i on 127.0.0.1:$port" "$dev_dir/pids/chunk$i.pid" "$dev_dir/logs/chunk$i.log" \
+            "$bin/dfs-chunk" --listen "127.0.0.1:$port" --data "$dev_dir/chunk$i" \
+            --meta "$meta_addr" --certs "$certs"
+    done
+    wait_for_servers
+    if ! "$bin/dfs" --meta "$meta_addr" --certs "$certs" volume list | grep -q '^default '; then
+        "$bin/dfs" --meta "$meta_addr" --certs "$certs" volume create default --ec "$ec"
+    fi
+    write_env
+    log "ready: . $dev_dir/cluster.env && dfs cluster status"
+}
+
+stop_pid() { # name pidfile
+    local name=$1 pidfile=$2
+    if running "$pidfile"; then
+        local pid
+        pid=$(cat "$pidfile")
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        log "stopped $name"
+    fi
+    rm -f "$pidfile"
+}
+
+down() {
+    for f in "$dev_dir"/pids/chunk*.pid; do
+        [ -e "$f" ] && stop_pid "$(basename "$f" .pid)" "$f"
+    done
+    stop_pid "metadata server" "$dev_dir/pids/meta.pid"
+    log "down (data kept in $dev_dir; remove it for a fresh cluster)"
+}
+
+status() {
+    if running "$dev_dir/pids/meta.pid"; then
+        log "metadata server: running (pid $(cat "$dev_dir/pids/meta.pid"))"
+    else
+        log "metadata server: not running"
+    fi
+    for i in $(seq 1 "$chunks"); do
+        local f=$dev_dir/pids/chunk$i.pid
+        if running "$f"; then log "chunk server $i: running (pid $(cat "$f"))"; else log "chunk server $i: not running"; fi
+    done
+    if running "$dev_dir/pids/meta.pid"; then
+        "$bin/dfs" --meta "$meta_addr" --certs "$certs" cluster status
+    fi
+}
+
+case "${1:-}" in
+    up) up ;;
+    down) down ;;
+    status) status ;;
+    *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs the whole dfs test suite, as CI does: formatting, lints, the binaries the process tests
+# start, then every unit and integration test (real servers on 127.0.0.1, real QUIC, real disks).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need cargo; then
+    echo "cargo is missing: install a Rust toolchain (https://rustup.rs) first" >&2
+    exit 1
+fi
+# System packages the suite uses; installed when missing and we may (root with apt-get).
+missing=()
+need cc || missing+=(gcc)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && need apt-get; then
+        apt-get update -qq && apt-get install -y -qq "${missing[@]}"
+    else
+        echo "missing system packages: ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo build --bins"
+cargo build --workspace --bins --quiet
+echo "== cargo test"
+cargo test --workspace

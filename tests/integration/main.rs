@@ -1,0 +1,7 @@
+//! The dfs integration suite: real servers on 127.0.0.1, real QUIC, real files on disk.
+
+mod cli;
+mod crash;
+mod data;
+mod faults;
+mod namespace;

@@ -1,0 +1,164 @@
+//! The real binaries as child processes: for tests that kill servers with SIGKILL, restart
+//! them, and drive the `dfs` CLI. Logs go to files in the cluster's temp directory.
+
+use crate::Certs;
+use dfs_common::net::tls::write_pair;
+use std::fs::File;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// Path of one of the workspace's binaries, next to the test executable's directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile> directory");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --bins`, as scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A free UDP port on 127.0.0.1, chosen by the kernel.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct ProcessCluster {
+    pub dir: tempfile::TempDir,
+    pub certs: Certs,
+    pub certs_dir: PathBuf,
+    pub meta_addr: SocketAddr,
+    meta: Option<Child>,
+    chunks: Vec<Option<Child>>,
+    starts: usize,
+}
+
+impl ProcessCluster {
+    pub fn start(chunk_servers: usize) -> ProcessCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = Certs::generate();
+        let certs_dir = dir.path().join("certs");
+        write_pair(&certs_dir, "ca", &certs.ca).unwrap();
+        write_pair(&certs_dir, "server", &certs.server).unwrap();
+        write_pair(&certs_dir, "client", &certs.client).unwrap();
+        let meta_addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let mut cluster = ProcessCluster {
+            dir,
+            certs,
+            certs_dir,
+            meta_addr,
+            meta: None,
+            chunks: (0..chunk_servers).map(|_| None).collect(),
+            starts: 0,
+        };
+        cluster.start_meta();
+        for i in 0..chunk_servers {
+            cluster.start_chunk(i);
+        }
+        cluster
+    }
+
+    fn log(&mut self, name: &str) -> (Stdio, Stdio) {
+        self.starts += 1;
+        let path = self.dir.path().join(format!("{name}.{}.log", self.starts));
+        let f = File::create(path).unwrap();
+        (Stdio::from(f.try_clone().unwrap()), Stdio::from(f))
+    }
+
+    pub fn start_meta(&mut self) {
+        assert!(self.meta.is_none(), "metadata server already running");
+        let (out, err) = self.log("meta");
+        let child = Command::new(binary("dfs-meta"))
+            .arg("--listen")
+            .arg(self.meta_addr.to_string())
+            .arg("--data")
+            .arg(self.dir.path().join("meta"))
+            .arg("--certs")
+            .arg(&self.certs_dir)
+            .arg("--server-timeout-secs")
+            .arg(crate::TEST_SERVER_TIMEOUT.as_secs_f64().to_string())
+            .env("RUST_LOG", "info")
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start dfs-meta");
+        self.meta = Some(child);
+    }
+
+    pub fn chunk_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("chunk{i}"))
+    }
+
+    pub fn start_chunk(&mut self, i: usize) {
+        assert!(self.chunks[i].is_none(), "chunk server {i} already running");
+        let (out, err) = self.log(&format!("chunk{i}"));
+        let child = Command::new(binary("dfs-chunk"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data")
+            .arg(self.chunk_dir(i))
+            .arg("--meta")
+            .arg(self.meta_addr.to_string())
+            .arg("--certs")
+            .arg(&self.certs_dir)
+            .arg("--heartbeat-ms")
+            .arg(crate::TEST_HEARTBEAT.as_millis().to_string())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start dfs-chunk");
+        self.chunks[i] = Some(child);
+    }
+
+    fn kill(child: &mut Option<Child>) {
+        if let Some(mut c) = child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILLs the metadata server.
+    pub fn kill_meta(&mut self) {
+        Self::kill(&mut self.meta);
+    }
+
+    /// SIGKILLs chunk server `i`.
+    pub fn kill_chunk(&mut self, i: usize) {
+        Self::kill(&mut self.chunks[i]);
+    }
+
+    /// A `dfs` CLI command already pointed at this cluster.
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(binary("dfs"));
+        cmd.env("DFS_META", self.meta_addr.to_string())
+            .env("DFS_CERTS", &self.certs_dir)
+            .env_remove("RUST_LOG");
+        cmd
+    }
+
+    /// Every log line the servers wrote, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    out += &format!("--- {}\n", e.path().display());
+                    out += &std::fs::read_to_string(e.path()).unwrap_or_default();
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        Self::kill(&mut self.meta);
+        for c in &mut self.chunks {
+            Self::kill(c);
+        }
+    }
+}
