@@ -57,8 +57,10 @@ impl Erasure {
         let k = self.policy.k();
         let total = self.policy.total();
         let shard_len = self.policy.shard_len(block.len() as u64) as usize;
-        let mut buf = vec![0u8; shard_len * total];
-        buf[..block.len()].copy_from_slice(block);
+        // Copy the block once, then zero only the padding and the parity area.
+        let mut buf = Vec::with_capacity(shard_len * total);
+        buf.extend_from_slice(block);
+        buf.resize(shard_len * total, 0);
         if let (Some(rs), true) = (&self.rs, shard_len > 0) {
             let (data, parity) = buf.split_at_mut(k * shard_len);
             let data: Vec<&[u8]> = data.chunks(shard_len).collect();

@@ -44,14 +44,20 @@ pub fn place(
     seed: u64,
     exclude: &[ServerId],
 ) -> FsResult<Vec<ServerId>> {
-    let eligible: Vec<&Candidate> = candidates.iter().filter(|c| !exclude.contains(&c.id)).collect();
+    let eligible: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| !exclude.contains(&c.id))
+        .collect();
     if eligible.len() < count {
         return Err(FsError::unavailable(format!(
             "need {count} more live chunk servers for this block, {} available",
             eligible.len()
         )));
     }
-    let mut usable: Vec<&Candidate> = eligible.into_iter().filter(|c| c.free() >= min_free).collect();
+    let mut usable: Vec<&Candidate> = eligible
+        .into_iter()
+        .filter(|c| c.free() >= min_free)
+        .collect();
     if usable.len() < count {
         return Err(FsError::NoSpace(format!(
             "need {count} chunk servers with free space, {} have it",

@@ -26,8 +26,15 @@ fn fails(cluster: &ProcessCluster, args: &[&str], message: &str) {
     let out = run(cluster, args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "dfs {args:?}: {stderr}");
-    assert!(stderr.contains(message), "dfs {args:?}: expected {message:?} in {stderr:?}");
-    assert_eq!(stderr.lines().count(), 1, "one-line error expected: {stderr:?}");
+    assert!(
+        stderr.contains(message),
+        "dfs {args:?}: expected {message:?} in {stderr:?}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "one-line error expected: {stderr:?}"
+    );
 }
 
 #[test]
@@ -38,12 +45,21 @@ fn cli_commands_and_their_failures() {
         let out = run(&cluster, &["cluster", "status", "--json"]);
         if out.status.success() {
             let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            let up = status["servers"].as_array().unwrap().iter().filter(|s| s["up"] == true).count();
+            let up = status["servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s["up"] == true)
+                .count();
             if up == 6 {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "cluster did not come up\n{}", cluster.logs());
+        assert!(
+            Instant::now() < deadline,
+            "cluster did not come up\n{}",
+            cluster.logs()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let table = ok(&cluster, &["cluster", "status"]);
@@ -51,10 +67,23 @@ fn cli_commands_and_their_failures() {
 
     ok(&cluster, &["volume", "create", "default", "--ec", "4+2"]);
     fails(&cluster, &["volume", "create", "default"], "already exists");
-    fails(&cluster, &["volume", "create", "bad", "--ec", "4-2"], "bad erasure-coding policy");
-    fails(&cluster, &["volume", "create", "big", "--ec", "8+4"], "only 6 are up");
-    fails(&cluster, &["volume", "create", "bad/name"], "invalid volume name");
-    let list: serde_json::Value = serde_json::from_str(&ok(&cluster, &["volume", "list", "--json"])).unwrap();
+    fails(
+        &cluster,
+        &["volume", "create", "bad", "--ec", "4-2"],
+        "bad erasure-coding policy",
+    );
+    fails(
+        &cluster,
+        &["volume", "create", "big", "--ec", "8+4"],
+        "only 6 are up",
+    );
+    fails(
+        &cluster,
+        &["volume", "create", "bad/name"],
+        "invalid volume name",
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&cluster, &["volume", "list", "--json"])).unwrap();
     assert_eq!(list[0]["name"], "default");
     assert!(ok(&cluster, &["volume", "list"]).contains("4+2"));
 
@@ -67,18 +96,40 @@ fn cli_commands_and_their_failures() {
     fails(&cluster, &["put", l, "default:/a/b/file"], "exists");
     ok(&cluster, &["put", "--force", l, "default:/a/b/file"]);
     let back = cluster.dir.path().join("out.bin");
-    ok(&cluster, &["get", "default:/a/b/file", back.to_str().unwrap()]);
-    assert!(std::fs::read(&back).unwrap() == data, "get returned other bytes than put");
-    let stat: serde_json::Value = serde_json::from_str(&ok(&cluster, &["stat", "--json", "default:/a/b/file"])).unwrap();
+    ok(
+        &cluster,
+        &["get", "default:/a/b/file", back.to_str().unwrap()],
+    );
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "get returned other bytes than put"
+    );
+    let stat: serde_json::Value =
+        serde_json::from_str(&ok(&cluster, &["stat", "--json", "default:/a/b/file"])).unwrap();
     assert_eq!(stat["size"], data.len() as u64);
     let ls = ok(&cluster, &["ls", "default:/a/b"]);
-    assert!(ls.contains("file") && ls.contains(&data.len().to_string()), "{ls}");
+    assert!(
+        ls.contains("file") && ls.contains(&data.len().to_string()),
+        "{ls}"
+    );
 
     fails(&cluster, &["rm", "default:/a"], "directory not empty");
-    fails(&cluster, &["rm", "default:/nope"], "no such file or directory");
-    fails(&cluster, &["get", "default:/nope", back.to_str().unwrap()], "no such file or directory");
+    fails(
+        &cluster,
+        &["rm", "default:/nope"],
+        "no such file or directory",
+    );
+    fails(
+        &cluster,
+        &["get", "default:/nope", back.to_str().unwrap()],
+        "no such file or directory",
+    );
     fails(&cluster, &["ls", "other:/"], "no volume named");
-    fails(&cluster, &["put", "/definitely/missing", "default:/x"], "cannot open");
+    fails(
+        &cluster,
+        &["put", "/definitely/missing", "default:/x"],
+        "cannot open",
+    );
     fails(&cluster, &["ls", "no-colon"], "not a remote path");
     fails(&cluster, &["mkdir", "default:/a"], "already exists");
     ok(&cluster, &["rm", "default:/a/b/file"]);
@@ -86,10 +137,20 @@ fn cli_commands_and_their_failures() {
     assert!(!ok(&cluster, &["ls", "default:/a"]).contains('b'));
 
     // Unreachable cluster and missing settings.
-    let out = cluster.cli().env("DFS_META", "127.0.0.1:1").args(["volume", "list"]).output().unwrap();
+    let out = cluster
+        .cli()
+        .env("DFS_META", "127.0.0.1:1")
+        .args(["volume", "list"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the metadata server"));
-    let out = cluster.cli().env_remove("DFS_META").args(["volume", "list"]).output().unwrap();
+    let out = cluster
+        .cli()
+        .env_remove("DFS_META")
+        .args(["volume", "list"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("--meta"));
     let out = cluster.cli().args(["frobnicate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "bad usage exits with 2");

@@ -12,10 +12,18 @@ use std::time::Duration;
 async fn client_for(cluster: &ProcessCluster) -> Client {
     let identity = cluster.certs.client_identity();
     let addr = cluster.meta_addr;
-    wait_for("the metadata server to answer", Duration::from_secs(30), || {
-        let identity = identity.clone();
-        async move { Client::connect(addr, &identity, Default::default()).await.ok() }
-    })
+    wait_for(
+        "the metadata server to answer",
+        Duration::from_secs(30),
+        || {
+            let identity = identity.clone();
+            async move {
+                Client::connect(addr, &identity, Default::default())
+                    .await
+                    .ok()
+            }
+        },
+    )
     .await
 }
 
@@ -29,11 +37,20 @@ async fn files_survive_m_killed_chunk_servers_and_m_plus_one_fails_cleanly() {
     let mut cluster = ProcessCluster::start(6);
     let client = client_for(&cluster).await;
     wait_for_live_servers(&client, 6).await;
-    let volume = client.create_volume("v", EcPolicy::new(4, 2).unwrap(), 1 << 20).await.unwrap();
+    let volume = client
+        .create_volume("v", EcPolicy::new(4, 2).unwrap(), 1 << 20)
+        .await
+        .unwrap();
     let mut files = Vec::new();
-    for (i, size) in [1usize, 1000, 1 << 20, (1 << 20) + 1, 5 << 20].into_iter().enumerate() {
+    for (i, size) in [1usize, 1000, 1 << 20, (1 << 20) + 1, 5 << 20]
+        .into_iter()
+        .enumerate()
+    {
         let data = random_bytes(size, i as u64);
-        let mut f = client.create(volume.root, &format!("f{i}"), 0o644, 0, 0).await.unwrap();
+        let mut f = client
+            .create(volume.root, &format!("f{i}"), 0o644, 0, 0)
+            .await
+            .unwrap();
         f.write(0, &data).await.unwrap();
         let ino = f.ino();
         f.close().await.unwrap();
@@ -43,35 +60,57 @@ async fn files_survive_m_killed_chunk_servers_and_m_plus_one_fails_cleanly() {
     cluster.kill_chunk(4);
     // Reads work at once (the client skips servers that fail) and after they are marked down.
     for (ino, data) in &files {
-        assert!(&read_all(&client, *ino).await.unwrap() == data, "read with m servers killed");
+        assert!(
+            &read_all(&client, *ino).await.unwrap() == data,
+            "read with m servers killed"
+        );
     }
     wait_for_live_servers(&client, 4).await;
     for (ino, data) in &files {
-        assert!(&read_all(&client, *ino).await.unwrap() == data, "read with m servers down");
+        assert!(
+            &read_all(&client, *ino).await.unwrap() == data,
+            "read with m servers down"
+        );
     }
     cluster.kill_chunk(2);
     wait_for_live_servers(&client, 3).await;
     let mut failures = 0;
     for (ino, data) in &files {
         match read_all(&client, *ino).await {
-            Ok(got) => assert!(&got == data, "a read with m+1 servers down returned wrong data"),
+            Ok(got) => assert!(
+                &got == data,
+                "a read with m+1 servers down returned wrong data"
+            ),
             Err(e) => {
-                assert!(matches!(e, FsError::Unavailable(_)), "unexpected error {e:?}");
-                assert!(e.to_string().contains("shards readable"), "unclear error: {e}");
+                assert!(
+                    matches!(e, FsError::Unavailable(_)),
+                    "unexpected error {e:?}"
+                );
+                assert!(
+                    e.to_string().contains("shards readable"),
+                    "unclear error: {e}"
+                );
                 failures += 1;
             }
         }
     }
     // Every block lost 3 of its 6 shards or fewer; a block that kept k shards still reads, but
     // with 3 of 6 servers gone most blocks lost data shards, so some reads must fail.
-    assert!(failures > 0, "no read failed with m+1 servers down\n{}", cluster.logs());
+    assert!(
+        failures > 0,
+        "no read failed with m+1 servers down\n{}",
+        cluster.logs()
+    );
     // Back up: everything reads again.
     cluster.start_chunk(1);
     cluster.start_chunk(2);
     cluster.start_chunk(4);
     wait_for_live_servers(&client, 6).await;
     for (ino, data) in &files {
-        assert!(&read_all(&client, *ino).await.unwrap() == data, "read after restart");
+        assert!(
+            &read_all(&client, *ino).await.unwrap() == data,
+            "read after restart"
+        );
     }
 }
 
@@ -83,7 +122,10 @@ async fn metadata_server_kill_9_keeps_every_acknowledged_operation() {
     let mut cluster = ProcessCluster::start(6);
     let client = client_for(&cluster).await;
     wait_for_live_servers(&client, 6).await;
-    let volume = client.create_volume("v", EcPolicy::new(4, 2).unwrap(), 256 * 1024).await.unwrap();
+    let volume = client
+        .create_volume("v", EcPolicy::new(4, 2).unwrap(), 256 * 1024)
+        .await
+        .unwrap();
     let dir = client.mkdir(volume.root, "d", 0o755, 0, 0).await.unwrap();
     let acked: Acked = Arc::default();
     let workload = {
@@ -122,18 +164,32 @@ async fn metadata_server_kill_9_keeps_every_acknowledged_operation() {
     wait_for_live_servers(&client, 6).await;
     let dir = client.lookup(volume.root, "d").await.unwrap();
     for (name, data) in &acked {
-        let attr = client.lookup(dir.ino, name).await.unwrap_or_else(|e| panic!("{name} lost: {e}"));
+        let attr = client
+            .lookup(dir.ino, name)
+            .await
+            .unwrap_or_else(|e| panic!("{name} lost: {e}"));
         assert_eq!(attr.kind, FileKind::File);
-        assert!(&read_all(&client, attr.ino).await.unwrap() == data, "{name} differs");
+        assert!(
+            &read_all(&client, attr.ino).await.unwrap() == data,
+            "{name} differs"
+        );
     }
     // Nothing torn: a file that was not acknowledged is either absent, empty (created but not
     // committed) or complete.
     let listing = client.readdir_all(dir.ino, true).await.unwrap();
-    for entry in listing.iter().filter(|e| !acked.iter().any(|(n, _)| n == &e.name)) {
+    for entry in listing
+        .iter()
+        .filter(|e| !acked.iter().any(|(n, _)| n == &e.name))
+    {
         let i: usize = entry.name["file-".len()..].parse().unwrap();
         let expected = random_bytes(1000 + (i * 7919) % 300_000, i as u64);
         let got = read_all(&client, entry.ino).await.unwrap();
-        assert!(got.is_empty() || got == expected, "{} is torn ({} bytes)", entry.name, got.len());
+        assert!(
+            got.is_empty() || got == expected,
+            "{} is torn ({} bytes)",
+            entry.name,
+            got.len()
+        );
     }
     // The cluster keeps working after the restart.
     let mut f = client.create(dir.ino, "after", 0o644, 0, 0).await.unwrap();

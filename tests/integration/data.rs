@@ -9,7 +9,13 @@ use rand::{Rng, SeedableRng};
 
 const MIB: u64 = 1024 * 1024;
 
-async fn write_file(client: &Client, volume: &VolumeInfo, name: &str, data: &[u8], chunk: usize) -> InodeId {
+async fn write_file(
+    client: &Client,
+    volume: &VolumeInfo,
+    name: &str,
+    data: &[u8],
+    chunk: usize,
+) -> InodeId {
     let mut f = client.create(volume.root, name, 0o644, 0, 0).await.unwrap();
     let mut off = 0;
     for piece in data.chunks(chunk.max(1)) {
@@ -25,7 +31,10 @@ async fn read_all(client: &Client, ino: InodeId) -> Vec<u8> {
     let size = client.getattr(ino).await.unwrap().size;
     let mut out = Vec::with_capacity(size as usize);
     while (out.len() as u64) < size {
-        let piece = client.read_range(ino, out.len() as u64, 16 * MIB).await.unwrap();
+        let piece = client
+            .read_range(ino, out.len() as u64, 16 * MIB)
+            .await
+            .unwrap();
         assert!(!piece.is_empty(), "short read at {}", out.len());
         out.extend_from_slice(&piece);
     }
@@ -38,7 +47,9 @@ async fn files_round_trip_bit_exact_under_each_policy() {
     let client = cluster.client().await;
     let block = 4 * MIB;
     for (i, policy) in ["4+2", "2+1", "6+3"].iter().enumerate() {
-        let volume = cluster.volume(&client, &format!("v{i}"), policy, block).await;
+        let volume = cluster
+            .volume(&client, &format!("v{i}"), policy, block)
+            .await;
         let sizes = [0, 1, block - 1, block, block + 1, 100 * MIB];
         for (j, &size) in sizes.iter().enumerate() {
             let data = random_bytes(size as usize, (i * 10 + j) as u64);
@@ -46,11 +57,17 @@ async fn files_round_trip_bit_exact_under_each_policy() {
             let attr = client.getattr(ino).await.unwrap();
             assert_eq!(attr.size, size, "{policy} size {size}");
             let back = read_all(&client, ino).await;
-            assert!(back == data, "{policy}: {size}-byte file differs after round trip");
+            assert!(
+                back == data,
+                "{policy}: {size}-byte file differs after round trip"
+            );
             // A read in the middle, across a block boundary.
             if size > block {
                 let mid = client.read_range(ino, block - 10, 20).await.unwrap();
-                assert_eq!(mid, &data[(block - 10) as usize..(block + 10).min(size) as usize]);
+                assert_eq!(
+                    mid,
+                    &data[(block - 10) as usize..(block + 10).min(size) as usize]
+                );
             }
         }
     }
@@ -64,7 +81,10 @@ async fn random_writes_overwrites_and_truncates_match_a_model() {
     let volume = cluster.volume(&client, "rand", "4+2", 64 * 1024).await;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
     let mut model: Vec<u8> = Vec::new();
-    let mut f = client.create(volume.root, "model", 0o644, 0, 0).await.unwrap();
+    let mut f = client
+        .create(volume.root, "model", 0o644, 0, 0)
+        .await
+        .unwrap();
     let ino = f.ino();
     for step in 0..120 {
         match rng.random_range(0..10) {
@@ -101,7 +121,10 @@ async fn random_writes_overwrites_and_truncates_match_a_model() {
     // A fresh client sees exactly the model.
     let other = cluster.client().await;
     assert_eq!(other.getattr(ino).await.unwrap().size, model.len() as u64);
-    assert!(read_all(&other, ino).await == model, "file differs from the model");
+    assert!(
+        read_all(&other, ino).await == model,
+        "file differs from the model"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,15 +140,25 @@ async fn flipped_bit_on_disk_is_detected_and_read_is_still_correct() {
     let server = block.shards[0].server;
     let node = cluster.chunks.iter().find(|c| c.id == server).unwrap();
     let sub = format!("{:02x}", block.block.0 & 0xff);
-    let path = node.data_dir.join("shards").join(sub).join(format!("{:016x}-00", block.block.0));
+    let path = node
+        .data_dir
+        .join("shards")
+        .join(sub)
+        .join(format!("{:016x}-00", block.block.0));
     let mut bytes = std::fs::read(&path).unwrap();
     let at = bytes.len() - 1000;
     bytes[at] ^= 0x04;
     std::fs::write(&path, &bytes).unwrap();
     // The chunk server refuses to return the damaged range...
     let store = dfs_chunk::store::ShardStore::open(&node.data_dir).unwrap();
-    let key = dfs_common::proto::chunk::ShardKey { block: block.block, index: 0 };
-    assert!(matches!(store.verify(&key), Err(dfs_common::FsError::Corrupt(_))));
+    let key = dfs_common::proto::chunk::ShardKey {
+        block: block.block,
+        index: 0,
+    };
+    assert!(matches!(
+        store.verify(&key),
+        Err(dfs_common::FsError::Corrupt(_))
+    ));
     // ...and the client still reads the right bytes, through reconstruction.
     assert!(read_all(&client, ino).await == data);
 }
@@ -139,13 +172,19 @@ async fn stopped_servers_are_tolerated_up_to_m() {
     let ino = write_file(&client, &volume, "f", &data, 1 << 20).await;
     cluster.stop_chunk(0).await;
     cluster.stop_chunk(3).await;
-    assert!(read_all(&client, ino).await == data, "read with m servers stopped");
+    assert!(
+        read_all(&client, ino).await == data,
+        "read with m servers stopped"
+    );
     // New writes go to the remaining servers only when they are enough: 4 live < 6 needed.
     dfs_tests::wait_for_live_servers(&client, 4).await;
     let mut f = client.create(volume.root, "g", 0o644, 0, 0).await.unwrap();
     f.write(0, b"hello").await.unwrap();
     let err = f.close().await.unwrap_err();
-    assert!(matches!(err, dfs_common::FsError::Unavailable(_)), "{err:?}");
+    assert!(
+        matches!(err, dfs_common::FsError::Unavailable(_)),
+        "{err:?}"
+    );
     cluster.restart_chunk(0).await;
     cluster.restart_chunk(3).await;
     dfs_tests::wait_for_live_servers(&client, 6).await;

@@ -35,7 +35,8 @@ pub struct Certs {
 impl Certs {
     pub fn generate() -> Certs {
         let ca = generate_ca().expect("CA");
-        let server = issue(&ca, "test-server", Role::Server, &["127.0.0.1".into()]).expect("server cert");
+        let server =
+            issue(&ca, "test-server", Role::Server, &["127.0.0.1".into()]).expect("server cert");
         let client = issue(&ca, "test-client", Role::Client, &[]).expect("client cert");
         Certs { ca, server, client }
     }
@@ -60,17 +61,24 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// Waits until exactly `n` chunk servers are up.
 pub async fn wait_for_live_servers(client: &Client, n: usize) {
-    wait_for(&format!("{n} live chunk servers"), Duration::from_secs(30), || async {
-        let status = client.cluster_status().await.ok()?;
-        (status.servers.iter().filter(|s| s.up).count() == n).then_some(())
-    })
+    wait_for(
+        &format!("{n} live chunk servers"),
+        Duration::from_secs(30),
+        || async {
+            let status = client.cluster_status().await.ok()?;
+            (status.servers.iter().filter(|s| s.up).count() == n).then_some(())
+        },
+    )
     .await
 }
 
@@ -120,7 +128,10 @@ impl TestCluster {
         .expect("metadata server starts");
         let mut cluster = TestCluster {
             meta_addr: meta.addr,
-            meta: Some(Task { shutdown, task: meta.task }),
+            meta: Some(Task {
+                shutdown,
+                task: meta.task,
+            }),
             dir,
             certs,
             chunks: Vec::new(),
@@ -154,7 +165,10 @@ impl TestCluster {
             id: running.id,
             addr: running.addr,
             data_dir,
-            task: Some(Task { shutdown, task: running.task }),
+            task: Some(Task {
+                shutdown,
+                task: running.task,
+            }),
         }
     }
 
@@ -168,9 +182,18 @@ impl TestCluster {
             .expect("client connects")
     }
 
-    pub async fn volume(&self, client: &Client, name: &str, policy: &str, block_size: u64) -> VolumeInfo {
+    pub async fn volume(
+        &self,
+        client: &Client,
+        name: &str,
+        policy: &str,
+        block_size: u64,
+    ) -> VolumeInfo {
         let policy: EcPolicy = policy.parse().unwrap();
-        client.create_volume(name, policy, block_size).await.expect("volume created")
+        client
+            .create_volume(name, policy, block_size)
+            .await
+            .expect("volume created")
     }
 
     /// Stops chunk server `i` (its data stays on disk).

@@ -11,7 +11,10 @@ use std::process::{Child, Command, Stdio};
 /// Path of one of the workspace's binaries, next to the test executable's directory.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile> directory");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory");
     let path = profile_dir.join(name);
     assert!(
         path.exists(),
@@ -23,7 +26,11 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// A free UDP port on 127.0.0.1, chosen by the kernel.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct ProcessCluster {

@@ -8,7 +8,10 @@
 use super::tls::Identity;
 use crate::error::FsError;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{ClientConfig, Endpoint, EndpointConfig, ServerConfig, TransportConfig, VarInt};
+use quinn::{
+    ClientConfig, Endpoint, EndpointConfig, MtuDiscoveryConfig, ServerConfig, TransportConfig,
+    VarInt,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +23,21 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
 const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
 const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+/// Largest UDP payload we send or accept (what IPv4 allows).
+const MAX_UDP_PAYLOAD: u16 = 65_527;
+
+fn endpoint_config(reset_key: Option<[u8; 32]>) -> EndpointConfig {
+    let mut cfg = match reset_key {
+        Some(key) => EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &key,
+        ))),
+        None => EndpointConfig::default(),
+    };
+    cfg.max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .expect("payload size within QUIC's bounds");
+    cfg
+}
 /// Requests in flight per connection; further streams wait for a slot (back-pressure).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 512;
 
@@ -34,6 +52,11 @@ fn transport_config() -> Arc<TransportConfig> {
         IDLE_TIMEOUT.try_into().expect("idle timeout fits a VarInt"),
     ));
     t.keep_alive_interval(Some(KEEP_ALIVE));
+    // Let path-MTU discovery go as far as the path allows: on loopback and jumbo-frame LANs
+    // big datagrams cut the per-packet CPU cost (crypto, syscalls) several times over.
+    let mut mtu = MtuDiscoveryConfig::default();
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtu));
     Arc::new(t)
 }
 
@@ -102,7 +125,7 @@ pub fn client_endpoint(identity: &Identity) -> Result<Endpoint, FsError> {
     let runtime = quinn::default_runtime()
         .ok_or_else(|| FsError::io("no async runtime for the QUIC endpoint"))?;
     let addr: SocketAddr = "0.0.0.0:0".parse().expect("valid address");
-    let mut endpoint = Endpoint::new(EndpointConfig::default(), None, bind_socket(addr)?, runtime)
+    let mut endpoint = Endpoint::new(endpoint_config(None), None, bind_socket(addr)?, runtime)
         .map_err(|e| FsError::io(format!("QUIC endpoint: {e}")))?;
     endpoint.set_default_client_config(client_config(identity)?);
     Ok(endpoint)
