@@ -1,7 +1,6 @@
 //! The chunk server's request handler: validates, then does blocking disk work off the runtime.
 
 use crate::store::{validate_put, ShardStore};
-use bytes::Bytes;
 use dfs_common::net::rpc::read_body;
 use dfs_common::net::server::{PeerInfo, Response, Service};
 use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ChunkServerInfo};
@@ -104,7 +103,7 @@ impl Service for ChunkService {
                     ChunkReply::Data {
                         len: data.len() as u64,
                     },
-                    Some(Bytes::from(data)),
+                    Some(data),
                 ))
             }
             ChunkRequest::Delete { key } => {

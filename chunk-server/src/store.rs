@@ -22,13 +22,13 @@
 //! fsynced before the write is acknowledged. A crash before the rename leaves only a temp file,
 //! removed at the next start; after it, the shard is complete.
 
+use bytes::Bytes;
 use dfs_common::checksum::{self, Hash, SUB_BLOCK};
 use dfs_common::proto::chunk::{ShardKey, ShardOwner};
 use dfs_common::proto::MAX_BLOCK_SIZE;
 use dfs_common::{BlockId, EcPolicy, FsError, FsResult, VolumeId};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -259,7 +259,7 @@ impl ShardStore {
     }
 
     /// Reads `len` bytes at `offset` of a shard, verifying every sub-block it touches.
-    pub fn get(&self, key: &ShardKey, offset: u64, len: u64) -> FsResult<Vec<u8>> {
+    pub fn get(&self, key: &ShardKey, offset: u64, len: u64) -> FsResult<Bytes> {
         let path = self.shard_path(key);
         let mut file = open_shard(&path)?;
         let header = ShardHeader::read(&mut file, &path)?;
@@ -273,16 +273,25 @@ impl ShardStore {
                 ))
             })?;
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
         let sub = SUB_BLOCK as u64;
         let first = offset / sub;
         let last = (end - 1) / sub;
         let span_start = first * sub;
         let span_end = ((last + 1) * sub).min(header.shard_len);
-        let mut span = vec![0u8; (span_end - span_start) as usize];
-        file.read_exact_at(&mut span, header.data_offset() + span_start)
-            .map_err(|e| FsError::Corrupt(format!("{}: short read: {e}", path.display())))?;
+        let span_len = (span_end - span_start) as usize;
+        // read_to_end fills spare capacity directly: no zero-fill of a buffer about to be
+        // overwritten.
+        let mut span = Vec::with_capacity(span_len);
+        file.seek(SeekFrom::Start(header.data_offset() + span_start))?;
+        file.take(span_len as u64).read_to_end(&mut span)?;
+        if span.len() != span_len {
+            return Err(FsError::Corrupt(format!(
+                "{}: shard file is truncated",
+                path.display()
+            )));
+        }
         for (i, chunk) in span.chunks(SUB_BLOCK).enumerate() {
             let index = first as usize + i;
             if checksum::hash(chunk) != header.hashes[index] {
@@ -295,9 +304,7 @@ impl ShardStore {
             }
         }
         let from = (offset - span_start) as usize;
-        span.drain(..from);
-        span.truncate(len as usize);
-        Ok(span)
+        Ok(Bytes::from(span).slice(from..from + len as usize))
     }
 
     /// Verifies every sub-block of a shard (used by checks and scrubbing).

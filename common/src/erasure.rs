@@ -54,13 +54,23 @@ impl Erasure {
 
     /// Encodes `block` into k data and m parity shards.
     pub fn encode(&self, block: &[u8]) -> EncodedBlock {
-        let k = self.policy.k();
-        let total = self.policy.total();
-        let shard_len = self.policy.shard_len(block.len() as u64) as usize;
-        // Copy the block once, then zero only the padding and the parity area.
-        let mut buf = Vec::with_capacity(shard_len * total);
+        let mut buf = Vec::with_capacity(self.encoded_len(block.len()));
         buf.extend_from_slice(block);
-        buf.resize(shard_len * total, 0);
+        self.encode_owned(buf)
+    }
+
+    /// Bytes of a block of `block_len` bytes once encoded (all k+m shards).
+    pub fn encoded_len(&self, block_len: usize) -> usize {
+        self.policy.shard_len(block_len as u64) as usize * self.policy.total()
+    }
+
+    /// Encodes a block held in `buf`, in place: the data stays where it is and the padding and
+    /// parity are appended, so a buffer allocated with [`Erasure::encoded_len`] capacity is
+    /// never copied.
+    pub fn encode_owned(&self, mut buf: Vec<u8>) -> EncodedBlock {
+        let k = self.policy.k();
+        let shard_len = self.policy.shard_len(buf.len() as u64) as usize;
+        buf.resize(shard_len * self.policy.total(), 0);
         if let (Some(rs), true) = (&self.rs, shard_len > 0) {
             let (data, parity) = buf.split_at_mut(k * shard_len);
             let data: Vec<&[u8]> = data.chunks(shard_len).collect();

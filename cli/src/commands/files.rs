@@ -141,14 +141,15 @@ pub async fn put(client: &Client, args: PutArgs, json: bool) -> anyhow::Result<(
     };
     let started = Instant::now();
     let bar = progress(len, "put");
-    let mut buf = vec![0u8; volume.block_size as usize];
     let mut offset = 0u64;
     loop {
-        let n = read_full(&mut local, &mut buf).await?;
+        // Each block is read into its own buffer, which then travels to the encoder uncopied.
+        let mut buf = file.write_buffer();
+        let n = read_block(&mut local, &mut buf, file.block_size()).await?;
         if n == 0 {
             break;
         }
-        file.write(offset, &buf[..n]).await?;
+        file.write_owned(offset, buf).await?;
         offset += n as u64;
         bar.set_position(offset);
     }
@@ -157,17 +158,21 @@ pub async fn put(client: &Client, args: PutArgs, json: bool) -> anyhow::Result<(
     report(json, "put", offset, started)
 }
 
-/// Fills `buf` unless the file ends first; returns the bytes read.
-async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let n = file.read(&mut buf[filled..]).await?;
+/// Appends up to `len` bytes of `file` to `buf` (fewer only at end of file); returns how many.
+async fn read_block(
+    file: &mut tokio::fs::File,
+    buf: &mut Vec<u8>,
+    len: usize,
+) -> std::io::Result<usize> {
+    let mut limited = file.take(len as u64);
+    let mut total = 0;
+    loop {
+        let n = limited.read_buf(buf).await?;
         if n == 0 {
-            break;
+            return Ok(total);
         }
-        filled += n;
+        total += n;
     }
-    Ok(filled)
 }
 
 pub async fn get(client: &Client, args: GetArgs, json: bool) -> anyhow::Result<()> {

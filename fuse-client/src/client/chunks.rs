@@ -4,7 +4,7 @@
 //! straight to other shards instead of waiting on it again.
 
 use bytes::Bytes;
-use dfs_common::net::rpc::read_body_into;
+use dfs_common::net::rpc::{read_body, read_body_into};
 use dfs_common::net::{resolve_addr, Peer};
 use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ShardKey, ShardOwner};
 use dfs_common::{FsError, FsResult};
@@ -94,6 +94,32 @@ impl ChunkPool {
         self.note(addr, result)
     }
 
+    /// Reads `buf.len()` bytes at `offset` of a shard straight into `buf`.
+    pub async fn get_shard_into(
+        &self,
+        addr: &str,
+        key: ShardKey,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> FsResult<()> {
+        let len = buf.len() as u64;
+        let result = async {
+            let peer = self.peer(addr)?;
+            let request = ChunkRequest::Get { key, offset, len };
+            let (reply, mut recv) = peer.call::<_, ChunkReply>(&request, None, 4096).await?;
+            match reply {
+                ChunkReply::Data { len: got } if got == len => {
+                    read_body_into(&mut recv, buf, self.timeout).await
+                }
+                other => Err(FsError::protocol(format!(
+                    "unexpected reply {other:?} to a {len}-byte read"
+                ))),
+            }
+        }
+        .await;
+        self.note(addr, result)
+    }
+
     /// Reads `len` bytes at `offset` of a shard.
     pub async fn get_shard(
         &self,
@@ -108,9 +134,7 @@ impl ChunkPool {
             let (reply, mut recv) = peer.call::<_, ChunkReply>(&request, None, 4096).await?;
             match reply {
                 ChunkReply::Data { len: got } if got == len => {
-                    let mut buf = vec![0u8; len as usize];
-                    read_body_into(&mut recv, &mut buf, self.timeout).await?;
-                    Ok(buf)
+                    read_body(&mut recv, len as usize, self.timeout).await
                 }
                 other => Err(FsError::protocol(format!(
                     "unexpected reply {other:?} to a {len}-byte read"

@@ -18,6 +18,24 @@ impl DirtyBuffer {
         self.runs.is_empty()
     }
 
+    /// Takes ownership of `data`: when it touches no buffered run it is kept as it is, with
+    /// no copy (the common case of a large sequential write).
+    pub fn write_owned(&mut self, offset: u64, data: Vec<u8>) {
+        let end = offset + data.len() as u64;
+        let touches_before = self
+            .runs
+            .range(..=offset)
+            .next_back()
+            .is_some_and(|(&s, r)| s + r.len() as u64 >= offset);
+        let touches_after = self.runs.range(offset + 1..=end).next().is_some();
+        if data.is_empty() || touches_before || touches_after {
+            self.write(offset, &data);
+        } else {
+            self.bytes += data.len();
+            self.runs.insert(offset, data);
+        }
+    }
+
     pub fn write(&mut self, offset: u64, data: &[u8]) {
         if data.is_empty() {
             return;

@@ -8,7 +8,7 @@ use super::writer::upload_block;
 use super::{reader, Client};
 use dfs_common::proto::meta::{Attr, FileKind, MetaReply, MetaRequest, NewExtent, SetAttr};
 use dfs_common::proto::MAX_FILE_SIZE;
-use dfs_common::{FsError, FsResult, InodeId, Timestamp};
+use dfs_common::{EcPolicy, FsError, FsResult, InodeId, Timestamp};
 use std::collections::VecDeque;
 use tokio::task::JoinHandle;
 
@@ -19,6 +19,7 @@ pub struct FileHandle {
     client: Client,
     ino: InodeId,
     block_size: usize,
+    policy: EcPolicy,
     /// Size including buffered writes.
     size: u64,
     dirty: DirtyBuffer,
@@ -63,6 +64,7 @@ impl Client {
             client: self.clone(),
             ino: attr.ino,
             block_size: volume.block_size as usize,
+            policy: volume.policy,
             size: attr.size,
             dirty: DirtyBuffer::default(),
             uploads: VecDeque::new(),
@@ -84,11 +86,42 @@ impl FileHandle {
 
     /// Buffers `data` at `offset`; full blocks start uploading at once.
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<usize> {
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|&e| e <= MAX_FILE_SIZE)
-            .ok_or(FsError::FileTooLarge)?;
+        let end = Self::end_of(offset, data.len())?;
         self.dirty.write(offset, data);
+        self.written(end).await?;
+        Ok(data.len())
+    }
+
+    /// Like [`FileHandle::write`], taking ownership of the buffer: a block-sized buffer that
+    /// touches nothing buffered goes to the encoder without being copied. Give it capacity for
+    /// the parity ([`FileHandle::write_buffer`]) and it is not even reallocated.
+    pub async fn write_owned(&mut self, offset: u64, data: Vec<u8>) -> FsResult<usize> {
+        let len = data.len();
+        let end = Self::end_of(offset, len)?;
+        self.dirty.write_owned(offset, data);
+        self.written(end).await?;
+        Ok(len)
+    }
+
+    /// An empty buffer with room for one block and its parity, for [`FileHandle::write_owned`].
+    pub fn write_buffer(&self) -> Vec<u8> {
+        let encoded = self.policy.shard_len(self.block_size as u64) as usize * self.policy.total();
+        Vec::with_capacity(encoded)
+    }
+
+    /// The block size of the file's volume: the best size for sequential writes.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    fn end_of(offset: u64, len: usize) -> FsResult<u64> {
+        offset
+            .checked_add(len as u64)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(FsError::FileTooLarge)
+    }
+
+    async fn written(&mut self, end: u64) -> FsResult<()> {
         self.size = self.size.max(end);
         for (at, block) in self.dirty.take_full_blocks(self.block_size) {
             self.start_upload(at, block).await?;
@@ -96,7 +129,7 @@ impl FileHandle {
         if self.dirty.bytes() > self.client.inner.options.max_dirty_bytes {
             self.upload_dirty().await?;
         }
-        Ok(data.len())
+        Ok(())
     }
 
     async fn start_upload(&mut self, offset: u64, data: Vec<u8>) -> FsResult<()> {

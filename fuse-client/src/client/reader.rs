@@ -8,6 +8,7 @@ use super::Client;
 use dfs_common::proto::chunk::ShardKey;
 use dfs_common::proto::meta::{BlockInfo, Layout};
 use dfs_common::{FsError, FsResult, InodeId};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::sync::Arc;
 use tokio::task::JoinSet;
 
@@ -58,18 +59,23 @@ pub async fn read_with_layout(
             &mut pieces,
         )?;
     }
-    let mut fetches = JoinSet::new();
-    for piece in pieces {
-        let client = client.clone();
-        fetches.spawn(async move {
-            let data = fetch_piece(&client, &piece).await?;
-            Ok::<_, FsError>((piece.out_offset, data))
-        });
+    // Every piece lands straight in its own disjoint part of `out`; pieces are polled together
+    // in this task, so they are fetched in parallel without copying through task results.
+    pieces.sort_by_key(|p| p.out_offset);
+    let mut fetches = FuturesUnordered::new();
+    let mut rest: &mut [u8] = &mut out;
+    let mut consumed = 0;
+    for piece in &pieces {
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(piece.out_offset - consumed);
+        let (slot, tail) = tail.split_at_mut(piece.len as usize);
+        rest = tail;
+        consumed = piece.out_offset + piece.len as usize;
+        fetches.push(fetch_piece(client, piece, slot));
     }
-    while let Some(result) = fetches.join_next().await {
-        let (at, data) = result.map_err(|e| FsError::io(format!("read task: {e}")))??;
-        out[at..at + data.len()].copy_from_slice(&data);
+    while let Some(result) = fetches.next().await {
+        result?;
     }
+    drop(fetches);
     Ok(out)
 }
 
@@ -113,29 +119,30 @@ fn key(piece: &Piece, index: usize) -> ShardKey {
     }
 }
 
-/// Fetches one piece from its data shard, falling back to reconstruction.
-async fn fetch_piece(client: &Client, piece: &Piece) -> FsResult<Vec<u8>> {
+/// Fetches one piece from its data shard into `slot`, falling back to reconstruction.
+async fn fetch_piece(client: &Client, piece: &Piece, slot: &mut [u8]) -> FsResult<()> {
     let location = &piece.block.shards[piece.index];
     if location.up && !client.inner.chunks.is_suspect(&location.addr) {
         match client
             .inner
             .chunks
-            .get_shard(
+            .get_shard_into(
                 &location.addr,
                 key(piece, piece.index),
                 piece.shard_offset,
-                piece.len,
+                slot,
             )
             .await
         {
-            Ok(data) => return Ok(data),
+            Ok(()) => return Ok(()),
             Err(e) => tracing::warn!(
                 block = %piece.block.block, index = piece.index, server = %location.server,
                 "shard read failed, reconstructing: {e}"
             ),
         }
     }
-    reconstruct_piece(client, piece).await
+    slot.copy_from_slice(&reconstruct_piece(client, piece).await?);
+    Ok(())
 }
 
 /// Rebuilds a piece of a data shard from the same range of k other shards.

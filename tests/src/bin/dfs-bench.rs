@@ -55,7 +55,14 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {
         Cmd::Ec { block, blocks } => ec(block, blocks),
-        Cmd::Creates { meta, certs, volume, count, concurrency, local } => {
+        Cmd::Creates {
+            meta,
+            certs,
+            volume,
+            count,
+            concurrency,
+            local,
+        } => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(creates(&meta, certs, &volume, count, concurrency, &local))
         }
@@ -76,7 +83,9 @@ fn ec(block: usize, blocks: usize) -> anyhow::Result<()> {
         }
         let encode = (block * blocks) as f64 / start.elapsed().as_secs_f64() / 1e9;
         let enc = last.expect("at least one block");
-        let template: Vec<Option<Vec<u8>>> = (0..policy.total()).map(|i| Some(enc.shard(i).to_vec())).collect();
+        let template: Vec<Option<Vec<u8>>> = (0..policy.total())
+            .map(|i| Some(enc.shard(i).to_vec()))
+            .collect();
         let mut elapsed = 0.0;
         for _ in 0..blocks {
             let mut shards = template.clone();
@@ -108,7 +117,13 @@ async fn creates(
     let mut rows = Vec::new();
     for tasks in [1, concurrency] {
         let dir = client
-            .mkdir(volume.root, &format!("bench-creates-{stamp}-{tasks}"), 0o755, 0, 0)
+            .mkdir(
+                volume.root,
+                &format!("bench-creates-{stamp}-{tasks}"),
+                0o755,
+                0,
+                0,
+            )
             .await?;
         let start = Instant::now();
         let mut handles = Vec::new();
@@ -116,7 +131,9 @@ async fn creates(
             let client = client.clone();
             handles.push(tokio::spawn(async move {
                 for i in (t..count).step_by(tasks) {
-                    client.make_node(dir.ino, &format!("f{i}"), FileKind::File, 0o644, 0, 0, 0).await?;
+                    client
+                        .make_node(dir.ino, &format!("f{i}"), FileKind::File, 0o644, 0, 0, 0)
+                        .await?;
                 }
                 Ok::<_, dfs_common::FsError>(())
             }));
@@ -131,14 +148,22 @@ async fn creates(
     println!("| concurrent creators | dfs creates/s | local (fsync) creates/s | ratio |");
     println!("|---|---|---|---|");
     for (tasks, dfs_rate, local_rate) in rows {
-        println!("| {tasks} | {dfs_rate:.0} | {local_rate:.0} | {:.0}% |", 100.0 * dfs_rate / local_rate);
+        println!(
+            "| {tasks} | {dfs_rate:.0} | {local_rate:.0} | {:.0}% |",
+            100.0 * dfs_rate / local_rate
+        );
     }
     Ok(())
 }
 
 /// Creates `count` empty files in a fresh local directory from `tasks` threads, fsyncing each
 /// file and its directory (what a durable create costs on a local disk).
-fn local_creates(base: &std::path::Path, count: usize, tasks: usize, stamp: u32) -> anyhow::Result<f64> {
+fn local_creates(
+    base: &std::path::Path,
+    count: usize,
+    tasks: usize,
+    stamp: u32,
+) -> anyhow::Result<f64> {
     let dir = base.join(format!("dfs-bench-local-{stamp}-{tasks}"));
     std::fs::create_dir_all(&dir)?;
     let start = Instant::now();

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Benchmarks of the cluster core against a dev cluster, each next to the same work on a plain
+# local directory of the same disk. Prints Markdown for docs/BENCHMARKS.md.
+#
+#   scripts/bench.sh            (as root, so that page caches can be dropped for cold reads)
+#
+# Settings: DFS_BENCH_SIZE_MB (1024), DFS_BENCH_CREATES (2000), DFS_BENCH_DIR (/tmp/dfs-bench);
+# the dev cluster runs with DFS_DEV_DIR=$DFS_BENCH_DIR/cluster and the usual DFS_* settings.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+size_mb=${DFS_BENCH_SIZE_MB:-1024}
+creates=${DFS_BENCH_CREATES:-2000}
+work=${DFS_BENCH_DIR:-/tmp/dfs-bench}
+export DFS_DEV_DIR=$work/cluster
+mkdir -p "$work"
+
+"$repo/scripts/dev-cluster.sh" up >/dev/null
+trap '"$repo/scripts/dev-cluster.sh" down >/dev/null' EXIT
+# shellcheck disable=SC1091
+. "$DFS_DEV_DIR/cluster.env"
+bench=$repo/target/release/dfs-bench
+
+drop_caches() {
+    sync
+    if [ -w /proc/sys/vm/drop_caches ]; then echo 3 >/proc/sys/vm/drop_caches; fi
+}
+seconds() { # command... -> wall seconds
+    local start end
+    start=$(date +%s.%N)
+    "$@" >/dev/null 2>&1
+    end=$(date +%s.%N)
+    awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }'
+}
+mbps() { awk -v s="$size_mb" -v t="$1" 'BEGIN { printf "%.0f", s / t }'; }
+pct() { awk -v d="$1" -v l="$2" 'BEGIN { printf "%.0f", 100 * l / d }'; }
+
+src=$work/src.bin
+head -c $((size_mb * 1024 * 1024)) /dev/urandom >"$src"
+name=bench-$$.bin
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -r)"
+echo
+echo "### Erasure coding (dfs-bench ec, 4 MiB blocks)"
+echo
+"$bench" ec
+echo
+echo "### ${size_mb} MiB file: dfs put / get against cp / cat on the same disk"
+echo
+drop_caches
+t_cp=$(seconds sh -c "cp '$src' '$work/copy.bin' && sync -f '$work/copy.bin'")
+rm -f "$work/copy.bin"
+drop_caches
+t_put=$(seconds dfs put "$src" "default:/$name")
+drop_caches
+t_cat=$(seconds sh -c "cat '$src' >/dev/null")
+drop_caches
+t_get=$(seconds dfs get "default:/$name" "$work/back.bin")
+cmp -s "$src" "$work/back.bin" || { echo "get returned different bytes" >&2; exit 1; }
+rm -f "$work/back.bin"
+dfs rm "default:/$name"
+echo "| operation | dfs | local | dfs / local |"
+echo "|---|---|---|---|"
+printf '| write (put vs cp + fsync) | %.2f s, %s MiB/s | %.2f s, %s MiB/s | %s%% |\n' \
+    "$t_put" "$(mbps "$t_put")" "$t_cp" "$(mbps "$t_cp")" "$(pct "$t_put" "$t_cp")"
+printf '| cold read (get vs cat) | %.2f s, %s MiB/s | %.2f s, %s MiB/s | %s%% |\n' \
+    "$t_get" "$(mbps "$t_get")" "$t_cat" "$(mbps "$t_cat")" "$(pct "$t_get" "$t_cat")"
+echo
+echo "### Creates through the client library (dfs-bench creates, $creates files)"
+echo
+"$bench" creates --count "$creates" --local "$work"
+rm -f "$src"
