@@ -1,6 +1,7 @@
 //! Crash tests with the real binaries: chunk servers and the metadata server killed with
 //! SIGKILL, then restarted.
 
+use dfs_client::client::ClientOptions;
 use dfs_client::Client;
 use dfs_common::proto::meta::FileKind;
 use dfs_common::{EcPolicy, FsError, InodeId};
@@ -12,16 +13,17 @@ use std::time::Duration;
 async fn client_for(cluster: &ProcessCluster) -> Client {
     let identity = cluster.certs.client_identity();
     let addr = cluster.meta_addr;
+    // A short chunk timeout keeps reads of blocks whose servers were just killed quick.
+    let options = ClientOptions {
+        chunk_timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
     wait_for(
         "the metadata server to answer",
         Duration::from_secs(30),
         || {
-            let identity = identity.clone();
-            async move {
-                Client::connect(addr, &identity, Default::default())
-                    .await
-                    .ok()
-            }
+            let (identity, options) = (identity.clone(), options.clone());
+            async move { Client::connect(addr, &identity, options).await.ok() }
         },
     )
     .await

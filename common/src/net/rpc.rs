@@ -61,7 +61,7 @@ impl Peer {
             .endpoint
             .connect(self.addr, SERVER_NAME)
             .map_err(|e| FsError::unavailable(format!("connect to {}: {e}", self.addr)))?;
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT.min(self.timeout), connecting)
             .await
             .map_err(|_| FsError::unavailable(format!("connect to {}: timed out", self.addr)))?
             .map_err(|e| FsError::unavailable(format!("connect to {}: {e}", self.addr)))?;

@@ -56,13 +56,18 @@ impl ChunkPool {
         }
     }
 
+    /// Remembers `addr` as failing, so readers avoid it for a while.
+    pub fn mark_suspect(&self, addr: &str) {
+        self.suspects
+            .lock()
+            .expect("suspect lock")
+            .insert(addr.to_string(), Instant::now());
+    }
+
     fn note<T>(&self, addr: &str, result: FsResult<T>) -> FsResult<T> {
         if let Err(e) = &result {
             if matches!(e, FsError::Unavailable(_) | FsError::TimedOut(_)) {
-                self.suspects
-                    .lock()
-                    .expect("suspect lock")
-                    .insert(addr.to_string(), Instant::now());
+                self.mark_suspect(addr);
             }
         }
         result

@@ -10,6 +10,7 @@ use dfs_common::proto::meta::{BlockInfo, Layout};
 use dfs_common::{FsError, FsResult, InodeId};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::task::JoinSet;
 
 /// One contiguous range of one data shard, and where its bytes go in the output.
@@ -119,44 +120,77 @@ fn key(piece: &Piece, index: usize) -> ShardKey {
     }
 }
 
-/// Fetches one piece from its data shard into `slot`, falling back to reconstruction.
+/// A direct shard read slower than this gets a reconstruction from other shards started beside
+/// it; whichever finishes first wins. A dead or stalled server then costs a read this much, not
+/// a whole request timeout.
+const HEDGE_AFTER: Duration = Duration::from_millis(1500);
+
+/// Fetches one piece from its data shard into `slot`, falling back to reconstruction when the
+/// server is known down, fails, or is too slow.
 async fn fetch_piece(client: &Client, piece: &Piece, slot: &mut [u8]) -> FsResult<()> {
     let location = &piece.block.shards[piece.index];
-    if location.up && !client.inner.chunks.is_suspect(&location.addr) {
-        match client
-            .inner
-            .chunks
-            .get_shard_into(
-                &location.addr,
-                key(piece, piece.index),
-                piece.shard_offset,
-                slot,
-            )
-            .await
-        {
-            Ok(()) => return Ok(()),
-            Err(e) => tracing::warn!(
-                block = %piece.block.block, index = piece.index, server = %location.server,
-                "shard read failed, reconstructing: {e}"
-            ),
-        }
+    let chunks = &client.inner.chunks;
+    if !location.up || chunks.is_suspect(&location.addr) {
+        slot.copy_from_slice(&reconstruct_piece(client, piece).await?);
+        return Ok(());
     }
-    slot.copy_from_slice(&reconstruct_piece(client, piece).await?);
+    let rebuilt = {
+        let direct = chunks.get_shard_into(
+            &location.addr,
+            key(piece, piece.index),
+            piece.shard_offset,
+            slot,
+        );
+        tokio::pin!(direct);
+        let first = tokio::select! {
+            result = &mut direct => Some(result),
+            _ = tokio::time::sleep(HEDGE_AFTER) => None,
+        };
+        match first {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(e)) => {
+                tracing::warn!(block = %piece.block.block, index = piece.index, server = %location.server,
+                    "shard read failed, reconstructing: {e}");
+                reconstruct_piece(client, piece).await?
+            }
+            None => {
+                let hedge = reconstruct_piece(client, piece);
+                tokio::pin!(hedge);
+                tokio::select! {
+                    result = &mut direct => match result {
+                        Ok(()) => return Ok(()),
+                        Err(_) => hedge.await?,
+                    },
+                    rebuilt = &mut hedge => {
+                        tracing::warn!(block = %piece.block.block, index = piece.index, server = %location.server,
+                            "shard read slower than {HEDGE_AFTER:?}, used reconstruction");
+                        chunks.mark_suspect(&location.addr);
+                        rebuilt?
+                    }
+                }
+            }
+        }
+    };
+    slot.copy_from_slice(&rebuilt);
     Ok(())
 }
 
 /// Rebuilds a piece of a data shard from the same range of k other shards.
+///
+/// Servers that failed moments ago are skipped (so a block with too few live shards fails fast
+/// instead of waiting on them again); servers the metadata server reports down are tried last.
+/// k fetches start at once; if they have not all succeeded after [`HEDGE_AFTER`], every other
+/// candidate starts too, and the first k successes win.
 async fn reconstruct_piece(client: &Client, piece: &Piece) -> FsResult<Vec<u8>> {
     let policy = piece.block.policy;
     let k = policy.k();
+    let chunks = &client.inner.chunks;
+    let mut candidates: Vec<usize> = (0..policy.total())
+        .filter(|&i| i != piece.index && !chunks.is_suspect(&piece.block.shards[i].addr))
+        .collect();
+    candidates.sort_by_key(|&i| !piece.block.shards[i].up);
+    let mut pending = candidates.into_iter();
     let mut fetches = JoinSet::new();
-    // Healthy-looking servers first; the others only if needed.
-    let mut order: Vec<usize> = (0..policy.total()).filter(|&i| i != piece.index).collect();
-    order.sort_by_key(|&i| {
-        let s = &piece.block.shards[i];
-        !s.up || client.inner.chunks.is_suspect(&s.addr)
-    });
-    let mut pending = order.into_iter();
     let spawn = |fetches: &mut JoinSet<(usize, FsResult<Vec<u8>>)>, i: usize| {
         let client = client.clone();
         let addr = piece.block.shards[i].addr.clone();
@@ -171,15 +205,26 @@ async fn reconstruct_piece(client: &Client, piece: &Piece) -> FsResult<Vec<u8>> 
     let mut shards: Vec<Option<Vec<u8>>> = vec![None; policy.total()];
     let mut have = 0;
     let mut errors = Vec::new();
-    while let Some(joined) = fetches.join_next().await {
+    let hedge = tokio::time::sleep(HEDGE_AFTER);
+    tokio::pin!(hedge);
+    let mut hedged = false;
+    while have < k {
+        let joined = tokio::select! {
+            joined = fetches.join_next() => joined,
+            _ = &mut hedge, if !hedged => {
+                hedged = true;
+                for i in pending.by_ref() {
+                    spawn(&mut fetches, i);
+                }
+                continue;
+            }
+        };
+        let Some(joined) = joined else { break };
         let (i, result) = joined.map_err(|e| FsError::io(format!("read task: {e}")))?;
         match result {
             Ok(data) => {
                 shards[i] = Some(data);
                 have += 1;
-                if have == k {
-                    break;
-                }
             }
             Err(e) => {
                 errors.push(format!("shard {i}: {e}"));
@@ -191,6 +236,9 @@ async fn reconstruct_piece(client: &Client, piece: &Piece) -> FsResult<Vec<u8>> 
     }
     fetches.abort_all();
     if have < k {
+        if errors.is_empty() {
+            errors.push("other servers failed moments ago".into());
+        }
         return Err(FsError::unavailable(format!(
             "block {}: only {have} of {} shards readable, {k} needed ({})",
             piece.block.block,
