@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# A local dfs cluster on 127.0.0.1: one metadata server, DFS_CHUNK_SERVERS chunk servers and a
-# volume named "default".
+# A local dfs cluster on 127.0.0.1: one metadata server, DFS_CHUNK_SERVERS chunk servers, a
+# volume named "default", mounted with FUSE at DFS_MOUNT.
 #
 #   scripts/dev-cluster.sh up       build, start what is not running, create the volume
 #   scripts/dev-cluster.sh status   what runs, and the cluster's own view
-#   scripts/dev-cluster.sh down     stop everything it started (data stays)
+#   scripts/dev-cluster.sh down     unmount, then stop everything it started (data stays)
 #
 # Settings (environment):
 #   DFS_DEV_DIR        where data, logs, certificates and cluster.env go   [./.dfs-dev]
@@ -12,6 +12,7 @@
 #   DFS_EC             erasure-coding policy of volume "default"           [4+2]
 #   DFS_META_PORT      metadata server UDP port                            [7000]
 #   DFS_CHUNK_PORT     first chunk-server UDP port (then +1, +2, ...)      [7101]
+#   DFS_MOUNT          where volume "default" is mounted                   [$DFS_DEV_DIR/mnt]
 #
 # After `up`, `. "$DFS_DEV_DIR/cluster.env"` sets DFS_META, DFS_CERTS and PATH for the `dfs` CLI.
 set -euo pipefail
@@ -27,6 +28,7 @@ chunk_port=${DFS_CHUNK_PORT:-7101}
 bin=$repo/target/release
 meta_addr=127.0.0.1:$meta_port
 certs=$dev_dir/certs
+mnt=${DFS_MOUNT:-$dev_dir/mnt}
 
 log() { printf 'dev-cluster: %s\n' "$*"; }
 die() { printf 'dev-cluster: error: %s\n' "$*" >&2; exit 1; }
@@ -43,6 +45,7 @@ running() { # pid file -> true if that process is alive (a killed, unreaped zomb
 install_missing() {
     local missing=()
     need cc || missing+=(gcc)
+    need fusermount3 || missing+=(fuse3)
     if [ ${#missing[@]} -gt 0 ]; then
         if [ "$(id -u)" = 0 ] && need apt-get; then
             log "installing ${missing[*]}"
@@ -94,6 +97,7 @@ export DFS_META_DATA=$dev_dir/meta
 export DFS_CHUNK_PIDS="${pids[*]}"
 export DFS_CHUNK_DIRS="${dirs[*]}"
 export DFS_DEV_DIR=$dev_dir
+export DFS_MOUNT=$mnt
 export PATH="$bin:\$PATH"
 ENV
 }
@@ -131,8 +135,32 @@ up() {
     if ! "$bin/dfs" --meta "$meta_addr" --certs "$certs" volume list | grep -q '^default '; then
         "$bin/dfs" --meta "$meta_addr" --certs "$certs" volume create default --ec "$ec"
     fi
+    install_mount_helper
+    mount_volume
     write_env
-    log "ready: . $dev_dir/cluster.env && dfs cluster status"
+    log "ready: volume default is mounted at $mnt; . $dev_dir/cluster.env && dfs cluster status"
+}
+
+mounted() { grep -q " $mnt fuse" /proc/mounts 2>/dev/null; }
+
+install_mount_helper() {
+    # mount(8) runs /sbin/mount.TYPE for `mount -t dfs` and fstab lines.
+    if [ "$(id -u)" = 0 ] && [ -d /sbin ]; then
+        if [ ! -e /sbin/mount.dfs ] || [ -L /sbin/mount.dfs ]; then
+            ln -sf "$bin/dfs-mount" /sbin/mount.dfs 2>/dev/null || true
+        fi
+    fi
+}
+
+mount_volume() {
+    if mounted; then
+        log "volume default already mounted at $mnt"
+        return
+    fi
+    mkdir -p "$mnt"
+    DFS_CERTS=$certs "$bin/dfs-mount" "$meta_addr:/default" "$mnt" \
+        || die "mounting volume default at $mnt failed"
+    log "mounted volume default at $mnt"
 }
 
 stop_pid() { # name pidfile
@@ -152,6 +180,10 @@ stop_pid() { # name pidfile
 }
 
 down() {
+    if mounted; then
+        fusermount3 -u "$mnt" 2>/dev/null || fusermount3 -uz "$mnt" 2>/dev/null || umount -l "$mnt" || true
+        log "unmounted $mnt"
+    fi
     for f in "$dev_dir"/pids/chunk*.pid; do
         [ -e "$f" ] && stop_pid "$(basename "$f" .pid)" "$f"
     done
@@ -169,6 +201,7 @@ status() {
         local f=$dev_dir/pids/chunk$i.pid
         if running "$f"; then log "chunk server $i: running (pid $(cat "$f"))"; else log "chunk server $i: not running"; fi
     done
+    if mounted; then log "mount: $mnt"; else log "mount: not mounted"; fi
     if running "$dev_dir/pids/meta.pid"; then
         "$bin/dfs" --meta "$meta_addr" --certs "$certs" cluster status
     fi

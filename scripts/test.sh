@@ -9,12 +9,14 @@ if ! need cargo; then
     echo "cargo is missing: install a Rust toolchain (https://rustup.rs) first" >&2
     exit 1
 fi
-# System packages the suite uses; installed when missing and we may (root with apt-get).
+# System packages the suite uses (fuse3 for the mount tests); installed when missing and we may
+# (root with apt-get). The mount tests also need /dev/fuse.
 missing=()
 need cc || missing+=(gcc)
+need fusermount3 || missing+=(fuse3)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && need apt-get; then
-        apt-get update -qq && apt-get install -y -qq "${missing[@]}"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
     else
         echo "missing system packages: ${missing[*]}" >&2
         exit 1

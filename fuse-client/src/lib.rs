@@ -6,6 +6,7 @@
 //! - [`client::file`]: open files: buffered, erasure-coded writes; direct and degraded reads.
 
 pub mod client;
+pub mod fuse;
 
 pub use client::file::FileHandle;
 pub use client::Client;

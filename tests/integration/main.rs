@@ -4,4 +4,5 @@ mod cli;
 mod crash;
 mod data;
 mod faults;
+mod mount;
 mod namespace;

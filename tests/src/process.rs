@@ -169,3 +169,55 @@ impl Drop for ProcessCluster {
         }
     }
 }
+
+/// A FUSE mount made by the real `dfs-mount`, unmounted when dropped (also when a test fails).
+pub struct Mount {
+    pub dir: PathBuf,
+}
+
+impl Mount {
+    /// Mounts `volume` of `cluster` at a new directory under the cluster's temp dir, with extra
+    /// `-o` options. Returns the mount, or the command's stderr if it failed.
+    pub fn new(
+        cluster: &ProcessCluster,
+        volume: &str,
+        name: &str,
+        options: &str,
+    ) -> Result<Mount, String> {
+        let dir = cluster.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = Command::new(binary("dfs-mount"));
+        cmd.arg(format!("{}:/{volume}", cluster.meta_addr))
+            .arg(&dir)
+            .env("DFS_CERTS", &cluster.certs_dir);
+        if !options.is_empty() {
+            cmd.arg("-o").arg(options);
+        }
+        let out = cmd.output().expect("run dfs-mount");
+        if out.status.success() {
+            Ok(Mount { dir })
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let ok = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.dir)
+                .status();
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! `dfs-mount` (also installed as `mount.dfs`): mounts a dfs volume with FUSE.
+//!
+//! `dfs-mount HOST:PORT:/VOLUME MOUNTPOINT [-o OPTIONS] [-f]`. Without `-f` it returns once the
+//! mount is ready and keeps serving it in the background; any failure before that (unreachable
+//! cluster, unknown volume, bad certificate, bad mount point) is one line on stderr and exit 1.
+//! `umount`, SIGTERM and SIGINT flush open files and end it cleanly.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use dfs_client::client::ClientOptions;
+use dfs_client::fuse::fs::DfsFs;
+use dfs_client::fuse::options::{MountOptions, MountSpec};
+use dfs_client::Client;
+use dfs_common::config::{load_identity, tls_paths};
+use dfs_common::net::resolve_addr;
+use dfs_common::FsError;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+/// Mount a dfs volume.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// What to mount: HOST:PORT:/VOLUME.
+    spec: String,
+    /// Where to mount it (an existing directory).
+    mountpoint: PathBuf,
+    /// Mount options, comma separated: ro, rw, allow_other, certs=DIR, attr_timeout=SECONDS;
+    /// fstab options such as _netdev and noauto are accepted.
+    #[arg(short = 'o')]
+    options: Vec<String>,
+    /// Stay in the foreground.
+    #[arg(short = 'f')]
+    foreground: bool,
+    /// Certificate directory (ca.pem, client.pem, client.key) [default: /etc/dfs/certs].
+    #[arg(long, env = "DFS_CERTS")]
+    certs: Option<PathBuf>,
+    /// Accepted for mount(8) compatibility: sloppy, no mtab, verbose.
+    #[arg(short = 's', hide = true)]
+    sloppy: bool,
+    #[arg(short = 'n', hide = true)]
+    no_mtab: bool,
+    #[arg(short = 'v', hide = true)]
+    verbose: bool,
+}
+
+/// Set in the background child: it reports readiness on stdout.
+const NOTIFY_ENV: &str = "DFS_MOUNT_NOTIFY";
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = if args.foreground || std::env::var_os(NOTIFY_ENV).is_some() {
+        dfs_common::telemetry::init_logging("warn");
+        run(args)
+    } else {
+        daemonize()
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dfs-mount: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts a detached copy of this command and waits for it to report the mount ready.
+fn daemonize() -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating dfs-mount")?;
+    let mut child = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(NOTIFY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .context("starting the mount process")?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    match line.trim_end() {
+        "ready" => Ok(()),
+        "" => {
+            let status = child.wait()?;
+            bail!("mount process exited ({status}) before the mount was ready")
+        }
+        message => {
+            let _ = child.wait();
+            bail!("{}", message.trim_start_matches("error: "))
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let notify = std::env::var_os(NOTIFY_ENV).is_some();
+    let result = mount_and_serve(args, notify);
+    if let (Err(e), true) = (&result, notify) {
+        // The waiting parent prints this line; nobody else would see it.
+        println!("error: {e:#}");
+        return Ok(());
+    }
+    result
+}
+
+fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
+    let spec = MountSpec::parse(&args.spec).map_err(anyhow::Error::msg)?;
+    let mut options = MountOptions::default();
+    for list in &args.options {
+        MountOptions::parse(list, &mut options).map_err(anyhow::Error::msg)?;
+    }
+    let certs = options
+        .certs
+        .clone()
+        .or(args.certs.clone())
+        .unwrap_or_else(|| PathBuf::from("/etc/dfs/certs"));
+    if !args.mountpoint.is_dir() {
+        bail!(
+            "mount point {} is not a directory",
+            args.mountpoint.display()
+        );
+    }
+    let identity = load_identity(&tls_paths(Some(certs), "client", None, None, None)?)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (client, volume) = runtime.block_on(async {
+        let addr = resolve_addr(&spec.meta)?;
+        let connect = Client::connect(addr, &identity, ClientOptions::default());
+        let client = tokio::time::timeout(Duration::from_secs(15), connect)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "cannot reach the metadata server at {}: timed out",
+                    spec.meta
+                )
+            })?
+            .with_context(|| format!("cannot reach the metadata server at {}", spec.meta))?;
+        let volume = client.volume(&spec.volume).await.map_err(|e| match e {
+            FsError::NotFound => anyhow::anyhow!("no volume named {:?}", spec.volume),
+            other => other.into(),
+        })?;
+        anyhow::Ok((client, volume))
+    })?;
+
+    let fs = DfsFs::new(client, volume.root, &options, runtime.handle().clone());
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("{}:/{}", spec.meta, spec.volume)),
+        fuser::MountOption::Subtype("dfs".into()),
+        fuser::MountOption::DefaultPermissions,
+        if options.read_only {
+            fuser::MountOption::RO
+        } else {
+            fuser::MountOption::RW
+        },
+    ];
+    if options.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    let session = fuser::spawn_mount(fs, &args.mountpoint, &config)
+        .with_context(|| format!("mounting on {}", args.mountpoint.display()))?;
+    if notify {
+        println!("ready");
+        let _ = std::io::stdout().flush();
+    }
+    let mountpoint = args.mountpoint.clone();
+    runtime.block_on(async move {
+        let mut session_done = tokio::task::spawn_blocking(move || session.join());
+        tokio::select! {
+            _ = dfs_common::shutdown::wait_for_signal() => {
+                unmount(&mountpoint);
+                let _ = (&mut session_done).await;
+            }
+            _ = &mut session_done => {}
+        }
+    });
+    Ok(())
+}
+
+/// Unmounts through the same path as `umount` does, so the kernel releases (and we flush) every
+/// open file first.
+fn unmount(mountpoint: &std::path::Path) {
+    for tool in ["fusermount3", "fusermount", "umount"] {
+        let arg = if tool == "umount" { None } else { Some("-u") };
+        let mut cmd = Command::new(tool);
+        if let Some(a) = arg {
+            cmd.arg(a);
+        }
+        if cmd
+            .arg(mountpoint)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            return;
+        }
+    }
+}

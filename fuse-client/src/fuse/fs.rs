@@ -1,0 +1,744 @@
+//! `fuser::Filesystem` for a dfs volume. Each callback hands its work to the tokio runtime and
+//! replies from the spawned task, so fuser's request loop never waits on the network.
+
+use super::attr::{errno, kind_from_mode, InodeMap};
+use super::options::MountOptions;
+use crate::client::file::FileHandle as OpenFile;
+use crate::Client;
+use dfs_common::proto::meta::{
+    DirEntry, FileKind, SetAttr, TimeSet, RENAME_EXCHANGE, RENAME_NOREPLACE,
+};
+use dfs_common::{FsError, FsResult, InodeId, Timestamp};
+use fuser::{
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
+};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// Entries fetched per directory page.
+const DIR_PAGE: u32 = 512;
+
+struct DirListing {
+    dir: InodeId,
+    entries: Vec<DirEntry>,
+    complete: bool,
+}
+
+struct Shared {
+    client: Client,
+    rt: tokio::runtime::Handle,
+    map: InodeMap,
+    ttl: Duration,
+    read_only: bool,
+    files: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<OpenFile>>>>,
+    /// Size of each open file including its unflushed writes, so `stat` sees them.
+    open_sizes: Mutex<HashMap<u64, (InodeId, u64)>>,
+    dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirListing>>>>,
+    next_fh: AtomicU64,
+}
+
+pub struct DfsFs {
+    shared: Arc<Shared>,
+}
+
+fn name_str(name: &OsStr) -> Result<String, Errno> {
+    name.to_str().map(str::to_string).ok_or(Errno::EINVAL)
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(Timestamp::from_system_time(t)),
+    }
+}
+
+impl DfsFs {
+    pub fn new(
+        client: Client,
+        root: InodeId,
+        options: &MountOptions,
+        rt: tokio::runtime::Handle,
+    ) -> Self {
+        DfsFs {
+            shared: Arc::new(Shared {
+                client,
+                rt,
+                map: InodeMap { root },
+                ttl: options.attr_timeout,
+                read_only: options.read_only,
+                files: Mutex::new(HashMap::new()),
+                open_sizes: Mutex::new(HashMap::new()),
+                dirs: Mutex::new(HashMap::new()),
+                next_fh: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, work: impl FnOnce(Arc<Shared>) -> F) {
+        let fut = work(self.shared.clone());
+        self.shared.rt.spawn(fut);
+    }
+
+    fn writable(&self) -> Result<(), Errno> {
+        if self.shared.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Shared {
+    fn ino(&self, ino: INodeNo) -> InodeId {
+        self.map.to_dfs(ino)
+    }
+
+    /// Attributes with the size raised to cover unflushed writes of open files.
+    fn fresh_attr(&self, mut attr: dfs_common::proto::meta::Attr) -> fuser::FileAttr {
+        for (ino, size) in self.open_sizes.lock().expect("size lock").values() {
+            if *ino == attr.ino {
+                attr.size = attr.size.max(*size);
+            }
+        }
+        self.map.file_attr(&attr)
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, result: FsResult<dfs_common::proto::meta::Attr>) {
+        match result {
+            Ok(a) => reply.entry(&self.ttl, &self.fresh_attr(a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn reply_attr(&self, reply: ReplyAttr, result: FsResult<dfs_common::proto::meta::Attr>) {
+        match result {
+            Ok(a) => reply.attr(&self.ttl, &self.fresh_attr(a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn file(&self, fh: FileHandle) -> Result<Arc<tokio::sync::Mutex<OpenFile>>, Errno> {
+        self.files
+            .lock()
+            .expect("file lock")
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    fn add_file(&self, file: OpenFile) -> FileHandle {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.open_sizes
+            .lock()
+            .expect("size lock")
+            .insert(fh, (file.ino(), file.size()));
+        self.files
+            .lock()
+            .expect("file lock")
+            .insert(fh, Arc::new(tokio::sync::Mutex::new(file)));
+        FileHandle(fh)
+    }
+
+    fn note_size(&self, fh: FileHandle, file: &OpenFile) {
+        self.open_sizes
+            .lock()
+            .expect("size lock")
+            .insert(fh.0, (file.ino(), file.size()));
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: FsResult<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+impl Filesystem for DfsFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(4 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(|s| async move {
+            let result = s.client.lookup(s.ino(parent), &name).await;
+            s.reply_entry(reply, result);
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.spawn(|s| async move {
+            let result = s.client.getattr(s.ino(ino)).await;
+            s.reply_attr(reply, result);
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        self.spawn(|s| async move {
+            let ino = s.ino(ino);
+            let mut set = SetAttr {
+                mode: mode.map(|m| m & 0o7777),
+                uid,
+                gid,
+                size,
+                atime: atime.map(time_set),
+                mtime: mtime.map(time_set),
+            };
+            // A truncate through an open file goes through its handle, after its own writes.
+            if let (Some(size), Some(fh)) = (size, fh) {
+                if let Ok(file) = s.file(fh) {
+                    let mut file = file.lock().await;
+                    if let Err(e) = file.truncate(size).await {
+                        return reply.error(errno(&e));
+                    }
+                    s.note_size(fh, &file);
+                    set.size = None;
+                }
+            }
+            let result = s.client.setattr(ino, set).await;
+            s.reply_attr(reply, result);
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn(|s| async move {
+            match s.client.readlink(s.ino(ino)).await {
+                Ok(target) => reply.data(target.as_bytes()),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = match self.writable().and_then(|_| name_str(name)) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let Some(kind) = kind_from_mode(mode) else {
+            return reply.error(Errno::EINVAL);
+        };
+        if kind == FileKind::Dir || kind == FileKind::Symlink {
+            return reply.error(Errno::EINVAL);
+        }
+        let (uid, gid) = (req.uid(), req.gid());
+        self.spawn(|s| async move {
+            let perm = mode & !umask & 0o7777;
+            let result = s
+                .client
+                .make_node(s.ino(parent), &name, kind, perm, uid, gid, rdev)
+                .await;
+            s.reply_entry(reply, result);
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = match self.writable().and_then(|_| name_str(name)) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let (uid, gid) = (req.uid(), req.gid());
+        self.spawn(|s| async move {
+            let result = s
+                .client
+                .mkdir(s.ino(parent), &name, mode & !umask & 0o7777, uid, gid)
+                .await;
+            s.reply_entry(reply, result);
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match self.writable().and_then(|_| name_str(name)) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(
+            |s| async move { reply_empty(reply, s.client.unlink(s.ino(parent), &name).await) },
+        );
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match self.writable().and_then(|_| name_str(name)) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(
+            |s| async move { reply_empty(reply, s.client.rmdir(s.ino(parent), &name).await) },
+        );
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let name = match self.writable().and_then(|_| name_str(link_name)) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let Some(target) = target.to_str().map(str::to_string) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (uid, gid) = (req.uid(), req.gid());
+        self.spawn(|s| async move {
+            let result = s
+                .client
+                .symlink(s.ino(parent), &name, &target, uid, gid)
+                .await;
+            s.reply_entry(reply, result);
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let names = self
+            .writable()
+            .and_then(|_| Ok((name_str(name)?, name_str(newname)?)));
+        let (name, newname) = match names {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let mut dfs_flags = 0;
+        if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            dfs_flags |= RENAME_NOREPLACE;
+        }
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            dfs_flags |= RENAME_EXCHANGE;
+        }
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        self.spawn(|s| async move {
+            let result = s
+                .client
+                .rename(s.ino(parent), &name, s.ino(newparent), &newname, dfs_flags)
+                .await;
+            reply_empty(reply, result)
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let name = match self.writable().and_then(|_| name_str(newname)) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(|s| async move {
+            let result = s.client.link(s.ino(ino), s.ino(newparent), &name).await;
+            s.reply_entry(reply, result);
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let writes = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        if writes && self.shared.read_only {
+            return reply.error(Errno::EROFS);
+        }
+        self.spawn(|s| async move {
+            // Opening revalidates with the metadata server: close-to-open consistency.
+            match s.client.open(s.ino(ino)).await {
+                Ok(file) => reply.opened(s.add_file(file), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = match self.writable().and_then(|_| name_str(name)) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let (uid, gid) = (req.uid(), req.gid());
+        self.spawn(|s| async move {
+            let perm = mode & !umask & 0o7777;
+            let attr = match s
+                .client
+                .make_node(s.ino(parent), &name, FileKind::File, perm, uid, gid, 0)
+                .await
+            {
+                Ok(a) => a,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            match s.client.handle_for(attr.clone()).await {
+                Ok(file) => {
+                    let fh = s.add_file(file);
+                    reply.created(
+                        &s.ttl,
+                        &s.map.file_attr(&attr),
+                        Generation(0),
+                        fh,
+                        FopenFlags::empty(),
+                    );
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.spawn(|s| async move {
+            let file = match s.file(fh) {
+                Ok(f) => f,
+                Err(e) => return reply.error(e),
+            };
+            let result = file.lock().await.read(offset, size as u64).await;
+            match result {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        let data = data.to_vec();
+        self.spawn(|s| async move {
+            let file = match s.file(fh) {
+                Ok(f) => f,
+                Err(e) => return reply.error(e),
+            };
+            let mut file = file.lock().await;
+            let len = data.len();
+            match file.write_owned(offset, data).await {
+                Ok(_) => {
+                    s.note_size(fh, &file);
+                    reply.written(len as u32)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|s| async move {
+            let file = match s.file(fh) {
+                Ok(f) => f,
+                Err(e) => return reply.error(e),
+            };
+            let result = file.lock().await.flush().await;
+            reply_empty(reply, result)
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|s| async move {
+            let file = s.files.lock().expect("file lock").remove(&fh.0);
+            let result = match file {
+                Some(file) => file.lock().await.flush().await,
+                None => Err(FsError::invalid("unknown file handle")),
+            };
+            s.open_sizes.lock().expect("size lock").remove(&fh.0);
+            reply_empty(reply, result)
+        });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|s| async move {
+            let file = match s.file(fh) {
+                Ok(f) => f,
+                Err(e) => return reply.error(e),
+            };
+            let result = file.lock().await.fsync().await;
+            reply_empty(reply, result)
+        });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let dir = self.shared.ino(ino);
+        let fh = self.shared.next_fh.fetch_add(1, Ordering::Relaxed);
+        let listing = DirListing {
+            dir,
+            entries: Vec::new(),
+            complete: false,
+        };
+        self.shared
+            .dirs
+            .lock()
+            .expect("dir lock")
+            .insert(fh, Arc::new(tokio::sync::Mutex::new(listing)));
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        self.spawn(|s| async move {
+            let Some(listing) = s.dirs.lock().expect("dir lock").get(&fh.0).cloned() else {
+                return reply.error(Errno::EBADF);
+            };
+            let mut listing = listing.lock().await;
+            // Offsets: 1 is ".", 2 is "..", entry i is i + 3.
+            if offset == 0 && reply.add(ino, 1, fuser::FileType::Directory, ".") {
+                return reply.ok();
+            }
+            if offset <= 1 && reply.add(ino, 2, fuser::FileType::Directory, "..") {
+                return reply.ok();
+            }
+            let mut index = offset.saturating_sub(2) as usize;
+            loop {
+                while index < listing.entries.len() {
+                    let e = &listing.entries[index];
+                    let kind = super::attr::file_type(e.kind);
+                    if reply.add(s.map.to_fuse(e.ino), index as u64 + 3, kind, &e.name) {
+                        return reply.ok();
+                    }
+                    index += 1;
+                }
+                if listing.complete {
+                    return reply.ok();
+                }
+                let after = listing.entries.last().map(|e| e.name.clone());
+                match s
+                    .client
+                    .readdir_page(listing.dir, after, DIR_PAGE, false)
+                    .await
+                {
+                    Ok(page) => {
+                        listing.complete = !page.more;
+                        listing.entries.extend(page.entries);
+                    }
+                    Err(e) => return reply.error(errno(&e)),
+                }
+            }
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.shared.dirs.lock().expect("dir lock").remove(&fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        self.spawn(|s| async move {
+            match s.client.statfs(s.ino(ino)).await {
+                Ok(st) => {
+                    let bsize = 4096u64;
+                    let blocks = st.total_bytes / bsize;
+                    let free = st.free_bytes / bsize;
+                    reply.statfs(
+                        blocks,
+                        free,
+                        free,
+                        st.inodes + (1 << 32),
+                        1 << 32,
+                        bsize as u32,
+                        255,
+                        bsize as u32,
+                    )
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let name = match self.writable().and_then(|_| name_str(name)) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let value = value.to_vec();
+        self.spawn(|s| async move {
+            reply_empty(
+                reply,
+                s.client
+                    .setxattr(s.ino(ino), &name, &value, flags as u32)
+                    .await,
+            )
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(|s| async move {
+            match s.client.getxattr(s.ino(ino), &name).await {
+                Ok(value) if size == 0 => reply.size(value.len() as u32),
+                Ok(value) if value.len() > size as usize => reply.error(Errno::ERANGE),
+                Ok(value) => reply.data(&value),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.spawn(|s| async move {
+            match s.client.listxattr(s.ino(ino)).await {
+                Ok(names) => {
+                    let mut buf = Vec::new();
+                    for n in names {
+                        buf.extend_from_slice(n.as_bytes());
+                        buf.push(0);
+                    }
+                    if size == 0 {
+                        reply.size(buf.len() as u32)
+                    } else if buf.len() > size as usize {
+                        reply.error(Errno::ERANGE)
+                    } else {
+                        reply.data(&buf)
+                    }
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match self.writable().and_then(|_| name_str(name)) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(
+            |s| async move { reply_empty(reply, s.client.removexattr(s.ino(ino), &name).await) },
+        );
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Mounted with default_permissions: the kernel checks permissions from the attributes.
+        reply.ok();
+    }
+}

@@ -1,0 +1,12 @@
+//! The FUSE front end: a thin adapter from fuser's callbacks to the client library.
+//!
+//! Every callback translates its arguments, spawns the work on the tokio runtime and replies
+//! from there, so a slow cluster call never blocks fuser's request loop.
+//!
+//! - [`fs`]: the `fuser::Filesystem` implementation.
+//! - [`attr`]: attribute and errno translation.
+//! - [`options`]: mount specs and `-o` options, as `mount -t dfs` passes them.
+
+pub mod attr;
+pub mod fs;
+pub mod options;

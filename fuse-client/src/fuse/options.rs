@@ -1,0 +1,130 @@
+//! Mount specs (`HOST:PORT:/VOLUME`) and the `-o` options of `dfs-mount` / `mount.dfs`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MountSpec {
+    pub meta: String,
+    pub volume: String,
+}
+
+impl MountSpec {
+    /// Parses `HOST:PORT:/VOLUME` (the leading slash of the volume is optional).
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let bad = || format!("bad mount spec {spec:?}: expected HOST:PORT:/VOLUME");
+        let (meta, volume) = spec.rsplit_once(':').ok_or_else(bad)?;
+        let volume = volume.trim_start_matches('/');
+        if volume.is_empty() || volume.contains('/') || !meta.contains(':') {
+            return Err(bad());
+        }
+        Ok(MountSpec {
+            meta: meta.to_string(),
+            volume: volume.to_string(),
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MountOptions {
+    pub read_only: bool,
+    pub allow_other: bool,
+    /// Certificate directory (ca.pem, client.pem, client.key).
+    pub certs: Option<PathBuf>,
+    /// How long the kernel may cache attributes and names.
+    pub attr_timeout: Duration,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            read_only: false,
+            allow_other: false,
+            certs: None,
+            attr_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl MountOptions {
+    /// Parses a comma-separated `-o` list. Options that only matter to mount(8) or fstab
+    /// (`_netdev`, `noauto`, `auto`, `defaults`, `nofail`, `user`, ...) are accepted and ignored.
+    pub fn parse(list: &str, into: &mut MountOptions) -> Result<(), String> {
+        for opt in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let (key, value) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            match (key, value) {
+                ("ro", None) => into.read_only = true,
+                ("rw", None) => into.read_only = false,
+                ("allow_other", None) => into.allow_other = true,
+                ("certs", Some(dir)) => into.certs = Some(PathBuf::from(dir)),
+                ("attr_timeout" | "actimeo", Some(secs)) => {
+                    let secs: f64 = secs
+                        .parse()
+                        .map_err(|_| format!("bad {key} value {secs:?}"))?;
+                    if !(0.0..=3600.0).contains(&secs) {
+                        return Err(format!("{key} must be between 0 and 3600 seconds"));
+                    }
+                    into.attr_timeout = Duration::from_secs_f64(secs);
+                }
+                (
+                    "_netdev"
+                    | "noauto"
+                    | "auto"
+                    | "defaults"
+                    | "nofail"
+                    | "user"
+                    | "nouser"
+                    | "users"
+                    | "exec"
+                    | "noexec"
+                    | "suid"
+                    | "nosuid"
+                    | "dev"
+                    | "nodev"
+                    | "atime"
+                    | "noatime"
+                    | "relatime"
+                    | "x-systemd.automount",
+                    None,
+                ) => {}
+                _ if key.starts_with("x-") || key.starts_with("comment") => {}
+                _ => return Err(format!("unknown mount option {opt:?}")),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_and_options() {
+        let s = MountSpec::parse("127.0.0.1:7000:/default").unwrap();
+        assert_eq!(
+            (s.meta.as_str(), s.volume.as_str()),
+            ("127.0.0.1:7000", "default")
+        );
+        assert_eq!(
+            MountSpec::parse("meta.example:7000:vol").unwrap().volume,
+            "vol"
+        );
+        assert!(MountSpec::parse("127.0.0.1:/x").is_err());
+        assert!(MountSpec::parse("127.0.0.1:7000:/").is_err());
+        let mut o = MountOptions::default();
+        MountOptions::parse(
+            "ro,_netdev,noauto,allow_other,certs=/etc/dfs,attr_timeout=2.5",
+            &mut o,
+        )
+        .unwrap();
+        assert!(o.read_only && o.allow_other);
+        assert_eq!(o.certs, Some(PathBuf::from("/etc/dfs")));
+        assert_eq!(o.attr_timeout, Duration::from_millis(2500));
+        assert!(MountOptions::parse("bogus", &mut o).is_err());
+        assert!(MountOptions::parse("attr_timeout=x", &mut o).is_err());
+    }
+}

@@ -1,0 +1,184 @@
+//! The FUSE mount (`dfs-mount`) against real servers: everyday file operations through the
+//! kernel, two mounts of one volume, and the mount's failure messages.
+
+use dfs_tests::process::{Mount, ProcessCluster};
+use dfs_tests::random_bytes;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::{Duration, Instant};
+
+fn cluster_with_volume() -> ProcessCluster {
+    let cluster = ProcessCluster::start(6);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = cluster
+            .cli()
+            .args(["volume", "create", "default", "--ec", "4+2"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return cluster;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "volume create failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn everyday_file_operations_through_the_kernel() {
+    let cluster = cluster_with_volume();
+    let m = Mount::new(&cluster, "default", "mnt", "")
+        .unwrap_or_else(|e| panic!("mount failed: {e}\n{}", cluster.logs()));
+
+    // Files of several sizes round-trip through write/close/open/read.
+    for (i, size) in [0usize, 1, 4095, 4 << 20, (9 << 20) + 7]
+        .into_iter()
+        .enumerate()
+    {
+        let data = random_bytes(size, i as u64);
+        let p = m.path(&format!("f{i}"));
+        fs::write(&p, &data).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().len(), size as u64);
+        assert!(fs::read(&p).unwrap() == data, "{size}-byte file differs");
+    }
+    // Overwrite in the middle, append, truncate.
+    let p = m.path("edit");
+    fs::write(&p, b"0123456789").unwrap();
+    let mut f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.seek(SeekFrom::Start(3)).unwrap();
+    f.write_all(b"abc").unwrap();
+    drop(f);
+    let mut f = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"XYZ").unwrap();
+    drop(f);
+    assert_eq!(fs::read(&p).unwrap(), b"012abc6789XYZ");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(5)
+        .unwrap();
+    assert_eq!(fs::read(&p).unwrap(), b"012ab");
+    // Read your own writes before close, through the same descriptor.
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.path("rw"))
+        .unwrap();
+    f.write_all(b"written").unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut back = String::new();
+    f.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "written");
+    f.sync_all().unwrap();
+    drop(f);
+
+    // Directories, renames, links, symlinks, permissions.
+    fs::create_dir_all(m.path("a/b/c")).unwrap();
+    fs::write(m.path("a/b/c/file"), b"deep").unwrap();
+    fs::rename(m.path("a/b/c/file"), m.path("a/moved")).unwrap();
+    assert_eq!(fs::read(m.path("a/moved")).unwrap(), b"deep");
+    assert_eq!(
+        fs::remove_dir(m.path("a")).unwrap_err().raw_os_error(),
+        Some(libc_enotempty())
+    );
+    fs::hard_link(m.path("a/moved"), m.path("hard")).unwrap();
+    assert_eq!(fs::metadata(m.path("hard")).unwrap().nlink(), 2);
+    std::os::unix::fs::symlink("a/moved", m.path("sym")).unwrap();
+    assert_eq!(
+        fs::read_link(m.path("sym")).unwrap().to_str(),
+        Some("a/moved")
+    );
+    assert_eq!(fs::read(m.path("sym")).unwrap(), b"deep");
+    fs::set_permissions(m.path("hard"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        fs::metadata(m.path("a/moved")).unwrap().mode() & 0o777,
+        0o600
+    );
+    fs::remove_file(m.path("hard")).unwrap();
+    assert_eq!(fs::metadata(m.path("a/moved")).unwrap().nlink(), 1);
+    assert!(fs::metadata(m.path("missing")).unwrap_err().kind() == std::io::ErrorKind::NotFound);
+
+    // A directory listing larger than one page.
+    fs::create_dir(m.path("many")).unwrap();
+    for i in 0..1500 {
+        fs::write(m.path(&format!("many/n{i:04}")), b"").unwrap();
+    }
+    let mut names: Vec<String> = fs::read_dir(m.path("many"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 1500);
+    assert_eq!(names[0], "n0000");
+    assert_eq!(names[1499], "n1499");
+
+    // The volume's capacity shows in statfs (df).
+    let df = std::process::Command::new("df")
+        .arg("-k")
+        .arg(&m.dir)
+        .output()
+        .unwrap();
+    assert!(df.status.success() && String::from_utf8_lossy(&df.stdout).contains("default"));
+}
+
+fn libc_enotempty() -> i32 {
+    39
+}
+
+#[test]
+fn two_mounts_see_each_others_closed_files() {
+    let cluster = cluster_with_volume();
+    let a = Mount::new(&cluster, "default", "a", "attr_timeout=0.5").unwrap();
+    let b = Mount::new(&cluster, "default", "b", "attr_timeout=0.5").unwrap();
+    let data = random_bytes(3 << 20, 11);
+    fs::write(a.path("shared"), &data).unwrap();
+    // Close-to-open: what A wrote and closed, B sees on its next open.
+    assert!(fs::read(b.path("shared")).unwrap() == data);
+    // Renames and unlinks show up within the attribute-cache lifetime.
+    fs::rename(a.path("shared"), a.path("renamed")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::metadata(b.path("renamed")).is_err() || fs::metadata(b.path("shared")).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "rename not visible in the second mount"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fs::remove_file(b.path("renamed")).unwrap();
+    while fs::metadata(a.path("renamed")).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "unlink not visible in the first mount"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A read-only mount refuses writes with EROFS.
+    let ro = Mount::new(&cluster, "default", "ro", "ro").unwrap();
+    let err = fs::write(ro.path("nope"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(30), "{err}");
+}
+
+#[test]
+fn mount_failures_are_one_line_errors() {
+    let cluster = cluster_with_volume();
+    let err = Mount::new(&cluster, "nosuchvolume", "x", "")
+        .err()
+        .expect("mounting a missing volume fails");
+    assert!(
+        err.contains("no volume named") && err.lines().count() == 1,
+        "{err}"
+    );
+    let err = Mount::new(&cluster, "default", "y", "bogus")
+        .err()
+        .expect("bad option fails");
+    assert!(err.contains("unknown mount option"), "{err}");
+}
