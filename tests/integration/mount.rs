@@ -182,3 +182,60 @@ fn mount_failures_are_one_line_errors() {
         .expect("bad option fails");
     assert!(err.contains("unknown mount option"), "{err}");
 }
+
+/// Runs a shell command in `dir`, failing the test with its output if it fails.
+fn sh(dir: &std::path::Path, script: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "`{script}` failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn everyday_programs_work_on_the_mount() {
+    let cluster = cluster_with_volume();
+    let m = Mount::new(&cluster, "default", "mnt", "").unwrap();
+    let local = cluster.dir.path().join("local-tree");
+    fs::create_dir_all(local.join("src/sub")).unwrap();
+    for i in 0..20 {
+        fs::write(
+            local.join(format!("src/sub/f{i}")),
+            random_bytes(1000 * i + 1, i as u64),
+        )
+        .unwrap();
+    }
+    fs::write(local.join("src/big"), random_bytes(6 << 20, 99)).unwrap();
+    let l = local.display();
+
+    // An archiver: pack onto the mount, unpack on the mount, compare with the original.
+    sh(&m.dir, &format!("tar czf tree.tgz -C {l} src && mkdir out && tar xzf tree.tgz -C out && diff -r {l}/src out/src"));
+
+    // Version control: a repository on the mount, commits, history and an integrity check.
+    sh(&m.dir, "mkdir repo && cd repo && git init -q && git config user.email t@e.st && git config user.name t \
+        && cp -r ../out/src . && git add -A && git commit -qm one && echo change >> src/sub/f1 \
+        && git commit -qam two && test $(git rev-list --count HEAD) = 2 && git fsck --strict --no-progress");
+
+    // An embedded database: transactions, a journal, a query.
+    let count = sh(&m.dir, "sqlite3 db.sqlite 'create table t(a integer, b text);' \
+        && sqlite3 db.sqlite \"begin; $(for i in $(seq 1 500); do printf \"insert into t values($i, 'row $i');\"; done) commit;\" \
+        && sqlite3 db.sqlite 'select count(*), sum(a) from t;'");
+    assert_eq!(count.trim(), "500|125250");
+
+    // A compiler: build a program on the mount and run it from there.
+    fs::write(
+        m.path("hello.c"),
+        "#include <stdio.h>\nint main(void) { puts(\"hello from dfs\"); return 0; }\n",
+    )
+    .unwrap();
+    let run = sh(&m.dir, "cc -O1 -o hello hello.c && ./hello");
+    assert_eq!(run.trim(), "hello from dfs");
+}
