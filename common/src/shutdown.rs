@@ -16,3 +16,14 @@ pub async fn wait_for_signal() {
     }
     tracing::info!("signal received, shutting down");
 }
+
+/// Waits for SIGINT or SIGTERM, then cancels `shutdown` and waits for `task` to finish: the end
+/// of every daemon's `main`.
+pub async fn run_until_signal(
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+) {
+    wait_for_signal().await;
+    shutdown.cancel();
+    let _ = task.await;
+}

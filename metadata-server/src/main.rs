@@ -81,8 +81,6 @@ async fn main() -> anyhow::Result<()> {
     let running = dfs_meta::start(config, shutdown.clone())
         .await
         .context("starting metadata server")?;
-    dfs_common::shutdown::wait_for_signal().await;
-    shutdown.cancel();
-    let _ = running.task.await;
+    dfs_common::shutdown::run_until_signal(shutdown, running.task).await;
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! straight to other shards instead of waiting on it again.
 
 use bytes::Bytes;
-use dfs_common::net::rpc::{read_body, read_body_into};
+use dfs_common::net::rpc::read_body_into;
 use dfs_common::net::{resolve_addr, Peer};
 use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ShardKey, ShardOwner};
 use dfs_common::{FsError, FsResult};
@@ -125,7 +125,7 @@ impl ChunkPool {
         self.note(addr, result)
     }
 
-    /// Reads `len` bytes at `offset` of a shard.
+    /// Reads `len` bytes at `offset` of a shard into a new buffer.
     pub async fn get_shard(
         &self,
         addr: &str,
@@ -133,20 +133,8 @@ impl ChunkPool {
         offset: u64,
         len: u64,
     ) -> FsResult<Vec<u8>> {
-        let result = async {
-            let peer = self.peer(addr)?;
-            let request = ChunkRequest::Get { key, offset, len };
-            let (reply, mut recv) = peer.call::<_, ChunkReply>(&request, None, 4096).await?;
-            match reply {
-                ChunkReply::Data { len: got } if got == len => {
-                    read_body(&mut recv, len as usize, self.timeout).await
-                }
-                other => Err(FsError::protocol(format!(
-                    "unexpected reply {other:?} to a {len}-byte read"
-                ))),
-            }
-        }
-        .await;
-        self.note(addr, result)
+        let mut buf = vec![0u8; len as usize];
+        self.get_shard_into(addr, key, offset, &mut buf).await?;
+        Ok(buf)
     }
 }
