@@ -13,6 +13,7 @@
 #   DFS_META_PORT      metadata server UDP port                            [7000]
 #   DFS_CHUNK_PORT     first chunk-server UDP port (then +1, +2, ...)      [7101]
 #   DFS_MOUNT          where volume "default" is mounted                   [$DFS_DEV_DIR/mnt]
+#   DFS_MOUNT_OPTIONS  extra -o options for that mount, e.g. allow_other   []
 #
 # After `up`, `. "$DFS_DEV_DIR/cluster.env"` sets DFS_META, DFS_CERTS and PATH for the `dfs` CLI.
 set -euo pipefail
@@ -158,7 +159,9 @@ mount_volume() {
         return
     fi
     mkdir -p "$mnt"
-    DFS_CERTS=$certs "$bin/dfs-mount" "$meta_addr:/default" "$mnt" \
+    local opts=()
+    [ -n "${DFS_MOUNT_OPTIONS:-}" ] && opts=(-o "$DFS_MOUNT_OPTIONS")
+    DFS_CERTS=$certs "$bin/dfs-mount" "$meta_addr:/default" "$mnt" "${opts[@]}" \
         || die "mounting volume default at $mnt failed"
     log "mounted volume default at $mnt"
 }

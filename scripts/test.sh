@@ -31,5 +31,17 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo build --bins"
 cargo build --workspace --bins --quiet
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 echo "== cargo test"
-cargo test --workspace
+cargo test --workspace 2>&1 | tee "$log"
+echo "== pjdfstest"
+scripts/pjdfstest.sh | tee -a "$log"
+
+# One closing line for the whole suite. pjdfstest cases listed in
+# tests/pjdfstest-known-failures.txt (with their reasons) are counted as skipped.
+awk '
+    /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+    /^pjdfstest-counts:/ { p += $2; s += $3 + $4 }
+    END { printf "dfs: %d passed, %d failed, %d skipped\n", p, f, s }
+' "$log"

@@ -42,6 +42,9 @@ pub fn get_volume(t: &ReadTables, name: &str) -> FsResult<VolumeInfo> {
 }
 
 pub fn lookup_attr(t: &ReadTables, parent: InodeId, name: &str) -> FsResult<Attr> {
+    if name.len() > dfs_common::proto::MAX_NAME_LEN {
+        return Err(FsError::NameTooLong);
+    }
     get_dir(&t.inodes, parent)?;
     let (ino, _) = lookup(&t.dentries, parent, name)?.ok_or(FsError::NotFound)?;
     Ok(to_attr(ino, &get_inode(&t.inodes, ino)?))

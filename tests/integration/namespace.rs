@@ -32,6 +32,10 @@ async fn create_lookup_getattr_setattr() {
         Err(FsError::Exists)
     );
     assert_eq!(client.lookup(root, "nope").await, Err(FsError::NotFound));
+    assert_eq!(
+        client.lookup(root, &"n".repeat(256)).await,
+        Err(FsError::NameTooLong)
+    );
     assert_eq!(client.lookup(f.ino, "x").await, Err(FsError::NotDir));
     assert_eq!(
         client
