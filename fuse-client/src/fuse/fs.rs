@@ -39,8 +39,9 @@ struct Shared {
     ttl: Duration,
     read_only: bool,
     files: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<OpenFile>>>>,
-    /// Size of each open file including its unflushed writes, so `stat` sees them.
-    open_sizes: Mutex<HashMap<u64, (InodeId, u64)>>,
+    /// Open files with unflushed writes: their inode and size including those writes, so that
+    /// `stat` sees them. An entry lives from a write until the next flush of that file.
+    dirty_sizes: Mutex<HashMap<u64, (InodeId, u64)>>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirListing>>>>,
     next_fh: AtomicU64,
 }
@@ -75,7 +76,7 @@ impl DfsFs {
                 ttl: options.attr_timeout,
                 read_only: options.read_only,
                 files: Mutex::new(HashMap::new()),
-                open_sizes: Mutex::new(HashMap::new()),
+                dirty_sizes: Mutex::new(HashMap::new()),
                 dirs: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
             }),
@@ -103,7 +104,7 @@ impl Shared {
 
     /// Attributes with the size raised to cover unflushed writes of open files.
     fn fresh_attr(&self, mut attr: dfs_common::proto::meta::Attr) -> fuser::FileAttr {
-        for (ino, size) in self.open_sizes.lock().expect("size lock").values() {
+        for (ino, size) in self.dirty_sizes.lock().expect("size lock").values() {
             if *ino == attr.ino {
                 attr.size = attr.size.max(*size);
             }
@@ -136,10 +137,6 @@ impl Shared {
 
     fn add_file(&self, file: OpenFile) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.open_sizes
-            .lock()
-            .expect("size lock")
-            .insert(fh, (file.ino(), file.size()));
         self.files
             .lock()
             .expect("file lock")
@@ -147,8 +144,33 @@ impl Shared {
         FileHandle(fh)
     }
 
-    fn note_size(&self, fh: FileHandle, file: &OpenFile) {
-        self.open_sizes
+    /// Flushes every open file of `ino` except `except`, so that what one descriptor wrote is
+    /// in the cluster before another descriptor truncates or reads the same file.
+    async fn flush_inode(&self, ino: InodeId, except: Option<FileHandle>) -> FsResult<()> {
+        let others: Vec<u64> = self
+            .dirty_sizes
+            .lock()
+            .expect("size lock")
+            .iter()
+            .filter(|(fh, (i, _))| *i == ino && Some(FileHandle(**fh)) != except)
+            .map(|(fh, _)| *fh)
+            .collect();
+        for fh in others {
+            if let Ok(file) = self.file(FileHandle(fh)) {
+                file.lock().await.flush().await?;
+            }
+            self.clean(FileHandle(fh));
+        }
+        Ok(())
+    }
+
+    /// Records that an open file has no unflushed writes any more.
+    fn clean(&self, fh: FileHandle) {
+        self.dirty_sizes.lock().expect("size lock").remove(&fh.0);
+    }
+
+    fn note_dirty(&self, fh: FileHandle, file: &OpenFile) {
+        self.dirty_sizes
             .lock()
             .expect("size lock")
             .insert(fh.0, (file.ino(), file.size()));
@@ -218,6 +240,12 @@ impl Filesystem for DfsFs {
                 atime: atime.map(time_set),
                 mtime: mtime.map(time_set),
             };
+            // Writes buffered by other descriptors land before the truncate, as on a local disk.
+            if size.is_some() {
+                if let Err(e) = s.flush_inode(ino, fh).await {
+                    return reply.error(errno(&e));
+                }
+            }
             // A truncate through an open file goes through its handle, after its own writes.
             if let (Some(size), Some(fh)) = (size, fh) {
                 if let Ok(file) = s.file(fh) {
@@ -225,7 +253,7 @@ impl Filesystem for DfsFs {
                     if let Err(e) = file.truncate(size).await {
                         return reply.error(errno(&e));
                     }
-                    s.note_size(fh, &file);
+                    s.clean(fh);
                     set.size = None;
                 }
             }
@@ -467,6 +495,11 @@ impl Filesystem for DfsFs {
                 Ok(f) => f,
                 Err(e) => return reply.error(e),
             };
+            // Reads see what other descriptors of this mount wrote.
+            let ino = file.lock().await.ino();
+            if let Err(e) = s.flush_inode(ino, Some(fh)).await {
+                return reply.error(errno(&e));
+            }
             let result = file.lock().await.read(offset, size as u64).await;
             match result {
                 Ok(data) => reply.data(&data),
@@ -500,7 +533,7 @@ impl Filesystem for DfsFs {
             let len = data.len();
             match file.write_owned(offset, data).await {
                 Ok(_) => {
-                    s.note_size(fh, &file);
+                    s.note_dirty(fh, &file);
                     reply.written(len as u32)
                 }
                 Err(e) => reply.error(errno(&e)),
@@ -522,6 +555,7 @@ impl Filesystem for DfsFs {
                 Err(e) => return reply.error(e),
             };
             let result = file.lock().await.flush().await;
+            s.clean(fh);
             reply_empty(reply, result)
         });
     }
@@ -542,7 +576,7 @@ impl Filesystem for DfsFs {
                 Some(file) => file.lock().await.flush().await,
                 None => Err(FsError::invalid("unknown file handle")),
             };
-            s.open_sizes.lock().expect("size lock").remove(&fh.0);
+            s.clean(fh);
             reply_empty(reply, result)
         });
     }
@@ -561,6 +595,7 @@ impl Filesystem for DfsFs {
                 Err(e) => return reply.error(e),
             };
             let result = file.lock().await.fsync().await;
+            s.clean(fh);
             reply_empty(reply, result)
         });
     }
