@@ -81,6 +81,37 @@ fn everyday_file_operations_through_the_kernel() {
     f.sync_all().unwrap();
     drop(f);
 
+    // A file unlinked while open stays usable until its last close, then is gone.
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.path("doomed"))
+        .unwrap();
+    fs::remove_file(m.path("doomed")).unwrap();
+    assert!(fs::metadata(m.path("doomed")).is_err());
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    f.write_all(b"still usable").unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut back = String::new();
+    f.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "still usable");
+    drop(f);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_dir(&m.dir).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".dfs-hidden")
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the unlinked file was not removed after its last close"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
     // Directories, renames, links, symlinks, permissions.
     fs::create_dir_all(m.path("a/b/c")).unwrap();
     fs::write(m.path("a/b/c/file"), b"deep").unwrap();

@@ -44,6 +44,10 @@ struct Shared {
     dirty_sizes: Mutex<HashMap<u64, (InodeId, u64)>>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirListing>>>>,
     next_fh: AtomicU64,
+    /// Open descriptors per inode in this mount.
+    open_counts: Mutex<HashMap<InodeId, u32>>,
+    /// Files unlinked while open: hidden under another name until their last close.
+    hidden: Mutex<HashMap<InodeId, (InodeId, String)>>,
 }
 
 pub struct DfsFs {
@@ -79,6 +83,8 @@ impl DfsFs {
                 dirty_sizes: Mutex::new(HashMap::new()),
                 dirs: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
+                open_counts: Mutex::new(HashMap::new()),
+                hidden: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -109,6 +115,15 @@ impl Shared {
                 attr.size = attr.size.max(*size);
             }
         }
+        // A file unlinked while open lives on under a hidden name; to its users it has no links.
+        if self
+            .hidden
+            .lock()
+            .expect("hidden lock")
+            .contains_key(&attr.ino)
+        {
+            attr.nlink = 0;
+        }
         self.map.file_attr(&attr)
     }
 
@@ -136,6 +151,12 @@ impl Shared {
     }
 
     fn add_file(&self, file: OpenFile) -> FileHandle {
+        *self
+            .open_counts
+            .lock()
+            .expect("open lock")
+            .entry(file.ino())
+            .or_default() += 1;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files
             .lock()
@@ -164,6 +185,56 @@ impl Shared {
         Ok(())
     }
 
+    /// Unlinks a name, unless it is the last name of a file open in this mount: then the file is
+    /// renamed to a hidden name and unlinked when its last descriptor closes, so it stays
+    /// readable and writable until then (as NFS clients do).
+    async fn unlink_or_hide(&self, parent: InodeId, name: &str) -> FsResult<()> {
+        let attr = self.client.lookup(parent, name).await?;
+        let open = self
+            .open_counts
+            .lock()
+            .expect("open lock")
+            .get(&attr.ino)
+            .copied()
+            .unwrap_or(0);
+        if attr.kind != FileKind::File || attr.nlink > 1 || open == 0 {
+            return self.client.unlink(parent, name).await;
+        }
+        let hidden = format!(".dfs-hidden-{}-{:08x}", attr.ino, rand_suffix());
+        self.client
+            .rename(parent, name, parent, &hidden, RENAME_NOREPLACE)
+            .await?;
+        self.hidden
+            .lock()
+            .expect("hidden lock")
+            .insert(attr.ino, (parent, hidden));
+        Ok(())
+    }
+
+    /// A descriptor of `ino` closed: at the last one, remove the file if it was unlinked.
+    async fn closed(&self, ino: InodeId) {
+        let last = {
+            let mut counts = self.open_counts.lock().expect("open lock");
+            let count = counts.entry(ino).or_default();
+            *count = count.saturating_sub(1);
+            let last = *count == 0;
+            if last {
+                counts.remove(&ino);
+            }
+            last
+        };
+        let hidden = if last {
+            self.hidden.lock().expect("hidden lock").remove(&ino)
+        } else {
+            None
+        };
+        if let Some((parent, name)) = hidden {
+            if let Err(e) = self.client.unlink(parent, &name).await {
+                tracing::warn!(%ino, "removing unlinked file {name}: {e}");
+            }
+        }
+    }
+
     /// Records that an open file has no unflushed writes any more.
     fn clean(&self, fh: FileHandle) {
         self.dirty_sizes.lock().expect("size lock").remove(&fh.0);
@@ -175,6 +246,12 @@ impl Shared {
             .expect("size lock")
             .insert(fh.0, (file.ino(), file.size()));
     }
+}
+
+/// A random suffix for hidden names, so two mounts hiding the same inode do not collide.
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::Instant::now()) as u32
 }
 
 fn reply_empty(reply: ReplyEmpty, result: FsResult<()>) {
@@ -330,9 +407,10 @@ impl Filesystem for DfsFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.spawn(
-            |s| async move { reply_empty(reply, s.client.unlink(s.ino(parent), &name).await) },
-        );
+        self.spawn(|s| async move {
+            let result = s.unlink_or_hide(s.ino(parent), &name).await;
+            reply_empty(reply, result)
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -573,7 +651,12 @@ impl Filesystem for DfsFs {
         self.spawn(|s| async move {
             let file = s.files.lock().expect("file lock").remove(&fh.0);
             let result = match file {
-                Some(file) => file.lock().await.flush().await,
+                Some(file) => {
+                    let mut file = file.lock().await;
+                    let flushed = file.flush().await;
+                    s.closed(file.ino()).await;
+                    flushed
+                }
                 None => Err(FsError::invalid("unknown file handle")),
             };
             s.clean(fh);
