@@ -106,6 +106,10 @@ ENV
 wait_for_servers() {
     local deadline=$((SECONDS + 60)) up=0
     while [ $SECONDS -lt $deadline ]; do
+        if ! running "$dev_dir/pids/meta.pid"; then
+            tail -5 "$dev_dir/logs/meta.log" >&2 || true
+            die "the metadata server exited (is port $meta_port taken?); see $dev_dir/logs/meta.log"
+        fi
         up=$("$bin/dfs" --meta "$meta_addr" --certs "$certs" cluster status --json 2>/dev/null \
             | grep -c '"up": true' || true)
         [ "$up" -ge "$chunks" ] && return 0
