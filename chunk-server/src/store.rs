@@ -331,9 +331,7 @@ impl ShardStore {
 }
 
 fn open_shard(path: &Path) -> FsResult<File> {
-    let mut file = OpenOptions::new().read(true).open(path)?;
-    file.seek(SeekFrom::Start(0))?;
-    Ok(file)
+    Ok(OpenOptions::new().read(true).open(path)?)
 }
 
 /// Removes a temp file unless the write completed (then it is forgotten).
