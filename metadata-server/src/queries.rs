@@ -11,8 +11,6 @@ use std::collections::BTreeMap;
 
 /// Most entries one directory page returns.
 pub const MAX_DIR_PAGE: u32 = 1024;
-/// Most extents one layout reply returns (a reply is bounded like every frame).
-pub const MAX_LAYOUT_EXTENTS: usize = 4096;
 
 fn volume_info(name: &str, rec: VolumeRecord) -> VolumeInfo {
     VolumeInfo {
@@ -132,7 +130,7 @@ pub fn get_layout(t: &ReadTables, ino: InodeId, offset: u64, len: u64) -> FsResu
     let end = offset.saturating_add(len).min(rec.size);
     let mut extents = layout::overlapping(&t.extents, ino, offset, end.max(offset))?;
     extents.retain(|e| e.file_offset < end);
-    extents.truncate(MAX_LAYOUT_EXTENTS);
+    extents.truncate(dfs_common::proto::MAX_LAYOUT_EXTENTS);
     let mut blocks = BTreeMap::new();
     for e in &extents {
         if blocks.contains_key(&e.block) {

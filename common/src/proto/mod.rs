@@ -17,3 +17,5 @@ pub const MAX_BLOCK_SIZE: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_BLOCK_SIZE: u64 = 4 * 1024 * 1024;
 /// Largest file size: 2^63 - 1, the largest `off_t`.
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+/// Most extents one layout reply holds; a reply with this many may end before the range asked.
+pub const MAX_LAYOUT_EXTENTS: usize = 4096;

@@ -6,8 +6,9 @@
 use super::dirty::DirtyBuffer;
 use super::writer::upload_block;
 use super::{reader, Client};
+use dfs_common::proto::meta::Layout;
 use dfs_common::proto::meta::{Attr, FileKind, MetaReply, MetaRequest, NewExtent, SetAttr};
-use dfs_common::proto::MAX_FILE_SIZE;
+use dfs_common::proto::{MAX_FILE_SIZE, MAX_LAYOUT_EXTENTS};
 use dfs_common::{EcPolicy, FsError, FsResult, InodeId, Timestamp};
 use std::collections::VecDeque;
 use tokio::task::JoinHandle;
@@ -29,7 +30,21 @@ pub struct FileHandle {
     uploaded: Vec<NewExtent>,
     /// An upload failed: the error is reported by the next flush.
     failed: Option<FsError>,
+    /// The committed layout of a range of the file, as of this handle's last read. Valid until
+    /// this handle changes the file; other clients' changes show at the next open
+    /// (close-to-open), so it needs no other invalidation.
+    layout: Option<CachedLayout>,
 }
+
+/// A layout fetched for `[start, end)`.
+struct CachedLayout {
+    start: u64,
+    end: u64,
+    layout: Layout,
+}
+
+/// How far ahead of a read its layout is fetched, so sequential reads share one fetch.
+const LAYOUT_WINDOW: u64 = 256 * 1024 * 1024;
 
 impl Client {
     /// Opens an existing regular file.
@@ -70,6 +85,7 @@ impl Client {
             uploads: VecDeque::new(),
             uploaded: Vec::new(),
             failed: None,
+            layout: None,
         })
     }
 }
@@ -166,6 +182,7 @@ impl FileHandle {
         if self.uploaded.is_empty() {
             return Ok(());
         }
+        self.layout = None;
         let extents = std::mem::take(&mut self.uploaded);
         let request = MetaRequest::CommitWrite {
             ino: self.ino,
@@ -219,12 +236,45 @@ impl FileHandle {
         if !self.dirty.is_empty() || !self.uploads.is_empty() || !self.uploaded.is_empty() {
             self.flush().await?;
         }
-        reader::read(&self.client, self.ino, offset, len).await
+        let end = offset.saturating_add(len);
+        let cached = self
+            .layout
+            .as_ref()
+            .is_some_and(|c| c.start <= offset && end <= c.end);
+        if !cached {
+            let window = len.max(LAYOUT_WINDOW);
+            let layout = self.client.layout(self.ino, offset, window).await?;
+            // A reply holding the most extents allowed may stop short of the window.
+            let covered = if layout.extents.len() >= MAX_LAYOUT_EXTENTS {
+                layout
+                    .extents
+                    .last()
+                    .map_or(offset, |e| e.file_offset + e.len)
+            } else {
+                offset.saturating_add(window)
+            };
+            if covered < end {
+                return reader::read_with_layout(&self.client, &layout, offset, len).await;
+            }
+            self.layout = Some(CachedLayout {
+                start: offset,
+                end: covered,
+                layout,
+            });
+        }
+        let cached = &self.layout.as_ref().expect("layout cached above").layout;
+        reader::read_with_layout(&self.client, cached, offset, len).await
+    }
+
+    /// Drops the cached layout: another descriptor of this client changed the file.
+    pub fn forget_layout(&mut self) {
+        self.layout = None;
     }
 
     /// Sets the size: drops bytes beyond it, or extends with zeros.
     pub async fn truncate(&mut self, size: u64) -> FsResult<()> {
         self.flush().await?;
+        self.layout = None;
         let set = SetAttr {
             size: Some(size),
             ..SetAttr::default()

@@ -167,7 +167,7 @@ impl Shared {
 
     /// Flushes every open file of `ino` except `except`, so that what one descriptor wrote is
     /// in the cluster before another descriptor truncates or reads the same file.
-    async fn flush_inode(&self, ino: InodeId, except: Option<FileHandle>) -> FsResult<()> {
+    async fn flush_inode(&self, ino: InodeId, except: Option<FileHandle>) -> FsResult<bool> {
         let others: Vec<u64> = self
             .dirty_sizes
             .lock()
@@ -176,13 +176,31 @@ impl Shared {
             .filter(|(fh, (i, _))| *i == ino && Some(FileHandle(**fh)) != except)
             .map(|(fh, _)| *fh)
             .collect();
+        let flushed = !others.is_empty();
         for fh in others {
             if let Ok(file) = self.file(FileHandle(fh)) {
                 file.lock().await.flush().await?;
             }
             self.clean(FileHandle(fh));
         }
-        Ok(())
+        Ok(flushed)
+    }
+
+    /// Makes every open file of `ino` fetch its layout again (its size or extents changed).
+    async fn forget_layouts(&self, ino: InodeId) {
+        let files: Vec<_> = self
+            .files
+            .lock()
+            .expect("file lock")
+            .values()
+            .cloned()
+            .collect();
+        for file in files {
+            let mut file = file.lock().await;
+            if file.ino() == ino {
+                file.forget_layout();
+            }
+        }
     }
 
     /// Unlinks a name, unless it is the last name of a file open in this mount: then the file is
@@ -335,6 +353,9 @@ impl Filesystem for DfsFs {
                 }
             }
             let result = s.client.setattr(ino, set).await;
+            if size.is_some() {
+                s.forget_layouts(ino).await;
+            }
             s.reply_attr(reply, result);
         });
     }
@@ -575,10 +596,15 @@ impl Filesystem for DfsFs {
             };
             // Reads see what other descriptors of this mount wrote.
             let ino = file.lock().await.ino();
-            if let Err(e) = s.flush_inode(ino, Some(fh)).await {
-                return reply.error(errno(&e));
+            let others_flushed = match s.flush_inode(ino, Some(fh)).await {
+                Ok(flushed) => flushed,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            let mut file = file.lock().await;
+            if others_flushed {
+                file.forget_layout();
             }
-            let result = file.lock().await.read(offset, size as u64).await;
+            let result = file.read(offset, size as u64).await;
             match result {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(&e)),
@@ -632,8 +658,13 @@ impl Filesystem for DfsFs {
                 Ok(f) => f,
                 Err(e) => return reply.error(e),
             };
-            let result = file.lock().await.flush().await;
+            let mut file = file.lock().await;
+            let result = file.flush().await;
+            let ino = file.ino();
+            drop(file);
             s.clean(fh);
+            // What this descriptor committed must show through the others' cached layouts.
+            s.forget_layouts(ino).await;
             reply_empty(reply, result)
         });
     }
@@ -654,7 +685,10 @@ impl Filesystem for DfsFs {
                 Some(file) => {
                     let mut file = file.lock().await;
                     let flushed = file.flush().await;
-                    s.closed(file.ino()).await;
+                    let ino = file.ino();
+                    drop(file);
+                    s.forget_layouts(ino).await;
+                    s.closed(ino).await;
                     flushed
                 }
                 None => Err(FsError::invalid("unknown file handle")),
@@ -677,8 +711,12 @@ impl Filesystem for DfsFs {
                 Ok(f) => f,
                 Err(e) => return reply.error(e),
             };
-            let result = file.lock().await.fsync().await;
+            let mut file = file.lock().await;
+            let result = file.fsync().await;
+            let ino = file.ino();
+            drop(file);
             s.clean(fh);
+            s.forget_layouts(ino).await;
             reply_empty(reply, result)
         });
     }
