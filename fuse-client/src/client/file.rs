@@ -43,9 +43,6 @@ struct CachedLayout {
     layout: Layout,
 }
 
-/// How far ahead of a read its layout is fetched, so sequential reads share one fetch.
-const LAYOUT_WINDOW: u64 = 256 * 1024 * 1024;
-
 impl Client {
     /// Opens an existing regular file.
     pub async fn open(&self, ino: InodeId) -> FsResult<FileHandle> {
@@ -242,28 +239,43 @@ impl FileHandle {
             .as_ref()
             .is_some_and(|c| c.start <= offset && end <= c.end);
         if !cached {
-            let window = len.max(LAYOUT_WINDOW);
-            let layout = self.client.layout(self.ino, offset, window).await?;
-            // A reply holding the most extents allowed may stop short of the window.
-            let covered = if layout.extents.len() >= MAX_LAYOUT_EXTENTS {
-                layout
-                    .extents
-                    .last()
-                    .map_or(offset, |e| e.file_offset + e.len)
-            } else {
-                offset.saturating_add(window)
-            };
+            // The whole file's layout when it fits one reply (up to MAX_LAYOUT_EXTENTS extents),
+            // so random reads hit the cache too; else the part from this read on.
+            let mut start = 0;
+            let (mut layout, mut covered) = self.fetch_layout(start).await?;
+            if covered < end {
+                start = offset;
+                (layout, covered) = self.fetch_layout(start).await?;
+            }
             if covered < end {
                 return reader::read_with_layout(&self.client, &layout, offset, len).await;
             }
             self.layout = Some(CachedLayout {
-                start: offset,
+                start,
                 end: covered,
                 layout,
             });
         }
         let cached = &self.layout.as_ref().expect("layout cached above").layout;
         reader::read_with_layout(&self.client, cached, offset, len).await
+    }
+
+    /// The layout from `start` to the end of the file, and how far it reaches: a reply holding
+    /// the most extents allowed may stop short.
+    async fn fetch_layout(&self, start: u64) -> FsResult<(Layout, u64)> {
+        let layout = self
+            .client
+            .layout(self.ino, start, u64::MAX - start)
+            .await?;
+        let covered = if layout.extents.len() >= MAX_LAYOUT_EXTENTS {
+            layout
+                .extents
+                .last()
+                .map_or(start, |e| e.file_offset + e.len)
+        } else {
+            u64::MAX
+        };
+        Ok((layout, covered))
     }
 
     /// Drops the cached layout: another descriptor of this client changed the file.
