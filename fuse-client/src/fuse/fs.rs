@@ -253,6 +253,22 @@ impl Shared {
         }
     }
 
+    /// Flushes one open file and makes what it committed visible through the cached layouts of
+    /// the mount's other descriptors. Returns the file's inode and the flush result.
+    async fn flush_file(
+        &self,
+        fh: FileHandle,
+        file: &tokio::sync::Mutex<OpenFile>,
+    ) -> (InodeId, FsResult<()>) {
+        let mut file = file.lock().await;
+        let result = file.flush().await;
+        let ino = file.ino();
+        drop(file);
+        self.clean(fh);
+        self.forget_layouts(ino).await;
+        (ino, result)
+    }
+
     /// Records that an open file has no unflushed writes any more.
     fn clean(&self, fh: FileHandle) {
         self.dirty_sizes.lock().expect("size lock").remove(&fh.0);
@@ -654,17 +670,10 @@ impl Filesystem for DfsFs {
         reply: ReplyEmpty,
     ) {
         self.spawn(|s| async move {
-            let file = match s.file(fh) {
-                Ok(f) => f,
+            let result = match s.file(fh) {
+                Ok(file) => s.flush_file(fh, &file).await.1,
                 Err(e) => return reply.error(e),
             };
-            let mut file = file.lock().await;
-            let result = file.flush().await;
-            let ino = file.ino();
-            drop(file);
-            s.clean(fh);
-            // What this descriptor committed must show through the others' cached layouts.
-            s.forget_layouts(ino).await;
             reply_empty(reply, result)
         });
     }
@@ -683,42 +692,26 @@ impl Filesystem for DfsFs {
             let file = s.files.lock().expect("file lock").remove(&fh.0);
             let result = match file {
                 Some(file) => {
-                    let mut file = file.lock().await;
-                    let flushed = file.flush().await;
-                    let ino = file.ino();
-                    drop(file);
-                    s.forget_layouts(ino).await;
+                    let (ino, flushed) = s.flush_file(fh, &file).await;
                     s.closed(ino).await;
                     flushed
                 }
                 None => Err(FsError::invalid("unknown file handle")),
             };
-            s.clean(fh);
             reply_empty(reply, result)
         });
     }
 
     fn fsync(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|s| async move {
-            let file = match s.file(fh) {
-                Ok(f) => f,
-                Err(e) => return reply.error(e),
-            };
-            let mut file = file.lock().await;
-            let result = file.fsync().await;
-            let ino = file.ino();
-            drop(file);
-            s.clean(fh);
-            s.forget_layouts(ino).await;
-            reply_empty(reply, result)
-        });
+        // Every flush is durable: chunk servers fsync shards, the metadata server its commits.
+        self.flush(req, ino, fh, LockOwner(0), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
