@@ -3,7 +3,8 @@
 use anyhow::Context;
 use clap::Parser;
 use dfs_chunk::ChunkConfig;
-use dfs_common::config::{load_identity, load_toml, parse_size, tls_paths};
+use dfs_common::config::{load_toml, parse_size, tls_paths};
+use dfs_common::net::tls::Identity;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -80,7 +81,7 @@ fn resolve(args: Args) -> anyhow::Result<ChunkConfig> {
         advertise: args.advertise.or(file.advertise),
         data_dir: args.data.or(file.data).context("--data DIR is required")?,
         meta,
-        identity: load_identity(&tls)?,
+        identity: Identity::load(&tls)?,
         capacity,
         heartbeat_interval: Duration::from_millis(
             args.heartbeat_ms

@@ -2,7 +2,7 @@
 //! environment variables override, and the TLS file locations every party needs.
 
 use crate::error::FsError;
-use crate::net::tls::{Identity, TlsPaths};
+use crate::net::tls::TlsPaths;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 
@@ -37,11 +37,6 @@ pub fn tls_paths(
         cert: pick(cert, from_dir.as_ref().map(|p| p.cert.clone()), "cert")?,
         key: pick(key, from_dir.as_ref().map(|p| p.key.clone()), "key")?,
     })
-}
-
-/// Loads an identity, naming the files in the error.
-pub fn load_identity(paths: &TlsPaths) -> Result<Identity, FsError> {
-    Identity::load(paths)
 }
 
 /// Parses a size such as `4M`, `512k`, `10G` or `1048576` (binary units).

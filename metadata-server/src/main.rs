@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use dfs_common::config::{load_identity, load_toml, tls_paths};
+use dfs_common::config::{load_toml, tls_paths};
+use dfs_common::net::tls::Identity;
 use dfs_meta::MetaConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -68,7 +69,7 @@ fn resolve(args: Args) -> anyhow::Result<MetaConfig> {
             .or(file.listen)
             .unwrap_or_else(|| "0.0.0.0:7000".parse().expect("valid default")),
         data_dir: args.data.or(file.data).context("--data DIR is required")?,
-        identity: load_identity(&tls)?,
+        identity: Identity::load(&tls)?,
         server_timeout: Duration::from_secs_f64(timeout),
     })
 }

@@ -702,12 +702,10 @@ fn commit_write(
     let mut blocks = Vec::with_capacity(extents.len());
     for ne in extents {
         let e = ne.extent;
-        let end = e
-            .file_offset
+        e.file_offset
             .checked_add(e.len)
             .filter(|&end| end <= MAX_FILE_SIZE)
             .ok_or(FsError::FileTooLarge)?;
-        let _ = end;
         if e.len == 0
             || ne.block_len > MAX_BLOCK_SIZE
             || e.block_offset

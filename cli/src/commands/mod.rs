@@ -9,8 +9,9 @@ use crate::{Cli, Command};
 use anyhow::Context;
 use dfs_client::client::ClientOptions;
 use dfs_client::Client;
-use dfs_common::config::{load_identity, tls_paths};
+use dfs_common::config::tls_paths;
 use dfs_common::net::resolve_addr;
+use dfs_common::net::tls::Identity;
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Cert(cmd) = &cli.command {
@@ -38,7 +39,7 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
         .context("no metadata server given: pass --meta HOST:PORT or set DFS_META")?;
     let addr = resolve_addr(meta)?;
     let tls = tls_paths(cli.certs.clone(), "client", None, None, None)?;
-    let identity = load_identity(&tls)?;
+    let identity = Identity::load(&tls)?;
     Client::connect(addr, &identity, ClientOptions::default())
         .await
         .with_context(|| format!("cannot reach the metadata server at {meta}"))

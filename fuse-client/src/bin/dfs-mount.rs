@@ -11,8 +11,9 @@ use dfs_client::client::ClientOptions;
 use dfs_client::fuse::fs::DfsFs;
 use dfs_client::fuse::options::{MountOptions, MountSpec};
 use dfs_client::Client;
-use dfs_common::config::{load_identity, tls_paths};
+use dfs_common::config::tls_paths;
 use dfs_common::net::resolve_addr;
+use dfs_common::net::tls::Identity;
 use dfs_common::FsError;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
@@ -123,7 +124,7 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
             args.mountpoint.display()
         );
     }
-    let identity = load_identity(&tls_paths(Some(certs), "client", None, None, None)?)?;
+    let identity = Identity::load(&tls_paths(Some(certs), "client", None, None, None)?)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

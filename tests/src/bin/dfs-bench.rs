@@ -6,9 +6,10 @@
 
 use clap::{Parser, Subcommand};
 use dfs_client::Client;
-use dfs_common::config::{load_identity, tls_paths};
+use dfs_common::config::tls_paths;
 use dfs_common::erasure::Erasure;
 use dfs_common::net::resolve_addr;
+use dfs_common::net::tls::Identity;
 use dfs_common::proto::meta::FileKind;
 use dfs_common::EcPolicy;
 use std::path::PathBuf;
@@ -110,7 +111,7 @@ async fn creates(
     concurrency: usize,
     local: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let identity = load_identity(&tls_paths(Some(certs), "client", None, None, None)?)?;
+    let identity = Identity::load(&tls_paths(Some(certs), "client", None, None, None)?)?;
     let client = Client::connect(resolve_addr(meta)?, &identity, Default::default()).await?;
     let volume = client.volume(volume).await?;
     let stamp = std::process::id();
