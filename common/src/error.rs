@@ -52,6 +52,8 @@ pub enum FsError {
     Protocol(String),
     #[error("I/O error: {0}")]
     Io(String),
+    #[error("a conflicting lock is held")]
+    Locked,
 }
 
 impl FsError {
@@ -93,6 +95,7 @@ impl FsError {
             FsError::TimedOut(_) => 110,    // ETIMEDOUT
             FsError::Protocol(_) => 71,     // EPROTO
             FsError::Io(_) => 5,            // EIO
+            FsError::Locked => 11,          // EAGAIN
         }
     }
 }

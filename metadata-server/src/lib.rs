@@ -8,9 +8,11 @@
 //! - [`queries`]: read-only operations on a snapshot.
 //! - [`placement`]: choosing servers for shards (pure).
 //! - [`membership`]: chunk-server liveness from heartbeats.
+//! - [`locks`]: file locks of client sessions, in memory, with leases.
 //! - [`service`]: the QUIC request handler.
 
 pub mod layout;
+pub mod locks;
 pub mod membership;
 pub mod placement;
 pub mod queries;
@@ -37,6 +39,8 @@ pub struct MetaConfig {
     pub identity: Identity,
     /// A chunk server silent for longer is down.
     pub server_timeout: Duration,
+    /// A client session's locks outlive its last request by this long.
+    pub lock_lease: Duration,
 }
 
 pub struct RunningMetaServer {
@@ -59,7 +63,12 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         registered,
     ));
     let (committer, committer_thread) = store::Committer::start(db.clone());
-    let service = Arc::new(service::MetaService::new(db, committer, membership));
+    let service = Arc::new(service::MetaService::new(
+        db,
+        committer,
+        membership,
+        locks::LockTable::new(config.lock_lease),
+    ));
     let endpoint = server_endpoint(config.listen, &config.identity, Some(reset_key))?;
     let addr = endpoint.local_addr()?;
     tracing::info!(%addr, data = %config.data_dir.display(), "metadata server listening");

@@ -44,6 +44,10 @@ struct Args {
     /// Seconds without a heartbeat after which a chunk server is down [default: 30].
     #[arg(long, env = "DFS_META_SERVER_TIMEOUT_SECS")]
     server_timeout_secs: Option<f64>,
+    /// Seconds a client's file locks outlive its last contact (clients renew every 5 s)
+    /// [default: 30, at least 15].
+    #[arg(long, env = "DFS_META_LOCK_LEASE_SECS")]
+    lock_lease_secs: Option<f64>,
 }
 
 fn resolve(args: Args) -> anyhow::Result<MetaConfig> {
@@ -63,6 +67,14 @@ fn resolve(args: Args) -> anyhow::Result<MetaConfig> {
         timeout > 0.0 && timeout < 1e6,
         "--server-timeout-secs must be positive"
     );
+    let lease = args
+        .lock_lease_secs
+        .or(file.lock_lease_secs)
+        .unwrap_or(30.0);
+    anyhow::ensure!(
+        (15.0..1e6).contains(&lease),
+        "--lock-lease-secs must be at least 15 (clients renew every 5 s)"
+    );
     Ok(MetaConfig {
         listen: args
             .listen
@@ -71,6 +83,7 @@ fn resolve(args: Args) -> anyhow::Result<MetaConfig> {
         data_dir: args.data.or(file.data).context("--data DIR is required")?,
         identity: Identity::load(&tls)?,
         server_timeout: Duration::from_secs_f64(timeout),
+        lock_lease: Duration::from_secs_f64(lease),
     })
 }
 

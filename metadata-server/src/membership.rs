@@ -22,6 +22,7 @@ pub struct Membership {
     servers: Mutex<BTreeMap<ServerId, Seen>>,
     /// A server silent for longer is down.
     timeout: Duration,
+    started: Instant,
 }
 
 impl Membership {
@@ -44,6 +45,20 @@ impl Membership {
         Membership {
             servers: Mutex::new(servers),
             timeout,
+            started: Instant::now(),
+        }
+    }
+
+    /// Live servers once at least `wanted` are live, or once every server that is up has
+    /// had the time to send a heartbeat since this server started. Right after a restart no
+    /// heartbeat has arrived yet, and placing then would fail writes for no reason.
+    pub async fn live_when_known(&self, wanted: usize) -> Vec<Candidate> {
+        loop {
+            let live = self.live();
+            if live.len() >= wanted || self.started.elapsed() > self.timeout {
+                return live;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

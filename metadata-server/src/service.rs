@@ -1,6 +1,7 @@
 //! The metadata server's request handler: reads go to a snapshot, mutations to the committer,
 //! placement decisions are made here (from live membership) and travel inside the command.
 
+use crate::locks::LockTable;
 use crate::membership::Membership;
 use crate::placement::place;
 use crate::queries;
@@ -21,14 +22,21 @@ pub struct MetaService {
     db: Arc<Database>,
     committer: Committer,
     membership: Arc<Membership>,
+    locks: LockTable,
 }
 
 impl MetaService {
-    pub fn new(db: Arc<Database>, committer: Committer, membership: Arc<Membership>) -> Self {
+    pub fn new(
+        db: Arc<Database>,
+        committer: Committer,
+        membership: Arc<Membership>,
+        locks: LockTable,
+    ) -> Self {
         MetaService {
             db,
             committer,
             membership,
+            locks,
         }
     }
 
@@ -114,7 +122,7 @@ impl MetaService {
                     })
                     .await?;
                 let placement = place(
-                    &self.membership.live(),
+                    &self.membership.live_when_known(policy.total()).await,
                     policy.total(),
                     policy.shard_len(block_size),
                     rand::random(),
@@ -131,13 +139,41 @@ impl MetaService {
                     .await?;
                 let min_free = rec.policy.shard_len(rec.len.unwrap_or(0));
                 let placement = place(
-                    &self.membership.live(),
+                    &self.membership.live_when_known(rec.shards.len() + 1).await,
                     1,
                     min_free,
                     rand::random(),
                     &rec.shards,
                 )?;
                 self.commit(request, placement).await
+            }
+            MetaRequest::SetLock {
+                ino,
+                owner,
+                range,
+                kind,
+            } => {
+                // Only files that exist can be locked; anything can be unlocked.
+                if kind != LockKind::Unlock {
+                    self.query(move |t| get_inode(&t.inodes, ino).map(drop))
+                        .await?;
+                }
+                self.locks.set(ino, owner, range, kind)?;
+                Ok(MetaReply::Done)
+            }
+            MetaRequest::TestLock {
+                ino,
+                owner,
+                range,
+                kind,
+            } => Ok(MetaReply::Lock(self.locks.test(ino, owner, range, kind)?)),
+            MetaRequest::ReleaseLocks { ino, owner } => {
+                self.locks.release(ino, owner);
+                Ok(MetaReply::Done)
+            }
+            MetaRequest::RenewSession { session } => {
+                self.locks.renew(session);
+                Ok(MetaReply::Done)
             }
             r if r.is_mutation() => self.commit(r, vec![]).await,
             r => {

@@ -135,7 +135,8 @@ pub fn apply(tx: &WriteTransaction, cmd: &Command) -> FsResult<MetaReply> {
             ino,
             extents,
             mtime,
-        } => commit_write(&mut t, now, *ino, extents, *mtime),
+            append,
+        } => commit_write(&mut t, now, *ino, extents, *mtime, *append),
         other => Err(FsError::invalid(format!("not a mutation: {other:?}"))),
     }
 }
@@ -693,11 +694,27 @@ fn commit_write(
     ino: InodeId,
     extents: &[NewExtent],
     mtime: Timestamp,
+    append: bool,
 ) -> FsResult<MetaReply> {
     let mut rec = get_inode(&t.inodes, ino)?;
     if rec.kind != FileKind::File {
         return Err(FsError::invalid("writes go to regular files"));
     }
+    let shifted: Vec<NewExtent>;
+    let extents = if append {
+        let mut moved = extents.to_vec();
+        for ne in &mut moved {
+            ne.extent.file_offset = ne
+                .extent
+                .file_offset
+                .checked_add(rec.size)
+                .ok_or(FsError::FileTooLarge)?;
+        }
+        shifted = moved;
+        &shifted[..]
+    } else {
+        extents
+    };
     // Check every extent before changing anything.
     let mut blocks = Vec::with_capacity(extents.len());
     for ne in extents {

@@ -6,3 +6,4 @@ mod data;
 mod faults;
 mod mount;
 mod namespace;
+mod sharing;

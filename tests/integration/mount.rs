@@ -8,7 +8,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
-fn cluster_with_volume() -> ProcessCluster {
+pub(crate) fn cluster_with_volume() -> ProcessCluster {
     let cluster = ProcessCluster::start(6);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -121,6 +121,7 @@ impl TestCluster {
                 data_dir: dir.path().join("meta"),
                 identity: certs.server_identity(),
                 server_timeout: TEST_SERVER_TIMEOUT,
+                lock_lease: dfs_meta::locks::DEFAULT_LEASE,
             },
             shutdown.clone(),
         )

@@ -91,6 +91,23 @@ impl Peer {
         Q: Serialize,
         R: DeserializeOwned,
     {
+        let (reply, recv) = self.exchange(request, body, max_reply).await?;
+        Ok((reply?, recv))
+    }
+
+    /// Like [`Peer::call`], keeping apart the two ways a call fails: the outer error means the
+    /// exchange itself failed (no connection, no reply in time), the inner one is the server's
+    /// answer. Only the first is worth retrying.
+    pub async fn exchange<Q, R>(
+        &self,
+        request: &Q,
+        body: Option<Bytes>,
+        max_reply: usize,
+    ) -> FsResult<(FsResult<R>, RecvStream)>
+    where
+        Q: Serialize,
+        R: DeserializeOwned,
+    {
         let conn = self.connection().await?;
         let result = tokio::time::timeout(self.timeout, async {
             let (mut send, mut recv) = conn
@@ -107,7 +124,7 @@ impl Peer {
         })
         .await;
         match result {
-            Ok(Ok((reply, recv))) => Ok((reply?, recv)),
+            Ok(Ok((reply, recv))) => Ok((reply, recv)),
             Ok(Err(e)) => {
                 if matches!(e, FsError::Unavailable(_)) {
                     self.drop_connection(&conn).await;

@@ -276,17 +276,76 @@ pub enum MetaRequest {
         failed: ServerId,
     },
     /// Makes written blocks visible in one transaction, in order (later extents win), and grows
-    /// the size to cover them.
+    /// the size to cover them. With `append`, the extents' offsets count from the file's end
+    /// at commit time, so appends from several clients never overwrite each other.
     CommitWrite {
         ino: InodeId,
         extents: Vec<NewExtent>,
         mtime: Timestamp,
+        append: bool,
     },
     GetLayout {
         ino: InodeId,
         offset: u64,
         len: u64,
     },
+    /// Takes, changes or drops (`LockKind::Unlock`) a byte-range lock with POSIX semantics;
+    /// `Locked` if another owner holds a conflicting one. Locks live in the metadata server's
+    /// memory, held for the session's lease.
+    SetLock {
+        ino: InodeId,
+        owner: LockOwner,
+        range: LockRange,
+        kind: LockKind,
+    },
+    /// The first lock of another owner that would conflict with this one, if any.
+    TestLock {
+        ino: InodeId,
+        owner: LockOwner,
+        range: LockRange,
+        kind: LockKind,
+    },
+    /// Drops every lock of `owner` on `ino` (a close), or of the whole session if `ino` is None.
+    ReleaseLocks {
+        ino: Option<InodeId>,
+        owner: LockOwner,
+    },
+    /// Keeps a client session's locks alive for another lease period.
+    RenewSession {
+        session: u64,
+    },
+}
+
+/// Who holds a lock: a client session (one per mount, random) and the owner within it (the
+/// kernel's lock owner: a process's file table for fcntl locks, an open file for flock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LockOwner {
+    pub session: u64,
+    pub owner: u64,
+    /// The locking process, reported to others that test for a conflict.
+    pub pid: u32,
+}
+
+/// Bytes `start..=end` of a file; `end == u64::MAX` reaches past any end of file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockKind {
+    Read,
+    Write,
+    Unlock,
+}
+
+/// A lock that stands in the way, as `TestLock` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockConflict {
+    pub range: LockRange,
+    pub kind: LockKind,
+    pub pid: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -304,10 +363,12 @@ pub enum MetaReply {
     Placement(BlockPlacement),
     Shard(ShardLocation),
     Layout(Layout),
+    Lock(Option<LockConflict>),
 }
 
 impl MetaRequest {
-    /// Whether the request changes state, and so goes through the durable commit path.
+    /// Whether the request changes durable state, and so goes through the commit path. Locks
+    /// live in memory and do not.
     pub fn is_mutation(&self) -> bool {
         !matches!(
             self,
@@ -322,6 +383,10 @@ impl MetaRequest {
                 | MetaRequest::GetXattr { .. }
                 | MetaRequest::ListXattr { .. }
                 | MetaRequest::GetLayout { .. }
+                | MetaRequest::SetLock { .. }
+                | MetaRequest::TestLock { .. }
+                | MetaRequest::ReleaseLocks { .. }
+                | MetaRequest::RenewSession { .. }
         )
     }
 }

@@ -19,6 +19,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Mount a dfs volume.
@@ -130,7 +131,14 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
         .build()?;
     let (client, volume) = runtime.block_on(async {
         let addr = resolve_addr(&spec.meta)?;
-        let connect = Client::connect(addr, &identity, ClientOptions::default());
+        let connect = Client::connect(
+            addr,
+            &identity,
+            ClientOptions {
+                meta_retry: options.meta_retry,
+                ..ClientOptions::default()
+            },
+        );
         let client = tokio::time::timeout(Duration::from_secs(15), connect)
             .await
             .map_err(|_| {
@@ -147,7 +155,14 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
         anyhow::Ok((client, volume))
     })?;
 
-    let fs = DfsFs::new(client, volume.root, &options, runtime.handle().clone());
+    let notifier = Arc::new(OnceLock::new());
+    let fs = DfsFs::new(
+        client,
+        volume.root,
+        &options,
+        runtime.handle().clone(),
+        notifier.clone(),
+    );
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName(format!("{}:/{}", spec.meta, spec.volume)),
@@ -164,6 +179,7 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
     }
     let session = fuser::spawn_mount(fs, &args.mountpoint, &config)
         .with_context(|| format!("mounting on {}", args.mountpoint.display()))?;
+    let _ = notifier.set(session.notifier());
     if notify {
         println!("ready");
         let _ = std::io::stdout().flush();

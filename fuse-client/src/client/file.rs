@@ -34,6 +34,12 @@ pub struct FileHandle {
     /// this handle changes the file; other clients' changes show at the next open
     /// (close-to-open), so it needs no other invalidation.
     layout: Option<CachedLayout>,
+    /// Opened with O_APPEND: every write goes to the end of the file as the metadata server
+    /// sees it when the write commits, whatever offset it names.
+    append: bool,
+    /// Bytes written so far in append mode; buffered appends sit at these offsets and are moved
+    /// to the file's end by the commit.
+    append_pos: u64,
 }
 
 /// A layout fetched for `[start, end)`.
@@ -83,6 +89,8 @@ impl Client {
             uploaded: Vec::new(),
             failed: None,
             layout: None,
+            append: false,
+            append_pos: 0,
         })
     }
 }
@@ -97,8 +105,25 @@ impl FileHandle {
         self.size
     }
 
+    /// Makes every later write an append (O_APPEND).
+    pub fn set_append(&mut self) {
+        self.append = true;
+    }
+
+    /// Where a write of `len` bytes that names `offset` goes in the buffer.
+    fn place_write(&mut self, offset: u64, len: usize) -> u64 {
+        if !self.append {
+            return offset;
+        }
+        let at = self.append_pos;
+        self.append_pos += len as u64;
+        self.size += len as u64;
+        at
+    }
+
     /// Buffers `data` at `offset`; full blocks start uploading at once.
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<usize> {
+        let offset = self.place_write(offset, data.len());
         let end = Self::end_of(offset, data.len())?;
         self.dirty.write(offset, data);
         self.written(end).await?;
@@ -110,6 +135,7 @@ impl FileHandle {
     /// the parity ([`FileHandle::write_buffer`]) and it is not even reallocated.
     pub async fn write_owned(&mut self, offset: u64, data: Vec<u8>) -> FsResult<usize> {
         let len = data.len();
+        let offset = self.place_write(offset, len);
         let end = Self::end_of(offset, len)?;
         self.dirty.write_owned(offset, data);
         self.written(end).await?;
@@ -135,7 +161,9 @@ impl FileHandle {
     }
 
     async fn written(&mut self, end: u64) -> FsResult<()> {
-        self.size = self.size.max(end);
+        if !self.append {
+            self.size = self.size.max(end);
+        }
         for (at, block) in self.dirty.take_full_blocks(self.block_size) {
             self.start_upload(at, block).await?;
         }
@@ -180,11 +208,20 @@ impl FileHandle {
             return Ok(());
         }
         self.layout = None;
-        let extents = std::mem::take(&mut self.uploaded);
+        let mut extents = std::mem::take(&mut self.uploaded);
+        if self.append {
+            // Appends are cut from the buffer in order, so a batch is one contiguous run: it
+            // lands at the file's end as a whole.
+            let start = extents.iter().map(|e| e.extent.file_offset).min();
+            for e in &mut extents {
+                e.extent.file_offset -= start.unwrap_or(0);
+            }
+        }
         let request = MetaRequest::CommitWrite {
             ino: self.ino,
             extents,
             mtime: Timestamp::now(),
+            append: self.append,
         };
         match self.client.call(&request).await? {
             MetaReply::Attr(attr) => {
@@ -294,6 +331,13 @@ impl FileHandle {
         let attr = self.client.setattr(self.ino, set).await?;
         self.size = attr.size;
         Ok(())
+    }
+
+    /// `fallocate` without flags: the size grows to at least `end`, and times change as with
+    /// any write, even when the size does not.
+    pub async fn allocate(&mut self, end: u64) -> FsResult<()> {
+        let size = self.size.max(end);
+        self.truncate(size).await
     }
 }
 

@@ -306,7 +306,7 @@ impl Client {
     }
 }
 
-fn expect_done(reply: MetaReply) -> FsResult<()> {
+pub(crate) fn expect_done(reply: MetaReply) -> FsResult<()> {
     match reply {
         MetaReply::Done => Ok(()),
         other => Err(FsError::protocol(format!("unexpected reply {other:?}"))),

@@ -4,6 +4,7 @@
 pub mod chunks;
 pub mod dirty;
 pub mod file;
+pub mod locks;
 pub mod meta;
 pub mod reader;
 pub mod writer;
@@ -19,7 +20,11 @@ use quinn::Endpoint;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Pauses between attempts to reach an unreachable metadata server.
+const RETRY_PAUSE_MIN: Duration = Duration::from_millis(100);
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// Tunables of a client.
 #[derive(Clone, Debug)]
@@ -30,6 +35,9 @@ pub struct ClientOptions {
     pub max_dirty_bytes: usize,
     /// Bound on one metadata call.
     pub meta_timeout: Duration,
+    /// How long a metadata call keeps trying while the metadata server cannot be reached (it
+    /// restarts, say) before failing with EIO; `None` waits for it without limit.
+    pub meta_retry: Option<Duration>,
     /// Bound on one shard transfer.
     pub chunk_timeout: Duration,
 }
@@ -40,6 +48,7 @@ impl Default for ClientOptions {
             write_blocks_in_flight: 8,
             max_dirty_bytes: 64 * 1024 * 1024,
             meta_timeout: Duration::from_secs(20),
+            meta_retry: Some(Duration::ZERO),
             chunk_timeout: Duration::from_secs(10),
         }
     }
@@ -57,6 +66,7 @@ pub(crate) struct Inner {
     pub(crate) options: ClientOptions,
     codecs: Mutex<HashMap<EcPolicy, Arc<Erasure>>>,
     volumes: Mutex<HashMap<VolumeId, VolumeInfo>>,
+    pub(crate) locks: locks::LockSession,
     _endpoint: Endpoint,
 }
 
@@ -75,21 +85,56 @@ impl Client {
                 options,
                 codecs: Mutex::new(HashMap::new()),
                 volumes: Mutex::new(HashMap::new()),
+                locks: locks::LockSession::new(),
                 _endpoint: endpoint,
             }),
         };
-        client.list_volumes().await?;
+        tokio::spawn(locks::renew_leases(Arc::downgrade(&client.inner)));
+        // The first contact fails at once: an unreachable cluster is reported, not waited for.
+        let volumes = client.exchange(&MetaRequest::ListVolumes).await??;
+        expect_reply!(volumes, MetaReply::Volumes)?;
         Ok(client)
     }
 
-    /// Sends one metadata request.
-    pub async fn call(&self, request: &MetaRequest) -> FsResult<MetaReply> {
+    /// One attempt at a metadata request; the outer error is a failed exchange.
+    async fn exchange(&self, request: &MetaRequest) -> FsResult<FsResult<MetaReply>> {
         let (reply, _) = self
             .inner
             .meta
-            .call::<_, MetaReply>(request, None, dfs_common::codec::MAX_FRAME)
+            .exchange::<_, MetaReply>(request, None, dfs_common::codec::MAX_FRAME)
             .await?;
         Ok(reply)
+    }
+
+    /// Sends one metadata request. While the metadata server cannot be reached, it tries again
+    /// for [`ClientOptions::meta_retry`], then fails with EIO. A request retried after a lost
+    /// reply may find its own effect (a create then reports that the name exists), as on NFS.
+    pub async fn call(&self, request: &MetaRequest) -> FsResult<MetaReply> {
+        let deadline = self.inner.options.meta_retry.map(|d| Instant::now() + d);
+        let mut pause = RETRY_PAUSE_MIN;
+        let mut warned = false;
+        loop {
+            let failure = match self.exchange(request).await {
+                Ok(reply) => {
+                    if warned {
+                        tracing::info!("metadata server reachable again");
+                    }
+                    return reply;
+                }
+                Err(e) => e,
+            };
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(FsError::unavailable(format!(
+                    "metadata server unreachable: {failure}"
+                )));
+            }
+            if !warned {
+                tracing::warn!("metadata server unreachable, retrying: {failure}");
+                warned = true;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_PAUSE_MAX);
+        }
     }
 
     pub(crate) fn codec(&self, policy: EcPolicy) -> FsResult<Arc<Erasure>> {

@@ -48,6 +48,29 @@ impl InodeMap {
     }
 }
 
+/// Attributes that carry only an inode number and the directory type, for the "." and ".."
+/// entries of readdirplus, which the kernel does not cache.
+pub fn dir_stub(ino: INodeNo) -> FileAttr {
+    let epoch = std::time::UNIX_EPOCH;
+    FileAttr {
+        ino,
+        size: 0,
+        blocks: 0,
+        atime: epoch,
+        mtime: epoch,
+        ctime: epoch,
+        crtime: epoch,
+        kind: FileType::Directory,
+        perm: 0o755,
+        nlink: 2,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 1 << 20,
+        flags: 0,
+    }
+}
+
 pub fn file_type(kind: FileKind) -> FileType {
     match kind {
         FileKind::File => FileType::RegularFile,

@@ -6,22 +6,27 @@ use super::options::MountOptions;
 use crate::client::file::FileHandle as OpenFile;
 use crate::Client;
 use dfs_common::proto::meta::{
-    DirEntry, FileKind, SetAttr, TimeSet, RENAME_EXCHANGE, RENAME_NOREPLACE,
+    DirEntry, FileKind, LockKind, LockRange, SetAttr, TimeSet, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 use dfs_common::{FsError, FsResult, InodeId, Timestamp};
 use fuser::{
-    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
+
+/// How often a blocked lock request (F_SETLKW, flock without LOCK_NB) tries again: starting
+/// fast for short critical sections, backing off to spare the metadata server.
+const LOCK_RETRY_MIN: Duration = Duration::from_millis(10);
+const LOCK_RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// Entries fetched per directory page.
 const DIR_PAGE: u32 = 512;
@@ -48,7 +53,17 @@ struct Shared {
     open_counts: Mutex<HashMap<InodeId, u32>>,
     /// Files unlinked while open: hidden under another name until their last close.
     hidden: Mutex<HashMap<InodeId, (InodeId, String)>>,
+    /// The version (mtime, ctime, size) of each file as of its last open in this mount: an
+    /// open that finds it unchanged keeps the kernel's page cache.
+    versions: Mutex<HashMap<InodeId, FileVersion>>,
+    /// Reaches the kernel's caches; set once the session runs.
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
+
+type FileVersion = (Timestamp, Timestamp, u64);
+
+/// Versions remembered at most; past this the table starts afresh (costing only cache hits).
+const MAX_VERSIONS: usize = 100_000;
 
 pub struct DfsFs {
     shared: Arc<Shared>,
@@ -71,6 +86,7 @@ impl DfsFs {
         root: InodeId,
         options: &MountOptions,
         rt: tokio::runtime::Handle,
+        notifier: Arc<OnceLock<fuser::Notifier>>,
     ) -> Self {
         DfsFs {
             shared: Arc::new(Shared {
@@ -85,6 +101,8 @@ impl DfsFs {
                 next_fh: AtomicU64::new(1),
                 open_counts: Mutex::new(HashMap::new()),
                 hidden: Mutex::new(HashMap::new()),
+                versions: Mutex::new(HashMap::new()),
+                notifier,
             }),
         }
     }
@@ -269,6 +287,29 @@ impl Shared {
         (ino, result)
     }
 
+    /// Close-to-open: `attr` was just fetched by an open. If the file changed since this mount
+    /// last opened it, the kernel's cached attributes are dropped (so that it sees the new size
+    /// at once) and so are its cached pages; otherwise the pages are kept.
+    fn revalidate(&self, attr: &dfs_common::proto::meta::Attr) -> FopenFlags {
+        let version = (attr.mtime, attr.ctime, attr.size);
+        let previous = {
+            let mut versions = self.versions.lock().expect("version lock");
+            if versions.len() >= MAX_VERSIONS {
+                versions.clear();
+            }
+            versions.insert(attr.ino, version)
+        };
+        if previous == Some(version) {
+            return FopenFlags::FOPEN_KEEP_CACHE;
+        }
+        if let Some(notifier) = self.notifier.get() {
+            if let Err(e) = notifier.inval_inode(self.map.to_fuse(attr.ino), -1, 0) {
+                tracing::debug!(ino = %attr.ino, "invalidating cached attributes: {e}");
+            }
+        }
+        FopenFlags::empty()
+    }
+
     /// Records that an open file has no unflushed writes any more.
     fn clean(&self, fh: FileHandle) {
         self.dirty_sizes.lock().expect("size lock").remove(&fh.0);
@@ -282,10 +323,86 @@ impl Shared {
     }
 }
 
+/// One item of a directory listing as the kernel sees it.
+enum DirItem<'a> {
+    Dot,
+    DotDot,
+    Entry(&'a DirEntry),
+}
+
+impl Shared {
+    /// Walks the open directory `fh` from the kernel's `offset`, fetching pages (with
+    /// attributes, for readdirplus) as needed, and hands each item and the offset after it to
+    /// `add` until `add` reports the reply full. Offsets: 1 is ".", 2 is "..", entry i is i + 3.
+    async fn list_dir(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+        mut add: impl FnMut(DirItem<'_>, u64) -> bool,
+    ) -> Result<(), Errno> {
+        let Some(listing) = self.dirs.lock().expect("dir lock").get(&fh.0).cloned() else {
+            return Err(Errno::EBADF);
+        };
+        let mut listing = listing.lock().await;
+        if offset == 0 && add(DirItem::Dot, 1) {
+            return Ok(());
+        }
+        if offset <= 1 && add(DirItem::DotDot, 2) {
+            return Ok(());
+        }
+        let mut index = offset.saturating_sub(2) as usize;
+        loop {
+            while index < listing.entries.len() {
+                if add(DirItem::Entry(&listing.entries[index]), index as u64 + 3) {
+                    return Ok(());
+                }
+                index += 1;
+            }
+            if listing.complete {
+                return Ok(());
+            }
+            let after = listing.entries.last().map(|e| e.name.clone());
+            match self
+                .client
+                .readdir_page(listing.dir, after, DIR_PAGE, true)
+                .await
+            {
+                Ok(page) => {
+                    listing.complete = !page.more;
+                    listing.entries.extend(page.entries);
+                }
+                Err(e) => return Err(errno(&e)),
+            }
+        }
+    }
+}
+
 /// A random suffix for hidden names, so two mounts hiding the same inode do not collide.
 fn rand_suffix() -> u32 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::Instant::now()) as u32
+}
+
+/// Applies the open flags that change how a handle writes. O_APPEND writes go to the end of
+/// the file as the cluster knows it, not where this kernel believes the end is, so they bypass
+/// the page cache (whose offsets would be wrong).
+fn open_mode(mut file: OpenFile, flags: i32) -> (OpenFile, FopenFlags) {
+    if flags & libc::O_APPEND != 0 {
+        file.set_append();
+        (file, FopenFlags::FOPEN_DIRECT_IO)
+    } else {
+        (file, FopenFlags::empty())
+    }
+}
+
+/// The lock request a `struct flock` type stands for.
+fn lock_kind(typ: i32) -> Option<LockKind> {
+    match typ {
+        libc::F_RDLCK => Some(LockKind::Read),
+        libc::F_WRLCK => Some(LockKind::Write),
+        libc::F_UNLCK => Some(LockKind::Unlock),
+        _ => None,
+    }
 }
 
 fn reply_empty(reply: ReplyEmpty, result: FsResult<()>) {
@@ -299,6 +416,10 @@ impl Filesystem for DfsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(4 << 20);
+        // Listings carry attributes, so `ls -l` costs one round trip per page, not per entry.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        // fcntl and flock locks come here, to be held at the metadata server for all clients.
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS);
         Ok(())
     }
 
@@ -546,8 +667,19 @@ impl Filesystem for DfsFs {
         }
         self.spawn(|s| async move {
             // Opening revalidates with the metadata server: close-to-open consistency.
-            match s.client.open(s.ino(ino)).await {
-                Ok(file) => reply.opened(s.add_file(file), FopenFlags::empty()),
+            let opened = match s.client.getattr(s.ino(ino)).await {
+                Ok(attr) => s
+                    .client
+                    .handle_for(attr.clone())
+                    .await
+                    .map(|file| (file, s.revalidate(&attr))),
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok((file, cache)) => {
+                    let (file, open_flags) = open_mode(file, flags.0);
+                    reply.opened(s.add_file(file), open_flags | cache)
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -560,7 +692,7 @@ impl Filesystem for DfsFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let name = match self.writable().and_then(|_| name_str(name)) {
@@ -580,13 +712,14 @@ impl Filesystem for DfsFs {
             };
             match s.client.handle_for(attr.clone()).await {
                 Ok(file) => {
+                    let (file, open_flags) = open_mode(file, flags);
                     let fh = s.add_file(file);
                     reply.created(
                         &s.ttl,
                         &s.map.file_attr(&attr),
                         Generation(0),
                         fh,
-                        FopenFlags::empty(),
+                        open_flags,
                     );
                 }
                 Err(e) => reply.error(errno(&e)),
@@ -664,11 +797,60 @@ impl Filesystem for DfsFs {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.spawn(|s| async move {
+            let result = match s.file(fh) {
+                Ok(file) => s.flush_file(fh, &file).await.1,
+                Err(e) => return reply.error(e),
+            };
+            // A close drops the closing process's fcntl locks on the file, as POSIX says.
+            let released = s.client.release_locks(s.ino(ino), lock_owner.0).await;
+            reply_empty(reply, result.and(released))
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(|s| async move {
+            let file = s.files.lock().expect("file lock").remove(&fh.0);
+            let mut result = match file {
+                Some(file) => {
+                    let (ino, flushed) = s.flush_file(fh, &file).await;
+                    s.closed(ino).await;
+                    flushed
+                }
+                None => Err(FsError::invalid("unknown file handle")),
+            };
+            // The last close of an open file drops its flock lock.
+            if let Some(owner) = lock_owner {
+                let released = s.client.release_locks(s.ino(ino), owner.0).await;
+                result = result.and(released);
+            }
+            reply_empty(reply, result)
+        });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Every flush is durable: chunk servers fsync shards, the metadata server its commits.
         self.spawn(|s| async move {
             let result = match s.file(fh) {
                 Ok(file) => s.flush_file(fh, &file).await.1,
@@ -678,40 +860,118 @@ impl Filesystem for DfsFs {
         });
     }
 
-    fn release(
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let Some(kind) = lock_kind(typ) else {
+            return reply.error(Errno::EINVAL);
+        };
+        self.spawn(|s| async move {
+            let range = LockRange { start, end };
+            match s
+                .client
+                .test_lock(s.ino(ino), lock_owner.0, pid, range, kind)
+                .await
+            {
+                Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+                Ok(Some(c)) => {
+                    let typ = match c.kind {
+                        LockKind::Write => libc::F_WRLCK,
+                        _ => libc::F_RDLCK,
+                    };
+                    reply.locked(c.range.start, c.range.end, typ, c.pid)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(kind) = lock_kind(typ) else {
+            return reply.error(Errno::EINVAL);
+        };
+        self.spawn(|s| async move {
+            let ino = s.ino(ino);
+            let range = LockRange { start, end };
+            let mut backoff = LOCK_RETRY_MIN;
+            loop {
+                let result = s.client.set_lock(ino, lock_owner.0, pid, range, kind).await;
+                match result {
+                    Err(FsError::Locked) if sleep => {}
+                    other => return reply_empty(reply, other),
+                }
+                // A waiter whose file was closed (its process died) stops waiting.
+                if s.file(fh).is_err() {
+                    return reply.error(Errno::EINTR);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(LOCK_RETRY_MAX);
+            }
+        });
+    }
+
+    fn fallocate(
         &self,
         _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
+        offset: u64,
+        length: u64,
+        mode: i32,
         reply: ReplyEmpty,
     ) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        // Blocks are written whole when data arrives, so there is nothing to reserve: plain
+        // allocation only extends the size. Punching or zeroing ranges is not supported.
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let Some(end) = offset.checked_add(length) else {
+            return reply.error(Errno::EFBIG);
+        };
         self.spawn(|s| async move {
-            let file = s.files.lock().expect("file lock").remove(&fh.0);
-            let result = match file {
-                Some(file) => {
-                    let (ino, flushed) = s.flush_file(fh, &file).await;
-                    s.closed(ino).await;
-                    flushed
-                }
-                None => Err(FsError::invalid("unknown file handle")),
+            let file = match s.file(fh) {
+                Ok(f) => f,
+                Err(e) => return reply.error(e),
             };
+            let ino = file.lock().await.ino();
+            if let Err(e) = s.flush_inode(ino, Some(fh)).await {
+                return reply.error(errno(&e));
+            }
+            let mut file = file.lock().await;
+            let result = if mode & libc::FALLOC_FL_KEEP_SIZE != 0 {
+                Ok(())
+            } else {
+                file.allocate(end).await
+            };
+            drop(file);
+            s.clean(fh);
+            s.forget_layouts(ino).await;
             reply_empty(reply, result)
         });
-    }
-
-    fn fsync(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        // Every flush is durable: chunk servers fsync shards, the metadata server its commits.
-        self.flush(req, ino, fh, LockOwner(0), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -739,42 +999,53 @@ impl Filesystem for DfsFs {
         mut reply: ReplyDirectory,
     ) {
         self.spawn(|s| async move {
-            let Some(listing) = s.dirs.lock().expect("dir lock").get(&fh.0).cloned() else {
-                return reply.error(Errno::EBADF);
-            };
-            let mut listing = listing.lock().await;
-            // Offsets: 1 is ".", 2 is "..", entry i is i + 3.
-            if offset == 0 && reply.add(ino, 1, fuser::FileType::Directory, ".") {
-                return reply.ok();
-            }
-            if offset <= 1 && reply.add(ino, 2, fuser::FileType::Directory, "..") {
-                return reply.ok();
-            }
-            let mut index = offset.saturating_sub(2) as usize;
-            loop {
-                while index < listing.entries.len() {
-                    let e = &listing.entries[index];
-                    let kind = super::attr::file_type(e.kind);
-                    if reply.add(s.map.to_fuse(e.ino), index as u64 + 3, kind, &e.name) {
-                        return reply.ok();
+            let result = s
+                .list_dir(fh, offset, |item, next| match item {
+                    DirItem::Dot => reply.add(ino, next, fuser::FileType::Directory, "."),
+                    DirItem::DotDot => reply.add(ino, next, fuser::FileType::Directory, ".."),
+                    DirItem::Entry(e) => {
+                        let kind = super::attr::file_type(e.kind);
+                        reply.add(s.map.to_fuse(e.ino), next, kind, &e.name)
                     }
-                    index += 1;
-                }
-                if listing.complete {
-                    return reply.ok();
-                }
-                let after = listing.entries.last().map(|e| e.name.clone());
-                match s
-                    .client
-                    .readdir_page(listing.dir, after, DIR_PAGE, false)
-                    .await
-                {
-                    Ok(page) => {
-                        listing.complete = !page.more;
-                        listing.entries.extend(page.entries);
-                    }
-                    Err(e) => return reply.error(errno(&e)),
-                }
+                })
+                .await;
+            match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        self.spawn(|s| async move {
+            // The kernel links no inode for "." and "..", so their attributes only carry the
+            // inode number and type.
+            let dot = super::attr::dir_stub(ino);
+            let no_ttl = Duration::ZERO;
+            let result = s
+                .list_dir(fh, offset, |item, next| match item {
+                    DirItem::Dot => reply.add(ino, next, ".", &no_ttl, &dot, Generation(0)),
+                    DirItem::DotDot => reply.add(ino, next, "..", &no_ttl, &dot, Generation(0)),
+                    DirItem::Entry(e) => match &e.attr {
+                        Some(attr) => {
+                            let attr = s.fresh_attr(attr.clone());
+                            reply.add(attr.ino, next, &e.name, &s.ttl, &attr, Generation(0))
+                        }
+                        // Listed without attributes: the kernel looks the entry up itself.
+                        None => false,
+                    },
+                })
+                .await;
+            match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
             }
         });
     }

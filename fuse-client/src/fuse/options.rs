@@ -33,7 +33,14 @@ pub struct MountOptions {
     pub certs: Option<PathBuf>,
     /// How long the kernel may cache attributes and names.
     pub attr_timeout: Duration,
+    /// How long an operation waits for an unreachable metadata server before failing with EIO
+    /// (`retry=SECS`, `soft` for 0); `None` waits as long as it takes (`hard`).
+    pub meta_retry: Option<Duration>,
 }
+
+/// Default wait for a metadata server that restarts: long enough for a restart, short enough
+/// that a lost cluster shows up as errors rather than a hang.
+pub const DEFAULT_META_RETRY: Duration = Duration::from_secs(60);
 
 impl Default for MountOptions {
     fn default() -> Self {
@@ -42,6 +49,7 @@ impl Default for MountOptions {
             allow_other: false,
             certs: None,
             attr_timeout: Duration::from_secs(1),
+            meta_retry: Some(DEFAULT_META_RETRY),
         }
     }
 }
@@ -60,6 +68,14 @@ impl MountOptions {
                 ("rw", None) => into.read_only = false,
                 ("allow_other", None) => into.allow_other = true,
                 ("certs", Some(dir)) => into.certs = Some(PathBuf::from(dir)),
+                ("hard", None) => into.meta_retry = None,
+                ("soft", None) => into.meta_retry = Some(Duration::ZERO),
+                ("retry", Some(secs)) => {
+                    let secs: u64 = secs
+                        .parse()
+                        .map_err(|_| format!("bad retry value {secs:?}: whole seconds"))?;
+                    into.meta_retry = Some(Duration::from_secs(secs));
+                }
                 ("attr_timeout" | "actimeo", Some(secs)) => {
                     let secs: f64 = secs
                         .parse()
@@ -124,6 +140,14 @@ mod tests {
         assert!(o.read_only && o.allow_other);
         assert_eq!(o.certs, Some(PathBuf::from("/etc/dfs")));
         assert_eq!(o.attr_timeout, Duration::from_millis(2500));
+        assert_eq!(o.meta_retry, Some(DEFAULT_META_RETRY));
+        MountOptions::parse("hard", &mut o).unwrap();
+        assert_eq!(o.meta_retry, None);
+        MountOptions::parse("retry=5", &mut o).unwrap();
+        assert_eq!(o.meta_retry, Some(Duration::from_secs(5)));
+        MountOptions::parse("soft", &mut o).unwrap();
+        assert_eq!(o.meta_retry, Some(Duration::ZERO));
+        assert!(MountOptions::parse("retry=-1", &mut o).is_err());
         assert!(MountOptions::parse("bogus", &mut o).is_err());
         assert!(MountOptions::parse("attr_timeout=x", &mut o).is_err());
     }

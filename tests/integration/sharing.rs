@@ -1,0 +1,229 @@
+//! Two mounts of one volume as two clients: locks that exclude across them, appends that
+//! never overwrite each other, and a mount that outlives a metadata-server restart.
+
+use crate::mount::cluster_with_volume;
+use dfs_tests::process::Mount;
+use dfs_tests::random_bytes;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn flock(f: &File, op: i32) -> std::io::Result<()> {
+    // SAFETY: flock on an open descriptor owned by `f`.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// fcntl F_SETLK / F_SETLKW / F_GETLK on `len` bytes at `start`; returns the (possibly
+/// rewritten, for F_GETLK) lock description.
+fn fcntl_lock(f: &File, cmd: i32, typ: i32, start: i64, len: i64) -> std::io::Result<libc::flock> {
+    // SAFETY: a zeroed `struct flock` is valid; every field used is set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = start;
+    fl.l_len = len;
+    // SAFETY: fcntl with a pointer to a live, initialised `struct flock`.
+    if unsafe { libc::fcntl(f.as_raw_fd(), cmd, &mut fl) } == 0 {
+        Ok(fl)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn would_block(r: std::io::Result<impl Sized>) -> bool {
+    matches!(r, Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK))
+}
+
+/// Waits until `done` is set, failing the test after `limit`.
+fn wait_flag(done: &AtomicBool, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    while !done.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn locks_exclude_across_mounts() {
+    let cluster = cluster_with_volume();
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    let b = Mount::new(&cluster, "default", "b", "").unwrap();
+    fs::write(a.path("locked"), b"lock me").unwrap();
+    let fa = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(a.path("locked"))
+        .unwrap();
+    let fb = Arc::new(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(b.path("locked"))
+            .unwrap(),
+    );
+
+    // flock: exclusive on A keeps B out, shared or exclusive.
+    flock(&fa, libc::LOCK_EX | libc::LOCK_NB).unwrap();
+    assert!(would_block(flock(&fb, libc::LOCK_EX | libc::LOCK_NB)));
+    assert!(would_block(flock(&fb, libc::LOCK_SH | libc::LOCK_NB)));
+    // A blocking flock on B waits until A unlocks, then gets the lock.
+    let got = Arc::new(AtomicBool::new(false));
+    let waiter = {
+        let (fb, got) = (fb.clone(), got.clone());
+        std::thread::spawn(move || {
+            flock(&fb, libc::LOCK_EX).unwrap();
+            got.store(true, Ordering::SeqCst);
+        })
+    };
+    // Give a broken implementation the chance to grant the lock early.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !got.load(Ordering::SeqCst),
+        "B got the lock while A held it"
+    );
+    flock(&fa, libc::LOCK_UN).unwrap();
+    wait_flag(
+        &got,
+        Duration::from_secs(20),
+        "B never got the lock A released",
+    );
+    waiter.join().unwrap();
+    assert!(would_block(flock(&fa, libc::LOCK_SH | libc::LOCK_NB)));
+    flock(&fb, libc::LOCK_UN).unwrap();
+    // Shared locks share.
+    flock(&fa, libc::LOCK_SH | libc::LOCK_NB).unwrap();
+    flock(&fb, libc::LOCK_SH | libc::LOCK_NB).unwrap();
+    flock(&fa, libc::LOCK_UN).unwrap();
+    flock(&fb, libc::LOCK_UN).unwrap();
+
+    // fcntl byte ranges: A write-locks bytes 0..100; B conflicts inside, not outside.
+    fcntl_lock(&fa, libc::F_SETLK, libc::F_WRLCK, 0, 100).unwrap();
+    assert!(matches!(
+        fcntl_lock(&fb, libc::F_SETLK, libc::F_RDLCK, 50, 10),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES))
+    ));
+    fcntl_lock(&fb, libc::F_SETLK, libc::F_WRLCK, 100, 100).unwrap();
+    let seen = fcntl_lock(&fb, libc::F_GETLK, libc::F_RDLCK, 0, 10).unwrap();
+    assert_eq!(
+        (seen.l_type as i32, seen.l_start, seen.l_len),
+        (libc::F_WRLCK, 0, 100),
+        "F_GETLK reports A's lock"
+    );
+    // Closing A's descriptor drops its locks (POSIX), and B may lock the range.
+    drop(fa);
+    fcntl_lock(&fb, libc::F_SETLK, libc::F_WRLCK, 0, 100).unwrap();
+    let seen = fcntl_lock(&fb, libc::F_GETLK, libc::F_WRLCK, 0, 0).unwrap();
+    assert_eq!(
+        seen.l_type as i32,
+        libc::F_UNLCK,
+        "B's own locks never conflict"
+    );
+}
+
+#[test]
+fn appends_from_two_mounts_never_overwrite_each_other() {
+    let cluster = cluster_with_volume();
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    let b = Mount::new(&cluster, "default", "b", "").unwrap();
+    fs::write(a.path("log"), b"").unwrap();
+    const RECORDS: usize = 40;
+    const LEN: usize = 64;
+    let writers: Vec<_> = [("A", a.path("log")), ("B", b.path("log"))]
+        .into_iter()
+        .map(|(who, path)| {
+            std::thread::spawn(move || {
+                for i in 0..RECORDS {
+                    let mut record = format!("{who}-{i:04}-").into_bytes();
+                    record.resize(LEN - 1, b'.');
+                    record.push(b'\n');
+                    // Each record: open for append, write, close (a commit per record).
+                    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+                    f.write_all(&record).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let mut text = String::new();
+    File::open(a.path("log"))
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    assert_eq!(text.len(), 2 * RECORDS * LEN, "appends were lost");
+    let mut lines: Vec<&str> = text.lines().collect();
+    assert!(lines.iter().all(|l| l.len() == LEN - 1), "a record is torn");
+    lines.sort();
+    let mut expected: Vec<String> = ["A", "B"]
+        .iter()
+        .flat_map(|who| (0..RECORDS).map(move |i| format!("{who}-{i:04}-")))
+        .collect();
+    expected.sort();
+    for (line, prefix) in lines.iter().zip(&expected) {
+        assert!(line.starts_with(prefix.as_str()), "{line} is not {prefix}");
+    }
+    // A plain (not O_APPEND) writer in the same file still writes where it seeks.
+    let mut f = OpenOptions::new().write(true).open(b.path("log")).unwrap();
+    f.write_all(b"X").unwrap();
+    drop(f);
+    let back = fs::read(a.path("log")).unwrap();
+    assert_eq!((back.len(), back[0]), (2 * RECORDS * LEN, b'X'));
+}
+
+#[test]
+fn a_mount_rides_out_a_metadata_server_restart() {
+    let mut cluster = cluster_with_volume();
+    let waits = Mount::new(&cluster, "default", "waits", "retry=120").unwrap();
+    let fails = Mount::new(&cluster, "default", "fails", "soft").unwrap();
+    let before = random_bytes(5 << 20, 1);
+    fs::write(waits.path("before"), &before).unwrap();
+
+    cluster.kill_meta();
+    // The waiting mount's work blocks until the metadata server is back, then completes.
+    let during = random_bytes(3 << 20, 2);
+    let writer = {
+        let (dir, data) = (waits.dir.clone(), during.clone());
+        std::thread::spawn(move || {
+            fs::create_dir(dir.join("made-during"))?;
+            // fsync reports what close would (and `fs::write` would drop): the commit result.
+            let mut f = File::create(dir.join("made-during/file"))?;
+            f.write_all(&data)?;
+            f.sync_all()
+        })
+    };
+    // The soft mount fails with EIO instead of waiting.
+    let err = fs::metadata(fails.path("never-seen")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        !writer.is_finished(),
+        "the write finished without a metadata server"
+    );
+
+    cluster.start_meta();
+    writer
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("write across the restart failed: {e}\n{}", cluster.logs()));
+    let back = fs::read(waits.path("made-during/file")).unwrap();
+    assert!(
+        back == during,
+        "read back {} of {} bytes, first difference at {:?}\n{}",
+        back.len(),
+        during.len(),
+        back.iter().zip(&during).position(|(x, y)| x != y),
+        cluster.logs()
+    );
+    assert!(fs::read(waits.path("before")).unwrap() == before);
+    // Both mounts work again, and see the same tree.
+    assert!(fs::read(fails.path("made-during/file")).unwrap() == during);
+    fs::write(fails.path("after"), b"after").unwrap();
+    assert_eq!(fs::read(waits.path("after")).unwrap(), b"after");
+}
