@@ -55,9 +55,9 @@ if [ -z "$summary" ]; then
     exit 1
 fi
 failed=$(awk '$2 == "FAILED" {print $1}' "$work/pjdfstest.log" | sort)
-listed=$(sed -e 's/#.*//' -e 's/[[:space:]]*$//' "$known" | grep -v '^$' | sort)
-unexpected=$(comm -23 <(echo "$failed" | grep -v '^$' || true) <(echo "$listed"))
-now_passing=$(comm -13 <(echo "$failed" | grep -v '^$' || true) <(echo "$listed"))
+listed=$(sed -e 's/#.*//' -e 's/[[:space:]]*$//' "$known" | { grep -v '^$' || true; } | sort)
+unexpected=$(comm -23 <(echo "$failed" | grep -v '^$' || true) <(echo "$listed" | grep -v '^$' || true))
+now_passing=$(comm -13 <(echo "$failed" | grep -v '^$' || true) <(echo "$listed" | grep -v '^$' || true))
 echo "pjdfstest $summary"
 echo "known failures (tests/pjdfstest-known-failures.txt): $(echo "$listed" | grep -c . || true)"
 if [ -n "$now_passing" ]; then
