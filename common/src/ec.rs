@@ -48,6 +48,13 @@ impl EcPolicy {
         self.k as usize + self.m as usize
     }
 
+    /// Shards a block write must store to succeed: k + 1 (one failure still survivable), or all
+    /// of them when there is no parity. With fewer servers up, writes go on with less
+    /// redundancy rather than fail, down to this floor; repair restores the rest.
+    pub fn min_write_shards(self) -> usize {
+        (self.k() + 1).min(self.total())
+    }
+
     /// Bytes each shard holds for a block of `block_len` bytes (data shards are zero-padded).
     pub fn shard_len(self, block_len: u64) -> u64 {
         block_len.div_ceil(self.k as u64)
@@ -96,6 +103,8 @@ mod tests {
     fn parses_and_validates() {
         let p: EcPolicy = "4+2".parse().unwrap();
         assert_eq!((p.k(), p.m(), p.total()), (4, 2, 6));
+        assert_eq!(p.min_write_shards(), 5);
+        assert_eq!(EcPolicy::new(3, 0).unwrap().min_write_shards(), 3);
         assert_eq!(p.to_string(), "4+2");
         assert!("0+2".parse::<EcPolicy>().is_err());
         assert!("4-2".parse::<EcPolicy>().is_err());

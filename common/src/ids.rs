@@ -36,6 +36,12 @@ id_type!(
     ServerId
 );
 
+impl ServerId {
+    /// No server: the shard of that index is missing (it could not be written, or is lost).
+    /// Real ids are odd, so this never names a server.
+    pub const NONE: ServerId = ServerId(0);
+}
+
 /// Wall-clock time as seconds and nanoseconds since the Unix epoch.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,

@@ -12,7 +12,7 @@ use crate::store::{self, Committer, DbResult};
 use dfs_common::codec::MAX_FRAME;
 use dfs_common::net::server::{PeerInfo, Response, Service};
 use dfs_common::proto::meta::*;
-use dfs_common::{FsError, FsResult, Timestamp};
+use dfs_common::{FsError, FsResult, ServerId, Timestamp};
 use quinn::RecvStream;
 use redb::Database;
 use std::sync::Arc;
@@ -121,13 +121,20 @@ impl MetaService {
                         Ok((vol.policy, vol.block_size))
                     })
                     .await?;
-                let placement = place(
-                    &self.membership.live_when_known(policy.total()).await,
-                    policy.total(),
+                let live = self.membership.live_when_known(policy.total()).await;
+                // Fewer servers up than shards: place what can be placed, down to the write
+                // floor; the rest are missing from the start and left to repair.
+                let count = policy
+                    .total()
+                    .min(live.len().max(policy.min_write_shards()));
+                let mut placement = place(
+                    &live,
+                    count,
                     policy.shard_len(block_size),
                     rand::random(),
                     &[],
                 )?;
+                placement.resize(policy.total(), ServerId::NONE);
                 self.commit(request, placement).await
             }
             MetaRequest::ReplaceShard { block, .. } => {
@@ -138,13 +145,19 @@ impl MetaService {
                     })
                     .await?;
                 let min_free = rec.policy.shard_len(rec.len.unwrap_or(0));
-                let placement = place(
+                // No server left for it: the shard is recorded missing (an empty placement),
+                // and the writer decides whether the block has enough without it.
+                let placement = match place(
                     &self.membership.live_when_known(rec.shards.len() + 1).await,
                     1,
                     min_free,
                     rand::random(),
                     &rec.shards,
-                )?;
+                ) {
+                    Ok(p) => p,
+                    Err(FsError::Unavailable(_) | FsError::NoSpace(_)) => Vec::new(),
+                    Err(e) => return Err(e),
+                };
                 self.commit(request, placement).await
             }
             MetaRequest::SetLock {

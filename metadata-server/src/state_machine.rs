@@ -600,6 +600,13 @@ fn shard_locations(t: &WriteTables, servers: &[ServerId]) -> FsResult<Vec<ShardL
     servers
         .iter()
         .map(|&server| {
+            if server == ServerId::NONE {
+                return Ok(ShardLocation {
+                    server,
+                    addr: String::new(),
+                    up: false,
+                });
+            }
             let rec: ServerRecord = match t.servers.get(server.0).db()? {
                 Some(v) => decode(v.value())?,
                 None => {
@@ -677,10 +684,7 @@ fn replace_shard(
         .get_mut(index as usize)
         .ok_or_else(|| FsError::invalid(format!("shard index {index} out of range")))?;
     if *slot == failed {
-        let replacement = *placement
-            .first()
-            .ok_or_else(|| FsError::unavailable("no other live chunk server for this shard"))?;
-        *slot = replacement;
+        *slot = placement.first().copied().unwrap_or(ServerId::NONE);
     }
     let current = rec.shards[index as usize];
     t.blocks.insert(block.0, encode(&rec).as_slice()).db()?;

@@ -266,3 +266,97 @@ fn everyday_programs_work_on_the_mount() {
     let run = sh(&m.dir, "cc -O1 -o hello hello.c && ./hello");
     assert_eq!(run.trim(), "hello from dfs");
 }
+
+#[test]
+fn a_chunk_server_killed_during_a_large_copy() {
+    let mut cluster = cluster_with_volume();
+    let m = Mount::new(&cluster, "default", "mnt", "").unwrap();
+    const MIB: usize = 1 << 20;
+    let data = random_bytes(96 * MIB, 5);
+    let mut f = fs::File::create(m.path("big")).unwrap();
+    for (i, chunk) in data.chunks(MIB).enumerate() {
+        // A third of the way in, one of the six servers of this 4+2 volume dies. Blocks in
+        // flight to it are written elsewhere or without that shard; the copy goes on.
+        if i == 32 {
+            cluster.kill_chunk(2);
+        }
+        f.write_all(chunk).unwrap();
+    }
+    f.sync_all()
+        .unwrap_or_else(|e| panic!("the copy failed: {e}\n{}", cluster.logs()));
+    drop(f);
+    let back = fs::read(m.path("big")).unwrap();
+    assert!(
+        back == data,
+        "the copy differs from its source ({} of {} bytes)",
+        back.len(),
+        data.len()
+    );
+    // A second mount (no cached state) reads the same bytes.
+    let fresh = Mount::new(&cluster, "default", "fresh", "").unwrap();
+    assert!(fs::read(fresh.path("big")).unwrap() == data);
+}
+
+#[test]
+fn mount_t_dfs_and_umount() {
+    // mount(8) finds its helper as /sbin/mount.dfs; link it to this build unless something
+    // other than a link is there.
+    let helper = std::path::Path::new("/sbin/mount.dfs");
+    if helper.exists() && !helper.is_symlink() {
+        panic!("/sbin/mount.dfs exists and is not a link; cannot test `mount -t dfs`");
+    }
+    let _ = fs::remove_file(helper);
+    std::os::unix::fs::symlink(dfs_tests::process::binary("dfs-mount"), helper).unwrap();
+
+    let cluster = cluster_with_volume();
+    let dir = cluster.dir.path().join("by-mount");
+    fs::create_dir_all(&dir).unwrap();
+    let log = cluster.dir.path().join("mount-by-mount.log");
+    let out = std::process::Command::new("mount")
+        .args(["-t", "dfs"])
+        .arg(format!("{}:/default", cluster.meta_addr))
+        .arg(&dir)
+        .arg("-o")
+        .arg(format!(
+            "certs={},log={},_netdev,noatime",
+            cluster.certs_dir.display(),
+            log.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount -t dfs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // From here the mount is ours to clean up, also if an assertion fails.
+    let mounted = Mount { dir: dir.clone() };
+    let table = fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = table
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(dir.to_str().unwrap()))
+        .expect("the mount is in /proc/self/mounts");
+    assert!(
+        line.contains(&format!("{}:/default", cluster.meta_addr)),
+        "{line}"
+    );
+    fs::write(mounted.path("via-mount-t"), b"written through mount -t dfs").unwrap();
+
+    // umount flushes and detaches; the file is in the cluster.
+    let out = std::process::Command::new("umount")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "umount failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!table.contains(dir.to_str().unwrap()), "still mounted");
+    let other = Mount::new(&cluster, "default", "other", "").unwrap();
+    assert_eq!(
+        fs::read(other.path("via-mount-t")).unwrap(),
+        b"written through mount -t dfs"
+    );
+}

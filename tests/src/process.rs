@@ -190,6 +190,9 @@ impl Mount {
         cmd.arg(format!("{}:/{volume}", cluster.meta_addr))
             .arg(&dir)
             .env("DFS_CERTS", &cluster.certs_dir);
+        // The mount's log lands beside the servers' logs, in `ProcessCluster::logs`.
+        let log = cluster.dir.path().join(format!("mount-{name}.log"));
+        cmd.arg("-o").arg(format!("log={}", log.display()));
         if !options.is_empty() {
             cmd.arg("-o").arg(options);
         }
@@ -208,6 +211,11 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        let mounted = std::fs::read_to_string("/proc/self/mounts")
+            .is_ok_and(|t| t.lines().any(|l| l.split(' ').nth(1) == self.dir.to_str()));
+        if !mounted {
+            return;
+        }
         let ok = Command::new("fusermount3")
             .arg("-u")
             .arg(&self.dir)

@@ -30,7 +30,10 @@ struct Args {
     spec: String,
     /// Where to mount it (an existing directory).
     mountpoint: PathBuf,
-    /// Mount options, comma separated: ro, rw, allow_other, certs=DIR, attr_timeout=SECONDS;
+    /// Mount options, comma separated: ro, rw, allow_other, certs=DIR, attr_timeout=SECONDS
+    /// (default 1), retry=SECONDS (how long operations wait for an unreachable metadata
+    /// server before failing with EIO; default 60), hard (wait without limit), soft (fail at
+    /// once), log=FILE (the background mount's log; RUST_LOG sets the level, default warn).
     /// fstab options such as _netdev and noauto are accepted.
     #[arg(short = 'o')]
     options: Vec<String>,
@@ -58,7 +61,7 @@ fn main() -> ExitCode {
         dfs_common::telemetry::init_logging("warn");
         run(args)
     } else {
-        daemonize()
+        daemonize(&args)
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -70,14 +73,28 @@ fn main() -> ExitCode {
 }
 
 /// Starts a detached copy of this command and waits for it to report the mount ready.
-fn daemonize() -> anyhow::Result<()> {
+fn daemonize(args: &Args) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating dfs-mount")?;
+    let mut options = MountOptions::default();
+    for list in &args.options {
+        MountOptions::parse(list, &mut options).map_err(anyhow::Error::msg)?;
+    }
+    let log = match &options.log {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening the log file {}", path.display()))?,
+        ),
+        None => Stdio::null(),
+    };
     let mut child = Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env(NOTIFY_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .process_group(0)
         .spawn()
         .context("starting the mount process")?;

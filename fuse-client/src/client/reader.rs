@@ -7,7 +7,7 @@
 use super::Client;
 use dfs_common::proto::chunk::ShardKey;
 use dfs_common::proto::meta::{BlockInfo, Layout};
-use dfs_common::{FsError, FsResult, InodeId};
+use dfs_common::{FsError, FsResult, InodeId, ServerId};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
@@ -186,7 +186,10 @@ async fn reconstruct_piece(client: &Client, piece: &Piece) -> FsResult<Vec<u8>> 
     let k = policy.k();
     let chunks = &client.inner.chunks;
     let mut candidates: Vec<usize> = (0..policy.total())
-        .filter(|&i| i != piece.index && !chunks.is_suspect(&piece.block.shards[i].addr))
+        .filter(|&i| {
+            let shard = &piece.block.shards[i];
+            i != piece.index && shard.server != ServerId::NONE && !chunks.is_suspect(&shard.addr)
+        })
         .collect();
     candidates.sort_by_key(|&i| !piece.block.shards[i].up);
     let mut pending = candidates.into_iter();

@@ -1,13 +1,17 @@
 //! Writing one block: ask for a placement, encode k+m shards, send them in parallel, and place
-//! again any shard whose server fails. The block becomes visible only when a later commit
-//! refers to it; a crash before that leaves unreferenced shards, never a torn file.
+//! again any shard whose server fails. With too few servers up, a block may go out with shards
+//! missing, as long as [`EcPolicy::min_write_shards`] of them are stored; repair restores the
+//! rest. The block becomes visible only when a later commit refers to it; a crash before that
+//! leaves unreferenced shards, never a torn file.
+//!
+//! [`EcPolicy::min_write_shards`]: dfs_common::EcPolicy::min_write_shards
 
 use super::{expect_reply, Client};
 use dfs_common::proto::chunk::{ShardKey, ShardOwner};
 use dfs_common::proto::meta::{
     BlockPlacement, Extent, MetaReply, MetaRequest, NewExtent, ShardLocation,
 };
-use dfs_common::{FsError, FsResult, InodeId};
+use dfs_common::{FsError, FsResult, InodeId, ServerId};
 use tokio::task::JoinSet;
 
 /// Servers tried per shard before the block write fails.
@@ -39,8 +43,19 @@ pub async fn upload_block(
         let shard = encoded.shard(index);
         sends.spawn(async move { put_with_retry(&client, key, owner, shard, location).await });
     }
+    let mut stored = 0;
     while let Some(result) = sends.join_next().await {
-        result.map_err(|e| FsError::io(format!("shard upload task: {e}")))??;
+        if result.map_err(|e| FsError::io(format!("shard upload task: {e}")))?? {
+            stored += 1;
+        }
+    }
+    let needed = placement.policy.min_write_shards();
+    if stored < needed {
+        return Err(FsError::unavailable(format!(
+            "stored only {stored} of the {} shards of block {} ({needed} needed): too few chunk servers up",
+            placement.policy.total(),
+            placement.block
+        )));
     }
     Ok(NewExtent {
         extent: Extent {
@@ -53,36 +68,38 @@ pub async fn upload_block(
     })
 }
 
+/// Sends one shard, placing it again when its server fails, on up to [`ATTEMPTS_PER_SHARD`]
+/// servers. Returns whether it was stored; a shard that was not is missing from the block
+/// (its record names no server, or the last one that failed).
 async fn put_with_retry(
     client: &Client,
     key: ShardKey,
     owner: ShardOwner,
     shard: bytes::Bytes,
     mut location: ShardLocation,
-) -> FsResult<()> {
-    let mut last_error = None;
-    for _ in 0..ATTEMPTS_PER_SHARD {
-        match client
+) -> FsResult<bool> {
+    for attempt in 1..=ATTEMPTS_PER_SHARD {
+        if location.server == ServerId::NONE {
+            return Ok(false);
+        }
+        let Err(e) = client
             .inner
             .chunks
             .put_shard(&location.addr, key, owner, shard.clone())
             .await
-        {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(block = %key.block, index = key.index, server = %location.server, "shard write failed, placing elsewhere: {e}");
-                last_error = Some(e);
-                let request = MetaRequest::ReplaceShard {
-                    block: key.block,
-                    index: key.index,
-                    failed: location.server,
-                };
-                location = match client.call(&request).await {
-                    Ok(reply) => expect_reply!(reply, MetaReply::Shard)?,
-                    Err(e) => return Err(e),
-                };
-            }
+        else {
+            return Ok(true);
+        };
+        tracing::warn!(block = %key.block, index = key.index, server = %location.server, "shard write failed: {e}");
+        if attempt == ATTEMPTS_PER_SHARD {
+            break;
         }
+        let request = MetaRequest::ReplaceShard {
+            block: key.block,
+            index: key.index,
+            failed: location.server,
+        };
+        location = expect_reply!(client.call(&request).await?, MetaReply::Shard)?;
     }
-    Err(last_error.unwrap_or_else(|| FsError::unavailable("shard write failed")))
+    Ok(false)
 }

@@ -36,6 +36,8 @@ pub struct MountOptions {
     /// How long an operation waits for an unreachable metadata server before failing with EIO
     /// (`retry=SECS`, `soft` for 0); `None` waits as long as it takes (`hard`).
     pub meta_retry: Option<Duration>,
+    /// Where a background mount writes its log (`log=FILE`, appended); else it is discarded.
+    pub log: Option<PathBuf>,
 }
 
 /// Default wait for a metadata server that restarts: long enough for a restart, short enough
@@ -50,6 +52,7 @@ impl Default for MountOptions {
             certs: None,
             attr_timeout: Duration::from_secs(1),
             meta_retry: Some(DEFAULT_META_RETRY),
+            log: None,
         }
     }
 }
@@ -68,6 +71,7 @@ impl MountOptions {
                 ("rw", None) => into.read_only = false,
                 ("allow_other", None) => into.allow_other = true,
                 ("certs", Some(dir)) => into.certs = Some(PathBuf::from(dir)),
+                ("log", Some(file)) => into.log = Some(PathBuf::from(file)),
                 ("hard", None) => into.meta_retry = None,
                 ("soft", None) => into.meta_retry = Some(Duration::ZERO),
                 ("retry", Some(secs)) => {
