@@ -25,7 +25,7 @@ pub struct FileHandle {
     size: u64,
     dirty: DirtyBuffer,
     /// Uploads in the order their bytes were cut from the buffer (later ones win).
-    uploads: VecDeque<JoinHandle<FsResult<NewExtent>>>,
+    uploads: VecDeque<JoinHandle<FsResult<Vec<NewExtent>>>>,
     /// Finished uploads waiting for a commit, in order.
     uploaded: Vec<NewExtent>,
     /// An upload failed: the error is reported by the next flush.
@@ -165,7 +165,8 @@ impl FileHandle {
             self.size = self.size.max(end);
         }
         for (at, block) in self.dirty.take_full_blocks(self.block_size) {
-            self.start_upload(at, block).await?;
+            self.start_upload(vec![(at, block.len() as u64)], block)
+                .await?;
         }
         if self.dirty.bytes() > self.client.inner.options.max_dirty_bytes {
             self.upload_dirty().await?;
@@ -173,11 +174,13 @@ impl FileHandle {
         Ok(())
     }
 
-    async fn start_upload(&mut self, offset: u64, data: Vec<u8>) -> FsResult<()> {
+    /// Starts writing one block holding `pieces` (file offset, length), laid end to end in
+    /// `data`.
+    async fn start_upload(&mut self, pieces: Vec<(u64, u64)>, data: Vec<u8>) -> FsResult<()> {
         while self.uploads.len() >= self.client.inner.options.write_blocks_in_flight {
             self.finish_oldest_upload().await;
         }
-        let task = tokio::spawn(upload_block(self.client.clone(), self.ino, offset, data));
+        let task = tokio::spawn(upload_block(self.client.clone(), self.ino, pieces, data));
         self.uploads.push_back(task);
         if self.uploaded.len() >= MAX_EXTENTS_PER_COMMIT {
             self.commit().await?;
@@ -188,27 +191,61 @@ impl FileHandle {
     async fn finish_oldest_upload(&mut self) {
         if let Some(task) = self.uploads.pop_front() {
             match task.await {
-                Ok(Ok(extent)) => self.uploaded.push(extent),
+                Ok(Ok(extents)) => self.uploaded.extend(extents),
                 Ok(Err(e)) => self.failed = Some(e),
                 Err(e) => self.failed = Some(FsError::io(format!("upload task: {e}"))),
             }
         }
     }
 
+    /// Uploads everything buffered. Runs shorter than a block are packed together, so that
+    /// scattered small writes cost one block write per block size of data, not one each.
     async fn upload_dirty(&mut self) -> FsResult<()> {
-        for (at, block) in self.dirty.take_all(self.block_size) {
-            self.start_upload(at, block).await?;
+        let mut pieces = Vec::new();
+        let mut packed: Vec<u8> = Vec::new();
+        for (at, run) in self.dirty.take_all(self.block_size) {
+            if run.len() >= self.block_size {
+                self.start_upload(vec![(at, run.len() as u64)], run).await?;
+                continue;
+            }
+            if packed.len() + run.len() > self.block_size {
+                self.start_upload(std::mem::take(&mut pieces), std::mem::take(&mut packed))
+                    .await?;
+            }
+            pieces.push((at, run.len() as u64));
+            if packed.is_empty() {
+                packed = run;
+            } else {
+                packed.extend_from_slice(&run);
+            }
+        }
+        if !pieces.is_empty() {
+            self.start_upload(pieces, packed).await?;
         }
         Ok(())
     }
 
-    /// Commits finished uploads in one transaction.
+    /// Commits finished uploads, up to [`MAX_EXTENTS_PER_COMMIT`] extents per transaction.
     async fn commit(&mut self) -> FsResult<()> {
-        if self.uploaded.is_empty() {
-            return Ok(());
+        while !self.uploaded.is_empty() {
+            let rest = if self.uploaded.len() > MAX_EXTENTS_PER_COMMIT {
+                self.uploaded.split_off(MAX_EXTENTS_PER_COMMIT)
+            } else {
+                Vec::new()
+            };
+            let batch = std::mem::replace(&mut self.uploaded, rest);
+            if let Err(e) = self.commit_batch(batch).await {
+                // What did not commit is dropped: its range keeps its old bytes.
+                self.uploaded.clear();
+                return Err(e);
+            }
         }
+        Ok(())
+    }
+
+    /// Commits one batch of finished uploads in one transaction.
+    async fn commit_batch(&mut self, mut extents: Vec<NewExtent>) -> FsResult<()> {
         self.layout = None;
-        let mut extents = std::mem::take(&mut self.uploaded);
         if self.append {
             // Appends are cut from the buffer in order, so a batch is one contiguous run: it
             // lands at the file's end as a whole.
@@ -240,16 +277,7 @@ impl FileHandle {
         }
         // Commit what did upload even if some block failed: each extent stands on its own, and
         // a failed range simply keeps its old bytes. The failure is still reported.
-        let mut result = Ok(());
-        while !self.uploaded.is_empty() && result.is_ok() {
-            let rest = if self.uploaded.len() > MAX_EXTENTS_PER_COMMIT {
-                self.uploaded.split_off(MAX_EXTENTS_PER_COMMIT)
-            } else {
-                Vec::new()
-            };
-            result = self.commit().await;
-            self.uploaded = rest;
-        }
+        let result = self.commit().await;
         match self.failed.take() {
             Some(e) => Err(e),
             None => result,

@@ -17,13 +17,16 @@ use tokio::task::JoinSet;
 /// Servers tried per shard before the block write fails.
 const ATTEMPTS_PER_SHARD: usize = 3;
 
-/// Writes `data` as a new block holding file bytes `[file_offset, file_offset + data.len())`.
+/// Writes `data` as one new block holding the file ranges `pieces` (file offset, length),
+/// laid end to end in `data`: many small runs of a file share one block, and so one set of
+/// shard writes.
 pub async fn upload_block(
     client: Client,
     ino: InodeId,
-    file_offset: u64,
+    pieces: Vec<(u64, u64)>,
     data: Vec<u8>,
-) -> FsResult<NewExtent> {
+) -> FsResult<Vec<NewExtent>> {
+    debug_assert_eq!(pieces.iter().map(|p| p.1).sum::<u64>(), data.len() as u64);
     let reply = client.call(&MetaRequest::AllocateBlock { ino }).await?;
     let placement: BlockPlacement = expect_reply!(reply, MetaReply::Placement)?;
     let codec = client.codec(placement.policy)?;
@@ -57,15 +60,21 @@ pub async fn upload_block(
             placement.block
         )));
     }
-    Ok(NewExtent {
-        extent: Extent {
-            file_offset,
-            len: data.len() as u64,
-            block: placement.block,
-            block_offset: 0,
-        },
-        block_len: data.len() as u64,
-    })
+    let block_len = data.len() as u64;
+    let mut block_offset = 0;
+    Ok(pieces
+        .into_iter()
+        .map(|(file_offset, len)| {
+            let extent = Extent {
+                file_offset,
+                len,
+                block: placement.block,
+                block_offset,
+            };
+            block_offset += len;
+            NewExtent { extent, block_len }
+        })
+        .collect())
 }
 
 /// Sends one shard, placing it again when its server fails, on up to [`ATTEMPTS_PER_SHARD`]
