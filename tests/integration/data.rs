@@ -128,6 +128,35 @@ async fn random_writes_overwrites_and_truncates_match_a_model() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scattered_small_writes_share_blocks() {
+    let cluster = TestCluster::start(6).await;
+    let client = cluster.client().await;
+    let volume = cluster.volume(&client, "small", "4+2", 4 * MIB).await;
+    let before = client.cluster_status().await.unwrap().blocks;
+    let mut model = vec![0u8; 8 * MIB as usize];
+    let mut f = client
+        .create(volume.root, "scattered", 0o644, 0, 0)
+        .await
+        .unwrap();
+    f.truncate(model.len() as u64).await.unwrap();
+    // 512 writes of 4 KiB at scattered, non-adjacent offsets: 2 MiB of data in 512 runs.
+    for i in 0..512u64 {
+        let off = (i * 7919 % 1024) * 8192;
+        let data = random_bytes(4096, i);
+        f.write(off, &data).await.unwrap();
+        model[off as usize..off as usize + 4096].copy_from_slice(&data);
+    }
+    f.close().await.unwrap();
+    let written = client.cluster_status().await.unwrap().blocks - before;
+    assert_eq!(
+        written, 1,
+        "512 small runs should fill one block, not {written}"
+    );
+    let ino = client.lookup(volume.root, "scattered").await.unwrap().ino;
+    assert!(read_all(&client, ino).await == model, "file differs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_bit_on_disk_is_detected_and_read_is_still_correct() {
     let cluster = TestCluster::start(6).await;
     let client = cluster.client().await;
