@@ -360,3 +360,70 @@ fn mount_t_dfs_and_umount() {
         b"written through mount -t dfs"
     );
 }
+
+#[test]
+fn files_past_4_gib_and_shared_mmap_writes() {
+    let cluster = cluster_with_volume();
+    let m = Mount::new(&cluster, "default", "mnt", "").unwrap();
+
+    // A sparse file past 4 GiB: the hole reads as zeros, the tail as written.
+    let far = (5u64 << 30) + 123;
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(m.path("huge"))
+        .unwrap();
+    f.seek(SeekFrom::Start(far)).unwrap();
+    f.write_all(b"beyond 4 GiB").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(fs::metadata(m.path("huge")).unwrap().len(), far + 12);
+    let mut f = fs::File::open(m.path("huge")).unwrap();
+    let mut buf = vec![0xffu8; 4096];
+    f.seek(SeekFrom::Start(4 << 30)).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0), "the hole is not zeros");
+    f.seek(SeekFrom::Start(far)).unwrap();
+    let mut tail = String::new();
+    f.read_to_string(&mut tail).unwrap();
+    assert_eq!(tail, "beyond 4 GiB");
+
+    // A shared writable mapping: stores through memory reach the file after msync.
+    let len = 3 * 4096 + 100;
+    fs::write(m.path("mapped"), vec![b'.'; len]).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("mapped"))
+        .unwrap();
+    // SAFETY: a fresh shared mapping of `len` bytes of an open file, unmapped below; the
+    // slice is only used while the mapping lives.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+        let mem = std::slice::from_raw_parts_mut(p as *mut u8, len);
+        assert_eq!(mem[5000], b'.', "mapped read");
+        mem[5000..5006].copy_from_slice(b"mapped");
+        mem[len - 4..].copy_from_slice(b"tail");
+        assert_eq!(libc::msync(p, len, libc::MS_SYNC), 0);
+        assert_eq!(libc::munmap(p, len), 0);
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    let other = Mount::new(&cluster, "default", "other", "").unwrap();
+    let back = fs::read(other.path("mapped")).unwrap();
+    assert_eq!(back.len(), len);
+    assert_eq!(&back[5000..5006], b"mapped");
+    assert_eq!(&back[len - 4..], b"tail");
+    assert!(back[..5000].iter().all(|&b| b == b'.'));
+}
