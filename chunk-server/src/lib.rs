@@ -6,9 +6,15 @@
 //! - [`service`]: the QUIC request handler.
 //! - [`heartbeat`]: registration with, and liveness reports to, the metadata server.
 //! - [`identity`]: the server id and reset key kept in the data directory.
+//! - [`rebuild`]: rebuilding a lost shard from other shards, when repair asks.
+//! - [`scrub`]: background re-verification of every shard.
+//! - [`reconcile`]: deleting shards the metadata server no longer places here.
 
 pub mod heartbeat;
 pub mod identity;
+pub mod rebuild;
+pub mod reconcile;
+pub mod scrub;
 pub mod service;
 pub mod store;
 
@@ -37,7 +43,35 @@ pub struct ChunkConfig {
     /// Bytes this server offers; `None` means the free space of the data directory's disk.
     pub capacity: Option<u64>,
     pub heartbeat_interval: Duration,
+    pub maintenance: MaintenanceConfig,
 }
+
+/// Background upkeep of the shards on this server.
+#[derive(Clone, Debug)]
+pub struct MaintenanceConfig {
+    /// Bytes per second the scrubber reads at most.
+    pub scrub_rate: u64,
+    /// Time between automatic scrub passes.
+    pub scrub_interval: Duration,
+    /// Time between reconciliations with the metadata server.
+    pub reconcile_interval: Duration,
+    /// Shards younger than this are never deleted as orphans.
+    pub orphan_grace: Duration,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        MaintenanceConfig {
+            scrub_rate: 32 << 20,
+            scrub_interval: Duration::from_secs(7 * 24 * 3600),
+            reconcile_interval: Duration::from_secs(300),
+            orphan_grace: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Bound on reading one shard from another chunk server during a rebuild.
+const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A started chunk server.
 pub struct RunningChunkServer {
@@ -56,10 +90,34 @@ pub async fn start(
     let endpoint = server_endpoint(config.listen, &config.identity, Some(node.reset_key))?;
     let addr = endpoint.local_addr()?;
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let maintenance = &config.maintenance;
+    let scrubber = Arc::new(scrub::Scrubber::new(
+        store.clone(),
+        node.id,
+        maintenance.scrub_rate,
+        maintenance.scrub_interval,
+    ));
+    let meta_peer = || {
+        dfs_common::net::Peer::new(endpoint.clone(), config.meta)
+            .with_timeout(Duration::from_secs(30))
+    };
+    tokio::spawn(scrubber.clone().run(meta_peer(), shutdown.clone()));
+    let reconciler = reconcile::Reconciler {
+        store: store.clone(),
+        server: node.id,
+        interval: maintenance.reconcile_interval,
+        grace: maintenance.orphan_grace,
+    };
+    tokio::spawn(reconciler.run(meta_peer(), shutdown.clone()));
     let service = Arc::new(service::ChunkService::new(
         node.id,
         store.clone(),
         config.capacity,
+        Arc::new(dfs_common::net::chunks::ChunkPool::new(
+            endpoint.clone(),
+            PEER_TIMEOUT,
+        )),
+        scrubber,
     ));
     let beat = heartbeat::Heartbeat {
         server: node.id,

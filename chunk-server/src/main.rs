@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use dfs_chunk::ChunkConfig;
+use dfs_chunk::{ChunkConfig, MaintenanceConfig};
 use dfs_common::config::{load_toml, parse_size, tls_paths};
 use dfs_common::net::tls::Identity;
 use serde::Deserialize;
@@ -53,6 +53,19 @@ struct Args {
     /// Milliseconds between heartbeats to the metadata server [default: 1000].
     #[arg(long, env = "DFS_CHUNK_HEARTBEAT_MS")]
     heartbeat_ms: Option<u64>,
+    /// Bytes per second the background scrub reads at most, e.g. 32M [default: 32M].
+    #[arg(long, env = "DFS_CHUNK_SCRUB_RATE")]
+    scrub_rate: Option<String>,
+    /// Hours between automatic scrub passes over every shard [default: 168].
+    #[arg(long, env = "DFS_CHUNK_SCRUB_INTERVAL_HOURS")]
+    scrub_interval_hours: Option<f64>,
+    /// Seconds between reconciliations with the metadata server (deleting shards it no
+    /// longer places here) [default: 300].
+    #[arg(long, env = "DFS_CHUNK_RECONCILE_SECS")]
+    reconcile_secs: Option<f64>,
+    /// Seconds a shard must exist before reconciliation may delete it [default: 600].
+    #[arg(long, env = "DFS_CHUNK_ORPHAN_GRACE_SECS")]
+    orphan_grace_secs: Option<f64>,
 }
 
 fn resolve(args: Args) -> anyhow::Result<ChunkConfig> {
@@ -73,6 +86,38 @@ fn resolve(args: Args) -> anyhow::Result<ChunkConfig> {
         Some(c) => Some(parse_size(&c).map_err(anyhow::Error::msg)?),
         None => None,
     };
+    let defaults = MaintenanceConfig::default();
+    let secs = |v: Option<f64>, default: Duration, flag: &str| -> anyhow::Result<Duration> {
+        let v = v.unwrap_or(default.as_secs_f64());
+        anyhow::ensure!(
+            v > 0.0 && v < 1e9,
+            "{flag} must be a positive number of seconds"
+        );
+        Ok(Duration::from_secs_f64(v))
+    };
+    let maintenance = MaintenanceConfig {
+        scrub_rate: match args.scrub_rate.or(file.scrub_rate) {
+            Some(r) => parse_size(&r).map_err(anyhow::Error::msg)?.max(1),
+            None => defaults.scrub_rate,
+        },
+        scrub_interval: secs(
+            args.scrub_interval_hours
+                .or(file.scrub_interval_hours)
+                .map(|h| h * 3600.0),
+            defaults.scrub_interval,
+            "--scrub-interval-hours",
+        )?,
+        reconcile_interval: secs(
+            args.reconcile_secs.or(file.reconcile_secs),
+            defaults.reconcile_interval,
+            "--reconcile-secs",
+        )?,
+        orphan_grace: secs(
+            args.orphan_grace_secs.or(file.orphan_grace_secs),
+            defaults.orphan_grace,
+            "--orphan-grace-secs",
+        )?,
+    };
     Ok(ChunkConfig {
         listen: args
             .listen
@@ -89,6 +134,7 @@ fn resolve(args: Args) -> anyhow::Result<ChunkConfig> {
                 .unwrap_or(1000)
                 .max(10),
         ),
+        maintenance,
     })
 }
 

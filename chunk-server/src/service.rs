@@ -1,13 +1,16 @@
 //! The chunk server's request handler: validates, then does blocking disk work off the runtime.
 
+use crate::rebuild::rebuild;
+use crate::scrub::Scrubber;
 use crate::store::{validate_put, ShardStore};
+use dfs_common::net::chunks::ChunkPool;
 use dfs_common::net::rpc::read_body;
 use dfs_common::net::server::{PeerInfo, Response, Service};
 use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ChunkServerInfo};
 use dfs_common::proto::MAX_BLOCK_SIZE;
 use dfs_common::{FsError, FsResult, ServerId};
 use quinn::RecvStream;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
@@ -21,16 +24,62 @@ pub struct ChunkService {
     store: Arc<ShardStore>,
     capacity: Option<u64>,
     receive_budget: Semaphore,
+    /// Connections to other chunk servers, for rebuilds.
+    peers: Arc<ChunkPool>,
+    scrubber: Arc<Scrubber>,
+    /// Bytes of shards accepted but not yet on disk, so that concurrent writes cannot
+    /// together overfill the server.
+    reserved: Mutex<u64>,
+}
+
+/// Space held for one incoming shard until it is stored (or fails).
+struct Reservation<'a> {
+    reserved: &'a Mutex<u64>,
+    len: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        *self.reserved.lock().expect("reservation lock") -= self.len;
+    }
 }
 
 impl ChunkService {
-    pub fn new(id: ServerId, store: Arc<ShardStore>, capacity: Option<u64>) -> Self {
+    pub fn new(
+        id: ServerId,
+        store: Arc<ShardStore>,
+        capacity: Option<u64>,
+        peers: Arc<ChunkPool>,
+        scrubber: Arc<Scrubber>,
+    ) -> Self {
         ChunkService {
             id,
             store,
             capacity,
             receive_budget: Semaphore::new((RECEIVE_BUDGET / BUDGET_UNIT) as usize),
+            peers,
+            scrubber,
+            reserved: Mutex::new(0),
         }
+    }
+
+    /// Holds space for a shard of `len` bytes, or refuses it when it would overfill this
+    /// server (counting shards still being received).
+    fn reserve(&self, shard_len: u64) -> FsResult<Reservation<'_>> {
+        let len = crate::store::file_len(shard_len);
+        let info = self.info();
+        let mut reserved = self.reserved.lock().expect("reservation lock");
+        if info.used.saturating_add(*reserved).saturating_add(len) > info.capacity {
+            return Err(FsError::NoSpace(format!(
+                "chunk server {} is full",
+                self.id
+            )));
+        }
+        *reserved += len;
+        Ok(Reservation {
+            reserved: &self.reserved,
+            len,
+        })
     }
 
     /// Identity and usage, as reported in heartbeats.
@@ -77,13 +126,7 @@ impl Service for ChunkService {
         match request {
             ChunkRequest::Put { key, owner, len } => {
                 validate_put(&key, &owner, len)?;
-                let info = self.info();
-                if info.used.saturating_add(len) > info.capacity {
-                    return Err(FsError::NoSpace(format!(
-                        "chunk server {} is full",
-                        self.id
-                    )));
-                }
+                let _space = self.reserve(len)?;
                 let units = (len / BUDGET_UNIT + 1) as u32;
                 let _permit = self
                     .receive_budget
@@ -111,6 +154,20 @@ impl Service for ChunkService {
                 Ok((ChunkReply::Deleted { existed }, None))
             }
             ChunkRequest::Info => Ok((ChunkReply::Info(self.info()), None)),
+            ChunkRequest::Rebuild {
+                key,
+                owner,
+                sources,
+            } => {
+                let _space = self.reserve(owner.policy.shard_len(owner.block_len))?;
+                rebuild(&self.peers, &self.store, key, owner, sources).await?;
+                Ok((ChunkReply::Stored, None))
+            }
+            ChunkRequest::ScrubStart => {
+                self.scrubber.start();
+                Ok((ChunkReply::Scrub(self.scrubber.progress()), None))
+            }
+            ChunkRequest::ScrubStatus => Ok((ChunkReply::Scrub(self.scrubber.progress()), None)),
         }
     }
 }

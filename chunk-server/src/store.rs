@@ -145,6 +145,24 @@ pub fn validate_put(key: &ShardKey, owner: &ShardOwner, len: u64) -> FsResult<()
     Ok(())
 }
 
+/// Bytes a shard of `shard_len` bytes takes on disk: its header (fixed part, one hash per
+/// sub-block, the header's own hash) and the data.
+pub fn file_len(shard_len: u64) -> u64 {
+    (FIXED_HEADER as u64) + 32 * (checksum::sub_block_count(shard_len) as u64 + 1) + shard_len
+}
+
+/// The key a shard file name (`{block:016x}-{index:02}`) stands for.
+fn parse_shard_name(name: &str) -> Option<ShardKey> {
+    let (block, index) = name.split_once('-')?;
+    if block.len() != 16 || index.len() != 2 {
+        return None;
+    }
+    Some(ShardKey {
+        block: dfs_common::BlockId(u64::from_str_radix(block, 16).ok()?),
+        index: index.parse().ok()?,
+    })
+}
+
 /// All shards of one chunk server.
 pub struct ShardStore {
     root: PathBuf,
@@ -200,6 +218,29 @@ impl ShardStore {
             .join("shards")
             .join(format!("{:02x}", key.block.0 & 0xff))
             .join(format!("{:016x}-{:02}", key.block.0, key.index))
+    }
+
+    /// Every shard held, with the time its file was last written (for grace periods). Files
+    /// whose names are not shard names are skipped.
+    pub fn list(&self) -> FsResult<Vec<(ShardKey, std::time::SystemTime)>> {
+        let mut out = Vec::new();
+        for dir in fs::read_dir(self.root.join("shards"))? {
+            let dir = dir?;
+            if !dir.file_type()?.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(dir.path())? {
+                let f = f?;
+                let Some(key) = f.file_name().to_str().and_then(parse_shard_name) else {
+                    continue;
+                };
+                // A file deleted since the listing began is simply not listed.
+                if let Ok(modified) = f.metadata().and_then(|m| m.modified()) {
+                    out.push((key, modified));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Stores a shard durably. Storing the same shard again is a no-op; storing different
@@ -368,6 +409,8 @@ mod tests {
         let store = ShardStore::open(dir.path()).unwrap();
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         store.put(key(1, 0), owner(800_000), &data).unwrap();
+        let on_disk = fs::metadata(store.shard_path(&key(1, 0))).unwrap().len();
+        assert_eq!(on_disk, file_len(200_000));
         assert_eq!(store.get(&key(1, 0), 0, 200_000).unwrap(), data);
         assert_eq!(
             store.get(&key(1, 0), 65_530, 20).unwrap(),
@@ -389,6 +432,13 @@ mod tests {
         assert!(store.put(key(3, 9), owner(800_000), &data).is_err());
         let reopened = ShardStore::open(dir.path()).unwrap();
         assert_eq!(reopened.shard_count(), 1);
+        let listed: Vec<ShardKey> = reopened
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(listed, vec![key(1, 0)]);
         assert_eq!(reopened.get(&key(1, 0), 0, 10).unwrap(), &data[..10]);
         assert!(reopened.delete(&key(1, 0)).unwrap());
         assert!(!reopened.delete(&key(1, 0)).unwrap());

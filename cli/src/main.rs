@@ -36,6 +36,12 @@ enum Command {
     /// Cluster-wide state.
     #[command(subcommand)]
     Cluster(commands::cluster::ClusterCommand),
+    /// Progress of the automatic repair of lost shards.
+    #[command(subcommand)]
+    Repair(commands::repair::RepairCommand),
+    /// Re-verify every shard's checksums on every chunk server.
+    #[command(subcommand)]
+    Scrub(commands::repair::ScrubCommand),
     /// Copy a local file into the cluster: `dfs put LOCAL VOLUME:/path`.
     Put(commands::files::PutArgs),
     /// Copy a file out of the cluster: `dfs get VOLUME:/path LOCAL`.

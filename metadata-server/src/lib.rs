@@ -9,17 +9,22 @@
 //! - [`placement`]: choosing servers for shards (pure).
 //! - [`membership`]: chunk-server liveness from heartbeats.
 //! - [`locks`]: file locks of client sessions, in memory, with leases.
+//! - [`repair`]: rebuilding lost shards and collecting garbage, from periodic scans.
+//! - [`maintenance`]: the state-machine commands repair and collection use.
 //! - [`service`]: the QUIC request handler.
 
 pub mod layout;
 pub mod locks;
+pub mod maintenance;
 pub mod membership;
 pub mod placement;
 pub mod queries;
+pub mod repair;
 pub mod service;
 pub mod state_machine;
 pub mod store;
 
+use dfs_common::net::chunks::ChunkPool;
 use dfs_common::net::endpoint::server_endpoint;
 use dfs_common::net::server::serve;
 use dfs_common::net::tls::Identity;
@@ -31,6 +36,9 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// Bound on one shard rebuild or delete sent to a chunk server.
+const REPAIR_SHARD_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[derive(Clone, Debug)]
 pub struct MetaConfig {
     /// UDP address to listen on; port 0 picks a free port.
@@ -41,6 +49,7 @@ pub struct MetaConfig {
     pub server_timeout: Duration,
     /// A client session's locks outlive its last request by this long.
     pub lock_lease: Duration,
+    pub repair: repair::RepairConfig,
 }
 
 pub struct RunningMetaServer {
@@ -63,14 +72,24 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         registered,
     ));
     let (committer, committer_thread) = store::Committer::start(db.clone());
+    let endpoint = server_endpoint(config.listen, &config.identity, Some(reset_key))?;
+    let addr = endpoint.local_addr()?;
+    let pool = Arc::new(ChunkPool::new(endpoint.clone(), REPAIR_SHARD_TIMEOUT));
+    let repair = Arc::new(repair::Repair::new(
+        db.clone(),
+        committer.clone(),
+        membership.clone(),
+        pool,
+        config.repair.clone(),
+    ));
+    tokio::spawn(repair.clone().run(shutdown.clone()));
     let service = Arc::new(service::MetaService::new(
         db,
         committer,
         membership,
         locks::LockTable::new(config.lock_lease),
+        repair,
     ));
-    let endpoint = server_endpoint(config.listen, &config.identity, Some(reset_key))?;
-    let addr = endpoint.local_addr()?;
     tracing::info!(%addr, data = %config.data_dir.display(), "metadata server listening");
     let task = tokio::spawn(async move {
         serve(endpoint, service, shutdown).await;

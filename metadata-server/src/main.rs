@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use dfs_common::config::{load_toml, tls_paths};
+use dfs_common::config::{load_toml, parse_size, tls_paths};
 use dfs_common::net::tls::Identity;
 use dfs_meta::MetaConfig;
 use serde::Deserialize;
@@ -48,6 +48,21 @@ struct Args {
     /// [default: 30, at least 15].
     #[arg(long, env = "DFS_META_LOCK_LEASE_SECS")]
     lock_lease_secs: Option<f64>,
+    /// Seconds between repair scans (rebuilding lost shards, collecting garbage) [default: 10].
+    #[arg(long, env = "DFS_META_REPAIR_INTERVAL_SECS")]
+    repair_interval_secs: Option<f64>,
+    /// Shards rebuilt at once [default: 4].
+    #[arg(long, env = "DFS_META_REPAIR_PARALLEL")]
+    repair_parallel: Option<usize>,
+    /// Bytes per second rebuilt at most, e.g. 100M [default: 100M].
+    #[arg(long, env = "DFS_META_REPAIR_RATE")]
+    repair_rate: Option<String>,
+    /// Seconds an unreferenced block is kept before its shards are deleted [default: 600].
+    #[arg(long, env = "DFS_META_GC_GRACE_SECS")]
+    gc_grace_secs: Option<f64>,
+    /// Seconds a block allocated but never committed (its writer died) is kept [default: 3600].
+    #[arg(long, env = "DFS_META_PENDING_GRACE_SECS")]
+    pending_grace_secs: Option<f64>,
 }
 
 fn resolve(args: Args) -> anyhow::Result<MetaConfig> {
@@ -75,6 +90,42 @@ fn resolve(args: Args) -> anyhow::Result<MetaConfig> {
         (15.0..1e6).contains(&lease),
         "--lock-lease-secs must be at least 15 (clients renew every 5 s)"
     );
+    let defaults = dfs_meta::repair::RepairConfig::default();
+    let secs = |v: Option<f64>, default: Duration, flag: &str| -> anyhow::Result<Duration> {
+        let v = v.unwrap_or(default.as_secs_f64());
+        anyhow::ensure!(
+            (0.0..1e9).contains(&v),
+            "{flag} must be a positive number of seconds"
+        );
+        Ok(Duration::from_secs_f64(v))
+    };
+    let repair = dfs_meta::repair::RepairConfig {
+        interval: secs(
+            args.repair_interval_secs.or(file.repair_interval_secs),
+            defaults.interval,
+            "--repair-interval-secs",
+        )?
+        .max(Duration::from_millis(100)),
+        parallel: args
+            .repair_parallel
+            .or(file.repair_parallel)
+            .unwrap_or(defaults.parallel)
+            .max(1),
+        rate: match args.repair_rate.or(file.repair_rate) {
+            Some(r) => parse_size(&r).map_err(anyhow::Error::msg)?.max(1),
+            None => defaults.rate,
+        },
+        gc_grace: secs(
+            args.gc_grace_secs.or(file.gc_grace_secs),
+            defaults.gc_grace,
+            "--gc-grace-secs",
+        )?,
+        pending_grace: secs(
+            args.pending_grace_secs.or(file.pending_grace_secs),
+            defaults.pending_grace,
+            "--pending-grace-secs",
+        )?,
+    };
     Ok(MetaConfig {
         listen: args
             .listen
@@ -84,6 +135,7 @@ fn resolve(args: Args) -> anyhow::Result<MetaConfig> {
         identity: Identity::load(&tls)?,
         server_timeout: Duration::from_secs_f64(timeout),
         lock_lease: Duration::from_secs_f64(lease),
+        repair,
     })
 }
 

@@ -115,6 +115,17 @@ impl Membership {
             .collect()
     }
 
+    /// Addresses of the live servers.
+    pub fn live_addrs(&self) -> std::collections::HashMap<ServerId, String> {
+        let now = Instant::now();
+        let servers = self.servers.lock().expect("membership lock");
+        servers
+            .iter()
+            .filter(|(_, s)| self.is_up(s, now))
+            .map(|(&id, s)| (id, s.addr.clone()))
+            .collect()
+    }
+
     pub fn status(&self) -> Vec<ServerStatus> {
         let now = Instant::now();
         let servers = self.servers.lock().expect("membership lock");

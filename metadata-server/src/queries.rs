@@ -189,3 +189,26 @@ pub fn registered_servers(t: &ReadTables) -> FsResult<Vec<(ServerId, String)>> {
     }
     Ok(out)
 }
+
+/// Which of `keys`, held by `server`, it should not keep: their block is gone, or that shard
+/// of the block is placed elsewhere.
+pub fn stale_shards(
+    t: &ReadTables,
+    server: ServerId,
+    keys: &[dfs_common::proto::chunk::ShardKey],
+) -> FsResult<Vec<dfs_common::proto::chunk::ShardKey>> {
+    let mut stale = Vec::new();
+    for &key in keys {
+        let placed = match t.blocks.get(key.block.0).db()? {
+            Some(v) => decode::<BlockRecord>(v.value())?
+                .shards
+                .get(key.index as usize)
+                .copied(),
+            None => None,
+        };
+        if placed != Some(server) {
+            stale.push(key);
+        }
+    }
+    Ok(stale)
+}

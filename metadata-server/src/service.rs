@@ -5,6 +5,7 @@ use crate::locks::LockTable;
 use crate::membership::Membership;
 use crate::placement::place;
 use crate::queries;
+use crate::repair::Repair;
 use crate::state_machine::Command;
 use crate::store::schema::{decode, BlockRecord};
 use crate::store::tables::{get_inode, get_volume_by_id, ReadTables};
@@ -12,6 +13,7 @@ use crate::store::{self, Committer, DbResult};
 use dfs_common::codec::MAX_FRAME;
 use dfs_common::net::server::{PeerInfo, Response, Service};
 use dfs_common::proto::meta::*;
+use dfs_common::proto::MAX_CHECK_SHARDS;
 use dfs_common::{FsError, FsResult, ServerId, Timestamp};
 use quinn::RecvStream;
 use redb::Database;
@@ -23,6 +25,7 @@ pub struct MetaService {
     committer: Committer,
     membership: Arc<Membership>,
     locks: LockTable,
+    repair: Arc<Repair>,
 }
 
 impl MetaService {
@@ -31,12 +34,14 @@ impl MetaService {
         committer: Committer,
         membership: Arc<Membership>,
         locks: LockTable,
+        repair: Arc<Repair>,
     ) -> Self {
         MetaService {
             db,
             committer,
             membership,
             locks,
+            repair,
         }
     }
 
@@ -96,6 +101,8 @@ impl MetaService {
                     volumes,
                     inodes,
                     blocks,
+                    health: self.repair.health(),
+                    repair: self.repair.progress(),
                 }))
             }
             MetaRequest::StatFs { ino } => {
@@ -183,6 +190,24 @@ impl MetaService {
             MetaRequest::ReleaseLocks { ino, owner } => {
                 self.locks.release(ino, owner);
                 Ok(MetaReply::Done)
+            }
+            MetaRequest::RepairStatus => Ok(MetaReply::Repair(self.repair.progress())),
+            MetaRequest::CheckShards { server, keys } => {
+                if keys.len() > MAX_CHECK_SHARDS {
+                    return Err(FsError::TooBig(format!(
+                        "{} shards in one check",
+                        keys.len()
+                    )));
+                }
+                let stale = self
+                    .query(move |t| queries::stale_shards(t, server, &keys))
+                    .await?;
+                Ok(MetaReply::StaleShards(
+                    stale
+                        .into_iter()
+                        .filter(|&key| !self.repair.is_rebuilding(key, server))
+                        .collect(),
+                ))
             }
             MetaRequest::RenewSession { session } => {
                 self.locks.renew(session);

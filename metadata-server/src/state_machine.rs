@@ -8,6 +8,7 @@
 //! command in a savepoint, so a failed command leaves no trace.
 
 use crate::layout::{self, RefDelta};
+use crate::maintenance;
 use crate::store::schema::*;
 use crate::store::tables::{
     dir_is_empty, get_dir, get_inode, get_volume_by_id, lookup, to_attr, WriteTables,
@@ -137,6 +138,13 @@ pub fn apply(tx: &WriteTransaction, cmd: &Command) -> FsResult<MetaReply> {
             mtime,
             append,
         } => commit_write(&mut t, now, *ino, extents, *mtime, *append),
+        MetaRequest::ReportBadShard { server, key } => {
+            maintenance::report_bad_shard(&mut t, *server, *key)
+        }
+        MetaRequest::MoveShard { key, from, to } => {
+            maintenance::move_shard(&mut t, *key, *from, *to)
+        }
+        MetaRequest::DropBlocks { blocks } => maintenance::drop_blocks(&mut t, blocks),
         other => Err(FsError::invalid(format!("not a mutation: {other:?}"))),
     }
 }

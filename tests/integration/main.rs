@@ -4,6 +4,7 @@ mod cli;
 mod crash;
 mod data;
 mod faults;
+mod heal;
 mod mount;
 mod namespace;
 mod sharing;

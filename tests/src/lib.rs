@@ -23,6 +23,13 @@ use tokio_util::sync::CancellationToken;
 /// How long chunk servers may stay silent before the metadata server calls them down in tests.
 pub const TEST_SERVER_TIMEOUT: Duration = Duration::from_secs(2);
 pub const TEST_HEARTBEAT: Duration = Duration::from_millis(200);
+/// Repair scans in tests run this often.
+pub const TEST_REPAIR_INTERVAL: Duration = Duration::from_millis(500);
+/// Garbage is collected this long after it lost its last reference, in tests.
+pub const TEST_GC_GRACE: Duration = Duration::from_secs(2);
+/// Chunk servers reconcile this often in tests, deleting orphans older than the grace.
+pub const TEST_RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+pub const TEST_ORPHAN_GRACE: Duration = Duration::from_secs(3);
 
 /// A CA with one server and one client certificate.
 #[derive(Clone)]
@@ -122,6 +129,11 @@ impl TestCluster {
                 identity: certs.server_identity(),
                 server_timeout: TEST_SERVER_TIMEOUT,
                 lock_lease: dfs_meta::locks::DEFAULT_LEASE,
+                repair: dfs_meta::repair::RepairConfig {
+                    interval: TEST_REPAIR_INTERVAL,
+                    gc_grace: TEST_GC_GRACE,
+                    ..Default::default()
+                },
             },
             shutdown.clone(),
         )
@@ -157,6 +169,11 @@ impl TestCluster {
                 identity: self.certs.server_identity(),
                 capacity: None,
                 heartbeat_interval: TEST_HEARTBEAT,
+                maintenance: dfs_chunk::MaintenanceConfig {
+                    reconcile_interval: TEST_RECONCILE_INTERVAL,
+                    orphan_grace: TEST_ORPHAN_GRACE,
+                    ..Default::default()
+                },
             },
             shutdown.clone(),
         )

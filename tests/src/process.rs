@@ -41,10 +41,21 @@ pub struct ProcessCluster {
     meta: Option<Child>,
     chunks: Vec<Option<Child>>,
     starts: usize,
+    /// Extra flags for the metadata server, and per chunk server (by index).
+    pub meta_args: Vec<String>,
+    pub chunk_args: std::collections::HashMap<usize, Vec<String>>,
 }
 
 impl ProcessCluster {
     pub fn start(chunk_servers: usize) -> ProcessCluster {
+        Self::start_with(chunk_servers, |_| {})
+    }
+
+    /// Starts a cluster after `configure` has set extra flags.
+    pub fn start_with(
+        chunk_servers: usize,
+        configure: impl FnOnce(&mut ProcessCluster),
+    ) -> ProcessCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = Certs::generate();
         let certs_dir = dir.path().join("certs");
@@ -60,7 +71,10 @@ impl ProcessCluster {
             meta: None,
             chunks: (0..chunk_servers).map(|_| None).collect(),
             starts: 0,
+            meta_args: Vec::new(),
+            chunk_args: Default::default(),
         };
+        configure(&mut cluster);
         cluster.start_meta();
         for i in 0..chunk_servers {
             cluster.start_chunk(i);
@@ -87,6 +101,11 @@ impl ProcessCluster {
             .arg(&self.certs_dir)
             .arg("--server-timeout-secs")
             .arg(crate::TEST_SERVER_TIMEOUT.as_secs_f64().to_string())
+            .arg("--repair-interval-secs")
+            .arg(crate::TEST_REPAIR_INTERVAL.as_secs_f64().to_string())
+            .arg("--gc-grace-secs")
+            .arg(crate::TEST_GC_GRACE.as_secs_f64().to_string())
+            .args(&self.meta_args)
             .env("RUST_LOG", "info")
             .stdout(out)
             .stderr(err)
@@ -113,6 +132,11 @@ impl ProcessCluster {
             .arg(&self.certs_dir)
             .arg("--heartbeat-ms")
             .arg(crate::TEST_HEARTBEAT.as_millis().to_string())
+            .arg("--reconcile-secs")
+            .arg(crate::TEST_RECONCILE_INTERVAL.as_secs_f64().to_string())
+            .arg("--orphan-grace-secs")
+            .arg(crate::TEST_ORPHAN_GRACE.as_secs_f64().to_string())
+            .args(self.chunk_args.get(&i).into_iter().flatten())
             .stdout(out)
             .stderr(err)
             .spawn()

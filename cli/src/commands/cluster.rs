@@ -47,6 +47,12 @@ pub async fn run(client: &Client, cmd: ClusterCommand, json: bool) -> anyhow::Re
                 status.inodes,
                 status.blocks
             );
+            let h = &status.health;
+            println!(
+                "blocks: {} healthy, {} degraded, {} unavailable, {} pending, {} garbage",
+                h.healthy, h.degraded, h.unavailable, h.pending, h.garbage
+            );
+            println!("repair: {}", super::repair::summary(&status.repair));
             Ok(())
         }
     }

@@ -4,7 +4,9 @@
 //! - [`endpoint`]: tuned quinn endpoints (flow-control windows, socket buffers, timeouts).
 //! - [`rpc`]: one long-lived connection per peer, one bidirectional stream per request.
 //! - [`server`]: the accept loop that hands every stream to a service's handler.
+//! - [`chunks`]: connections to chunk servers and the shard transfers, for every party.
 
+pub mod chunks;
 pub mod endpoint;
 pub mod rpc;
 pub mod server;

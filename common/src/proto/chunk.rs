@@ -41,6 +41,39 @@ pub enum ChunkRequest {
     Delete { key: ShardKey },
     /// Identity and usage of the server.
     Info,
+    /// Rebuild shard `key` from other shards of its block (any k of `sources`) and store it
+    /// here. Sent by the metadata server's repair.
+    Rebuild {
+        key: ShardKey,
+        owner: ShardOwner,
+        sources: Vec<ShardSource>,
+    },
+    /// Start a scrub pass now (re-verify every shard), unless one is running.
+    ScrubStart,
+    /// Progress of the current or last scrub pass.
+    ScrubStatus,
+}
+
+/// Where another shard of the same block can be read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSource {
+    pub index: u8,
+    pub addr: String,
+}
+
+/// What a chunk server's scrubber has done.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubProgress {
+    pub running: bool,
+    /// Completed passes since the server started.
+    pub passes: u64,
+    /// Shards checked and bytes read in the current (or last) pass.
+    pub checked: u64,
+    pub bytes: u64,
+    /// Shards in the store when the pass started.
+    pub total: u64,
+    /// Corrupt shards found since the server started (each reported and removed).
+    pub corrupt: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +87,7 @@ pub enum ChunkReply {
         existed: bool,
     },
     Info(ChunkServerInfo),
+    Scrub(ScrubProgress),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

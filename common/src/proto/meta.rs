@@ -2,6 +2,7 @@
 
 use crate::ec::EcPolicy;
 use crate::ids::{BlockId, InodeId, ServerId, Timestamp, VolumeId};
+use crate::proto::chunk::ShardKey;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -113,6 +114,42 @@ pub struct ClusterStatus {
     pub volumes: u64,
     pub inodes: u64,
     pub blocks: u64,
+    /// Committed, referenced blocks by redundancy, as of the repair service's last scan.
+    pub health: BlockHealth,
+    pub repair: RepairProgress,
+}
+
+/// Blocks by how many of their shards sit on live servers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockHealth {
+    /// Every shard on a live server.
+    pub healthy: u64,
+    /// Shards lost, still readable (at least k left): queued for repair.
+    pub degraded: u64,
+    /// Fewer than k shards left: unreadable until servers come back.
+    pub unavailable: u64,
+    /// Written but not yet committed (or abandoned by a client, until collected).
+    pub pending: u64,
+    /// Unreferenced blocks waiting for garbage collection.
+    pub garbage: u64,
+}
+
+/// What the repair service has done since the metadata server started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairProgress {
+    /// Shards rebuilt, and their bytes.
+    pub shards_done: u64,
+    pub bytes_done: u64,
+    /// Shards still to rebuild, as of the last scan.
+    pub shards_left: u64,
+    /// Rebuilds that failed (retried on a later scan).
+    pub failures: u64,
+    /// Wall-clock milliseconds spent rebuilding (for the rate).
+    pub busy_ms: u64,
+    /// Blocks and bytes freed by garbage collection.
+    pub blocks_collected: u64,
+    /// Scans completed.
+    pub scans: u64,
 }
 
 /// Where a shard lives.
@@ -314,6 +351,28 @@ pub enum MetaRequest {
     RenewSession {
         session: u64,
     },
+    /// A chunk server found shard `key` corrupt (and removed it): the block no longer has it.
+    ReportBadShard {
+        server: ServerId,
+        key: ShardKey,
+    },
+    /// Repair rebuilt shard `key` on `to`: move the placement there if it is still on `from`.
+    MoveShard {
+        key: ShardKey,
+        from: ServerId,
+        to: ServerId,
+    },
+    /// Garbage collection: forget blocks that no extent refers to (still so when applied).
+    DropBlocks {
+        blocks: Vec<BlockId>,
+    },
+    /// Sent by a chunk server: which of these shards it holds are not (or no longer) its to
+    /// keep. Answered with `StaleShards`.
+    CheckShards {
+        server: ServerId,
+        keys: Vec<ShardKey>,
+    },
+    RepairStatus,
 }
 
 /// Who holds a lock: a client session (one per mount, random) and the owner within it (the
@@ -364,6 +423,8 @@ pub enum MetaReply {
     Shard(ShardLocation),
     Layout(Layout),
     Lock(Option<LockConflict>),
+    StaleShards(Vec<ShardKey>),
+    Repair(RepairProgress),
 }
 
 impl MetaRequest {
@@ -387,6 +448,8 @@ impl MetaRequest {
                 | MetaRequest::TestLock { .. }
                 | MetaRequest::ReleaseLocks { .. }
                 | MetaRequest::RenewSession { .. }
+                | MetaRequest::CheckShards { .. }
+                | MetaRequest::RepairStatus
         )
     }
 }

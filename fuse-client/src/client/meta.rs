@@ -40,6 +40,13 @@ impl Client {
         Ok(v)
     }
 
+    pub async fn repair_status(&self) -> FsResult<RepairProgress> {
+        expect_reply!(
+            self.call(&MetaRequest::RepairStatus).await?,
+            MetaReply::Repair
+        )
+    }
+
     pub async fn cluster_status(&self) -> FsResult<ClusterStatus> {
         expect_reply!(
             self.call(&MetaRequest::ClusterStatus).await?,

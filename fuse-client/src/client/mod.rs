@@ -1,7 +1,6 @@
 //! A connection to a dfs cluster: one QUIC endpoint, one connection to the metadata server,
 //! one per chunk server in use, and the erasure codecs per policy.
 
-pub mod chunks;
 pub mod dirty;
 pub mod file;
 pub mod locks;
@@ -9,8 +8,8 @@ pub mod meta;
 pub mod reader;
 pub mod writer;
 
-use chunks::ChunkPool;
 use dfs_common::erasure::Erasure;
+use dfs_common::net::chunks::ChunkPool;
 use dfs_common::net::endpoint::client_endpoint;
 use dfs_common::net::tls::Identity;
 use dfs_common::net::Peer;
@@ -135,6 +134,15 @@ impl Client {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(RETRY_PAUSE_MAX);
         }
+    }
+
+    /// Sends a frame-only request to the chunk server at `addr` (scrub control, for admins).
+    pub async fn chunk_request(
+        &self,
+        addr: &str,
+        request: &dfs_common::proto::chunk::ChunkRequest,
+    ) -> FsResult<dfs_common::proto::chunk::ChunkReply> {
+        self.inner.chunks.request(addr, request).await
     }
 
     pub(crate) fn codec(&self, policy: EcPolicy) -> FsResult<Arc<Erasure>> {

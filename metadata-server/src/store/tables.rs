@@ -143,6 +143,7 @@ pub struct ReadTables {
     pub blocks: redb::ReadOnlyTable<u64, &'static [u8]>,
     pub xattrs: redb::ReadOnlyTable<(u64, &'static str), &'static [u8]>,
     pub servers: redb::ReadOnlyTable<u64, &'static [u8]>,
+    pub garbage: redb::ReadOnlyTable<u64, i64>,
 }
 
 impl ReadTables {
@@ -155,6 +156,7 @@ impl ReadTables {
             blocks: tx.open_table(BLOCKS).db()?,
             xattrs: tx.open_table(XATTRS).db()?,
             servers: tx.open_table(SERVERS).db()?,
+            garbage: tx.open_table(GARBAGE).db()?,
         })
     }
 }

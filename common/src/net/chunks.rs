@@ -3,11 +3,11 @@
 //! A server that just failed a request is remembered as suspect for a while, so readers go
 //! straight to other shards instead of waiting on it again.
 
+use super::rpc::read_body_into;
+use super::{resolve_addr, Peer};
+use crate::error::{FsError, FsResult};
+use crate::proto::chunk::{ChunkReply, ChunkRequest, ShardKey, ShardOwner, ShardSource};
 use bytes::Bytes;
-use dfs_common::net::rpc::read_body_into;
-use dfs_common::net::{resolve_addr, Peer};
-use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ShardKey, ShardOwner};
-use dfs_common::{FsError, FsResult};
 use quinn::Endpoint;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -136,5 +136,59 @@ impl ChunkPool {
         let mut buf = vec![0u8; len as usize];
         self.get_shard_into(addr, key, offset, &mut buf).await?;
         Ok(buf)
+    }
+
+    /// Deletes a shard; returns whether it existed.
+    pub async fn delete_shard(&self, addr: &str, key: ShardKey) -> FsResult<bool> {
+        let result = async {
+            let peer = self.peer(addr)?;
+            let (reply, _) = peer
+                .call::<_, ChunkReply>(&ChunkRequest::Delete { key }, None, 4096)
+                .await?;
+            match reply {
+                ChunkReply::Deleted { existed } => Ok(existed),
+                other => Err(FsError::protocol(format!("unexpected reply {other:?}"))),
+            }
+        }
+        .await;
+        self.note(addr, result)
+    }
+
+    /// Asks the server at `addr` to rebuild shard `key` from `sources` and store it.
+    pub async fn rebuild_shard(
+        &self,
+        addr: &str,
+        key: ShardKey,
+        owner: ShardOwner,
+        sources: Vec<ShardSource>,
+    ) -> FsResult<()> {
+        let result = async {
+            let peer = self.peer(addr)?;
+            let request = ChunkRequest::Rebuild {
+                key,
+                owner,
+                sources,
+            };
+            let (reply, _) = peer.call::<_, ChunkReply>(&request, None, 4096).await?;
+            match reply {
+                ChunkReply::Stored => Ok(()),
+                other => Err(FsError::protocol(format!("unexpected reply {other:?}"))),
+            }
+        }
+        .await;
+        self.note(addr, result)
+    }
+
+    /// Sends any request that has a frame-only reply (scrub control, listings).
+    pub async fn request(&self, addr: &str, request: &ChunkRequest) -> FsResult<ChunkReply> {
+        let result = async {
+            let peer = self.peer(addr)?;
+            let (reply, _) = peer
+                .call::<_, ChunkReply>(request, None, crate::codec::MAX_FRAME)
+                .await?;
+            Ok(reply)
+        }
+        .await;
+        self.note(addr, result)
     }
 }

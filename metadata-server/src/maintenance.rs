@@ -1,0 +1,91 @@
+//! State-machine commands of block maintenance: repair moving a shard, a corrupt shard dropped
+//! from its block, garbage collection forgetting unreferenced blocks. Like every command, each
+//! checks the state it acts on, because the scan that chose it read an older snapshot.
+
+use crate::store::schema::{decode, encode, BlockRecord};
+use crate::store::tables::WriteTables;
+use crate::store::DbResult;
+use dfs_common::proto::chunk::ShardKey;
+use dfs_common::proto::meta::MetaReply;
+use dfs_common::{BlockId, FsError, FsResult, ServerId};
+use redb::ReadableTable;
+
+fn get_block(t: &WriteTables, block: BlockId) -> FsResult<Option<BlockRecord>> {
+    match t.blocks.get(block.0).db()? {
+        Some(v) => Ok(Some(decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn put_block(t: &mut WriteTables, block: BlockId, rec: &BlockRecord) -> FsResult<()> {
+    t.blocks.insert(block.0, encode(rec).as_slice()).db()?;
+    Ok(())
+}
+
+/// The shard of `key` is no longer on `server` (it was found corrupt there and removed).
+pub fn report_bad_shard(
+    t: &mut WriteTables,
+    server: ServerId,
+    key: ShardKey,
+) -> FsResult<MetaReply> {
+    if let Some(mut rec) = get_block(t, key.block)? {
+        if let Some(slot) = rec.shards.get_mut(key.index as usize) {
+            if *slot == server {
+                *slot = ServerId::NONE;
+                put_block(t, key.block, &rec)?;
+            }
+        }
+    }
+    Ok(MetaReply::Done)
+}
+
+/// Moves a rebuilt shard's placement from `from` to `to`; refused if the placement changed
+/// since the repair was planned (the rebuilt copy is then an orphan, deleted by its server).
+pub fn move_shard(
+    t: &mut WriteTables,
+    key: ShardKey,
+    from: ServerId,
+    to: ServerId,
+) -> FsResult<MetaReply> {
+    let Some(mut rec) = get_block(t, key.block)? else {
+        return Err(FsError::NotFound);
+    };
+    if rec.len.is_none() {
+        return Err(FsError::invalid("block is not committed"));
+    }
+    if rec.shards.contains(&to) {
+        return Err(FsError::invalid(format!(
+            "server {to} already holds a shard of block {}",
+            key.block
+        )));
+    }
+    let slot = rec
+        .shards
+        .get_mut(key.index as usize)
+        .ok_or_else(|| FsError::invalid("shard index out of range"))?;
+    if *slot != from {
+        return Err(FsError::invalid(format!(
+            "shard {} of block {} moved meanwhile",
+            key.index, key.block
+        )));
+    }
+    *slot = to;
+    put_block(t, key.block, &rec)?;
+    Ok(MetaReply::Done)
+}
+
+/// Forgets blocks nothing refers to: collected garbage, or pending blocks abandoned before
+/// their commit. Blocks referenced again meanwhile are kept.
+pub fn drop_blocks(t: &mut WriteTables, blocks: &[BlockId]) -> FsResult<MetaReply> {
+    for &block in blocks {
+        let Some(rec) = get_block(t, block)? else {
+            t.garbage.remove(block.0).db()?;
+            continue;
+        };
+        if rec.refs == 0 {
+            t.blocks.remove(block.0).db()?;
+            t.garbage.remove(block.0).db()?;
+        }
+    }
+    Ok(MetaReply::Done)
+}

@@ -1,0 +1,395 @@
+//! Self-healing, driven from the metadata server: a periodic scan of every block finds shards
+//! on dead servers (or missing, or found corrupt), and asks live chunk servers to rebuild them,
+//! fewest surviving shards first, a bounded number at a time and at a bounded rate. Each rebuilt
+//! shard moves its placement in one command. The same scan collects garbage: blocks no extent
+//! refers to, after a grace period, and blocks abandoned before their commit.
+//!
+//! Nothing here is durable state: after a restart the next scan finds the same work again, so
+//! a repair interrupted by any crash resumes. A shard rebuilt but not yet moved to is an orphan
+//! that its server's reconciliation deletes.
+
+use crate::membership::Membership;
+use crate::placement::place;
+use crate::state_machine::Command;
+use crate::store::schema::{decode, BlockRecord};
+use crate::store::tables::ReadTables;
+use crate::store::{self, Committer, DbResult};
+use dfs_common::net::chunks::ChunkPool;
+use dfs_common::proto::chunk::{ShardKey, ShardOwner, ShardSource};
+use dfs_common::proto::meta::{BlockHealth, MetaRequest, RepairProgress};
+use dfs_common::{BlockId, FsError, FsResult, ServerId, Timestamp};
+use redb::{Database, ReadableTable};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug)]
+pub struct RepairConfig {
+    /// Time between scans.
+    pub interval: Duration,
+    /// Shards rebuilt at once.
+    pub parallel: usize,
+    /// Bytes per second rebuilt at most, so client I/O keeps going.
+    pub rate: u64,
+    /// Unreferenced blocks are deleted this long after they lost their last reference.
+    pub gc_grace: Duration,
+    /// Blocks allocated but never committed are deleted this long after allocation.
+    pub pending_grace: Duration,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        RepairConfig {
+            interval: Duration::from_secs(10),
+            parallel: 4,
+            rate: 100 << 20,
+            gc_grace: Duration::from_secs(600),
+            pending_grace: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// One shard to rebuild.
+struct Job {
+    key: ShardKey,
+    rec: BlockRecord,
+    /// Where the shard was placed (a dead server, or `ServerId::NONE`).
+    from: ServerId,
+    surviving: usize,
+}
+
+pub struct Repair {
+    db: Arc<Database>,
+    committer: Committer,
+    membership: Arc<Membership>,
+    pool: Arc<ChunkPool>,
+    config: RepairConfig,
+    progress: Mutex<RepairProgress>,
+    health: Mutex<BlockHealth>,
+    /// Shards being rebuilt (block, index, target): not orphans yet, whatever the placement says.
+    in_flight: Mutex<HashSet<(BlockId, u8, ServerId)>>,
+}
+
+impl Repair {
+    pub fn new(
+        db: Arc<Database>,
+        committer: Committer,
+        membership: Arc<Membership>,
+        pool: Arc<ChunkPool>,
+        config: RepairConfig,
+    ) -> Self {
+        Repair {
+            db,
+            committer,
+            membership,
+            pool,
+            config,
+            progress: Mutex::new(RepairProgress::default()),
+            health: Mutex::new(BlockHealth::default()),
+            in_flight: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn progress(&self) -> RepairProgress {
+        self.progress.lock().expect("progress lock").clone()
+    }
+
+    pub fn health(&self) -> BlockHealth {
+        self.health.lock().expect("health lock").clone()
+    }
+
+    /// Whether `server` is being given shard `key` by a rebuild in progress.
+    pub fn is_rebuilding(&self, key: ShardKey, server: ServerId) -> bool {
+        self.in_flight
+            .lock()
+            .expect("in-flight lock")
+            .contains(&(key.block, key.index, server))
+    }
+
+    /// Scans, repairs and collects until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.config.interval) => {}
+            }
+            if let Err(e) = self.pass(&shutdown).await {
+                tracing::warn!("repair pass failed: {e}");
+            }
+        }
+    }
+
+    /// One scan, then the repairs and collection it found.
+    pub async fn pass(self: &Arc<Self>, shutdown: &CancellationToken) -> FsResult<()> {
+        let live = self.membership.live_addrs();
+        let (jobs, garbage, health) = {
+            let db = self.db.clone();
+            let live: HashSet<ServerId> = live.keys().copied().collect();
+            let config = self.config.clone();
+            tokio::task::spawn_blocking(move || -> FsResult<_> {
+                let tx = store::read(&db)?;
+                scan(&ReadTables::open(&tx)?, &live, &config)
+            })
+            .await
+            .map_err(|e| FsError::io(format!("scan task: {e}")))??
+        };
+        *self.health.lock().expect("health lock") = health;
+        {
+            let mut p = self.progress.lock().expect("progress lock");
+            p.shards_left = jobs.len() as u64;
+            p.scans += 1;
+        }
+        self.collect(garbage).await;
+        self.rebuild_all(jobs, &live, shutdown).await;
+        Ok(())
+    }
+
+    /// Rebuilds shards in the order given, `parallel` at a time, at most `rate` bytes/s.
+    async fn rebuild_all(
+        self: &Arc<Self>,
+        jobs: Vec<Job>,
+        live: &HashMap<ServerId, String>,
+        shutdown: &CancellationToken,
+    ) {
+        let started = Instant::now();
+        let mut bytes = 0u64;
+        let mut running = JoinSet::new();
+        // Targets chosen in this pass, so two lost shards of a block go to different servers.
+        let mut chosen: HashMap<BlockId, Vec<ServerId>> = HashMap::new();
+        for job in jobs {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            while running.len() >= self.config.parallel.max(1) {
+                running.join_next().await;
+            }
+            let taken = chosen.entry(job.key.block).or_default();
+            let Some((target, sources)) = self.plan(&job, live, taken) else {
+                continue;
+            };
+            taken.push(target);
+            let shard_len = job.rec.policy.shard_len(job.rec.len.unwrap_or(0));
+            // Keep to the rate: wait until the bytes so far fit the time so far.
+            let due = Duration::from_secs_f64(bytes as f64 / self.config.rate.max(1) as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+            bytes += shard_len;
+            self.in_flight.lock().expect("in-flight lock").insert((
+                job.key.block,
+                job.key.index,
+                target,
+            ));
+            let this = self.clone();
+            let addr = live.get(&target).cloned().unwrap_or_default();
+            running.spawn(async move { this.rebuild_one(job, target, addr, sources).await });
+        }
+        while running.join_next().await.is_some() {}
+        if bytes > 0 {
+            self.progress.lock().expect("progress lock").busy_ms +=
+                started.elapsed().as_millis() as u64;
+        }
+    }
+
+    async fn rebuild_one(
+        &self,
+        job: Job,
+        target: ServerId,
+        addr: String,
+        sources: Vec<ShardSource>,
+    ) {
+        let key = job.key;
+        let shard_len = job.rec.policy.shard_len(job.rec.len.unwrap_or(0));
+        let result = self.rebuild(job, target, &addr, sources).await;
+        self.in_flight
+            .lock()
+            .expect("in-flight lock")
+            .remove(&(key.block, key.index, target));
+        let mut p = self.progress.lock().expect("progress lock");
+        match result {
+            Ok(()) => {
+                p.shards_done += 1;
+                p.bytes_done += shard_len;
+                p.shards_left = p.shards_left.saturating_sub(1);
+                tracing::info!(block = %key.block, index = key.index, %target, "shard rebuilt");
+            }
+            Err(e) => {
+                p.failures += 1;
+                tracing::warn!(block = %key.block, index = key.index, %target, "repair failed: {e}");
+            }
+        }
+    }
+
+    /// Asks `target` to rebuild the shard, then moves the placement to it.
+    async fn rebuild(
+        &self,
+        job: Job,
+        target: ServerId,
+        addr: &str,
+        sources: Vec<ShardSource>,
+    ) -> FsResult<()> {
+        let len = job
+            .rec
+            .len
+            .ok_or_else(|| FsError::invalid("block not committed"))?;
+        let owner = ShardOwner {
+            volume: job.rec.volume,
+            policy: job.rec.policy,
+            block_len: len,
+        };
+        self.pool
+            .rebuild_shard(addr, job.key, owner, sources)
+            .await?;
+        let command = Command {
+            now: Timestamp::now(),
+            request: MetaRequest::MoveShard {
+                key: job.key,
+                from: job.from,
+                to: target,
+            },
+            placement: vec![],
+        };
+        if let Err(e) = self.committer.submit(command).await {
+            // The placement changed meanwhile: the new copy is not wanted.
+            let _ = self.pool.delete_shard(addr, job.key).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Chooses where to rebuild a shard and what to read it from; `None` if that is impossible
+    /// now (too few shards left, no server to put it on).
+    fn plan(
+        &self,
+        job: &Job,
+        live: &HashMap<ServerId, String>,
+        taken: &[ServerId],
+    ) -> Option<(ServerId, Vec<ShardSource>)> {
+        let sources: Vec<ShardSource> = job
+            .rec
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|&(i, s)| i != job.key.index as usize && live.contains_key(s))
+            .map(|(i, s)| ShardSource {
+                index: i as u8,
+                addr: live[s].clone(),
+            })
+            .collect();
+        if sources.len() < job.rec.policy.k() {
+            return None;
+        }
+        let candidates: Vec<_> = self
+            .membership
+            .live()
+            .into_iter()
+            .filter(|c| live.contains_key(&c.id))
+            .collect();
+        let shard_len = job.rec.policy.shard_len(job.rec.len.unwrap_or(0));
+        let exclude: Vec<ServerId> = job.rec.shards.iter().chain(taken).copied().collect();
+        match place(&candidates, 1, shard_len, rand::random(), &exclude) {
+            Ok(p) => p.first().map(|&target| (target, sources)),
+            Err(e) => {
+                tracing::debug!(block = %job.key.block, "no server to rebuild onto: {e}");
+                None
+            }
+        }
+    }
+
+    /// Forgets collectable blocks, then deletes their shards from the servers that are up
+    /// (those that are not delete theirs when they reconcile).
+    async fn collect(&self, garbage: Vec<(BlockId, BlockRecord)>) {
+        let live = self.membership.live_addrs();
+        for batch in garbage.chunks(1024) {
+            let blocks: Vec<BlockId> = batch.iter().map(|(b, _)| *b).collect();
+            let command = Command {
+                now: Timestamp::now(),
+                request: MetaRequest::DropBlocks { blocks },
+                placement: vec![],
+            };
+            if let Err(e) = self.committer.submit(command).await {
+                tracing::warn!("garbage collection failed: {e}");
+                return;
+            }
+            let mut deletes = JoinSet::new();
+            for (block, rec) in batch {
+                for (index, server) in rec.shards.iter().enumerate() {
+                    let Some(addr) = live.get(server).cloned() else {
+                        continue;
+                    };
+                    let pool = self.pool.clone();
+                    let key = ShardKey {
+                        block: *block,
+                        index: index as u8,
+                    };
+                    deletes.spawn(async move { pool.delete_shard(&addr, key).await });
+                }
+                self.progress
+                    .lock()
+                    .expect("progress lock")
+                    .blocks_collected += 1;
+            }
+            while deletes.join_next().await.is_some() {}
+        }
+    }
+}
+
+/// What a scan found: shards to rebuild (fewest surviving first), blocks to collect, health.
+type ScanResult = (Vec<Job>, Vec<(BlockId, BlockRecord)>, BlockHealth);
+
+/// Reads every block: the shards to rebuild, block health, and what to collect.
+fn scan(t: &ReadTables, live: &HashSet<ServerId>, config: &RepairConfig) -> FsResult<ScanResult> {
+    let now = Timestamp::now();
+    let older_than =
+        |at: i64, grace: Duration| now.secs.saturating_sub(at) >= grace.as_secs() as i64;
+    let mut jobs = Vec::new();
+    let mut garbage = Vec::new();
+    let mut health = BlockHealth::default();
+    for item in t.blocks.iter().db()? {
+        let (block, value) = item.db()?;
+        let block = BlockId(block.value());
+        let rec: BlockRecord = decode(value.value())?;
+        if rec.len.is_none() {
+            health.pending += 1;
+            if rec.refs == 0 && older_than(rec.created.secs, config.pending_grace) {
+                garbage.push((block, rec));
+            }
+            continue;
+        }
+        if rec.refs == 0 {
+            health.garbage += 1;
+            let since = t.garbage.get(block.0).db()?.map(|v| v.value());
+            if since.is_some_and(|at| older_than(at, config.gc_grace)) {
+                garbage.push((block, rec));
+            }
+            continue;
+        }
+        let surviving = rec.shards.iter().filter(|s| live.contains(s)).count();
+        if surviving == rec.shards.len() {
+            health.healthy += 1;
+        } else if surviving >= rec.policy.k() {
+            health.degraded += 1;
+        } else {
+            health.unavailable += 1;
+            // Nothing to rebuild from until servers come back.
+            continue;
+        }
+        for (index, &server) in rec.shards.iter().enumerate() {
+            if !live.contains(&server) {
+                jobs.push(Job {
+                    key: ShardKey {
+                        block,
+                        index: index as u8,
+                    },
+                    rec: rec.clone(),
+                    from: server,
+                    surviving,
+                });
+            }
+        }
+    }
+    jobs.sort_by_key(|j: &Job| (j.surviving, j.key.block, j.key.index));
+    Ok((jobs, garbage, health))
+}
