@@ -36,6 +36,9 @@ enum Command {
     /// Cluster-wide state.
     #[command(subcommand)]
     Cluster(commands::cluster::ClusterCommand),
+    /// Chunk servers: list, drain (move every shard off), remove.
+    #[command(subcommand)]
+    Node(commands::node::NodeCommand),
     /// Progress of the automatic repair of lost shards.
     #[command(subcommand)]
     Repair(commands::repair::RepairCommand),

@@ -63,14 +63,21 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
     let reset_key =
         dfs_common::net::endpoint::load_or_create_reset_key(&config.data_dir.join("reset-key"))?;
     let db = store::open(&config.data_dir.join("meta.redb"))?;
-    let registered = {
+    let (registered, draining) = {
         let tx = store::read(&db)?;
-        queries::registered_servers(&store::tables::ReadTables::open(&tx)?)?
+        let t = store::tables::ReadTables::open(&tx)?;
+        (
+            queries::registered_servers(&t)?,
+            queries::draining_servers(&t)?,
+        )
     };
     let membership = Arc::new(membership::Membership::new(
         config.server_timeout,
         registered,
     ));
+    for server in draining {
+        membership.set_draining(server, true);
+    }
     let (committer, committer_thread) = store::Committer::start(db.clone());
     let endpoint = server_endpoint(config.listen, &config.identity, Some(reset_key))?;
     let addr = endpoint.local_addr()?;

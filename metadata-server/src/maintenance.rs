@@ -89,3 +89,39 @@ pub fn drop_blocks(t: &mut WriteTables, blocks: &[BlockId]) -> FsResult<MetaRepl
     }
     Ok(MetaReply::Done)
 }
+
+pub fn drain_server(
+    t: &mut WriteTables,
+    now: dfs_common::Timestamp,
+    server: ServerId,
+    drain: bool,
+) -> FsResult<MetaReply> {
+    if t.servers.get(server.0).db()?.is_none() {
+        return Err(FsError::NotFound);
+    }
+    if drain {
+        if t.draining.get(server.0).db()?.is_none() {
+            t.draining.insert(server.0, now.secs).db()?;
+        }
+    } else {
+        t.draining.remove(server.0).db()?;
+    }
+    Ok(MetaReply::Done)
+}
+
+/// Forgets a server; refused while any block still places a shard on it.
+pub fn remove_server(t: &mut WriteTables, server: ServerId) -> FsResult<MetaReply> {
+    if t.servers.get(server.0).db()?.is_none() {
+        return Err(FsError::NotFound);
+    }
+    for item in t.blocks.iter().db()? {
+        let (_, value) = item.db()?;
+        let rec: BlockRecord = decode(value.value())?;
+        if rec.shards.contains(&server) {
+            return Err(FsError::NotEmpty);
+        }
+    }
+    t.servers.remove(server.0).db()?;
+    t.draining.remove(server.0).db()?;
+    Ok(MetaReply::Done)
+}

@@ -23,6 +23,8 @@ pub struct Membership {
     /// A server silent for longer is down.
     timeout: Duration,
     started: Instant,
+    /// Servers being drained: live, readable, but no new shards go there.
+    draining: Mutex<std::collections::HashSet<ServerId>>,
 }
 
 impl Membership {
@@ -46,15 +48,58 @@ impl Membership {
             servers: Mutex::new(servers),
             timeout,
             started: Instant::now(),
+            draining: Mutex::new(Default::default()),
         }
     }
 
-    /// Live servers once at least `wanted` are live, or once every server that is up has
+    pub fn set_draining(&self, server: ServerId, draining: bool) {
+        let mut set = self.draining.lock().expect("draining lock");
+        if draining {
+            set.insert(server);
+        } else {
+            set.remove(&server);
+        }
+    }
+
+    pub fn is_draining(&self, server: ServerId) -> bool {
+        self.draining
+            .lock()
+            .expect("draining lock")
+            .contains(&server)
+    }
+
+    /// Whether the server heartbeats now.
+    pub fn is_live(&self, server: ServerId) -> bool {
+        let servers = self.servers.lock().expect("membership lock");
+        servers
+            .get(&server)
+            .is_some_and(|s| self.is_up(s, Instant::now()))
+    }
+
+    /// Forgets a removed server.
+    pub fn forget(&self, server: ServerId) {
+        self.servers
+            .lock()
+            .expect("membership lock")
+            .remove(&server);
+        self.set_draining(server, false);
+    }
+
+    /// Live servers that may receive new shards (not draining).
+    pub fn placeable(&self) -> Vec<Candidate> {
+        let draining = self.draining.lock().expect("draining lock").clone();
+        self.live()
+            .into_iter()
+            .filter(|c| !draining.contains(&c.id))
+            .collect()
+    }
+
+    /// Placeable servers once at least `wanted` are live, or once every server that is up has
     /// had the time to send a heartbeat since this server started. Right after a restart no
     /// heartbeat has arrived yet, and placing then would fail writes for no reason.
     pub async fn live_when_known(&self, wanted: usize) -> Vec<Candidate> {
         loop {
-            let live = self.live();
+            let live = self.placeable();
             if live.len() >= wanted || self.started.elapsed() > self.timeout {
                 return live;
             }
@@ -139,6 +184,8 @@ impl Membership {
                 used: s.used,
                 shards: s.shards,
                 last_seen_secs: s.at.map(|at| now.duration_since(at).as_secs()),
+                draining: self.is_draining(id),
+                placed: 0,
             })
             .collect()
     }

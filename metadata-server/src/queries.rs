@@ -190,6 +190,14 @@ pub fn registered_servers(t: &ReadTables) -> FsResult<Vec<(ServerId, String)>> {
     Ok(out)
 }
 
+pub fn draining_servers(t: &ReadTables) -> FsResult<Vec<ServerId>> {
+    let mut out = Vec::new();
+    for item in t.draining.iter().db()? {
+        out.push(ServerId(item.db()?.0.value()));
+    }
+    Ok(out)
+}
+
 /// Which of `keys`, held by `server`, it should not keep: their block is gone, or that shard
 /// of the block is placed elsewhere.
 pub fn stale_shards(

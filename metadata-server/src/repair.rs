@@ -70,6 +70,10 @@ pub struct Repair {
     health: Mutex<BlockHealth>,
     /// Shards being rebuilt (block, index, target): not orphans yet, whatever the placement says.
     in_flight: Mutex<HashSet<(BlockId, u8, ServerId)>>,
+    /// Shards placed per server, as of the last scan.
+    placed: Mutex<HashMap<ServerId, u64>>,
+    /// Wakes the loop for a pass before the interval ends.
+    wake: tokio::sync::Notify,
 }
 
 impl Repair {
@@ -89,7 +93,19 @@ impl Repair {
             progress: Mutex::new(RepairProgress::default()),
             health: Mutex::new(BlockHealth::default()),
             in_flight: Mutex::new(HashSet::new()),
+            placed: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Shards placed per server, as of the last scan.
+    pub fn placed(&self) -> HashMap<ServerId, u64> {
+        self.placed.lock().expect("placed lock").clone()
+    }
+
+    /// Starts a pass soon (a drain began, say) instead of at the next interval.
+    pub fn kick(&self) {
+        self.wake.notify_one();
     }
 
     pub fn progress(&self) -> RepairProgress {
@@ -114,6 +130,7 @@ impl Repair {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(self.config.interval) => {}
+                _ = self.wake.notified() => {}
             }
             if let Err(e) = self.pass(&shutdown).await {
                 tracing::warn!("repair pass failed: {e}");
@@ -124,18 +141,24 @@ impl Repair {
     /// One scan, then the repairs and collection it found.
     pub async fn pass(self: &Arc<Self>, shutdown: &CancellationToken) -> FsResult<()> {
         let live = self.membership.live_addrs();
-        let (jobs, garbage, health) = {
+        let draining: HashSet<ServerId> = live
+            .keys()
+            .copied()
+            .filter(|&s| self.membership.is_draining(s))
+            .collect();
+        let (jobs, garbage, health, placed) = {
             let db = self.db.clone();
             let live: HashSet<ServerId> = live.keys().copied().collect();
             let config = self.config.clone();
             tokio::task::spawn_blocking(move || -> FsResult<_> {
                 let tx = store::read(&db)?;
-                scan(&ReadTables::open(&tx)?, &live, &config)
+                scan(&ReadTables::open(&tx)?, &live, &draining, &config)
             })
             .await
             .map_err(|e| FsError::io(format!("scan task: {e}")))??
         };
         *self.health.lock().expect("health lock") = health;
+        *self.placed.lock().expect("placed lock") = placed;
         {
             let mut p = self.progress.lock().expect("progress lock");
             p.shards_left = jobs.len() as u64;
@@ -283,7 +306,7 @@ impl Repair {
         }
         let candidates: Vec<_> = self
             .membership
-            .live()
+            .placeable()
             .into_iter()
             .filter(|c| live.contains_key(&c.id))
             .collect();
@@ -336,17 +359,29 @@ impl Repair {
     }
 }
 
-/// What a scan found: shards to rebuild (fewest surviving first), blocks to collect, health.
-type ScanResult = (Vec<Job>, Vec<(BlockId, BlockRecord)>, BlockHealth);
+/// What a scan found: shards to rebuild or move (fewest surviving first, moves off draining
+/// servers last), blocks to collect, health, and shards placed per server.
+type ScanResult = (
+    Vec<Job>,
+    Vec<(BlockId, BlockRecord)>,
+    BlockHealth,
+    HashMap<ServerId, u64>,
+);
 
 /// Reads every block: the shards to rebuild, block health, and what to collect.
-fn scan(t: &ReadTables, live: &HashSet<ServerId>, config: &RepairConfig) -> FsResult<ScanResult> {
+fn scan(
+    t: &ReadTables,
+    live: &HashSet<ServerId>,
+    draining: &HashSet<ServerId>,
+    config: &RepairConfig,
+) -> FsResult<ScanResult> {
     let now = Timestamp::now();
     let older_than =
         |at: i64, grace: Duration| now.secs.saturating_sub(at) >= grace.as_secs() as i64;
     let mut jobs = Vec::new();
     let mut garbage = Vec::new();
     let mut health = BlockHealth::default();
+    let mut placed: HashMap<ServerId, u64> = HashMap::new();
     for item in t.blocks.iter().db()? {
         let (block, value) = item.db()?;
         let block = BlockId(block.value());
@@ -366,6 +401,9 @@ fn scan(t: &ReadTables, live: &HashSet<ServerId>, config: &RepairConfig) -> FsRe
             }
             continue;
         }
+        for s in &rec.shards {
+            *placed.entry(*s).or_default() += 1;
+        }
         let surviving = rec.shards.iter().filter(|s| live.contains(s)).count();
         if surviving == rec.shards.len() {
             health.healthy += 1;
@@ -377,7 +415,10 @@ fn scan(t: &ReadTables, live: &HashSet<ServerId>, config: &RepairConfig) -> FsRe
             continue;
         }
         for (index, &server) in rec.shards.iter().enumerate() {
-            if !live.contains(&server) {
+            // A shard on a draining server is readable, so it is moved after every real loss
+            // (it sorts as if the block had one more shard than it has).
+            let moving = draining.contains(&server);
+            if !live.contains(&server) || moving {
                 jobs.push(Job {
                     key: ShardKey {
                         block,
@@ -385,11 +426,11 @@ fn scan(t: &ReadTables, live: &HashSet<ServerId>, config: &RepairConfig) -> FsRe
                     },
                     rec: rec.clone(),
                     from: server,
-                    surviving,
+                    surviving: surviving + usize::from(moving),
                 });
             }
         }
     }
     jobs.sort_by_key(|j: &Job| (j.surviving, j.key.block, j.key.index));
-    Ok((jobs, garbage, health))
+    Ok((jobs, garbage, health, placed))
 }

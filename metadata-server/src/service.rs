@@ -96,8 +96,13 @@ impl MetaService {
             }
             MetaRequest::ClusterStatus => {
                 let (volumes, inodes, blocks) = self.query(queries::counts).await?;
+                let mut servers = self.membership.status();
+                let placed = self.repair.placed();
+                for s in &mut servers {
+                    s.placed = placed.get(&s.id).copied().unwrap_or(0);
+                }
                 Ok(MetaReply::Cluster(ClusterStatus {
-                    servers: self.membership.status(),
+                    servers,
                     volumes,
                     inodes,
                     blocks,
@@ -192,6 +197,22 @@ impl MetaService {
                 Ok(MetaReply::Done)
             }
             MetaRequest::RepairStatus => Ok(MetaReply::Repair(self.repair.progress())),
+            MetaRequest::DrainServer { server, drain } => {
+                let reply = self.commit(request, vec![]).await?;
+                self.membership.set_draining(server, drain);
+                self.repair.kick();
+                Ok(reply)
+            }
+            MetaRequest::RemoveServer { server } => {
+                if self.membership.is_live(server) {
+                    return Err(FsError::invalid(format!(
+                        "chunk server {server} is up: stop it first (drain it before, so it holds nothing)"
+                    )));
+                }
+                let reply = self.commit(request, vec![]).await?;
+                self.membership.forget(server);
+                Ok(reply)
+            }
             MetaRequest::CheckShards { server, keys } => {
                 if keys.len() > MAX_CHECK_SHARDS {
                     return Err(FsError::TooBig(format!(

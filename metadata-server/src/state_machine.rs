@@ -145,6 +145,10 @@ pub fn apply(tx: &WriteTransaction, cmd: &Command) -> FsResult<MetaReply> {
             maintenance::move_shard(&mut t, *key, *from, *to)
         }
         MetaRequest::DropBlocks { blocks } => maintenance::drop_blocks(&mut t, blocks),
+        MetaRequest::DrainServer { server, drain } => {
+            maintenance::drain_server(&mut t, now, *server, *drain)
+        }
+        MetaRequest::RemoveServer { server } => maintenance::remove_server(&mut t, *server),
         other => Err(FsError::invalid(format!("not a mutation: {other:?}"))),
     }
 }

@@ -161,6 +161,29 @@ impl ProcessCluster {
         Self::kill(&mut self.chunks[i]);
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) chunk server `i`: silent to everyone while
+    /// frozen, as if cut off from the network, then back with everything it had.
+    pub fn freeze_chunk(&mut self, i: usize, frozen: bool) {
+        let child = self.chunks[i].as_ref().expect("chunk server running");
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {signal} failed");
+    }
+
+    /// The server id chunk server `i` chose (from its data directory).
+    pub fn chunk_id(&self, i: usize) -> u64 {
+        let text = std::fs::read_to_string(self.chunk_dir(i).join("identity"))
+            .expect("chunk server identity");
+        text.lines()
+            .find_map(|l| l.strip_prefix("id = "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("id line")
+    }
+
     /// A `dfs` CLI command already pointed at this cluster.
     pub fn cli(&self) -> Command {
         let mut cmd = Command::new(binary("dfs"));

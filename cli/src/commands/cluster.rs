@@ -1,8 +1,9 @@
-//! `dfs cluster status`: servers, their state and capacity.
+//! `dfs cluster status`: servers, their state and capacity, block health, repair progress.
 
 use crate::output;
 use clap::Subcommand;
 use dfs_client::Client;
+use dfs_common::proto::meta::ServerStatus;
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
@@ -17,28 +18,7 @@ pub async fn run(client: &Client, cmd: ClusterCommand, json: bool) -> anyhow::Re
             if json {
                 return output::json(&status);
             }
-            let rows: Vec<Vec<String>> = status
-                .servers
-                .iter()
-                .map(|s| {
-                    vec![
-                        s.id.to_string(),
-                        s.addr.clone(),
-                        if s.up { "up".into() } else { "down".into() },
-                        output::size(s.capacity),
-                        output::size(s.used),
-                        s.shards.to_string(),
-                        s.last_seen_secs
-                            .map_or("never".into(), |t| format!("{t}s ago")),
-                    ]
-                })
-                .collect();
-            output::table(
-                &[
-                    "SERVER", "ADDRESS", "STATE", "CAPACITY", "USED", "SHARDS", "SEEN",
-                ],
-                &rows,
-            );
+            server_table(&status.servers);
             let up = status.servers.iter().filter(|s| s.up).count();
             println!(
                 "\n{up}/{} servers up, {} volumes, {} inodes, {} blocks",
@@ -56,4 +36,36 @@ pub async fn run(client: &Client, cmd: ClusterCommand, json: bool) -> anyhow::Re
             Ok(())
         }
     }
+}
+
+/// The chunk servers as a table: state, capacity, use, shards held and placed.
+pub fn server_table(servers: &[ServerStatus]) {
+    let rows: Vec<Vec<String>> = servers
+        .iter()
+        .map(|s| {
+            let state = match (s.up, s.draining) {
+                (true, false) => "up",
+                (true, true) => "draining",
+                (false, false) => "down",
+                (false, true) => "down, draining",
+            };
+            vec![
+                s.id.to_string(),
+                s.addr.clone(),
+                state.into(),
+                output::size(s.capacity),
+                output::size(s.used),
+                s.shards.to_string(),
+                s.placed.to_string(),
+                s.last_seen_secs
+                    .map_or("never".into(), |t| format!("{t}s ago")),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "SERVER", "ADDRESS", "STATE", "CAPACITY", "USED", "SHARDS", "PLACED", "SEEN",
+        ],
+        &rows,
+    );
 }

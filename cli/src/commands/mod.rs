@@ -3,6 +3,7 @@
 pub mod cert;
 pub mod cluster;
 pub mod files;
+pub mod node;
 pub mod repair;
 pub mod volume;
 
@@ -25,6 +26,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Volume(cmd) => volume::run(&client, cmd, json).await,
         Command::Cluster(cmd) => cluster::run(&client, cmd, json).await,
         Command::Repair(cmd) => repair::run(&client, cmd, json).await,
+        Command::Node(cmd) => node::run(&client, cmd, json).await,
         Command::Scrub(cmd) => repair::scrub(&client, cmd, json).await,
         Command::Put(args) => files::put(&client, args, json).await,
         Command::Get(args) => files::get(&client, args, json).await,

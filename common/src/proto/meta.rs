@@ -106,6 +106,10 @@ pub struct ServerStatus {
     pub shards: u64,
     /// Seconds since the last heartbeat, if one was seen since the metadata server started.
     pub last_seen_secs: Option<u64>,
+    /// Being drained: placement avoids it and repair moves its shards away.
+    pub draining: bool,
+    /// Shards the metadata server places on it, as of the repair service's last scan.
+    pub placed: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -373,6 +377,16 @@ pub enum MetaRequest {
         keys: Vec<ShardKey>,
     },
     RepairStatus,
+    /// Starts (or with `drain: false` cancels) moving every shard off a server; placement
+    /// avoids it meanwhile.
+    DrainServer {
+        server: ServerId,
+        drain: bool,
+    },
+    /// Forgets a server that is down and holds no shard the cluster places on it.
+    RemoveServer {
+        server: ServerId,
+    },
 }
 
 /// Who holds a lock: a client session (one per mount, random) and the owner within it (the

@@ -2,7 +2,7 @@
 
 use super::{expect_reply, Client};
 use dfs_common::proto::meta::*;
-use dfs_common::{EcPolicy, FsError, FsResult, InodeId};
+use dfs_common::{EcPolicy, FsError, FsResult, InodeId, ServerId};
 
 impl Client {
     pub async fn create_volume(
@@ -38,6 +38,19 @@ impl Client {
         )?;
         self.remember_volumes(std::slice::from_ref(&v));
         Ok(v)
+    }
+
+    /// Starts or cancels draining a chunk server.
+    pub async fn drain_server(&self, server: ServerId, drain: bool) -> FsResult<()> {
+        expect_done(
+            self.call(&MetaRequest::DrainServer { server, drain })
+                .await?,
+        )
+    }
+
+    /// Forgets a chunk server that is down and holds no placed shard.
+    pub async fn remove_server(&self, server: ServerId) -> FsResult<()> {
+        expect_done(self.call(&MetaRequest::RemoveServer { server }).await?)
     }
 
     pub async fn repair_status(&self) -> FsResult<RepairProgress> {

@@ -11,6 +11,7 @@
 //! | `servers`  | server id                 | [`ServerRecord`]                   | chunk-server addresses survive restarts |
 //! | `garbage`  | block id                  | seconds when it became unreferenced | the collector's work list            |
 //! | `counters` | counter name              | next id                            | ids are never reused                  |
+//! | `draining` | server id                 | seconds when the drain began       | placement avoids it, repair empties it |
 //!
 //! Records are bincode behind a one-byte format version (see [`encode`]), so an older record can
 //! still be decoded after a format change; integers in keys are fixed-width by redb.
@@ -29,6 +30,7 @@ pub const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 pub const XATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("xattrs");
 pub const SERVERS: TableDefinition<u64, &[u8]> = TableDefinition::new("servers");
 pub const GARBAGE: TableDefinition<u64, i64> = TableDefinition::new("garbage");
+pub const DRAINING: TableDefinition<u64, i64> = TableDefinition::new("draining");
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
 pub const NEXT_INODE: &str = "next_inode";

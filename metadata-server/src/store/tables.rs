@@ -21,6 +21,7 @@ pub struct WriteTables<'t> {
     pub servers: Table<'t, u64, &'static [u8]>,
     pub garbage: Table<'t, u64, i64>,
     pub counters: Table<'t, &'static str, u64>,
+    pub draining: Table<'t, u64, i64>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -35,6 +36,7 @@ impl<'t> WriteTables<'t> {
             servers: tx.open_table(SERVERS).db()?,
             garbage: tx.open_table(GARBAGE).db()?,
             counters: tx.open_table(COUNTERS).db()?,
+            draining: tx.open_table(DRAINING).db()?,
         })
     }
 
@@ -144,6 +146,7 @@ pub struct ReadTables {
     pub xattrs: redb::ReadOnlyTable<(u64, &'static str), &'static [u8]>,
     pub servers: redb::ReadOnlyTable<u64, &'static [u8]>,
     pub garbage: redb::ReadOnlyTable<u64, i64>,
+    pub draining: redb::ReadOnlyTable<u64, i64>,
 }
 
 impl ReadTables {
@@ -157,6 +160,7 @@ impl ReadTables {
             xattrs: tx.open_table(XATTRS).db()?,
             servers: tx.open_table(SERVERS).db()?,
             garbage: tx.open_table(GARBAGE).db()?,
+            draining: tx.open_table(DRAINING).db()?,
         })
     }
 }
