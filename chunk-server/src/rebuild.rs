@@ -1,5 +1,6 @@
-//! Rebuilding a lost shard on this server, when the metadata server's repair asks: read the same
-//! shard range (the whole shard) from any k other shards of the block, decode, store durably.
+//! Rebuilding a lost shard on this server, when the metadata server's repair asks: read the
+//! whole shard range from any k other shards of the block (each verified against its checksums
+//! as it is read), decode, store durably, and verify what was stored.
 
 use crate::store::{validate_put, ShardStore};
 use dfs_common::erasure::Erasure;
@@ -71,8 +72,13 @@ pub async fn rebuild(
     let data = shards[key.index as usize]
         .take()
         .ok_or_else(|| FsError::io("decoder left the shard empty"))?;
+    // Stored durably, then read back and checked against its fresh checksums before the
+    // metadata server is told it exists.
     let store = store.clone();
-    tokio::task::spawn_blocking(move || store.put(key, owner, &data))
-        .await
-        .map_err(|e| FsError::io(format!("disk task failed: {e}")))?
+    tokio::task::spawn_blocking(move || {
+        store.put(key, owner, &data)?;
+        store.verify(&key)
+    })
+    .await
+    .map_err(|e| FsError::io(format!("disk task failed: {e}")))?
 }

@@ -42,6 +42,12 @@ enum Command {
     /// Progress of the automatic repair of lost shards.
     #[command(subcommand)]
     Repair(commands::repair::RepairCommand),
+    /// Move shards toward even counts per chunk server (after adding servers), at the repair
+    /// rate. With --wait, follows it until the counts are even.
+    Rebalance {
+        #[arg(long)]
+        wait: bool,
+    },
     /// Re-verify every shard's checksums on every chunk server.
     #[command(subcommand)]
     Scrub(commands::repair::ScrubCommand),

@@ -63,6 +63,10 @@ struct Args {
     /// Seconds a block allocated but never committed (its writer died) is kept [default: 3600].
     #[arg(long, env = "DFS_META_PENDING_GRACE_SECS")]
     pending_grace_secs: Option<f64>,
+    /// Move shards toward even counts per server whenever they are uneven (a new server
+    /// joined, say), not only on `dfs rebalance` [default: false].
+    #[arg(long, env = "DFS_META_AUTO_REBALANCE")]
+    auto_rebalance: Option<bool>,
 }
 
 fn resolve(args: Args) -> anyhow::Result<MetaConfig> {
@@ -125,6 +129,10 @@ fn resolve(args: Args) -> anyhow::Result<MetaConfig> {
             defaults.pending_grace,
             "--pending-grace-secs",
         )?,
+        auto_rebalance: args
+            .auto_rebalance
+            .or(file.auto_rebalance)
+            .unwrap_or(defaults.auto_rebalance),
     };
     Ok(MetaConfig {
         listen: args

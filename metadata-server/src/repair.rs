@@ -37,6 +37,8 @@ pub struct RepairConfig {
     pub gc_grace: Duration,
     /// Blocks allocated but never committed are deleted this long after allocation.
     pub pending_grace: Duration,
+    /// Rebalance whenever shard counts are uneven, not only when asked (`dfs rebalance`).
+    pub auto_rebalance: bool,
 }
 
 impl Default for RepairConfig {
@@ -47,6 +49,7 @@ impl Default for RepairConfig {
             rate: 100 << 20,
             gc_grace: Duration::from_secs(600),
             pending_grace: Duration::from_secs(3600),
+            auto_rebalance: false,
         }
     }
 }
@@ -58,6 +61,8 @@ struct Job {
     /// Where the shard was placed (a dead server, or `ServerId::NONE`).
     from: ServerId,
     surviving: usize,
+    /// Where it must go (rebalancing chooses by shard counts); else placement decides.
+    target: Option<ServerId>,
 }
 
 pub struct Repair {
@@ -74,7 +79,12 @@ pub struct Repair {
     placed: Mutex<HashMap<ServerId, u64>>,
     /// Wakes the loop for a pass before the interval ends.
     wake: tokio::sync::Notify,
+    /// A rebalance was asked for and is not finished.
+    rebalance: std::sync::atomic::AtomicBool,
 }
+
+/// Shards per server the scan keeps as rebalancing candidates, per pass.
+const MOVE_CANDIDATES: usize = 1024;
 
 impl Repair {
     pub fn new(
@@ -95,7 +105,16 @@ impl Repair {
             in_flight: Mutex::new(HashSet::new()),
             placed: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
+            rebalance: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Starts moving shards toward even counts per server, until they are even.
+    pub fn start_rebalance(&self) {
+        self.rebalance
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.progress.lock().expect("progress lock").rebalancing = true;
+        self.kick();
     }
 
     /// Shards placed per server, as of the last scan.
@@ -146,7 +165,7 @@ impl Repair {
             .copied()
             .filter(|&s| self.membership.is_draining(s))
             .collect();
-        let (jobs, garbage, health, placed) = {
+        let (mut jobs, garbage, health, placed, candidates) = {
             let db = self.db.clone();
             let live: HashSet<ServerId> = live.keys().copied().collect();
             let config = self.config.clone();
@@ -158,6 +177,23 @@ impl Repair {
             .map_err(|e| FsError::io(format!("scan task: {e}")))??
         };
         *self.health.lock().expect("health lock") = health;
+        // Rebalance only when nothing is lost or draining: real losses come first.
+        let wanted =
+            self.config.auto_rebalance || self.rebalance.load(std::sync::atomic::Ordering::SeqCst);
+        if wanted && jobs.is_empty() {
+            let placeable: Vec<ServerId> = self
+                .membership
+                .placeable()
+                .into_iter()
+                .map(|c| c.id)
+                .collect();
+            jobs = rebalance_moves(&placed, &placeable, candidates);
+            if jobs.is_empty() {
+                self.rebalance
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                self.progress.lock().expect("progress lock").rebalancing = false;
+            }
+        }
         *self.placed.lock().expect("placed lock") = placed;
         {
             let mut p = self.progress.lock().expect("progress lock");
@@ -279,6 +315,11 @@ impl Repair {
             let _ = self.pool.delete_shard(addr, job.key).await;
             return Err(e);
         }
+        // A shard moved off a live server (drain, rebalance) frees its space there at once;
+        // a copy on a dead server goes when that server reconciles.
+        if let Some(old) = self.membership.live_addrs().get(&job.from) {
+            let _ = self.pool.delete_shard(old, job.key).await;
+        }
         Ok(())
     }
 
@@ -311,6 +352,12 @@ impl Repair {
             .filter(|c| live.contains_key(&c.id))
             .collect();
         let shard_len = job.rec.policy.shard_len(job.rec.len.unwrap_or(0));
+        if let Some(target) = job.target {
+            let usable = candidates.iter().any(|c| c.id == target)
+                && !job.rec.shards.contains(&target)
+                && !taken.contains(&target);
+            return usable.then_some((target, sources));
+        }
         let exclude: Vec<ServerId> = job.rec.shards.iter().chain(taken).copied().collect();
         match place(&candidates, 1, shard_len, rand::random(), &exclude) {
             Ok(p) => p.first().map(|&target| (target, sources)),
@@ -360,13 +407,69 @@ impl Repair {
 }
 
 /// What a scan found: shards to rebuild or move (fewest surviving first, moves off draining
-/// servers last), blocks to collect, health, and shards placed per server.
+/// servers last), blocks to collect, health, shards placed per server, and per server some
+/// shards of fully healthy blocks that rebalancing could move.
 type ScanResult = (
     Vec<Job>,
     Vec<(BlockId, BlockRecord)>,
     BlockHealth,
     HashMap<ServerId, u64>,
+    HashMap<ServerId, Vec<Job>>,
 );
+
+/// Moves that even out the shard counts: each takes a shard from a server above the mean to
+/// the server with the fewest shards that holds none of that block, and only if that narrows
+/// the gap between the two; none once the spread is within 5% of the mean (at least 2).
+fn rebalance_moves(
+    placed: &HashMap<ServerId, u64>,
+    placeable: &[ServerId],
+    candidates: HashMap<ServerId, Vec<Job>>,
+) -> Vec<Job> {
+    if placeable.len() < 2 {
+        return Vec::new();
+    }
+    let mut count: HashMap<ServerId, u64> = placeable
+        .iter()
+        .map(|s| (*s, placed.get(s).copied().unwrap_or(0)))
+        .collect();
+    let total: u64 = count.values().sum();
+    let mean = total as f64 / placeable.len() as f64;
+    let tolerance = (mean * 0.05).max(2.0);
+    let spread = |count: &HashMap<ServerId, u64>| {
+        let max = count.values().max().copied().unwrap_or(0);
+        let min = count.values().min().copied().unwrap_or(0);
+        (max - min) as f64
+    };
+    if spread(&count) <= tolerance {
+        return Vec::new();
+    }
+    // Fullest servers first.
+    let mut sources: Vec<ServerId> = placeable.to_vec();
+    sources.sort_by_key(|s| std::cmp::Reverse(count[s]));
+    let mut moves = Vec::new();
+    let mut candidates = candidates;
+    for from in sources {
+        for mut job in candidates.remove(&from).unwrap_or_default() {
+            if (count[&from] as f64) <= mean {
+                break;
+            }
+            let target = placeable
+                .iter()
+                .filter(|t| !job.rec.shards.contains(t))
+                .min_by_key(|t| count[*t])
+                .copied();
+            let Some(target) = target else { continue };
+            if count[&target] + 1 >= count[&from] {
+                continue;
+            }
+            *count.get_mut(&from).expect("counted") -= 1;
+            *count.get_mut(&target).expect("counted") += 1;
+            job.target = Some(target);
+            moves.push(job);
+        }
+    }
+    moves
+}
 
 /// Reads every block: the shards to rebuild, block health, and what to collect.
 fn scan(
@@ -375,6 +478,7 @@ fn scan(
     draining: &HashSet<ServerId>,
     config: &RepairConfig,
 ) -> FsResult<ScanResult> {
+    let mut movable: HashMap<ServerId, Vec<Job>> = HashMap::new();
     let now = Timestamp::now();
     let older_than =
         |at: i64, grace: Duration| now.secs.saturating_sub(at) >= grace.as_secs() as i64;
@@ -407,6 +511,21 @@ fn scan(
         let surviving = rec.shards.iter().filter(|s| live.contains(s)).count();
         if surviving == rec.shards.len() {
             health.healthy += 1;
+            for (index, &server) in rec.shards.iter().enumerate() {
+                let mine = movable.entry(server).or_default();
+                if mine.len() < MOVE_CANDIDATES {
+                    mine.push(Job {
+                        key: ShardKey {
+                            block,
+                            index: index as u8,
+                        },
+                        rec: rec.clone(),
+                        from: server,
+                        surviving,
+                        target: None,
+                    });
+                }
+            }
         } else if surviving >= rec.policy.k() {
             health.degraded += 1;
         } else {
@@ -427,10 +546,11 @@ fn scan(
                     rec: rec.clone(),
                     from: server,
                     surviving: surviving + usize::from(moving),
+                    target: None,
                 });
             }
         }
     }
     jobs.sort_by_key(|j: &Job| (j.surviving, j.key.block, j.key.index));
-    Ok((jobs, garbage, health, placed))
+    Ok((jobs, garbage, health, placed, movable))
 }

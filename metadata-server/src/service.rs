@@ -197,6 +197,10 @@ impl MetaService {
                 Ok(MetaReply::Done)
             }
             MetaRequest::RepairStatus => Ok(MetaReply::Repair(self.repair.progress())),
+            MetaRequest::Rebalance => {
+                self.repair.start_rebalance();
+                Ok(MetaReply::Done)
+            }
             MetaRequest::DrainServer { server, drain } => {
                 let reply = self.commit(request, vec![]).await?;
                 self.membership.set_draining(server, drain);

@@ -510,3 +510,60 @@ fn a_server_cut_off_and_back_is_repaired_around_and_reconciled() {
         );
     }
 }
+
+#[test]
+fn a_new_server_gets_its_share_on_rebalance() {
+    let mut cluster = ProcessCluster::start(6);
+    wait_until(
+        &cluster,
+        Duration::from_secs(30),
+        "servers never came up",
+        || up_count(&cluster) == 6,
+    );
+    create_volume(&cluster);
+    let m = Mount::new(&cluster, "default", "mnt", "").unwrap();
+    let files: Vec<Vec<u8>> = (0..6).map(|i| random_bytes(8 * MIB, 110 + i)).collect();
+    for (i, data) in files.iter().enumerate() {
+        write_synced(&m.path(&format!("b{i}")), data);
+    }
+    // Twelve blocks, six shards each, all on the six servers; then a seventh joins.
+    let new = cluster.add_chunk();
+    wait_until(
+        &cluster,
+        Duration::from_secs(30),
+        "the new server never came up",
+        || up_count(&cluster) == 7,
+    );
+    let id = cluster.chunk_id(new);
+    assert_eq!(placed_on(&cluster, id).unwrap_or(0), 0);
+    let out = cluster
+        .cli()
+        .args(["rebalance", "--wait"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = wait_fully_healthy(&cluster, Duration::from_secs(60));
+    let counts: Vec<u64> = s.servers.iter().map(|s| s.placed).collect();
+    let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+    assert!(max - min <= 2, "still uneven: {counts:?}");
+    assert!(
+        placed_on(&cluster, id).unwrap() >= 8,
+        "the new server got too little: {counts:?}"
+    );
+    // The moved shards' old copies are gone from disk, and everything reads back.
+    let on_disk: usize = (0..7)
+        .map(|i| shard_files(&cluster.chunk_dir(i)).len())
+        .sum();
+    assert_eq!(on_disk as u64, counts.iter().sum::<u64>());
+    let fresh = Mount::new(&cluster, "default", "fresh", "").unwrap();
+    for (i, data) in files.iter().enumerate() {
+        assert!(
+            fs::read(fresh.path(&format!("b{i}"))).unwrap() == *data,
+            "b{i} differs"
+        );
+    }
+}

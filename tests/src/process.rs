@@ -161,6 +161,14 @@ impl ProcessCluster {
         Self::kill(&mut self.chunks[i]);
     }
 
+    /// Starts one more chunk server; returns its index.
+    pub fn add_chunk(&mut self) -> usize {
+        self.chunks.push(None);
+        let i = self.chunks.len() - 1;
+        self.start_chunk(i);
+        i
+    }
+
     /// Freezes (SIGSTOP) or thaws (SIGCONT) chunk server `i`: silent to everyone while
     /// frozen, as if cut off from the network, then back with everything it had.
     pub fn freeze_chunk(&mut self, i: usize, frozen: bool) {

@@ -27,6 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(cmd) => cluster::run(&client, cmd, json).await,
         Command::Repair(cmd) => repair::run(&client, cmd, json).await,
         Command::Node(cmd) => node::run(&client, cmd, json).await,
+        Command::Rebalance { wait } => repair::rebalance(&client, wait).await,
         Command::Scrub(cmd) => repair::scrub(&client, cmd, json).await,
         Command::Put(args) => files::put(&client, args, json).await,
         Command::Get(args) => files::get(&client, args, json).await,

@@ -1,4 +1,5 @@
-//! `dfs repair status` and `dfs scrub start|status`: the self-healing of the cluster.
+//! `dfs repair status`, `dfs rebalance` and `dfs scrub start|status`: the self-healing of the
+//! cluster.
 
 use crate::output;
 use clap::Subcommand;
@@ -139,4 +140,21 @@ fn scrub_row(id: &str, addr: &str, p: &ScrubProgress) -> Vec<String> {
         p.corrupt.to_string(),
         p.passes.to_string(),
     ]
+}
+
+pub async fn rebalance(client: &Client, wait: bool) -> anyhow::Result<()> {
+    client.rebalance().await?;
+    if !wait {
+        println!("rebalance started; `dfs node list` shows shards placed per server");
+        return Ok(());
+    }
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let status = client.cluster_status().await?;
+        if !status.repair.rebalancing {
+            println!("rebalanced:");
+            super::cluster::server_table(&status.servers);
+            return Ok(());
+        }
+    }
 }

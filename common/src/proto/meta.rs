@@ -154,6 +154,8 @@ pub struct RepairProgress {
     pub blocks_collected: u64,
     /// Scans completed.
     pub scans: u64,
+    /// A rebalance is under way.
+    pub rebalancing: bool,
 }
 
 /// Where a shard lives.
@@ -383,6 +385,9 @@ pub enum MetaRequest {
         server: ServerId,
         drain: bool,
     },
+    /// Starts moving shards toward even counts per server (the repair service does it, at its
+    /// rate, once nothing is lost or draining).
+    Rebalance,
     /// Forgets a server that is down and holds no shard the cluster places on it.
     RemoveServer {
         server: ServerId,
@@ -464,6 +469,7 @@ impl MetaRequest {
                 | MetaRequest::RenewSession { .. }
                 | MetaRequest::CheckShards { .. }
                 | MetaRequest::RepairStatus
+                | MetaRequest::Rebalance
         )
     }
 }

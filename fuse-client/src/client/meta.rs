@@ -53,6 +53,11 @@ impl Client {
         expect_done(self.call(&MetaRequest::RemoveServer { server }).await?)
     }
 
+    /// Starts moving shards toward even counts per server.
+    pub async fn rebalance(&self) -> FsResult<()> {
+        expect_done(self.call(&MetaRequest::Rebalance).await?)
+    }
+
     pub async fn repair_status(&self) -> FsResult<RepairProgress> {
         expect_reply!(
             self.call(&MetaRequest::RepairStatus).await?,
