@@ -567,3 +567,86 @@ fn a_new_server_gets_its_share_on_rebalance() {
         );
     }
 }
+
+#[test]
+fn a_server_partitioned_off_the_network_is_repaired_around_and_reconciled() {
+    let net = dfs_tests::netns::NetNs::create(((std::process::id() % 250) + 1) as u8);
+    let cluster = ProcessCluster::start_with(7, |c| {
+        // The metadata server listens on every address, so that the namespace reaches it
+        // through the link; chunk server 6 lives on the far side of that link.
+        c.meta_listen = Some(format!("0.0.0.0:{}", c.meta_addr.port()));
+        c.chunk_netns.insert(
+            6,
+            (
+                net.name.clone(),
+                net.ns_ip.clone(),
+                format!("{}:{}", net.host_ip, c.meta_addr.port()),
+            ),
+        );
+    });
+    wait_until(
+        &cluster,
+        Duration::from_secs(30),
+        "servers never came up",
+        || up_count(&cluster) == 7,
+    );
+    create_volume(&cluster);
+    let m = Mount::new(&cluster, "default", "mnt", "").unwrap();
+    let files: Vec<Vec<u8>> = (0..6).map(|i| random_bytes(5 * MIB, 130 + i)).collect();
+    for (i, data) in files.iter().enumerate() {
+        write_synced(&m.path(&format!("p{i}")), data);
+    }
+    let id = cluster.chunk_id(6);
+    assert!(
+        !shard_files(&cluster.chunk_dir(6)).is_empty(),
+        "the far server got no shards"
+    );
+
+    // Cut the link: the server keeps running but nobody reaches it, nor it anybody.
+    net.set_link(false);
+    wait_until(
+        &cluster,
+        Duration::from_secs(30),
+        "the partitioned server was never marked down",
+        || up_count(&cluster) == 6,
+    );
+    wait_fully_healthy(&cluster, Duration::from_secs(120));
+    assert_eq!(placed_on(&cluster, id), Some(0));
+    // Reads and writes go on without it.
+    let fresh = Mount::new(&cluster, "default", "fresh", "").unwrap();
+    for (i, data) in files.iter().enumerate() {
+        assert!(
+            fs::read(fresh.path(&format!("p{i}"))).unwrap() == *data,
+            "p{i} differs while partitioned"
+        );
+    }
+    let during = random_bytes(6 * MIB, 140);
+    write_synced(&fresh.path("during"), &during);
+    // Unable to reach the metadata server, it deleted nothing.
+    assert!(!shard_files(&cluster.chunk_dir(6)).is_empty());
+
+    // Heal the partition: it comes back, its stale copies are deleted, nothing is corrupt.
+    net.set_link(true);
+    wait_until(
+        &cluster,
+        Duration::from_secs(60),
+        "the server never came back",
+        || up_count(&cluster) == 7,
+    );
+    wait_until(
+        &cluster,
+        Duration::from_secs(60),
+        "the returning server kept stale shards",
+        || shard_files(&cluster.chunk_dir(6)).is_empty(),
+    );
+    wait_fully_healthy(&cluster, Duration::from_secs(30));
+    let again = Mount::new(&cluster, "default", "again", "").unwrap();
+    for (i, data) in files.iter().enumerate() {
+        assert!(
+            fs::read(again.path(&format!("p{i}"))).unwrap() == *data,
+            "p{i} differs after the partition"
+        );
+    }
+    assert!(fs::read(again.path("during")).unwrap() == during);
+    drop(cluster);
+}

@@ -6,6 +6,7 @@
 //!
 //! Both clean up after themselves when dropped, also when a test fails.
 
+pub mod netns;
 pub mod process;
 
 use dfs_client::client::ClientOptions;

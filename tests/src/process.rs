@@ -44,6 +44,11 @@ pub struct ProcessCluster {
     /// Extra flags for the metadata server, and per chunk server (by index).
     pub meta_args: Vec<String>,
     pub chunk_args: std::collections::HashMap<usize, Vec<String>>,
+    /// Where the metadata server listens, if not on `meta_addr` (e.g. 0.0.0.0, to be reached
+    /// from a network namespace).
+    pub meta_listen: Option<String>,
+    /// Chunk servers run inside a network namespace: (namespace, listen IP, metadata address).
+    pub chunk_netns: std::collections::HashMap<usize, (String, String, String)>,
 }
 
 impl ProcessCluster {
@@ -73,6 +78,8 @@ impl ProcessCluster {
             starts: 0,
             meta_args: Vec::new(),
             chunk_args: Default::default(),
+            meta_listen: None,
+            chunk_netns: Default::default(),
         };
         configure(&mut cluster);
         cluster.start_meta();
@@ -92,9 +99,13 @@ impl ProcessCluster {
     pub fn start_meta(&mut self) {
         assert!(self.meta.is_none(), "metadata server already running");
         let (out, err) = self.log("meta");
+        let listen = self
+            .meta_listen
+            .clone()
+            .unwrap_or_else(|| self.meta_addr.to_string());
         let child = Command::new(binary("dfs-meta"))
             .arg("--listen")
-            .arg(self.meta_addr.to_string())
+            .arg(listen)
             .arg("--data")
             .arg(self.dir.path().join("meta"))
             .arg("--certs")
@@ -121,13 +132,26 @@ impl ProcessCluster {
     pub fn start_chunk(&mut self, i: usize) {
         assert!(self.chunks[i].is_none(), "chunk server {i} already running");
         let (out, err) = self.log(&format!("chunk{i}"));
-        let child = Command::new(binary("dfs-chunk"))
+        // In a network namespace, `ip netns exec` becomes the server (it execs it).
+        let (mut cmd, listen, meta) = match self.chunk_netns.get(&i) {
+            Some((ns, ip, meta)) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(binary("dfs-chunk"));
+                (cmd, format!("{ip}:0"), meta.clone())
+            }
+            None => (
+                Command::new(binary("dfs-chunk")),
+                "127.0.0.1:0".to_string(),
+                self.meta_addr.to_string(),
+            ),
+        };
+        let child = cmd
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--data")
             .arg(self.chunk_dir(i))
             .arg("--meta")
-            .arg(self.meta_addr.to_string())
+            .arg(meta)
             .arg("--certs")
             .arg(&self.certs_dir)
             .arg("--heartbeat-ms")
