@@ -227,3 +227,24 @@ fn a_mount_rides_out_a_metadata_server_restart() {
     fs::write(fails.path("after"), b"after").unwrap();
     assert_eq!(fs::read(waits.path("after")).unwrap(), b"after");
 }
+
+#[test]
+fn writes_to_a_file_held_open_are_written_back() {
+    let cluster = cluster_with_volume();
+    let a = Mount::new(&cluster, "default", "a", "writeback=0.5").unwrap();
+    let b = Mount::new(&cluster, "default", "b", "attr_timeout=0").unwrap();
+    let data = random_bytes((1 << 20) + 10, 21);
+    let mut f = File::create(a.path("held-open")).unwrap();
+    f.write_all(&data).unwrap();
+    // No flush, fsync or close: the write-back timer commits it, and the other client sees it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fs::read(b.path("held-open")).map_or(true, |got| got != data) {
+        assert!(
+            Instant::now() < deadline,
+            "the held-open file was never written back\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f.sync_all().unwrap();
+}

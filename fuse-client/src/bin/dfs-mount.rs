@@ -33,7 +33,9 @@ struct Args {
     /// Mount options, comma separated: ro, rw, allow_other, certs=DIR, attr_timeout=SECONDS
     /// (default 1), retry=SECONDS (how long operations wait for an unreachable metadata
     /// server before failing with EIO; default 60), hard (wait without limit), soft (fail at
-    /// once), log=FILE (the background mount's log; RUST_LOG sets the level, default warn).
+    /// once), log=FILE (the background mount's log; RUST_LOG sets the level, default warn),
+    /// writeback=SECONDS (unflushed writes of open files are committed within about twice
+    /// this; default 30).
     /// fstab options such as _netdev and noauto are accepted.
     #[arg(short = 'o')]
     options: Vec<String>,

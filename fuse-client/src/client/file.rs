@@ -284,6 +284,11 @@ impl FileHandle {
         }
     }
 
+    /// Holds an error of a background flush for the next `flush` to report.
+    pub fn keep_error(&mut self, e: FsError) {
+        self.failed.get_or_insert(e);
+    }
+
     pub async fn fsync(&mut self) -> FsResult<()> {
         self.flush().await
     }

@@ -88,7 +88,7 @@ impl DfsFs {
         rt: tokio::runtime::Handle,
         notifier: Arc<OnceLock<fuser::Notifier>>,
     ) -> Self {
-        DfsFs {
+        let fs = DfsFs {
             shared: Arc::new(Shared {
                 client,
                 rt,
@@ -104,7 +104,41 @@ impl DfsFs {
                 versions: Mutex::new(HashMap::new()),
                 notifier,
             }),
-        }
+        };
+        fs.start_writeback(options.writeback);
+        fs
+    }
+
+    /// Writes back, every `interval`, the open files that have had unflushed writes since the
+    /// previous round, so no write waits longer than about two intervals for its commit (and
+    /// blocks uploaded early never wait so long that garbage collection takes them).
+    fn start_writeback(&self, interval: Duration) {
+        let shared = Arc::downgrade(&self.shared);
+        self.shared.rt.spawn(async move {
+            let mut seen: Vec<u64> = Vec::new();
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(s) = shared.upgrade() else { return };
+                let dirty: Vec<u64> = s
+                    .dirty_sizes
+                    .lock()
+                    .expect("size lock")
+                    .keys()
+                    .copied()
+                    .collect();
+                for fh in dirty.iter().filter(|fh| seen.contains(fh)) {
+                    let Ok(file) = s.file(FileHandle(*fh)) else {
+                        continue;
+                    };
+                    if let (ino, Err(e)) = s.flush_file(FileHandle(*fh), &file).await {
+                        tracing::warn!(%ino, "writing back: {e}");
+                        // Kept for the application's next flush, fsync or close to report.
+                        file.lock().await.keep_error(e);
+                    }
+                }
+                seen = dirty;
+            }
+        });
     }
 
     fn spawn<F: Future<Output = ()> + Send + 'static>(&self, work: impl FnOnce(Arc<Shared>) -> F) {

@@ -38,6 +38,9 @@ pub struct MountOptions {
     pub meta_retry: Option<Duration>,
     /// Where a background mount writes its log (`log=FILE`, appended); else it is discarded.
     pub log: Option<PathBuf>,
+    /// Unflushed writes of open files older than this are written back (`writeback=SECS`),
+    /// as an NFS client does, so a file held open for long has its data in the cluster.
+    pub writeback: Duration,
 }
 
 /// Default wait for a metadata server that restarts: long enough for a restart, short enough
@@ -53,6 +56,7 @@ impl Default for MountOptions {
             attr_timeout: Duration::from_secs(1),
             meta_retry: Some(DEFAULT_META_RETRY),
             log: None,
+            writeback: Duration::from_secs(30),
         }
     }
 }
@@ -72,6 +76,15 @@ impl MountOptions {
                 ("allow_other", None) => into.allow_other = true,
                 ("certs", Some(dir)) => into.certs = Some(PathBuf::from(dir)),
                 ("log", Some(file)) => into.log = Some(PathBuf::from(file)),
+                ("writeback", Some(secs)) => {
+                    let secs: f64 = secs
+                        .parse()
+                        .map_err(|_| format!("bad writeback value {secs:?}"))?;
+                    if !(0.1..=3600.0).contains(&secs) {
+                        return Err("writeback must be between 0.1 and 3600 seconds".into());
+                    }
+                    into.writeback = Duration::from_secs_f64(secs);
+                }
                 ("hard", None) => into.meta_retry = None,
                 ("soft", None) => into.meta_retry = Some(Duration::ZERO),
                 ("retry", Some(secs)) => {
@@ -152,6 +165,9 @@ mod tests {
         MountOptions::parse("soft", &mut o).unwrap();
         assert_eq!(o.meta_retry, Some(Duration::ZERO));
         assert!(MountOptions::parse("retry=-1", &mut o).is_err());
+        MountOptions::parse("writeback=2", &mut o).unwrap();
+        assert_eq!(o.writeback, Duration::from_secs(2));
+        assert!(MountOptions::parse("writeback=0", &mut o).is_err());
         assert!(MountOptions::parse("bogus", &mut o).is_err());
         assert!(MountOptions::parse("attr_timeout=x", &mut o).is_err());
     }
