@@ -554,3 +554,59 @@ fn scan(
     jobs.sort_by_key(|j: &Job| (j.surviving, j.key.block, j.key.index));
     Ok((jobs, garbage, health, placed, movable))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dfs_common::{EcPolicy, VolumeId};
+
+    /// Blocks of a 2+1 policy on servers 1..=3, a fourth server empty: moves fill server 4
+    /// from the fullest, never onto a server already holding the block, and stop when even.
+    #[test]
+    fn rebalance_fills_the_empty_server_and_stops_when_even() {
+        let servers: Vec<ServerId> = (1..=4).map(ServerId).collect();
+        let policy = EcPolicy::new(2, 1).unwrap();
+        let mut placed: HashMap<ServerId, u64> = HashMap::new();
+        let mut candidates: HashMap<ServerId, Vec<Job>> = HashMap::new();
+        for b in 0..30u64 {
+            let shards = servers[..3].to_vec();
+            let rec = BlockRecord {
+                volume: VolumeId(1),
+                policy,
+                len: Some(1000),
+                shards: shards.clone(),
+                refs: 1,
+                created: Timestamp::default(),
+            };
+            for (i, s) in shards.iter().enumerate() {
+                *placed.entry(*s).or_default() += 1;
+                candidates.entry(*s).or_default().push(Job {
+                    key: ShardKey {
+                        block: BlockId(b),
+                        index: i as u8,
+                    },
+                    rec: rec.clone(),
+                    from: *s,
+                    surviving: 3,
+                    target: None,
+                });
+            }
+        }
+        let moves = rebalance_moves(&placed, &servers, candidates);
+        // 90 shards on 4 servers: 22 or 23 each, so about 22 move to server 4.
+        assert!((21..=23).contains(&moves.len()), "{} moves", moves.len());
+        let mut after = placed.clone();
+        for m in &moves {
+            let target = m.target.expect("rebalance names its target");
+            assert_eq!(target, ServerId(4));
+            assert!(!m.rec.shards.contains(&target));
+            *after.get_mut(&m.from).unwrap() -= 1;
+            *after.entry(target).or_default() += 1;
+        }
+        let (min, max) = (after.values().min().unwrap(), after.values().max().unwrap());
+        assert!(max - min <= 2, "{after:?}");
+        // Already even: nothing to do.
+        let even: HashMap<ServerId, u64> = servers.iter().map(|s| (*s, 10)).collect();
+        assert!(rebalance_moves(&even, &servers, HashMap::new()).is_empty());
+    }
+}
