@@ -220,3 +220,43 @@ pub fn stale_shards(
     }
     Ok(stale)
 }
+
+/// Counts a volume's inodes and bytes, and its blocks (with how many have a shard outside
+/// `live`). Reads every inode and block record: an admin command, not a hot path.
+pub fn volume_usage(
+    t: &ReadTables,
+    name: &str,
+    live: &std::collections::HashSet<ServerId>,
+) -> FsResult<VolumeUsage> {
+    let volume = get_volume(t, name)?.id;
+    let mut usage = VolumeUsage::default();
+    for item in t.inodes.iter().db()? {
+        let (_, value) = item.db()?;
+        let rec: crate::store::schema::InodeRecord = decode(value.value())?;
+        if rec.volume != volume {
+            continue;
+        }
+        match rec.kind {
+            FileKind::File => {
+                usage.files += 1;
+                usage.bytes += rec.size;
+            }
+            FileKind::Dir => usage.directories += 1,
+            _ => usage.other += 1,
+        }
+    }
+    for item in t.blocks.iter().db()? {
+        let (_, value) = item.db()?;
+        let rec: BlockRecord = decode(value.value())?;
+        let Some(len) = rec.len else { continue };
+        if rec.volume != volume || rec.refs == 0 {
+            continue;
+        }
+        usage.blocks += 1;
+        usage.block_bytes += len;
+        if rec.shards.iter().any(|s| !live.contains(s)) {
+            usage.degraded_blocks += 1;
+        }
+    }
+    Ok(usage)
+}

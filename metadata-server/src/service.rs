@@ -197,6 +197,13 @@ impl MetaService {
                 Ok(MetaReply::Done)
             }
             MetaRequest::RepairStatus => Ok(MetaReply::Repair(self.repair.progress())),
+            MetaRequest::VolumeUsage { name } => {
+                let live = self.membership.live_addrs().into_keys().collect();
+                let usage = self
+                    .query(move |t| queries::volume_usage(t, &name, &live))
+                    .await?;
+                Ok(MetaReply::Usage(usage))
+            }
             MetaRequest::Rebalance => {
                 self.repair.start_rebalance();
                 Ok(MetaReply::Done)

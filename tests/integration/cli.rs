@@ -107,6 +107,17 @@ fn cli_commands_and_their_failures() {
     let stat: serde_json::Value =
         serde_json::from_str(&ok(&cluster, &["stat", "--json", "default:/a/b/file"])).unwrap();
     assert_eq!(stat["size"], data.len() as u64);
+    // volume info counts what the volume holds: root, a, b and the 9 MiB file in 3 blocks.
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&cluster, &["volume", "info", "default", "--json"])).unwrap();
+    assert_eq!(info["name"], "default");
+    assert_eq!(info["usage"]["files"], 1);
+    assert_eq!(info["usage"]["directories"], 3);
+    assert_eq!(info["usage"]["bytes"], data.len() as u64);
+    assert_eq!(info["usage"]["blocks"], 3);
+    assert_eq!(info["usage"]["degraded_blocks"], 0);
+    assert!(ok(&cluster, &["volume", "info", "default"]).contains("erasure coding"));
+    fails(&cluster, &["volume", "info", "nope"], "no volume named");
     let ls = ok(&cluster, &["ls", "default:/a/b"]);
     assert!(
         ls.contains("file") && ls.contains(&data.len().to_string()),

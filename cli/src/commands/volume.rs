@@ -1,4 +1,4 @@
-//! `dfs volume`: create and list volumes.
+//! `dfs volume`: create, list and describe volumes.
 
 use crate::output;
 use clap::Subcommand;
@@ -20,6 +20,16 @@ pub enum VolumeCommand {
     },
     /// List volumes.
     List,
+    /// A volume's policy, block size and what it holds: files, bytes, blocks, degraded blocks.
+    Info { name: String },
+}
+
+/// `dfs volume info --json` prints this.
+#[derive(serde::Serialize)]
+struct VolumeReport {
+    #[serde(flatten)]
+    volume: dfs_common::proto::meta::VolumeInfo,
+    usage: dfs_common::proto::meta::VolumeUsage,
 }
 
 pub async fn run(client: &Client, cmd: VolumeCommand, json: bool) -> anyhow::Result<()> {
@@ -63,6 +73,36 @@ pub async fn run(client: &Client, cmd: VolumeCommand, json: bool) -> anyhow::Res
                 );
                 Ok(())
             }
+        }
+        VolumeCommand::Info { name } => {
+            let not_found = |e: dfs_common::FsError| match e {
+                dfs_common::FsError::NotFound => anyhow::anyhow!("no volume named {name:?}"),
+                other => other.into(),
+            };
+            let volume = client.volume(&name).await.map_err(not_found)?;
+            let usage = client.volume_usage(&name).await.map_err(not_found)?;
+            if json {
+                return output::json(&VolumeReport { volume, usage });
+            }
+            let stored =
+                usage.block_bytes / volume.policy.k() as u64 * volume.policy.total() as u64;
+            output::table(
+                &["FIELD", "VALUE"],
+                &[
+                    vec!["name".into(), volume.name.clone()],
+                    vec!["id".into(), volume.id.to_string()],
+                    vec!["erasure coding".into(), volume.policy.to_string()],
+                    vec!["block size".into(), output::size(volume.block_size)],
+                    vec!["files".into(), usage.files.to_string()],
+                    vec!["directories".into(), usage.directories.to_string()],
+                    vec!["other inodes".into(), usage.other.to_string()],
+                    vec!["file bytes".into(), output::size(usage.bytes)],
+                    vec!["blocks".into(), usage.blocks.to_string()],
+                    vec!["stored (with parity)".into(), output::size(stored)],
+                    vec!["degraded blocks".into(), usage.degraded_blocks.to_string()],
+                ],
+            );
+            Ok(())
         }
         VolumeCommand::List => {
             let volumes = client.list_volumes().await?;

@@ -71,6 +71,22 @@ pub struct VolumeInfo {
     pub created: Timestamp,
 }
 
+/// What a volume holds, counted from the metadata (`dfs volume info`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeUsage {
+    pub files: u64,
+    pub directories: u64,
+    /// Symlinks, FIFOs, sockets and device nodes.
+    pub other: u64,
+    /// Sum of file sizes.
+    pub bytes: u64,
+    /// Committed, referenced blocks, their data bytes, and how many have shards on servers
+    /// that are down (or missing).
+    pub blocks: u64,
+    pub block_bytes: u64,
+    pub degraded_blocks: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirEntry {
     pub name: String,
@@ -218,6 +234,10 @@ pub enum MetaRequest {
         block_size: u64,
     },
     ListVolumes,
+    /// What a volume holds; answered with `Usage`.
+    VolumeUsage {
+        name: String,
+    },
     GetVolume {
         name: String,
     },
@@ -444,6 +464,7 @@ pub enum MetaReply {
     Lock(Option<LockConflict>),
     StaleShards(Vec<ShardKey>),
     Repair(RepairProgress),
+    Usage(VolumeUsage),
 }
 
 impl MetaRequest {
@@ -454,6 +475,7 @@ impl MetaRequest {
             self,
             MetaRequest::ListVolumes
                 | MetaRequest::GetVolume { .. }
+                | MetaRequest::VolumeUsage { .. }
                 | MetaRequest::ClusterStatus
                 | MetaRequest::Lookup { .. }
                 | MetaRequest::GetAttr { .. }

@@ -58,6 +58,15 @@ impl Client {
         expect_done(self.call(&MetaRequest::Rebalance).await?)
     }
 
+    /// What a volume holds.
+    pub async fn volume_usage(&self, name: &str) -> FsResult<VolumeUsage> {
+        expect_reply!(
+            self.call(&MetaRequest::VolumeUsage { name: name.into() })
+                .await?,
+            MetaReply::Usage
+        )
+    }
+
     pub async fn repair_status(&self) -> FsResult<RepairProgress> {
         expect_reply!(
             self.call(&MetaRequest::RepairStatus).await?,
