@@ -54,6 +54,8 @@ pub enum FsError {
     Io(String),
     #[error("a conflicting lock is held")]
     Locked,
+    #[error("disk quota exceeded: {0}")]
+    QuotaExceeded(String),
 }
 
 impl FsError {
@@ -73,29 +75,30 @@ impl FsError {
     /// The Linux errno an application sees for this error.
     pub fn errno(&self) -> i32 {
         match self {
-            FsError::NotFound => 2,         // ENOENT
-            FsError::Exists => 17,          // EEXIST
-            FsError::NotDir => 20,          // ENOTDIR
-            FsError::IsDir => 21,           // EISDIR
-            FsError::NotEmpty => 39,        // ENOTEMPTY
-            FsError::NotPermitted => 1,     // EPERM
-            FsError::AccessDenied => 13,    // EACCES
-            FsError::NameTooLong => 36,     // ENAMETOOLONG
-            FsError::NoAttribute => 61,     // ENODATA
-            FsError::Range => 34,           // ERANGE
-            FsError::TooBig(_) => 7,        // E2BIG
-            FsError::FileTooLarge => 27,    // EFBIG
-            FsError::Invalid(_) => 22,      // EINVAL
-            FsError::NoSpace(_) => 28,      // ENOSPC
-            FsError::ReadOnly => 30,        // EROFS
-            FsError::Loop => 40,            // ELOOP
-            FsError::NotSupported(_) => 95, // EOPNOTSUPP
-            FsError::Unavailable(_) => 5,   // EIO
-            FsError::Corrupt(_) => 5,       // EIO
-            FsError::TimedOut(_) => 110,    // ETIMEDOUT
-            FsError::Protocol(_) => 71,     // EPROTO
-            FsError::Io(_) => 5,            // EIO
-            FsError::Locked => 11,          // EAGAIN
+            FsError::NotFound => 2,           // ENOENT
+            FsError::Exists => 17,            // EEXIST
+            FsError::NotDir => 20,            // ENOTDIR
+            FsError::IsDir => 21,             // EISDIR
+            FsError::NotEmpty => 39,          // ENOTEMPTY
+            FsError::NotPermitted => 1,       // EPERM
+            FsError::AccessDenied => 13,      // EACCES
+            FsError::NameTooLong => 36,       // ENAMETOOLONG
+            FsError::NoAttribute => 61,       // ENODATA
+            FsError::Range => 34,             // ERANGE
+            FsError::TooBig(_) => 7,          // E2BIG
+            FsError::FileTooLarge => 27,      // EFBIG
+            FsError::Invalid(_) => 22,        // EINVAL
+            FsError::NoSpace(_) => 28,        // ENOSPC
+            FsError::ReadOnly => 30,          // EROFS
+            FsError::Loop => 40,              // ELOOP
+            FsError::NotSupported(_) => 95,   // EOPNOTSUPP
+            FsError::Unavailable(_) => 5,     // EIO
+            FsError::Corrupt(_) => 5,         // EIO
+            FsError::TimedOut(_) => 110,      // ETIMEDOUT
+            FsError::Protocol(_) => 71,       // EPROTO
+            FsError::Io(_) => 5,              // EIO
+            FsError::Locked => 11,            // EAGAIN
+            FsError::QuotaExceeded(_) => 122, // EDQUOT
         }
     }
 }

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`store`]: redb, the schema, and the group-committing writer thread.
 //! - [`state_machine`]: every mutation as a deterministic command.
+//! - [`volumes`]: volume create/change/delete, exact usage and quotas.
 //! - [`layout`]: extents over immutable blocks, block reference counts.
 //! - [`queries`]: read-only operations on a snapshot.
 //! - [`placement`]: choosing servers for shards (pure).
@@ -23,6 +24,7 @@ pub mod repair;
 pub mod service;
 pub mod state_machine;
 pub mod store;
+pub mod volumes;
 
 use dfs_common::net::chunks::ChunkPool;
 use dfs_common::net::endpoint::server_endpoint;

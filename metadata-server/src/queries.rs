@@ -2,7 +2,7 @@
 
 use crate::layout;
 use crate::store::schema::{decode, kind_from_code, BlockRecord, ServerRecord, VolumeRecord};
-use crate::store::tables::{get_dir, get_inode, lookup, to_attr, ReadTables};
+use crate::store::tables::{get_dir, get_inode, get_volume_state, lookup, to_attr, ReadTables};
 use crate::store::DbResult;
 use dfs_common::proto::meta::*;
 use dfs_common::{FsError, FsResult, InodeId, ServerId};
@@ -12,29 +12,23 @@ use std::collections::BTreeMap;
 /// Most entries one directory page returns.
 pub const MAX_DIR_PAGE: u32 = 1024;
 
-fn volume_info(name: &str, rec: VolumeRecord) -> VolumeInfo {
-    VolumeInfo {
-        id: rec.id,
-        name: name.to_string(),
-        root: rec.root,
-        policy: rec.policy,
-        block_size: rec.block_size,
-        created: rec.created,
-    }
+fn volume_info(t: &ReadTables, name: &str, rec: VolumeRecord) -> FsResult<VolumeInfo> {
+    let state = get_volume_state(&t.volume_state, rec.id)?;
+    Ok(crate::volumes::volume_info(name, &rec, &state))
 }
 
 pub fn list_volumes(t: &ReadTables) -> FsResult<Vec<VolumeInfo>> {
     let mut out = Vec::new();
     for item in t.volumes.iter().db()? {
         let (name, value) = item.db()?;
-        out.push(volume_info(name.value(), decode(value.value())?));
+        out.push(volume_info(t, name.value(), decode(value.value())?)?);
     }
     Ok(out)
 }
 
 pub fn get_volume(t: &ReadTables, name: &str) -> FsResult<VolumeInfo> {
     match t.volumes.get(name).db()? {
-        Some(v) => Ok(volume_info(name, decode(v.value())?)),
+        Some(v) => volume_info(t, name, decode(v.value())?),
         None => Err(FsError::NotFound),
     }
 }

@@ -8,7 +8,7 @@ use crate::queries;
 use crate::repair::Repair;
 use crate::state_machine::Command;
 use crate::store::schema::{decode, BlockRecord};
-use crate::store::tables::{get_inode, get_volume_by_id, ReadTables};
+use crate::store::tables::{get_inode, get_volume_by_id, get_volume_state, ReadTables};
 use crate::store::{self, Committer, DbResult};
 use dfs_common::codec::MAX_FRAME;
 use dfs_common::net::server::{PeerInfo, Response, Service};
@@ -111,17 +111,26 @@ impl MetaService {
                 }))
             }
             MetaRequest::StatFs { ino } => {
-                let (_, inodes, _) = self
+                let state = self
                     .query(move |t| {
-                        get_inode(&t.inodes, ino)?;
-                        queries::counts(t)
+                        let rec = get_inode(&t.inodes, ino)?;
+                        get_volume_state(&t.volume_state, rec.volume)
                     })
                     .await?;
-                let (total_bytes, free_bytes) = self.membership.capacity();
+                let (mut total_bytes, mut free_bytes) = self.membership.capacity();
+                if let Some(quota) = state.limits.quota_bytes {
+                    total_bytes = total_bytes.min(quota);
+                    free_bytes = free_bytes.min(quota.saturating_sub(state.bytes));
+                }
+                let (total_inodes, free_inodes) = match state.limits.quota_inodes {
+                    Some(quota) => (quota, quota.saturating_sub(state.inodes)),
+                    None => (state.inodes + (1 << 32), 1 << 32),
+                };
                 Ok(MetaReply::StatFs(StatFs {
                     total_bytes,
                     free_bytes,
-                    inodes,
+                    total_inodes,
+                    free_inodes,
                     block_size: 4096,
                 }))
             }

@@ -14,12 +14,13 @@ use crate::store::tables::{
     dir_is_empty, get_dir, get_inode, get_volume_by_id, lookup, to_attr, WriteTables,
 };
 use crate::store::DbResult;
+use crate::volumes;
 use dfs_common::proto::meta::*;
 use dfs_common::proto::{
     MAX_BLOCK_SIZE, MAX_FILE_SIZE, MAX_NAME_LEN, MAX_SYMLINK_LEN, MAX_XATTR_NAME_LEN,
     MAX_XATTR_VALUE_LEN,
 };
-use dfs_common::{BlockId, FsError, FsResult, InodeId, ServerId, Timestamp, VolumeId};
+use dfs_common::{BlockId, FsError, FsResult, InodeId, ServerId, Timestamp};
 use redb::{ReadableTable, WriteTransaction};
 
 /// Smallest block size a volume may use.
@@ -37,12 +38,16 @@ pub struct Command {
 pub fn apply(tx: &WriteTransaction, cmd: &Command) -> FsResult<MetaReply> {
     let mut t = WriteTables::open(tx)?;
     let now = cmd.now;
+    volumes::check_writable(&t, &cmd.request)?;
     match &cmd.request {
         MetaRequest::CreateVolume {
             name,
             policy,
             block_size,
-        } => create_volume(&mut t, now, name, *policy, *block_size),
+            limits,
+        } => volumes::create(&mut t, now, name, *policy, *block_size, *limits),
+        MetaRequest::SetVolume { name, change } => volumes::set(&mut t, name, change),
+        MetaRequest::DeleteVolume { name, force } => volumes::delete(&mut t, now, name, *force),
         MetaRequest::Heartbeat { server, addr, .. } => {
             let rec = ServerRecord {
                 addr: addr.clone(),
@@ -163,77 +168,6 @@ fn validate_name(name: &str) -> FsResult<()> {
     Ok(())
 }
 
-/// Volume names appear in mount specs and paths: keep them plain.
-pub fn validate_volume_name(name: &str) -> FsResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && !name.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(FsError::invalid(format!(
-            "invalid volume name {name:?}: use 1-64 letters, digits, '-', '_' or '.'"
-        )))
-    }
-}
-
-fn create_volume(
-    t: &mut WriteTables,
-    now: Timestamp,
-    name: &str,
-    policy: dfs_common::EcPolicy,
-    block_size: u64,
-) -> FsResult<MetaReply> {
-    validate_volume_name(name)?;
-    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
-        return Err(FsError::invalid(format!(
-            "block size {block_size} out of range {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}"
-        )));
-    }
-    if t.volumes.get(name).db()?.is_some() {
-        return Err(FsError::Exists);
-    }
-    let id = VolumeId(t.next_id(NEXT_VOLUME, 1)?);
-    // Inode 1 is never handed out: mounts show their volume's root as inode 1.
-    let root = InodeId(t.next_id(NEXT_INODE, 2)?);
-    let rec = VolumeRecord {
-        id,
-        root,
-        policy,
-        block_size,
-        created: now,
-    };
-    t.volumes.insert(name, encode(&rec).as_slice()).db()?;
-    let root_rec = InodeRecord {
-        volume: id,
-        kind: FileKind::Dir,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        nlink: 2,
-        size: 0,
-        atime: now,
-        mtime: now,
-        ctime: now,
-        crtime: now,
-        rdev: 0,
-        parent: root,
-        target: None,
-    };
-    t.put_inode(root, &root_rec)?;
-    Ok(MetaReply::Volume(VolumeInfo {
-        id,
-        name: name.to_string(),
-        root,
-        policy,
-        block_size,
-        created: now,
-    }))
-}
-
 struct NewNode {
     kind: FileKind,
     mode: u32,
@@ -276,6 +210,7 @@ fn make_node(
         parent: if is_dir { parent } else { InodeId(0) },
         target: node.target,
     };
+    volumes::charge(t, rec.volume, 0, 1)?;
     t.put_inode(ino, &rec)?;
     t.dentries
         .insert((parent.0, name), (ino.0, kind_code(node.kind)))
@@ -335,9 +270,22 @@ fn drop_link(t: &mut WriteTables, now: Timestamp, ino: InodeId) -> FsResult<()> 
 }
 
 fn free_inode(t: &mut WriteTables, now: Timestamp, ino: InodeId) -> FsResult<()> {
+    let rec = get_inode(&t.inodes, ino)?;
+    let bytes = if rec.kind == FileKind::File {
+        rec.size
+    } else {
+        0
+    };
+    volumes::charge(t, rec.volume, volumes::size_delta(bytes, 0), -1)?;
     let mut refs = RefDelta::default();
-    layout::truncate(t, ino, 0, &mut refs)?;
-    refs.apply(t, now)?;
+    purge_inode(t, ino, &mut refs)?;
+    refs.apply(t, now)
+}
+
+/// Removes an inode with its extents (their references go to `refs`) and xattrs. Usage and
+/// directory entries are the caller's business.
+pub fn purge_inode(t: &mut WriteTables, ino: InodeId, refs: &mut RefDelta) -> FsResult<()> {
+    layout::truncate(t, ino, 0, refs)?;
     let names: Vec<String> = t
         .xattrs
         .range((ino.0, "")..(ino.0 + 1, ""))
@@ -549,6 +497,7 @@ fn set_attr(
         rec.gid = gid;
     }
     if let Some(size) = set.size {
+        volumes::charge(t, rec.volume, volumes::size_delta(rec.size, size), 0)?;
         if size < rec.size {
             let mut refs = RefDelta::default();
             layout::truncate(t, ino, size, &mut refs)?;
@@ -786,10 +735,12 @@ fn commit_write(
         }
     }
     let mut refs = RefDelta::default();
+    let old_size = rec.size;
     for ne in extents {
         layout::put_extent(t, ino, ne.extent, &mut refs)?;
         rec.size = rec.size.max(ne.extent.file_offset + ne.extent.len);
     }
+    volumes::charge(t, rec.volume, volumes::size_delta(old_size, rec.size), 0)?;
     refs.apply(t, now)?;
     rec.mtime = mtime;
     rec.ctime = now;

@@ -8,3 +8,4 @@ mod heal;
 mod mount;
 mod namespace;
 mod sharing;
+mod volumes;

@@ -1,10 +1,36 @@
-//! `dfs volume`: create, list and describe volumes.
+//! `dfs volume`: create, list, describe, change and delete volumes.
 
 use crate::output;
 use clap::Subcommand;
 use dfs_client::Client;
 use dfs_common::config::parse_size;
-use dfs_common::EcPolicy;
+use dfs_common::proto::meta::{VolumeChange, VolumeInfo, VolumeLimits};
+use dfs_common::{EcPolicy, FsError};
+
+/// A quota argument: a number (with a unit for bytes), or `none` for no limit.
+#[derive(Clone, Copy, Debug)]
+pub struct Limit(Option<u64>);
+
+fn parse_limit(s: &str, size: bool) -> Result<Limit, String> {
+    if s.eq_ignore_ascii_case("none") || s.eq_ignore_ascii_case("unlimited") {
+        return Ok(Limit(None));
+    }
+    if size {
+        parse_size(s).map(|n| Limit(Some(n)))
+    } else {
+        s.parse()
+            .map(|n| Limit(Some(n)))
+            .map_err(|_| format!("bad count {s:?}: expected a whole number or 'none'"))
+    }
+}
+
+fn parse_byte_limit(s: &str) -> Result<Limit, String> {
+    parse_limit(s, true)
+}
+
+fn parse_inode_limit(s: &str) -> Result<Limit, String> {
+    parse_limit(s, false)
+}
 
 #[derive(Subcommand, Debug)]
 pub enum VolumeCommand {
@@ -17,18 +43,82 @@ pub enum VolumeCommand {
         /// Block size, e.g. 4M (64K to 64M).
         #[arg(long, default_value = "4M", value_parser = parse_size)]
         block_size: u64,
+        /// Most bytes of file data (sizes as `du --apparent-size` counts), e.g. 100G
+        /// [default: none].
+        #[arg(long, value_parser = parse_byte_limit)]
+        quota_bytes: Option<Limit>,
+        /// Most files, directories and other inodes [default: none].
+        #[arg(long, value_parser = parse_inode_limit)]
+        quota_inodes: Option<Limit>,
     },
-    /// List volumes.
+    /// List volumes with their usage and quotas.
     List,
-    /// A volume's policy, block size and what it holds: files, bytes, blocks, degraded blocks.
+    /// A volume's policy, limits and what it holds: files, bytes, blocks, degraded blocks.
     Info { name: String },
+    /// Change a volume's quotas (a size or count, or `none`) or read-only flag.
+    Set {
+        name: String,
+        #[arg(long, value_parser = parse_byte_limit)]
+        quota_bytes: Option<Limit>,
+        #[arg(long, value_parser = parse_inode_limit)]
+        quota_inodes: Option<Limit>,
+        /// `true` makes every change to the volume fail with EROFS.
+        #[arg(long)]
+        read_only: Option<bool>,
+    },
+    /// Delete a volume. Its space comes back through garbage collection.
+    Delete {
+        name: String,
+        /// Delete it with everything in it (otherwise only an empty volume is deleted).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `quota (used%)` or `none`.
+fn limit_cell(used: u64, quota: Option<u64>, fmt: fn(u64) -> String) -> String {
+    match quota {
+        Some(q) => format!(
+            "{} of {} ({:.0}%)",
+            fmt(used),
+            fmt(q),
+            used as f64 * 100.0 / q.max(1) as f64
+        ),
+        None => format!("{} (no quota)", fmt(used)),
+    }
+}
+
+fn count(n: u64) -> String {
+    n.to_string()
+}
+
+/// Maps "no such volume" to a message naming it.
+fn named(name: &str) -> impl Fn(FsError) -> anyhow::Error + '_ {
+    move |e| match e {
+        FsError::NotFound => anyhow::anyhow!("no volume named {name:?}"),
+        other => other.into(),
+    }
+}
+
+fn print_limits(v: &VolumeInfo) {
+    println!(
+        "volume {}: bytes {}, inodes {}, {}",
+        v.name,
+        limit_cell(v.used_bytes, v.limits.quota_bytes, output::size),
+        limit_cell(v.used_inodes, v.limits.quota_inodes, count),
+        if v.limits.read_only {
+            "read-only"
+        } else {
+            "read-write"
+        }
+    );
 }
 
 /// `dfs volume info --json` prints this.
 #[derive(serde::Serialize)]
 struct VolumeReport {
     #[serde(flatten)]
-    volume: dfs_common::proto::meta::VolumeInfo,
+    volume: VolumeInfo,
     usage: dfs_common::proto::meta::VolumeUsage,
 }
 
@@ -38,6 +128,8 @@ pub async fn run(client: &Client, cmd: VolumeCommand, json: bool) -> anyhow::Res
             name,
             ec,
             block_size,
+            quota_bytes,
+            quota_inodes,
         } => {
             let policy: EcPolicy = ec.parse()?;
             let live = client
@@ -53,8 +145,13 @@ pub async fn run(client: &Client, cmd: VolumeCommand, json: bool) -> anyhow::Res
                     policy.total()
                 );
             }
+            let limits = VolumeLimits {
+                quota_bytes: quota_bytes.and_then(|l| l.0),
+                quota_inodes: quota_inodes.and_then(|l| l.0),
+                read_only: false,
+            };
             let volume = client
-                .create_volume(&name, policy, block_size)
+                .create_volume_with(&name, policy, block_size, limits)
                 .await
                 .map_err(|e| match e {
                     dfs_common::FsError::Exists => {
@@ -75,12 +172,8 @@ pub async fn run(client: &Client, cmd: VolumeCommand, json: bool) -> anyhow::Res
             }
         }
         VolumeCommand::Info { name } => {
-            let not_found = |e: dfs_common::FsError| match e {
-                dfs_common::FsError::NotFound => anyhow::anyhow!("no volume named {name:?}"),
-                other => other.into(),
-            };
-            let volume = client.volume(&name).await.map_err(not_found)?;
-            let usage = client.volume_usage(&name).await.map_err(not_found)?;
+            let volume = client.volume(&name).await.map_err(named(&name))?;
+            let usage = client.volume_usage(&name).await.map_err(named(&name))?;
             if json {
                 return output::json(&VolumeReport { volume, usage });
             }
@@ -93,6 +186,15 @@ pub async fn run(client: &Client, cmd: VolumeCommand, json: bool) -> anyhow::Res
                     vec!["id".into(), volume.id.to_string()],
                     vec!["erasure coding".into(), volume.policy.to_string()],
                     vec!["block size".into(), output::size(volume.block_size)],
+                    vec![
+                        "bytes used".into(),
+                        limit_cell(volume.used_bytes, volume.limits.quota_bytes, output::size),
+                    ],
+                    vec![
+                        "inodes used".into(),
+                        limit_cell(volume.used_inodes, volume.limits.quota_inodes, count),
+                    ],
+                    vec!["read-only".into(), volume.limits.read_only.to_string()],
                     vec!["files".into(), usage.files.to_string()],
                     vec!["directories".into(), usage.directories.to_string()],
                     vec!["other inodes".into(), usage.other.to_string()],
@@ -112,15 +214,75 @@ pub async fn run(client: &Client, cmd: VolumeCommand, json: bool) -> anyhow::Res
             let rows: Vec<Vec<String>> = volumes
                 .iter()
                 .map(|v| {
+                    let quota = |q: Option<u64>, fmt: fn(u64) -> String| q.map_or("-".into(), fmt);
                     vec![
                         v.name.clone(),
                         v.policy.to_string(),
                         output::size(v.block_size),
+                        output::size(v.used_bytes),
+                        quota(v.limits.quota_bytes, output::size),
+                        v.used_inodes.to_string(),
+                        quota(v.limits.quota_inodes, count),
+                        if v.limits.read_only { "ro" } else { "rw" }.into(),
                         v.id.to_string(),
                     ]
                 })
                 .collect();
-            output::table(&["NAME", "EC", "BLOCK", "ID"], &rows);
+            output::table(
+                &[
+                    "NAME", "EC", "BLOCK", "USED", "QUOTA", "INODES", "IQUOTA", "MODE", "ID",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
+        VolumeCommand::Set {
+            name,
+            quota_bytes,
+            quota_inodes,
+            read_only,
+        } => {
+            let change = VolumeChange {
+                quota_bytes: quota_bytes.map(|l| l.0),
+                quota_inodes: quota_inodes.map(|l| l.0),
+                read_only,
+            };
+            if change == VolumeChange::default() {
+                anyhow::bail!(
+                    "nothing to change: pass --quota-bytes, --quota-inodes or --read-only"
+                );
+            }
+            let volume = client
+                .set_volume(&name, change)
+                .await
+                .map_err(named(&name))?;
+            if json {
+                return output::json(&volume);
+            }
+            print_limits(&volume);
+            Ok(())
+        }
+        VolumeCommand::Delete { name, force } => {
+            let volume = client.volume(&name).await.map_err(named(&name))?;
+            client
+                .delete_volume(&name, force)
+                .await
+                .map_err(|e| match e {
+                    FsError::NotEmpty => anyhow::anyhow!(
+                        "volume {name:?} is not empty ({} inodes, {}); pass --force to delete it with everything in it",
+                        volume.used_inodes,
+                        output::size(volume.used_bytes)
+                    ),
+                    other => named(&name)(other),
+                })?;
+            if json {
+                return output::json(&serde_json::json!({ "deleted": name }));
+            }
+            println!(
+                "deleted volume {name} ({} inodes, {} of files; their space is freed by garbage collection)",
+                volume.used_inodes,
+                output::size(volume.used_bytes)
+            );
             Ok(())
         }
     }

@@ -69,6 +69,30 @@ pub struct VolumeInfo {
     pub policy: EcPolicy,
     pub block_size: u64,
     pub created: Timestamp,
+    pub limits: VolumeLimits,
+    /// Sum of the sizes of the volume's regular files, kept exactly by every mutation.
+    pub used_bytes: u64,
+    /// Inodes in the volume, not counting its root directory.
+    pub used_inodes: u64,
+}
+
+/// What an administrator allows a volume; `None` is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeLimits {
+    /// Most bytes of regular-file sizes (as `du --apparent-size` counts them).
+    pub quota_bytes: Option<u64>,
+    /// Most inodes, the root directory not counted.
+    pub quota_inodes: Option<u64>,
+    /// Every change to the volume fails with EROFS.
+    pub read_only: bool,
+}
+
+/// Changes to a volume's limits; `None` leaves a field as it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeChange {
+    pub quota_bytes: Option<Option<u64>>,
+    pub quota_inodes: Option<Option<u64>>,
+    pub read_only: Option<bool>,
 }
 
 /// What a volume holds, counted from the metadata (`dfs volume info`).
@@ -105,9 +129,12 @@ pub struct DirPage {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatFs {
+    /// The cluster's raw capacity, or the volume's byte quota where that is smaller.
     pub total_bytes: u64,
     pub free_bytes: u64,
-    pub inodes: u64,
+    /// The volume's inode quota, or its usage plus 2^32 when it has none.
+    pub total_inodes: u64,
+    pub free_inodes: u64,
     pub block_size: u64,
 }
 
@@ -232,6 +259,18 @@ pub enum MetaRequest {
         name: String,
         policy: EcPolicy,
         block_size: u64,
+        limits: VolumeLimits,
+    },
+    /// Changes a volume's quotas or read-only flag; answered with the updated `Volume`.
+    SetVolume {
+        name: String,
+        change: VolumeChange,
+    },
+    /// Deletes a volume; `NotEmpty` if it holds anything unless `force`, which deletes its
+    /// whole tree (the blocks become garbage, collected after the grace period).
+    DeleteVolume {
+        name: String,
+        force: bool,
     },
     ListVolumes,
     /// What a volume holds; answered with `Usage`.

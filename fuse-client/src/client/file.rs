@@ -9,7 +9,7 @@ use super::{reader, Client};
 use dfs_common::proto::meta::Layout;
 use dfs_common::proto::meta::{Attr, FileKind, MetaReply, MetaRequest, NewExtent, SetAttr};
 use dfs_common::proto::{MAX_FILE_SIZE, MAX_LAYOUT_EXTENTS};
-use dfs_common::{EcPolicy, FsError, FsResult, InodeId, Timestamp};
+use dfs_common::{EcPolicy, FsError, FsResult, InodeId, Timestamp, VolumeId};
 use std::collections::VecDeque;
 use tokio::task::JoinHandle;
 
@@ -19,6 +19,9 @@ const MAX_EXTENTS_PER_COMMIT: usize = 1024;
 pub struct FileHandle {
     client: Client,
     ino: InodeId,
+    volume: VolumeId,
+    /// Growth of the file reserved against the volume's byte quota and not committed yet.
+    quota_reserved: u64,
     block_size: usize,
     policy: EcPolicy,
     /// Size including buffered writes.
@@ -81,6 +84,8 @@ impl Client {
         Ok(FileHandle {
             client: self.clone(),
             ino: attr.ino,
+            volume: attr.volume,
+            quota_reserved: 0,
             block_size: volume.block_size as usize,
             policy: volume.policy,
             size: attr.size,
@@ -121,8 +126,36 @@ impl FileHandle {
         at
     }
 
+    /// Reserves the growth a write of `len` bytes at `offset` causes against the volume's
+    /// byte quota.
+    async fn reserve_growth(&mut self, offset: u64, len: usize) -> FsResult<()> {
+        let growth = if self.append {
+            len as u64
+        } else {
+            Self::end_of(offset, len)?.saturating_sub(self.size)
+        };
+        if growth > 0 {
+            self.client.reserve_quota(self.volume, growth).await?;
+            self.quota_reserved += growth;
+        }
+        Ok(())
+    }
+
+    /// After a commit: what is committed leaves the reservation; growth still buffered stays.
+    fn settle_reserved(&mut self, committed_size: u64) {
+        let buffered = if self.append {
+            self.dirty.bytes() as u64
+        } else {
+            self.size.saturating_sub(committed_size)
+        };
+        let done = self.quota_reserved.saturating_sub(buffered);
+        self.client.settle_quota(self.volume, done, true);
+        self.quota_reserved -= done;
+    }
+
     /// Buffers `data` at `offset`; full blocks start uploading at once.
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<usize> {
+        self.reserve_growth(offset, data.len()).await?;
         let offset = self.place_write(offset, data.len());
         let end = Self::end_of(offset, data.len())?;
         self.dirty.write(offset, data);
@@ -135,6 +168,7 @@ impl FileHandle {
     /// the parity ([`FileHandle::write_buffer`]) and it is not even reallocated.
     pub async fn write_owned(&mut self, offset: u64, data: Vec<u8>) -> FsResult<usize> {
         let len = data.len();
+        self.reserve_growth(offset, len).await?;
         let offset = self.place_write(offset, len);
         let end = Self::end_of(offset, len)?;
         self.dirty.write_owned(offset, data);
@@ -263,6 +297,7 @@ impl FileHandle {
         match self.client.call(&request).await? {
             MetaReply::Attr(attr) => {
                 self.size = self.size.max(attr.size);
+                self.settle_reserved(attr.size);
                 Ok(())
             }
             other => Err(FsError::protocol(format!("unexpected reply {other:?}"))),
@@ -278,6 +313,9 @@ impl FileHandle {
         // Commit what did upload even if some block failed: each extent stands on its own, and
         // a failed range simply keeps its old bytes. The failure is still reported.
         let result = self.commit().await;
+        // Whatever is still reserved did not commit.
+        self.client
+            .settle_quota(self.volume, std::mem::take(&mut self.quota_reserved), false);
         match self.failed.take() {
             Some(e) => Err(e),
             None => result,
@@ -376,6 +414,8 @@ impl FileHandle {
 
 impl Drop for FileHandle {
     fn drop(&mut self) {
+        self.client
+            .settle_quota(self.volume, std::mem::take(&mut self.quota_reserved), false);
         for task in &self.uploads {
             task.abort();
         }

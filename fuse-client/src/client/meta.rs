@@ -11,14 +11,48 @@ impl Client {
         policy: EcPolicy,
         block_size: u64,
     ) -> FsResult<VolumeInfo> {
+        self.create_volume_with(name, policy, block_size, VolumeLimits::default())
+            .await
+    }
+
+    pub async fn create_volume_with(
+        &self,
+        name: &str,
+        policy: EcPolicy,
+        block_size: u64,
+        limits: VolumeLimits,
+    ) -> FsResult<VolumeInfo> {
         let reply = self
             .call(&MetaRequest::CreateVolume {
                 name: name.into(),
                 policy,
                 block_size,
+                limits,
             })
             .await?;
         expect_reply!(reply, MetaReply::Volume)
+    }
+
+    /// Changes a volume's quotas or read-only flag.
+    pub async fn set_volume(&self, name: &str, change: VolumeChange) -> FsResult<VolumeInfo> {
+        let reply = self
+            .call(&MetaRequest::SetVolume {
+                name: name.into(),
+                change,
+            })
+            .await?;
+        expect_reply!(reply, MetaReply::Volume)
+    }
+
+    /// Deletes a volume; with `force`, everything in it too.
+    pub async fn delete_volume(&self, name: &str, force: bool) -> FsResult<()> {
+        expect_done(
+            self.call(&MetaRequest::DeleteVolume {
+                name: name.into(),
+                force,
+            })
+            .await?,
+        )
     }
 
     pub async fn list_volumes(&self) -> FsResult<Vec<VolumeInfo>> {

@@ -5,6 +5,7 @@ pub mod dirty;
 pub mod file;
 pub mod locks;
 pub mod meta;
+mod quota;
 pub mod reader;
 pub mod writer;
 
@@ -65,6 +66,7 @@ pub(crate) struct Inner {
     pub(crate) options: ClientOptions,
     codecs: Mutex<HashMap<EcPolicy, Arc<Erasure>>>,
     volumes: Mutex<HashMap<VolumeId, VolumeInfo>>,
+    quotas: Mutex<HashMap<VolumeId, quota::QuotaView>>,
     pub(crate) locks: locks::LockSession,
     _endpoint: Endpoint,
 }
@@ -84,6 +86,7 @@ impl Client {
                 options,
                 codecs: Mutex::new(HashMap::new()),
                 volumes: Mutex::new(HashMap::new()),
+                quotas: Mutex::new(HashMap::new()),
                 locks: locks::LockSession::new(),
                 _endpoint: endpoint,
             }),

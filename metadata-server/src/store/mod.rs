@@ -41,6 +41,7 @@ pub fn open(path: &Path) -> FsResult<Arc<Database>> {
     let db = Database::create(path).db()?;
     let tx = db.begin_write().db()?;
     tables::WriteTables::open(&tx)?;
+    crate::volumes::backfill(&tx)?;
     tx.commit().db()?;
     Ok(Arc::new(db))
 }

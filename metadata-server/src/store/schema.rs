@@ -12,11 +12,12 @@
 //! | `garbage`  | block id                  | seconds when it became unreferenced | the collector's work list            |
 //! | `counters` | counter name              | next id                            | ids are never reused                  |
 //! | `draining` | server id                 | seconds when the drain began       | placement avoids it, repair empties it |
+//! | `volume_state` | volume id             | [`VolumeState`]                    | quotas are checked and usage kept in the same transaction as each change |
 //!
 //! Records are bincode behind a one-byte format version (see [`encode`]), so an older record can
 //! still be decoded after a format change; integers in keys are fixed-width by redb.
 
-use dfs_common::proto::meta::FileKind;
+use dfs_common::proto::meta::{FileKind, VolumeLimits};
 use dfs_common::{EcPolicy, FsError, InodeId, ServerId, Timestamp, VolumeId};
 use redb::TableDefinition;
 use serde::de::DeserializeOwned;
@@ -31,6 +32,7 @@ pub const XATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("xa
 pub const SERVERS: TableDefinition<u64, &[u8]> = TableDefinition::new("servers");
 pub const GARBAGE: TableDefinition<u64, i64> = TableDefinition::new("garbage");
 pub const DRAINING: TableDefinition<u64, i64> = TableDefinition::new("draining");
+pub const VOLUME_STATE: TableDefinition<u64, &[u8]> = TableDefinition::new("volume_state");
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
 pub const NEXT_INODE: &str = "next_inode";
@@ -47,6 +49,17 @@ pub struct VolumeRecord {
     pub policy: EcPolicy,
     pub block_size: u64,
     pub created: Timestamp,
+}
+
+/// A volume's limits and exact usage. Kept apart from [`VolumeRecord`] (which is keyed by
+/// name and rarely changes) because every create, write and delete updates it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeState {
+    pub limits: VolumeLimits,
+    /// Sum of regular-file sizes.
+    pub bytes: u64,
+    /// Inodes other than the root directory.
+    pub inodes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

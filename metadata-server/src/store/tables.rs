@@ -22,6 +22,7 @@ pub struct WriteTables<'t> {
     pub garbage: Table<'t, u64, i64>,
     pub counters: Table<'t, &'static str, u64>,
     pub draining: Table<'t, u64, i64>,
+    pub volume_state: Table<'t, u64, &'static [u8]>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -37,6 +38,7 @@ impl<'t> WriteTables<'t> {
             garbage: tx.open_table(GARBAGE).db()?,
             counters: tx.open_table(COUNTERS).db()?,
             draining: tx.open_table(DRAINING).db()?,
+            volume_state: tx.open_table(VOLUME_STATE).db()?,
         })
     }
 
@@ -147,6 +149,7 @@ pub struct ReadTables {
     pub servers: redb::ReadOnlyTable<u64, &'static [u8]>,
     pub garbage: redb::ReadOnlyTable<u64, i64>,
     pub draining: redb::ReadOnlyTable<u64, i64>,
+    pub volume_state: redb::ReadOnlyTable<u64, &'static [u8]>,
 }
 
 impl ReadTables {
@@ -161,6 +164,18 @@ impl ReadTables {
             servers: tx.open_table(SERVERS).db()?,
             garbage: tx.open_table(GARBAGE).db()?,
             draining: tx.open_table(DRAINING).db()?,
+            volume_state: tx.open_table(VOLUME_STATE).db()?,
         })
+    }
+}
+
+/// A volume's limits and usage; a volume without a record has none and uses nothing.
+pub fn get_volume_state(
+    t: &impl ReadableTable<u64, &'static [u8]>,
+    id: VolumeId,
+) -> FsResult<VolumeState> {
+    match t.get(id.0).db()? {
+        Some(v) => decode(v.value()),
+        None => Ok(VolumeState::default()),
     }
 }

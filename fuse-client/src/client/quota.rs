@@ -1,0 +1,84 @@
+//! Byte quotas seen from a client, so that a write past a volume's quota fails with EDQUOT at
+//! the `write` call rather than at the later commit.
+//!
+//! The metadata server is the authority: every commit is checked there. This view only adds
+//! early refusal. It knows the volume's usage as of its last fetch (at most
+//! [`REFRESH_AFTER`] old) plus what this client committed since, and counts the growth that
+//! this client's open files buffered but did not commit yet. Writers on other clients are
+//! seen at the next refresh, so with several writers near the limit a write can still pass
+//! here and its commit (at flush, fsync or close) fail with EDQUOT instead.
+
+use super::Client;
+use dfs_common::{FsError, FsResult, VolumeId};
+use std::time::{Duration, Instant};
+
+/// How old the usage figure may be before a growing write fetches it again.
+pub const REFRESH_AFTER: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub(crate) struct QuotaView {
+    quota: Option<u64>,
+    /// Used bytes when fetched, plus this client's commits since.
+    used: u64,
+    /// Growth buffered by open files and not committed yet.
+    pending: u64,
+    fetched: Instant,
+}
+
+impl Client {
+    /// Counts `growth` more bytes in `volume`, or fails with `QuotaExceeded` if that would
+    /// pass its byte quota.
+    pub(crate) async fn reserve_quota(&self, volume: VolumeId, growth: u64) -> FsResult<()> {
+        let stale = {
+            let views = self.inner.quotas.lock().expect("quota lock");
+            views
+                .get(&volume)
+                .is_none_or(|v| v.fetched.elapsed() > REFRESH_AFTER)
+        };
+        if stale {
+            let name = self.volume_by_id(volume).await?.name;
+            let info = self.volume(&name).await?;
+            let mut views = self.inner.quotas.lock().expect("quota lock");
+            let view = views.entry(volume).or_insert(QuotaView {
+                quota: None,
+                used: 0,
+                pending: 0,
+                fetched: Instant::now(),
+            });
+            view.quota = info.limits.quota_bytes;
+            view.used = info.used_bytes;
+            view.fetched = Instant::now();
+        }
+        let mut views = self.inner.quotas.lock().expect("quota lock");
+        let view = views.get_mut(&volume).expect("fetched above");
+        if let Some(quota) = view.quota {
+            if view
+                .used
+                .saturating_add(view.pending)
+                .saturating_add(growth)
+                > quota
+            {
+                return Err(FsError::QuotaExceeded(format!(
+                    "volume byte quota of {quota} reached"
+                )));
+            }
+        }
+        view.pending += growth;
+        Ok(())
+    }
+
+    /// Gives back `bytes` reserved by [`Client::reserve_quota`]: committed (now part of the
+    /// volume's usage) or dropped.
+    pub(crate) fn settle_quota(&self, volume: VolumeId, bytes: u64, committed: bool) {
+        if bytes == 0 {
+            return;
+        }
+        let mut views = self.inner.quotas.lock().expect("quota lock");
+        if let Some(view) = views.get_mut(&volume) {
+            view.pending = view.pending.saturating_sub(bytes);
+            if committed {
+                view.used = view.used.saturating_add(bytes);
+            }
+        }
+    }
+}

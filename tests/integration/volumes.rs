@@ -1,0 +1,294 @@
+//! Volume administration against real processes: quotas (EDQUOT through the client library
+//! and through the kernel), the read-only flag, and deleting volumes.
+
+use crate::mount::cluster_with_volume;
+use dfs_client::client::ClientOptions;
+use dfs_client::Client;
+use dfs_common::proto::meta::VolumeChange;
+use dfs_common::{FsError, InodeId};
+use dfs_tests::process::{Mount, ProcessCluster};
+use dfs_tests::random_bytes;
+use std::fs;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+const EDQUOT: i32 = 122;
+const EROFS: i32 = 30;
+const MIB: usize = 1 << 20;
+
+fn dfs(cluster: &ProcessCluster, args: &[&str]) -> Output {
+    cluster.cli().args(args).output().expect("run dfs")
+}
+
+fn ok(cluster: &ProcessCluster, args: &[&str]) -> String {
+    let out = dfs(cluster, args);
+    assert!(
+        out.status.success(),
+        "dfs {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(cluster: &ProcessCluster, args: &[&str], code: i32, message: &str) {
+    let out = dfs(cluster, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "dfs {args:?}: {stderr}");
+    assert!(
+        stderr.contains(message),
+        "dfs {args:?}: expected {message:?} in {stderr:?}"
+    );
+}
+
+fn volume_json(cluster: &ProcessCluster, name: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(cluster, &["volume", "info", name, "--json"])).unwrap()
+}
+
+fn errno(result: std::io::Result<()>) -> Option<i32> {
+    result.err().and_then(|e| e.raw_os_error())
+}
+
+fn all_shard_files(cluster: &ProcessCluster) -> usize {
+    (0..6)
+        .map(|i| cluster.chunk_dir(i).join("shards"))
+        .flat_map(|d| fs::read_dir(d).into_iter().flatten().flatten())
+        .map(|sub| fs::read_dir(sub.path()).map_or(0, |r| r.count()))
+        .sum()
+}
+
+#[test]
+fn quotas_refuse_growth_with_edquot_and_lose_nothing() {
+    let cluster = cluster_with_volume();
+    ok(
+        &cluster,
+        &[
+            "volume",
+            "create",
+            "small",
+            "--ec",
+            "4+2",
+            "--quota-bytes",
+            "10M",
+            "--quota-inodes",
+            "5",
+        ],
+    );
+    let info = ok(&cluster, &["volume", "info", "small"]);
+    assert!(info.contains("0 B of 10.0 MiB (0%)"), "{info}");
+    assert!(info.contains("0 of 5 (0%)"), "{info}");
+
+    // Through the kernel: the second 6 MiB file passes the quota and fails with EDQUOT.
+    let m = Mount::new(&cluster, "small", "small", "").unwrap();
+    let first = random_bytes(6 * MIB, 1);
+    fs::write(m.path("first"), &first).unwrap();
+    let second = random_bytes(6 * MIB, 2);
+    assert_eq!(
+        errno(fs::write(m.path("second"), &second)),
+        Some(EDQUOT),
+        "{}",
+        cluster.logs()
+    );
+    // Nothing already written is lost, and the refused write kept what fit.
+    assert!(fs::read(m.path("first")).unwrap() == first);
+    let kept = fs::read(m.path("second")).unwrap();
+    assert!(kept.len() <= 4 * MIB && kept[..] == second[..kept.len()]);
+    let used = volume_json(&cluster, "small")["used_bytes"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(used, (first.len() + kept.len()) as u64);
+    assert!(used <= 10 * MIB as u64);
+    // Growing by truncate is refused by the metadata server itself.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("first"))
+        .unwrap();
+    assert_eq!(
+        f.set_len(11 * MIB as u64).unwrap_err().raw_os_error(),
+        Some(EDQUOT)
+    );
+    drop(f);
+    // df shows the quota as the volume's size.
+    let df = std::process::Command::new("df")
+        .args(["-B1", "--output=size,itotal"])
+        .arg(&m.dir)
+        .output()
+        .unwrap();
+    let df = String::from_utf8_lossy(&df.stdout);
+    let figures: Vec<u64> = df
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(figures, vec![10 * MIB as u64, 5], "{df}");
+
+    // The byte quota is full: one more byte is refused, an empty file is not.
+    assert_eq!(errno(fs::write(m.path("byte"), b"1")), Some(EDQUOT));
+    fs::remove_file(m.path("byte")).unwrap();
+    // Inodes: two files exist; three more fit, the sixth does not.
+    fs::create_dir(m.path("dir")).unwrap();
+    fs::write(m.path("dir/a"), b"").unwrap();
+    std::os::unix::fs::symlink("first", m.path("link")).unwrap();
+    assert_eq!(errno(fs::write(m.path("dir/b"), b"")), Some(EDQUOT));
+    assert_eq!(errno(fs::create_dir(m.path("d2"))), Some(EDQUOT));
+    // Removing one makes room again.
+    fs::remove_file(m.path("link")).unwrap();
+    fs::write(m.path("dir/b"), b"").unwrap();
+
+    // Through the library, and the metadata server's own check when two clients each stay
+    // under the quota in their own view but not together.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let connect = || async {
+            Client::connect(
+                cluster.meta_addr,
+                &cluster.certs.client_identity(),
+                ClientOptions::default(),
+            )
+            .await
+            .unwrap()
+        };
+        let (a, b) = (connect().await, connect().await);
+        let volume = a.volume("small").await.unwrap();
+        a.set_volume(
+            "small",
+            VolumeChange {
+                quota_bytes: Some(Some(volume.used_bytes + 4 * MIB as u64)),
+                quota_inodes: Some(None),
+                read_only: None,
+            },
+        )
+        .await
+        .unwrap();
+        let root = volume.root;
+        let mut fa = a.create(root, "from-a", 0o644, 0, 0).await.unwrap();
+        let mut fb = b.create(root, "from-b", 0o644, 0, 0).await.unwrap();
+        fa.write(0, &random_bytes(3 * MIB, 3)).await.unwrap();
+        fb.write(0, &random_bytes(3 * MIB, 4)).await.unwrap();
+        fb.close().await.unwrap();
+        let err = fa.close().await.unwrap_err();
+        assert!(matches!(err, FsError::QuotaExceeded(_)), "{err:?}");
+        // Within one client, the write call itself is refused.
+        let mut fb2 = b.open(lookup(&b, root, "from-b").await).await.unwrap();
+        let err = fb2
+            .write(3 * MIB as u64, &random_bytes(2 * MIB, 5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FsError::QuotaExceeded(_)), "{err:?}");
+        drop(fb2);
+        // Lifting the quota lets writes through again.
+        a.set_volume(
+            "small",
+            VolumeChange {
+                quota_bytes: Some(None),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut fa = a.open(lookup(&a, root, "from-a").await).await.unwrap();
+        fa.write(0, &random_bytes(3 * MIB, 3)).await.unwrap();
+        fa.close().await.unwrap();
+    });
+    assert_eq!(
+        fs::read(m.path("from-b")).unwrap(),
+        random_bytes(3 * MIB, 4)
+    );
+    assert!(fs::read(m.path("first")).unwrap() == first);
+}
+
+async fn lookup(client: &Client, parent: InodeId, name: &str) -> InodeId {
+    client.lookup(parent, name).await.unwrap().ino
+}
+
+#[test]
+fn read_only_volumes_and_volume_deletion() {
+    let cluster = cluster_with_volume();
+    ok(&cluster, &["volume", "create", "scratch", "--ec", "2+1"]);
+    let m = Mount::new(&cluster, "scratch", "scratch", "").unwrap();
+    let data = random_bytes(5 * MIB, 7);
+    fs::write(m.path("kept"), &data).unwrap();
+
+    // Read-only: every change fails with EROFS, reads go on.
+    let out = ok(
+        &cluster,
+        &["volume", "set", "scratch", "--read-only", "true"],
+    );
+    assert!(out.contains("read-only"), "{out}");
+    assert_eq!(errno(fs::write(m.path("new"), b"x")), Some(EROFS));
+    assert_eq!(errno(fs::create_dir(m.path("dir"))), Some(EROFS));
+    assert_eq!(errno(fs::remove_file(m.path("kept"))), Some(EROFS));
+    assert!(fs::read(m.path("kept")).unwrap() == data);
+    ok(
+        &cluster,
+        &["volume", "set", "scratch", "--read-only", "false"],
+    );
+    fs::write(m.path("new"), b"x").unwrap();
+
+    // Failure paths of `volume set` and `volume delete`.
+    fails(
+        &cluster,
+        &["volume", "set", "nosuch", "--read-only", "true"],
+        1,
+        "no volume named \"nosuch\"",
+    );
+    fails(
+        &cluster,
+        &["volume", "set", "scratch"],
+        1,
+        "nothing to change",
+    );
+    fails(
+        &cluster,
+        &["volume", "set", "scratch", "--quota-bytes", "12X"],
+        2,
+        "unknown unit",
+    );
+    fails(
+        &cluster,
+        &["volume", "delete", "scratch"],
+        1,
+        "is not empty (2 inodes",
+    );
+    fails(
+        &cluster,
+        &["volume", "delete", "nosuch"],
+        1,
+        "no volume named",
+    );
+
+    // An empty volume goes without --force; a full one with it, and its space comes back.
+    ok(&cluster, &["volume", "create", "empty"]);
+    ok(&cluster, &["volume", "delete", "empty"]);
+    assert!(all_shard_files(&cluster) > 0);
+    drop(m);
+    let out = ok(&cluster, &["volume", "delete", "scratch", "--force"]);
+    assert!(out.contains("deleted volume scratch (2 inodes"), "{out}");
+    let list = ok(&cluster, &["volume", "list"]);
+    assert!(
+        list.contains("default") && !list.contains("scratch") && !list.contains("empty"),
+        "{list}"
+    );
+    fails(
+        &cluster,
+        &["volume", "info", "scratch"],
+        1,
+        "no volume named",
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while all_shard_files(&cluster) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "shards of the deleted volume were never collected\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The name can be used again, for a new, empty volume.
+    ok(&cluster, &["volume", "create", "scratch"]);
+    let v = volume_json(&cluster, "scratch");
+    assert_eq!(v["used_inodes"], 0);
+    assert_eq!(v["usage"]["files"], 0);
+}
