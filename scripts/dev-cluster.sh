@@ -127,6 +127,10 @@ up() {
     if [ ! -f "$certs/ca.pem" ]; then
         "$bin/dfs" cert init --dir "$certs" >/dev/null
         log "created cluster CA and certificates in $certs"
+    elif [ ! -f "$certs/admin.pem" ]; then
+        # Certificates made before administrator certificates existed.
+        "$bin/dfs" cert issue --dir "$certs" --name admin >/dev/null
+        log "issued an administrator certificate in $certs"
     fi
     start "metadata server on $meta_addr" "$dev_dir/pids/meta.pid" "$dev_dir/logs/meta.log" \
         "$bin/dfs-meta" --listen "$meta_addr" --data "$dev_dir/meta" --certs "$certs"

@@ -10,6 +10,7 @@
 //! - [`scrub`]: background re-verification of every shard.
 //! - [`reconcile`]: deleting shards the metadata server no longer places here.
 
+pub mod access;
 pub mod heartbeat;
 pub mod identity;
 pub mod rebuild;
@@ -118,6 +119,7 @@ pub async fn start(
             PEER_TIMEOUT,
         )),
         scrubber,
+        access::ClientAccess::new(meta_peer()),
     ));
     let beat = heartbeat::Heartbeat {
         server: node.id,

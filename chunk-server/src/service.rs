@@ -1,5 +1,6 @@
 //! The chunk server's request handler: validates, then does blocking disk work off the runtime.
 
+use crate::access::ClientAccess;
 use crate::rebuild::rebuild;
 use crate::scrub::Scrubber;
 use crate::store::{validate_put, ShardStore};
@@ -27,6 +28,7 @@ pub struct ChunkService {
     /// Connections to other chunk servers, for rebuilds.
     peers: Arc<ChunkPool>,
     scrubber: Arc<Scrubber>,
+    access: ClientAccess,
     /// Bytes of shards accepted but not yet on disk, so that concurrent writes cannot
     /// together overfill the server.
     reserved: Mutex<u64>,
@@ -51,6 +53,7 @@ impl ChunkService {
         capacity: Option<u64>,
         peers: Arc<ChunkPool>,
         scrubber: Arc<Scrubber>,
+        access: ClientAccess,
     ) -> Self {
         ChunkService {
             id,
@@ -59,6 +62,7 @@ impl ChunkService {
             receive_budget: Semaphore::new((RECEIVE_BUDGET / BUDGET_UNIT) as usize),
             peers,
             scrubber,
+            access,
             reserved: Mutex::new(0),
         }
     }
@@ -121,11 +125,13 @@ impl Service for ChunkService {
         &self,
         request: ChunkRequest,
         body: &mut RecvStream,
-        _peer: &PeerInfo,
+        peer: &PeerInfo,
     ) -> Response<ChunkReply> {
+        let principal = &peer.principal;
         match request {
             ChunkRequest::Put { key, owner, len } => {
                 validate_put(&key, &owner, len)?;
+                self.access.check(principal, owner.volume, true).await?;
                 let _space = self.reserve(len)?;
                 let units = (len / BUDGET_UNIT + 1) as u32;
                 let _permit = self
@@ -141,6 +147,12 @@ impl Service for ChunkService {
                 if len > MAX_BLOCK_SIZE {
                     return Err(FsError::TooBig(format!("read of {len} bytes")));
                 }
+                if !principal.is_privileged() {
+                    let header = self.blocking(move |s| s.read_header(&key)).await?;
+                    self.access
+                        .check(principal, header.owner.volume, false)
+                        .await?;
+                }
                 let data = self.blocking(move |s| s.get(&key, offset, len)).await?;
                 Ok((
                     ChunkReply::Data {
@@ -150,6 +162,7 @@ impl Service for ChunkService {
                 ))
             }
             ChunkRequest::Delete { key } => {
+                self.access.privileged(principal)?;
                 let existed = self.blocking(move |s| s.delete(&key)).await?;
                 Ok((ChunkReply::Deleted { existed }, None))
             }
@@ -159,11 +172,13 @@ impl Service for ChunkService {
                 owner,
                 sources,
             } => {
+                self.access.privileged(principal)?;
                 let _space = self.reserve(owner.policy.shard_len(owner.block_len))?;
                 rebuild(&self.peers, &self.store, key, owner, sources).await?;
                 Ok((ChunkReply::Stored, None))
             }
             ChunkRequest::ScrubStart => {
+                self.access.privileged(principal)?;
                 self.scrubber.start();
                 Ok((ChunkReply::Scrub(self.scrubber.progress()), None))
             }

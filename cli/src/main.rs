@@ -15,9 +15,13 @@ pub struct Cli {
     /// Metadata server address, HOST:PORT.
     #[arg(long, global = true, env = "DFS_META")]
     meta: Option<String>,
-    /// Certificate directory with ca.pem, client.pem and client.key.
+    /// Certificate directory with ca.pem and the certificate to use (see --identity).
     #[arg(long, global = true, env = "DFS_CERTS")]
     certs: Option<PathBuf>,
+    /// Which certificate of the directory to use: NAME.pem and NAME.key [default: admin, or
+    /// client if there is no admin.pem].
+    #[arg(long, global = true, env = "DFS_IDENTITY")]
+    identity: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -39,6 +43,9 @@ enum Command {
     /// Chunk servers: list, drain (move every shard off), remove.
     #[command(subcommand)]
     Node(commands::node::NodeCommand),
+    /// Client certificates limited to some volumes: add, list, revoke.
+    #[command(subcommand)]
+    Client(commands::client::ClientCommand),
     /// Progress of the automatic repair of lost shards.
     #[command(subcommand)]
     Repair(commands::repair::RepairCommand),

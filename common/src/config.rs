@@ -39,6 +39,15 @@ pub fn tls_paths(
     })
 }
 
+/// The first of `names` whose certificate (`NAME.pem`) is in `dir`, else the first name:
+/// the CLI prefers `admin`, a mount `client`, and either works with what `dfs cert init` made.
+pub fn pick_identity<'a>(dir: &Path, names: &[&'a str]) -> &'a str {
+    names
+        .iter()
+        .find(|n| dir.join(format!("{n}.pem")).exists())
+        .unwrap_or(&names[0])
+}
+
 /// Parses a size such as `4M`, `512k`, `10G` or `1048576` (binary units).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();

@@ -56,6 +56,8 @@ pub enum FsError {
     Locked,
     #[error("disk quota exceeded: {0}")]
     QuotaExceeded(String),
+    #[error("access denied: {0}")]
+    Denied(String),
 }
 
 impl FsError {
@@ -99,6 +101,7 @@ impl FsError {
             FsError::Io(_) => 5,              // EIO
             FsError::Locked => 11,            // EAGAIN
             FsError::QuotaExceeded(_) => 122, // EDQUOT
+            FsError::Denied(_) => 13,         // EACCES
         }
     }
 }

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`store`]: redb, the schema, and the group-committing writer thread.
 //! - [`state_machine`]: every mutation as a deterministic command.
+//! - [`access`]: what servers, administrators and client certificates may do.
 //! - [`volumes`]: volume create/change/delete, exact usage and quotas.
 //! - [`layout`]: extents over immutable blocks, block reference counts.
 //! - [`queries`]: read-only operations on a snapshot.
@@ -14,6 +15,7 @@
 //! - [`maintenance`]: the state-machine commands repair and collection use.
 //! - [`service`]: the QUIC request handler.
 
+pub mod access;
 pub mod layout;
 pub mod locks;
 pub mod maintenance;
@@ -98,7 +100,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         membership,
         locks::LockTable::new(config.lock_lease),
         repair,
-    ));
+    )?);
     tracing::info!(%addr, data = %config.data_dir.display(), "metadata server listening");
     let task = tokio::spawn(async move {
         serve(endpoint, service, shutdown).await;

@@ -1,6 +1,7 @@
 //! The metadata server's request handler: reads go to a snapshot, mutations to the committer,
 //! placement decisions are made here (from live membership) and travel inside the command.
 
+use crate::access::{self, ClientRegistry, Need, Target};
 use crate::locks::LockTable;
 use crate::membership::Membership;
 use crate::placement::place;
@@ -12,6 +13,7 @@ use crate::store::tables::{get_inode, get_volume_by_id, get_volume_state, ReadTa
 use crate::store::{self, Committer, DbResult};
 use dfs_common::codec::MAX_FRAME;
 use dfs_common::net::server::{PeerInfo, Response, Service};
+use dfs_common::net::tls::Principal;
 use dfs_common::proto::meta::*;
 use dfs_common::proto::MAX_CHECK_SHARDS;
 use dfs_common::{FsError, FsResult, ServerId, Timestamp};
@@ -21,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct MetaService {
+    clients: ClientRegistry,
     db: Arc<Database>,
     committer: Committer,
     membership: Arc<Membership>,
@@ -35,14 +38,73 @@ impl MetaService {
         membership: Arc<Membership>,
         locks: LockTable,
         repair: Arc<Repair>,
-    ) -> Self {
-        MetaService {
+    ) -> FsResult<Self> {
+        let clients = ClientRegistry::default();
+        clients.reload(&ReadTables::open(&store::read(&db)?)?)?;
+        Ok(MetaService {
+            clients,
             db,
             committer,
             membership,
             locks,
             repair,
+        })
+    }
+
+    /// Refuses what `principal` may not do. Returns the client's grants (`None` for servers
+    /// and administrators) for filtering the reply.
+    async fn authorize(
+        &self,
+        principal: &Principal,
+        request: &MetaRequest,
+    ) -> FsResult<Option<Vec<VolumeGrant>>> {
+        let Principal::Client(fingerprint) = principal else {
+            return Ok(None);
+        };
+        let grants = self.clients.grants(&fingerprint.0).ok_or_else(|| {
+            FsError::Denied(format!(
+                "client certificate {fingerprint} is not registered with this cluster, or was revoked"
+            ))
+        })?;
+        let (target, write) = match access::need(request) {
+            Need::Admin => {
+                return Err(FsError::Denied(
+                    "this needs an administrator certificate".into(),
+                ))
+            }
+            Need::Anyone => return Ok(Some(grants)),
+            Need::Read(target) => (target, false),
+            Need::Write(target) => (target, true),
+        };
+        if let Target::Volume(name) = &target {
+            // Do not tell a client whether a volume it may not use exists.
+            let name = name.clone();
+            let volume = self
+                .query(move |t| access::volume_of(t, &Target::Volume(name)))
+                .await?;
+            return match volume {
+                Some(v) if grants.iter().any(|g| g.volume == v) => Ok(Some(grants)),
+                _ => Err(FsError::Denied(format!(
+                    "this client certificate has no access to volume {:?}",
+                    request_volume_name(request)
+                ))),
+            };
         }
+        let second = access::second_inode(request);
+        let volumes = self
+            .query(move |t| {
+                let first = access::volume_of(t, &target)?;
+                let second = match second {
+                    Some(ino) => access::volume_of(t, &Target::Inode(ino))?,
+                    None => None,
+                };
+                Ok([first, second])
+            })
+            .await?;
+        for volume in volumes.into_iter().flatten() {
+            access::check_grant(&grants, volume, write)?;
+        }
+        Ok(Some(grants))
     }
 
     /// Runs a read-only query on a fresh snapshot, off the async runtime.
@@ -254,6 +316,15 @@ impl MetaService {
                 self.locks.renew(session);
                 Ok(MetaReply::Done)
             }
+            MetaRequest::AddClient { .. } | MetaRequest::RevokeClient { .. } => {
+                let reply = self.commit(request, vec![]).await?;
+                let tx = store::read(&self.db)?;
+                self.clients.reload(&ReadTables::open(&tx)?)?;
+                Ok(reply)
+            }
+            MetaRequest::ClientGrants { fingerprint } => {
+                Ok(MetaReply::Grants(self.clients.grants(&fingerprint)))
+            }
             r if r.is_mutation() => self.commit(r, vec![]).await,
             r => {
                 let mut reply = self.query(move |t| answer(t, r)).await?;
@@ -273,6 +344,7 @@ impl MetaService {
 fn answer(t: &ReadTables, request: MetaRequest) -> FsResult<MetaReply> {
     Ok(match request {
         MetaRequest::ListVolumes => MetaReply::Volumes(queries::list_volumes(t)?),
+        MetaRequest::ListClients => MetaReply::Clients(access::list_clients(t)?),
         MetaRequest::GetVolume { name } => MetaReply::Volume(queries::get_volume(t, &name)?),
         MetaRequest::Lookup { parent, name } => {
             MetaReply::Attr(queries::lookup_attr(t, parent, &name)?)
@@ -310,8 +382,20 @@ impl Service for MetaService {
         &self,
         request: MetaRequest,
         _body: &mut RecvStream,
-        _peer: &PeerInfo,
+        peer: &PeerInfo,
     ) -> Response<MetaReply> {
-        Ok((self.dispatch(request).await?, None))
+        let grants = self.authorize(&peer.principal, &request).await?;
+        let mut reply = self.dispatch(request).await?;
+        if let (Some(grants), MetaReply::Volumes(volumes)) = (grants, &mut reply) {
+            volumes.retain(|v| grants.iter().any(|g| g.volume == v.id));
+        }
+        Ok((reply, None))
+    }
+}
+
+fn request_volume_name(request: &MetaRequest) -> &str {
+    match request {
+        MetaRequest::GetVolume { name } | MetaRequest::VolumeUsage { name } => name,
+        _ => "",
     }
 }

@@ -7,6 +7,7 @@
 //! Each operation checks everything before it changes anything; the committer also wraps each
 //! command in a savepoint, so a failed command leaves no trace.
 
+use crate::access;
 use crate::layout::{self, RefDelta};
 use crate::maintenance;
 use crate::store::schema::*;
@@ -47,6 +48,12 @@ pub fn apply(tx: &WriteTransaction, cmd: &Command) -> FsResult<MetaReply> {
             limits,
         } => volumes::create(&mut t, now, name, *policy, *block_size, *limits),
         MetaRequest::SetVolume { name, change } => volumes::set(&mut t, name, change),
+        MetaRequest::AddClient {
+            name,
+            fingerprint,
+            volumes,
+        } => access::add_client(&mut t, now, name, *fingerprint, volumes),
+        MetaRequest::RevokeClient { name } => access::revoke_client(&mut t, name),
         MetaRequest::DeleteVolume { name, force } => volumes::delete(&mut t, now, name, *force),
         MetaRequest::Heartbeat { server, addr, .. } => {
             let rec = ServerRecord {

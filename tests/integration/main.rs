@@ -1,5 +1,6 @@
 //! The dfs integration suite: real servers on 127.0.0.1, real QUIC, real files on disk.
 
+mod access;
 mod cli;
 mod crash;
 mod data;

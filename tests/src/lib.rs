@@ -45,7 +45,8 @@ impl Certs {
         let ca = generate_ca().expect("CA");
         let server =
             issue(&ca, "test-server", Role::Server, &["127.0.0.1".into()]).expect("server cert");
-        let client = issue(&ca, "test-client", Role::Client, &[]).expect("client cert");
+        // The harness's clients, CLI and mounts act as administrators.
+        let client = issue(&ca, "test-admin", Role::Admin, &[]).expect("admin cert");
         Certs { ca, server, client }
     }
 

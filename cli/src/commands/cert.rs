@@ -1,5 +1,6 @@
-//! `dfs cert`: the cluster's certificate authority. `init` makes a CA plus a server and a client
-//! certificate (enough for a dev cluster); `issue` adds more from an existing CA.
+//! `dfs cert`: the cluster's certificate authority. `init` makes a CA plus a server and an
+//! administrator certificate (enough for a dev cluster); `issue` adds more from an existing CA.
+//! Client certificates limited to some volumes come from `dfs client add`.
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
@@ -8,9 +9,9 @@ use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
 pub enum CertCommand {
-    /// Create a new cluster CA in DIR with `server` and `client` certificates.
+    /// Create a new cluster CA in DIR with `server` and `admin` certificates.
     Init {
-        /// Directory to write ca.pem, ca.key, server.pem, server.key, client.pem, client.key.
+        /// Directory to write ca.pem, ca.key, server.pem, server.key, admin.pem, admin.key.
         #[arg(long)]
         dir: PathBuf,
         /// Extra host names or IP addresses for the server certificate.
@@ -23,7 +24,7 @@ pub enum CertCommand {
         dir: PathBuf,
         #[arg(long)]
         name: String,
-        /// A server certificate (metadata or chunk server) instead of a client one.
+        /// A server certificate (metadata or chunk server) instead of an administrator one.
         #[arg(long)]
         server: bool,
         /// Extra host names or IP addresses (server certificates).
@@ -50,9 +51,9 @@ pub fn run(cmd: &CertCommand) -> anyhow::Result<()> {
                 "server",
                 &issue(&ca, "dfs-server", Role::Server, &names)?,
             )?;
-            write_pair(dir, "client", &issue(&ca, "dfs-client", Role::Client, &[])?)?;
+            write_pair(dir, "admin", &issue(&ca, "dfs-admin", Role::Admin, &[])?)?;
             println!(
-                "created CA and server/client certificates in {}",
+                "created CA and server/admin certificates in {}",
                 dir.display()
             );
             Ok(())
@@ -67,11 +68,11 @@ pub fn run(cmd: &CertCommand) -> anyhow::Result<()> {
                 bail!("invalid certificate name {name:?}");
             }
             let ca = read_pair(dir, "ca").context("reading the CA (ca.pem and ca.key)")?;
-            let role = if *server { Role::Server } else { Role::Client };
+            let role = if *server { Role::Server } else { Role::Admin };
             write_pair(dir, name, &issue(&ca, name, role, sans)?)?;
             println!(
                 "issued {} certificate {}/{name}.pem",
-                if *server { "server" } else { "client" },
+                if *server { "server" } else { "administrator" },
                 dir.display()
             );
             Ok(())

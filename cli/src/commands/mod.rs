@@ -1,6 +1,7 @@
 //! One module per noun; `run` connects (when the command needs a cluster) and dispatches.
 
 pub mod cert;
+pub mod client;
 pub mod cluster;
 pub mod files;
 pub mod node;
@@ -11,7 +12,7 @@ use crate::{Cli, Command};
 use anyhow::Context;
 use dfs_client::client::ClientOptions;
 use dfs_client::Client;
-use dfs_common::config::tls_paths;
+use dfs_common::config::{pick_identity, tls_paths};
 use dfs_common::net::resolve_addr;
 use dfs_common::net::tls::Identity;
 
@@ -27,6 +28,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(cmd) => cluster::run(&client, cmd, json).await,
         Command::Repair(cmd) => repair::run(&client, cmd, json).await,
         Command::Node(cmd) => node::run(&client, cmd, json).await,
+        Command::Client(cmd) => client::run(&client, cmd, cli.certs.as_deref(), json).await,
         Command::Rebalance { wait } => repair::rebalance(&client, wait).await,
         Command::Scrub(cmd) => repair::scrub(&client, cmd, json).await,
         Command::Put(args) => files::put(&client, args, json).await,
@@ -44,7 +46,12 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
         .as_deref()
         .context("no metadata server given: pass --meta HOST:PORT or set DFS_META")?;
     let addr = resolve_addr(meta)?;
-    let tls = tls_paths(cli.certs.clone(), "client", None, None, None)?;
+    let name = match (&cli.identity, &cli.certs) {
+        (Some(name), _) => name.as_str(),
+        (None, Some(dir)) => pick_identity(dir, &["admin", "client"]),
+        (None, None) => "admin",
+    };
+    let tls = tls_paths(cli.certs.clone(), name, None, None, None)?;
     let identity = Identity::load(&tls)?;
     Client::connect(addr, &identity, ClientOptions::default())
         .await

@@ -25,6 +25,7 @@ pub type Response<R> = Result<(R, Option<Bytes>), FsError>;
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
     pub addr: SocketAddr,
+    pub principal: crate::net::tls::Principal,
 }
 
 pub trait Service: Send + Sync + 'static {
@@ -83,6 +84,7 @@ async fn serve_connection<S: Service>(
 ) {
     let peer = PeerInfo {
         addr: conn.remote_address(),
+        principal: crate::net::tls::Principal::of_connection(&conn),
     };
     debug!(peer = %peer.addr, "connection open");
     loop {

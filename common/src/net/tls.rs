@@ -3,6 +3,10 @@
 //! Every party (metadata server, chunk servers, clients, admins) holds a certificate issued by
 //! the cluster CA and trusts only that CA, so a peer without such a certificate is refused in
 //! the handshake. Server certificates carry the name [`SERVER_NAME`] that clients verify.
+//!
+//! A certificate's role is a name in it too, so that only the CA can grant it: servers hold
+//! [`SERVER_NAME`], administrators [`ADMIN_NAME`]; any other certificate is a client whose rights
+//! the metadata server looks up by the certificate's fingerprint ([`Principal`]).
 
 use crate::error::FsError;
 use rcgen::{
@@ -16,6 +20,8 @@ use std::sync::Arc;
 
 /// The DNS name every dfs server certificate holds and every client checks.
 pub const SERVER_NAME: &str = "dfs.cluster";
+/// The DNS name an administrator's certificate holds.
+pub const ADMIN_NAME: &str = "admin.role.dfs";
 /// ALPN protocol id, so a dfs endpoint never talks to some other QUIC service by mistake.
 pub const ALPN: &[u8] = b"dfs/1";
 
@@ -29,10 +35,85 @@ pub struct PemPair {
 /// What a certificate may be used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// Accepts connections (metadata and chunk servers); can also connect as a client.
+    /// Accepts connections (metadata and chunk servers); can also connect as a client, with
+    /// every right.
     Server,
-    /// Only connects (mounts, the CLI).
+    /// Connects with every right: the admin CLI (and mounts that may use any volume).
+    Admin,
+    /// Connects with the rights the metadata server records for it (`dfs client add`).
     Client,
+}
+
+/// Who is on the other end of a connection, from its (CA-verified) certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Principal {
+    Server,
+    Admin,
+    /// A client certificate, known by the blake3 hash of its DER bytes.
+    Client(Fingerprint),
+}
+
+/// blake3 of a certificate's DER bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Fingerprint {
+    pub fn of(der: &[u8]) -> Self {
+        Fingerprint(*blake3::hash(der).as_bytes())
+    }
+
+    /// The fingerprint of the first certificate in a PEM text.
+    pub fn of_pem(pem: &str) -> Result<Self, FsError> {
+        let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .next()
+            .ok_or_else(|| FsError::invalid("no certificate in PEM text"))?
+            .map_err(tls_err)?;
+        Ok(Self::of(&der))
+    }
+}
+
+impl Principal {
+    /// Classifies a peer by the leaf certificate it presented (the handshake has already
+    /// verified it against the CA).
+    pub fn of_certificate(der: &CertificateDer<'_>) -> Principal {
+        let holds = |name: &'static str| {
+            let Ok(cert) = webpki::EndEntityCert::try_from(der) else {
+                return false;
+            };
+            let name = rustls::pki_types::ServerName::try_from(name).expect("valid DNS name");
+            cert.verify_is_valid_for_subject_name(&name).is_ok()
+        };
+        if holds(SERVER_NAME) {
+            Principal::Server
+        } else if holds(ADMIN_NAME) {
+            Principal::Admin
+        } else {
+            Principal::Client(Fingerprint::of(der))
+        }
+    }
+
+    /// Classifies the peer of an established connection. A connection without a certificate
+    /// cannot exist (the handshake requires one); it would get a client's (no) rights.
+    pub fn of_connection(conn: &quinn::Connection) -> Principal {
+        conn.peer_identity()
+            .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .and_then(|chain| chain.first().map(Principal::of_certificate))
+            .unwrap_or(Principal::Client(Fingerprint([0; 32])))
+    }
+
+    /// Servers and administrators may do anything.
+    pub fn is_privileged(&self) -> bool {
+        matches!(self, Principal::Server | Principal::Admin)
+    }
 }
 
 fn ca_params() -> Result<CertificateParams, FsError> {
@@ -70,9 +151,13 @@ pub fn issue(
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(tls_err)?;
     let issuer = Issuer::new(ca_params()?, ca_key);
     let mut sans = Vec::new();
-    if role == Role::Server {
-        sans.push(SERVER_NAME.to_string());
-        sans.extend(extra_names.iter().cloned());
+    match role {
+        Role::Server => {
+            sans.push(SERVER_NAME.to_string());
+            sans.extend(extra_names.iter().cloned());
+        }
+        Role::Admin => sans.push(ADMIN_NAME.to_string()),
+        Role::Client => {}
     }
     let mut params = CertificateParams::new(sans).map_err(tls_err)?;
     let mut dn = DistinguishedName::new();
@@ -84,7 +169,7 @@ pub fn issue(
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ],
-        Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Role::Admin | Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
     };
     let key = KeyPair::generate().map_err(tls_err)?;
     let cert = params.signed_by(&key, &issuer).map_err(tls_err)?;

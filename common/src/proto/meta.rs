@@ -95,6 +95,26 @@ pub struct VolumeChange {
     pub read_only: Option<bool>,
 }
 
+/// A client certificate's right to a volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeGrant {
+    pub volume: VolumeId,
+    /// Read-write; otherwise read-only (EROFS on changes).
+    pub write: bool,
+}
+
+/// A registered client certificate, as `dfs client list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub name: String,
+    /// blake3 of the certificate's DER bytes, in hex.
+    pub fingerprint: String,
+    /// (volume name, read-write) for each volume that still exists.
+    pub volumes: Vec<(String, bool)>,
+    pub created: Timestamp,
+    pub revoked: bool,
+}
+
 /// What a volume holds, counted from the metadata (`dfs volume info`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeUsage {
@@ -273,6 +293,23 @@ pub enum MetaRequest {
         force: bool,
     },
     ListVolumes,
+    /// Registers a client certificate (by fingerprint) with rights to the named volumes:
+    /// (name, read-write). Admin only.
+    AddClient {
+        name: String,
+        fingerprint: [u8; 32],
+        volumes: Vec<(String, bool)>,
+    },
+    /// Refuses a client certificate from now on. Admin only.
+    RevokeClient {
+        name: String,
+    },
+    ListClients,
+    /// Sent by chunk servers: the rights of a client certificate, `None` if it has none
+    /// (unknown or revoked). Answered with `Grants`.
+    ClientGrants {
+        fingerprint: [u8; 32],
+    },
     /// What a volume holds; answered with `Usage`.
     VolumeUsage {
         name: String,
@@ -504,6 +541,8 @@ pub enum MetaReply {
     StaleShards(Vec<ShardKey>),
     Repair(RepairProgress),
     Usage(VolumeUsage),
+    Clients(Vec<ClientInfo>),
+    Grants(Option<Vec<VolumeGrant>>),
 }
 
 impl MetaRequest {
@@ -513,6 +552,8 @@ impl MetaRequest {
         !matches!(
             self,
             MetaRequest::ListVolumes
+                | MetaRequest::ListClients
+                | MetaRequest::ClientGrants { .. }
                 | MetaRequest::GetVolume { .. }
                 | MetaRequest::VolumeUsage { .. }
                 | MetaRequest::ClusterStatus

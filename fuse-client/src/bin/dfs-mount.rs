@@ -11,7 +11,7 @@ use dfs_client::client::ClientOptions;
 use dfs_client::fuse::fs::DfsFs;
 use dfs_client::fuse::options::{MountOptions, MountSpec};
 use dfs_client::Client;
-use dfs_common::config::tls_paths;
+use dfs_common::config::{pick_identity, tls_paths};
 use dfs_common::net::resolve_addr;
 use dfs_common::net::tls::Identity;
 use dfs_common::FsError;
@@ -30,7 +30,8 @@ struct Args {
     spec: String,
     /// Where to mount it (an existing directory).
     mountpoint: PathBuf,
-    /// Mount options, comma separated: ro, rw, allow_other, certs=DIR, attr_timeout=SECONDS
+    /// Mount options, comma separated: ro, rw, allow_other, certs=DIR, identity=NAME (use
+    /// DIR/NAME.pem and NAME.key; default client, else admin), attr_timeout=SECONDS
     /// (default 1), retry=SECONDS (how long operations wait for an unreachable metadata
     /// server before failing with EIO; default 60), hard (wait without limit), soft (fail at
     /// once), log=FILE (the background mount's log; RUST_LOG sets the level, default warn),
@@ -42,7 +43,8 @@ struct Args {
     /// Stay in the foreground.
     #[arg(short = 'f')]
     foreground: bool,
-    /// Certificate directory (ca.pem, client.pem, client.key) [default: /etc/dfs/certs].
+    /// Certificate directory (ca.pem and client.pem/client.key, or admin.pem/admin.key)
+    /// [default: /etc/dfs/certs].
     #[arg(long, env = "DFS_CERTS")]
     certs: Option<PathBuf>,
     /// Accepted for mount(8) compatibility: sloppy, no mtab, verbose.
@@ -144,7 +146,11 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
             args.mountpoint.display()
         );
     }
-    let identity = Identity::load(&tls_paths(Some(certs), "client", None, None, None)?)?;
+    let name = match &options.identity {
+        Some(name) => name.as_str(),
+        None => pick_identity(&certs, &["client", "admin"]),
+    };
+    let identity = Identity::load(&tls_paths(Some(certs), name, None, None, None)?)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -44,6 +44,37 @@ impl Client {
         expect_reply!(reply, MetaReply::Volume)
     }
 
+    /// Registers a client certificate by fingerprint with rights to volumes (name, read-write).
+    pub async fn add_client(
+        &self,
+        name: &str,
+        fingerprint: [u8; 32],
+        volumes: Vec<(String, bool)>,
+    ) -> FsResult<()> {
+        expect_done(
+            self.call(&MetaRequest::AddClient {
+                name: name.into(),
+                fingerprint,
+                volumes,
+            })
+            .await?,
+        )
+    }
+
+    pub async fn revoke_client(&self, name: &str) -> FsResult<()> {
+        expect_done(
+            self.call(&MetaRequest::RevokeClient { name: name.into() })
+                .await?,
+        )
+    }
+
+    pub async fn list_clients(&self) -> FsResult<Vec<ClientInfo>> {
+        expect_reply!(
+            self.call(&MetaRequest::ListClients).await?,
+            MetaReply::Clients
+        )
+    }
+
     /// Deletes a volume; with `force`, everything in it too.
     pub async fn delete_volume(&self, name: &str, force: bool) -> FsResult<()> {
         expect_done(

@@ -31,6 +31,8 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Certificate directory (ca.pem, client.pem, client.key).
     pub certs: Option<PathBuf>,
+    /// Which certificate of the directory to use (`identity=NAME`: NAME.pem, NAME.key).
+    pub identity: Option<String>,
     /// How long the kernel may cache attributes and names.
     pub attr_timeout: Duration,
     /// How long an operation waits for an unreachable metadata server before failing with EIO
@@ -53,6 +55,7 @@ impl Default for MountOptions {
             read_only: false,
             allow_other: false,
             certs: None,
+            identity: None,
             attr_timeout: Duration::from_secs(1),
             meta_retry: Some(DEFAULT_META_RETRY),
             log: None,
@@ -75,6 +78,12 @@ impl MountOptions {
                 ("rw", None) => into.read_only = false,
                 ("allow_other", None) => into.allow_other = true,
                 ("certs", Some(dir)) => into.certs = Some(PathBuf::from(dir)),
+                ("identity", Some(name)) => {
+                    if name.is_empty() || name.contains('/') {
+                        return Err(format!("bad identity {name:?}: a certificate name"));
+                    }
+                    into.identity = Some(name.to_string());
+                }
                 ("log", Some(file)) => into.log = Some(PathBuf::from(file)),
                 ("writeback", Some(secs)) => {
                     let secs: f64 = secs

@@ -12,12 +12,13 @@
 //! | `garbage`  | block id                  | seconds when it became unreferenced | the collector's work list            |
 //! | `counters` | counter name              | next id                            | ids are never reused                  |
 //! | `draining` | server id                 | seconds when the drain began       | placement avoids it, repair empties it |
+//! | `clients`  | client name               | [`ClientRecord`]                   | rights of client certificates, by fingerprint once loaded |
 //! | `volume_state` | volume id             | [`VolumeState`]                    | quotas are checked and usage kept in the same transaction as each change |
 //!
 //! Records are bincode behind a one-byte format version (see [`encode`]), so an older record can
 //! still be decoded after a format change; integers in keys are fixed-width by redb.
 
-use dfs_common::proto::meta::{FileKind, VolumeLimits};
+use dfs_common::proto::meta::{FileKind, VolumeGrant, VolumeLimits};
 use dfs_common::{EcPolicy, FsError, InodeId, ServerId, Timestamp, VolumeId};
 use redb::TableDefinition;
 use serde::de::DeserializeOwned;
@@ -33,6 +34,7 @@ pub const SERVERS: TableDefinition<u64, &[u8]> = TableDefinition::new("servers")
 pub const GARBAGE: TableDefinition<u64, i64> = TableDefinition::new("garbage");
 pub const DRAINING: TableDefinition<u64, i64> = TableDefinition::new("draining");
 pub const VOLUME_STATE: TableDefinition<u64, &[u8]> = TableDefinition::new("volume_state");
+pub const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
 pub const NEXT_INODE: &str = "next_inode";
@@ -60,6 +62,15 @@ pub struct VolumeState {
     pub bytes: u64,
     /// Inodes other than the root directory.
     pub inodes: u64,
+}
+
+/// A client certificate registered by `dfs client add`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    pub fingerprint: [u8; 32],
+    pub grants: Vec<VolumeGrant>,
+    pub created: Timestamp,
+    pub revoked: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,6 +23,7 @@ pub struct WriteTables<'t> {
     pub counters: Table<'t, &'static str, u64>,
     pub draining: Table<'t, u64, i64>,
     pub volume_state: Table<'t, u64, &'static [u8]>,
+    pub clients: Table<'t, &'static str, &'static [u8]>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -39,6 +40,7 @@ impl<'t> WriteTables<'t> {
             counters: tx.open_table(COUNTERS).db()?,
             draining: tx.open_table(DRAINING).db()?,
             volume_state: tx.open_table(VOLUME_STATE).db()?,
+            clients: tx.open_table(CLIENTS).db()?,
         })
     }
 
@@ -150,6 +152,7 @@ pub struct ReadTables {
     pub garbage: redb::ReadOnlyTable<u64, i64>,
     pub draining: redb::ReadOnlyTable<u64, i64>,
     pub volume_state: redb::ReadOnlyTable<u64, &'static [u8]>,
+    pub clients: redb::ReadOnlyTable<&'static str, &'static [u8]>,
 }
 
 impl ReadTables {
@@ -165,6 +168,7 @@ impl ReadTables {
             garbage: tx.open_table(GARBAGE).db()?,
             draining: tx.open_table(DRAINING).db()?,
             volume_state: tx.open_table(VOLUME_STATE).db()?,
+            clients: tx.open_table(CLIENTS).db()?,
         })
     }
 }

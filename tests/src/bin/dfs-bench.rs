@@ -111,7 +111,8 @@ async fn creates(
     concurrency: usize,
     local: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let identity = Identity::load(&tls_paths(Some(certs), "client", None, None, None)?)?;
+    let name = dfs_common::config::pick_identity(&certs, &["admin", "client"]);
+    let identity = Identity::load(&tls_paths(Some(certs.clone()), name, None, None, None)?)?;
     let client = Client::connect(resolve_addr(meta)?, &identity, Default::default()).await?;
     let volume = client.volume(volume).await?;
     let stamp = std::process::id();
