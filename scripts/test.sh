@@ -10,14 +10,15 @@ if ! need cargo; then
     exit 1
 fi
 # System packages the suite uses (fuse3 for the mount tests; git and sqlite3 run on a mount;
-# iproute2 for the network-partition test); installed when missing and we may (root with
-# apt-get). The mount tests also need /dev/fuse.
+# iproute2 for the network-partition test; chromium loads the status page); installed when
+# missing and we may (root with apt-get). The mount tests also need /dev/fuse.
 missing=()
 need cc || missing+=(gcc)
 need fusermount3 || missing+=(fuse3)
 need git || missing+=(git)
 need sqlite3 || missing+=(sqlite3)
 need ip || missing+=(iproute2)
+need chromium || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && need apt-get; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"

@@ -18,6 +18,7 @@ pub mod reconcile;
 pub mod scrub;
 pub mod service;
 pub mod store;
+pub mod web;
 
 use dfs_common::net::endpoint::server_endpoint;
 use dfs_common::net::server::serve;
@@ -45,6 +46,8 @@ pub struct ChunkConfig {
     pub capacity: Option<u64>,
     pub heartbeat_interval: Duration,
     pub maintenance: MaintenanceConfig,
+    /// TCP address for Prometheus metrics; `None` serves no HTTP.
+    pub http: Option<SocketAddr>,
 }
 
 /// Background upkeep of the shards on this server.
@@ -78,6 +81,8 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct RunningChunkServer {
     pub id: ServerId,
     pub addr: SocketAddr,
+    /// Where metrics are served, if anywhere.
+    pub http_addr: Option<SocketAddr>,
     pub task: JoinHandle<()>,
 }
 
@@ -110,6 +115,18 @@ pub async fn start(
         grace: maintenance.orphan_grace,
     };
     tokio::spawn(reconciler.run(meta_peer(), shutdown.clone()));
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = web::ChunkMetrics::register(&mut registry);
+    let service_cell = Arc::new(std::sync::OnceLock::new());
+    let http_addr = match config.http {
+        Some(http) => {
+            let handler = web::handler(registry, service_cell.clone(), scrubber.clone());
+            let bound = dfs_common::http::serve(http, handler, shutdown.clone()).await?;
+            tracing::info!(%bound, "metrics on http://{bound}/metrics");
+            Some(bound)
+        }
+        None => None,
+    };
     let service = Arc::new(service::ChunkService::new(
         node.id,
         store.clone(),
@@ -120,7 +137,9 @@ pub async fn start(
         )),
         scrubber,
         access::ClientAccess::new(meta_peer()),
+        metrics,
     ));
+    let _ = service_cell.set(service.clone());
     let beat = heartbeat::Heartbeat {
         server: node.id,
         advertise,
@@ -137,6 +156,7 @@ pub async fn start(
     Ok(RunningChunkServer {
         id: node.id,
         addr,
+        http_addr,
         task,
     })
 }

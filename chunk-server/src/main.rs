@@ -26,6 +26,10 @@ struct Args {
     /// UDP address to listen on [default: 0.0.0.0:7100].
     #[arg(long, env = "DFS_CHUNK_LISTEN")]
     listen: Option<SocketAddr>,
+    /// TCP address of the Prometheus metrics (/metrics), or `off` [default: the --listen
+    /// address, on TCP].
+    #[arg(long, env = "DFS_CHUNK_HTTP")]
+    http: Option<String>,
     /// Address clients use to reach this server [default: the listen address].
     #[arg(long, env = "DFS_CHUNK_ADVERTISE")]
     advertise: Option<String>,
@@ -118,11 +122,13 @@ fn resolve(args: Args) -> anyhow::Result<ChunkConfig> {
             "--orphan-grace-secs",
         )?,
     };
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| "0.0.0.0:7100".parse().expect("valid default"));
     Ok(ChunkConfig {
-        listen: args
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| "0.0.0.0:7100".parse().expect("valid default")),
+        listen,
+        http: dfs_common::config::http_addr(args.http.or(file.http), listen)?,
         advertise: args.advertise.or(file.advertise),
         data_dir: args.data.or(file.data).context("--data DIR is required")?,
         meta,

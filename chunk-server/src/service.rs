@@ -4,6 +4,7 @@ use crate::access::ClientAccess;
 use crate::rebuild::rebuild;
 use crate::scrub::Scrubber;
 use crate::store::{validate_put, ShardStore};
+use crate::web::ChunkMetrics;
 use dfs_common::net::chunks::ChunkPool;
 use dfs_common::net::rpc::read_body;
 use dfs_common::net::server::{PeerInfo, Response, Service};
@@ -29,6 +30,7 @@ pub struct ChunkService {
     peers: Arc<ChunkPool>,
     scrubber: Arc<Scrubber>,
     access: ClientAccess,
+    metrics: ChunkMetrics,
     /// Bytes of shards accepted but not yet on disk, so that concurrent writes cannot
     /// together overfill the server.
     reserved: Mutex<u64>,
@@ -54,6 +56,7 @@ impl ChunkService {
         peers: Arc<ChunkPool>,
         scrubber: Arc<Scrubber>,
         access: ClientAccess,
+        metrics: ChunkMetrics,
     ) -> Self {
         ChunkService {
             id,
@@ -63,6 +66,7 @@ impl ChunkService {
             peers,
             scrubber,
             access,
+            metrics,
             reserved: Mutex::new(0),
         }
     }
@@ -121,6 +125,14 @@ impl Service for ChunkService {
     const MAX_REQUEST: usize = 4096;
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+    fn op_name(request: &ChunkRequest) -> &'static str {
+        request.name()
+    }
+
+    fn op_metrics(&self) -> Option<&dfs_common::metrics::OpMetrics> {
+        Some(&self.metrics.ops)
+    }
+
     async fn handle(
         &self,
         request: ChunkRequest,
@@ -141,6 +153,7 @@ impl Service for ChunkService {
                     .map_err(|_| FsError::unavailable("shutting down"))?;
                 let data = read_body(body, len as usize, Self::REQUEST_TIMEOUT).await?;
                 self.blocking(move |s| s.put(key, owner, &data)).await?;
+                self.metrics.bytes_in.inc_by(len);
                 Ok((ChunkReply::Stored, None))
             }
             ChunkRequest::Get { key, offset, len } => {
@@ -154,6 +167,7 @@ impl Service for ChunkService {
                         .await?;
                 }
                 let data = self.blocking(move |s| s.get(&key, offset, len)).await?;
+                self.metrics.bytes_out.inc_by(data.len() as u64);
                 Ok((
                     ChunkReply::Data {
                         len: data.len() as u64,

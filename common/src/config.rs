@@ -4,6 +4,7 @@
 use crate::error::FsError;
 use crate::net::tls::TlsPaths;
 use serde::de::DeserializeOwned;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Reads a TOML config file into `T`; a missing `path` gives `T::default()`.
@@ -46,6 +47,19 @@ pub fn pick_identity<'a>(dir: &Path, names: &[&'a str]) -> &'a str {
         .iter()
         .find(|n| dir.join(format!("{n}.pem")).exists())
         .unwrap_or(&names[0])
+}
+
+/// The HTTP address of a daemon: `off` for none, an address, or by default the QUIC listen
+/// address (the same port number, on TCP).
+pub fn http_addr(value: Option<String>, listen: SocketAddr) -> Result<Option<SocketAddr>, FsError> {
+    match value.as_deref().map(str::trim) {
+        None => Ok(Some(listen)),
+        Some("off" | "none" | "") => Ok(None),
+        Some(addr) => addr
+            .parse()
+            .map(Some)
+            .map_err(|_| FsError::invalid(format!("bad HTTP address {addr:?}: HOST:PORT or off"))),
+    }
 }
 
 /// Parses a size such as `4M`, `512k`, `10G` or `1048576` (binary units).

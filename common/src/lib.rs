@@ -10,6 +10,7 @@
 //! - [`codec`]: length-prefixed, bounded bincode frames on QUIC streams.
 //! - [`net`]: QUIC endpoints, TLS with the cluster CA, the RPC client and server loop.
 //! - [`telemetry`]: logging set-up shared by the binaries.
+//! - [`metrics`]: Prometheus counters, histograms and gauges; [`http`] serves them.
 
 pub mod checksum;
 pub mod codec;
@@ -17,7 +18,9 @@ pub mod config;
 pub mod ec;
 pub mod erasure;
 pub mod error;
+pub mod http;
 pub mod ids;
+pub mod metrics;
 pub mod net;
 pub mod proto;
 pub mod shutdown;

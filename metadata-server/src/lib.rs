@@ -14,6 +14,7 @@
 //! - [`repair`]: rebuilding lost shards and collecting garbage, from periodic scans.
 //! - [`maintenance`]: the state-machine commands repair and collection use.
 //! - [`service`]: the QUIC request handler.
+//! - [`web`]: Prometheus metrics and the status page over HTTP.
 
 pub mod access;
 pub mod layout;
@@ -27,6 +28,7 @@ pub mod service;
 pub mod state_machine;
 pub mod store;
 pub mod volumes;
+pub mod web;
 
 use dfs_common::net::chunks::ChunkPool;
 use dfs_common::net::endpoint::server_endpoint;
@@ -54,10 +56,14 @@ pub struct MetaConfig {
     /// A client session's locks outlive its last request by this long.
     pub lock_lease: Duration,
     pub repair: repair::RepairConfig,
+    /// TCP address for metrics and the status page; `None` serves no HTTP.
+    pub http: Option<SocketAddr>,
 }
 
 pub struct RunningMetaServer {
     pub addr: SocketAddr,
+    /// Where metrics and the status page are served, if anywhere.
+    pub http_addr: Option<SocketAddr>,
     pub task: JoinHandle<()>,
 }
 
@@ -94,12 +100,29 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         config.repair.clone(),
     ));
     tokio::spawn(repair.clone().run(shutdown.clone()));
+    let mut registry = prometheus_client::registry::Registry::default();
+    let ops = web::register_ops(&mut registry);
+    let http_addr = match config.http {
+        Some(http) => {
+            let sources = web::Sources {
+                db: db.clone(),
+                membership: membership.clone(),
+                repair: repair.clone(),
+            };
+            let handler = web::handler(registry, sources);
+            let bound = dfs_common::http::serve(http, handler, shutdown.clone()).await?;
+            tracing::info!(%bound, "status page and metrics on http://{bound}/");
+            Some(bound)
+        }
+        None => None,
+    };
     let service = Arc::new(service::MetaService::new(
         db,
         committer,
         membership,
         locks::LockTable::new(config.lock_lease),
         repair,
+        ops,
     )?);
     tracing::info!(%addr, data = %config.data_dir.display(), "metadata server listening");
     let task = tokio::spawn(async move {
@@ -107,5 +130,9 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         // The service (and its committer handle) is gone: the committer drains and stops.
         let _ = tokio::task::spawn_blocking(move || committer_thread.join()).await;
     });
-    Ok(RunningMetaServer { addr, task })
+    Ok(RunningMetaServer {
+        addr,
+        http_addr,
+        task,
+    })
 }

@@ -26,6 +26,10 @@ struct Args {
     /// UDP address to listen on [default: 0.0.0.0:7000].
     #[arg(long, env = "DFS_META_LISTEN")]
     listen: Option<SocketAddr>,
+    /// TCP address of the status page (/) and Prometheus metrics (/metrics), or `off`
+    /// [default: the --listen address, on TCP].
+    #[arg(long, env = "DFS_META_HTTP")]
+    http: Option<String>,
     /// Directory holding the metadata database [required].
     #[arg(long, env = "DFS_META_DATA")]
     data: Option<PathBuf>,
@@ -134,11 +138,13 @@ fn resolve(args: Args) -> anyhow::Result<MetaConfig> {
             .or(file.auto_rebalance)
             .unwrap_or(defaults.auto_rebalance),
     };
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| "0.0.0.0:7000".parse().expect("valid default"));
     Ok(MetaConfig {
-        listen: args
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| "0.0.0.0:7000".parse().expect("valid default")),
+        listen,
+        http: dfs_common::config::http_addr(args.http.or(file.http), listen)?,
         data_dir: args.data.or(file.data).context("--data DIR is required")?,
         identity: Identity::load(&tls)?,
         server_timeout: Duration::from_secs_f64(timeout),

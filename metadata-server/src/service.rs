@@ -12,6 +12,7 @@ use crate::store::schema::{decode, BlockRecord};
 use crate::store::tables::{get_inode, get_volume_by_id, get_volume_state, ReadTables};
 use crate::store::{self, Committer, DbResult};
 use dfs_common::codec::MAX_FRAME;
+use dfs_common::metrics::OpMetrics;
 use dfs_common::net::server::{PeerInfo, Response, Service};
 use dfs_common::net::tls::Principal;
 use dfs_common::proto::meta::*;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct MetaService {
+    ops: OpMetrics,
     clients: ClientRegistry,
     db: Arc<Database>,
     committer: Committer,
@@ -38,10 +40,12 @@ impl MetaService {
         membership: Arc<Membership>,
         locks: LockTable,
         repair: Arc<Repair>,
+        ops: OpMetrics,
     ) -> FsResult<Self> {
         let clients = ClientRegistry::default();
         clients.reload(&ReadTables::open(&store::read(&db)?)?)?;
         Ok(MetaService {
+            ops,
             clients,
             db,
             committer,
@@ -377,6 +381,14 @@ impl Service for MetaService {
     type Reply = MetaReply;
     const MAX_REQUEST: usize = MAX_FRAME;
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+    fn op_name(request: &MetaRequest) -> &'static str {
+        request.name()
+    }
+
+    fn op_metrics(&self) -> Option<&OpMetrics> {
+        Some(&self.ops)
+    }
 
     async fn handle(
         &self,

@@ -8,5 +8,6 @@ mod faults;
 mod heal;
 mod mount;
 mod namespace;
+mod observe;
 mod sharing;
 mod volumes;

@@ -106,6 +106,8 @@ impl Task {
 pub struct ChunkNode {
     pub id: ServerId,
     pub addr: SocketAddr,
+    /// Where its metrics are served.
+    pub http: SocketAddr,
     pub data_dir: PathBuf,
     task: Option<Task>,
 }
@@ -115,6 +117,8 @@ pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub certs: Certs,
     pub meta_addr: SocketAddr,
+    /// Where the metadata server's status page and metrics are served.
+    pub meta_http: SocketAddr,
     meta: Option<Task>,
     pub chunks: Vec<ChunkNode>,
 }
@@ -136,6 +140,7 @@ impl TestCluster {
                     gc_grace: TEST_GC_GRACE,
                     ..Default::default()
                 },
+                http: Some("127.0.0.1:0".parse().unwrap()),
             },
             shutdown.clone(),
         )
@@ -143,6 +148,7 @@ impl TestCluster {
         .expect("metadata server starts");
         let mut cluster = TestCluster {
             meta_addr: meta.addr,
+            meta_http: meta.http_addr.expect("HTTP configured"),
             meta: Some(Task {
                 shutdown,
                 task: meta.task,
@@ -176,6 +182,7 @@ impl TestCluster {
                     orphan_grace: TEST_ORPHAN_GRACE,
                     ..Default::default()
                 },
+                http: Some("127.0.0.1:0".parse().unwrap()),
             },
             shutdown.clone(),
         )
@@ -184,6 +191,7 @@ impl TestCluster {
         ChunkNode {
             id: running.id,
             addr: running.addr,
+            http: running.http_addr.expect("HTTP configured"),
             data_dir,
             task: Some(Task {
                 shutdown,

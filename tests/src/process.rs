@@ -24,6 +24,15 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A free TCP port on 127.0.0.1, chosen by the kernel.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A free UDP port on 127.0.0.1, chosen by the kernel.
 pub fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
@@ -38,6 +47,10 @@ pub struct ProcessCluster {
     pub certs: Certs,
     pub certs_dir: PathBuf,
     pub meta_addr: SocketAddr,
+    /// The metadata server's status page and metrics (HTTP).
+    pub meta_http: SocketAddr,
+    /// Each running chunk server's metrics address (HTTP), by index.
+    pub chunk_http: std::collections::HashMap<usize, SocketAddr>,
     meta: Option<Child>,
     chunks: Vec<Option<Child>>,
     starts: usize,
@@ -73,6 +86,8 @@ impl ProcessCluster {
             certs,
             certs_dir,
             meta_addr,
+            meta_http: SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
+            chunk_http: Default::default(),
             meta: None,
             chunks: (0..chunk_servers).map(|_| None).collect(),
             starts: 0,
@@ -106,6 +121,8 @@ impl ProcessCluster {
         let child = Command::new(binary("dfs-meta"))
             .arg("--listen")
             .arg(listen)
+            .arg("--http")
+            .arg(self.meta_http.to_string())
             .arg("--data")
             .arg(self.dir.path().join("meta"))
             .arg("--certs")
@@ -145,9 +162,19 @@ impl ProcessCluster {
                 self.meta_addr.to_string(),
             ),
         };
+        let http = if self.chunk_netns.contains_key(&i) {
+            self.chunk_http.remove(&i);
+            "off".to_string()
+        } else {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+            self.chunk_http.insert(i, addr);
+            addr.to_string()
+        };
         let child = cmd
             .arg("--listen")
             .arg(listen)
+            .arg("--http")
+            .arg(http)
             .arg("--data")
             .arg(self.chunk_dir(i))
             .arg("--meta")

@@ -37,6 +37,14 @@ pub trait Service: Send + Sync + 'static {
     /// Deadline for one whole request, including any body.
     const REQUEST_TIMEOUT: Duration;
 
+    /// The kind of a request, for metrics.
+    fn op_name(request: &Self::Request) -> &'static str;
+
+    /// Where request counts and latencies are recorded, if anywhere.
+    fn op_metrics(&self) -> Option<&crate::metrics::OpMetrics> {
+        None
+    }
+
     /// Handles one request; `body` holds whatever raw bytes the client sent after the frame.
     fn handle(
         &self,
@@ -122,10 +130,17 @@ async fn serve_stream<S: Service>(
     mut recv: RecvStream,
     peer: &PeerInfo,
 ) -> Result<(), FsError> {
-    let response = match read_frame::<S::Request>(&mut recv, S::MAX_REQUEST).await {
-        Ok(request) => service.handle(request, &mut recv, peer).await,
-        Err(e) => Err(e),
+    let started = std::time::Instant::now();
+    let (op, response) = match read_frame::<S::Request>(&mut recv, S::MAX_REQUEST).await {
+        Ok(request) => {
+            let op = S::op_name(&request);
+            (op, service.handle(request, &mut recv, peer).await)
+        }
+        Err(e) => ("Malformed", Err(e)),
     };
+    if let Some(metrics) = service.op_metrics() {
+        metrics.record(op, started.elapsed(), response.is_ok());
+    }
     let (reply, body) = match response {
         Ok((reply, body)) => (Ok(reply), body),
         Err(e) => (Err(e), None),

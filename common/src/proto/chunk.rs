@@ -54,6 +54,21 @@ pub enum ChunkRequest {
     ScrubStatus,
 }
 
+impl ChunkRequest {
+    /// The request's kind, for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChunkRequest::Put { .. } => "Put",
+            ChunkRequest::Get { .. } => "Get",
+            ChunkRequest::Delete { .. } => "Delete",
+            ChunkRequest::Info => "Info",
+            ChunkRequest::Rebuild { .. } => "Rebuild",
+            ChunkRequest::ScrubStart => "ScrubStart",
+            ChunkRequest::ScrubStatus => "ScrubStatus",
+        }
+    }
+}
+
 /// Where another shard of the same block can be read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardSource {

@@ -546,6 +546,56 @@ pub enum MetaReply {
 }
 
 impl MetaRequest {
+    /// The request's kind, for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MetaRequest::CreateVolume { .. } => "CreateVolume",
+            MetaRequest::SetVolume { .. } => "SetVolume",
+            MetaRequest::DeleteVolume { .. } => "DeleteVolume",
+            MetaRequest::ListVolumes => "ListVolumes",
+            MetaRequest::AddClient { .. } => "AddClient",
+            MetaRequest::RevokeClient { .. } => "RevokeClient",
+            MetaRequest::ListClients => "ListClients",
+            MetaRequest::ClientGrants { .. } => "ClientGrants",
+            MetaRequest::VolumeUsage { .. } => "VolumeUsage",
+            MetaRequest::GetVolume { .. } => "GetVolume",
+            MetaRequest::Heartbeat { .. } => "Heartbeat",
+            MetaRequest::ClusterStatus => "ClusterStatus",
+            MetaRequest::Lookup { .. } => "Lookup",
+            MetaRequest::GetAttr { .. } => "GetAttr",
+            MetaRequest::SetAttr { .. } => "SetAttr",
+            MetaRequest::MakeNode { .. } => "MakeNode",
+            MetaRequest::Symlink { .. } => "Symlink",
+            MetaRequest::Link { .. } => "Link",
+            MetaRequest::Unlink { .. } => "Unlink",
+            MetaRequest::Rmdir { .. } => "Rmdir",
+            MetaRequest::Rename { .. } => "Rename",
+            MetaRequest::ReadLink { .. } => "ReadLink",
+            MetaRequest::ReadDir { .. } => "ReadDir",
+            MetaRequest::StatFs { .. } => "StatFs",
+            MetaRequest::GetXattr { .. } => "GetXattr",
+            MetaRequest::SetXattr { .. } => "SetXattr",
+            MetaRequest::ListXattr { .. } => "ListXattr",
+            MetaRequest::RemoveXattr { .. } => "RemoveXattr",
+            MetaRequest::AllocateBlock { .. } => "AllocateBlock",
+            MetaRequest::ReplaceShard { .. } => "ReplaceShard",
+            MetaRequest::CommitWrite { .. } => "CommitWrite",
+            MetaRequest::GetLayout { .. } => "GetLayout",
+            MetaRequest::SetLock { .. } => "SetLock",
+            MetaRequest::TestLock { .. } => "TestLock",
+            MetaRequest::ReleaseLocks { .. } => "ReleaseLocks",
+            MetaRequest::RenewSession { .. } => "RenewSession",
+            MetaRequest::ReportBadShard { .. } => "ReportBadShard",
+            MetaRequest::MoveShard { .. } => "MoveShard",
+            MetaRequest::DropBlocks { .. } => "DropBlocks",
+            MetaRequest::CheckShards { .. } => "CheckShards",
+            MetaRequest::RepairStatus => "RepairStatus",
+            MetaRequest::DrainServer { .. } => "DrainServer",
+            MetaRequest::Rebalance => "Rebalance",
+            MetaRequest::RemoveServer { .. } => "RemoveServer",
+        }
+    }
+
     /// Whether the request changes durable state, and so goes through the commit path. Locks
     /// live in memory and do not.
     pub fn is_mutation(&self) -> bool {

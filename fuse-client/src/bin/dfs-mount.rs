@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use dfs_client::client::ClientOptions;
 use dfs_client::fuse::fs::DfsFs;
+use dfs_client::fuse::metrics::FuseMetrics;
 use dfs_client::fuse::options::{MountOptions, MountSpec};
 use dfs_client::Client;
 use dfs_common::config::{pick_identity, tls_paths};
@@ -31,7 +32,8 @@ struct Args {
     /// Where to mount it (an existing directory).
     mountpoint: PathBuf,
     /// Mount options, comma separated: ro, rw, allow_other, certs=DIR, identity=NAME (use
-    /// DIR/NAME.pem and NAME.key; default client, else admin), attr_timeout=SECONDS
+    /// DIR/NAME.pem and NAME.key; default client, else admin), metrics=HOST:PORT (serve
+    /// Prometheus metrics there), attr_timeout=SECONDS
     /// (default 1), retry=SECONDS (how long operations wait for an unreachable metadata
     /// server before failing with EIO; default 60), hard (wait without limit), soft (fail at
     /// once), log=FILE (the background mount's log; RUST_LOG sets the level, default warn),
@@ -180,6 +182,11 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
         anyhow::Ok((client, volume))
     })?;
 
+    let (metrics, metrics_page) = FuseMetrics::new();
+    if let Some(addr) = options.metrics {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        runtime.block_on(dfs_common::http::serve(addr, metrics_page, shutdown))?;
+    }
     let notifier = Arc::new(OnceLock::new());
     let fs = DfsFs::new(
         client,
@@ -187,6 +194,7 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
         &options,
         runtime.handle().clone(),
         notifier.clone(),
+        metrics,
     );
     let mut config = fuser::Config::default();
     config.mount_options = vec![

@@ -58,6 +58,7 @@ struct Shared {
     versions: Mutex<HashMap<InodeId, FileVersion>>,
     /// Reaches the kernel's caches; set once the session runs.
     notifier: Arc<OnceLock<fuser::Notifier>>,
+    metrics: super::metrics::FuseMetrics,
 }
 
 type FileVersion = (Timestamp, Timestamp, u64);
@@ -87,6 +88,7 @@ impl DfsFs {
         options: &MountOptions,
         rt: tokio::runtime::Handle,
         notifier: Arc<OnceLock<fuser::Notifier>>,
+        metrics: super::metrics::FuseMetrics,
     ) -> Self {
         let fs = DfsFs {
             shared: Arc::new(Shared {
@@ -103,6 +105,7 @@ impl DfsFs {
                 hidden: Mutex::new(HashMap::new()),
                 versions: Mutex::new(HashMap::new()),
                 notifier,
+                metrics,
             }),
         };
         fs.start_writeback(options.writeback);
@@ -141,9 +144,19 @@ impl DfsFs {
         });
     }
 
-    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, work: impl FnOnce(Arc<Shared>) -> F) {
+    /// Runs a callback's work on the runtime, timing it as operation `op`.
+    fn spawn<F: Future<Output = ()> + Send + 'static>(
+        &self,
+        op: &'static str,
+        work: impl FnOnce(Arc<Shared>) -> F,
+    ) {
         let fut = work(self.shared.clone());
-        self.shared.rt.spawn(fut);
+        let shared = self.shared.clone();
+        self.shared.rt.spawn(async move {
+            let started = std::time::Instant::now();
+            fut.await;
+            shared.metrics.ops.record_done(op, started.elapsed());
+        });
     }
 
     fn writable(&self) -> Result<(), Errno> {
@@ -462,14 +475,14 @@ impl Filesystem for DfsFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.spawn(|s| async move {
+        self.spawn("lookup", |s| async move {
             let result = s.client.lookup(s.ino(parent), &name).await;
             s.reply_entry(reply, result);
         });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.spawn(|s| async move {
+        self.spawn("getattr", |s| async move {
             let result = s.client.getattr(s.ino(ino)).await;
             s.reply_attr(reply, result);
         });
@@ -496,7 +509,7 @@ impl Filesystem for DfsFs {
         if let Err(e) = self.writable() {
             return reply.error(e);
         }
-        self.spawn(|s| async move {
+        self.spawn("setattr", |s| async move {
             let ino = s.ino(ino);
             let mut set = SetAttr {
                 mode: mode.map(|m| m & 0o7777),
@@ -532,7 +545,7 @@ impl Filesystem for DfsFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.spawn(|s| async move {
+        self.spawn("readlink", |s| async move {
             match s.client.readlink(s.ino(ino)).await {
                 Ok(target) => reply.data(target.as_bytes()),
                 Err(e) => reply.error(errno(&e)),
@@ -561,7 +574,7 @@ impl Filesystem for DfsFs {
             return reply.error(Errno::EINVAL);
         }
         let (uid, gid) = (req.uid(), req.gid());
-        self.spawn(|s| async move {
+        self.spawn("mknod", |s| async move {
             let perm = mode & !umask & 0o7777;
             let result = s
                 .client
@@ -585,7 +598,7 @@ impl Filesystem for DfsFs {
             Err(e) => return reply.error(e),
         };
         let (uid, gid) = (req.uid(), req.gid());
-        self.spawn(|s| async move {
+        self.spawn("mkdir", |s| async move {
             let result = s
                 .client
                 .mkdir(s.ino(parent), &name, mode & !umask & 0o7777, uid, gid)
@@ -599,7 +612,7 @@ impl Filesystem for DfsFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.spawn(|s| async move {
+        self.spawn("unlink", |s| async move {
             let result = s.unlink_or_hide(s.ino(parent), &name).await;
             reply_empty(reply, result)
         });
@@ -610,9 +623,9 @@ impl Filesystem for DfsFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.spawn(
-            |s| async move { reply_empty(reply, s.client.rmdir(s.ino(parent), &name).await) },
-        );
+        self.spawn("rmdir", |s| async move {
+            reply_empty(reply, s.client.rmdir(s.ino(parent), &name).await)
+        });
     }
 
     fn symlink(
@@ -631,7 +644,7 @@ impl Filesystem for DfsFs {
             return reply.error(Errno::EINVAL);
         };
         let (uid, gid) = (req.uid(), req.gid());
-        self.spawn(|s| async move {
+        self.spawn("symlink", |s| async move {
             let result = s
                 .client
                 .symlink(s.ino(parent), &name, &target, uid, gid)
@@ -667,7 +680,7 @@ impl Filesystem for DfsFs {
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
         }
-        self.spawn(|s| async move {
+        self.spawn("rename", |s| async move {
             let result = s
                 .client
                 .rename(s.ino(parent), &name, s.ino(newparent), &newname, dfs_flags)
@@ -688,7 +701,7 @@ impl Filesystem for DfsFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.spawn(|s| async move {
+        self.spawn("link", |s| async move {
             let result = s.client.link(s.ino(ino), s.ino(newparent), &name).await;
             s.reply_entry(reply, result);
         });
@@ -699,7 +712,7 @@ impl Filesystem for DfsFs {
         if writes && self.shared.read_only {
             return reply.error(Errno::EROFS);
         }
-        self.spawn(|s| async move {
+        self.spawn("open", |s| async move {
             // Opening revalidates with the metadata server: close-to-open consistency.
             let opened = match s.client.getattr(s.ino(ino)).await {
                 Ok(attr) => s
@@ -734,7 +747,7 @@ impl Filesystem for DfsFs {
             Err(e) => return reply.error(e),
         };
         let (uid, gid) = (req.uid(), req.gid());
-        self.spawn(|s| async move {
+        self.spawn("create", |s| async move {
             let perm = mode & !umask & 0o7777;
             let attr = match s
                 .client
@@ -772,7 +785,7 @@ impl Filesystem for DfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.spawn(|s| async move {
+        self.spawn("read", |s| async move {
             let file = match s.file(fh) {
                 Ok(f) => f,
                 Err(e) => return reply.error(e),
@@ -789,7 +802,10 @@ impl Filesystem for DfsFs {
             }
             let result = file.read(offset, size as u64).await;
             match result {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    s.metrics.bytes_read.inc_by(data.len() as u64);
+                    reply.data(&data)
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -811,7 +827,7 @@ impl Filesystem for DfsFs {
             return reply.error(e);
         }
         let data = data.to_vec();
-        self.spawn(|s| async move {
+        self.spawn("write", |s| async move {
             let file = match s.file(fh) {
                 Ok(f) => f,
                 Err(e) => return reply.error(e),
@@ -821,6 +837,7 @@ impl Filesystem for DfsFs {
             match file.write_owned(offset, data).await {
                 Ok(_) => {
                     s.note_dirty(fh, &file);
+                    s.metrics.bytes_written.inc_by(len as u64);
                     reply.written(len as u32)
                 }
                 Err(e) => reply.error(errno(&e)),
@@ -836,7 +853,7 @@ impl Filesystem for DfsFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|s| async move {
+        self.spawn("flush", |s| async move {
             let result = match s.file(fh) {
                 Ok(file) => s.flush_file(fh, &file).await.1,
                 Err(e) => return reply.error(e),
@@ -857,7 +874,7 @@ impl Filesystem for DfsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|s| async move {
+        self.spawn("release", |s| async move {
             let file = s.files.lock().expect("file lock").remove(&fh.0);
             let mut result = match file {
                 Some(file) => {
@@ -885,7 +902,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEmpty,
     ) {
         // Every flush is durable: chunk servers fsync shards, the metadata server its commits.
-        self.spawn(|s| async move {
+        self.spawn("fsync", |s| async move {
             let result = match s.file(fh) {
                 Ok(file) => s.flush_file(fh, &file).await.1,
                 Err(e) => return reply.error(e),
@@ -909,7 +926,7 @@ impl Filesystem for DfsFs {
         let Some(kind) = lock_kind(typ) else {
             return reply.error(Errno::EINVAL);
         };
-        self.spawn(|s| async move {
+        self.spawn("getlk", |s| async move {
             let range = LockRange { start, end };
             match s
                 .client
@@ -945,7 +962,7 @@ impl Filesystem for DfsFs {
         let Some(kind) = lock_kind(typ) else {
             return reply.error(Errno::EINVAL);
         };
-        self.spawn(|s| async move {
+        self.spawn("setlk", |s| async move {
             let ino = s.ino(ino);
             let range = LockRange { start, end };
             let mut backoff = LOCK_RETRY_MIN;
@@ -986,7 +1003,7 @@ impl Filesystem for DfsFs {
         let Some(end) = offset.checked_add(length) else {
             return reply.error(Errno::EFBIG);
         };
-        self.spawn(|s| async move {
+        self.spawn("fallocate", |s| async move {
             let file = match s.file(fh) {
                 Ok(f) => f,
                 Err(e) => return reply.error(e),
@@ -1032,7 +1049,7 @@ impl Filesystem for DfsFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.spawn(|s| async move {
+        self.spawn("readdir", |s| async move {
             let result = s
                 .list_dir(fh, offset, |item, next| match item {
                     DirItem::Dot => reply.add(ino, next, fuser::FileType::Directory, "."),
@@ -1058,7 +1075,7 @@ impl Filesystem for DfsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.spawn(|s| async move {
+        self.spawn("readdirplus", |s| async move {
             // The kernel links no inode for "." and "..", so their attributes only carry the
             // inode number and type.
             let dot = super::attr::dir_stub(ino);
@@ -1097,7 +1114,7 @@ impl Filesystem for DfsFs {
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        self.spawn(|s| async move {
+        self.spawn("statfs", |s| async move {
             match s.client.statfs(s.ino(ino)).await {
                 Ok(st) => {
                     let bsize = 4096u64;
@@ -1134,7 +1151,7 @@ impl Filesystem for DfsFs {
             Err(e) => return reply.error(e),
         };
         let value = value.to_vec();
-        self.spawn(|s| async move {
+        self.spawn("setxattr", |s| async move {
             reply_empty(
                 reply,
                 s.client
@@ -1149,7 +1166,7 @@ impl Filesystem for DfsFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.spawn(|s| async move {
+        self.spawn("getxattr", |s| async move {
             match s.client.getxattr(s.ino(ino), &name).await {
                 Ok(value) if size == 0 => reply.size(value.len() as u32),
                 Ok(value) if value.len() > size as usize => reply.error(Errno::ERANGE),
@@ -1160,7 +1177,7 @@ impl Filesystem for DfsFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.spawn(|s| async move {
+        self.spawn("listxattr", |s| async move {
             match s.client.listxattr(s.ino(ino)).await {
                 Ok(names) => {
                     let mut buf = Vec::new();
@@ -1186,9 +1203,9 @@ impl Filesystem for DfsFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.spawn(
-            |s| async move { reply_empty(reply, s.client.removexattr(s.ino(ino), &name).await) },
-        );
+        self.spawn("removexattr", |s| async move {
+            reply_empty(reply, s.client.removexattr(s.ino(ino), &name).await)
+        });
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {

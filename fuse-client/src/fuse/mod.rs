@@ -6,7 +6,9 @@
 //! - [`fs`]: the `fuser::Filesystem` implementation.
 //! - [`attr`]: attribute and errno translation.
 //! - [`options`]: mount specs and `-o` options, as `mount -t dfs` passes them.
+//! - [`metrics`]: FUSE operation counts and latencies, and bytes, for `metrics=ADDR`.
 
 pub mod attr;
 pub mod fs;
+pub mod metrics;
 pub mod options;

@@ -33,6 +33,8 @@ pub struct MountOptions {
     pub certs: Option<PathBuf>,
     /// Which certificate of the directory to use (`identity=NAME`: NAME.pem, NAME.key).
     pub identity: Option<String>,
+    /// Serve Prometheus metrics on this TCP address (`metrics=HOST:PORT`).
+    pub metrics: Option<std::net::SocketAddr>,
     /// How long the kernel may cache attributes and names.
     pub attr_timeout: Duration,
     /// How long an operation waits for an unreachable metadata server before failing with EIO
@@ -56,6 +58,7 @@ impl Default for MountOptions {
             allow_other: false,
             certs: None,
             identity: None,
+            metrics: None,
             attr_timeout: Duration::from_secs(1),
             meta_retry: Some(DEFAULT_META_RETRY),
             log: None,
@@ -85,6 +88,12 @@ impl MountOptions {
                     into.identity = Some(name.to_string());
                 }
                 ("log", Some(file)) => into.log = Some(PathBuf::from(file)),
+                ("metrics", Some(addr)) => {
+                    into.metrics =
+                        Some(addr.parse().map_err(|_| {
+                            format!("bad metrics address {addr:?}: expected HOST:PORT")
+                        })?)
+                }
                 ("writeback", Some(secs)) => {
                     let secs: f64 = secs
                         .parse()

@@ -1,0 +1,36 @@
+//! What a mount measures, served as Prometheus metrics with the `metrics=ADDR` option:
+//! FUSE operations by kind with their latency (from the kernel's request to the reply), and
+//! the bytes applications read and wrote.
+
+use dfs_common::http::{Handler, Page};
+use dfs_common::metrics::{counter, MetricsPage, OpMetrics};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct FuseMetrics {
+    pub ops: OpMetrics,
+    pub bytes_read: Counter,
+    pub bytes_written: Counter,
+}
+
+impl FuseMetrics {
+    /// Registers the mount's metrics; returns them and the `/metrics` handler.
+    pub fn new() -> (FuseMetrics, Handler) {
+        let mut r = Registry::default();
+        let metrics = FuseMetrics {
+            ops: OpMetrics::register_without_errors(&mut r, "dfs_fuse", "FUSE operations"),
+            bytes_read: counter(&mut r, "dfs_fuse_read_bytes", "Bytes applications read"),
+            bytes_written: counter(&mut r, "dfs_fuse_written_bytes", "Bytes applications wrote"),
+        };
+        let page = MetricsPage::new(r, || {});
+        let handler: Handler = Arc::new(move |path: &str| {
+            (path == "/metrics").then(|| Page {
+                content_type: dfs_common::metrics::CONTENT_TYPE,
+                body: page.render(),
+            })
+        });
+        (metrics, handler)
+    }
+}
