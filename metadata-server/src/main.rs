@@ -23,6 +23,10 @@ struct Args {
     #[arg(long, env = "DFS_META_CONFIG")]
     #[serde(skip)]
     config: Option<PathBuf>,
+    /// Log filter: error, warn, info, debug or trace, or per module as RUST_LOG takes it;
+    /// RUST_LOG, when set, wins [default: info].
+    #[arg(long, env = "DFS_META_LOG")]
+    log: Option<String>,
     /// UDP address to listen on [default: 0.0.0.0:7000].
     #[arg(long, env = "DFS_META_LISTEN")]
     listen: Option<SocketAddr>,
@@ -73,8 +77,7 @@ struct Args {
     auto_rebalance: Option<bool>,
 }
 
-fn resolve(args: Args) -> anyhow::Result<MetaConfig> {
-    let file: Args = load_toml(args.config.as_deref())?;
+fn resolve(args: Args, file: Args) -> anyhow::Result<MetaConfig> {
     let tls = tls_paths(
         args.certs.or(file.certs),
         "server",
@@ -155,8 +158,11 @@ fn resolve(args: Args) -> anyhow::Result<MetaConfig> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    dfs_common::telemetry::init_logging("info");
-    let config = resolve(Args::parse())?;
+    let args = Args::parse();
+    let file: Args = load_toml(args.config.as_deref())?;
+    let level = args.log.clone().or(file.log.clone());
+    dfs_common::telemetry::init_logging(level.as_deref().unwrap_or("info"));
+    let config = resolve(args, file)?;
     let shutdown = CancellationToken::new();
     let running = dfs_meta::start(config, shutdown.clone())
         .await

@@ -4,6 +4,7 @@ mod access;
 mod cli;
 mod crash;
 mod data;
+mod deploy;
 mod faults;
 mod heal;
 mod mount;
