@@ -180,6 +180,11 @@ impl Service for ChunkService {
                 let existed = self.blocking(move |s| s.delete(&key)).await?;
                 Ok((ChunkReply::Deleted { existed }, None))
             }
+            ChunkRequest::Verify { key } => {
+                self.access.privileged(principal)?;
+                self.blocking(move |s| s.verify(&key)).await?;
+                Ok((ChunkReply::Verified, None))
+            }
             ChunkRequest::Info => Ok((ChunkReply::Info(self.info()), None)),
             ChunkRequest::Rebuild {
                 key,

@@ -6,6 +6,7 @@
 //! - [`state_machine`]: every mutation as a deterministic command.
 //! - [`access`]: what servers, administrators and client certificates may do.
 //! - [`volumes`]: volume create/change/delete, exact usage and quotas.
+//! - [`fsck`]: the read-only volume check behind `dfs fsck`.
 //! - [`layout`]: extents over immutable blocks, block reference counts.
 //! - [`queries`]: read-only operations on a snapshot.
 //! - [`placement`]: choosing servers for shards (pure).
@@ -17,6 +18,7 @@
 //! - [`web`]: Prometheus metrics and the status page over HTTP.
 
 pub mod access;
+pub mod fsck;
 pub mod layout;
 pub mod locks;
 pub mod maintenance;

@@ -279,6 +279,13 @@ impl MetaService {
                     .await?;
                 Ok(MetaReply::Usage(usage))
             }
+            MetaRequest::Fsck { volume, from } => {
+                let live = self.membership.live_addrs().into_keys().collect();
+                let page = self
+                    .query(move |t| crate::fsck::check_page(t, &volume, from, &live))
+                    .await?;
+                Ok(MetaReply::Fsck(page))
+            }
             MetaRequest::Rebalance => {
                 self.repair.start_rebalance();
                 Ok(MetaReply::Done)

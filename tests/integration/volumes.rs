@@ -292,3 +292,76 @@ fn read_only_volumes_and_volume_deletion() {
     assert_eq!(v["used_inodes"], 0);
     assert_eq!(v["usage"]["files"], 0);
 }
+
+#[test]
+fn fsck_finds_degraded_blocks_and_corrupt_shards() {
+    let mut cluster = cluster_with_volume();
+    let m = Mount::new(&cluster, "default", "m", "").unwrap();
+    let files: Vec<Vec<u8>> = (0..4)
+        .map(|i| random_bytes(3 * MIB + i, 20 + i as u64))
+        .collect();
+    for (i, f) in files.iter().enumerate() {
+        fs::write(m.path(&format!("f{i}")), f).unwrap();
+    }
+    fs::create_dir(m.path("dir")).unwrap();
+    fs::write(m.path("dir/small"), b"small").unwrap();
+    drop(m);
+
+    let out = ok(&cluster, &["fsck", "default"]);
+    assert!(
+        out.contains("7 inodes, 5 files") && out.contains("no problems"),
+        "{out}"
+    );
+    let out = ok(&cluster, &["fsck", "default", "--deep"]);
+    assert!(out.contains("no problems"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(&cluster, &["fsck", "default", "--deep", "--json"])).unwrap();
+    let blocks = report["blocks"].as_u64().unwrap();
+    assert!(blocks >= 5, "{report}");
+    assert_eq!(report["shards_verified"].as_u64().unwrap(), blocks * 6);
+    fails(
+        &cluster,
+        &["fsck", "nosuch"],
+        1,
+        "no volume named \"nosuch\"",
+    );
+
+    // A flipped bit in one shard: only the deep check sees it.
+    let victim = (0..6)
+        .map(|i| cluster.chunk_dir(i).join("shards"))
+        .flat_map(|d| fs::read_dir(d).into_iter().flatten().flatten())
+        .flat_map(|sub| fs::read_dir(sub.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.len() > 4096))
+        .expect("a shard file");
+    let mut bytes = fs::read(&victim).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x10;
+    fs::write(&victim, &bytes).unwrap();
+    ok(&cluster, &["fsck", "default"]);
+    let out = dfs(&cluster, &["fsck", "default", "--deep"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("error: shard") && stdout.contains("1 problems"),
+        "{stdout}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 problems found"));
+
+    // A chunk server down: blocks are degraded.
+    cluster.kill_chunk(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stdout = loop {
+        let out = dfs(&cluster, &["fsck", "default"]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.code() == Some(1) && stdout.contains("degraded: ") {
+            break stdout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fsck never saw the dead server: {stdout}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(stdout.contains("of 6 shards on live servers"), "{stdout}");
+}

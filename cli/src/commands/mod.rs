@@ -4,6 +4,7 @@ pub mod cert;
 pub mod client;
 pub mod cluster;
 pub mod files;
+pub mod fsck;
 pub mod node;
 pub mod repair;
 pub mod volume;
@@ -29,6 +30,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Repair(cmd) => repair::run(&client, cmd, json).await,
         Command::Node(cmd) => node::run(&client, cmd, json).await,
         Command::Client(cmd) => client::run(&client, cmd, cli.certs.as_deref(), json).await,
+        Command::Fsck(args) => fsck::run(&client, args, json).await,
         Command::Rebalance { wait } => repair::rebalance(&client, wait).await,
         Command::Scrub(cmd) => repair::scrub(&client, cmd, json).await,
         Command::Put(args) => files::put(&client, args, json).await,

@@ -39,6 +39,9 @@ pub enum ChunkRequest {
     },
     /// Delete a shard (idempotent).
     Delete { key: ShardKey },
+    /// Re-read a whole shard and check every checksum (`dfs fsck --deep`); answered with
+    /// `Verified`, or an error if it is missing or corrupt.
+    Verify { key: ShardKey },
     /// Identity and usage of the server.
     Info,
     /// Rebuild shard `key` from other shards of its block (any k of `sources`) and store it
@@ -61,6 +64,7 @@ impl ChunkRequest {
             ChunkRequest::Put { .. } => "Put",
             ChunkRequest::Get { .. } => "Get",
             ChunkRequest::Delete { .. } => "Delete",
+            ChunkRequest::Verify { .. } => "Verify",
             ChunkRequest::Info => "Info",
             ChunkRequest::Rebuild { .. } => "Rebuild",
             ChunkRequest::ScrubStart => "ScrubStart",
@@ -101,6 +105,7 @@ pub enum ChunkReply {
     Deleted {
         existed: bool,
     },
+    Verified,
     Info(ChunkServerInfo),
     Scrub(ScrubProgress),
 }

@@ -115,6 +115,36 @@ pub struct ClientInfo {
     pub revoked: bool,
 }
 
+/// Where a volume check resumes: after this inode, or within it from this file offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsckCursor {
+    pub ino: InodeId,
+    pub offset: u64,
+}
+
+/// Something wrong that a volume check found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsckProblem {
+    pub ino: InodeId,
+    pub block: Option<BlockId>,
+    /// Readable but short of full redundancy (repair will fix it), as opposed to damage.
+    pub degraded: bool,
+    pub what: String,
+}
+
+/// One page of a volume check: what was checked, what is wrong, and the blocks met (with
+/// where their shards are, for a deep check of their checksums).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsckPage {
+    pub inodes: u64,
+    pub files: u64,
+    pub extents: u64,
+    pub blocks: Vec<BlockInfo>,
+    pub problems: Vec<FsckProblem>,
+    /// Where the next page starts; `None` when the volume is done.
+    pub next: Option<FsckCursor>,
+}
+
 /// What a volume holds, counted from the metadata (`dfs volume info`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeUsage {
@@ -309,6 +339,11 @@ pub enum MetaRequest {
     /// (unknown or revoked). Answered with `Grants`.
     ClientGrants {
         fingerprint: [u8; 32],
+    },
+    /// Checks one page of a volume's inodes and extents (`dfs fsck`); answered with `Fsck`.
+    Fsck {
+        volume: String,
+        from: Option<FsckCursor>,
     },
     /// What a volume holds; answered with `Usage`.
     VolumeUsage {
@@ -543,6 +578,7 @@ pub enum MetaReply {
     Usage(VolumeUsage),
     Clients(Vec<ClientInfo>),
     Grants(Option<Vec<VolumeGrant>>),
+    Fsck(FsckPage),
 }
 
 impl MetaRequest {
@@ -558,6 +594,7 @@ impl MetaRequest {
             MetaRequest::ListClients => "ListClients",
             MetaRequest::ClientGrants { .. } => "ClientGrants",
             MetaRequest::VolumeUsage { .. } => "VolumeUsage",
+            MetaRequest::Fsck { .. } => "Fsck",
             MetaRequest::GetVolume { .. } => "GetVolume",
             MetaRequest::Heartbeat { .. } => "Heartbeat",
             MetaRequest::ClusterStatus => "ClusterStatus",
@@ -604,6 +641,7 @@ impl MetaRequest {
             MetaRequest::ListVolumes
                 | MetaRequest::ListClients
                 | MetaRequest::ClientGrants { .. }
+                | MetaRequest::Fsck { .. }
                 | MetaRequest::GetVolume { .. }
                 | MetaRequest::VolumeUsage { .. }
                 | MetaRequest::ClusterStatus

@@ -75,6 +75,38 @@ impl Client {
         )
     }
 
+    /// One page of a volume check (`dfs fsck`).
+    pub async fn fsck_page(&self, volume: &str, from: Option<FsckCursor>) -> FsResult<FsckPage> {
+        expect_reply!(
+            self.call(&MetaRequest::Fsck {
+                volume: volume.into(),
+                from,
+            })
+            .await?,
+            MetaReply::Fsck
+        )
+    }
+
+    /// Has the chunk server at `addr` re-read shard `key` and check all its checksums.
+    pub async fn verify_shard(
+        &self,
+        addr: &str,
+        key: dfs_common::proto::chunk::ShardKey,
+    ) -> FsResult<()> {
+        match self
+            .inner
+            .chunks
+            .request(
+                addr,
+                &dfs_common::proto::chunk::ChunkRequest::Verify { key },
+            )
+            .await?
+        {
+            dfs_common::proto::chunk::ChunkReply::Verified => Ok(()),
+            other => Err(FsError::protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
     /// Deletes a volume; with `force`, everything in it too.
     pub async fn delete_volume(&self, name: &str, force: bool) -> FsResult<()> {
         expect_done(

@@ -1,0 +1,256 @@
+//! `dfs fsck`: a read-only check of one volume, a page at a time, from a snapshot.
+//!
+//! For every inode of the volume: a directory's entries name inodes that exist, of the kind
+//! the entry says; a file's extents lie within its size and within committed blocks of its
+//! volume that still count the reference; every shard of those blocks is placed on a server
+//! that is up (else the block is degraded, or unavailable below k shards). The blocks met go
+//! back with the page, so the CLI can have each chunk server re-verify their checksums.
+
+use crate::store::schema::{decode, kind_from_code, BlockRecord, InodeRecord, ServerRecord};
+use crate::store::tables::{get_inode, ReadTables};
+use crate::store::DbResult;
+use dfs_common::proto::meta::*;
+use dfs_common::{BlockId, FsError, FsResult, InodeId, ServerId};
+use std::collections::{BTreeMap, HashSet};
+
+/// Inodes of any volume looked at per page, and extents returned per page at most: bounds the
+/// time of one request and the size of its reply.
+const SCAN_PER_PAGE: usize = 20_000;
+const EXTENTS_PER_PAGE: usize = 5_000;
+/// Problems reported per page at most (the rest are counted on the next pages' passes).
+const PROBLEMS_PER_PAGE: usize = 1_000;
+
+pub fn check_page(
+    t: &ReadTables,
+    volume: &str,
+    from: Option<FsckCursor>,
+    live: &HashSet<ServerId>,
+) -> FsResult<FsckPage> {
+    let volume = crate::queries::get_volume(t, volume)?;
+    let mut page = FsckPage::default();
+    let mut blocks: BTreeMap<BlockId, BlockInfo> = BTreeMap::new();
+    let problem = |page: &mut FsckPage, ino, block, degraded, what: String| {
+        if page.problems.len() < PROBLEMS_PER_PAGE {
+            page.problems.push(FsckProblem {
+                ino,
+                block,
+                degraded,
+                what,
+            });
+        }
+    };
+    let start = from.map_or(0, |c| c.ino.0);
+    let mut scanned = 0;
+    for item in t.inodes.range(start..).db()? {
+        let (key, value) = item.db()?;
+        let ino = InodeId(key.value());
+        scanned += 1;
+        if scanned > SCAN_PER_PAGE || page.extents as usize >= EXTENTS_PER_PAGE {
+            page.next = Some(FsckCursor { ino, offset: 0 });
+            break;
+        }
+        let rec: InodeRecord = decode(value.value())?;
+        if rec.volume != volume.id {
+            continue;
+        }
+        let resume_at = match from {
+            Some(c) if c.ino == ino => c.offset,
+            _ => 0,
+        };
+        if resume_at == 0 {
+            page.inodes += 1;
+        }
+        match rec.kind {
+            FileKind::Dir if resume_at == 0 => {
+                check_dir(t, ino, &mut |ino, what| {
+                    problem(&mut page, ino, None, false, what)
+                })?;
+            }
+            FileKind::File => {
+                if resume_at == 0 {
+                    page.files += 1;
+                }
+                let stopped = check_file(t, ino, &rec, resume_at, live, &mut page, &mut blocks)?;
+                if let Some(offset) = stopped {
+                    page.next = Some(FsckCursor { ino, offset });
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    page.blocks = blocks.into_values().collect();
+    Ok(page)
+}
+
+/// Entries of a directory name inodes that exist, with the kind they have.
+fn check_dir(
+    t: &ReadTables,
+    dir: InodeId,
+    problem: &mut impl FnMut(InodeId, String),
+) -> FsResult<()> {
+    for item in t.dentries.range((dir.0, "")..(dir.0 + 1, "")).db()? {
+        let (key, value) = item.db()?;
+        let name = key.value().1.to_string();
+        let (child, code) = value.value();
+        match get_inode(&t.inodes, InodeId(child)) {
+            Ok(rec) => {
+                if kind_from_code(code)? != rec.kind {
+                    problem(
+                        dir,
+                        format!(
+                            "entry {name:?} says {:?}, inode {child} is {:?}",
+                            kind_from_code(code)?,
+                            rec.kind
+                        ),
+                    );
+                }
+            }
+            Err(FsError::NotFound) => problem(
+                dir,
+                format!("entry {name:?} names inode {child}, which does not exist"),
+            ),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Checks a file's extents from `offset`; returns where it stopped if the page filled up.
+fn check_file(
+    t: &ReadTables,
+    ino: InodeId,
+    rec: &InodeRecord,
+    offset: u64,
+    live: &HashSet<ServerId>,
+    page: &mut FsckPage,
+    blocks: &mut BTreeMap<BlockId, BlockInfo>,
+) -> FsResult<Option<u64>> {
+    let report = |page: &mut FsckPage, block, degraded, what: String| {
+        if page.problems.len() < PROBLEMS_PER_PAGE {
+            page.problems.push(FsckProblem {
+                ino,
+                block,
+                degraded,
+                what,
+            });
+        }
+    };
+    for item in t.extents.range((ino.0, offset)..(ino.0 + 1, 0)).db()? {
+        let (key, value) = item.db()?;
+        let file_offset = key.value().1;
+        if page.extents as usize >= EXTENTS_PER_PAGE {
+            return Ok(Some(file_offset));
+        }
+        page.extents += 1;
+        let (len, block, block_offset) = value.value();
+        let block = BlockId(block);
+        if file_offset.saturating_add(len) > rec.size {
+            report(
+                page,
+                Some(block),
+                false,
+                format!(
+                    "extent at {file_offset} (+{len}) reaches past the file size {}",
+                    rec.size
+                ),
+            );
+        }
+        if blocks.contains_key(&block) {
+            continue;
+        }
+        let b: BlockRecord = match t.blocks.get(block.0).db()? {
+            Some(v) => decode(v.value())?,
+            None => {
+                report(
+                    page,
+                    Some(block),
+                    false,
+                    format!("extent at {file_offset} refers to missing block {block}"),
+                );
+                continue;
+            }
+        };
+        let Some(block_len) = b.len else {
+            report(
+                page,
+                Some(block),
+                false,
+                format!("block {block} is referenced but was never committed"),
+            );
+            continue;
+        };
+        if b.volume != rec.volume {
+            report(
+                page,
+                Some(block),
+                false,
+                format!("block {block} belongs to another volume"),
+            );
+        }
+        if b.refs == 0 {
+            report(
+                page,
+                Some(block),
+                false,
+                format!("block {block} is referenced but counts no references"),
+            );
+        }
+        if block_offset.saturating_add(len) > block_len {
+            report(
+                page,
+                Some(block),
+                false,
+                format!("extent at {file_offset} reaches past its {block_len}-byte block {block}"),
+            );
+        }
+        let up = b.shards.iter().filter(|s| live.contains(s)).count();
+        let k = b.policy.k() as usize;
+        if up < k {
+            report(
+                page,
+                Some(block),
+                false,
+                format!(
+                    "block {block} is unavailable: {up} of {} shards on live servers, {k} needed",
+                    b.shards.len()
+                ),
+            );
+        } else if up < b.shards.len() {
+            report(
+                page,
+                Some(block),
+                true,
+                format!(
+                    "block {block} is degraded: {up} of {} shards on live servers",
+                    b.shards.len()
+                ),
+            );
+        }
+        let shards = b
+            .shards
+            .iter()
+            .map(|&server| {
+                let addr = match t.servers.get(server.0).db()? {
+                    Some(v) => decode::<ServerRecord>(v.value())?.addr,
+                    None => String::new(),
+                };
+                Ok(ShardLocation {
+                    server,
+                    addr,
+                    up: live.contains(&server),
+                })
+            })
+            .collect::<FsResult<Vec<_>>>()?;
+        blocks.insert(
+            block,
+            BlockInfo {
+                block,
+                len: block_len,
+                policy: b.policy,
+                shards,
+            },
+        );
+    }
+    Ok(None)
+}
