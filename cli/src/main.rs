@@ -43,6 +43,8 @@ enum Command {
     /// Chunk servers: list, drain (move every shard off), remove.
     #[command(subcommand)]
     Node(commands::node::NodeCommand),
+    /// Quick benchmark of a volume, or of a directory (a mount, or local for comparison).
+    Bench(commands::bench::BenchArgs),
     /// Check a volume: entries, extents, blocks and shard placement (--deep: checksums too).
     Fsck(commands::fsck::FsckArgs),
     /// Client certificates limited to some volumes: add, list, revoke.

@@ -365,3 +365,60 @@ fn fsck_finds_degraded_blocks_and_corrupt_shards() {
     };
     assert!(stdout.contains("of 6 shards on live servers"), "{stdout}");
 }
+
+#[test]
+fn dfs_bench_on_a_volume_and_on_a_mount() {
+    let cluster = cluster_with_volume();
+    let check = |report: &str| {
+        let phases: Vec<serde_json::Value> = serde_json::from_str(report).unwrap();
+        let names: Vec<&str> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "write big files",
+                "read big files",
+                "write small files",
+                "read small files",
+                "stat files",
+                "delete files"
+            ]
+        );
+        assert_eq!(phases[0]["bytes"], 2 * 8 * MIB as u64);
+        assert_eq!(phases[1]["bytes"], 2 * 8 * MIB as u64);
+        assert_eq!(phases[2]["count"], 2 * 10);
+        assert_eq!(phases[3]["bytes"], 2 * 10 * 64 * 1024);
+        assert!(phases.iter().all(|p| p["seconds"].as_f64().unwrap() > 0.0));
+    };
+    let args = [
+        "--big-size",
+        "8M",
+        "--small-files",
+        "10",
+        "--small-size",
+        "64K",
+        "--threads",
+        "2",
+        "--json",
+    ];
+    let mut volume_args = vec!["bench", "default"];
+    volume_args.extend(args);
+    check(&ok(&cluster, &volume_args));
+    // Through the kernel, on a mount.
+    let m = Mount::new(&cluster, "default", "m", "").unwrap();
+    let path = m.dir.to_str().unwrap().to_string();
+    let mut path_args = vec!["bench", "--path", &path];
+    path_args.extend(args);
+    check(&ok(&cluster, &path_args));
+    // The table, and nothing left behind.
+    let table = ok(
+        &cluster,
+        &["bench", "default", "--big-size", "1M", "--small-files", "2"],
+    );
+    assert!(
+        table.contains("write big files") && table.contains("MiB/s"),
+        "{table}"
+    );
+    assert_eq!(fs::read_dir(&m.dir).unwrap().count(), 0);
+    assert_eq!(volume_json(&cluster, "default")["used_inodes"], 0);
+    fails(&cluster, &["bench", "nosuch"], 1, "no volume named");
+}

@@ -1,5 +1,6 @@
 //! One module per noun; `run` connects (when the command needs a cluster) and dispatches.
 
+pub mod bench;
 pub mod cert;
 pub mod client;
 pub mod cluster;
@@ -21,10 +22,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Cert(cmd) = &cli.command {
         return cert::run(cmd);
     }
+    if let Command::Bench(args) = &cli.command {
+        // A directory needs no cluster.
+        let client = match args.path {
+            Some(_) => None,
+            None => Some(connect(&cli).await?),
+        };
+        let Command::Bench(args) = cli.command else {
+            unreachable!("matched above")
+        };
+        return bench::run(client.as_ref(), args, cli.json).await;
+    }
     let client = connect(&cli).await?;
     let json = cli.json;
     match cli.command {
-        Command::Cert(_) => unreachable!("handled above"),
+        Command::Cert(_) | Command::Bench(_) => unreachable!("handled above"),
         Command::Volume(cmd) => volume::run(&client, cmd, json).await,
         Command::Cluster(cmd) => cluster::run(&client, cmd, json).await,
         Command::Repair(cmd) => repair::run(&client, cmd, json).await,
