@@ -201,14 +201,22 @@ impl MetaService {
                 }))
             }
             MetaRequest::AllocateBlock { ino } => {
-                let (policy, block_size) = self
+                let (policy, block_size, full) = self
                     .query(move |t| {
                         let rec = get_inode(&t.inodes, ino)?;
                         let (_, vol) = get_volume_by_id(&t.volumes, rec.volume)?;
-                        Ok((vol.policy, vol.block_size))
+                        let state = get_volume_state(&t.volume_state, rec.volume)?;
+                        Ok((vol.policy, vol.block_size, state.limits.require_full_writes))
                     })
                     .await?;
                 let live = self.membership.live_when_known(policy.total()).await;
+                if full && live.len() < policy.total() {
+                    return Err(FsError::unavailable(format!(
+                        "the volume requires all {} shards of each block, and only {} chunk servers are up",
+                        policy.total(),
+                        live.len()
+                    )));
+                }
                 // Fewer servers up than shards: place what can be placed, down to the write
                 // floor; the rest are missing from the start and left to repair.
                 let count = policy

@@ -12,7 +12,8 @@ use crate::layout::{self, RefDelta};
 use crate::maintenance;
 use crate::store::schema::*;
 use crate::store::tables::{
-    dir_is_empty, get_dir, get_inode, get_volume_by_id, lookup, to_attr, WriteTables,
+    dir_is_empty, get_dir, get_inode, get_volume_by_id, get_volume_state, lookup, to_attr,
+    WriteTables,
 };
 use crate::store::DbResult;
 use crate::volumes;
@@ -611,6 +612,9 @@ fn allocate_block(
         )));
     }
     let shards = shard_locations(t, placement)?;
+    let full = get_volume_state(&t.volume_state, rec.volume)?
+        .limits
+        .require_full_writes;
     let block = BlockId(t.next_id(NEXT_BLOCK, 1)?);
     let block_rec = BlockRecord {
         volume: rec.volume,
@@ -628,6 +632,11 @@ fn allocate_block(
         volume: rec.volume,
         policy: volume.policy,
         shards,
+        min_shards: if full {
+            volume.policy.total()
+        } else {
+            volume.policy.min_write_shards()
+        } as u8,
     }))
 }
 
@@ -729,8 +738,16 @@ fn commit_write(
         }
         blocks.push((e.block, block));
     }
+    let full = get_volume_state(&t.volume_state, rec.volume)?
+        .limits
+        .require_full_writes;
     for (block, mut block_rec) in blocks {
         if block_rec.len.is_none() {
+            if full && block_rec.shards.contains(&ServerId::NONE) {
+                return Err(FsError::unavailable(format!(
+                    "block {block} is missing shards and the volume requires full writes"
+                )));
+            }
             let ne = extents
                 .iter()
                 .find(|ne| ne.extent.block == block)

@@ -125,6 +125,9 @@ pub fn set(t: &mut WriteTables, name: &str, change: &VolumeChange) -> FsResult<M
     if let Some(ro) = change.read_only {
         state.limits.read_only = ro;
     }
+    if let Some(full) = change.require_full_writes {
+        state.limits.require_full_writes = full;
+    }
     put_state(t, rec.id, &state)?;
     Ok(MetaReply::Volume(volume_info(name, &rec, &state)))
 }

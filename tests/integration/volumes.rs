@@ -157,7 +157,7 @@ fn quotas_refuse_growth_with_edquot_and_lose_nothing() {
             VolumeChange {
                 quota_bytes: Some(Some(volume.used_bytes + 4 * MIB as u64)),
                 quota_inodes: Some(None),
-                read_only: None,
+                ..Default::default()
             },
         )
         .await
@@ -421,4 +421,61 @@ fn dfs_bench_on_a_volume_and_on_a_mount() {
     assert_eq!(fs::read_dir(&m.dir).unwrap().count(), 0);
     assert_eq!(volume_json(&cluster, "default")["used_inodes"], 0);
     fails(&cluster, &["bench", "nosuch"], 1, "no volume named");
+}
+
+#[test]
+fn degraded_writes_can_be_switched_off_per_volume() {
+    let mut cluster = cluster_with_volume();
+    ok(
+        &cluster,
+        &["volume", "create", "strict", "--degraded-writes", "false"],
+    );
+    let info = ok(&cluster, &["volume", "info", "strict"]);
+    assert!(
+        info.lines()
+            .any(|l| l.starts_with("degraded writes") && l.ends_with("false")),
+        "{info}"
+    );
+    let m_default = Mount::new(&cluster, "default", "d", "").unwrap();
+    let m_strict = Mount::new(&cluster, "strict", "s", "").unwrap();
+    let data = random_bytes(5 * MIB, 8);
+    fs::write(m_strict.path("before"), &data).unwrap();
+
+    // One of six servers down: 4+2 blocks can only go out with five shards.
+    cluster.kill_chunk(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&ok(&cluster, &["cluster", "status", "--json"])).unwrap();
+        let up = status["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["up"] == true)
+            .count();
+        if up == 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server never went down");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fs::write(m_default.path("degraded"), &data).unwrap();
+    assert!(fs::read(m_default.path("degraded")).unwrap() == data);
+    let mut f = fs::File::create(m_strict.path("refused")).unwrap();
+    use std::io::Write;
+    let err = f
+        .write_all(&data)
+        .and_then(|_| f.sync_all())
+        .expect_err("a strict volume must refuse a degraded write");
+    assert_eq!(err.raw_os_error(), Some(5), "{err}");
+    drop(f);
+    assert!(fs::read(m_strict.path("before")).unwrap() == data);
+
+    // Allowing it lets the same write through.
+    ok(
+        &cluster,
+        &["volume", "set", "strict", "--degraded-writes", "true"],
+    );
+    fs::write(m_strict.path("now"), &data).unwrap();
+    assert!(fs::read(m_strict.path("now")).unwrap() == data);
 }

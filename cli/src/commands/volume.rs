@@ -50,6 +50,11 @@ pub enum VolumeCommand {
         /// Most files, directories and other inodes [default: none].
         #[arg(long, value_parser = parse_inode_limit)]
         quota_inodes: Option<Limit>,
+        /// With `false`, blocks are written only with all k+m shards, so writes fail while
+        /// fewer chunk servers are up; with `true` they go out with at least k+1 shards and
+        /// are repaired later [default: true].
+        #[arg(long)]
+        degraded_writes: Option<bool>,
     },
     /// List volumes with their usage and quotas.
     List,
@@ -65,6 +70,9 @@ pub enum VolumeCommand {
         /// `true` makes every change to the volume fail with EROFS.
         #[arg(long)]
         read_only: Option<bool>,
+        /// Whether blocks may be written with shards missing while servers are down.
+        #[arg(long)]
+        degraded_writes: Option<bool>,
     },
     /// Delete a volume. Its space comes back through garbage collection.
     Delete {
@@ -130,6 +138,7 @@ pub async fn run(client: &Client, cmd: VolumeCommand, json: bool) -> anyhow::Res
             block_size,
             quota_bytes,
             quota_inodes,
+            degraded_writes,
         } => {
             let policy: EcPolicy = ec.parse()?;
             let live = client
@@ -149,6 +158,7 @@ pub async fn run(client: &Client, cmd: VolumeCommand, json: bool) -> anyhow::Res
                 quota_bytes: quota_bytes.and_then(|l| l.0),
                 quota_inodes: quota_inodes.and_then(|l| l.0),
                 read_only: false,
+                require_full_writes: degraded_writes == Some(false),
             };
             let volume = client
                 .create_volume_with(&name, policy, block_size, limits)
@@ -195,6 +205,10 @@ pub async fn run(client: &Client, cmd: VolumeCommand, json: bool) -> anyhow::Res
                         limit_cell(volume.used_inodes, volume.limits.quota_inodes, count),
                     ],
                     vec!["read-only".into(), volume.limits.read_only.to_string()],
+                    vec![
+                        "degraded writes".into(),
+                        (!volume.limits.require_full_writes).to_string(),
+                    ],
                     vec!["files".into(), usage.files.to_string()],
                     vec!["directories".into(), usage.directories.to_string()],
                     vec!["other inodes".into(), usage.other.to_string()],
@@ -241,15 +255,17 @@ pub async fn run(client: &Client, cmd: VolumeCommand, json: bool) -> anyhow::Res
             quota_bytes,
             quota_inodes,
             read_only,
+            degraded_writes,
         } => {
             let change = VolumeChange {
                 quota_bytes: quota_bytes.map(|l| l.0),
                 quota_inodes: quota_inodes.map(|l| l.0),
                 read_only,
+                require_full_writes: degraded_writes.map(|d| !d),
             };
             if change == VolumeChange::default() {
                 anyhow::bail!(
-                    "nothing to change: pass --quota-bytes, --quota-inodes or --read-only"
+                    "nothing to change: pass --quota-bytes, --quota-inodes, --read-only or --degraded-writes"
                 );
             }
             let volume = client

@@ -85,6 +85,9 @@ pub struct VolumeLimits {
     pub quota_inodes: Option<u64>,
     /// Every change to the volume fails with EROFS.
     pub read_only: bool,
+    /// Blocks are written only with all k+m shards: with fewer chunk servers up, writes fail
+    /// instead of going out degraded (with at least k+1 shards, repaired later).
+    pub require_full_writes: bool,
 }
 
 /// Changes to a volume's limits; `None` leaves a field as it is.
@@ -93,6 +96,7 @@ pub struct VolumeChange {
     pub quota_bytes: Option<Option<u64>>,
     pub quota_inodes: Option<Option<u64>>,
     pub read_only: Option<bool>,
+    pub require_full_writes: Option<bool>,
 }
 
 /// A client certificate's right to a volume.
@@ -268,6 +272,9 @@ pub struct BlockPlacement {
     pub volume: VolumeId,
     pub policy: EcPolicy,
     pub shards: Vec<ShardLocation>,
+    /// Shards that must be stored for the block to be committed: k+m, or k+1 where the
+    /// volume allows degraded writes.
+    pub min_shards: u8,
 }
 
 /// A committed block as a reader needs it.

@@ -1,7 +1,7 @@
 //! Writing one block: ask for a placement, encode k+m shards, send them in parallel, and place
 //! again any shard whose server fails. With too few servers up, a block may go out with shards
-//! missing, as long as [`EcPolicy::min_write_shards`] of them are stored; repair restores the
-//! rest. The block becomes visible only when a later commit refers to it; a crash before that
+//! missing, as long as [`EcPolicy::min_write_shards`] of them are stored (all of them where the
+//! volume requires full writes); repair restores the rest. The block becomes visible only when a later commit refers to it; a crash before that
 //! leaves unreferenced shards, never a torn file.
 //!
 //! [`EcPolicy::min_write_shards`]: dfs_common::EcPolicy::min_write_shards
@@ -52,7 +52,7 @@ pub async fn upload_block(
             stored += 1;
         }
     }
-    let needed = placement.policy.min_write_shards();
+    let needed = placement.min_shards as usize;
     if stored < needed {
         return Err(FsError::unavailable(format!(
             "stored only {stored} of the {} shards of block {} ({needed} needed): too few chunk servers up",
