@@ -148,6 +148,7 @@ up() {
     mount_volume
     write_env
     log "ready: volume default is mounted at $mnt; . $dev_dir/cluster.env && dfs cluster status"
+    log "status page and metrics: http://$meta_addr/ and http://$meta_addr/metrics"
 }
 
 mounted() { grep -q " $mnt fuse" /proc/mounts 2>/dev/null; }
