@@ -1,5 +1,5 @@
-//! Who may do what. Servers and administrators (by the role their certificate names) may do
-//! anything. A client certificate may do only what `dfs client add` granted it: read, or read
+//! Who may do what. Administrators (by the role their certificate names) may do anything;
+//! servers only what chunk servers ask of the metadata server. A client certificate may do only what `dfs client add` granted it: read, or read
 //! and write, the volumes it names. Unknown and revoked certificates are refused, so a
 //! revoked client loses access at its very next request.
 

@@ -55,15 +55,30 @@ impl MetaService {
         })
     }
 
-    /// Refuses what `principal` may not do. Returns the client's grants (`None` for servers
-    /// and administrators) for filtering the reply.
+    /// Refuses what `principal` may not do: administrators may do anything, servers only the
+    /// calls chunk servers make, clients what their grants allow. Returns a client's grants
+    /// (`None` otherwise) for filtering the reply.
     async fn authorize(
         &self,
         principal: &Principal,
         request: &MetaRequest,
     ) -> FsResult<Option<Vec<VolumeGrant>>> {
-        let Principal::Client(fingerprint) = principal else {
-            return Ok(None);
+        let fingerprint = match principal {
+            Principal::Admin => return Ok(None),
+            // Chunk servers make only these calls; a server certificate grants nothing else,
+            // so a chunk host's key is not an administrator's.
+            Principal::Server => {
+                return match request {
+                    MetaRequest::Heartbeat { .. }
+                    | MetaRequest::CheckShards { .. }
+                    | MetaRequest::ReportBadShard { .. }
+                    | MetaRequest::ClientGrants { .. } => Ok(None),
+                    _ => Err(FsError::Denied(
+                        "a server certificate may only make chunk-server calls; use an administrator certificate".into(),
+                    )),
+                };
+            }
+            Principal::Client(fingerprint) => fingerprint,
         };
         let grants = self.clients.grants(&fingerprint.0).ok_or_else(|| {
             FsError::Denied(format!(

@@ -207,11 +207,16 @@ fn client_certificates_reach_only_their_volumes() {
         );
     });
 
-    // Admin commands need an administrator certificate.
+    // Admin commands need an administrator certificate; a server's is not one either.
     fails(
         &cluster,
         &["--identity", "alice", "volume", "create", "mine"],
         "administrator certificate",
+    );
+    fails(
+        &cluster,
+        &["--identity", "server", "volume", "list"],
+        "server certificate may only make chunk-server calls",
     );
 
     // Revocation: alice's live mount is refused at its next request, and so is a new one.
