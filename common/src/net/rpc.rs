@@ -115,12 +115,17 @@ impl Peer {
                 .await
                 .map_err(|e| FsError::unavailable(format!("{}: {e}", self.addr)))?;
             write_frame(&mut send, request).await?;
-            if let Some(body) = body {
-                send.write_chunk(body).await.map_err(write_error)?;
-            }
+            // A server that refuses a request replies and then stops the stream, which can
+            // fail the write of the body: the reply still says why, so read it first.
+            let body_sent = match body {
+                Some(body) => send.write_chunk(body).await.map_err(write_error),
+                None => Ok(()),
+            };
             let _ = send.finish();
-            let reply: Result<R, FsError> = read_frame(&mut recv, max_reply).await?;
-            Ok::<_, FsError>((reply, recv))
+            match read_frame::<Result<R, FsError>>(&mut recv, max_reply).await {
+                Ok(reply) => Ok::<_, FsError>((reply, recv)),
+                Err(e) => Err(body_sent.err().unwrap_or(e)),
+            }
         })
         .await;
         match result {
