@@ -62,6 +62,22 @@ pub fn http_addr(value: Option<String>, listen: SocketAddr) -> Result<Option<Soc
     }
 }
 
+/// Formats bytes in binary units for people: `1536` → `1.5 KiB`.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 /// Parses a size such as `4M`, `512k`, `10G` or `1048576` (binary units).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();

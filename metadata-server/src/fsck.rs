@@ -29,16 +29,6 @@ pub fn check_page(
     let volume = crate::queries::get_volume(t, volume)?;
     let mut page = FsckPage::default();
     let mut blocks: BTreeMap<BlockId, BlockInfo> = BTreeMap::new();
-    let problem = |page: &mut FsckPage, ino, block, degraded, what: String| {
-        if page.problems.len() < PROBLEMS_PER_PAGE {
-            page.problems.push(FsckProblem {
-                ino,
-                block,
-                degraded,
-                what,
-            });
-        }
-    };
     let start = from.map_or(0, |c| c.ino.0);
     let mut scanned = 0;
     for item in t.inodes.range(start..).db()? {
@@ -63,7 +53,7 @@ pub fn check_page(
         match rec.kind {
             FileKind::Dir if resume_at == 0 => {
                 check_dir(t, ino, &mut |ino, what| {
-                    problem(&mut page, ino, None, false, what)
+                    report(&mut page, ino, None, false, what)
                 })?;
             }
             FileKind::File => {
@@ -81,6 +71,18 @@ pub fn check_page(
     }
     page.blocks = blocks.into_values().collect();
     Ok(page)
+}
+
+/// Records a problem, up to [`PROBLEMS_PER_PAGE`] per page.
+fn report(page: &mut FsckPage, ino: InodeId, block: Option<BlockId>, degraded: bool, what: String) {
+    if page.problems.len() < PROBLEMS_PER_PAGE {
+        page.problems.push(FsckProblem {
+            ino,
+            block,
+            degraded,
+            what,
+        });
+    }
 }
 
 /// Entries of a directory name inodes that exist, with the kind they have.
@@ -126,16 +128,8 @@ fn check_file(
     page: &mut FsckPage,
     blocks: &mut BTreeMap<BlockId, BlockInfo>,
 ) -> FsResult<Option<u64>> {
-    let report = |page: &mut FsckPage, block, degraded, what: String| {
-        if page.problems.len() < PROBLEMS_PER_PAGE {
-            page.problems.push(FsckProblem {
-                ino,
-                block,
-                degraded,
-                what,
-            });
-        }
-    };
+    let report =
+        |page: &mut FsckPage, block, degraded, what| report(page, ino, block, degraded, what);
     for item in t.extents.range((ino.0, offset)..(ino.0 + 1, 0)).db()? {
         let (key, value) = item.db()?;
         let file_offset = key.value().1;

@@ -6,6 +6,7 @@ use crate::membership::Membership;
 use crate::queries;
 use crate::repair::Repair;
 use crate::store::{self, tables::ReadTables};
+use dfs_common::config::format_size as size;
 use dfs_common::http::Page;
 use dfs_common::metrics::{gauges, GaugeFamily, MetricsPage, OpMetrics};
 use dfs_common::proto::meta::{BlockHealth, RepairProgress, ServerStatus, VolumeInfo};
@@ -200,21 +201,6 @@ fn escape(s: &str) -> String {
     out
 }
 
-fn size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
 /// One HTML table; cells are escaped here.
 fn table(out: &mut String, id: &str, header: &[&str], rows: &[Vec<String>]) {
     let _ = write!(out, "<table id=\"{id}\"><thead><tr>");
@@ -261,16 +247,10 @@ fn status_page(sources: &Sources) -> String {
     let rows: Vec<Vec<String>> = servers
         .iter()
         .map(|s| {
-            let state = match (s.up, s.draining) {
-                (true, false) => "up",
-                (true, true) => "up, draining",
-                (false, true) => "down, draining",
-                (false, false) => "down",
-            };
             vec![
                 s.id.to_string(),
                 s.addr.clone(),
-                state.to_string(),
+                s.state().to_string(),
                 size(s.capacity),
                 size(s.used),
                 s.shards.to_string(),

@@ -2,6 +2,7 @@
 //! only or read-write, refused by the metadata server and by the chunk servers alike, and
 //! revocation.
 
+use crate::cli::{fails_with, ok, run as dfs};
 use crate::mount::cluster_with_volume;
 use dfs_client::client::ClientOptions;
 use dfs_client::Client;
@@ -14,35 +15,13 @@ use dfs_tests::process::{Mount, ProcessCluster};
 use dfs_tests::random_bytes;
 use std::fs;
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 const EACCES: i32 = 13;
 const EROFS: i32 = 30;
 
-fn dfs(cluster: &ProcessCluster, args: &[&str]) -> Output {
-    cluster.cli().args(args).output().expect("run dfs")
-}
-
-fn ok(cluster: &ProcessCluster, args: &[&str]) -> String {
-    let out = dfs(cluster, args);
-    assert!(
-        out.status.success(),
-        "dfs {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        cluster.logs()
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn fails(cluster: &ProcessCluster, args: &[&str], message: &str) {
-    let out = dfs(cluster, args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "dfs {args:?}: {stderr}");
-    assert!(
-        stderr.contains(message),
-        "dfs {args:?}: expected {message:?} in {stderr:?}"
-    );
+    fails_with(cluster, args, 1, message);
 }
 
 async fn connect_as(cluster: &ProcessCluster, dir: &Path, name: &str) -> Client {

@@ -6,11 +6,11 @@ use dfs_tests::random_bytes;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-fn run(cluster: &ProcessCluster, args: &[&str]) -> Output {
+pub(crate) fn run(cluster: &ProcessCluster, args: &[&str]) -> Output {
     cluster.cli().args(args).output().expect("run dfs")
 }
 
-fn ok(cluster: &ProcessCluster, args: &[&str]) -> String {
+pub(crate) fn ok(cluster: &ProcessCluster, args: &[&str]) -> String {
     let out = run(cluster, args);
     assert!(
         out.status.success(),
@@ -21,15 +21,27 @@ fn ok(cluster: &ProcessCluster, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Runs a command that must fail with exit code 1 and a message containing `message`.
-fn fails(cluster: &ProcessCluster, args: &[&str], message: &str) {
+/// Runs a command that must fail with exit code `code` and a message containing `message`;
+/// returns its stderr.
+pub(crate) fn fails_with(
+    cluster: &ProcessCluster,
+    args: &[&str],
+    code: i32,
+    message: &str,
+) -> String {
     let out = run(cluster, args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "dfs {args:?}: {stderr}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "dfs {args:?}: {stderr}");
     assert!(
         stderr.contains(message),
         "dfs {args:?}: expected {message:?} in {stderr:?}"
     );
+    stderr
+}
+
+/// Runs a command that must fail with exit code 1 and a one-line message containing `message`.
+fn fails(cluster: &ProcessCluster, args: &[&str], message: &str) {
+    let stderr = fails_with(cluster, args, 1, message);
     assert_eq!(
         stderr.lines().count(),
         1,

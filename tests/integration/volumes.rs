@@ -1,6 +1,7 @@
 //! Volume administration against real processes: quotas (EDQUOT through the client library
 //! and through the kernel), the read-only flag, and deleting volumes.
 
+use crate::cli::{fails_with as fails, ok, run as dfs};
 use crate::mount::cluster_with_volume;
 use dfs_client::client::ClientOptions;
 use dfs_client::Client;
@@ -9,37 +10,11 @@ use dfs_common::{FsError, InodeId};
 use dfs_tests::process::{Mount, ProcessCluster};
 use dfs_tests::random_bytes;
 use std::fs;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 const EDQUOT: i32 = 122;
 const EROFS: i32 = 30;
 const MIB: usize = 1 << 20;
-
-fn dfs(cluster: &ProcessCluster, args: &[&str]) -> Output {
-    cluster.cli().args(args).output().expect("run dfs")
-}
-
-fn ok(cluster: &ProcessCluster, args: &[&str]) -> String {
-    let out = dfs(cluster, args);
-    assert!(
-        out.status.success(),
-        "dfs {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        cluster.logs()
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(cluster: &ProcessCluster, args: &[&str], code: i32, message: &str) {
-    let out = dfs(cluster, args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "dfs {args:?}: {stderr}");
-    assert!(
-        stderr.contains(message),
-        "dfs {args:?}: expected {message:?} in {stderr:?}"
-    );
-}
 
 fn volume_json(cluster: &ProcessCluster, name: &str) -> serde_json::Value {
     serde_json::from_str(&ok(cluster, &["volume", "info", name, "--json"])).unwrap()

@@ -43,16 +43,10 @@ pub fn server_table(servers: &[ServerStatus]) {
     let rows: Vec<Vec<String>> = servers
         .iter()
         .map(|s| {
-            let state = match (s.up, s.draining) {
-                (true, false) => "up",
-                (true, true) => "draining",
-                (false, false) => "down",
-                (false, true) => "down, draining",
-            };
             vec![
                 s.id.to_string(),
                 s.addr.clone(),
-                state.into(),
+                s.state().into(),
                 output::size(s.capacity),
                 output::size(s.used),
                 s.shards.to_string(),

@@ -209,6 +209,18 @@ pub struct ServerStatus {
     pub placed: u64,
 }
 
+impl ServerStatus {
+    /// The state as tables and the status page show it.
+    pub fn state(&self) -> &'static str {
+        match (self.up, self.draining) {
+            (true, false) => "up",
+            (true, true) => "draining",
+            (false, false) => "down",
+            (false, true) => "down, draining",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
     pub servers: Vec<ServerStatus>,
