@@ -48,6 +48,8 @@ pub struct ChunkConfig {
     pub maintenance: MaintenanceConfig,
     /// TCP address for Prometheus metrics; `None` serves no HTTP.
     pub http: Option<SocketAddr>,
+    /// Fault points tests arm (inert unless a test or `DFS_FAULTS` enables them).
+    pub faults: dfs_common::fault::Faults,
 }
 
 /// Background upkeep of the shards on this server.
@@ -102,6 +104,7 @@ pub async fn start(
         node.id,
         maintenance.scrub_rate,
         maintenance.scrub_interval,
+        config.faults.clone(),
     ));
     let meta_peer = || {
         dfs_common::net::Peer::new(endpoint.clone(), config.meta)

@@ -144,6 +144,7 @@ fn resolve(args: Args, file: Args) -> anyhow::Result<ChunkConfig> {
                 .max(10),
         ),
         maintenance,
+        faults: dfs_common::fault::Faults::from_env()?,
     })
 }
 

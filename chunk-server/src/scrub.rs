@@ -1,8 +1,12 @@
 //! Scrubbing: every shard's checksums re-verified in the background, at a bounded rate, one
-//! pass per interval or on demand. A corrupt shard is removed and reported to the metadata
-//! server, whose repair rebuilds it elsewhere.
+//! pass per interval or on demand. Only proven damage (a checksum mismatch, a truncated or
+//! garbled file) condemns a shard: it is reported to the metadata server, which stops placing
+//! reads on it and has repair rebuild it elsewhere. The condemned file stays until then:
+//! reconciliation deletes it once the metadata server places that shard on another server.
+//! Any other error (EIO, EMFILE, ENOMEM) is counted and logged, and the shard is left alone.
 
 use crate::store::ShardStore;
+use dfs_common::fault::Faults;
 use dfs_common::net::Peer;
 use dfs_common::proto::chunk::{ScrubProgress, ShardKey};
 use dfs_common::proto::meta::{MetaReply, MetaRequest};
@@ -20,10 +24,21 @@ pub struct Scrubber {
     interval: Duration,
     progress: Mutex<ScrubProgress>,
     start_now: Notify,
+    faults: Faults,
 }
 
+/// What the rate limit charges for a shard whose length could not be read, so a pass over a
+/// failing disk does not spin.
+const ERROR_CHARGE: u64 = 1 << 20;
+
 impl Scrubber {
-    pub fn new(store: Arc<ShardStore>, server: ServerId, rate: u64, interval: Duration) -> Self {
+    pub fn new(
+        store: Arc<ShardStore>,
+        server: ServerId,
+        rate: u64,
+        interval: Duration,
+        faults: Faults,
+    ) -> Self {
         Scrubber {
             store,
             server,
@@ -31,6 +46,7 @@ impl Scrubber {
             interval,
             progress: Mutex::new(ScrubProgress::default()),
             start_now: Notify::new(),
+            faults,
         }
     }
 
@@ -75,6 +91,7 @@ impl Scrubber {
                 running: true,
                 passes: p.passes,
                 corrupt: p.corrupt,
+                errors: p.errors,
                 total: shards.len() as u64,
                 ..ScrubProgress::default()
             };
@@ -82,25 +99,41 @@ impl Scrubber {
         tracing::info!(shards = shards.len(), "scrub pass started");
         let started = Instant::now();
         let mut bytes = 0u64;
+        // What the rate limit counts: bytes read, plus a charge for every shard that failed.
+        let mut charged = 0u64;
         for (key, _) in shards {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            let store = self.store.clone();
-            let checked = tokio::task::spawn_blocking(move || {
-                let len = store.read_header(&key)?.shard_len;
-                store.verify(&key).map(|_| len)
-            })
-            .await
-            .map_err(|e| FsError::io(format!("verify task: {e}")))?;
+            let checked = match self.faults.hit("scrub.verify").await {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    let store = self.store.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let len = store.read_header(&key)?.shard_len;
+                        store.verify(&key).map(|_| len)
+                    })
+                    .await
+                    .map_err(|e| FsError::io(format!("verify task: {e}")))?
+                }
+            };
             match checked {
-                Ok(len) => bytes += len,
+                Ok(len) => {
+                    bytes += len;
+                    charged += len;
+                }
                 // Deleted since the listing (garbage collection, reconciliation).
                 Err(FsError::NotFound) => continue,
-                Err(e) => {
+                Err(e @ FsError::Corrupt(_)) => {
                     tracing::error!(block = %key.block, index = key.index, "scrub found a bad shard: {e}");
                     self.progress.lock().expect("scrub lock").corrupt += 1;
-                    self.remove_bad(meta, key).await;
+                    self.report_bad(meta, key).await;
+                    charged += ERROR_CHARGE;
+                }
+                Err(e) => {
+                    tracing::warn!(block = %key.block, index = key.index, "scrub could not read a shard (left alone): {e}");
+                    self.progress.lock().expect("scrub lock").errors += 1;
+                    charged += ERROR_CHARGE;
                 }
             }
             {
@@ -109,7 +142,7 @@ impl Scrubber {
                 p.bytes = bytes;
             }
             // Keep to the rate: wait until the bytes so far fit the time so far.
-            let due = Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+            let due = Duration::from_secs_f64(charged as f64 / self.rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 tokio::time::sleep(wait).await;
             }
@@ -122,19 +155,18 @@ impl Scrubber {
         Ok(())
     }
 
-    /// Tells the metadata server the shard is gone, then removes it; if the report fails the
-    /// shard stays (still detected as corrupt by readers) and the next pass tries again.
-    async fn remove_bad(&self, meta: &Peer, key: ShardKey) {
+    /// Tells the metadata server the shard is bad, so readers and placement stop counting on
+    /// it and repair rebuilds it elsewhere. The file stays until the metadata server places
+    /// the shard on another server (reconciliation then deletes it): until a repaired copy
+    /// exists, even a damaged copy may hold the only good bytes of some sub-blocks. If the
+    /// report fails, the next pass reports again.
+    async fn report_bad(&self, meta: &Peer, key: ShardKey) {
         let report = MetaRequest::ReportBadShard {
             server: self.server,
             key,
         };
-        match meta.call::<_, MetaReply>(&report, None, 4096).await {
-            Ok(_) => {
-                let store = self.store.clone();
-                let _ = tokio::task::spawn_blocking(move || store.delete(&key)).await;
-            }
-            Err(e) => tracing::warn!("reporting a bad shard: {e}"),
+        if let Err(e) = meta.call::<_, MetaReply>(&report, None, 4096).await {
+            tracing::warn!("reporting a bad shard: {e}");
         }
     }
 }

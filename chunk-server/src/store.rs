@@ -72,9 +72,15 @@ impl ShardHeader {
     /// Reads and verifies a header; every field is checked before it is trusted.
     fn read(file: &mut File, path: &Path) -> FsResult<Self> {
         let corrupt = |what: &str| FsError::Corrupt(format!("{}: {what}", path.display()));
+        // A file too short is damage; any other read error (EIO, ENOMEM...) says nothing
+        // about the shard's bytes and stays an I/O error.
+        let short = |e: std::io::Error, what: &str| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => corrupt(what),
+            _ => FsError::from(e),
+        };
         let mut fixed = [0u8; FIXED_HEADER];
         file.read_exact(&mut fixed)
-            .map_err(|_| corrupt("truncated header"))?;
+            .map_err(|e| short(e, "truncated header"))?;
         if &fixed[..8] != MAGIC {
             return Err(corrupt("bad magic"));
         }
@@ -94,7 +100,7 @@ impl ShardHeader {
         let count = checksum::sub_block_count(shard_len) as usize;
         let mut table = vec![0u8; 32 * count + 32];
         file.read_exact(&mut table)
-            .map_err(|_| corrupt("truncated checksum table"))?;
+            .map_err(|e| short(e, "truncated checksum table"))?;
         let mut hasher = blake3::Hasher::new();
         hasher.update(&fixed);
         hasher.update(&table[..32 * count]);

@@ -4,6 +4,7 @@
 //! - [`ids`]: typed identifiers (volumes, inodes, blocks, servers) and timestamps.
 //! - [`ec`]: the erasure-coding policy type, validated once when it is built.
 //! - [`error`]: the one errno-shaped error that crosses the wire.
+//! - [`fault`]: named fault points that tests arm to drive races deterministically.
 //! - [`erasure`]: Reed-Solomon encode and reconstruct (the only user of reed-solomon-erasure).
 //! - [`checksum`]: blake3 hashes per sub-block of a shard.
 //! - [`proto`]: request and response types of the metadata and chunk services.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod ec;
 pub mod erasure;
 pub mod error;
+pub mod fault;
 pub mod http;
 pub mod ids;
 pub mod metrics;

@@ -32,6 +32,7 @@ pub mod store;
 pub mod volumes;
 pub mod web;
 
+use dfs_common::fault::Faults;
 use dfs_common::net::chunks::ChunkPool;
 use dfs_common::net::endpoint::server_endpoint;
 use dfs_common::net::server::serve;
@@ -60,6 +61,8 @@ pub struct MetaConfig {
     pub repair: repair::RepairConfig,
     /// TCP address for metrics and the status page; `None` serves no HTTP.
     pub http: Option<SocketAddr>,
+    /// Fault points tests arm (inert unless a test or `DFS_FAULTS` enables them).
+    pub faults: Faults,
 }
 
 pub struct RunningMetaServer {
@@ -100,6 +103,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         membership.clone(),
         pool,
         config.repair.clone(),
+        config.faults.clone(),
     ));
     tokio::spawn(repair.clone().run(shutdown.clone()));
     let mut registry = prometheus_client::registry::Registry::default();

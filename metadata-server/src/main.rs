@@ -153,6 +153,7 @@ fn resolve(args: Args, file: Args) -> anyhow::Result<MetaConfig> {
         server_timeout: Duration::from_secs_f64(timeout),
         lock_lease: Duration::from_secs_f64(lease),
         repair,
+        faults: dfs_common::fault::Faults::from_env()?,
     })
 }
 

@@ -75,8 +75,10 @@ pub fn move_shard(
 }
 
 /// Forgets blocks nothing refers to: collected garbage, or pending blocks abandoned before
-/// their commit. Blocks referenced again meanwhile are kept.
+/// their commit. Blocks referenced again meanwhile are kept. Answers with the blocks really
+/// dropped: only their shards may be deleted.
 pub fn drop_blocks(t: &mut WriteTables, blocks: &[BlockId]) -> FsResult<MetaReply> {
+    let mut dropped = Vec::new();
     for &block in blocks {
         let Some(rec) = get_block(t, block)? else {
             t.garbage.remove(block.0).db()?;
@@ -85,9 +87,10 @@ pub fn drop_blocks(t: &mut WriteTables, blocks: &[BlockId]) -> FsResult<MetaRepl
         if rec.refs == 0 {
             t.blocks.remove(block.0).db()?;
             t.garbage.remove(block.0).db()?;
+            dropped.push(block);
         }
     }
-    Ok(MetaReply::Done)
+    Ok(MetaReply::Dropped(dropped))
 }
 
 pub fn drain_server(

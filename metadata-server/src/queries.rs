@@ -124,6 +124,12 @@ pub fn get_layout(t: &ReadTables, ino: InodeId, offset: u64, len: u64) -> FsResu
     let end = offset.saturating_add(len).min(rec.size);
     let mut extents = layout::overlapping(&t.extents, ino, offset, end.max(offset))?;
     extents.retain(|e| e.file_offset < end);
+    // A long layout comes in pages: this one is complete up to the first extent it leaves out
+    // (extents do not overlap, so that lies past everything listed, and past `offset`).
+    let complete_to = match extents.get(dfs_common::proto::MAX_LAYOUT_EXTENTS) {
+        Some(first_left_out) => first_left_out.file_offset,
+        None => offset.saturating_add(len),
+    };
     extents.truncate(dfs_common::proto::MAX_LAYOUT_EXTENTS);
     let mut blocks = BTreeMap::new();
     for e in &extents {
@@ -162,6 +168,7 @@ pub fn get_layout(t: &ReadTables, ino: InodeId, offset: u64, len: u64) -> FsResu
         size: rec.size,
         extents,
         blocks: blocks.into_values().collect(),
+        complete_to,
     })
 }
 
@@ -193,7 +200,9 @@ pub fn draining_servers(t: &ReadTables) -> FsResult<Vec<ServerId>> {
 }
 
 /// Which of `keys`, held by `server`, it should not keep: their block is gone, or that shard
-/// of the block is placed elsewhere.
+/// of the block is placed on another server. A shard whose slot is empty (missing, or found
+/// corrupt and not yet rebuilt) is kept: until repair places a copy elsewhere, even a
+/// damaged copy may hold the only good bytes of some sub-blocks.
 pub fn stale_shards(
     t: &ReadTables,
     server: ServerId,
@@ -208,7 +217,7 @@ pub fn stale_shards(
                 .copied(),
             None => None,
         };
-        if placed != Some(server) {
+        if placed != Some(server) && placed != Some(ServerId::NONE) {
             stale.push(key);
         }
     }

@@ -14,9 +14,10 @@ use crate::state_machine::Command;
 use crate::store::schema::{decode, BlockRecord};
 use crate::store::tables::ReadTables;
 use crate::store::{self, Committer, DbResult};
+use dfs_common::fault::Faults;
 use dfs_common::net::chunks::ChunkPool;
 use dfs_common::proto::chunk::{ShardKey, ShardOwner, ShardSource};
-use dfs_common::proto::meta::{BlockHealth, MetaRequest, RepairProgress};
+use dfs_common::proto::meta::{BlockHealth, MetaReply, MetaRequest, RepairProgress};
 use dfs_common::{BlockId, FsError, FsResult, ServerId, Timestamp};
 use redb::{Database, ReadableTable};
 use std::collections::{HashMap, HashSet};
@@ -81,6 +82,11 @@ pub struct Repair {
     wake: tokio::sync::Notify,
     /// A rebalance was asked for and is not finished.
     rebalance: std::sync::atomic::AtomicBool,
+    /// When each unreferenced block was first seen so by a scan, on the monotonic clock: its
+    /// grace period counts from there, so a wall clock that jumps (either way) neither
+    /// shortens nor stalls it. A restart starts every grace period again, which is safe.
+    unreferenced_since: Mutex<HashMap<BlockId, Instant>>,
+    faults: Faults,
 }
 
 /// Shards per server the scan keeps as rebalancing candidates, per pass.
@@ -93,6 +99,7 @@ impl Repair {
         membership: Arc<Membership>,
         pool: Arc<ChunkPool>,
         config: RepairConfig,
+        faults: Faults,
     ) -> Self {
         Repair {
             db,
@@ -106,6 +113,8 @@ impl Repair {
             placed: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
             rebalance: std::sync::atomic::AtomicBool::new(false),
+            unreferenced_since: Mutex::new(HashMap::new()),
+            faults,
         }
     }
 
@@ -165,17 +174,17 @@ impl Repair {
             .copied()
             .filter(|&s| self.membership.is_draining(s))
             .collect();
-        let (mut jobs, garbage, health, placed, candidates) = {
+        let (mut jobs, unreferenced, health, placed, candidates) = {
             let db = self.db.clone();
             let live: HashSet<ServerId> = live.keys().copied().collect();
-            let config = self.config.clone();
             tokio::task::spawn_blocking(move || -> FsResult<_> {
                 let tx = store::read(&db)?;
-                scan(&ReadTables::open(&tx)?, &live, &draining, &config)
+                scan(&ReadTables::open(&tx)?, &live, &draining)
             })
             .await
             .map_err(|e| FsError::io(format!("scan task: {e}")))??
         };
+        let garbage = self.past_grace(unreferenced);
         *self.health.lock().expect("health lock") = health;
         // Rebalance only when nothing is lost or draining: real losses come first.
         let wanted =
@@ -368,23 +377,59 @@ impl Repair {
         }
     }
 
-    /// Forgets collectable blocks, then deletes their shards from the servers that are up
-    /// (those that are not delete theirs when they reconcile).
+    /// Of the unreferenced blocks a scan found, those unreferenced for their whole grace
+    /// period (committed garbage: `gc_grace`; never committed: `pending_grace`), measured on
+    /// the monotonic clock from the first scan that saw them so.
+    fn past_grace(&self, unreferenced: Vec<(BlockId, BlockRecord)>) -> Vec<(BlockId, BlockRecord)> {
+        let now = Instant::now();
+        let mut since = self.unreferenced_since.lock().expect("grace lock");
+        let seen: HashSet<BlockId> = unreferenced.iter().map(|(b, _)| *b).collect();
+        // A block referenced again (or dropped) starts from scratch if it ever comes back.
+        since.retain(|b, _| seen.contains(b));
+        unreferenced
+            .into_iter()
+            .filter(|(block, rec)| {
+                let first = *since.entry(*block).or_insert(now);
+                let grace = if rec.len.is_some() {
+                    self.config.gc_grace
+                } else {
+                    self.config.pending_grace
+                };
+                now.duration_since(first) >= grace
+            })
+            .collect()
+    }
+
+    /// Forgets collectable blocks, then deletes the shards of those the metadata store really
+    /// dropped from the servers that are up (those that are not delete theirs when they
+    /// reconcile). A block that gained a reference between the scan and the drop is kept, and
+    /// so are its shards.
     async fn collect(&self, garbage: Vec<(BlockId, BlockRecord)>) {
         let live = self.membership.live_addrs();
         for batch in garbage.chunks(1024) {
             let blocks: Vec<BlockId> = batch.iter().map(|(b, _)| *b).collect();
+            if let Err(e) = self.faults.hit("gc.before_drop").await {
+                tracing::warn!("garbage collection failed: {e}");
+                return;
+            }
             let command = Command {
                 now: Timestamp::now(),
                 request: MetaRequest::DropBlocks { blocks },
                 placement: vec![],
             };
-            if let Err(e) = self.committer.submit(command).await {
-                tracing::warn!("garbage collection failed: {e}");
-                return;
-            }
+            let dropped: HashSet<BlockId> = match self.committer.submit(command).await {
+                Ok(MetaReply::Dropped(dropped)) => dropped.into_iter().collect(),
+                Ok(other) => {
+                    tracing::error!("garbage collection: unexpected reply {other:?}");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("garbage collection failed: {e}");
+                    return;
+                }
+            };
             let mut deletes = JoinSet::new();
-            for (block, rec) in batch {
+            for (block, rec) in batch.iter().filter(|(b, _)| dropped.contains(b)) {
                 for (index, server) in rec.shards.iter().enumerate() {
                     let Some(addr) = live.get(server).cloned() else {
                         continue;
@@ -407,7 +452,7 @@ impl Repair {
 }
 
 /// What a scan found: shards to rebuild or move (fewest surviving first, moves off draining
-/// servers last), blocks to collect, health, shards placed per server, and per server some
+/// servers last), unreferenced blocks (collected once past their grace), health, shards placed per server, and per server some
 /// shards of fully healthy blocks that rebalancing could move.
 type ScanResult = (
     Vec<Job>,
@@ -476,12 +521,8 @@ fn scan(
     t: &ReadTables,
     live: &HashSet<ServerId>,
     draining: &HashSet<ServerId>,
-    config: &RepairConfig,
 ) -> FsResult<ScanResult> {
     let mut movable: HashMap<ServerId, Vec<Job>> = HashMap::new();
-    let now = Timestamp::now();
-    let older_than =
-        |at: i64, grace: Duration| now.secs.saturating_sub(at) >= grace.as_secs() as i64;
     let mut jobs = Vec::new();
     let mut garbage = Vec::new();
     let mut health = BlockHealth::default();
@@ -492,17 +533,14 @@ fn scan(
         let rec: BlockRecord = decode(value.value())?;
         if rec.len.is_none() {
             health.pending += 1;
-            if rec.refs == 0 && older_than(rec.created.secs, config.pending_grace) {
+            if rec.refs == 0 {
                 garbage.push((block, rec));
             }
             continue;
         }
         if rec.refs == 0 {
             health.garbage += 1;
-            let since = t.garbage.get(block.0).db()?.map(|v| v.value());
-            if since.is_some_and(|at| older_than(at, config.gc_grace)) {
-                garbage.push((block, rec));
-            }
+            garbage.push((block, rec));
             continue;
         }
         for s in &rec.shards {

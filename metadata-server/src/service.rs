@@ -294,6 +294,16 @@ impl MetaService {
                 self.locks.release(ino, owner);
                 Ok(MetaReply::Done)
             }
+            MetaRequest::CommitWrite { ref extents, .. } => {
+                let degraded = extents.iter().any(|e| e.missing_shards != 0);
+                let reply = self.commit(request, vec![]).await?;
+                if degraded {
+                    // A block committed with shards missing is repaired now, not at the next
+                    // periodic scan.
+                    self.repair.kick();
+                }
+                Ok(reply)
+            }
             MetaRequest::RepairStatus => Ok(MetaReply::Repair(self.repair.progress())),
             MetaRequest::VolumeUsage { name } => {
                 let live = self.membership.live_addrs().into_keys().collect();

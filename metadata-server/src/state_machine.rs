@@ -19,11 +19,12 @@ use crate::store::DbResult;
 use crate::volumes;
 use dfs_common::proto::meta::*;
 use dfs_common::proto::{
-    MAX_BLOCK_SIZE, MAX_FILE_SIZE, MAX_NAME_LEN, MAX_SYMLINK_LEN, MAX_XATTR_NAME_LEN,
-    MAX_XATTR_VALUE_LEN,
+    MAX_BLOCK_SIZE, MAX_COMMIT_EXTENTS, MAX_FILE_SIZE, MAX_NAME_LEN, MAX_SYMLINK_LEN,
+    MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN,
 };
 use dfs_common::{BlockId, FsError, FsResult, InodeId, ServerId, Timestamp};
 use redb::{ReadableTable, WriteTransaction};
+use std::collections::BTreeMap;
 
 /// Smallest block size a volume may use.
 pub const MIN_BLOCK_SIZE: u64 = 64 * 1024;
@@ -696,8 +697,16 @@ fn commit_write(
     } else {
         extents
     };
-    // Check every extent before changing anything.
-    let mut blocks = Vec::with_capacity(extents.len());
+    if extents.len() > MAX_COMMIT_EXTENTS {
+        return Err(FsError::TooBig(format!(
+            "{} extents in one commit (at most {MAX_COMMIT_EXTENTS})",
+            extents.len()
+        )));
+    }
+    // Check every extent before changing anything. Blocks committed for the first time get
+    // their length and lose the shards their writer could not store.
+    let mut first_commits: BTreeMap<BlockId, (BlockRecord, u64, u32)> = BTreeMap::new();
+    let mut seen: BTreeMap<BlockId, u64> = BTreeMap::new();
     for ne in extents {
         let e = ne.extent;
         e.file_offset
@@ -715,6 +724,19 @@ fn commit_write(
                 ne.block_len
             )));
         }
+        if let Some(&len) = seen.get(&e.block) {
+            if len != ne.block_len {
+                return Err(FsError::invalid(format!(
+                    "block {} named with two lengths",
+                    e.block
+                )));
+            }
+            if let Some(first) = first_commits.get_mut(&e.block) {
+                first.2 |= ne.missing_shards;
+            }
+            continue;
+        }
+        seen.insert(e.block, ne.block_len);
         let block: BlockRecord = match t.blocks.get(e.block.0).db()? {
             Some(v) => decode(v.value())?,
             None => {
@@ -730,33 +752,53 @@ fn commit_write(
                 e.block
             )));
         }
-        if block.len.is_some_and(|len| len != ne.block_len) {
-            return Err(FsError::invalid(format!(
-                "block {} committed with another length",
-                e.block
-            )));
+        match block.len {
+            Some(len) if len != ne.block_len => {
+                return Err(FsError::invalid(format!(
+                    "block {} committed with another length",
+                    e.block
+                )));
+            }
+            Some(_) => {}
+            None => {
+                first_commits.insert(e.block, (block, ne.block_len, ne.missing_shards));
+            }
         }
-        blocks.push((e.block, block));
     }
     let full = get_volume_state(&t.volume_state, rec.volume)?
         .limits
         .require_full_writes;
-    for (block, mut block_rec) in blocks {
-        if block_rec.len.is_none() {
-            if full && block_rec.shards.contains(&ServerId::NONE) {
-                return Err(FsError::unavailable(format!(
-                    "block {block} is missing shards and the volume requires full writes"
-                )));
+    for (block, (mut block_rec, len, missing)) in first_commits {
+        for (index, server) in block_rec.shards.iter_mut().enumerate() {
+            if index < 32 && missing & (1 << index) != 0 {
+                *server = ServerId::NONE;
             }
-            let ne = extents
-                .iter()
-                .find(|ne| ne.extent.block == block)
-                .expect("checked above");
-            block_rec.len = Some(ne.block_len);
-            t.blocks
-                .insert(block.0, encode(&block_rec).as_slice())
-                .db()?;
         }
+        let stored = block_rec
+            .shards
+            .iter()
+            .filter(|s| **s != ServerId::NONE)
+            .count();
+        let needed = if full {
+            block_rec.policy.total()
+        } else {
+            block_rec.policy.min_write_shards()
+        };
+        if stored < needed {
+            return Err(FsError::unavailable(format!(
+                "block {block} has {stored} of its {} shards stored, {needed} needed{}",
+                block_rec.policy.total(),
+                if full {
+                    " (the volume requires full writes)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        block_rec.len = Some(len);
+        t.blocks
+            .insert(block.0, encode(&block_rec).as_slice())
+            .db()?;
     }
     let mut refs = RefDelta::default();
     let old_size = rec.size;

@@ -7,6 +7,7 @@ mod data;
 mod deploy;
 mod faults;
 mod heal;
+mod integrity;
 mod mount;
 mod namespace;
 mod observe;

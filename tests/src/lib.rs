@@ -11,6 +11,7 @@ pub mod process;
 
 use dfs_client::client::ClientOptions;
 use dfs_client::Client;
+use dfs_common::fault::Faults;
 use dfs_common::net::tls::{generate_ca, issue, Identity, PemPair, Role};
 use dfs_common::proto::meta::VolumeInfo;
 use dfs_common::{EcPolicy, ServerId};
@@ -121,31 +122,42 @@ pub struct TestCluster {
     pub meta_http: SocketAddr,
     meta: Option<Task>,
     pub chunks: Vec<ChunkNode>,
+    /// Fault points of every server of this cluster and of the clients it makes.
+    pub faults: Faults,
 }
 
 impl TestCluster {
     pub async fn start(chunk_servers: usize) -> TestCluster {
+        Self::start_with(chunk_servers, |_| {}).await
+    }
+
+    /// Starts a cluster whose metadata server's configuration `tune` adjusts first.
+    pub async fn start_with(
+        chunk_servers: usize,
+        tune: impl FnOnce(&mut dfs_meta::MetaConfig),
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = Certs::generate();
+        let faults = Faults::enabled();
         let shutdown = CancellationToken::new();
-        let meta = dfs_meta::start(
-            dfs_meta::MetaConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                data_dir: dir.path().join("meta"),
-                identity: certs.server_identity(),
-                server_timeout: TEST_SERVER_TIMEOUT,
-                lock_lease: dfs_meta::locks::DEFAULT_LEASE,
-                repair: dfs_meta::repair::RepairConfig {
-                    interval: TEST_REPAIR_INTERVAL,
-                    gc_grace: TEST_GC_GRACE,
-                    ..Default::default()
-                },
-                http: Some("127.0.0.1:0".parse().unwrap()),
+        let mut config = dfs_meta::MetaConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("meta"),
+            identity: certs.server_identity(),
+            server_timeout: TEST_SERVER_TIMEOUT,
+            lock_lease: dfs_meta::locks::DEFAULT_LEASE,
+            repair: dfs_meta::repair::RepairConfig {
+                interval: TEST_REPAIR_INTERVAL,
+                gc_grace: TEST_GC_GRACE,
+                ..Default::default()
             },
-            shutdown.clone(),
-        )
-        .await
-        .expect("metadata server starts");
+            http: Some("127.0.0.1:0".parse().unwrap()),
+            faults: faults.clone(),
+        };
+        tune(&mut config);
+        let meta = dfs_meta::start(config, shutdown.clone())
+            .await
+            .expect("metadata server starts");
         let mut cluster = TestCluster {
             meta_addr: meta.addr,
             meta_http: meta.http_addr.expect("HTTP configured"),
@@ -155,6 +167,7 @@ impl TestCluster {
             }),
             dir,
             certs,
+            faults,
             chunks: Vec::new(),
         };
         for i in 0..chunk_servers {
@@ -183,6 +196,7 @@ impl TestCluster {
                     ..Default::default()
                 },
                 http: Some("127.0.0.1:0".parse().unwrap()),
+                faults: self.faults.clone(),
             },
             shutdown.clone(),
         )
@@ -201,7 +215,11 @@ impl TestCluster {
     }
 
     pub async fn client(&self) -> Client {
-        self.client_with(ClientOptions::default()).await
+        self.client_with(ClientOptions {
+            faults: self.faults.clone(),
+            ..ClientOptions::default()
+        })
+        .await
     }
 
     pub async fn client_with(&self, options: ClientOptions) -> Client {

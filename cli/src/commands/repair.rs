@@ -121,7 +121,7 @@ pub async fn scrub(client: &Client, cmd: ScrubCommand, json: bool) -> anyhow::Re
     } else {
         output::table(
             &[
-                "SERVER", "ADDRESS", "STATE", "CHECKED", "BYTES", "CORRUPT", "PASSES",
+                "SERVER", "ADDRESS", "STATE", "CHECKED", "BYTES", "CORRUPT", "ERRORS", "PASSES",
             ],
             &rows,
         );
@@ -138,6 +138,7 @@ fn scrub_row(id: &str, addr: &str, p: &ScrubProgress) -> Vec<String> {
         format!("{}/{}", p.checked, p.total),
         output::size(p.bytes),
         p.corrupt.to_string(),
+        p.errors.to_string(),
         p.passes.to_string(),
     ]
 }

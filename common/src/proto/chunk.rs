@@ -91,8 +91,12 @@ pub struct ScrubProgress {
     pub bytes: u64,
     /// Shards in the store when the pass started.
     pub total: u64,
-    /// Corrupt shards found since the server started (each reported and removed).
+    /// Corrupt shards found since the server started (each reported; deleted once the
+    /// metadata server places a repaired copy elsewhere).
     pub corrupt: u64,
+    /// Shards that could not be read since the server started (an I/O error, not proven
+    /// damage): left alone, tried again next pass.
+    pub errors: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

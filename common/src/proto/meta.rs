@@ -312,6 +312,10 @@ pub struct Extent {
 pub struct NewExtent {
     pub extent: Extent,
     pub block_len: u64,
+    /// Bit i set: the writer could not store shard i. The commit records those shards as
+    /// missing, so the block shows as degraded and is repaired, instead of naming a server
+    /// that does not hold the shard.
+    pub missing_shards: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -320,6 +324,10 @@ pub struct Layout {
     /// Extents overlapping the asked range, in file order; gaps read as zeros.
     pub extents: Vec<Extent>,
     pub blocks: Vec<BlockInfo>,
+    /// The extents are complete from the asked offset up to here: the end of the asked range,
+    /// or less when the reply hit [`MAX_LAYOUT_EXTENTS`](crate::proto::MAX_LAYOUT_EXTENTS).
+    /// Beyond it nothing is known (not even holes): a reader asks again from here.
+    pub complete_to: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -598,6 +606,8 @@ pub enum MetaReply {
     Clients(Vec<ClientInfo>),
     Grants(Option<Vec<VolumeGrant>>),
     Fsck(FsckPage),
+    /// The blocks a `DropBlocks` really forgot (the others gained a reference meanwhile).
+    Dropped(Vec<BlockId>),
 }
 
 impl MetaRequest {

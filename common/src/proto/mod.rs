@@ -19,5 +19,7 @@ pub const DEFAULT_BLOCK_SIZE: u64 = 4 * 1024 * 1024;
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 /// Most extents one layout reply holds; a reply with this many may end before the range asked.
 pub const MAX_LAYOUT_EXTENTS: usize = 4096;
+/// Most extents one `CommitWrite` may carry; a writer commits longer streams in steps.
+pub const MAX_COMMIT_EXTENTS: usize = 1024;
 /// Most shards one `CheckShards` request may ask about.
 pub const MAX_CHECK_SHARDS: usize = 4096;

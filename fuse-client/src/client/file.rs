@@ -8,13 +8,13 @@ use super::writer::upload_block;
 use super::{reader, Client};
 use dfs_common::proto::meta::Layout;
 use dfs_common::proto::meta::{Attr, FileKind, MetaReply, MetaRequest, NewExtent, SetAttr};
-use dfs_common::proto::{MAX_FILE_SIZE, MAX_LAYOUT_EXTENTS};
+use dfs_common::proto::MAX_FILE_SIZE;
 use dfs_common::{EcPolicy, FsError, FsResult, InodeId, Timestamp, VolumeId};
 use std::collections::VecDeque;
 use tokio::task::JoinHandle;
 
 /// Extents committed per metadata transaction at most; longer streams commit in steps.
-const MAX_EXTENTS_PER_COMMIT: usize = 1024;
+const MAX_EXTENTS_PER_COMMIT: usize = dfs_common::proto::MAX_COMMIT_EXTENTS;
 
 pub struct FileHandle {
     client: Client,
@@ -35,7 +35,8 @@ pub struct FileHandle {
     failed: Option<FsError>,
     /// The committed layout of a range of the file, as of this handle's last read. Valid until
     /// this handle changes the file; other clients' changes show at the next open
-    /// (close-to-open), so it needs no other invalidation.
+    /// (close-to-open). Shards it names may move (repair, drain, rebalance): a read that
+    /// fails with it, or has to reconstruct, drops it so the next read fetches it again.
     layout: Option<CachedLayout>,
     /// Opened with O_APPEND: every write goes to the end of the file as the metadata server
     /// sees it when the write commits, whatever offset it names.
@@ -288,6 +289,12 @@ impl FileHandle {
                 e.extent.file_offset -= start.unwrap_or(0);
             }
         }
+        self.client
+            .inner
+            .options
+            .faults
+            .hit("client.before_commit")
+            .await?;
         let request = MetaRequest::CommitWrite {
             ino: self.ino,
             extents,
@@ -346,44 +353,48 @@ impl FileHandle {
             .layout
             .as_ref()
             .is_some_and(|c| c.start <= offset && end <= c.end);
-        if !cached {
-            // The whole file's layout when it fits one reply (up to MAX_LAYOUT_EXTENTS extents),
-            // so random reads hit the cache too; else the part from this read on.
-            let mut start = 0;
-            let (mut layout, mut covered) = self.fetch_layout(start).await?;
-            if covered < end {
-                start = offset;
-                (layout, covered) = self.fetch_layout(start).await?;
+        if cached {
+            let layout = &self.layout.as_ref().expect("checked above").layout;
+            let fallbacks = self.client.fallback_reads();
+            match reader::read_with_layout(&self.client, layout, offset, len).await {
+                Ok(data) => {
+                    if self.client.fallback_reads() != fallbacks {
+                        self.layout = None;
+                    }
+                    return Ok(data);
+                }
+                // Repair, drain or rebalance may have moved shards since the layout was
+                // fetched (and deleted the old copies): read again with a fresh one.
+                Err(e) => {
+                    tracing::info!(ino = %self.ino, "read with a cached layout failed ({e}); fetching the layout again");
+                    self.layout = None;
+                }
             }
-            if covered < end {
-                return reader::read_with_layout(&self.client, &layout, offset, len).await;
-            }
-            self.layout = Some(CachedLayout {
-                start,
-                end: covered,
-                layout,
-            });
         }
-        let cached = &self.layout.as_ref().expect("layout cached above").layout;
-        reader::read_with_layout(&self.client, cached, offset, len).await
+        // The whole file's layout when it fits one reply (up to MAX_LAYOUT_EXTENTS extents), so
+        // random reads hit the cache too; else the part from this read on; else (a read spanning
+        // more extents than one reply holds) page through it.
+        let mut start = 0;
+        let mut layout = self.fetch_layout(start).await?;
+        if layout.complete_to < end.min(layout.size) {
+            start = offset;
+            layout = self.fetch_layout(start).await?;
+        }
+        if layout.complete_to < end.min(layout.size) {
+            return reader::read(&self.client, self.ino, offset, len).await;
+        }
+        let data = reader::read_with_layout(&self.client, &layout, offset, len).await?;
+        self.layout = Some(CachedLayout {
+            start,
+            end: layout.complete_to,
+            layout,
+        });
+        Ok(data)
     }
 
-    /// The layout from `start` to the end of the file, and how far it reaches: a reply holding
-    /// the most extents allowed may stop short.
-    async fn fetch_layout(&self, start: u64) -> FsResult<(Layout, u64)> {
-        let layout = self
-            .client
-            .layout(self.ino, start, u64::MAX - start)
-            .await?;
-        let covered = if layout.extents.len() >= MAX_LAYOUT_EXTENTS {
-            layout
-                .extents
-                .last()
-                .map_or(start, |e| e.file_offset + e.len)
-        } else {
-            u64::MAX
-        };
-        Ok((layout, covered))
+    /// The layout from `start` to the end of the file, complete up to its `complete_to`.
+    async fn fetch_layout(&self, start: u64) -> FsResult<Layout> {
+        self.client.layout(self.ino, start, u64::MAX - start).await
     }
 
     /// Drops the cached layout: another descriptor of this client changed the file.

@@ -40,6 +40,8 @@ pub struct ClientOptions {
     pub meta_retry: Option<Duration>,
     /// Bound on one shard transfer.
     pub chunk_timeout: Duration,
+    /// Fault points tests arm (inert by default).
+    pub faults: dfs_common::fault::Faults,
 }
 
 impl Default for ClientOptions {
@@ -50,6 +52,7 @@ impl Default for ClientOptions {
             meta_timeout: Duration::from_secs(20),
             meta_retry: Some(Duration::ZERO),
             chunk_timeout: Duration::from_secs(10),
+            faults: dfs_common::fault::Faults::default(),
         }
     }
 }
@@ -68,6 +71,9 @@ pub(crate) struct Inner {
     volumes: Mutex<HashMap<VolumeId, VolumeInfo>>,
     quotas: Mutex<HashMap<VolumeId, quota::QuotaView>>,
     pub(crate) locks: locks::LockSession,
+    /// Reads that had to rebuild a piece from other shards (a server down, failed or slow):
+    /// a handle that sees this move fetches its layout again, in case shards moved.
+    pub(crate) fallback_reads: std::sync::atomic::AtomicU64,
     _endpoint: Endpoint,
 }
 
@@ -88,6 +94,7 @@ impl Client {
                 volumes: Mutex::new(HashMap::new()),
                 quotas: Mutex::new(HashMap::new()),
                 locks: locks::LockSession::new(),
+                fallback_reads: std::sync::atomic::AtomicU64::new(0),
                 _endpoint: endpoint,
             }),
         };
@@ -96,6 +103,13 @@ impl Client {
         let volumes = client.exchange(&MetaRequest::ListVolumes).await??;
         expect_reply!(volumes, MetaReply::Volumes)?;
         Ok(client)
+    }
+
+    /// How many reads so far had to rebuild data from other shards.
+    pub fn fallback_reads(&self) -> u64 {
+        self.inner
+            .fallback_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// One attempt at a metadata request; the outer error is a failed exchange.

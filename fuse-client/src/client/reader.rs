@@ -22,12 +22,36 @@ struct Piece {
     out_offset: usize,
 }
 
-/// Reads up to `len` bytes at `offset`; returns fewer at end of file.
+/// Reads up to `len` bytes at `offset`; returns fewer at end of file. A file with more extents
+/// in the range than one layout reply holds is read a layout page at a time.
 pub async fn read(client: &Client, ino: InodeId, offset: u64, len: u64) -> FsResult<Vec<u8>> {
-    let layout = client.layout(ino, offset, len).await?;
-    read_with_layout(client, &layout, offset, len).await
+    let end = offset.saturating_add(len);
+    let mut out = Vec::new();
+    let mut pos = offset;
+    while pos < end {
+        let layout = client.layout(ino, pos, end - pos).await?;
+        let stop = end.min(layout.size).min(layout.complete_to);
+        if stop <= pos {
+            if pos < end.min(layout.size) {
+                return Err(FsError::protocol(format!(
+                    "layout of inode {ino} from {pos} covers nothing"
+                )));
+            }
+            break;
+        }
+        let part = read_with_layout(client, &layout, pos, stop - pos).await?;
+        if out.is_empty() {
+            out = part;
+        } else {
+            out.extend_from_slice(&part);
+        }
+        pos = stop;
+    }
+    Ok(out)
 }
 
+/// Reads up to `len` bytes at `offset` with `layout`, which must be complete for the range
+/// (up to the end of file): a range it does not describe is an error, never zeros.
 pub async fn read_with_layout(
     client: &Client,
     layout: &Layout,
@@ -37,6 +61,12 @@ pub async fn read_with_layout(
     let end = offset.saturating_add(len).min(layout.size);
     if offset >= end {
         return Ok(Vec::new());
+    }
+    if end > layout.complete_to {
+        return Err(FsError::protocol(format!(
+            "layout covers up to {}, the read needs up to {end}",
+            layout.complete_to
+        )));
     }
     let mut out = vec![0u8; (end - offset) as usize];
     let blocks: Vec<Arc<BlockInfo>> = layout.blocks.iter().cloned().map(Arc::new).collect();
@@ -182,6 +212,10 @@ async fn fetch_piece(client: &Client, piece: &Piece, slot: &mut [u8]) -> FsResul
 /// k fetches start at once; if they have not all succeeded after [`HEDGE_AFTER`], every other
 /// candidate starts too, and the first k successes win.
 async fn reconstruct_piece(client: &Client, piece: &Piece) -> FsResult<Vec<u8>> {
+    client
+        .inner
+        .fallback_reads
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let policy = piece.block.policy;
     let k = policy.k();
     let chunks = &client.inner.chunks;

@@ -44,12 +44,20 @@ pub async fn upload_block(
             index: index as u8,
         };
         let shard = encoded.shard(index);
-        sends.spawn(async move { put_with_retry(&client, key, owner, shard, location).await });
+        sends.spawn(async move {
+            let stored = put_with_retry(&client, key, owner, shard, location).await?;
+            Ok::<_, FsError>((index, stored))
+        });
     }
     let mut stored = 0;
+    let mut missing_shards = 0u32;
     while let Some(result) = sends.join_next().await {
-        if result.map_err(|e| FsError::io(format!("shard upload task: {e}")))?? {
+        let (index, was_stored) =
+            result.map_err(|e| FsError::io(format!("shard upload task: {e}")))??;
+        if was_stored {
             stored += 1;
+        } else {
+            missing_shards |= 1 << index;
         }
     }
     let needed = placement.min_shards as usize;
@@ -72,14 +80,18 @@ pub async fn upload_block(
                 block_offset,
             };
             block_offset += len;
-            NewExtent { extent, block_len }
+            NewExtent {
+                extent,
+                block_len,
+                missing_shards,
+            }
         })
         .collect())
 }
 
 /// Sends one shard, placing it again when its server fails, on up to [`ATTEMPTS_PER_SHARD`]
-/// servers. Returns whether it was stored; a shard that was not is missing from the block
-/// (its record names no server, or the last one that failed).
+/// servers. Returns whether it was stored; one that was not goes into the commit's
+/// `missing_shards`, so the block record never names a server that lacks it.
 async fn put_with_retry(
     client: &Client,
     key: ShardKey,
@@ -91,12 +103,20 @@ async fn put_with_retry(
         if location.server == ServerId::NONE {
             return Ok(false);
         }
-        let Err(e) = client
-            .inner
-            .chunks
-            .put_shard(&location.addr, key, owner, shard.clone())
-            .await
-        else {
+        let put = async {
+            let faults = &client.inner.options.faults;
+            if faults.is_enabled() {
+                faults
+                    .hit(&format!("client.put_shard.{}", key.index))
+                    .await?;
+            }
+            client
+                .inner
+                .chunks
+                .put_shard(&location.addr, key, owner, shard.clone())
+                .await
+        };
+        let Err(e) = put.await else {
             return Ok(true);
         };
         tracing::warn!(block = %key.block, index = key.index, server = %location.server, "shard write failed: {e}");

@@ -1,0 +1,275 @@
+//! Named fault points, so tests drive races deterministically instead of hoping for them.
+//!
+//! Code that has a race worth testing calls [`Faults::hit`] at the step in question
+//! (`faults.hit("gc.before_drop").await?`). Nothing is armed in production, where a hit costs
+//! one branch on an `Option`. A test arms a point on the [`Faults`] handle it gave the
+//! component (each component gets its handle through its config, so tests running side by
+//! side in one process never see each other's faults):
+//!
+//! - [`Action::Pause`]: the hit waits until the test calls [`Faults::release`]; the test can
+//!   first wait until it got there ([`Faults::wait_hit`]). "Pause between the scan and the apply."
+//! - [`Action::Fail`]: the hit returns the error. "Return EIO from the shard store."
+//! - [`Action::FailNth`]: only the n-th hit from now fails. "Fail the third shard put."
+//!
+//! Daemons started as processes read `DFS_FAULTS` (`name=fail,other=pause`; see
+//! [`Faults::from_env`]), so process tests can arm points too.
+
+use crate::{FsError, FsResult};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// What an armed fault point does when it is hit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Wait at the point until released.
+    Pause,
+    /// Fail every hit with this error.
+    Fail(FsError),
+    /// Fail only the n-th hit from the time of arming (1 is the next one).
+    FailNth(u32, FsError),
+}
+
+#[derive(Default)]
+struct Point {
+    action: Option<Action>,
+    /// Hits since the point was armed.
+    hits: u32,
+    /// Hits currently waiting at a pause.
+    waiting: u32,
+    /// Releases handed out and not yet taken by a waiter.
+    released: u32,
+}
+
+#[derive(Default)]
+struct Inner {
+    points: Mutex<HashMap<String, Point>>,
+    /// Woken whenever a point is hit or released.
+    changed: Notify,
+}
+
+/// A set of fault points shared by one component (or one test cluster). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Faults(Option<Arc<Inner>>);
+
+impl std::fmt::Debug for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Faults(enabled)"
+        } else {
+            "Faults(off)"
+        })
+    }
+}
+
+impl Faults {
+    /// A set that can be armed (tests). `Faults::default()` is the inert production set.
+    pub fn enabled() -> Faults {
+        Faults(Some(Arc::default()))
+    }
+
+    /// Whether points can be armed: callers that build a point's name at run time skip the
+    /// work when not.
+    pub fn is_enabled(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Points armed from `DFS_FAULTS`: comma-separated `name=pause`, `name=fail` (EIO) or
+    /// `name=fail@N` (only the N-th hit). Unset or empty gives the inert set.
+    pub fn from_env() -> FsResult<Faults> {
+        match std::env::var("DFS_FAULTS") {
+            Ok(spec) if !spec.trim().is_empty() => Faults::parse(&spec),
+            _ => Ok(Faults::default()),
+        }
+    }
+
+    fn parse(spec: &str) -> FsResult<Faults> {
+        let faults = Faults::enabled();
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, action) = item
+                .split_once('=')
+                .ok_or_else(|| FsError::invalid(format!("fault {item:?}: expected NAME=ACTION")))?;
+            let eio = || FsError::io(format!("injected fault at {name}"));
+            let action = match action {
+                "pause" => Action::Pause,
+                "fail" => Action::Fail(eio()),
+                other => match other.strip_prefix("fail@").map(str::parse::<u32>) {
+                    Some(Ok(n)) if n > 0 => Action::FailNth(n, eio()),
+                    _ => {
+                        return Err(FsError::invalid(format!(
+                            "fault {item:?}: the action is pause, fail or fail@N"
+                        )))
+                    }
+                },
+            };
+            faults.arm(name, action);
+        }
+        Ok(faults)
+    }
+
+    /// Arms `name`, resetting its hit count.
+    pub fn arm(&self, name: &str, action: Action) {
+        if let Some(inner) = &self.0 {
+            let mut points = inner.points.lock().expect("fault points");
+            let point = points.entry(name.to_string()).or_default();
+            point.action = Some(action);
+            point.hits = 0;
+        }
+    }
+
+    /// Disarms `name` and lets everything paused there go on.
+    pub fn disarm(&self, name: &str) {
+        if let Some(inner) = &self.0 {
+            let mut points = inner.points.lock().expect("fault points");
+            if let Some(point) = points.get_mut(name) {
+                point.action = None;
+                point.released += point.waiting;
+            }
+            inner.changed.notify_waiters();
+        }
+    }
+
+    /// Lets one hit paused at `name` (or the next one to arrive) go on.
+    pub fn release(&self, name: &str) {
+        if let Some(inner) = &self.0 {
+            inner
+                .points
+                .lock()
+                .expect("fault points")
+                .entry(name.to_string())
+                .or_default()
+                .released += 1;
+            inner.changed.notify_waiters();
+        }
+    }
+
+    /// How often `name` was hit since it was armed.
+    pub fn hits(&self, name: &str) -> u32 {
+        self.0.as_ref().map_or(0, |inner| {
+            inner
+                .points
+                .lock()
+                .expect("fault points")
+                .get(name)
+                .map_or(0, |p| p.hits)
+        })
+    }
+
+    /// Waits until `name` has been hit at least `count` times since it was armed; fails after
+    /// `timeout` (a test that waits for a point its code never reaches must not hang).
+    pub async fn wait_hit(&self, name: &str, count: u32, timeout: Duration) -> FsResult<()> {
+        let Some(inner) = &self.0 else {
+            return Err(FsError::invalid("fault points are not enabled"));
+        };
+        let wait = async {
+            loop {
+                let changed = inner.changed.notified();
+                if self.hits(name) >= count {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| FsError::TimedOut(format!("fault point {name} not hit {count} times")))
+    }
+
+    /// Passes the fault point `name`: returns at once unless a test armed it.
+    pub async fn hit(&self, name: &str) -> FsResult<()> {
+        let Some(inner) = &self.0 else {
+            return Ok(());
+        };
+        {
+            let mut points = inner.points.lock().expect("fault points");
+            let Some(point) = points.get_mut(name).filter(|p| p.action.is_some()) else {
+                return Ok(());
+            };
+            point.hits += 1;
+            let action = point.action.clone().expect("armed");
+            if action == Action::Pause {
+                point.waiting += 1;
+            }
+            inner.changed.notify_waiters();
+            match action {
+                Action::Pause => {}
+                Action::Fail(e) => return Err(e),
+                Action::FailNth(n, e) if point.hits == n => return Err(e),
+                Action::FailNth(..) => return Ok(()),
+            }
+        }
+        tracing::info!(point = name, "paused at fault point");
+        loop {
+            let changed = inner.changed.notified();
+            {
+                let mut points = inner.points.lock().expect("fault points");
+                let point = points.get_mut(name).expect("point exists while paused");
+                if point.released > 0 {
+                    point.released -= 1;
+                    point.waiting -= 1;
+                    return Ok(());
+                }
+            }
+            changed.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn inert_set_passes_everything() {
+        let faults = Faults::default();
+        faults.arm("x", Action::Fail(FsError::NotFound));
+        assert_eq!(faults.hit("x").await, Ok(()));
+        assert_eq!(faults.hits("x"), 0);
+    }
+
+    #[tokio::test]
+    async fn fail_and_fail_nth() {
+        let faults = Faults::enabled();
+        assert_eq!(faults.hit("a").await, Ok(()));
+        faults.arm("a", Action::Fail(FsError::NotFound));
+        assert_eq!(faults.hit("a").await, Err(FsError::NotFound));
+        faults.arm("b", Action::FailNth(3, FsError::Exists));
+        assert_eq!(faults.hit("b").await, Ok(()));
+        assert_eq!(faults.hit("b").await, Ok(()));
+        assert_eq!(faults.hit("b").await, Err(FsError::Exists));
+        assert_eq!(faults.hit("b").await, Ok(()));
+        faults.disarm("a");
+        assert_eq!(faults.hit("a").await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn pause_waits_for_release() {
+        let faults = Faults::enabled();
+        faults.arm("p", Action::Pause);
+        let f = faults.clone();
+        let task = tokio::spawn(async move { f.hit("p").await });
+        faults
+            .wait_hit("p", 1, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(!task.is_finished());
+        faults.release("p");
+        assert_eq!(task.await.unwrap(), Ok(()));
+        let other = Faults::enabled();
+        let never = other.wait_hit("q", 1, Duration::from_millis(50)).await;
+        assert!(matches!(never, Err(FsError::TimedOut(_))));
+    }
+
+    #[test]
+    fn parses_the_environment_syntax() {
+        let faults = Faults::parse("a=pause, b=fail,c=fail@2").unwrap();
+        let points = faults.0.as_ref().unwrap().points.lock().unwrap();
+        assert_eq!(points["a"].action, Some(Action::Pause));
+        assert!(matches!(points["c"].action, Some(Action::FailNth(2, _))));
+        drop(points);
+        assert!(Faults::parse("a=explode").is_err());
+        assert!(Faults::parse("a").is_err());
+        assert!(Faults::parse("a=fail@0").is_err());
+    }
+}

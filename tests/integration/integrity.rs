@@ -1,0 +1,268 @@
+//! Integrity under races, retries and faults: a read returns the bytes written or an error,
+//! never invented zeros; garbage collection, scrubbing and failed shard writes never cost a
+//! block its shards or its redundancy without the metadata server knowing. Races are driven
+//! by the cluster's fault points, never by sleeps.
+
+use dfs_client::Client;
+use dfs_common::fault::Action;
+use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ShardKey};
+use dfs_common::proto::meta::VolumeInfo;
+use dfs_common::proto::MAX_LAYOUT_EXTENTS;
+use dfs_common::{FsError, InodeId, ServerId};
+use dfs_tests::{random_bytes, wait_for, TestCluster};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const MIB: u64 = 1024 * 1024;
+/// Long enough for any step on a loaded 2-core machine; a wait that runs out is a failure.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Where chunk server `server` keeps shard `key`.
+fn shard_file(cluster: &TestCluster, server: ServerId, key: ShardKey) -> Option<PathBuf> {
+    let node = cluster.chunks.iter().find(|c| c.id == server)?;
+    Some(
+        node.data_dir
+            .join("shards")
+            .join(format!("{:02x}", key.block.0 & 0xff))
+            .join(format!("{:016x}-{:02}", key.block.0, key.index)),
+    )
+}
+
+/// Whether every shard the layout of `ino` names is a file on the server it names.
+async fn every_placed_shard_exists(cluster: &TestCluster, client: &Client, ino: InodeId) -> bool {
+    let layout = client.layout(ino, 0, u64::MAX).await.unwrap();
+    layout.blocks.iter().all(|b| {
+        b.shards.iter().enumerate().all(|(index, s)| {
+            let key = ShardKey {
+                block: b.block,
+                index: index as u8,
+            };
+            s.server != ServerId::NONE
+                && shard_file(cluster, s.server, key).is_some_and(|p| p.exists())
+        })
+    })
+}
+
+async fn write_file(client: &Client, volume: &VolumeInfo, name: &str, data: &[u8]) -> InodeId {
+    let mut f = client.create(volume.root, name, 0o644, 0, 0).await.unwrap();
+    f.write(0, data).await.unwrap();
+    let ino = f.ino();
+    f.close().await.unwrap();
+    ino
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_with_more_extents_than_one_layout_reply_reads_back_exactly() {
+    let cluster = TestCluster::start(6).await;
+    let client = cluster.client().await;
+    let volume = cluster.volume(&client, "v", "4+2", 4 * MIB).await;
+    // 97-byte runs with 3-byte holes between them: one packed block, one extent per run,
+    // a layout longer than one reply holds.
+    let runs = MAX_LAYOUT_EXTENTS + 900;
+    let mut model = vec![0u8; runs * 100];
+    let mut f = client
+        .create(volume.root, "log", 0o644, 0, 0)
+        .await
+        .unwrap();
+    for i in 0..runs {
+        let run = random_bytes(97, i as u64 + 1);
+        f.write(i as u64 * 100, &run).await.unwrap();
+        model[i * 100..i * 100 + 97].copy_from_slice(&run);
+    }
+    let ino = f.ino();
+    f.close().await.unwrap();
+    model.truncate((runs - 1) * 100 + 97);
+    let layout = client.layout(ino, 0, u64::MAX).await.unwrap();
+    assert_eq!(
+        layout.extents.len(),
+        MAX_LAYOUT_EXTENTS,
+        "the layout is paged"
+    );
+    assert!(layout.complete_to < model.len() as u64);
+
+    // Through the library without a handle (`dfs get`).
+    let whole = client.read_range(ino, 0, u64::MAX).await.unwrap();
+    assert!(whole == model, "read_range differs from what was written");
+    // Through an open handle, whole and in pieces that straddle the page boundary.
+    let mut h = client.open(ino).await.unwrap();
+    let whole = h.read(0, model.len() as u64).await.unwrap();
+    assert!(
+        whole == model,
+        "a handle's read differs from what was written"
+    );
+    let edge = layout.complete_to;
+    for (start, len) in [
+        (edge - 150, 300),
+        (edge, 5000),
+        (0, edge + 1),
+        (edge + 3, 7),
+    ] {
+        let got = h.read(start, len).await.unwrap();
+        let end = (start + len).min(model.len() as u64);
+        assert!(
+            got == model[start as usize..end as usize],
+            "read of {len} bytes at {start} differs"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_keeps_the_shards_of_a_block_committed_meanwhile() {
+    // Blocks not yet committed are collectable at once: the race is between the collector's
+    // scan and a writer's commit.
+    let cluster = TestCluster::start_with(6, |c| c.repair.pending_grace = Duration::ZERO).await;
+    let faults = cluster.faults.clone();
+    let client = cluster.client().await;
+    let volume = cluster.volume(&client, "v", "4+2", 4 * MIB).await;
+    let data = random_bytes(3 * MIB as usize, 7);
+
+    // Every collection stops before its drop, from the start: the block must not be
+    // collected before the race is set up.
+    faults.arm("gc.before_drop", Action::Pause);
+    // The writer uploads its block, then stops before committing it.
+    faults.arm("client.before_commit", Action::Pause);
+    let writer = {
+        let (client, data) = (client.clone(), data.clone());
+        tokio::spawn(async move {
+            let mut f = client.create(volume.root, "f", 0o644, 0, 0).await?;
+            f.write(0, &data).await?;
+            let ino = f.ino();
+            f.close().await.map(|_| ino)
+        })
+    };
+    faults
+        .wait_hit("client.before_commit", 1, WAIT)
+        .await
+        .unwrap();
+    // The collector scans, finds the uncommitted block unreferenced, and stops before its drop.
+    faults.wait_hit("gc.before_drop", 1, WAIT).await.unwrap();
+    let scans = client.repair_status().await.unwrap().scans;
+    // The commit lands between the scan and the drop.
+    faults.disarm("client.before_commit");
+    let ino = writer.await.unwrap().unwrap();
+    // The drop goes on; the block has a reference now and must keep its shards.
+    faults.disarm("gc.before_drop");
+    wait_for("the paused collection to finish", WAIT, || async {
+        (client.repair_status().await.ok()?.scans > scans).then_some(())
+    })
+    .await;
+    assert!(
+        every_placed_shard_exists(&cluster, &client, ino).await,
+        "a shard of the committed block was deleted"
+    );
+    let back = client.read_range(ino, 0, u64::MAX).await.unwrap();
+    assert!(back == data, "the committed file does not read back");
+    assert_eq!(client.repair_status().await.unwrap().blocks_collected, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_cannot_be_stored_is_recorded_missing_and_repaired() {
+    // Seven servers: every failed attempt at shard 2 finds another server to try.
+    let cluster = TestCluster::start(7).await;
+    let faults = cluster.faults.clone();
+    let client = cluster.client().await;
+    let volume = cluster.volume(&client, "v", "4+2", 4 * MIB).await;
+    faults.arm(
+        "client.put_shard.2",
+        Action::Fail(FsError::io("injected shard write failure")),
+    );
+    let data = random_bytes(MIB as usize, 11);
+    let ino = write_file(&client, &volume, "f", &data).await;
+    assert!(
+        faults.hits("client.put_shard.2") >= 3,
+        "every attempt failed"
+    );
+    faults.disarm("client.put_shard.2");
+    // The block went out degraded (5 of 6 shards); the metadata server must know, repair it,
+    // and afterwards every shard it places must really be where it says.
+    wait_for("the degraded block to be repaired", WAIT, || async {
+        every_placed_shard_exists(&cluster, &client, ino)
+            .await
+            .then_some(())
+    })
+    .await;
+    assert!(client.repair_status().await.unwrap().shards_done >= 1);
+    wait_for("a scan to find the block healthy", WAIT, || async {
+        let health = client.cluster_status().await.ok()?.health;
+        (health.healthy == 1 && health.degraded == 0).then_some(())
+    })
+    .await;
+    assert!(client.read_range(ino, 0, u64::MAX).await.unwrap() == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_lived_reader_follows_shards_that_moved() {
+    let mut cluster = TestCluster::start(9).await;
+    let client = cluster.client().await;
+    let volume = cluster.volume(&client, "v", "4+2", MIB).await;
+    let data = random_bytes(2 * MIB as usize, 5);
+    let ino = write_file(&client, &volume, "f", &data).await;
+    let mut h = client.open(ino).await.unwrap();
+    assert!(h.read(0, 2 * MIB).await.unwrap() == data);
+    // Move everything off three servers that hold shards of the first block (more than m),
+    // then stop them: the handle's cached layout now names three servers that are gone.
+    let layout = client.layout(ino, 0, u64::MAX).await.unwrap();
+    let drained: Vec<ServerId> = layout.blocks[0].shards[..3]
+        .iter()
+        .map(|s| s.server)
+        .collect();
+    for &s in &drained {
+        client.drain_server(s, true).await.unwrap();
+    }
+    wait_for("the drained servers to be emptied", WAIT, || async {
+        let status = client.cluster_status().await.ok()?;
+        let empty = status
+            .servers
+            .iter()
+            .filter(|s| drained.contains(&s.id))
+            .all(|s| s.placed == 0);
+        (empty && status.repair.shards_left == 0).then_some(())
+    })
+    .await;
+    for i in 0..cluster.chunks.len() {
+        if drained.contains(&cluster.chunks[i].id) {
+            cluster.stop_chunk(i).await;
+        }
+    }
+    let back = h.read(0, 2 * MIB).await.unwrap();
+    assert!(back == data, "the long-lived handle read wrong data");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrub_leaves_shards_it_cannot_read_alone() {
+    let cluster = TestCluster::start(6).await;
+    let faults = cluster.faults.clone();
+    let client = cluster.client().await;
+    let volume = cluster.volume(&client, "v", "4+2", MIB).await;
+    let data = random_bytes(2 * MIB as usize, 9);
+    let ino = write_file(&client, &volume, "f", &data).await;
+    // Every read the scrubbers make fails with EIO: a sick disk, not bad data.
+    faults.arm("scrub.verify", Action::Fail(FsError::io("injected EIO")));
+    let chunk = &cluster.chunks[0];
+    let addr = chunk.addr.to_string();
+    let reply = client
+        .chunk_request(&addr, &ChunkRequest::ScrubStart)
+        .await
+        .unwrap();
+    assert!(matches!(reply, ChunkReply::Scrub(_)), "{reply:?}");
+    let progress = wait_for("the scrub pass to end", WAIT, || async {
+        match client
+            .chunk_request(&addr, &ChunkRequest::ScrubStatus)
+            .await
+        {
+            Ok(ChunkReply::Scrub(p)) if p.passes >= 1 && !p.running => Some(p),
+            _ => None,
+        }
+    })
+    .await;
+    faults.disarm("scrub.verify");
+    assert!(progress.errors >= 1, "{progress:?}");
+    assert_eq!(progress.corrupt, 0, "{progress:?}");
+    assert!(
+        every_placed_shard_exists(&cluster, &client, ino).await,
+        "a shard that could not be read was deleted or unplaced"
+    );
+    let health = client.cluster_status().await.unwrap().health;
+    assert_eq!(health.degraded, 0, "{health:?}");
+    assert!(client.read_range(ino, 0, u64::MAX).await.unwrap() == data);
+}
