@@ -54,6 +54,10 @@ pub enum FsError {
     Io(String),
     #[error("a conflicting lock is held")]
     Locked,
+    #[error("waiting for this lock would deadlock")]
+    Deadlock,
+    #[error("interrupted")]
+    Interrupted,
     #[error("disk quota exceeded: {0}")]
     QuotaExceeded(String),
     #[error("access denied: {0}")]
@@ -100,6 +104,8 @@ impl FsError {
             FsError::Protocol(_) => 71,       // EPROTO
             FsError::Io(_) => 5,              // EIO
             FsError::Locked => 11,            // EAGAIN
+            FsError::Deadlock => 35,          // EDEADLK
+            FsError::Interrupted => 4,        // EINTR
             FsError::QuotaExceeded(_) => 122, // EDQUOT
             FsError::Denied(_) => 13,         // EACCES
         }

@@ -89,7 +89,7 @@ pub fn need(request: &MetaRequest) -> Need {
         | R::AllocateBlock { ino }
         | R::CommitWrite { ino, .. } => Need::Write(Inode(*ino)),
         R::ReplaceShard { block, .. } => Need::Write(Block(*block)),
-        R::ReleaseLocks { .. } | R::RenewSession { .. } => Need::Anyone,
+        R::ReleaseLocks { .. } | R::RenewSession { .. } | R::CancelLockWait { .. } => Need::Anyone,
         _ => Need::Admin,
     }
 }

@@ -2,6 +2,12 @@
 //! client sessions with a lease. A session that stops renewing (a crashed or cut-off client)
 //! loses its locks when the lease runs out, so nobody waits forever on a dead holder. Locks do
 //! not survive a restart of the metadata server.
+//!
+//! Waiters (blocking requests) poll; while one waits, the table keeps whom it waits for. That
+//! wait-for graph spans every client, so a wait that would close a cycle (A holds 1 and waits
+//! for 2 while B holds 2 and waits for 1, on any mounts) is refused with `Deadlock` (EDEADLK),
+//! which a kernel seeing only its own processes could not detect. A waiter that stops polling
+//! for [`WAIT_EDGE_TTL`] drops out of the graph.
 
 use dfs_common::proto::meta::{LockConflict, LockKind, LockOwner, LockRange};
 use dfs_common::{FsError, FsResult, InodeId};
@@ -11,6 +17,23 @@ use std::time::{Duration, Instant};
 
 /// How long a session's locks outlive its last request.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// A waiter that has not asked again for this long no longer counts as waiting (clients poll
+/// at least every 500 ms while they wait).
+pub const WAIT_EDGE_TTL: Duration = Duration::from_secs(3);
+
+/// A lock owner across the cluster: (client session, owner within it).
+type OwnerKey = (u64, u64);
+
+fn key(owner: &LockOwner) -> OwnerKey {
+    (owner.session, owner.owner)
+}
+
+/// Whom one waiting owner waits for, and when it last asked.
+struct Waiting {
+    blockers: Vec<OwnerKey>,
+    asked: Instant,
+}
 
 /// Locks held on one file, never overlapping for one owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +63,8 @@ struct State {
     files: HashMap<InodeId, Vec<Held>>,
     /// Last renewal per session holding locks.
     sessions: HashMap<u64, Instant>,
+    /// The wait-for graph: each waiting owner and the owners whose locks stand in its way.
+    waiting: HashMap<OwnerKey, Waiting>,
 }
 
 impl LockTable {
@@ -50,21 +75,46 @@ impl LockTable {
         }
     }
 
-    /// Takes, converts or drops a lock; fails with `Locked` on a conflict with another owner.
+    /// Takes, converts or drops a lock; fails with `Locked` on a conflict with another owner,
+    /// or, for an owner that will `wait`, with `Deadlock` when waiting would close a cycle.
     pub fn set(
         &self,
         ino: InodeId,
         owner: LockOwner,
         range: LockRange,
         kind: LockKind,
+        wait: bool,
     ) -> FsResult<()> {
         check_range(&range)?;
         let mut state = self.lock_state();
         state.renew(owner.session, self.lease);
+        let me = key(&owner);
         let held = state.files.entry(ino).or_default();
-        if kind != LockKind::Unlock && conflict(held, &owner, &range, kind).is_some() {
-            return Err(FsError::Locked);
+        if kind != LockKind::Unlock {
+            let blockers = blockers(held, &owner, &range, kind);
+            if !blockers.is_empty() {
+                if held.is_empty() {
+                    state.files.remove(&ino);
+                }
+                if !wait {
+                    return Err(FsError::Locked);
+                }
+                if state.would_deadlock(me, &blockers) {
+                    state.waiting.remove(&me);
+                    return Err(FsError::Deadlock);
+                }
+                state.waiting.insert(
+                    me,
+                    Waiting {
+                        blockers,
+                        asked: Instant::now(),
+                    },
+                );
+                return Err(FsError::Locked);
+            }
         }
+        state.waiting.remove(&me);
+        let held = state.files.entry(ino).or_default();
         // The owner's own locks in the range are replaced: cut them around it.
         let mut kept = Vec::with_capacity(held.len() + 2);
         for h in held.drain(..) {
@@ -123,9 +173,15 @@ impl LockTable {
             .and_then(|held| conflict(held, &owner, &range, kind)))
     }
 
+    /// The owner stopped waiting (interrupted, or its file closed).
+    pub fn cancel_wait(&self, owner: LockOwner) {
+        self.lock_state().waiting.remove(&key(&owner));
+    }
+
     /// Drops the owner's locks on one file, or all of its session's locks.
     pub fn release(&self, ino: Option<InodeId>, owner: LockOwner) {
         let mut state = self.lock_state();
+        state.waiting.remove(&key(&owner));
         match ino {
             Some(ino) => {
                 if let Some(held) = state.files.get_mut(&ino) {
@@ -176,8 +232,31 @@ impl State {
         }
     }
 
+    /// Whether `me` waiting for `blockers` closes a cycle: some blocker waits, directly or
+    /// through other waiters, for `me`. Waiters that stopped asking are forgotten first.
+    fn would_deadlock(&mut self, me: OwnerKey, blockers: &[OwnerKey]) -> bool {
+        let now = Instant::now();
+        self.waiting
+            .retain(|_, w| now.duration_since(w.asked) <= WAIT_EDGE_TTL);
+        let mut seen = std::collections::HashSet::new();
+        let mut frontier: Vec<OwnerKey> = blockers.to_vec();
+        while let Some(owner) = frontier.pop() {
+            if owner == me {
+                return true;
+            }
+            if !seen.insert(owner) {
+                continue;
+            }
+            if let Some(w) = self.waiting.get(&owner) {
+                frontier.extend(w.blockers.iter().copied());
+            }
+        }
+        false
+    }
+
     fn drop_session(&mut self, session: u64) {
         self.sessions.remove(&session);
+        self.waiting.retain(|(s, _), _| *s != session);
         self.files.retain(|_, held| {
             held.retain(|h| h.owner.session != session);
             !held.is_empty()
@@ -190,6 +269,19 @@ fn check_range(range: &LockRange) -> FsResult<()> {
         return Err(FsError::invalid("lock range ends before it starts"));
     }
     Ok(())
+}
+
+/// Every other owner holding a lock that conflicts with the one described.
+fn blockers(held: &[Held], owner: &LockOwner, range: &LockRange, kind: LockKind) -> Vec<OwnerKey> {
+    let write = kind == LockKind::Write;
+    let mut out: Vec<OwnerKey> = held
+        .iter()
+        .filter(|h| !h.same_owner(owner) && overlaps(&h.range, range) && (write || h.write))
+        .map(|h| key(&h.owner))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// A lock of another owner overlapping `range` where either side writes.
@@ -235,15 +327,18 @@ mod tests {
     fn readers_share_and_writers_exclude() {
         let t = LockTable::new(DEFAULT_LEASE);
         let (a, b) = (owner(1, 1), owner(2, 1));
-        t.set(FILE, a, range(0, 99), LockKind::Read).unwrap();
-        t.set(FILE, b, range(50, 150), LockKind::Read).unwrap();
+        t.set(FILE, a, range(0, 99), LockKind::Read, false).unwrap();
+        t.set(FILE, b, range(50, 150), LockKind::Read, false)
+            .unwrap();
         assert_eq!(
-            t.set(FILE, b, range(0, 10), LockKind::Write),
+            t.set(FILE, b, range(0, 10), LockKind::Write, false),
             Err(FsError::Locked)
         );
         // Past a's range b may write; other files are independent.
-        t.set(FILE, b, range(100, 200), LockKind::Write).unwrap();
-        t.set(InodeId(8), b, range(0, 10), LockKind::Write).unwrap();
+        t.set(FILE, b, range(100, 200), LockKind::Write, false)
+            .unwrap();
+        t.set(InodeId(8), b, range(0, 10), LockKind::Write, false)
+            .unwrap();
         let seen = t.test(FILE, a, range(120, 130), LockKind::Read).unwrap();
         assert_eq!(seen.map(|c| (c.range, c.pid)), Some((range(100, 200), 1)));
     }
@@ -252,20 +347,23 @@ mod tests {
     fn unlock_splits_and_conversion_replaces() {
         let t = LockTable::new(DEFAULT_LEASE);
         let (a, b) = (owner(1, 1), owner(1, 2));
-        t.set(FILE, a, range(0, 99), LockKind::Write).unwrap();
-        t.set(FILE, a, range(40, 59), LockKind::Unlock).unwrap();
+        t.set(FILE, a, range(0, 99), LockKind::Write, false)
+            .unwrap();
+        t.set(FILE, a, range(40, 59), LockKind::Unlock, false)
+            .unwrap();
         assert_eq!(t.count(), 2);
         // The hole is free for another owner of the same session; the rest is not.
-        t.set(FILE, b, range(40, 59), LockKind::Write).unwrap();
+        t.set(FILE, b, range(40, 59), LockKind::Write, false)
+            .unwrap();
         assert_eq!(
-            t.set(FILE, b, range(39, 40), LockKind::Write),
+            t.set(FILE, b, range(39, 40), LockKind::Write, false),
             Err(FsError::Locked)
         );
         // a converts part of its write lock to a read lock: b may now read there.
-        t.set(FILE, a, range(0, 39), LockKind::Read).unwrap();
-        t.set(FILE, b, range(0, 39), LockKind::Read).unwrap();
+        t.set(FILE, a, range(0, 39), LockKind::Read, false).unwrap();
+        t.set(FILE, b, range(0, 39), LockKind::Read, false).unwrap();
         assert_eq!(
-            t.set(FILE, b, range(60, 60), LockKind::Read),
+            t.set(FILE, b, range(60, 60), LockKind::Read, false),
             Err(FsError::Locked)
         );
     }
@@ -274,30 +372,36 @@ mod tests {
     fn close_and_session_end_release() {
         let t = LockTable::new(DEFAULT_LEASE);
         let (a1, a2, b) = (owner(1, 1), owner(1, 2), owner(2, 1));
-        t.set(FILE, a1, range(0, u64::MAX), LockKind::Write)
+        t.set(FILE, a1, range(0, u64::MAX), LockKind::Write, false)
             .unwrap();
-        t.set(InodeId(8), a2, range(0, 0), LockKind::Write).unwrap();
+        t.set(InodeId(8), a2, range(0, 0), LockKind::Write, false)
+            .unwrap();
         t.release(Some(FILE), a1);
-        t.set(FILE, b, range(0, 10), LockKind::Write).unwrap();
+        t.set(FILE, b, range(0, 10), LockKind::Write, false)
+            .unwrap();
         assert_eq!(
-            t.set(InodeId(8), b, range(0, 0), LockKind::Read),
+            t.set(InodeId(8), b, range(0, 0), LockKind::Read, false),
             Err(FsError::Locked)
         );
         t.release(None, a1);
-        t.set(InodeId(8), b, range(0, 0), LockKind::Read).unwrap();
+        t.set(InodeId(8), b, range(0, 0), LockKind::Read, false)
+            .unwrap();
     }
 
     #[test]
     fn expired_leases_drop_locks() {
         let t = LockTable::new(Duration::from_millis(50));
         let (a, b) = (owner(1, 1), owner(2, 1));
-        t.set(FILE, a, range(0, 10), LockKind::Write).unwrap();
-        assert!(t.set(FILE, b, range(0, 10), LockKind::Write).is_err());
+        t.set(FILE, a, range(0, 10), LockKind::Write, false)
+            .unwrap();
+        assert!(t
+            .set(FILE, b, range(0, 10), LockKind::Write, false)
+            .is_err());
         // b keeps renewing while a is silent.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             t.renew(b.session);
-            if t.set(FILE, b, range(0, 10), LockKind::Write).is_ok() {
+            if t.set(FILE, b, range(0, 10), LockKind::Write, false).is_ok() {
                 break;
             }
             assert!(Instant::now() < deadline, "lease never expired");
@@ -310,8 +414,38 @@ mod tests {
     fn inverted_ranges_are_refused() {
         let t = LockTable::new(DEFAULT_LEASE);
         assert!(matches!(
-            t.set(FILE, owner(1, 1), range(5, 4), LockKind::Write),
+            t.set(FILE, owner(1, 1), range(5, 4), LockKind::Write, false),
             Err(FsError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_wait_that_closes_a_cycle_is_a_deadlock() {
+        let t = LockTable::new(DEFAULT_LEASE);
+        // Three owners on two clients: a holds 0, b holds 1, c holds 2.
+        let (a, b, c) = (owner(1, 1), owner(2, 1), owner(2, 2));
+        for (o, at) in [(a, 0), (b, 1), (c, 2)] {
+            t.set(FILE, o, range(at, at), LockKind::Write, true)
+                .unwrap();
+        }
+        // a waits for b, b for c: a chain, no cycle.
+        let wait = |o, at| t.set(FILE, o, range(at, at), LockKind::Write, true);
+        assert_eq!(wait(a, 1), Err(FsError::Locked));
+        assert_eq!(wait(b, 2), Err(FsError::Locked));
+        // c waiting for a would close a -> b -> c -> a.
+        assert_eq!(wait(c, 0), Err(FsError::Deadlock));
+        // A non-blocking attempt is only ever Locked.
+        assert_eq!(
+            t.set(FILE, c, range(0, 0), LockKind::Write, false),
+            Err(FsError::Locked)
+        );
+        // Once a stops waiting, the same wait is no deadlock.
+        t.cancel_wait(a);
+        assert_eq!(wait(c, 0), Err(FsError::Locked));
+        // A released lock unblocks its waiter, which leaves the graph.
+        t.set(FILE, b, range(1, 1), LockKind::Unlock, false)
+            .unwrap();
+        t.cancel_wait(b);
+        t.set(FILE, a, range(1, 1), LockKind::Write, true).unwrap();
     }
 }

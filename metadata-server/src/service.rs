@@ -275,13 +275,18 @@ impl MetaService {
                 owner,
                 range,
                 kind,
+                wait,
             } => {
                 // Only files that exist can be locked; anything can be unlocked.
                 if kind != LockKind::Unlock {
                     self.query(move |t| get_inode(&t.inodes, ino).map(drop))
                         .await?;
                 }
-                self.locks.set(ino, owner, range, kind)?;
+                self.locks.set(ino, owner, range, kind, wait)?;
+                Ok(MetaReply::Done)
+            }
+            MetaRequest::CancelLockWait { owner } => {
+                self.locks.cancel_wait(owner);
                 Ok(MetaReply::Done)
             }
             MetaRequest::TestLock {

@@ -248,3 +248,103 @@ fn writes_to_a_file_held_open_are_written_back() {
     }
     f.sync_all().unwrap();
 }
+
+/// The kernel's view of where `pid` sleeps (`/proc/PID/wchan`).
+fn wchan(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default()
+}
+
+#[test]
+fn blocking_locks_end_in_edeadlk_or_a_signal_never_a_hang() {
+    let cluster = cluster_with_volume();
+    let m = Mount::new(&cluster, "default", "mnt", "").unwrap();
+    fs::write(m.path("shared"), b"0123456789").unwrap();
+
+    // Parent and child whose blocking locks cross: one is told EDEADLK, both finish.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lock_cycle.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .arg(m.path("shared"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("parent and child with crossing locks hung");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(status.success(), "{out}");
+    let mut results: Vec<&str> = out
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap_or(""))
+        .collect();
+    results.sort_unstable();
+    assert_eq!(results, ["EDEADLK", "granted"], "{out}");
+
+    // A process waiting for a lock another holds ends at once on SIGKILL.
+    let holder = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("shared"))
+        .unwrap();
+    fcntl_lock(&holder, libc::F_SETLK, libc::F_WRLCK, 0, 0).unwrap();
+    let mut waiter = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.lockf(fd, fcntl.LOCK_EX)",
+        ])
+        .arg(m.path("shared"))
+        .spawn()
+        .expect("python3 runs");
+    // Blocked inside the FUSE request (the kernel's wait for the mount's answer).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !wchan(waiter.id()).contains("request_wait_answer") {
+        assert!(
+            Instant::now() < deadline,
+            "the waiter never blocked in the lock request (wchan {:?})",
+            wchan(waiter.id())
+        );
+        assert!(
+            waiter.try_wait().unwrap().is_none(),
+            "the waiter did not wait"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let killed = Instant::now();
+    waiter.kill().unwrap();
+    let limit = killed + Duration::from_secs(1);
+    while waiter.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < limit,
+            "a process waiting for a lock outlived SIGKILL by a second"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The lock still works: released by its holder, taken by another descriptor's owner.
+    fcntl_lock(&holder, libc::F_SETLK, libc::F_UNLCK, 0, 0).unwrap();
+    let other = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)",
+        ])
+        .arg(m.path("shared"))
+        .status()
+        .unwrap();
+    assert!(
+        other.success(),
+        "the lock was not free after the waiter died"
+    );
+}

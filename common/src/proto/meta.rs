@@ -498,6 +498,14 @@ pub enum MetaRequest {
         owner: LockOwner,
         range: LockRange,
         kind: LockKind,
+        /// The owner will wait for the lock (F_SETLKW, flock without LOCK_NB): on a conflict
+        /// the server records whom it waits for, and answers `Deadlock` instead of `Locked`
+        /// when the wait would close a cycle of waiters, across every client.
+        wait: bool,
+    },
+    /// The owner stopped waiting for a lock (interrupted, or its file closed).
+    CancelLockWait {
+        owner: LockOwner,
     },
     /// The first lock of another owner that would conflict with this one, if any.
     TestLock {
@@ -648,6 +656,7 @@ impl MetaRequest {
             MetaRequest::CommitWrite { .. } => "CommitWrite",
             MetaRequest::GetLayout { .. } => "GetLayout",
             MetaRequest::SetLock { .. } => "SetLock",
+            MetaRequest::CancelLockWait { .. } => "CancelLockWait",
             MetaRequest::TestLock { .. } => "TestLock",
             MetaRequest::ReleaseLocks { .. } => "ReleaseLocks",
             MetaRequest::RenewSession { .. } => "RenewSession",
@@ -683,6 +692,7 @@ impl MetaRequest {
                 | MetaRequest::ListXattr { .. }
                 | MetaRequest::GetLayout { .. }
                 | MetaRequest::SetLock { .. }
+                | MetaRequest::CancelLockWait { .. }
                 | MetaRequest::TestLock { .. }
                 | MetaRequest::ReleaseLocks { .. }
                 | MetaRequest::RenewSession { .. }

@@ -43,7 +43,10 @@ impl Client {
         }
     }
 
-    /// Takes, converts or drops a lock without waiting; `FsError::Locked` on a conflict.
+    /// Takes, converts or drops a lock without waiting; `FsError::Locked` on a conflict. An
+    /// owner that will `wait` (and so asks again until it gets the lock) is entered in the
+    /// metadata server's wait-for graph, and gets `FsError::Deadlock` where waiting would
+    /// close a cycle; it calls [`Client::cancel_lock_wait`] when it gives up.
     pub async fn set_lock(
         &self,
         ino: InodeId,
@@ -51,6 +54,7 @@ impl Client {
         pid: u32,
         range: LockRange,
         kind: LockKind,
+        wait: bool,
     ) -> FsResult<()> {
         if kind != LockKind::Unlock {
             // Recorded first, so that a close racing with this call releases it.
@@ -66,6 +70,15 @@ impl Client {
             owner: self.lock_owner(owner, pid),
             range,
             kind,
+            wait,
+        };
+        expect_done(self.call(&request).await?)
+    }
+
+    /// Leaves the wait-for graph after waiting for a lock ended without it.
+    pub async fn cancel_lock_wait(&self, owner: u64) -> FsResult<()> {
+        let request = MetaRequest::CancelLockWait {
+            owner: self.lock_owner(owner, 0),
         };
         expect_done(self.call(&request).await?)
     }

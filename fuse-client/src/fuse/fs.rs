@@ -3,6 +3,7 @@
 
 use super::attr::{errno, kind_from_mode, InodeMap};
 use super::options::MountOptions;
+use super::signals::signal_pending;
 use crate::client::file::FileHandle as OpenFile;
 use crate::Client;
 use dfs_common::proto::meta::{
@@ -27,6 +28,8 @@ use std::time::{Duration, SystemTime};
 /// fast for short critical sections, backing off to spare the metadata server.
 const LOCK_RETRY_MIN: Duration = Duration::from_millis(10);
 const LOCK_RETRY_MAX: Duration = Duration::from_millis(500);
+/// How often a waiting lock request looks for a signal to its process.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 /// Entries fetched per directory page.
 const DIR_PAGE: u32 = 512;
@@ -967,16 +970,34 @@ impl Filesystem for DfsFs {
             let range = LockRange { start, end };
             let mut backoff = LOCK_RETRY_MIN;
             loop {
-                let result = s.client.set_lock(ino, lock_owner.0, pid, range, kind).await;
+                let result = s
+                    .client
+                    .set_lock(ino, lock_owner.0, pid, range, kind, sleep)
+                    .await;
                 match result {
                     Err(FsError::Locked) if sleep => {}
                     other => return reply_empty(reply, other),
                 }
-                // A waiter whose file was closed (its process died) stops waiting.
-                if s.file(fh).is_err() {
+                // Until the next try, watch for the end of the wait: the file closed (its
+                // process died) or a signal for the waiting process (the kernel would not let
+                // even SIGKILL end it before this reply).
+                let next_try = std::time::Instant::now() + backoff;
+                let gave_up = loop {
+                    if s.file(fh).is_err() || signal_pending(pid) {
+                        break true;
+                    }
+                    let left = next_try.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break false;
+                    }
+                    tokio::time::sleep(left.min(SIGNAL_POLL)).await;
+                };
+                if gave_up {
+                    if let Err(e) = s.client.cancel_lock_wait(lock_owner.0).await {
+                        tracing::warn!("withdrawing a lock wait: {e}");
+                    }
                     return reply.error(Errno::EINTR);
                 }
-                tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(LOCK_RETRY_MAX);
             }
         });

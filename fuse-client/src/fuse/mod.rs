@@ -12,3 +12,4 @@ pub mod attr;
 pub mod fs;
 pub mod metrics;
 pub mod options;
+pub mod signals;

@@ -13,7 +13,9 @@ use crate::state_machine::{self, Command};
 use dfs_common::proto::meta::MetaReply;
 use dfs_common::{FsError, FsResult};
 use redb::{Database, ReadTransaction, ReadableDatabase};
+use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -59,17 +61,20 @@ struct Pending {
 #[derive(Clone)]
 pub struct Committer {
     queue: mpsc::Sender<Pending>,
+    applies: Arc<AtomicU64>,
 }
 
 impl Committer {
     /// Starts the committer thread; it stops when every `Committer` clone is dropped.
     pub fn start(db: Arc<Database>) -> (Committer, std::thread::JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
+        let applies = Arc::new(AtomicU64::new(0));
+        let counter = applies.clone();
         let thread = std::thread::Builder::new()
             .name("meta-committer".into())
-            .spawn(move || commit_loop(&db, rx))
+            .spawn(move || commit_loop(&db, rx, &counter))
             .expect("spawning the committer thread");
-        (Committer { queue }, thread)
+        (Committer { queue, applies }, thread)
     }
 
     /// Applies `command` durably and returns its reply.
@@ -82,22 +87,39 @@ impl Committer {
         wait.await
             .map_err(|_| FsError::unavailable("metadata committer stopped"))?
     }
+
+    /// Commands applied to a transaction so far, counting applies that were rolled back and
+    /// done again: what a batch really cost.
+    pub fn applies(&self) -> u64 {
+        self.applies.load(Ordering::Relaxed)
+    }
 }
 
-fn commit_loop(db: &Database, mut rx: mpsc::Receiver<Pending>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+fn commit_loop(db: &Database, mut rx: mpsc::Receiver<Pending>, applies: &AtomicU64) {
+    // Commands a batch cut short left for the next one, oldest first.
+    let mut waiting: VecDeque<Pending> = VecDeque::new();
+    loop {
+        if waiting.is_empty() {
+            match rx.blocking_recv() {
+                Some(p) => waiting.push_back(p),
+                None => return,
+            }
+        }
+        while waiting.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => waiting.push_back(p),
                 Err(_) => break,
             }
         }
-        match apply_batch(db, &batch) {
+        let batch: Vec<Pending> = waiting.drain(..).collect();
+        match apply_batch(db, &batch, applies) {
             Ok(results) => {
-                for (p, r) in batch.into_iter().zip(results) {
+                let mut batch = batch.into_iter();
+                for r in results {
+                    let p = batch.next().expect("one result per applied command");
                     let _ = p.reply.send(r);
                 }
+                waiting.extend(batch);
             }
             Err(e) => {
                 tracing::error!("metadata commit failed: {e}");
@@ -109,35 +131,115 @@ fn commit_loop(db: &Database, mut rx: mpsc::Receiver<Pending>) {
     }
 }
 
-/// Applies the batch in one transaction and commits it durably. Returns one result per
-/// command, or the error that sank the whole batch (a storage failure).
+/// Applies a prefix of the batch in one transaction and commits it durably. Returns one result
+/// per command of that prefix (the rest go into the next batch), or the error that sank the
+/// whole batch (a storage failure).
 ///
 /// A command that fails may have changed the transaction before it noticed (redb savepoints
-/// cannot be taken inside a dirty transaction), so a failure aborts the transaction and the
-/// batch is applied again without the failed command. Commands are deterministic, so the
-/// others give the same results again unless they depended on the failed one's partial
-/// changes, and then their new results are the right ones.
-fn apply_batch(db: &Database, batch: &[Pending]) -> FsResult<Vec<FsResult<MetaReply>>> {
-    let mut failed: Vec<Option<FsError>> = vec![None; batch.len()];
-    'attempt: loop {
-        let tx = db.begin_write().db()?;
-        let mut results = Vec::with_capacity(batch.len());
-        for (i, p) in batch.iter().enumerate() {
-            if let Some(e) = &failed[i] {
-                results.push(Err(e.clone()));
-                continue;
-            }
-            match state_machine::apply(&tx, &p.command) {
-                Ok(reply) => results.push(Ok(reply)),
-                Err(e) => {
-                    failed[i] = Some(e);
-                    // Dropping the transaction aborts it.
-                    drop(tx);
-                    continue 'attempt;
+/// cannot be taken inside a dirty transaction), so at the first failure the transaction is
+/// aborted, the commands before it are applied again in a fresh one and committed, and the
+/// batch ends with the failed command's error. Commands are deterministic, so they give the
+/// same results again. Each command is so applied at most twice: a failing command costs
+/// about one apply, however many fail.
+fn apply_batch(
+    db: &Database,
+    batch: &[Pending],
+    applies: &AtomicU64,
+) -> FsResult<Vec<FsResult<MetaReply>>> {
+    let tx = db.begin_write().db()?;
+    let mut results = Vec::with_capacity(batch.len());
+    for p in batch {
+        applies.fetch_add(1, Ordering::Relaxed);
+        match state_machine::apply(&tx, &p.command) {
+            Ok(reply) => results.push(Ok(reply)),
+            Err(failure) => {
+                // Dropping the transaction aborts it, with the failed command's partial changes.
+                drop(tx);
+                if !results.is_empty() {
+                    let tx = db.begin_write().db()?;
+                    for (i, p) in batch[..results.len()].iter().enumerate() {
+                        applies.fetch_add(1, Ordering::Relaxed);
+                        results[i] = Ok(state_machine::apply(&tx, &p.command).map_err(|e| {
+                            FsError::io(format!(
+                                "command {} failed when applied again ({e}): not deterministic",
+                                p.command.request.name()
+                            ))
+                        })?);
+                    }
+                    tx.commit().db()?;
                 }
+                results.push(Err(failure));
+                return Ok(results);
             }
         }
-        tx.commit().db()?;
-        return Ok(results);
+    }
+    tx.commit().db()?;
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dfs_common::proto::meta::{FileKind, MetaRequest, VolumeLimits};
+    use dfs_common::Timestamp;
+
+    fn command(request: MetaRequest) -> Command {
+        Command {
+            now: Timestamp { secs: 1, nanos: 0 },
+            request,
+            placement: vec![],
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failing_commands_cost_about_one_apply_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("meta.redb")).unwrap();
+        let (committer, thread) = Committer::start(db);
+        let create = MetaRequest::CreateVolume {
+            name: "v".into(),
+            policy: "2+1".parse().unwrap(),
+            block_size: 1 << 20,
+            limits: VolumeLimits::default(),
+        };
+        let Ok(MetaReply::Volume(v)) = committer.submit(command(create)).await else {
+            panic!("volume not created")
+        };
+        let make = |name: String| {
+            command(MetaRequest::MakeNode {
+                parent: v.root,
+                name,
+                kind: FileKind::File,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+            })
+        };
+        committer.submit(make("taken".into())).await.unwrap();
+        let before = committer.applies();
+        // Every other command fails (the name exists); all are queued at once, so they share
+        // batches.
+        let n = 400;
+        let results = futures_util::future::join_all((0..n).map(|i| {
+            let name = if i % 2 == 0 {
+                format!("f{i}")
+            } else {
+                "taken".into()
+            };
+            committer.submit(make(name))
+        }))
+        .await;
+        for (i, r) in results.iter().enumerate() {
+            if i % 2 == 0 {
+                assert!(matches!(r, Ok(MetaReply::Attr(_))), "{i}: {r:?}");
+            } else {
+                assert_eq!(r, &Err(FsError::Exists), "{i}");
+            }
+        }
+        let applies = committer.applies() - before;
+        assert!(applies <= 2 * n, "{n} commands took {applies} applies");
+        drop(committer);
+        thread.join().unwrap();
     }
 }
