@@ -4,7 +4,7 @@
 
 use dfs_common::net::tls::{Fingerprint, Principal};
 use dfs_common::net::Peer;
-use dfs_common::proto::meta::{MetaReply, MetaRequest, VolumeGrant};
+use dfs_common::proto::meta::{MetaCall, MetaReply, MetaRequest, VolumeGrant};
 use dfs_common::{FsError, FsResult, VolumeId};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -82,9 +82,9 @@ impl ClientAccess {
         let asked = self
             .meta
             .call::<_, MetaReply>(
-                &MetaRequest::ClientGrants {
+                &MetaCall::untracked(MetaRequest::ClientGrants {
                     fingerprint: fingerprint.0,
-                },
+                }),
                 None,
                 1 << 20,
             )

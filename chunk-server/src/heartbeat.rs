@@ -3,7 +3,7 @@
 
 use crate::service::ChunkService;
 use dfs_common::net::Peer;
-use dfs_common::proto::meta::{MetaReply, MetaRequest};
+use dfs_common::proto::meta::{MetaCall, MetaReply, MetaRequest};
 use dfs_common::{FsError, ServerId};
 use quinn::Endpoint;
 use std::net::SocketAddr;
@@ -53,7 +53,9 @@ impl Heartbeat {
             used: info.used,
             shards: info.shards,
         };
-        let (reply, _) = peer.call::<_, MetaReply>(&request, None, 4096).await?;
+        let (reply, _) = peer
+            .call::<_, MetaReply>(&MetaCall::untracked(request), None, 4096)
+            .await?;
         match reply {
             MetaReply::Done => Ok(()),
             other => Err(FsError::protocol(format!(

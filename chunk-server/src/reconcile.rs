@@ -5,7 +5,7 @@
 
 use crate::store::ShardStore;
 use dfs_common::net::Peer;
-use dfs_common::proto::meta::{MetaReply, MetaRequest};
+use dfs_common::proto::meta::{MetaCall, MetaReply, MetaRequest};
 use dfs_common::proto::MAX_CHECK_SHARDS;
 use dfs_common::{FsError, FsResult, ServerId};
 use std::sync::Arc;
@@ -53,7 +53,11 @@ impl Reconciler {
                 keys: keys.to_vec(),
             };
             let (reply, _) = meta
-                .call::<_, MetaReply>(&request, None, dfs_common::codec::MAX_FRAME)
+                .call::<_, MetaReply>(
+                    &MetaCall::untracked(request),
+                    None,
+                    dfs_common::codec::MAX_FRAME,
+                )
                 .await?;
             let MetaReply::StaleShards(stale) = reply else {
                 return Err(FsError::protocol("unexpected reply to CheckShards"));

@@ -9,7 +9,7 @@ use crate::store::ShardStore;
 use dfs_common::fault::Faults;
 use dfs_common::net::Peer;
 use dfs_common::proto::chunk::{ScrubProgress, ShardKey};
-use dfs_common::proto::meta::{MetaReply, MetaRequest};
+use dfs_common::proto::meta::{MetaCall, MetaReply, MetaRequest};
 use dfs_common::{FsError, ServerId};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -165,7 +165,10 @@ impl Scrubber {
             server: self.server,
             key,
         };
-        if let Err(e) = meta.call::<_, MetaReply>(&report, None, 4096).await {
+        if let Err(e) = meta
+            .call::<_, MetaReply>(&MetaCall::untracked(report), None, 4096)
+            .await
+        {
             tracing::warn!("reporting a bad shard: {e}");
         }
     }

@@ -33,6 +33,13 @@ pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FsError> {
     Ok(buf)
 }
 
+/// Serializes `value` as a frame body, without the length prefix.
+pub fn encode_body<T: Serialize>(value: &T) -> Result<Vec<u8>, FsError> {
+    let mut frame = encode_frame(value)?;
+    frame.drain(..4);
+    Ok(frame)
+}
+
 /// Decodes a frame body (without its length prefix), rejecting trailing bytes.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FsError> {
     let cfg = bincode_config().with_limit::<MAX_FRAME>();

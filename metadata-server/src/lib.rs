@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`store`]: redb, the schema, and the group-committing writer thread.
 //! - [`state_machine`]: every mutation as a deterministic command.
+//! - [`calls`]: the duplicate-request table that makes client retries exactly-once.
 //! - [`access`]: what servers, administrators and client certificates may do.
 //! - [`volumes`]: volume create/change/delete, exact usage and quotas.
 //! - [`fsck`]: the read-only volume check behind `dfs fsck`.
@@ -18,6 +19,7 @@
 //! - [`web`]: Prometheus metrics and the status page over HTTP.
 
 pub mod access;
+pub mod calls;
 pub mod fsck;
 pub mod layout;
 pub mod locks;

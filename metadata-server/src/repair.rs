@@ -86,8 +86,13 @@ pub struct Repair {
     /// grace period counts from there, so a wall clock that jumps (either way) neither
     /// shortens nor stalls it. A restart starts every grace period again, which is safe.
     unreferenced_since: Mutex<HashMap<BlockId, Instant>>,
+    /// When old duplicate-request records were last expired.
+    calls_expired: Mutex<Option<Instant>>,
     faults: Faults,
 }
+
+/// How often old duplicate-request records are looked for.
+const CALL_EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Shards per server the scan keeps as rebalancing candidates, per pass.
 const MOVE_CANDIDATES: usize = 1024;
@@ -114,6 +119,7 @@ impl Repair {
             wake: tokio::sync::Notify::new(),
             rebalance: std::sync::atomic::AtomicBool::new(false),
             unreferenced_since: Mutex::new(HashMap::new()),
+            calls_expired: Mutex::new(None),
             faults,
         }
     }
@@ -210,6 +216,7 @@ impl Repair {
             p.scans += 1;
         }
         self.collect(garbage).await;
+        self.expire_calls().await;
         self.rebuild_all(jobs, &live, shutdown).await;
         Ok(())
     }
@@ -310,15 +317,14 @@ impl Repair {
         self.pool
             .rebuild_shard(addr, job.key, owner, sources)
             .await?;
-        let command = Command {
-            now: Timestamp::now(),
-            request: MetaRequest::MoveShard {
+        let command = Command::internal(
+            Timestamp::now(),
+            MetaRequest::MoveShard {
                 key: job.key,
                 from: job.from,
                 to: target,
             },
-            placement: vec![],
-        };
+        );
         if let Err(e) = self.committer.submit(command).await {
             // The placement changed meanwhile: the new copy is not wanted.
             let _ = self.pool.delete_shard(addr, job.key).await;
@@ -377,6 +383,21 @@ impl Repair {
         }
     }
 
+    /// Forgets duplicate-request records of clients that went away, at most once an hour.
+    async fn expire_calls(&self) {
+        {
+            let mut last = self.calls_expired.lock().expect("expiry lock");
+            if last.is_some_and(|at| at.elapsed() < CALL_EXPIRY_INTERVAL) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let command = Command::internal(Timestamp::now(), MetaRequest::ExpireCalls);
+        if let Err(e) = self.committer.submit(command).await {
+            tracing::warn!("expiring old call records: {e}");
+        }
+    }
+
     /// Of the unreferenced blocks a scan found, those unreferenced for their whole grace
     /// period (committed garbage: `gc_grace`; never committed: `pending_grace`), measured on
     /// the monotonic clock from the first scan that saw them so.
@@ -412,11 +433,7 @@ impl Repair {
                 tracing::warn!("garbage collection failed: {e}");
                 return;
             }
-            let command = Command {
-                now: Timestamp::now(),
-                request: MetaRequest::DropBlocks { blocks },
-                placement: vec![],
-            };
+            let command = Command::internal(Timestamp::now(), MetaRequest::DropBlocks { blocks });
             let dropped: HashSet<BlockId> = match self.committer.submit(command).await {
                 Ok(MetaReply::Dropped(dropped)) => dropped.into_iter().collect(),
                 Ok(other) => {

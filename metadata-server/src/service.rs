@@ -144,17 +144,19 @@ impl MetaService {
         &self,
         request: MetaRequest,
         placement: Vec<dfs_common::ServerId>,
+        call: Option<CallId>,
     ) -> FsResult<MetaReply> {
         self.committer
             .submit(Command {
                 now: Timestamp::now(),
                 request,
                 placement,
+                call,
             })
             .await
     }
 
-    async fn dispatch(&self, request: MetaRequest) -> FsResult<MetaReply> {
+    async fn dispatch(&self, request: MetaRequest, call: Option<CallId>) -> FsResult<MetaReply> {
         match request {
             MetaRequest::Heartbeat {
                 server,
@@ -168,7 +170,7 @@ impl MetaService {
                     .heartbeat(server, addr, capacity, used, shards)
                 {
                     tracing::info!(%server, %addr, "chunk server registered");
-                    if let Err(e) = self.commit(request, vec![]).await {
+                    if let Err(e) = self.commit(request, vec![], call).await {
                         self.membership.forget_address(server);
                         return Err(e);
                     }
@@ -245,7 +247,7 @@ impl MetaService {
                     &[],
                 )?;
                 placement.resize(policy.total(), ServerId::NONE);
-                self.commit(request, placement).await
+                self.commit(request, placement, call).await
             }
             MetaRequest::ReplaceShard { block, .. } => {
                 let rec: BlockRecord = self
@@ -268,7 +270,7 @@ impl MetaService {
                     Err(FsError::Unavailable(_) | FsError::NoSpace(_)) => Vec::new(),
                     Err(e) => return Err(e),
                 };
-                self.commit(request, placement).await
+                self.commit(request, placement, call).await
             }
             MetaRequest::SetLock {
                 ino,
@@ -301,7 +303,7 @@ impl MetaService {
             }
             MetaRequest::CommitWrite { ref extents, .. } => {
                 let degraded = extents.iter().any(|e| e.missing_shards != 0);
-                let reply = self.commit(request, vec![]).await?;
+                let reply = self.commit(request, vec![], call).await?;
                 if degraded {
                     // A block committed with shards missing is repaired now, not at the next
                     // periodic scan.
@@ -329,7 +331,7 @@ impl MetaService {
                 Ok(MetaReply::Done)
             }
             MetaRequest::DrainServer { server, drain } => {
-                let reply = self.commit(request, vec![]).await?;
+                let reply = self.commit(request, vec![], call).await?;
                 self.membership.set_draining(server, drain);
                 self.repair.kick();
                 Ok(reply)
@@ -340,7 +342,7 @@ impl MetaService {
                         "chunk server {server} is up: stop it first (drain it before, so it holds nothing)"
                     )));
                 }
-                let reply = self.commit(request, vec![]).await?;
+                let reply = self.commit(request, vec![], call).await?;
                 self.membership.forget(server);
                 Ok(reply)
             }
@@ -366,7 +368,7 @@ impl MetaService {
                 Ok(MetaReply::Done)
             }
             MetaRequest::AddClient { .. } | MetaRequest::RevokeClient { .. } => {
-                let reply = self.commit(request, vec![]).await?;
+                let reply = self.commit(request, vec![], call).await?;
                 let tx = store::read(&self.db)?;
                 self.clients.reload(&ReadTables::open(&tx)?)?;
                 Ok(reply)
@@ -374,7 +376,7 @@ impl MetaService {
             MetaRequest::ClientGrants { fingerprint } => {
                 Ok(MetaReply::Grants(self.clients.grants(&fingerprint)))
             }
-            r if r.is_mutation() => self.commit(r, vec![]).await,
+            r if r.is_mutation() => self.commit(r, vec![], call).await,
             r => {
                 let mut reply = self.query(move |t| answer(t, r)).await?;
                 if let MetaReply::Layout(layout) = &mut reply {
@@ -422,13 +424,13 @@ fn answer(t: &ReadTables, request: MetaRequest) -> FsResult<MetaReply> {
 }
 
 impl Service for MetaService {
-    type Request = MetaRequest;
+    type Request = MetaCall;
     type Reply = MetaReply;
     const MAX_REQUEST: usize = MAX_FRAME;
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-    fn op_name(request: &MetaRequest) -> &'static str {
-        request.name()
+    fn op_name(call: &MetaCall) -> &'static str {
+        call.request.name()
     }
 
     fn op_metrics(&self) -> Option<&OpMetrics> {
@@ -437,12 +439,13 @@ impl Service for MetaService {
 
     async fn handle(
         &self,
-        request: MetaRequest,
+        call: MetaCall,
         _body: &mut RecvStream,
         peer: &PeerInfo,
     ) -> Response<MetaReply> {
+        let MetaCall { id, request } = call;
         let grants = self.authorize(&peer.principal, &request).await?;
-        let mut reply = self.dispatch(request).await?;
+        let mut reply = self.dispatch(request, id).await?;
         if let (Some(grants), MetaReply::Volumes(volumes)) = (grants, &mut reply) {
             volumes.retain(|v| grants.iter().any(|g| g.volume == v.id));
         }

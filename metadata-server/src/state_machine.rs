@@ -8,6 +8,7 @@
 //! command in a savepoint, so a failed command leaves no trace.
 
 use crate::access;
+use crate::calls;
 use crate::layout::{self, RefDelta};
 use crate::maintenance;
 use crate::store::schema::*;
@@ -36,27 +37,55 @@ pub struct Command {
     pub request: MetaRequest,
     /// Servers chosen by the caller for `AllocateBlock` (one per shard) or `ReplaceShard` (one).
     pub placement: Vec<ServerId>,
+    /// The client's id for this mutation: a retry of it gets the first reply back.
+    pub call: Option<CallId>,
 }
 
+impl Command {
+    /// A command the metadata server makes itself (repair, collection, registration).
+    pub fn internal(now: Timestamp, request: MetaRequest) -> Command {
+        Command {
+            now,
+            request,
+            placement: Vec::new(),
+            call: None,
+        }
+    }
+}
+
+/// Applies a command, or for a retried call answers its first reply (see [`calls`]).
 pub fn apply(tx: &WriteTransaction, cmd: &Command) -> FsResult<MetaReply> {
     let mut t = WriteTables::open(tx)?;
+    let Some(id) = cmd.call else {
+        return apply_request(&mut t, cmd);
+    };
+    let fingerprint = calls::fingerprint(&cmd.request)?;
+    if let Some(reply) = calls::replay(&t, id, &fingerprint)? {
+        return Ok(reply);
+    }
+    let reply = apply_request(&mut t, cmd)?;
+    calls::record(&mut t, id, fingerprint, &reply, cmd.now)?;
+    Ok(reply)
+}
+
+fn apply_request(t: &mut WriteTables, cmd: &Command) -> FsResult<MetaReply> {
     let now = cmd.now;
-    volumes::check_writable(&t, &cmd.request)?;
+    volumes::check_writable(t, &cmd.request)?;
     match &cmd.request {
         MetaRequest::CreateVolume {
             name,
             policy,
             block_size,
             limits,
-        } => volumes::create(&mut t, now, name, *policy, *block_size, *limits),
-        MetaRequest::SetVolume { name, change } => volumes::set(&mut t, name, change),
+        } => volumes::create(t, now, name, *policy, *block_size, *limits),
+        MetaRequest::SetVolume { name, change } => volumes::set(t, name, change),
         MetaRequest::AddClient {
             name,
             fingerprint,
             volumes,
-        } => access::add_client(&mut t, now, name, *fingerprint, volumes),
-        MetaRequest::RevokeClient { name } => access::revoke_client(&mut t, name),
-        MetaRequest::DeleteVolume { name, force } => volumes::delete(&mut t, now, name, *force),
+        } => access::add_client(t, now, name, *fingerprint, volumes),
+        MetaRequest::RevokeClient { name } => access::revoke_client(t, name),
+        MetaRequest::DeleteVolume { name, force } => volumes::delete(t, now, name, *force),
         MetaRequest::Heartbeat { server, addr, .. } => {
             let rec = ServerRecord {
                 addr: addr.clone(),
@@ -65,7 +94,7 @@ pub fn apply(tx: &WriteTransaction, cmd: &Command) -> FsResult<MetaReply> {
             t.servers.insert(server.0, encode(&rec).as_slice()).db()?;
             Ok(MetaReply::Done)
         }
-        MetaRequest::SetAttr { ino, set } => set_attr(&mut t, now, *ino, set),
+        MetaRequest::SetAttr { ino, set } => set_attr(t, now, *ino, set),
         MetaRequest::MakeNode {
             parent,
             name,
@@ -86,7 +115,7 @@ pub fn apply(tx: &WriteTransaction, cmd: &Command) -> FsResult<MetaReply> {
                 rdev: *rdev,
                 target: None,
             };
-            make_node(&mut t, now, *parent, name, node)
+            make_node(t, now, *parent, name, node)
         }
         MetaRequest::Symlink {
             parent,
@@ -109,28 +138,28 @@ pub fn apply(tx: &WriteTransaction, cmd: &Command) -> FsResult<MetaReply> {
                 rdev: 0,
                 target: Some(target.clone()),
             };
-            make_node(&mut t, now, *parent, name, node)
+            make_node(t, now, *parent, name, node)
         }
         MetaRequest::Link {
             ino,
             new_parent,
             new_name,
-        } => link(&mut t, now, *ino, *new_parent, new_name),
-        MetaRequest::Unlink { parent, name } => unlink(&mut t, now, *parent, name),
-        MetaRequest::Rmdir { parent, name } => rmdir(&mut t, now, *parent, name),
+        } => link(t, now, *ino, *new_parent, new_name),
+        MetaRequest::Unlink { parent, name } => unlink(t, now, *parent, name),
+        MetaRequest::Rmdir { parent, name } => rmdir(t, now, *parent, name),
         MetaRequest::Rename {
             parent,
             name,
             new_parent,
             new_name,
             flags,
-        } => rename(&mut t, now, *parent, name, *new_parent, new_name, *flags),
+        } => rename(t, now, *parent, name, *new_parent, new_name, *flags),
         MetaRequest::SetXattr {
             ino,
             name,
             value,
             flags,
-        } => set_xattr(&mut t, now, *ino, name, value, *flags),
+        } => set_xattr(t, now, *ino, name, value, *flags),
         MetaRequest::RemoveXattr { ino, name } => {
             let mut rec = get_inode(&t.inodes, *ino)?;
             if t.xattrs.remove((ino.0, name.as_str())).db()?.is_none() {
@@ -140,29 +169,34 @@ pub fn apply(tx: &WriteTransaction, cmd: &Command) -> FsResult<MetaReply> {
             t.put_inode(*ino, &rec)?;
             Ok(MetaReply::Done)
         }
-        MetaRequest::AllocateBlock { ino } => allocate_block(&mut t, now, *ino, &cmd.placement),
+        MetaRequest::AllocateBlock { ino } => allocate_block(t, now, *ino, &cmd.placement),
         MetaRequest::ReplaceShard {
             block,
             index,
             failed,
-        } => replace_shard(&mut t, *block, *index, *failed, &cmd.placement),
+        } => replace_shard(t, *block, *index, *failed, &cmd.placement),
         MetaRequest::CommitWrite {
             ino,
             extents,
             mtime,
             append,
-        } => commit_write(&mut t, now, *ino, extents, *mtime, *append),
+        } => commit_write(t, now, *ino, extents, *mtime, *append),
         MetaRequest::ReportBadShard { server, key } => {
-            maintenance::report_bad_shard(&mut t, *server, *key)
+            maintenance::report_bad_shard(t, *server, *key)
         }
-        MetaRequest::MoveShard { key, from, to } => {
-            maintenance::move_shard(&mut t, *key, *from, *to)
-        }
-        MetaRequest::DropBlocks { blocks } => maintenance::drop_blocks(&mut t, blocks),
+        MetaRequest::MoveShard { key, from, to } => maintenance::move_shard(t, *key, *from, *to),
+        MetaRequest::DropBlocks { blocks } => maintenance::drop_blocks(t, blocks),
         MetaRequest::DrainServer { server, drain } => {
-            maintenance::drain_server(&mut t, now, *server, *drain)
+            maintenance::drain_server(t, now, *server, *drain)
         }
-        MetaRequest::RemoveServer { server } => maintenance::remove_server(&mut t, *server),
+        MetaRequest::RemoveServer { server } => maintenance::remove_server(t, *server),
+        MetaRequest::ExpireCalls => {
+            let expired = calls::expire(t, now)?;
+            if expired > 0 {
+                tracing::info!(expired, "forgot the calls of clients that went away");
+            }
+            Ok(MetaReply::Done)
+        }
         other => Err(FsError::invalid(format!("not a mutation: {other:?}"))),
     }
 }

@@ -285,6 +285,7 @@ mod tests {
             now: Timestamp { secs: 1, nanos: 0 },
             request,
             placement: vec![],
+            call: None,
         };
         let reply = apply(&tx, &command);
         if reply.is_ok() {

@@ -6,7 +6,7 @@ use dfs_common::codec::{encode_frame, read_frame};
 use dfs_common::net::endpoint::client_endpoint;
 use dfs_common::net::tls::{generate_ca, issue, Identity, Role, SERVER_NAME};
 use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ShardKey, ShardOwner};
-use dfs_common::proto::meta::{MetaReply, MetaRequest};
+use dfs_common::proto::meta::{MetaCall, MetaReply, MetaRequest};
 use dfs_common::{BlockId, EcPolicy, FsError, VolumeId};
 use dfs_tests::TestCluster;
 use std::net::SocketAddr;
@@ -63,7 +63,7 @@ async fn malformed_messages_get_errors_and_servers_keep_serving() {
         "{reply:?}"
     );
     // Truncated: the frame promises more than it carries.
-    let frame = encode_frame(&MetaRequest::ListVolumes).unwrap();
+    let frame = encode_frame(&MetaCall::untracked(MetaRequest::ListVolumes)).unwrap();
     let mut short = (frame.len() as u32 + 10).to_le_bytes().to_vec();
     short.extend_from_slice(&frame[4..]);
     let reply = send_raw::<MetaReply>(&meta, &short).await;
@@ -149,11 +149,12 @@ async fn parties_without_a_cluster_certificate_are_refused() {
             Err(_) => true,
             // TLS 1.3 may complete the client side before the server rejects the certificate:
             // then the first request fails.
-            Ok(conn) => {
-                send_raw::<MetaReply>(&conn, &encode_frame(&MetaRequest::ListVolumes).unwrap())
-                    .await
-                    .is_none()
-            }
+            Ok(conn) => send_raw::<MetaReply>(
+                &conn,
+                &encode_frame(&MetaCall::untracked(MetaRequest::ListVolumes)).unwrap(),
+            )
+            .await
+            .is_none(),
         };
         assert!(refused, "a foreign certificate was accepted by {addr}");
     }

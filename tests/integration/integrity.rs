@@ -3,10 +3,11 @@
 //! block its shards or its redundancy without the metadata server knowing. Races are driven
 //! by the cluster's fault points, never by sleeps.
 
+use dfs_client::client::ClientOptions;
 use dfs_client::Client;
 use dfs_common::fault::Action;
 use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ShardKey};
-use dfs_common::proto::meta::VolumeInfo;
+use dfs_common::proto::meta::{VolumeInfo, RENAME_EXCHANGE};
 use dfs_common::proto::MAX_LAYOUT_EXTENTS;
 use dfs_common::{FsError, InodeId, ServerId};
 use dfs_tests::{random_bytes, wait_for, TestCluster};
@@ -265,4 +266,78 @@ async fn scrub_leaves_shards_it_cannot_read_alone() {
     let health = client.cluster_status().await.unwrap().health;
     assert_eq!(health.degraded, 0, "{health:?}");
     assert!(client.read_range(ino, 0, u64::MAX).await.unwrap() == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_mutations_whose_replies_were_lost_apply_once() {
+    let cluster = TestCluster::start(6).await;
+    let faults = cluster.faults.clone();
+    let client = cluster
+        .client_with(ClientOptions {
+            faults: faults.clone(),
+            meta_retry: Some(Duration::from_secs(30)),
+            ..ClientOptions::default()
+        })
+        .await;
+    let volume = cluster.volume(&client, "v", "4+2", MIB).await;
+    let root = volume.root;
+    // Each mutation below is applied by the metadata server, its reply lost on the way back,
+    // and the call retried by the client.
+    let lose_next = |kind: &str| {
+        faults.arm(
+            &format!("client.lose_reply.{kind}"),
+            Action::FailNth(1, FsError::io("reply lost")),
+        )
+    };
+    let lost = |kind: &str| faults.hits(&format!("client.lose_reply.{kind}"));
+
+    // An append commits once.
+    let mut log = client.create(root, "log", 0o644, 0, 0).await.unwrap();
+    let ino = log.ino();
+    log.set_append();
+    log.write(0, b"hello").await.unwrap();
+    lose_next("CommitWrite");
+    log.close().await.unwrap();
+    assert!(lost("CommitWrite") >= 1);
+    assert_eq!(client.getattr(ino).await.unwrap().size, 5);
+    assert_eq!(client.read_range(ino, 0, 100).await.unwrap(), b"hello");
+
+    // A create reports success, not "exists".
+    lose_next("MakeNode");
+    let created = client.create(root, "new", 0o644, 0, 0).await.unwrap();
+    drop(created);
+    assert_eq!(
+        lost("MakeNode"),
+        2,
+        "the create's reply was lost and retried"
+    );
+
+    // An exchange swaps once.
+    write_file(&client, &volume, "a", b"A").await;
+    write_file(&client, &volume, "b", b"B").await;
+    lose_next("Rename");
+    client
+        .rename(root, "a", root, "b", RENAME_EXCHANGE)
+        .await
+        .unwrap();
+    let read = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            let ino = client.lookup(root, name).await.unwrap().ino;
+            client.read_range(ino, 0, 10).await.unwrap()
+        }
+    };
+    assert_eq!(read("a").await, b"B");
+    assert_eq!(read("b").await, b"A");
+
+    // An unlink and a rename report success, not ENOENT.
+    lose_next("Unlink");
+    client.unlink(root, "new").await.unwrap();
+    assert_eq!(client.lookup(root, "new").await, Err(FsError::NotFound));
+    lose_next("Rename");
+    client.rename(root, "a", root, "c", 0).await.unwrap();
+    assert_eq!(read("c").await, b"B");
+    assert_eq!(client.lookup(root, "a").await, Err(FsError::NotFound));
+    assert_eq!(lost("Unlink"), 2);
+    assert_eq!(lost("Rename"), 2);
 }

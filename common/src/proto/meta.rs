@@ -330,6 +330,42 @@ pub struct Layout {
     pub complete_to: u64,
 }
 
+/// Identifies one mutation of one client, so that a retry (its reply was lost) gets the first
+/// reply back instead of being applied twice. A client numbers its mutations; it keeps the
+/// number of a mutation across its retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CallId {
+    /// Random per client instance (a mount, a CLI run).
+    pub client: u64,
+    /// Starts at 1, one more per mutation.
+    pub seq: u64,
+    /// The client has every reply below this sequence number: the server may forget them.
+    pub done_below: u64,
+}
+
+/// What goes over the wire to the metadata server: a request, and for a client's mutations
+/// the id that makes its retries safe.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaCall {
+    pub id: Option<CallId>,
+    pub request: MetaRequest,
+}
+
+impl MetaCall {
+    /// A call without retry protection (reads, and chunk servers' idempotent reports).
+    pub fn untracked(request: MetaRequest) -> MetaCall {
+        MetaCall { id: None, request }
+    }
+}
+
+/// [`MetaCall`] with a borrowed request: encodes to the same bytes, without cloning the
+/// request for every attempt.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct MetaCallRef<'a> {
+    pub id: Option<CallId>,
+    pub request: &'a MetaRequest,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaRequest {
     CreateVolume {
@@ -558,6 +594,9 @@ pub enum MetaRequest {
     RemoveServer {
         server: ServerId,
     },
+    /// Sent by the metadata server to itself: deletes duplicate-request records of clients
+    /// that went away long ago.
+    ExpireCalls,
 }
 
 /// Who holds a lock: a client session (one per mount, random) and the owner within it (the
@@ -668,6 +707,7 @@ impl MetaRequest {
             MetaRequest::DrainServer { .. } => "DrainServer",
             MetaRequest::Rebalance => "Rebalance",
             MetaRequest::RemoveServer { .. } => "RemoveServer",
+            MetaRequest::ExpireCalls => "ExpireCalls",
         }
     }
 

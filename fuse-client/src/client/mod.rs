@@ -1,6 +1,7 @@
 //! A connection to a dfs cluster: one QUIC endpoint, one connection to the metadata server,
 //! one per chunk server in use, and the erasure codecs per policy.
 
+mod calls;
 pub mod dirty;
 pub mod file;
 pub mod locks;
@@ -14,7 +15,7 @@ use dfs_common::net::chunks::ChunkPool;
 use dfs_common::net::endpoint::client_endpoint;
 use dfs_common::net::tls::Identity;
 use dfs_common::net::Peer;
-use dfs_common::proto::meta::{MetaReply, MetaRequest, VolumeInfo};
+use dfs_common::proto::meta::{MetaCallRef, MetaReply, MetaRequest, VolumeInfo};
 use dfs_common::{EcPolicy, FsError, FsResult, VolumeId};
 use quinn::Endpoint;
 use std::collections::HashMap;
@@ -71,6 +72,7 @@ pub(crate) struct Inner {
     volumes: Mutex<HashMap<VolumeId, VolumeInfo>>,
     quotas: Mutex<HashMap<VolumeId, quota::QuotaView>>,
     pub(crate) locks: locks::LockSession,
+    calls: calls::CallIds,
     /// Reads that had to rebuild a piece from other shards (a server down, failed or slow):
     /// a handle that sees this move fetches its layout again, in case shards moved.
     pub(crate) fallback_reads: std::sync::atomic::AtomicU64,
@@ -94,13 +96,20 @@ impl Client {
                 volumes: Mutex::new(HashMap::new()),
                 quotas: Mutex::new(HashMap::new()),
                 locks: locks::LockSession::new(),
+                calls: calls::CallIds::new(),
                 fallback_reads: std::sync::atomic::AtomicU64::new(0),
                 _endpoint: endpoint,
             }),
         };
         tokio::spawn(locks::renew_leases(Arc::downgrade(&client.inner)));
         // The first contact fails at once: an unreachable cluster is reported, not waited for.
-        let volumes = client.exchange(&MetaRequest::ListVolumes).await??;
+        let list = MetaRequest::ListVolumes;
+        let volumes = client
+            .exchange(MetaCallRef {
+                id: None,
+                request: &list,
+            })
+            .await??;
         expect_reply!(volumes, MetaReply::Volumes)?;
         Ok(client)
     }
@@ -113,24 +122,37 @@ impl Client {
     }
 
     /// One attempt at a metadata request; the outer error is a failed exchange.
-    async fn exchange(&self, request: &MetaRequest) -> FsResult<FsResult<MetaReply>> {
+    async fn exchange(&self, call: MetaCallRef<'_>) -> FsResult<FsResult<MetaReply>> {
         let (reply, _) = self
             .inner
             .meta
-            .exchange::<_, MetaReply>(request, None, dfs_common::codec::MAX_FRAME)
+            .exchange::<_, MetaReply>(&call, None, dfs_common::codec::MAX_FRAME)
             .await?;
+        let faults = &self.inner.options.faults;
+        if faults.is_enabled() {
+            // "The reply was lost": the server applied the call, the client never heard.
+            faults
+                .hit(&format!("client.lose_reply.{}", call.request.name()))
+                .await?;
+        }
         Ok(reply)
     }
 
     /// Sends one metadata request. While the metadata server cannot be reached, it tries again
-    /// for [`ClientOptions::meta_retry`], then fails with EIO. A request retried after a lost
-    /// reply may find its own effect (a create then reports that the name exists), as on NFS.
+    /// for [`ClientOptions::meta_retry`], then fails with EIO. A mutation keeps one call id
+    /// across its retries, so one whose reply was lost is not applied twice: the retry gets
+    /// the first reply.
     pub async fn call(&self, request: &MetaRequest) -> FsResult<MetaReply> {
+        let outstanding = request.is_mutation().then(|| self.inner.calls.begin());
+        let call = MetaCallRef {
+            id: outstanding.as_ref().map(|o| o.id),
+            request,
+        };
         let deadline = self.inner.options.meta_retry.map(|d| Instant::now() + d);
         let mut pause = RETRY_PAUSE_MIN;
         let mut warned = false;
         loop {
-            let failure = match self.exchange(request).await {
+            let failure = match self.exchange(call).await {
                 Ok(reply) => {
                     if warned {
                         tracing::info!("metadata server reachable again");

@@ -188,6 +188,7 @@ mod tests {
             now: Timestamp { secs: 1, nanos: 0 },
             request,
             placement: vec![],
+            call: None,
         }
     }
 

@@ -14,6 +14,7 @@
 //! | `draining` | server id                 | seconds when the drain began       | placement avoids it, repair empties it |
 //! | `clients`  | client name               | [`ClientRecord`]                   | rights of client certificates, by fingerprint once loaded |
 //! | `volume_state` | volume id             | [`VolumeState`]                    | quotas are checked and usage kept in the same transaction as each change |
+//! | `calls`    | (client id, sequence)     | [`CallRecord`]                     | a retried mutation gets its first reply back (the duplicate-request table) |
 //!
 //! Records are bincode behind a one-byte format version (see [`encode`]), so an older record can
 //! still be decoded after a format change; integers in keys are fixed-width by redb.
@@ -36,6 +37,7 @@ pub const DRAINING: TableDefinition<u64, i64> = TableDefinition::new("draining")
 pub const VOLUME_STATE: TableDefinition<u64, &[u8]> = TableDefinition::new("volume_state");
 pub const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+pub const CALLS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("calls");
 
 pub const NEXT_INODE: &str = "next_inode";
 pub const NEXT_BLOCK: &str = "next_block";
@@ -106,6 +108,18 @@ pub struct BlockRecord {
     /// Extents referring to this block.
     pub refs: u32,
     pub created: Timestamp,
+}
+
+/// The outcome of one client mutation, kept until the client has seen it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// blake3 of the request's encoding: a sequence number reused for another request is
+    /// refused instead of answered with a stranger's reply.
+    pub request: [u8; 32],
+    /// The reply as the wire encodes it ([`dfs_common::codec`]'s bincode of `MetaReply`).
+    pub reply: Vec<u8>,
+    /// When it was applied; records of clients that vanished expire after a day.
+    pub at: Timestamp,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,6 +24,7 @@ pub struct WriteTables<'t> {
     pub draining: Table<'t, u64, i64>,
     pub volume_state: Table<'t, u64, &'static [u8]>,
     pub clients: Table<'t, &'static str, &'static [u8]>,
+    pub calls: Table<'t, (u64, u64), &'static [u8]>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -41,6 +42,7 @@ impl<'t> WriteTables<'t> {
             draining: tx.open_table(DRAINING).db()?,
             volume_state: tx.open_table(VOLUME_STATE).db()?,
             clients: tx.open_table(CLIENTS).db()?,
+            calls: tx.open_table(CALLS).db()?,
         })
     }
 
