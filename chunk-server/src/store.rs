@@ -260,13 +260,8 @@ impl ShardStore {
             hashes: checksum::sub_block_hashes(data),
         };
         let path = self.shard_path(&key);
-        if path.exists() {
-            let existing = self.read_header(&key)?;
-            return if existing == header {
-                Ok(())
-            } else {
-                Err(FsError::Exists)
-            };
+        if path.exists() && self.holds_same(&key, &header)? {
+            return Ok(());
         }
         let tmp_path = self.root.join("tmp").join(format!(
             "{:016x}-{:02}.{}",
@@ -282,14 +277,51 @@ impl ShardStore {
         file.sync_all()?;
         drop(file);
         let dir = path.parent().expect("shard path has a parent");
-        fs::create_dir_all(dir)?;
-        fs::rename(&tmp_path, &path)?;
-        std::mem::forget(guard);
+        if !dir.exists() {
+            fs::create_dir_all(dir)?;
+            // The new subdirectory's entry is durable only once `shards/` is synced.
+            File::open(self.root.join("shards"))?.sync_all()?;
+        }
+        // Publish without replacing: a link fails if the name exists, so two puts of one key
+        // racing cannot swap an acknowledged shard for another.
+        match fs::hard_link(&tmp_path, &path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return if self.holds_same(&key, &header)? {
+                    Ok(())
+                } else {
+                    Err(FsError::Exists)
+                };
+            }
+            Err(e) => return Err(e.into()),
+        }
+        drop(guard);
         File::open(dir)?.sync_all()?;
         self.used_bytes
             .fetch_add((encoded.len() + data.len()) as u64, Ordering::Relaxed);
         self.shard_count.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Whether the shard stored under `key` is exactly `header`'s and intact: a put of the
+    /// same shard again is then done. A damaged copy (kept until repair placed the shard
+    /// elsewhere) is removed, so the put can store the good one. A different shard under the
+    /// same key is `Exists`.
+    fn holds_same(&self, key: &ShardKey, header: &ShardHeader) -> FsResult<bool> {
+        let verified = self
+            .read_header(key)
+            .and_then(|existing| self.verify(key).map(|()| existing));
+        match verified {
+            Ok(existing) if existing == *header => Ok(true),
+            Ok(_) => Err(FsError::Exists),
+            Err(FsError::NotFound) => Ok(false),
+            Err(FsError::Corrupt(why)) => {
+                tracing::warn!(block = %key.block, index = key.index, "replacing a damaged copy: {why}");
+                self.delete(key)?;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub fn read_header(&self, key: &ShardKey) -> FsResult<ShardHeader> {
@@ -381,7 +413,7 @@ fn open_shard(path: &Path) -> FsResult<File> {
     Ok(OpenOptions::new().read(true).open(path)?)
 }
 
-/// Removes a temp file unless the write completed (then it is forgotten).
+/// Removes the temp file when the write ends: after a failure, or once it is linked into place.
 struct TempFile<'a>(&'a Path);
 
 impl Drop for TempFile<'_> {
@@ -482,5 +514,44 @@ mod tests {
             store.get(&key(5, 1), 0, 1),
             Err(FsError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn damaged_shard_files_are_errors_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..150_000u32).map(|i| (i % 253) as u8).collect();
+        let k = key(9, 1);
+        store.put(k, owner(600_000), &data).unwrap();
+        let path = store.shard_path(&k);
+        let good = fs::read(&path).unwrap();
+        let header_len = good.len() - data.len();
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+        for round in 0..2000 {
+            let mut bytes = good.clone();
+            match round % 4 {
+                // A flipped bit in the header or its checksum table.
+                0 | 1 => {
+                    let i = rng.random_range(0..header_len);
+                    bytes[i] ^= 1 << rng.random_range(0..8);
+                }
+                // Cut short anywhere.
+                2 => bytes.truncate(rng.random_range(0..bytes.len())),
+                // Random bytes of any length.
+                _ => {
+                    bytes = vec![0u8; rng.random_range(0..4096)];
+                    rng.fill(&mut bytes[..]);
+                }
+            }
+            fs::write(&path, &bytes).unwrap();
+            let header = store.read_header(&k);
+            let read = store.get(&k, 0, data.len() as u64);
+            // Whatever reads back is the data that was written, or an error.
+            if let Ok(back) = read {
+                assert_eq!(back, data, "round {round} returned wrong bytes");
+                assert!(header.is_ok());
+            }
+        }
     }
 }

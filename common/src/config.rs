@@ -50,9 +50,20 @@ pub fn pick_identity<'a>(dir: &Path, names: &[&'a str]) -> &'a str {
 }
 
 /// The HTTP address of a daemon: `off` for none, an address, or by default the QUIC listen
-/// address (the same port number, on TCP).
+/// address (the same port number, on TCP), on loopback if that address is a wildcard.
 pub fn http_addr(value: Option<String>, listen: SocketAddr) -> Result<Option<SocketAddr>, FsError> {
     match value.as_deref().map(str::trim) {
+        // The status page and metrics are not authenticated: unless asked for, they are served
+        // on loopback when the daemon listens on every interface, and otherwise on the one
+        // address it listens on.
+        None if listen.ip().is_unspecified() => Ok(Some(SocketAddr::new(
+            if listen.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            },
+            listen.port(),
+        ))),
         None => Ok(Some(listen)),
         Some("off" | "none" | "") => Ok(None),
         Some(addr) => addr

@@ -53,39 +53,70 @@ pub struct Timestamp {
 
 impl Timestamp {
     pub fn now() -> Self {
-        match SystemTime::now().duration_since(UNIX_EPOCH) {
-            Ok(d) => Timestamp {
-                secs: d.as_secs() as i64,
-                nanos: d.subsec_nanos(),
-            },
-            Err(e) => {
-                let d = e.duration();
-                Timestamp {
-                    secs: -(d.as_secs() as i64),
-                    nanos: 0,
-                }
-            }
-        }
+        Self::from_system_time(SystemTime::now())
     }
 
+    /// As a `SystemTime`; a time the platform cannot represent (near `i64::MAX`, or nanoseconds
+    /// out of range, from a hostile peer) comes out clamped, never as a panic.
     pub fn as_system_time(self) -> SystemTime {
-        if self.secs >= 0 {
-            UNIX_EPOCH + std::time::Duration::new(self.secs as u64, self.nanos)
+        let nanos = self.nanos.min(999_999_999);
+        let time = if self.secs >= 0 {
+            UNIX_EPOCH.checked_add(std::time::Duration::new(self.secs as u64, nanos))
         } else {
-            UNIX_EPOCH - std::time::Duration::new(self.secs.unsigned_abs(), 0)
-        }
+            UNIX_EPOCH.checked_sub(std::time::Duration::new(self.secs.unsigned_abs(), 0))
+        };
+        time.unwrap_or_else(|| {
+            // The largest span every platform's SystemTime holds (about 292 billion years).
+            let far = std::time::Duration::from_secs(i64::MAX as u64 / 1_000_000_000);
+            if self.secs >= 0 {
+                UNIX_EPOCH + far
+            } else {
+                UNIX_EPOCH - far
+            }
+        })
     }
 
+    /// Whether the time is well-formed (nanoseconds below one second).
+    pub fn is_valid(self) -> bool {
+        self.nanos < 1_000_000_000
+    }
+
+    /// From a `SystemTime`, saturating at the ends of the `i64` range.
     pub fn from_system_time(t: SystemTime) -> Self {
         match t.duration_since(UNIX_EPOCH) {
             Ok(d) => Timestamp {
-                secs: d.as_secs() as i64,
+                secs: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
                 nanos: d.subsec_nanos(),
             },
             Err(e) => Timestamp {
-                secs: -(e.duration().as_secs() as i64),
+                secs: i64::try_from(-i128::from(e.duration().as_secs())).unwrap_or(i64::MIN),
                 nanos: 0,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extreme_timestamps_convert_without_panicking() {
+        for secs in [i64::MAX, i64::MAX - 1, i64::MIN, -1, 0, 1 << 62] {
+            for nanos in [0, 999_999_999, u32::MAX] {
+                let t = Timestamp { secs, nanos }.as_system_time();
+                let _ = Timestamp::from_system_time(t);
+            }
+        }
+        let t = Timestamp {
+            secs: 1_700_000_000,
+            nanos: 5,
+        };
+        assert_eq!(Timestamp::from_system_time(t.as_system_time()), t);
+        assert!(!Timestamp {
+            secs: 0,
+            nanos: 1_000_000_000
+        }
+        .is_valid());
     }
 }

@@ -519,6 +519,13 @@ fn set_attr(
     ino: InodeId,
     set: &SetAttr,
 ) -> FsResult<MetaReply> {
+    for time in [set.atime, set.mtime].into_iter().flatten() {
+        if let TimeSet::At(at) = time {
+            if !at.is_valid() {
+                return Err(FsError::invalid(format!("time {at:?} out of range")));
+            }
+        }
+    }
     let mut rec = get_inode(&t.inodes, ino)?;
     if let Some(size) = set.size {
         match rec.kind {
@@ -576,6 +583,11 @@ fn set_xattr(
 ) -> FsResult<MetaReply> {
     if name.is_empty() || name.len() > MAX_XATTR_NAME_LEN {
         return Err(FsError::Range);
+    }
+    if name.contains('\0') {
+        return Err(FsError::invalid(
+            "extended attribute names cannot contain NUL",
+        ));
     }
     if value.len() > MAX_XATTR_VALUE_LEN {
         return Err(FsError::TooBig(format!(

@@ -6,6 +6,7 @@ use dfs_tests::random_bytes;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub(crate) fn cluster_with_volume() -> ProcessCluster {
@@ -192,6 +193,29 @@ fn two_mounts_see_each_others_closed_files() {
     let ro = Mount::new(&cluster, "default", "ro", "ro").unwrap();
     let err = fs::write(ro.path("nope"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(30), "{err}");
+}
+
+#[test]
+fn noexec_and_extreme_times_on_a_mount() {
+    let cluster = cluster_with_volume();
+    let plain = Mount::new(&cluster, "default", "plain", "").unwrap();
+    let script = plain.path("run.sh");
+    fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(Command::new(&script).status().unwrap().success());
+    // A time at the edge of what the kernel holds is stored and shown without harm.
+    let touched = Command::new("touch")
+        .args(["-d", "@9223372036854775807"])
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    fs::metadata(&script).unwrap().modified().unwrap();
+    let noexec = Mount::new(&cluster, "default", "noexec", "noexec").unwrap();
+    let err = Command::new(noexec.path("run.sh")).status().unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    // The plain mount still works after another mount read the extreme time.
+    assert!(fs::metadata(plain.path("run.sh")).is_ok());
 }
 
 #[test]

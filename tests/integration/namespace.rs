@@ -1,7 +1,7 @@
 //! Namespace operations through the metadata RPC, with their POSIX error codes.
 
 use dfs_common::proto::meta::*;
-use dfs_common::{FsError, InodeId};
+use dfs_common::{FsError, InodeId, Timestamp};
 use dfs_tests::TestCluster;
 use std::collections::BTreeSet;
 
@@ -265,6 +265,23 @@ async fn xattrs_and_statfs() {
         .await
         .unwrap();
     assert_eq!(client.getxattr(f.ino, "user.a").await.unwrap(), b"22");
+    // A name with a NUL inside could never be read back by name: refused.
+    assert!(matches!(
+        client.setxattr(f.ino, "user.a\0b", b"x", 0).await,
+        Err(FsError::Invalid(_))
+    ));
+    // A time the kernel could never hold is refused, not stored for mounts to choke on.
+    let absurd = SetAttr {
+        mtime: Some(TimeSet::At(Timestamp {
+            secs: i64::MAX,
+            nanos: 2_000_000_000,
+        })),
+        ..SetAttr::default()
+    };
+    assert!(matches!(
+        client.setattr(f.ino, absurd).await,
+        Err(FsError::Invalid(_))
+    ));
     assert_eq!(
         client.listxattr(f.ino).await.unwrap(),
         vec!["user.a", "user.b"]

@@ -4,7 +4,7 @@
 //! straight to other shards instead of waiting on it again.
 
 use super::rpc::read_body_into;
-use super::{resolve_addr, Peer};
+use super::{lookup, Peer};
 use crate::error::{FsError, FsResult};
 use crate::proto::chunk::{ChunkReply, ChunkRequest, ShardKey, ShardOwner, ShardSource};
 use bytes::Bytes;
@@ -33,15 +33,20 @@ impl ChunkPool {
         }
     }
 
-    fn peer(&self, addr: &str) -> FsResult<Arc<Peer>> {
-        let mut peers = self.peers.lock().expect("peer lock");
-        if let Some(p) = peers.get(addr) {
+    async fn peer(&self, addr: &str) -> FsResult<Arc<Peer>> {
+        if let Some(p) = self.peers.lock().expect("peer lock").get(addr) {
             return Ok(p.clone());
         }
-        let socket = resolve_addr(addr)?;
+        // Resolved without holding the lock, and without blocking the runtime on DNS.
+        let socket = lookup(addr).await?;
         let peer = Arc::new(Peer::new(self.endpoint.clone(), socket).with_timeout(self.timeout));
-        peers.insert(addr.to_string(), peer.clone());
-        Ok(peer)
+        Ok(self
+            .peers
+            .lock()
+            .expect("peer lock")
+            .entry(addr.to_string())
+            .or_insert(peer)
+            .clone())
     }
 
     pub fn is_suspect(&self, addr: &str) -> bool {
@@ -81,7 +86,7 @@ impl ChunkPool {
         data: Bytes,
     ) -> FsResult<()> {
         let result = async {
-            let peer = self.peer(addr)?;
+            let peer = self.peer(addr).await?;
             let request = ChunkRequest::Put {
                 key,
                 owner,
@@ -109,7 +114,7 @@ impl ChunkPool {
     ) -> FsResult<()> {
         let len = buf.len() as u64;
         let result = async {
-            let peer = self.peer(addr)?;
+            let peer = self.peer(addr).await?;
             let request = ChunkRequest::Get { key, offset, len };
             let (reply, mut recv) = peer.call::<_, ChunkReply>(&request, None, 4096).await?;
             match reply {
@@ -141,7 +146,7 @@ impl ChunkPool {
     /// Deletes a shard; returns whether it existed.
     pub async fn delete_shard(&self, addr: &str, key: ShardKey) -> FsResult<bool> {
         let result = async {
-            let peer = self.peer(addr)?;
+            let peer = self.peer(addr).await?;
             let (reply, _) = peer
                 .call::<_, ChunkReply>(&ChunkRequest::Delete { key }, None, 4096)
                 .await?;
@@ -163,7 +168,7 @@ impl ChunkPool {
         sources: Vec<ShardSource>,
     ) -> FsResult<()> {
         let result = async {
-            let peer = self.peer(addr)?;
+            let peer = self.peer(addr).await?;
             let request = ChunkRequest::Rebuild {
                 key,
                 owner,
@@ -182,7 +187,7 @@ impl ChunkPool {
     /// Sends any request that has a frame-only reply (scrub control, listings).
     pub async fn request(&self, addr: &str, request: &ChunkRequest) -> FsResult<ChunkReply> {
         let result = async {
-            let peer = self.peer(addr)?;
+            let peer = self.peer(addr).await?;
             let (reply, _) = peer
                 .call::<_, ChunkReply>(request, None, crate::codec::MAX_FRAME)
                 .await?;

@@ -4,6 +4,9 @@
 pub mod chunk;
 pub mod meta;
 
+#[cfg(test)]
+mod fuzz;
+
 /// Longest file name, as on Linux.
 pub const MAX_NAME_LEN: usize = 255;
 /// Longest symlink target.

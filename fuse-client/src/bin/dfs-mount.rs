@@ -208,6 +208,15 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
             fuser::MountOption::RW
         },
     ];
+    for (set, flag) in [
+        (options.no_exec, fuser::MountOption::NoExec),
+        (options.no_suid, fuser::MountOption::NoSuid),
+        (options.no_dev, fuser::MountOption::NoDev),
+    ] {
+        if set {
+            config.mount_options.push(flag);
+        }
+    }
     if options.allow_other {
         config.acl = fuser::SessionACL::All;
     }

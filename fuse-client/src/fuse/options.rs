@@ -45,6 +45,12 @@ pub struct MountOptions {
     /// Unflushed writes of open files older than this are written back (`writeback=SECS`),
     /// as an NFS client does, so a file held open for long has its data in the cluster.
     pub writeback: Duration,
+    /// `noexec`: programs on the mount cannot be executed.
+    pub no_exec: bool,
+    /// `nosuid`: setuid and setgid bits are ignored when executing.
+    pub no_suid: bool,
+    /// `nodev`: device nodes on the mount cannot be opened as devices.
+    pub no_dev: bool,
 }
 
 /// Default wait for a metadata server that restarts: long enough for a restart, short enough
@@ -63,6 +69,9 @@ impl Default for MountOptions {
             meta_retry: Some(DEFAULT_META_RETRY),
             log: None,
             writeback: Duration::from_secs(30),
+            no_exec: false,
+            no_suid: false,
+            no_dev: false,
         }
     }
 }
@@ -103,6 +112,12 @@ impl MountOptions {
                     }
                     into.writeback = Duration::from_secs_f64(secs);
                 }
+                ("exec", None) => into.no_exec = false,
+                ("noexec", None) => into.no_exec = true,
+                ("suid", None) => into.no_suid = false,
+                ("nosuid", None) => into.no_suid = true,
+                ("dev", None) => into.no_dev = false,
+                ("nodev", None) => into.no_dev = true,
                 ("hard", None) => into.meta_retry = None,
                 ("soft", None) => into.meta_retry = Some(Duration::ZERO),
                 ("retry", Some(secs)) => {
@@ -129,12 +144,6 @@ impl MountOptions {
                     | "user"
                     | "nouser"
                     | "users"
-                    | "exec"
-                    | "noexec"
-                    | "suid"
-                    | "nosuid"
-                    | "dev"
-                    | "nodev"
                     | "atime"
                     | "noatime"
                     | "relatime"
@@ -187,6 +196,10 @@ mod tests {
         assert_eq!(o.writeback, Duration::from_secs(2));
         assert!(MountOptions::parse("writeback=0", &mut o).is_err());
         assert!(MountOptions::parse("bogus", &mut o).is_err());
+        MountOptions::parse("noexec,nosuid,nodev", &mut o).unwrap();
+        assert!(o.no_exec && o.no_suid && o.no_dev);
+        MountOptions::parse("exec,suid,dev", &mut o).unwrap();
+        assert!(!o.no_exec && !o.no_suid && !o.no_dev);
         assert!(MountOptions::parse("attr_timeout=x", &mut o).is_err());
     }
 }

@@ -46,6 +46,10 @@ pub const NEXT_VOLUME: &str = "next_volume";
 /// Current format version of every record.
 const FORMAT_VERSION: u8 = 1;
 
+/// Bound on what decoding one record may allocate (records are small; a damaged length field
+/// must not become a huge allocation).
+const MAX_RECORD: usize = 16 << 20;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeRecord {
     pub id: VolumeId,
@@ -140,9 +144,9 @@ pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FsError> {
     match bytes.split_first() {
         Some((&FORMAT_VERSION, body)) => {
-            let (value, used) =
-                bincode::serde::decode_from_slice(body, bincode::config::standard())
-                    .map_err(|e| FsError::Corrupt(format!("metadata record: {e}")))?;
+            let config = bincode::config::standard().with_limit::<MAX_RECORD>();
+            let (value, used) = bincode::serde::decode_from_slice(body, config)
+                .map_err(|e| FsError::Corrupt(format!("metadata record: {e}")))?;
             if used != body.len() {
                 return Err(FsError::Corrupt(
                     "metadata record has trailing bytes".into(),
@@ -206,5 +210,63 @@ mod tests {
             assert_eq!(kind_code(kind_from_code(code).unwrap()), code);
         }
         assert!(kind_from_code(0).is_err());
+    }
+
+    /// Decoding random and damaged records is an error, never a panic.
+    #[test]
+    fn damaged_records_are_errors_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let t = Timestamp { secs: 5, nanos: 6 };
+        let inode = encode(&InodeRecord {
+            volume: VolumeId(1),
+            kind: FileKind::Symlink,
+            mode: 0o777,
+            uid: 1,
+            gid: 2,
+            nlink: 1,
+            size: 3,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            rdev: 0,
+            parent: InodeId(1),
+            target: Some("target".into()),
+        });
+        let block = encode(&BlockRecord {
+            volume: VolumeId(1),
+            policy: EcPolicy::new(4, 2).unwrap(),
+            len: Some(7),
+            shards: vec![ServerId(3); 6],
+            refs: 2,
+            created: t,
+        });
+        let call = encode(&CallRecord {
+            request: [7; 32],
+            reply: vec![1, 2, 3],
+            at: t,
+        });
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+        for valid in [inode, block, call] {
+            for _ in 0..3000 {
+                let mut bytes = valid.clone();
+                match rng.random_range(0..3) {
+                    0 => {
+                        let i = rng.random_range(0..bytes.len());
+                        bytes[i] = rng.random();
+                    }
+                    1 => bytes.truncate(rng.random_range(0..bytes.len())),
+                    _ => {
+                        bytes = vec![FORMAT_VERSION; rng.random_range(1..64)];
+                        rng.fill(&mut bytes[1..]);
+                    }
+                }
+                let _ = decode::<InodeRecord>(&bytes);
+                let _ = decode::<BlockRecord>(&bytes);
+                let _ = decode::<CallRecord>(&bytes);
+                let _ = decode::<ClientRecord>(&bytes);
+                let _ = decode::<VolumeState>(&bytes);
+            }
+        }
     }
 }
