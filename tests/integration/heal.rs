@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 const MIB: usize = 1 << 20;
 
-fn cli_json<T: serde::de::DeserializeOwned>(cluster: &ProcessCluster, args: &[&str]) -> T {
+pub(crate) fn cli_json<T: serde::de::DeserializeOwned>(
+    cluster: &ProcessCluster,
+    args: &[&str],
+) -> T {
     let out = cluster.cli().arg("--json").args(args).output().unwrap();
     assert!(
         out.status.success(),
@@ -24,12 +27,12 @@ fn cli_json<T: serde::de::DeserializeOwned>(cluster: &ProcessCluster, args: &[&s
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn status(cluster: &ProcessCluster) -> ClusterStatus {
+pub(crate) fn status(cluster: &ProcessCluster) -> ClusterStatus {
     cli_json(cluster, &["cluster", "status"])
 }
 
 /// Polls `cond` until it holds, failing with `what` and the logs after `limit`.
-fn wait_until(
+pub(crate) fn wait_until(
     cluster: &ProcessCluster,
     limit: Duration,
     what: &str,
@@ -44,7 +47,7 @@ fn wait_until(
 
 /// Waits until every referenced block has all its shards on live servers, as seen by a repair
 /// scan that started after this call (earlier scans may predate what the test just did).
-fn wait_fully_healthy(cluster: &ProcessCluster, limit: Duration) -> ClusterStatus {
+pub(crate) fn wait_fully_healthy(cluster: &ProcessCluster, limit: Duration) -> ClusterStatus {
     let base = status(cluster).repair.scans;
     let mut last = None;
     wait_until(

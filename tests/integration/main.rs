@@ -8,6 +8,7 @@ mod deploy;
 mod faults;
 mod heal;
 mod integrity;
+mod model;
 mod mount;
 mod namespace;
 mod observe;

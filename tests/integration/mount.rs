@@ -10,7 +10,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub(crate) fn cluster_with_volume() -> ProcessCluster {
-    let cluster = ProcessCluster::start(6);
+    cluster_with_volume_on(6)
+}
+
+/// `chunk_servers` servers and a 4+2 volume named `default`.
+pub(crate) fn cluster_with_volume_on(chunk_servers: usize) -> ProcessCluster {
+    let cluster = ProcessCluster::start(chunk_servers);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = cluster
