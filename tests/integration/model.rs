@@ -319,7 +319,7 @@ fn seed() -> u64 {
     std::env::var("DFS_MODEL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_0f_df5)
+        .unwrap_or(25_481_510_389)
 }
 
 /// A file of `LOG_EXTENTS` separate 97-byte records (3-byte holes between them), written
