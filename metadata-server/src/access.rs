@@ -53,6 +53,7 @@ pub enum Need {
     Write(Target),
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     Inode(InodeId),
     Block(BlockId),

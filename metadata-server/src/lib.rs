@@ -131,6 +131,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         locks::LockTable::new(config.lock_lease),
         repair,
         ops,
+        config.faults.clone(),
     )?);
     tracing::info!(%addr, data = %config.data_dir.display(), "metadata server listening");
     let task = tokio::spawn(async move {

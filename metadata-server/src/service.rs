@@ -12,6 +12,7 @@ use crate::store::schema::{decode, BlockRecord};
 use crate::store::tables::{get_inode, get_volume_by_id, get_volume_state, ReadTables};
 use crate::store::{self, Committer, DbResult};
 use dfs_common::codec::MAX_FRAME;
+use dfs_common::fault::Faults;
 use dfs_common::metrics::OpMetrics;
 use dfs_common::net::server::{PeerInfo, Response, Service};
 use dfs_common::net::tls::Principal;
@@ -31,6 +32,7 @@ pub struct MetaService {
     membership: Arc<Membership>,
     locks: LockTable,
     repair: Arc<Repair>,
+    faults: Faults,
 }
 
 impl MetaService {
@@ -41,6 +43,7 @@ impl MetaService {
         locks: LockTable,
         repair: Arc<Repair>,
         ops: OpMetrics,
+        faults: Faults,
     ) -> FsResult<Self> {
         let clients = ClientRegistry::default();
         clients.reload(&ReadTables::open(&store::read(&db)?)?)?;
@@ -52,6 +55,7 @@ impl MetaService {
             membership,
             locks,
             repair,
+            faults,
         })
     }
 
@@ -95,6 +99,10 @@ impl MetaService {
             Need::Read(target) => (target, false),
             Need::Write(target) => (target, true),
         };
+        if target == Target::VolumeList {
+            // Filtered to the client's own volumes in the reply.
+            return Ok(Some(grants));
+        }
         if let Target::Volume(name) = &target {
             // Do not tell a client whether a volume it may not use exists.
             let name = name.clone();
@@ -110,14 +118,19 @@ impl MetaService {
             };
         }
         let second = access::second_inode(request);
+        // Inode and block ids are never reused and never change volume, so a target that
+        // exists now is in the volume checked here when the request applies. A target that
+        // does not exist yet is refused: it could be created in another volume meanwhile.
         let volumes = self
             .query(move |t| {
-                let first = access::volume_of(t, &target)?;
+                let first = access::volume_of(t, &target)?.ok_or(FsError::NotFound)?;
                 let second = match second {
-                    Some(ino) => access::volume_of(t, &Target::Inode(ino))?,
+                    Some(ino) => {
+                        Some(access::volume_of(t, &Target::Inode(ino))?.ok_or(FsError::NotFound)?)
+                    }
                     None => None,
                 };
-                Ok([first, second])
+                Ok([Some(first), second])
             })
             .await?;
         for volume in volumes.into_iter().flatten() {
@@ -445,6 +458,10 @@ impl Service for MetaService {
     ) -> Response<MetaReply> {
         let MetaCall { id, request } = call;
         let grants = self.authorize(&peer.principal, &request).await?;
+        if self.faults.is_enabled() {
+            let point = format!("meta.after_authorize.{}", request.name());
+            self.faults.hit(&point).await?;
+        }
         let mut reply = self.dispatch(request, id).await?;
         if let (Some(grants), MetaReply::Volumes(volumes)) = (grants, &mut reply) {
             volumes.retain(|v| grants.iter().any(|g| g.volume == v.id));

@@ -7,7 +7,8 @@ use dfs_client::client::ClientOptions;
 use dfs_client::Client;
 use dfs_common::fault::Action;
 use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ShardKey};
-use dfs_common::proto::meta::{VolumeInfo, RENAME_EXCHANGE};
+use dfs_common::net::tls::{issue, Fingerprint, Identity, Role};
+use dfs_common::proto::meta::{FileKind, VolumeInfo, RENAME_EXCHANGE};
 use dfs_common::proto::MAX_LAYOUT_EXTENTS;
 use dfs_common::{FsError, InodeId, ServerId};
 use dfs_tests::{random_bytes, wait_for, TestCluster};
@@ -340,4 +341,57 @@ async fn retried_mutations_whose_replies_were_lost_apply_once() {
     assert_eq!(client.lookup(root, "a").await, Err(FsError::NotFound));
     assert_eq!(lost("Unlink"), 2);
     assert_eq!(lost("Rename"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_reach_an_inode_created_in_another_volume_after_its_check() {
+    let cluster = TestCluster::start(6).await;
+    let faults = cluster.faults.clone();
+    let admin = cluster.client().await;
+    let a = cluster.volume(&admin, "a", "4+2", MIB).await;
+    let b = cluster.volume(&admin, "b", "4+2", MIB).await;
+    // Alice may use volume a only.
+    let pair = issue(&cluster.certs.ca, "alice", Role::Client, &[]).unwrap();
+    let fingerprint = Fingerprint::of_pem(&pair.cert_pem).unwrap();
+    admin
+        .add_client("alice", fingerprint.0, vec![("a".into(), true)])
+        .await
+        .unwrap();
+    let identity = Identity::from_pairs(&cluster.certs.ca, &pair).unwrap();
+    let alice = Client::connect(cluster.meta_addr, &identity, ClientOptions::default())
+        .await
+        .unwrap();
+    // Inode ids are global and sequential: the next one is predictable.
+    let probe = admin
+        .make_node(a.root, "probe", FileKind::File, 0o644, 0, 0, 0)
+        .await
+        .unwrap();
+    let next = InodeId(probe.ino.0 + 1);
+    // Alice names that inode before it exists; her request stops after its access check...
+    let point = "meta.after_authorize.SetXattr";
+    faults.arm(point, Action::Pause);
+    let mut attempt =
+        tokio::spawn(async move { alice.setxattr(next, "user.planted", b"x", 0).await });
+    let refused_at_once = tokio::select! {
+        result = &mut attempt => Some(result.unwrap()),
+        hit = faults.wait_hit(point, 1, WAIT) => { hit.unwrap(); None }
+    };
+    let paused = refused_at_once.is_none();
+    // ...while the inode comes to life in volume b.
+    let victim = admin
+        .make_node(b.root, "victim", FileKind::File, 0o644, 0, 0, 0)
+        .await
+        .unwrap();
+    assert_eq!(victim.ino, next);
+    faults.disarm(point);
+    let result = match refused_at_once {
+        Some(result) => result,
+        None => attempt.await.unwrap(),
+    };
+    assert_eq!(result, Err(FsError::NotFound), "paused after the check: {paused}");
+    assert_eq!(
+        admin.getxattr(victim.ino, "user.planted").await,
+        Err(FsError::NoAttribute),
+        "a client of volume a changed an inode of volume b"
+    );
 }
