@@ -58,6 +58,8 @@ pub enum FsError {
     Deadlock,
     #[error("interrupted")]
     Interrupted,
+    #[error("file locks lost: {0}")]
+    LocksLost(String),
     #[error("disk quota exceeded: {0}")]
     QuotaExceeded(String),
     #[error("access denied: {0}")]
@@ -106,6 +108,7 @@ impl FsError {
             FsError::Locked => 11,            // EAGAIN
             FsError::Deadlock => 35,          // EDEADLK
             FsError::Interrupted => 4,        // EINTR
+            FsError::LocksLost(_) => 5,       // EIO
             FsError::QuotaExceeded(_) => 122, // EDQUOT
             FsError::Denied(_) => 13,         // EACCES
         }

@@ -84,9 +84,14 @@ impl LockTable {
         range: LockRange,
         kind: LockKind,
         wait: bool,
+        holding: bool,
     ) -> FsResult<()> {
         check_range(&range)?;
         let mut state = self.lock_state();
+        state.expire(self.lease);
+        if holding && !state.sessions.contains_key(&owner.session) {
+            return Err(lost(owner.session));
+        }
         state.renew(owner.session, self.lease);
         let me = key(&owner);
         let held = state.files.entry(ino).or_default();
@@ -195,8 +200,16 @@ impl LockTable {
         }
     }
 
-    pub fn renew(&self, session: u64) {
-        self.lock_state().renew(session, self.lease);
+    /// Extends the lease of a session that holds locks; `LocksLost` if the session is unknown
+    /// (expired, or the server restarted since it took them).
+    pub fn renew(&self, session: u64) -> FsResult<()> {
+        let mut state = self.lock_state();
+        state.expire(self.lease);
+        if !state.sessions.contains_key(&session) {
+            return Err(lost(session));
+        }
+        state.renew(session, self.lease);
+        Ok(())
     }
 
     /// Locks currently held, for status displays and tests.
@@ -264,6 +277,12 @@ impl State {
     }
 }
 
+fn lost(session: u64) -> FsError {
+    FsError::LocksLost(format!(
+        "lock session {session:016x} expired or the metadata server restarted; its locks may be held by others now"
+    ))
+}
+
 fn check_range(range: &LockRange) -> FsResult<()> {
     if range.start > range.end {
         return Err(FsError::invalid("lock range ends before it starts"));
@@ -327,17 +346,18 @@ mod tests {
     fn readers_share_and_writers_exclude() {
         let t = LockTable::new(DEFAULT_LEASE);
         let (a, b) = (owner(1, 1), owner(2, 1));
-        t.set(FILE, a, range(0, 99), LockKind::Read, false).unwrap();
-        t.set(FILE, b, range(50, 150), LockKind::Read, false)
+        t.set(FILE, a, range(0, 99), LockKind::Read, false, false)
+            .unwrap();
+        t.set(FILE, b, range(50, 150), LockKind::Read, false, false)
             .unwrap();
         assert_eq!(
-            t.set(FILE, b, range(0, 10), LockKind::Write, false),
+            t.set(FILE, b, range(0, 10), LockKind::Write, false, false),
             Err(FsError::Locked)
         );
         // Past a's range b may write; other files are independent.
-        t.set(FILE, b, range(100, 200), LockKind::Write, false)
+        t.set(FILE, b, range(100, 200), LockKind::Write, false, false)
             .unwrap();
-        t.set(InodeId(8), b, range(0, 10), LockKind::Write, false)
+        t.set(InodeId(8), b, range(0, 10), LockKind::Write, false, false)
             .unwrap();
         let seen = t.test(FILE, a, range(120, 130), LockKind::Read).unwrap();
         assert_eq!(seen.map(|c| (c.range, c.pid)), Some((range(100, 200), 1)));
@@ -347,23 +367,25 @@ mod tests {
     fn unlock_splits_and_conversion_replaces() {
         let t = LockTable::new(DEFAULT_LEASE);
         let (a, b) = (owner(1, 1), owner(1, 2));
-        t.set(FILE, a, range(0, 99), LockKind::Write, false)
+        t.set(FILE, a, range(0, 99), LockKind::Write, false, false)
             .unwrap();
-        t.set(FILE, a, range(40, 59), LockKind::Unlock, false)
+        t.set(FILE, a, range(40, 59), LockKind::Unlock, false, false)
             .unwrap();
         assert_eq!(t.count(), 2);
         // The hole is free for another owner of the same session; the rest is not.
-        t.set(FILE, b, range(40, 59), LockKind::Write, false)
+        t.set(FILE, b, range(40, 59), LockKind::Write, false, false)
             .unwrap();
         assert_eq!(
-            t.set(FILE, b, range(39, 40), LockKind::Write, false),
+            t.set(FILE, b, range(39, 40), LockKind::Write, false, false),
             Err(FsError::Locked)
         );
         // a converts part of its write lock to a read lock: b may now read there.
-        t.set(FILE, a, range(0, 39), LockKind::Read, false).unwrap();
-        t.set(FILE, b, range(0, 39), LockKind::Read, false).unwrap();
+        t.set(FILE, a, range(0, 39), LockKind::Read, false, false)
+            .unwrap();
+        t.set(FILE, b, range(0, 39), LockKind::Read, false, false)
+            .unwrap();
         assert_eq!(
-            t.set(FILE, b, range(60, 60), LockKind::Read, false),
+            t.set(FILE, b, range(60, 60), LockKind::Read, false, false),
             Err(FsError::Locked)
         );
     }
@@ -372,19 +394,19 @@ mod tests {
     fn close_and_session_end_release() {
         let t = LockTable::new(DEFAULT_LEASE);
         let (a1, a2, b) = (owner(1, 1), owner(1, 2), owner(2, 1));
-        t.set(FILE, a1, range(0, u64::MAX), LockKind::Write, false)
+        t.set(FILE, a1, range(0, u64::MAX), LockKind::Write, false, false)
             .unwrap();
-        t.set(InodeId(8), a2, range(0, 0), LockKind::Write, false)
+        t.set(InodeId(8), a2, range(0, 0), LockKind::Write, false, false)
             .unwrap();
         t.release(Some(FILE), a1);
-        t.set(FILE, b, range(0, 10), LockKind::Write, false)
+        t.set(FILE, b, range(0, 10), LockKind::Write, false, false)
             .unwrap();
         assert_eq!(
-            t.set(InodeId(8), b, range(0, 0), LockKind::Read, false),
+            t.set(InodeId(8), b, range(0, 0), LockKind::Read, false, false),
             Err(FsError::Locked)
         );
         t.release(None, a1);
-        t.set(InodeId(8), b, range(0, 0), LockKind::Read, false)
+        t.set(InodeId(8), b, range(0, 0), LockKind::Read, false, false)
             .unwrap();
     }
 
@@ -392,16 +414,18 @@ mod tests {
     fn expired_leases_drop_locks() {
         let t = LockTable::new(Duration::from_millis(50));
         let (a, b) = (owner(1, 1), owner(2, 1));
-        t.set(FILE, a, range(0, 10), LockKind::Write, false)
+        t.set(FILE, a, range(0, 10), LockKind::Write, false, false)
             .unwrap();
         assert!(t
-            .set(FILE, b, range(0, 10), LockKind::Write, false)
+            .set(FILE, b, range(0, 10), LockKind::Write, false, false)
             .is_err());
         // b keeps renewing while a is silent.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            t.renew(b.session);
-            if t.set(FILE, b, range(0, 10), LockKind::Write, false).is_ok() {
+            t.renew(b.session).unwrap();
+            if t.set(FILE, b, range(0, 10), LockKind::Write, false, false)
+                .is_ok()
+            {
                 break;
             }
             assert!(Instant::now() < deadline, "lease never expired");
@@ -414,7 +438,14 @@ mod tests {
     fn inverted_ranges_are_refused() {
         let t = LockTable::new(DEFAULT_LEASE);
         assert!(matches!(
-            t.set(FILE, owner(1, 1), range(5, 4), LockKind::Write, false),
+            t.set(
+                FILE,
+                owner(1, 1),
+                range(5, 4),
+                LockKind::Write,
+                false,
+                false
+            ),
             Err(FsError::Invalid(_))
         ));
     }
@@ -425,27 +456,49 @@ mod tests {
         // Three owners on two clients: a holds 0, b holds 1, c holds 2.
         let (a, b, c) = (owner(1, 1), owner(2, 1), owner(2, 2));
         for (o, at) in [(a, 0), (b, 1), (c, 2)] {
-            t.set(FILE, o, range(at, at), LockKind::Write, true)
+            t.set(FILE, o, range(at, at), LockKind::Write, true, false)
                 .unwrap();
         }
         // a waits for b, b for c: a chain, no cycle.
-        let wait = |o, at| t.set(FILE, o, range(at, at), LockKind::Write, true);
+        let wait = |o, at| t.set(FILE, o, range(at, at), LockKind::Write, true, false);
         assert_eq!(wait(a, 1), Err(FsError::Locked));
         assert_eq!(wait(b, 2), Err(FsError::Locked));
         // c waiting for a would close a -> b -> c -> a.
         assert_eq!(wait(c, 0), Err(FsError::Deadlock));
         // A non-blocking attempt is only ever Locked.
         assert_eq!(
-            t.set(FILE, c, range(0, 0), LockKind::Write, false),
+            t.set(FILE, c, range(0, 0), LockKind::Write, false, false),
             Err(FsError::Locked)
         );
         // Once a stops waiting, the same wait is no deadlock.
         t.cancel_wait(a);
         assert_eq!(wait(c, 0), Err(FsError::Locked));
         // A released lock unblocks its waiter, which leaves the graph.
-        t.set(FILE, b, range(1, 1), LockKind::Unlock, false)
+        t.set(FILE, b, range(1, 1), LockKind::Unlock, false, false)
             .unwrap();
         t.cancel_wait(b);
-        t.set(FILE, a, range(1, 1), LockKind::Write, true).unwrap();
+        t.set(FILE, a, range(1, 1), LockKind::Write, true, false)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_session_that_lost_its_locks_is_told_so() {
+        let t = LockTable::new(Duration::from_millis(50));
+        let (a, b) = (owner(1, 1), owner(2, 1));
+        t.set(FILE, a, range(0, 9), LockKind::Write, false, false)
+            .unwrap();
+        t.renew(1).unwrap();
+        std::thread::sleep(Duration::from_millis(120));
+        // a's lease ran out: b takes the lock, and a hears of its loss at its next call.
+        t.set(FILE, b, range(0, 9), LockKind::Write, false, false)
+            .unwrap();
+        assert!(matches!(t.renew(1), Err(FsError::LocksLost(_))));
+        assert!(matches!(
+            t.set(FILE, a, range(20, 29), LockKind::Write, false, true),
+            Err(FsError::LocksLost(_))
+        ));
+        // A client that knows it holds nothing starts afresh.
+        t.set(FILE, a, range(20, 29), LockKind::Write, false, false)
+            .unwrap();
     }
 }

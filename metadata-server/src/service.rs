@@ -291,13 +291,14 @@ impl MetaService {
                 range,
                 kind,
                 wait,
+                holding,
             } => {
                 // Only files that exist can be locked; anything can be unlocked.
                 if kind != LockKind::Unlock {
                     self.query(move |t| get_inode(&t.inodes, ino).map(drop))
                         .await?;
                 }
-                self.locks.set(ino, owner, range, kind, wait)?;
+                self.locks.set(ino, owner, range, kind, wait, holding)?;
                 Ok(MetaReply::Done)
             }
             MetaRequest::CancelLockWait { owner } => {
@@ -377,7 +378,7 @@ impl MetaService {
                 ))
             }
             MetaRequest::RenewSession { session } => {
-                self.locks.renew(session);
+                self.locks.renew(session)?;
                 Ok(MetaReply::Done)
             }
             MetaRequest::AddClient { .. } | MetaRequest::RevokeClient { .. } => {

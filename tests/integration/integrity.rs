@@ -6,9 +6,9 @@
 use dfs_client::client::ClientOptions;
 use dfs_client::Client;
 use dfs_common::fault::Action;
-use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ShardKey};
 use dfs_common::net::tls::{issue, Fingerprint, Identity, Role};
-use dfs_common::proto::meta::{FileKind, VolumeInfo, RENAME_EXCHANGE};
+use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ShardKey};
+use dfs_common::proto::meta::{FileKind, LockKind, LockRange, VolumeInfo, RENAME_EXCHANGE};
 use dfs_common::proto::MAX_LAYOUT_EXTENTS;
 use dfs_common::{FsError, InodeId, ServerId};
 use dfs_tests::{random_bytes, wait_for, TestCluster};
@@ -388,10 +388,56 @@ async fn a_client_cannot_reach_an_inode_created_in_another_volume_after_its_chec
         Some(result) => result,
         None => attempt.await.unwrap(),
     };
-    assert_eq!(result, Err(FsError::NotFound), "paused after the check: {paused}");
+    assert_eq!(
+        result,
+        Err(FsError::NotFound),
+        "paused after the check: {paused}"
+    );
     assert_eq!(
         admin.getxattr(victim.ino, "user.planted").await,
         Err(FsError::NoAttribute),
         "a client of volume a changed an inode of volume b"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_locks_expired_is_told_instead_of_sharing_them() {
+    // A one-second lease, shorter than the clients' five-second renewal: a client that holds
+    // a lock loses it as one cut off by a partition would.
+    let cluster = TestCluster::start_with(6, |c| c.lock_lease = Duration::from_secs(1)).await;
+    let a = cluster.client().await;
+    let b = cluster.client().await;
+    let volume = cluster.volume(&a, "v", "4+2", MIB).await;
+    let ino = write_file(&a, &volume, "locked", b"0123456789").await;
+    let range = LockRange { start: 0, end: 9 };
+    a.set_lock(ino, 1, 100, range, LockKind::Write, false)
+        .await
+        .unwrap();
+    let mut file = a.open(ino).await.unwrap();
+    // Once the lease has run out, another client gets the lock...
+    wait_for(
+        "the lock to become free for another client",
+        WAIT,
+        || async {
+            b.set_lock(ino, 7, 200, range, LockKind::Write, false)
+                .await
+                .ok()
+        },
+    )
+    .await;
+    // ...and the first one is told, at its next lock call and on the file's I/O (EIO), instead
+    // of believing it still holds the lock.
+    let next = LockRange { start: 20, end: 29 };
+    let lost = a.set_lock(ino, 1, 100, next, LockKind::Write, false).await;
+    assert!(matches!(lost, Err(FsError::LocksLost(_))), "{lost:?}");
+    let read = file.read(0, 10).await;
+    assert!(matches!(&read, Err(FsError::LocksLost(_))), "{read:?}");
+    assert_eq!(read.unwrap_err().errno(), libc::EIO);
+    assert!(matches!(
+        file.write(0, b"x").await,
+        Err(FsError::LocksLost(_))
+    ));
+    // Closing the descriptor that held the lock ends it; the file is usable again.
+    a.release_locks(ino, 1).await.unwrap();
+    assert_eq!(file.read(0, 10).await.unwrap(), b"0123456789");
 }

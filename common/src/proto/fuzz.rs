@@ -147,6 +147,7 @@ fn metadata_requests_and_replies() {
             range: LockRange { start: 0, end: 9 },
             kind: LockKind::Write,
             wait: true,
+            holding: false,
         }),
         MetaCall::untracked(MetaRequest::SetXattr {
             ino: InodeId(1),

@@ -538,6 +538,11 @@ pub enum MetaRequest {
         /// the server records whom it waits for, and answers `Deadlock` instead of `Locked`
         /// when the wait would close a cycle of waiters, across every client.
         wait: bool,
+        /// The client believes its session holds locks. If the server does not know the
+        /// session (its lease ran out, or the server restarted), those locks are gone and
+        /// maybe held by others: the request fails with `LocksLost` instead of quietly
+        /// starting a new session.
+        holding: bool,
     },
     /// The owner stopped waiting for a lock (interrupted, or its file closed).
     CancelLockWait {
@@ -555,7 +560,8 @@ pub enum MetaRequest {
         ino: Option<InodeId>,
         owner: LockOwner,
     },
-    /// Keeps a client session's locks alive for another lease period.
+    /// Keeps a client session's locks alive for another lease period; `LocksLost` if the
+    /// server no longer knows the session (its locks are gone).
     RenewSession {
         session: u64,
     },

@@ -156,6 +156,7 @@ impl FileHandle {
 
     /// Buffers `data` at `offset`; full blocks start uploading at once.
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<usize> {
+        self.client.check_locks(self.ino)?;
         self.reserve_growth(offset, data.len()).await?;
         let offset = self.place_write(offset, data.len());
         let end = Self::end_of(offset, data.len())?;
@@ -169,6 +170,7 @@ impl FileHandle {
     /// the parity ([`FileHandle::write_buffer`]) and it is not even reallocated.
     pub async fn write_owned(&mut self, offset: u64, data: Vec<u8>) -> FsResult<usize> {
         let len = data.len();
+        self.client.check_locks(self.ino)?;
         self.reserve_growth(offset, len).await?;
         let offset = self.place_write(offset, len);
         let end = Self::end_of(offset, len)?;
@@ -345,6 +347,7 @@ impl FileHandle {
 
     /// Reads up to `len` bytes at `offset`, seeing this handle's own writes.
     pub async fn read(&mut self, offset: u64, len: u64) -> FsResult<Vec<u8>> {
+        self.client.check_locks(self.ino)?;
         if !self.dirty.is_empty() || !self.uploads.is_empty() || !self.uploaded.is_empty() {
             self.flush().await?;
         }

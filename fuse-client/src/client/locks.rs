@@ -7,7 +7,7 @@ use super::{expect_reply, Client};
 use dfs_common::proto::meta::{
     LockConflict, LockKind, LockOwner, LockRange, MetaReply, MetaRequest,
 };
-use dfs_common::{FsResult, InodeId};
+use dfs_common::{FsError, FsResult, InodeId};
 use std::collections::HashSet;
 use std::sync::{Mutex, Weak};
 use std::time::Duration;
@@ -15,10 +15,16 @@ use std::time::Duration;
 /// How often a client holding locks renews its lease (the server's lease is at least 15 s).
 pub const RENEW_EVERY: Duration = Duration::from_secs(5);
 
-/// This client's lock session: its id and the (file, owner) pairs that may hold locks.
+/// This client's lock session: its id, the (file, owner) pairs that may hold locks, and the
+/// files whose locks were lost.
 pub(crate) struct LockSession {
     pub(crate) id: u64,
     held: Mutex<HashSet<(InodeId, u64)>>,
+    /// Files on which this client held locks when it learned that its session was gone (a
+    /// lease that ran out during a partition, a metadata-server restart): another client may
+    /// hold those locks now, so I/O on them fails with EIO until the locking descriptors are
+    /// closed, as NFSv4 clients do.
+    lost: Mutex<HashSet<InodeId>>,
 }
 
 impl LockSession {
@@ -26,11 +32,28 @@ impl LockSession {
         LockSession {
             id: rand::random(),
             held: Mutex::new(HashSet::new()),
+            lost: Mutex::new(HashSet::new()),
         }
     }
 
     fn holds_any(&self) -> bool {
         !self.held.lock().expect("lock set").is_empty()
+    }
+
+    /// The session is gone at the server: every lock this client held is lost.
+    fn all_lost(&self) {
+        let held = std::mem::take(&mut *self.held.lock().expect("lock set"));
+        if held.is_empty() {
+            return;
+        }
+        tracing::error!(
+            files = held.len(),
+            "file locks lost (lease expired or the metadata server restarted): I/O on those files fails until they are closed"
+        );
+        self.lost
+            .lock()
+            .expect("lost set")
+            .extend(held.into_iter().map(|(ino, _)| ino));
     }
 }
 
@@ -56,23 +79,46 @@ impl Client {
         kind: LockKind,
         wait: bool,
     ) -> FsResult<()> {
-        if kind != LockKind::Unlock {
-            // Recorded first, so that a close racing with this call releases it.
-            self.inner
-                .locks
-                .held
-                .lock()
-                .expect("lock set")
-                .insert((ino, owner));
-        }
+        self.check_locks(ino)?;
+        let holding = {
+            let mut held = self.inner.locks.held.lock().expect("lock set");
+            let holding = !held.is_empty();
+            if kind != LockKind::Unlock {
+                // Recorded first, so that a close racing with this call releases it.
+                held.insert((ino, owner));
+            }
+            holding
+        };
         let request = MetaRequest::SetLock {
             ino,
             owner: self.lock_owner(owner, pid),
             range,
             kind,
             wait,
+            holding,
         };
-        expect_done(self.call(&request).await?)
+        let reply = self.call(&request).await;
+        if let Err(FsError::LocksLost(_)) = &reply {
+            self.inner.locks.all_lost();
+        }
+        expect_done(reply?)
+    }
+
+    /// Fails with `LocksLost` (EIO) while `ino`'s locks are lost; see [`LockSession`].
+    pub fn check_locks(&self, ino: InodeId) -> FsResult<()> {
+        if self
+            .inner
+            .locks
+            .lost
+            .lock()
+            .expect("lost set")
+            .contains(&ino)
+        {
+            return Err(FsError::LocksLost(format!(
+                "the locks held on inode {ino} were lost; close and reopen the file"
+            )));
+        }
+        Ok(())
     }
 
     /// Leaves the wait-for graph after waiting for a lock ended without it.
@@ -102,7 +148,9 @@ impl Client {
     }
 
     /// Drops every lock `owner` holds on `ino` (at close). Costs nothing when it holds none.
+    /// A close also ends the EIO state of a file whose locks were lost.
     pub async fn release_locks(&self, ino: InodeId, owner: u64) -> FsResult<()> {
+        self.inner.locks.lost.lock().expect("lost set").remove(&ino);
         let held = self
             .inner
             .locks
@@ -135,8 +183,10 @@ pub(crate) async fn renew_leases(client: Weak<super::Inner>) {
         let request = MetaRequest::RenewSession {
             session: client.inner.locks.id,
         };
-        if let Err(e) = client.call(&request).await {
-            tracing::warn!("renewing the lock lease: {e}");
+        match client.call(&request).await {
+            Ok(_) => {}
+            Err(FsError::LocksLost(_)) => client.inner.locks.all_lost(),
+            Err(e) => tracing::warn!("renewing the lock lease: {e}"),
         }
     }
 }
