@@ -18,6 +18,9 @@ use tokio::sync::Semaphore;
 
 /// Memory allowed for shard bodies being received at once; further puts wait their turn.
 const RECEIVE_BUDGET: u64 = 512 * 1024 * 1024;
+/// Memory allowed for shard data read for replies and not yet acknowledged by their readers;
+/// further reads wait their turn.
+const SEND_BUDGET: u64 = 512 * 1024 * 1024;
 /// Unit of the receive budget, so permits fit a u32.
 const BUDGET_UNIT: u64 = 64 * 1024;
 
@@ -26,6 +29,7 @@ pub struct ChunkService {
     store: Arc<ShardStore>,
     capacity: Option<u64>,
     receive_budget: Semaphore,
+    send_budget: Arc<Semaphore>,
     /// Connections to other chunk servers, for rebuilds.
     peers: Arc<ChunkPool>,
     scrubber: Arc<Scrubber>,
@@ -34,6 +38,18 @@ pub struct ChunkService {
     /// Bytes of shards accepted but not yet on disk, so that concurrent writes cannot
     /// together overfill the server.
     reserved: Mutex<u64>,
+}
+
+/// Shard bytes on their way out, holding their share of the send budget.
+struct Budgeted {
+    data: bytes::Bytes,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
 }
 
 /// Space held for one incoming shard until it is stored (or fails).
@@ -63,6 +79,7 @@ impl ChunkService {
             store,
             capacity,
             receive_budget: Semaphore::new((RECEIVE_BUDGET / BUDGET_UNIT) as usize),
+            send_budget: Arc::new(Semaphore::new((SEND_BUDGET / BUDGET_UNIT) as usize)),
             peers,
             scrubber,
             access,
@@ -166,14 +183,22 @@ impl Service for ChunkService {
                         .check(principal, header.owner.volume, false)
                         .await?;
                 }
+                // The permit travels with the bytes and is returned when the transport has
+                // sent them and dropped its copy.
+                let permit = self
+                    .send_budget
+                    .clone()
+                    .acquire_many_owned((len / BUDGET_UNIT + 1) as u32)
+                    .await
+                    .map_err(|_| FsError::unavailable("shutting down"))?;
                 let data = self.blocking(move |s| s.get(&key, offset, len)).await?;
                 self.metrics.bytes_out.inc_by(data.len() as u64);
-                Ok((
-                    ChunkReply::Data {
-                        len: data.len() as u64,
-                    },
-                    Some(data),
-                ))
+                let len = data.len() as u64;
+                let data = bytes::Bytes::from_owner(Budgeted {
+                    data,
+                    _permit: permit,
+                });
+                Ok((ChunkReply::Data { len }, Some(data)))
             }
             ChunkRequest::Delete { key } => {
                 self.access.privileged(principal)?;

@@ -67,7 +67,7 @@ pub fn need(request: &MetaRequest) -> Need {
     use Target::*;
     match request {
         R::ListVolumes => Need::Read(VolumeList),
-        R::GetVolume { name } | R::VolumeUsage { name } => Need::Read(Volume(name.clone())),
+        R::GetVolume { name } => Need::Read(Volume(name.clone())),
         R::Lookup { parent: ino, .. }
         | R::GetAttr { ino }
         | R::ReadLink { ino }

@@ -11,7 +11,6 @@ use crate::state_machine::Command;
 use crate::store::schema::{decode, BlockRecord};
 use crate::store::tables::{get_inode, get_volume_by_id, get_volume_state, ReadTables};
 use crate::store::{self, Committer, DbResult};
-use dfs_common::codec::MAX_FRAME;
 use dfs_common::fault::Faults;
 use dfs_common::metrics::OpMetrics;
 use dfs_common::net::server::{PeerInfo, Response, Service};
@@ -440,7 +439,9 @@ fn answer(t: &ReadTables, request: MetaRequest) -> FsResult<MetaReply> {
 impl Service for MetaService {
     type Request = MetaCall;
     type Reply = MetaReply;
-    const MAX_REQUEST: usize = MAX_FRAME;
+    /// The largest real requests (a commit of 1,024 extents, a 64 KiB xattr, a check of
+    /// 4,096 shards) are far below this.
+    const MAX_REQUEST: usize = 256 * 1024;
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
     fn op_name(call: &MetaCall) -> &'static str {

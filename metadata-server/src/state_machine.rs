@@ -27,6 +27,10 @@ use dfs_common::{BlockId, FsError, FsResult, InodeId, ServerId, Timestamp};
 use redb::{ReadableTable, WriteTransaction};
 use std::collections::BTreeMap;
 
+/// Extended attributes one inode may have, and their names and values together in bytes.
+pub const MAX_XATTRS_PER_INODE: usize = 1024;
+pub const MAX_XATTR_BYTES_PER_INODE: usize = 1 << 20;
+
 /// Smallest block size a volume may use.
 pub const MIN_BLOCK_SIZE: u64 = 64 * 1024;
 
@@ -605,6 +609,20 @@ fn set_xattr(
     }
     if flags & XATTR_REPLACE != 0 && !exists {
         return Err(FsError::NoAttribute);
+    }
+    // Bounded per inode, like a local file system's xattr space: ENOSPC when full.
+    let (mut count, mut bytes) = (1usize, name.len() + value.len());
+    for item in t.xattrs.range((ino.0, "")..(ino.0 + 1, "")).db()? {
+        let (k, v) = item.db()?;
+        if k.value().1 != name {
+            count += 1;
+            bytes += k.value().1.len() + v.value().len();
+        }
+    }
+    if count > MAX_XATTRS_PER_INODE || bytes > MAX_XATTR_BYTES_PER_INODE {
+        return Err(FsError::NoSpace(format!(
+            "extended attributes of inode {ino} are full ({MAX_XATTRS_PER_INODE} names, {MAX_XATTR_BYTES_PER_INODE} bytes at most)"
+        )));
     }
     t.xattrs.insert((ino.0, name), value).db()?;
     rec.ctime = now;

@@ -441,3 +441,51 @@ async fn a_client_whose_locks_expired_is_told_instead_of_sharing_them() {
     a.release_locks(ino, 1).await.unwrap();
     assert_eq!(file.read(0, 10).await.unwrap(), b"0123456789");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_writes_of_many_files_stay_within_the_client_budget() {
+    let cluster = TestCluster::start(6).await;
+    let budget = 8 * MIB as usize;
+    let client = cluster
+        .client_with(ClientOptions {
+            max_dirty_total: budget,
+            max_upload_bytes: 16 * MIB as usize,
+            ..ClientOptions::default()
+        })
+        .await;
+    let volume = cluster.volume(&client, "v", "4+2", 4 * MIB).await;
+    // Six files, 3 MiB each in 64 KiB writes: under a block each, so nothing is uploaded for
+    // being full; together they would hold 18 MiB.
+    let mut files = Vec::new();
+    let mut contents = Vec::new();
+    for i in 0..6 {
+        files.push(
+            client
+                .create(volume.root, &format!("f{i}"), 0o644, 0, 0)
+                .await
+                .unwrap(),
+        );
+        contents.push(random_bytes(3 * MIB as usize, 100 + i as u64));
+    }
+    let piece = 64 * 1024;
+    let mut most = 0;
+    for at in (0..3 * MIB as usize).step_by(piece) {
+        for (f, data) in files.iter_mut().zip(&contents) {
+            f.write(at as u64, &data[at..at + piece]).await.unwrap();
+            most = most.max(client.dirty_bytes());
+        }
+    }
+    assert!(
+        most <= budget + piece,
+        "{most} bytes buffered, budget {budget}"
+    );
+    let mut inos = Vec::new();
+    for f in files {
+        inos.push(f.ino());
+        f.close().await.unwrap();
+    }
+    assert_eq!(client.dirty_bytes(), 0);
+    for (ino, data) in inos.into_iter().zip(&contents) {
+        assert!(client.read_range(ino, 0, u64::MAX).await.unwrap() == *data);
+    }
+}

@@ -265,6 +265,27 @@ async fn xattrs_and_statfs() {
         .await
         .unwrap();
     assert_eq!(client.getxattr(f.ino, "user.a").await.unwrap(), b"22");
+    // An inode's xattrs are bounded: the value that would pass 1 MiB in all is refused.
+    let big = vec![7u8; 60 * 1024];
+    let mut stored = 0;
+    let full = loop {
+        match client
+            .setxattr(f.ino, &format!("user.big{stored}"), &big, 0)
+            .await
+        {
+            Ok(()) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 100, "xattrs are not bounded");
+    };
+    assert!(matches!(full, FsError::NoSpace(_)), "{full:?}");
+    assert_eq!(stored, (1 << 20) / (60 * 1024 + 9));
+    for i in 0..stored {
+        client
+            .removexattr(f.ino, &format!("user.big{i}"))
+            .await
+            .unwrap();
+    }
     // A name with a NUL inside could never be read back by name: refused.
     assert!(matches!(
         client.setxattr(f.ino, "user.a\0b", b"x", 0).await,

@@ -4,7 +4,7 @@
 //! Every stream runs in its own task under a deadline, so a peer that stalls or sends garbage
 //! only loses its own stream; other streams and other clients keep being served.
 
-use crate::codec::{read_frame, write_frame};
+use crate::codec::{decode_body, read_error, write_frame, MAX_FRAME};
 use crate::error::FsError;
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
@@ -14,6 +14,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -54,20 +55,37 @@ pub trait Service: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Self::Reply>> + Send;
 }
 
+/// Connections a server holds at once; more are refused until some close.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Request bytes one connection may have in memory at once (frames being received and
+/// decoded, before the service has them): its further streams wait, so no peer, authorized
+/// or not, can make the server buffer more than this.
+pub const CONNECTION_REQUEST_BUDGET: usize = 8 << 20;
+/// Unit of the request budget.
+const BUDGET_UNIT: usize = 1024;
+
 /// Serves `service` on `endpoint` until `shutdown` is cancelled, then waits for in-flight
 /// requests to finish.
 pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
             incoming = endpoint.accept() => incoming,
         };
         let Some(incoming) = incoming else { break };
+        if open.load(std::sync::atomic::Ordering::Relaxed) >= MAX_CONNECTIONS {
+            warn!(peer = %incoming.remote_address(), "refusing a connection: {MAX_CONNECTIONS} open");
+            incoming.refuse();
+            continue;
+        }
+        let slot = ConnectionSlot::take(&open);
         let service = service.clone();
         let shutdown = shutdown.clone();
         let streams = tracker.clone();
         tracker.spawn(async move {
+            let _slot = slot;
             let conn = match incoming.await {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -84,6 +102,22 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>, shutdown: Ca
     info!("server stopped");
 }
 
+/// One of the [`MAX_CONNECTIONS`], given back when the connection's task ends.
+struct ConnectionSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ConnectionSlot {
+    fn take(open: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ConnectionSlot(open.clone())
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 async fn serve_connection<S: Service>(
     conn: Connection,
     service: Arc<S>,
@@ -95,6 +129,7 @@ async fn serve_connection<S: Service>(
         principal: crate::net::tls::Principal::of_connection(&conn),
     };
     debug!(peer = %peer.addr, "connection open");
+    let budget = Arc::new(Semaphore::new(CONNECTION_REQUEST_BUDGET / BUDGET_UNIT));
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -109,10 +144,11 @@ async fn serve_connection<S: Service>(
         };
         let service = service.clone();
         let peer = peer.clone();
+        let budget = budget.clone();
         tracker.spawn(async move {
             match tokio::time::timeout(
                 S::REQUEST_TIMEOUT,
-                serve_stream(&*service, send, recv, &peer),
+                serve_stream(&*service, send, recv, &peer, &budget),
             )
             .await
             {
@@ -129,9 +165,10 @@ async fn serve_stream<S: Service>(
     mut send: SendStream,
     mut recv: RecvStream,
     peer: &PeerInfo,
+    budget: &Semaphore,
 ) -> Result<(), FsError> {
     let started = std::time::Instant::now();
-    let (op, response) = match read_frame::<S::Request>(&mut recv, S::MAX_REQUEST).await {
+    let (op, response) = match read_request::<S::Request>(&mut recv, S::MAX_REQUEST, budget).await {
         Ok(request) => {
             let op = S::op_name(&request);
             (op, service.handle(request, &mut recv, peer).await)
@@ -160,4 +197,29 @@ async fn serve_stream<S: Service>(
     // Wait until the peer has the whole reply, so dropping the stream does not cut it off.
     let _ = send.stopped().await;
     Ok(())
+}
+
+/// Reads one request frame of at most `max` bytes, holding its size in the connection's
+/// `budget` while it is received and decoded.
+async fn read_request<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    max: usize,
+    budget: &Semaphore,
+) -> Result<T, FsError> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.map_err(read_error)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max.min(MAX_FRAME) {
+        return Err(FsError::TooBig(format!(
+            "peer sent a {len}-byte message, limit is {}",
+            max.min(MAX_FRAME)
+        )));
+    }
+    let _held = budget
+        .acquire_many((len / BUDGET_UNIT + 1) as u32)
+        .await
+        .map_err(|_| FsError::unavailable("connection closing"))?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(read_error)?;
+    decode_body(&body)
 }

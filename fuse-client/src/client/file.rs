@@ -11,6 +11,7 @@ use dfs_common::proto::meta::{Attr, FileKind, MetaReply, MetaRequest, NewExtent,
 use dfs_common::proto::MAX_FILE_SIZE;
 use dfs_common::{EcPolicy, FsError, FsResult, InodeId, Timestamp, VolumeId};
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use tokio::task::JoinHandle;
 
 /// Extents committed per metadata transaction at most; longer streams commit in steps.
@@ -44,6 +45,8 @@ pub struct FileHandle {
     /// Bytes written so far in append mode; buffered appends sit at these offsets and are moved
     /// to the file's end by the commit.
     append_pos: u64,
+    /// This file's dirty bytes as last added to the client-wide count.
+    dirty_counted: usize,
 }
 
 /// A layout fetched for `[start, end)`.
@@ -97,6 +100,7 @@ impl Client {
             layout: None,
             append: false,
             append_pos: 0,
+            dirty_counted: 0,
         })
     }
 }
@@ -201,23 +205,62 @@ impl FileHandle {
         if !self.append {
             self.size = self.size.max(end);
         }
+        self.count_dirty();
         for (at, block) in self.dirty.take_full_blocks(self.block_size) {
+            self.count_dirty();
             self.start_upload(vec![(at, block.len() as u64)], block)
                 .await?;
         }
-        if self.dirty.bytes() > self.client.inner.options.max_dirty_bytes {
+        let options = &self.client.inner.options;
+        let total = self.client.inner.dirty_total.load(Ordering::Relaxed);
+        if self.dirty.bytes() > options.max_dirty_bytes || total > options.max_dirty_total {
             self.upload_dirty().await?;
         }
         Ok(())
     }
 
+    /// Brings this file's share of the client-wide dirty count up to date.
+    fn count_dirty(&mut self) {
+        let now = self.dirty.bytes();
+        let total = &self.client.inner.dirty_total;
+        if now > self.dirty_counted {
+            total.fetch_add(now - self.dirty_counted, Ordering::Relaxed);
+        } else {
+            total.fetch_sub(self.dirty_counted - now, Ordering::Relaxed);
+        }
+        self.dirty_counted = now;
+    }
+
     /// Starts writing one block holding `pieces` (file offset, length), laid end to end in
     /// `data`.
     async fn start_upload(&mut self, pieces: Vec<(u64, u64)>, data: Vec<u8>) -> FsResult<()> {
+        self.count_dirty();
         while self.uploads.len() >= self.client.inner.options.write_blocks_in_flight {
             self.finish_oldest_upload().await;
         }
-        let task = tokio::spawn(upload_block(self.client.clone(), self.ino, pieces, data));
+        // Room in the client-wide upload budget, held until the block is stored.
+        let units = (data.len() / 1024 + 1) as u32;
+        let budget = self.client.inner.upload_budget.clone();
+        let permit = match budget.clone().try_acquire_many_owned(units) {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Finish this file's own uploads first: waiting on others while holding
+                // permits could leave every writer waiting.
+                while !self.uploads.is_empty() {
+                    self.finish_oldest_upload().await;
+                }
+                let most = (self.client.inner.options.max_upload_bytes / 1024).max(1) as u32;
+                budget
+                    .acquire_many_owned(units.min(most))
+                    .await
+                    .map_err(|_| FsError::unavailable("client shutting down"))?
+            }
+        };
+        let (client, ino) = (self.client.clone(), self.ino);
+        let task = tokio::spawn(async move {
+            let _permit = permit;
+            upload_block(client, ino, pieces, data).await
+        });
         self.uploads.push_back(task);
         if self.uploaded.len() >= MAX_EXTENTS_PER_COMMIT {
             self.commit().await?;
@@ -259,6 +302,7 @@ impl FileHandle {
         if !pieces.is_empty() {
             self.start_upload(pieces, packed).await?;
         }
+        self.count_dirty();
         Ok(())
     }
 
@@ -428,6 +472,10 @@ impl FileHandle {
 
 impl Drop for FileHandle {
     fn drop(&mut self) {
+        self.client
+            .inner
+            .dirty_total
+            .fetch_sub(self.dirty_counted, Ordering::Relaxed);
         self.client
             .settle_quota(self.volume, std::mem::take(&mut self.quota_reserved), false);
         for task in &self.uploads {

@@ -34,6 +34,12 @@ pub struct ClientOptions {
     pub write_blocks_in_flight: usize,
     /// Dirty bytes an open file may buffer before it flushes.
     pub max_dirty_bytes: usize,
+    /// Dirty bytes all open files of this client may buffer together: past it, a writer
+    /// uploads its own buffer before it goes on (back-pressure, not failure).
+    pub max_dirty_total: usize,
+    /// Bytes of blocks being uploaded at once by all open files of this client; a writer
+    /// waits for room.
+    pub max_upload_bytes: usize,
     /// Bound on one metadata call.
     pub meta_timeout: Duration,
     /// How long a metadata call keeps trying while the metadata server cannot be reached (it
@@ -50,6 +56,8 @@ impl Default for ClientOptions {
         ClientOptions {
             write_blocks_in_flight: 8,
             max_dirty_bytes: 64 * 1024 * 1024,
+            max_dirty_total: 256 * 1024 * 1024,
+            max_upload_bytes: 256 * 1024 * 1024,
             meta_timeout: Duration::from_secs(20),
             meta_retry: Some(Duration::ZERO),
             chunk_timeout: Duration::from_secs(10),
@@ -76,6 +84,10 @@ pub(crate) struct Inner {
     /// Reads that had to rebuild a piece from other shards (a server down, failed or slow):
     /// a handle that sees this move fetches its layout again, in case shards moved.
     pub(crate) fallback_reads: std::sync::atomic::AtomicU64,
+    /// Dirty bytes buffered by all open files (see [`ClientOptions::max_dirty_total`]).
+    pub(crate) dirty_total: std::sync::atomic::AtomicUsize,
+    /// Room for block uploads, in KiB (see [`ClientOptions::max_upload_bytes`]).
+    pub(crate) upload_budget: Arc<tokio::sync::Semaphore>,
     _endpoint: Endpoint,
 }
 
@@ -87,6 +99,7 @@ impl Client {
         options: ClientOptions,
     ) -> FsResult<Client> {
         let endpoint = client_endpoint(identity)?;
+        let upload_units = (options.max_upload_bytes / 1024).max(1);
         let client = Client {
             inner: Arc::new(Inner {
                 meta: Peer::new(endpoint.clone(), meta).with_timeout(options.meta_timeout),
@@ -98,6 +111,8 @@ impl Client {
                 locks: locks::LockSession::new(),
                 calls: calls::CallIds::new(),
                 fallback_reads: std::sync::atomic::AtomicU64::new(0),
+                dirty_total: std::sync::atomic::AtomicUsize::new(0),
+                upload_budget: Arc::new(tokio::sync::Semaphore::new(upload_units)),
                 _endpoint: endpoint,
             }),
         };
@@ -112,6 +127,13 @@ impl Client {
             .await??;
         expect_reply!(volumes, MetaReply::Volumes)?;
         Ok(client)
+    }
+
+    /// Bytes written to open files and not yet handed to an upload.
+    pub fn dirty_bytes(&self) -> usize {
+        self.inner
+            .dirty_total
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many reads so far had to rebuild data from other shards.
