@@ -57,7 +57,10 @@ impl Heartbeat {
             .call::<_, MetaReply>(&MetaCall::untracked(request), None, 4096)
             .await?;
         match reply {
-            MetaReply::Done => Ok(()),
+            MetaReply::Registered { capability_key } => {
+                self.service.learn_capability_key(capability_key);
+                Ok(())
+            }
             other => Err(FsError::protocol(format!(
                 "unexpected heartbeat reply {other:?}"
             ))),

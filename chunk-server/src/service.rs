@@ -5,10 +5,11 @@ use crate::rebuild::rebuild;
 use crate::scrub::Scrubber;
 use crate::store::{validate_put, ShardStore};
 use crate::web::ChunkMetrics;
+use dfs_common::capability::{CapabilityKey, ShardCapability};
 use dfs_common::net::chunks::ChunkPool;
 use dfs_common::net::rpc::read_body;
 use dfs_common::net::server::{PeerInfo, Response, Service};
-use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ChunkServerInfo};
+use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ChunkServerInfo, ShardKey};
 use dfs_common::proto::MAX_BLOCK_SIZE;
 use dfs_common::{FsError, FsResult, ServerId};
 use quinn::RecvStream;
@@ -38,6 +39,9 @@ pub struct ChunkService {
     /// Bytes of shards accepted but not yet on disk, so that concurrent writes cannot
     /// together overfill the server.
     reserved: Mutex<u64>,
+    /// The key that checks shard capabilities, learned from the metadata server's answer to
+    /// the first heartbeat; no shard is stored before.
+    capability_key: std::sync::RwLock<Option<CapabilityKey>>,
 }
 
 /// Shard bytes on their way out, holding their share of the send budget.
@@ -85,7 +89,29 @@ impl ChunkService {
             access,
             metrics,
             reserved: Mutex::new(0),
+            capability_key: std::sync::RwLock::new(None),
         }
+    }
+
+    pub fn learn_capability_key(&self, key: CapabilityKey) {
+        *self.capability_key.write().expect("capability key") = Some(key);
+    }
+
+    /// Refuses a put without the metadata server's permission for exactly this shard, its
+    /// volume and this server.
+    fn check_capability(
+        &self,
+        cap: &ShardCapability,
+        key: ShardKey,
+        volume: dfs_common::VolumeId,
+    ) -> FsResult<()> {
+        let guard = self.capability_key.read().expect("capability key");
+        let Some(secret) = guard.as_ref() else {
+            return Err(FsError::unavailable(
+                "this chunk server has not registered with the metadata server yet",
+            ));
+        };
+        secret.check(cap, key, volume, self.id, dfs_common::Timestamp::now())
     }
 
     /// Holds space for a shard of `len` bytes, or refuses it when it would overfill this
@@ -158,8 +184,14 @@ impl Service for ChunkService {
     ) -> Response<ChunkReply> {
         let principal = &peer.principal;
         match request {
-            ChunkRequest::Put { key, owner, len } => {
+            ChunkRequest::Put {
+                key,
+                owner,
+                len,
+                cap,
+            } => {
                 validate_put(&key, &owner, len)?;
+                self.check_capability(&cap, key, owner.volume)?;
                 self.access.check(principal, owner.volume, true).await?;
                 let _space = self.reserve(len)?;
                 let units = (len / BUDGET_UNIT + 1) as u32;

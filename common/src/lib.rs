@@ -1,6 +1,7 @@
 //! Shared building blocks of dfs.
 //!
 //! # Layout
+//! - [`capability`]: shard capabilities, the metadata server's permission to store a shard.
 //! - [`ids`]: typed identifiers (volumes, inodes, blocks, servers) and timestamps.
 //! - [`ec`]: the erasure-coding policy type, validated once when it is built.
 //! - [`error`]: the one errno-shaped error that crosses the wire.
@@ -13,6 +14,7 @@
 //! - [`telemetry`]: logging set-up shared by the binaries.
 //! - [`metrics`]: Prometheus counters, histograms and gauges; [`http`] serves them.
 
+pub mod capability;
 pub mod checksum;
 pub mod codec;
 pub mod config;

@@ -233,6 +233,7 @@ fn check_file(
                     server,
                     addr,
                     up: live.contains(&server),
+                    cap: None,
                 })
             })
             .collect::<FsResult<Vec<_>>>()?;

@@ -78,7 +78,11 @@ pub struct RunningMetaServer {
 pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<RunningMetaServer> {
     std::fs::create_dir_all(&config.data_dir)?;
     let reset_key =
-        dfs_common::net::endpoint::load_or_create_reset_key(&config.data_dir.join("reset-key"))?;
+        dfs_common::net::endpoint::load_or_create_secret(&config.data_dir.join("reset-key"))?;
+    // The key of shard capabilities; chunk servers learn it when they register.
+    let capability_key = dfs_common::capability::CapabilityKey(
+        dfs_common::net::endpoint::load_or_create_secret(&config.data_dir.join("capability-key"))?,
+    );
     let db = store::open(&config.data_dir.join("meta.redb"))?;
     let (registered, draining) = {
         let tx = store::read(&db)?;
@@ -131,6 +135,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         locks::LockTable::new(config.lock_lease),
         repair,
         ops,
+        capability_key,
         config.faults.clone(),
     )?);
     tracing::info!(%addr, data = %config.data_dir.display(), "metadata server listening");

@@ -153,6 +153,7 @@ pub fn get_layout(t: &ReadTables, ino: InodeId, offset: u64, len: u64) -> FsResu
                     server,
                     addr: server_addr(t, server)?,
                     up: true,
+                    cap: None,
                 })
             })
             .collect::<FsResult<Vec<_>>>()?;

@@ -11,10 +11,12 @@ use crate::state_machine::Command;
 use crate::store::schema::{decode, BlockRecord};
 use crate::store::tables::{get_inode, get_volume_by_id, get_volume_state, ReadTables};
 use crate::store::{self, Committer, DbResult};
+use dfs_common::capability::CapabilityKey;
 use dfs_common::fault::Faults;
 use dfs_common::metrics::OpMetrics;
 use dfs_common::net::server::{PeerInfo, Response, Service};
 use dfs_common::net::tls::Principal;
+use dfs_common::proto::chunk::ShardKey;
 use dfs_common::proto::meta::*;
 use dfs_common::proto::MAX_CHECK_SHARDS;
 use dfs_common::{FsError, FsResult, ServerId, Timestamp};
@@ -31,6 +33,7 @@ pub struct MetaService {
     membership: Arc<Membership>,
     locks: LockTable,
     repair: Arc<Repair>,
+    capability_key: CapabilityKey,
     faults: Faults,
 }
 
@@ -42,6 +45,7 @@ impl MetaService {
         locks: LockTable,
         repair: Arc<Repair>,
         ops: OpMetrics,
+        capability_key: CapabilityKey,
         faults: Faults,
     ) -> FsResult<Self> {
         let clients = ClientRegistry::default();
@@ -54,6 +58,7 @@ impl MetaService {
             membership,
             locks,
             repair,
+            capability_key,
             faults,
         })
     }
@@ -187,7 +192,9 @@ impl MetaService {
                         return Err(e);
                     }
                 }
-                Ok(MetaReply::Done)
+                Ok(MetaReply::Registered {
+                    capability_key: self.capability_key.clone(),
+                })
             }
             MetaRequest::ClusterStatus => {
                 let (volumes, inodes, blocks) = self.query(queries::counts).await?;
@@ -259,9 +266,23 @@ impl MetaService {
                     &[],
                 )?;
                 placement.resize(policy.total(), ServerId::NONE);
-                self.commit(request, placement, call).await
+                let mut reply = self.commit(request, placement, call).await?;
+                if let MetaReply::Placement(p) = &mut reply {
+                    let now = Timestamp::now();
+                    for (index, shard) in p.shards.iter_mut().enumerate() {
+                        if shard.server != ServerId::NONE {
+                            let key = ShardKey {
+                                block: p.block,
+                                index: index as u8,
+                            };
+                            shard.cap =
+                                Some(self.capability_key.grant(key, p.volume, shard.server, now));
+                        }
+                    }
+                }
+                Ok(reply)
             }
-            MetaRequest::ReplaceShard { block, .. } => {
+            MetaRequest::ReplaceShard { block, index, .. } => {
                 let rec: BlockRecord = self
                     .query(move |t| match t.blocks.get(block.0).db()? {
                         Some(v) => decode(v.value()),
@@ -282,7 +303,19 @@ impl MetaService {
                     Err(FsError::Unavailable(_) | FsError::NoSpace(_)) => Vec::new(),
                     Err(e) => return Err(e),
                 };
-                self.commit(request, placement, call).await
+                let mut reply = self.commit(request, placement, call).await?;
+                if let MetaReply::Shard(shard) = &mut reply {
+                    if shard.server != ServerId::NONE {
+                        let key = ShardKey { block, index };
+                        shard.cap = Some(self.capability_key.grant(
+                            key,
+                            rec.volume,
+                            shard.server,
+                            Timestamp::now(),
+                        ));
+                    }
+                }
+                Ok(reply)
             }
             MetaRequest::SetLock {
                 ino,

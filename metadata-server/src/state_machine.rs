@@ -639,6 +639,7 @@ fn shard_locations(t: &WriteTables, servers: &[ServerId]) -> FsResult<Vec<ShardL
                     server,
                     addr: String::new(),
                     up: false,
+                    cap: None,
                 });
             }
             let rec: ServerRecord = match t.servers.get(server.0).db()? {
@@ -653,6 +654,7 @@ fn shard_locations(t: &WriteTables, servers: &[ServerId]) -> FsResult<Vec<ShardL
                 server,
                 addr: rec.addr,
                 up: true,
+                cap: None,
             })
         })
         .collect()

@@ -167,7 +167,13 @@ fn client_certificates_reach_only_their_volumes() {
             index: 0,
         };
         let put = pool
-            .put_shard(&shard.addr, forged, owner, vec![0u8; 4].into())
+            .put_shard(
+                &shard.addr,
+                forged,
+                owner,
+                no_capability(secret.id),
+                vec![0u8; 4].into(),
+            )
             .await;
         assert!(matches!(put, Err(FsError::Denied(_))), "{put:?}");
         let mine = client
@@ -238,4 +244,13 @@ async fn cluster_admin(cluster: &ProcessCluster) -> Client {
     )
     .await
     .unwrap()
+}
+
+/// A capability no metadata server issued.
+fn no_capability(volume: dfs_common::VolumeId) -> dfs_common::capability::ShardCapability {
+    dfs_common::capability::ShardCapability {
+        volume,
+        expires: dfs_common::Timestamp::now(),
+        mac: [0; 32],
+    }
 }

@@ -2,6 +2,7 @@
 //! closed stream, the servers keep serving everyone else, and a party without a certificate
 //! from the cluster CA is refused.
 
+use dfs_common::capability::ShardCapability;
 use dfs_common::codec::{encode_frame, read_frame};
 use dfs_common::net::endpoint::client_endpoint;
 use dfs_common::net::tls::{generate_ca, issue, Identity, Role, SERVER_NAME};
@@ -85,10 +86,16 @@ async fn malformed_messages_get_errors_and_servers_keep_serving() {
         block_len: 2000,
     };
     // A body shorter than announced.
+    let cap = ShardCapability {
+        volume: owner.volume,
+        expires: dfs_common::Timestamp::now(),
+        mac: [0; 32],
+    };
     let mut put = encode_frame(&ChunkRequest::Put {
         key,
         owner,
         len: 1000,
+        cap,
     })
     .unwrap();
     put.extend_from_slice(&[1; 10]);
@@ -96,7 +103,13 @@ async fn malformed_messages_get_errors_and_servers_keep_serving() {
     assert!(matches!(reply, Some(Err(_)) | None), "{reply:?}");
     // A length inconsistent with the policy, and an absurd one, refused before reading.
     for len in [999, u64::MAX] {
-        let put = encode_frame(&ChunkRequest::Put { key, owner, len }).unwrap();
+        let put = encode_frame(&ChunkRequest::Put {
+            key,
+            owner,
+            len,
+            cap,
+        })
+        .unwrap();
         let reply = send_raw::<ChunkReply>(&chunk, &put).await;
         assert!(matches!(reply, Some(Err(FsError::Invalid(_)))), "{reply:?}");
     }

@@ -5,12 +5,15 @@
 
 use dfs_client::client::ClientOptions;
 use dfs_client::Client;
+use dfs_common::capability::{CapabilityKey, ShardCapability};
 use dfs_common::fault::Action;
+use dfs_common::net::chunks::ChunkPool;
+use dfs_common::net::endpoint::client_endpoint;
 use dfs_common::net::tls::{issue, Fingerprint, Identity, Role};
-use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ShardKey};
+use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ShardKey, ShardOwner};
 use dfs_common::proto::meta::{FileKind, LockKind, LockRange, VolumeInfo, RENAME_EXCHANGE};
 use dfs_common::proto::MAX_LAYOUT_EXTENTS;
-use dfs_common::{FsError, InodeId, ServerId};
+use dfs_common::{BlockId, FsError, InodeId, ServerId, Timestamp};
 use dfs_tests::{random_bytes, wait_for, TestCluster};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -488,4 +491,65 @@ async fn buffered_writes_of_many_files_stay_within_the_client_budget() {
     for (ino, data) in inos.into_iter().zip(&contents) {
         assert!(client.read_range(ino, 0, u64::MAX).await.unwrap() == *data);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_servers_store_only_shards_the_metadata_server_allowed() {
+    let cluster = TestCluster::start(6).await;
+    let admin = cluster.client().await;
+    let a = cluster.volume(&admin, "a", "4+2", MIB).await;
+    let b = cluster.volume(&admin, "b", "4+2", MIB).await;
+    // The cluster's key, as the metadata server keeps it, to make capabilities as it would.
+    let secret = std::fs::read(cluster.dir.path().join("meta/capability-key")).unwrap();
+    let secret = CapabilityKey(secret.try_into().unwrap());
+    let pool = ChunkPool::new(
+        client_endpoint(&cluster.certs.client_identity()).unwrap(),
+        Duration::from_secs(10),
+    );
+    let (first, second) = (&cluster.chunks[0], &cluster.chunks[1]);
+    let addr = first.addr.to_string();
+    // A block id nobody allocated (say, one a future block of volume b will get).
+    let key = ShardKey {
+        block: BlockId(1 << 40),
+        index: 0,
+    };
+    let policy = "4+2".parse().unwrap();
+    let owner = |volume| ShardOwner {
+        volume,
+        policy,
+        block_len: 4096,
+    };
+    let data = bytes::Bytes::from(vec![7u8; 1024]);
+    let now = Timestamp::now();
+    let denied = |r: Result<(), FsError>| matches!(r, Err(FsError::Denied(_)));
+    let forged = ShardCapability {
+        volume: a.id,
+        expires: now,
+        mac: [0; 32],
+    };
+    let put = |addr: String, owner, cap| {
+        let (pool, data) = (&pool, data.clone());
+        async move { pool.put_shard(&addr, key, owner, cap, data).await }
+    };
+    assert!(denied(put(addr.clone(), owner(a.id), forged).await));
+    let for_a = secret.grant(key, a.id, first.id, now);
+    // A capability for volume a does not store a shard claiming volume b...
+    assert!(denied(put(addr.clone(), owner(b.id), for_a).await));
+    // ...nor the shard on another server...
+    assert!(denied(
+        put(second.addr.to_string(), owner(a.id), for_a).await
+    ));
+    // ...nor after it expired.
+    let long_ago = Timestamp {
+        secs: now.secs - 3 * 3600,
+        nanos: 0,
+    };
+    let expired = secret.grant(key, a.id, first.id, long_ago);
+    assert!(denied(put(addr.clone(), owner(a.id), expired).await));
+    // The capability the metadata server would have issued stores it.
+    put(addr, owner(a.id), for_a).await.unwrap();
+    // Ordinary writes carry their placements' capabilities.
+    let data = random_bytes(3 * MIB as usize, 21);
+    let ino = write_file(&admin, &a, "f", &data).await;
+    assert!(admin.read_range(ino, 0, u64::MAX).await.unwrap() == data);
 }

@@ -24,22 +24,43 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on 127.0.0.1, chosen by the kernel.
-pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Ports this test process has handed out. The kernel may give a port that was free a moment
+/// ago to the next `bind(0)` too; two servers of concurrent tests told to listen on the same
+/// port would then fail, so no port is handed out twice.
+static HANDED_OUT: std::sync::Mutex<Option<std::collections::HashSet<u16>>> =
+    std::sync::Mutex::new(None);
+
+fn unique_port(pick: impl Fn() -> u16) -> u16 {
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let handed = handed.get_or_insert_with(Default::default);
+    loop {
+        let port = pick();
+        if handed.insert(port) {
+            return port;
+        }
+    }
 }
 
-/// A free UDP port on 127.0.0.1, chosen by the kernel.
+/// A free TCP port on 127.0.0.1, chosen by the kernel, never handed out before by this process.
+pub fn free_tcp_port() -> u16 {
+    unique_port(|| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    })
+}
+
+/// A free UDP port on 127.0.0.1, chosen by the kernel, never handed out before by this process.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    unique_port(|| {
+        UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    })
 }
 
 pub struct ProcessCluster {

@@ -5,6 +5,7 @@
 
 use super::rpc::read_body_into;
 use super::{lookup, Peer};
+use crate::capability::ShardCapability;
 use crate::error::{FsError, FsResult};
 use crate::proto::chunk::{ChunkReply, ChunkRequest, ShardKey, ShardOwner, ShardSource};
 use bytes::Bytes;
@@ -83,6 +84,7 @@ impl ChunkPool {
         addr: &str,
         key: ShardKey,
         owner: ShardOwner,
+        cap: ShardCapability,
         data: Bytes,
     ) -> FsResult<()> {
         let result = async {
@@ -91,6 +93,7 @@ impl ChunkPool {
                 key,
                 owner,
                 len: data.len() as u64,
+                cap,
             };
             let (reply, _) = peer
                 .call::<_, ChunkReply>(&request, Some(data), 4096)

@@ -121,8 +121,12 @@ pub fn client_endpoint(identity: &Identity) -> Result<Endpoint, FsError> {
     Ok(endpoint)
 }
 
-/// Loads the 32-byte stateless-reset secret kept at `path`, creating it on first use.
-pub fn load_or_create_reset_key(path: &std::path::Path) -> Result<[u8; 32], FsError> {
+/// Loads the 32-byte secret kept at `path` (a stateless-reset key, the capability key),
+/// creating it on first use: readable by its owner only, and durable (file and directory
+/// synced) before it is used.
+pub fn load_or_create_secret(path: &std::path::Path) -> Result<[u8; 32], FsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     match std::fs::read(path) {
         Ok(bytes) => bytes
             .try_into()
@@ -130,9 +134,18 @@ pub fn load_or_create_reset_key(path: &std::path::Path) -> Result<[u8; 32], FsEr
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key: [u8; 32] = rand::random();
             let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, key)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(&key)?;
+            file.sync_all()?;
             std::fs::rename(&tmp, path)?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
             Ok(key)
         }
         Err(e) => Err(e.into()),

@@ -1,6 +1,7 @@
 //! The chunk-server protocol. A request frame may be followed by raw shard bytes (`Put`), and a
 //! reply frame may be followed by raw shard bytes (`Data`), on the same QUIC stream.
 
+use crate::capability::ShardCapability;
 use crate::ec::EcPolicy;
 use crate::ids::{BlockId, ServerId, VolumeId};
 use serde::{Deserialize, Serialize};
@@ -25,11 +26,13 @@ pub struct ShardOwner {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChunkRequest {
     /// Store a shard; exactly `len` raw bytes follow the frame. Replaces nothing: storing a key
-    /// that exists with different content is refused.
+    /// that exists with different content is refused. `cap` is the metadata server's
+    /// permission for exactly this shard, volume and server.
     Put {
         key: ShardKey,
         owner: ShardOwner,
         len: u64,
+        cap: ShardCapability,
     },
     /// Read `len` bytes at `offset` of a shard, verified against its checksums.
     Get {

@@ -1,6 +1,7 @@
 //! Every wire decoder takes random and mutated bytes without panicking or allocating past its
 //! bound: a bounded, seeded fuzz run that CI repeats on every change.
 
+use crate::capability::ShardCapability;
 use crate::codec::{decode_body, encode_body};
 use crate::proto::chunk::*;
 use crate::proto::meta::*;
@@ -98,6 +99,11 @@ fn block_info() -> BlockInfo {
                 server: ServerId(4),
                 addr: "127.0.0.1:7100".into(),
                 up: true,
+                cap: Some(ShardCapability {
+                    volume: VolumeId(1),
+                    expires: Timestamp { secs: 9, nanos: 0 },
+                    mac: [3; 32],
+                }),
             };
             6
         ],
@@ -196,6 +202,11 @@ fn chunk_requests_and_replies() {
                 block_len: 100,
             },
             len: 25,
+            cap: ShardCapability {
+                volume: VolumeId(1),
+                expires: Timestamp { secs: 9, nanos: 0 },
+                mac: [3; 32],
+            },
         },
         ChunkRequest::Get {
             key,

@@ -1,5 +1,6 @@
 //! The metadata-server protocol: namespace, volumes, membership and file layouts.
 
+use crate::capability::{CapabilityKey, ShardCapability};
 use crate::ec::EcPolicy;
 use crate::ids::{BlockId, InodeId, ServerId, Timestamp, VolumeId};
 use crate::proto::chunk::ShardKey;
@@ -275,6 +276,8 @@ pub struct ShardLocation {
     /// Whether the server was heartbeating when the reply was made; readers skip servers that
     /// are down instead of waiting for them to time out.
     pub up: bool,
+    /// In placements: the permission to store this shard there.
+    pub cap: Option<ShardCapability>,
 }
 
 /// A block handed out for writing, with one server per shard index.
@@ -661,6 +664,10 @@ pub enum MetaReply {
     Fsck(FsckPage),
     /// The blocks a `DropBlocks` really forgot (the others gained a reference meanwhile).
     Dropped(Vec<BlockId>),
+    /// The answer to a chunk server's heartbeat: the key that checks shard capabilities.
+    Registered {
+        capability_key: CapabilityKey,
+    },
 }
 
 impl MetaRequest {

@@ -103,6 +103,12 @@ async fn put_with_retry(
         if location.server == ServerId::NONE {
             return Ok(false);
         }
+        let cap = location.cap.ok_or_else(|| {
+            FsError::protocol(format!(
+                "placement of shard {}/{} carries no capability",
+                key.block, key.index
+            ))
+        })?;
         let put = async {
             let faults = &client.inner.options.faults;
             if faults.is_enabled() {
@@ -113,7 +119,7 @@ async fn put_with_retry(
             client
                 .inner
                 .chunks
-                .put_shard(&location.addr, key, owner, shard.clone())
+                .put_shard(&location.addr, key, owner, cap, shard.clone())
                 .await
         };
         let Err(e) = put.await else {
