@@ -128,16 +128,16 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         }
         None => None,
     };
-    let service = Arc::new(service::MetaService::new(
+    let service = Arc::new(service::MetaService::new(service::ServiceParts {
         db,
         committer,
         membership,
-        locks::LockTable::new(config.lock_lease),
+        locks: locks::LockTable::new(config.lock_lease),
         repair,
         ops,
         capability_key,
-        config.faults.clone(),
-    )?);
+        faults: config.faults.clone(),
+    })?);
     tracing::info!(%addr, data = %config.data_dir.display(), "metadata server listening");
     let task = tokio::spawn(async move {
         serve(endpoint, service, shutdown).await;

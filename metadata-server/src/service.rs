@@ -37,29 +37,32 @@ pub struct MetaService {
     faults: Faults,
 }
 
+/// What the service is built from; the rest it derives.
+pub struct ServiceParts {
+    pub db: Arc<Database>,
+    pub committer: Committer,
+    pub membership: Arc<Membership>,
+    pub locks: LockTable,
+    pub repair: Arc<Repair>,
+    pub ops: OpMetrics,
+    pub capability_key: CapabilityKey,
+    pub faults: Faults,
+}
+
 impl MetaService {
-    pub fn new(
-        db: Arc<Database>,
-        committer: Committer,
-        membership: Arc<Membership>,
-        locks: LockTable,
-        repair: Arc<Repair>,
-        ops: OpMetrics,
-        capability_key: CapabilityKey,
-        faults: Faults,
-    ) -> FsResult<Self> {
+    pub fn new(parts: ServiceParts) -> FsResult<Self> {
         let clients = ClientRegistry::default();
-        clients.reload(&ReadTables::open(&store::read(&db)?)?)?;
+        clients.reload(&ReadTables::open(&store::read(&parts.db)?)?)?;
         Ok(MetaService {
-            ops,
+            ops: parts.ops,
             clients,
-            db,
-            committer,
-            membership,
-            locks,
-            repair,
-            capability_key,
-            faults,
+            db: parts.db,
+            committer: parts.committer,
+            membership: parts.membership,
+            locks: parts.locks,
+            repair: parts.repair,
+            capability_key: parts.capability_key,
+            faults: parts.faults,
         })
     }
 
