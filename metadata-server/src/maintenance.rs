@@ -126,5 +126,26 @@ pub fn remove_server(t: &mut WriteTables, server: ServerId) -> FsResult<MetaRepl
     }
     t.servers.remove(server.0).db()?;
     t.draining.remove(server.0).db()?;
+    t.server_certs.remove(server.0).db()?;
     Ok(MetaReply::Done)
+}
+
+/// Binds a chunk server's id to the certificate it registers with; refused if the id is
+/// bound to another certificate already.
+pub fn bind_server(
+    t: &mut WriteTables,
+    server: ServerId,
+    fingerprint: [u8; 32],
+) -> FsResult<MetaReply> {
+    let bound = t.server_certs.get(server.0).db()?.map(|v| v.value());
+    match bound {
+        Some(bound) if bound != fingerprint => Err(FsError::Denied(format!(
+            "chunk server {server} is registered with another certificate"
+        ))),
+        Some(_) => Ok(MetaReply::Done),
+        None => {
+            t.server_certs.insert(server.0, fingerprint).db()?;
+            Ok(MetaReply::Done)
+        }
+    }
 }

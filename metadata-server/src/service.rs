@@ -15,13 +15,13 @@ use dfs_common::capability::CapabilityKey;
 use dfs_common::fault::Faults;
 use dfs_common::metrics::OpMetrics;
 use dfs_common::net::server::{PeerInfo, Response, Service};
-use dfs_common::net::tls::Principal;
+use dfs_common::net::tls::{Fingerprint, Principal};
 use dfs_common::proto::chunk::ShardKey;
 use dfs_common::proto::meta::*;
 use dfs_common::proto::MAX_CHECK_SHARDS;
 use dfs_common::{FsError, FsResult, ServerId, Timestamp};
 use quinn::RecvStream;
-use redb::Database;
+use redb::{Database, ReadableTable};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +34,9 @@ pub struct MetaService {
     locks: LockTable,
     repair: Arc<Repair>,
     capability_key: CapabilityKey,
+    /// Each chunk server's id and the certificate it registered with (the `server_certs`
+    /// table, cached): another server certificate cannot speak for it.
+    server_certs: std::sync::Mutex<std::collections::HashMap<ServerId, Fingerprint>>,
     faults: Faults,
 }
 
@@ -52,8 +55,18 @@ pub struct ServiceParts {
 impl MetaService {
     pub fn new(parts: ServiceParts) -> FsResult<Self> {
         let clients = ClientRegistry::default();
-        clients.reload(&ReadTables::open(&store::read(&parts.db)?)?)?;
+        let tx = store::read(&parts.db)?;
+        let tables = ReadTables::open(&tx)?;
+        clients.reload(&tables)?;
+        let mut server_certs = std::collections::HashMap::new();
+        for item in tables.server_certs.iter().db()? {
+            let (server, fingerprint) = item.db()?;
+            server_certs.insert(ServerId(server.value()), Fingerprint(fingerprint.value()));
+        }
+        drop(tables);
+        drop(tx);
         Ok(MetaService {
+            server_certs: std::sync::Mutex::new(server_certs),
             ops: parts.ops,
             clients,
             db: parts.db,
@@ -78,16 +91,21 @@ impl MetaService {
             Principal::Admin => return Ok(None),
             // Chunk servers make only these calls; a server certificate grants nothing else,
             // so a chunk host's key is not an administrator's.
-            Principal::Server => {
-                return match request {
-                    MetaRequest::Heartbeat { .. }
-                    | MetaRequest::CheckShards { .. }
-                    | MetaRequest::ReportBadShard { .. }
-                    | MetaRequest::ClientGrants { .. } => Ok(None),
-                    _ => Err(FsError::Denied(
+            Principal::Server(fingerprint) => {
+                match request {
+                    MetaRequest::Heartbeat { server, .. } => {
+                        self.check_server(*server, fingerprint, true).await?
+                    }
+                    MetaRequest::CheckShards { server, .. }
+                    | MetaRequest::ReportBadShard { server, .. } => {
+                        self.check_server(*server, fingerprint, false).await?
+                    }
+                    MetaRequest::ClientGrants { .. } => {}
+                    _ => return Err(FsError::Denied(
                         "a server certificate may only make chunk-server calls; use an administrator certificate".into(),
                     )),
-                };
+                }
+                return Ok(None);
             }
             Principal::Client(fingerprint) => fingerprint,
         };
@@ -144,6 +162,43 @@ impl MetaService {
             access::check_grant(&grants, volume, write)?;
         }
         Ok(Some(grants))
+    }
+
+    /// Refuses a server certificate that speaks for a chunk server id registered with another
+    /// certificate; binds an id seen for the first time (at its heartbeat) to this one.
+    async fn check_server(
+        &self,
+        server: ServerId,
+        fingerprint: &Fingerprint,
+        may_register: bool,
+    ) -> FsResult<()> {
+        let bound = self
+            .server_certs
+            .lock()
+            .expect("server certificates")
+            .get(&server)
+            .copied();
+        match bound {
+            Some(b) if b == *fingerprint => Ok(()),
+            Some(_) => Err(FsError::Denied(format!(
+                "chunk server {server} is registered with another certificate"
+            ))),
+            None if may_register => {
+                let bind = MetaRequest::BindServer {
+                    server,
+                    fingerprint: fingerprint.0,
+                };
+                self.commit(bind, vec![], None).await?;
+                self.server_certs
+                    .lock()
+                    .expect("server certificates")
+                    .insert(server, *fingerprint);
+                Ok(())
+            }
+            None => Err(FsError::Denied(format!(
+                "chunk server {server} has not registered"
+            ))),
+        }
     }
 
     /// Runs a read-only query on a fresh snapshot, off the async runtime.
@@ -393,6 +448,10 @@ impl MetaService {
                 }
                 let reply = self.commit(request, vec![], call).await?;
                 self.membership.forget(server);
+                self.server_certs
+                    .lock()
+                    .expect("server certificates")
+                    .remove(&server);
                 Ok(reply)
             }
             MetaRequest::CheckShards { server, keys } => {

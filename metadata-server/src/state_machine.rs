@@ -194,6 +194,10 @@ fn apply_request(t: &mut WriteTables, cmd: &Command) -> FsResult<MetaReply> {
             maintenance::drain_server(t, now, *server, *drain)
         }
         MetaRequest::RemoveServer { server } => maintenance::remove_server(t, *server),
+        MetaRequest::BindServer {
+            server,
+            fingerprint,
+        } => maintenance::bind_server(t, *server, *fingerprint),
         MetaRequest::ExpireCalls => {
             let expired = calls::expire(t, now)?;
             if expired > 0 {

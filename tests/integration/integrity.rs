@@ -10,8 +10,11 @@ use dfs_common::fault::Action;
 use dfs_common::net::chunks::ChunkPool;
 use dfs_common::net::endpoint::client_endpoint;
 use dfs_common::net::tls::{issue, Fingerprint, Identity, Role};
+use dfs_common::net::Peer;
 use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ShardKey, ShardOwner};
-use dfs_common::proto::meta::{FileKind, LockKind, LockRange, VolumeInfo, RENAME_EXCHANGE};
+use dfs_common::proto::meta::{
+    FileKind, LockKind, LockRange, MetaCall, MetaReply, MetaRequest, VolumeInfo, RENAME_EXCHANGE,
+};
 use dfs_common::proto::MAX_LAYOUT_EXTENTS;
 use dfs_common::{BlockId, FsError, InodeId, ServerId, Timestamp};
 use dfs_tests::{random_bytes, wait_for, TestCluster};
@@ -552,4 +555,76 @@ async fn chunk_servers_store_only_shards_the_metadata_server_allowed() {
     let data = random_bytes(3 * MIB as usize, 21);
     let ino = write_file(&admin, &a, "f", &data).await;
     assert!(admin.read_range(ino, 0, u64::MAX).await.unwrap() == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_certificate_speaks_only_for_the_chunk_servers_it_registered() {
+    let cluster = TestCluster::start(6).await;
+    let admin = cluster.client().await;
+    // Another valid server certificate of the same cluster (another host's).
+    let other = issue(
+        &cluster.certs.ca,
+        "other-server",
+        Role::Server,
+        &["127.0.0.1".into()],
+    )
+    .unwrap();
+    let identity = Identity::from_pairs(&cluster.certs.ca, &other).unwrap();
+    let peer = Peer::new(client_endpoint(&identity).unwrap(), cluster.meta_addr);
+    let call = |request| {
+        let peer = &peer;
+        async move {
+            peer.call::<_, MetaReply>(&MetaCall::untracked(request), None, 1 << 20)
+                .await
+                .map(|(reply, _)| reply)
+        }
+    };
+    let victim = cluster.chunks[0].id;
+    let heartbeat = |server| MetaRequest::Heartbeat {
+        server,
+        addr: "127.0.0.1:9".into(),
+        capacity: 1 << 30,
+        used: 0,
+        shards: 0,
+    };
+    let denied = |r: Result<MetaReply, FsError>| matches!(r, Err(FsError::Denied(_)));
+    // It cannot heartbeat, report bad shards or reconcile as a server registered by another.
+    assert!(denied(call(heartbeat(victim)).await));
+    let key = ShardKey {
+        block: BlockId(1),
+        index: 0,
+    };
+    assert!(denied(
+        call(MetaRequest::ReportBadShard {
+            server: victim,
+            key
+        })
+        .await
+    ));
+    assert!(denied(
+        call(MetaRequest::CheckShards {
+            server: victim,
+            keys: vec![key]
+        })
+        .await
+    ));
+    let status = admin.cluster_status().await.unwrap();
+    let seen = status.servers.iter().find(|s| s.id == victim).unwrap();
+    assert_eq!(
+        seen.addr,
+        cluster.chunks[0].addr.to_string(),
+        "address hijacked"
+    );
+    // Its own new server registers, and is its own from then on.
+    let fresh = ServerId(0x5eed_0001);
+    assert!(matches!(
+        call(heartbeat(fresh)).await,
+        Ok(MetaReply::Registered { .. })
+    ));
+    assert!(call(MetaRequest::CheckShards {
+        server: fresh,
+        keys: vec![key]
+    })
+    .await
+    .is_ok());
 }

@@ -47,7 +47,9 @@ pub enum Role {
 /// Who is on the other end of a connection, from its (CA-verified) certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Principal {
-    Server,
+    /// A server certificate, known by its fingerprint: the metadata server binds each chunk
+    /// server's id to the certificate it first registered with.
+    Server(Fingerprint),
     Admin,
     /// A client certificate, known by the blake3 hash of its DER bytes.
     Client(Fingerprint),
@@ -93,7 +95,7 @@ impl Principal {
             cert.verify_is_valid_for_subject_name(&name).is_ok()
         };
         if holds(SERVER_NAME) {
-            Principal::Server
+            Principal::Server(Fingerprint::of(der))
         } else if holds(ADMIN_NAME) {
             Principal::Admin
         } else {
@@ -112,7 +114,7 @@ impl Principal {
 
     /// Servers and administrators may do anything.
     pub fn is_privileged(&self) -> bool {
-        matches!(self, Principal::Server | Principal::Admin)
+        matches!(self, Principal::Server(_) | Principal::Admin)
     }
 }
 

@@ -606,6 +606,12 @@ pub enum MetaRequest {
     /// Sent by the metadata server to itself: deletes duplicate-request records of clients
     /// that went away long ago.
     ExpireCalls,
+    /// Sent by the metadata server to itself when a chunk server first registers: binds the
+    /// server id to the fingerprint of the certificate it presented.
+    BindServer {
+        server: ServerId,
+        fingerprint: [u8; 32],
+    },
 }
 
 /// Who holds a lock: a client session (one per mount, random) and the owner within it (the
@@ -721,6 +727,7 @@ impl MetaRequest {
             MetaRequest::Rebalance => "Rebalance",
             MetaRequest::RemoveServer { .. } => "RemoveServer",
             MetaRequest::ExpireCalls => "ExpireCalls",
+            MetaRequest::BindServer { .. } => "BindServer",
         }
     }
 

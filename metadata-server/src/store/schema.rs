@@ -14,6 +14,7 @@
 //! | `draining` | server id                 | seconds when the drain began       | placement avoids it, repair empties it |
 //! | `clients`  | client name               | [`ClientRecord`]                   | rights of client certificates, by fingerprint once loaded |
 //! | `volume_state` | volume id             | [`VolumeState`]                    | quotas are checked and usage kept in the same transaction as each change |
+//! | `server_certs` | server id             | certificate fingerprint (32 bytes) | a chunk server's id answers only to the certificate it registered with |
 //! | `calls`    | (client id, sequence)     | [`CallRecord`]                     | a retried mutation gets its first reply back (the duplicate-request table) |
 //!
 //! Records are bincode behind a one-byte format version (see [`encode`]), so an older record can
@@ -38,6 +39,7 @@ pub const VOLUME_STATE: TableDefinition<u64, &[u8]> = TableDefinition::new("volu
 pub const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 pub const CALLS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("calls");
+pub const SERVER_CERTS: TableDefinition<u64, [u8; 32]> = TableDefinition::new("server_certs");
 
 pub const NEXT_INODE: &str = "next_inode";
 pub const NEXT_BLOCK: &str = "next_block";

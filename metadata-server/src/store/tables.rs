@@ -25,6 +25,7 @@ pub struct WriteTables<'t> {
     pub volume_state: Table<'t, u64, &'static [u8]>,
     pub clients: Table<'t, &'static str, &'static [u8]>,
     pub calls: Table<'t, (u64, u64), &'static [u8]>,
+    pub server_certs: Table<'t, u64, [u8; 32]>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -43,6 +44,7 @@ impl<'t> WriteTables<'t> {
             volume_state: tx.open_table(VOLUME_STATE).db()?,
             clients: tx.open_table(CLIENTS).db()?,
             calls: tx.open_table(CALLS).db()?,
+            server_certs: tx.open_table(SERVER_CERTS).db()?,
         })
     }
 
@@ -155,6 +157,7 @@ pub struct ReadTables {
     pub draining: redb::ReadOnlyTable<u64, i64>,
     pub volume_state: redb::ReadOnlyTable<u64, &'static [u8]>,
     pub clients: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    pub server_certs: redb::ReadOnlyTable<u64, [u8; 32]>,
 }
 
 impl ReadTables {
@@ -171,6 +174,7 @@ impl ReadTables {
             draining: tx.open_table(DRAINING).db()?,
             volume_state: tx.open_table(VOLUME_STATE).db()?,
             clients: tx.open_table(CLIENTS).db()?,
+            server_certs: tx.open_table(SERVER_CERTS).db()?,
         })
     }
 }
