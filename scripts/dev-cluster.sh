@@ -132,6 +132,11 @@ up() {
         "$bin/dfs" cert issue --dir "$certs" --name admin >/dev/null
         log "issued an administrator certificate in $certs"
     fi
+    if [ ! -f "$certs/meta.pem" ]; then
+        # Certificates made before the metadata server had a role of its own.
+        "$bin/dfs" cert issue --dir "$certs" --name meta --meta >/dev/null
+        log "issued a metadata-server certificate in $certs"
+    fi
     start "metadata server on $meta_addr" "$dev_dir/pids/meta.pid" "$dev_dir/logs/meta.log" \
         "$bin/dfs-meta" --listen "$meta_addr" --data "$dev_dir/meta" --certs "$certs"
     for i in $(seq 1 "$chunks"); do

@@ -56,13 +56,15 @@ impl ClientAccess {
         }
     }
 
-    /// Refuses clients outright: for requests only servers and administrators make.
-    pub fn privileged(&self, principal: &Principal) -> FsResult<()> {
-        if principal.is_privileged() {
+    /// For requests that direct a chunk server (delete, rebuild, verify, scrub): only the
+    /// metadata server's certificate and administrators' may make them; other chunk servers'
+    /// and clients' may not.
+    pub fn directing(&self, principal: &Principal) -> FsResult<()> {
+        if principal.directs_chunk_servers() {
             Ok(())
         } else {
             Err(FsError::Denied(
-                "this needs a server or administrator certificate".into(),
+                "this needs the metadata server's or an administrator's certificate".into(),
             ))
         }
     }

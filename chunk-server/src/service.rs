@@ -233,12 +233,12 @@ impl Service for ChunkService {
                 Ok((ChunkReply::Data { len }, Some(data)))
             }
             ChunkRequest::Delete { key } => {
-                self.access.privileged(principal)?;
+                self.access.directing(principal)?;
                 let existed = self.blocking(move |s| s.delete(&key)).await?;
                 Ok((ChunkReply::Deleted { existed }, None))
             }
             ChunkRequest::Verify { key } => {
-                self.access.privileged(principal)?;
+                self.access.directing(principal)?;
                 self.blocking(move |s| s.verify(&key)).await?;
                 Ok((ChunkReply::Verified, None))
             }
@@ -248,13 +248,13 @@ impl Service for ChunkService {
                 owner,
                 sources,
             } => {
-                self.access.privileged(principal)?;
+                self.access.directing(principal)?;
                 let _space = self.reserve(owner.policy.shard_len(owner.block_len))?;
                 rebuild(&self.peers, &self.store, key, owner, sources).await?;
                 Ok((ChunkReply::Stored, None))
             }
             ChunkRequest::ScrubStart => {
-                self.access.privileged(principal)?;
+                self.access.directing(principal)?;
                 self.scrubber.start();
                 Ok((ChunkReply::Scrub(self.scrubber.progress()), None))
             }

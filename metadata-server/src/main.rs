@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use dfs_common::config::{load_toml, parse_size, tls_paths};
+use dfs_common::config::{load_toml, parse_size, pick_identity, tls_paths};
 use dfs_common::net::tls::Identity;
 use dfs_meta::MetaConfig;
 use serde::Deserialize;
@@ -37,7 +37,8 @@ struct Args {
     /// Directory holding the metadata database [required].
     #[arg(long, env = "DFS_META_DATA")]
     data: Option<PathBuf>,
-    /// Directory with ca.pem, server.pem and server.key (see `dfs cert init`).
+    /// Directory with ca.pem and meta.pem/meta.key (else server.pem/server.key); see
+    /// `dfs cert init`.
     #[arg(long, env = "DFS_CERTS")]
     certs: Option<PathBuf>,
     /// CA certificate (overrides --certs).
@@ -78,9 +79,20 @@ struct Args {
 }
 
 fn resolve(args: Args, file: Args) -> anyhow::Result<MetaConfig> {
+    let certs = args.certs.or(file.certs);
+    // `meta.pem` (made by `dfs cert init`) holds the metadata role that chunk servers require
+    // for deletes and rebuilds; `server.pem` alone is what older certificate directories have.
+    let name = certs
+        .as_deref()
+        .map_or("meta", |dir| pick_identity(dir, &["meta", "server"]));
+    if name == "server" {
+        tracing::warn!(
+            "no meta.pem in the certificate directory: chunk servers will refuse this server's deletes and repairs; issue one with `dfs cert issue --meta --name meta`"
+        );
+    }
     let tls = tls_paths(
-        args.certs.or(file.certs),
-        "server",
+        certs,
+        name,
         args.tls_ca.or(file.tls_ca),
         args.tls_cert.or(file.tls_cert),
         args.tls_key.or(file.tls_key),

@@ -88,7 +88,8 @@ impl MetaService {
         request: &MetaRequest,
     ) -> FsResult<Option<Vec<VolumeGrant>>> {
         let fingerprint = match principal {
-            Principal::Admin => return Ok(None),
+            // The metadata role is held by metadata servers only.
+            Principal::Admin | Principal::Meta => return Ok(None),
             // Chunk servers make only these calls; a server certificate grants nothing else,
             // so a chunk host's key is not an administrator's.
             Principal::Server(fingerprint) => {

@@ -628,3 +628,35 @@ async fn a_server_certificate_speaks_only_for_the_chunk_servers_it_registered() 
     .await
     .is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_metadata_server_directs_chunk_servers() {
+    let cluster = TestCluster::start(6).await;
+    let admin = cluster.client().await;
+    let volume = cluster.volume(&admin, "v", "4+2", MIB).await;
+    let data = random_bytes(MIB as usize, 31);
+    let ino = write_file(&admin, &volume, "f", &data).await;
+    let layout = admin.layout(ino, 0, u64::MAX).await.unwrap();
+    let shard = &layout.blocks[0].shards[0];
+    let key = ShardKey {
+        block: layout.blocks[0].block,
+        index: 0,
+    };
+    // A chunk server's certificate may read shards (rebuilds do), not delete them.
+    let chunk_cert = ChunkPool::new(
+        client_endpoint(&cluster.certs.server_identity()).unwrap(),
+        Duration::from_secs(10),
+    );
+    assert!(chunk_cert.get_shard(&shard.addr, key, 0, 16).await.is_ok());
+    let deleted = chunk_cert.delete_shard(&shard.addr, key).await;
+    assert!(matches!(deleted, Err(FsError::Denied(_))), "{deleted:?}");
+    assert!(admin.read_range(ino, 0, u64::MAX).await.unwrap() == data);
+    // The metadata server's own certificate does direct them: deleting the file has its
+    // shards collected after the grace period.
+    admin.unlink(volume.root, "f").await.unwrap();
+    wait_for("the collector to delete the shard", WAIT, || async {
+        let gone = !shard_file(&cluster, shard.server, key).is_some_and(|p| p.exists());
+        gone.then_some(())
+    })
+    .await;
+}

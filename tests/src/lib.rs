@@ -33,10 +33,11 @@ pub const TEST_GC_GRACE: Duration = Duration::from_secs(2);
 pub const TEST_RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 pub const TEST_ORPHAN_GRACE: Duration = Duration::from_secs(3);
 
-/// A CA with one server and one client certificate.
+/// A CA with a metadata-server, a (chunk) server and an administrator certificate.
 #[derive(Clone)]
 pub struct Certs {
     pub ca: PemPair,
+    pub meta: PemPair,
     pub server: PemPair,
     pub client: PemPair,
 }
@@ -44,11 +45,21 @@ pub struct Certs {
 impl Certs {
     pub fn generate() -> Certs {
         let ca = generate_ca().expect("CA");
+        let meta = issue(&ca, "test-meta", Role::Meta, &["127.0.0.1".into()]).expect("meta cert");
         let server =
             issue(&ca, "test-server", Role::Server, &["127.0.0.1".into()]).expect("server cert");
         // The harness's clients, CLI and mounts act as administrators.
         let client = issue(&ca, "test-admin", Role::Admin, &[]).expect("admin cert");
-        Certs { ca, server, client }
+        Certs {
+            ca,
+            meta,
+            server,
+            client,
+        }
+    }
+
+    pub fn meta_identity(&self) -> Identity {
+        Identity::from_pairs(&self.ca, &self.meta).expect("meta identity")
     }
 
     pub fn server_identity(&self) -> Identity {
@@ -143,7 +154,7 @@ impl TestCluster {
         let mut config = dfs_meta::MetaConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("meta"),
-            identity: certs.server_identity(),
+            identity: certs.meta_identity(),
             server_timeout: TEST_SERVER_TIMEOUT,
             lock_lease: dfs_meta::locks::DEFAULT_LEASE,
             repair: dfs_meta::repair::RepairConfig {

@@ -99,6 +99,7 @@ impl ProcessCluster {
         let certs = Certs::generate();
         let certs_dir = dir.path().join("certs");
         write_pair(&certs_dir, "ca", &certs.ca).unwrap();
+        write_pair(&certs_dir, "meta", &certs.meta).unwrap();
         write_pair(&certs_dir, "server", &certs.server).unwrap();
         write_pair(&certs_dir, "admin", &certs.client).unwrap();
         let meta_addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));

@@ -9,9 +9,10 @@ use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
 pub enum CertCommand {
-    /// Create a new cluster CA in DIR with `server` and `admin` certificates.
+    /// Create a new cluster CA in DIR with `meta`, `server` and `admin` certificates.
     Init {
-        /// Directory to write ca.pem, ca.key, server.pem, server.key, admin.pem, admin.key.
+        /// Directory to write ca.pem, ca.key, meta.pem, meta.key (the metadata server),
+        /// server.pem, server.key (chunk servers), admin.pem, admin.key.
         #[arg(long)]
         dir: PathBuf,
         /// Extra host names or IP addresses for the server certificate.
@@ -24,9 +25,13 @@ pub enum CertCommand {
         dir: PathBuf,
         #[arg(long)]
         name: String,
-        /// A server certificate (metadata or chunk server) instead of an administrator one.
-        #[arg(long)]
+        /// A chunk server's certificate instead of an administrator's.
+        #[arg(long, conflicts_with = "meta")]
         server: bool,
+        /// A metadata server's certificate (chunk servers take deletes and rebuilds only
+        /// from it).
+        #[arg(long)]
+        meta: bool,
         /// Extra host names or IP addresses (server certificates).
         #[arg(long = "san")]
         sans: Vec<String>,
@@ -46,6 +51,7 @@ pub fn run(cmd: &CertCommand) -> anyhow::Result<()> {
             write_pair(dir, "ca", &ca)?;
             let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
             names.extend(sans.iter().cloned());
+            write_pair(dir, "meta", &issue(&ca, "dfs-meta", Role::Meta, &names)?)?;
             write_pair(
                 dir,
                 "server",
@@ -53,7 +59,7 @@ pub fn run(cmd: &CertCommand) -> anyhow::Result<()> {
             )?;
             write_pair(dir, "admin", &issue(&ca, "dfs-admin", Role::Admin, &[])?)?;
             println!(
-                "created CA and server/admin certificates in {}",
+                "created CA and meta/server/admin certificates in {}",
                 dir.display()
             );
             Ok(())
@@ -62,19 +68,20 @@ pub fn run(cmd: &CertCommand) -> anyhow::Result<()> {
             dir,
             name,
             server,
+            meta,
             sans,
         } => {
             if name.is_empty() || name.contains('/') || name == "ca" {
                 bail!("invalid certificate name {name:?}");
             }
             let ca = read_pair(dir, "ca").context("reading the CA (ca.pem and ca.key)")?;
-            let role = if *server { Role::Server } else { Role::Admin };
+            let (role, what) = match (*server, *meta) {
+                (_, true) => (Role::Meta, "metadata server"),
+                (true, false) => (Role::Server, "chunk server"),
+                (false, false) => (Role::Admin, "administrator"),
+            };
             write_pair(dir, name, &issue(&ca, name, role, sans)?)?;
-            println!(
-                "issued {} certificate {}/{name}.pem",
-                if *server { "server" } else { "administrator" },
-                dir.display()
-            );
+            println!("issued {what} certificate {}/{name}.pem", dir.display());
             Ok(())
         }
     }

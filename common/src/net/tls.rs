@@ -5,8 +5,9 @@
 //! the handshake. Server certificates carry the name [`SERVER_NAME`] that clients verify.
 //!
 //! A certificate's role is a name in it too, so that only the CA can grant it: servers hold
-//! [`SERVER_NAME`], administrators [`ADMIN_NAME`]; any other certificate is a client whose rights
-//! the metadata server looks up by the certificate's fingerprint ([`Principal`]).
+//! [`SERVER_NAME`], the metadata server also [`META_NAME`], administrators [`ADMIN_NAME`]; any
+//! other certificate is a client whose rights the metadata server looks up by the
+//! certificate's fingerprint ([`Principal`]).
 
 use crate::error::FsError;
 use rcgen::{
@@ -22,6 +23,9 @@ use std::sync::Arc;
 pub const SERVER_NAME: &str = "dfs.cluster";
 /// The DNS name an administrator's certificate holds.
 pub const ADMIN_NAME: &str = "admin.role.dfs";
+/// The DNS name a metadata server's certificate holds besides [`SERVER_NAME`]: chunk servers
+/// take deletes and rebuilds only from it (or an administrator), not from each other.
+pub const META_NAME: &str = "meta.role.dfs";
 /// ALPN protocol id, so a dfs endpoint never talks to some other QUIC service by mistake.
 pub const ALPN: &[u8] = b"dfs/1";
 
@@ -35,9 +39,12 @@ pub struct PemPair {
 /// What a certificate may be used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// Accepts connections (metadata and chunk servers); can also connect as a client, with
-    /// every right.
+    /// Accepts connections (chunk servers; metadata servers of clusters made before the
+    /// metadata role); connects to other servers to read shards.
     Server,
+    /// A server certificate that also holds [`META_NAME`]: the metadata server, which directs
+    /// chunk servers (delete, rebuild, verify, scrub).
+    Meta,
     /// Connects with every right: the admin CLI (and mounts that may use any volume).
     Admin,
     /// Connects with the rights the metadata server records for it (`dfs client add`).
@@ -50,6 +57,8 @@ pub enum Principal {
     /// A server certificate, known by its fingerprint: the metadata server binds each chunk
     /// server's id to the certificate it first registered with.
     Server(Fingerprint),
+    /// The metadata server's certificate (it holds [`META_NAME`]).
+    Meta,
     Admin,
     /// A client certificate, known by the blake3 hash of its DER bytes.
     Client(Fingerprint),
@@ -94,7 +103,9 @@ impl Principal {
             let name = rustls::pki_types::ServerName::try_from(name).expect("valid DNS name");
             cert.verify_is_valid_for_subject_name(&name).is_ok()
         };
-        if holds(SERVER_NAME) {
+        if holds(META_NAME) && holds(SERVER_NAME) {
+            Principal::Meta
+        } else if holds(SERVER_NAME) {
             Principal::Server(Fingerprint::of(der))
         } else if holds(ADMIN_NAME) {
             Principal::Admin
@@ -112,9 +123,18 @@ impl Principal {
             .unwrap_or(Principal::Client(Fingerprint([0; 32])))
     }
 
-    /// Servers and administrators may do anything.
+    /// Servers and administrators may read any shard.
     pub fn is_privileged(&self) -> bool {
-        matches!(self, Principal::Server(_) | Principal::Admin)
+        matches!(
+            self,
+            Principal::Server(_) | Principal::Meta | Principal::Admin
+        )
+    }
+
+    /// The metadata server and administrators direct chunk servers (delete, rebuild, verify,
+    /// scrub); chunk servers do not direct each other.
+    pub fn directs_chunk_servers(&self) -> bool {
+        matches!(self, Principal::Meta | Principal::Admin)
     }
 }
 
@@ -158,6 +178,11 @@ pub fn issue(
             sans.push(SERVER_NAME.to_string());
             sans.extend(extra_names.iter().cloned());
         }
+        Role::Meta => {
+            sans.push(SERVER_NAME.to_string());
+            sans.push(META_NAME.to_string());
+            sans.extend(extra_names.iter().cloned());
+        }
         Role::Admin => sans.push(ADMIN_NAME.to_string()),
         Role::Client => {}
     }
@@ -167,7 +192,7 @@ pub fn issue(
     params.distinguished_name = dn;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = match role {
-        Role::Server => vec![
+        Role::Server | Role::Meta => vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ],
