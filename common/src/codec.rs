@@ -59,11 +59,9 @@ pub async fn write_frame<T: Serialize>(send: &mut SendStream, value: &T) -> Resu
     send.write_all(&frame).await.map_err(write_error)
 }
 
-/// Reads one frame of at most `max` bytes and decodes it.
-pub async fn read_frame<T: DeserializeOwned>(
-    recv: &mut RecvStream,
-    max: usize,
-) -> Result<T, FsError> {
+/// Reads a frame's length prefix, refusing one over `max` (or [`MAX_FRAME`]) before anything
+/// is allocated.
+pub async fn read_frame_len(recv: &mut RecvStream, max: usize) -> Result<usize, FsError> {
     let mut len = [0u8; 4];
     recv.read_exact(&mut len).await.map_err(read_error)?;
     let len = u32::from_le_bytes(len) as usize;
@@ -73,6 +71,15 @@ pub async fn read_frame<T: DeserializeOwned>(
             max.min(MAX_FRAME)
         )));
     }
+    Ok(len)
+}
+
+/// Reads one frame of at most `max` bytes and decodes it.
+pub async fn read_frame<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    max: usize,
+) -> Result<T, FsError> {
+    let len = read_frame_len(recv, max).await?;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(read_error)?;
     decode_body(&body)

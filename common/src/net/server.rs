@@ -4,7 +4,7 @@
 //! Every stream runs in its own task under a deadline, so a peer that stalls or sends garbage
 //! only loses its own stream; other streams and other clients keep being served.
 
-use crate::codec::{decode_body, read_error, write_frame, MAX_FRAME};
+use crate::codec::{decode_body, read_error, read_frame_len, write_frame};
 use crate::error::FsError;
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
@@ -206,15 +206,7 @@ async fn read_request<T: DeserializeOwned>(
     max: usize,
     budget: &Semaphore,
 ) -> Result<T, FsError> {
-    let mut len = [0u8; 4];
-    recv.read_exact(&mut len).await.map_err(read_error)?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len > max.min(MAX_FRAME) {
-        return Err(FsError::TooBig(format!(
-            "peer sent a {len}-byte message, limit is {}",
-            max.min(MAX_FRAME)
-        )));
-    }
+    let len = read_frame_len(recv, max).await?;
     let _held = budget
         .acquire_many((len / BUDGET_UNIT + 1) as u32)
         .await
