@@ -554,4 +554,36 @@ mod tests {
             }
         }
     }
+
+    /// Two puts of one key with different contents, racing: one wins, the other is told the
+    /// key is taken, and what is stored is exactly the winner's shard, every time.
+    #[test]
+    fn racing_puts_of_one_key_never_replace_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(ShardStore::open(dir.path()).unwrap());
+        for round in 0..40u64 {
+            let k = key(1000 + round, 0);
+            let contents: Vec<Vec<u8>> = (0..2u8).map(|b| vec![b; 100_000]).collect();
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let handles: Vec<_> = contents
+                .iter()
+                .cloned()
+                .map(|data| {
+                    let (store, barrier) = (store.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        store.put(k, owner(400_000), &data)
+                    })
+                })
+                .collect();
+            let results: Vec<FsResult<()>> =
+                handles.into_iter().map(|h| h.join().unwrap()).collect();
+            let winners: Vec<usize> = (0..2).filter(|&i| results[i].is_ok()).collect();
+            assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+            let loser = 1 - winners[0];
+            assert_eq!(results[loser], Err(FsError::Exists), "round {round}");
+            let stored = store.get(&k, 0, 100_000).unwrap();
+            assert_eq!(stored, contents[winners[0]], "round {round}");
+        }
+    }
 }

@@ -119,6 +119,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_http_default_is_loopback_for_a_wildcard_listener() {
+        let wildcard: SocketAddr = "0.0.0.0:7000".parse().unwrap();
+        assert_eq!(
+            http_addr(None, wildcard).unwrap(),
+            Some("127.0.0.1:7000".parse().unwrap())
+        );
+        let v6: SocketAddr = "[::]:7000".parse().unwrap();
+        assert_eq!(
+            http_addr(None, v6).unwrap(),
+            Some("[::1]:7000".parse().unwrap())
+        );
+        let one: SocketAddr = "10.1.2.3:7100".parse().unwrap();
+        assert_eq!(http_addr(None, one).unwrap(), Some(one));
+        assert_eq!(
+            http_addr(Some("0.0.0.0:9000".into()), wildcard).unwrap(),
+            Some("0.0.0.0:9000".parse().unwrap())
+        );
+        assert_eq!(http_addr(Some("off".into()), wildcard).unwrap(), None);
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("4M"), Ok(4 << 20));
         assert_eq!(parse_size("512k"), Ok(512 << 10));

@@ -367,6 +367,12 @@ async fn a_client_cannot_reach_an_inode_created_in_another_volume_after_its_chec
     let alice = Client::connect(cluster.meta_addr, &identity, ClientOptions::default())
         .await
         .unwrap();
+    // A usage count reads every inode and block of the cluster: administrators only, even
+    // for the client's own volume.
+    assert!(matches!(
+        alice.volume_usage("a").await,
+        Err(FsError::Denied(_))
+    ));
     // Inode ids are global and sequential: the next one is predictable.
     let probe = admin
         .make_node(a.root, "probe", FileKind::File, 0o644, 0, 0, 0)
