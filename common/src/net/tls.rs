@@ -138,6 +138,21 @@ impl Principal {
     }
 }
 
+/// ring's TLS 1.3 suites with AES-128-GCM first: every byte of shard data is sealed and
+/// opened once per hop, and AES-128 does that with fewer rounds than ring's default first
+/// choice, AES-256 (see docs/BENCHMARKS.md). Both ends use this order, so AES-128 is what they
+/// agree on; AES-256 and ChaCha20 stay allowed.
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::crypto::ring::cipher_suite;
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![
+        cipher_suite::TLS13_AES_128_GCM_SHA256,
+        cipher_suite::TLS13_AES_256_GCM_SHA384,
+        cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(provider)
+}
+
 fn ca_params() -> Result<CertificateParams, FsError> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
     let mut dn = DistinguishedName::new();
@@ -289,7 +304,7 @@ impl Identity {
     }
 
     pub fn rustls_server_config(&self) -> Result<rustls::ServerConfig, FsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crypto_provider();
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             self.roots()?,
             provider.clone(),
@@ -307,7 +322,7 @@ impl Identity {
     }
 
     pub fn rustls_client_config(&self) -> Result<rustls::ClientConfig, FsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crypto_provider();
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err)?
@@ -347,4 +362,48 @@ pub fn read_pair(dir: &Path, name: &str) -> Result<PemPair, FsError> {
         cert_pem: read(dir.join(format!("{name}.pem")))?,
         key_pem: read(dir.join(format!("{name}.key")))?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Our client and server, handshaking in memory, agree on AES-128-GCM.
+    #[test]
+    fn peers_negotiate_aes_128_gcm() {
+        let ca = generate_ca().unwrap();
+        let server = Identity::from_pairs(
+            &ca,
+            &issue(&ca, "s", Role::Server, &["127.0.0.1".into()]).unwrap(),
+        )
+        .unwrap();
+        let client =
+            Identity::from_pairs(&ca, &issue(&ca, "c", Role::Admin, &[]).unwrap()).unwrap();
+        let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).unwrap();
+        let mut c =
+            rustls::ClientConnection::new(Arc::new(client.rustls_client_config().unwrap()), name)
+                .unwrap();
+        let mut s = rustls::ServerConnection::new(Arc::new(server.rustls_server_config().unwrap()))
+            .unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            s.read_tls(&mut buf.as_slice()).unwrap();
+            s.process_new_packets().unwrap();
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            c.read_tls(&mut buf.as_slice()).unwrap();
+            c.process_new_packets().unwrap();
+            if !c.is_handshaking() && !s.is_handshaking() {
+                break;
+            }
+        }
+        assert!(!c.is_handshaking());
+        let suite = c.negotiated_cipher_suite().unwrap().suite();
+        assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    }
 }
