@@ -666,3 +666,33 @@ async fn only_the_metadata_server_directs_chunk_servers() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_one_open_file_go_to_the_network_side_by_side() {
+    let cluster = TestCluster::start(6).await;
+    let faults = cluster.faults.clone();
+    let client = cluster.client().await;
+    let volume = cluster.volume(&client, "v", "4+2", MIB).await;
+    let data = random_bytes(4 * MIB as usize, 41);
+    let ino = write_file(&client, &volume, "f", &data).await;
+    let file = std::sync::Arc::new(tokio::sync::Mutex::new(client.open(ino).await.unwrap()));
+    // The first read stops in the middle of its network fetch...
+    faults.arm("client.read_piece", Action::Pause);
+    let read = |offset: u64| {
+        let file = file.clone();
+        tokio::spawn(async move {
+            dfs_client::client::file::FileHandle::read_shared(&file, offset, 4096, false).await
+        })
+    };
+    let first = read(0);
+    faults.wait_hit("client.read_piece", 1, WAIT).await.unwrap();
+    // ...and a second read of the same open file still reaches the network meanwhile.
+    let second = read(2 * MIB);
+    faults.wait_hit("client.read_piece", 2, WAIT).await.unwrap();
+    faults.disarm("client.read_piece");
+    assert_eq!(first.await.unwrap().unwrap(), &data[..4096]);
+    assert_eq!(
+        second.await.unwrap().unwrap(),
+        &data[2 * MIB as usize..2 * MIB as usize + 4096]
+    );
+}

@@ -12,6 +12,7 @@ use dfs_common::proto::MAX_FILE_SIZE;
 use dfs_common::{EcPolicy, FsError, FsResult, InodeId, Timestamp, VolumeId};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 /// Extents committed per metadata transaction at most; longer streams commit in steps.
@@ -53,7 +54,39 @@ pub struct FileHandle {
 struct CachedLayout {
     start: u64,
     end: u64,
-    layout: Layout,
+    layout: Arc<Layout>,
+}
+
+/// A read, planned under its handle and carried out without it.
+pub struct ReadPlan {
+    client: Client,
+    ino: InodeId,
+    offset: u64,
+    len: u64,
+    /// `None`: the range spans more extents than one layout reply holds; read page by page.
+    layout: Option<Arc<Layout>>,
+    /// The layout came from the handle's cache (and may be stale).
+    cached: bool,
+}
+
+impl ReadPlan {
+    /// Reads the bytes; says also whether some had to be rebuilt from other shards (a server
+    /// down, failing or slow), after which a cached layout is better fetched again.
+    pub async fn run(&self) -> FsResult<(Vec<u8>, bool)> {
+        let fallbacks = self.client.fallback_reads();
+        let data = match &self.layout {
+            Some(layout) => {
+                reader::read_with_layout(&self.client, layout, self.offset, self.len).await?
+            }
+            None => reader::read(&self.client, self.ino, self.offset, self.len).await?,
+        };
+        Ok((data, self.client.fallback_reads() != fallbacks))
+    }
+
+    /// Whether the layout came from the handle's cache.
+    pub fn cached(&self) -> bool {
+        self.cached
+    }
 }
 
 impl Client {
@@ -391,31 +424,80 @@ impl FileHandle {
 
     /// Reads up to `len` bytes at `offset`, seeing this handle's own writes.
     pub async fn read(&mut self, offset: u64, len: u64) -> FsResult<Vec<u8>> {
+        let plan = self.plan_read(offset, len).await?;
+        match plan.run().await {
+            Ok((data, rebuilt)) => {
+                if rebuilt {
+                    self.read_failed(&plan, &"data was rebuilt from other shards");
+                }
+                Ok(data)
+            }
+            Err(e) if plan.cached() => {
+                self.read_failed(&plan, &e);
+                Ok(self.plan_read(offset, len).await?.run().await?.0)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads through a handle that concurrent readers share: the handle is locked only to plan
+    /// the read (and, after a failure with a cached layout, to plan it again), never across
+    /// the network. `forget_layout` first drops the cached layout (another descriptor of
+    /// this client changed the file).
+    pub async fn read_shared(
+        file: &tokio::sync::Mutex<FileHandle>,
+        offset: u64,
+        len: u64,
+        forget_layout: bool,
+    ) -> FsResult<Vec<u8>> {
+        let plan = {
+            let mut file = file.lock().await;
+            if forget_layout {
+                file.forget_layout();
+            }
+            file.plan_read(offset, len).await?
+        };
+        match plan.run().await {
+            Ok((data, rebuilt)) => {
+                if rebuilt {
+                    let why = "data was rebuilt from other shards";
+                    file.lock().await.read_failed(&plan, &why);
+                }
+                Ok(data)
+            }
+            Err(e) if plan.cached() => {
+                let fresh = {
+                    let mut file = file.lock().await;
+                    file.read_failed(&plan, &e);
+                    file.plan_read(offset, len).await?
+                };
+                Ok(fresh.run().await?.0)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What a read of `len` bytes at `offset` needs from this handle: its own writes flushed
+    /// and a layout of the range. The read itself ([`ReadPlan::run`]) then needs no access to
+    /// the handle, so reads of one open file (the kernel's read-ahead beside the
+    /// application's read, threads sharing a descriptor) go to the network side by side.
+    pub async fn plan_read(&mut self, offset: u64, len: u64) -> FsResult<ReadPlan> {
         self.client.check_locks(self.ino)?;
         if !self.dirty.is_empty() || !self.uploads.is_empty() || !self.uploaded.is_empty() {
             self.flush().await?;
         }
         let end = offset.saturating_add(len);
-        let cached = self
-            .layout
-            .as_ref()
-            .is_some_and(|c| c.start <= offset && end <= c.end);
-        if cached {
-            let layout = &self.layout.as_ref().expect("checked above").layout;
-            let fallbacks = self.client.fallback_reads();
-            match reader::read_with_layout(&self.client, layout, offset, len).await {
-                Ok(data) => {
-                    if self.client.fallback_reads() != fallbacks {
-                        self.layout = None;
-                    }
-                    return Ok(data);
-                }
-                // Repair, drain or rebalance may have moved shards since the layout was
-                // fetched (and deleted the old copies): read again with a fresh one.
-                Err(e) => {
-                    tracing::info!(ino = %self.ino, "read with a cached layout failed ({e}); fetching the layout again");
-                    self.layout = None;
-                }
+        let plan = |layout: Option<Arc<Layout>>, cached| ReadPlan {
+            client: self.client.clone(),
+            ino: self.ino,
+            offset,
+            len,
+            layout,
+            cached,
+        };
+        if let Some(c) = self.layout.as_ref() {
+            if c.start <= offset && end <= c.end {
+                return Ok(plan(Some(c.layout.clone()), true));
             }
         }
         // The whole file's layout when it fits one reply (up to MAX_LAYOUT_EXTENTS extents), so
@@ -428,15 +510,29 @@ impl FileHandle {
             layout = self.fetch_layout(start).await?;
         }
         if layout.complete_to < end.min(layout.size) {
-            return reader::read(&self.client, self.ino, offset, len).await;
+            return Ok(plan(None, false));
         }
-        let data = reader::read_with_layout(&self.client, &layout, offset, len).await?;
+        let layout = Arc::new(layout);
         self.layout = Some(CachedLayout {
             start,
             end: layout.complete_to,
-            layout,
+            layout: layout.clone(),
         });
-        Ok(data)
+        Ok(plan(Some(layout), false))
+    }
+
+    /// A read planned with the cached layout failed, or had to rebuild data from other shards:
+    /// repair, drain or rebalance may have moved shards since the layout was fetched (and
+    /// deleted the old copies), so the next read fetches a fresh one.
+    pub fn read_failed(&mut self, plan: &ReadPlan, why: &dyn std::fmt::Display) {
+        let same = match (&self.layout, &plan.layout) {
+            (Some(c), Some(used)) => Arc::ptr_eq(&c.layout, used),
+            _ => false,
+        };
+        if same {
+            tracing::info!(ino = %self.ino, "read with a cached layout: {why}; fetching the layout again");
+            self.layout = None;
+        }
     }
 
     /// The layout from `start` to the end of the file, complete up to its `complete_to`.

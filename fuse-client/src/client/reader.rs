@@ -158,6 +158,7 @@ const HEDGE_AFTER: Duration = Duration::from_millis(1500);
 /// Fetches one piece from its data shard into `slot`, falling back to reconstruction when the
 /// server is known down, fails, or is too slow.
 async fn fetch_piece(client: &Client, piece: &Piece, slot: &mut [u8]) -> FsResult<()> {
+    client.inner.options.faults.hit("client.read_piece").await?;
     let location = &piece.block.shards[piece.index];
     let chunks = &client.inner.chunks;
     if !location.up || chunks.is_suspect(&location.addr) {

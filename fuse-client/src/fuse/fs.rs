@@ -799,11 +799,8 @@ impl Filesystem for DfsFs {
                 Ok(flushed) => flushed,
                 Err(e) => return reply.error(errno(&e)),
             };
-            let mut file = file.lock().await;
-            if others_flushed {
-                file.forget_layout();
-            }
-            let result = file.read(offset, size as u64).await;
+            // The handle is held only to plan each read: reads of one file overlap.
+            let result = OpenFile::read_shared(&file, offset, size as u64, others_flushed).await;
             match result {
                 Ok(data) => {
                     s.metrics.bytes_read.inc_by(data.len() as u64);
