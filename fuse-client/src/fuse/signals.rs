@@ -9,8 +9,12 @@
 //! EINTR).
 
 /// Whether `pid` (a thread id, as FUSE reports it) has a signal pending that it neither
-/// blocks nor ignores, or no longer exists.
+/// blocks nor ignores, or no longer exists. FUSE reports pid 0 for a caller outside the
+/// mount's PID namespace: nothing can be known of it, so its wait goes on.
 pub fn signal_pending(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
     match std::fs::read_to_string(format!("/proc/{pid}/status")) {
         Ok(status) => pending_in_status(&status),
         // Gone (or unreadable): nobody is waiting any more.
@@ -77,5 +81,6 @@ mod tests {
     fn this_process_has_nothing_pending_and_a_missing_one_counts_as_gone() {
         assert!(!signal_pending(std::process::id()));
         assert!(signal_pending(u32::MAX));
+        assert!(!signal_pending(0));
     }
 }
