@@ -8,7 +8,7 @@ use crate::store::schema::{decode, encode, BlockRecord};
 use crate::store::tables::WriteTables;
 use crate::store::DbResult;
 use dfs_common::proto::meta::Extent;
-use dfs_common::{BlockId, FsError, FsResult, InodeId, Timestamp};
+use dfs_common::{BlockId, FsError, FsResult, InodeId};
 use redb::ReadableTable;
 use std::collections::BTreeMap;
 
@@ -22,7 +22,7 @@ impl RefDelta {
         *self.0.entry(block).or_default() += n;
     }
 
-    pub fn apply(self, t: &mut WriteTables, now: Timestamp) -> FsResult<()> {
+    pub fn apply(self, t: &mut WriteTables) -> FsResult<()> {
         for (block, delta) in self.0 {
             if delta == 0 {
                 continue;
@@ -43,11 +43,6 @@ impl RefDelta {
             }
             rec.refs = refs as u32;
             t.blocks.insert(block, encode(&rec).as_slice()).db()?;
-            if refs == 0 {
-                t.garbage.insert(block, now.secs).db()?;
-            } else {
-                t.garbage.remove(block).db()?;
-            }
         }
         Ok(())
     }

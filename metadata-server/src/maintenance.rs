@@ -81,12 +81,10 @@ pub fn drop_blocks(t: &mut WriteTables, blocks: &[BlockId]) -> FsResult<MetaRepl
     let mut dropped = Vec::new();
     for &block in blocks {
         let Some(rec) = get_block(t, block)? else {
-            t.garbage.remove(block.0).db()?;
             continue;
         };
         if rec.refs == 0 {
             t.blocks.remove(block.0).db()?;
-            t.garbage.remove(block.0).db()?;
             dropped.push(block);
         }
     }

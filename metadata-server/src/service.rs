@@ -19,7 +19,7 @@ use dfs_common::net::tls::{Fingerprint, Principal};
 use dfs_common::proto::chunk::ShardKey;
 use dfs_common::proto::meta::*;
 use dfs_common::proto::MAX_CHECK_SHARDS;
-use dfs_common::{FsError, FsResult, ServerId, Timestamp};
+use dfs_common::{FsError, FsResult, ServerId, Timestamp, VolumeId};
 use quinn::RecvStream;
 use redb::{Database, ReadableTable};
 use std::sync::Arc;
@@ -202,6 +202,13 @@ impl MetaService {
         }
     }
 
+    /// Gives a placed shard the capability to store it there (none for a missing shard).
+    fn grant(&self, shard: &mut ShardLocation, key: ShardKey, volume: VolumeId, now: Timestamp) {
+        if shard.server != ServerId::NONE {
+            shard.cap = Some(self.capability_key.grant(key, volume, shard.server, now));
+        }
+    }
+
     /// Runs a read-only query on a fresh snapshot, off the async runtime.
     async fn query<T: Send + 'static>(
         &self,
@@ -329,14 +336,11 @@ impl MetaService {
                 if let MetaReply::Placement(p) = &mut reply {
                     let now = Timestamp::now();
                     for (index, shard) in p.shards.iter_mut().enumerate() {
-                        if shard.server != ServerId::NONE {
-                            let key = ShardKey {
-                                block: p.block,
-                                index: index as u8,
-                            };
-                            shard.cap =
-                                Some(self.capability_key.grant(key, p.volume, shard.server, now));
-                        }
+                        let key = ShardKey {
+                            block: p.block,
+                            index: index as u8,
+                        };
+                        self.grant(shard, key, p.volume, now);
                     }
                 }
                 Ok(reply)
@@ -364,15 +368,8 @@ impl MetaService {
                 };
                 let mut reply = self.commit(request, placement, call).await?;
                 if let MetaReply::Shard(shard) = &mut reply {
-                    if shard.server != ServerId::NONE {
-                        let key = ShardKey { block, index };
-                        shard.cap = Some(self.capability_key.grant(
-                            key,
-                            rec.volume,
-                            shard.server,
-                            Timestamp::now(),
-                        ));
-                    }
+                    let key = ShardKey { block, index };
+                    self.grant(shard, key, rec.volume, Timestamp::now());
                 }
                 Ok(reply)
             }

@@ -89,7 +89,7 @@ fn apply_request(t: &mut WriteTables, cmd: &Command) -> FsResult<MetaReply> {
             volumes,
         } => access::add_client(t, now, name, *fingerprint, volumes),
         MetaRequest::RevokeClient { name } => access::revoke_client(t, name),
-        MetaRequest::DeleteVolume { name, force } => volumes::delete(t, now, name, *force),
+        MetaRequest::DeleteVolume { name, force } => volumes::delete(t, name, *force),
         MetaRequest::Heartbeat { server, addr, .. } => {
             let rec = ServerRecord {
                 addr: addr.clone(),
@@ -317,10 +317,10 @@ fn drop_link(t: &mut WriteTables, now: Timestamp, ino: InodeId) -> FsResult<()> 
     if rec.nlink > 0 {
         return t.put_inode(ino, &rec);
     }
-    free_inode(t, now, ino)
+    free_inode(t, ino)
 }
 
-fn free_inode(t: &mut WriteTables, now: Timestamp, ino: InodeId) -> FsResult<()> {
+fn free_inode(t: &mut WriteTables, ino: InodeId) -> FsResult<()> {
     let rec = get_inode(&t.inodes, ino)?;
     let bytes = if rec.kind == FileKind::File {
         rec.size
@@ -330,7 +330,7 @@ fn free_inode(t: &mut WriteTables, now: Timestamp, ino: InodeId) -> FsResult<()>
     volumes::charge(t, rec.volume, volumes::size_delta(bytes, 0), -1)?;
     let mut refs = RefDelta::default();
     purge_inode(t, ino, &mut refs)?;
-    refs.apply(t, now)
+    refs.apply(t)
 }
 
 /// Removes an inode with its extents (their references go to `refs`) and xattrs. Usage and
@@ -386,7 +386,7 @@ fn rmdir(t: &mut WriteTables, now: Timestamp, parent: InodeId, name: &str) -> Fs
         return Err(FsError::NotEmpty);
     }
     t.dentries.remove((parent.0, name)).db()?;
-    free_inode(t, now, child)?;
+    free_inode(t, child)?;
     touch_dir(t, now, parent, -1)?;
     Ok(MetaReply::Done)
 }
@@ -482,7 +482,7 @@ fn rename(
             if !dir_is_empty(&t.dentries, dst)? {
                 return Err(FsError::NotEmpty);
             }
-            free_inode(t, now, dst)?;
+            free_inode(t, dst)?;
             touch_dir(t, now, new_parent, -1)?;
         } else {
             drop_link(t, now, dst)?;
@@ -559,7 +559,7 @@ fn set_attr(
         if size < rec.size {
             let mut refs = RefDelta::default();
             layout::truncate(t, ino, size, &mut refs)?;
-            refs.apply(t, now)?;
+            refs.apply(t)?;
         }
         if size != rec.size || set.mtime.is_none() {
             rec.mtime = now;
@@ -877,7 +877,7 @@ fn commit_write(
         rec.size = rec.size.max(ne.extent.file_offset + ne.extent.len);
     }
     volumes::charge(t, rec.volume, volumes::size_delta(old_size, rec.size), 0)?;
-    refs.apply(t, now)?;
+    refs.apply(t)?;
     rec.mtime = mtime;
     rec.ctime = now;
     t.put_inode(ino, &rec)?;

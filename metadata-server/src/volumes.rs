@@ -133,7 +133,7 @@ pub fn set(t: &mut WriteTables, name: &str, change: &VolumeChange) -> FsResult<M
 }
 
 /// Deletes a volume. Its blocks lose their references and go to the garbage collector.
-pub fn delete(t: &mut WriteTables, now: Timestamp, name: &str, force: bool) -> FsResult<MetaReply> {
+pub fn delete(t: &mut WriteTables, name: &str, force: bool) -> FsResult<MetaReply> {
     let rec = get_volume(t, name)?;
     let state = get_volume_state(&t.volume_state, rec.id)?;
     if state.inodes > 0 && !force {
@@ -164,7 +164,7 @@ pub fn delete(t: &mut WriteTables, now: Timestamp, name: &str, force: bool) -> F
         }
         purge_inode(t, ino, &mut refs)?;
     }
-    refs.apply(t, now)?;
+    refs.apply(t)?;
     t.volumes.remove(name).db()?;
     t.volume_state.remove(rec.id.0).db()?;
     Ok(MetaReply::Done)

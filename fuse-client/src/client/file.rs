@@ -83,9 +83,13 @@ impl ReadPlan {
         Ok((data, self.client.fallback_reads() != fallbacks))
     }
 
-    /// Whether the layout came from the handle's cache.
-    pub fn cached(&self) -> bool {
-        self.cached
+    /// Whether the handle must hear how this read went (see [`FileHandle::settle_read`]): it
+    /// failed with, or had to rebuild data around, a cached layout.
+    fn concerns_handle(&self, outcome: &FsResult<(Vec<u8>, bool)>) -> bool {
+        match outcome {
+            Ok((_, rebuilt)) => *rebuilt,
+            Err(_) => self.cached,
+        }
     }
 }
 
@@ -240,7 +244,6 @@ impl FileHandle {
         }
         self.count_dirty();
         for (at, block) in self.dirty.take_full_blocks(self.block_size) {
-            self.count_dirty();
             self.start_upload(vec![(at, block.len() as u64)], block)
                 .await?;
         }
@@ -425,19 +428,11 @@ impl FileHandle {
     /// Reads up to `len` bytes at `offset`, seeing this handle's own writes.
     pub async fn read(&mut self, offset: u64, len: u64) -> FsResult<Vec<u8>> {
         let plan = self.plan_read(offset, len).await?;
-        match plan.run().await {
-            Ok((data, rebuilt)) => {
-                if rebuilt {
-                    self.read_failed(&plan, &"data was rebuilt from other shards");
-                }
-                Ok(data)
-            }
-            Err(e) if plan.cached() => {
-                self.read_failed(&plan, &e);
-                Ok(self.plan_read(offset, len).await?.run().await?.0)
-            }
-            Err(e) => Err(e),
+        let outcome = plan.run().await;
+        if self.settle_read(&plan, &outcome) {
+            return Ok(self.plan_read(offset, len).await?.run().await?.0);
         }
+        outcome.map(|(data, _)| data)
     }
 
     /// Reads through a handle that concurrent readers share: the handle is locked only to plan
@@ -457,24 +452,16 @@ impl FileHandle {
             }
             file.plan_read(offset, len).await?
         };
-        match plan.run().await {
-            Ok((data, rebuilt)) => {
-                if rebuilt {
-                    let why = "data was rebuilt from other shards";
-                    file.lock().await.read_failed(&plan, &why);
-                }
-                Ok(data)
+        let outcome = plan.run().await;
+        if plan.concerns_handle(&outcome) {
+            let mut file = file.lock().await;
+            if file.settle_read(&plan, &outcome) {
+                let fresh = file.plan_read(offset, len).await?;
+                drop(file);
+                return Ok(fresh.run().await?.0);
             }
-            Err(e) if plan.cached() => {
-                let fresh = {
-                    let mut file = file.lock().await;
-                    file.read_failed(&plan, &e);
-                    file.plan_read(offset, len).await?
-                };
-                Ok(fresh.run().await?.0)
-            }
-            Err(e) => Err(e),
         }
+        outcome.map(|(data, _)| data)
     }
 
     /// What a read of `len` bytes at `offset` needs from this handle: its own writes flushed
@@ -521,18 +508,30 @@ impl FileHandle {
         Ok(plan(Some(layout), false))
     }
 
-    /// A read planned with the cached layout failed, or had to rebuild data from other shards:
-    /// repair, drain or rebalance may have moved shards since the layout was fetched (and
-    /// deleted the old copies), so the next read fetches a fresh one.
-    pub fn read_failed(&mut self, plan: &ReadPlan, why: &dyn std::fmt::Display) {
+    /// After a read with `plan`: a cached layout the read failed with, or had to rebuild data
+    /// around, is dropped, since repair, drain or rebalance may have moved shards since it was
+    /// fetched (and deleted the old copies). Returns whether the read failed with a cached
+    /// layout and is worth planning again with a fresh one.
+    fn settle_read(&mut self, plan: &ReadPlan, outcome: &FsResult<(Vec<u8>, bool)>) -> bool {
+        if !plan.concerns_handle(outcome) {
+            return false;
+        }
         let same = match (&self.layout, &plan.layout) {
             (Some(c), Some(used)) => Arc::ptr_eq(&c.layout, used),
             _ => false,
         };
         if same {
-            tracing::info!(ino = %self.ino, "read with a cached layout: {why}; fetching the layout again");
+            match outcome {
+                Ok(_) => {
+                    tracing::info!(ino = %self.ino, "read rebuilt data around a cached layout; fetching it again")
+                }
+                Err(e) => {
+                    tracing::info!(ino = %self.ino, "read with a cached layout failed ({e}); fetching it again")
+                }
+            }
             self.layout = None;
         }
+        outcome.is_err()
     }
 
     /// The layout from `start` to the end of the file, complete up to its `complete_to`.

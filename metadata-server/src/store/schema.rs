@@ -9,13 +9,16 @@
 //! | `blocks`   | block id                  | [`BlockRecord`]                    | placement and reference count per block |
 //! | `xattrs`   | (inode, name)             | value bytes                        | listxattr is one range scan           |
 //! | `servers`  | server id                 | [`ServerRecord`]                   | chunk-server addresses survive restarts |
-//! | `garbage`  | block id                  | seconds when it became unreferenced | the collector's work list            |
 //! | `counters` | counter name              | next id                            | ids are never reused                  |
 //! | `draining` | server id                 | seconds when the drain began       | placement avoids it, repair empties it |
 //! | `clients`  | client name               | [`ClientRecord`]                   | rights of client certificates, by fingerprint once loaded |
 //! | `volume_state` | volume id             | [`VolumeState`]                    | quotas are checked and usage kept in the same transaction as each change |
 //! | `server_certs` | server id             | certificate fingerprint (32 bytes) | a chunk server's id answers only to the certificate it registered with |
 //! | `calls`    | (client id, sequence)     | [`CallRecord`]                     | a retried mutation gets its first reply back (the duplicate-request table) |
+//!
+//! Blocks at zero references are found by the collector's scan of `blocks`; their grace period
+//! is kept in its memory on the monotonic clock. Databases made before that keep an unused
+//! `garbage` table.
 //!
 //! Records are bincode behind a one-byte format version (see [`encode`]), so an older record can
 //! still be decoded after a format change; integers in keys are fixed-width by redb.
@@ -33,7 +36,6 @@ pub const EXTENTS: TableDefinition<(u64, u64), (u64, u64, u64)> = TableDefinitio
 pub const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 pub const XATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("xattrs");
 pub const SERVERS: TableDefinition<u64, &[u8]> = TableDefinition::new("servers");
-pub const GARBAGE: TableDefinition<u64, i64> = TableDefinition::new("garbage");
 pub const DRAINING: TableDefinition<u64, i64> = TableDefinition::new("draining");
 pub const VOLUME_STATE: TableDefinition<u64, &[u8]> = TableDefinition::new("volume_state");
 pub const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
