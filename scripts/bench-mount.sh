@@ -1,32 +1,102 @@
 #!/usr/bin/env bash
-# fio and a metadata workload against a live dfs mount and a plain local directory of the same
+# fio and metadata workloads against a live dfs mount and a plain local directory of the same
 # disk, in the same run. Prints Markdown for docs/BENCHMARKS.md. Run as root (drops caches).
 #
-# Settings: DFS_BENCH_SIZE (1g), DFS_BENCH_FILES (10000), DFS_BENCH_SMALL_FILES (2000),
-# DFS_BENCH_DIR (/tmp/dfs-bench-mount).
+#   scripts/bench-mount.sh [data|meta|all]      (default: all)
+#
+# data: the fio jobs of the data-path targets (psync engine, one job, queue depth 1), with
+#       system-wide CPU-seconds per GiB (from /proc/stat, over exactly the job) for the
+#       sequential ones.
+# meta: create/stat/list/unlink loops and fsynced small files.
+#
+# Settings: DFS_BENCH_SIZE (1g), DFS_BENCH_RAND_SIZE (256m), DFS_BENCH_RUNTIME (30),
+# DFS_BENCH_FILES (10000), DFS_BENCH_SMALL_FILES (2000), DFS_BENCH_DIR (/tmp/dfs-bench-mount).
+# With DFS_BENCH_MOUNT set to an existing dfs mount, that mount is measured instead of a fresh
+# dev cluster.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
+what=${1:-all}
 size=${DFS_BENCH_SIZE:-1g}
+rand_size=${DFS_BENCH_RAND_SIZE:-256m}
+runtime=${DFS_BENCH_RUNTIME:-30}
 files=${DFS_BENCH_FILES:-10000}
 small_files=${DFS_BENCH_SMALL_FILES:-2000}
 work=${DFS_BENCH_DIR:-/tmp/dfs-bench-mount}
+case $what in data | meta | all) ;; *) echo "usage: $0 [data|meta|all]" >&2; exit 2 ;; esac
 command -v fio >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -qq fio >/dev/null; }
-export DFS_DEV_DIR=$work/cluster
 mkdir -p "$work/local"
-"$repo/scripts/dev-cluster.sh" up >/dev/null
-trap '"$repo/scripts/dev-cluster.sh" down >/dev/null' EXIT
-# shellcheck disable=SC1091
-. "$DFS_DEV_DIR/cluster.env"
-mkdir -p "$DFS_MOUNT/bench"
+if [ -n "${DFS_BENCH_MOUNT:-}" ]; then
+    mount_dir=$DFS_BENCH_MOUNT
+else
+    export DFS_DEV_DIR=$work/cluster
+    "$repo/scripts/dev-cluster.sh" up >/dev/null
+    trap '"$repo/scripts/dev-cluster.sh" down >/dev/null' EXIT
+    # shellcheck disable=SC1091
+    . "$DFS_DEV_DIR/cluster.env"
+    mount_dir=$DFS_MOUNT
+fi
+dfs_dir=$mount_dir/bench
+local_dir=$work/local
+mkdir -p "$dfs_dir"
+hz=$(getconf CLK_TCK)
 
 drop_caches() { sync; if [ -w /proc/sys/vm/drop_caches ]; then echo 3 >/proc/sys/vm/drop_caches; fi; }
-fio_bw() { # dir rw bs [extra...] -> MiB/s
-    local dir=$1 rw=$2 bs=$3
-    shift 3
-    fio --name=b --directory="$dir" --filename=fio.dat --rw="$rw" --bs="$bs" --size="$size" \
-        --ioengine=psync --output-format=terse --terse-version=3 "$@" 2>/dev/null |
-        awk -F';' -v rw="$rw" '{ kb = (rw ~ /write/) ? $48 : $7; printf "%.0f", kb / 1024 }'
+busy_ticks() { awk '/^cpu /{ print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+
+# fio DIR FILE RW BS SIZE [fio options...] -> "RATE CPU_S_PER_GIB": RATE is MiB/s for blocks of
+# 1 MiB and IOPS otherwise; CPU is system-wide busy time over the job per GiB it moved.
+fio_job() {
+    local dir=$1 file=$2 rw=$3 bs=$4 job_size=$5 before after out
+    shift 5
+    before=$(busy_ticks)
+    out=$(fio --name=b --directory="$dir" --filename="$file" --rw="$rw" --bs="$bs" \
+        --size="$job_size" --ioengine=psync --output-format=terse --terse-version=3 "$@" 2>/dev/null)
+    after=$(busy_ticks)
+    awk -F';' -v rw="$rw" -v bs="$bs" -v ticks=$((after - before)) -v hz="$hz" '{
+        kib = (rw ~ /write/) ? $47 : $6; bw = (rw ~ /write/) ? $48 : $7; iops = (rw ~ /write/) ? $49 : $8
+        rate = (bs == "1m") ? bw / 1024 : iops
+        printf "%.0f %.1f", rate, (kib > 0) ? (ticks / hz) / (kib / 1048576) : 0 }' <<<"$out"
 }
+# row NAME TARGET_PERCENT UNIT "DFS_RATE DFS_CPU" "LOCAL_RATE LOCAL_CPU" SHOW_CPU
+row() {
+    local d=($4) l=($5)
+    awk -v n="$1" -v t="$2" -v u="$3" -v d="${d[0]}" -v dc="${d[1]}" -v l="${l[0]}" -v lc="${l[1]}" \
+        -v cpu="$6" 'BEGIN {
+        ratio = (l > 0) ? 100 * d / l : 0
+        dcell = d " " u; lcell = l " " u
+        if (cpu) { dcell = dcell ", " dc " CPU-s/GiB"; lcell = lcell ", " lc " CPU-s/GiB" }
+        printf "| %s | %s | %s | %.1f%% | >= %s%% | %s |\n", n, lcell, dcell, ratio, t, (ratio >= t) ? "met" : "missed" }'
+}
+
+data_workloads() {
+    echo "| fio workload | local dir | dfs | dfs / local | target | |"
+    echo "|---|---|---|---|---|---|"
+    local d l
+    for dir in "$dfs_dir" "$local_dir"; do rm -f "$dir/seq.dat" "$dir/rand.dat"; done
+    d=$(fio_job "$dfs_dir" seq.dat write 1m "$size" --end_fsync=1)
+    l=$(fio_job "$local_dir" seq.dat write 1m "$size" --end_fsync=1)
+    row "$size sequential write, 1 MiB blocks, end_fsync=1" 60 MiB/s "$d" "$l" 1
+    drop_caches; d=$(fio_job "$dfs_dir" seq.dat read 1m "$size")
+    drop_caches; l=$(fio_job "$local_dir" seq.dat read 1m "$size")
+    row "$size sequential read, caches dropped" 50 MiB/s "$d" "$l" 1
+    rm -f "$dfs_dir/seq.dat" "$local_dir/seq.dat"
+    # fio lays the random-I/O file out (writes it whole) before the first job's clock starts.
+    local timed=(--runtime="$runtime" --time_based)
+    d=$(fio_job "$dfs_dir" rand.dat randread 4k "$rand_size" --direct=1 "${timed[@]}")
+    l=$(fio_job "$local_dir" rand.dat randread 4k "$rand_size" --direct=1 "${timed[@]}")
+    row "4 KiB random read, O_DIRECT, $rand_size file, ${runtime} s" 40 IOPS "$d" "$l" ""
+    d=$(fio_job "$dfs_dir" rand.dat randwrite 4k "$rand_size" --direct=1 "${timed[@]}")
+    l=$(fio_job "$local_dir" rand.dat randwrite 4k "$rand_size" --direct=1 "${timed[@]}")
+    row "4 KiB random write, O_DIRECT, ${runtime} s" 50 IOPS "$d" "$l" ""
+    drop_caches; d=$(fio_job "$dfs_dir" rand.dat randread 4k "$rand_size" "${timed[@]}")
+    drop_caches; l=$(fio_job "$local_dir" rand.dat randread 4k "$rand_size" "${timed[@]}")
+    row "4 KiB random read, buffered, caches dropped first, ${runtime} s" 50 IOPS "$d" "$l" ""
+    d=$(fio_job "$dfs_dir" rand.dat randwrite 4k "$rand_size" "${timed[@]}")
+    l=$(fio_job "$local_dir" rand.dat randwrite 4k "$rand_size" "${timed[@]}")
+    row "4 KiB random write, buffered, ${runtime} s" 5 IOPS "$d" "$l" ""
+    rm -f "$dfs_dir/rand.dat" "$local_dir/rand.dat"
+}
+
 seconds() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N); awk -v a="$s" -v b="$e" 'BEGIN{printf "%.3f", b-a}'; }
 meta_ops() { # dir op
     local dir=$1 op=$2
@@ -50,29 +120,27 @@ for i in range($small_files):
 " ;;
     esac
 }
-row() { awk -v n="$1" -v d="$2" -v l="$3" -v u="$4" 'BEGIN { printf "| %s | %s %s | %s %s | %.0f%% |\n", n, d, u, l, u, 100 * d / l }'; }
-rate_row() { awk -v n="$1" -v d="$2" -v l="$3" -v c="${4:-$files}" 'BEGIN { printf "| %s | %.0f/s | %.0f/s | %.0f%% |\n", n, c / d, c / l, 100 * l / d }'; }
+rate_row() { awk -v n="$1" -v d="$2" -v l="$3" -v c="${4:-$files}" 'BEGIN { printf "| %s | %.0f/s | %.0f/s | %.1f%% |\n", n, c / l, c / d, 100 * l / d }'; }
 
-echo "| workload | dfs mount | local dir | dfs / local |"
-echo "|---|---|---|---|"
-for target in "$DFS_MOUNT/bench" "$work/local"; do rm -f "$target/fio.dat"; done
-d=$(fio_bw "$DFS_MOUNT/bench" write 1m --end_fsync=1); l=$(fio_bw "$work/local" write 1m --end_fsync=1)
-row "sequential write, 1 MiB, fsync at end" "$d" "$l" MiB/s
-drop_caches
-d=$(fio_bw "$DFS_MOUNT/bench" read 1m); drop_caches; l=$(fio_bw "$work/local" read 1m)
-row "sequential read, cold" "$d" "$l" MiB/s
-drop_caches
-d=$(fio_bw "$DFS_MOUNT/bench" randread 4k --runtime=20 --time_based); l=$(fio_bw "$work/local" randread 4k --runtime=20 --time_based)
-row "random read 4 KiB" "$d" "$l" MiB/s
-d=$(fio_bw "$DFS_MOUNT/bench" randwrite 4k --runtime=20 --time_based --end_fsync=1); l=$(fio_bw "$work/local" randwrite 4k --runtime=20 --time_based --end_fsync=1)
-row "random write 4 KiB, fsync at end" "$d" "$l" MiB/s
-for op in create stat list unlink; do
-    d=$(meta_ops "$DFS_MOUNT/bench" $op); l=$(meta_ops "$work/local" $op)
-    rate_row "$op $files files (one process)" "$d" "$l"
-done
-d=$(meta_ops "$DFS_MOUNT/bench" create8); l=$(meta_ops "$work/local" create8)
-rate_row "create $files files (8 processes)" "$d" "$l"
-d=$(meta_ops "$DFS_MOUNT/bench" small); l=$(meta_ops "$work/local" small)
-rate_row "write+fsync $small_files files of 16 KiB" "$d" "$l" "$small_files"
-rm -rf "$DFS_MOUNT/bench"/c? "$DFS_MOUNT/bench/s" "$work/local"/c? "$work/local/s"
-rm -f "$DFS_MOUNT/bench/fio.dat" "$work/local/fio.dat"
+meta_workloads() {
+    echo "| workload | local dir | dfs | dfs / local |"
+    echo "|---|---|---|---|"
+    local d l
+    for op in create stat list unlink; do
+        d=$(meta_ops "$dfs_dir" $op); l=$(meta_ops "$local_dir" $op)
+        rate_row "$op $files files (one process)" "$d" "$l"
+    done
+    d=$(meta_ops "$dfs_dir" create8); l=$(meta_ops "$local_dir" create8)
+    rate_row "create $files files (8 processes)" "$d" "$l"
+    d=$(meta_ops "$dfs_dir" small); l=$(meta_ops "$local_dir" small)
+    rate_row "write+fsync $small_files files of 16 KiB" "$d" "$l" "$small_files"
+    rm -rf "$dfs_dir"/c? "$dfs_dir/s" "$local_dir"/c? "$local_dir/s"
+}
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -r); fio $(fio --version)"
+echo
+case $what in
+    data) data_workloads ;;
+    meta) meta_workloads ;;
+    all) data_workloads; echo; meta_workloads ;;
+esac

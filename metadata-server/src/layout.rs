@@ -57,6 +57,18 @@ pub fn overlapping(
     start: u64,
     end: u64,
 ) -> FsResult<Vec<Extent>> {
+    overlapping_at_most(extents, ino, start, end, usize::MAX)
+}
+
+/// The first `limit` extents of `ino` overlapping `[start, end)`, in file order: a layout page
+/// costs the same whatever the length of the file behind it.
+pub fn overlapping_at_most(
+    extents: &impl ReadableTable<(u64, u64), ExtentValue>,
+    ino: InodeId,
+    start: u64,
+    end: u64,
+    limit: usize,
+) -> FsResult<Vec<Extent>> {
     let to_extent = |k: (u64, u64), v: ExtentValue| Extent {
         file_offset: k.1,
         len: v.0,
@@ -73,6 +85,9 @@ pub fn overlapping(
     }
     if start < end {
         for item in extents.range((ino.0, start)..(ino.0, end)).db()? {
+            if out.len() >= limit {
+                break;
+            }
             let (k, v) = item.db()?;
             out.push(to_extent(k.value(), v.value()));
         }

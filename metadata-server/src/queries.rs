@@ -122,7 +122,14 @@ pub fn get_layout(t: &ReadTables, ino: InodeId, offset: u64, len: u64) -> FsResu
         return Err(FsError::invalid("only regular files have layouts"));
     }
     let end = offset.saturating_add(len).min(rec.size);
-    let mut extents = layout::overlapping(&t.extents, ino, offset, end.max(offset))?;
+    // One more than a page holds tells where the page stops.
+    let mut extents = layout::overlapping_at_most(
+        &t.extents,
+        ino,
+        offset,
+        end.max(offset),
+        dfs_common::proto::MAX_LAYOUT_EXTENTS + 1,
+    )?;
     extents.retain(|e| e.file_offset < end);
     // A long layout comes in pages: this one is complete up to the first extent it leaves out
     // (extents do not overlap, so that lies past everything listed, and past `offset`).

@@ -18,6 +18,7 @@ use dfs_common::proto::meta::{
 use dfs_common::proto::MAX_LAYOUT_EXTENTS;
 use dfs_common::{BlockId, FsError, InodeId, ServerId, Timestamp};
 use dfs_tests::{random_bytes, wait_for, TestCluster};
+use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -112,6 +113,24 @@ async fn a_file_with_more_extents_than_one_layout_reply_reads_back_exactly() {
             "read of {len} bytes at {start} differs"
         );
     }
+    // Random reads all over the file: served from cached layout pages, which must each
+    // describe exactly what they cover.
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+    for _ in 0..300 {
+        let start = rng.random_range(0..model.len() as u64);
+        let len = rng.random_range(1..700u64);
+        let got = h.read(start, len).await.unwrap();
+        let end = (start + len).min(model.len() as u64);
+        assert!(
+            got == model[start as usize..end as usize],
+            "random read of {len} bytes at {start} differs"
+        );
+    }
+    // A write through the handle drops its cached pages: the next reads see it.
+    h.write(edge - 10, b"changed").await.unwrap();
+    model[edge as usize - 10..edge as usize - 3].copy_from_slice(b"changed");
+    let got = h.read(edge - 20, 40).await.unwrap();
+    assert!(got == model[edge as usize - 20..edge as usize + 20]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

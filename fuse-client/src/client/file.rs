@@ -4,9 +4,9 @@
 //! because they flush first.
 
 use super::dirty::DirtyBuffer;
+use super::layouts::{LayoutPage, LayoutPages};
 use super::writer::upload_block;
 use super::{reader, Client};
-use dfs_common::proto::meta::Layout;
 use dfs_common::proto::meta::{Attr, FileKind, MetaReply, MetaRequest, NewExtent, SetAttr};
 use dfs_common::proto::MAX_FILE_SIZE;
 use dfs_common::{EcPolicy, FsError, FsResult, InodeId, Timestamp, VolumeId};
@@ -35,11 +35,13 @@ pub struct FileHandle {
     uploaded: Vec<NewExtent>,
     /// An upload failed: the error is reported by the next flush.
     failed: Option<FsError>,
-    /// The committed layout of a range of the file, as of this handle's last read. Valid until
-    /// this handle changes the file; other clients' changes show at the next open
-    /// (close-to-open). Shards it names may move (repair, drain, rebalance): a read that
-    /// fails with it, or has to reconstruct, drops it so the next read fetches it again.
-    layout: Option<CachedLayout>,
+    /// The committed layout of the ranges of the file this handle has read. Valid until this
+    /// handle changes the file; other clients' changes show at the next open (close-to-open).
+    /// Shards it names may move (repair, drain, rebalance): a read that fails with it, or has
+    /// to reconstruct, drops it so the next read fetches it again.
+    layouts: LayoutPages,
+    /// The file's layout did not fit one reply: pages are fetched from where reads need them.
+    long_layout: bool,
     /// Opened with O_APPEND: every write goes to the end of the file as the metadata server
     /// sees it when the write commits, whatever offset it names.
     append: bool,
@@ -50,13 +52,6 @@ pub struct FileHandle {
     dirty_counted: usize,
 }
 
-/// A layout fetched for `[start, end)`.
-struct CachedLayout {
-    start: u64,
-    end: u64,
-    layout: Arc<Layout>,
-}
-
 /// A read, planned under its handle and carried out without it.
 pub struct ReadPlan {
     client: Client,
@@ -64,7 +59,7 @@ pub struct ReadPlan {
     offset: u64,
     len: u64,
     /// `None`: the range spans more extents than one layout reply holds; read page by page.
-    layout: Option<Arc<Layout>>,
+    layout: Option<Arc<LayoutPage>>,
     /// The layout came from the handle's cache (and may be stale).
     cached: bool,
 }
@@ -134,7 +129,8 @@ impl Client {
             uploads: VecDeque::new(),
             uploaded: Vec::new(),
             failed: None,
-            layout: None,
+            layouts: LayoutPages::default(),
+            long_layout: false,
             append: false,
             append_pos: 0,
             dirty_counted: 0,
@@ -362,7 +358,7 @@ impl FileHandle {
 
     /// Commits one batch of finished uploads in one transaction.
     async fn commit_batch(&mut self, mut extents: Vec<NewExtent>) -> FsResult<()> {
-        self.layout = None;
+        self.forget_layout();
         if self.append {
             // Appends are cut from the buffer in order, so a batch is one contiguous run: it
             // lands at the file's end as a whole.
@@ -474,7 +470,7 @@ impl FileHandle {
             self.flush().await?;
         }
         let end = offset.saturating_add(len);
-        let plan = |layout: Option<Arc<Layout>>, cached| ReadPlan {
+        let plan = |layout: Option<Arc<LayoutPage>>, cached| ReadPlan {
             client: self.client.clone(),
             ino: self.ino,
             offset,
@@ -482,30 +478,28 @@ impl FileHandle {
             layout,
             cached,
         };
-        if let Some(c) = self.layout.as_ref() {
-            if c.start <= offset && end <= c.end {
-                return Ok(plan(Some(c.layout.clone()), true));
-            }
+        if let Some(page) = self.layouts.covering(offset, end) {
+            return Ok(plan(Some(page), true));
         }
         // The whole file's layout when it fits one reply (up to MAX_LAYOUT_EXTENTS extents), so
-        // random reads hit the cache too; else the part from this read on; else (a read spanning
-        // more extents than one reply holds) page through it.
-        let mut start = 0;
-        let mut layout = self.fetch_layout(start).await?;
-        if layout.complete_to < end.min(layout.size) {
-            start = offset;
-            layout = self.fetch_layout(start).await?;
+        // random reads hit the cache too; else the page from this read on; else (a read
+        // spanning more extents than one reply holds) page through it.
+        let mut page = None;
+        if !self.long_layout {
+            let whole = self.fetch_layout(0).await?;
+            self.long_layout = !whole.covers(0, u64::MAX);
+            page = Some(whole).filter(|p| p.covers(offset, end));
         }
-        if layout.complete_to < end.min(layout.size) {
+        let page = match page {
+            Some(page) => page,
+            None => self.fetch_layout(offset).await?,
+        };
+        if !page.covers(offset, end) {
             return Ok(plan(None, false));
         }
-        let layout = Arc::new(layout);
-        self.layout = Some(CachedLayout {
-            start,
-            end: layout.complete_to,
-            layout: layout.clone(),
-        });
-        Ok(plan(Some(layout), false))
+        let page = Arc::new(page);
+        self.layouts.insert(page.clone());
+        Ok(plan(Some(page), false))
     }
 
     /// After a read with `plan`: a cached layout the read failed with, or had to rebuild data
@@ -516,10 +510,10 @@ impl FileHandle {
         if !plan.concerns_handle(outcome) {
             return false;
         }
-        let same = match (&self.layout, &plan.layout) {
-            (Some(c), Some(used)) => Arc::ptr_eq(&c.layout, used),
-            _ => false,
-        };
+        let same = plan
+            .layout
+            .as_ref()
+            .is_some_and(|used| self.layouts.contains(used));
         if same {
             match outcome {
                 Ok(_) => {
@@ -529,25 +523,31 @@ impl FileHandle {
                     tracing::info!(ino = %self.ino, "read with a cached layout failed ({e}); fetching it again")
                 }
             }
-            self.layout = None;
+            self.forget_layout();
         }
         outcome.is_err()
     }
 
     /// The layout from `start` to the end of the file, complete up to its `complete_to`.
-    async fn fetch_layout(&self, start: u64) -> FsResult<Layout> {
-        self.client.layout(self.ino, start, u64::MAX - start).await
+    async fn fetch_layout(&self, start: u64) -> FsResult<LayoutPage> {
+        let layout = self
+            .client
+            .layout(self.ino, start, u64::MAX - start)
+            .await?;
+        Ok(LayoutPage::new(start, layout))
     }
 
-    /// Drops the cached layout: another descriptor of this client changed the file.
+    /// Drops the cached layout: this handle or another descriptor of this client changed the
+    /// file, or shards may have moved.
     pub fn forget_layout(&mut self) {
-        self.layout = None;
+        self.layouts.clear();
+        self.long_layout = false;
     }
 
     /// Sets the size: drops bytes beyond it, or extends with zeros.
     pub async fn truncate(&mut self, size: u64) -> FsResult<()> {
         self.flush().await?;
-        self.layout = None;
+        self.forget_layout();
         let set = SetAttr {
             size: Some(size),
             ..SetAttr::default()

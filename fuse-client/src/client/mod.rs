@@ -4,6 +4,7 @@
 mod calls;
 pub mod dirty;
 pub mod file;
+pub mod layouts;
 pub mod locks;
 pub mod meta;
 mod quota;

@@ -4,9 +4,10 @@
 //! range of any k other shards; a block with fewer than k readable shards is an error, never
 //! wrong data.
 
+use super::layouts::LayoutPage;
 use super::Client;
 use dfs_common::proto::chunk::ShardKey;
-use dfs_common::proto::meta::{BlockInfo, Layout};
+use dfs_common::proto::meta::BlockInfo;
 use dfs_common::{FsError, FsResult, InodeId, ServerId};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::sync::Arc;
@@ -29,7 +30,7 @@ pub async fn read(client: &Client, ino: InodeId, offset: u64, len: u64) -> FsRes
     let mut out = Vec::new();
     let mut pos = offset;
     while pos < end {
-        let layout = client.layout(ino, pos, end - pos).await?;
+        let layout = LayoutPage::new(pos, client.layout(ino, pos, end - pos).await?);
         let stop = end.min(layout.size).min(layout.complete_to);
         if stop <= pos {
             if pos < end.min(layout.size) {
@@ -54,7 +55,7 @@ pub async fn read(client: &Client, ino: InodeId, offset: u64, len: u64) -> FsRes
 /// (up to the end of file): a range it does not describe is an error, never zeros.
 pub async fn read_with_layout(
     client: &Client,
-    layout: &Layout,
+    layout: &LayoutPage,
     offset: u64,
     len: u64,
 ) -> FsResult<Vec<u8>> {
@@ -62,24 +63,22 @@ pub async fn read_with_layout(
     if offset >= end {
         return Ok(Vec::new());
     }
-    if end > layout.complete_to {
+    if !layout.covers(offset, end) {
         return Err(FsError::protocol(format!(
-            "layout covers up to {}, the read needs up to {end}",
-            layout.complete_to
+            "layout covers {}..{}, the read needs {offset}..{end}",
+            layout.start, layout.complete_to
         )));
     }
     let mut out = vec![0u8; (end - offset) as usize];
-    let blocks: Vec<Arc<BlockInfo>> = layout.blocks.iter().cloned().map(Arc::new).collect();
     let mut pieces = Vec::new();
-    for e in &layout.extents {
+    for e in layout.extents_in(offset, end) {
         let start = e.file_offset.max(offset);
-        let stop = (e.file_offset + e.len).min(end);
+        let stop = e.file_offset.saturating_add(e.len).min(end);
         if start >= stop {
             continue;
         }
-        let block = blocks
-            .iter()
-            .find(|b| b.block == e.block)
+        let block = layout
+            .block(e.block)
             .ok_or_else(|| FsError::protocol(format!("layout lacks block {}", e.block)))?;
         let in_block = e.block_offset + (start - e.file_offset);
         split_into_pieces(
