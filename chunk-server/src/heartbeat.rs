@@ -2,10 +2,10 @@
 //! where it is and how full it is. The first heartbeat registers it.
 
 use crate::service::ChunkService;
+use dfs_common::net::endpoint::Endpoint;
 use dfs_common::net::Peer;
 use dfs_common::proto::meta::{MetaCall, MetaReply, MetaRequest};
 use dfs_common::{FsError, ServerId};
-use quinn::Endpoint;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

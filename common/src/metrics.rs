@@ -112,7 +112,29 @@ pub struct MetricsPage {
 }
 
 impl MetricsPage {
-    pub fn new(registry: Registry, refresh: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
+    /// Also registers `dfs_quic`, the process's transport counters (see [`crate::net::stats`]).
+    pub fn new(mut registry: Registry, refresh: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
+        let quic = gauges(
+            &mut registry,
+            "dfs_quic",
+            "QUIC transport: open connections, datagrams sent and received, send calls, lost packets, black holes detected, smallest datagram size in use",
+        );
+        let refresh = move || {
+            let t = crate::net::stats::totals();
+            for (what, v) in [
+                ("open_connections", t.open_connections),
+                ("datagrams_sent", t.datagrams_sent),
+                ("datagrams_received", t.datagrams_received),
+                ("send_calls", t.send_calls),
+                ("lost_packets", t.lost_packets),
+                ("black_holes", t.black_holes),
+                ("smallest_datagram_bytes", t.smallest_datagram),
+            ] {
+                quic.get_or_create(&vec![("what", what.to_string())])
+                    .set(v as f64);
+            }
+            refresh();
+        };
         Arc::new(MetricsPage {
             registry,
             refresh: Box::new(refresh),

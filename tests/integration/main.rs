@@ -13,4 +13,5 @@ mod mount;
 mod namespace;
 mod observe;
 mod sharing;
+mod transport;
 mod volumes;

@@ -3,13 +3,13 @@
 //! A server that just failed a request is remembered as suspect for a while, so readers go
 //! straight to other shards instead of waiting on it again.
 
+use super::endpoint::Endpoint;
 use super::rpc::read_body_into;
 use super::{lookup, Peer};
 use crate::capability::ShardCapability;
 use crate::error::{FsError, FsResult};
 use crate::proto::chunk::{ChunkReply, ChunkRequest, ShardKey, ShardOwner, ShardSource};
 use bytes::Bytes;
-use quinn::Endpoint;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

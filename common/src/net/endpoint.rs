@@ -8,9 +8,11 @@
 
 use super::tls::Identity;
 use crate::error::FsError;
+use quinn::congestion::CubicConfig;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{ClientConfig, Endpoint, EndpointConfig, ServerConfig, TransportConfig, VarInt};
+use quinn::{ClientConfig, Connecting, EndpointConfig, ServerConfig, TransportConfig, VarInt};
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,22 +24,47 @@ const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
 const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 
-/// Endpoint settings. Datagrams stay at quinn's default ceiling (1452-byte payloads): larger
-/// path MTUs were measured to trip quinn's black-hole detection under GSO on loopback, which
-/// then fell back to 1200 bytes (see docs/BENCHMARKS.md).
-fn endpoint_config(reset_key: Option<[u8; 32]>) -> EndpointConfig {
-    match reset_key {
+/// Largest UDP payload dfs sends or accepts. quinn hands the kernel up to 10 datagrams per GSO
+/// send, and one send must stay under the kernel's 65,507-byte UDP limit: a larger batch fails
+/// with EMSGSIZE, which quinn counts as sent, so it reads as a loss and MTU discovery falls
+/// back to 1,200 bytes. 10 × 6,000 stays under it. Paths are probed up to this size (loopback
+/// and jumbo-frame networks reach it; a 1,500-byte Ethernet stays at 1,452).
+pub const MAX_DATAGRAM: u16 = 6000;
+
+fn endpoint_config(reset_key: Option<[u8; 32]>, max_datagram: u16) -> EndpointConfig {
+    let mut config = match reset_key {
         Some(key) => EndpointConfig::new(Arc::new(ring::hmac::Key::new(
             ring::hmac::HMAC_SHA256,
             &key,
         ))),
         None => EndpointConfig::default(),
-    }
+    };
+    // Out-of-range sizes are clamped to QUIC's bounds rather than refused.
+    let _ = config.max_udp_payload_size(max_datagram.clamp(1200, MAX_DATAGRAM));
+    config
 }
 /// Requests in flight per connection; further streams wait for a slot (back-pressure).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 512;
 
-fn transport_config() -> Arc<TransportConfig> {
+/// Which paths a connection may take: any network (datagram size found by probing), or only
+/// this host's loopback interface (64 KiB MTU, nothing to probe).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Path {
+    Any,
+    Loopback,
+}
+
+impl Path {
+    fn of(addr: SocketAddr) -> Path {
+        if addr.ip().is_loopback() {
+            Path::Loopback
+        } else {
+            Path::Any
+        }
+    }
+}
+
+fn transport_config(path: Path) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
@@ -53,23 +80,79 @@ fn transport_config() -> Arc<TransportConfig> {
     // a congestion-window cut and can even reset the MTU. Tolerate more delay and reordering.
     t.time_threshold(4.0);
     t.packet_threshold(16);
+    match path {
+        Path::Any => {
+            let mut mtu = quinn::MtuDiscoveryConfig::default();
+            mtu.upper_bound(MAX_DATAGRAM);
+            t.mtu_discovery_config(Some(mtu));
+        }
+        Path::Loopback => {
+            // Full-size datagrams from the first packet, and no black-hole fallback to 1,200
+            // bytes on a loss: loopback carries 64 KiB. A wider first window, since its round
+            // trip is tens of microseconds.
+            t.initial_mtu(MAX_DATAGRAM);
+            t.min_mtu(MAX_DATAGRAM);
+            t.mtu_discovery_config(None);
+            let mut cubic = CubicConfig::default();
+            cubic.initial_window(64 * MAX_DATAGRAM as u64);
+            t.congestion_controller_factory(Arc::new(cubic));
+        }
+    }
     Arc::new(t)
 }
 
-fn client_config(identity: &Identity) -> Result<ClientConfig, FsError> {
+fn client_config(identity: &Identity, path: Path) -> Result<ClientConfig, FsError> {
     let crypto = QuicClientConfig::try_from(identity.rustls_client_config()?)
         .map_err(|e| FsError::invalid(format!("TLS client config: {e}")))?;
     let mut cfg = ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(transport_config());
+    cfg.transport_config(transport_config(path));
     Ok(cfg)
 }
 
-fn server_config(identity: &Identity) -> Result<ServerConfig, FsError> {
+fn server_config(identity: &Identity, path: Path) -> Result<ServerConfig, FsError> {
     let crypto = QuicServerConfig::try_from(identity.rustls_server_config()?)
         .map_err(|e| FsError::invalid(format!("TLS server config: {e}")))?;
     let mut cfg = ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport_config());
+    cfg.transport_config(transport_config(path));
     Ok(cfg)
+}
+
+/// A quinn endpoint that connects to loopback peers with loopback settings (see
+/// [`MAX_DATAGRAM`]) and to every other peer with settings that suit any network.
+#[derive(Clone)]
+pub struct Endpoint {
+    inner: quinn::Endpoint,
+    loopback: ClientConfig,
+}
+
+impl Endpoint {
+    fn new(inner: quinn::Endpoint, identity: &Identity) -> Result<Endpoint, FsError> {
+        let mut inner = inner;
+        inner.set_default_client_config(client_config(identity, Path::Any)?);
+        Ok(Endpoint {
+            inner,
+            loopback: client_config(identity, Path::Loopback)?,
+        })
+    }
+
+    /// Starts a connection to the dfs server at `addr`.
+    pub fn connect_to(&self, addr: SocketAddr, server_name: &str) -> Result<Connecting, FsError> {
+        let connecting = match Path::of(addr) {
+            Path::Loopback => self
+                .inner
+                .connect_with(self.loopback.clone(), addr, server_name),
+            Path::Any => self.inner.connect(addr, server_name),
+        };
+        connecting.map_err(|e| FsError::unavailable(format!("connect to {addr}: {e}")))
+    }
+}
+
+impl Deref for Endpoint {
+    type Target = quinn::Endpoint;
+
+    fn deref(&self) -> &quinn::Endpoint {
+        &self.inner
+    }
 }
 
 fn bind_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, FsError> {
@@ -96,29 +179,42 @@ pub fn server_endpoint(
     identity: &Identity,
     reset_key: Option<[u8; 32]>,
 ) -> Result<Endpoint, FsError> {
-    let endpoint_config = endpoint_config(reset_key);
+    let endpoint_config = endpoint_config(reset_key, MAX_DATAGRAM);
     let runtime = quinn::default_runtime()
         .ok_or_else(|| FsError::io("no async runtime for the QUIC endpoint"))?;
-    let mut endpoint = Endpoint::new(
+    // A server listening on loopback only ever has loopback peers.
+    let endpoint = quinn::Endpoint::new(
         endpoint_config,
-        Some(server_config(identity)?),
+        Some(server_config(identity, Path::of(addr))?),
         bind_socket(addr)?,
         runtime,
     )
     .map_err(|e| FsError::io(format!("QUIC endpoint on {addr}: {e}")))?;
-    endpoint.set_default_client_config(client_config(identity)?);
-    Ok(endpoint)
+    Endpoint::new(endpoint, identity)
 }
 
 /// An endpoint that only connects out (clients, the CLI).
 pub fn client_endpoint(identity: &Identity) -> Result<Endpoint, FsError> {
+    client_endpoint_accepting(identity, MAX_DATAGRAM)
+}
+
+/// A client endpoint that tells its peers it accepts UDP payloads of at most `max_datagram`
+/// bytes (at least 1,200): a peer on a path of small MTU, or a small receive buffer.
+pub fn client_endpoint_accepting(
+    identity: &Identity,
+    max_datagram: u16,
+) -> Result<Endpoint, FsError> {
     let runtime = quinn::default_runtime()
         .ok_or_else(|| FsError::io("no async runtime for the QUIC endpoint"))?;
     let addr: SocketAddr = "0.0.0.0:0".parse().expect("valid address");
-    let mut endpoint = Endpoint::new(endpoint_config(None), None, bind_socket(addr)?, runtime)
-        .map_err(|e| FsError::io(format!("QUIC endpoint: {e}")))?;
-    endpoint.set_default_client_config(client_config(identity)?);
-    Ok(endpoint)
+    let endpoint = quinn::Endpoint::new(
+        endpoint_config(None, max_datagram),
+        None,
+        bind_socket(addr)?,
+        runtime,
+    )
+    .map_err(|e| FsError::io(format!("QUIC endpoint: {e}")))?;
+    Endpoint::new(endpoint, identity)
 }
 
 /// Loads the 32-byte secret kept at `path` (a stateless-reset key, the capability key),

@@ -5,11 +5,13 @@
 //! - [`rpc`]: one long-lived connection per peer, one bidirectional stream per request.
 //! - [`server`]: the accept loop that hands every stream to a service's handler.
 //! - [`chunks`]: connections to chunk servers and the shard transfers, for every party.
+//! - [`stats`]: transport counters of the process's connections, for `/metrics`.
 
 pub mod chunks;
 pub mod endpoint;
 pub mod rpc;
 pub mod server;
+pub mod stats;
 pub mod tls;
 
 pub use rpc::Peer;

@@ -2,11 +2,12 @@
 //! stream per request, so a slow request never blocks another. This is the one choke point for
 //! remote calls: every call is bounded by a timeout here.
 
+use super::endpoint::Endpoint;
 use super::tls::SERVER_NAME;
 use crate::codec::{read_frame, write_error, write_frame};
 use crate::error::{FsError, FsResult};
 use bytes::Bytes;
-use quinn::{Connection, Endpoint, RecvStream};
+use quinn::{Connection, RecvStream};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -57,14 +58,12 @@ impl Peer {
                 return Ok(conn.clone());
             }
         }
-        let connecting = self
-            .endpoint
-            .connect(self.addr, SERVER_NAME)
-            .map_err(|e| FsError::unavailable(format!("connect to {}: {e}", self.addr)))?;
+        let connecting = self.endpoint.connect_to(self.addr, SERVER_NAME)?;
         let conn = tokio::time::timeout(CONNECT_TIMEOUT.min(self.timeout), connecting)
             .await
             .map_err(|_| FsError::unavailable(format!("connect to {}: timed out", self.addr)))?
             .map_err(|e| FsError::unavailable(format!("connect to {}: {e}", self.addr)))?;
+        super::stats::track(&conn);
         *cached = Some(conn.clone());
         Ok(conn)
     }

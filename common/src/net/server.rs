@@ -4,10 +4,11 @@
 //! Every stream runs in its own task under a deadline, so a peer that stalls or sends garbage
 //! only loses its own stream; other streams and other clients keep being served.
 
+use super::endpoint::Endpoint;
 use crate::codec::{decode_body, read_error, read_frame_len, write_frame};
 use crate::error::FsError;
 use bytes::Bytes;
-use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use quinn::{Connection, RecvStream, SendStream};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
@@ -93,6 +94,7 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>, shutdown: Ca
                     return;
                 }
             };
+            super::stats::track(&conn);
             serve_connection(conn, service, shutdown, streams).await;
         });
     }

@@ -1,0 +1,85 @@
+//! The QUIC transport between real processes' endpoints: full-size datagrams on loopback, and
+//! a peer that accepts only small datagrams still gets every reply (no jumbo assumption).
+
+use dfs_common::codec::{encode_frame, read_frame};
+use dfs_common::net::endpoint::{client_endpoint, client_endpoint_accepting, Endpoint};
+use dfs_common::net::tls::SERVER_NAME;
+use dfs_common::proto::meta::{DirPage, MetaCall, MetaReply, MetaRequest};
+use dfs_common::{FsError, InodeId};
+use dfs_tests::TestCluster;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+async fn connect(endpoint: &Endpoint, addr: SocketAddr) -> quinn::Connection {
+    let connecting = endpoint.connect_to(addr, SERVER_NAME).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), connecting)
+        .await
+        .expect("connects in time")
+        .expect("connects")
+}
+
+/// Lists `dir` over `conn` in one request and returns the page.
+async fn list(conn: &quinn::Connection, dir: InodeId) -> DirPage {
+    let request = MetaCall::untracked(MetaRequest::ReadDir {
+        dir,
+        after: None,
+        limit: 1000,
+        with_attrs: true,
+    });
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&encode_frame(&request).unwrap())
+        .await
+        .unwrap();
+    let _ = send.finish();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_frame::<Result<MetaReply, FsError>>(&mut recv, 16 << 20),
+    )
+    .await
+    .expect("a reply in time")
+    .expect("a whole reply frame")
+    .expect("the listing succeeds");
+    match reply {
+        MetaReply::Dir(page) => page,
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_datagram_peers_get_whole_replies_and_loopback_peers_get_large_datagrams() {
+    let cluster = TestCluster::start(1).await;
+    let client = cluster.client().await;
+    let volume = cluster.volume(&client, "v", "1+0", 1 << 20).await;
+    // A listing reply of tens of KiB: many datagrams whatever their size.
+    let names: Vec<String> = (0..300)
+        .map(|i| format!("{i:04}-{}", "n".repeat(60)))
+        .collect();
+    for name in &names {
+        client.mkdir(volume.root, name, 0o755, 0, 0).await.unwrap();
+    }
+    let identity = cluster.certs.client_identity();
+
+    // A peer that accepts datagrams of at most 1,200 bytes (a path of small MTU).
+    let small = client_endpoint_accepting(&identity, 1200).unwrap();
+    let conn = connect(&small, cluster.meta_addr).await;
+    let page = list(&conn, volume.root).await;
+    assert_eq!(page.entries.len(), names.len(), "the whole listing arrives");
+    let rx = conn.stats().udp_rx;
+    assert!(rx.datagrams > 10, "{rx:?}");
+    assert!(
+        rx.bytes <= rx.datagrams * 1200,
+        "the server sent datagrams larger than the peer accepts: {rx:?}"
+    );
+
+    // A loopback peer of the default endpoint gets the same reply in large datagrams.
+    let large = client_endpoint(&identity).unwrap();
+    let conn = connect(&large, cluster.meta_addr).await;
+    let page = list(&conn, volume.root).await;
+    assert_eq!(page.entries.len(), names.len());
+    let rx = conn.stats().udp_rx;
+    assert!(
+        rx.bytes > rx.datagrams * 1500,
+        "loopback replies come in datagrams larger than an Ethernet frame: {rx:?}"
+    );
+    assert_eq!(conn.stats().path.black_holes_detected, 0);
+}
