@@ -3,11 +3,11 @@
 use crate::access::ClientAccess;
 use crate::rebuild::rebuild;
 use crate::scrub::Scrubber;
-use crate::store::{validate_put, ShardStore};
+use crate::store::{validate_put, ShardBuffer, ShardStore};
 use crate::web::ChunkMetrics;
 use dfs_common::capability::{CapabilityKey, ShardCapability};
 use dfs_common::net::chunks::ChunkPool;
-use dfs_common::net::rpc::read_body;
+use dfs_common::net::rpc::read_body_into;
 use dfs_common::net::server::{PeerInfo, Response, Service};
 use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ChunkServerInfo, ShardKey};
 use dfs_common::proto::MAX_BLOCK_SIZE;
@@ -200,8 +200,10 @@ impl Service for ChunkService {
                     .acquire_many(units)
                     .await
                     .map_err(|_| FsError::unavailable("shutting down"))?;
-                let data = read_body(body, len as usize, Self::REQUEST_TIMEOUT).await?;
-                self.blocking(move |s| s.put(key, owner, &data)).await?;
+                let mut shard = ShardBuffer::new(len as usize);
+                read_body_into(body, shard.data_mut(), Self::REQUEST_TIMEOUT).await?;
+                self.blocking(move |s| s.put_buffer(key, owner, shard))
+                    .await?;
                 self.metrics.bytes_in.inc_by(len);
                 Ok((ChunkReply::Stored, None))
             }

@@ -127,6 +127,111 @@ impl ShardHeader {
     }
 }
 
+/// Alignment O_DIRECT asks of file offsets, lengths and buffers (the largest logical block
+/// size of common disks).
+const DIRECT_ALIGN: usize = 4096;
+
+/// A shard file's bytes in one buffer aligned for O_DIRECT: room for the header, then the
+/// data, padded to [`DIRECT_ALIGN`]. A received shard is read straight into [`Self::data_mut`];
+/// the header, which depends on the data, is filled in before the write.
+pub struct ShardBuffer {
+    buf: Vec<u8>,
+    /// Where the aligned part of `buf` starts.
+    start: usize,
+    header_len: usize,
+    data_len: usize,
+}
+
+impl ShardBuffer {
+    pub fn new(data_len: usize) -> Self {
+        let sub_blocks = checksum::sub_block_count(data_len as u64) as usize;
+        let header_len = FIXED_HEADER + 32 * sub_blocks + 32;
+        let padded = (header_len + data_len).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+        let buf = vec![0u8; padded + DIRECT_ALIGN];
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        ShardBuffer {
+            buf,
+            start,
+            header_len,
+            data_len,
+        }
+    }
+
+    pub fn data(&self) -> &[u8] {
+        let at = self.start + self.header_len;
+        &self.buf[at..at + self.data_len]
+    }
+
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let at = self.start + self.header_len;
+        &mut self.buf[at..at + self.data_len]
+    }
+
+    fn set_header(&mut self, header: &[u8]) {
+        assert_eq!(
+            header.len(),
+            self.header_len,
+            "header length follows the data length"
+        );
+        self.buf[self.start..self.start + self.header_len].copy_from_slice(header);
+    }
+
+    /// The file's bytes.
+    fn file_bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.header_len + self.data_len]
+    }
+
+    /// The file's bytes padded to the O_DIRECT alignment.
+    fn padded(&self) -> &[u8] {
+        let len = (self.header_len + self.data_len).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+        &self.buf[self.start..self.start + len]
+    }
+}
+
+/// Creates `path` holding `shard`, on disk (fsynced) when it returns.
+///
+/// The bytes go to the disk with O_DIRECT where the file system supports it: a shard is read
+/// back rarely and through the client's own cache, so copying it into this host's page cache
+/// costs CPU and memory, and a page cache grown full of shards slows every later write (see
+/// docs/BENCHMARKS.md). The file is written padded to the alignment O_DIRECT needs, then cut
+/// to its length. Where O_DIRECT is refused (tmpfs, some FUSE file systems) it is an ordinary
+/// buffered write.
+fn write_durably(path: &Path, shard: &ShardBuffer) -> FsResult<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let refused =
+        |e: &std::io::Error| e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error());
+    let direct = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(path);
+    let file = match direct {
+        Ok(mut file) => match file.write_all(shard.padded()) {
+            Ok(()) => {
+                file.set_len(shard.file_bytes().len() as u64)?;
+                file
+            }
+            Err(e) if refused(&e) => {
+                drop(file);
+                fs::remove_file(path)?;
+                return write_buffered(path, shard);
+            }
+            Err(e) => return Err(e.into()),
+        },
+        Err(e) if refused(&e) => return write_buffered(path, shard),
+        Err(e) => return Err(e.into()),
+    };
+    file.sync_all()?;
+    Ok(())
+}
+
+fn write_buffered(path: &Path, shard: &ShardBuffer) -> FsResult<()> {
+    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    file.write_all(shard.file_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
 /// Checks that a shard about to be stored is consistent with its owner's policy.
 pub fn validate_put(key: &ShardKey, owner: &ShardOwner, len: u64) -> FsResult<()> {
     if owner.block_len > MAX_BLOCK_SIZE {
@@ -252,6 +357,20 @@ impl ShardStore {
     /// Stores a shard durably. Storing the same shard again is a no-op; storing different
     /// content under an existing key is refused.
     pub fn put(&self, key: ShardKey, owner: ShardOwner, data: &[u8]) -> FsResult<()> {
+        let mut shard = ShardBuffer::new(data.len());
+        shard.data_mut().copy_from_slice(data);
+        self.put_buffer(key, owner, shard)
+    }
+
+    /// [`ShardStore::put`] of a shard received straight into a [`ShardBuffer`]: its bytes are
+    /// not copied again on their way to the disk.
+    pub fn put_buffer(
+        &self,
+        key: ShardKey,
+        owner: ShardOwner,
+        mut shard: ShardBuffer,
+    ) -> FsResult<()> {
+        let data = shard.data();
         validate_put(&key, &owner, data.len() as u64)?;
         let header = ShardHeader {
             key,
@@ -259,6 +378,7 @@ impl ShardStore {
             shard_len: data.len() as u64,
             hashes: checksum::sub_block_hashes(data),
         };
+        let data_len = data.len();
         let path = self.shard_path(&key);
         if path.exists() && self.holds_same(&key, &header)? {
             return Ok(());
@@ -270,12 +390,9 @@ impl ShardStore {
             rand::random::<u64>()
         ));
         let guard = TempFile(&tmp_path);
-        let mut file = File::create(&tmp_path)?;
         let encoded = header.encode();
-        file.write_all(&encoded)?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        drop(file);
+        shard.set_header(&encoded);
+        write_durably(&tmp_path, &shard)?;
         let dir = path.parent().expect("shard path has a parent");
         if !dir.exists() {
             fs::create_dir_all(dir)?;
@@ -298,7 +415,7 @@ impl ShardStore {
         drop(guard);
         File::open(dir)?.sync_all()?;
         self.used_bytes
-            .fetch_add((encoded.len() + data.len()) as u64, Ordering::Relaxed);
+            .fetch_add((encoded.len() + data_len) as u64, Ordering::Relaxed);
         self.shard_count.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -438,6 +555,28 @@ mod tests {
         ShardKey {
             block: BlockId(block),
             index,
+        }
+    }
+
+    /// Shards of every length round-trip exactly whether the file system takes O_DIRECT (the
+    /// test's temporary directory on ext4) or refuses it (tmpfs, /dev/shm where present).
+    #[test]
+    fn shards_of_any_length_round_trip_with_and_without_o_direct() {
+        let mut roots = vec![tempfile::tempdir().unwrap()];
+        if Path::new("/dev/shm").is_dir() {
+            roots.push(tempfile::tempdir_in("/dev/shm").unwrap());
+        }
+        for root in &roots {
+            let store = ShardStore::open(root.path()).unwrap();
+            for (block, len) in [(1, 1usize), (2, 4095), (3, 4096), (4, 65_537), (5, 1 << 20)] {
+                let data: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
+                let k = key(block, 0);
+                store.put(k, owner(len as u64 * 4), &data).unwrap();
+                let on_disk = fs::metadata(store.shard_path(&k)).unwrap().len();
+                assert_eq!(on_disk, file_len(len as u64), "length {len}");
+                assert_eq!(store.get(&k, 0, len as u64).unwrap(), data, "length {len}");
+                store.verify(&k).unwrap();
+            }
         }
     }
 

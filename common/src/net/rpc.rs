@@ -146,30 +146,6 @@ impl Peer {
     }
 }
 
-/// Reads exactly `len` raw bytes that follow a frame, bounded by `timeout`. The bytes are
-/// appended chunk by chunk as they arrive, so the buffer is never zero-filled first.
-pub async fn read_body(recv: &mut RecvStream, len: usize, timeout: Duration) -> FsResult<Vec<u8>> {
-    let mut buf = Vec::with_capacity(len);
-    tokio::time::timeout(timeout, async {
-        while buf.len() < len {
-            match recv.read_chunk(len - buf.len(), true).await {
-                Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-                Ok(None) => {
-                    return Err(FsError::protocol(format!(
-                        "stream ended after {} of {len} bytes",
-                        buf.len()
-                    )))
-                }
-                Err(e) => return Err(FsError::unavailable(format!("read: {e}"))),
-            }
-        }
-        Ok(())
-    })
-    .await
-    .map_err(|_| FsError::TimedOut("reading message body".into()))??;
-    Ok(buf)
-}
-
 /// Reads exactly `len` raw bytes into `buf`, bounded by `timeout`.
 pub async fn read_body_into(
     recv: &mut RecvStream,
@@ -178,6 +154,6 @@ pub async fn read_body_into(
 ) -> FsResult<()> {
     tokio::time::timeout(timeout, recv.read_exact(buf))
         .await
-        .map_err(|_| FsError::TimedOut("reading reply body".into()))?
+        .map_err(|_| FsError::TimedOut("reading message body".into()))?
         .map_err(crate::codec::read_error)
 }

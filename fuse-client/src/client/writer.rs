@@ -30,11 +30,14 @@ pub async fn upload_block(
     let reply = client.call(&MetaRequest::AllocateBlock { ino }).await?;
     let placement: BlockPlacement = expect_reply!(reply, MetaReply::Placement)?;
     let codec = client.codec(placement.policy)?;
-    let encoded = codec.encode(&data);
+    let block_len = data.len() as u64;
+    // In place: the data stays in its buffer and the parity goes after it (a large buffer
+    // grows by remapping, not copying).
+    let encoded = codec.encode_owned(data);
     let owner = ShardOwner {
         volume: placement.volume,
         policy: placement.policy,
-        block_len: data.len() as u64,
+        block_len,
     };
     let mut sends = JoinSet::new();
     for (index, location) in placement.shards.iter().cloned().enumerate() {
@@ -68,7 +71,6 @@ pub async fn upload_block(
             placement.block
         )));
     }
-    let block_len = data.len() as u64;
     let mut block_offset = 0;
     Ok(pieces
         .into_iter()
