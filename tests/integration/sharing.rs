@@ -348,3 +348,47 @@ fn blocking_locks_end_in_edeadlk_or_a_signal_never_a_hang() {
         "the lock was not free after the waiter died"
     );
 }
+
+/// Sequential reads through the kernel's read-ahead window (4 MiB, set by the mount) return
+/// exactly the file: nothing past its end, and after another mount rewrites it (shorter, then
+/// longer) and the file is opened again, the new bytes, never the cached ones of the old layout.
+#[test]
+fn read_ahead_stops_at_end_of_file_and_never_serves_a_stale_layout() {
+    let cluster = cluster_with_volume();
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    let b = Mount::new(&cluster, "default", "b", "").unwrap();
+    assert_eq!(
+        dfs_client::fuse::readahead::get(&a.path("")).unwrap(),
+        dfs_client::fuse::options::MAX_READAHEAD_KIB,
+        "the mount widened the kernel's read-ahead window"
+    );
+    let read_all = |path: &std::path::Path| {
+        let mut out = Vec::new();
+        let mut f = File::open(path).unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = f.read(&mut buf).unwrap();
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    };
+    // Not a multiple of the block, the page or the read size.
+    let first = random_bytes(9 * (1 << 20) + 12_345, 1);
+    fs::write(a.path("f"), &first).unwrap();
+    assert!(read_all(&b.path("f")) == first, "first read through b");
+    // b has the whole file cached; a rewrites it shorter.
+    let shorter = random_bytes(5 * (1 << 20) + 77, 2);
+    fs::write(a.path("f"), &shorter).unwrap();
+    let got = read_all(&b.path("f"));
+    assert_eq!(got.len(), shorter.len(), "nothing past the new end of file");
+    assert!(got == shorter, "the rewritten bytes, not the cached ones");
+    // And longer again, rewritten in place from another mount.
+    let longer = random_bytes(11 * (1 << 20) + 3, 3);
+    fs::write(a.path("f"), &longer).unwrap();
+    assert!(
+        read_all(&b.path("f")) == longer,
+        "the rewrite that grew the file"
+    );
+}

@@ -38,7 +38,8 @@ struct Args {
     /// server before failing with EIO; default 60), hard (wait without limit), soft (fail at
     /// once), log=FILE (the background mount's log; RUST_LOG sets the level, default warn),
     /// writeback=SECONDS (unflushed writes of open files are committed within about twice
-    /// this; default 30).
+    /// this; default 30), readahead=KIB (the kernel's read-ahead window for sequential reads;
+    /// default and most 4096, set when mounted by root).
     /// fstab options such as _netdev and noauto are accepted.
     #[arg(short = 'o')]
     options: Vec<String>,
@@ -223,6 +224,13 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
     let session = fuser::spawn_mount(fs, &args.mountpoint, &config)
         .with_context(|| format!("mounting on {}", args.mountpoint.display()))?;
     let _ = notifier.set(session.notifier());
+    // Only root may widen the window; others keep the kernel's default.
+    if let Err(e) = dfs_client::fuse::readahead::set(&args.mountpoint, options.readahead_kib) {
+        tracing::info!(
+            "could not set the read-ahead window to {} KiB: {e}",
+            options.readahead_kib
+        );
+    }
     if notify {
         println!("ready");
         let _ = std::io::stdout().flush();

@@ -465,11 +465,15 @@ fn reply_empty(reply: ReplyEmpty, result: FsResult<()>) {
 impl Filesystem for DfsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_readahead(4 << 20);
+        let _ = config.set_max_readahead(super::options::MAX_READAHEAD_KIB << 10);
         // Listings carry attributes, so `ls -l` costs one round trip per page, not per entry.
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         // fcntl and flock locks come here, to be held at the metadata server for all clients.
         let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS);
+        // Reads check the attributes first when they are stale (as after an open that found
+        // the file changed by another client): without it the kernel trusts its old size for
+        // any read inside it, and read-ahead past the new end of file returns zeros.
+        let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
         Ok(())
     }
 

@@ -7,9 +7,11 @@
 //! - [`attr`]: attribute and errno translation.
 //! - [`options`]: mount specs and `-o` options, as `mount -t dfs` passes them.
 //! - [`metrics`]: FUSE operation counts and latencies, and bytes, for `metrics=ADDR`.
+//! - [`readahead`]: the kernel's read-ahead window for the mount.
 
 pub mod attr;
 pub mod fs;
 pub mod metrics;
 pub mod options;
+pub mod readahead;
 pub mod signals;

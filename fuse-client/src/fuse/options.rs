@@ -51,7 +51,13 @@ pub struct MountOptions {
     pub no_suid: bool,
     /// `nodev`: device nodes on the mount cannot be opened as devices.
     pub no_dev: bool,
+    /// The kernel's read-ahead window for sequential reads, in KiB (`readahead=KIB`, at most
+    /// [`MAX_READAHEAD_KIB`]); the kernel's own default is 128 KiB.
+    pub readahead_kib: u32,
 }
+
+/// The largest read-ahead window the mount offers the kernel: one 4 MiB block.
+pub const MAX_READAHEAD_KIB: u32 = 4096;
 
 /// Default wait for a metadata server that restarts: long enough for a restart, short enough
 /// that a lost cluster shows up as errors rather than a hang.
@@ -72,6 +78,7 @@ impl Default for MountOptions {
             no_exec: false,
             no_suid: false,
             no_dev: false,
+            readahead_kib: MAX_READAHEAD_KIB,
         }
     }
 }
@@ -111,6 +118,15 @@ impl MountOptions {
                         return Err("writeback must be between 0.1 and 3600 seconds".into());
                     }
                     into.writeback = Duration::from_secs_f64(secs);
+                }
+                ("readahead", Some(kib)) => {
+                    let kib: u32 = kib
+                        .parse()
+                        .map_err(|_| format!("bad readahead value {kib:?}: KiB"))?;
+                    if kib > MAX_READAHEAD_KIB {
+                        return Err(format!("readahead must be at most {MAX_READAHEAD_KIB} KiB"));
+                    }
+                    into.readahead_kib = kib;
                 }
                 ("exec", None) => into.no_exec = false,
                 ("noexec", None) => into.no_exec = true,
@@ -192,6 +208,9 @@ mod tests {
         MountOptions::parse("soft", &mut o).unwrap();
         assert_eq!(o.meta_retry, Some(Duration::ZERO));
         assert!(MountOptions::parse("retry=-1", &mut o).is_err());
+        MountOptions::parse("readahead=512", &mut o).unwrap();
+        assert_eq!(o.readahead_kib, 512);
+        assert!(MountOptions::parse("readahead=8192", &mut o).is_err());
         MountOptions::parse("writeback=2", &mut o).unwrap();
         assert_eq!(o.writeback, Duration::from_secs(2));
         assert!(MountOptions::parse("writeback=0", &mut o).is_err());
