@@ -392,3 +392,76 @@ fn read_ahead_stops_at_end_of_file_and_never_serves_a_stale_layout() {
         "the rewrite that grew the file"
     );
 }
+
+fn get_xattr(path: &std::path::Path, name: &str) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the length passed.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+fn set_xattr(path: &std::path::Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C strings and a value of the length passed.
+    let r = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A mount remembers for a moment that a file has no such attribute (writes ask the kernel's
+/// `security.capability` question each time), but its own setxattr shows at once and another
+/// mount's within the attribute timeout.
+#[test]
+fn absent_xattrs_are_remembered_only_briefly() {
+    let cluster = cluster_with_volume();
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    let b = Mount::new(&cluster, "default", "b", "").unwrap();
+    fs::write(a.path("f"), b"data").unwrap();
+    let no_data = |r: std::io::Result<Vec<u8>>| matches!(r, Err(e) if e.raw_os_error() == Some(libc::ENODATA));
+    assert!(no_data(get_xattr(&a.path("f"), "user.tag")));
+    assert!(no_data(get_xattr(&b.path("f"), "user.tag")));
+    // This mount's own change: visible at once.
+    set_xattr(&a.path("f"), "user.tag", b"one").unwrap();
+    assert_eq!(get_xattr(&a.path("f"), "user.tag").unwrap(), b"one");
+    // The other mount's: within the attribute timeout (1 s), waited for, not slept.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match get_xattr(&b.path("f"), "user.tag") {
+            Ok(v) => {
+                assert_eq!(v, b"one");
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ENODATA));
+                assert!(Instant::now() < deadline, "b never saw a's attribute");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}

@@ -89,6 +89,31 @@ impl DirtyBuffer {
             .collect();
         let mut out = Vec::new();
         for start in full {
+            self.split_run(start, block_size, &mut out);
+        }
+        out
+    }
+
+    /// [`DirtyBuffer::take_full_blocks`] of the one run holding `offset`: after a write at
+    /// `offset`, the only run that can have grown to a block. Costs a lookup, not a walk over
+    /// every run (thousands after scattered small writes).
+    pub fn take_full_blocks_at(&mut self, offset: u64, block_size: usize) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        let holding = self
+            .runs
+            .range(..=offset)
+            .next_back()
+            .filter(|(_, r)| r.len() >= block_size)
+            .map(|(&s, _)| s);
+        if let Some(start) = holding {
+            self.split_run(start, block_size, &mut out);
+        }
+        out
+    }
+
+    /// Cuts whole `block_size` pieces from the front of the run at `start` into `out`.
+    fn split_run(&mut self, start: u64, block_size: usize, out: &mut Vec<(u64, Vec<u8>)>) {
+        {
             let mut run = self.runs.remove(&start).expect("run exists");
             self.bytes -= run.len();
             let mut at = start;
@@ -103,7 +128,6 @@ impl DirtyBuffer {
                 self.runs.insert(at, run);
             }
         }
-        out
     }
 
     /// Removes and returns everything, cut into pieces of at most `block_size`.
@@ -182,7 +206,11 @@ mod tests {
         let mut buf = DirtyBuffer::default();
         buf.write(0, &[1; 10]);
         buf.write(10, &[2; 10]);
-        let blocks = buf.take_full_blocks(8);
+        assert!(
+            buf.take_full_blocks_at(0, 32).is_empty(),
+            "no run of 32 bytes"
+        );
+        let blocks = buf.take_full_blocks_at(3, 8);
         assert_eq!(blocks.len(), 2);
         assert_eq!(blocks[1].0, 8);
         assert_eq!(buf.bytes(), 4);

@@ -198,7 +198,7 @@ impl FileHandle {
         let offset = self.place_write(offset, data.len());
         let end = Self::end_of(offset, data.len())?;
         self.dirty.write(offset, data);
-        self.written(end).await?;
+        self.written(offset, end).await?;
         Ok(data.len())
     }
 
@@ -212,7 +212,7 @@ impl FileHandle {
         let offset = self.place_write(offset, len);
         let end = Self::end_of(offset, len)?;
         self.dirty.write_owned(offset, data);
-        self.written(end).await?;
+        self.written(offset, end).await?;
         Ok(len)
     }
 
@@ -234,12 +234,12 @@ impl FileHandle {
             .ok_or(FsError::FileTooLarge)
     }
 
-    async fn written(&mut self, end: u64) -> FsResult<()> {
+    async fn written(&mut self, offset: u64, end: u64) -> FsResult<()> {
         if !self.append {
             self.size = self.size.max(end);
         }
         self.count_dirty();
-        for (at, block) in self.dirty.take_full_blocks(self.block_size) {
+        for (at, block) in self.dirty.take_full_blocks_at(offset, self.block_size) {
             self.start_upload(vec![(at, block.len() as u64)], block)
                 .await?;
         }

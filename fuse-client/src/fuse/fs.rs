@@ -62,6 +62,7 @@ struct Shared {
     /// Reaches the kernel's caches; set once the session runs.
     notifier: Arc<OnceLock<fuser::Notifier>>,
     metrics: super::metrics::FuseMetrics,
+    absent_xattrs: super::xattrs::AbsentXattrs,
 }
 
 type FileVersion = (Timestamp, Timestamp, u64);
@@ -109,6 +110,7 @@ impl DfsFs {
                 versions: Mutex::new(HashMap::new()),
                 notifier,
                 metrics,
+                absent_xattrs: super::xattrs::AbsentXattrs::new(options.attr_timeout),
             }),
         };
         fs.start_writeback(options.writeback);
@@ -1174,12 +1176,13 @@ impl Filesystem for DfsFs {
         };
         let value = value.to_vec();
         self.spawn("setxattr", |s| async move {
-            reply_empty(
-                reply,
-                s.client
-                    .setxattr(s.ino(ino), &name, &value, flags as u32)
-                    .await,
-            )
+            let result = s
+                .client
+                .setxattr(s.ino(ino), &name, &value, flags as u32)
+                .await;
+            // After the change: a lookup that raced with it may have noted the old absence.
+            s.absent_xattrs.forget(s.ino(ino));
+            reply_empty(reply, result)
         });
     }
 
@@ -1188,12 +1191,21 @@ impl Filesystem for DfsFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
+        let id = self.shared.ino(ino);
+        if self.shared.absent_xattrs.is_absent(id, &name) {
+            return reply.error(errno(&FsError::NoAttribute));
+        }
         self.spawn("getxattr", |s| async move {
-            match s.client.getxattr(s.ino(ino), &name).await {
+            match s.client.getxattr(id, &name).await {
                 Ok(value) if size == 0 => reply.size(value.len() as u32),
                 Ok(value) if value.len() > size as usize => reply.error(Errno::ERANGE),
                 Ok(value) => reply.data(&value),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => {
+                    if e == FsError::NoAttribute {
+                        s.absent_xattrs.note_absent(id, &name);
+                    }
+                    reply.error(errno(&e))
+                }
             }
         });
     }
@@ -1226,7 +1238,9 @@ impl Filesystem for DfsFs {
             Err(e) => return reply.error(e),
         };
         self.spawn("removexattr", |s| async move {
-            reply_empty(reply, s.client.removexattr(s.ino(ino), &name).await)
+            let result = s.client.removexattr(s.ino(ino), &name).await;
+            s.absent_xattrs.forget(s.ino(ino));
+            reply_empty(reply, result)
         });
     }
 

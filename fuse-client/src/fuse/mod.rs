@@ -8,6 +8,7 @@
 //! - [`options`]: mount specs and `-o` options, as `mount -t dfs` passes them.
 //! - [`metrics`]: FUSE operation counts and latencies, and bytes, for `metrics=ADDR`.
 //! - [`readahead`]: the kernel's read-ahead window for the mount.
+//! - [`xattrs`]: extended attributes recently found absent, so writes need not ask each time.
 
 pub mod attr;
 pub mod fs;
@@ -15,3 +16,4 @@ pub mod metrics;
 pub mod options;
 pub mod readahead;
 pub mod signals;
+pub mod xattrs;
