@@ -211,12 +211,6 @@ impl Service for ChunkService {
                 if len > MAX_BLOCK_SIZE {
                     return Err(FsError::TooBig(format!("read of {len} bytes")));
                 }
-                if !principal.is_privileged() {
-                    let header = self.blocking(move |s| s.read_header(&key)).await?;
-                    self.access
-                        .check(principal, header.owner.volume, false)
-                        .await?;
-                }
                 // The permit travels with the bytes and is returned when the transport has
                 // sent them and dropped its copy.
                 let permit = self
@@ -225,7 +219,14 @@ impl Service for ChunkService {
                     .acquire_many_owned((len / BUDGET_UNIT + 1) as u32)
                     .await
                     .map_err(|_| FsError::unavailable("shutting down"))?;
-                let data = self.blocking(move |s| s.get(&key, offset, len)).await?;
+                // One trip to the disk thread reads the bytes and whose they are; nothing is
+                // sent before the owner's volume passes the access check.
+                let (owner, data) = self
+                    .blocking(move |s| s.get_with_owner(&key, offset, len))
+                    .await?;
+                if !principal.is_privileged() {
+                    self.access.check(principal, owner.volume, false).await?;
+                }
                 self.metrics.bytes_out.inc_by(data.len() as u64);
                 let len = data.len() as u64;
                 let data = bytes::Bytes::from_owner(Budgeted {

@@ -456,9 +456,27 @@ impl ShardStore {
 
     /// Reads `len` bytes at `offset` of a shard, verifying every sub-block it touches.
     pub fn get(&self, key: &ShardKey, offset: u64, len: u64) -> FsResult<Bytes> {
+        Ok(self.get_with_owner(key, offset, len)?.1)
+    }
+
+    /// [`ShardStore::get`], also returning whose shard it is (for the access check), from one
+    /// open and one header read.
+    pub fn get_with_owner(
+        &self,
+        key: &ShardKey,
+        offset: u64,
+        len: u64,
+    ) -> FsResult<(ShardOwner, Bytes)> {
         let path = self.shard_path(key);
         let mut file = open_shard(&path)?;
         let header = ShardHeader::read(&mut file, &path)?;
+        if header.key != *key {
+            return Err(FsError::Corrupt(format!(
+                "{}: header names another shard",
+                path.display()
+            )));
+        }
+        let owner = header.owner;
         let end = offset
             .checked_add(len)
             .filter(|&e| e <= header.shard_len)
@@ -469,7 +487,7 @@ impl ShardStore {
                 ))
             })?;
         if len == 0 {
-            return Ok(Bytes::new());
+            return Ok((owner, Bytes::new()));
         }
         let sub = SUB_BLOCK as u64;
         let first = offset / sub;
@@ -500,7 +518,7 @@ impl ShardStore {
             }
         }
         let from = (offset - span_start) as usize;
-        Ok(Bytes::from(span).slice(from..from + len as usize))
+        Ok((owner, Bytes::from(span).slice(from..from + len as usize)))
     }
 
     /// Verifies every sub-block of a shard (used by checks and scrubbing).

@@ -752,6 +752,7 @@ fn commit_write(
     if rec.kind != FileKind::File {
         return Err(FsError::invalid("writes go to regular files"));
     }
+    let before = to_attr(ino, &rec);
     let shifted: Vec<NewExtent>;
     let extents = if append {
         let mut moved = extents.to_vec();
@@ -881,5 +882,8 @@ fn commit_write(
     rec.mtime = mtime;
     rec.ctime = now;
     t.put_inode(ino, &rec)?;
-    Ok(MetaReply::Attr(to_attr(ino, &rec)))
+    Ok(MetaReply::Committed {
+        before,
+        after: to_attr(ino, &rec),
+    })
 }

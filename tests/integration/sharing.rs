@@ -465,3 +465,76 @@ fn absent_xattrs_are_remembered_only_briefly() {
         }
     }
 }
+
+/// Pages of `file` in the kernel's page cache, of its first `len` bytes (mincore on a mapping,
+/// which faults nothing in).
+fn cached_pages(file: &File, len: usize) -> usize {
+    let page = 4096;
+    let pages = len.div_ceil(page);
+    // SAFETY: a read-only shared mapping of an open file, unmapped before returning; mincore
+    // writes one byte per page into a vector of that length.
+    unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(
+            addr,
+            libc::MAP_FAILED,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        let mut vec = vec![0u8; pages];
+        let r = libc::mincore(addr, len, vec.as_mut_ptr());
+        libc::munmap(addr, len);
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        vec.iter().filter(|&&b| b & 1 != 0).count()
+    }
+}
+
+/// A file this mount wrote keeps its pages in the kernel's cache at the next open (only this
+/// mount changed it), and loses them at the open after another mount changed it.
+#[test]
+fn own_writes_keep_the_page_cache_and_another_mounts_drop_it() {
+    let cluster = cluster_with_volume();
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    let b = Mount::new(&cluster, "default", "b", "").unwrap();
+    let len = 2 << 20;
+    let mine = random_bytes(len, 5);
+    {
+        let mut f = File::create(a.path("f")).unwrap();
+        f.write_all(&mine).unwrap();
+        f.write_all(&mine[..4096]).unwrap(); // a second commit-worthy write
+    }
+    let mine = [&mine[..], &mine[..4096]].concat();
+    let f = File::open(a.path("f")).unwrap();
+    let kept = cached_pages(&f, mine.len());
+    assert!(
+        kept * 10 >= mine.len() / 4096 * 9,
+        "the pages this mount wrote stay cached: {kept} of {}",
+        mine.len() / 4096
+    );
+    drop(f);
+    // Another mount rewrites the file in place (same size, so only the contents differ).
+    let theirs = random_bytes(mine.len(), 6);
+    {
+        let mut f = OpenOptions::new().write(true).open(b.path("f")).unwrap();
+        f.write_all(&theirs).unwrap();
+    }
+    let mut f = File::open(a.path("f")).unwrap();
+    assert_eq!(
+        cached_pages(&f, theirs.len()),
+        0,
+        "another mount's change drops them"
+    );
+    let mut got = Vec::new();
+    f.read_to_end(&mut got).unwrap();
+    assert!(
+        got == theirs,
+        "and the next reads see the other mount's bytes"
+    );
+}

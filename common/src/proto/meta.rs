@@ -670,6 +670,13 @@ pub enum MetaReply {
     Fsck(FsckPage),
     /// The blocks a `DropBlocks` really forgot (the others gained a reference meanwhile).
     Dropped(Vec<BlockId>),
+    /// A `CommitWrite` applied: the file's attributes just before and just after it, in the
+    /// same transaction, so a client can tell whether anyone else changed the file since it
+    /// last looked (as NFS's weak cache consistency does).
+    Committed {
+        before: Attr,
+        after: Attr,
+    },
     /// The answer to a chunk server's heartbeat: the key that checks shard capabilities.
     Registered {
         capability_key: CapabilityKey,

@@ -15,6 +15,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 
+/// Commits remembered for [`FileHandle::take_commits`] at most; a chain longer than this is
+/// simply broken (the next open then drops the cached pages).
+const MAX_KEPT_COMMITS: usize = 1024;
+
 /// Extents committed per metadata transaction at most; longer streams commit in steps.
 const MAX_EXTENTS_PER_COMMIT: usize = dfs_common::proto::MAX_COMMIT_EXTENTS;
 
@@ -50,6 +54,8 @@ pub struct FileHandle {
     append_pos: u64,
     /// This file's dirty bytes as last added to the client-wide count.
     dirty_counted: usize,
+    /// The file's attributes before and after each commit since [`FileHandle::take_commits`].
+    commits: Vec<(Attr, Attr)>,
 }
 
 /// A read, planned under its handle and carried out without it.
@@ -134,6 +140,7 @@ impl Client {
             append: false,
             append_pos: 0,
             dirty_counted: 0,
+            commits: Vec::new(),
         })
     }
 }
@@ -380,9 +387,12 @@ impl FileHandle {
             append: self.append,
         };
         match self.client.call(&request).await? {
-            MetaReply::Attr(attr) => {
-                self.size = self.size.max(attr.size);
-                self.settle_reserved(attr.size);
+            MetaReply::Committed { before, after } => {
+                self.size = self.size.max(after.size);
+                self.settle_reserved(after.size);
+                if self.commits.len() < MAX_KEPT_COMMITS {
+                    self.commits.push((before, after));
+                }
                 Ok(())
             }
             other => Err(FsError::protocol(format!("unexpected reply {other:?}"))),
@@ -405,6 +415,13 @@ impl FileHandle {
             Some(e) => Err(e),
             None => result,
         }
+    }
+
+    /// The file's attributes just before and just after each of this handle's commits since
+    /// the last call, in order. A cache holder chains them: if each `before` is what it last
+    /// knew, only this handle changed the file.
+    pub fn take_commits(&mut self) -> Vec<(Attr, Attr)> {
+        std::mem::take(&mut self.commits)
     }
 
     /// Holds an error of a background flush for the next `flush` to report.

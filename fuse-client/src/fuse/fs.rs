@@ -7,7 +7,8 @@ use super::signals::signal_pending;
 use crate::client::file::FileHandle as OpenFile;
 use crate::Client;
 use dfs_common::proto::meta::{
-    DirEntry, FileKind, LockKind, LockRange, SetAttr, TimeSet, RENAME_EXCHANGE, RENAME_NOREPLACE,
+    Attr, DirEntry, FileKind, LockKind, LockRange, SetAttr, TimeSet, RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
 };
 use dfs_common::{FsError, FsResult, InodeId, Timestamp};
 use fuser::{
@@ -66,6 +67,12 @@ struct Shared {
 }
 
 type FileVersion = (Timestamp, Timestamp, u64);
+
+/// What tells one state of a file's data from another: its modification and change times and
+/// its size (ctime is the metadata server's clock at each change).
+fn version_of(attr: &Attr) -> FileVersion {
+    (attr.mtime, attr.ctime, attr.size)
+}
 
 /// Versions remembered at most; past this the table starts afresh (costing only cache hits).
 const MAX_VERSIONS: usize = 100_000;
@@ -249,7 +256,10 @@ impl Shared {
         let flushed = !others.is_empty();
         for fh in others {
             if let Ok(file) = self.file(FileHandle(fh)) {
-                file.lock().await.flush().await?;
+                let mut file = file.lock().await;
+                let result = file.flush().await;
+                self.note_commits(ino, file.take_commits());
+                result?;
             }
             self.clean(FileHandle(fh));
         }
@@ -333,17 +343,45 @@ impl Shared {
         let mut file = file.lock().await;
         let result = file.flush().await;
         let ino = file.ino();
+        self.note_commits(ino, file.take_commits());
         drop(file);
         self.clean(fh);
         self.forget_layouts(ino).await;
         (ino, result)
     }
 
+    /// Follows this mount's own commits to a file: when each started from the version this
+    /// mount knew, no other client changed the file meanwhile, so the version after it is
+    /// recorded and the next open keeps the kernel's pages (which hold this mount's writes).
+    /// When one did not, the version is forgotten and the next open drops them.
+    fn note_commits(&self, ino: InodeId, commits: Vec<(Attr, Attr)>) {
+        if commits.is_empty() {
+            return;
+        }
+        let mut versions = self.versions.lock().expect("version lock");
+        for (before, after) in commits {
+            if versions.get(&ino) == Some(&version_of(&before)) {
+                versions.insert(ino, version_of(&after));
+            } else {
+                versions.remove(&ino);
+            }
+        }
+    }
+
+    /// Records the version of a file this mount just created.
+    fn note_created(&self, attr: &Attr) {
+        let mut versions = self.versions.lock().expect("version lock");
+        if versions.len() >= MAX_VERSIONS {
+            versions.clear();
+        }
+        versions.insert(attr.ino, version_of(attr));
+    }
+
     /// Close-to-open: `attr` was just fetched by an open. If the file changed since this mount
     /// last opened it, the kernel's cached attributes are dropped (so that it sees the new size
     /// at once) and so are its cached pages; otherwise the pages are kept.
-    fn revalidate(&self, attr: &dfs_common::proto::meta::Attr) -> FopenFlags {
-        let version = (attr.mtime, attr.ctime, attr.size);
+    fn revalidate(&self, attr: &Attr) -> FopenFlags {
+        let version = version_of(attr);
         let previous = {
             let mut versions = self.versions.lock().expect("version lock");
             if versions.len() >= MAX_VERSIONS {
@@ -768,6 +806,7 @@ impl Filesystem for DfsFs {
             };
             match s.client.handle_for(attr.clone()).await {
                 Ok(file) => {
+                    s.note_created(&attr);
                     let (file, open_flags) = open_mode(file, flags);
                     let fh = s.add_file(file);
                     reply.created(
