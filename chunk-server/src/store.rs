@@ -27,10 +27,12 @@ use dfs_common::checksum::{self, Hash, SUB_BLOCK};
 use dfs_common::proto::chunk::{ShardKey, ShardOwner};
 use dfs_common::proto::MAX_BLOCK_SIZE;
 use dfs_common::{BlockId, EcPolicy, FsError, FsResult, VolumeId};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 const MAGIC: &[u8; 8] = b"DFSSHARD";
 const VERSION: u8 = 1;
@@ -279,7 +281,14 @@ pub struct ShardStore {
     root: PathBuf,
     used_bytes: AtomicU64,
     shard_count: AtomicU64,
+    /// Verified headers of shards read or written lately: a read of a few KiB then costs one
+    /// disk read, not two. Shard files never change once stored; a delete forgets its entry.
+    headers: Mutex<HashMap<ShardKey, Arc<ShardHeader>>>,
 }
+
+/// Headers kept at most (about 600 bytes each for a 1 MiB shard); past this the cache starts
+/// afresh.
+const MAX_CACHED_HEADERS: usize = 16_384;
 
 impl ShardStore {
     /// Opens (creating if needed) a store under `root`, removes leftover temp files and counts
@@ -308,7 +317,26 @@ impl ShardStore {
             root: root.to_path_buf(),
             used_bytes: AtomicU64::new(used),
             shard_count: AtomicU64::new(count),
+            headers: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn cached_header(&self, key: &ShardKey) -> Option<Arc<ShardHeader>> {
+        let headers = self.headers.lock().unwrap_or_else(|e| e.into_inner());
+        headers.get(key).cloned()
+    }
+
+    fn cache_header(&self, header: Arc<ShardHeader>) {
+        let mut headers = self.headers.lock().unwrap_or_else(|e| e.into_inner());
+        if headers.len() >= MAX_CACHED_HEADERS {
+            headers.clear();
+        }
+        headers.insert(header.key, header);
+    }
+
+    fn forget_header(&self, key: &ShardKey) {
+        let mut headers = self.headers.lock().unwrap_or_else(|e| e.into_inner());
+        headers.remove(key);
     }
 
     pub fn root(&self) -> &Path {
@@ -414,6 +442,7 @@ impl ShardStore {
         }
         drop(guard);
         File::open(dir)?.sync_all()?;
+        self.cache_header(Arc::new(header));
         self.used_bytes
             .fetch_add((encoded.len() + data_len) as u64, Ordering::Relaxed);
         self.shard_count.fetch_add(1, Ordering::Relaxed);
@@ -469,13 +498,21 @@ impl ShardStore {
     ) -> FsResult<(ShardOwner, Bytes)> {
         let path = self.shard_path(key);
         let mut file = open_shard(&path)?;
-        let header = ShardHeader::read(&mut file, &path)?;
-        if header.key != *key {
-            return Err(FsError::Corrupt(format!(
-                "{}: header names another shard",
-                path.display()
-            )));
-        }
+        let header = match self.cached_header(key) {
+            Some(header) => header,
+            None => {
+                let header = ShardHeader::read(&mut file, &path)?;
+                if header.key != *key {
+                    return Err(FsError::Corrupt(format!(
+                        "{}: header names another shard",
+                        path.display()
+                    )));
+                }
+                let header = Arc::new(header);
+                self.cache_header(header.clone());
+                header
+            }
+        };
         let owner = header.owner;
         let end = offset
             .checked_add(len)
@@ -535,6 +572,7 @@ impl ShardStore {
             Err(e) => return Err(e.into()),
         };
         fs::remove_file(&path)?;
+        self.forget_header(key);
         if let Some(dir) = path.parent() {
             File::open(dir)?.sync_all()?;
         }

@@ -6,6 +6,7 @@
 
 use crate::error::FsError;
 use bincode::config::{self, Configuration};
+use bytes::Bytes;
 use quinn::{ReadExactError, RecvStream, SendStream};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -57,6 +58,81 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FsError> {
 pub async fn write_frame<T: Serialize>(send: &mut SendStream, value: &T) -> Result<(), FsError> {
     let frame = encode_frame(value)?;
     send.write_all(&frame).await.map_err(write_error)
+}
+
+/// Consumes the end of `recv` if it has already arrived (it normally comes with the last
+/// bytes). quinn answers a stream dropped before its end was read with STOP_SENDING: one more
+/// packet, and one more wake-up of the peer, per request.
+pub fn take_end(recv: &mut RecvStream) {
+    use std::future::Future;
+    let mut read = std::pin::pin!(recv.read_chunk(1, true));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let _ = read.as_mut().poll(&mut cx);
+}
+
+/// A reply stream: whatever of it the caller reads, its end is taken when it is dropped (see
+/// [`take_end`]).
+pub struct ReplyStream(RecvStream);
+
+impl ReplyStream {
+    pub fn new(recv: RecvStream) -> Self {
+        ReplyStream(recv)
+    }
+}
+
+impl std::ops::Deref for ReplyStream {
+    type Target = RecvStream;
+
+    fn deref(&self) -> &RecvStream {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ReplyStream {
+    fn deref_mut(&mut self) -> &mut RecvStream {
+        &mut self.0
+    }
+}
+
+impl Drop for ReplyStream {
+    fn drop(&mut self) {
+        take_end(&mut self.0);
+    }
+}
+
+/// Bodies up to this size go out in the same write as their frame.
+const COALESCE_BODY: usize = 64 * 1024;
+
+/// Writes `frame` (from [`encode_frame`]) and then `body`. A small body is joined to its frame
+/// and written at once, so a short message leaves in one datagram rather than two and the
+/// peer has one packet to acknowledge, not two (on a busy host every packet costs a wake-up).
+/// Returns the error of the frame write (the outer one) apart from that of the body.
+pub async fn write_message(
+    send: &mut SendStream,
+    frame: Vec<u8>,
+    body: Option<Bytes>,
+) -> Result<Result<(), FsError>, FsError> {
+    match body {
+        Some(body) if body.len() <= COALESCE_BODY => {
+            let mut joined = Vec::with_capacity(frame.len() + body.len());
+            joined.extend_from_slice(&frame);
+            joined.extend_from_slice(&body);
+            Ok(send
+                .write_chunk(Bytes::from(joined))
+                .await
+                .map_err(write_error))
+        }
+        Some(body) => {
+            send.write_all(&frame).await.map_err(write_error)?;
+            Ok(send.write_chunk(body).await.map_err(write_error))
+        }
+        None => {
+            send.write_chunk(Bytes::from(frame))
+                .await
+                .map_err(write_error)?;
+            Ok(Ok(()))
+        }
+    }
 }
 
 /// Reads a frame's length prefix, refusing one over `max` (or [`MAX_FRAME`]) before anything

@@ -83,3 +83,39 @@ async fn small_datagram_peers_get_whole_replies_and_loopback_peers_get_large_dat
     );
     assert_eq!(conn.stats().path.black_holes_detected, 0);
 }
+
+/// A small request and its reply cost one datagram each way: the frame, body and end of a
+/// message leave together, and neither side's reading leaves a stream half-read (which quinn
+/// answers with one more packet, STOP_SENDING). On a busy host every packet is a wake-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_call_costs_one_datagram_each_way() {
+    let cluster = TestCluster::start(1).await;
+    let client = cluster.client().await;
+    let volume = cluster.volume(&client, "v", "1+0", 1 << 20).await;
+    let identity = cluster.certs.client_identity();
+    let peer = dfs_common::net::Peer::new(client_endpoint(&identity).unwrap(), cluster.meta_addr);
+    let call = || async {
+        peer.call::<_, MetaReply>(
+            &MetaCall::untracked(MetaRequest::GetAttr { ino: volume.root }),
+            None,
+            1 << 20,
+        )
+        .await
+        .map(|(reply, _)| reply)
+        .unwrap()
+    };
+    call().await;
+    let before = peer.connection_stats().await.unwrap();
+    let calls = 200u64;
+    for _ in 0..calls {
+        assert!(matches!(call().await, MetaReply::Attr(_)));
+    }
+    let after = peer.connection_stats().await.unwrap();
+    let sent = after.udp_tx.datagrams - before.udp_tx.datagrams;
+    let received = after.udp_rx.datagrams - before.udp_rx.datagrams;
+    // A few more for acknowledgements the other side sends on its own timer.
+    assert!(
+        sent <= calls + calls / 5 && received <= calls + calls / 5,
+        "{calls} calls took {sent} datagrams out and {received} in"
+    );
+}

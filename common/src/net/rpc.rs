@@ -4,7 +4,7 @@
 
 use super::endpoint::Endpoint;
 use super::tls::SERVER_NAME;
-use crate::codec::{read_frame, write_error, write_frame};
+use crate::codec::{encode_frame, read_frame, write_message, ReplyStream};
 use crate::error::{FsError, FsResult};
 use bytes::Bytes;
 use quinn::{Connection, RecvStream};
@@ -68,6 +68,11 @@ impl Peer {
         Ok(conn)
     }
 
+    /// The transport statistics of the cached connection, if one is open.
+    pub async fn connection_stats(&self) -> Option<quinn::ConnectionStats> {
+        self.conn.lock().await.as_ref().map(|c| c.stats())
+    }
+
     /// Forgets the cached connection if it is `conn`, so the next call reconnects.
     async fn drop_connection(&self, conn: &Connection) {
         let mut cached = self.conn.lock().await;
@@ -85,7 +90,7 @@ impl Peer {
         request: &Q,
         body: Option<Bytes>,
         max_reply: usize,
-    ) -> FsResult<(R, RecvStream)>
+    ) -> FsResult<(R, ReplyStream)>
     where
         Q: Serialize,
         R: DeserializeOwned,
@@ -102,7 +107,7 @@ impl Peer {
         request: &Q,
         body: Option<Bytes>,
         max_reply: usize,
-    ) -> FsResult<(FsResult<R>, RecvStream)>
+    ) -> FsResult<(FsResult<R>, ReplyStream)>
     where
         Q: Serialize,
         R: DeserializeOwned,
@@ -113,16 +118,12 @@ impl Peer {
                 .open_bi()
                 .await
                 .map_err(|e| FsError::unavailable(format!("{}: {e}", self.addr)))?;
-            write_frame(&mut send, request).await?;
             // A server that refuses a request replies and then stops the stream, which can
             // fail the write of the body: the reply still says why, so read it first.
-            let body_sent = match body {
-                Some(body) => send.write_chunk(body).await.map_err(write_error),
-                None => Ok(()),
-            };
+            let body_sent = write_message(&mut send, encode_frame(request)?, body).await?;
             let _ = send.finish();
             match read_frame::<Result<R, FsError>>(&mut recv, max_reply).await {
-                Ok(reply) => Ok::<_, FsError>((reply, recv)),
+                Ok(reply) => Ok::<_, FsError>((reply, ReplyStream::new(recv))),
                 Err(e) => Err(body_sent.err().unwrap_or(e)),
             }
         })

@@ -5,7 +5,7 @@
 //! only loses its own stream; other streams and other clients keep being served.
 
 use super::endpoint::Endpoint;
-use crate::codec::{decode_body, read_error, read_frame_len, write_frame};
+use crate::codec::{decode_body, read_error, read_frame_len};
 use crate::error::FsError;
 use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream};
@@ -185,13 +185,9 @@ async fn serve_stream<S: Service>(
         Err(e) => (Err(e), None),
     };
     let failed = reply.is_err();
-    write_frame(&mut send, &reply).await?;
-    if let Some(body) = body {
-        send.write_chunk(body)
-            .await
-            .map_err(crate::codec::write_error)?;
-    }
+    crate::codec::write_message(&mut send, crate::codec::encode_frame(&reply)?, body).await??;
     let _ = send.finish();
+    crate::codec::take_end(&mut recv);
     if failed {
         // Discard whatever the peer is still sending (e.g. the body of a refused request).
         let _ = recv.stop(0u32.into());
