@@ -701,12 +701,17 @@ mod tests {
             store.get(&key(5, 1), 2 * SUB_BLOCK as u64, 100).unwrap(),
             vec![9u8; 100]
         );
-        // A damaged header is detected too.
+        // A damaged header is detected too: by verification (scrub) at once, and by reads of a
+        // store that has not cached the good header (reads of one that has go on returning
+        // data verified against it).
         bytes[header_len + SUB_BLOCK + 17] ^= 0x10;
         bytes[20] ^= 1;
         fs::write(&path, &bytes).unwrap();
+        assert!(matches!(store.verify(&key(5, 1)), Err(FsError::Corrupt(_))));
+        assert_eq!(store.get(&key(5, 1), 0, 100).unwrap(), vec![9u8; 100]);
+        let cold = ShardStore::open(dir.path()).unwrap();
         assert!(matches!(
-            store.get(&key(5, 1), 0, 1),
+            cold.get(&key(5, 1), 0, 1),
             Err(FsError::Corrupt(_))
         ));
     }
@@ -740,12 +745,16 @@ mod tests {
                 }
             }
             fs::write(&path, &bytes).unwrap();
-            let header = store.read_header(&k);
-            let read = store.get(&k, 0, data.len() as u64);
-            // Whatever reads back is the data that was written, or an error.
-            if let Ok(back) = read {
+            // Whatever reads back is the data that was written, or an error: through the
+            // store that cached the good header, and through one that has to read this one.
+            let cold = ShardStore::open(dir.path()).unwrap();
+            let header = cold.read_header(&k);
+            if let Ok(back) = cold.get(&k, 0, data.len() as u64) {
                 assert_eq!(back, data, "round {round} returned wrong bytes");
                 assert!(header.is_ok());
+            }
+            if let Ok(back) = store.get(&k, 0, data.len() as u64) {
+                assert_eq!(back, data, "round {round} returned wrong bytes");
             }
         }
     }
