@@ -24,12 +24,18 @@ drop_caches() {
     sync
     if [ -w /proc/sys/vm/drop_caches ]; then echo 3 >/proc/sys/vm/drop_caches; fi
 }
-seconds() { # command... -> wall seconds
-    local start end
+busy_ticks() { awk '/^cpu /{ print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+hz=$(getconf CLK_TCK)
+# command... -> "WALL_SECONDS CPU_SECONDS", CPU being system-wide busy time (all processes:
+# client, servers, kernel) over exactly the command.
+measure() {
+    local start end c0 c1
+    c0=$(busy_ticks)
     start=$(date +%s.%N)
     "$@" >/dev/null 2>&1
     end=$(date +%s.%N)
-    awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }'
+    c1=$(busy_ticks)
+    awk -v a="$start" -v b="$end" -v c=$((c1 - c0)) -v hz="$hz" 'BEGIN { printf "%.3f %.2f", b - a, c / hz }'
 }
 mbps() { awk -v s="$size_mb" -v t="$1" 'BEGIN { printf "%.0f", s / t }'; }
 pct() { awk -v d="$1" -v l="$2" 'BEGIN { printf "%.0f", 100 * l / d }'; }
@@ -47,23 +53,24 @@ echo
 echo "### ${size_mb} MiB file: dfs put / get against cp / cat on the same disk"
 echo
 drop_caches
-t_cp=$(seconds sh -c "cp '$src' '$work/copy.bin' && sync -f '$work/copy.bin'")
+read -r t_cp c_cp <<<"$(measure sh -c "cp '$src' '$work/copy.bin' && sync -f '$work/copy.bin'")"
 rm -f "$work/copy.bin"
 drop_caches
-t_put=$(seconds dfs put "$src" "default:/$name")
+read -r t_put c_put <<<"$(measure dfs put "$src" "default:/$name")"
 drop_caches
-t_cat=$(seconds sh -c "cat '$src' >/dev/null")
+read -r t_cat c_cat <<<"$(measure sh -c "cat '$src' >/dev/null")"
 drop_caches
-t_get=$(seconds dfs get "default:/$name" "$work/back.bin")
+read -r t_get c_get <<<"$(measure dfs get "default:/$name" "$work/back.bin")"
 cmp -s "$src" "$work/back.bin" || { echo "get returned different bytes" >&2; exit 1; }
 rm -f "$work/back.bin"
 dfs rm "default:/$name"
 echo "| operation | dfs | local | dfs / local |"
 echo "|---|---|---|---|"
-printf '| write (put vs cp + fsync) | %.2f s, %s MiB/s | %.2f s, %s MiB/s | %s%% |\n' \
-    "$t_put" "$(mbps "$t_put")" "$t_cp" "$(mbps "$t_cp")" "$(pct "$t_put" "$t_cp")"
-printf '| cold read (get vs cat) | %.2f s, %s MiB/s | %.2f s, %s MiB/s | %s%% |\n' \
-    "$t_get" "$(mbps "$t_get")" "$t_cat" "$(mbps "$t_cat")" "$(pct "$t_get" "$t_cat")"
+gib() { awk -v c="$1" -v s="$size_mb" 'BEGIN { printf "%.1f", c / (s / 1024) }'; } # CPU-s per GiB
+printf '| write (put vs cp + fsync) | %.2f s, %s MiB/s, %s CPU-s/GiB | %.2f s, %s MiB/s, %s CPU-s/GiB | %s%% |\n' \
+    "$t_put" "$(mbps "$t_put")" "$(gib "$c_put")" "$t_cp" "$(mbps "$t_cp")" "$(gib "$c_cp")" "$(pct "$t_put" "$t_cp")"
+printf '| cold read (get vs cat) | %.2f s, %s MiB/s, %s CPU-s/GiB | %.2f s, %s MiB/s, %s CPU-s/GiB | %s%% |\n' \
+    "$t_get" "$(mbps "$t_get")" "$(gib "$c_get")" "$t_cat" "$(mbps "$t_cat")" "$(gib "$c_cat")" "$(pct "$t_get" "$t_cat")"
 echo
 echo "### Creates through the client library (dfs-bench creates, $creates files)"
 echo
