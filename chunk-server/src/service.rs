@@ -221,9 +221,13 @@ impl Service for ChunkService {
                     .map_err(|_| FsError::unavailable("shutting down"))?;
                 // One trip to the disk thread reads the bytes and whose they are; nothing is
                 // sent before the owner's volume passes the access check.
-                let (owner, data) = self
-                    .blocking(move |s| s.get_with_owner(&key, offset, len))
-                    .await?;
+                let (owner, data) = match self.store.get_cached(&key, offset, len) {
+                    Some(read) => read?,
+                    None => {
+                        self.blocking(move |s| s.get_with_owner(&key, offset, len))
+                            .await?
+                    }
+                };
                 if !principal.is_privileged() {
                     self.access.check(principal, owner.volume, false).await?;
                 }

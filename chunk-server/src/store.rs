@@ -133,6 +133,80 @@ impl ShardHeader {
 /// size of common disks).
 const DIRECT_ALIGN: usize = 4096;
 
+/// The whole sub-blocks around a read: they are what the checksums cover.
+struct Span {
+    /// Index of the first sub-block.
+    first: usize,
+    /// Where they start in the shard's data, and their length.
+    start: u64,
+    len: usize,
+    /// Where the read starts within them, and its length.
+    from: usize,
+    take: usize,
+}
+
+impl Span {
+    /// The span of a read of `len` bytes at `offset`; `None` for an empty read.
+    fn of(header: &ShardHeader, offset: u64, len: u64) -> FsResult<Option<Span>> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= header.shard_len)
+            .ok_or_else(|| {
+                FsError::invalid(format!(
+                    "range {offset}+{len} beyond shard of {} bytes",
+                    header.shard_len
+                ))
+            })?;
+        if len == 0 {
+            return Ok(None);
+        }
+        let sub = SUB_BLOCK as u64;
+        let first = offset / sub;
+        let last = (end - 1) / sub;
+        let start = first * sub;
+        let stop = ((last + 1) * sub).min(header.shard_len);
+        Ok(Some(Span {
+            first: first as usize,
+            start,
+            len: (stop - start) as usize,
+            from: (offset - start) as usize,
+            take: len as usize,
+        }))
+    }
+
+    /// Checks `bytes`, read for this span, against the header's checksums and returns the
+    /// bytes asked for.
+    fn verified(
+        &self,
+        key: &ShardKey,
+        header: &ShardHeader,
+        path: &Path,
+        bytes: Vec<u8>,
+    ) -> FsResult<(ShardOwner, Bytes)> {
+        if bytes.len() != self.len {
+            return Err(FsError::Corrupt(format!(
+                "{}: shard file is truncated",
+                path.display()
+            )));
+        }
+        for (i, chunk) in bytes.chunks(SUB_BLOCK).enumerate() {
+            let index = self.first + i;
+            if checksum::hash(chunk) != header.hashes[index] {
+                return Err(FsError::Corrupt(format!(
+                    "shard {}/{}: checksum mismatch in sub-block {index} ({})",
+                    key.block,
+                    key.index,
+                    path.display()
+                )));
+            }
+        }
+        Ok((
+            header.owner,
+            Bytes::from(bytes).slice(self.from..self.from + self.take),
+        ))
+    }
+}
+
 /// A shard file's bytes in one buffer aligned for O_DIRECT: room for the header, then the
 /// data, padded to [`DIRECT_ALIGN`]. A received shard is read straight into [`Self::data_mut`];
 /// the header, which depends on the data, is filled in before the write.
@@ -513,49 +587,47 @@ impl ShardStore {
                 header
             }
         };
-        let owner = header.owner;
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= header.shard_len)
-            .ok_or_else(|| {
-                FsError::invalid(format!(
-                    "range {offset}+{len} beyond shard of {} bytes",
-                    header.shard_len
-                ))
-            })?;
-        if len == 0 {
-            return Ok((owner, Bytes::new()));
-        }
-        let sub = SUB_BLOCK as u64;
-        let first = offset / sub;
-        let last = (end - 1) / sub;
-        let span_start = first * sub;
-        let span_end = ((last + 1) * sub).min(header.shard_len);
-        let span_len = (span_end - span_start) as usize;
+        let Some(span) = Span::of(&header, offset, len)? else {
+            return Ok((header.owner, Bytes::new()));
+        };
         // read_to_end fills spare capacity directly: no zero-fill of a buffer about to be
         // overwritten.
-        let mut span = Vec::with_capacity(span_len);
-        file.seek(SeekFrom::Start(header.data_offset() + span_start))?;
-        file.take(span_len as u64).read_to_end(&mut span)?;
-        if span.len() != span_len {
-            return Err(FsError::Corrupt(format!(
-                "{}: shard file is truncated",
-                path.display()
-            )));
+        let mut bytes = Vec::with_capacity(span.len);
+        file.seek(SeekFrom::Start(header.data_offset() + span.start))?;
+        file.take(span.len as u64).read_to_end(&mut bytes)?;
+        span.verified(key, &header, &path, bytes)
+    }
+
+    /// [`ShardStore::get_with_owner`] without waiting for the disk: `None` unless the shard's
+    /// header is cached and its bytes are in the page cache (read with `RWF_NOWAIT`), in which
+    /// case it costs microseconds and may run on a network thread. A read of hot data then
+    /// skips the hand-off to a disk thread and back (two thread wake-ups).
+    pub fn get_cached(
+        &self,
+        key: &ShardKey,
+        offset: u64,
+        len: u64,
+    ) -> Option<FsResult<(ShardOwner, Bytes)>> {
+        let header = self.cached_header(key)?;
+        let span = match Span::of(&header, offset, len) {
+            Ok(Some(span)) => span,
+            Ok(None) => return Some(Ok((header.owner, Bytes::new()))),
+            Err(e) => return Some(Err(e)),
+        };
+        let path = self.shard_path(key);
+        let file = open_shard(&path).ok()?;
+        let mut bytes = vec![0u8; span.len];
+        let read = rustix::io::preadv2(
+            &file,
+            &mut [std::io::IoSliceMut::new(&mut bytes)],
+            header.data_offset() + span.start,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        );
+        // Not all cached (EAGAIN), short, or refused: the disk thread does it properly.
+        if read.ok()? != span.len {
+            return None;
         }
-        for (i, chunk) in span.chunks(SUB_BLOCK).enumerate() {
-            let index = first as usize + i;
-            if checksum::hash(chunk) != header.hashes[index] {
-                return Err(FsError::Corrupt(format!(
-                    "shard {}/{}: checksum mismatch in sub-block {index} ({})",
-                    key.block,
-                    key.index,
-                    path.display()
-                )));
-            }
-        }
-        let from = (offset - span_start) as usize;
-        Ok((owner, Bytes::from(span).slice(from..from + len as usize)))
+        Some(span.verified(key, &header, &path, bytes))
     }
 
     /// Verifies every sub-block of a shard (used by checks and scrubbing).
@@ -634,6 +706,59 @@ mod tests {
                 store.verify(&k).unwrap();
             }
         }
+    }
+
+    /// The non-blocking read serves only what it can check: a shard whose header is cached and
+    /// whose bytes are in the page cache; what it returns is verified like any read.
+    #[test]
+    fn cached_reads_return_verified_bytes_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 249) as u8).collect();
+        let k = key(4, 2);
+        assert!(store.get_cached(&k, 0, 10).is_none(), "nothing stored");
+        store.put(k, owner(800_000), &data).unwrap();
+        // A buffered read brings the bytes into the page cache (the put may have bypassed it).
+        assert_eq!(store.get(&k, 70_000, 5_000).unwrap(), &data[70_000..75_000]);
+        // Some file systems (tmpfs) refuse RWF_NOWAIT: there every read takes the disk thread.
+        let file = File::open(store.shard_path(&k)).unwrap();
+        let probe = rustix::io::preadv2(
+            &file,
+            &mut [std::io::IoSliceMut::new(&mut [0u8; 1])],
+            0,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        );
+        if probe == Err(rustix::io::Errno::OPNOTSUPP) {
+            assert!(store.get_cached(&k, 70_000, 5_000).is_none());
+            return;
+        }
+        let (owner_seen, got) = store
+            .get_cached(&k, 70_000, 5_000)
+            .expect("header cached and bytes in the page cache")
+            .unwrap();
+        assert_eq!(owner_seen, owner(800_000));
+        assert_eq!(got, &data[70_000..75_000]);
+        assert!(matches!(
+            store.get_cached(&k, 199_999, 2),
+            Some(Err(FsError::Invalid(_)))
+        ));
+        // Damage written through the page cache is caught by the cached read too.
+        let path = store.shard_path(&k);
+        let mut bytes = fs::read(&path).unwrap();
+        let header_len = bytes.len() - data.len();
+        bytes[header_len + 70_001] ^= 4;
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            store.get_cached(&k, 70_000, 10),
+            Some(Err(FsError::Corrupt(_)))
+        ));
+        assert!(matches!(
+            store.get(&k, 70_000, 10),
+            Err(FsError::Corrupt(_))
+        ));
+        // A deleted shard is not served from the header cache.
+        store.delete(&k).unwrap();
+        assert!(store.get_cached(&k, 0, 10).is_none());
     }
 
     #[test]
