@@ -216,20 +216,23 @@ pub struct ShardBuffer {
     start: usize,
     header_len: usize,
     data_len: usize,
+    /// Header and data rounded up to [`DIRECT_ALIGN`].
+    padded_len: usize,
 }
 
 impl ShardBuffer {
     pub fn new(data_len: usize) -> Self {
         let sub_blocks = checksum::sub_block_count(data_len as u64) as usize;
         let header_len = FIXED_HEADER + 32 * sub_blocks + 32;
-        let padded = (header_len + data_len).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
-        let buf = vec![0u8; padded + DIRECT_ALIGN];
+        let padded_len = (header_len + data_len).next_multiple_of(DIRECT_ALIGN);
+        let buf = vec![0u8; padded_len + DIRECT_ALIGN];
         let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
         ShardBuffer {
             buf,
             start,
             header_len,
             data_len,
+            padded_len,
         }
     }
 
@@ -259,8 +262,7 @@ impl ShardBuffer {
 
     /// The file's bytes padded to the O_DIRECT alignment.
     fn padded(&self) -> &[u8] {
-        let len = (self.header_len + self.data_len).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
-        &self.buf[self.start..self.start + len]
+        &self.buf[self.start..self.start + self.padded_len]
     }
 }
 
@@ -546,15 +548,7 @@ impl ShardStore {
 
     pub fn read_header(&self, key: &ShardKey) -> FsResult<ShardHeader> {
         let path = self.shard_path(key);
-        let mut file = open_shard(&path)?;
-        let header = ShardHeader::read(&mut file, &path)?;
-        if header.key != *key {
-            return Err(FsError::Corrupt(format!(
-                "{}: header names another shard",
-                path.display()
-            )));
-        }
-        Ok(header)
+        read_header_of(key, &mut open_shard(&path)?, &path)
     }
 
     /// Reads `len` bytes at `offset` of a shard, verifying every sub-block it touches.
@@ -575,14 +569,7 @@ impl ShardStore {
         let header = match self.cached_header(key) {
             Some(header) => header,
             None => {
-                let header = ShardHeader::read(&mut file, &path)?;
-                if header.key != *key {
-                    return Err(FsError::Corrupt(format!(
-                        "{}: header names another shard",
-                        path.display()
-                    )));
-                }
-                let header = Arc::new(header);
+                let header = Arc::new(read_header_of(key, &mut file, &path)?);
                 self.cache_header(header.clone());
                 header
             }
@@ -652,6 +639,18 @@ impl ShardStore {
         self.shard_count.fetch_sub(1, Ordering::Relaxed);
         Ok(true)
     }
+}
+
+/// Reads and checks the header of the shard file `file` at `path`, which must name `key`.
+fn read_header_of(key: &ShardKey, file: &mut File, path: &Path) -> FsResult<ShardHeader> {
+    let header = ShardHeader::read(file, path)?;
+    if header.key != *key {
+        return Err(FsError::Corrupt(format!(
+            "{}: header names another shard",
+            path.display()
+        )));
+    }
+    Ok(header)
 }
 
 fn open_shard(path: &Path) -> FsResult<File> {

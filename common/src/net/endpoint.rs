@@ -126,8 +126,7 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(inner: quinn::Endpoint, identity: &Identity) -> Result<Endpoint, FsError> {
-        let mut inner = inner;
+    fn new(mut inner: quinn::Endpoint, identity: &Identity) -> Result<Endpoint, FsError> {
         inner.set_default_client_config(client_config(identity, Path::Any)?);
         Ok(Endpoint {
             inner,

@@ -3,6 +3,7 @@
 //! remote calls: every call is bounded by a timeout here.
 
 use super::endpoint::Endpoint;
+use super::stats::Counted;
 use super::tls::SERVER_NAME;
 use crate::codec::{encode_frame, read_frame, write_message, ReplyStream};
 use crate::error::{FsError, FsResult};
@@ -23,7 +24,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Peer {
     endpoint: Endpoint,
     addr: SocketAddr,
-    conn: Mutex<Option<Connection>>,
+    conn: Mutex<Option<Counted>>,
     timeout: Duration,
 }
 
@@ -53,7 +54,8 @@ impl Peer {
     /// The cached connection, or a new one if there is none or it has closed.
     async fn connection(&self) -> FsResult<Connection> {
         let mut cached = self.conn.lock().await;
-        if let Some(conn) = cached.as_ref() {
+        if let Some(counted) = cached.as_ref() {
+            let conn = counted.connection();
             if conn.close_reason().is_none() {
                 return Ok(conn.clone());
             }
@@ -63,20 +65,23 @@ impl Peer {
             .await
             .map_err(|_| FsError::unavailable(format!("connect to {}: timed out", self.addr)))?
             .map_err(|e| FsError::unavailable(format!("connect to {}: {e}", self.addr)))?;
-        super::stats::track(&conn);
-        *cached = Some(conn.clone());
+        *cached = Some(Counted::new(conn.clone()));
         Ok(conn)
     }
 
     /// The transport statistics of the cached connection, if one is open.
     pub async fn connection_stats(&self) -> Option<quinn::ConnectionStats> {
-        self.conn.lock().await.as_ref().map(|c| c.stats())
+        self.conn
+            .lock()
+            .await
+            .as_ref()
+            .map(|c| c.connection().stats())
     }
 
     /// Forgets the cached connection if it is `conn`, so the next call reconnects.
     async fn drop_connection(&self, conn: &Connection) {
         let mut cached = self.conn.lock().await;
-        if cached.as_ref().map(|c| c.stable_id()) == Some(conn.stable_id()) {
+        if cached.as_ref().map(|c| c.connection().stable_id()) == Some(conn.stable_id()) {
             conn.close(0u32.into(), b"reset by client");
             *cached = None;
         }

@@ -94,7 +94,7 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>, shutdown: Ca
                     return;
                 }
             };
-            super::stats::track(&conn);
+            let _counted = super::stats::Counted::new(conn.clone());
             serve_connection(conn, service, shutdown, streams).await;
         });
     }

@@ -2,9 +2,13 @@
 //! received, send calls (several datagrams go out per call with GSO), packets lost, black holes
 //! detected, and the smallest datagram size in use. They tell whether bulk transfers run at
 //! full-size datagrams and without losses (see [`super::endpoint::MAX_DATAGRAM`]).
+//!
+//! A connection is counted through a [`Counted`] held by its owner beside it; the registry
+//! itself holds no connection past its owner's, so a connection still closes when its owner
+//! drops it, as quinn does with its last handle.
 
 use quinn::Connection;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Counters summed over connections, open and closed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -19,24 +23,33 @@ pub struct TransportTotals {
     pub smallest_datagram: u64,
 }
 
-struct Tracked {
-    open: Vec<Connection>,
-    /// What closed connections had counted when they were dropped from `open`.
+const ZERO: TransportTotals = TransportTotals {
+    open_connections: 0,
+    datagrams_sent: 0,
+    datagrams_received: 0,
+    send_calls: 0,
+    lost_packets: 0,
+    black_holes: 0,
+    smallest_datagram: 0,
+};
+
+/// A counted connection, emptied when its [`Counted`] is dropped.
+type Slot = Mutex<Option<Connection>>;
+
+struct Registry {
+    slots: Vec<Arc<Slot>>,
+    /// What connections whose owners dropped them had counted by then.
     closed: TransportTotals,
 }
 
-static TRACKED: Mutex<Tracked> = Mutex::new(Tracked {
-    open: Vec::new(),
-    closed: TransportTotals {
-        open_connections: 0,
-        datagrams_sent: 0,
-        datagrams_received: 0,
-        send_calls: 0,
-        lost_packets: 0,
-        black_holes: 0,
-        smallest_datagram: 0,
-    },
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    slots: Vec::new(),
+    closed: ZERO,
 });
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn add(into: &mut TransportTotals, conn: &Connection) {
     let s = conn.stats();
@@ -47,38 +60,51 @@ fn add(into: &mut TransportTotals, conn: &Connection) {
     into.black_holes += s.path.black_holes_detected;
 }
 
-/// Counts `conn` in this process's totals from now on.
-pub fn track(conn: &Connection) {
-    let mut t = TRACKED.lock().unwrap_or_else(|e| e.into_inner());
-    prune(&mut t);
-    t.open.push(conn.clone());
+/// A connection, counted in this process's totals for as long as this lives; its counts stay
+/// in the totals after it is dropped.
+pub struct Counted {
+    conn: Connection,
+    slot: Arc<Slot>,
 }
 
-/// Moves closed connections' counts into the closed totals.
-fn prune(t: &mut Tracked) {
-    let (closed, open): (Vec<_>, Vec<_>) = std::mem::take(&mut t.open)
-        .into_iter()
-        .partition(|c| c.close_reason().is_some());
-    for c in &closed {
-        add(&mut t.closed, c);
+impl Counted {
+    pub fn new(conn: Connection) -> Self {
+        let slot = Arc::new(Mutex::new(Some(conn.clone())));
+        let mut r = registry();
+        r.slots.retain(|s| Arc::strong_count(s) > 1);
+        r.slots.push(slot.clone());
+        Counted { conn, slot }
     }
-    t.open = open;
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let conn = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(conn) = conn {
+            add(&mut registry().closed, &conn);
+        }
+    }
 }
 
 /// This process's transport totals.
 pub fn totals() -> TransportTotals {
-    let mut t = TRACKED.lock().unwrap_or_else(|e| e.into_inner());
-    prune(&mut t);
-    let mut totals = t.closed;
-    totals.open_connections = t.open.len() as u64;
-    totals.smallest_datagram = t
-        .open
-        .iter()
-        .map(|c| c.stats().path.current_mtu as u64)
-        .min()
-        .unwrap_or(0);
-    for c in &t.open {
-        add(&mut totals, c);
+    let r = registry();
+    let mut totals = r.closed;
+    let mut smallest: Option<u64> = None;
+    for slot in &r.slots {
+        let slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(conn) = slot.as_ref() else { continue };
+        add(&mut totals, conn);
+        if conn.close_reason().is_none() {
+            totals.open_connections += 1;
+            let mtu = conn.stats().path.current_mtu as u64;
+            smallest = Some(smallest.map_or(mtu, |s| s.min(mtu)));
+        }
     }
+    totals.smallest_datagram = smallest.unwrap_or(0);
     totals
 }

@@ -113,20 +113,18 @@ impl DirtyBuffer {
 
     /// Cuts whole `block_size` pieces from the front of the run at `start` into `out`.
     fn split_run(&mut self, start: u64, block_size: usize, out: &mut Vec<(u64, Vec<u8>)>) {
-        {
-            let mut run = self.runs.remove(&start).expect("run exists");
-            self.bytes -= run.len();
-            let mut at = start;
-            while run.len() >= block_size {
-                let rest = run.split_off(block_size);
-                out.push((at, run));
-                at += block_size as u64;
-                run = rest;
-            }
-            if !run.is_empty() {
-                self.bytes += run.len();
-                self.runs.insert(at, run);
-            }
+        let mut run = self.runs.remove(&start).expect("run exists");
+        self.bytes -= run.len();
+        let mut at = start;
+        while run.len() >= block_size {
+            let rest = run.split_off(block_size);
+            out.push((at, run));
+            at += block_size as u64;
+            run = rest;
+        }
+        if !run.is_empty() {
+            self.bytes += run.len();
+            self.runs.insert(at, run);
         }
     }
 

@@ -368,28 +368,20 @@ impl Shared {
         }
     }
 
-    /// Records the version of a file this mount just created.
-    fn note_created(&self, attr: &Attr) {
+    /// Records the version of a file as this mount now knows it; returns the one it knew.
+    fn remember_version(&self, attr: &Attr) -> Option<FileVersion> {
         let mut versions = self.versions.lock().expect("version lock");
         if versions.len() >= MAX_VERSIONS {
             versions.clear();
         }
-        versions.insert(attr.ino, version_of(attr));
+        versions.insert(attr.ino, version_of(attr))
     }
 
     /// Close-to-open: `attr` was just fetched by an open. If the file changed since this mount
     /// last opened it, the kernel's cached attributes are dropped (so that it sees the new size
     /// at once) and so are its cached pages; otherwise the pages are kept.
     fn revalidate(&self, attr: &Attr) -> FopenFlags {
-        let version = version_of(attr);
-        let previous = {
-            let mut versions = self.versions.lock().expect("version lock");
-            if versions.len() >= MAX_VERSIONS {
-                versions.clear();
-            }
-            versions.insert(attr.ino, version)
-        };
-        if previous == Some(version) {
+        if self.remember_version(attr) == Some(version_of(attr)) {
             return FopenFlags::FOPEN_KEEP_CACHE;
         }
         if let Some(notifier) = self.notifier.get() {
@@ -806,7 +798,8 @@ impl Filesystem for DfsFs {
             };
             match s.client.handle_for(attr.clone()).await {
                 Ok(file) => {
-                    s.note_created(&attr);
+                    // A file this mount created: its pages are its own writes.
+                    s.remember_version(&attr);
                     let (file, open_flags) = open_mode(file, flags);
                     let fh = s.add_file(file);
                     reply.created(
@@ -1215,12 +1208,10 @@ impl Filesystem for DfsFs {
         };
         let value = value.to_vec();
         self.spawn("setxattr", |s| async move {
-            let result = s
-                .client
-                .setxattr(s.ino(ino), &name, &value, flags as u32)
-                .await;
+            let id = s.ino(ino);
+            let result = s.client.setxattr(id, &name, &value, flags as u32).await;
             // After the change: a lookup that raced with it may have noted the old absence.
-            s.absent_xattrs.forget(s.ino(ino));
+            s.absent_xattrs.forget(id);
             reply_empty(reply, result)
         });
     }
@@ -1277,8 +1268,9 @@ impl Filesystem for DfsFs {
             Err(e) => return reply.error(e),
         };
         self.spawn("removexattr", |s| async move {
-            let result = s.client.removexattr(s.ino(ino), &name).await;
-            s.absent_xattrs.forget(s.ino(ino));
+            let id = s.ino(ino);
+            let result = s.client.removexattr(id, &name).await;
+            s.absent_xattrs.forget(id);
             reply_empty(reply, result)
         });
     }
