@@ -111,11 +111,16 @@ async fn a_small_call_costs_one_datagram_each_way() {
         assert!(matches!(call().await, MetaReply::Attr(_)));
     }
     let after = peer.connection_stats().await.unwrap();
+    // Neither side leaves a stream half-read: no STOP_SENDING, the packet it used to cost.
+    assert_eq!(after.frame_tx.stop_sending, before.frame_tx.stop_sending);
+    assert_eq!(after.frame_rx.stop_sending, before.frame_rx.stop_sending);
+    // About one datagram each way per call. Acknowledgements the other side sends on its own
+    // timer add some on a loaded host (up to 1.3 per call was seen under the full suite); two
+    // or more per call is what the half-read streams used to cost.
     let sent = after.udp_tx.datagrams - before.udp_tx.datagrams;
     let received = after.udp_rx.datagrams - before.udp_rx.datagrams;
-    // A few more for acknowledgements the other side sends on its own timer.
     assert!(
-        sent <= calls + calls / 5 && received <= calls + calls / 5,
+        sent < 2 * calls && received < 2 * calls,
         "{calls} calls took {sent} datagrams out and {received} in"
     );
 }
