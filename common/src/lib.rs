@@ -8,6 +8,7 @@
 //! - [`fault`]: named fault points that tests arm to drive races deterministically.
 //! - [`erasure`]: Reed-Solomon encode and reconstruct (the only user of reed-solomon-erasure).
 //! - [`checksum`]: blake3 hashes per sub-block of a shard.
+//! - [`model`]: plain values shared by the wire protocol and the metadata store.
 //! - [`proto`]: request and response types of the metadata and chunk services.
 //! - [`codec`]: length-prefixed, bounded bincode frames on QUIC streams.
 //! - [`net`]: QUIC endpoints, TLS with the cluster CA, the RPC client and server loop.
@@ -25,6 +26,7 @@ pub mod fault;
 pub mod http;
 pub mod ids;
 pub mod metrics;
+pub mod model;
 pub mod net;
 pub mod proto;
 pub mod shutdown;

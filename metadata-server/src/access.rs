@@ -3,6 +3,7 @@
 //! and write, the volumes it names. Unknown and revoked certificates are refused, so a
 //! revoked client loses access at its very next request.
 
+use crate::command::Outcome;
 use crate::store::schema::{decode, encode, ClientRecord, VolumeRecord};
 use crate::store::tables::{get_inode, ReadTables, WriteTables};
 use crate::store::DbResult;
@@ -91,7 +92,27 @@ pub fn need(request: &MetaRequest) -> Need {
         | R::CommitWrite { ino, .. } => Need::Write(Inode(*ino)),
         R::ReplaceShard { block, .. } => Need::Write(Block(*block)),
         R::ReleaseLocks { .. } | R::RenewSession { .. } | R::CancelLockWait { .. } => Need::Anyone,
-        _ => Need::Admin,
+        R::CreateVolume { .. }
+        | R::SetVolume { .. }
+        | R::DeleteVolume { .. }
+        | R::AddClient { .. }
+        | R::RevokeClient { .. }
+        | R::ListClients
+        | R::ClientGrants { .. }
+        | R::Fsck { .. }
+        | R::VolumeUsage { .. }
+        | R::Heartbeat { .. }
+        | R::ClusterStatus
+        | R::ReportBadShard { .. }
+        | R::MoveShard { .. }
+        | R::DropBlocks { .. }
+        | R::CheckShards { .. }
+        | R::RepairStatus
+        | R::DrainServer { .. }
+        | R::Rebalance
+        | R::RemoveServer { .. }
+        | R::ExpireCalls
+        | R::BindServer { .. } => Need::Admin,
     }
 }
 
@@ -147,7 +168,7 @@ pub fn add_client(
     name: &str,
     fingerprint: [u8; 32],
     volumes: &[(String, bool)],
-) -> FsResult<MetaReply> {
+) -> FsResult<Outcome> {
     validate_volume_name(name)
         .map_err(|_| FsError::invalid(format!("invalid client name {name:?}")))?;
     if t.clients.get(name).db()?.is_some() {
@@ -179,17 +200,17 @@ pub fn add_client(
         revoked: false,
     };
     t.clients.insert(name, encode(&rec).as_slice()).db()?;
-    Ok(MetaReply::Done)
+    Ok(Outcome::Done)
 }
 
-pub fn revoke_client(t: &mut WriteTables, name: &str) -> FsResult<MetaReply> {
+pub fn revoke_client(t: &mut WriteTables, name: &str) -> FsResult<Outcome> {
     let mut rec: ClientRecord = match t.clients.get(name).db()? {
         Some(v) => decode(v.value())?,
         None => return Err(FsError::NotFound),
     };
     rec.revoked = true;
     t.clients.insert(name, encode(&rec).as_slice()).db()?;
-    Ok(MetaReply::Done)
+    Ok(Outcome::Done)
 }
 
 pub fn list_clients(t: &ReadTables) -> FsResult<Vec<ClientInfo>> {

@@ -16,11 +16,12 @@
 //! records of clients that vanished are deleted after [`RECORD_TTL`] by [`expire`]. The table
 //! is part of the durable state, so it survives restarts.
 
-use crate::store::schema::{decode, encode, CallRecord};
+use crate::command::{Call, Outcome};
+use crate::store::schema::{
+    decode_body, encode_as, split_format, CallRecord, WireCallRecord, CALL_FORMAT,
+};
 use crate::store::tables::WriteTables;
 use crate::store::DbResult;
-use dfs_common::codec::{decode_body, encode_body};
-use dfs_common::proto::meta::{CallId, MetaReply, MetaRequest};
 use dfs_common::{FsError, FsResult, Timestamp};
 use redb::ReadableTable;
 use std::time::Duration;
@@ -33,51 +34,62 @@ pub const RECORD_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_IN_FLIGHT: u64 = 4096;
 
 /// What identifies the request itself, so a reused sequence number is caught.
-pub fn fingerprint(request: &MetaRequest) -> FsResult<[u8; 32]> {
-    Ok(dfs_common::checksum::hash(&encode_body(request)?))
+pub fn fingerprint(request_bytes: &[u8]) -> [u8; 32] {
+    dfs_common::checksum::hash(request_bytes)
 }
 
-/// The stored reply of an earlier application of this call, if there was one.
-pub fn replay(t: &WriteTables, id: CallId, request: &[u8; 32]) -> FsResult<Option<MetaReply>> {
-    let Some(value) = t.calls.get((id.client, id.seq)).db()? else {
+/// Decodes a call record of either format.
+fn decode_call(bytes: &[u8]) -> FsResult<CallRecord> {
+    match split_format(bytes)? {
+        (CALL_FORMAT, body) => decode_body(body),
+        (1, body) => {
+            let old: WireCallRecord = decode_body(body)?;
+            Ok(CallRecord {
+                request: old.request,
+                outcome: Outcome::WireReply(old.reply),
+                at: old.at,
+            })
+        }
+        (v, _) => Err(FsError::Corrupt(format!("unknown call record format {v}"))),
+    }
+}
+
+/// The outcome of an earlier application of this call, if there was one.
+pub fn replay(t: &WriteTables, call: &Call) -> FsResult<Option<Outcome>> {
+    let Some(value) = t.calls.get((call.client, call.seq)).db()? else {
         return Ok(None);
     };
-    let record: CallRecord = decode(value.value())?;
-    if &record.request != request {
+    let record = decode_call(value.value())?;
+    if record.request != call.request {
         return Err(FsError::invalid(format!(
             "call {} of client {:016x} was already used for another request",
-            id.seq, id.client
+            call.seq, call.client
         )));
     }
-    Ok(Some(decode_body(&record.reply).map_err(|e| {
-        FsError::Corrupt(format!("stored reply of call {}: {e}", id.seq))
-    })?))
+    Ok(Some(record.outcome))
 }
 
-/// Stores the reply of a call applied now, and forgets the client's calls it has confirmed.
-pub fn record(
-    t: &mut WriteTables,
-    id: CallId,
-    request: [u8; 32],
-    reply: &MetaReply,
-    now: Timestamp,
-) -> FsResult<()> {
-    let forget_below = id
+/// Stores the outcome of a call applied now, and forgets the client's calls it has confirmed.
+pub fn record(t: &mut WriteTables, call: &Call, outcome: &Outcome, now: Timestamp) -> FsResult<()> {
+    let forget_below = call
         .done_below
-        .max(id.seq.saturating_sub(MAX_IN_FLIGHT))
-        .min(id.seq);
+        .max(call.seq.saturating_sub(MAX_IN_FLIGHT))
+        .min(call.seq);
     if forget_below > 0 {
         t.calls
-            .retain_in((id.client, 0)..(id.client, forget_below), |_, _| false)
+            .retain_in((call.client, 0)..(call.client, forget_below), |_, _| false)
             .db()?;
     }
     let record = CallRecord {
-        request,
-        reply: encode_body(reply)?,
+        request: call.request,
+        outcome: outcome.clone(),
         at: now,
     };
     t.calls
-        .insert((id.client, id.seq), encode(&record).as_slice())
+        .insert(
+            (call.client, call.seq),
+            encode_as(CALL_FORMAT, &record).as_slice(),
+        )
         .db()?;
     Ok(())
 }
@@ -88,7 +100,7 @@ pub fn expire(t: &mut WriteTables, now: Timestamp) -> FsResult<u64> {
     let mut expired = 0;
     t.calls
         .retain(|_, value| {
-            let keep = decode::<CallRecord>(value).is_ok_and(|r| r.at.secs >= cutoff);
+            let keep = decode_call(value).is_ok_and(|r| r.at.secs >= cutoff);
             expired += u64::from(!keep);
             keep
         })
@@ -98,13 +110,14 @@ pub fn expire(t: &mut WriteTables, now: Timestamp) -> FsResult<u64> {
 
 #[cfg(test)]
 mod tests {
-    use crate::state_machine::{apply, Command};
+    use super::*;
+    use crate::command::{Command, Op};
+    use crate::state_machine::apply;
     use crate::store;
-    use dfs_common::proto::meta::*;
-    use dfs_common::{FsError, Timestamp};
+    use dfs_common::model::{FileKind, VolumeLimits};
     use redb::{ReadableDatabase, ReadableTableMetadata};
 
-    fn run(path: &std::path::Path, command: &Command) -> Result<MetaReply, FsError> {
+    fn run(path: &std::path::Path, command: &Command) -> Result<Outcome, FsError> {
         let db = store::open(path).unwrap();
         let tx = db.begin_write().unwrap();
         let reply = apply(&tx, command);
@@ -114,32 +127,40 @@ mod tests {
         reply
     }
 
-    fn command(request: MetaRequest, call: Option<CallId>) -> Command {
+    fn command(op: Op, call: Option<Call>) -> Command {
         Command {
             now: Timestamp {
                 secs: 100,
                 nanos: 0,
             },
-            request,
-            placement: vec![],
             call,
+            op,
+        }
+    }
+
+    fn call(seq: u64, done_below: u64, request: &[u8]) -> Call {
+        Call {
+            client: 7,
+            seq,
+            done_below,
+            request: fingerprint(request),
         }
     }
 
     #[test]
-    fn a_retry_gets_the_first_reply_even_after_a_restart() {
+    fn a_retry_gets_the_first_outcome_even_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meta.redb");
-        let create = MetaRequest::CreateVolume {
+        let create = Op::CreateVolume {
             name: "v".into(),
             policy: "2+1".parse().unwrap(),
             block_size: 1 << 20,
             limits: VolumeLimits::default(),
         };
-        let Ok(MetaReply::Volume(v)) = run(&path, &command(create, None)) else {
+        let Ok(Outcome::Volume { record: v, .. }) = run(&path, &command(create, None)) else {
             panic!("no volume")
         };
-        let make = MetaRequest::MakeNode {
+        let make = Op::MakeNode {
             parent: v.root,
             name: "f".into(),
             kind: FileKind::File,
@@ -147,12 +168,9 @@ mod tests {
             uid: 0,
             gid: 0,
             rdev: 0,
+            target: None,
         };
-        let id = CallId {
-            client: 7,
-            seq: 1,
-            done_below: 1,
-        };
+        let id = call(1, 1, b"make f");
         // Each `run` opens the database anew: the record is durable state.
         let first = run(&path, &command(make.clone(), Some(id))).unwrap();
         let again = run(&path, &command(make.clone(), Some(id))).unwrap();
@@ -162,25 +180,61 @@ mod tests {
             run(&path, &command(make.clone(), None)),
             Err(FsError::Exists)
         );
-        // The same id for another request is refused, not answered with the first reply.
-        let other = MetaRequest::Unlink {
+        // The same id for another request is refused, not answered with the first outcome.
+        let other = Op::Unlink {
             parent: v.root,
             name: "f".into(),
         };
+        let reused = Call {
+            request: fingerprint(b"unlink f"),
+            ..id
+        };
         assert!(matches!(
-            run(&path, &command(other.clone(), Some(id))),
+            run(&path, &command(other.clone(), Some(reused))),
             Err(FsError::Invalid(_))
         ));
         // Once the client confirms it, the record goes.
-        let next = CallId {
-            client: 7,
-            seq: 2,
-            done_below: 2,
-        };
-        run(&path, &command(other, Some(next))).unwrap();
+        run(&path, &command(other, Some(call(2, 2, b"unlink f")))).unwrap();
         let db = store::open(&path).unwrap();
         let tx = db.begin_read().unwrap();
         let calls = tx.open_table(crate::store::schema::CALLS).unwrap();
         assert_eq!(calls.len().unwrap(), 1, "only call 2 is kept");
+    }
+
+    /// Records written by a server of format 1 (the wire reply's bytes) still answer a retry
+    /// and still expire.
+    #[test]
+    fn format_1_records_still_answer_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store::open(&dir.path().join("meta.redb")).unwrap();
+        let at = Timestamp {
+            secs: 100,
+            nanos: 0,
+        };
+        // A format 1 record as such a server wrote it: request hash, reply bytes, time.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&fingerprint(b"old"));
+        v1.extend_from_slice(&[3, 9, 8, 7, 100, 0]);
+        let tx = db.begin_write().unwrap();
+        tx.open_table(crate::store::schema::CALLS)
+            .unwrap()
+            .insert((7, 1), v1.as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+        let tx = db.begin_write().unwrap();
+        let mut t = WriteTables::open(&tx).unwrap();
+        let outcome = replay(&t, &call(1, 0, b"old")).unwrap();
+        assert_eq!(outcome, Some(Outcome::WireReply(vec![9, 8, 7])));
+        // Records of both formats expire by their time.
+        record(&mut t, &call(2, 0, b"new"), &Outcome::Done, at).unwrap();
+        assert_eq!(
+            replay(&t, &call(2, 0, b"new")).unwrap(),
+            Some(Outcome::Done)
+        );
+        let later = Timestamp {
+            secs: at.secs + RECORD_TTL.as_secs() as i64 + 1,
+            nanos: 0,
+        };
+        assert_eq!(expire(&mut t, later).unwrap(), 2);
     }
 }

@@ -2,8 +2,10 @@
 //! membership and shard placement. It never touches file data.
 //!
 //! # Layout
-//! - [`store`]: redb, the schema, and the group-committing writer thread.
-//! - [`state_machine`]: every mutation as a deterministic command.
+//! - [`store`]: redb, the schema and table access.
+//! - [`command`]: the state machine's input (a logged [`command::Command`]) and output.
+//! - [`committer`]: the thread that applies commands in group-committed transactions.
+//! - [`state_machine`]: applies one command to a write transaction, deterministically.
 //! - [`calls`]: the duplicate-request table that makes client retries exactly-once.
 //! - [`access`]: what servers, administrators and client certificates may do.
 //! - [`volumes`]: volume create/change/delete, exact usage and quotas.
@@ -20,6 +22,8 @@
 
 pub mod access;
 pub mod calls;
+pub mod command;
+pub mod committer;
 pub mod fsck;
 pub mod layout;
 pub mod locks;
@@ -99,7 +103,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
     for server in draining {
         membership.set_draining(server, true);
     }
-    let (committer, committer_thread) = store::Committer::start(db.clone());
+    let (committer, committer_thread) = committer::Committer::start(db.clone());
     let endpoint = server_endpoint(config.listen, &config.identity, Some(reset_key))?;
     let addr = endpoint.local_addr()?;
     let pool = Arc::new(ChunkPool::new(endpoint.clone(), REPAIR_SHARD_TIMEOUT));

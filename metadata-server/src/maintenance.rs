@@ -2,11 +2,11 @@
 //! from its block, garbage collection forgetting unreferenced blocks. Like every command, each
 //! checks the state it acts on, because the scan that chose it read an older snapshot.
 
+use crate::command::Outcome;
 use crate::store::schema::{decode, encode, BlockRecord};
 use crate::store::tables::WriteTables;
 use crate::store::DbResult;
-use dfs_common::proto::chunk::ShardKey;
-use dfs_common::proto::meta::MetaReply;
+use dfs_common::model::ShardKey;
 use dfs_common::{BlockId, FsError, FsResult, ServerId};
 use redb::ReadableTable;
 
@@ -23,11 +23,7 @@ fn put_block(t: &mut WriteTables, block: BlockId, rec: &BlockRecord) -> FsResult
 }
 
 /// The shard of `key` is no longer on `server` (it was found corrupt there and removed).
-pub fn report_bad_shard(
-    t: &mut WriteTables,
-    server: ServerId,
-    key: ShardKey,
-) -> FsResult<MetaReply> {
+pub fn report_bad_shard(t: &mut WriteTables, server: ServerId, key: ShardKey) -> FsResult<Outcome> {
     if let Some(mut rec) = get_block(t, key.block)? {
         if let Some(slot) = rec.shards.get_mut(key.index as usize) {
             if *slot == server {
@@ -36,7 +32,7 @@ pub fn report_bad_shard(
             }
         }
     }
-    Ok(MetaReply::Done)
+    Ok(Outcome::Done)
 }
 
 /// Moves a rebuilt shard's placement from `from` to `to`; refused if the placement changed
@@ -46,7 +42,7 @@ pub fn move_shard(
     key: ShardKey,
     from: ServerId,
     to: ServerId,
-) -> FsResult<MetaReply> {
+) -> FsResult<Outcome> {
     let Some(mut rec) = get_block(t, key.block)? else {
         return Err(FsError::NotFound);
     };
@@ -71,13 +67,13 @@ pub fn move_shard(
     }
     *slot = to;
     put_block(t, key.block, &rec)?;
-    Ok(MetaReply::Done)
+    Ok(Outcome::Done)
 }
 
 /// Forgets blocks nothing refers to: collected garbage, or pending blocks abandoned before
 /// their commit. Blocks referenced again meanwhile are kept. Answers with the blocks really
 /// dropped: only their shards may be deleted.
-pub fn drop_blocks(t: &mut WriteTables, blocks: &[BlockId]) -> FsResult<MetaReply> {
+pub fn drop_blocks(t: &mut WriteTables, blocks: &[BlockId]) -> FsResult<Outcome> {
     let mut dropped = Vec::new();
     for &block in blocks {
         let Some(rec) = get_block(t, block)? else {
@@ -88,7 +84,7 @@ pub fn drop_blocks(t: &mut WriteTables, blocks: &[BlockId]) -> FsResult<MetaRepl
             dropped.push(block);
         }
     }
-    Ok(MetaReply::Dropped(dropped))
+    Ok(Outcome::Dropped(dropped))
 }
 
 pub fn drain_server(
@@ -96,7 +92,7 @@ pub fn drain_server(
     now: dfs_common::Timestamp,
     server: ServerId,
     drain: bool,
-) -> FsResult<MetaReply> {
+) -> FsResult<Outcome> {
     if t.servers.get(server.0).db()?.is_none() {
         return Err(FsError::NotFound);
     }
@@ -107,11 +103,11 @@ pub fn drain_server(
     } else {
         t.draining.remove(server.0).db()?;
     }
-    Ok(MetaReply::Done)
+    Ok(Outcome::Done)
 }
 
 /// Forgets a server; refused while any block still places a shard on it.
-pub fn remove_server(t: &mut WriteTables, server: ServerId) -> FsResult<MetaReply> {
+pub fn remove_server(t: &mut WriteTables, server: ServerId) -> FsResult<Outcome> {
     if t.servers.get(server.0).db()?.is_none() {
         return Err(FsError::NotFound);
     }
@@ -125,7 +121,7 @@ pub fn remove_server(t: &mut WriteTables, server: ServerId) -> FsResult<MetaRepl
     t.servers.remove(server.0).db()?;
     t.draining.remove(server.0).db()?;
     t.server_certs.remove(server.0).db()?;
-    Ok(MetaReply::Done)
+    Ok(Outcome::Done)
 }
 
 /// Binds a chunk server's id to the certificate it registers with; refused if the id is
@@ -134,16 +130,16 @@ pub fn bind_server(
     t: &mut WriteTables,
     server: ServerId,
     fingerprint: [u8; 32],
-) -> FsResult<MetaReply> {
+) -> FsResult<Outcome> {
     let bound = t.server_certs.get(server.0).db()?.map(|v| v.value());
     match bound {
         Some(bound) if bound != fingerprint => Err(FsError::Denied(format!(
             "chunk server {server} is registered with another certificate"
         ))),
-        Some(_) => Ok(MetaReply::Done),
+        Some(_) => Ok(Outcome::Done),
         None => {
             t.server_certs.insert(server.0, fingerprint).db()?;
-            Ok(MetaReply::Done)
+            Ok(Outcome::Done)
         }
     }
 }

@@ -8,16 +8,17 @@
 //! a repair interrupted by any crash resumes. A shard rebuilt but not yet moved to is an orphan
 //! that its server's reconciliation deletes.
 
+use crate::command::{Command, Op, Outcome};
+use crate::committer::Committer;
 use crate::membership::Membership;
 use crate::placement::place;
-use crate::state_machine::Command;
 use crate::store::schema::{decode, BlockRecord};
 use crate::store::tables::ReadTables;
-use crate::store::{self, Committer, DbResult};
+use crate::store::{self, DbResult};
 use dfs_common::fault::Faults;
 use dfs_common::net::chunks::ChunkPool;
 use dfs_common::proto::chunk::{ShardKey, ShardOwner, ShardSource};
-use dfs_common::proto::meta::{BlockHealth, MetaReply, MetaRequest, RepairProgress};
+use dfs_common::proto::meta::{BlockHealth, RepairProgress};
 use dfs_common::{BlockId, FsError, FsResult, ServerId, Timestamp};
 use redb::{Database, ReadableTable};
 use std::collections::{HashMap, HashSet};
@@ -319,7 +320,7 @@ impl Repair {
             .await?;
         let command = Command::internal(
             Timestamp::now(),
-            MetaRequest::MoveShard {
+            Op::MoveShard {
                 key: job.key,
                 from: job.from,
                 to: target,
@@ -392,7 +393,7 @@ impl Repair {
             }
             *last = Some(Instant::now());
         }
-        let command = Command::internal(Timestamp::now(), MetaRequest::ExpireCalls);
+        let command = Command::internal(Timestamp::now(), Op::ExpireCalls);
         if let Err(e) = self.committer.submit(command).await {
             tracing::warn!("expiring old call records: {e}");
         }
@@ -433,9 +434,9 @@ impl Repair {
                 tracing::warn!("garbage collection failed: {e}");
                 return;
             }
-            let command = Command::internal(Timestamp::now(), MetaRequest::DropBlocks { blocks });
+            let command = Command::internal(Timestamp::now(), Op::DropBlocks { blocks });
             let dropped: HashSet<BlockId> = match self.committer.submit(command).await {
-                Ok(MetaReply::Dropped(dropped)) => dropped.into_iter().collect(),
+                Ok(Outcome::Dropped(dropped)) => dropped.into_iter().collect(),
                 Ok(other) => {
                     tracing::error!("garbage collection: unexpected reply {other:?}");
                     return;

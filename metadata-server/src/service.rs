@@ -2,16 +2,20 @@
 //! placement decisions are made here (from live membership) and travel inside the command.
 
 use crate::access::{self, ClientRegistry, Need, Target};
+use crate::calls;
+use crate::command::{Call, Command, Op, Outcome, ShardAt};
+use crate::committer::Committer;
 use crate::locks::LockTable;
 use crate::membership::Membership;
 use crate::placement::place;
 use crate::queries;
 use crate::repair::Repair;
-use crate::state_machine::Command;
 use crate::store::schema::{decode, BlockRecord};
-use crate::store::tables::{get_inode, get_volume_by_id, get_volume_state, ReadTables};
-use crate::store::{self, Committer, DbResult};
+use crate::store::tables::{get_inode, get_volume_by_id, get_volume_state, to_attr, ReadTables};
+use crate::store::{self, DbResult};
+use crate::volumes::volume_info;
 use dfs_common::capability::CapabilityKey;
+use dfs_common::codec::{decode_body, encode_body};
 use dfs_common::fault::Faults;
 use dfs_common::metrics::OpMetrics;
 use dfs_common::net::server::{PeerInfo, Response, Service};
@@ -19,7 +23,7 @@ use dfs_common::net::tls::{Fingerprint, Principal};
 use dfs_common::proto::chunk::ShardKey;
 use dfs_common::proto::meta::*;
 use dfs_common::proto::MAX_CHECK_SHARDS;
-use dfs_common::{FsError, FsResult, ServerId, Timestamp, VolumeId};
+use dfs_common::{BlockId, FsError, FsResult, InodeId, ServerId, Timestamp, VolumeId};
 use quinn::RecvStream;
 use redb::{Database, ReadableTable};
 use std::sync::Arc;
@@ -185,11 +189,11 @@ impl MetaService {
                 "chunk server {server} is registered with another certificate"
             ))),
             None if may_register => {
-                let bind = MetaRequest::BindServer {
+                let bind = Op::BindServer {
                     server,
                     fingerprint: fingerprint.0,
                 };
-                self.commit(bind, vec![], None).await?;
+                self.mutate(bind, None).await?;
                 self.server_certs
                     .lock()
                     .expect("server certificates")
@@ -209,7 +213,8 @@ impl MetaService {
         }
     }
 
-    /// Runs a read-only query on a fresh snapshot, off the async runtime.
+    /// Runs a read-only query on a fresh snapshot, off the async runtime. Every read of the
+    /// store goes through here.
     async fn query<T: Send + 'static>(
         &self,
         f: impl FnOnce(&ReadTables) -> FsResult<T> + Send + 'static,
@@ -223,37 +228,93 @@ impl MetaService {
         .map_err(|e| FsError::io(format!("query task failed: {e}")))?
     }
 
-    async fn commit(
-        &self,
-        request: MetaRequest,
-        placement: Vec<dfs_common::ServerId>,
-        call: Option<CallId>,
-    ) -> FsResult<MetaReply> {
+    /// Applies a mutation durably and gives its outcome. Every change to the store goes
+    /// through here.
+    async fn mutate(&self, op: Op, call: Option<Call>) -> FsResult<Outcome> {
         self.committer
             .submit(Command {
                 now: Timestamp::now(),
-                request,
-                placement,
                 call,
+                op,
             })
             .await
     }
 
-    async fn dispatch(&self, request: MetaRequest, call: Option<CallId>) -> FsResult<MetaReply> {
+    /// [`Self::mutate`], answered with the outcome as the wire shows it.
+    async fn mutate_reply(&self, op: Op, call: Option<Call>) -> FsResult<MetaReply> {
+        reply_of(self.mutate(op, call).await?)
+    }
+
+    /// Sorts a request into a mutation (applied by the committer), a query (answered from a
+    /// snapshot) or state kept in memory (locks, membership, repair). The match is
+    /// exhaustive: a new request must be placed here.
+    async fn dispatch(&self, request: MetaRequest, id: Option<CallId>) -> FsResult<MetaReply> {
+        let call = match id {
+            Some(id) => Some(Call {
+                client: id.client,
+                seq: id.seq,
+                done_below: id.done_below,
+                request: calls::fingerprint(&encode_body(&request)?),
+            }),
+            None => None,
+        };
+        use MetaRequest as R;
         match request {
-            MetaRequest::Heartbeat {
+            // Mutations.
+            R::CreateVolume {
+                name,
+                policy,
+                block_size,
+                limits,
+            } => {
+                let op = Op::CreateVolume {
+                    name,
+                    policy,
+                    block_size,
+                    limits,
+                };
+                self.mutate_reply(op, call).await
+            }
+            R::SetVolume { name, change } => {
+                self.mutate_reply(Op::SetVolume { name, change }, call)
+                    .await
+            }
+            R::DeleteVolume { name, force } => {
+                self.mutate_reply(Op::DeleteVolume { name, force }, call)
+                    .await
+            }
+            R::AddClient {
+                name,
+                fingerprint,
+                volumes,
+            } => {
+                let op = Op::AddClient {
+                    name,
+                    fingerprint,
+                    volumes,
+                };
+                let reply = self.mutate_reply(op, call).await?;
+                self.reload_clients()?;
+                Ok(reply)
+            }
+            R::RevokeClient { name } => {
+                let reply = self.mutate_reply(Op::RevokeClient { name }, call).await?;
+                self.reload_clients()?;
+                Ok(reply)
+            }
+            R::Heartbeat {
                 server,
-                ref addr,
+                addr,
                 capacity,
                 used,
                 shards,
             } => {
                 if self
                     .membership
-                    .heartbeat(server, addr, capacity, used, shards)
+                    .heartbeat(server, &addr, capacity, used, shards)
                 {
                     tracing::info!(%server, %addr, "chunk server registered");
-                    if let Err(e) = self.commit(request, vec![], call).await {
+                    if let Err(e) = self.mutate(Op::RegisterServer { server, addr }, call).await {
                         self.membership.forget_address(server);
                         return Err(e);
                     }
@@ -262,150 +323,129 @@ impl MetaService {
                     capability_key: self.capability_key.clone(),
                 })
             }
-            MetaRequest::ClusterStatus => {
-                let (volumes, inodes, blocks) = self.query(queries::counts).await?;
-                let mut servers = self.membership.status();
-                let placed = self.repair.placed();
-                for s in &mut servers {
-                    s.placed = placed.get(&s.id).copied().unwrap_or(0);
-                }
-                Ok(MetaReply::Cluster(ClusterStatus {
-                    servers,
-                    volumes,
-                    inodes,
-                    blocks,
-                    health: self.repair.health(),
-                    repair: self.repair.progress(),
-                }))
-            }
-            MetaRequest::StatFs { ino } => {
-                let state = self
-                    .query(move |t| {
-                        let rec = get_inode(&t.inodes, ino)?;
-                        get_volume_state(&t.volume_state, rec.volume)
-                    })
-                    .await?;
-                let (mut total_bytes, mut free_bytes) = self.membership.capacity();
-                if let Some(quota) = state.limits.quota_bytes {
-                    total_bytes = total_bytes.min(quota);
-                    free_bytes = free_bytes.min(quota.saturating_sub(state.bytes));
-                }
-                let (total_inodes, free_inodes) = match state.limits.quota_inodes {
-                    Some(quota) => (quota, quota.saturating_sub(state.inodes)),
-                    None => (state.inodes + (1 << 32), 1 << 32),
-                };
-                Ok(MetaReply::StatFs(StatFs {
-                    total_bytes,
-                    free_bytes,
-                    total_inodes,
-                    free_inodes,
-                    block_size: 4096,
-                }))
-            }
-            MetaRequest::AllocateBlock { ino } => {
-                let (policy, block_size, full) = self
-                    .query(move |t| {
-                        let rec = get_inode(&t.inodes, ino)?;
-                        let (_, vol) = get_volume_by_id(&t.volumes, rec.volume)?;
-                        let state = get_volume_state(&t.volume_state, rec.volume)?;
-                        Ok((vol.policy, vol.block_size, state.limits.require_full_writes))
-                    })
-                    .await?;
-                let live = self.membership.live_when_known(policy.total()).await;
-                if full && live.len() < policy.total() {
-                    return Err(FsError::unavailable(format!(
-                        "the volume requires all {} shards of each block, and only {} chunk servers are up",
-                        policy.total(),
-                        live.len()
-                    )));
-                }
-                // Fewer servers up than shards: place what can be placed, down to the write
-                // floor; the rest are missing from the start and left to repair.
-                let count = policy
-                    .total()
-                    .min(live.len().max(policy.min_write_shards()));
-                let mut placement = place(
-                    &live,
-                    count,
-                    policy.shard_len(block_size),
-                    rand::random(),
-                    &[],
-                )?;
-                placement.resize(policy.total(), ServerId::NONE);
-                let mut reply = self.commit(request, placement, call).await?;
-                if let MetaReply::Placement(p) = &mut reply {
-                    let now = Timestamp::now();
-                    for (index, shard) in p.shards.iter_mut().enumerate() {
-                        let key = ShardKey {
-                            block: p.block,
-                            index: index as u8,
-                        };
-                        self.grant(shard, key, p.volume, now);
-                    }
-                }
-                Ok(reply)
-            }
-            MetaRequest::ReplaceShard { block, index, .. } => {
-                let rec: BlockRecord = self
-                    .query(move |t| match t.blocks.get(block.0).db()? {
-                        Some(v) => decode(v.value()),
-                        None => Err(FsError::NotFound),
-                    })
-                    .await?;
-                let min_free = rec.policy.shard_len(rec.len.unwrap_or(0));
-                // No server left for it: the shard is recorded missing (an empty placement),
-                // and the writer decides whether the block has enough without it.
-                let placement = match place(
-                    &self.membership.live_when_known(rec.shards.len() + 1).await,
-                    1,
-                    min_free,
-                    rand::random(),
-                    &rec.shards,
-                ) {
-                    Ok(p) => p,
-                    Err(FsError::Unavailable(_) | FsError::NoSpace(_)) => Vec::new(),
-                    Err(e) => return Err(e),
-                };
-                let mut reply = self.commit(request, placement, call).await?;
-                if let MetaReply::Shard(shard) = &mut reply {
-                    let key = ShardKey { block, index };
-                    self.grant(shard, key, rec.volume, Timestamp::now());
-                }
-                Ok(reply)
-            }
-            MetaRequest::SetLock {
-                ino,
-                owner,
-                range,
-                kind,
-                wait,
-                holding,
+            R::BindServer {
+                server,
+                fingerprint,
             } => {
-                // Only files that exist can be locked; anything can be unlocked.
-                if kind != LockKind::Unlock {
-                    self.query(move |t| get_inode(&t.inodes, ino).map(drop))
-                        .await?;
-                }
-                self.locks.set(ino, owner, range, kind, wait, holding)?;
-                Ok(MetaReply::Done)
+                let op = Op::BindServer {
+                    server,
+                    fingerprint,
+                };
+                self.mutate_reply(op, call).await
             }
-            MetaRequest::CancelLockWait { owner } => {
-                self.locks.cancel_wait(owner);
-                Ok(MetaReply::Done)
-            }
-            MetaRequest::TestLock {
-                ino,
-                owner,
-                range,
+            R::SetAttr { ino, set } => self.mutate_reply(Op::SetAttr { ino, set }, call).await,
+            R::MakeNode {
+                parent,
+                name,
                 kind,
-            } => Ok(MetaReply::Lock(self.locks.test(ino, owner, range, kind)?)),
-            MetaRequest::ReleaseLocks { ino, owner } => {
-                self.locks.release(ino, owner);
-                Ok(MetaReply::Done)
+                mode,
+                uid,
+                gid,
+                rdev,
+            } => {
+                if kind == FileKind::Symlink {
+                    return Err(FsError::invalid("symlinks are made with Symlink"));
+                }
+                let op = Op::MakeNode {
+                    parent,
+                    name,
+                    kind,
+                    mode,
+                    uid,
+                    gid,
+                    rdev,
+                    target: None,
+                };
+                self.mutate_reply(op, call).await
             }
-            MetaRequest::CommitWrite { ref extents, .. } => {
+            R::Symlink {
+                parent,
+                name,
+                target,
+                uid,
+                gid,
+            } => {
+                let op = Op::MakeNode {
+                    parent,
+                    name,
+                    kind: FileKind::Symlink,
+                    mode: 0o777,
+                    uid,
+                    gid,
+                    rdev: 0,
+                    target: Some(target),
+                };
+                self.mutate_reply(op, call).await
+            }
+            R::Link {
+                ino,
+                new_parent,
+                new_name,
+            } => {
+                let op = Op::Link {
+                    ino,
+                    new_parent,
+                    new_name,
+                };
+                self.mutate_reply(op, call).await
+            }
+            R::Unlink { parent, name } => {
+                self.mutate_reply(Op::Unlink { parent, name }, call).await
+            }
+            R::Rmdir { parent, name } => self.mutate_reply(Op::Rmdir { parent, name }, call).await,
+            R::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                flags,
+            } => {
+                let op = Op::Rename {
+                    parent,
+                    name,
+                    new_parent,
+                    new_name,
+                    flags,
+                };
+                self.mutate_reply(op, call).await
+            }
+            R::SetXattr {
+                ino,
+                name,
+                value,
+                flags,
+            } => {
+                let op = Op::SetXattr {
+                    ino,
+                    name,
+                    value,
+                    flags,
+                };
+                self.mutate_reply(op, call).await
+            }
+            R::RemoveXattr { ino, name } => {
+                self.mutate_reply(Op::RemoveXattr { ino, name }, call).await
+            }
+            R::AllocateBlock { ino } => self.allocate_block(ino, call).await,
+            R::ReplaceShard {
+                block,
+                index,
+                failed,
+            } => self.replace_shard(block, index, failed, call).await,
+            R::CommitWrite {
+                ino,
+                extents,
+                mtime,
+                append,
+            } => {
                 let degraded = extents.iter().any(|e| e.missing_shards != 0);
-                let reply = self.commit(request, vec![], call).await?;
+                let op = Op::CommitWrite {
+                    ino,
+                    extents,
+                    mtime,
+                    append,
+                };
+                let reply = self.mutate_reply(op, call).await?;
                 if degraded {
                     // A block committed with shards missing is repaired now, not at the next
                     // periodic scan.
@@ -413,38 +453,30 @@ impl MetaService {
                 }
                 Ok(reply)
             }
-            MetaRequest::RepairStatus => Ok(MetaReply::Repair(self.repair.progress())),
-            MetaRequest::VolumeUsage { name } => {
-                let live = self.membership.live_addrs().into_keys().collect();
-                let usage = self
-                    .query(move |t| queries::volume_usage(t, &name, &live))
+            R::ReportBadShard { server, key } => {
+                self.mutate_reply(Op::ReportBadShard { server, key }, call)
+                    .await
+            }
+            R::MoveShard { key, from, to } => {
+                self.mutate_reply(Op::MoveShard { key, from, to }, call)
+                    .await
+            }
+            R::DropBlocks { blocks } => self.mutate_reply(Op::DropBlocks { blocks }, call).await,
+            R::DrainServer { server, drain } => {
+                let reply = self
+                    .mutate_reply(Op::DrainServer { server, drain }, call)
                     .await?;
-                Ok(MetaReply::Usage(usage))
-            }
-            MetaRequest::Fsck { volume, from } => {
-                let live = self.membership.live_addrs().into_keys().collect();
-                let page = self
-                    .query(move |t| crate::fsck::check_page(t, &volume, from, &live))
-                    .await?;
-                Ok(MetaReply::Fsck(page))
-            }
-            MetaRequest::Rebalance => {
-                self.repair.start_rebalance();
-                Ok(MetaReply::Done)
-            }
-            MetaRequest::DrainServer { server, drain } => {
-                let reply = self.commit(request, vec![], call).await?;
                 self.membership.set_draining(server, drain);
                 self.repair.kick();
                 Ok(reply)
             }
-            MetaRequest::RemoveServer { server } => {
+            R::RemoveServer { server } => {
                 if self.membership.is_live(server) {
                     return Err(FsError::invalid(format!(
                         "chunk server {server} is up: stop it first (drain it before, so it holds nothing)"
                     )));
                 }
-                let reply = self.commit(request, vec![], call).await?;
+                let reply = self.mutate_reply(Op::RemoveServer { server }, call).await?;
                 self.membership.forget(server);
                 self.server_certs
                     .lock()
@@ -452,7 +484,66 @@ impl MetaService {
                     .remove(&server);
                 Ok(reply)
             }
-            MetaRequest::CheckShards { server, keys } => {
+            R::ExpireCalls => self.mutate_reply(Op::ExpireCalls, call).await,
+
+            // Queries of the store.
+            R::ListVolumes => Ok(MetaReply::Volumes(self.query(queries::list_volumes).await?)),
+            R::ListClients => Ok(MetaReply::Clients(self.query(access::list_clients).await?)),
+            R::GetVolume { name } => Ok(MetaReply::Volume(
+                self.query(move |t| queries::get_volume(t, &name)).await?,
+            )),
+            R::Lookup { parent, name } => Ok(MetaReply::Attr(
+                self.query(move |t| queries::lookup_attr(t, parent, &name))
+                    .await?,
+            )),
+            R::GetAttr { ino } => Ok(MetaReply::Attr(
+                self.query(move |t| queries::get_attr(t, ino)).await?,
+            )),
+            R::ReadLink { ino } => Ok(MetaReply::Target(
+                self.query(move |t| queries::read_link(t, ino)).await?,
+            )),
+            R::ReadDir {
+                dir,
+                after,
+                limit,
+                with_attrs,
+            } => Ok(MetaReply::Dir(
+                self.query(move |t| queries::read_dir(t, dir, after.as_deref(), limit, with_attrs))
+                    .await?,
+            )),
+            R::GetXattr { ino, name } => Ok(MetaReply::Xattr(
+                self.query(move |t| queries::get_xattr(t, ino, &name))
+                    .await?,
+            )),
+            R::ListXattr { ino } => Ok(MetaReply::XattrNames(
+                self.query(move |t| queries::list_xattr(t, ino)).await?,
+            )),
+            R::GetLayout { ino, offset, len } => {
+                let mut layout = self
+                    .query(move |t| queries::get_layout(t, ino, offset, len))
+                    .await?;
+                let live: Vec<_> = self.membership.live().into_iter().map(|c| c.id).collect();
+                for shard in layout.blocks.iter_mut().flat_map(|b| b.shards.iter_mut()) {
+                    shard.up = live.contains(&shard.server);
+                }
+                Ok(MetaReply::Layout(layout))
+            }
+            R::StatFs { ino } => self.stat_fs(ino).await,
+            R::VolumeUsage { name } => {
+                let live = self.membership.live_addrs().into_keys().collect();
+                let usage = self
+                    .query(move |t| queries::volume_usage(t, &name, &live))
+                    .await?;
+                Ok(MetaReply::Usage(usage))
+            }
+            R::Fsck { volume, from } => {
+                let live = self.membership.live_addrs().into_keys().collect();
+                let page = self
+                    .query(move |t| crate::fsck::check_page(t, &volume, from, &live))
+                    .await?;
+                Ok(MetaReply::Fsck(page))
+            }
+            R::CheckShards { server, keys } => {
                 if keys.len() > MAX_CHECK_SHARDS {
                     return Err(FsError::TooBig(format!(
                         "{} shards in one check",
@@ -469,63 +560,229 @@ impl MetaService {
                         .collect(),
                 ))
             }
-            MetaRequest::RenewSession { session } => {
+            R::ClusterStatus => {
+                let (volumes, inodes, blocks) = self.query(queries::counts).await?;
+                let mut servers = self.membership.status();
+                let placed = self.repair.placed();
+                for s in &mut servers {
+                    s.placed = placed.get(&s.id).copied().unwrap_or(0);
+                }
+                Ok(MetaReply::Cluster(ClusterStatus {
+                    servers,
+                    volumes,
+                    inodes,
+                    blocks,
+                    health: self.repair.health(),
+                    repair: self.repair.progress(),
+                }))
+            }
+
+            // State kept in memory.
+            R::ClientGrants { fingerprint } => {
+                Ok(MetaReply::Grants(self.clients.grants(&fingerprint)))
+            }
+            R::SetLock {
+                ino,
+                owner,
+                range,
+                kind,
+                wait,
+                holding,
+            } => {
+                // Only files that exist can be locked; anything can be unlocked.
+                if kind != LockKind::Unlock {
+                    self.query(move |t| get_inode(&t.inodes, ino).map(drop))
+                        .await?;
+                }
+                self.locks.set(ino, owner, range, kind, wait, holding)?;
+                Ok(MetaReply::Done)
+            }
+            R::CancelLockWait { owner } => {
+                self.locks.cancel_wait(owner);
+                Ok(MetaReply::Done)
+            }
+            R::TestLock {
+                ino,
+                owner,
+                range,
+                kind,
+            } => Ok(MetaReply::Lock(self.locks.test(ino, owner, range, kind)?)),
+            R::ReleaseLocks { ino, owner } => {
+                self.locks.release(ino, owner);
+                Ok(MetaReply::Done)
+            }
+            R::RenewSession { session } => {
                 self.locks.renew(session)?;
                 Ok(MetaReply::Done)
             }
-            MetaRequest::AddClient { .. } | MetaRequest::RevokeClient { .. } => {
-                let reply = self.commit(request, vec![], call).await?;
-                let tx = store::read(&self.db)?;
-                self.clients.reload(&ReadTables::open(&tx)?)?;
-                Ok(reply)
-            }
-            MetaRequest::ClientGrants { fingerprint } => {
-                Ok(MetaReply::Grants(self.clients.grants(&fingerprint)))
-            }
-            r if r.is_mutation() => self.commit(r, vec![], call).await,
-            r => {
-                let mut reply = self.query(move |t| answer(t, r)).await?;
-                if let MetaReply::Layout(layout) = &mut reply {
-                    let live: Vec<_> = self.membership.live().into_iter().map(|c| c.id).collect();
-                    for shard in layout.blocks.iter_mut().flat_map(|b| b.shards.iter_mut()) {
-                        shard.up = live.contains(&shard.server);
-                    }
-                }
-                Ok(reply)
+            R::RepairStatus => Ok(MetaReply::Repair(self.repair.progress())),
+            R::Rebalance => {
+                self.repair.start_rebalance();
+                Ok(MetaReply::Done)
             }
         }
     }
+
+    fn reload_clients(&self) -> FsResult<()> {
+        let tx = store::read(&self.db)?;
+        self.clients.reload(&ReadTables::open(&tx)?)
+    }
+
+    /// Places a new block on live servers, records it, and grants the capabilities to store
+    /// its shards.
+    async fn allocate_block(&self, ino: InodeId, call: Option<Call>) -> FsResult<MetaReply> {
+        let (policy, block_size, full) = self
+            .query(move |t| {
+                let rec = get_inode(&t.inodes, ino)?;
+                let (_, vol) = get_volume_by_id(&t.volumes, rec.volume)?;
+                let state = get_volume_state(&t.volume_state, rec.volume)?;
+                Ok((vol.policy, vol.block_size, state.limits.require_full_writes))
+            })
+            .await?;
+        let live = self.membership.live_when_known(policy.total()).await;
+        if full && live.len() < policy.total() {
+            return Err(FsError::unavailable(format!(
+                "the volume requires all {} shards of each block, and only {} chunk servers are up",
+                policy.total(),
+                live.len()
+            )));
+        }
+        // Fewer servers up than shards: place what can be placed, down to the write floor;
+        // the rest are missing from the start and left to repair.
+        let count = policy
+            .total()
+            .min(live.len().max(policy.min_write_shards()));
+        let mut placement = place(
+            &live,
+            count,
+            policy.shard_len(block_size),
+            rand::random(),
+            &[],
+        )?;
+        placement.resize(policy.total(), ServerId::NONE);
+        let mut reply = self
+            .mutate_reply(Op::AllocateBlock { ino, placement }, call)
+            .await?;
+        if let MetaReply::Placement(p) = &mut reply {
+            let now = Timestamp::now();
+            for (index, shard) in p.shards.iter_mut().enumerate() {
+                let key = ShardKey {
+                    block: p.block,
+                    index: index as u8,
+                };
+                self.grant(shard, key, p.volume, now);
+            }
+        }
+        Ok(reply)
+    }
+
+    /// Moves a shard of an uncommitted block off a server its writer could not reach.
+    async fn replace_shard(
+        &self,
+        block: BlockId,
+        index: u8,
+        failed: ServerId,
+        call: Option<Call>,
+    ) -> FsResult<MetaReply> {
+        let rec: BlockRecord = self
+            .query(move |t| match t.blocks.get(block.0).db()? {
+                Some(v) => decode(v.value()),
+                None => Err(FsError::NotFound),
+            })
+            .await?;
+        let min_free = rec.policy.shard_len(rec.len.unwrap_or(0));
+        // No server left for it: the shard is recorded missing, and the writer decides
+        // whether the block has enough without it.
+        let to = match place(
+            &self.membership.live_when_known(rec.shards.len() + 1).await,
+            1,
+            min_free,
+            rand::random(),
+            &rec.shards,
+        ) {
+            Ok(p) => p.first().copied(),
+            Err(FsError::Unavailable(_) | FsError::NoSpace(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let op = Op::ReplaceShard {
+            block,
+            index,
+            failed,
+            to,
+        };
+        let mut reply = self.mutate_reply(op, call).await?;
+        if let MetaReply::Shard(shard) = &mut reply {
+            let key = ShardKey { block, index };
+            self.grant(shard, key, rec.volume, Timestamp::now());
+        }
+        Ok(reply)
+    }
+
+    /// Capacity of the cluster, bounded by the volume's quotas.
+    async fn stat_fs(&self, ino: InodeId) -> FsResult<MetaReply> {
+        let state = self
+            .query(move |t| {
+                let rec = get_inode(&t.inodes, ino)?;
+                get_volume_state(&t.volume_state, rec.volume)
+            })
+            .await?;
+        let (mut total_bytes, mut free_bytes) = self.membership.capacity();
+        if let Some(quota) = state.limits.quota_bytes {
+            total_bytes = total_bytes.min(quota);
+            free_bytes = free_bytes.min(quota.saturating_sub(state.bytes));
+        }
+        let (total_inodes, free_inodes) = match state.limits.quota_inodes {
+            Some(quota) => (quota, quota.saturating_sub(state.inodes)),
+            None => (state.inodes + (1 << 32), 1 << 32),
+        };
+        Ok(MetaReply::StatFs(StatFs {
+            total_bytes,
+            free_bytes,
+            total_inodes,
+            free_inodes,
+            block_size: 4096,
+        }))
+    }
 }
 
-/// Answers a read-only request from a snapshot.
-fn answer(t: &ReadTables, request: MetaRequest) -> FsResult<MetaReply> {
-    Ok(match request {
-        MetaRequest::ListVolumes => MetaReply::Volumes(queries::list_volumes(t)?),
-        MetaRequest::ListClients => MetaReply::Clients(access::list_clients(t)?),
-        MetaRequest::GetVolume { name } => MetaReply::Volume(queries::get_volume(t, &name)?),
-        MetaRequest::Lookup { parent, name } => {
-            MetaReply::Attr(queries::lookup_attr(t, parent, &name)?)
+/// An outcome as the wire shows it.
+fn reply_of(outcome: Outcome) -> FsResult<MetaReply> {
+    let shard = |at: ShardAt| ShardLocation {
+        up: at.server != ServerId::NONE,
+        server: at.server,
+        addr: at.addr,
+        cap: None,
+    };
+    Ok(match outcome {
+        Outcome::Done => MetaReply::Done,
+        Outcome::Volume {
+            name,
+            record,
+            state,
+        } => MetaReply::Volume(volume_info(&name, &record, &state)),
+        Outcome::Node { ino, record } => MetaReply::Attr(to_attr(ino, &record)),
+        Outcome::Placement {
+            block,
+            volume,
+            policy,
+            shards,
+            min_shards,
+        } => MetaReply::Placement(BlockPlacement {
+            block,
+            volume,
+            policy,
+            shards: shards.into_iter().map(shard).collect(),
+            min_shards,
+        }),
+        Outcome::Shard(at) => MetaReply::Shard(shard(at)),
+        Outcome::Committed { ino, before, after } => MetaReply::Committed {
+            before: to_attr(ino, &before),
+            after: to_attr(ino, &after),
+        },
+        Outcome::Dropped(blocks) => MetaReply::Dropped(blocks),
+        Outcome::WireReply(bytes) => {
+            decode_body(&bytes).map_err(|e| FsError::Corrupt(format!("stored reply: {e}")))?
         }
-        MetaRequest::GetAttr { ino } => MetaReply::Attr(queries::get_attr(t, ino)?),
-        MetaRequest::ReadLink { ino } => MetaReply::Target(queries::read_link(t, ino)?),
-        MetaRequest::ReadDir {
-            dir,
-            after,
-            limit,
-            with_attrs,
-        } => MetaReply::Dir(queries::read_dir(
-            t,
-            dir,
-            after.as_deref(),
-            limit,
-            with_attrs,
-        )?),
-        MetaRequest::GetXattr { ino, name } => MetaReply::Xattr(queries::get_xattr(t, ino, &name)?),
-        MetaRequest::ListXattr { ino } => MetaReply::XattrNames(queries::list_xattr(t, ino)?),
-        MetaRequest::GetLayout { ino, offset, len } => {
-            MetaReply::Layout(queries::get_layout(t, ino, offset, len)?)
-        }
-        other => return Err(FsError::invalid(format!("unexpected request {other:?}"))),
     })
 }
 

@@ -9,12 +9,12 @@
 
 use crate::access;
 use crate::calls;
+use crate::command::{Command, Op, Outcome, ShardAt};
 use crate::layout::{self, RefDelta};
 use crate::maintenance;
 use crate::store::schema::*;
 use crate::store::tables::{
-    dir_is_empty, get_dir, get_inode, get_volume_by_id, get_volume_state, lookup, to_attr,
-    WriteTables,
+    dir_is_empty, get_dir, get_inode, get_volume_by_id, get_volume_state, lookup, WriteTables,
 };
 use crate::store::DbResult;
 use crate::volumes;
@@ -34,72 +34,51 @@ pub const MAX_XATTR_BYTES_PER_INODE: usize = 1 << 20;
 /// Smallest block size a volume may use.
 pub const MIN_BLOCK_SIZE: u64 = 64 * 1024;
 
-/// A mutation with everything it needs to be applied deterministically.
-#[derive(Clone, Debug)]
-pub struct Command {
-    pub now: Timestamp,
-    pub request: MetaRequest,
-    /// Servers chosen by the caller for `AllocateBlock` (one per shard) or `ReplaceShard` (one).
-    pub placement: Vec<ServerId>,
-    /// The client's id for this mutation: a retry of it gets the first reply back.
-    pub call: Option<CallId>,
-}
-
-impl Command {
-    /// A command the metadata server makes itself (repair, collection, registration).
-    pub fn internal(now: Timestamp, request: MetaRequest) -> Command {
-        Command {
-            now,
-            request,
-            placement: Vec::new(),
-            call: None,
-        }
-    }
-}
-
-/// Applies a command, or for a retried call answers its first reply (see [`calls`]).
-pub fn apply(tx: &WriteTransaction, cmd: &Command) -> FsResult<MetaReply> {
+/// Applies a command, or for a retried call gives its first outcome back (see [`calls`]).
+pub fn apply(tx: &WriteTransaction, cmd: &Command) -> FsResult<Outcome> {
     let mut t = WriteTables::open(tx)?;
-    let Some(id) = cmd.call else {
-        return apply_request(&mut t, cmd);
+    let Some(call) = cmd.call else {
+        return apply_op(&mut t, cmd.now, &cmd.op);
     };
-    let fingerprint = calls::fingerprint(&cmd.request)?;
-    if let Some(reply) = calls::replay(&t, id, &fingerprint)? {
-        return Ok(reply);
+    if let Some(outcome) = calls::replay(&t, &call)? {
+        return Ok(outcome);
     }
-    let reply = apply_request(&mut t, cmd)?;
-    calls::record(&mut t, id, fingerprint, &reply, cmd.now)?;
-    Ok(reply)
+    let outcome = apply_op(&mut t, cmd.now, &cmd.op)?;
+    calls::record(&mut t, &call, &outcome, cmd.now)?;
+    Ok(outcome)
 }
 
-fn apply_request(t: &mut WriteTables, cmd: &Command) -> FsResult<MetaReply> {
-    let now = cmd.now;
-    volumes::check_writable(t, &cmd.request)?;
-    match &cmd.request {
-        MetaRequest::CreateVolume {
+fn apply_op(t: &mut WriteTables, now: Timestamp, op: &Op) -> FsResult<Outcome> {
+    volumes::check_writable(t, op)?;
+    match op {
+        Op::CreateVolume {
             name,
             policy,
             block_size,
             limits,
         } => volumes::create(t, now, name, *policy, *block_size, *limits),
-        MetaRequest::SetVolume { name, change } => volumes::set(t, name, change),
-        MetaRequest::AddClient {
+        Op::SetVolume { name, change } => volumes::set(t, name, change),
+        Op::DeleteVolume { name, force } => volumes::delete(t, name, *force),
+        Op::AddClient {
             name,
             fingerprint,
             volumes,
         } => access::add_client(t, now, name, *fingerprint, volumes),
-        MetaRequest::RevokeClient { name } => access::revoke_client(t, name),
-        MetaRequest::DeleteVolume { name, force } => volumes::delete(t, name, *force),
-        MetaRequest::Heartbeat { server, addr, .. } => {
+        Op::RevokeClient { name } => access::revoke_client(t, name),
+        Op::RegisterServer { server, addr } => {
             let rec = ServerRecord {
                 addr: addr.clone(),
                 registered: now,
             };
             t.servers.insert(server.0, encode(&rec).as_slice()).db()?;
-            Ok(MetaReply::Done)
+            Ok(Outcome::Done)
         }
-        MetaRequest::SetAttr { ino, set } => set_attr(t, now, *ino, set),
-        MetaRequest::MakeNode {
+        Op::BindServer {
+            server,
+            fingerprint,
+        } => maintenance::bind_server(t, *server, *fingerprint),
+        Op::SetAttr { ino, set } => set_attr(t, now, *ino, set),
+        Op::MakeNode {
             parent,
             name,
             kind,
@@ -107,105 +86,95 @@ fn apply_request(t: &mut WriteTables, cmd: &Command) -> FsResult<MetaReply> {
             uid,
             gid,
             rdev,
-        } => {
-            if *kind == FileKind::Symlink {
-                return Err(FsError::invalid("symlinks are made with Symlink"));
-            }
-            let node = NewNode {
-                kind: *kind,
-                mode: *mode,
-                uid: *uid,
-                gid: *gid,
-                rdev: *rdev,
-                target: None,
-            };
-            make_node(t, now, *parent, name, node)
-        }
-        MetaRequest::Symlink {
-            parent,
-            name,
             target,
-            uid,
-            gid,
         } => {
-            if target.is_empty() {
-                return Err(FsError::NotFound);
-            }
-            if target.len() > MAX_SYMLINK_LEN {
-                return Err(FsError::NameTooLong);
-            }
-            let node = NewNode {
-                kind: FileKind::Symlink,
-                mode: 0o777,
-                uid: *uid,
-                gid: *gid,
-                rdev: 0,
-                target: Some(target.clone()),
+            let node = match (kind, target) {
+                (FileKind::Symlink, Some(target)) => {
+                    if target.is_empty() {
+                        return Err(FsError::NotFound);
+                    }
+                    if target.len() > MAX_SYMLINK_LEN {
+                        return Err(FsError::NameTooLong);
+                    }
+                    NewNode {
+                        kind: FileKind::Symlink,
+                        mode: 0o777,
+                        uid: *uid,
+                        gid: *gid,
+                        rdev: 0,
+                        target: Some(target.clone()),
+                    }
+                }
+                (FileKind::Symlink, None) | (_, Some(_)) => {
+                    return Err(FsError::invalid(
+                        "a symlink, and only a symlink, has a target",
+                    ))
+                }
+                (kind, None) => NewNode {
+                    kind: *kind,
+                    mode: *mode,
+                    uid: *uid,
+                    gid: *gid,
+                    rdev: *rdev,
+                    target: None,
+                },
             };
             make_node(t, now, *parent, name, node)
         }
-        MetaRequest::Link {
+        Op::Link {
             ino,
             new_parent,
             new_name,
         } => link(t, now, *ino, *new_parent, new_name),
-        MetaRequest::Unlink { parent, name } => unlink(t, now, *parent, name),
-        MetaRequest::Rmdir { parent, name } => rmdir(t, now, *parent, name),
-        MetaRequest::Rename {
+        Op::Unlink { parent, name } => unlink(t, now, *parent, name),
+        Op::Rmdir { parent, name } => rmdir(t, now, *parent, name),
+        Op::Rename {
             parent,
             name,
             new_parent,
             new_name,
             flags,
         } => rename(t, now, *parent, name, *new_parent, new_name, *flags),
-        MetaRequest::SetXattr {
+        Op::SetXattr {
             ino,
             name,
             value,
             flags,
         } => set_xattr(t, now, *ino, name, value, *flags),
-        MetaRequest::RemoveXattr { ino, name } => {
+        Op::RemoveXattr { ino, name } => {
             let mut rec = get_inode(&t.inodes, *ino)?;
             if t.xattrs.remove((ino.0, name.as_str())).db()?.is_none() {
                 return Err(FsError::NoAttribute);
             }
             rec.ctime = now;
             t.put_inode(*ino, &rec)?;
-            Ok(MetaReply::Done)
+            Ok(Outcome::Done)
         }
-        MetaRequest::AllocateBlock { ino } => allocate_block(t, now, *ino, &cmd.placement),
-        MetaRequest::ReplaceShard {
+        Op::AllocateBlock { ino, placement } => allocate_block(t, now, *ino, placement),
+        Op::ReplaceShard {
             block,
             index,
             failed,
-        } => replace_shard(t, *block, *index, *failed, &cmd.placement),
-        MetaRequest::CommitWrite {
+            to,
+        } => replace_shard(t, *block, *index, *failed, *to),
+        Op::CommitWrite {
             ino,
             extents,
             mtime,
             append,
         } => commit_write(t, now, *ino, extents, *mtime, *append),
-        MetaRequest::ReportBadShard { server, key } => {
-            maintenance::report_bad_shard(t, *server, *key)
-        }
-        MetaRequest::MoveShard { key, from, to } => maintenance::move_shard(t, *key, *from, *to),
-        MetaRequest::DropBlocks { blocks } => maintenance::drop_blocks(t, blocks),
-        MetaRequest::DrainServer { server, drain } => {
-            maintenance::drain_server(t, now, *server, *drain)
-        }
-        MetaRequest::RemoveServer { server } => maintenance::remove_server(t, *server),
-        MetaRequest::BindServer {
-            server,
-            fingerprint,
-        } => maintenance::bind_server(t, *server, *fingerprint),
-        MetaRequest::ExpireCalls => {
+        Op::ReportBadShard { server, key } => maintenance::report_bad_shard(t, *server, *key),
+        Op::MoveShard { key, from, to } => maintenance::move_shard(t, *key, *from, *to),
+        Op::DropBlocks { blocks } => maintenance::drop_blocks(t, blocks),
+        Op::DrainServer { server, drain } => maintenance::drain_server(t, now, *server, *drain),
+        Op::RemoveServer { server } => maintenance::remove_server(t, *server),
+        Op::ExpireCalls => {
             let expired = calls::expire(t, now)?;
             if expired > 0 {
                 tracing::info!(expired, "forgot the calls of clients that went away");
             }
-            Ok(MetaReply::Done)
+            Ok(Outcome::Done)
         }
-        other => Err(FsError::invalid(format!("not a mutation: {other:?}"))),
     }
 }
 
@@ -234,7 +203,7 @@ fn make_node(
     parent: InodeId,
     name: &str,
     node: NewNode,
-) -> FsResult<MetaReply> {
+) -> FsResult<Outcome> {
     validate_name(name)?;
     let mut parent_rec = get_dir(&t.inodes, parent)?;
     if parent_rec.nlink == 0 {
@@ -272,7 +241,7 @@ fn make_node(
     parent_rec.mtime = now;
     parent_rec.ctime = now;
     t.put_inode(parent, &parent_rec)?;
-    Ok(MetaReply::Attr(to_attr(ino, &rec)))
+    Ok(Outcome::Node { ino, record: rec })
 }
 
 fn link(
@@ -281,7 +250,7 @@ fn link(
     ino: InodeId,
     new_parent: InodeId,
     new_name: &str,
-) -> FsResult<MetaReply> {
+) -> FsResult<Outcome> {
     validate_name(new_name)?;
     let mut rec = get_inode(&t.inodes, ino)?;
     if rec.kind == FileKind::Dir {
@@ -306,7 +275,7 @@ fn link(
     parent_rec.mtime = now;
     parent_rec.ctime = now;
     t.put_inode(new_parent, &parent_rec)?;
-    Ok(MetaReply::Attr(to_attr(ino, &rec)))
+    Ok(Outcome::Node { ino, record: rec })
 }
 
 /// Drops one link of a non-directory; frees it with its extents and xattrs at zero links.
@@ -358,7 +327,7 @@ fn touch_dir(t: &mut WriteTables, now: Timestamp, dir: InodeId, nlink_delta: i32
     t.put_inode(dir, &rec)
 }
 
-fn unlink(t: &mut WriteTables, now: Timestamp, parent: InodeId, name: &str) -> FsResult<MetaReply> {
+fn unlink(t: &mut WriteTables, now: Timestamp, parent: InodeId, name: &str) -> FsResult<Outcome> {
     get_dir(&t.inodes, parent)?;
     let (child, kind) = lookup(&t.dentries, parent, name)?.ok_or(FsError::NotFound)?;
     if kind == FileKind::Dir {
@@ -367,10 +336,10 @@ fn unlink(t: &mut WriteTables, now: Timestamp, parent: InodeId, name: &str) -> F
     t.dentries.remove((parent.0, name)).db()?;
     drop_link(t, now, child)?;
     touch_dir(t, now, parent, 0)?;
-    Ok(MetaReply::Done)
+    Ok(Outcome::Done)
 }
 
-fn rmdir(t: &mut WriteTables, now: Timestamp, parent: InodeId, name: &str) -> FsResult<MetaReply> {
+fn rmdir(t: &mut WriteTables, now: Timestamp, parent: InodeId, name: &str) -> FsResult<Outcome> {
     if name == "." {
         return Err(FsError::invalid("cannot remove '.'"));
     }
@@ -388,7 +357,7 @@ fn rmdir(t: &mut WriteTables, now: Timestamp, parent: InodeId, name: &str) -> Fs
     t.dentries.remove((parent.0, name)).db()?;
     free_inode(t, child)?;
     touch_dir(t, now, parent, -1)?;
-    Ok(MetaReply::Done)
+    Ok(Outcome::Done)
 }
 
 /// Whether `candidate` is `dir` or lies below it.
@@ -416,7 +385,7 @@ fn rename(
     new_parent: InodeId,
     new_name: &str,
     flags: u32,
-) -> FsResult<MetaReply> {
+) -> FsResult<Outcome> {
     if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
         || flags == RENAME_NOREPLACE | RENAME_EXCHANGE
     {
@@ -435,7 +404,7 @@ fn rename(
     if flags & RENAME_EXCHANGE != 0 {
         let (dst, dst_kind) = dst.ok_or(FsError::NotFound)?;
         if src == dst {
-            return Ok(MetaReply::Done);
+            return Ok(Outcome::Done);
         }
         if src_kind == FileKind::Dir && is_within(t, new_parent, src)? {
             return Err(FsError::invalid("cannot move a directory into itself"));
@@ -459,13 +428,13 @@ fn rename(
         } else {
             touch_dir(t, now, parent, 0)?;
         }
-        return Ok(MetaReply::Done);
+        return Ok(Outcome::Done);
     }
 
     if let Some((dst, dst_kind)) = dst {
         if dst == src {
             // Two names of one file, or the same name: POSIX says do nothing.
-            return Ok(MetaReply::Done);
+            return Ok(Outcome::Done);
         }
         if flags & RENAME_NOREPLACE != 0 {
             return Err(FsError::Exists);
@@ -503,7 +472,7 @@ fn rename(
     } else {
         touch_dir(t, now, parent, 0)?;
     }
-    Ok(MetaReply::Done)
+    Ok(Outcome::Done)
 }
 
 /// Records a moved inode's new parent (directories only) and its ctime.
@@ -521,12 +490,7 @@ fn reparent(
     t.put_inode(ino, &rec)
 }
 
-fn set_attr(
-    t: &mut WriteTables,
-    now: Timestamp,
-    ino: InodeId,
-    set: &SetAttr,
-) -> FsResult<MetaReply> {
+fn set_attr(t: &mut WriteTables, now: Timestamp, ino: InodeId, set: &SetAttr) -> FsResult<Outcome> {
     for time in [set.atime, set.mtime].into_iter().flatten() {
         if let TimeSet::At(at) = time {
             if !at.is_valid() {
@@ -578,7 +542,7 @@ fn set_attr(
     }
     rec.ctime = now;
     t.put_inode(ino, &rec)?;
-    Ok(MetaReply::Attr(to_attr(ino, &rec)))
+    Ok(Outcome::Node { ino, record: rec })
 }
 
 fn set_xattr(
@@ -588,7 +552,7 @@ fn set_xattr(
     name: &str,
     value: &[u8],
     flags: u32,
-) -> FsResult<MetaReply> {
+) -> FsResult<Outcome> {
     if name.is_empty() || name.len() > MAX_XATTR_NAME_LEN {
         return Err(FsError::Range);
     }
@@ -631,19 +595,17 @@ fn set_xattr(
     t.xattrs.insert((ino.0, name), value).db()?;
     rec.ctime = now;
     t.put_inode(ino, &rec)?;
-    Ok(MetaReply::Done)
+    Ok(Outcome::Done)
 }
 
-fn shard_locations(t: &WriteTables, servers: &[ServerId]) -> FsResult<Vec<ShardLocation>> {
+fn shard_locations(t: &WriteTables, servers: &[ServerId]) -> FsResult<Vec<ShardAt>> {
     servers
         .iter()
         .map(|&server| {
             if server == ServerId::NONE {
-                return Ok(ShardLocation {
+                return Ok(ShardAt {
                     server,
                     addr: String::new(),
-                    up: false,
-                    cap: None,
                 });
             }
             let rec: ServerRecord = match t.servers.get(server.0).db()? {
@@ -654,11 +616,9 @@ fn shard_locations(t: &WriteTables, servers: &[ServerId]) -> FsResult<Vec<ShardL
                     )))
                 }
             };
-            Ok(ShardLocation {
+            Ok(ShardAt {
                 server,
                 addr: rec.addr,
-                up: true,
-                cap: None,
             })
         })
         .collect()
@@ -669,7 +629,7 @@ fn allocate_block(
     now: Timestamp,
     ino: InodeId,
     placement: &[ServerId],
-) -> FsResult<MetaReply> {
+) -> FsResult<Outcome> {
     let rec = get_inode(&t.inodes, ino)?;
     if rec.kind != FileKind::File {
         return Err(FsError::invalid("blocks belong to regular files"));
@@ -698,7 +658,7 @@ fn allocate_block(
     t.blocks
         .insert(block.0, encode(&block_rec).as_slice())
         .db()?;
-    Ok(MetaReply::Placement(BlockPlacement {
+    Ok(Outcome::Placement {
         block,
         volume: rec.volume,
         policy: volume.policy,
@@ -708,7 +668,7 @@ fn allocate_block(
         } else {
             volume.policy.min_write_shards()
         } as u8,
-    }))
+    })
 }
 
 fn replace_shard(
@@ -716,8 +676,8 @@ fn replace_shard(
     block: BlockId,
     index: u8,
     failed: ServerId,
-    placement: &[ServerId],
-) -> FsResult<MetaReply> {
+    to: Option<ServerId>,
+) -> FsResult<Outcome> {
     let mut rec: BlockRecord = match t.blocks.get(block.0).db()? {
         Some(v) => decode(v.value())?,
         None => return Err(FsError::NotFound),
@@ -732,12 +692,12 @@ fn replace_shard(
         .get_mut(index as usize)
         .ok_or_else(|| FsError::invalid(format!("shard index {index} out of range")))?;
     if *slot == failed {
-        *slot = placement.first().copied().unwrap_or(ServerId::NONE);
+        *slot = to.unwrap_or(ServerId::NONE);
     }
     let current = rec.shards[index as usize];
     t.blocks.insert(block.0, encode(&rec).as_slice()).db()?;
     let location = shard_locations(t, &[current])?.remove(0);
-    Ok(MetaReply::Shard(location))
+    Ok(Outcome::Shard(location))
 }
 
 fn commit_write(
@@ -747,12 +707,12 @@ fn commit_write(
     extents: &[NewExtent],
     mtime: Timestamp,
     append: bool,
-) -> FsResult<MetaReply> {
+) -> FsResult<Outcome> {
     let mut rec = get_inode(&t.inodes, ino)?;
     if rec.kind != FileKind::File {
         return Err(FsError::invalid("writes go to regular files"));
     }
-    let before = to_attr(ino, &rec);
+    let before = rec.clone();
     let shifted: Vec<NewExtent>;
     let extents = if append {
         let mut moved = extents.to_vec();
@@ -882,8 +842,9 @@ fn commit_write(
     rec.mtime = mtime;
     rec.ctime = now;
     t.put_inode(ino, &rec)?;
-    Ok(MetaReply::Committed {
+    Ok(Outcome::Committed {
+        ino,
         before,
-        after: to_attr(ino, &rec),
+        after: rec,
     })
 }

@@ -6,6 +6,7 @@
 //! past a quota fails with `QuotaExceeded` (EDQUOT) and, like every failed command, leaves no
 //! trace. Shrinking is always allowed, even above a quota lowered after the fact.
 
+use crate::command::{Op, Outcome};
 use crate::layout::RefDelta;
 use crate::state_machine::{purge_inode, MIN_BLOCK_SIZE};
 use crate::store::schema::*;
@@ -66,7 +67,7 @@ pub fn create(
     policy: EcPolicy,
     block_size: u64,
     limits: VolumeLimits,
-) -> FsResult<MetaReply> {
+) -> FsResult<Outcome> {
     validate_volume_name(name)?;
     if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
         return Err(FsError::invalid(format!(
@@ -110,10 +111,14 @@ pub fn create(
         target: None,
     };
     t.put_inode(root, &root_rec)?;
-    Ok(MetaReply::Volume(volume_info(name, &rec, &state)))
+    Ok(Outcome::Volume {
+        name: name.to_string(),
+        record: rec,
+        state,
+    })
 }
 
-pub fn set(t: &mut WriteTables, name: &str, change: &VolumeChange) -> FsResult<MetaReply> {
+pub fn set(t: &mut WriteTables, name: &str, change: &VolumeChange) -> FsResult<Outcome> {
     let rec = get_volume(t, name)?;
     let mut state = get_volume_state(&t.volume_state, rec.id)?;
     if let Some(q) = change.quota_bytes {
@@ -129,11 +134,15 @@ pub fn set(t: &mut WriteTables, name: &str, change: &VolumeChange) -> FsResult<M
         state.limits.require_full_writes = full;
     }
     put_state(t, rec.id, &state)?;
-    Ok(MetaReply::Volume(volume_info(name, &rec, &state)))
+    Ok(Outcome::Volume {
+        name: name.to_string(),
+        record: rec,
+        state,
+    })
 }
 
 /// Deletes a volume. Its blocks lose their references and go to the garbage collector.
-pub fn delete(t: &mut WriteTables, name: &str, force: bool) -> FsResult<MetaReply> {
+pub fn delete(t: &mut WriteTables, name: &str, force: bool) -> FsResult<Outcome> {
     let rec = get_volume(t, name)?;
     let state = get_volume_state(&t.volume_state, rec.id)?;
     if state.inodes > 0 && !force {
@@ -167,7 +176,7 @@ pub fn delete(t: &mut WriteTables, name: &str, force: bool) -> FsResult<MetaRepl
     refs.apply(t)?;
     t.volumes.remove(name).db()?;
     t.volume_state.remove(rec.id.0).db()?;
-    Ok(MetaReply::Done)
+    Ok(Outcome::Done)
 }
 
 /// Adds `bytes` and `inodes` (either may be negative) to a volume's usage, refusing growth
@@ -205,20 +214,34 @@ pub fn size_delta(old: u64, new: u64) -> i64 {
 }
 
 /// The volume a namespace or data mutation changes, if it names an inode that exists.
-fn volume_of(t: &WriteTables, request: &MetaRequest) -> FsResult<Option<VolumeId>> {
-    let ino = match request {
-        MetaRequest::MakeNode { parent, .. }
-        | MetaRequest::Symlink { parent, .. }
-        | MetaRequest::Unlink { parent, .. }
-        | MetaRequest::Rmdir { parent, .. }
-        | MetaRequest::Rename { parent, .. } => *parent,
-        MetaRequest::Link { ino, .. }
-        | MetaRequest::SetAttr { ino, .. }
-        | MetaRequest::SetXattr { ino, .. }
-        | MetaRequest::RemoveXattr { ino, .. }
-        | MetaRequest::AllocateBlock { ino }
-        | MetaRequest::CommitWrite { ino, .. } => *ino,
-        _ => return Ok(None),
+/// Volume-wide, membership and maintenance operations are not refused by a read-only flag
+/// (repair must go on; an administrator must be able to clear the flag).
+fn volume_of(t: &WriteTables, op: &Op) -> FsResult<Option<VolumeId>> {
+    let ino = match op {
+        Op::MakeNode { parent, .. }
+        | Op::Unlink { parent, .. }
+        | Op::Rmdir { parent, .. }
+        | Op::Rename { parent, .. } => *parent,
+        Op::Link { ino, .. }
+        | Op::SetAttr { ino, .. }
+        | Op::SetXattr { ino, .. }
+        | Op::RemoveXattr { ino, .. }
+        | Op::AllocateBlock { ino, .. }
+        | Op::CommitWrite { ino, .. } => *ino,
+        Op::CreateVolume { .. }
+        | Op::SetVolume { .. }
+        | Op::DeleteVolume { .. }
+        | Op::AddClient { .. }
+        | Op::RevokeClient { .. }
+        | Op::RegisterServer { .. }
+        | Op::BindServer { .. }
+        | Op::ReplaceShard { .. }
+        | Op::ReportBadShard { .. }
+        | Op::MoveShard { .. }
+        | Op::DropBlocks { .. }
+        | Op::DrainServer { .. }
+        | Op::RemoveServer { .. }
+        | Op::ExpireCalls => return Ok(None),
     };
     match get_inode(&t.inodes, ino) {
         Ok(rec) => Ok(Some(rec.volume)),
@@ -228,8 +251,8 @@ fn volume_of(t: &WriteTables, request: &MetaRequest) -> FsResult<Option<VolumeId
 }
 
 /// Refuses any change to a read-only volume with EROFS.
-pub fn check_writable(t: &WriteTables, request: &MetaRequest) -> FsResult<()> {
-    if let Some(volume) = volume_of(t, request)? {
+pub fn check_writable(t: &WriteTables, op: &Op) -> FsResult<()> {
+    if let Some(volume) = volume_of(t, op)? {
         if get_volume_state(&t.volume_state, volume)?.limits.read_only {
             return Err(FsError::ReadOnly);
         }
@@ -275,18 +298,14 @@ pub fn backfill(tx: &WriteTransaction) -> FsResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state_machine::{apply, Command};
+    use crate::command::Command;
+    use crate::state_machine::apply;
     use crate::store;
     use redb::ReadableDatabase;
 
-    fn run(db: &redb::Database, request: MetaRequest) -> FsResult<MetaReply> {
+    fn run(db: &redb::Database, op: Op) -> FsResult<Outcome> {
         let tx = db.begin_write().unwrap();
-        let command = Command {
-            now: Timestamp { secs: 1, nanos: 0 },
-            request,
-            placement: vec![],
-            call: None,
-        };
+        let command = Command::internal(Timestamp { secs: 1, nanos: 0 }, op);
         let reply = apply(&tx, &command);
         if reply.is_ok() {
             tx.commit().unwrap();
@@ -307,9 +326,9 @@ mod tests {
             quota_inodes: Some(3),
             ..Default::default()
         };
-        let Ok(MetaReply::Volume(v)) = run(
+        let Ok(Outcome::Volume { record: v, .. }) = run(
             &db,
-            MetaRequest::CreateVolume {
+            Op::CreateVolume {
                 name: "v".into(),
                 policy: "2+1".parse().unwrap(),
                 block_size: 1 << 20,
@@ -318,7 +337,7 @@ mod tests {
         ) else {
             panic!("volume not created")
         };
-        let make = |name: &str, kind| MetaRequest::MakeNode {
+        let make = |name: &str, kind| Op::MakeNode {
             parent: v.root,
             name: name.into(),
             kind,
@@ -326,13 +345,14 @@ mod tests {
             uid: 0,
             gid: 0,
             rdev: 0,
+            target: None,
         };
-        let Ok(MetaReply::Attr(file)) = run(&db, make("f", FileKind::File)) else {
+        let Ok(Outcome::Node { ino: file, .. }) = run(&db, make("f", FileKind::File)) else {
             panic!("file not created")
         };
         run(&db, make("d", FileKind::Dir)).unwrap();
-        let set_size = |size| MetaRequest::SetAttr {
-            ino: file.ino,
+        let set_size = |size| Op::SetAttr {
+            ino: file,
             set: SetAttr {
                 size: Some(size),
                 ..Default::default()
@@ -351,7 +371,7 @@ mod tests {
         run(&db, set_size(1000)).unwrap();
         run(
             &db,
-            MetaRequest::Unlink {
+            Op::Unlink {
                 parent: v.root,
                 name: "g".into(),
             },

@@ -3,15 +3,10 @@
 
 use crate::capability::ShardCapability;
 use crate::ec::EcPolicy;
-use crate::ids::{BlockId, ServerId, VolumeId};
+use crate::ids::{ServerId, VolumeId};
 use serde::{Deserialize, Serialize};
 
-/// Which shard: block and index (0..k data, k..k+m parity).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ShardKey {
-    pub block: BlockId,
-    pub index: u8,
-}
+pub use crate::model::ShardKey;
 
 /// What a shard belongs to. Stored in the shard file's header, so placement could be rebuilt
 /// from the disks alone.

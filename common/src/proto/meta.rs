@@ -6,16 +6,9 @@ use crate::ids::{BlockId, InodeId, ServerId, Timestamp, VolumeId};
 use crate::proto::chunk::ShardKey;
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum FileKind {
-    File,
-    Dir,
-    Symlink,
-    Fifo,
-    Socket,
-    CharDevice,
-    BlockDevice,
-}
+pub use crate::model::{
+    Extent, FileKind, NewExtent, SetAttr, TimeSet, VolumeChange, VolumeGrant, VolumeLimits,
+};
 
 /// Attributes of an inode, as `stat` shows them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,24 +27,6 @@ pub struct Attr {
     pub ctime: Timestamp,
     pub crtime: Timestamp,
     pub rdev: u32,
-}
-
-/// A time to set: the server's clock, or a given value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TimeSet {
-    Now,
-    At(Timestamp),
-}
-
-/// Fields of a setattr; `None` leaves a field unchanged.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SetAttr {
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub size: Option<u64>,
-    pub atime: Option<TimeSet>,
-    pub mtime: Option<TimeSet>,
 }
 
 /// `rename` flags, with Linux's values.
@@ -75,37 +50,6 @@ pub struct VolumeInfo {
     pub used_bytes: u64,
     /// Inodes in the volume, not counting its root directory.
     pub used_inodes: u64,
-}
-
-/// What an administrator allows a volume; `None` is unlimited.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VolumeLimits {
-    /// Most bytes of regular-file sizes (as `du --apparent-size` counts them).
-    pub quota_bytes: Option<u64>,
-    /// Most inodes, the root directory not counted.
-    pub quota_inodes: Option<u64>,
-    /// Every change to the volume fails with EROFS.
-    pub read_only: bool,
-    /// Blocks are written only with all k+m shards: with fewer chunk servers up, writes fail
-    /// instead of going out degraded (with at least k+1 shards, repaired later).
-    pub require_full_writes: bool,
-}
-
-/// Changes to a volume's limits; `None` leaves a field as it is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VolumeChange {
-    pub quota_bytes: Option<Option<u64>>,
-    pub quota_inodes: Option<Option<u64>>,
-    pub read_only: Option<bool>,
-    pub require_full_writes: Option<bool>,
-}
-
-/// A client certificate's right to a volume.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VolumeGrant {
-    pub volume: VolumeId,
-    /// Read-write; otherwise read-only (EROFS on changes).
-    pub write: bool,
 }
 
 /// A registered client certificate, as `dfs client list` shows it.
@@ -299,26 +243,6 @@ pub struct BlockInfo {
     pub len: u64,
     pub policy: EcPolicy,
     pub shards: Vec<ShardLocation>,
-}
-
-/// `len` bytes of a file at `file_offset` are bytes `block_offset..` of `block`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Extent {
-    pub file_offset: u64,
-    pub len: u64,
-    pub block: BlockId,
-    pub block_offset: u64,
-}
-
-/// A freshly written block made visible by a commit. `block_len` is the whole block's length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NewExtent {
-    pub extent: Extent,
-    pub block_len: u64,
-    /// Bit i set: the writer could not store shard i. The commit records those shards as
-    /// missing, so the block shows as degraded and is repaired, instead of naming a server
-    /// that does not hold the shard.
-    pub missing_shards: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -738,34 +662,59 @@ impl MetaRequest {
         }
     }
 
-    /// Whether the request changes durable state, and so goes through the commit path. Locks
-    /// live in memory and do not.
+    /// Whether the request changes durable state, and so carries a [`CallId`] that makes its
+    /// retries exactly-once. Locks live in memory and do not.
     pub fn is_mutation(&self) -> bool {
-        !matches!(
-            self,
-            MetaRequest::ListVolumes
-                | MetaRequest::ListClients
-                | MetaRequest::ClientGrants { .. }
-                | MetaRequest::Fsck { .. }
-                | MetaRequest::GetVolume { .. }
-                | MetaRequest::VolumeUsage { .. }
-                | MetaRequest::ClusterStatus
-                | MetaRequest::Lookup { .. }
-                | MetaRequest::GetAttr { .. }
-                | MetaRequest::ReadLink { .. }
-                | MetaRequest::ReadDir { .. }
-                | MetaRequest::StatFs { .. }
-                | MetaRequest::GetXattr { .. }
-                | MetaRequest::ListXattr { .. }
-                | MetaRequest::GetLayout { .. }
-                | MetaRequest::SetLock { .. }
-                | MetaRequest::CancelLockWait { .. }
-                | MetaRequest::TestLock { .. }
-                | MetaRequest::ReleaseLocks { .. }
-                | MetaRequest::RenewSession { .. }
-                | MetaRequest::CheckShards { .. }
-                | MetaRequest::RepairStatus
-                | MetaRequest::Rebalance
-        )
+        use MetaRequest as R;
+        match self {
+            R::CreateVolume { .. }
+            | R::SetVolume { .. }
+            | R::DeleteVolume { .. }
+            | R::AddClient { .. }
+            | R::RevokeClient { .. }
+            | R::Heartbeat { .. }
+            | R::SetAttr { .. }
+            | R::MakeNode { .. }
+            | R::Symlink { .. }
+            | R::Link { .. }
+            | R::Unlink { .. }
+            | R::Rmdir { .. }
+            | R::Rename { .. }
+            | R::SetXattr { .. }
+            | R::RemoveXattr { .. }
+            | R::AllocateBlock { .. }
+            | R::ReplaceShard { .. }
+            | R::CommitWrite { .. }
+            | R::ReportBadShard { .. }
+            | R::MoveShard { .. }
+            | R::DropBlocks { .. }
+            | R::DrainServer { .. }
+            | R::RemoveServer { .. }
+            | R::ExpireCalls
+            | R::BindServer { .. } => true,
+            R::ListVolumes
+            | R::ListClients
+            | R::ClientGrants { .. }
+            | R::Fsck { .. }
+            | R::GetVolume { .. }
+            | R::VolumeUsage { .. }
+            | R::ClusterStatus
+            | R::Lookup { .. }
+            | R::GetAttr { .. }
+            | R::ReadLink { .. }
+            | R::ReadDir { .. }
+            | R::StatFs { .. }
+            | R::GetXattr { .. }
+            | R::ListXattr { .. }
+            | R::GetLayout { .. }
+            | R::SetLock { .. }
+            | R::CancelLockWait { .. }
+            | R::TestLock { .. }
+            | R::ReleaseLocks { .. }
+            | R::RenewSession { .. }
+            | R::CheckShards { .. }
+            | R::RepairStatus
+            | R::Rebalance => false,
+        }
     }
 }

@@ -23,7 +23,8 @@
 //! Records are bincode behind a one-byte format version (see [`encode`]), so an older record can
 //! still be decoded after a format change; integers in keys are fixed-width by redb.
 
-use dfs_common::proto::meta::{FileKind, VolumeGrant, VolumeLimits};
+use crate::command::Outcome;
+use dfs_common::model::{FileKind, VolumeGrant, VolumeLimits};
 use dfs_common::{EcPolicy, FsError, InodeId, ServerId, Timestamp, VolumeId};
 use redb::TableDefinition;
 use serde::de::DeserializeOwned;
@@ -118,15 +119,26 @@ pub struct BlockRecord {
     pub created: Timestamp,
 }
 
-/// The outcome of one client mutation, kept until the client has seen it.
+/// The outcome of one client mutation, kept until the client has seen it. Stored as format
+/// [`CALL_FORMAT`]; format 1 records ([`WireCallRecord`]) are still read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallRecord {
     /// blake3 of the request's encoding: a sequence number reused for another request is
     /// refused instead of answered with a stranger's reply.
     pub request: [u8; 32],
-    /// The reply as the wire encodes it ([`dfs_common::codec`]'s bincode of `MetaReply`).
-    pub reply: Vec<u8>,
+    pub outcome: Outcome,
     /// When it was applied; records of clients that vanished expire after a day.
+    pub at: Timestamp,
+}
+
+/// Format of [`CallRecord`]s written now.
+pub const CALL_FORMAT: u8 = 2;
+
+/// A call record of format 1, which held the reply as the wire encoded it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireCallRecord {
+    pub request: [u8; 32],
+    pub reply: Vec<u8>,
     pub at: Timestamp,
 }
 
@@ -138,29 +150,44 @@ pub struct ServerRecord {
 
 /// Serializes a record behind its format version byte.
 pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION];
+    encode_as(FORMAT_VERSION, record)
+}
+
+/// Serializes a record behind the given format version byte.
+pub fn encode_as<T: Serialize>(version: u8, record: &T) -> Vec<u8> {
+    let mut out = vec![version];
     bincode::serde::encode_into_std_write(record, &mut out, bincode::config::standard())
         .expect("records always serialize into a Vec");
     out
 }
 
-/// Decodes a record, refusing unknown versions and trailing bytes.
+/// Decodes a record of the current format, refusing other versions and trailing bytes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FsError> {
+    match split_format(bytes)? {
+        (FORMAT_VERSION, body) => decode_body(body),
+        (v, _) => Err(FsError::Corrupt(format!("unknown record version {v}"))),
+    }
+}
+
+/// A record's format version and its body, for records with more than one format.
+pub fn split_format(bytes: &[u8]) -> Result<(u8, &[u8]), FsError> {
     match bytes.split_first() {
-        Some((&FORMAT_VERSION, body)) => {
-            let config = bincode::config::standard().with_limit::<MAX_RECORD>();
-            let (value, used) = bincode::serde::decode_from_slice(body, config)
-                .map_err(|e| FsError::Corrupt(format!("metadata record: {e}")))?;
-            if used != body.len() {
-                return Err(FsError::Corrupt(
-                    "metadata record has trailing bytes".into(),
-                ));
-            }
-            Ok(value)
-        }
-        Some((v, _)) => Err(FsError::Corrupt(format!("unknown record version {v}"))),
+        Some((&v, body)) => Ok((v, body)),
         None => Err(FsError::Corrupt("empty metadata record".into())),
     }
+}
+
+/// Decodes a record's body, refusing trailing bytes and oversized lengths.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FsError> {
+    let config = bincode::config::standard().with_limit::<MAX_RECORD>();
+    let (value, used) = bincode::serde::decode_from_slice(body, config)
+        .map_err(|e| FsError::Corrupt(format!("metadata record: {e}")))?;
+    if used != body.len() {
+        return Err(FsError::Corrupt(
+            "metadata record has trailing bytes".into(),
+        ));
+    }
+    Ok(value)
 }
 
 /// Dentry values store the child's kind, so readdir needs no inode reads.
@@ -192,6 +219,181 @@ pub fn kind_from_code(code: u8) -> Result<FileKind, FsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dfs_common::BlockId;
+
+    fn t() -> Timestamp {
+        Timestamp {
+            secs: 1_700_000_000,
+            nanos: 5,
+        }
+    }
+
+    fn inode_sample() -> InodeRecord {
+        InodeRecord {
+            volume: VolumeId(2),
+            kind: FileKind::Symlink,
+            mode: 0o777,
+            uid: 1000,
+            gid: 100,
+            nlink: 1,
+            size: 6,
+            atime: t(),
+            mtime: t(),
+            ctime: t(),
+            crtime: t(),
+            rdev: 0,
+            parent: InodeId(0),
+            target: Some("target".into()),
+        }
+    }
+
+    /// One sample of every stored record, encoded as it is written now, in hex.
+    fn samples() -> Vec<(&'static str, Vec<u8>)> {
+        vec![
+            (
+                "volume",
+                encode(&VolumeRecord {
+                    id: VolumeId(2),
+                    root: InodeId(3),
+                    policy: EcPolicy::new(4, 2).unwrap(),
+                    block_size: 4 << 20,
+                    created: t(),
+                }),
+            ),
+            (
+                "volume_state",
+                encode(&VolumeState {
+                    limits: VolumeLimits {
+                        quota_bytes: Some(1 << 30),
+                        quota_inodes: None,
+                        read_only: false,
+                        require_full_writes: true,
+                    },
+                    bytes: 12345,
+                    inodes: 7,
+                }),
+            ),
+            (
+                "client",
+                encode(&ClientRecord {
+                    fingerprint: [9; 32],
+                    grants: vec![VolumeGrant {
+                        volume: VolumeId(2),
+                        write: true,
+                    }],
+                    created: t(),
+                    revoked: false,
+                }),
+            ),
+            ("inode", encode(&inode_sample())),
+            (
+                "block",
+                encode(&BlockRecord {
+                    volume: VolumeId(2),
+                    policy: EcPolicy::new(4, 2).unwrap(),
+                    len: Some(4 << 20),
+                    shards: vec![ServerId(1), ServerId(2), ServerId::NONE],
+                    refs: 1,
+                    created: t(),
+                }),
+            ),
+            (
+                "server",
+                encode(&ServerRecord {
+                    addr: "10.0.0.1:7100".into(),
+                    registered: t(),
+                }),
+            ),
+            (
+                "call",
+                encode_as(
+                    CALL_FORMAT,
+                    &CallRecord {
+                        request: [7; 32],
+                        outcome: Outcome::Committed {
+                            ino: InodeId(5),
+                            before: inode_sample(),
+                            after: inode_sample(),
+                        },
+                        at: t(),
+                    },
+                ),
+            ),
+            (
+                "wire_call",
+                encode(&WireCallRecord {
+                    request: [7; 32],
+                    reply: vec![1, 2, 3],
+                    at: t(),
+                }),
+            ),
+        ]
+    }
+
+    /// The bytes of each sample as format 1 (and calls as format 2) wrote them. A change that
+    /// alters them breaks every existing database: give the record a new format instead.
+    const GOLDEN: [(&str, &str); 8] = [
+        ("volume", "0102030402fc00004000fc00e2a7ca05"),
+        ("volume_state", "0101fc00000040000001fb393007"),
+        ("client", "010909090909090909090909090909090909090909090909090909090909090909010201fc00e2a7ca0500"),
+        ("inode", "010202fbff01fbe803640106fc00e2a7ca05fc00e2a7ca05fc00e2a7ca05fc00e2a7ca0500000106746172676574"),
+        ("block", "0102040201fc000040000301020001fc00e2a7ca05"),
+        ("server", "010d31302e302e302e313a37313030fc00e2a7ca05"),
+        ("call", "02070707070707070707070707070707070707070707070707070707070707070705050202fbff01fbe803640106fc00e2a7ca05fc00e2a7ca05fc00e2a7ca05fc00e2a7ca05000001067461726765740202fbff01fbe803640106fc00e2a7ca05fc00e2a7ca05fc00e2a7ca05fc00e2a7ca0500000106746172676574fc00e2a7ca05"),
+        ("wire_call", "01070707070707070707070707070707070707070707070707070707070707070703010203fc00e2a7ca05"),
+    ];
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// Every stored record still encodes to, and decodes from, the bytes older servers wrote.
+    #[test]
+    fn every_record_keeps_its_stored_bytes() {
+        let samples = samples();
+        assert_eq!(samples.len(), GOLDEN.len());
+        for ((name, bytes), (golden_name, golden)) in samples.iter().zip(GOLDEN) {
+            assert_eq!(*name, golden_name);
+            assert_eq!(hex(bytes), golden, "{name} encodes differently");
+        }
+        let old = |name: &str| unhex(GOLDEN.iter().find(|(n, _)| *n == name).unwrap().1);
+        assert_eq!(
+            decode::<InodeRecord>(&old("inode")).unwrap(),
+            inode_sample()
+        );
+        assert_eq!(
+            encode(&decode::<VolumeRecord>(&old("volume")).unwrap()),
+            old("volume")
+        );
+        assert_eq!(
+            encode(&decode::<VolumeState>(&old("volume_state")).unwrap()),
+            old("volume_state")
+        );
+        assert_eq!(
+            encode(&decode::<ClientRecord>(&old("client")).unwrap()),
+            old("client")
+        );
+        assert_eq!(
+            encode(&decode::<BlockRecord>(&old("block")).unwrap()),
+            old("block")
+        );
+        assert_eq!(
+            encode(&decode::<ServerRecord>(&old("server")).unwrap()),
+            old("server")
+        );
+        let call = old("call");
+        let record: CallRecord = decode_body(&call[1..]).unwrap();
+        assert_eq!(encode_as(CALL_FORMAT, &record), call);
+        let wire: WireCallRecord = decode(&old("wire_call")).unwrap();
+        assert_eq!(wire.reply, vec![1, 2, 3]);
+    }
 
     #[test]
     fn records_round_trip_and_old_bytes_decode() {
@@ -245,11 +447,14 @@ mod tests {
             refs: 2,
             created: t,
         });
-        let call = encode(&CallRecord {
-            request: [7; 32],
-            reply: vec![1, 2, 3],
-            at: t,
-        });
+        let call = encode_as(
+            CALL_FORMAT,
+            &CallRecord {
+                request: [7; 32],
+                outcome: Outcome::Dropped(vec![BlockId(4)]),
+                at: t,
+            },
+        );
         let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
         for valid in [inode, block, call] {
             for _ in 0..3000 {
@@ -267,7 +472,9 @@ mod tests {
                 }
                 let _ = decode::<InodeRecord>(&bytes);
                 let _ = decode::<BlockRecord>(&bytes);
-                let _ = decode::<CallRecord>(&bytes);
+                let body = bytes.get(1..).unwrap_or_default();
+                let _ = decode_body::<CallRecord>(body);
+                let _ = decode_body::<WireCallRecord>(body);
                 let _ = decode::<ClientRecord>(&bytes);
                 let _ = decode::<VolumeState>(&bytes);
             }
