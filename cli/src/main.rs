@@ -40,6 +40,9 @@ enum Command {
     /// Cluster-wide state.
     #[command(subcommand)]
     Cluster(commands::cluster::ClusterCommand),
+    /// The metadata group: its members and their logs.
+    #[command(subcommand)]
+    Meta(commands::meta::MetaCommand),
     /// Chunk servers: list, drain (move every shard off), remove.
     #[command(subcommand)]
     Node(commands::node::NodeCommand),

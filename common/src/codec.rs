@@ -63,20 +63,52 @@ pub async fn write_frame<T: Serialize>(send: &mut SendStream, value: &T) -> Resu
 /// Consumes the end of `recv` if it has already arrived (it normally comes with the last
 /// bytes). quinn answers a stream dropped before its end was read with STOP_SENDING: one more
 /// packet, and one more wake-up of the peer, per request.
-pub fn take_end(recv: &mut RecvStream) {
+/// Returns whether the stream is done with (its end taken, or failed).
+pub fn take_end(recv: &mut RecvStream) -> bool {
     use std::future::Future;
     let mut read = std::pin::pin!(recv.read_chunk(1, true));
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    let _ = read.as_mut().poll(&mut cx);
+    !matches!(read.as_mut().poll(&mut cx), std::task::Poll::Pending)
+}
+
+/// Unread bytes a dropped reply stream may still take in while it waits for its end.
+const LATE_END_BYTES: usize = 64 * 1024;
+/// How long a dropped reply stream waits for its end.
+const LATE_END_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits (in the background) for the end of a stream that has not come yet: the sender
+/// finishes right after its last write, but on a busy host the end can leave in a packet of
+/// its own, after the reply was read. Dropping the stream before it arrives would cost a
+/// STOP_SENDING. More unread data than a little, or no end in time, stops the stream instead.
+fn take_late_end(mut recv: RecvStream) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let drained = tokio::time::timeout(LATE_END_WAIT, async {
+            let mut left = LATE_END_BYTES;
+            loop {
+                match recv.read_chunk(left, true).await {
+                    Ok(Some(chunk)) if chunk.bytes.len() < left => left -= chunk.bytes.len(),
+                    Ok(Some(_)) => return false,
+                    Ok(None) | Err(_) => return true,
+                }
+            }
+        })
+        .await;
+        if !matches!(drained, Ok(true)) {
+            let _ = recv.stop(0u32.into());
+        }
+    });
 }
 
 /// A reply stream: whatever of it the caller reads, its end is taken when it is dropped (see
-/// [`take_end`]).
-pub struct ReplyStream(RecvStream);
+/// [`take_end`]), waiting for it in the background if it is late.
+pub struct ReplyStream(Option<RecvStream>);
 
 impl ReplyStream {
     pub fn new(recv: RecvStream) -> Self {
-        ReplyStream(recv)
+        ReplyStream(Some(recv))
     }
 }
 
@@ -84,19 +116,23 @@ impl std::ops::Deref for ReplyStream {
     type Target = RecvStream;
 
     fn deref(&self) -> &RecvStream {
-        &self.0
+        self.0.as_ref().expect("present until dropped")
     }
 }
 
 impl std::ops::DerefMut for ReplyStream {
     fn deref_mut(&mut self) -> &mut RecvStream {
-        &mut self.0
+        self.0.as_mut().expect("present until dropped")
     }
 }
 
 impl Drop for ReplyStream {
     fn drop(&mut self) {
-        take_end(&mut self.0);
+        if let Some(mut recv) = self.0.take() {
+            if !take_end(&mut recv) {
+                take_late_end(recv);
+            }
+        }
     }
 }
 

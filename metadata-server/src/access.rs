@@ -112,7 +112,8 @@ pub fn need(request: &MetaRequest) -> Need {
         | R::Rebalance
         | R::RemoveServer { .. }
         | R::ExpireCalls
-        | R::BindServer { .. } => Need::Admin,
+        | R::BindServer { .. }
+        | R::MetaStatus => Need::Admin,
     }
 }
 

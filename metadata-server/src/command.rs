@@ -31,6 +31,11 @@ pub struct Command {
     pub op: Op,
 }
 
+/// Commands that go into the log as one entry: concurrent mutations share one append, one
+/// flush and one transaction. Applied in order; each has its own outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch(pub Vec<Command>);
+
 /// A client's mutation id (see [`crate::calls`]) and the fingerprint of its request, so that a
 /// sequence number reused for another request is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,6 +247,25 @@ impl Command {
 }
 
 impl Op {
+    /// About how many bytes the operation takes in the log, to bound a batch.
+    pub fn weight(&self) -> usize {
+        const BASE: usize = 128;
+        match self {
+            Op::SetXattr { name, value, .. } => BASE + name.len() + value.len(),
+            Op::CommitWrite { extents, .. } => BASE + extents.len() * 48,
+            Op::AllocateBlock { placement, .. } => BASE + placement.len() * 8,
+            Op::DropBlocks { blocks } => BASE + blocks.len() * 8,
+            Op::AddClient { volumes, .. } => {
+                BASE + volumes.iter().map(|(n, _)| n.len() + 8).sum::<usize>()
+            }
+            Op::MakeNode { name, target, .. } => {
+                BASE + name.len() + target.as_ref().map_or(0, String::len)
+            }
+            Op::Rename { name, new_name, .. } => BASE + name.len() + new_name.len(),
+            _ => BASE,
+        }
+    }
+
     /// The operation's name, for logs and errors.
     pub fn name(&self) -> &'static str {
         match self {

@@ -1,52 +1,50 @@
-//! The committer: one thread that applies mutations to the store, batching concurrent ones
-//! into a single durable transaction (group commit).
+//! The committer: where every mutation goes to be made durable and applied, through the
+//! metadata log ([`crate::raft`]).
 //!
-//! An operation is acknowledged only after the transaction holding it has committed with
-//! `Durability::Immediate` (fsynced), so anything acknowledged survives `kill -9`. While one
-//! commit is syncing, new commands queue up and go into the next one, so N concurrent clients
-//! share one fsync instead of paying one each.
+//! An operation is acknowledged only after its command is in the log on disk (fdatasynced) and
+//! applied to redb, so anything acknowledged survives `kill -9`. Concurrent mutations share
+//! those costs: the committer puts every command waiting for it into one log entry (one
+//! append, one fdatasync), and the state machine applies an entry in one redb transaction.
 
-use crate::command::{Command, Outcome};
-use crate::state_machine;
-use crate::store::DbResult;
+use crate::command::{Batch, Command, Outcome};
+use crate::raft::Group;
 use dfs_common::{FsError, FsResult};
-use redb::Database;
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
-/// Most commands applied in one transaction.
+/// Most commands in one log entry.
 const MAX_BATCH: usize = 256;
-/// Commands waiting for the committer before submitters wait too (back-pressure).
+/// Most bytes (as [`crate::command::Op::weight`] estimates them) in one log entry.
+const MAX_BATCH_WEIGHT: usize = 4 << 20;
+/// Commands waiting for the log before submitters wait too (back-pressure).
 const QUEUE_DEPTH: usize = 4096;
+/// Log entries on their way at once: while one is being flushed, the one before it can be
+/// applied and answered.
+const IN_FLIGHT: usize = 2;
 
 struct Pending {
     command: Command,
     reply: oneshot::Sender<FsResult<Outcome>>,
 }
 
-/// Hands commands to the committer thread and waits for their durable result.
+/// Hands commands to the metadata log and waits for their outcome.
 #[derive(Clone)]
 pub struct Committer {
     queue: mpsc::Sender<Pending>,
-    applies: Arc<AtomicU64>,
+    group: Group,
 }
 
 impl Committer {
-    /// Starts the committer thread; it stops when every `Committer` clone is dropped.
-    pub fn start(db: Arc<Database>) -> (Committer, std::thread::JoinHandle<()>) {
+    /// Starts the task that batches commands into log entries; it stops when every
+    /// `Committer` clone is dropped.
+    pub fn start(group: Group) -> Committer {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
-        let applies = Arc::new(AtomicU64::new(0));
-        let counter = applies.clone();
-        let thread = std::thread::Builder::new()
-            .name("meta-committer".into())
-            .spawn(move || commit_loop(&db, rx, &counter))
-            .expect("spawning the committer thread");
-        (Committer { queue, applies }, thread)
+        tokio::spawn(commit_loop(group.clone(), rx));
+        Committer { queue, group }
     }
 
-    /// Applies `command` durably and returns its reply.
+    /// Applies `command` durably and returns its outcome.
     pub async fn submit(&self, command: Command) -> FsResult<Outcome> {
         let (reply, wait) = oneshot::channel();
         self.queue
@@ -60,90 +58,71 @@ impl Committer {
     /// Commands applied to a transaction so far, counting applies that were rolled back and
     /// done again: what a batch really cost.
     pub fn applies(&self) -> u64 {
-        self.applies.load(Ordering::Relaxed)
+        self.group.progress.applies.load(Ordering::Relaxed)
     }
 }
 
-fn commit_loop(db: &Database, mut rx: mpsc::Receiver<Pending>, applies: &AtomicU64) {
-    // Commands a batch cut short left for the next one, oldest first.
-    let mut waiting: VecDeque<Pending> = VecDeque::new();
+/// Takes every command waiting (up to a bound) into one log entry; while entries are being
+/// logged and applied, new commands wait for the next.
+async fn commit_loop(group: Group, mut rx: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut next: Option<Pending> = None;
     loop {
-        if waiting.is_empty() {
-            match rx.blocking_recv() {
-                Some(p) => waiting.push_back(p),
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match next.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
                 None => return,
+            },
+        };
+        let mut weight = first.command.op.weight();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            let Ok(p) = rx.try_recv() else { break };
+            weight += p.command.op.weight();
+            if weight > MAX_BATCH_WEIGHT {
+                next = Some(p);
+                break;
             }
+            batch.push(p);
         }
-        while waiting.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => waiting.push_back(p),
-                Err(_) => break,
-            }
-        }
-        let batch: Vec<Pending> = waiting.drain(..).collect();
-        match apply_batch(db, &batch, applies) {
-            Ok(results) => {
-                let mut batch = batch.into_iter();
-                for r in results {
-                    let p = batch.next().expect("one result per applied command");
-                    let _ = p.reply.send(r);
-                }
-                waiting.extend(batch);
-            }
-            Err(e) => {
-                tracing::error!("metadata commit failed: {e}");
-                for p in batch {
-                    let _ = p.reply.send(Err(e.clone()));
-                }
-            }
-        }
+        let group = group.clone();
+        tokio::spawn(async move {
+            write_batch(&group, batch).await;
+            drop(slot);
+        });
     }
 }
 
-/// Applies a prefix of the batch in one transaction and commits it durably. Returns one result
-/// per command of that prefix (the rest go into the next batch), or the error that sank the
-/// whole batch (a storage failure).
-///
-/// A command that fails may have changed the transaction before it noticed (redb savepoints
-/// cannot be taken inside a dirty transaction), so at the first failure the transaction is
-/// aborted, the commands before it are applied again in a fresh one and committed, and the
-/// batch ends with the failed command's error. Commands are deterministic, so they give the
-/// same results again. Each command is so applied at most twice: a failing command costs
-/// about one apply, however many fail.
-fn apply_batch(
-    db: &Database,
-    batch: &[Pending],
-    applies: &AtomicU64,
-) -> FsResult<Vec<FsResult<Outcome>>> {
-    let tx = db.begin_write().db()?;
-    let mut results = Vec::with_capacity(batch.len());
-    for p in batch {
-        applies.fetch_add(1, Ordering::Relaxed);
-        match state_machine::apply(&tx, &p.command) {
-            Ok(reply) => results.push(Ok(reply)),
-            Err(failure) => {
-                // Dropping the transaction aborts it, with the failed command's partial changes.
-                drop(tx);
-                if !results.is_empty() {
-                    let tx = db.begin_write().db()?;
-                    for (i, p) in batch[..results.len()].iter().enumerate() {
-                        applies.fetch_add(1, Ordering::Relaxed);
-                        results[i] = Ok(state_machine::apply(&tx, &p.command).map_err(|e| {
-                            FsError::io(format!(
-                                "command {} failed when applied again ({e}): not deterministic",
-                                p.command.op.name()
-                            ))
-                        })?);
-                    }
-                    tx.commit().db()?;
-                }
-                results.push(Err(failure));
-                return Ok(results);
+/// Logs one batch and answers each of its commands.
+async fn write_batch(group: &Group, batch: Vec<Pending>) {
+    let (commands, replies): (Vec<Command>, Vec<_>) =
+        batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    match group.write(Batch(commands)).await {
+        Ok(outcomes) if outcomes.len() == replies.len() => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+        }
+        Ok(outcomes) => {
+            let e = FsError::io(format!(
+                "metadata log: {} outcomes for {} commands",
+                outcomes.len(),
+                replies.len()
+            ));
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }
-    tx.commit().db()?;
-    Ok(results)
 }
 
 #[cfg(test)]
@@ -152,7 +131,7 @@ mod tests {
     use crate::command::Op;
     use crate::store::open;
     use dfs_common::model::{FileKind, VolumeLimits};
-    use dfs_common::Timestamp;
+    use dfs_common::{FsError, Timestamp};
 
     fn command(op: Op) -> Command {
         Command::internal(Timestamp { secs: 1, nanos: 0 }, op)
@@ -162,7 +141,11 @@ mod tests {
     async fn failing_commands_cost_about_one_apply_each() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(&dir.path().join("meta.redb")).unwrap();
-        let (committer, thread) = Committer::start(db);
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let group = crate::raft::start(&dir.path().join("raft"), db, addr)
+            .await
+            .unwrap();
+        let committer = Committer::start(group.clone());
         let create = Op::CreateVolume {
             name: "v".into(),
             policy: "2+1".parse().unwrap(),
@@ -207,7 +190,6 @@ mod tests {
         }
         let applies = committer.applies() - before;
         assert!(applies <= 2 * n, "{n} commands took {applies} applies");
-        drop(committer);
-        thread.join().unwrap();
+        group.shutdown().await;
     }
 }

@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`store`]: redb, the schema and table access.
 //! - [`command`]: the state machine's input (a logged [`command::Command`]) and output.
-//! - [`committer`]: the thread that applies commands in group-committed transactions.
+//! - [`committer`]: where mutations go to be logged, applied and acknowledged.
+//! - [`raft`]: the metadata log (Raft): its storage, the state machine over redb, the group.
 //! - [`state_machine`]: applies one command to a write transaction, deterministically.
 //! - [`calls`]: the duplicate-request table that makes client retries exactly-once.
 //! - [`access`]: what servers, administrators and client certificates may do.
@@ -31,6 +32,7 @@ pub mod maintenance;
 pub mod membership;
 pub mod placement;
 pub mod queries;
+pub mod raft;
 pub mod repair;
 pub mod service;
 pub mod state_machine;
@@ -103,9 +105,10 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
     for server in draining {
         membership.set_draining(server, true);
     }
-    let (committer, committer_thread) = committer::Committer::start(db.clone());
     let endpoint = server_endpoint(config.listen, &config.identity, Some(reset_key))?;
     let addr = endpoint.local_addr()?;
+    let group = raft::start(&config.data_dir.join("raft"), db.clone(), addr).await?;
+    let committer = committer::Committer::start(group.clone());
     let pool = Arc::new(ChunkPool::new(endpoint.clone(), REPAIR_SHARD_TIMEOUT));
     let repair = Arc::new(repair::Repair::new(
         db.clone(),
@@ -122,6 +125,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         Some(http) => {
             let sources = web::Sources {
                 db: db.clone(),
+                log: group.clone(),
                 membership: membership.clone(),
                 repair: repair.clone(),
             };
@@ -134,6 +138,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
     };
     let service = Arc::new(service::MetaService::new(service::ServiceParts {
         db,
+        log: group.clone(),
         committer,
         membership,
         locks: locks::LockTable::new(config.lock_lease),
@@ -145,8 +150,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
     tracing::info!(%addr, data = %config.data_dir.display(), "metadata server listening");
     let task = tokio::spawn(async move {
         serve(endpoint, service, shutdown).await;
-        // The service (and its committer handle) is gone: the committer drains and stops.
-        let _ = tokio::task::spawn_blocking(move || committer_thread.join()).await;
+        group.shutdown().await;
     });
     Ok(RunningMetaServer {
         addr,

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 pub struct MetaService {
     ops: OpMetrics,
+    log: crate::raft::Group,
     clients: ClientRegistry,
     db: Arc<Database>,
     committer: Committer,
@@ -47,6 +48,7 @@ pub struct MetaService {
 /// What the service is built from; the rest it derives.
 pub struct ServiceParts {
     pub db: Arc<Database>,
+    pub log: crate::raft::Group,
     pub committer: Committer,
     pub membership: Arc<Membership>,
     pub locks: LockTable,
@@ -72,6 +74,7 @@ impl MetaService {
         Ok(MetaService {
             server_certs: std::sync::Mutex::new(server_certs),
             ops: parts.ops,
+            log: parts.log,
             clients,
             db: parts.db,
             committer: parts.committer,
@@ -616,6 +619,7 @@ impl MetaService {
                 Ok(MetaReply::Done)
             }
             R::RepairStatus => Ok(MetaReply::Repair(self.repair.progress())),
+            R::MetaStatus => Ok(MetaReply::MetaGroup(self.log.members())),
             R::Rebalance => {
                 self.repair.start_rebalance();
                 Ok(MetaReply::Done)

@@ -22,6 +22,7 @@ const REFRESH_SECS: u32 = 5;
 /// Everything the pages show, read at request time.
 pub struct Sources {
     pub db: Arc<Database>,
+    pub log: crate::raft::Group,
     pub membership: Arc<Membership>,
     pub repair: Arc<Repair>,
 }
@@ -52,6 +53,7 @@ struct Gauges {
     volume_inodes: GaugeFamily,
     volume_quota_bytes: GaugeFamily,
     volume_quota_inodes: GaugeFamily,
+    log: GaugeFamily,
 }
 
 impl Gauges {
@@ -93,6 +95,11 @@ impl Gauges {
                 "dfs_meta_volume_quota_inodes",
                 "Inode quota per volume (volumes with one)",
             ),
+            log: gauges(
+                r,
+                "dfs_meta_log",
+                "The metadata log: term, last index, applied index, checkpoints, leading (1 or 0)",
+            ),
         }
     }
 
@@ -123,6 +130,16 @@ impl Gauges {
             ("garbage", h.garbage),
         ] {
             set(&self.blocks, "health", name, v);
+        }
+        let log = sources.log.status();
+        for (name, v) in [
+            ("term", log.term),
+            ("last_index", log.last_index),
+            ("applied_index", log.applied_index),
+            ("checkpoints", log.checkpoints),
+            ("leading", u64::from(log.leader == Some(log.member))),
+        ] {
+            set(&self.log, "what", name, v);
         }
         let p = sources.repair.progress();
         for (name, v) in [
@@ -242,6 +259,17 @@ fn status_page(sources: &Sources) -> String {
         servers.len(),
         size(total),
         size(free)
+    );
+    let log = sources.log.status();
+    let role = if log.leader == Some(log.member) {
+        "leader"
+    } else {
+        "not leading"
+    };
+    let _ = write!(
+        out,
+        "<p id=\"log\">Metadata log: member {} ({role}), term {}, last entry {}, applied {}.</p>",
+        log.member, log.term, log.last_index, log.applied_index
     );
     out.push_str("<h2>Chunk servers</h2>");
     let rows: Vec<Vec<String>> = servers

@@ -77,6 +77,30 @@ fn cli_commands_and_their_failures() {
     let table = ok(&cluster, &["cluster", "status"]);
     assert!(table.contains("6/6 servers up"), "{table}");
 
+    // A lone metadata server is the leader of a group of one, which applies its log to the
+    // end (a write may be on its way: wait for it).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let members: serde_json::Value =
+            serde_json::from_str(&ok(&cluster, &["meta", "status", "--json"])).unwrap();
+        let members = members.as_array().unwrap();
+        assert_eq!(members.len(), 1, "{members:?}");
+        let me = &members[0];
+        assert_eq!(me["role"], "leader");
+        assert_eq!(me["answering"], true);
+        assert!(me["term"].as_u64().unwrap() >= 1, "{me}");
+        let last = me["last_index"].as_u64().unwrap();
+        let applied = me["applied_index"].as_u64().unwrap();
+        assert!(last >= 1 && applied <= last, "{me}");
+        if applied == last {
+            break;
+        }
+        assert!(Instant::now() < deadline, "log not applied: {me}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let table = ok(&cluster, &["meta", "status"]);
+    assert!(table.contains("leader (answering)"), "{table}");
+
     ok(&cluster, &["volume", "create", "default", "--ec", "4+2"]);
     fails(&cluster, &["volume", "create", "default"], "already exists");
     fails(

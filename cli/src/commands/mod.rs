@@ -6,6 +6,7 @@ pub mod client;
 pub mod cluster;
 pub mod files;
 pub mod fsck;
+pub mod meta;
 pub mod node;
 pub mod repair;
 pub mod volume;
@@ -39,6 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert(_) | Command::Bench(_) => unreachable!("handled above"),
         Command::Volume(cmd) => volume::run(&client, cmd, json).await,
         Command::Cluster(cmd) => cluster::run(&client, cmd, json).await,
+        Command::Meta(cmd) => meta::run(&client, cmd, json).await,
         Command::Repair(cmd) => repair::run(&client, cmd, json).await,
         Command::Node(cmd) => node::run(&client, cmd, json).await,
         Command::Client(cmd) => client::run(&client, cmd, cli.certs.as_deref(), json).await,

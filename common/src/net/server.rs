@@ -187,13 +187,16 @@ async fn serve_stream<S: Service>(
     let failed = reply.is_err();
     crate::codec::write_message(&mut send, crate::codec::encode_frame(&reply)?, body).await??;
     let _ = send.finish();
-    crate::codec::take_end(&mut recv);
+    let _ = crate::codec::take_end(&mut recv);
     if failed {
         // Discard whatever the peer is still sending (e.g. the body of a refused request).
         let _ = recv.stop(0u32.into());
     }
     // Wait until the peer has the whole reply, so dropping the stream does not cut it off.
     let _ = send.stopped().await;
+    // The peer sent the end of its request before it read the reply, so the end has arrived
+    // by now even when it came in a packet of its own (after the request's last bytes).
+    let _ = crate::codec::take_end(&mut recv);
     Ok(())
 }
 

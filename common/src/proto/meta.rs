@@ -536,6 +536,8 @@ pub enum MetaRequest {
         server: ServerId,
         fingerprint: [u8; 32],
     },
+    /// The members of the metadata group and their log positions; answered with `MetaGroup`.
+    MetaStatus,
 }
 
 /// Who holds a lock: a client session (one per mount, random) and the owner within it (the
@@ -605,6 +607,25 @@ pub enum MetaReply {
     Registered {
         capability_key: CapabilityKey,
     },
+    MetaGroup(Vec<MetaMember>),
+}
+
+/// A member of the metadata group, as `dfs meta status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaMember {
+    pub id: u64,
+    pub addr: String,
+    /// leader, follower, candidate or learner.
+    pub role: String,
+    /// The member answering the status call.
+    pub answering: bool,
+    pub term: Option<u64>,
+    /// The last entry of its log, and the last applied to its store, where known (a leader
+    /// knows how far each member's log matches its own; the answering member knows its own).
+    pub last_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// Entries its log is behind the leader's last.
+    pub lag: Option<u64>,
 }
 
 impl MetaRequest {
@@ -659,6 +680,7 @@ impl MetaRequest {
             MetaRequest::RemoveServer { .. } => "RemoveServer",
             MetaRequest::ExpireCalls => "ExpireCalls",
             MetaRequest::BindServer { .. } => "BindServer",
+            MetaRequest::MetaStatus => "MetaStatus",
         }
     }
 
@@ -714,7 +736,8 @@ impl MetaRequest {
             | R::RenewSession { .. }
             | R::CheckShards { .. }
             | R::RepairStatus
-            | R::Rebalance => false,
+            | R::Rebalance
+            | R::MetaStatus => false,
         }
     }
 }

@@ -178,6 +178,14 @@ impl Client {
         )
     }
 
+    /// The members of the metadata group (`dfs meta status`).
+    pub async fn meta_status(&self) -> FsResult<Vec<MetaMember>> {
+        expect_reply!(
+            self.call(&MetaRequest::MetaStatus).await?,
+            MetaReply::MetaGroup
+        )
+    }
+
     pub async fn lookup(&self, parent: InodeId, name: &str) -> FsResult<Attr> {
         expect_reply!(
             self.call(&MetaRequest::Lookup {

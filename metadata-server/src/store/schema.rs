@@ -15,6 +15,7 @@
 //! | `volume_state` | volume id             | [`VolumeState`]                    | quotas are checked and usage kept in the same transaction as each change |
 //! | `server_certs` | server id             | certificate fingerprint (32 bytes) | a chunk server's id answers only to the certificate it registered with |
 //! | `calls`    | (client id, sequence)     | [`CallRecord`]                     | a retried mutation gets its first reply back (the duplicate-request table) |
+//! | `raft`     | `applied`, `membership`   | the last log entry applied, the group's membership | redb and the metadata log agree after a crash (see [`crate::raft`]) |
 //!
 //! Blocks at zero references are found by the collector's scan of `blocks`; their grace period
 //! is kept in its memory on the monotonic clock. Databases made before that keep an unused
@@ -43,6 +44,7 @@ pub const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients"
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 pub const CALLS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("calls");
 pub const SERVER_CERTS: TableDefinition<u64, [u8; 32]> = TableDefinition::new("server_certs");
+pub const RAFT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft");
 
 pub const NEXT_INODE: &str = "next_inode";
 pub const NEXT_BLOCK: &str = "next_block";

@@ -1,0 +1,632 @@
+//! The state machine behind the metadata log: committed commands applied to redb.
+//!
+//! Each call applies a run of committed entries in one write transaction and records the last
+//! one (and the group's membership) in the `raft` table of the same transaction, so redb
+//! always knows how far it got. Those commits skip the fsync: the log already holds the
+//! entries durably. A checkpoint (a durable commit) follows every [`CHECKPOINT_EVERY`] entries
+//! or [`CHECKPOINT_INTERVAL`], precedes every snapshot and ends a clean shutdown; after a crash
+//! redb is back at its last checkpoint and Raft applies the entries after it again.
+//!
+//! A command that fails leaves no trace: redb cannot take a savepoint in a dirty transaction,
+//! so the transaction is dropped, the entries before the failed one are applied again in a
+//! fresh one, and the failed entry is recorded as applied (with its error as the outcome).
+//! Commands are deterministic, so the entries applied again give the same outcomes.
+//!
+//! A snapshot is the whole store copied, table by table, from one read transaction into a fresh
+//! redb file; installing one replaces every table in one durable transaction.
+
+use super::{
+    storage_error, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use crate::command::Outcome;
+use crate::state_machine;
+use crate::store::schema::{self, *};
+use crate::store::DbResult;
+use dfs_common::{FsError, FsResult};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, RaftSnapshotBuilder};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
+};
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Entries applied between checkpoints, at most.
+pub const CHECKPOINT_EVERY: u64 = 20_000;
+/// Time between checkpoints while entries are being applied, at most.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+/// Entries the log keeps between snapshots.
+pub const SNAPSHOT_EVERY: u64 = 100_000;
+
+const APPLIED: &str = "applied";
+const MEMBERSHIP: &str = "membership";
+const PARTIAL: &str = "partial";
+
+/// The state machine handed to Raft.
+pub struct StateMachine {
+    db: Arc<Database>,
+    /// Where snapshots are built, received and kept.
+    dir: PathBuf,
+    progress: Arc<Progress>,
+}
+
+/// What the state machine counts, shared with whoever wants to see it.
+#[derive(Default)]
+pub struct Progress {
+    /// Commands applied to a transaction, counting those applied again after a failure.
+    pub applies: AtomicU64,
+    /// Durable commits of redb made as checkpoints.
+    pub checkpoints: AtomicU64,
+    since_checkpoint: Mutex<(u64, Option<Instant>)>,
+}
+
+impl Progress {
+    /// Notes `commands` more applied; whether a checkpoint is due.
+    fn due(&self, commands: u64) -> bool {
+        let mut since = self.since_checkpoint.lock().expect("checkpoint clock");
+        let started = *since.1.get_or_insert_with(Instant::now);
+        since.0 += commands;
+        since.0 >= CHECKPOINT_EVERY || started.elapsed() >= CHECKPOINT_INTERVAL
+    }
+
+    fn reset(&self) {
+        *self.since_checkpoint.lock().expect("checkpoint clock") = (0, None);
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl StateMachine {
+    pub fn new(db: Arc<Database>, dir: &Path) -> Result<StateMachine, StorageError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| storage_error("creating snapshot directory", e))?;
+        Ok(StateMachine {
+            db,
+            dir: dir.to_path_buf(),
+            progress: Arc::new(Progress::default()),
+        })
+    }
+
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+}
+
+/// Makes everything applied so far durable.
+pub fn checkpoint(db: &Database, progress: &Progress) -> FsResult<()> {
+    let tx = db.begin_write().db()?;
+    tx.commit().db()?;
+    progress.reset();
+    Ok(())
+}
+
+/// The last entry applied and the membership, as redb has them.
+pub fn applied_state(tx: &ReadTransaction) -> FsResult<(Option<LogId>, StoredMembership)> {
+    let table = match tx.open_table(RAFT) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
+        Err(e) => return Err(e).db(),
+    };
+    let applied = match table.get(APPLIED).db()? {
+        Some(v) => Some(decode(v.value())?),
+        None => None,
+    };
+    let membership = match table.get(MEMBERSHIP).db()? {
+        Some(v) => decode(v.value())?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
+}
+
+/// Where applying stands, recorded in the transaction: every entry up to `applied` is done,
+/// and of the entry after it (if `partial` names it) the first commands.
+fn record_progress(
+    tx: &WriteTransaction,
+    applied: Option<&LogId>,
+    partial: Option<(&LogId, usize)>,
+) -> FsResult<()> {
+    let mut table = tx.open_table(RAFT).db()?;
+    if let Some(applied) = applied {
+        table.insert(APPLIED, encode(applied).as_slice()).db()?;
+    }
+    match partial {
+        Some((entry, done)) => {
+            let record = (*entry, done as u64);
+            table.insert(PARTIAL, encode(&record).as_slice()).db()?;
+        }
+        None => {
+            table.remove(PARTIAL).db()?;
+        }
+    }
+    Ok(())
+}
+
+/// The entry applied in part before a crash, and how many of its commands are done.
+fn read_partial(tx: &WriteTransaction) -> FsResult<Option<(LogId, u64)>> {
+    let table = tx.open_table(RAFT).db()?;
+    let value = table.get(PARTIAL).db()?;
+    value.map(|v| decode(v.value())).transpose()
+}
+
+/// One thing to apply: a membership change (of entry `e`), or command `c` of entry `e`.
+#[derive(Clone, Copy)]
+enum Step {
+    Membership(usize),
+    Command(usize, usize),
+}
+
+fn apply_step(tx: &WriteTransaction, entries: &[Entry], step: Step) -> FsResult<Outcome> {
+    match step {
+        Step::Membership(e) => {
+            let EntryPayload::Membership(membership) = &entries[e].payload else {
+                unreachable!("a membership step names a membership entry")
+            };
+            let stored = StoredMembership::new(Some(entries[e].log_id), membership.clone());
+            tx.open_table(RAFT)
+                .db()?
+                .insert(MEMBERSHIP, encode(&stored).as_slice())
+                .db()?;
+            Ok(Outcome::Done)
+        }
+        Step::Command(e, c) => {
+            let EntryPayload::Normal(batch) = &entries[e].payload else {
+                unreachable!("a command step names a batch entry")
+            };
+            state_machine::apply(tx, &batch.0[c])
+        }
+    }
+}
+
+/// The steps of entry `e`, leaving out the commands applied before a crash.
+fn steps_of(entries: &[Entry], e: usize, partial: Option<(LogId, u64)>) -> (usize, Vec<Step>) {
+    match &entries[e].payload {
+        EntryPayload::Blank => (0, Vec::new()),
+        EntryPayload::Membership(_) => (0, vec![Step::Membership(e)]),
+        EntryPayload::Normal(batch) => {
+            let done = match partial {
+                Some((id, done)) if id == entries[e].log_id => (done as usize).min(batch.0.len()),
+                _ => 0,
+            };
+            (
+                done,
+                (done..batch.0.len()).map(|c| Step::Command(e, c)).collect(),
+            )
+        }
+    }
+}
+
+fn begin(db: &Database) -> FsResult<WriteTransaction> {
+    let mut tx = db.begin_write().db()?;
+    tx.set_durability(Durability::None)
+        .map_err(|e| FsError::io(format!("metadata store: {e}")))?;
+    Ok(tx)
+}
+
+/// Applies committed entries in order: for each entry, one outcome per command of its batch
+/// (none for blank and membership entries). An error is a storage failure (a transaction
+/// could not be opened or committed), not a command's.
+///
+/// When a command fails, the transaction (which may hold its partial changes) is dropped, the
+/// steps since the last commit are applied again in a fresh one, which records how far the
+/// entries got and commits; so each command is applied at most twice, however many fail.
+pub fn apply_entries(
+    db: &Database,
+    entries: &[Entry],
+    progress: &Progress,
+) -> FsResult<Vec<Vec<FsResult<Outcome>>>> {
+    let mut results: Vec<Vec<FsResult<Outcome>>> = entries.iter().map(|_| Vec::new()).collect();
+    let Some(last) = entries.last() else {
+        return Ok(results);
+    };
+    let mut tx = begin(db)?;
+    let partial = read_partial(&tx)?;
+    // Steps applied in `tx` since its last commit, with their outcomes.
+    let mut pending: Vec<(Step, Outcome)> = Vec::new();
+    let mut commands = 0u64;
+    for e in 0..entries.len() {
+        let (done, steps) = steps_of(entries, e, partial);
+        for _ in 0..done {
+            results[e].push(Err(FsError::unavailable("applied before a restart")));
+        }
+        for step in steps {
+            progress.applies.fetch_add(1, Ordering::Relaxed);
+            let failure = match apply_step(&tx, entries, step) {
+                Ok(outcome) => {
+                    if let Step::Command(..) = step {
+                        commands += 1;
+                        results[e].push(Ok(outcome.clone()));
+                    }
+                    pending.push((step, outcome));
+                    continue;
+                }
+                Err(failure) => failure,
+            };
+            // Dropping the transaction aborts it, with the failed command's partial changes.
+            drop(tx);
+            tx = begin(db)?;
+            for (again, first) in &pending {
+                progress.applies.fetch_add(1, Ordering::Relaxed);
+                let outcome = apply_step(&tx, entries, *again).map_err(|e| {
+                    FsError::io(format!(
+                        "a command failed when applied again ({e}): not deterministic"
+                    ))
+                })?;
+                if &outcome != first {
+                    return Err(FsError::io(
+                        "a command gave another outcome when applied again: not deterministic",
+                    ));
+                }
+            }
+            pending.clear();
+            let Step::Command(_, c) = step else {
+                return Err(FsError::io(format!(
+                    "membership change {} failed: {failure}",
+                    entries[e].log_id
+                )));
+            };
+            commands += 1;
+            let before = e.checked_sub(1).map(|p| &entries[p].log_id);
+            record_progress(&tx, before, Some((&entries[e].log_id, c + 1)))?;
+            tx.commit().db()?;
+            tx = begin(db)?;
+            results[e].push(Err(failure));
+        }
+    }
+    record_progress(&tx, Some(&last.log_id), None)?;
+    tx.commit().db()?;
+    if progress.due(commands) {
+        checkpoint(db, progress)?;
+    }
+    Ok(results)
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let db = self.db.clone();
+        blocking(move || applied_state(&db.begin_read().db()?)).await
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<FsResult<Outcome>>>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let db = self.db.clone();
+        let progress = self.progress.clone();
+        blocking(move || apply_entries(&db, &entries, &progress)).await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+            dir: self.dir.clone(),
+            progress: self.progress.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        let dir = self.dir.clone();
+        let meta = meta.clone();
+        let progress = self.progress.clone();
+        blocking(move || install(&db, &dir, &meta, snapshot.into_inner(), &progress)).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let dir = self.dir.clone();
+        blocking(move || current_snapshot(&dir)).await
+    }
+}
+
+/// Builds snapshots of the store for Raft.
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+    dir: PathBuf,
+    progress: Arc<Progress>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let db = self.db.clone();
+        let dir = self.dir.clone();
+        let progress = self.progress.clone();
+        blocking(move || build(&db, &dir, &progress)).await
+    }
+}
+
+/// Runs store work off the async runtime; its failure is a storage error for Raft.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> FsResult<T> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| storage_error("state machine task", e))?
+        .map_err(|e| storage_error("state machine", e))
+}
+
+const CURRENT: &str = "current.redb";
+const CURRENT_META: &str = "current.meta";
+
+/// Copies every table of the store from a snapshot of it; tables a database does not have are
+/// skipped.
+fn copy_tables(from: &ReadTransaction, to: &WriteTransaction) -> FsResult<()> {
+    copy(from, to, VOLUMES)?;
+    copy(from, to, INODES)?;
+    copy(from, to, DENTRIES)?;
+    copy(from, to, EXTENTS)?;
+    copy(from, to, BLOCKS)?;
+    copy(from, to, XATTRS)?;
+    copy(from, to, SERVERS)?;
+    copy(from, to, DRAINING)?;
+    copy(from, to, VOLUME_STATE)?;
+    copy(from, to, CLIENTS)?;
+    copy(from, to, COUNTERS)?;
+    copy(from, to, CALLS)?;
+    copy(from, to, SERVER_CERTS)?;
+    copy(from, to, RAFT)?;
+    Ok(())
+}
+
+/// Deletes every table `copy_tables` copies.
+fn clear_tables(tx: &WriteTransaction) -> FsResult<()> {
+    tx.delete_table(VOLUMES).db()?;
+    tx.delete_table(INODES).db()?;
+    tx.delete_table(DENTRIES).db()?;
+    tx.delete_table(EXTENTS).db()?;
+    tx.delete_table(BLOCKS).db()?;
+    tx.delete_table(XATTRS).db()?;
+    tx.delete_table(SERVERS).db()?;
+    tx.delete_table(DRAINING).db()?;
+    tx.delete_table(VOLUME_STATE).db()?;
+    tx.delete_table(CLIENTS).db()?;
+    tx.delete_table(COUNTERS).db()?;
+    tx.delete_table(CALLS).db()?;
+    tx.delete_table(SERVER_CERTS).db()?;
+    tx.delete_table(RAFT).db()?;
+    Ok(())
+}
+
+fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
+    from: &ReadTransaction,
+    to: &WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> FsResult<()> {
+    let source = match from.open_table(def) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(e).db(),
+    };
+    let mut target = to.open_table(def).db()?;
+    for item in source.iter().db()? {
+        let (k, v) = item.db()?;
+        target.insert(k.value(), v.value()).db()?;
+    }
+    Ok(())
+}
+
+fn build(db: &Database, dir: &Path, progress: &Progress) -> FsResult<Snapshot<TypeConfig>> {
+    // What the snapshot covers must be durable in redb before Raft purges the log behind it.
+    checkpoint(db, progress)?;
+    let tx = db.begin_read().db()?;
+    let (applied, membership) = applied_state(&tx)?;
+    let building = dir.join("building.redb");
+    let _ = std::fs::remove_file(&building);
+    {
+        let copy_db = Database::create(&building).db()?;
+        let to = copy_db.begin_write().db()?;
+        copy_tables(&tx, &to)?;
+        to.commit().db()?;
+    }
+    let bytes = std::fs::read(&building)?;
+    let meta = SnapshotMeta {
+        last_log_id: applied,
+        last_membership: membership,
+        snapshot_id: format!(
+            "{}-{}",
+            applied.map_or(0, |l| l.index),
+            dfs_common::Timestamp::now().secs
+        ),
+    };
+    keep(dir, &building, &meta)?;
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(Cursor::new(bytes)),
+    })
+}
+
+/// Makes a snapshot file the current one, with its meta beside it.
+fn keep(dir: &Path, file: &Path, meta: &SnapshotMeta) -> FsResult<()> {
+    std::fs::rename(file, dir.join(CURRENT))?;
+    let tmp = dir.join(format!("{CURRENT_META}.tmp"));
+    std::fs::write(&tmp, schema::encode(meta))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, dir.join(CURRENT_META))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn current_snapshot(dir: &Path) -> FsResult<Option<Snapshot<TypeConfig>>> {
+    let meta = match std::fs::read(dir.join(CURRENT_META)) {
+        Ok(bytes) => decode::<SnapshotMeta>(&bytes)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let bytes = std::fs::read(dir.join(CURRENT))?;
+    Ok(Some(Snapshot {
+        meta,
+        snapshot: Box::new(Cursor::new(bytes)),
+    }))
+}
+
+/// Replaces the whole store with a snapshot's, after checking that it is a store and covers
+/// what its meta says.
+fn install(
+    db: &Database,
+    dir: &Path,
+    meta: &SnapshotMeta,
+    bytes: Vec<u8>,
+    progress: &Progress,
+) -> FsResult<()> {
+    let received = dir.join("received.redb");
+    std::fs::write(&received, &bytes)?;
+    {
+        let snapshot = Database::open(&received)
+            .map_err(|e| FsError::Corrupt(format!("received snapshot: {e}")))?;
+        let from = snapshot.begin_read().db()?;
+        let (applied, _) = applied_state(&from)?;
+        if applied != meta.last_log_id {
+            return Err(FsError::Corrupt(format!(
+                "received snapshot holds entries up to {applied:?}, its meta says {:?}",
+                meta.last_log_id
+            )));
+        }
+        let to = db.begin_write().db()?;
+        clear_tables(&to)?;
+        copy_tables(&from, &to)?;
+        {
+            let mut raft = to.open_table(RAFT).db()?;
+            raft.insert(MEMBERSHIP, encode(&meta.last_membership).as_slice())
+                .db()?;
+            if let Some(applied) = &meta.last_log_id {
+                raft.insert(APPLIED, encode(applied).as_slice()).db()?;
+            }
+        }
+        to.commit().db()?;
+        progress.reset();
+    }
+    keep(dir, &received, meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Batch, Command, Op};
+    use dfs_common::model::{FileKind, VolumeLimits};
+    use dfs_common::{InodeId, Timestamp};
+    use openraft::CommittedLeaderId;
+
+    fn entry(index: u64, ops: Vec<Op>) -> Entry {
+        let now = Timestamp { secs: 1, nanos: 0 };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Batch(
+                ops.into_iter()
+                    .map(|op| Command::internal(now, op))
+                    .collect(),
+            )),
+        }
+    }
+
+    fn make(parent: InodeId, name: &str) -> Op {
+        Op::MakeNode {
+            parent,
+            name: name.into(),
+            kind: FileKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            target: None,
+        }
+    }
+
+    /// A store with one volume, made by entry 1; its root directory.
+    fn store_with_volume(dir: &Path) -> (Arc<Database>, InodeId) {
+        let db = crate::store::open(&dir.join("meta.redb")).unwrap();
+        let create = Op::CreateVolume {
+            name: "v".into(),
+            policy: "2+1".parse().unwrap(),
+            block_size: 1 << 20,
+            limits: VolumeLimits::default(),
+        };
+        let out = apply_entries(&db, &[entry(1, vec![create])], &Progress::default()).unwrap();
+        let Ok(Outcome::Volume { record, .. }) = &out[0][0] else {
+            panic!("{out:?}")
+        };
+        let root = record.root;
+        (db, root)
+    }
+
+    fn names(db: &Database) -> Vec<String> {
+        let tx = db.begin_read().unwrap();
+        let table = tx.open_table(DENTRIES).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|item| item.unwrap().0.value().1.to_string())
+            .collect()
+    }
+
+    /// Failed commands in a batch leave no trace and cost about one apply each; the others
+    /// take effect, and the entry is recorded as applied.
+    #[test]
+    fn failures_inside_a_batch_leave_no_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, root) = store_with_volume(dir.path());
+        let progress = Progress::default();
+        let batch = vec![
+            make(root, "a"),
+            make(root, "a"),
+            make(root, "b"),
+            make(root, "b"),
+        ];
+        let out =
+            apply_entries(&db, &[entry(2, batch.clone()), entry(3, batch)], &progress).unwrap();
+        let ok: Vec<Vec<bool>> = out
+            .iter()
+            .map(|e| e.iter().map(Result::is_ok).collect())
+            .collect();
+        assert_eq!(
+            ok,
+            vec![
+                vec![true, false, true, false],
+                vec![false, false, false, false]
+            ]
+        );
+        assert_eq!(names(&db), vec!["a", "b"]);
+        let (applied, _) = applied_state(&db.begin_read().unwrap()).unwrap();
+        assert_eq!(applied.unwrap().index, 3);
+        assert!(progress.applies.load(Ordering::Relaxed) <= 2 * 8);
+    }
+
+    /// An entry applied in part before a crash (its failed command's commit recorded how far
+    /// it got) is finished without applying its first commands twice.
+    #[test]
+    fn a_partly_applied_entry_is_finished_not_repeated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, root) = store_with_volume(dir.path());
+        // Entry 2's first command took effect and was recorded, as the commit after a failure
+        // leaves it; then the server died.
+        let second = entry(2, vec![make(root, "x"), make(root, "y")]);
+        let tx = begin(&db).unwrap();
+        apply_step(&tx, std::slice::from_ref(&second), Step::Command(0, 0)).unwrap();
+        record_progress(&tx, None, Some((&second.log_id, 1))).unwrap();
+        tx.commit().unwrap();
+
+        let progress = Progress::default();
+        let out = apply_entries(&db, &[second], &progress).unwrap();
+        assert!(
+            matches!(out[0][0], Err(FsError::Unavailable(_))),
+            "not applied again: {out:?}"
+        );
+        assert_eq!(progress.applies.load(Ordering::Relaxed), 1);
+        assert!(out[0][1].is_ok());
+        assert_eq!(names(&db), vec!["x", "y"]);
+        let tx = db.begin_write().unwrap();
+        assert_eq!(read_partial(&tx).unwrap(), None);
+    }
+}
