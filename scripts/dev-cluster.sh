@@ -13,7 +13,7 @@
 #   DFS_META_PORT      metadata server UDP port                            [7000]
 #   DFS_CHUNK_PORT     first chunk-server UDP port (then +1, +2, ...)      [7101]
 #   DFS_MOUNT          where volume "default" is mounted                   [$DFS_DEV_DIR/mnt]
-#   DFS_MOUNT_OPTIONS  extra -o options for that mount, e.g. allow_other   []
+#   DFS_MOUNT_OPTIONS  extra -o options for that mount, e.g. noallow_other []
 #   TOKIO_WORKER_THREADS  runtime worker threads of each process           [1]
 #
 # After `up`, `. "$DFS_DEV_DIR/cluster.env"` sets DFS_META, DFS_CERTS and PATH for the `dfs` CLI.

@@ -223,6 +223,45 @@ fn noexec_and_extreme_times_on_a_mount() {
     assert!(fs::metadata(plain.path("run.sh")).is_ok());
 }
 
+/// A volume mounted by root is open to every local user, with permissions checked, as an NFS
+/// share is; `noallow_other` keeps a mount to root.
+#[test]
+fn root_mounts_are_shared_with_local_users() {
+    use std::os::unix::process::CommandExt;
+    let cluster = cluster_with_volume();
+    // Other users reach the mount points through the cluster's directory.
+    fs::set_permissions(cluster.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let shared = Mount::new(&cluster, "default", "shared", "").unwrap();
+    fs::write(shared.path("open"), b"for all").unwrap();
+    fs::set_permissions(shared.path("open"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::create_dir(shared.path("private")).unwrap();
+    fs::set_permissions(shared.path("private"), fs::Permissions::from_mode(0o700)).unwrap();
+    let as_nobody = |script: String| {
+        Command::new("sh")
+            .args(["-c", &script])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    let path = |m: &Mount, rel: &str| m.path(rel).display().to_string();
+    let out = as_nobody(format!("cat {}", path(&shared, "open")));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"for all");
+    // Permissions are checked: root's private directory and root's file stay closed.
+    let out = as_nobody(format!("ls {}", path(&shared, "private")));
+    assert!(!out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    let out = as_nobody(format!("echo x > {}", path(&shared, "open")));
+    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(fs::read(shared.path("open")).unwrap(), b"for all");
+
+    let closed = Mount::new(&cluster, "default", "closed", "noallow_other").unwrap();
+    let out = as_nobody(format!("cat {}", path(&closed, "open")));
+    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(fs::read(closed.path("open")).unwrap(), b"for all");
+}
+
 #[test]
 fn mount_failures_are_one_line_errors() {
     let cluster = cluster_with_volume();

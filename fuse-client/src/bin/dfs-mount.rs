@@ -31,7 +31,7 @@ struct Args {
     spec: String,
     /// Where to mount it (an existing directory).
     mountpoint: PathBuf,
-    /// Mount options, comma separated: ro, rw, allow_other, certs=DIR, identity=NAME (use
+    /// Mount options, comma separated: ro, rw, allow_other (the default for root), noallow_other, certs=DIR, identity=NAME (use
     /// DIR/NAME.pem and NAME.key; default client, else admin), metrics=HOST:PORT (serve
     /// Prometheus metrics there), attr_timeout=SECONDS
     /// (default 1), retry=SECONDS (how long operations wait for an unreachable metadata
@@ -218,7 +218,9 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
             config.mount_options.push(flag);
         }
     }
-    if options.allow_other {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if options.allow_other.unwrap_or(root) {
         config.acl = fuser::SessionACL::All;
     }
     let session = fuser::spawn_mount(fs, &args.mountpoint, &config)

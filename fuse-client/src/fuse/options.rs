@@ -28,7 +28,10 @@ impl MountSpec {
 #[derive(Clone, Debug, PartialEq)]
 pub struct MountOptions {
     pub read_only: bool,
-    pub allow_other: bool,
+    /// Let every local user in, permissions checked (`allow_other`, or `noallow_other` to keep
+    /// the mount to its owner); `None` is the default: on when root mounts, as an NFS share is
+    /// open to every user of the host.
+    pub allow_other: Option<bool>,
     /// Certificate directory (ca.pem, client.pem, client.key).
     pub certs: Option<PathBuf>,
     /// Which certificate of the directory to use (`identity=NAME`: NAME.pem, NAME.key).
@@ -67,7 +70,7 @@ impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
             read_only: false,
-            allow_other: false,
+            allow_other: None,
             certs: None,
             identity: None,
             metrics: None,
@@ -95,7 +98,8 @@ impl MountOptions {
             match (key, value) {
                 ("ro", None) => into.read_only = true,
                 ("rw", None) => into.read_only = false,
-                ("allow_other", None) => into.allow_other = true,
+                ("allow_other", None) => into.allow_other = Some(true),
+                ("noallow_other", None) => into.allow_other = Some(false),
                 ("certs", Some(dir)) => into.certs = Some(PathBuf::from(dir)),
                 ("identity", Some(name)) => {
                     if name.is_empty() || name.contains('/') {
@@ -197,7 +201,7 @@ mod tests {
             &mut o,
         )
         .unwrap();
-        assert!(o.read_only && o.allow_other);
+        assert!(o.read_only && o.allow_other == Some(true));
         assert_eq!(o.certs, Some(PathBuf::from("/etc/dfs")));
         assert_eq!(o.attr_timeout, Duration::from_millis(2500));
         assert_eq!(o.meta_retry, Some(DEFAULT_META_RETRY));
