@@ -2,7 +2,7 @@
 
 use crate::layout;
 use crate::store::schema::{decode, kind_from_code, BlockRecord, ServerRecord, VolumeRecord};
-use crate::store::tables::{get_dir, get_inode, get_volume_state, lookup, to_attr, ReadTables};
+use crate::store::tables::{attr_of, get_dir, get_inode, get_volume_state, lookup, ReadTables};
 use crate::store::DbResult;
 use dfs_common::proto::meta::*;
 use dfs_common::{FsError, FsResult, InodeId, ServerId};
@@ -39,11 +39,11 @@ pub fn lookup_attr(t: &ReadTables, parent: InodeId, name: &str) -> FsResult<Attr
     }
     get_dir(&t.inodes, parent)?;
     let (ino, _) = lookup(&t.dentries, parent, name)?.ok_or(FsError::NotFound)?;
-    Ok(to_attr(ino, &get_inode(&t.inodes, ino)?))
+    attr_of(&t.xattrs, ino, &get_inode(&t.inodes, ino)?)
 }
 
 pub fn get_attr(t: &ReadTables, ino: InodeId) -> FsResult<Attr> {
-    Ok(to_attr(ino, &get_inode(&t.inodes, ino)?))
+    attr_of(&t.xattrs, ino, &get_inode(&t.inodes, ino)?)
 }
 
 pub fn read_link(t: &ReadTables, ino: InodeId) -> FsResult<String> {
@@ -77,7 +77,7 @@ pub fn read_dir(
         let (ino, kind) = value.value();
         let ino = InodeId(ino);
         let attr = if with_attrs {
-            Some(to_attr(ino, &get_inode(&t.inodes, ino)?))
+            Some(attr_of(&t.xattrs, ino, &get_inode(&t.inodes, ino)?)?)
         } else {
             None
         };

@@ -245,7 +245,13 @@ impl MetaService {
 
     /// [`Self::mutate`], answered with the outcome as the wire shows it.
     async fn mutate_reply(&self, op: Op, call: Option<Call>) -> FsResult<MetaReply> {
-        reply_of(self.mutate(op, call).await?)
+        let creates = matches!(op, Op::MakeNode { .. });
+        let mut reply = reply_of(self.mutate(op, call).await?)?;
+        if let (true, MetaReply::Attr(attr)) = (creates, &mut reply) {
+            // A new inode has no extended attributes.
+            attr.has_xattrs = false;
+        }
+        Ok(reply)
     }
 
     /// Sorts a request into a mutation (applied by the committer), a query (answered from a

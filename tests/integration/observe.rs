@@ -313,3 +313,43 @@ fn status_page_in_headless_chromium() {
     assert!(total >= 1, "{blocks:?}");
     assert_eq!(table_rows(&dom, "repair")[0].len(), 6);
 }
+
+/// Asking a file without extended attributes for one (the kernel does before every write, `ls
+/// -l` for every entry) costs no metadata call: its attributes say it has none. A file that
+/// has one still answers.
+#[test]
+fn xattr_questions_about_bare_files_stay_in_the_mount() {
+    use crate::sharing::{get_xattr, set_xattr};
+    let cluster = cluster_with_volume();
+    let writer = Mount::new(&cluster, "default", "w", "").unwrap();
+    for i in 0..20 {
+        std::fs::write(writer.path(&format!("f{i}")), b"x").unwrap();
+    }
+    std::fs::write(writer.path("tagged"), b"y").unwrap();
+    set_xattr(&writer.path("tagged"), "user.tag", b"v").unwrap();
+    // Another mount learns the files' attributes by looking them up.
+    let reader = Mount::new(&cluster, "default", "r", "attr_timeout=30").unwrap();
+    let asked = |cluster: &dfs_tests::process::ProcessCluster| {
+        value(
+            &scrape(cluster.meta_http),
+            "dfs_meta_requests_total{op=\"GetXattr\"}",
+        )
+    };
+    let before = asked(&cluster);
+    for i in 0..20 {
+        let path = reader.path(&format!("f{i}"));
+        std::fs::metadata(&path).unwrap();
+        for name in ["security.selinux", "user.tag"] {
+            let err = get_xattr(&path, name).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ENODATA), "{name}: {err}");
+        }
+    }
+    assert_eq!(
+        asked(&cluster),
+        before,
+        "questions about bare files reached the server"
+    );
+    std::fs::metadata(reader.path("tagged")).unwrap();
+    assert_eq!(get_xattr(&reader.path("tagged"), "user.tag").unwrap(), b"v");
+    assert!(asked(&cluster) > before);
+}

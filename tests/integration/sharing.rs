@@ -393,7 +393,7 @@ fn read_ahead_stops_at_end_of_file_and_never_serves_a_stale_layout() {
     );
 }
 
-fn get_xattr(path: &std::path::Path, name: &str) -> std::io::Result<Vec<u8>> {
+pub(crate) fn get_xattr(path: &std::path::Path, name: &str) -> std::io::Result<Vec<u8>> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
     let name = std::ffi::CString::new(name).unwrap();
@@ -414,7 +414,7 @@ fn get_xattr(path: &std::path::Path, name: &str) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn set_xattr(path: &std::path::Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+pub(crate) fn set_xattr(path: &std::path::Path, name: &str, value: &[u8]) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
     let name = std::ffi::CString::new(name).unwrap();

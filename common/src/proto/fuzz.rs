@@ -86,6 +86,7 @@ fn attr() -> Attr {
         ctime: t,
         crtime: t,
         rdev: 0,
+        has_xattrs: false,
     }
 }
 

@@ -27,6 +27,10 @@ pub struct Attr {
     pub ctime: Timestamp,
     pub crtime: Timestamp,
     pub rdev: u32,
+    /// The inode may have extended attributes. `false` is a promise that it had none when the
+    /// reply was made, so a client can answer `getxattr` (asked by the kernel before writes
+    /// and by `ls -l` for every entry) without a round trip.
+    pub has_xattrs: bool,
 }
 
 /// `rename` flags, with Linux's values.

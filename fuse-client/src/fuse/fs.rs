@@ -187,6 +187,8 @@ impl Shared {
 
     /// Attributes with the size raised to cover unflushed writes of open files.
     fn fresh_attr(&self, mut attr: dfs_common::proto::meta::Attr) -> fuser::FileAttr {
+        self.absent_xattrs
+            .note_attributes(attr.ino, attr.has_xattrs);
         for (ino, size) in self.dirty_sizes.lock().expect("size lock").values() {
             if *ino == attr.ino {
                 attr.size = attr.size.max(*size);
@@ -1241,6 +1243,13 @@ impl Filesystem for DfsFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if self.shared.absent_xattrs.is_bare(self.shared.ino(ino)) {
+            return if size == 0 {
+                reply.size(0)
+            } else {
+                reply.data(&[])
+            };
+        }
         self.spawn("listxattr", |s| async move {
             match s.client.listxattr(s.ino(ino)).await {
                 Ok(names) => {

@@ -6,6 +6,9 @@
 //! as long as its own work. An absence is trusted for as long as the kernel trusts its cached
 //! attributes (the staleness it already accepts for the setuid bits a write clears), and this
 //! mount's own changes to a file's attributes forget it at once.
+//!
+//! Attributes from the metadata server say whether an inode has any extended attribute at all
+//! (`has_xattrs`); an inode said to have none needs no question for any name.
 
 use dfs_common::InodeId;
 use std::collections::HashMap;
@@ -18,6 +21,8 @@ const MAX_ENTRIES: usize = 65_536;
 pub struct AbsentXattrs {
     ttl: Duration,
     seen: Mutex<HashMap<(InodeId, String), Instant>>,
+    /// Inodes last seen without any extended attribute, and when.
+    bare: Mutex<HashMap<InodeId, Instant>>,
 }
 
 impl AbsentXattrs {
@@ -26,11 +31,15 @@ impl AbsentXattrs {
         AbsentXattrs {
             ttl,
             seen: Mutex::new(HashMap::new()),
+            bare: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Whether `ino` was found without `name` less than the TTL ago.
+    /// Whether `ino` was found without `name`, or without any, less than the TTL ago.
     pub fn is_absent(&self, ino: InodeId, name: &str) -> bool {
+        if self.is_bare(ino) {
+            return true;
+        }
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.get(&(ino, name.to_string()))
             .is_some_and(|at| at.elapsed() < self.ttl)
@@ -48,10 +57,35 @@ impl AbsentXattrs {
         seen.insert((ino, name.to_string()), Instant::now());
     }
 
+    /// Whether `ino` was seen without any extended attribute less than the TTL ago.
+    pub fn is_bare(&self, ino: InodeId) -> bool {
+        let bare = self.bare.lock().unwrap_or_else(|e| e.into_inner());
+        bare.get(&ino).is_some_and(|at| at.elapsed() < self.ttl)
+    }
+
+    /// Notes what fresh attributes from the metadata server say: whether `ino` has any
+    /// extended attribute (`true` when the server did not look).
+    pub fn note_attributes(&self, ino: InodeId, has_xattrs: bool) {
+        let mut bare = self.bare.lock().unwrap_or_else(|e| e.into_inner());
+        if has_xattrs || self.ttl.is_zero() {
+            bare.remove(&ino);
+            return;
+        }
+        if bare.len() >= MAX_ENTRIES {
+            bare.clear();
+        }
+        bare.insert(ino, Instant::now());
+    }
+
     /// Forgets what is known of `ino`: this mount is changing its attributes.
     pub fn forget(&self, ino: InodeId) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.retain(|(i, _), _| *i != ino);
+        drop(seen);
+        self.bare
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ino);
     }
 }
 
@@ -75,7 +109,19 @@ mod tests {
             "other inodes stay"
         );
 
+        // An inode seen with no attribute at all has none of any name, until it is seen with
+        // some or this mount changes it.
+        cache.note_attributes(a, false);
+        assert!(cache.is_absent(a, "user.anything") && cache.is_bare(a));
+        cache.note_attributes(a, true);
+        assert!(!cache.is_absent(a, "user.anything"));
+        cache.note_attributes(a, false);
+        cache.forget(a);
+        assert!(!cache.is_bare(a));
+
         let never = AbsentXattrs::new(Duration::ZERO);
+        never.note_attributes(a, false);
+        assert!(!never.is_bare(a));
         never.note_absent(a, "user.x");
         assert!(!never.is_absent(a, "user.x"));
     }

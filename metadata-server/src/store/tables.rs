@@ -124,6 +124,8 @@ pub fn get_volume_by_id(
     )))
 }
 
+/// The attributes of an inode, not knowing whether it has extended attributes (see
+/// [`attr_of`]).
 pub fn to_attr(ino: InodeId, rec: &InodeRecord) -> Attr {
     Attr {
         ino,
@@ -139,7 +141,23 @@ pub fn to_attr(ino: InodeId, rec: &InodeRecord) -> Attr {
         ctime: rec.ctime,
         crtime: rec.crtime,
         rdev: rec.rdev,
+        has_xattrs: true,
     }
+}
+
+/// The attributes of an inode, with whether it has extended attributes (one more seek).
+pub fn attr_of(
+    xattrs: &impl ReadableTable<(u64, &'static str), &'static [u8]>,
+    ino: InodeId,
+    rec: &InodeRecord,
+) -> FsResult<Attr> {
+    let mut attr = to_attr(ino, rec);
+    attr.has_xattrs = xattrs
+        .range((ino.0, "")..(ino.0 + 1, ""))
+        .db()?
+        .next()
+        .is_some();
+    Ok(attr)
 }
 
 /// Read-only handles on the tables the queries use.
