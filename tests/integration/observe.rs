@@ -321,21 +321,28 @@ fn status_page_in_headless_chromium() {
 fn xattr_questions_about_bare_files_stay_in_the_mount() {
     use crate::sharing::{get_xattr, set_xattr};
     let cluster = cluster_with_volume();
-    let writer = Mount::new(&cluster, "default", "w", "").unwrap();
-    for i in 0..20 {
-        std::fs::write(writer.path(&format!("f{i}")), b"x").unwrap();
-    }
-    std::fs::write(writer.path("tagged"), b"y").unwrap();
-    set_xattr(&writer.path("tagged"), "user.tag", b"v").unwrap();
-    // Another mount learns the files' attributes by looking them up.
-    let reader = Mount::new(&cluster, "default", "r", "attr_timeout=30").unwrap();
     let asked = |cluster: &dfs_tests::process::ProcessCluster| {
         value(
             &scrape(cluster.meta_http),
             "dfs_meta_requests_total{op=\"GetXattr\"}",
         )
     };
+    let writer = Mount::new(&cluster, "default", "w", "").unwrap();
     let before = asked(&cluster);
+    // The kernel asks for `security.capability` at a new file's first write: the create's
+    // reply already said the file has no extended attribute.
+    for i in 0..20 {
+        std::fs::write(writer.path(&format!("f{i}")), b"x").unwrap();
+    }
+    std::fs::write(writer.path("tagged"), b"y").unwrap();
+    assert_eq!(
+        asked(&cluster),
+        before,
+        "writes of new files asked the server"
+    );
+    set_xattr(&writer.path("tagged"), "user.tag", b"v").unwrap();
+    // Another mount learns the files' attributes by looking them up.
+    let reader = Mount::new(&cluster, "default", "r", "attr_timeout=30").unwrap();
     for i in 0..20 {
         let path = reader.path(&format!("f{i}"));
         std::fs::metadata(&path).unwrap();

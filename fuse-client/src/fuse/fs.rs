@@ -806,7 +806,7 @@ impl Filesystem for DfsFs {
                     let fh = s.add_file(file);
                     reply.created(
                         &s.ttl,
-                        &s.map.file_attr(&attr),
+                        &s.fresh_attr(attr.clone()),
                         Generation(0),
                         fh,
                         open_flags,
