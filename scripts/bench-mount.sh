@@ -7,10 +7,13 @@
 # data: the fio jobs of the data-path targets (psync engine, one job, queue depth 1), with
 #       system-wide CPU-seconds per GiB (from /proc/stat, over exactly the job) for the
 #       sequential ones.
-# meta: create/stat/list/unlink loops and fsynced small files.
+# meta: the small-file and metadata workloads: create/stat/list/unlink loops over
+#       DFS_BENCH_FILES files, creates from 8 processes, fs_mark (files of 16 KiB fsynced
+#       before close), dbench (4 clients), and small appends each followed by fsync.
 #
 # Settings: DFS_BENCH_SIZE (1g), DFS_BENCH_RAND_SIZE (256m), DFS_BENCH_RUNTIME (30),
-# DFS_BENCH_FILES (10000), DFS_BENCH_SMALL_FILES (2000), DFS_BENCH_DIR (/tmp/dfs-bench-mount).
+# DFS_BENCH_FILES (10000), DFS_BENCH_SMALL_FILES (2000), DFS_BENCH_DBENCH_SECS (30),
+# DFS_BENCH_APPENDS (6000), DFS_BENCH_DIR (/tmp/dfs-bench-mount).
 # With DFS_BENCH_MOUNT set to an existing dfs mount, that mount is measured instead of a fresh
 # dev cluster.
 set -euo pipefail
@@ -21,9 +24,13 @@ rand_size=${DFS_BENCH_RAND_SIZE:-256m}
 runtime=${DFS_BENCH_RUNTIME:-30}
 files=${DFS_BENCH_FILES:-10000}
 small_files=${DFS_BENCH_SMALL_FILES:-2000}
+dbench_secs=${DFS_BENCH_DBENCH_SECS:-30}
+appends=${DFS_BENCH_APPENDS:-6000}
 work=${DFS_BENCH_DIR:-/tmp/dfs-bench-mount}
 case $what in data | meta | all) ;; *) echo "usage: $0 [data|meta|all]" >&2; exit 2 ;; esac
-command -v fio >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -qq fio >/dev/null; }
+for tool in fio:fio fs_mark:fsmark dbench:dbench; do
+    command -v "${tool%%:*}" >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -qq "${tool#*:}" >/dev/null; }
+done
 mkdir -p "$work/local"
 if [ -n "${DFS_BENCH_MOUNT:-}" ]; then
     mount_dir=$DFS_BENCH_MOUNT
@@ -103,22 +110,49 @@ seconds() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N);
 meta_ops() { # dir op
     local dir=$1 op=$2
     case $op in
-        create) seconds sh -c "cd '$dir' && mkdir -p m && cd m && for i in \$(seq 1 $files); do : > f\$i; done" ;;
-        stat) seconds sh -c "cd '$dir/m' && for i in \$(seq 1 $files); do stat -c %s f\$i; done" ;;
-        list) seconds sh -c "ls -l '$dir/m' | wc -l" ;;
-        unlink) seconds sh -c "rm -rf '$dir/m'" ;;
+        # One process each, as system calls (no program started per file).
+        create) seconds python3 -c "
+import os
+os.makedirs('$dir/m', exist_ok=True)
+for i in range($files):
+    os.close(os.open('$dir/m/f%d' % i, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+" ;;
+        stat) seconds python3 -c "
+import os
+for i in range($files):
+    os.stat('$dir/m/f%d' % i)
+" ;;
+        list) seconds python3 -c "
+import os
+for e in os.scandir('$dir/m'):
+    e.stat(follow_symlinks=False)
+" ;;
+        unlink) seconds python3 -c "
+import os
+for i in range($files):
+    os.unlink('$dir/m/f%d' % i)
+os.rmdir('$dir/m')
+" ;;
         # The same creates from 8 processes at once, in 8 directories.
         create8) seconds sh -c "cd '$dir' && for p in 1 2 3 4 5 6 7 8; do (mkdir -p c\$p && cd c\$p && for i in \$(seq 1 $((files / 8))); do : > f\$i; done) & done; wait" ;;
-        # 2,000 files of 16 KiB, each written and fsynced before close (small-file durability).
-        small) seconds python3 -c "
-import os
-data = os.urandom(16384)
-os.makedirs('$dir/s', exist_ok=True)
-for i in range($small_files):
-    fd = os.open('$dir/s/f%d' % i, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.write(fd, data)
+        # Files of 16 KiB, each written and fsynced before close (small-file durability): files/s.
+        # (fs_mark takes directory names under 40 bytes: it runs from inside.)
+        fsmark) rm -rf "$dir/s"; mkdir -p "$dir/s"
+            (cd "$dir" && fs_mark -d s -n "$small_files" -s 16384 -S 1 -t 1 -k 2>/dev/null) | awk '$1 ~ /^[0-9]+$/ && NF >= 4 { print $4 }' | tail -1 ;;
+        # 4 clients of dbench's file-server load: MB/s.
+        dbench) rm -rf "$dir/db"; mkdir -p "$dir/db"
+            dbench -t "$dbench_secs" -D "$dir/db" 4 2>/dev/null | awk '/^Throughput/ { print $2 }' ;;
+        # Small appends, each followed by fsync (a log, a mail spool): milliseconds each.
+        appends) python3 -c "
+import os, time
+fd = os.open('$dir/append.log', os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+line = b'x' * 96 + b'\\n'
+start = time.monotonic()
+for _ in range($appends):
+    os.write(fd, line)
     os.fsync(fd)
-    os.close(fd)
+print('%.3f' % ((time.monotonic() - start) * 1000 / $appends))
+os.close(fd)
 " ;;
     esac
 }
@@ -130,13 +164,22 @@ meta_workloads() {
     local d l
     for op in create stat list unlink; do
         d=$(meta_ops "$dfs_dir" $op); l=$(meta_ops "$local_dir" $op)
-        rate_row "$op $files files (one process)" "$d" "$l"
+        local label="$op $files files (one process)"
+        [ "$op" = list ] && label="list $files files (one process: readdir + stat)"
+        rate_row "$label" "$d" "$l"
     done
     d=$(meta_ops "$dfs_dir" create8); l=$(meta_ops "$local_dir" create8)
     rate_row "create $files files (8 processes)" "$d" "$l"
-    d=$(meta_ops "$dfs_dir" small); l=$(meta_ops "$local_dir" small)
-    rate_row "write+fsync $small_files files of 16 KiB" "$d" "$l" "$small_files"
-    rm -rf "$dfs_dir"/c? "$dfs_dir/s" "$local_dir"/c? "$local_dir/s"
+    d=$(meta_ops "$dfs_dir" fsmark); l=$(meta_ops "$local_dir" fsmark)
+    awk -v n="fs_mark: $small_files files of 16 KiB, fsync before close" -v d="$d" -v l="$l" \
+        'BEGIN { printf "| %s | %.0f/s | %.0f/s | %.1f%% |\n", n, l, d, 100 * d / l }'
+    d=$(meta_ops "$dfs_dir" dbench); l=$(meta_ops "$local_dir" dbench)
+    awk -v n="dbench, 4 clients, $dbench_secs s" -v d="$d" -v l="$l" \
+        'BEGIN { printf "| %s | %.1f MB/s | %.1f MB/s | %.1f%% |\n", n, l, d, 100 * d / l }'
+    d=$(meta_ops "$dfs_dir" appends); l=$(meta_ops "$local_dir" appends)
+    echo "| $appends appends of 97 bytes, each followed by fsync | $l ms each | $d ms each | |"
+    rm -rf "$dfs_dir"/c? "$dfs_dir/s" "$dfs_dir/db" "$dfs_dir/append.log" \
+        "$local_dir"/c? "$local_dir/s" "$local_dir/db" "$local_dir/append.log"
 }
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -r); fio $(fio --version)"
