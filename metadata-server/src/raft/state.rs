@@ -419,9 +419,10 @@ fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
 }
 
 fn build(db: &Database, dir: &Path, progress: &Progress) -> FsResult<Snapshot<TypeConfig>> {
-    // What the snapshot covers must be durable in redb before Raft purges the log behind it.
-    checkpoint(db, progress)?;
     let tx = db.begin_read().db()?;
+    // What the snapshot covers must be durable in redb before Raft purges the log behind it:
+    // a checkpoint made after the read transaction began covers everything it sees.
+    checkpoint(db, progress)?;
     let (applied, membership) = applied_state(&tx)?;
     let building = dir.join("building.redb");
     let _ = std::fs::remove_file(&building);
