@@ -98,6 +98,11 @@ pub async fn start(
     addr: std::net::SocketAddr,
 ) -> FsResult<Group> {
     let log = log::LogStore::open(dir).map_err(|e| fatal("opening", e))?;
+    // Where redb stands before Raft starts: the entries after it are applied again.
+    let durable = {
+        let tx = crate::store::read(&db)?;
+        state::applied_state(&tx)?.0.map_or(0, |l| l.index)
+    };
     let state = state::StateMachine::new(db.clone(), &dir.join("snapshots"))
         .map_err(|e| fatal("opening", e))?;
     let progress = state.progress();
@@ -133,6 +138,11 @@ pub async fn start(
     wait.applied_index_at_least(last, "applying the log")
         .await
         .map_err(|e| fatal("applying the log", e))?;
+    tracing::info!(
+        store = durable,
+        log = ?last,
+        "metadata log: the store was at entry {durable}; the entries after it are applied"
+    );
     let voters = raft
         .metrics()
         .borrow()
@@ -146,7 +156,6 @@ pub async fn start(
             format!("the group has {voters} voting members; this server can only run alone"),
         ));
     }
-    tracing::info!(applied = ?last, "metadata log applied");
     Ok(Group {
         raft,
         log,
