@@ -101,27 +101,20 @@ async fn commit_loop(group: Group, mut rx: mpsc::Receiver<Pending>) {
 async fn write_batch(group: &Group, batch: Vec<Pending>) {
     let (commands, replies): (Vec<Command>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-    match group.write(Batch(commands)).await {
-        Ok(outcomes) if outcomes.len() == replies.len() => {
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(outcome);
-            }
-        }
+    let outcomes = match group.write(Batch(commands)).await {
+        Ok(outcomes) if outcomes.len() == replies.len() => outcomes,
         Ok(outcomes) => {
             let e = FsError::io(format!(
                 "metadata log: {} outcomes for {} commands",
                 outcomes.len(),
                 replies.len()
             ));
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
+            vec![Err(e); replies.len()]
         }
-        Err(e) => {
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
-        }
+        Err(e) => vec![Err(e); replies.len()],
+    };
+    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+        let _ = reply.send(outcome);
     }
 }
 

@@ -223,8 +223,9 @@ pub fn apply_entries(
     };
     let mut tx = begin(db)?;
     let partial = read_partial(&tx)?;
-    // Steps applied in `tx` since its last commit, with their outcomes.
-    let mut pending: Vec<(Step, Outcome)> = Vec::new();
+    // Steps applied in `tx` since its last commit. A command's outcome is `results[e][c]`:
+    // an entry's results hold one per command, in order.
+    let mut pending: Vec<Step> = Vec::new();
     let mut commands = 0u64;
     for e in 0..entries.len() {
         let (done, steps) = steps_of(entries, e, partial);
@@ -237,9 +238,9 @@ pub fn apply_entries(
                 Ok(outcome) => {
                     if let Step::Command(..) = step {
                         commands += 1;
-                        results[e].push(Ok(outcome.clone()));
+                        results[e].push(Ok(outcome));
                     }
-                    pending.push((step, outcome));
+                    pending.push(step);
                     continue;
                 }
                 Err(failure) => failure,
@@ -247,17 +248,19 @@ pub fn apply_entries(
             // Dropping the transaction aborts it, with the failed command's partial changes.
             drop(tx);
             tx = begin(db)?;
-            for (again, first) in &pending {
+            for &again in &pending {
                 progress.applies.fetch_add(1, Ordering::Relaxed);
-                let outcome = apply_step(&tx, entries, *again).map_err(|e| {
+                let outcome = apply_step(&tx, entries, again).map_err(|e| {
                     FsError::io(format!(
                         "a command failed when applied again ({e}): not deterministic"
                     ))
                 })?;
-                if &outcome != first {
-                    return Err(FsError::io(
-                        "a command gave another outcome when applied again: not deterministic",
-                    ));
+                if let Step::Command(pe, pc) = again {
+                    if results[pe][pc].as_ref() != Ok(&outcome) {
+                        return Err(FsError::io(
+                            "a command gave another outcome when applied again: not deterministic",
+                        ));
+                    }
                 }
             }
             pending.clear();
@@ -361,8 +364,8 @@ async fn blocking<T: Send + 'static>(
 const CURRENT: &str = "current.redb";
 const CURRENT_META: &str = "current.meta";
 
-/// Copies every table of the store from a snapshot of it; tables a database does not have are
-/// skipped.
+/// Replaces every table of the store in `to` with the table of `from` (empty where `from`
+/// does not have it).
 fn copy_tables(from: &ReadTransaction, to: &WriteTransaction) -> FsResult<()> {
     copy(from, to, VOLUMES)?;
     copy(from, to, INODES)?;
@@ -381,30 +384,12 @@ fn copy_tables(from: &ReadTransaction, to: &WriteTransaction) -> FsResult<()> {
     Ok(())
 }
 
-/// Deletes every table `copy_tables` copies.
-fn clear_tables(tx: &WriteTransaction) -> FsResult<()> {
-    tx.delete_table(VOLUMES).db()?;
-    tx.delete_table(INODES).db()?;
-    tx.delete_table(DENTRIES).db()?;
-    tx.delete_table(EXTENTS).db()?;
-    tx.delete_table(BLOCKS).db()?;
-    tx.delete_table(XATTRS).db()?;
-    tx.delete_table(SERVERS).db()?;
-    tx.delete_table(DRAINING).db()?;
-    tx.delete_table(VOLUME_STATE).db()?;
-    tx.delete_table(CLIENTS).db()?;
-    tx.delete_table(COUNTERS).db()?;
-    tx.delete_table(CALLS).db()?;
-    tx.delete_table(SERVER_CERTS).db()?;
-    tx.delete_table(RAFT).db()?;
-    Ok(())
-}
-
 fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
     from: &ReadTransaction,
     to: &WriteTransaction,
     def: TableDefinition<K, V>,
 ) -> FsResult<()> {
+    to.delete_table(def).db()?;
     let source = match from.open_table(def) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
@@ -496,7 +481,6 @@ fn install(
             )));
         }
         let to = db.begin_write().db()?;
-        clear_tables(&to)?;
         copy_tables(&from, &to)?;
         {
             let mut raft = to.open_table(RAFT).db()?;
