@@ -139,7 +139,7 @@ up() {
     fi
     if [ ! -f "$certs/meta.pem" ]; then
         # Certificates made before the metadata server had a role of its own.
-        "$bin/dfs" cert issue --dir "$certs" --name meta --meta >/dev/null
+        "$bin/dfs" cert issue --dir "$certs" --name meta --meta-server >/dev/null
         log "issued a metadata-server certificate in $certs"
     fi
     start "metadata server on $meta_addr" "$dev_dir/pids/meta.pid" "$dev_dir/logs/meta.log" \

@@ -2,8 +2,8 @@
 //! client may read or write, and this server checks every shard it stores or serves for one.
 //! Servers and administrators may do anything.
 
+use dfs_common::net::meta::MetaLink;
 use dfs_common::net::tls::{Fingerprint, Principal};
-use dfs_common::net::Peer;
 use dfs_common::proto::meta::{MetaCall, MetaReply, MetaRequest, VolumeGrant};
 use dfs_common::{FsError, FsResult, VolumeId};
 use std::collections::HashMap;
@@ -20,12 +20,12 @@ const STALE_FOR: Duration = Duration::from_secs(300);
 type Answer = (Instant, Option<Vec<VolumeGrant>>);
 
 pub struct ClientAccess {
-    meta: Peer,
+    meta: MetaLink,
     cache: Mutex<HashMap<Fingerprint, Answer>>,
 }
 
 impl ClientAccess {
-    pub fn new(meta: Peer) -> Self {
+    pub fn new(meta: MetaLink) -> Self {
         ClientAccess {
             meta,
             cache: Mutex::new(HashMap::new()),

@@ -39,8 +39,8 @@ pub struct ChunkConfig {
     /// Address clients should use to reach this server; defaults to the bound address.
     pub advertise: Option<String>,
     pub data_dir: PathBuf,
-    /// The metadata server's address.
-    pub meta: SocketAddr,
+    /// The addresses of the metadata group's members (one for a server that runs alone).
+    pub meta: Vec<SocketAddr>,
     pub identity: Identity,
     /// Bytes this server offers; `None` means the free space of the data directory's disk.
     pub capacity: Option<u64>,
@@ -107,17 +107,20 @@ pub async fn start(
         config.faults.clone(),
     ));
     let meta_peer = || {
-        dfs_common::net::Peer::new(endpoint.clone(), config.meta)
-            .with_timeout(Duration::from_secs(30))
+        dfs_common::net::meta::MetaLink::new(
+            endpoint.clone(),
+            &config.meta,
+            Duration::from_secs(30),
+        )
     };
-    tokio::spawn(scrubber.clone().run(meta_peer(), shutdown.clone()));
+    tokio::spawn(scrubber.clone().run(meta_peer()?, shutdown.clone()));
     let reconciler = reconcile::Reconciler {
         store: store.clone(),
         server: node.id,
         interval: maintenance.reconcile_interval,
         grace: maintenance.orphan_grace,
     };
-    tokio::spawn(reconciler.run(meta_peer(), shutdown.clone()));
+    tokio::spawn(reconciler.run(meta_peer()?, shutdown.clone()));
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = web::ChunkMetrics::register(&mut registry);
     let service_cell = Arc::new(std::sync::OnceLock::new());
@@ -139,22 +142,32 @@ pub async fn start(
             PEER_TIMEOUT,
         )),
         scrubber,
-        access::ClientAccess::new(meta_peer()),
+        access::ClientAccess::new(meta_peer()?),
         metrics,
     ));
     let _ = service_cell.set(service.clone());
-    let beat = heartbeat::Heartbeat {
-        server: node.id,
-        advertise,
-        meta: config.meta,
-        interval: config.heartbeat_interval,
-        service: service.clone(),
-    };
     tracing::info!(id = %node.id, %addr, data = %config.data_dir.display(), "chunk server listening");
-    let heartbeat_task = tokio::spawn(beat.run(endpoint.clone(), shutdown.clone()));
+    // Every member of the metadata group hears the heartbeats, so that a new leader knows at
+    // once which servers are alive.
+    let heartbeats: Vec<_> = config
+        .meta
+        .iter()
+        .map(|&meta| {
+            let beat = heartbeat::Heartbeat {
+                server: node.id,
+                advertise: advertise.clone(),
+                meta,
+                interval: config.heartbeat_interval,
+                service: service.clone(),
+            };
+            tokio::spawn(beat.run(endpoint.clone(), shutdown.clone()))
+        })
+        .collect();
     let task = tokio::spawn(async move {
         serve(endpoint, service, shutdown).await;
-        let _ = heartbeat_task.await;
+        for beat in heartbeats {
+            let _ = beat.await;
+        }
     });
     Ok(RunningChunkServer {
         id: node.id,

@@ -40,7 +40,8 @@ struct Args {
     /// Directory holding the shards [required].
     #[arg(long, env = "DFS_CHUNK_DATA")]
     data: Option<PathBuf>,
-    /// Metadata server address, HOST:PORT [required].
+    /// Metadata server address, HOST:PORT; for a group of several, every member's,
+    /// comma-separated [required].
     #[arg(long, env = "DFS_META")]
     meta: Option<String>,
     /// Directory with ca.pem, server.pem and server.key (see `dfs cert init`).
@@ -81,7 +82,7 @@ fn resolve(args: Args, file: Args) -> anyhow::Result<ChunkConfig> {
         .meta
         .or(file.meta)
         .context("--meta HOST:PORT is required")?;
-    let meta = dfs_common::net::resolve_addr(&meta)?;
+    let meta = dfs_common::net::meta::resolve_list(&meta)?;
     let tls = tls_paths(
         args.certs.or(file.certs),
         "server",

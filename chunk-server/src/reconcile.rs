@@ -4,7 +4,7 @@
 //! period are left alone, so a write or rebuild in progress is never taken for an orphan.
 
 use crate::store::ShardStore;
-use dfs_common::net::Peer;
+use dfs_common::net::meta::MetaLink;
 use dfs_common::proto::meta::{MetaCall, MetaReply, MetaRequest};
 use dfs_common::proto::MAX_CHECK_SHARDS;
 use dfs_common::{FsError, FsResult, ServerId};
@@ -20,7 +20,7 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub async fn run(self, meta: Peer, shutdown: CancellationToken) {
+    pub async fn run(self, meta: MetaLink, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -35,7 +35,7 @@ impl Reconciler {
     }
 
     /// One reconciliation; returns how many shards were deleted.
-    pub async fn pass(&self, meta: &Peer) -> FsResult<usize> {
+    pub async fn pass(&self, meta: &MetaLink) -> FsResult<usize> {
         let store = self.store.clone();
         let held = tokio::task::spawn_blocking(move || store.list())
             .await

@@ -7,7 +7,7 @@
 
 use crate::store::ShardStore;
 use dfs_common::fault::Faults;
-use dfs_common::net::Peer;
+use dfs_common::net::meta::MetaLink;
 use dfs_common::proto::chunk::{ScrubProgress, ShardKey};
 use dfs_common::proto::meta::{MetaCall, MetaReply, MetaRequest};
 use dfs_common::{FsError, ServerId};
@@ -64,7 +64,7 @@ impl Scrubber {
     }
 
     /// Runs passes (each `interval`, or when started) until `shutdown`.
-    pub async fn run(self: Arc<Self>, meta: Peer, shutdown: CancellationToken) {
+    pub async fn run(self: Arc<Self>, meta: MetaLink, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -80,7 +80,7 @@ impl Scrubber {
         }
     }
 
-    async fn pass(&self, meta: &Peer, shutdown: &CancellationToken) -> Result<(), FsError> {
+    async fn pass(&self, meta: &MetaLink, shutdown: &CancellationToken) -> Result<(), FsError> {
         let store = self.store.clone();
         let shards = tokio::task::spawn_blocking(move || store.list())
             .await
@@ -160,7 +160,7 @@ impl Scrubber {
     /// the shard on another server (reconciliation then deletes it): until a repaired copy
     /// exists, even a damaged copy may hold the only good bytes of some sub-blocks. If the
     /// report fails, the next pass reports again.
-    async fn report_bad(&self, meta: &Peer, key: ShardKey) {
+    async fn report_bad(&self, meta: &MetaLink, key: ShardKey) {
         let report = MetaRequest::ReportBadShard {
             server: self.server,
             key,

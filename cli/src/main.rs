@@ -12,7 +12,8 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(version)]
 pub struct Cli {
-    /// Metadata server address, HOST:PORT.
+    /// Metadata server address, HOST:PORT; for a group of several, every member's,
+    /// comma-separated.
     #[arg(long, global = true, env = "DFS_META")]
     meta: Option<String>,
     /// Certificate directory with ca.pem and the certificate to use (see --identity).

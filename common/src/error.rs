@@ -64,6 +64,17 @@ pub enum FsError {
     QuotaExceeded(String),
     #[error("access denied: {0}")]
     Denied(String),
+    /// The metadata server asked is not the leader of its group; the leader's address, when
+    /// it knows one, is given so the caller can go there.
+    #[error("not the metadata leader{}", leader_hint(.0))]
+    NotLeader(Option<String>),
+}
+
+fn leader_hint(leader: &Option<String>) -> String {
+    match leader {
+        Some(addr) => format!(" (the leader is {addr})"),
+        None => " (no leader is known: an election is under way)".into(),
+    }
 }
 
 impl FsError {
@@ -111,6 +122,7 @@ impl FsError {
             FsError::LocksLost(_) => 5,       // EIO
             FsError::QuotaExceeded(_) => 122, // EDQUOT
             FsError::Denied(_) => 13,         // EACCES
+            FsError::NotLeader(_) => 5,       // EIO
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - [`ids`]: typed identifiers (volumes, inodes, blocks, servers) and timestamps.
 //! - [`ec`]: the erasure-coding policy type, validated once when it is built.
 //! - [`error`]: the one errno-shaped error that crosses the wire.
+//! - [`durable`]: small files (keys, ids) replaced atomically and synced.
 //! - [`fault`]: named fault points that tests arm to drive races deterministically.
 //! - [`erasure`]: Reed-Solomon encode and reconstruct (the only user of reed-solomon-erasure).
 //! - [`checksum`]: blake3 hashes per sub-block of a shard.
@@ -19,6 +20,7 @@ pub mod capability;
 pub mod checksum;
 pub mod codec;
 pub mod config;
+pub mod durable;
 pub mod ec;
 pub mod erasure;
 pub mod error;

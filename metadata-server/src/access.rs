@@ -92,6 +92,8 @@ pub fn need(request: &MetaRequest) -> Need {
         | R::CommitWrite { ino, .. } => Need::Write(Inode(*ino)),
         R::ReplaceShard { block, .. } => Need::Write(Block(*block)),
         R::ReleaseLocks { .. } | R::RenewSession { .. } | R::CancelLockWait { .. } => Need::Anyone,
+        // Where to send calls: asked by every kind of caller.
+        R::Leader => Need::Anyone,
         R::CreateVolume { .. }
         | R::SetVolume { .. }
         | R::DeleteVolume { .. }
@@ -113,7 +115,11 @@ pub fn need(request: &MetaRequest) -> Need {
         | R::RemoveServer { .. }
         | R::ExpireCalls
         | R::BindServer { .. }
-        | R::MetaStatus => Need::Admin,
+        | R::MetaStatus
+        | R::MetaAdd { .. }
+        | R::MetaRemove { .. }
+        // Refused to everyone but metadata servers before this is asked.
+        | R::Peer { .. } => Need::Admin,
     }
 }
 

@@ -36,6 +36,13 @@ pub struct Command {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch(pub Vec<Command>);
 
+impl Batch {
+    /// About how many bytes the batch takes in the log.
+    pub fn weight(&self) -> usize {
+        self.0.iter().map(|c| c.op.weight()).sum()
+    }
+}
+
 /// A client's mutation id (see [`crate::calls`]) and the fingerprint of its request, so that a
 /// sequence number reused for another request is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

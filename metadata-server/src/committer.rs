@@ -55,6 +55,11 @@ impl Committer {
             .map_err(|_| FsError::unavailable("metadata committer stopped"))?
     }
 
+    /// The metadata group the commands go to.
+    pub fn group(&self) -> &Group {
+        &self.group
+    }
+
     /// Commands applied to a transaction so far, counting applies that were rolled back and
     /// done again: what a batch really cost.
     pub fn applies(&self) -> u64 {
@@ -134,10 +139,7 @@ mod tests {
     async fn failing_commands_cost_about_one_apply_each() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(&dir.path().join("meta.redb")).unwrap();
-        let addr = "127.0.0.1:1".parse().unwrap();
-        let group = crate::raft::start(&dir.path().join("raft"), db, addr)
-            .await
-            .unwrap();
+        let group = crate::raft::start_alone(&dir.path().join("raft"), db).await;
         let committer = Committer::start(group.clone());
         let create = Op::CreateVolume {
             name: "v".into(),

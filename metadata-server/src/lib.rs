@@ -60,6 +60,12 @@ const REPAIR_SHARD_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct MetaConfig {
     /// UDP address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// The address other members and clients reach this server at (`HOST:PORT`); `None` is
+    /// the bound address, which must then not be a wildcard in a group of several.
+    pub advertise: Option<String>,
+    /// On first start, wait to be added to an existing metadata group (`dfs meta add`)
+    /// instead of creating one.
+    pub join: bool,
     pub data_dir: PathBuf,
     pub identity: Identity,
     /// A chunk server silent for longer is down.
@@ -107,7 +113,20 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
     }
     let endpoint = server_endpoint(config.listen, &config.identity, Some(reset_key))?;
     let addr = endpoint.local_addr()?;
-    let group = raft::start(&config.data_dir.join("raft"), db.clone(), addr).await?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let how = if config.join {
+        raft::Start::Join
+    } else {
+        raft::Start::Create
+    };
+    let group = raft::start(
+        &config.data_dir.join("raft"),
+        db.clone(),
+        endpoint.clone(),
+        &advertise,
+        how,
+    )
+    .await?;
     let committer = committer::Committer::start(group.clone());
     let pool = Arc::new(ChunkPool::new(endpoint.clone(), REPAIR_SHARD_TIMEOUT));
     let repair = Arc::new(repair::Repair::new(
@@ -145,8 +164,10 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         repair,
         ops,
         capability_key,
+        capability_key_path: config.data_dir.join("capability-key"),
         faults: config.faults.clone(),
     })?);
+    tokio::spawn(service.clone().follow_leadership(shutdown.clone()));
     tracing::info!(%addr, data = %config.data_dir.display(), "metadata server listening");
     let task = tokio::spawn(async move {
         serve(endpoint, service, shutdown).await;

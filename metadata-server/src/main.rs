@@ -30,6 +30,14 @@ struct Args {
     /// UDP address to listen on [default: 0.0.0.0:7000].
     #[arg(long, env = "DFS_META_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Address the other metadata servers and clients reach this one at, HOST:PORT
+    /// [default: the --listen address; this host's name when that is 0.0.0.0].
+    #[arg(long, env = "DFS_META_ADVERTISE")]
+    advertise: Option<String>,
+    /// On first start, wait to be added to an existing metadata group (`dfs meta add ADDR`
+    /// on its leader) instead of creating a group of one [default: false].
+    #[arg(long, env = "DFS_META_JOIN", num_args = 0..=1, default_missing_value = "true")]
+    join: Option<bool>,
     /// TCP address of the status page (/) and Prometheus metrics (/metrics), or `off`
     /// [default: the --listen address, on TCP].
     #[arg(long, env = "DFS_META_HTTP")]
@@ -87,7 +95,7 @@ fn resolve(args: Args, file: Args) -> anyhow::Result<MetaConfig> {
         .map_or("meta", |dir| pick_identity(dir, &["meta", "server"]));
     if name == "server" {
         tracing::warn!(
-            "no meta.pem in the certificate directory: chunk servers will refuse this server's deletes and repairs; issue one with `dfs cert issue --meta --name meta`"
+            "no meta.pem in the certificate directory: chunk servers will refuse this server's deletes and repairs; issue one with `dfs cert issue --meta-server --name meta`"
         );
     }
     let tls = tls_paths(
@@ -157,8 +165,24 @@ fn resolve(args: Args, file: Args) -> anyhow::Result<MetaConfig> {
         .listen
         .or(file.listen)
         .unwrap_or_else(|| "0.0.0.0:7000".parse().expect("valid default"));
+    let advertise = match args.advertise.or(file.advertise) {
+        Some(a) => Some(a),
+        None if listen.ip().is_unspecified() => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default();
+            anyhow::ensure!(
+                !host.is_empty(),
+                "--listen is a wildcard address and this host has no name: set --advertise HOST:PORT"
+            );
+            Some(format!("{host}:{}", listen.port()))
+        }
+        None => None,
+    };
     Ok(MetaConfig {
         listen,
+        advertise,
+        join: args.join.or(file.join).unwrap_or(false),
         http: dfs_common::config::http_addr(args.http.or(file.http), listen)?,
         data_dir: args.data.or(file.data).context("--data DIR is required")?,
         identity: Identity::load(&tls)?,

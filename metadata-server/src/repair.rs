@@ -167,6 +167,10 @@ impl Repair {
                 _ = tokio::time::sleep(self.config.interval) => {}
                 _ = self.wake.notified() => {}
             }
+            // Only the leader repairs: the others' view of the store may be behind.
+            if self.committer.group().ensure_leader().is_err() {
+                continue;
+            }
             if let Err(e) = self.pass(&shutdown).await {
                 tracing::warn!("repair pass failed: {e}");
             }

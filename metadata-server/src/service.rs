@@ -38,7 +38,11 @@ pub struct MetaService {
     membership: Arc<Membership>,
     locks: LockTable,
     repair: Arc<Repair>,
-    capability_key: CapabilityKey,
+    /// The key shard capabilities are signed with, shared by every member of the group: a
+    /// server that joins a group takes its leader's.
+    capability_key: std::sync::RwLock<CapabilityKey>,
+    /// Where the capability key is kept.
+    capability_key_path: std::path::PathBuf,
     /// Each chunk server's id and the certificate it registered with (the `server_certs`
     /// table, cached): another server certificate cannot speak for it.
     server_certs: std::sync::Mutex<std::collections::HashMap<ServerId, Fingerprint>>,
@@ -55,6 +59,7 @@ pub struct ServiceParts {
     pub repair: Arc<Repair>,
     pub ops: OpMetrics,
     pub capability_key: CapabilityKey,
+    pub capability_key_path: std::path::PathBuf,
     pub faults: Faults,
 }
 
@@ -81,7 +86,8 @@ impl MetaService {
             membership: parts.membership,
             locks: parts.locks,
             repair: parts.repair,
-            capability_key: parts.capability_key,
+            capability_key: std::sync::RwLock::new(parts.capability_key),
+            capability_key_path: parts.capability_key_path,
             faults: parts.faults,
         })
     }
@@ -180,18 +186,36 @@ impl MetaService {
         fingerprint: &Fingerprint,
         may_register: bool,
     ) -> FsResult<()> {
-        let bound = self
+        let cached = self
             .server_certs
             .lock()
             .expect("server certificates")
             .get(&server)
             .copied();
+        let bound = match cached {
+            Some(b) => Some(b),
+            // Bound through another member, perhaps: the store has what the group decided.
+            None => {
+                let stored = self
+                    .query(move |t| Ok(t.server_certs.get(server.0).db()?.map(|f| f.value())))
+                    .await?
+                    .map(Fingerprint);
+                if let Some(b) = stored {
+                    self.server_certs
+                        .lock()
+                        .expect("server certificates")
+                        .insert(server, b);
+                }
+                stored
+            }
+        };
         match bound {
             Some(b) if b == *fingerprint => Ok(()),
             Some(_) => Err(FsError::Denied(format!(
                 "chunk server {server} is registered with another certificate"
             ))),
             None if may_register => {
+                self.log.ensure_leader()?;
                 let bind = Op::BindServer {
                     server,
                     fingerprint: fingerprint.0,
@@ -212,7 +236,7 @@ impl MetaService {
     /// Gives a placed shard the capability to store it there (none for a missing shard).
     fn grant(&self, shard: &mut ShardLocation, key: ShardKey, volume: VolumeId, now: Timestamp) {
         if shard.server != ServerId::NONE {
-            shard.cap = Some(self.capability_key.grant(key, volume, shard.server, now));
+            shard.cap = Some(self.capability_key().grant(key, volume, shard.server, now));
         }
     }
 
@@ -321,6 +345,8 @@ impl MetaService {
                 if self
                     .membership
                     .heartbeat(server, &addr, capacity, used, shards)
+                    // The leader records addresses; the others learn them from the log.
+                    && self.log.ensure_leader().is_ok()
                 {
                     tracing::info!(%server, %addr, "chunk server registered");
                     if let Err(e) = self.mutate(Op::RegisterServer { server, addr }, call).await {
@@ -329,7 +355,7 @@ impl MetaService {
                     }
                 }
                 Ok(MetaReply::Registered {
-                    capability_key: self.capability_key.clone(),
+                    capability_key: self.capability_key(),
                 })
             }
             R::BindServer {
@@ -626,11 +652,142 @@ impl MetaService {
             }
             R::RepairStatus => Ok(MetaReply::Repair(self.repair.progress())),
             R::MetaStatus => Ok(MetaReply::MetaGroup(self.log.members())),
+            R::MetaAdd { addr } => {
+                let join = crate::raft::network::JoinRequest {
+                    capability_key: self.capability_key(),
+                    addr: addr.clone(),
+                };
+                self.log.add_member(&addr, &join).await?;
+                Ok(MetaReply::MetaGroup(self.log.members()))
+            }
+            R::MetaRemove { id } => {
+                self.log.remove_member(id).await?;
+                Ok(MetaReply::MetaGroup(self.log.members()))
+            }
+            R::Leader => Ok(MetaReply::Leader(self.log.leader_addr())),
+            R::Peer { .. } => Err(FsError::protocol(
+                "peer messages are answered before dispatch",
+            )),
             R::Rebalance => {
                 self.repair.start_rebalance();
                 Ok(MetaReply::Done)
             }
         }
+    }
+
+    fn capability_key(&self) -> CapabilityKey {
+        self.capability_key.read().expect("capability key").clone()
+    }
+
+    /// Sends clients to the leader, and makes the leader's reads linearizable. Messages
+    /// between members, questions about the group and chunk-server heartbeats (which every
+    /// member takes, so that a new leader knows at once which servers are alive) are answered
+    /// by any member.
+    async fn route(&self, request: &MetaRequest) -> FsResult<()> {
+        match request {
+            MetaRequest::Leader | MetaRequest::MetaStatus | MetaRequest::Peer { .. } => Ok(()),
+            // A server waiting to join would hand out a key of its own.
+            MetaRequest::Heartbeat { .. } if self.log.is_member() => Ok(()),
+            MetaRequest::Heartbeat { .. } => Err(FsError::NotLeader(None)),
+            r if r.is_mutation() => self.log.ensure_leader(),
+            _ => self.log.read_barrier().await,
+        }
+    }
+
+    /// Answers a message from another member of the group: only metadata servers may send
+    /// one.
+    async fn answer_peer(
+        &self,
+        rpc: PeerRpc,
+        len: u64,
+        body: &mut RecvStream,
+        peer: &PeerInfo,
+    ) -> Response<MetaReply> {
+        if !matches!(peer.principal, Principal::Meta) {
+            return Err(FsError::Denied(
+                "only metadata servers (certificates with the metadata role) talk to the metadata group".into(),
+            ));
+        }
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l <= crate::raft::network::MAX_MESSAGE)
+            .ok_or_else(|| FsError::TooBig(format!("a {len}-byte peer message")))?;
+        let mut message = vec![0u8; len];
+        dfs_common::net::rpc::read_body_into(body, &mut message, Self::REQUEST_TIMEOUT).await?;
+        let answer = match rpc {
+            PeerRpc::Join => crate::raft::network::encode(&self.join(&message))?,
+            _ => self.log.answer_peer(rpc, &message).await?,
+        };
+        let reply = MetaReply::Peer {
+            len: answer.len() as u64,
+        };
+        Ok((reply, Some(bytes::Bytes::from(answer))))
+    }
+
+    /// Takes the group's secrets from the leader that adds this server, and answers with this
+    /// server's member id.
+    fn join(&self, message: &[u8]) -> FsResult<u64> {
+        let join: crate::raft::network::JoinRequest = crate::raft::network::decode(message)?;
+        if self.log.is_member() && join.capability_key == self.capability_key() {
+            // Asked again by the same group: a change that did not finish goes on.
+            return Ok(self.log.id);
+        }
+        if self.log.is_member() {
+            return Err(FsError::invalid(
+                "this metadata server already belongs to a group (start a new member with --join and an empty data directory)",
+            ));
+        }
+        dfs_common::durable::write_file(&self.capability_key_path, &join.capability_key.0)?;
+        *self.capability_key.write().expect("capability key") = join.capability_key;
+        tracing::info!(addr = %join.addr, member = self.log.id, "joining a metadata group");
+        Ok(self.log.id)
+    }
+
+    /// Reloads what the service keeps in memory from the store (client grants, chunk-server
+    /// certificates, draining servers), each time this member becomes leader: as a follower
+    /// it took the group's changes into the store only.
+    pub async fn follow_leadership(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let mut metrics = self.log.raft.metrics();
+        let mut leading = self.log.ensure_leader().is_ok();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = metrics.changed() => if changed.is_err() { return },
+            }
+            let now = self.log.ensure_leader().is_ok();
+            if now && !leading {
+                tracing::info!(
+                    member = self.log.id,
+                    "this metadata server now leads its group"
+                );
+                if let Err(e) = self.take_over().await {
+                    tracing::warn!("taking over as leader: {e}");
+                }
+            } else if !now && leading {
+                tracing::info!(member = self.log.id, leader = ?self.log.leader_addr(), "this metadata server no longer leads");
+            }
+            leading = now;
+        }
+    }
+
+    async fn take_over(&self) -> FsResult<()> {
+        self.log.read_barrier().await?;
+        self.reload_clients()?;
+        let (certs, draining) = self
+            .query(|t| {
+                let mut certs = std::collections::HashMap::new();
+                for item in t.server_certs.iter().db()? {
+                    let (server, fingerprint) = item.db()?;
+                    certs.insert(ServerId(server.value()), Fingerprint(fingerprint.value()));
+                }
+                Ok((certs, queries::draining_servers(t)?))
+            })
+            .await?;
+        *self.server_certs.lock().expect("server certificates") = certs;
+        for server in draining {
+            self.membership.set_draining(server, true);
+        }
+        Ok(())
     }
 
     fn reload_clients(&self) -> FsResult<()> {
@@ -815,10 +972,14 @@ impl Service for MetaService {
     async fn handle(
         &self,
         call: MetaCall,
-        _body: &mut RecvStream,
+        body: &mut RecvStream,
         peer: &PeerInfo,
     ) -> Response<MetaReply> {
         let MetaCall { id, request } = call;
+        if let MetaRequest::Peer { rpc, len } = request {
+            return self.answer_peer(rpc, len, body, peer).await;
+        }
+        self.route(&request).await?;
         let grants = self.authorize(&peer.principal, &request).await?;
         if self.faults.is_enabled() {
             let point = format!("meta.after_authorize.{}", request.name());

@@ -6,6 +6,7 @@ mod crash;
 mod data;
 mod deploy;
 mod faults;
+mod group;
 mod heal;
 mod integrity;
 mod model;

@@ -153,6 +153,8 @@ impl TestCluster {
         let shutdown = CancellationToken::new();
         let mut config = dfs_meta::MetaConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
+            advertise: None,
+            join: false,
             data_dir: dir.path().join("meta"),
             identity: certs.meta_identity(),
             server_timeout: TEST_SERVER_TIMEOUT,
@@ -197,7 +199,7 @@ impl TestCluster {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 advertise: None,
                 data_dir: data_dir.clone(),
-                meta: self.meta_addr,
+                meta: vec![self.meta_addr],
                 identity: self.certs.server_identity(),
                 capacity: None,
                 heartbeat_interval: TEST_HEARTBEAT,

@@ -83,6 +83,9 @@ pub struct ProcessCluster {
     pub meta_listen: Option<String>,
     /// Chunk servers run inside a network namespace: (namespace, listen IP, metadata address).
     pub chunk_netns: std::collections::HashMap<usize, (String, String, String)>,
+    /// Further members of the metadata group (started with `--join`), by index from 1: their
+    /// addresses are reserved up front, so chunk servers, mounts and the CLI know them all.
+    pub members: Vec<(SocketAddr, Option<Child>)>,
 }
 
 impl ProcessCluster {
@@ -117,6 +120,7 @@ impl ProcessCluster {
             chunk_args: Default::default(),
             meta_listen: None,
             chunk_netns: Default::default(),
+            members: Vec::new(),
         };
         configure(&mut cluster);
         cluster.start_meta();
@@ -164,6 +168,72 @@ impl ProcessCluster {
         self.meta = Some(child);
     }
 
+    /// Reserves addresses for `n` more members of the metadata group (see
+    /// [`Self::start_member`]); call it before chunk servers start.
+    pub fn reserve_members(&mut self, n: usize) {
+        for _ in 0..n {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+            self.members.push((addr, None));
+        }
+    }
+
+    /// Every metadata address, comma-separated: the first server, then the reserved members.
+    pub fn meta_spec(&self) -> String {
+        std::iter::once(self.meta_addr)
+            .chain(self.members.iter().map(|(a, _)| *a))
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The address of member `i` (0 is the first server).
+    pub fn member_addr(&self, i: usize) -> SocketAddr {
+        match i {
+            0 => self.meta_addr,
+            i => self.members[i - 1].0,
+        }
+    }
+
+    /// Starts reserved member `i` (from 1), which waits to be added with `dfs meta add`
+    /// (and rejoins its group when restarted).
+    pub fn start_member(&mut self, i: usize) {
+        assert!(
+            self.members[i - 1].1.is_none(),
+            "member {i} already running"
+        );
+        let (out, err) = self.log(&format!("meta{i}"));
+        let child = Command::new(binary("dfs-meta"))
+            .arg("--listen")
+            .arg(self.members[i - 1].0.to_string())
+            .arg("--http")
+            .arg("off")
+            .arg("--join")
+            .arg("--data")
+            .arg(self.dir.path().join(format!("meta{i}")))
+            .arg("--certs")
+            .arg(&self.certs_dir)
+            .arg("--server-timeout-secs")
+            .arg(crate::TEST_SERVER_TIMEOUT.as_secs_f64().to_string())
+            .arg("--repair-interval-secs")
+            .arg(crate::TEST_REPAIR_INTERVAL.as_secs_f64().to_string())
+            .arg("--gc-grace-secs")
+            .arg(crate::TEST_GC_GRACE.as_secs_f64().to_string())
+            .env("RUST_LOG", "info")
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start dfs-meta");
+        self.members[i - 1].1 = Some(child);
+    }
+
+    /// SIGKILLs member `i` of the metadata group (0 is the first server).
+    pub fn kill_member(&mut self, i: usize) {
+        match i {
+            0 => Self::kill(&mut self.meta),
+            i => Self::kill(&mut self.members[i - 1].1),
+        }
+    }
+
     pub fn chunk_dir(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("chunk{i}"))
     }
@@ -181,7 +251,7 @@ impl ProcessCluster {
             None => (
                 Command::new(binary("dfs-chunk")),
                 "127.0.0.1:0".to_string(),
-                self.meta_addr.to_string(),
+                self.meta_spec(),
             ),
         };
         let http = if self.chunk_netns.contains_key(&i) {
@@ -268,7 +338,7 @@ impl ProcessCluster {
     /// A `dfs` CLI command already pointed at this cluster.
     pub fn cli(&self) -> Command {
         let mut cmd = Command::new(binary("dfs"));
-        cmd.env("DFS_META", self.meta_addr.to_string())
+        cmd.env("DFS_META", self.meta_spec())
             .env("DFS_CERTS", &self.certs_dir)
             .env_remove("RUST_LOG");
         cmd
@@ -292,6 +362,9 @@ impl ProcessCluster {
 impl Drop for ProcessCluster {
     fn drop(&mut self) {
         Self::kill(&mut self.meta);
+        for (_, c) in &mut self.members {
+            Self::kill(c);
+        }
         for c in &mut self.chunks {
             Self::kill(c);
         }
@@ -315,7 +388,7 @@ impl Mount {
         let dir = cluster.dir.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let mut cmd = Command::new(binary("dfs-mount"));
-        cmd.arg(format!("{}:/{volume}", cluster.meta_addr))
+        cmd.arg(format!("{}:/{volume}", cluster.meta_spec()))
             .arg(&dir)
             .env("DFS_CERTS", &cluster.certs_dir);
         // The mount's log lands beside the servers' logs, in `ProcessCluster::logs`.

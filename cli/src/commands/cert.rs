@@ -26,12 +26,12 @@ pub enum CertCommand {
         #[arg(long)]
         name: String,
         /// A chunk server's certificate instead of an administrator's.
-        #[arg(long, conflicts_with = "meta")]
+        #[arg(long, conflicts_with = "meta_server")]
         server: bool,
         /// A metadata server's certificate (chunk servers take deletes and rebuilds only
-        /// from it).
+        /// from it; members of a metadata group take Raft messages only from it).
         #[arg(long)]
-        meta: bool,
+        meta_server: bool,
         /// Extra host names or IP addresses (server certificates).
         #[arg(long = "san")]
         sans: Vec<String>,
@@ -68,14 +68,14 @@ pub fn run(cmd: &CertCommand) -> anyhow::Result<()> {
             dir,
             name,
             server,
-            meta,
+            meta_server,
             sans,
         } => {
             if name.is_empty() || name.contains('/') || name == "ca" {
                 bail!("invalid certificate name {name:?}");
             }
             let ca = read_pair(dir, "ca").context("reading the CA (ca.pem and ca.key)")?;
-            let (role, what) = match (*server, *meta) {
+            let (role, what) = match (*server, *meta_server) {
                 (_, true) => (Role::Meta, "metadata server"),
                 (true, false) => (Role::Server, "chunk server"),
                 (false, false) => (Role::Admin, "administrator"),

@@ -1,4 +1,5 @@
-//! `dfs meta status`: the members of the metadata group and where their logs stand.
+//! `dfs meta`: the members of the metadata group, where their logs stand, and changes of
+//! membership.
 
 use crate::output;
 use clap::Subcommand;
@@ -9,41 +10,57 @@ pub enum MetaCommand {
     /// Each member of the metadata group: address, role, term, last log entry, last entry
     /// applied, and how far it is behind the leader.
     Status,
+    /// Adds the metadata server at ADDR (HOST:PORT, started with `--join` on an empty data
+    /// directory) to the group. It catches up with the log as a learner, then votes; the
+    /// command returns when it votes.
+    Add {
+        /// The new member's address, as the other members and clients will reach it.
+        addr: String,
+    },
+    /// Removes member ID (see `dfs meta status`) from the group.
+    Remove {
+        /// The member's id.
+        id: u64,
+    },
 }
 
 pub async fn run(client: &Client, cmd: MetaCommand, json: bool) -> anyhow::Result<()> {
-    match cmd {
-        MetaCommand::Status => {
-            let members = client.meta_status().await?;
-            if json {
-                return output::json(&members);
-            }
-            let known = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
-            let rows: Vec<Vec<String>> = members
-                .iter()
-                .map(|m| {
-                    vec![
-                        m.id.to_string(),
-                        m.addr.clone(),
-                        if m.answering {
-                            format!("{} (answering)", m.role)
-                        } else {
-                            m.role.clone()
-                        },
-                        known(m.term),
-                        known(m.last_index),
-                        known(m.applied_index),
-                        known(m.lag),
-                    ]
-                })
-                .collect();
-            output::table(
-                &[
-                    "MEMBER", "ADDRESS", "ROLE", "TERM", "LAST", "APPLIED", "LAG",
-                ],
-                &rows,
-            );
-            Ok(())
-        }
+    let members = match cmd {
+        MetaCommand::Status => client.meta_status().await?,
+        MetaCommand::Add { addr } => client.meta_add(&addr).await?,
+        MetaCommand::Remove { id } => client.meta_remove(id).await?,
+    };
+    show(&members, json)
+}
+
+fn show(members: &[dfs_common::proto::meta::MetaMember], json: bool) -> anyhow::Result<()> {
+    if json {
+        return output::json(&members);
     }
+    let known = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                m.addr.clone(),
+                if m.answering {
+                    format!("{} (answering)", m.role)
+                } else {
+                    m.role.clone()
+                },
+                known(m.term),
+                known(m.last_index),
+                known(m.applied_index),
+                known(m.lag),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "MEMBER", "ADDRESS", "ROLE", "TERM", "LAST", "APPLIED", "LAG",
+        ],
+        &rows,
+    );
+    Ok(())
 }

@@ -16,7 +16,6 @@ use anyhow::Context;
 use dfs_client::client::ClientOptions;
 use dfs_client::Client;
 use dfs_common::config::{pick_identity, tls_paths};
-use dfs_common::net::resolve_addr;
 use dfs_common::net::tls::Identity;
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -61,7 +60,7 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
         .meta
         .as_deref()
         .context("no metadata server given: pass --meta HOST:PORT or set DFS_META")?;
-    let addr = resolve_addr(meta)?;
+    let members = dfs_common::net::meta::resolve_list(meta)?;
     let name = match (&cli.identity, &cli.certs) {
         (Some(name), _) => name.as_str(),
         (None, Some(dir)) => pick_identity(dir, &["admin", "client"]),
@@ -69,7 +68,7 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     };
     let tls = tls_paths(cli.certs.clone(), name, None, None, None)?;
     let identity = Identity::load(&tls)?;
-    Client::connect(addr, &identity, ClientOptions::default())
+    Client::connect_group(&members, &identity, ClientOptions::default())
         .await
         .with_context(|| format!("cannot reach the metadata server at {meta}"))
 }

@@ -220,27 +220,13 @@ pub fn client_endpoint_accepting(
 /// creating it on first use: readable by its owner only, and durable (file and directory
 /// synced) before it is used.
 pub fn load_or_create_secret(path: &std::path::Path) -> Result<[u8; 32], FsError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     match std::fs::read(path) {
         Ok(bytes) => bytes
             .try_into()
             .map_err(|_| FsError::Corrupt(format!("{}: expected 32 bytes", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key: [u8; 32] = rand::random();
-            let tmp = path.with_extension("tmp");
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(&key)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
+            crate::durable::write_file(path, &key)?;
             Ok(key)
         }
         Err(e) => Err(e.into()),

@@ -4,11 +4,13 @@
 //! - [`endpoint`]: tuned quinn endpoints (flow-control windows, socket buffers, timeouts).
 //! - [`rpc`]: one long-lived connection per peer, one bidirectional stream per request.
 //! - [`server`]: the accept loop that hands every stream to a service's handler.
+//! - [`meta`]: the members of the metadata group, and finding the one that leads.
 //! - [`chunks`]: connections to chunk servers and the shard transfers, for every party.
 //! - [`stats`]: transport counters of the process's connections, for `/metrics`.
 
 pub mod chunks;
 pub mod endpoint;
+pub mod meta;
 pub mod rpc;
 pub mod server;
 pub mod stats;

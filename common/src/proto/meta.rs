@@ -542,6 +542,35 @@ pub enum MetaRequest {
     },
     /// The members of the metadata group and their log positions; answered with `MetaGroup`.
     MetaStatus,
+    /// Adds the metadata server at `addr` (started with `--join`) to the group: it catches up
+    /// as a learner, then votes. Answered with `MetaGroup`.
+    MetaAdd {
+        addr: String,
+    },
+    /// Removes member `id` from the group. Answered with `MetaGroup`.
+    MetaRemove {
+        id: u64,
+    },
+    /// Which member of the metadata group leads, as the one asked knows; answered with
+    /// `Leader`. Anyone may ask.
+    Leader,
+    /// A message between members of the metadata group; `len` bytes of it follow the frame.
+    /// Only metadata servers may send it. Answered with `Peer`, its reply's bytes after it.
+    Peer {
+        rpc: PeerRpc,
+        len: u64,
+    },
+}
+
+/// The messages members of the metadata group exchange; their contents travel as raw bytes
+/// after the frame, so the protocol stays apart from the consensus library's types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    /// Asks a server started with `--join` to become a member: it answers with its member id.
+    Join,
 }
 
 /// Who holds a lock: a client session (one per mount, random) and the owner within it (the
@@ -612,6 +641,12 @@ pub enum MetaReply {
         capability_key: CapabilityKey,
     },
     MetaGroup(Vec<MetaMember>),
+    /// The leader's address, if one is known.
+    Leader(Option<String>),
+    /// The reply to a `Peer` message: `len` bytes follow the frame.
+    Peer {
+        len: u64,
+    },
 }
 
 /// A member of the metadata group, as `dfs meta status` shows it.
@@ -685,6 +720,10 @@ impl MetaRequest {
             MetaRequest::ExpireCalls => "ExpireCalls",
             MetaRequest::BindServer { .. } => "BindServer",
             MetaRequest::MetaStatus => "MetaStatus",
+            MetaRequest::MetaAdd { .. } => "MetaAdd",
+            MetaRequest::MetaRemove { .. } => "MetaRemove",
+            MetaRequest::Peer { .. } => "Peer",
+            MetaRequest::Leader => "Leader",
         }
     }
 
@@ -741,7 +780,11 @@ impl MetaRequest {
             | R::CheckShards { .. }
             | R::RepairStatus
             | R::Rebalance
-            | R::MetaStatus => false,
+            | R::MetaStatus
+            | R::MetaAdd { .. }
+            | R::MetaRemove { .. }
+            | R::Peer { .. }
+            | R::Leader => false,
         }
     }
 }

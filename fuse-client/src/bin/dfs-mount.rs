@@ -13,7 +13,6 @@ use dfs_client::fuse::metrics::FuseMetrics;
 use dfs_client::fuse::options::{MountOptions, MountSpec};
 use dfs_client::Client;
 use dfs_common::config::{pick_identity, tls_paths};
-use dfs_common::net::resolve_addr;
 use dfs_common::net::tls::Identity;
 use dfs_common::FsError;
 use std::io::{BufRead, BufReader, Write};
@@ -158,9 +157,9 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let (client, volume) = runtime.block_on(async {
-        let addr = resolve_addr(&spec.meta)?;
-        let connect = Client::connect(
-            addr,
+        let members = dfs_common::net::meta::resolve_list(&spec.meta)?;
+        let connect = Client::connect_group(
+            &members,
             &identity,
             ClientOptions {
                 meta_retry: options.meta_retry,

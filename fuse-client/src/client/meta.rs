@@ -186,6 +186,24 @@ impl Client {
         )
     }
 
+    /// Adds the metadata server at `addr` to the group (`dfs meta add`); returns the members
+    /// after the change.
+    pub async fn meta_add(&self, addr: &str) -> FsResult<Vec<MetaMember>> {
+        expect_reply!(
+            self.call(&MetaRequest::MetaAdd { addr: addr.into() })
+                .await?,
+            MetaReply::MetaGroup
+        )
+    }
+
+    /// Removes member `id` from the metadata group (`dfs meta remove`).
+    pub async fn meta_remove(&self, id: u64) -> FsResult<Vec<MetaMember>> {
+        expect_reply!(
+            self.call(&MetaRequest::MetaRemove { id }).await?,
+            MetaReply::MetaGroup
+        )
+    }
+
     pub async fn lookup(&self, parent: InodeId, name: &str) -> FsResult<Attr> {
         expect_reply!(
             self.call(&MetaRequest::Lookup {

@@ -15,8 +15,8 @@ use dfs_common::erasure::Erasure;
 use dfs_common::net::chunks::ChunkPool;
 use dfs_common::net::endpoint::client_endpoint;
 use dfs_common::net::endpoint::Endpoint;
+use dfs_common::net::meta::MetaLink;
 use dfs_common::net::tls::Identity;
-use dfs_common::net::Peer;
 use dfs_common::proto::meta::{MetaCallRef, MetaReply, MetaRequest, VolumeInfo};
 use dfs_common::{EcPolicy, FsError, FsResult, VolumeId};
 use std::collections::HashMap;
@@ -74,7 +74,7 @@ pub struct Client {
 }
 
 pub(crate) struct Inner {
-    pub(crate) meta: Peer,
+    pub(crate) meta: MetaLink,
     pub(crate) chunks: ChunkPool,
     pub(crate) options: ClientOptions,
     codecs: Mutex<HashMap<EcPolicy, Arc<Erasure>>>,
@@ -99,11 +99,21 @@ impl Client {
         identity: &Identity,
         options: ClientOptions,
     ) -> FsResult<Client> {
+        Self::connect_group(&[meta], identity, options).await
+    }
+
+    /// Connects to the metadata group whose members are at `members` (calls go to its
+    /// leader, found by asking) and checks that it answers.
+    pub async fn connect_group(
+        members: &[SocketAddr],
+        identity: &Identity,
+        options: ClientOptions,
+    ) -> FsResult<Client> {
         let endpoint = client_endpoint(identity)?;
         let upload_units = (options.max_upload_bytes / 1024).max(1);
         let client = Client {
             inner: Arc::new(Inner {
-                meta: Peer::new(endpoint.clone(), meta).with_timeout(options.meta_timeout),
+                meta: MetaLink::new(endpoint.clone(), members, options.meta_timeout)?,
                 chunks: ChunkPool::new(endpoint.clone(), options.chunk_timeout),
                 options,
                 codecs: Mutex::new(HashMap::new()),

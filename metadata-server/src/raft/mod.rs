@@ -49,8 +49,8 @@ pub type StorageError = openraft::StorageError<MemberId>;
 pub type StoredMembership = openraft::StoredMembership<MemberId, openraft::BasicNode>;
 pub type SnapshotMeta = openraft::SnapshotMeta<MemberId, openraft::BasicNode>;
 
-/// The member id of a metadata server that runs alone.
-pub const SOLE_MEMBER: MemberId = 1;
+/// The member id of the first server of a group (and of a server that runs alone).
+pub const FIRST_MEMBER: MemberId = 1;
 
 /// Timing of the group. Elections wait 1 to 2 s of silence from the leader, so a failover
 /// takes about 2 s; heartbeats every 250 ms keep a healthy leader well inside that.
@@ -75,29 +75,71 @@ pub fn storage_error(what: &str, e: impl std::fmt::Display) -> StorageError {
 
 /// How long a starting server waits to lead its group and apply its log.
 const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a read waits to confirm that this member still leads.
+const READ_BARRIER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How a server starts when it has no group yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// It creates a group with itself as the one member.
+    Create,
+    /// It waits to be added to an existing group (`dfs meta add`).
+    Join,
+}
 
 /// A running member of the metadata group, with what the rest of the server needs of it.
 #[derive(Clone)]
 pub struct Group {
     pub raft: Raft,
+    pub id: MemberId,
     log: log::LogStore,
     db: std::sync::Arc<redb::Database>,
     pub progress: std::sync::Arc<state::Progress>,
+    endpoint: dfs_common::net::endpoint::Endpoint,
 }
 
 fn fatal(what: &str, e: impl std::fmt::Display) -> FsError {
     FsError::unavailable(format!("metadata log: {what}: {e}"))
 }
 
-/// Starts this server as the sole member of its metadata group (creating the group on first
-/// start), and returns once it leads and has applied every entry of its log, so that what it
-/// serves includes everything it acknowledged before a crash.
+/// This server's member id: kept in `member-id` beside the log. A server whose log predates
+/// the file is the first member of its group; a new server that joins one picks a random id.
+fn member_id(dir: &std::path::Path, log: &log::LogStore, start: Start) -> FsResult<MemberId> {
+    let path = dir.join("member-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            return text
+                .trim()
+                .parse()
+                .map_err(|e| FsError::Corrupt(format!("{}: {e}", path.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let id = if log.last_index().is_some() || start == Start::Create {
+        FIRST_MEMBER
+    } else {
+        // Not 0 or the first member's id.
+        rand::random::<u32>() as MemberId + 2
+    };
+    dfs_common::durable::write_file(&path, format!("{id}\n").as_bytes())?;
+    Ok(id)
+}
+
+/// Starts this server as a member of its metadata group. On first start it creates the group
+/// (`Start::Create`) or waits to be added to one (`Start::Join`). A server that is the one
+/// voter of its group returns once it leads and has applied every entry of its log, so that
+/// what it serves includes everything it acknowledged before a crash; a member of a larger
+/// group returns at once, and serves once an election makes it leader.
 pub async fn start(
     dir: &std::path::Path,
     db: std::sync::Arc<redb::Database>,
-    addr: std::net::SocketAddr,
+    endpoint: dfs_common::net::endpoint::Endpoint,
+    advertise: &str,
+    how: Start,
 ) -> FsResult<Group> {
     let log = log::LogStore::open(dir).map_err(|e| fatal("opening", e))?;
+    let id = member_id(dir, &log, how)?;
     // Where redb stands before Raft starts: the entries after it are applied again.
     let durable = {
         let tx = crate::store::read(&db)?;
@@ -107,61 +149,80 @@ pub async fn start(
         .map_err(|e| fatal("opening", e))?;
     let progress = state.progress();
     let config = std::sync::Arc::new(config().validate().map_err(|e| fatal("configuration", e))?);
-    let raft = Raft::new(
-        SOLE_MEMBER,
-        config,
-        network::Unconnected,
-        log.clone(),
-        state,
-    )
-    .await
-    .map_err(|e| fatal("starting", e))?;
-    if !raft
-        .is_initialized()
+    let peers = network::Peers {
+        endpoint: endpoint.clone(),
+    };
+    let raft = Raft::new(id, config, peers, log.clone(), state)
         .await
-        .map_err(|e| fatal("starting", e))?
-    {
-        let members = std::collections::BTreeMap::from([(
-            SOLE_MEMBER,
-            openraft::BasicNode::new(addr.to_string()),
-        )]);
-        raft.initialize(members)
-            .await
-            .map_err(|e| fatal("creating the group", e))?;
-        tracing::info!(%addr, "metadata group created with this server as its one member");
-    }
-    let last = log.last_index();
-    let wait = raft.wait(Some(STARTUP_TIMEOUT));
-    wait.state(openraft::ServerState::Leader, "leading the group")
-        .await
-        .map_err(|e| fatal("electing itself", e))?;
-    wait.applied_index_at_least(last, "applying the log")
-        .await
-        .map_err(|e| fatal("applying the log", e))?;
-    tracing::info!(
-        store = durable,
-        log = ?last,
-        "metadata log: the store was at entry {durable}; the entries after it are applied"
-    );
-    let voters = raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .count();
-    if voters != 1 {
-        return Err(fatal(
-            "starting",
-            format!("the group has {voters} voting members; this server can only run alone"),
-        ));
-    }
-    Ok(Group {
+        .map_err(|e| fatal("starting", e))?;
+    let group = Group {
         raft,
+        id,
         log,
         db,
         progress,
-    })
+        endpoint,
+    };
+    let initialized = group
+        .raft
+        .is_initialized()
+        .await
+        .map_err(|e| fatal("starting", e))?;
+    if !initialized {
+        match how {
+            Start::Create => {
+                let members =
+                    std::collections::BTreeMap::from([(id, openraft::BasicNode::new(advertise))]);
+                group
+                    .raft
+                    .initialize(members)
+                    .await
+                    .map_err(|e| fatal("creating the group", e))?;
+                tracing::info!(%advertise, "metadata group created with this server as its one member");
+            }
+            Start::Join => {
+                tracing::info!(
+                    member = id,
+                    %advertise,
+                    "waiting to be added to a metadata group: run `dfs meta add {advertise}` against its leader"
+                );
+                return Ok(group);
+            }
+        }
+    }
+    if group.voters() == 1 && group.is_voter() {
+        let last = group.log.last_index();
+        let wait = group.raft.wait(Some(STARTUP_TIMEOUT));
+        wait.state(openraft::ServerState::Leader, "leading the group")
+            .await
+            .map_err(|e| fatal("electing itself", e))?;
+        wait.applied_index_at_least(last, "applying the log")
+            .await
+            .map_err(|e| fatal("applying the log", e))?;
+    }
+    tracing::info!(
+        member = id,
+        store = durable,
+        log = ?group.log.last_index(),
+        "metadata log: the store was at entry {durable}; the entries after it are applied"
+    );
+    Ok(group)
+}
+
+/// A failed membership change, as callers see it.
+fn change_error(
+    what: &str,
+    e: openraft::error::RaftError<
+        MemberId,
+        openraft::error::ClientWriteError<MemberId, openraft::BasicNode>,
+    >,
+) -> FsError {
+    match e {
+        openraft::error::RaftError::APIError(
+            openraft::error::ClientWriteError::ForwardToLeader(f),
+        ) => FsError::NotLeader(f.leader_node.map(|n| n.addr)),
+        other => FsError::unavailable(format!("metadata group: {what}: {other}")),
+    }
 }
 
 /// Where the group stands, as this member sees it.
@@ -245,12 +306,170 @@ impl Group {
             Ok(response) => Ok(response.data),
             Err(openraft::error::RaftError::APIError(
                 openraft::error::ClientWriteError::ForwardToLeader(f),
-            )) => Err(FsError::unavailable(format!(
-                "this metadata server is not the leader (the leader is {:?})",
-                f.leader_node.map(|n| n.addr)
-            ))),
+            )) => Err(FsError::NotLeader(f.leader_node.map(|n| n.addr))),
             Err(e) => Err(fatal("writing", e)),
         }
+    }
+
+    /// How many members vote.
+    pub fn voters(&self) -> usize {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count()
+    }
+
+    /// Whether this member votes (a server waiting to join, or a learner, does not).
+    pub fn is_voter(&self) -> bool {
+        self.is_voter_id(self.id)
+    }
+
+    fn is_voter_id(&self, id: MemberId) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id)
+    }
+
+    /// Whether this member belongs to a group yet (a server started with `--join` does not
+    /// until it is added).
+    pub fn is_member(&self) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(&id, _)| id == self.id)
+    }
+
+    /// The leader's address as this member knows it, if one is known.
+    pub fn leader_addr(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Refuses unless this member leads: clients are sent to the leader.
+    pub fn ensure_leader(&self) -> FsResult<()> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(self.id) && m.state == openraft::ServerState::Leader {
+            Ok(())
+        } else {
+            Err(FsError::NotLeader(self.leader_addr()))
+        }
+    }
+
+    /// Makes a read linearizable: confirms with a majority that this member still leads and
+    /// waits until everything committed before the read is applied. A group with one voter
+    /// needs no round: it cannot be deposed without knowing.
+    pub async fn read_barrier(&self) -> FsResult<()> {
+        self.ensure_leader()?;
+        if self.voters() <= 1 {
+            return Ok(());
+        }
+        match tokio::time::timeout(READ_BARRIER_TIMEOUT, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(openraft::error::RaftError::APIError(
+                openraft::error::CheckIsLeaderError::ForwardToLeader(f),
+            ))) => Err(FsError::NotLeader(f.leader_node.map(|n| n.addr))),
+            Ok(Err(e)) => Err(FsError::NotLeader(None)).inspect_err(|_| {
+                tracing::debug!("read barrier: {e}");
+            }),
+            Err(_) => Err(FsError::NotLeader(None)),
+        }
+    }
+
+    /// Answers a message from another member (see [`network`]).
+    pub async fn answer_peer(
+        &self,
+        rpc: dfs_common::proto::meta::PeerRpc,
+        message: &[u8],
+    ) -> FsResult<Vec<u8>> {
+        use dfs_common::proto::meta::PeerRpc;
+        match rpc {
+            PeerRpc::AppendEntries => {
+                network::encode(&self.raft.append_entries(network::decode(message)?).await)
+            }
+            PeerRpc::Vote => network::encode(&self.raft.vote(network::decode(message)?).await),
+            PeerRpc::InstallSnapshot => {
+                network::encode(&self.raft.install_snapshot(network::decode(message)?).await)
+            }
+            PeerRpc::Join => Err(FsError::protocol("join is answered by the service")),
+        }
+    }
+
+    /// Adds the server at `addr` (started with `--join`) to the group: it is handed the
+    /// group's secrets and answers with its id, catches up as a learner, then becomes a voter.
+    pub async fn add_member(&self, addr: &str, join: &network::JoinRequest) -> FsResult<MemberId> {
+        self.ensure_leader()?;
+        let id = network::ask_to_join(&self.endpoint, addr, join).await?;
+        // Asked again after a change that did not finish: it goes on from where it stopped.
+        if self.is_voter_id(id) {
+            return Ok(id);
+        }
+        tracing::info!(member = id, %addr, "adding a metadata member: catching up as a learner");
+        self.raft
+            .add_learner(id, openraft::BasicNode::new(addr), true)
+            .await
+            .map_err(|e| change_error("adding a learner", e))?;
+        tracing::info!(member = id, %addr, "the new member has caught up: it now votes");
+        let voters = std::collections::BTreeSet::from([id]);
+        self.raft
+            .change_membership(openraft::ChangeMembers::AddVoterIds(voters), false)
+            .await
+            .map_err(|e| change_error("making it a voter", e))?;
+        Ok(id)
+    }
+
+    /// Removes member `id` from the group.
+    pub async fn remove_member(&self, id: MemberId) -> FsResult<()> {
+        self.ensure_leader()?;
+        let members = self.members_now();
+        if !members.contains_key(&id) {
+            return Err(FsError::NotFound);
+        }
+        let voters: std::collections::BTreeSet<MemberId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if voters.len() == 1 && voters.contains(&id) {
+            return Err(FsError::invalid("the last voting member cannot be removed"));
+        }
+        let change = if voters.contains(&id) {
+            openraft::ChangeMembers::RemoveVoters(std::collections::BTreeSet::from([id]))
+        } else {
+            openraft::ChangeMembers::RemoveNodes(std::collections::BTreeSet::from([id]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| change_error("removing a member", e))?;
+        Ok(())
+    }
+
+    fn members_now(&self) -> std::collections::BTreeMap<MemberId, openraft::BasicNode> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(&id, n)| (id, n.clone()))
+            .collect()
     }
 
     /// Stops Raft, waits for the log writer and makes redb durable, so the next start has
@@ -273,4 +492,20 @@ impl Group {
             Err(e) => tracing::warn!("metadata log: final checkpoint: {e}"),
         }
     }
+}
+
+/// A group of one on a loopback endpoint, for tests of what runs on top of the log.
+#[cfg(test)]
+pub async fn start_alone(dir: &std::path::Path, db: std::sync::Arc<redb::Database>) -> Group {
+    use dfs_common::net::tls::{generate_ca, issue, Identity, Role};
+    let ca = generate_ca().unwrap();
+    let own = issue(&ca, "meta", Role::Meta, &[]).unwrap();
+    let identity = Identity::from_pairs(&ca, &own).unwrap();
+    let endpoint =
+        dfs_common::net::endpoint::server_endpoint("127.0.0.1:0".parse().unwrap(), &identity, None)
+            .unwrap();
+    let addr = endpoint.local_addr().unwrap().to_string();
+    start(dir, db, endpoint, &addr, Start::Create)
+        .await
+        .unwrap()
 }

@@ -1,0 +1,247 @@
+//! The metadata group as its callers see it: the address of every member, and the one believed
+//! to lead. Requests go to the leader; a member that is not the leader answers with a hint,
+//! and a leader that stops answering is found again by asking the others who leads.
+
+use super::endpoint::Endpoint;
+use super::rpc::Peer;
+use crate::codec::ReplyStream;
+use crate::error::{FsError, FsResult};
+use crate::proto::meta::{MetaCall, MetaReply, MetaRequest};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// How long a call waits for the member it uses before it asks the others who leads.
+const ASK_OTHERS_AFTER: Duration = Duration::from_secs(1);
+/// How often it asks again while they name no other leader (an election is under way).
+const ASK_AGAIN_EVERY: Duration = Duration::from_millis(250);
+/// Bound on asking one member who leads.
+const ASK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause before trying again while the group has no leader (an election takes about 2 s).
+const ELECTION_PAUSE: Duration = Duration::from_millis(200);
+
+/// Every member of the metadata group, one connection each, and which one leads.
+pub struct MetaLink {
+    /// The members given, then any other a member named as leader.
+    members: std::sync::RwLock<Vec<std::sync::Arc<Peer>>>,
+    endpoint: Endpoint,
+    timeout: Duration,
+    /// The member believed to lead: where calls go first.
+    current: AtomicUsize,
+}
+
+impl MetaLink {
+    /// A link to the members at `addrs` (one for a metadata server that runs alone).
+    pub fn new(endpoint: Endpoint, addrs: &[SocketAddr], timeout: Duration) -> FsResult<Self> {
+        if addrs.is_empty() {
+            return Err(FsError::invalid("no metadata server address given"));
+        }
+        let members = addrs
+            .iter()
+            .map(|&a| std::sync::Arc::new(Peer::new(endpoint.clone(), a).with_timeout(timeout)))
+            .collect();
+        Ok(MetaLink {
+            members: std::sync::RwLock::new(members),
+            endpoint,
+            timeout,
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    /// The member calls go to first.
+    pub fn addr(&self) -> SocketAddr {
+        self.member(self.current.load(Ordering::Relaxed)).1.addr()
+    }
+
+    /// Every member's address, in the order given.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.members().iter().map(|m| m.addr()).collect()
+    }
+
+    fn members(&self) -> Vec<std::sync::Arc<Peer>> {
+        self.members.read().expect("metadata members").clone()
+    }
+
+    /// Member `i` (modulo their number), with its index.
+    fn member(&self, i: usize) -> (usize, std::sync::Arc<Peer>) {
+        let members = self.members.read().expect("metadata members");
+        let i = i % members.len();
+        (i, members[i].clone())
+    }
+
+    fn count(&self) -> usize {
+        self.members.read().expect("metadata members").len()
+    }
+
+    /// Like [`Peer::call`], to the leader.
+    pub async fn call<Q, R>(
+        &self,
+        request: &Q,
+        body: Option<Bytes>,
+        max_reply: usize,
+    ) -> FsResult<(R, ReplyStream)>
+    where
+        Q: Serialize,
+        R: DeserializeOwned,
+    {
+        let (reply, recv) = self.exchange(request, body, max_reply).await?;
+        Ok((reply?, recv))
+    }
+
+    /// Like [`Peer::exchange`], to the leader: a member that is not the leader sends the call
+    /// on to the one it names; one that does not answer is left for another. The outer error
+    /// means no member answered; the inner one is the leader's answer.
+    ///
+    /// A call that is moved to another member may have reached the first one too: mutations
+    /// carry a call id so that the group applies them once.
+    pub async fn exchange<Q, R>(
+        &self,
+        request: &Q,
+        body: Option<Bytes>,
+        max_reply: usize,
+    ) -> FsResult<(FsResult<R>, ReplyStream)>
+    where
+        Q: Serialize,
+        R: DeserializeOwned,
+    {
+        let mut last = None;
+        // Each member gets a few chances: one for each hint, one for each election.
+        for _ in 0..3 * self.count() + 1 {
+            let n = self.count();
+            let (at, member) = self.member(self.current.load(Ordering::Relaxed));
+            let attempt = self
+                .attempt(at, &member, request, body.clone(), max_reply)
+                .await;
+            let failure = match attempt {
+                Attempt::Answered(Ok((Err(FsError::NotLeader(hint)), _))) => {
+                    match self.member_named(hint.as_deref()).await {
+                        Some(leader) if leader != at => self.move_to(at, leader),
+                        // No leader yet, or this member believes it leads (it is about to
+                        // learn otherwise): wait for the election.
+                        _ => {
+                            tokio::time::sleep(ELECTION_PAUSE).await;
+                            self.move_to(at, (at + 1) % n);
+                        }
+                    }
+                    FsError::NotLeader(hint)
+                }
+                Attempt::Answered(Ok(answer)) => return Ok(answer),
+                Attempt::Answered(Err(e)) => {
+                    self.move_to(at, (at + 1) % n);
+                    e
+                }
+                Attempt::Moved => continue,
+            };
+            if n == 1 && !matches!(failure, FsError::NotLeader(_)) {
+                return Err(failure);
+            }
+            last = Some(failure);
+        }
+        Err(FsError::unavailable(format!(
+            "no metadata leader among {:?}: {}",
+            self.addrs(),
+            last.map_or_else(String::new, |e| e.to_string())
+        )))
+    }
+
+    /// One exchange with member `at`. While it goes unanswered for [`ASK_OTHERS_AFTER`], the
+    /// other members are asked who leads; if they name another, the call is moved there.
+    async fn attempt<Q, R>(
+        &self,
+        at: usize,
+        member: &Peer,
+        request: &Q,
+        body: Option<Bytes>,
+        max_reply: usize,
+    ) -> Attempt<R>
+    where
+        Q: Serialize,
+        R: DeserializeOwned,
+    {
+        let exchange = member.exchange(request, body, max_reply);
+        if self.count() == 1 {
+            return Attempt::Answered(exchange.await);
+        }
+        let mut exchange = std::pin::pin!(exchange);
+        let mut ask_at = tokio::time::Instant::now() + ASK_OTHERS_AFTER;
+        loop {
+            tokio::select! {
+                answer = &mut exchange => return Attempt::Answered(answer),
+                _ = tokio::time::sleep_until(ask_at) => {
+                    if let Some(leader) = self.leader_elsewhere(at).await {
+                        self.move_to(at, leader);
+                        return Attempt::Moved;
+                    }
+                    ask_at = tokio::time::Instant::now() + ASK_AGAIN_EVERY;
+                }
+            }
+        }
+    }
+
+    /// Asks the members other than `at` who leads; the first that names another member wins.
+    async fn leader_elsewhere(&self, at: usize) -> Option<usize> {
+        let question = MetaCall::untracked(MetaRequest::Leader);
+        for (i, member) in self.members().iter().enumerate() {
+            if i == at {
+                continue;
+            }
+            let ask = member.exchange::<_, MetaReply>(&question, None, 4096);
+            let Ok(Ok((Ok(MetaReply::Leader(Some(leader))), _))) =
+                tokio::time::timeout(ASK_TIMEOUT, ask).await
+            else {
+                continue;
+            };
+            if let Some(index) = self.member_named(Some(&leader)).await {
+                if index != at {
+                    return Some(index);
+                }
+            }
+        }
+        None
+    }
+
+    /// The member with address `addr` (as members advertise it); one not given at the start
+    /// is added.
+    async fn member_named(&self, addr: Option<&str>) -> Option<usize> {
+        let addr = super::lookup(addr?).await.ok()?;
+        let mut members = self.members.write().expect("metadata members");
+        if let Some(i) = members.iter().position(|m| m.addr() == addr) {
+            return Some(i);
+        }
+        let peer = Peer::new(self.endpoint.clone(), addr).with_timeout(self.timeout);
+        members.push(std::sync::Arc::new(peer));
+        Some(members.len() - 1)
+    }
+
+    /// Calls go to `to` from now on, unless another call moved them already.
+    fn move_to(&self, from: usize, to: usize) {
+        let _ = self
+            .current
+            .compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+enum Attempt<R> {
+    Answered(FsResult<(FsResult<R>, ReplyStream)>),
+    /// Another member leads: the call goes there.
+    Moved,
+}
+
+/// Parses a comma-separated list of `HOST:PORT` (the members of a metadata group).
+pub fn resolve_list(list: &str) -> FsResult<Vec<SocketAddr>> {
+    let addrs = list
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(super::resolve_addr)
+        .collect::<FsResult<Vec<_>>>()?;
+    if addrs.is_empty() {
+        return Err(FsError::invalid(format!(
+            "no metadata server address in {list:?}"
+        )));
+    }
+    Ok(addrs)
+}

@@ -1,0 +1,224 @@
+//! The metadata group with real processes: a cluster holding data grows from one metadata
+//! server to three, and a live mount keeps working through the SIGKILL of the leader.
+
+use crate::heal::{cli_json, status, wait_until};
+use dfs_common::proto::meta::MetaMember;
+use dfs_tests::process::{Mount, ProcessCluster};
+use dfs_tests::random_bytes;
+use std::fs;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn members(cluster: &ProcessCluster) -> Vec<MetaMember> {
+    cli_json(cluster, &["meta", "status"])
+}
+
+fn leader(members: &[MetaMember]) -> Option<&MetaMember> {
+    let leaders: Vec<_> = members.iter().filter(|m| m.role == "leader").collect();
+    assert!(leaders.len() <= 1, "two leaders: {members:?}");
+    leaders.first().copied()
+}
+
+/// Adds reserved member `i` with `dfs meta add`, once it listens.
+fn add_member(cluster: &mut ProcessCluster, i: usize) {
+    cluster.start_member(i);
+    let addr = cluster.member_addr(i).to_string();
+    wait_until(cluster, Duration::from_secs(30), "dfs meta add", || {
+        let out = cluster.cli().args(["meta", "add", &addr]).output().unwrap();
+        out.status.success()
+    });
+}
+
+/// What the workload saw acknowledged, in order.
+#[derive(Default)]
+struct Acked {
+    /// Files created (under their final name) and their contents.
+    files: Vec<(String, Vec<u8>)>,
+    /// Lines appended to the shared log file.
+    appends: Vec<String>,
+    /// When each operation was acknowledged.
+    times: Vec<Instant>,
+    /// The first failure, if any.
+    error: Option<String>,
+}
+
+/// One round of the workload: create and write a file, rename every other one, append a line
+/// to the log (fsynced).
+fn round(dir: &std::path::Path, i: usize) -> std::io::Result<(String, Vec<u8>, String)> {
+    let data = random_bytes(1 + (i * 7919) % 200_000, i as u64);
+    let name = format!("w{i:04}");
+    let mut f = fs::File::create(dir.join(&name))?;
+    f.write_all(&data)?;
+    f.sync_all()?;
+    drop(f);
+    let name = if i.is_multiple_of(2) {
+        let renamed = format!("r{i:04}");
+        fs::rename(dir.join(&name), dir.join(&renamed))?;
+        renamed
+    } else {
+        name
+    };
+    let line = format!("append {i}\n");
+    let mut log = fs::OpenOptions::new().append(true).open(dir.join("log"))?;
+    log.write_all(line.as_bytes())?;
+    log.sync_all()?;
+    Ok((name, data, line))
+}
+
+#[test]
+fn a_group_of_three_keeps_a_mount_working_through_the_kill_of_its_leader() {
+    let mut cluster = ProcessCluster::start_with(6, |c| c.reserve_members(2));
+    wait_until(
+        &cluster,
+        Duration::from_secs(30),
+        "6 chunk servers up",
+        || status(&cluster).servers.iter().filter(|s| s.up).count() == 6,
+    );
+    let out = cluster
+        .cli()
+        .args(["volume", "create", "v", "--ec", "4+2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mount = Mount::new(&cluster, "v", "mnt", "")
+        .unwrap_or_else(|e| panic!("mount failed: {e}\n{}", cluster.logs()));
+
+    // Data written while the group has one member.
+    let before: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| {
+            (
+                format!("before{i}"),
+                random_bytes(100_000 + i, 1000 + i as u64),
+            )
+        })
+        .collect();
+    for (name, data) in &before {
+        fs::write(mount.path(name), data).unwrap();
+    }
+    fs::create_dir(mount.path("work")).unwrap();
+    fs::write(mount.path("work/log"), b"").unwrap();
+
+    // From one member to three: each new member catches up with the log, then votes.
+    add_member(&mut cluster, 1);
+    add_member(&mut cluster, 2);
+    let group = members(&cluster);
+    assert_eq!(group.len(), 3, "{group:?}");
+    assert_eq!(
+        leader(&group).map(|m| m.addr.clone()),
+        Some(cluster.meta_addr.to_string()),
+        "the first server still leads: {group:?}"
+    );
+    assert_eq!(
+        group.iter().filter(|m| m.role == "follower").count(),
+        2,
+        "{group:?}"
+    );
+    // A follower given alone sends the CLI on to the leader.
+    let out = cluster
+        .cli()
+        .env("DFS_META", cluster.member_addr(2).to_string())
+        .args(["volume", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("v "),
+        "{out:?}"
+    );
+
+    // The workload runs on the mount while the leader is killed.
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workload = {
+        let (acked, stop, dir) = (acked.clone(), stop.clone(), mount.path("work"));
+        std::thread::spawn(move || {
+            for i in 0.. {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let result = round(&dir, i);
+                let mut acked = acked.lock().unwrap();
+                match result {
+                    Ok((name, data, line)) => {
+                        acked.files.push((name, data));
+                        acked.appends.push(line);
+                        acked.times.push(Instant::now());
+                    }
+                    Err(e) => {
+                        acked.error = Some(format!("round {i}: {e}"));
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let done = |n: usize| {
+        let a = acked.lock().unwrap();
+        a.times.len() >= n || a.error.is_some()
+    };
+    wait_until(&cluster, Duration::from_secs(60), "20 rounds", || done(20));
+    let killed_at = Instant::now();
+    let rounds_before_kill = acked.lock().unwrap().times.len();
+    cluster.kill_member(0);
+    wait_until(
+        &cluster,
+        Duration::from_secs(60),
+        "20 rounds after the kill",
+        || done(rounds_before_kill + 20),
+    );
+    stop.store(true, Ordering::SeqCst);
+    workload.join().unwrap();
+    let acked = Arc::try_unwrap(acked).ok().unwrap().into_inner().unwrap();
+    assert!(
+        acked.error.is_none(),
+        "the mount returned an error: {:?}\n{}",
+        acked.error,
+        cluster.logs()
+    );
+    let first_after = acked
+        .times
+        .iter()
+        .find(|&&t| t > killed_at)
+        .expect("rounds after the kill");
+    println!(
+        "metadata failover: the first workload round finished {:.2} s after the leader's kill",
+        first_after.duration_since(killed_at).as_secs_f64()
+    );
+
+    // A new leader among the two left; every acknowledged operation is there, once.
+    let group = members(&cluster);
+    let new_leader = leader(&group).expect("a new leader");
+    assert_ne!(new_leader.addr, cluster.meta_addr.to_string());
+    for (name, data) in before.iter() {
+        assert!(
+            &fs::read(mount.path(name)).unwrap() == data,
+            "{name} differs"
+        );
+    }
+    for (name, data) in &acked.files {
+        let got = fs::read(mount.path(&format!("work/{name}")))
+            .unwrap_or_else(|e| panic!("work/{name}: {e}"));
+        assert!(&got == data, "work/{name} differs");
+    }
+    let log = fs::read_to_string(mount.path("work/log")).unwrap();
+    assert_eq!(log, acked.appends.concat(), "each append once, in order");
+
+    // The old leader comes back as a follower and catches up.
+    cluster.start_meta();
+    wait_until(
+        &cluster,
+        Duration::from_secs(60),
+        "the old leader rejoins",
+        || {
+            let group = members(&cluster);
+            let last = leader(&group).and_then(|l| l.last_index);
+            group.iter().any(|m| {
+                m.addr == cluster.meta_addr.to_string()
+                    && m.role == "follower"
+                    && m.last_index.is_some()
+                    && m.last_index == last
+            })
+        },
+    );
+}
