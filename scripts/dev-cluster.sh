@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A local dfs cluster on 127.0.0.1: one metadata server, DFS_CHUNK_SERVERS chunk servers, a
-# volume named "default", mounted with FUSE at DFS_MOUNT.
+# A local dfs cluster on 127.0.0.1: DFS_META_SERVERS metadata servers (one group), DFS_CHUNK_SERVERS
+# chunk servers, a volume named "default", mounted with FUSE at DFS_MOUNT.
 #
 #   scripts/dev-cluster.sh up       build, start what is not running, create the volume
 #   scripts/dev-cluster.sh status   what runs, and the cluster's own view
@@ -8,15 +8,18 @@
 #
 # Settings (environment):
 #   DFS_DEV_DIR        where data, logs, certificates and cluster.env go   [./.dfs-dev]
+#   DFS_META_SERVERS   metadata servers: 1, or 3 (or 5) for a group with failover [1]
 #   DFS_CHUNK_SERVERS  number of chunk servers                             [6]
 #   DFS_EC             erasure-coding policy of volume "default"           [4+2]
-#   DFS_META_PORT      metadata server UDP port                            [7000]
+#   DFS_META_PORT      metadata server UDP port (then +1, +2 for a group)  [7000]
 #   DFS_CHUNK_PORT     first chunk-server UDP port (then +1, +2, ...)      [7101]
 #   DFS_MOUNT          where volume "default" is mounted                   [$DFS_DEV_DIR/mnt]
 #   DFS_MOUNT_OPTIONS  extra -o options for that mount, e.g. noallow_other []
 #   TOKIO_WORKER_THREADS  runtime worker threads of each process           [1]
 #
-# After `up`, `. "$DFS_DEV_DIR/cluster.env"` sets DFS_META, DFS_CERTS and PATH for the `dfs` CLI.
+# After `up`, `. "$DFS_DEV_DIR/cluster.env"` sets DFS_META (every metadata server, comma-separated),
+# DFS_CERTS and PATH for the `dfs` CLI, and DFS_META_PIDS / DFS_META_DATAS (space-separated, same
+# order; DFS_META_PID and DFS_META_DATA are the first server's).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,11 +27,17 @@ dev_dir=${DFS_DEV_DIR:-$repo/.dfs-dev}
 mkdir -p "$dev_dir"
 dev_dir=$(cd "$dev_dir" && pwd)
 chunks=${DFS_CHUNK_SERVERS:-6}
+metas=${DFS_META_SERVERS:-1}
+[[ "$metas" =~ ^[1-9]$ ]] || { echo "dev-cluster: DFS_META_SERVERS must be 1 to 9" >&2; exit 2; }
 ec=${DFS_EC:-4+2}
 meta_port=${DFS_META_PORT:-7000}
 chunk_port=${DFS_CHUNK_PORT:-7101}
 bin=$repo/target/release
 meta_addr=127.0.0.1:$meta_port
+# Member i (from 1) listens on meta_port + i - 1; its files are meta (first) or meta$i.
+meta_list=$meta_addr
+for i in $(seq 2 "$metas"); do meta_list+=",127.0.0.1:$((meta_port + i - 1))"; done
+meta_name() { if [ "$1" = 1 ]; then echo meta; else echo "meta$1"; fi; }
 certs=$dev_dir/certs
 mnt=${DFS_MOUNT:-$dev_dir/mnt}
 # Eight processes share this host's cores: one runtime worker each wakes fewer threads per
@@ -89,17 +98,23 @@ start() { # name pidfile logfile command...
 }
 
 write_env() {
-    local pids=() dirs=()
+    local pids=() dirs=() meta_pids=() meta_dirs=()
     for i in $(seq 1 "$chunks"); do
         pids+=("$(cat "$dev_dir/pids/chunk$i.pid" 2>/dev/null || echo 0)")
         dirs+=("$dev_dir/chunk$i")
     done
+    for i in $(seq 1 "$metas"); do
+        meta_pids+=("$(cat "$dev_dir/pids/$(meta_name "$i").pid" 2>/dev/null || echo 0)")
+        meta_dirs+=("$dev_dir/$(meta_name "$i")")
+    done
     cat >"$dev_dir/cluster.env" <<ENV
 # Written by scripts/dev-cluster.sh; source it: . $dev_dir/cluster.env
-export DFS_META=$meta_addr
+export DFS_META=$meta_list
 export DFS_CERTS=$certs
 export DFS_META_PID=$(cat "$dev_dir/pids/meta.pid")
 export DFS_META_DATA=$dev_dir/meta
+export DFS_META_PIDS="${meta_pids[*]}"
+export DFS_META_DATAS="${meta_dirs[*]}"
 export DFS_CHUNK_PIDS="${pids[*]}"
 export DFS_CHUNK_DIRS="${dirs[*]}"
 export DFS_DEV_DIR=$dev_dir
@@ -115,7 +130,7 @@ wait_for_servers() {
             tail -5 "$dev_dir/logs/meta.log" >&2 || true
             die "the metadata server exited (is port $meta_port taken?); see $dev_dir/logs/meta.log"
         fi
-        up=$("$bin/dfs" --meta "$meta_addr" --certs "$certs" cluster status --json 2>/dev/null \
+        up=$("$bin/dfs" --meta "$meta_list" --certs "$certs" cluster status --json 2>/dev/null \
             | grep -c '"up": true' || true)
         [ "$up" -ge "$chunks" ] && return 0
         sleep 0.2
@@ -144,21 +159,45 @@ up() {
     fi
     start "metadata server on $meta_addr" "$dev_dir/pids/meta.pid" "$dev_dir/logs/meta.log" \
         "$bin/dfs-meta" --listen "$meta_addr" --data "$dev_dir/meta" --certs "$certs"
+    for i in $(seq 2 "$metas"); do
+        local addr=127.0.0.1:$((meta_port + i - 1)) name
+        name=$(meta_name "$i")
+        start "metadata server $i on $addr" "$dev_dir/pids/$name.pid" "$dev_dir/logs/$name.log" \
+            "$bin/dfs-meta" --listen "$addr" --data "$dev_dir/$name" --certs "$certs" --join
+    done
+    join_members
     for i in $(seq 1 "$chunks"); do
         local port=$((chunk_port + i - 1))
         start "chunk server $i on 127.0.0.1:$port" "$dev_dir/pids/chunk$i.pid" "$dev_dir/logs/chunk$i.log" \
             "$bin/dfs-chunk" --listen "127.0.0.1:$port" --data "$dev_dir/chunk$i" \
-            --meta "$meta_addr" --certs "$certs"
+            --meta "$meta_list" --certs "$certs"
     done
     wait_for_servers
-    if ! "$bin/dfs" --meta "$meta_addr" --certs "$certs" volume list | grep -q '^default '; then
-        "$bin/dfs" --meta "$meta_addr" --certs "$certs" volume create default --ec "$ec"
+    if ! "$bin/dfs" --meta "$meta_list" --certs "$certs" volume list | grep -q '^default '; then
+        "$bin/dfs" --meta "$meta_list" --certs "$certs" volume create default --ec "$ec"
     fi
     install_mount_helper
     mount_volume
     write_env
     log "ready: volume default is mounted at $mnt; . $dev_dir/cluster.env && dfs cluster status"
     log "status page and metrics: http://$meta_addr/ and http://$meta_addr/metrics"
+}
+
+# Adds metadata servers 2..N to the group of the first (each waits for it, started with --join).
+join_members() {
+    local i addr deadline
+    for i in $(seq 2 "$metas"); do
+        addr=127.0.0.1:$((meta_port + i - 1))
+        if "$bin/dfs" --meta "$meta_list" --certs "$certs" meta status --json 2>/dev/null | grep -q "\"$addr\""; then
+            continue
+        fi
+        deadline=$((SECONDS + 60))
+        until "$bin/dfs" --meta "$meta_list" --certs "$certs" meta add "$addr" >/dev/null 2>"$dev_dir/logs/meta-add.err"; do
+            [ $SECONDS -lt $deadline ] || { cat "$dev_dir/logs/meta-add.err" >&2; die "could not add metadata server $addr to the group"; }
+            sleep 0.2
+        done
+        log "metadata server $i ($addr) joined the group"
+    done
 }
 
 mounted() { grep -q " $mnt fuse" /proc/mounts 2>/dev/null; }
@@ -180,7 +219,7 @@ mount_volume() {
     mkdir -p "$mnt"
     local opts=()
     [ -n "${DFS_MOUNT_OPTIONS:-}" ] && opts=(-o "$DFS_MOUNT_OPTIONS")
-    DFS_CERTS=$certs "$bin/dfs-mount" "$meta_addr:/default" "$mnt" "${opts[@]}" \
+    DFS_CERTS=$certs "$bin/dfs-mount" "$meta_list:/default" "$mnt" "${opts[@]}" \
         || die "mounting volume default at $mnt failed"
     log "mounted volume default at $mnt"
 }
@@ -209,23 +248,26 @@ down() {
     for f in "$dev_dir"/pids/chunk*.pid; do
         [ -e "$f" ] && stop_pid "$(basename "$f" .pid)" "$f"
     done
-    stop_pid "metadata server" "$dev_dir/pids/meta.pid"
+    for f in "$dev_dir"/pids/meta*.pid; do
+        [ -e "$f" ] && stop_pid "metadata server $(basename "$f" .pid)" "$f"
+    done
     log "down (data kept in $dev_dir; remove it for a fresh cluster)"
 }
 
 status() {
-    if running "$dev_dir/pids/meta.pid"; then
-        log "metadata server: running (pid $(cat "$dev_dir/pids/meta.pid"))"
-    else
-        log "metadata server: not running"
-    fi
+    for i in $(seq 1 "$metas"); do
+        local f
+        f=$dev_dir/pids/$(meta_name "$i").pid
+        if running "$f"; then log "metadata server $i: running (pid $(cat "$f"))"; else log "metadata server $i: not running"; fi
+    done
     for i in $(seq 1 "$chunks"); do
         local f=$dev_dir/pids/chunk$i.pid
         if running "$f"; then log "chunk server $i: running (pid $(cat "$f"))"; else log "chunk server $i: not running"; fi
     done
     if mounted; then log "mount: $mnt"; else log "mount: not mounted"; fi
     if running "$dev_dir/pids/meta.pid"; then
-        "$bin/dfs" --meta "$meta_addr" --certs "$certs" cluster status
+        "$bin/dfs" --meta "$meta_list" --certs "$certs" cluster status
+        "$bin/dfs" --meta "$meta_list" --certs "$certs" meta status
     fi
 }
 
