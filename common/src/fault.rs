@@ -10,6 +10,8 @@
 //!   first wait until it got there ([`Faults::wait_hit`]). "Pause between the scan and the apply."
 //! - [`Action::Fail`]: the hit returns the error. "Return EIO from the shard store."
 //! - [`Action::FailNth`]: only the n-th hit from now fails. "Fail the third shard put."
+//! - [`Action::Exit`]: the process ends at once, as a crash would (daemons under process
+//!   tests only). "The leader dies after the commit, before the reply."
 //!
 //! Daemons started as processes read `DFS_FAULTS` (`name=fail,other=pause`; see
 //! [`Faults::from_env`]), so process tests can arm points too.
@@ -29,6 +31,8 @@ pub enum Action {
     Fail(FsError),
     /// Fail only the n-th hit from the time of arming (1 is the next one).
     FailNth(u32, FsError),
+    /// End the process at once, with no clean-up (a crash at this point).
+    Exit,
 }
 
 #[derive(Default)]
@@ -75,8 +79,9 @@ impl Faults {
         self.0.is_some()
     }
 
-    /// Points armed from `DFS_FAULTS`: comma-separated `name=pause`, `name=fail` (EIO) or
-    /// `name=fail@N` (only the N-th hit). Unset or empty gives the inert set.
+    /// Points armed from `DFS_FAULTS`: comma-separated `name=pause`, `name=fail` (EIO),
+    /// `name=fail@N` (only the N-th hit) or `name=exit` (the process dies there). Unset or
+    /// empty gives the inert set.
     pub fn from_env() -> FsResult<Faults> {
         match std::env::var("DFS_FAULTS") {
             Ok(spec) if !spec.trim().is_empty() => Faults::parse(&spec),
@@ -94,11 +99,12 @@ impl Faults {
             let action = match action {
                 "pause" => Action::Pause,
                 "fail" => Action::Fail(eio()),
+                "exit" => Action::Exit,
                 other => match other.strip_prefix("fail@").map(str::parse::<u32>) {
                     Some(Ok(n)) if n > 0 => Action::FailNth(n, eio()),
                     _ => {
                         return Err(FsError::invalid(format!(
-                            "fault {item:?}: the action is pause, fail or fail@N"
+                            "fault {item:?}: the action is pause, fail, fail@N or exit"
                         )))
                     }
                 },
@@ -197,6 +203,10 @@ impl Faults {
                 Action::Fail(e) => return Err(e),
                 Action::FailNth(n, e) if point.hits == n => return Err(e),
                 Action::FailNth(..) => return Ok(()),
+                Action::Exit => {
+                    eprintln!("fault point {name}: exiting");
+                    std::process::exit(86);
+                }
             }
         }
         tracing::info!(point = name, "paused at fault point");
@@ -263,9 +273,10 @@ mod tests {
 
     #[test]
     fn parses_the_environment_syntax() {
-        let faults = Faults::parse("a=pause, b=fail,c=fail@2").unwrap();
+        let faults = Faults::parse("a=pause, b=fail,c=fail@2,d=exit").unwrap();
         let points = faults.0.as_ref().unwrap().points.lock().unwrap();
         assert_eq!(points["a"].action, Some(Action::Pause));
+        assert_eq!(points["d"].action, Some(Action::Exit));
         assert!(matches!(points["c"].action, Some(Action::FailNth(2, _))));
         drop(points);
         assert!(Faults::parse("a=explode").is_err());

@@ -116,6 +116,7 @@ pub fn need(request: &MetaRequest) -> Need {
         | R::ExpireCalls
         | R::BindServer { .. }
         | R::MetaStatus
+        | R::MetaDigest
         | R::MetaAdd { .. }
         | R::MetaRemove { .. }
         // Refused to everyone but metadata servers before this is asked.

@@ -66,6 +66,9 @@ pub struct MetaConfig {
     /// On first start, wait to be added to an existing metadata group (`dfs meta add`)
     /// instead of creating one.
     pub join: bool,
+    /// Log entries between snapshots of the store; a member further behind than the entries
+    /// kept after a snapshot catches up by one.
+    pub snapshot_every: u64,
     pub data_dir: PathBuf,
     pub identity: Identity,
     /// A chunk server silent for longer is down.
@@ -125,6 +128,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         endpoint.clone(),
         &advertise,
         how,
+        config.snapshot_every,
     )
     .await?;
     let committer = committer::Committer::start(group.clone());

@@ -38,6 +38,9 @@ struct Args {
     /// on its leader) instead of creating a group of one [default: false].
     #[arg(long, env = "DFS_META_JOIN", num_args = 0..=1, default_missing_value = "true")]
     join: Option<bool>,
+    /// Metadata log entries between snapshots of the store [default: 100000].
+    #[arg(long, env = "DFS_META_SNAPSHOT_EVERY")]
+    snapshot_every: Option<u64>,
     /// TCP address of the status page (/) and Prometheus metrics (/metrics), or `off`
     /// [default: the --listen address, on TCP].
     #[arg(long, env = "DFS_META_HTTP")]
@@ -183,6 +186,11 @@ fn resolve(args: Args, file: Args) -> anyhow::Result<MetaConfig> {
         listen,
         advertise,
         join: args.join.or(file.join).unwrap_or(false),
+        snapshot_every: args
+            .snapshot_every
+            .or(file.snapshot_every)
+            .unwrap_or(dfs_meta::raft::state::SNAPSHOT_EVERY)
+            .max(1),
         http: dfs_common::config::http_addr(args.http.or(file.http), listen)?,
         data_dir: args.data.or(file.data).context("--data DIR is required")?,
         identity: Identity::load(&tls)?,

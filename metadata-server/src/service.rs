@@ -665,6 +665,18 @@ impl MetaService {
                 Ok(MetaReply::MetaGroup(self.log.members()))
             }
             R::Leader => Ok(MetaReply::Leader(self.log.leader_addr())),
+            R::MetaDigest => {
+                let db = self.db.clone();
+                let (applied, digest) =
+                    tokio::task::spawn_blocking(move || crate::raft::state::digest(&db))
+                        .await
+                        .map_err(|e| FsError::io(format!("digest task: {e}")))??;
+                Ok(MetaReply::Digest {
+                    member: self.log.id,
+                    applied,
+                    digest,
+                })
+            }
             R::Peer { .. } => Err(FsError::protocol(
                 "peer messages are answered before dispatch",
             )),
@@ -685,7 +697,10 @@ impl MetaService {
     /// by any member.
     async fn route(&self, request: &MetaRequest) -> FsResult<()> {
         match request {
-            MetaRequest::Leader | MetaRequest::MetaStatus | MetaRequest::Peer { .. } => Ok(()),
+            MetaRequest::Leader
+            | MetaRequest::MetaStatus
+            | MetaRequest::MetaDigest
+            | MetaRequest::Peer { .. } => Ok(()),
             // A server waiting to join would hand out a key of its own.
             MetaRequest::Heartbeat { .. } if self.log.is_member() => Ok(()),
             MetaRequest::Heartbeat { .. } => Err(FsError::NotLeader(None)),
@@ -985,7 +1000,14 @@ impl Service for MetaService {
             let point = format!("meta.after_authorize.{}", request.name());
             self.faults.hit(&point).await?;
         }
+        let mutation = request.is_mutation().then(|| request.name());
         let mut reply = self.dispatch(request, id).await?;
+        if let (Some(name), true) = (mutation, self.faults.is_enabled()) {
+            // "The leader dies after the commit, before the reply."
+            self.faults
+                .hit(&format!("meta.after_commit.{name}"))
+                .await?;
+        }
         if let (Some(grants), MetaReply::Volumes(volumes)) = (grants, &mut reply) {
             volumes.retain(|v| grants.iter().any(|g| g.volume == v.id));
         }

@@ -31,6 +31,175 @@ fn add_member(cluster: &mut ProcessCluster, i: usize) {
     });
 }
 
+/// The digest of every running member's store, once they have all applied the same entries.
+fn agreeing_digests(cluster: &ProcessCluster, running: &[usize]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Digest {
+        applied: u64,
+        digest: String,
+    }
+    let mut agreed = None;
+    wait_until(
+        cluster,
+        Duration::from_secs(60),
+        "members at the same entry with the same digest",
+        || {
+            let digests: Vec<Digest> = running
+                .iter()
+                .filter_map(|&i| {
+                    let out = cluster
+                        .member_cli(i)
+                        .args(["--json", "meta", "digest"])
+                        .output()
+                        .ok()?;
+                    serde_json::from_slice(&out.stdout).ok()
+                })
+                .collect();
+            if digests.len() != running.len()
+                || digests.iter().any(|d| d.applied != digests[0].applied)
+            {
+                return false;
+            }
+            assert!(
+                digests.iter().all(|d| d.digest == digests[0].digest),
+                "members at entry {} disagree",
+                digests[0].applied
+            );
+            agreed = Some(digests[0].digest.clone());
+            true
+        },
+    );
+    agreed.expect("digests")
+}
+
+/// Six chunk servers, volume `v`, and a metadata group grown to three members.
+fn group_of_three(configure: impl FnOnce(&mut ProcessCluster)) -> ProcessCluster {
+    let mut cluster = ProcessCluster::start_with(6, |c| {
+        c.reserve_members(2);
+        configure(c);
+    });
+    wait_until(
+        &cluster,
+        Duration::from_secs(30),
+        "6 chunk servers up",
+        || status(&cluster).servers.iter().filter(|s| s.up).count() == 6,
+    );
+    let out = cluster
+        .cli()
+        .args(["volume", "create", "v", "--ec", "4+2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    add_member(&mut cluster, 1);
+    add_member(&mut cluster, 2);
+    cluster
+}
+
+/// Waits until member `i` is a follower with the leader's last entry.
+fn caught_up(cluster: &ProcessCluster, i: usize) {
+    let addr = cluster.member_addr(i).to_string();
+    wait_until(
+        cluster,
+        Duration::from_secs(60),
+        "a member catches up",
+        || {
+            let group = members(cluster);
+            let last = leader(&group).and_then(|l| l.last_index);
+            group.iter().any(|m| {
+                m.addr == addr
+                    && m.role == "follower"
+                    && m.last_index.is_some()
+                    && m.last_index == last
+            })
+        },
+    );
+}
+
+#[test]
+fn a_leader_that_dies_between_commit_and_reply_has_the_retry_applied_once() {
+    // The first leader dies right after it commits a create; whichever member leads next dies
+    // right after it commits a write.
+    let mut cluster = group_of_three(|c| {
+        c.member_faults
+            .insert(0, "meta.after_commit.MakeNode=exit".into());
+        for i in [1, 2] {
+            c.member_faults
+                .insert(i, "meta.after_commit.CommitWrite=exit".into());
+        }
+    });
+    let mount = Mount::new(&cluster, "v", "mnt", "")
+        .unwrap_or_else(|e| panic!("mount failed: {e}\n{}", cluster.logs()));
+
+    // The create was applied, its reply lost with the leader: the retry, on the new leader,
+    // gets the first outcome (success, not EEXIST).
+    let created = fs::File::create(mount.path("made"));
+    assert!(
+        created.is_ok(),
+        "retried create: {created:?}\n{}",
+        cluster.logs()
+    );
+    drop(created);
+    assert!(
+        cluster.member_exited(0),
+        "the leader died at the fault point"
+    );
+    cluster.member_faults.remove(&0);
+    cluster.start_meta();
+    caught_up(&cluster, 0);
+
+    // Same for an append: applied once, though the leader died before answering it.
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(mount.path("made"))
+        .unwrap();
+    f.write_all(b"appended once\n").unwrap();
+    f.sync_all()
+        .unwrap_or_else(|e| panic!("retried append: {e}\n{}", cluster.logs()));
+    drop(f);
+    let died: Vec<usize> = [1, 2]
+        .into_iter()
+        .filter(|&i| cluster.member_exited(i))
+        .collect();
+    assert_eq!(died.len(), 1, "one leader died at the write's fault point");
+    // A second mount reads what the group holds, not what this one cached.
+    let check = Mount::new(&cluster, "v", "check", "").unwrap();
+    assert_eq!(fs::read(check.path("made")).unwrap(), b"appended once\n");
+    let running: Vec<usize> = [0, 1, 2]
+        .into_iter()
+        .filter(|i| !died.contains(i))
+        .collect();
+    agreeing_digests(&cluster, &running);
+}
+
+#[test]
+fn a_member_far_behind_catches_up_by_a_snapshot() {
+    // A snapshot every 20 entries, and only 2 entries kept behind it.
+    let mut cluster = group_of_three(|c| {
+        c.group_args = vec!["--snapshot-every".into(), "20".into()];
+    });
+    let mount = Mount::new(&cluster, "v", "mnt", "").unwrap();
+    cluster.kill_member(2);
+    for i in 0..100 {
+        fs::write(mount.path(&format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    cluster.start_member(2);
+    caught_up(&cluster, 2);
+    agreeing_digests(&cluster, &[0, 1, 2]);
+    assert!(
+        cluster
+            .logs()
+            .contains("installed a snapshot of the store from the leader"),
+        "member 2 did not catch up by a snapshot\n{}",
+        cluster.logs()
+    );
+    for i in 0..100 {
+        assert_eq!(
+            fs::read_to_string(mount.path(&format!("f{i}"))).unwrap(),
+            format!("file {i}")
+        );
+    }
+}
+
 /// What the workload saw acknowledged, in order.
 #[derive(Default)]
 struct Acked {
@@ -221,4 +390,74 @@ fn a_group_of_three_keeps_a_mount_working_through_the_kill_of_its_leader() {
             })
         },
     );
+}
+
+#[test]
+fn a_leader_cut_off_the_network_stops_answering_and_rejoins_as_a_follower() {
+    let net = dfs_tests::netns::NetNs::create((((std::process::id() + 125) % 250) + 1) as u8);
+    // The first member, which leads, lives behind the link; the others on the host's side.
+    let cluster = group_of_three(|c| {
+        c.meta_addr = std::net::SocketAddr::new(net.ns_ip.parse().unwrap(), c.meta_addr.port());
+        c.meta_netns = Some(net.name.clone());
+        c.members.clear();
+        c.reserve_members_on(&net.host_ip, 2);
+        // Chunk servers on the host's end of the link, where every member reaches them.
+        c.chunk_ip = net.host_ip.clone();
+    });
+    let mount = Mount::new(&cluster, "v", "mnt", "").unwrap();
+    fs::write(mount.path("before"), b"before the cut").unwrap();
+
+    net.set_link(false);
+    // The mount goes on with a leader elected by the two members it still reaches.
+    for i in 0..10 {
+        fs::write(
+            mount.path(&format!("cut{i}")),
+            format!("written during the cut {i}"),
+        )
+        .unwrap_or_else(|e| panic!("cut{i}: {e}\n{}", cluster.logs()));
+    }
+    let group = members(&cluster);
+    assert_ne!(
+        leader(&group).map(|l| l.addr.clone()),
+        Some(cluster.meta_addr.to_string())
+    );
+    // The old leader, asked from its side of the cut, neither acknowledges a change nor
+    // answers a read: it cannot reach a majority.
+    let old_leader = |args: &[&str]| {
+        std::process::Command::new("timeout")
+            .arg("10")
+            .args(["ip", "netns", "exec", &net.name])
+            .arg(dfs_tests::process::binary("dfs"))
+            .args(args)
+            .env("DFS_META", cluster.meta_addr.to_string())
+            .env("DFS_CERTS", &cluster.certs_dir)
+            .output()
+            .unwrap()
+    };
+    let split = old_leader(&["volume", "create", "split", "--ec", "2+1"]);
+    assert!(
+        !split.status.success(),
+        "the cut-off leader acknowledged a change: {split:?}"
+    );
+    let read = old_leader(&["volume", "list"]);
+    assert!(
+        !read.status.success(),
+        "the cut-off leader answered a read: {read:?}"
+    );
+
+    net.set_link(true);
+    caught_up(&cluster, 0);
+    agreeing_digests(&cluster, &[0, 1, 2]);
+    let volumes = cluster.cli().args(["volume", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&volumes.stdout).contains("split"),
+        "{volumes:?}"
+    );
+    assert_eq!(fs::read(mount.path("before")).unwrap(), b"before the cut");
+    for i in 0..10 {
+        assert_eq!(
+            fs::read_to_string(mount.path(&format!("cut{i}"))).unwrap(),
+            format!("written during the cut {i}")
+        );
+    }
 }

@@ -155,6 +155,7 @@ impl TestCluster {
             listen: "127.0.0.1:0".parse().unwrap(),
             advertise: None,
             join: false,
+            snapshot_every: dfs_meta::raft::state::SNAPSHOT_EVERY,
             data_dir: dir.path().join("meta"),
             identity: certs.meta_identity(),
             server_timeout: TEST_SERVER_TIMEOUT,

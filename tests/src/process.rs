@@ -86,6 +86,14 @@ pub struct ProcessCluster {
     /// Further members of the metadata group (started with `--join`), by index from 1: their
     /// addresses are reserved up front, so chunk servers, mounts and the CLI know them all.
     pub members: Vec<(SocketAddr, Option<Child>)>,
+    /// Extra flags of every metadata server (the first and the members).
+    pub group_args: Vec<String>,
+    /// `DFS_FAULTS` of metadata server `i` (0 is the first), for its next start.
+    pub member_faults: std::collections::HashMap<usize, String>,
+    /// The network namespace the first metadata server runs in, if any.
+    pub meta_netns: Option<String>,
+    /// The address chunk servers outside namespaces listen on.
+    pub chunk_ip: String,
 }
 
 impl ProcessCluster {
@@ -121,6 +129,10 @@ impl ProcessCluster {
             meta_listen: None,
             chunk_netns: Default::default(),
             members: Vec::new(),
+            group_args: Vec::new(),
+            member_faults: Default::default(),
+            meta_netns: None,
+            chunk_ip: "127.0.0.1".into(),
         };
         configure(&mut cluster);
         cluster.start_meta();
@@ -144,7 +156,18 @@ impl ProcessCluster {
             .meta_listen
             .clone()
             .unwrap_or_else(|| self.meta_addr.to_string());
-        let child = Command::new(binary("dfs-meta"))
+        let mut cmd = match &self.meta_netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(binary("dfs-meta"));
+                cmd
+            }
+            None => Command::new(binary("dfs-meta")),
+        };
+        if let Some(faults) = self.member_faults.get(&0) {
+            cmd.env("DFS_FAULTS", faults);
+        }
+        let child = cmd
             .arg("--listen")
             .arg(listen)
             .arg("--http")
@@ -160,6 +183,7 @@ impl ProcessCluster {
             .arg("--gc-grace-secs")
             .arg(crate::TEST_GC_GRACE.as_secs_f64().to_string())
             .args(&self.meta_args)
+            .args(&self.group_args)
             .env("RUST_LOG", "info")
             .stdout(out)
             .stderr(err)
@@ -171,8 +195,14 @@ impl ProcessCluster {
     /// Reserves addresses for `n` more members of the metadata group (see
     /// [`Self::start_member`]); call it before chunk servers start.
     pub fn reserve_members(&mut self, n: usize) {
+        self.reserve_members_on("127.0.0.1", n);
+    }
+
+    /// [`Self::reserve_members`] on the host address `ip`.
+    pub fn reserve_members_on(&mut self, ip: &str, n: usize) {
+        let ip: std::net::IpAddr = ip.parse().expect("an IP address");
         for _ in 0..n {
-            let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+            let addr = SocketAddr::new(ip, free_udp_port());
             self.members.push((addr, None));
         }
     }
@@ -202,7 +232,11 @@ impl ProcessCluster {
             "member {i} already running"
         );
         let (out, err) = self.log(&format!("meta{i}"));
-        let child = Command::new(binary("dfs-meta"))
+        let mut cmd = Command::new(binary("dfs-meta"));
+        if let Some(faults) = self.member_faults.get(&i) {
+            cmd.env("DFS_FAULTS", faults);
+        }
+        let child = cmd
             .arg("--listen")
             .arg(self.members[i - 1].0.to_string())
             .arg("--http")
@@ -218,12 +252,50 @@ impl ProcessCluster {
             .arg(crate::TEST_REPAIR_INTERVAL.as_secs_f64().to_string())
             .arg("--gc-grace-secs")
             .arg(crate::TEST_GC_GRACE.as_secs_f64().to_string())
+            .args(&self.group_args)
             .env("RUST_LOG", "info")
             .stdout(out)
             .stderr(err)
             .spawn()
             .expect("start dfs-meta");
         self.members[i - 1].1 = Some(child);
+    }
+
+    /// Starts member `i` again (0 is the first server) after it stopped.
+    pub fn restart_member(&mut self, i: usize) {
+        match i {
+            0 => {
+                Self::kill(&mut self.meta);
+                self.start_meta();
+            }
+            i => {
+                Self::kill(&mut self.members[i - 1].1);
+                self.start_member(i);
+            }
+        }
+    }
+
+    /// Whether member `i` has exited (it died at a fault point, say); reaps it if so.
+    pub fn member_exited(&mut self, i: usize) -> bool {
+        let child = match i {
+            0 => &mut self.meta,
+            i => &mut self.members[i - 1].1,
+        };
+        let exited = match child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(Some(_))),
+            None => return true,
+        };
+        if exited {
+            *child = None;
+        }
+        exited
+    }
+
+    /// A `dfs` CLI command pointed at member `i` alone.
+    pub fn member_cli(&self, i: usize) -> Command {
+        let mut cmd = self.cli();
+        cmd.env("DFS_META", self.member_addr(i).to_string());
+        cmd
     }
 
     /// SIGKILLs member `i` of the metadata group (0 is the first server).
@@ -250,7 +322,7 @@ impl ProcessCluster {
             }
             None => (
                 Command::new(binary("dfs-chunk")),
-                "127.0.0.1:0".to_string(),
+                format!("{}:0", self.chunk_ip),
                 self.meta_spec(),
             ),
         };

@@ -22,10 +22,37 @@ pub enum MetaCommand {
         /// The member's id.
         id: u64,
     },
+    /// A digest of the replicated state of the member --meta names first, and the log entry
+    /// it has applied: members that applied the same entries must show the same digest.
+    Digest,
+}
+
+/// What `dfs meta digest --json` prints.
+#[derive(serde::Serialize)]
+struct Digest {
+    member: u64,
+    applied: u64,
+    digest: String,
 }
 
 pub async fn run(client: &Client, cmd: MetaCommand, json: bool) -> anyhow::Result<()> {
     let members = match cmd {
+        MetaCommand::Digest => {
+            let (member, applied, digest) = client.meta_digest().await?;
+            let digest = Digest {
+                member,
+                applied,
+                digest: hex::encode(digest),
+            };
+            if json {
+                return output::json(&digest);
+            }
+            println!(
+                "member {} applied {} digest {}",
+                digest.member, digest.applied, digest.digest
+            );
+            return Ok(());
+        }
         MetaCommand::Status => client.meta_status().await?,
         MetaCommand::Add { addr } => client.meta_add(&addr).await?,
         MetaCommand::Remove { id } => client.meta_remove(id).await?,

@@ -551,6 +551,9 @@ pub enum MetaRequest {
     MetaRemove {
         id: u64,
     },
+    /// A digest of this member's replicated state and the log entry it has applied up to;
+    /// answered by any member, with `Digest`. Members at the same entry must agree.
+    MetaDigest,
     /// Which member of the metadata group leads, as the one asked knows; answered with
     /// `Leader`. Anyone may ask.
     Leader,
@@ -643,6 +646,11 @@ pub enum MetaReply {
     MetaGroup(Vec<MetaMember>),
     /// The leader's address, if one is known.
     Leader(Option<String>),
+    Digest {
+        member: u64,
+        applied: u64,
+        digest: [u8; 32],
+    },
     /// The reply to a `Peer` message: `len` bytes follow the frame.
     Peer {
         len: u64,
@@ -724,6 +732,7 @@ impl MetaRequest {
             MetaRequest::MetaRemove { .. } => "MetaRemove",
             MetaRequest::Peer { .. } => "Peer",
             MetaRequest::Leader => "Leader",
+            MetaRequest::MetaDigest => "MetaDigest",
         }
     }
 
@@ -784,7 +793,8 @@ impl MetaRequest {
             | R::MetaAdd { .. }
             | R::MetaRemove { .. }
             | R::Peer { .. }
-            | R::Leader => false,
+            | R::Leader
+            | R::MetaDigest => false,
         }
     }
 }

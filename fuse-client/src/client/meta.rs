@@ -196,6 +196,19 @@ impl Client {
         )
     }
 
+    /// The digest of the replicated state of the member answering (`dfs meta digest`):
+    /// (member id, applied entry, digest).
+    pub async fn meta_digest(&self) -> FsResult<(u64, u64, [u8; 32])> {
+        match self.call(&MetaRequest::MetaDigest).await? {
+            MetaReply::Digest {
+                member,
+                applied,
+                digest,
+            } => Ok((member, applied, digest)),
+            other => Err(FsError::protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
     /// Removes member `id` from the metadata group (`dfs meta remove`).
     pub async fn meta_remove(&self, id: u64) -> FsResult<Vec<MetaMember>> {
         expect_reply!(
