@@ -697,10 +697,13 @@ impl MetaService {
     /// by any member.
     async fn route(&self, request: &MetaRequest) -> FsResult<()> {
         match request {
-            MetaRequest::Leader
-            | MetaRequest::MetaStatus
-            | MetaRequest::MetaDigest
-            | MetaRequest::Peer { .. } => Ok(()),
+            MetaRequest::Leader | MetaRequest::MetaDigest | MetaRequest::Peer { .. } => Ok(()),
+            // The leader knows every member's lag: it answers when there is one; without one
+            // (an election, a lost majority), any member tells what it sees.
+            MetaRequest::MetaStatus => match self.log.ensure_leader() {
+                Err(FsError::NotLeader(Some(leader))) => Err(FsError::NotLeader(Some(leader))),
+                _ => Ok(()),
+            },
             // A server waiting to join would hand out a key of its own.
             MetaRequest::Heartbeat { .. } if self.log.is_member() => Ok(()),
             MetaRequest::Heartbeat { .. } => Err(FsError::NotLeader(None)),

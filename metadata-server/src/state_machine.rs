@@ -38,13 +38,15 @@ pub const MIN_BLOCK_SIZE: u64 = 64 * 1024;
 pub fn apply(tx: &WriteTransaction, cmd: &Command) -> FsResult<Outcome> {
     let mut t = WriteTables::open(tx)?;
     let Some(call) = cmd.call else {
-        return apply_op(&mut t, cmd.now, &cmd.op);
+        let now = t.advance_clock(cmd.now)?;
+        return apply_op(&mut t, now, &cmd.op);
     };
     if let Some(outcome) = calls::replay(&t, &call)? {
         return Ok(outcome);
     }
-    let outcome = apply_op(&mut t, cmd.now, &cmd.op)?;
-    calls::record(&mut t, &call, &outcome, cmd.now)?;
+    let now = t.advance_clock(cmd.now)?;
+    let outcome = apply_op(&mut t, now, &cmd.op)?;
+    calls::record(&mut t, &call, &outcome, now)?;
     Ok(outcome)
 }
 

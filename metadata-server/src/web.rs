@@ -98,7 +98,7 @@ impl Gauges {
             log: gauges(
                 r,
                 "dfs_meta_log",
-                "The metadata log: term, last index, applied index, checkpoints, leading (1 or 0)",
+                "The metadata log: term, last index, applied index, checkpoints, leading (1 or 0), voting members",
             ),
         }
     }
@@ -138,6 +138,7 @@ impl Gauges {
             ("applied_index", log.applied_index),
             ("checkpoints", log.checkpoints),
             ("leading", u64::from(log.leader == Some(log.member))),
+            ("voters", sources.log.voters() as u64),
         ] {
             set(&self.log, "what", name, v);
         }
@@ -270,6 +271,28 @@ fn status_page(sources: &Sources) -> String {
         out,
         "<p id=\"log\">Metadata log: member {} ({role}), term {}, last entry {}, applied {}.</p>",
         log.member, log.term, log.last_index, log.applied_index
+    );
+    out.push_str("<h2>Metadata group</h2>");
+    let known = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
+    let rows: Vec<Vec<String>> = sources
+        .log
+        .members()
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                m.addr.clone(),
+                m.role.clone(),
+                known(m.last_index),
+                known(m.lag),
+            ]
+        })
+        .collect();
+    table(
+        &mut out,
+        "members",
+        &["member", "address", "role", "last entry", "lag"],
+        &rows,
     );
     out.push_str("<h2>Chunk servers</h2>");
     let rows: Vec<Vec<String>> = servers

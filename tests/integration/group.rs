@@ -146,6 +146,18 @@ fn a_leader_that_dies_between_commit_and_reply_has_the_retry_applied_once() {
     cluster.member_faults.remove(&0);
     cluster.start_meta();
     caught_up(&cluster, 0);
+    // Only the leader keeps its fault: the follower among 1 and 2 comes back without it, so
+    // that the next leader does not die at the retried write too.
+    let group = members(&cluster);
+    let leading = leader(&group).map(|l| l.addr.clone());
+    let follower = [1, 2]
+        .into_iter()
+        .find(|&i| Some(cluster.member_addr(i).to_string()) != leading)
+        .expect("one of 1 and 2 follows");
+    assert_ne!(leading, Some(cluster.meta_addr.to_string()), "{group:?}");
+    cluster.member_faults.remove(&follower);
+    cluster.restart_member(follower);
+    caught_up(&cluster, follower);
 
     // Same for an append: applied once, though the leader died before answering it.
     let mut f = fs::OpenOptions::new()
@@ -160,7 +172,11 @@ fn a_leader_that_dies_between_commit_and_reply_has_the_retry_applied_once() {
         .into_iter()
         .filter(|&i| cluster.member_exited(i))
         .collect();
-    assert_eq!(died.len(), 1, "one leader died at the write's fault point");
+    assert_eq!(
+        died,
+        vec![3 - follower],
+        "the leader died at the write's fault point"
+    );
     // A second mount reads what the group holds, not what this one cached.
     let check = Mount::new(&cluster, "v", "check", "").unwrap();
     assert_eq!(fs::read(check.path("made")).unwrap(), b"appended once\n");
@@ -390,6 +406,7 @@ fn a_group_of_three_keeps_a_mount_working_through_the_kill_of_its_leader() {
             })
         },
     );
+    agreeing_digests(&cluster, &[0, 1, 2]);
 }
 
 #[test]
@@ -460,4 +477,42 @@ fn a_leader_cut_off_the_network_stops_answering_and_rejoins_as_a_follower() {
             format!("written during the cut {i}")
         );
     }
+}
+
+#[test]
+fn a_dead_member_is_replaced_by_a_new_one() {
+    let mut cluster = group_of_three(|c| c.reserve_members(1));
+    let mount = Mount::new(&cluster, "v", "mnt", "").unwrap();
+    fs::write(mount.path("kept"), b"kept through the replacement").unwrap();
+    cluster.kill_member(2);
+    let dead = cluster.member_addr(2).to_string();
+    let id = members(&cluster)
+        .iter()
+        .find(|m| m.addr == dead)
+        .map(|m| m.id)
+        .expect("the dead member is listed");
+    let out = cluster
+        .cli()
+        .args(["meta", "remove", &id.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", cluster.logs());
+    add_member(&mut cluster, 3);
+    let group = members(&cluster);
+    let mut addrs: Vec<String> = group.iter().map(|m| m.addr.clone()).collect();
+    addrs.sort();
+    let mut expected: Vec<String> = [0, 1, 3]
+        .iter()
+        .map(|&i| cluster.member_addr(i).to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(addrs, expected, "{group:?}");
+    assert!(group.iter().all(|m| m.role != "learner"), "{group:?}");
+    caught_up(&cluster, 3);
+    agreeing_digests(&cluster, &[0, 1, 3]);
+    fs::write(mount.path("after"), b"written after").unwrap();
+    assert_eq!(
+        fs::read(mount.path("kept")).unwrap(),
+        b"kept through the replacement"
+    );
 }

@@ -669,6 +669,35 @@ mod tests {
         let tx = db.begin_write().unwrap();
         assert_eq!(read_partial(&tx).unwrap(), None);
     }
+    /// Time never goes back: a command stamped before one applied earlier (a new leader whose
+    /// clock is behind the old one's) applies at the later time.
+    #[test]
+    fn time_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, root) = store_with_volume(dir.path());
+        let at = |secs, index, name: &str| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Batch(vec![Command::internal(
+                Timestamp { secs, nanos: 0 },
+                make(root, name),
+            )])),
+        };
+        let out = apply_entries(
+            &db,
+            &[at(100, 2, "late"), at(50, 3, "early"), at(200, 4, "later")],
+            &Progress::default(),
+        )
+        .unwrap();
+        let mtimes: Vec<i64> = out
+            .iter()
+            .map(|o| match &o[0] {
+                Ok(Outcome::Node { record, .. }) => record.mtime.secs,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(mtimes, vec![100, 100, 200]);
+    }
+
     /// A random log of namespace operations over a few names, `entries` entries of 1 to 8
     /// commands each, from index 2 (entry 1 made the volume), applied one entry at a time to
     /// `db` as it is made, so that commands name inodes that exist (or existed). Returns the

@@ -5,7 +5,7 @@
 use super::schema::*;
 use super::DbResult;
 use dfs_common::proto::meta::{Attr, FileKind};
-use dfs_common::{FsError, FsResult, InodeId, VolumeId};
+use dfs_common::{FsError, FsResult, InodeId, Timestamp, VolumeId};
 use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 
 pub type InodeTable<'t> = Table<'t, u64, &'static [u8]>;
@@ -44,6 +44,26 @@ impl<'t> WriteTables<'t> {
             calls: tx.open_table(CALLS).db()?,
             server_certs: tx.open_table(SERVER_CERTS).db()?,
         })
+    }
+
+    /// The time a command applies at: its own, or the latest applied before it if that is
+    /// later. A new leader whose clock is behind the old one's never moves mtimes, call
+    /// expiry or grace periods backwards.
+    pub fn advance_clock(&mut self, now: Timestamp) -> FsResult<Timestamp> {
+        const CLOCK: &str = "clock";
+        let Ok(secs) = u64::try_from(now.secs) else {
+            return Ok(now);
+        };
+        let stamped = secs.saturating_mul(1_000_000_000) + u64::from(now.nanos);
+        let latest = self.counters.get(CLOCK).db()?.map_or(0, |v| v.value());
+        if latest >= stamped {
+            return Ok(Timestamp {
+                secs: (latest / 1_000_000_000) as i64,
+                nanos: (latest % 1_000_000_000) as u32,
+            });
+        }
+        self.counters.insert(CLOCK, stamped).db()?;
+        Ok(now)
     }
 
     /// Takes the next value of a counter; ids start at `first` and are never reused.
