@@ -16,6 +16,9 @@ use std::time::Duration;
 
 /// How long a call waits for the member it uses before it asks the others who leads.
 const ASK_OTHERS_AFTER: Duration = Duration::from_secs(1);
+/// How long a member the others name as leader may leave a call unanswered before it is
+/// asked whether the connection still works.
+const STALE_AFTER: Duration = Duration::from_secs(2);
 /// How often it asks again while they name no other leader (an election is under way).
 const ASK_AGAIN_EVERY: Duration = Duration::from_millis(250);
 /// Bound on asking one member who leads.
@@ -148,7 +151,10 @@ impl MetaLink {
     }
 
     /// One exchange with member `at`. While it goes unanswered for [`ASK_OTHERS_AFTER`], the
-    /// other members are asked who leads; if they name another, the call is moved there.
+    /// other members are asked who leads; if they name another, the call is moved there. If
+    /// they name `at` itself for [`STALE_AFTER`] and it does not answer a question either, the
+    /// connection to it is to a process that died and came back: the call starts again on a
+    /// new one.
     async fn attempt<Q, R>(
         &self,
         at: usize,
@@ -166,14 +172,25 @@ impl MetaLink {
             return Attempt::Answered(exchange.await);
         }
         let mut exchange = std::pin::pin!(exchange);
-        let mut ask_at = tokio::time::Instant::now() + ASK_OTHERS_AFTER;
+        let started = tokio::time::Instant::now();
+        let mut ask_at = started + ASK_OTHERS_AFTER;
         loop {
             tokio::select! {
                 answer = &mut exchange => return Attempt::Answered(answer),
                 _ = tokio::time::sleep_until(ask_at) => {
-                    if let Some(leader) = self.leader_elsewhere(at).await {
-                        self.move_to(at, leader);
-                        return Attempt::Moved;
+                    match self.leader_named_by_others(at).await {
+                        Some(leader) if leader != at => {
+                            // Its cached connection may be to a process that died since: the
+                            // moved call starts on a new one.
+                            self.member(leader).1.reset().await;
+                            self.move_to(at, leader);
+                            return Attempt::Moved;
+                        }
+                        Some(_) if started.elapsed() >= STALE_AFTER && !self.answers(member).await => {
+                            member.reset().await;
+                            return Attempt::Moved;
+                        }
+                        _ => {}
                     }
                     ask_at = tokio::time::Instant::now() + ASK_AGAIN_EVERY;
                 }
@@ -181,23 +198,35 @@ impl MetaLink {
         }
     }
 
-    /// Asks the members other than `at` who leads; the first that names another member wins.
-    async fn leader_elsewhere(&self, at: usize) -> Option<usize> {
+    /// Whether `member` answers a question on the connection in use (a long call on it is
+    /// still being worked on, not lost with a dead process).
+    async fn answers(&self, member: &Peer) -> bool {
+        let question = MetaCall::untracked(MetaRequest::Leader);
+        let ask = member.exchange::<_, MetaReply>(&question, None, 4096);
+        matches!(tokio::time::timeout(ASK_TIMEOUT, ask).await, Ok(Ok(_)))
+    }
+
+    /// Asks the members other than `at` who leads; the first that names a member of ours
+    /// wins.
+    async fn leader_named_by_others(&self, at: usize) -> Option<usize> {
         let question = MetaCall::untracked(MetaRequest::Leader);
         for (i, member) in self.members().iter().enumerate() {
             if i == at {
                 continue;
             }
             let ask = member.exchange::<_, MetaReply>(&question, None, 4096);
-            let Ok(Ok((Ok(MetaReply::Leader(Some(leader))), _))) =
-                tokio::time::timeout(ASK_TIMEOUT, ask).await
-            else {
-                continue;
+            let leader = match tokio::time::timeout(ASK_TIMEOUT, ask).await {
+                Ok(Ok((Ok(MetaReply::Leader(Some(leader))), _))) => leader,
+                Ok(Ok(_)) => continue,
+                // Perhaps a connection to a member that died and came back: the next
+                // question makes a new one.
+                Ok(Err(_)) | Err(_) => {
+                    member.reset().await;
+                    continue;
+                }
             };
             if let Some(index) = self.member_named(Some(&leader)).await {
-                if index != at {
-                    return Some(index);
-                }
+                return Some(index);
             }
         }
         None

@@ -78,6 +78,14 @@ impl Peer {
             .map(|c| c.connection().stats())
     }
 
+    /// Forgets the cached connection, so the next call connects anew: for a peer that may
+    /// have died and come back, whose old connection would only time out.
+    pub async fn reset(&self) {
+        if let Some(counted) = self.conn.lock().await.take() {
+            counted.connection().close(0u32.into(), b"reset by client");
+        }
+    }
+
     /// Forgets the cached connection if it is `conn`, so the next call reconnects.
     async fn drop_connection(&self, conn: &Connection) {
         let mut cached = self.conn.lock().await;

@@ -100,6 +100,35 @@ pub struct Group {
     db: std::sync::Arc<redb::Database>,
     pub progress: std::sync::Arc<state::Progress>,
     endpoint: dfs_common::net::endpoint::Endpoint,
+    /// When a majority last acknowledged this member as leader (see [`Group::read_barrier`]).
+    quorum_acked: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+/// How long after a majority last acknowledged it a leader serves reads without asking again.
+/// A follower votes for no one else until `election_timeout_max` (900 ms) after the leader's
+/// last message reached it, plus its election timeout; this stays well inside that, leaving
+/// room for clock rates and for the delay with which the acknowledgement is observed.
+const READ_LEASE: std::time::Duration = std::time::Duration::from_millis(400);
+
+/// Follows this member's metrics and keeps when a majority last acknowledged it as leader:
+/// the metrics give the time since, as of when they were made; the time they are seen here
+/// is a little later, which the lease's margin covers.
+async fn track_quorum_acks(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<MemberId, openraft::BasicNode>>,
+    acked: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+) {
+    while metrics.changed().await.is_ok() {
+        let at = {
+            let m = metrics.borrow_and_update();
+            match (m.state, m.millis_since_quorum_ack) {
+                (openraft::ServerState::Leader, Some(ms)) => {
+                    std::time::Instant::now().checked_sub(std::time::Duration::from_millis(ms))
+                }
+                _ => None,
+            }
+        };
+        *acked.lock().expect("quorum acknowledgement") = at;
+    }
 }
 
 fn fatal(what: &str, e: impl std::fmt::Display) -> FsError {
@@ -164,6 +193,8 @@ pub async fn start(
     let raft = Raft::new(id, config, peers, log.clone(), state)
         .await
         .map_err(|e| fatal("starting", e))?;
+    let quorum_acked = std::sync::Arc::new(std::sync::Mutex::new(None));
+    tokio::spawn(track_quorum_acks(raft.metrics(), quorum_acked.clone()));
     let group = Group {
         raft,
         id,
@@ -171,6 +202,7 @@ pub async fn start(
         db,
         progress,
         endpoint,
+        quorum_acked,
     };
     let initialized = group
         .raft
@@ -380,10 +412,14 @@ impl Group {
 
     /// Makes a read linearizable: confirms with a majority that this member still leads and
     /// waits until everything committed before the read is applied. A group with one voter
-    /// needs no round: it cannot be deposed without knowing.
+    /// needs no round: it cannot be deposed without knowing. Nor does a leader that a
+    /// majority acknowledged within [`READ_LEASE`] and that has applied an entry of its own
+    /// term: no other leader can exist yet, and every write acknowledged before the read is
+    /// applied here (this leader's acknowledges after applying; an earlier leader's precede
+    /// this term's first entry).
     pub async fn read_barrier(&self) -> FsResult<()> {
         self.ensure_leader()?;
-        if self.voters() <= 1 {
+        if self.voters() <= 1 || self.holds_read_lease() {
             return Ok(());
         }
         match tokio::time::timeout(READ_BARRIER_TIMEOUT, self.raft.ensure_linearizable()).await {
@@ -396,6 +432,17 @@ impl Group {
             }),
             Err(_) => Err(FsError::NotLeader(None)),
         }
+    }
+
+    fn holds_read_lease(&self) -> bool {
+        let acked = *self.quorum_acked.lock().expect("quorum acknowledgement");
+        let fresh = acked.is_some_and(|at| at.elapsed() < READ_LEASE);
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let own_term_applied = m
+            .last_applied
+            .is_some_and(|l| l.leader_id.term == m.current_term);
+        fresh && own_term_applied && m.state == openraft::ServerState::Leader
     }
 
     /// Answers a message from another member (see [`network`]).
