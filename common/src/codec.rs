@@ -80,7 +80,7 @@ const LATE_END_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// finishes right after its last write, but on a busy host the end can leave in a packet of
 /// its own, after the reply was read. Dropping the stream before it arrives would cost a
 /// STOP_SENDING. More unread data than a little, or no end in time, stops the stream instead.
-fn take_late_end(mut recv: RecvStream) {
+pub fn take_late_end(mut recv: RecvStream) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };

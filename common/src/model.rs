@@ -7,6 +7,19 @@
 use crate::ids::{BlockId, Timestamp, VolumeId};
 use serde::{Deserialize, Serialize};
 
+/// A byte-range lock held on a file, as the metadata group records it: the holder (client
+/// session, owner within it, pid for F_GETLK), the inclusive range, and whether it excludes
+/// readers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldLock {
+    pub session: u64,
+    pub owner: u64,
+    pub pid: u32,
+    pub start: u64,
+    pub end: u64,
+    pub write: bool,
+}
+
 /// Which shard: block and index (0..k data, k..k+m parity).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ShardKey {

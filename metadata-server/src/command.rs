@@ -14,7 +14,9 @@
 use crate::store::schema::{
     decode_body, encode_as, split_format, InodeRecord, VolumeRecord, VolumeState,
 };
-use dfs_common::model::{FileKind, NewExtent, SetAttr, ShardKey, VolumeChange, VolumeLimits};
+use dfs_common::model::{
+    FileKind, HeldLock, NewExtent, SetAttr, ShardKey, VolumeChange, VolumeLimits,
+};
 use dfs_common::{BlockId, EcPolicy, FsError, FsResult, InodeId, ServerId, Timestamp, VolumeId};
 use serde::{Deserialize, Serialize};
 
@@ -179,6 +181,12 @@ pub enum Op {
     },
     /// Forgets the duplicate-request records of clients that went away long ago.
     ExpireCalls,
+    /// The locks of files whose locks changed, and lock sessions begun (`true`) or ended, as
+    /// the leader's lock table has them: recorded, so that a new leader holds the same locks.
+    SetLocks {
+        files: Vec<(InodeId, Vec<HeldLock>)>,
+        sessions: Vec<(u64, bool)>,
+    },
 }
 
 /// What applying a command gave, in the store's own terms.
@@ -262,6 +270,10 @@ impl Op {
             Op::CommitWrite { extents, .. } => BASE + extents.len() * 48,
             Op::AllocateBlock { placement, .. } => BASE + placement.len() * 8,
             Op::DropBlocks { blocks } => BASE + blocks.len() * 8,
+            Op::SetLocks { files, sessions } => {
+                BASE + sessions.len() * 10
+                    + files.iter().map(|(_, h)| 16 + h.len() * 40).sum::<usize>()
+            }
             Op::AddClient { volumes, .. } => {
                 BASE + volumes.iter().map(|(n, _)| n.len() + 8).sum::<usize>()
             }
@@ -300,6 +312,7 @@ impl Op {
             Op::DrainServer { .. } => "DrainServer",
             Op::RemoveServer { .. } => "RemoveServer",
             Op::ExpireCalls => "ExpireCalls",
+            Op::SetLocks { .. } => "SetLocks",
         }
     }
 }
@@ -447,6 +460,23 @@ mod tests {
                 server: ServerId(1),
             },
             Op::ExpireCalls,
+            Op::SetLocks {
+                files: vec![
+                    (
+                        ino,
+                        vec![HeldLock {
+                            session: 0xabcd,
+                            owner: 3,
+                            pid: 42,
+                            start: 0,
+                            end: 99,
+                            write: true,
+                        }],
+                    ),
+                    (InodeId(6), vec![]),
+                ],
+                sessions: vec![(0xabcd, true), (7, false)],
+            },
         ];
         ops.into_iter()
             .enumerate()
@@ -469,7 +499,7 @@ mod tests {
     /// Each sample as format 1 encodes it. Commands are the log: a change that alters these
     /// bytes makes older logs unreadable. Add operations at the end of [`Op`]; change one only
     /// with a new format.
-    const GOLDEN: [(&str, &str); 24] = [
+    const GOLDEN: [(&str, &str); 25] = [
         ("CreateVolume", "01fc00e2a7ca0001fbcdab000100000000000000000000000000000000000000000000000000000000000000000001760402fc0000400001fc00000040000000"),
         ("SetVolume", "01fc00e2a7ca0100010176000100010100"),
         ("DeleteVolume", "01fc00e2a7ca0201fbcdab0201020202020202020202020202020202020202020202020202020202020202020202017601"),
@@ -494,6 +524,7 @@ mod tests {
         ("DrainServer", "01fc00e2a7ca1500150101"),
         ("RemoveServer", "01fc00e2a7ca1601fbcdab160116161616161616161616161616161616161616161616161616161616161616161601"),
         ("ExpireCalls", "01fc00e2a7ca170017"),
+        ("SetLocks", "01fc00e2a7ca1801fbcdab1801181818181818181818181818181818181818181818181818181818181818181818020501fbcdab032a006301060002fbcdab010700"),
     ];
 
     fn hex(bytes: &[u8]) -> String {

@@ -55,6 +55,16 @@ impl Committer {
             .map_err(|_| FsError::unavailable("metadata committer stopped"))?
     }
 
+    /// Queues `command` at once, without waiting for room: for callers that must queue
+    /// commands in a given order while they hold a lock. Its outcome comes on the receiver.
+    pub fn enqueue(&self, command: Command) -> FsResult<oneshot::Receiver<FsResult<Outcome>>> {
+        let (reply, wait) = oneshot::channel();
+        self.queue
+            .try_send(Pending { command, reply })
+            .map_err(|_| FsError::unavailable("the metadata committer is full or stopped"))?;
+        Ok(wait)
+    }
+
     /// The metadata group the commands go to.
     pub fn group(&self) -> &Group {
         &self.group

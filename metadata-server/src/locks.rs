@@ -1,7 +1,12 @@
-//! Byte-range locks (fcntl, and flock as whole-file locks, as NFS does), held in memory for
-//! client sessions with a lease. A session that stops renewing (a crashed or cut-off client)
-//! loses its locks when the lease runs out, so nobody waits forever on a dead holder. Locks do
-//! not survive a restart of the metadata server.
+//! Byte-range locks (fcntl, and flock as whole-file locks, as NFS does), held for client
+//! sessions with a lease. A session that stops renewing (a crashed or cut-off client) loses
+//! its locks when the lease runs out, so nobody waits forever on a dead holder.
+//!
+//! The leader decides in memory, here, and records every change in the metadata log before
+//! it answers ([`LockTable::record_changes`], `Op::SetLocks`): the files whose locks changed
+//! and the sessions begun or ended. A new leader (or a restarted server) loads them
+//! ([`LockTable::load`]) and gives every session a fresh lease, so locks survive a failover
+//! and a restart. Renewals and waits are not recorded.
 //!
 //! Waiters (blocking requests) poll; while one waits, the table keeps whom it waits for. That
 //! wait-for graph spans every client, so a wait that would close a cycle (A holds 1 and waits
@@ -9,9 +14,14 @@
 //! which a kernel seeing only its own processes could not detect. A waiter that stops polling
 //! for [`WAIT_EDGE_TTL`] drops out of the graph.
 
+use crate::command::Outcome;
+use crate::store::schema::{decode, encode, LocksRecord};
+use crate::store::tables::WriteTables;
+use crate::store::DbResult;
+use dfs_common::model::HeldLock;
 use dfs_common::proto::meta::{LockConflict, LockKind, LockOwner, LockRange};
 use dfs_common::{FsError, FsResult, InodeId};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -21,6 +31,9 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// A waiter that has not asked again for this long no longer counts as waiting (clients poll
 /// at least every 500 ms while they wait).
 pub const WAIT_EDGE_TTL: Duration = Duration::from_secs(3);
+
+/// Files and the locks held on each, as the metadata log records them.
+pub type FileLocks = Vec<(InodeId, Vec<HeldLock>)>;
 
 /// A lock owner across the cluster: (client session, owner within it).
 type OwnerKey = (u64, u64);
@@ -47,6 +60,32 @@ impl Held {
     fn same_owner(&self, owner: &LockOwner) -> bool {
         self.owner.session == owner.session && self.owner.owner == owner.owner
     }
+
+    fn recorded(&self) -> HeldLock {
+        HeldLock {
+            session: self.owner.session,
+            owner: self.owner.owner,
+            pid: self.owner.pid,
+            start: self.range.start,
+            end: self.range.end,
+            write: self.write,
+        }
+    }
+
+    fn from_record(h: &HeldLock) -> Held {
+        Held {
+            owner: LockOwner {
+                session: h.session,
+                owner: h.owner,
+                pid: h.pid,
+            },
+            range: LockRange {
+                start: h.start,
+                end: h.end,
+            },
+            write: h.write,
+        }
+    }
 }
 
 fn overlaps(a: &LockRange, b: &LockRange) -> bool {
@@ -65,6 +104,11 @@ struct State {
     sessions: HashMap<u64, Instant>,
     /// The wait-for graph: each waiting owner and the owners whose locks stand in its way.
     waiting: HashMap<OwnerKey, Waiting>,
+    /// Files whose locks changed, and sessions begun (true) or ended, not yet recorded.
+    changed_files: BTreeSet<InodeId>,
+    changed_sessions: BTreeMap<u64, bool>,
+    /// How many batches of changes have been handed over for recording.
+    recorded: u64,
 }
 
 impl LockTable {
@@ -158,7 +202,59 @@ impl LockTable {
         } else {
             *held = kept;
         }
+        state.changed_files.insert(ino);
         Ok(())
+    }
+
+    /// Hands the changes made since the last call to `record` (under the table's lock, so
+    /// batches reach the log in the order of the changes) and returns the number of the batch
+    /// that holds every change made so far: once batches up to it are in the log, so are the
+    /// changes of the caller. If `record` fails, the changes stay for the next call.
+    pub fn record_changes(
+        &self,
+        record: impl FnOnce(FileLocks, Vec<(u64, bool)>) -> FsResult<()>,
+    ) -> FsResult<u64> {
+        let mut state = self.lock_state();
+        if state.changed_files.is_empty() && state.changed_sessions.is_empty() {
+            return Ok(state.recorded);
+        }
+        let files = state
+            .changed_files
+            .iter()
+            .map(|ino| {
+                let held = state
+                    .files
+                    .get(ino)
+                    .map_or_else(Vec::new, |held| held.iter().map(Held::recorded).collect());
+                (*ino, held)
+            })
+            .collect();
+        let sessions = state
+            .changed_sessions
+            .iter()
+            .map(|(&s, &l)| (s, l))
+            .collect();
+        record(files, sessions)?;
+        state.changed_files.clear();
+        state.changed_sessions.clear();
+        state.recorded += 1;
+        Ok(state.recorded)
+    }
+
+    /// Replaces the table with recorded locks and sessions (a new leader's, or a restarted
+    /// server's): every session gets a fresh lease, nobody waits.
+    pub fn load(&self, files: FileLocks, sessions: Vec<u64>) {
+        let mut state = self.lock_state();
+        let now = Instant::now();
+        state.files = files
+            .into_iter()
+            .filter(|(_, held)| !held.is_empty())
+            .map(|(ino, held)| (ino, held.iter().map(Held::from_record).collect()))
+            .collect();
+        state.sessions = sessions.into_iter().map(|s| (s, now)).collect();
+        state.waiting.clear();
+        state.changed_files.clear();
+        state.changed_sessions.clear();
     }
 
     /// The first lock of another owner that conflicts with the one described.
@@ -190,9 +286,14 @@ impl LockTable {
         match ino {
             Some(ino) => {
                 if let Some(held) = state.files.get_mut(&ino) {
+                    let before = held.len();
                     held.retain(|h| !h.same_owner(&owner));
+                    let changed = held.len() != before;
                     if held.is_empty() {
                         state.files.remove(&ino);
+                    }
+                    if changed {
+                        state.changed_files.insert(ino);
                     }
                 }
             }
@@ -227,7 +328,9 @@ impl LockTable {
 impl State {
     fn renew(&mut self, session: u64, lease: Duration) {
         self.expire(lease);
-        self.sessions.insert(session, Instant::now());
+        if self.sessions.insert(session, Instant::now()).is_none() {
+            self.changed_sessions.insert(session, true);
+        }
     }
 
     /// Drops every session whose lease ran out, with its locks.
@@ -268,13 +371,60 @@ impl State {
     }
 
     fn drop_session(&mut self, session: u64) {
-        self.sessions.remove(&session);
+        if self.sessions.remove(&session).is_some() {
+            self.changed_sessions.insert(session, false);
+        }
         self.waiting.retain(|(s, _), _| *s != session);
-        self.files.retain(|_, held| {
+        let changed = &mut self.changed_files;
+        self.files.retain(|ino, held| {
+            let before = held.len();
             held.retain(|h| h.owner.session != session);
+            if held.len() != before {
+                changed.insert(*ino);
+            }
             !held.is_empty()
         });
     }
+}
+
+/// Applies a recorded batch of lock changes to the store (`Op::SetLocks`).
+pub fn record(
+    t: &mut WriteTables,
+    files: &[(InodeId, Vec<HeldLock>)],
+    sessions: &[(u64, bool)],
+) -> FsResult<Outcome> {
+    for (ino, held) in files {
+        if held.is_empty() {
+            t.locks.remove(ino.0).db()?;
+        } else {
+            let record = encode(&LocksRecord { held: held.clone() });
+            t.locks.insert(ino.0, record.as_slice()).db()?;
+        }
+    }
+    for &(session, live) in sessions {
+        if live {
+            t.lock_sessions.insert(session, 1).db()?;
+        } else {
+            t.lock_sessions.remove(session).db()?;
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+/// The recorded locks and sessions, for [`LockTable::load`].
+pub fn recorded(t: &crate::store::tables::ReadTables) -> FsResult<(FileLocks, Vec<u64>)> {
+    use redb::ReadableTable;
+    let mut files = Vec::new();
+    for item in t.locks.iter().db()? {
+        let (ino, record) = item.db()?;
+        let record: LocksRecord = decode(record.value())?;
+        files.push((InodeId(ino.value()), record.held));
+    }
+    let mut sessions = Vec::new();
+    for item in t.lock_sessions.iter().db()? {
+        sessions.push(item.db()?.0.value());
+    }
+    Ok((files, sessions))
 }
 
 fn lost(session: u64) -> FsError {
@@ -432,6 +582,52 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(t.count(), 1);
+    }
+
+    /// What a leader records is what the next one loads: the same locks conflict, the same
+    /// sessions are known, released locks stay released.
+    #[test]
+    fn recorded_changes_load_into_a_new_table() {
+        let old = LockTable::new(DEFAULT_LEASE);
+        let (a, b, c) = (owner(1, 1), owner(2, 1), owner(3, 1));
+        old.set(FILE, a, range(0, 9), LockKind::Write, false, false)
+            .unwrap();
+        old.set(InodeId(8), c, range(0, 0), LockKind::Read, false, false)
+            .unwrap();
+        // In the log: the files and sessions recorded so far, batch after batch.
+        let mut files: BTreeMap<InodeId, Vec<HeldLock>> = BTreeMap::new();
+        let mut sessions: BTreeSet<u64> = BTreeSet::new();
+        let mut log = |f: Vec<(InodeId, Vec<HeldLock>)>, s: Vec<(u64, bool)>| {
+            for (ino, held) in f {
+                files.insert(ino, held);
+            }
+            for (session, live) in s {
+                if live {
+                    sessions.insert(session);
+                } else {
+                    sessions.remove(&session);
+                }
+            }
+            Ok(())
+        };
+        assert_eq!(old.record_changes(&mut log).unwrap(), 1);
+        old.release(Some(InodeId(8)), c);
+        assert_eq!(old.record_changes(&mut log).unwrap(), 2);
+        // Nothing changed: the batch holding every change is still the last one.
+        assert_eq!(old.record_changes(&mut log).unwrap(), 2);
+
+        let new = LockTable::new(DEFAULT_LEASE);
+        new.load(files.into_iter().collect(), sessions.into_iter().collect());
+        assert_eq!(
+            new.set(FILE, b, range(5, 5), LockKind::Read, false, false),
+            Err(FsError::Locked)
+        );
+        new.set(InodeId(8), b, range(0, 0), LockKind::Write, false, false)
+            .unwrap();
+        // a's session is known: it still holds its lock, and may take more.
+        new.renew(a.session).unwrap();
+        new.set(FILE, a, range(20, 29), LockKind::Write, false, true)
+            .unwrap();
     }
 
     #[test]

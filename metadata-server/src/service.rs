@@ -29,8 +29,19 @@ use redb::{Database, ReadableTable};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a lock call waits for its change to reach the metadata log.
+const LOCK_RECORD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Batches of lock changes in the metadata log, and ones that failed to get there.
+#[derive(Clone, Copy, Debug, Default)]
+struct LocksRecorded {
+    done: u64,
+    failed: u64,
+}
+
 pub struct MetaService {
     ops: OpMetrics,
+    locks_recorded: tokio::sync::watch::Sender<LocksRecorded>,
     log: crate::raft::Group,
     clients: ClientRegistry,
     db: Arc<Database>,
@@ -78,6 +89,7 @@ impl MetaService {
         drop(tx);
         Ok(MetaService {
             server_certs: std::sync::Mutex::new(server_certs),
+            locks_recorded: tokio::sync::watch::Sender::new(LocksRecorded::default()),
             ops: parts.ops,
             log: parts.log,
             clients,
@@ -629,8 +641,9 @@ impl MetaService {
                     self.query(move |t| get_inode(&t.inodes, ino).map(drop))
                         .await?;
                 }
-                self.locks.set(ino, owner, range, kind, wait, holding)?;
-                Ok(MetaReply::Done)
+                let set = self.locks.set(ino, owner, range, kind, wait, holding);
+                self.record_locks().await?;
+                set.map(|()| MetaReply::Done)
             }
             R::CancelLockWait { owner } => {
                 self.locks.cancel_wait(owner);
@@ -641,14 +654,20 @@ impl MetaService {
                 owner,
                 range,
                 kind,
-            } => Ok(MetaReply::Lock(self.locks.test(ino, owner, range, kind)?)),
+            } => {
+                let conflict = self.locks.test(ino, owner, range, kind);
+                self.record_locks().await?;
+                conflict.map(MetaReply::Lock)
+            }
             R::ReleaseLocks { ino, owner } => {
                 self.locks.release(ino, owner);
+                self.record_locks().await?;
                 Ok(MetaReply::Done)
             }
             R::RenewSession { session } => {
-                self.locks.renew(session)?;
-                Ok(MetaReply::Done)
+                let renewed = self.locks.renew(session);
+                self.record_locks().await?;
+                renewed.map(|()| MetaReply::Done)
             }
             R::RepairStatus => Ok(MetaReply::Repair(self.repair.progress())),
             R::MetaStatus => Ok(MetaReply::MetaGroup(self.log.members())),
@@ -684,6 +703,50 @@ impl MetaService {
                 self.repair.start_rebalance();
                 Ok(MetaReply::Done)
             }
+        }
+    }
+
+    /// Records the lock table's changes in the metadata log and waits until every change made
+    /// so far (this call's, or another's that took it along) is there: a lock is granted or
+    /// released only once a new leader would know it.
+    async fn record_locks(&self) -> FsResult<()> {
+        let now = Timestamp::now();
+        let mut queued = None;
+        let batch = self.locks.record_changes(|files, sessions| {
+            let op = Op::SetLocks { files, sessions };
+            queued = Some(self.committer.enqueue(Command::internal(now, op))?);
+            Ok(())
+        })?;
+        if let Some(wait) = queued {
+            let recorded = self.locks_recorded.clone();
+            tokio::spawn(async move {
+                let ok = matches!(wait.await, Ok(Ok(_)));
+                if !ok {
+                    tracing::warn!(
+                        batch,
+                        "a batch of lock changes did not reach the metadata log"
+                    );
+                }
+                recorded.send_modify(|r| {
+                    if ok {
+                        r.done = r.done.max(batch);
+                    } else {
+                        r.failed = r.failed.max(batch);
+                    }
+                });
+            });
+        }
+        let mut recorded = self.locks_recorded.subscribe();
+        let outcome = tokio::time::timeout(
+            LOCK_RECORD_TIMEOUT,
+            recorded.wait_for(|r| r.done >= batch || r.failed >= batch),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(r)) if r.done >= batch => Ok(()),
+            // This member lost its leadership meanwhile, most likely: the call goes to the
+            // new leader, which holds what was recorded.
+            _ => Err(FsError::NotLeader(self.log.leader_addr())),
         }
     }
 
@@ -766,7 +829,14 @@ impl MetaService {
     /// it took the group's changes into the store only.
     pub async fn follow_leadership(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let mut metrics = self.log.raft.metrics();
-        let mut leading = self.log.ensure_leader().is_ok();
+        // A server that leads from the start (a group of one) takes over at once too.
+        let mut leading = false;
+        if self.log.ensure_leader().is_ok() {
+            if let Err(e) = self.take_over().await {
+                tracing::warn!("taking over as leader: {e}");
+            }
+            leading = true;
+        }
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -802,6 +872,13 @@ impl MetaService {
             })
             .await?;
         *self.server_certs.lock().expect("server certificates") = certs;
+        let (files, sessions) = self.query(crate::locks::recorded).await?;
+        tracing::info!(
+            files = files.len(),
+            sessions = sessions.len(),
+            "file locks taken over from the metadata log"
+        );
+        self.locks.load(files, sessions);
         for server in draining {
             self.membership.set_draining(server, true);
         }

@@ -177,6 +177,7 @@ fn apply_op(t: &mut WriteTables, now: Timestamp, op: &Op) -> FsResult<Outcome> {
             }
             Ok(Outcome::Done)
         }
+        Op::SetLocks { files, sessions } => crate::locks::record(t, files, sessions),
     }
 }
 

@@ -241,7 +241,8 @@ fn volume_of(t: &WriteTables, op: &Op) -> FsResult<Option<VolumeId>> {
         | Op::DropBlocks { .. }
         | Op::DrainServer { .. }
         | Op::RemoveServer { .. }
-        | Op::ExpireCalls => return Ok(None),
+        | Op::ExpireCalls
+        | Op::SetLocks { .. } => return Ok(None),
     };
     match get_inode(&t.inodes, ino) {
         Ok(rec) => Ok(Some(rec.volume)),

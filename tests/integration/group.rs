@@ -11,6 +11,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// flock(2) on an open file: the errno on failure.
+fn flock(file: &fs::File, how: libc::c_int) -> Result<(), i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock only reads the descriptor, which `file` keeps open.
+    match unsafe { libc::flock(file.as_raw_fd(), how) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
+    }
+}
+
 fn members(cluster: &ProcessCluster) -> Vec<MetaMember> {
     cli_json(cluster, &["meta", "status"])
 }
@@ -284,6 +294,7 @@ fn a_group_of_three_keeps_a_mount_working_through_the_kill_of_its_leader() {
     }
     fs::create_dir(mount.path("work")).unwrap();
     fs::write(mount.path("work/log"), b"").unwrap();
+    fs::write(mount.path("locked"), b"held by the second mount").unwrap();
 
     // From one member to three: each new member catches up with the log, then votes.
     add_member(&mut cluster, 1);
@@ -310,6 +321,16 @@ fn a_group_of_three_keeps_a_mount_working_through_the_kill_of_its_leader() {
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("v "),
         "{out:?}"
+    );
+
+    // A second mount holds a lock across the failover.
+    let second = Mount::new(&cluster, "v", "second", "").unwrap();
+    let held = fs::File::open(second.path("locked")).unwrap();
+    assert_eq!(flock(&held, libc::LOCK_EX | libc::LOCK_NB), Ok(()));
+    let wanted = fs::File::open(mount.path("locked")).unwrap();
+    assert_eq!(
+        flock(&wanted, libc::LOCK_EX | libc::LOCK_NB),
+        Err(libc::EWOULDBLOCK)
     );
 
     // The workload runs on the mount while the leader is killed.
@@ -388,6 +409,14 @@ fn a_group_of_three_keeps_a_mount_working_through_the_kill_of_its_leader() {
     }
     let log = fs::read_to_string(mount.path("work/log")).unwrap();
     assert_eq!(log, acked.appends.concat(), "each append once, in order");
+    // The lock is still held, by the same mount, which can still let it go.
+    assert_eq!(
+        flock(&wanted, libc::LOCK_EX | libc::LOCK_NB),
+        Err(libc::EWOULDBLOCK),
+        "the lock was lost with the leader"
+    );
+    assert_eq!(flock(&held, libc::LOCK_UN), Ok(()));
+    assert_eq!(flock(&wanted, libc::LOCK_EX | libc::LOCK_NB), Ok(()));
 
     // The old leader comes back as a follower and catches up.
     cluster.start_meta();

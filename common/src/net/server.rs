@@ -194,9 +194,12 @@ async fn serve_stream<S: Service>(
     }
     // Wait until the peer has the whole reply, so dropping the stream does not cut it off.
     let _ = send.stopped().await;
-    // The peer sent the end of its request before it read the reply, so the end has arrived
-    // by now even when it came in a packet of its own (after the request's last bytes).
-    let _ = crate::codec::take_end(&mut recv);
+    // The peer sent the end of its request before it read the reply, so the end has nearly
+    // always arrived by now; on a busy host it can come in a packet of its own even later.
+    // Dropping the stream before it arrives would cost a STOP_SENDING: wait for it aside.
+    if !crate::codec::take_end(&mut recv) {
+        crate::codec::take_late_end(recv);
+    }
     Ok(())
 }
 

@@ -388,6 +388,8 @@ fn copy_tables(from: &ReadTransaction, to: &WriteTransaction) -> FsResult<()> {
     copy(from, to, COUNTERS)?;
     copy(from, to, CALLS)?;
     copy(from, to, SERVER_CERTS)?;
+    copy(from, to, LOCKS)?;
+    copy(from, to, LOCK_SESSIONS)?;
     copy(from, to, RAFT)?;
     Ok(())
 }
@@ -411,6 +413,8 @@ pub fn digest(db: &Database) -> FsResult<(u64, [u8; 32])> {
     hash_table(&tx, COUNTERS, &mut h)?;
     hash_table(&tx, CALLS, &mut h)?;
     hash_table(&tx, SERVER_CERTS, &mut h)?;
+    hash_table(&tx, LOCKS, &mut h)?;
+    hash_table(&tx, LOCK_SESSIONS, &mut h)?;
     Ok((applied, *h.finalize().as_bytes()))
 }
 
@@ -445,12 +449,13 @@ fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
     def: TableDefinition<K, V>,
 ) -> FsResult<()> {
     to.delete_table(def).db()?;
+    // Made even when `from` lacks it (a snapshot of an older store), so every table exists.
+    let mut target = to.open_table(def).db()?;
     let source = match from.open_table(def) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
         Err(e) => return Err(e).db(),
     };
-    let mut target = to.open_table(def).db()?;
     for item in source.iter().db()? {
         let (k, v) = item.db()?;
         target.insert(k.value(), v.value()).db()?;

@@ -45,6 +45,11 @@ pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters"
 pub const CALLS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("calls");
 pub const SERVER_CERTS: TableDefinition<u64, [u8; 32]> = TableDefinition::new("server_certs");
 pub const RAFT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft");
+/// File locks: inode -> [`LocksRecord`], so that a new leader holds the locks the old one
+/// granted.
+pub const LOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("locks");
+/// Lock sessions known to the group (client sessions that took a lock and have not expired).
+pub const LOCK_SESSIONS: TableDefinition<u64, u8> = TableDefinition::new("lock_sessions");
 
 pub const NEXT_INODE: &str = "next_inode";
 pub const NEXT_BLOCK: &str = "next_block";
@@ -75,6 +80,12 @@ pub struct VolumeState {
     pub bytes: u64,
     /// Inodes other than the root directory.
     pub inodes: u64,
+}
+
+/// The locks held on one file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocksRecord {
+    pub held: Vec<dfs_common::model::HeldLock>,
 }
 
 /// A client certificate registered by `dfs client add`.
@@ -329,12 +340,25 @@ mod tests {
                     at: t(),
                 }),
             ),
+            (
+                "locks",
+                encode(&LocksRecord {
+                    held: vec![dfs_common::model::HeldLock {
+                        session: 0xabcd,
+                        owner: 3,
+                        pid: 42,
+                        start: 0,
+                        end: u64::MAX,
+                        write: true,
+                    }],
+                }),
+            ),
         ]
     }
 
     /// The bytes of each sample as format 1 (and calls as format 2) wrote them. A change that
     /// alters them breaks every existing database: give the record a new format instead.
-    const GOLDEN: [(&str, &str); 8] = [
+    const GOLDEN: [(&str, &str); 9] = [
         ("volume", "0102030402fc00004000fc00e2a7ca05"),
         ("volume_state", "0101fc00000040000001fb393007"),
         ("client", "010909090909090909090909090909090909090909090909090909090909090909010201fc00e2a7ca0500"),
@@ -343,6 +367,7 @@ mod tests {
         ("server", "010d31302e302e302e313a37313030fc00e2a7ca05"),
         ("call", "02070707070707070707070707070707070707070707070707070707070707070705050202fbff01fbe803640106fc00e2a7ca05fc00e2a7ca05fc00e2a7ca05fc00e2a7ca05000001067461726765740202fbff01fbe803640106fc00e2a7ca05fc00e2a7ca05fc00e2a7ca05fc00e2a7ca0500000106746172676574fc00e2a7ca05"),
         ("wire_call", "01070707070707070707070707070707070707070707070707070707070707070703010203fc00e2a7ca05"),
+        ("locks", "0101fbcdab032a00fdffffffffffffffff01"),
     ];
 
     fn hex(bytes: &[u8]) -> String {
@@ -393,6 +418,10 @@ mod tests {
         let call = old("call");
         let record: CallRecord = decode_body(&call[1..]).unwrap();
         assert_eq!(encode_as(CALL_FORMAT, &record), call);
+        assert_eq!(
+            encode(&decode::<LocksRecord>(&old("locks")).unwrap()),
+            old("locks")
+        );
         let wire: WireCallRecord = decode(&old("wire_call")).unwrap();
         assert_eq!(wire.reply, vec![1, 2, 3]);
     }

@@ -25,6 +25,8 @@ pub struct WriteTables<'t> {
     pub clients: Table<'t, &'static str, &'static [u8]>,
     pub calls: Table<'t, (u64, u64), &'static [u8]>,
     pub server_certs: Table<'t, u64, [u8; 32]>,
+    pub locks: Table<'t, u64, &'static [u8]>,
+    pub lock_sessions: Table<'t, u64, u8>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -43,6 +45,8 @@ impl<'t> WriteTables<'t> {
             clients: tx.open_table(CLIENTS).db()?,
             calls: tx.open_table(CALLS).db()?,
             server_certs: tx.open_table(SERVER_CERTS).db()?,
+            locks: tx.open_table(LOCKS).db()?,
+            lock_sessions: tx.open_table(LOCK_SESSIONS).db()?,
         })
     }
 
@@ -193,6 +197,8 @@ pub struct ReadTables {
     pub volume_state: redb::ReadOnlyTable<u64, &'static [u8]>,
     pub clients: redb::ReadOnlyTable<&'static str, &'static [u8]>,
     pub server_certs: redb::ReadOnlyTable<u64, [u8; 32]>,
+    pub locks: redb::ReadOnlyTable<u64, &'static [u8]>,
+    pub lock_sessions: redb::ReadOnlyTable<u64, u8>,
 }
 
 impl ReadTables {
@@ -209,6 +215,8 @@ impl ReadTables {
             volume_state: tx.open_table(VOLUME_STATE).db()?,
             clients: tx.open_table(CLIENTS).db()?,
             server_certs: tx.open_table(SERVER_CERTS).db()?,
+            locks: tx.open_table(LOCKS).db()?,
+            lock_sessions: tx.open_table(LOCK_SESSIONS).db()?,
         })
     }
 }
