@@ -5,6 +5,7 @@
 //!   fdatasync (group commit) before Raft counts them.
 //! - [`state`]: the state machine: committed commands applied to redb, and snapshots of it.
 //! - [`network`]: the transport between members.
+//! - [`snapshot_file`]: snapshots as files, moved between members in chunks.
 //!
 //! The log is the write-ahead log of the store: entries are applied to redb without an fsync
 //! each, and redb is made durable at checkpoints (every [`state::CHECKPOINT_EVERY`] entries or
@@ -20,12 +21,12 @@
 #[allow(clippy::result_large_err)]
 pub mod log;
 pub mod network;
+pub mod snapshot_file;
 #[allow(clippy::result_large_err)]
 pub mod state;
 
 use crate::command::{Batch, Outcome};
 use dfs_common::{FsError, FsResult};
-use std::io::Cursor;
 
 openraft::declare_raft_types!(
     /// The metadata group's types: commands in, outcomes out.
@@ -35,7 +36,7 @@ openraft::declare_raft_types!(
         NodeId = MemberId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = snapshot_file::SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

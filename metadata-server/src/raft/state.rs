@@ -15,6 +15,7 @@
 //! A snapshot is the whole store copied, table by table, from one read transaction into a fresh
 //! redb file; installing one replaces every table in one durable transaction.
 
+use super::snapshot_file::SnapshotFile;
 use super::{
     storage_error, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -29,7 +30,6 @@ use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
     WriteTransaction,
 };
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -313,22 +313,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        let file = SnapshotFile::create(&self.dir.join(RECEIVING))
+            .map_err(|e| storage_error("receiving a snapshot", e))?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
         let db = self.db.clone();
         let dir = self.dir.clone();
         let meta = meta.clone();
         let progress = self.progress.clone();
-        let bytes = snapshot.into_inner();
-        let (size, upto) = (bytes.len(), meta.last_log_id.map_or(0, |l| l.index));
-        blocking(move || install(&db, &dir, &meta, bytes, &progress)).await?;
+        let (received, size) = snapshot
+            .finish()
+            .await
+            .map_err(|e| storage_error("receiving a snapshot", e))?;
+        let upto = meta.last_log_id.map_or(0, |l| l.index);
+        blocking(move || install(&db, &dir, &meta, &received, &progress)).await?;
         tracing::info!(
             upto,
             bytes = size,
@@ -370,6 +375,8 @@ async fn blocking<T: Send + 'static>(
 }
 
 const CURRENT: &str = "current.redb";
+/// A snapshot being received from the leader.
+const RECEIVING: &str = "receiving.redb";
 const CURRENT_META: &str = "current.meta";
 
 /// Replaces every table of the store in `to` with the table of `from` (empty where `from`
@@ -477,7 +484,6 @@ fn build(db: &Database, dir: &Path, progress: &Progress) -> FsResult<Snapshot<Ty
         copy_tables(&tx, &to)?;
         to.commit().db()?;
     }
-    let bytes = std::fs::read(&building)?;
     let meta = SnapshotMeta {
         last_log_id: applied,
         last_membership: membership,
@@ -490,7 +496,7 @@ fn build(db: &Database, dir: &Path, progress: &Progress) -> FsResult<Snapshot<Ty
     keep(dir, &building, &meta)?;
     Ok(Snapshot {
         meta,
-        snapshot: Box::new(Cursor::new(bytes)),
+        snapshot: Box::new(SnapshotFile::open(&dir.join(CURRENT))?),
     })
 }
 
@@ -511,10 +517,9 @@ fn current_snapshot(dir: &Path) -> FsResult<Option<Snapshot<TypeConfig>>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let bytes = std::fs::read(dir.join(CURRENT))?;
     Ok(Some(Snapshot {
         meta,
-        snapshot: Box::new(Cursor::new(bytes)),
+        snapshot: Box::new(SnapshotFile::open(&dir.join(CURRENT))?),
     }))
 }
 
@@ -524,13 +529,11 @@ fn install(
     db: &Database,
     dir: &Path,
     meta: &SnapshotMeta,
-    bytes: Vec<u8>,
+    received: &Path,
     progress: &Progress,
 ) -> FsResult<()> {
-    let received = dir.join("received.redb");
-    std::fs::write(&received, &bytes)?;
     {
-        let snapshot = Database::open(&received)
+        let snapshot = Database::open(received)
             .map_err(|e| FsError::Corrupt(format!("received snapshot: {e}")))?;
         let from = snapshot.begin_read().db()?;
         let (applied, _) = applied_state(&from)?;
@@ -553,7 +556,7 @@ fn install(
         to.commit().db()?;
         progress.reset();
     }
-    keep(dir, &received, meta)
+    keep(dir, received, meta)
 }
 
 #[cfg(test)]
@@ -808,10 +811,14 @@ mod tests {
         let progress = Progress::default();
         std::fs::create_dir_all(dir.join("from")).unwrap();
         let snapshot = build(from, &dir.join("from"), &progress).unwrap();
+        let snapshot_meta = snapshot.meta.clone();
         let db = crate::store::open(&dir.join("meta.redb")).unwrap();
         std::fs::create_dir_all(dir.join("to")).unwrap();
-        let bytes = snapshot.snapshot.into_inner();
-        install(&db, &dir.join("to"), &snapshot.meta, bytes, &progress).unwrap();
+        // As a follower receives it: a copy of the leader's file.
+        let received = dir.join("to").join(RECEIVING);
+        std::fs::copy(dir.join("from").join(CURRENT), &received).unwrap();
+        drop(snapshot);
+        install(&db, &dir.join("to"), &snapshot_meta, &received, &progress).unwrap();
         db
     }
 
