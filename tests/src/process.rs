@@ -149,31 +149,28 @@ impl ProcessCluster {
         (Stdio::from(f.try_clone().unwrap()), Stdio::from(f))
     }
 
-    pub fn start_meta(&mut self) {
-        assert!(self.meta.is_none(), "metadata server already running");
-        let (out, err) = self.log("meta");
-        let listen = self
-            .meta_listen
-            .clone()
-            .unwrap_or_else(|| self.meta_addr.to_string());
-        let mut cmd = match &self.meta_netns {
-            Some(ns) => {
-                let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", ns]).arg(binary("dfs-meta"));
-                cmd
-            }
-            None => Command::new(binary("dfs-meta")),
+    /// A `dfs-meta` command for member `i` (0 is the first server) with the test timings, its
+    /// faults and the extra flags; its log goes to a file of its own.
+    fn meta_command(
+        &mut self,
+        i: usize,
+        mut cmd: Command,
+        listen: String,
+        data: PathBuf,
+    ) -> Command {
+        let name = if i == 0 {
+            "meta".to_string()
+        } else {
+            format!("meta{i}")
         };
-        if let Some(faults) = self.member_faults.get(&0) {
+        let (out, err) = self.log(&name);
+        if let Some(faults) = self.member_faults.get(&i) {
             cmd.env("DFS_FAULTS", faults);
         }
-        let child = cmd
-            .arg("--listen")
+        cmd.arg("--listen")
             .arg(listen)
-            .arg("--http")
-            .arg(self.meta_http.to_string())
             .arg("--data")
-            .arg(self.dir.path().join("meta"))
+            .arg(data)
             .arg("--certs")
             .arg(&self.certs_dir)
             .arg("--server-timeout-secs")
@@ -182,11 +179,33 @@ impl ProcessCluster {
             .arg(crate::TEST_REPAIR_INTERVAL.as_secs_f64().to_string())
             .arg("--gc-grace-secs")
             .arg(crate::TEST_GC_GRACE.as_secs_f64().to_string())
-            .args(&self.meta_args)
             .args(&self.group_args)
             .env("RUST_LOG", "info")
             .stdout(out)
-            .stderr(err)
+            .stderr(err);
+        cmd
+    }
+
+    pub fn start_meta(&mut self) {
+        assert!(self.meta.is_none(), "metadata server already running");
+        let listen = self
+            .meta_listen
+            .clone()
+            .unwrap_or_else(|| self.meta_addr.to_string());
+        let cmd = match &self.meta_netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(binary("dfs-meta"));
+                cmd
+            }
+            None => Command::new(binary("dfs-meta")),
+        };
+        let data = self.dir.path().join("meta");
+        let child = self
+            .meta_command(0, cmd, listen, data)
+            .arg("--http")
+            .arg(self.meta_http.to_string())
+            .args(&self.meta_args)
             .spawn()
             .expect("start dfs-meta");
         self.meta = Some(child);
@@ -231,31 +250,13 @@ impl ProcessCluster {
             self.members[i - 1].1.is_none(),
             "member {i} already running"
         );
-        let (out, err) = self.log(&format!("meta{i}"));
-        let mut cmd = Command::new(binary("dfs-meta"));
-        if let Some(faults) = self.member_faults.get(&i) {
-            cmd.env("DFS_FAULTS", faults);
-        }
-        let child = cmd
-            .arg("--listen")
-            .arg(self.members[i - 1].0.to_string())
+        let listen = self.members[i - 1].0.to_string();
+        let data = self.dir.path().join(format!("meta{i}"));
+        let child = self
+            .meta_command(i, Command::new(binary("dfs-meta")), listen, data)
             .arg("--http")
             .arg("off")
             .arg("--join")
-            .arg("--data")
-            .arg(self.dir.path().join(format!("meta{i}")))
-            .arg("--certs")
-            .arg(&self.certs_dir)
-            .arg("--server-timeout-secs")
-            .arg(crate::TEST_SERVER_TIMEOUT.as_secs_f64().to_string())
-            .arg("--repair-interval-secs")
-            .arg(crate::TEST_REPAIR_INTERVAL.as_secs_f64().to_string())
-            .arg("--gc-grace-secs")
-            .arg(crate::TEST_GC_GRACE.as_secs_f64().to_string())
-            .args(&self.group_args)
-            .env("RUST_LOG", "info")
-            .stdout(out)
-            .stderr(err)
             .spawn()
             .expect("start dfs-meta");
         self.members[i - 1].1 = Some(child);

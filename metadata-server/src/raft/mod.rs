@@ -353,15 +353,14 @@ impl Group {
         }
     }
 
+    /// The group's membership as this member knows it now.
+    fn membership(&self) -> std::sync::Arc<StoredMembership> {
+        self.raft.metrics().borrow().membership_config.clone()
+    }
+
     /// How many members vote.
     pub fn voters(&self) -> usize {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .count()
+        self.membership().membership().voter_ids().count()
     }
 
     /// Whether this member votes (a server waiting to join, or a learner, does not).
@@ -370,22 +369,13 @@ impl Group {
     }
 
     fn is_voter_id(&self, id: MemberId) -> bool {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == id)
+        self.membership().membership().voter_ids().any(|v| v == id)
     }
 
     /// Whether this member belongs to a group yet (a server started with `--join` does not
     /// until it is added).
     pub fn is_member(&self) -> bool {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
+        self.membership()
             .membership()
             .nodes()
             .any(|(&id, _)| id == self.id)
@@ -519,10 +509,7 @@ impl Group {
     }
 
     fn members_now(&self) -> std::collections::BTreeMap<MemberId, openraft::BasicNode> {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
+        self.membership()
             .membership()
             .nodes()
             .map(|(&id, n)| (id, n.clone()))
