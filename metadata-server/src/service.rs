@@ -29,6 +29,9 @@ use redb::{Database, ReadableTable};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How often a leader whose take-over failed tries again.
+const TAKE_OVER_RETRY: Duration = Duration::from_secs(1);
+
 /// How long a lock call waits for its change to reach the metadata log.
 const LOCK_RECORD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -42,6 +45,10 @@ struct LocksRecorded {
 pub struct MetaService {
     ops: OpMetrics,
     locks_recorded: tokio::sync::watch::Sender<LocksRecorded>,
+    /// Whether this member, as leader, has loaded what the group recorded (locks, grants,
+    /// certificates, draining): until then it takes no lock call, which could be lost in the
+    /// load.
+    taken_over: std::sync::atomic::AtomicBool,
     log: crate::raft::Group,
     clients: ClientRegistry,
     db: Arc<Database>,
@@ -90,6 +97,7 @@ impl MetaService {
         Ok(MetaService {
             server_certs: std::sync::Mutex::new(server_certs),
             locks_recorded: tokio::sync::watch::Sender::new(LocksRecorded::default()),
+            taken_over: std::sync::atomic::AtomicBool::new(false),
             ops: parts.ops,
             log: parts.log,
             clients,
@@ -771,6 +779,19 @@ impl MetaService {
             MetaRequest::Heartbeat { .. } if self.log.is_member() => Ok(()),
             MetaRequest::Heartbeat { .. } => Err(FsError::NotLeader(None)),
             r if r.is_mutation() => self.log.ensure_leader(),
+            MetaRequest::SetLock { .. }
+            | MetaRequest::TestLock { .. }
+            | MetaRequest::ReleaseLocks { .. }
+            | MetaRequest::RenewSession { .. }
+            | MetaRequest::CancelLockWait { .. } => {
+                self.log.read_barrier().await?;
+                if self.taken_over.load(std::sync::atomic::Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    // A new leader still loading the recorded locks: the client asks again.
+                    Err(FsError::NotLeader(None))
+                }
+            }
             _ => self.log.read_barrier().await,
         }
     }
@@ -829,37 +850,42 @@ impl MetaService {
     /// it took the group's changes into the store only.
     pub async fn follow_leadership(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let mut metrics = self.log.raft.metrics();
-        // A server that leads from the start (a group of one) takes over at once too.
         let mut leading = false;
-        if self.log.ensure_leader().is_ok() {
-            if let Err(e) = self.take_over().await {
-                tracing::warn!("taking over as leader: {e}");
-            }
-            leading = true;
-        }
         loop {
+            let now = self.log.ensure_leader().is_ok();
+            if !now {
+                if leading {
+                    tracing::info!(member = self.log.id, leader = ?self.log.leader_addr(), "this metadata server no longer leads");
+                }
+                self.taken_over
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+            } else if !leading || !self.taken_over.load(std::sync::atomic::Ordering::SeqCst) {
+                if !leading {
+                    tracing::info!(
+                        member = self.log.id,
+                        "this metadata server now leads its group"
+                    );
+                }
+                match self.take_over().await {
+                    Ok(()) => self
+                        .taken_over
+                        .store(true, std::sync::atomic::Ordering::SeqCst),
+                    Err(e) => tracing::warn!("taking over as leader (tried again shortly): {e}"),
+                }
+            }
+            leading = now;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 changed = metrics.changed() => if changed.is_err() { return },
+                // A take-over that failed is tried again.
+                _ = tokio::time::sleep(TAKE_OVER_RETRY) => {}
             }
-            let now = self.log.ensure_leader().is_ok();
-            if now && !leading {
-                tracing::info!(
-                    member = self.log.id,
-                    "this metadata server now leads its group"
-                );
-                if let Err(e) = self.take_over().await {
-                    tracing::warn!("taking over as leader: {e}");
-                }
-            } else if !now && leading {
-                tracing::info!(member = self.log.id, leader = ?self.log.leader_addr(), "this metadata server no longer leads");
-            }
-            leading = now;
         }
     }
 
     async fn take_over(&self) -> FsResult<()> {
         self.log.read_barrier().await?;
+        self.faults.hit("meta.take_over").await?;
         self.reload_clients()?;
         let (certs, draining) = self
             .query(|t| {

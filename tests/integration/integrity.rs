@@ -431,6 +431,47 @@ async fn a_client_cannot_reach_an_inode_created_in_another_volume_after_its_chec
     );
 }
 
+/// A leader that has not yet loaded the recorded locks (at start, or after an election) takes
+/// no lock call: a lock granted then would be wiped by the load, and another client could take
+/// it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_lock_is_granted_before_the_recorded_locks_are_loaded() {
+    let point = "meta.take_over";
+    let cluster = TestCluster::start_with(6, |c| c.faults.arm(point, Action::Pause)).await;
+    cluster
+        .faults
+        .wait_hit(point, 1, WAIT)
+        .await
+        .expect("the server takes over at start");
+    let a = cluster.client().await;
+    let b = cluster.client().await;
+    let volume = cluster.volume(&a, "v", "4+2", MIB).await;
+    let ino = write_file(&a, &volume, "locked", b"0123456789").await;
+    let range = LockRange { start: 0, end: 9 };
+    // (A client whose lock call failed counts the lock as possibly held, and is told it lost
+    // it at its next call: the early attempt is made by a client of its own.)
+    let early = cluster
+        .client()
+        .await
+        .set_lock(ino, 3, 300, range, LockKind::Write, false)
+        .await;
+    assert!(
+        early.is_err(),
+        "a lock was granted before the take-over: {early:?}"
+    );
+    cluster.faults.disarm(point);
+    wait_for("the lock once the take-over is done", WAIT, || async {
+        a.set_lock(ino, 1, 100, range, LockKind::Write, false)
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(
+        b.set_lock(ino, 7, 200, range, LockKind::Write, false).await,
+        Err(FsError::Locked)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_whose_locks_expired_is_told_instead_of_sharing_them() {
     // A one-second lease, shorter than the clients' five-second renewal: a client that holds
