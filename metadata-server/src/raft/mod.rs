@@ -383,7 +383,8 @@ impl Group {
 
     /// The leader's address as this member knows it, if one is known.
     pub fn leader_addr(&self) -> Option<String> {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         let leader = m.current_leader?;
         m.membership_config
             .membership()
@@ -393,8 +394,13 @@ impl Group {
 
     /// Refuses unless this member leads: clients are sent to the leader.
     pub fn ensure_leader(&self) -> FsResult<()> {
-        let m = self.raft.metrics().borrow().clone();
-        if m.current_leader == Some(self.id) && m.state == openraft::ServerState::Leader {
+        // Asked for every request: the metrics are read in place, not copied.
+        let leading = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            m.current_leader == Some(self.id) && m.state == openraft::ServerState::Leader
+        };
+        if leading {
             Ok(())
         } else {
             Err(FsError::NotLeader(self.leader_addr()))

@@ -382,47 +382,65 @@ const CURRENT_META: &str = "current.meta";
 /// Replaces every table of the store in `to` with the table of `from` (empty where `from`
 /// does not have it).
 fn copy_tables(from: &ReadTransaction, to: &WriteTransaction) -> FsResult<()> {
-    copy(from, to, VOLUMES)?;
-    copy(from, to, INODES)?;
-    copy(from, to, DENTRIES)?;
-    copy(from, to, EXTENTS)?;
-    copy(from, to, BLOCKS)?;
-    copy(from, to, XATTRS)?;
-    copy(from, to, SERVERS)?;
-    copy(from, to, DRAINING)?;
-    copy(from, to, VOLUME_STATE)?;
-    copy(from, to, CLIENTS)?;
-    copy(from, to, COUNTERS)?;
-    copy(from, to, CALLS)?;
-    copy(from, to, SERVER_CERTS)?;
-    copy(from, to, LOCKS)?;
-    copy(from, to, LOCK_SESSIONS)?;
-    copy(from, to, RAFT)?;
-    Ok(())
+    struct Copy<'a>(&'a ReadTransaction, &'a WriteTransaction);
+    impl EachTable for Copy<'_> {
+        fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+            &mut self,
+            def: TableDefinition<K, V>,
+        ) -> FsResult<()> {
+            copy(self.0, self.1, def)
+        }
+    }
+    let mut each = Copy(from, to);
+    state_tables(&mut each)?;
+    each.table(RAFT)
+}
+
+/// Something done to each table of the store in turn.
+trait EachTable {
+    fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &mut self,
+        def: TableDefinition<K, V>,
+    ) -> FsResult<()>;
+}
+
+/// Every table of the replicated state, in a fixed order: all but the log's own `raft`
+/// table. Snapshots copy them and digests hash them, so a new table is added here once.
+fn state_tables(each: &mut impl EachTable) -> FsResult<()> {
+    each.table(VOLUMES)?;
+    each.table(INODES)?;
+    each.table(DENTRIES)?;
+    each.table(EXTENTS)?;
+    each.table(BLOCKS)?;
+    each.table(XATTRS)?;
+    each.table(SERVERS)?;
+    each.table(DRAINING)?;
+    each.table(VOLUME_STATE)?;
+    each.table(CLIENTS)?;
+    each.table(COUNTERS)?;
+    each.table(CALLS)?;
+    each.table(SERVER_CERTS)?;
+    each.table(LOCKS)?;
+    each.table(LOCK_SESSIONS)
 }
 
 /// A digest of the replicated state at the entry it has applied: members that applied the
 /// same entries have the same digest. Covers every table but the log's own bookkeeping.
 pub fn digest(db: &Database) -> FsResult<(u64, [u8; 32])> {
+    struct Hash<'a>(&'a ReadTransaction, blake3::Hasher);
+    impl EachTable for Hash<'_> {
+        fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+            &mut self,
+            def: TableDefinition<K, V>,
+        ) -> FsResult<()> {
+            hash_table(self.0, def, &mut self.1)
+        }
+    }
     let tx = db.begin_read().db()?;
     let applied = applied_state(&tx)?.0.map_or(0, |l| l.index);
-    let mut h = blake3::Hasher::new();
-    hash_table(&tx, VOLUMES, &mut h)?;
-    hash_table(&tx, INODES, &mut h)?;
-    hash_table(&tx, DENTRIES, &mut h)?;
-    hash_table(&tx, EXTENTS, &mut h)?;
-    hash_table(&tx, BLOCKS, &mut h)?;
-    hash_table(&tx, XATTRS, &mut h)?;
-    hash_table(&tx, SERVERS, &mut h)?;
-    hash_table(&tx, DRAINING, &mut h)?;
-    hash_table(&tx, VOLUME_STATE, &mut h)?;
-    hash_table(&tx, CLIENTS, &mut h)?;
-    hash_table(&tx, COUNTERS, &mut h)?;
-    hash_table(&tx, CALLS, &mut h)?;
-    hash_table(&tx, SERVER_CERTS, &mut h)?;
-    hash_table(&tx, LOCKS, &mut h)?;
-    hash_table(&tx, LOCK_SESSIONS, &mut h)?;
-    Ok((applied, *h.finalize().as_bytes()))
+    let mut each = Hash(&tx, blake3::Hasher::new());
+    state_tables(&mut each)?;
+    Ok((applied, *each.1.finalize().as_bytes()))
 }
 
 fn hash_table<K: redb::Key + 'static, V: redb::Value + 'static>(
