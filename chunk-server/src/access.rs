@@ -4,7 +4,7 @@
 
 use dfs_common::net::meta::MetaLink;
 use dfs_common::net::tls::{Fingerprint, Principal};
-use dfs_common::proto::meta::{MetaCall, MetaReply, MetaRequest, VolumeGrant};
+use dfs_common::proto::meta::{req, VolumeGrant};
 use dfs_common::{FsError, FsResult, VolumeId};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -83,23 +83,18 @@ impl ClientAccess {
         }
         let asked = self
             .meta
-            .call::<_, MetaReply>(
-                &MetaCall::untracked(MetaRequest::ClientGrants {
-                    fingerprint: fingerprint.0,
-                }),
-                None,
-                1 << 20,
-            )
+            .ask(req::ClientGrants {
+                fingerprint: fingerprint.0,
+            })
             .await;
-        match asked.map(|(reply, _)| reply) {
-            Ok(MetaReply::Grants(grants)) => {
+        match asked {
+            Ok(grants) => {
                 let mut cache = self.cache.lock().expect("access cache");
                 // Bounded: forget answers too old to use before remembering a new one.
                 cache.retain(|_, (at, _)| at.elapsed() < STALE_FOR);
                 cache.insert(*fingerprint, (Instant::now(), grants.clone()));
                 Ok(grants)
             }
-            Ok(other) => Err(FsError::protocol(format!("unexpected reply {other:?}"))),
             Err(e) => match cached {
                 Some((at, grants)) if at.elapsed() < STALE_FOR => Ok(grants),
                 _ => Err(FsError::unavailable(format!(

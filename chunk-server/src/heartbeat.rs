@@ -4,7 +4,7 @@
 use crate::service::ChunkService;
 use dfs_common::net::endpoint::Endpoint;
 use dfs_common::net::Peer;
-use dfs_common::proto::meta::{MetaCall, MetaReply, MetaRequest};
+use dfs_common::proto::meta::{req, MetaCall, Registered};
 use dfs_common::{FsError, ServerId};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,24 +46,17 @@ impl Heartbeat {
 
     async fn beat(&self, peer: &Peer) -> Result<(), FsError> {
         let info = self.service.info();
-        let request = MetaRequest::Heartbeat {
+        let request = req::Heartbeat {
             server: self.server,
             addr: self.advertise.clone(),
             capacity: info.capacity,
             used: info.used,
             shards: info.shards,
         };
-        let (reply, _) = peer
-            .call::<_, MetaReply>(&MetaCall::untracked(request), None, 4096)
+        let (Registered { capability_key }, _) = peer
+            .call(&MetaCall::untracked(request.into()), None, 4096)
             .await?;
-        match reply {
-            MetaReply::Registered { capability_key } => {
-                self.service.learn_capability_key(capability_key);
-                Ok(())
-            }
-            other => Err(FsError::protocol(format!(
-                "unexpected heartbeat reply {other:?}"
-            ))),
-        }
+        self.service.learn_capability_key(capability_key);
+        Ok(())
     }
 }

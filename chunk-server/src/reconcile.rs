@@ -5,7 +5,7 @@
 
 use crate::store::ShardStore;
 use dfs_common::net::meta::MetaLink;
-use dfs_common::proto::meta::{MetaCall, MetaReply, MetaRequest};
+use dfs_common::proto::meta::req;
 use dfs_common::proto::MAX_CHECK_SHARDS;
 use dfs_common::{FsError, FsResult, ServerId};
 use std::sync::Arc;
@@ -48,20 +48,12 @@ impl Reconciler {
             .collect();
         let mut deleted = 0;
         for keys in old.chunks(MAX_CHECK_SHARDS) {
-            let request = MetaRequest::CheckShards {
-                server: self.server,
-                keys: keys.to_vec(),
-            };
-            let (reply, _) = meta
-                .call::<_, MetaReply>(
-                    &MetaCall::untracked(request),
-                    None,
-                    dfs_common::codec::MAX_FRAME,
-                )
+            let stale = meta
+                .ask(req::CheckShards {
+                    server: self.server,
+                    keys: keys.to_vec(),
+                })
                 .await?;
-            let MetaReply::StaleShards(stale) = reply else {
-                return Err(FsError::protocol("unexpected reply to CheckShards"));
-            };
             for key in stale {
                 let store = self.store.clone();
                 let removed = tokio::task::spawn_blocking(move || store.delete(&key))

@@ -9,7 +9,7 @@ use crate::store::ShardStore;
 use dfs_common::fault::Faults;
 use dfs_common::net::meta::MetaLink;
 use dfs_common::proto::chunk::{ScrubProgress, ShardKey};
-use dfs_common::proto::meta::{MetaCall, MetaReply, MetaRequest};
+use dfs_common::proto::meta::req;
 use dfs_common::{FsError, ServerId};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -161,14 +161,11 @@ impl Scrubber {
     /// exists, even a damaged copy may hold the only good bytes of some sub-blocks. If the
     /// report fails, the next pass reports again.
     async fn report_bad(&self, meta: &MetaLink, key: ShardKey) {
-        let report = MetaRequest::ReportBadShard {
+        let report = req::ReportBadShard {
             server: self.server,
             key,
         };
-        if let Err(e) = meta
-            .call::<_, MetaReply>(&MetaCall::untracked(report), None, 4096)
-            .await
-        {
+        if let Err(e) = meta.ask(report).await {
             tracing::warn!("reporting a bad shard: {e}");
         }
     }

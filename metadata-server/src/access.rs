@@ -67,60 +67,60 @@ pub fn need(request: &MetaRequest) -> Need {
     use MetaRequest as R;
     use Target::*;
     match request {
-        R::ListVolumes => Need::Read(VolumeList),
-        R::GetVolume { name } => Need::Read(Volume(name.clone())),
-        R::Lookup { parent: ino, .. }
-        | R::GetAttr { ino }
-        | R::ReadLink { ino }
-        | R::ReadDir { dir: ino, .. }
-        | R::StatFs { ino }
-        | R::GetXattr { ino, .. }
-        | R::ListXattr { ino }
-        | R::GetLayout { ino, .. }
-        | R::SetLock { ino, .. }
-        | R::TestLock { ino, .. } => Need::Read(Inode(*ino)),
-        R::MakeNode { parent: ino, .. }
-        | R::Symlink { parent: ino, .. }
-        | R::Unlink { parent: ino, .. }
-        | R::Rmdir { parent: ino, .. }
-        | R::Rename { parent: ino, .. }
-        | R::Link { ino, .. }
-        | R::SetAttr { ino, .. }
-        | R::SetXattr { ino, .. }
-        | R::RemoveXattr { ino, .. }
-        | R::AllocateBlock { ino }
-        | R::CommitWrite { ino, .. } => Need::Write(Inode(*ino)),
-        R::ReplaceShard { block, .. } => Need::Write(Block(*block)),
-        R::ReleaseLocks { .. } | R::RenewSession { .. } | R::CancelLockWait { .. } => Need::Anyone,
+        R::ListVolumes(_) => Need::Read(VolumeList),
+        R::GetVolume(req::GetVolume { name }) => Need::Read(Volume(name.clone())),
+        R::Lookup(req::Lookup { parent: ino, .. })
+        | R::GetAttr(req::GetAttr { ino })
+        | R::ReadLink(req::ReadLink { ino })
+        | R::ReadDir(req::ReadDir { dir: ino, .. })
+        | R::StatFs(req::StatFs { ino })
+        | R::GetXattr(req::GetXattr { ino, .. })
+        | R::ListXattr(req::ListXattr { ino })
+        | R::GetLayout(req::GetLayout { ino, .. })
+        | R::SetLock(req::SetLock { ino, .. })
+        | R::TestLock(req::TestLock { ino, .. }) => Need::Read(Inode(*ino)),
+        R::MakeNode(req::MakeNode { parent: ino, .. })
+        | R::Symlink(req::Symlink { parent: ino, .. })
+        | R::Unlink(req::Unlink { parent: ino, .. })
+        | R::Rmdir(req::Rmdir { parent: ino, .. })
+        | R::Rename(req::Rename { parent: ino, .. })
+        | R::Link(req::Link { ino, .. })
+        | R::SetAttr(req::SetAttr { ino, .. })
+        | R::SetXattr(req::SetXattr { ino, .. })
+        | R::RemoveXattr(req::RemoveXattr { ino, .. })
+        | R::AllocateBlock(req::AllocateBlock { ino })
+        | R::CommitWrite(req::CommitWrite { ino, .. }) => Need::Write(Inode(*ino)),
+        R::ReplaceShard(req::ReplaceShard { block, .. }) => Need::Write(Block(*block)),
+        R::ReleaseLocks(_) | R::RenewSession(_) | R::CancelLockWait(_) => Need::Anyone,
         // Where to send calls: asked by every kind of caller.
-        R::Leader => Need::Anyone,
-        R::CreateVolume { .. }
-        | R::SetVolume { .. }
-        | R::DeleteVolume { .. }
-        | R::AddClient { .. }
-        | R::RevokeClient { .. }
-        | R::ListClients
-        | R::ClientGrants { .. }
-        | R::Fsck { .. }
-        | R::VolumeUsage { .. }
-        | R::Heartbeat { .. }
-        | R::ClusterStatus
-        | R::ReportBadShard { .. }
-        | R::MoveShard { .. }
-        | R::DropBlocks { .. }
-        | R::CheckShards { .. }
-        | R::RepairStatus
-        | R::DrainServer { .. }
-        | R::Rebalance
-        | R::RemoveServer { .. }
-        | R::ExpireCalls
-        | R::BindServer { .. }
-        | R::MetaStatus
-        | R::MetaDigest
-        | R::MetaAdd { .. }
-        | R::MetaRemove { .. }
+        R::Leader(_) => Need::Anyone,
+        R::CreateVolume(_)
+        | R::SetVolume(_)
+        | R::DeleteVolume(_)
+        | R::AddClient(_)
+        | R::RevokeClient(_)
+        | R::ListClients(_)
+        | R::ClientGrants(_)
+        | R::Fsck(_)
+        | R::VolumeUsage(_)
+        | R::Heartbeat(_)
+        | R::ClusterStatus(_)
+        | R::ReportBadShard(_)
+        | R::MoveShard(_)
+        | R::DropBlocks(_)
+        | R::CheckShards(_)
+        | R::RepairStatus(_)
+        | R::DrainServer(_)
+        | R::Rebalance(_)
+        | R::RemoveServer(_)
+        | R::ExpireCalls(_)
+        | R::BindServer(_)
+        | R::MetaStatus(_)
+        | R::MetaDigest(_)
+        | R::MetaAdd(_)
+        | R::MetaRemove(_)
         // Refused to everyone but metadata servers before this is asked.
-        | R::Peer { .. } => Need::Admin,
+        | R::Peer(_) => Need::Admin,
     }
 }
 
@@ -129,9 +129,8 @@ pub fn need(request: &MetaRequest) -> Need {
 /// from learning about a volume it may not see.
 pub fn second_inode(request: &MetaRequest) -> Option<InodeId> {
     match request {
-        MetaRequest::Rename { new_parent, .. } | MetaRequest::Link { new_parent, .. } => {
-            Some(*new_parent)
-        }
+        MetaRequest::Rename(req::Rename { new_parent, .. })
+        | MetaRequest::Link(req::Link { new_parent, .. }) => Some(*new_parent),
         _ => None,
     }
 }

@@ -201,8 +201,9 @@ mod tests {
         assert_eq!(calls.len().unwrap(), 1, "only call 2 is kept");
     }
 
-    /// Records written by a server of format 1 (the wire reply's bytes) still answer a retry
-    /// and still expire.
+    /// Records written by a server of format 1 (the tagged wire reply's bytes) still decode,
+    /// so a reused call id is still caught, and still expire. (A retry finding one is refused
+    /// by the service: replies are no longer tagged.)
     #[test]
     fn format_1_records_still_answer_and_expire() {
         let dir = tempfile::tempdir().unwrap();

@@ -224,8 +224,9 @@ pub enum Outcome {
     /// The blocks a `DropBlocks` really forgot.
     Dropped(Vec<BlockId>),
     /// A reply recorded by a server whose duplicate-request table held wire replies (its
-    /// format 1): the reply's wire bytes, handed back to a client that retries across an
-    /// upgrade. Such records expire within a day; applying a command never makes one.
+    /// format 1): the tagged reply's bytes. A client of this version cannot take them, so a
+    /// retry that finds one gets an error. Such records expire within a day; applying a
+    /// command never makes one.
     WireReply(Vec<u8>),
 }
 

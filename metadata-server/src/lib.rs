@@ -34,6 +34,7 @@ pub mod placement;
 pub mod queries;
 pub mod raft;
 pub mod repair;
+pub mod reply;
 pub mod service;
 pub mod state_machine;
 pub mod store;

@@ -3,19 +3,19 @@
 
 use crate::access::{self, ClientRegistry, Need, Target};
 use crate::calls;
-use crate::command::{Call, Command, Op, Outcome, ShardAt};
+use crate::command::{Call, Command, Op, Outcome};
 use crate::committer::Committer;
 use crate::locks::LockTable;
 use crate::membership::Membership;
 use crate::placement::place;
 use crate::queries;
 use crate::repair::Repair;
+use crate::reply::{answer, Answer, FromOutcome};
 use crate::store::schema::{decode, BlockRecord};
-use crate::store::tables::{get_inode, get_volume_by_id, get_volume_state, to_attr, ReadTables};
+use crate::store::tables::{get_inode, get_volume_by_id, get_volume_state, ReadTables};
 use crate::store::{self, DbResult};
-use crate::volumes::volume_info;
 use dfs_common::capability::CapabilityKey;
-use dfs_common::codec::{decode_body, encode_body};
+use dfs_common::codec::encode_body;
 use dfs_common::fault::Faults;
 use dfs_common::metrics::OpMetrics;
 use dfs_common::net::server::{PeerInfo, Response, Service};
@@ -127,14 +127,14 @@ impl MetaService {
             // so a chunk host's key is not an administrator's.
             Principal::Server(fingerprint) => {
                 match request {
-                    MetaRequest::Heartbeat { server, .. } => {
+                    MetaRequest::Heartbeat(req::Heartbeat { server, .. }) => {
                         self.check_server(*server, fingerprint, true).await?
                     }
-                    MetaRequest::CheckShards { server, .. }
-                    | MetaRequest::ReportBadShard { server, .. } => {
+                    MetaRequest::CheckShards(req::CheckShards { server, .. })
+                    | MetaRequest::ReportBadShard(req::ReportBadShard { server, .. }) => {
                         self.check_server(*server, fingerprint, false).await?
                     }
-                    MetaRequest::ClientGrants { .. } => {}
+                    MetaRequest::ClientGrants(_) => {}
                     _ => return Err(FsError::Denied(
                         "a server certificate may only make chunk-server calls; use an administrator certificate".into(),
                     )),
@@ -287,21 +287,28 @@ impl MetaService {
             .await
     }
 
-    /// [`Self::mutate`], answered with the outcome as the wire shows it.
-    async fn mutate_reply(&self, op: Op, call: Option<Call>) -> FsResult<MetaReply> {
-        let creates = matches!(op, Op::MakeNode { .. });
-        let mut reply = reply_of(self.mutate(op, call).await?)?;
-        if let (true, MetaReply::Attr(attr)) = (creates, &mut reply) {
-            // A new inode has no extended attributes.
-            attr.has_xattrs = false;
-        }
-        Ok(reply)
+    /// Applies a mutation durably and gives its outcome as the reply type `T`.
+    async fn mutate_as<T: FromOutcome>(&self, op: Op, call: Option<Call>) -> FsResult<T> {
+        T::from_outcome(self.mutate(op, call).await?)
+    }
+
+    /// Applies a mutation that makes an inode, and gives its attributes.
+    async fn make_node(&self, op: Op, call: Option<Call>) -> FsResult<Attr> {
+        let mut attr: Attr = self.mutate_as(op, call).await?;
+        // A new inode has no extended attributes.
+        attr.has_xattrs = false;
+        Ok(attr)
     }
 
     /// Sorts a request into a mutation (applied by the committer), a query (answered from a
-    /// snapshot) or state kept in memory (locks, membership, repair). The match is
-    /// exhaustive: a new request must be placed here.
-    async fn dispatch(&self, request: MetaRequest, id: Option<CallId>) -> FsResult<MetaReply> {
+    /// snapshot) or state kept in memory (locks, membership, repair), and answers it with its
+    /// reply type. The match is exhaustive: a new request must be placed here.
+    async fn dispatch(
+        &self,
+        request: MetaRequest,
+        id: Option<CallId>,
+        grants: Option<Vec<VolumeGrant>>,
+    ) -> FsResult<Answer> {
         let call = match id {
             Some(id) => Some(Call {
                 client: id.client,
@@ -314,404 +321,495 @@ impl MetaService {
         use MetaRequest as R;
         match request {
             // Mutations.
-            R::CreateVolume {
-                name,
-                policy,
-                block_size,
-                limits,
-            } => {
-                let op = Op::CreateVolume {
-                    name,
-                    policy,
-                    block_size,
-                    limits,
-                };
-                self.mutate_reply(op, call).await
-            }
-            R::SetVolume { name, change } => {
-                self.mutate_reply(Op::SetVolume { name, change }, call)
-                    .await
-            }
-            R::DeleteVolume { name, force } => {
-                self.mutate_reply(Op::DeleteVolume { name, force }, call)
-                    .await
-            }
-            R::AddClient {
-                name,
-                fingerprint,
-                volumes,
-            } => {
-                let op = Op::AddClient {
-                    name,
-                    fingerprint,
-                    volumes,
-                };
-                let reply = self.mutate_reply(op, call).await?;
-                self.reload_clients()?;
-                Ok(reply)
-            }
-            R::RevokeClient { name } => {
-                let reply = self.mutate_reply(Op::RevokeClient { name }, call).await?;
-                self.reload_clients()?;
-                Ok(reply)
-            }
-            R::Heartbeat {
-                server,
-                addr,
-                capacity,
-                used,
-                shards,
-            } => {
-                if self
-                    .membership
-                    .heartbeat(server, &addr, capacity, used, shards)
-                    // The leader records addresses; the others learn them from the log.
-                    && self.log.ensure_leader().is_ok()
-                {
-                    tracing::info!(%server, %addr, "chunk server registered");
-                    if let Err(e) = self.mutate(Op::RegisterServer { server, addr }, call).await {
-                        self.membership.forget_address(server);
-                        return Err(e);
-                    }
-                }
-                Ok(MetaReply::Registered {
-                    capability_key: self.capability_key(),
+            R::CreateVolume(q) => {
+                answer(q, |q| {
+                    let op = Op::CreateVolume {
+                        name: q.name,
+                        policy: q.policy,
+                        block_size: q.block_size,
+                        limits: q.limits,
+                    };
+                    self.mutate_as(op, call)
                 })
+                .await
             }
-            R::BindServer {
-                server,
-                fingerprint,
-            } => {
-                let op = Op::BindServer {
-                    server,
-                    fingerprint,
-                };
-                self.mutate_reply(op, call).await
+            R::SetVolume(q) => {
+                answer(q, |q| {
+                    let op = Op::SetVolume {
+                        name: q.name,
+                        change: q.change,
+                    };
+                    self.mutate_as(op, call)
+                })
+                .await
             }
-            R::SetAttr { ino, set } => self.mutate_reply(Op::SetAttr { ino, set }, call).await,
-            R::MakeNode {
-                parent,
-                name,
-                kind,
-                mode,
-                uid,
-                gid,
-                rdev,
-            } => {
-                if kind == FileKind::Symlink {
-                    return Err(FsError::invalid("symlinks are made with Symlink"));
-                }
-                let op = Op::MakeNode {
-                    parent,
-                    name,
-                    kind,
-                    mode,
-                    uid,
-                    gid,
-                    rdev,
-                    target: None,
-                };
-                self.mutate_reply(op, call).await
+            R::DeleteVolume(q) => {
+                answer(q, |q| {
+                    let op = Op::DeleteVolume {
+                        name: q.name,
+                        force: q.force,
+                    };
+                    self.mutate_as(op, call)
+                })
+                .await
             }
-            R::Symlink {
-                parent,
-                name,
-                target,
-                uid,
-                gid,
-            } => {
-                let op = Op::MakeNode {
-                    parent,
-                    name,
-                    kind: FileKind::Symlink,
-                    mode: 0o777,
-                    uid,
-                    gid,
-                    rdev: 0,
-                    target: Some(target),
-                };
-                self.mutate_reply(op, call).await
+            R::AddClient(q) => {
+                answer(q, |q| async move {
+                    let op = Op::AddClient {
+                        name: q.name,
+                        fingerprint: q.fingerprint,
+                        volumes: q.volumes,
+                    };
+                    self.mutate_as::<()>(op, call).await?;
+                    self.reload_clients()
+                })
+                .await
             }
-            R::Link {
-                ino,
-                new_parent,
-                new_name,
-            } => {
-                let op = Op::Link {
-                    ino,
-                    new_parent,
-                    new_name,
-                };
-                self.mutate_reply(op, call).await
+            R::RevokeClient(q) => {
+                answer(q, |q| async move {
+                    let op = Op::RevokeClient { name: q.name };
+                    self.mutate_as::<()>(op, call).await?;
+                    self.reload_clients()
+                })
+                .await
             }
-            R::Unlink { parent, name } => {
-                self.mutate_reply(Op::Unlink { parent, name }, call).await
+            R::Heartbeat(q) => answer(q, |q| self.heartbeat(q, call)).await,
+            R::BindServer(q) => {
+                answer(q, |q| {
+                    let op = Op::BindServer {
+                        server: q.server,
+                        fingerprint: q.fingerprint,
+                    };
+                    self.mutate_as(op, call)
+                })
+                .await
             }
-            R::Rmdir { parent, name } => self.mutate_reply(Op::Rmdir { parent, name }, call).await,
-            R::Rename {
-                parent,
-                name,
-                new_parent,
-                new_name,
-                flags,
-            } => {
-                let op = Op::Rename {
-                    parent,
-                    name,
-                    new_parent,
-                    new_name,
-                    flags,
-                };
-                self.mutate_reply(op, call).await
+            R::SetAttr(q) => {
+                answer(q, |q| {
+                    let op = Op::SetAttr {
+                        ino: q.ino,
+                        set: q.set,
+                    };
+                    self.mutate_as(op, call)
+                })
+                .await
             }
-            R::SetXattr {
-                ino,
-                name,
-                value,
-                flags,
-            } => {
-                let op = Op::SetXattr {
-                    ino,
-                    name,
-                    value,
-                    flags,
-                };
-                self.mutate_reply(op, call).await
+            R::MakeNode(q) => {
+                answer(q, |q| async move {
+                    if q.kind == FileKind::Symlink {
+                        return Err(FsError::invalid("symlinks are made with Symlink"));
+                    }
+                    let op = Op::MakeNode {
+                        parent: q.parent,
+                        name: q.name,
+                        kind: q.kind,
+                        mode: q.mode,
+                        uid: q.uid,
+                        gid: q.gid,
+                        rdev: q.rdev,
+                        target: None,
+                    };
+                    self.make_node(op, call).await
+                })
+                .await
             }
-            R::RemoveXattr { ino, name } => {
-                self.mutate_reply(Op::RemoveXattr { ino, name }, call).await
+            R::Symlink(q) => {
+                answer(q, |q| {
+                    let op = Op::MakeNode {
+                        parent: q.parent,
+                        name: q.name,
+                        kind: FileKind::Symlink,
+                        mode: 0o777,
+                        uid: q.uid,
+                        gid: q.gid,
+                        rdev: 0,
+                        target: Some(q.target),
+                    };
+                    self.make_node(op, call)
+                })
+                .await
             }
-            R::AllocateBlock { ino } => self.allocate_block(ino, call).await,
-            R::ReplaceShard {
-                block,
-                index,
-                failed,
-            } => self.replace_shard(block, index, failed, call).await,
-            R::CommitWrite {
-                ino,
-                extents,
-                mtime,
-                append,
-            } => {
-                let degraded = extents.iter().any(|e| e.missing_shards != 0);
-                let op = Op::CommitWrite {
-                    ino,
-                    extents,
-                    mtime,
-                    append,
-                };
-                let reply = self.mutate_reply(op, call).await?;
-                if degraded {
-                    // A block committed with shards missing is repaired now, not at the next
-                    // periodic scan.
+            R::Link(q) => {
+                answer(q, |q| {
+                    let op = Op::Link {
+                        ino: q.ino,
+                        new_parent: q.new_parent,
+                        new_name: q.new_name,
+                    };
+                    self.mutate_as(op, call)
+                })
+                .await
+            }
+            R::Unlink(q) => {
+                answer(q, |q| {
+                    let op = Op::Unlink {
+                        parent: q.parent,
+                        name: q.name,
+                    };
+                    self.mutate_as(op, call)
+                })
+                .await
+            }
+            R::Rmdir(q) => {
+                answer(q, |q| {
+                    let op = Op::Rmdir {
+                        parent: q.parent,
+                        name: q.name,
+                    };
+                    self.mutate_as(op, call)
+                })
+                .await
+            }
+            R::Rename(q) => {
+                answer(q, |q| {
+                    let op = Op::Rename {
+                        parent: q.parent,
+                        name: q.name,
+                        new_parent: q.new_parent,
+                        new_name: q.new_name,
+                        flags: q.flags,
+                    };
+                    self.mutate_as(op, call)
+                })
+                .await
+            }
+            R::SetXattr(q) => {
+                answer(q, |q| {
+                    let op = Op::SetXattr {
+                        ino: q.ino,
+                        name: q.name,
+                        value: q.value,
+                        flags: q.flags,
+                    };
+                    self.mutate_as(op, call)
+                })
+                .await
+            }
+            R::RemoveXattr(q) => {
+                answer(q, |q| {
+                    let op = Op::RemoveXattr {
+                        ino: q.ino,
+                        name: q.name,
+                    };
+                    self.mutate_as(op, call)
+                })
+                .await
+            }
+            R::AllocateBlock(q) => answer(q, |q| self.allocate_block(q.ino, call)).await,
+            R::ReplaceShard(q) => {
+                answer(q, |q| self.replace_shard(q.block, q.index, q.failed, call)).await
+            }
+            R::CommitWrite(q) => {
+                answer(q, |q| async move {
+                    let degraded = q.extents.iter().any(|e| e.missing_shards != 0);
+                    let op = Op::CommitWrite {
+                        ino: q.ino,
+                        extents: q.extents,
+                        mtime: q.mtime,
+                        append: q.append,
+                    };
+                    let committed = self.mutate_as(op, call).await?;
+                    if degraded {
+                        // A block committed with shards missing is repaired now, not at the
+                        // next periodic scan.
+                        self.repair.kick();
+                    }
+                    Ok(committed)
+                })
+                .await
+            }
+            R::ReportBadShard(q) => {
+                answer(q, |q| {
+                    let op = Op::ReportBadShard {
+                        server: q.server,
+                        key: q.key,
+                    };
+                    self.mutate_as(op, call)
+                })
+                .await
+            }
+            R::MoveShard(q) => {
+                answer(q, |q| {
+                    let op = Op::MoveShard {
+                        key: q.key,
+                        from: q.from,
+                        to: q.to,
+                    };
+                    self.mutate_as(op, call)
+                })
+                .await
+            }
+            R::DropBlocks(q) => {
+                answer(q, |q| {
+                    self.mutate_as(Op::DropBlocks { blocks: q.blocks }, call)
+                })
+                .await
+            }
+            R::DrainServer(q) => {
+                answer(q, |q| async move {
+                    let op = Op::DrainServer {
+                        server: q.server,
+                        drain: q.drain,
+                    };
+                    self.mutate_as::<()>(op, call).await?;
+                    self.membership.set_draining(q.server, q.drain);
                     self.repair.kick();
-                }
-                Ok(reply)
+                    Ok(())
+                })
+                .await
             }
-            R::ReportBadShard { server, key } => {
-                self.mutate_reply(Op::ReportBadShard { server, key }, call)
-                    .await
+            R::RemoveServer(q) => {
+                answer(q, |q| async move {
+                    let server = q.server;
+                    if self.membership.is_live(server) {
+                        return Err(FsError::invalid(format!(
+                            "chunk server {server} is up: stop it first (drain it before, so it holds nothing)"
+                        )));
+                    }
+                    self.mutate_as::<()>(Op::RemoveServer { server }, call)
+                        .await?;
+                    self.membership.forget(server);
+                    self.server_certs
+                        .lock()
+                        .expect("server certificates")
+                        .remove(&server);
+                    Ok(())
+                })
+                .await
             }
-            R::MoveShard { key, from, to } => {
-                self.mutate_reply(Op::MoveShard { key, from, to }, call)
-                    .await
-            }
-            R::DropBlocks { blocks } => self.mutate_reply(Op::DropBlocks { blocks }, call).await,
-            R::DrainServer { server, drain } => {
-                let reply = self
-                    .mutate_reply(Op::DrainServer { server, drain }, call)
-                    .await?;
-                self.membership.set_draining(server, drain);
-                self.repair.kick();
-                Ok(reply)
-            }
-            R::RemoveServer { server } => {
-                if self.membership.is_live(server) {
-                    return Err(FsError::invalid(format!(
-                        "chunk server {server} is up: stop it first (drain it before, so it holds nothing)"
-                    )));
-                }
-                let reply = self.mutate_reply(Op::RemoveServer { server }, call).await?;
-                self.membership.forget(server);
-                self.server_certs
-                    .lock()
-                    .expect("server certificates")
-                    .remove(&server);
-                Ok(reply)
-            }
-            R::ExpireCalls => self.mutate_reply(Op::ExpireCalls, call).await,
+            R::ExpireCalls(q) => answer(q, |_| self.mutate_as(Op::ExpireCalls, call)).await,
 
             // Queries of the store.
-            R::ListVolumes => Ok(MetaReply::Volumes(self.query(queries::list_volumes).await?)),
-            R::ListClients => Ok(MetaReply::Clients(self.query(access::list_clients).await?)),
-            R::GetVolume { name } => Ok(MetaReply::Volume(
-                self.query(move |t| queries::get_volume(t, &name)).await?,
-            )),
-            R::Lookup { parent, name } => Ok(MetaReply::Attr(
-                self.query(move |t| queries::lookup_attr(t, parent, &name))
-                    .await?,
-            )),
-            R::GetAttr { ino } => Ok(MetaReply::Attr(
-                self.query(move |t| queries::get_attr(t, ino)).await?,
-            )),
-            R::ReadLink { ino } => Ok(MetaReply::Target(
-                self.query(move |t| queries::read_link(t, ino)).await?,
-            )),
-            R::ReadDir {
-                dir,
-                after,
-                limit,
-                with_attrs,
-            } => Ok(MetaReply::Dir(
-                self.query(move |t| queries::read_dir(t, dir, after.as_deref(), limit, with_attrs))
-                    .await?,
-            )),
-            R::GetXattr { ino, name } => Ok(MetaReply::Xattr(
-                self.query(move |t| queries::get_xattr(t, ino, &name))
-                    .await?,
-            )),
-            R::ListXattr { ino } => Ok(MetaReply::XattrNames(
-                self.query(move |t| queries::list_xattr(t, ino)).await?,
-            )),
-            R::GetLayout { ino, offset, len } => {
-                let mut layout = self
-                    .query(move |t| queries::get_layout(t, ino, offset, len))
-                    .await?;
-                let live: Vec<_> = self.membership.live().into_iter().map(|c| c.id).collect();
-                for shard in layout.blocks.iter_mut().flat_map(|b| b.shards.iter_mut()) {
-                    shard.up = live.contains(&shard.server);
-                }
-                Ok(MetaReply::Layout(layout))
+            R::ListVolumes(q) => {
+                answer(q, |_| async move {
+                    let mut volumes = self.query(queries::list_volumes).await?;
+                    if let Some(grants) = grants {
+                        // A client sees only the volumes it was granted.
+                        volumes.retain(|v| grants.iter().any(|g| g.volume == v.id));
+                    }
+                    Ok(volumes)
+                })
+                .await
             }
-            R::StatFs { ino } => self.stat_fs(ino).await,
-            R::VolumeUsage { name } => {
-                let live = self.membership.live_addrs().into_keys().collect();
-                let usage = self
-                    .query(move |t| queries::volume_usage(t, &name, &live))
-                    .await?;
-                Ok(MetaReply::Usage(usage))
+            R::ListClients(q) => answer(q, |_| self.query(access::list_clients)).await,
+            R::GetVolume(q) => {
+                answer(q, |q| self.query(move |t| queries::get_volume(t, &q.name))).await
             }
-            R::Fsck { volume, from } => {
-                let live = self.membership.live_addrs().into_keys().collect();
-                let page = self
-                    .query(move |t| crate::fsck::check_page(t, &volume, from, &live))
-                    .await?;
-                Ok(MetaReply::Fsck(page))
+            R::Lookup(q) => {
+                answer(q, |q| {
+                    self.query(move |t| queries::lookup_attr(t, q.parent, &q.name))
+                })
+                .await
             }
-            R::CheckShards { server, keys } => {
-                if keys.len() > MAX_CHECK_SHARDS {
-                    return Err(FsError::TooBig(format!(
-                        "{} shards in one check",
-                        keys.len()
-                    )));
-                }
-                let stale = self
-                    .query(move |t| queries::stale_shards(t, server, &keys))
-                    .await?;
-                Ok(MetaReply::StaleShards(
-                    stale
+            R::GetAttr(q) => answer(q, |q| self.query(move |t| queries::get_attr(t, q.ino))).await,
+            R::ReadLink(q) => {
+                answer(q, |q| self.query(move |t| queries::read_link(t, q.ino))).await
+            }
+            R::ReadDir(q) => {
+                answer(q, |q| {
+                    self.query(move |t| {
+                        queries::read_dir(t, q.dir, q.after.as_deref(), q.limit, q.with_attrs)
+                    })
+                })
+                .await
+            }
+            R::GetXattr(q) => {
+                answer(q, |q| {
+                    self.query(move |t| queries::get_xattr(t, q.ino, &q.name))
+                })
+                .await
+            }
+            R::ListXattr(q) => {
+                answer(q, |q| self.query(move |t| queries::list_xattr(t, q.ino))).await
+            }
+            R::GetLayout(q) => {
+                answer(q, |q| async move {
+                    let mut layout = self
+                        .query(move |t| queries::get_layout(t, q.ino, q.offset, q.len))
+                        .await?;
+                    let live: Vec<_> = self.membership.live().into_iter().map(|c| c.id).collect();
+                    for shard in layout.blocks.iter_mut().flat_map(|b| b.shards.iter_mut()) {
+                        shard.up = live.contains(&shard.server);
+                    }
+                    Ok(layout)
+                })
+                .await
+            }
+            R::StatFs(q) => answer(q, |q| self.stat_fs(q.ino)).await,
+            R::VolumeUsage(q) => {
+                answer(q, |q| {
+                    let live = self.membership.live_addrs().into_keys().collect();
+                    self.query(move |t| queries::volume_usage(t, &q.name, &live))
+                })
+                .await
+            }
+            R::Fsck(q) => {
+                answer(q, |q| {
+                    let live = self.membership.live_addrs().into_keys().collect();
+                    self.query(move |t| crate::fsck::check_page(t, &q.volume, q.from, &live))
+                })
+                .await
+            }
+            R::CheckShards(q) => {
+                answer(q, |q| async move {
+                    if q.keys.len() > MAX_CHECK_SHARDS {
+                        return Err(FsError::TooBig(format!(
+                            "{} shards in one check",
+                            q.keys.len()
+                        )));
+                    }
+                    let server = q.server;
+                    let stale = self
+                        .query(move |t| queries::stale_shards(t, server, &q.keys))
+                        .await?;
+                    Ok(stale
                         .into_iter()
                         .filter(|&key| !self.repair.is_rebuilding(key, server))
-                        .collect(),
-                ))
+                        .collect())
+                })
+                .await
             }
-            R::ClusterStatus => {
-                let (volumes, inodes, blocks) = self.query(queries::counts).await?;
-                let mut servers = self.membership.status();
-                let placed = self.repair.placed();
-                for s in &mut servers {
-                    s.placed = placed.get(&s.id).copied().unwrap_or(0);
-                }
-                Ok(MetaReply::Cluster(ClusterStatus {
-                    servers,
-                    volumes,
-                    inodes,
-                    blocks,
-                    health: self.repair.health(),
-                    repair: self.repair.progress(),
-                }))
-            }
+            R::ClusterStatus(q) => answer(q, |_| self.cluster_status()).await,
 
             // State kept in memory.
-            R::ClientGrants { fingerprint } => {
-                Ok(MetaReply::Grants(self.clients.grants(&fingerprint)))
+            R::ClientGrants(q) => {
+                answer(q, |q| async move { Ok(self.clients.grants(&q.fingerprint)) }).await
             }
-            R::SetLock {
-                ino,
-                owner,
-                range,
-                kind,
-                wait,
-                holding,
-            } => {
-                // Only files that exist can be locked; anything can be unlocked.
-                if kind != LockKind::Unlock {
-                    self.query(move |t| get_inode(&t.inodes, ino).map(drop))
-                        .await?;
-                }
-                let set = self.locks.set(ino, owner, range, kind, wait, holding);
-                self.record_locks().await?;
-                set.map(|()| MetaReply::Done)
-            }
-            R::CancelLockWait { owner } => {
-                self.locks.cancel_wait(owner);
-                Ok(MetaReply::Done)
-            }
-            R::TestLock {
-                ino,
-                owner,
-                range,
-                kind,
-            } => {
-                let conflict = self.locks.test(ino, owner, range, kind);
-                self.record_locks().await?;
-                conflict.map(MetaReply::Lock)
-            }
-            R::ReleaseLocks { ino, owner } => {
-                self.locks.release(ino, owner);
-                self.record_locks().await?;
-                Ok(MetaReply::Done)
-            }
-            R::RenewSession { session } => {
-                let renewed = self.locks.renew(session);
-                self.record_locks().await?;
-                renewed.map(|()| MetaReply::Done)
-            }
-            R::RepairStatus => Ok(MetaReply::Repair(self.repair.progress())),
-            R::MetaStatus => Ok(MetaReply::MetaGroup(self.log.members())),
-            R::MetaAdd { addr } => {
-                let join = crate::raft::network::JoinRequest {
-                    capability_key: self.capability_key(),
-                    addr: addr.clone(),
-                };
-                self.log.add_member(&addr, &join).await?;
-                Ok(MetaReply::MetaGroup(self.log.members()))
-            }
-            R::MetaRemove { id } => {
-                self.log.remove_member(id).await?;
-                Ok(MetaReply::MetaGroup(self.log.members()))
-            }
-            R::Leader => Ok(MetaReply::Leader(self.log.leader_addr())),
-            R::MetaDigest => {
-                let db = self.db.clone();
-                let (applied, digest) =
-                    tokio::task::spawn_blocking(move || crate::raft::state::digest(&db))
-                        .await
-                        .map_err(|e| FsError::io(format!("digest task: {e}")))??;
-                Ok(MetaReply::Digest {
-                    member: self.log.id,
-                    applied,
-                    digest,
+            R::SetLock(q) => {
+                answer(q, |q| async move {
+                    let ino = q.ino;
+                    // Only files that exist can be locked; anything can be unlocked.
+                    if q.kind != LockKind::Unlock {
+                        self.query(move |t| get_inode(&t.inodes, ino).map(drop))
+                            .await?;
+                    }
+                    let set = self
+                        .locks
+                        .set(ino, q.owner, q.range, q.kind, q.wait, q.holding);
+                    self.record_locks().await?;
+                    set
                 })
+                .await
             }
-            R::Peer { .. } => Err(FsError::protocol(
+            R::CancelLockWait(q) => {
+                answer(q, |q| async move {
+                    self.locks.cancel_wait(q.owner);
+                    Ok(())
+                })
+                .await
+            }
+            R::TestLock(q) => {
+                answer(q, |q| async move {
+                    let conflict = self.locks.test(q.ino, q.owner, q.range, q.kind);
+                    self.record_locks().await?;
+                    conflict
+                })
+                .await
+            }
+            R::ReleaseLocks(q) => {
+                answer(q, |q| async move {
+                    self.locks.release(q.ino, q.owner);
+                    self.record_locks().await
+                })
+                .await
+            }
+            R::RenewSession(q) => {
+                answer(q, |q| async move {
+                    let renewed = self.locks.renew(q.session);
+                    self.record_locks().await?;
+                    renewed
+                })
+                .await
+            }
+            R::RepairStatus(q) => answer(q, |_| async move { Ok(self.repair.progress()) }).await,
+            R::MetaStatus(q) => answer(q, |_| async move { Ok(self.log.members()) }).await,
+            R::MetaAdd(q) => {
+                answer(q, |q| async move {
+                    let join = crate::raft::network::JoinRequest {
+                        capability_key: self.capability_key(),
+                        addr: q.addr.clone(),
+                    };
+                    self.log.add_member(&q.addr, &join).await?;
+                    Ok(self.log.members())
+                })
+                .await
+            }
+            R::MetaRemove(q) => {
+                answer(q, |q| async move {
+                    self.log.remove_member(q.id).await?;
+                    Ok(self.log.members())
+                })
+                .await
+            }
+            R::Leader(q) => answer(q, |_| async move { Ok(self.log.leader_addr()) }).await,
+            R::MetaDigest(q) => {
+                answer(q, |_| async move {
+                    let db = self.db.clone();
+                    let (applied, digest) =
+                        tokio::task::spawn_blocking(move || crate::raft::state::digest(&db))
+                            .await
+                            .map_err(|e| FsError::io(format!("digest task: {e}")))??;
+                    Ok(Digest {
+                        member: self.log.id,
+                        applied,
+                        digest,
+                    })
+                })
+                .await
+            }
+            R::Peer(_) => Err(FsError::protocol(
                 "peer messages are answered before dispatch",
             )),
-            R::Rebalance => {
-                self.repair.start_rebalance();
-                Ok(MetaReply::Done)
+            R::Rebalance(q) => {
+                answer(q, |_| async move {
+                    self.repair.start_rebalance();
+                    Ok(())
+                })
+                .await
             }
         }
+    }
+
+    /// Registers a chunk server on first contact, refreshes its liveness, and hands it the
+    /// key that checks shard capabilities.
+    async fn heartbeat(&self, q: req::Heartbeat, call: Option<Call>) -> FsResult<Registered> {
+        let server = q.server;
+        if self
+            .membership
+            .heartbeat(server, &q.addr, q.capacity, q.used, q.shards)
+            // The leader records addresses; the others learn them from the log.
+            && self.log.ensure_leader().is_ok()
+        {
+            tracing::info!(%server, addr = %q.addr, "chunk server registered");
+            let op = Op::RegisterServer {
+                server,
+                addr: q.addr,
+            };
+            if let Err(e) = self.mutate(op, call).await {
+                self.membership.forget_address(server);
+                return Err(e);
+            }
+        }
+        Ok(Registered {
+            capability_key: self.capability_key(),
+        })
+    }
+
+    async fn cluster_status(&self) -> FsResult<ClusterStatus> {
+        let (volumes, inodes, blocks) = self.query(queries::counts).await?;
+        let mut servers = self.membership.status();
+        let placed = self.repair.placed();
+        for s in &mut servers {
+            s.placed = placed.get(&s.id).copied().unwrap_or(0);
+        }
+        Ok(ClusterStatus {
+            servers,
+            volumes,
+            inodes,
+            blocks,
+            health: self.repair.health(),
+            repair: self.repair.progress(),
+        })
     }
 
     /// Records the lock table's changes in the metadata log and waits until every change made
@@ -768,22 +866,22 @@ impl MetaService {
     /// by any member.
     async fn route(&self, request: &MetaRequest) -> FsResult<()> {
         match request {
-            MetaRequest::Leader | MetaRequest::MetaDigest | MetaRequest::Peer { .. } => Ok(()),
+            MetaRequest::Leader(_) | MetaRequest::MetaDigest(_) | MetaRequest::Peer(_) => Ok(()),
             // The leader knows every member's lag: it answers when there is one; without one
             // (an election, a lost majority), any member tells what it sees.
-            MetaRequest::MetaStatus => match self.log.ensure_leader() {
+            MetaRequest::MetaStatus(_) => match self.log.ensure_leader() {
                 Err(FsError::NotLeader(Some(leader))) => Err(FsError::NotLeader(Some(leader))),
                 _ => Ok(()),
             },
             // A server waiting to join would hand out a key of its own.
-            MetaRequest::Heartbeat { .. } if self.log.is_member() => Ok(()),
-            MetaRequest::Heartbeat { .. } => Err(FsError::NotLeader(None)),
+            MetaRequest::Heartbeat(_) if self.log.is_member() => Ok(()),
+            MetaRequest::Heartbeat(_) => Err(FsError::NotLeader(None)),
             r if r.is_mutation() => self.log.ensure_leader(),
-            MetaRequest::SetLock { .. }
-            | MetaRequest::TestLock { .. }
-            | MetaRequest::ReleaseLocks { .. }
-            | MetaRequest::RenewSession { .. }
-            | MetaRequest::CancelLockWait { .. } => {
+            MetaRequest::SetLock(_)
+            | MetaRequest::TestLock(_)
+            | MetaRequest::ReleaseLocks(_)
+            | MetaRequest::RenewSession(_)
+            | MetaRequest::CancelLockWait(_) => {
                 self.log.read_barrier().await?;
                 if self.taken_over.load(std::sync::atomic::Ordering::SeqCst) {
                     Ok(())
@@ -804,7 +902,7 @@ impl MetaService {
         len: u64,
         body: &mut RecvStream,
         peer: &PeerInfo,
-    ) -> Response<MetaReply> {
+    ) -> Response<Answer> {
         if !matches!(peer.principal, Principal::Meta) {
             return Err(FsError::Denied(
                 "only metadata servers (certificates with the metadata role) talk to the metadata group".into(),
@@ -820,10 +918,10 @@ impl MetaService {
             PeerRpc::Join => crate::raft::network::encode(&self.join(&message))?,
             _ => self.log.answer_peer(rpc, &message).await?,
         };
-        let reply = MetaReply::Peer {
+        let reply = PeerReply {
             len: answer.len() as u64,
         };
-        Ok((reply, Some(bytes::Bytes::from(answer))))
+        Ok((reply.into(), Some(bytes::Bytes::from(answer))))
     }
 
     /// Takes the group's secrets from the leader that adds this server, and answers with this
@@ -918,7 +1016,7 @@ impl MetaService {
 
     /// Places a new block on live servers, records it, and grants the capabilities to store
     /// its shards.
-    async fn allocate_block(&self, ino: InodeId, call: Option<Call>) -> FsResult<MetaReply> {
+    async fn allocate_block(&self, ino: InodeId, call: Option<Call>) -> FsResult<BlockPlacement> {
         let (policy, block_size, full) = self
             .query(move |t| {
                 let rec = get_inode(&t.inodes, ino)?;
@@ -948,20 +1046,18 @@ impl MetaService {
             &[],
         )?;
         placement.resize(policy.total(), ServerId::NONE);
-        let mut reply = self
-            .mutate_reply(Op::AllocateBlock { ino, placement }, call)
+        let mut p: BlockPlacement = self
+            .mutate_as(Op::AllocateBlock { ino, placement }, call)
             .await?;
-        if let MetaReply::Placement(p) = &mut reply {
-            let now = Timestamp::now();
-            for (index, shard) in p.shards.iter_mut().enumerate() {
-                let key = ShardKey {
-                    block: p.block,
-                    index: index as u8,
-                };
-                self.grant(shard, key, p.volume, now);
-            }
+        let now = Timestamp::now();
+        for (index, shard) in p.shards.iter_mut().enumerate() {
+            let key = ShardKey {
+                block: p.block,
+                index: index as u8,
+            };
+            self.grant(shard, key, p.volume, now);
         }
-        Ok(reply)
+        Ok(p)
     }
 
     /// Moves a shard of an uncommitted block off a server its writer could not reach.
@@ -971,7 +1067,7 @@ impl MetaService {
         index: u8,
         failed: ServerId,
         call: Option<Call>,
-    ) -> FsResult<MetaReply> {
+    ) -> FsResult<ShardLocation> {
         let rec: BlockRecord = self
             .query(move |t| match t.blocks.get(block.0).db()? {
                 Some(v) => decode(v.value()),
@@ -998,16 +1094,14 @@ impl MetaService {
             failed,
             to,
         };
-        let mut reply = self.mutate_reply(op, call).await?;
-        if let MetaReply::Shard(shard) = &mut reply {
-            let key = ShardKey { block, index };
-            self.grant(shard, key, rec.volume, Timestamp::now());
-        }
-        Ok(reply)
+        let mut shard: ShardLocation = self.mutate_as(op, call).await?;
+        let key = ShardKey { block, index };
+        self.grant(&mut shard, key, rec.volume, Timestamp::now());
+        Ok(shard)
     }
 
     /// Capacity of the cluster, bounded by the volume's quotas.
-    async fn stat_fs(&self, ino: InodeId) -> FsResult<MetaReply> {
+    async fn stat_fs(&self, ino: InodeId) -> FsResult<StatFs> {
         let state = self
             .query(move |t| {
                 let rec = get_inode(&t.inodes, ino)?;
@@ -1023,60 +1117,19 @@ impl MetaService {
             Some(quota) => (quota, quota.saturating_sub(state.inodes)),
             None => (state.inodes + (1 << 32), 1 << 32),
         };
-        Ok(MetaReply::StatFs(StatFs {
+        Ok(StatFs {
             total_bytes,
             free_bytes,
             total_inodes,
             free_inodes,
             block_size: 4096,
-        }))
+        })
     }
-}
-
-/// An outcome as the wire shows it.
-fn reply_of(outcome: Outcome) -> FsResult<MetaReply> {
-    let shard = |at: ShardAt| ShardLocation {
-        up: at.server != ServerId::NONE,
-        server: at.server,
-        addr: at.addr,
-        cap: None,
-    };
-    Ok(match outcome {
-        Outcome::Done => MetaReply::Done,
-        Outcome::Volume {
-            name,
-            record,
-            state,
-        } => MetaReply::Volume(volume_info(&name, &record, &state)),
-        Outcome::Node { ino, record } => MetaReply::Attr(to_attr(ino, &record)),
-        Outcome::Placement {
-            block,
-            volume,
-            policy,
-            shards,
-            min_shards,
-        } => MetaReply::Placement(BlockPlacement {
-            block,
-            volume,
-            policy,
-            shards: shards.into_iter().map(shard).collect(),
-            min_shards,
-        }),
-        Outcome::Shard(at) => MetaReply::Shard(shard(at)),
-        Outcome::Committed { ino, before, after } => MetaReply::Committed {
-            before: to_attr(ino, &before),
-            after: to_attr(ino, &after),
-        },
-        Outcome::Dropped(blocks) => MetaReply::Dropped(blocks),
-        Outcome::WireReply(bytes) => {
-            decode_body(&bytes).map_err(|e| FsError::Corrupt(format!("stored reply: {e}")))?
-        }
-    })
 }
 
 impl Service for MetaService {
     type Request = MetaCall;
-    type Reply = MetaReply;
+    type Reply = Answer;
     /// The largest real requests (a commit of 1,024 extents, a 64 KiB xattr, a check of
     /// 4,096 shards) are far below this.
     const MAX_REQUEST: usize = 256 * 1024;
@@ -1095,9 +1148,9 @@ impl Service for MetaService {
         call: MetaCall,
         body: &mut RecvStream,
         peer: &PeerInfo,
-    ) -> Response<MetaReply> {
+    ) -> Response<Answer> {
         let MetaCall { id, request } = call;
-        if let MetaRequest::Peer { rpc, len } = request {
+        if let MetaRequest::Peer(req::Peer { rpc, len }) = request {
             return self.answer_peer(rpc, len, body, peer).await;
         }
         self.route(&request).await?;
@@ -1107,15 +1160,12 @@ impl Service for MetaService {
             self.faults.hit(&point).await?;
         }
         let mutation = request.is_mutation().then(|| request.name());
-        let mut reply = self.dispatch(request, id).await?;
+        let reply = self.dispatch(request, id, grants).await?;
         if let (Some(name), true) = (mutation, self.faults.is_enabled()) {
             // "The leader dies after the commit, before the reply."
             self.faults
                 .hit(&format!("meta.after_commit.{name}"))
                 .await?;
-        }
-        if let (Some(grants), MetaReply::Volumes(volumes)) = (grants, &mut reply) {
-            volumes.retain(|v| grants.iter().any(|g| g.volume == v.id));
         }
         Ok((reply, None))
     }
@@ -1123,7 +1173,8 @@ impl Service for MetaService {
 
 fn request_volume_name(request: &MetaRequest) -> &str {
     match request {
-        MetaRequest::GetVolume { name } | MetaRequest::VolumeUsage { name } => name,
+        MetaRequest::GetVolume(req::GetVolume { name })
+        | MetaRequest::VolumeUsage(req::VolumeUsage { name }) => name,
         _ => "",
     }
 }

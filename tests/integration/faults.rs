@@ -7,7 +7,7 @@ use dfs_common::codec::{encode_frame, read_frame};
 use dfs_common::net::endpoint::client_endpoint;
 use dfs_common::net::tls::{generate_ca, issue, Identity, Role, SERVER_NAME};
 use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ShardKey, ShardOwner};
-use dfs_common::proto::meta::{MetaCall, MetaReply, MetaRequest};
+use dfs_common::proto::meta::{req, MetaCall, VolumeInfo};
 use dfs_common::{BlockId, EcPolicy, FsError, VolumeId};
 use dfs_tests::TestCluster;
 use std::net::SocketAddr;
@@ -50,7 +50,7 @@ async fn malformed_messages_get_errors_and_servers_keep_serving() {
     let meta = connect(&identity, cluster.meta_addr).await.unwrap();
 
     // Oversized: a 1 GiB length prefix is refused before anything is allocated.
-    let reply = send_raw::<MetaReply>(&meta, &(1u32 << 30).to_le_bytes()).await;
+    let reply = send_raw::<Vec<VolumeInfo>>(&meta, &(1u32 << 30).to_le_bytes()).await;
     assert!(
         matches!(reply, Some(Err(FsError::TooBig(_))) | None),
         "{reply:?}"
@@ -58,20 +58,20 @@ async fn malformed_messages_get_errors_and_servers_keep_serving() {
     // Malformed: a valid length with garbage inside.
     let mut garbage = 8u32.to_le_bytes().to_vec();
     garbage.extend_from_slice(&[0xff; 8]);
-    let reply = send_raw::<MetaReply>(&meta, &garbage).await;
+    let reply = send_raw::<Vec<VolumeInfo>>(&meta, &garbage).await;
     assert!(
         matches!(reply, Some(Err(FsError::Protocol(_))) | None),
         "{reply:?}"
     );
     // Truncated: the frame promises more than it carries.
-    let frame = encode_frame(&MetaCall::untracked(MetaRequest::ListVolumes)).unwrap();
+    let frame = encode_frame(&MetaCall::untracked(req::ListVolumes.into())).unwrap();
     let mut short = (frame.len() as u32 + 10).to_le_bytes().to_vec();
     short.extend_from_slice(&frame[4..]);
-    let reply = send_raw::<MetaReply>(&meta, &short).await;
+    let reply = send_raw::<Vec<VolumeInfo>>(&meta, &short).await;
     assert!(matches!(reply, Some(Err(_)) | None), "{reply:?}");
     // A well-formed request on the same connection still works, and so does another client.
-    let ok = send_raw::<MetaReply>(&meta, &frame).await;
-    assert!(matches!(ok, Some(Ok(MetaReply::Volumes(_)))), "{ok:?}");
+    let ok = send_raw::<Vec<VolumeInfo>>(&meta, &frame).await;
+    assert!(matches!(ok, Some(Ok(_))), "{ok:?}");
     client.list_volumes().await.unwrap();
 
     // The same against a chunk server.
@@ -162,9 +162,9 @@ async fn parties_without_a_cluster_certificate_are_refused() {
             Err(_) => true,
             // TLS 1.3 may complete the client side before the server rejects the certificate:
             // then the first request fails.
-            Ok(conn) => send_raw::<MetaReply>(
+            Ok(conn) => send_raw::<Vec<VolumeInfo>>(
                 &conn,
-                &encode_frame(&MetaCall::untracked(MetaRequest::ListVolumes)).unwrap(),
+                &encode_frame(&MetaCall::untracked(req::ListVolumes.into())).unwrap(),
             )
             .await
             .is_none(),

@@ -13,7 +13,7 @@ use dfs_common::net::tls::{issue, Fingerprint, Identity, Role};
 use dfs_common::net::Peer;
 use dfs_common::proto::chunk::{ChunkReply, ChunkRequest, ShardKey, ShardOwner};
 use dfs_common::proto::meta::{
-    FileKind, LockKind, LockRange, MetaCall, MetaReply, MetaRequest, VolumeInfo, RENAME_EXCHANGE,
+    req, FileKind, LockKind, LockRange, MetaCall, MetaRpc, VolumeInfo, RENAME_EXCHANGE,
 };
 use dfs_common::proto::MAX_LAYOUT_EXTENTS;
 use dfs_common::{BlockId, FsError, InodeId, ServerId, Timestamp};
@@ -637,41 +637,47 @@ async fn a_server_certificate_speaks_only_for_the_chunk_servers_it_registered() 
     .unwrap();
     let identity = Identity::from_pairs(&cluster.certs.ca, &other).unwrap();
     let peer = Peer::new(client_endpoint(&identity).unwrap(), cluster.meta_addr);
-    let call = |request| {
-        let peer = &peer;
-        async move {
-            peer.call::<_, MetaReply>(&MetaCall::untracked(request), None, 1 << 20)
-                .await
-                .map(|(reply, _)| reply)
-        }
-    };
+    async fn ask<Q: MetaRpc>(peer: &Peer, request: Q) -> Result<Q::Reply, FsError> {
+        let call = MetaCall::untracked(request.into());
+        peer.call(&call, None, 1 << 20)
+            .await
+            .map(|(reply, _)| reply)
+    }
     let victim = cluster.chunks[0].id;
-    let heartbeat = |server| MetaRequest::Heartbeat {
+    let heartbeat = |server| req::Heartbeat {
         server,
         addr: "127.0.0.1:9".into(),
         capacity: 1 << 30,
         used: 0,
         shards: 0,
     };
-    let denied = |r: Result<MetaReply, FsError>| matches!(r, Err(FsError::Denied(_)));
+    fn denied<T>(r: Result<T, FsError>) -> bool {
+        matches!(r, Err(FsError::Denied(_)))
+    }
     // It cannot heartbeat, report bad shards or reconcile as a server registered by another.
-    assert!(denied(call(heartbeat(victim)).await));
+    assert!(denied(ask(&peer, heartbeat(victim)).await));
     let key = ShardKey {
         block: BlockId(1),
         index: 0,
     };
     assert!(denied(
-        call(MetaRequest::ReportBadShard {
-            server: victim,
-            key
-        })
+        ask(
+            &peer,
+            req::ReportBadShard {
+                server: victim,
+                key
+            }
+        )
         .await
     ));
     assert!(denied(
-        call(MetaRequest::CheckShards {
-            server: victim,
-            keys: vec![key]
-        })
+        ask(
+            &peer,
+            req::CheckShards {
+                server: victim,
+                keys: vec![key]
+            }
+        )
         .await
     ));
     let status = admin.cluster_status().await.unwrap();
@@ -683,14 +689,14 @@ async fn a_server_certificate_speaks_only_for_the_chunk_servers_it_registered() 
     );
     // Its own new server registers, and is its own from then on.
     let fresh = ServerId(0x5eed_0001);
-    assert!(matches!(
-        call(heartbeat(fresh)).await,
-        Ok(MetaReply::Registered { .. })
-    ));
-    assert!(call(MetaRequest::CheckShards {
-        server: fresh,
-        keys: vec![key]
-    })
+    assert!(ask(&peer, heartbeat(fresh)).await.is_ok());
+    assert!(ask(
+        &peer,
+        req::CheckShards {
+            server: fresh,
+            keys: vec![key]
+        }
+    )
     .await
     .is_ok());
 }

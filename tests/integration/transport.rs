@@ -4,7 +4,7 @@
 use dfs_common::codec::{encode_frame, read_frame};
 use dfs_common::net::endpoint::{client_endpoint, client_endpoint_accepting, Endpoint};
 use dfs_common::net::tls::SERVER_NAME;
-use dfs_common::proto::meta::{DirPage, MetaCall, MetaReply, MetaRequest};
+use dfs_common::proto::meta::{req, Attr, DirPage, MetaCall};
 use dfs_common::{FsError, InodeId};
 use dfs_tests::TestCluster;
 use std::net::SocketAddr;
@@ -20,29 +20,28 @@ async fn connect(endpoint: &Endpoint, addr: SocketAddr) -> quinn::Connection {
 
 /// Lists `dir` over `conn` in one request and returns the page.
 async fn list(conn: &quinn::Connection, dir: InodeId) -> DirPage {
-    let request = MetaCall::untracked(MetaRequest::ReadDir {
-        dir,
-        after: None,
-        limit: 1000,
-        with_attrs: true,
-    });
+    let request = MetaCall::untracked(
+        req::ReadDir {
+            dir,
+            after: None,
+            limit: 1000,
+            with_attrs: true,
+        }
+        .into(),
+    );
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&encode_frame(&request).unwrap())
         .await
         .unwrap();
     let _ = send.finish();
-    let reply = tokio::time::timeout(
+    tokio::time::timeout(
         Duration::from_secs(10),
-        read_frame::<Result<MetaReply, FsError>>(&mut recv, 16 << 20),
+        read_frame::<Result<DirPage, FsError>>(&mut recv, 16 << 20),
     )
     .await
     .expect("a reply in time")
     .expect("a whole reply frame")
-    .expect("the listing succeeds");
-    match reply {
-        MetaReply::Dir(page) => page,
-        other => panic!("unexpected reply {other:?}"),
-    }
+    .expect("the listing succeeds")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,8 +94,8 @@ async fn a_small_call_costs_one_datagram_each_way() {
     let identity = cluster.certs.client_identity();
     let peer = dfs_common::net::Peer::new(client_endpoint(&identity).unwrap(), cluster.meta_addr);
     let call = || async {
-        peer.call::<_, MetaReply>(
-            &MetaCall::untracked(MetaRequest::GetAttr { ino: volume.root }),
+        peer.call::<_, Attr>(
+            &MetaCall::untracked(req::GetAttr { ino: volume.root }.into()),
             None,
             1 << 20,
         )
@@ -108,7 +107,7 @@ async fn a_small_call_costs_one_datagram_each_way() {
     let before = peer.connection_stats().await.unwrap();
     let calls = 200u64;
     for _ in 0..calls {
-        assert!(matches!(call().await, MetaReply::Attr(_)));
+        assert_eq!(call().await.ino, volume.root);
     }
     let after = peer.connection_stats().await.unwrap();
     // Neither side leaves a stream half-read: no STOP_SENDING, the packet it used to cost.

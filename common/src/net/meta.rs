@@ -6,7 +6,7 @@ use super::endpoint::Endpoint;
 use super::rpc::Peer;
 use crate::codec::ReplyStream;
 use crate::error::{FsError, FsResult};
-use crate::proto::meta::{MetaCall, MetaReply, MetaRequest};
+use crate::proto::meta::{req, MetaCall, MetaRpc};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -77,6 +77,14 @@ impl MetaLink {
 
     fn count(&self) -> usize {
         self.members.read().expect("metadata members").len()
+    }
+
+    /// Sends `request` to the leader without a call id (a read, or a report that is safe to
+    /// apply twice) and decodes its reply as the request's reply type.
+    pub async fn ask<Q: MetaRpc>(&self, request: Q) -> FsResult<Q::Reply> {
+        let call = MetaCall::untracked(request.into());
+        let (reply, _) = self.call(&call, None, crate::codec::MAX_FRAME).await?;
+        Ok(reply)
     }
 
     /// Like [`Peer::call`], to the leader.
@@ -201,22 +209,22 @@ impl MetaLink {
     /// Whether `member` answers a question on the connection in use (a long call on it is
     /// still being worked on, not lost with a dead process).
     async fn answers(&self, member: &Peer) -> bool {
-        let question = MetaCall::untracked(MetaRequest::Leader);
-        let ask = member.exchange::<_, MetaReply>(&question, None, 4096);
+        let question = MetaCall::untracked(req::Leader.into());
+        let ask = member.exchange::<_, <req::Leader as MetaRpc>::Reply>(&question, None, 4096);
         matches!(tokio::time::timeout(ASK_TIMEOUT, ask).await, Ok(Ok(_)))
     }
 
     /// Asks the members other than `at` who leads; the first that names a member of ours
     /// wins.
     async fn leader_named_by_others(&self, at: usize) -> Option<usize> {
-        let question = MetaCall::untracked(MetaRequest::Leader);
+        let question = MetaCall::untracked(req::Leader.into());
         for (i, member) in self.members().iter().enumerate() {
             if i == at {
                 continue;
             }
-            let ask = member.exchange::<_, MetaReply>(&question, None, 4096);
+            let ask = member.exchange::<_, <req::Leader as MetaRpc>::Reply>(&question, None, 4096);
             let leader = match tokio::time::timeout(ASK_TIMEOUT, ask).await {
-                Ok(Ok((Ok(MetaReply::Leader(Some(leader))), _))) => leader,
+                Ok(Ok((Ok(Some(leader)), _))) => leader,
                 Ok(Ok(_)) => continue,
                 // Perhaps a connection to a member that died and came back: the next
                 // question makes a new one.

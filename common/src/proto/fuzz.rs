@@ -120,14 +120,14 @@ fn metadata_requests_and_replies() {
         block_offset: 4,
     };
     let calls = vec![
-        MetaCall::untracked(MetaRequest::ListVolumes),
+        MetaCall::untracked(req::ListVolumes.into()),
         MetaCall {
             id: Some(CallId {
                 client: 1,
                 seq: 2,
                 done_below: 1,
             }),
-            request: MetaRequest::CommitWrite {
+            request: MetaRequest::CommitWrite(req::CommitWrite {
                 ino: InodeId(5),
                 extents: vec![
                     NewExtent {
@@ -139,53 +139,53 @@ fn metadata_requests_and_replies() {
                 ],
                 mtime: Timestamp { secs: 1, nanos: 2 },
                 append: true,
-            },
+            }),
         },
-        MetaCall::untracked(MetaRequest::Rename {
+        MetaCall::untracked(MetaRequest::Rename(req::Rename {
             parent: InodeId(1),
             name: "a".into(),
             new_parent: InodeId(2),
             new_name: "b".into(),
             flags: RENAME_EXCHANGE,
-        }),
-        MetaCall::untracked(MetaRequest::SetLock {
+        })),
+        MetaCall::untracked(MetaRequest::SetLock(req::SetLock {
             ino: InodeId(1),
             owner: owner(),
             range: LockRange { start: 0, end: 9 },
             kind: LockKind::Write,
             wait: true,
             holding: false,
-        }),
-        MetaCall::untracked(MetaRequest::SetXattr {
+        })),
+        MetaCall::untracked(MetaRequest::SetXattr(req::SetXattr {
             ino: InodeId(1),
             name: "user.x".into(),
             value: vec![1, 2, 3],
             flags: 0,
-        }),
+        })),
     ];
     fuzz(1, &calls);
-    let replies: Vec<Result<MetaReply, FsError>> = vec![
-        Ok(MetaReply::Attr(attr())),
-        Ok(MetaReply::Layout(Layout {
-            size: 10,
-            extents: vec![extent; 4],
-            blocks: vec![block_info()],
-            complete_to: u64::MAX,
-        })),
-        Ok(MetaReply::Dir(DirPage {
-            entries: vec![DirEntry {
-                name: "x".into(),
-                ino: InodeId(2),
-                kind: FileKind::Dir,
-                attr: Some(attr()),
-            }],
-            more: true,
-        })),
-        Ok(MetaReply::Dropped(vec![BlockId(1), BlockId(2)])),
-        Err(FsError::Invalid("bad".into())),
-        Err(FsError::Deadlock),
-    ];
-    fuzz(2, &replies);
+    let attrs: Vec<Result<Attr, FsError>> = vec![Ok(attr()), Err(FsError::Invalid("bad".into()))];
+    fuzz(2, &attrs);
+    let layouts: Vec<Result<Layout, FsError>> = vec![Ok(Layout {
+        size: 10,
+        extents: vec![extent; 4],
+        blocks: vec![block_info()],
+        complete_to: u64::MAX,
+    })];
+    fuzz(5, &layouts);
+    let pages: Vec<Result<DirPage, FsError>> = vec![Ok(DirPage {
+        entries: vec![DirEntry {
+            name: "x".into(),
+            ino: InodeId(2),
+            kind: FileKind::Dir,
+            attr: Some(attr()),
+        }],
+        more: true,
+    })];
+    fuzz(6, &pages);
+    let dropped: Vec<Result<Vec<BlockId>, FsError>> =
+        vec![Ok(vec![BlockId(1), BlockId(2)]), Err(FsError::Deadlock)];
+    fuzz(7, &dropped);
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Wire types of the dfs services. Each service has one request enum and one reply enum; every
-//! response on the wire is `Result<Reply, FsError>`.
+//! Wire types of the dfs services. Every response on the wire is `Result<Reply, FsError>`: for
+//! the chunk servers one reply enum, for the metadata server the reply type of the request
+//! ([`meta::MetaRpc`]).
 
 pub mod chunk;
 pub mod meta;

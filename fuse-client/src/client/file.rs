@@ -7,7 +7,7 @@ use super::dirty::DirtyBuffer;
 use super::layouts::{LayoutPage, LayoutPages};
 use super::writer::upload_block;
 use super::{reader, Client};
-use dfs_common::proto::meta::{Attr, FileKind, MetaReply, MetaRequest, NewExtent, SetAttr};
+use dfs_common::proto::meta::{req, Attr, Committed, FileKind, NewExtent, SetAttr};
 use dfs_common::proto::MAX_FILE_SIZE;
 use dfs_common::{EcPolicy, FsError, FsResult, InodeId, Timestamp, VolumeId};
 use std::collections::VecDeque;
@@ -380,23 +380,19 @@ impl FileHandle {
             .faults
             .hit("client.before_commit")
             .await?;
-        let request = MetaRequest::CommitWrite {
+        let request = req::CommitWrite {
             ino: self.ino,
             extents,
             mtime: Timestamp::now(),
             append: self.append,
         };
-        match self.client.call(&request).await? {
-            MetaReply::Committed { before, after } => {
-                self.size = self.size.max(after.size);
-                self.settle_reserved(after.size);
-                if self.commits.len() < MAX_KEPT_COMMITS {
-                    self.commits.push((before, after));
-                }
-                Ok(())
-            }
-            other => Err(FsError::protocol(format!("unexpected reply {other:?}"))),
+        let Committed { before, after } = self.client.call(request).await?;
+        self.size = self.size.max(after.size);
+        self.settle_reserved(after.size);
+        if self.commits.len() < MAX_KEPT_COMMITS {
+            self.commits.push((before, after));
         }
+        Ok(())
     }
 
     /// Makes every write so far durable and visible to other clients.

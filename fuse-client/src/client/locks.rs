@@ -2,11 +2,8 @@
 //! is one lock session; while it holds locks it renews the session's lease in the background,
 //! so the locks of a client that dies or is cut off expire instead of blocking others forever.
 
-use super::meta::expect_done;
-use super::{expect_reply, Client};
-use dfs_common::proto::meta::{
-    LockConflict, LockKind, LockOwner, LockRange, MetaReply, MetaRequest,
-};
+use super::Client;
+use dfs_common::proto::meta::{req, LockConflict, LockKind, LockOwner, LockRange};
 use dfs_common::{FsError, FsResult, InodeId};
 use std::collections::HashSet;
 use std::sync::{Mutex, Weak};
@@ -89,7 +86,7 @@ impl Client {
             }
             holding
         };
-        let request = MetaRequest::SetLock {
+        let request = req::SetLock {
             ino,
             owner: self.lock_owner(owner, pid),
             range,
@@ -97,11 +94,11 @@ impl Client {
             wait,
             holding,
         };
-        let reply = self.call(&request).await;
+        let reply = self.call(request).await;
         if let Err(FsError::LocksLost(_)) = &reply {
             self.inner.locks.all_lost();
         }
-        expect_done(reply?)
+        reply
     }
 
     /// Fails with `LocksLost` (EIO) while `ino`'s locks are lost; see [`LockSession`].
@@ -123,10 +120,10 @@ impl Client {
 
     /// Leaves the wait-for graph after waiting for a lock ended without it.
     pub async fn cancel_lock_wait(&self, owner: u64) -> FsResult<()> {
-        let request = MetaRequest::CancelLockWait {
+        let request = req::CancelLockWait {
             owner: self.lock_owner(owner, 0),
         };
-        expect_done(self.call(&request).await?)
+        self.call(request).await
     }
 
     /// The lock of another owner that would conflict with this one, if any.
@@ -138,13 +135,13 @@ impl Client {
         range: LockRange,
         kind: LockKind,
     ) -> FsResult<Option<LockConflict>> {
-        let request = MetaRequest::TestLock {
+        let request = req::TestLock {
             ino,
             owner: self.lock_owner(owner, pid),
             range,
             kind,
         };
-        expect_reply!(self.call(&request).await?, MetaReply::Lock)
+        self.call(request).await
     }
 
     /// Drops every lock `owner` holds on `ino` (at close). Costs nothing when it holds none.
@@ -161,11 +158,11 @@ impl Client {
         if !held {
             return Ok(());
         }
-        let request = MetaRequest::ReleaseLocks {
+        let request = req::ReleaseLocks {
             ino: Some(ino),
             owner: self.lock_owner(owner, 0),
         };
-        expect_done(self.call(&request).await?)
+        self.call(request).await
     }
 }
 
@@ -180,10 +177,10 @@ pub(crate) async fn renew_leases(client: Weak<super::Inner>) {
             continue;
         }
         let client = Client { inner };
-        let request = MetaRequest::RenewSession {
+        let request = req::RenewSession {
             session: client.inner.locks.id,
         };
-        match client.call(&request).await {
+        match client.call(request).await {
             Ok(_) => {}
             Err(FsError::LocksLost(_)) => client.inner.locks.all_lost(),
             Err(e) => tracing::warn!("renewing the lock lease: {e}"),

@@ -1,6 +1,6 @@
 //! Typed wrappers for the metadata calls, and path resolution for tools that work with paths.
 
-use super::{expect_reply, Client};
+use super::Client;
 use dfs_common::proto::meta::*;
 use dfs_common::{EcPolicy, FsError, FsResult, InodeId, ServerId};
 
@@ -22,26 +22,22 @@ impl Client {
         block_size: u64,
         limits: VolumeLimits,
     ) -> FsResult<VolumeInfo> {
-        let reply = self
-            .call(&MetaRequest::CreateVolume {
-                name: name.into(),
-                policy,
-                block_size,
-                limits,
-            })
-            .await?;
-        expect_reply!(reply, MetaReply::Volume)
+        self.call(req::CreateVolume {
+            name: name.into(),
+            policy,
+            block_size,
+            limits,
+        })
+        .await
     }
 
     /// Changes a volume's quotas or read-only flag.
     pub async fn set_volume(&self, name: &str, change: VolumeChange) -> FsResult<VolumeInfo> {
-        let reply = self
-            .call(&MetaRequest::SetVolume {
-                name: name.into(),
-                change,
-            })
-            .await?;
-        expect_reply!(reply, MetaReply::Volume)
+        self.call(req::SetVolume {
+            name: name.into(),
+            change,
+        })
+        .await
     }
 
     /// Registers a client certificate by fingerprint with rights to volumes (name, read-write).
@@ -51,40 +47,29 @@ impl Client {
         fingerprint: [u8; 32],
         volumes: Vec<(String, bool)>,
     ) -> FsResult<()> {
-        expect_done(
-            self.call(&MetaRequest::AddClient {
-                name: name.into(),
-                fingerprint,
-                volumes,
-            })
-            .await?,
-        )
+        self.call(req::AddClient {
+            name: name.into(),
+            fingerprint,
+            volumes,
+        })
+        .await
     }
 
     pub async fn revoke_client(&self, name: &str) -> FsResult<()> {
-        expect_done(
-            self.call(&MetaRequest::RevokeClient { name: name.into() })
-                .await?,
-        )
+        self.call(req::RevokeClient { name: name.into() }).await
     }
 
     pub async fn list_clients(&self) -> FsResult<Vec<ClientInfo>> {
-        expect_reply!(
-            self.call(&MetaRequest::ListClients).await?,
-            MetaReply::Clients
-        )
+        self.call(req::ListClients).await
     }
 
     /// One page of a volume check (`dfs fsck`).
     pub async fn fsck_page(&self, volume: &str, from: Option<FsckCursor>) -> FsResult<FsckPage> {
-        expect_reply!(
-            self.call(&MetaRequest::Fsck {
-                volume: volume.into(),
-                from,
-            })
-            .await?,
-            MetaReply::Fsck
-        )
+        self.call(req::Fsck {
+            volume: volume.into(),
+            from,
+        })
+        .await
     }
 
     /// Has the chunk server at `addr` re-read shard `key` and check all its checksums.
@@ -109,137 +94,90 @@ impl Client {
 
     /// Deletes a volume; with `force`, everything in it too.
     pub async fn delete_volume(&self, name: &str, force: bool) -> FsResult<()> {
-        expect_done(
-            self.call(&MetaRequest::DeleteVolume {
-                name: name.into(),
-                force,
-            })
-            .await?,
-        )
+        self.call(req::DeleteVolume {
+            name: name.into(),
+            force,
+        })
+        .await
     }
 
     pub async fn list_volumes(&self) -> FsResult<Vec<VolumeInfo>> {
-        let volumes = expect_reply!(
-            self.call(&MetaRequest::ListVolumes).await?,
-            MetaReply::Volumes
-        )?;
+        let volumes = self.call(req::ListVolumes).await?;
         self.remember_volumes(&volumes);
         Ok(volumes)
     }
 
     pub async fn volume(&self, name: &str) -> FsResult<VolumeInfo> {
-        let v = expect_reply!(
-            self.call(&MetaRequest::GetVolume { name: name.into() })
-                .await?,
-            MetaReply::Volume
-        )?;
+        let v = self.call(req::GetVolume { name: name.into() }).await?;
         self.remember_volumes(std::slice::from_ref(&v));
         Ok(v)
     }
 
     /// Starts or cancels draining a chunk server.
     pub async fn drain_server(&self, server: ServerId, drain: bool) -> FsResult<()> {
-        expect_done(
-            self.call(&MetaRequest::DrainServer { server, drain })
-                .await?,
-        )
+        self.call(req::DrainServer { server, drain }).await
     }
 
     /// Forgets a chunk server that is down and holds no placed shard.
     pub async fn remove_server(&self, server: ServerId) -> FsResult<()> {
-        expect_done(self.call(&MetaRequest::RemoveServer { server }).await?)
+        self.call(req::RemoveServer { server }).await
     }
 
     /// Starts moving shards toward even counts per server.
     pub async fn rebalance(&self) -> FsResult<()> {
-        expect_done(self.call(&MetaRequest::Rebalance).await?)
+        self.call(req::Rebalance).await
     }
 
     /// What a volume holds.
     pub async fn volume_usage(&self, name: &str) -> FsResult<VolumeUsage> {
-        expect_reply!(
-            self.call(&MetaRequest::VolumeUsage { name: name.into() })
-                .await?,
-            MetaReply::Usage
-        )
+        self.call(req::VolumeUsage { name: name.into() }).await
     }
 
     pub async fn repair_status(&self) -> FsResult<RepairProgress> {
-        expect_reply!(
-            self.call(&MetaRequest::RepairStatus).await?,
-            MetaReply::Repair
-        )
+        self.call(req::RepairStatus).await
     }
 
     pub async fn cluster_status(&self) -> FsResult<ClusterStatus> {
-        expect_reply!(
-            self.call(&MetaRequest::ClusterStatus).await?,
-            MetaReply::Cluster
-        )
+        self.call(req::ClusterStatus).await
     }
 
     /// The members of the metadata group (`dfs meta status`).
     pub async fn meta_status(&self) -> FsResult<Vec<MetaMember>> {
-        expect_reply!(
-            self.call(&MetaRequest::MetaStatus).await?,
-            MetaReply::MetaGroup
-        )
+        self.call(req::MetaStatus).await
     }
 
     /// Adds the metadata server at `addr` to the group (`dfs meta add`); returns the members
     /// after the change.
     pub async fn meta_add(&self, addr: &str) -> FsResult<Vec<MetaMember>> {
-        expect_reply!(
-            self.call(&MetaRequest::MetaAdd { addr: addr.into() })
-                .await?,
-            MetaReply::MetaGroup
-        )
+        self.call(req::MetaAdd { addr: addr.into() }).await
     }
 
     /// The digest of the replicated state of the member answering (`dfs meta digest`):
     /// (member id, applied entry, digest).
     pub async fn meta_digest(&self) -> FsResult<(u64, u64, [u8; 32])> {
-        match self.call(&MetaRequest::MetaDigest).await? {
-            MetaReply::Digest {
-                member,
-                applied,
-                digest,
-            } => Ok((member, applied, digest)),
-            other => Err(FsError::protocol(format!("unexpected reply {other:?}"))),
-        }
+        let d = self.call(req::MetaDigest).await?;
+        Ok((d.member, d.applied, d.digest))
     }
 
     /// Removes member `id` from the metadata group (`dfs meta remove`).
     pub async fn meta_remove(&self, id: u64) -> FsResult<Vec<MetaMember>> {
-        expect_reply!(
-            self.call(&MetaRequest::MetaRemove { id }).await?,
-            MetaReply::MetaGroup
-        )
+        self.call(req::MetaRemove { id }).await
     }
 
     pub async fn lookup(&self, parent: InodeId, name: &str) -> FsResult<Attr> {
-        expect_reply!(
-            self.call(&MetaRequest::Lookup {
-                parent,
-                name: name.into()
-            })
-            .await?,
-            MetaReply::Attr
-        )
+        self.call(req::Lookup {
+            parent,
+            name: name.into(),
+        })
+        .await
     }
 
     pub async fn getattr(&self, ino: InodeId) -> FsResult<Attr> {
-        expect_reply!(
-            self.call(&MetaRequest::GetAttr { ino }).await?,
-            MetaReply::Attr
-        )
+        self.call(req::GetAttr { ino }).await
     }
 
     pub async fn setattr(&self, ino: InodeId, set: SetAttr) -> FsResult<Attr> {
-        expect_reply!(
-            self.call(&MetaRequest::SetAttr { ino, set }).await?,
-            MetaReply::Attr
-        )
+        self.call(req::SetAttr { ino, set }).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -253,7 +191,7 @@ impl Client {
         gid: u32,
         rdev: u32,
     ) -> FsResult<Attr> {
-        let request = MetaRequest::MakeNode {
+        let request = req::MakeNode {
             parent,
             name: name.into(),
             kind,
@@ -262,7 +200,7 @@ impl Client {
             gid,
             rdev,
         };
-        expect_reply!(self.call(&request).await?, MetaReply::Attr)
+        self.call(request).await
     }
 
     pub async fn mkdir(
@@ -285,43 +223,39 @@ impl Client {
         uid: u32,
         gid: u32,
     ) -> FsResult<Attr> {
-        let request = MetaRequest::Symlink {
+        let request = req::Symlink {
             parent,
             name: name.into(),
             target: target.into(),
             uid,
             gid,
         };
-        expect_reply!(self.call(&request).await?, MetaReply::Attr)
+        self.call(request).await
     }
 
     pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &str) -> FsResult<Attr> {
-        let request = MetaRequest::Link {
+        let request = req::Link {
             ino,
             new_parent,
             new_name: new_name.into(),
         };
-        expect_reply!(self.call(&request).await?, MetaReply::Attr)
+        self.call(request).await
     }
 
     pub async fn unlink(&self, parent: InodeId, name: &str) -> FsResult<()> {
-        expect_done(
-            self.call(&MetaRequest::Unlink {
-                parent,
-                name: name.into(),
-            })
-            .await?,
-        )
+        self.call(req::Unlink {
+            parent,
+            name: name.into(),
+        })
+        .await
     }
 
     pub async fn rmdir(&self, parent: InodeId, name: &str) -> FsResult<()> {
-        expect_done(
-            self.call(&MetaRequest::Rmdir {
-                parent,
-                name: name.into(),
-            })
-            .await?,
-        )
+        self.call(req::Rmdir {
+            parent,
+            name: name.into(),
+        })
+        .await
     }
 
     pub async fn rename(
@@ -332,21 +266,18 @@ impl Client {
         new_name: &str,
         flags: u32,
     ) -> FsResult<()> {
-        let request = MetaRequest::Rename {
+        let request = req::Rename {
             parent,
             name: name.into(),
             new_parent,
             new_name: new_name.into(),
             flags,
         };
-        expect_done(self.call(&request).await?)
+        self.call(request).await
     }
 
     pub async fn readlink(&self, ino: InodeId) -> FsResult<String> {
-        expect_reply!(
-            self.call(&MetaRequest::ReadLink { ino }).await?,
-            MetaReply::Target
-        )
+        self.call(req::ReadLink { ino }).await
     }
 
     /// One page of a directory listing, starting after the name `after`.
@@ -357,16 +288,13 @@ impl Client {
         limit: u32,
         with_attrs: bool,
     ) -> FsResult<DirPage> {
-        expect_reply!(
-            self.call(&MetaRequest::ReadDir {
-                dir,
-                after,
-                limit,
-                with_attrs
-            })
-            .await?,
-            MetaReply::Dir
-        )
+        self.call(req::ReadDir {
+            dir,
+            after,
+            limit,
+            with_attrs,
+        })
+        .await
     }
 
     /// A whole directory listing, fetched page by page.
@@ -383,21 +311,15 @@ impl Client {
     }
 
     pub async fn statfs(&self, ino: InodeId) -> FsResult<StatFs> {
-        expect_reply!(
-            self.call(&MetaRequest::StatFs { ino }).await?,
-            MetaReply::StatFs
-        )
+        self.call(req::StatFs { ino }).await
     }
 
     pub async fn getxattr(&self, ino: InodeId, name: &str) -> FsResult<Vec<u8>> {
-        expect_reply!(
-            self.call(&MetaRequest::GetXattr {
-                ino,
-                name: name.into()
-            })
-            .await?,
-            MetaReply::Xattr
-        )
+        self.call(req::GetXattr {
+            ino,
+            name: name.into(),
+        })
+        .await
     }
 
     pub async fn setxattr(
@@ -407,38 +329,29 @@ impl Client {
         value: &[u8],
         flags: u32,
     ) -> FsResult<()> {
-        let request = MetaRequest::SetXattr {
+        let request = req::SetXattr {
             ino,
             name: name.into(),
             value: value.to_vec(),
             flags,
         };
-        expect_done(self.call(&request).await?)
+        self.call(request).await
     }
 
     pub async fn listxattr(&self, ino: InodeId) -> FsResult<Vec<String>> {
-        expect_reply!(
-            self.call(&MetaRequest::ListXattr { ino }).await?,
-            MetaReply::XattrNames
-        )
+        self.call(req::ListXattr { ino }).await
     }
 
     pub async fn removexattr(&self, ino: InodeId, name: &str) -> FsResult<()> {
-        expect_done(
-            self.call(&MetaRequest::RemoveXattr {
-                ino,
-                name: name.into(),
-            })
-            .await?,
-        )
+        self.call(req::RemoveXattr {
+            ino,
+            name: name.into(),
+        })
+        .await
     }
 
     pub async fn layout(&self, ino: InodeId, offset: u64, len: u64) -> FsResult<Layout> {
-        expect_reply!(
-            self.call(&MetaRequest::GetLayout { ino, offset, len })
-                .await?,
-            MetaReply::Layout
-        )
+        self.call(req::GetLayout { ino, offset, len }).await
     }
 
     /// Resolves `path` (absolute within `volume`, `/` separated) to its attributes, without
@@ -473,13 +386,6 @@ impl Client {
             return Err(FsError::NotDir);
         }
         Ok((parent, name))
-    }
-}
-
-pub(crate) fn expect_done(reply: MetaReply) -> FsResult<()> {
-    match reply {
-        MetaReply::Done => Ok(()),
-        other => Err(FsError::protocol(format!("unexpected reply {other:?}"))),
     }
 }
 

@@ -17,8 +17,9 @@ use dfs_common::net::endpoint::client_endpoint;
 use dfs_common::net::endpoint::Endpoint;
 use dfs_common::net::meta::MetaLink;
 use dfs_common::net::tls::Identity;
-use dfs_common::proto::meta::{MetaCallRef, MetaReply, MetaRequest, VolumeInfo};
+use dfs_common::proto::meta::{req, MetaCallRef, MetaRequest, MetaRpc, VolumeInfo};
 use dfs_common::{EcPolicy, FsError, FsResult, VolumeId};
+use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -129,14 +130,13 @@ impl Client {
         };
         tokio::spawn(locks::renew_leases(Arc::downgrade(&client.inner)));
         // The first contact fails at once: an unreachable cluster is reported, not waited for.
-        let list = MetaRequest::ListVolumes;
-        let volumes = client
+        let list = MetaRequest::from(req::ListVolumes);
+        let _: <req::ListVolumes as MetaRpc>::Reply = client
             .exchange(MetaCallRef {
                 id: None,
                 request: &list,
             })
             .await??;
-        expect_reply!(volumes, MetaReply::Volumes)?;
         Ok(client)
     }
 
@@ -155,11 +155,11 @@ impl Client {
     }
 
     /// One attempt at a metadata request; the outer error is a failed exchange.
-    async fn exchange(&self, call: MetaCallRef<'_>) -> FsResult<FsResult<MetaReply>> {
+    async fn exchange<R: DeserializeOwned>(&self, call: MetaCallRef<'_>) -> FsResult<FsResult<R>> {
         let (reply, _) = self
             .inner
             .meta
-            .exchange::<_, MetaReply>(&call, None, dfs_common::codec::MAX_FRAME)
+            .exchange::<_, R>(&call, None, dfs_common::codec::MAX_FRAME)
             .await?;
         let faults = &self.inner.options.faults;
         if faults.is_enabled() {
@@ -174,12 +174,13 @@ impl Client {
     /// Sends one metadata request. While the metadata server cannot be reached, it tries again
     /// for [`ClientOptions::meta_retry`], then fails with EIO. A mutation keeps one call id
     /// across its retries, so one whose reply was lost is not applied twice: the retry gets
-    /// the first reply.
-    pub async fn call(&self, request: &MetaRequest) -> FsResult<MetaReply> {
+    /// the first reply. The reply is decoded as the request's reply type.
+    pub async fn call<Q: MetaRpc>(&self, request: Q) -> FsResult<Q::Reply> {
+        let request: MetaRequest = request.into();
         let outstanding = request.is_mutation().then(|| self.inner.calls.begin());
         let call = MetaCallRef {
             id: outstanding.as_ref().map(|o| o.id),
-            request,
+            request: &request,
         };
         let deadline = self.inner.options.meta_retry.map(|d| Instant::now() + d);
         let mut pause = RETRY_PAUSE_MIN;
@@ -246,16 +247,3 @@ impl Client {
         }
     }
 }
-
-/// Unwraps the one reply variant a request expects; anything else is a protocol error.
-macro_rules! expect_reply {
-    ($reply:expr, $variant:path) => {
-        match $reply {
-            $variant(value) => Ok(value),
-            other => Err(dfs_common::FsError::protocol(format!(
-                "unexpected reply {other:?}"
-            ))),
-        }
-    };
-}
-pub(crate) use expect_reply;

@@ -6,11 +6,9 @@
 //!
 //! [`EcPolicy::min_write_shards`]: dfs_common::EcPolicy::min_write_shards
 
-use super::{expect_reply, Client};
+use super::Client;
 use dfs_common::proto::chunk::{ShardKey, ShardOwner};
-use dfs_common::proto::meta::{
-    BlockPlacement, Extent, MetaReply, MetaRequest, NewExtent, ShardLocation,
-};
+use dfs_common::proto::meta::{req, BlockPlacement, Extent, NewExtent, ShardLocation};
 use dfs_common::{FsError, FsResult, InodeId, ServerId};
 use tokio::task::JoinSet;
 
@@ -27,8 +25,7 @@ pub async fn upload_block(
     data: Vec<u8>,
 ) -> FsResult<Vec<NewExtent>> {
     debug_assert_eq!(pieces.iter().map(|p| p.1).sum::<u64>(), data.len() as u64);
-    let reply = client.call(&MetaRequest::AllocateBlock { ino }).await?;
-    let placement: BlockPlacement = expect_reply!(reply, MetaReply::Placement)?;
+    let placement: BlockPlacement = client.call(req::AllocateBlock { ino }).await?;
     let codec = client.codec(placement.policy)?;
     let block_len = data.len() as u64;
     // In place: the data stays in its buffer and the parity goes after it (a large buffer
@@ -131,12 +128,12 @@ async fn put_with_retry(
         if attempt == ATTEMPTS_PER_SHARD {
             break;
         }
-        let request = MetaRequest::ReplaceShard {
+        let request = req::ReplaceShard {
             block: key.block,
             index: key.index,
             failed: location.server,
         };
-        location = expect_reply!(client.call(&request).await?, MetaReply::Shard)?;
+        location = client.call(request).await?;
     }
     Ok(false)
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use dfs_common::net::endpoint::Endpoint;
 use dfs_common::net::rpc::read_body_into;
 use dfs_common::net::Peer;
-use dfs_common::proto::meta::{MetaCall, MetaReply, MetaRequest, PeerRpc};
+use dfs_common::proto::meta::{req, MetaCall, PeerReply, PeerRpc};
 use dfs_common::{FsError, FsResult};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
@@ -54,18 +54,16 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> FsResult<T> {
 
 /// Sends one message to the member at `peer` and returns its reply's bytes.
 pub async fn send(peer: &Peer, rpc: PeerRpc, message: Vec<u8>) -> FsResult<Vec<u8>> {
-    let request = MetaCall::untracked(MetaRequest::Peer {
-        rpc,
-        len: message.len() as u64,
-    });
-    let (reply, mut stream) = peer
-        .call::<_, MetaReply>(&request, Some(Bytes::from(message)), 4096)
+    let request = MetaCall::untracked(
+        req::Peer {
+            rpc,
+            len: message.len() as u64,
+        }
+        .into(),
+    );
+    let (PeerReply { len }, mut stream) = peer
+        .call(&request, Some(Bytes::from(message)), 4096)
         .await?;
-    let MetaReply::Peer { len } = reply else {
-        return Err(FsError::protocol(format!(
-            "unexpected reply to a peer message: {reply:?}"
-        )));
-    };
     let len = usize::try_from(len)
         .ok()
         .filter(|&l| l <= MAX_MESSAGE)
