@@ -91,6 +91,7 @@ pub fn need(request: &MetaRequest) -> Need {
         | R::AllocateBlock(req::AllocateBlock { ino })
         | R::CommitWrite(req::CommitWrite { ino, .. }) => Need::Write(Inode(*ino)),
         R::ReplaceShard(req::ReplaceShard { block, .. }) => Need::Write(Block(*block)),
+        R::WatchChanges(req::WatchChanges { root: ino, .. }) => Need::Read(Inode(*ino)),
         R::ReleaseLocks(_) | R::RenewSession(_) | R::CancelLockWait(_) => Need::Anyone,
         // Where to send calls: asked by every kind of caller.
         R::Leader(_) => Need::Anyone,

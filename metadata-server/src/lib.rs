@@ -23,6 +23,7 @@
 
 pub mod access;
 pub mod calls;
+pub mod changes;
 pub mod command;
 pub mod committer;
 pub mod fsck;

@@ -73,6 +73,7 @@ answers! {
     Digest(Digest),
     Leader(Option<String>),
     Peer(PeerReply),
+    Changes(ChangePage),
 }
 
 /// A reply type that a command's [`Outcome`] turns into.

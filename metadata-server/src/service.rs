@@ -3,6 +3,7 @@
 
 use crate::access::{self, ClientRegistry, Need, Target};
 use crate::calls;
+use crate::changes::{self, ChangeFeed};
 use crate::command::{Call, Command, Op, Outcome};
 use crate::committer::Committer;
 use crate::locks::LockTable;
@@ -28,6 +29,13 @@ use quinn::RecvStream;
 use redb::{Database, ReadableTable};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The command of a request whose fields carry over to an [`Op`] of the same name.
+macro_rules! op {
+    ($q:ident => $op:ident { $($field:ident),* }) => {
+        Op::$op { $($field: $q.$field),* }
+    };
+}
 
 /// How often a leader whose take-over failed tries again.
 const TAKE_OVER_RETRY: Duration = Duration::from_secs(1);
@@ -64,6 +72,8 @@ pub struct MetaService {
     /// Each chunk server's id and the certificate it registered with (the `server_certs`
     /// table, cached): another server certificate cannot speak for it.
     server_certs: std::sync::Mutex<std::collections::HashMap<ServerId, Fingerprint>>,
+    /// What the namespace mutations made stale, for the mounts' caches.
+    changes: ChangeFeed,
     faults: Faults,
 }
 
@@ -108,6 +118,7 @@ impl MetaService {
             repair: parts.repair,
             capability_key: std::sync::RwLock::new(parts.capability_key),
             capability_key_path: parts.capability_key_path,
+            changes: ChangeFeed::new(),
             faults: parts.faults,
         })
     }
@@ -322,44 +333,17 @@ impl MetaService {
         match request {
             // Mutations.
             R::CreateVolume(q) => {
-                answer(q, |q| {
-                    let op = Op::CreateVolume {
-                        name: q.name,
-                        policy: q.policy,
-                        block_size: q.block_size,
-                        limits: q.limits,
-                    };
-                    self.mutate_as(op, call)
-                })
-                .await
+                answer(q, |q| self.mutate_as(op!(q => CreateVolume { name, policy, block_size, limits }), call)).await
             }
             R::SetVolume(q) => {
-                answer(q, |q| {
-                    let op = Op::SetVolume {
-                        name: q.name,
-                        change: q.change,
-                    };
-                    self.mutate_as(op, call)
-                })
-                .await
+                answer(q, |q| self.mutate_as(op!(q => SetVolume { name, change }), call)).await
             }
             R::DeleteVolume(q) => {
-                answer(q, |q| {
-                    let op = Op::DeleteVolume {
-                        name: q.name,
-                        force: q.force,
-                    };
-                    self.mutate_as(op, call)
-                })
-                .await
+                answer(q, |q| self.mutate_as(op!(q => DeleteVolume { name, force }), call)).await
             }
             R::AddClient(q) => {
                 answer(q, |q| async move {
-                    let op = Op::AddClient {
-                        name: q.name,
-                        fingerprint: q.fingerprint,
-                        volumes: q.volumes,
-                    };
+                    let op = op!(q => AddClient { name, fingerprint, volumes });
                     self.mutate_as::<()>(op, call).await?;
                     self.reload_clients()
                 })
@@ -375,24 +359,10 @@ impl MetaService {
             }
             R::Heartbeat(q) => answer(q, |q| self.heartbeat(q, call)).await,
             R::BindServer(q) => {
-                answer(q, |q| {
-                    let op = Op::BindServer {
-                        server: q.server,
-                        fingerprint: q.fingerprint,
-                    };
-                    self.mutate_as(op, call)
-                })
-                .await
+                answer(q, |q| self.mutate_as(op!(q => BindServer { server, fingerprint }), call)).await
             }
             R::SetAttr(q) => {
-                answer(q, |q| {
-                    let op = Op::SetAttr {
-                        ino: q.ino,
-                        set: q.set,
-                    };
-                    self.mutate_as(op, call)
-                })
-                .await
+                answer(q, |q| self.mutate_as(op!(q => SetAttr { ino, set }), call)).await
             }
             R::MakeNode(q) => {
                 answer(q, |q| async move {
@@ -430,70 +400,22 @@ impl MetaService {
                 .await
             }
             R::Link(q) => {
-                answer(q, |q| {
-                    let op = Op::Link {
-                        ino: q.ino,
-                        new_parent: q.new_parent,
-                        new_name: q.new_name,
-                    };
-                    self.mutate_as(op, call)
-                })
-                .await
+                answer(q, |q| self.mutate_as(op!(q => Link { ino, new_parent, new_name }), call)).await
             }
             R::Unlink(q) => {
-                answer(q, |q| {
-                    let op = Op::Unlink {
-                        parent: q.parent,
-                        name: q.name,
-                    };
-                    self.mutate_as(op, call)
-                })
-                .await
+                answer(q, |q| self.mutate_as(op!(q => Unlink { parent, name }), call)).await
             }
             R::Rmdir(q) => {
-                answer(q, |q| {
-                    let op = Op::Rmdir {
-                        parent: q.parent,
-                        name: q.name,
-                    };
-                    self.mutate_as(op, call)
-                })
-                .await
+                answer(q, |q| self.mutate_as(op!(q => Rmdir { parent, name }), call)).await
             }
             R::Rename(q) => {
-                answer(q, |q| {
-                    let op = Op::Rename {
-                        parent: q.parent,
-                        name: q.name,
-                        new_parent: q.new_parent,
-                        new_name: q.new_name,
-                        flags: q.flags,
-                    };
-                    self.mutate_as(op, call)
-                })
-                .await
+                answer(q, |q| self.mutate_as(op!(q => Rename { parent, name, new_parent, new_name, flags }), call)).await
             }
             R::SetXattr(q) => {
-                answer(q, |q| {
-                    let op = Op::SetXattr {
-                        ino: q.ino,
-                        name: q.name,
-                        value: q.value,
-                        flags: q.flags,
-                    };
-                    self.mutate_as(op, call)
-                })
-                .await
+                answer(q, |q| self.mutate_as(op!(q => SetXattr { ino, name, value, flags }), call)).await
             }
             R::RemoveXattr(q) => {
-                answer(q, |q| {
-                    let op = Op::RemoveXattr {
-                        ino: q.ino,
-                        name: q.name,
-                    };
-                    self.mutate_as(op, call)
-                })
-                .await
+                answer(q, |q| self.mutate_as(op!(q => RemoveXattr { ino, name }), call)).await
             }
             R::AllocateBlock(q) => answer(q, |q| self.allocate_block(q.ino, call)).await,
             R::ReplaceShard(q) => {
@@ -502,12 +424,7 @@ impl MetaService {
             R::CommitWrite(q) => {
                 answer(q, |q| async move {
                     let degraded = q.extents.iter().any(|e| e.missing_shards != 0);
-                    let op = Op::CommitWrite {
-                        ino: q.ino,
-                        extents: q.extents,
-                        mtime: q.mtime,
-                        append: q.append,
-                    };
+                    let op = op!(q => CommitWrite { ino, extents, mtime, append });
                     let committed = self.mutate_as(op, call).await?;
                     if degraded {
                         // A block committed with shards missing is repaired now, not at the
@@ -519,25 +436,10 @@ impl MetaService {
                 .await
             }
             R::ReportBadShard(q) => {
-                answer(q, |q| {
-                    let op = Op::ReportBadShard {
-                        server: q.server,
-                        key: q.key,
-                    };
-                    self.mutate_as(op, call)
-                })
-                .await
+                answer(q, |q| self.mutate_as(op!(q => ReportBadShard { server, key }), call)).await
             }
             R::MoveShard(q) => {
-                answer(q, |q| {
-                    let op = Op::MoveShard {
-                        key: q.key,
-                        from: q.from,
-                        to: q.to,
-                    };
-                    self.mutate_as(op, call)
-                })
-                .await
+                answer(q, |q| self.mutate_as(op!(q => MoveShard { key, from, to }), call)).await
             }
             R::DropBlocks(q) => {
                 answer(q, |q| {
@@ -547,10 +449,7 @@ impl MetaService {
             }
             R::DrainServer(q) => {
                 answer(q, |q| async move {
-                    let op = Op::DrainServer {
-                        server: q.server,
-                        drain: q.drain,
-                    };
+                    let op = op!(q => DrainServer { server, drain });
                     self.mutate_as::<()>(op, call).await?;
                     self.membership.set_draining(q.server, q.drain);
                     self.repair.kick();
@@ -760,6 +659,17 @@ impl MetaService {
             R::Peer(_) => Err(FsError::protocol(
                 "peer messages are answered before dispatch",
             )),
+            R::WatchChanges(q) => {
+                answer(q, |q| async move {
+                    let root = q.root;
+                    let volume = self
+                        .query(move |t| get_inode(&t.inodes, root).map(|r| r.volume))
+                        .await?;
+                    let wait = Duration::from_millis(q.wait_ms.into());
+                    Ok(self.changes.watch(volume, q.feed, q.after, wait).await)
+                })
+                .await
+            }
             R::Rebalance(q) => {
                 answer(q, |_| async move {
                     self.repair.start_rebalance();
@@ -767,6 +677,25 @@ impl MetaService {
                 })
                 .await
             }
+        }
+    }
+
+    /// Tells the mounts watching the volume what a mutation made stale. The volume comes from
+    /// the reply where it carries one, else from the store.
+    async fn publish(&self, stale: changes::Stale, origin: Option<u64>, reply: &Answer) {
+        let volume = match reply {
+            Answer::Attr(attr) => Ok(attr.volume),
+            Answer::Committed(c) => Ok(c.after.volume),
+            _ => {
+                let anchor = stale.anchor;
+                self.query(move |t| get_inode(&t.inodes, anchor).map(|r| r.volume))
+                    .await
+            }
+        };
+        match volume {
+            Ok(volume) => self.changes.publish(volume, origin, stale.what),
+            // Gone meanwhile: whoever cached it learns on their next call.
+            Err(e) => tracing::debug!("no volume for a change: {e}"),
         }
     }
 
@@ -984,6 +913,8 @@ impl MetaService {
     async fn take_over(&self) -> FsResult<()> {
         self.log.read_barrier().await?;
         self.faults.hit("meta.take_over").await?;
+        // The mounts' positions in another member's feed mean nothing here.
+        self.changes.restart();
         self.reload_clients()?;
         let (certs, draining) = self
             .query(|t| {
@@ -1160,7 +1091,11 @@ impl Service for MetaService {
             self.faults.hit(&point).await?;
         }
         let mutation = request.is_mutation().then(|| request.name());
+        let stale = changes::stale(&request).filter(|_| self.changes.is_watched());
         let reply = self.dispatch(request, id, grants).await?;
+        if let Some(stale) = stale {
+            self.publish(stale, id.map(|id| id.client), &reply).await;
+        }
         if let (Some(name), true) = (mutation, self.faults.is_enabled()) {
             // "The leader dies after the commit, before the reply."
             self.faults

@@ -2,6 +2,7 @@
 
 mod access;
 mod cli;
+mod coherence;
 mod crash;
 mod data;
 mod deploy;

@@ -34,6 +34,11 @@ impl CallIds {
         }
     }
 
+    /// The id the metadata server knows this client by.
+    pub(crate) fn client(&self) -> u64 {
+        self.client
+    }
+
     /// Numbers a new mutation.
     pub(crate) fn begin(&self) -> Outstanding {
         let mut state = self.state.lock().expect("call ids");

@@ -350,6 +350,25 @@ impl Client {
         .await
     }
 
+    /// Waits up to `wait` for changes to the volume of `root` after position `after` of
+    /// feed `feed` (0 to start), and returns those there are.
+    pub async fn watch_changes(
+        &self,
+        root: InodeId,
+        feed: u64,
+        after: u64,
+        wait: std::time::Duration,
+    ) -> FsResult<ChangePage> {
+        let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+        self.call(req::WatchChanges {
+            root,
+            feed,
+            after,
+            wait_ms,
+        })
+        .await
+    }
+
     pub async fn layout(&self, ino: InodeId, offset: u64, len: u64) -> FsResult<Layout> {
         self.call(req::GetLayout { ino, offset, len }).await
     }

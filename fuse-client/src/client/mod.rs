@@ -154,6 +154,11 @@ impl Client {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The id this client's mutations carry: the origin of the changes it makes.
+    pub fn call_origin(&self) -> u64 {
+        self.inner.calls.client()
+    }
+
     /// One attempt at a metadata request; the outer error is a failed exchange.
     async fn exchange<R: DeserializeOwned>(&self, call: MetaCallRef<'_>) -> FsResult<FsResult<R>> {
         let (reply, _) = self

@@ -121,6 +121,9 @@ impl DfsFs {
             }),
         };
         fs.start_writeback(options.writeback);
+        let watcher =
+            super::coherence::follow(Arc::downgrade(&fs.shared), fs.shared.client.clone(), root);
+        fs.shared.rt.spawn(watcher);
         fs
     }
 
@@ -268,8 +271,10 @@ impl Shared {
         Ok(flushed)
     }
 
-    /// Makes every open file of `ino` fetch its layout again (its size or extents changed).
-    async fn forget_layouts(&self, ino: InodeId) {
+    /// Makes every open file of `ino` (of every inode, for `None`) fetch its layout again (its
+    /// size or extents changed).
+    async fn forget_layouts(&self, ino: impl Into<Option<InodeId>>) {
+        let ino = ino.into();
         let files: Vec<_> = self
             .files
             .lock()
@@ -279,7 +284,7 @@ impl Shared {
             .collect();
         for file in files {
             let mut file = file.lock().await;
-            if file.ino() == ino {
+            if ino.is_none_or(|ino| file.ino() == ino) {
                 file.forget_layout();
             }
         }
@@ -368,6 +373,20 @@ impl Shared {
                 versions.remove(&ino);
             }
         }
+    }
+
+    /// Hands a call to the kernel's caches to a blocking thread: the kernel may hold it until
+    /// a request of this mount in flight is answered.
+    fn notify(&self, call: impl FnOnce(&fuser::Notifier) -> std::io::Result<()> + Send + 'static) {
+        let notifier = self.notifier.clone();
+        self.rt.spawn_blocking(move || {
+            if let Some(notifier) = notifier.get() {
+                if let Err(e) = call(notifier) {
+                    // Mostly an inode or name the kernel does not cache.
+                    tracing::trace!("invalidating a kernel cache: {e}");
+                }
+            }
+        });
     }
 
     /// Records the version of a file as this mount now knows it; returns the one it knew.
@@ -493,6 +512,45 @@ fn reply_empty(reply: ReplyEmpty, result: FsResult<()>) {
     match result {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(errno(&e)),
+    }
+}
+
+impl super::coherence::Caches for Shared {
+    fn drop_entry(&self, parent: InodeId, name: &str) {
+        let parent = self.map.to_fuse(parent);
+        let name = std::ffi::OsString::from(name);
+        self.notify(move |n| n.inval_entry(parent, &name));
+    }
+
+    async fn drop_inode(&self, ino: InodeId, data: bool) {
+        self.absent_xattrs.forget(ino);
+        if data {
+            self.versions.lock().expect("version lock").remove(&ino);
+            self.forget_layouts(ino).await;
+        }
+        let fuse_ino = self.map.to_fuse(ino);
+        // Offset -1: the attributes only; 0 (with length 0): the pages too.
+        let offset = if data { 0 } else { -1 };
+        self.notify(move |n| n.inval_inode(fuse_ino, offset, 0));
+    }
+
+    async fn drop_all(&self) {
+        self.versions.lock().expect("version lock").clear();
+        self.absent_xattrs.clear();
+        self.forget_layouts(None).await;
+        // Open files may be read through their cached pages without another open: drop
+        // those. Other inodes get fresh pages at their next open (no version is known).
+        let open: Vec<InodeId> = self
+            .open_counts
+            .lock()
+            .expect("open lock")
+            .keys()
+            .copied()
+            .collect();
+        for ino in open {
+            let fuse_ino = self.map.to_fuse(ino);
+            self.notify(move |n| n.inval_inode(fuse_ino, 0, 0));
+        }
     }
 }
 

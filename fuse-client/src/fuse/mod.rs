@@ -5,12 +5,14 @@
 //!
 //! - [`fs`]: the `fuser::Filesystem` implementation.
 //! - [`attr`]: attribute and errno translation.
+//! - [`coherence`]: drops what other clients changed from this mount's caches.
 //! - [`options`]: mount specs and `-o` options, as `mount -t dfs` passes them.
 //! - [`metrics`]: FUSE operation counts and latencies, and bytes, for `metrics=ADDR`.
 //! - [`readahead`]: the kernel's read-ahead window for the mount.
 //! - [`xattrs`]: extended attributes recently found absent, so writes need not ask each time.
 
 pub mod attr;
+pub mod coherence;
 pub mod fs;
 pub mod metrics;
 pub mod options;

@@ -77,7 +77,14 @@ impl AbsentXattrs {
         bare.insert(ino, Instant::now());
     }
 
-    /// Forgets what is known of `ino`: this mount is changing its attributes.
+    /// Forgets everything (changes by other clients were missed).
+    pub fn clear(&self) {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.bare.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Forgets what is known of `ino`: this mount is changing its attributes, or another
+    /// client did.
     pub fn forget(&self, ino: InodeId) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.retain(|(i, _), _| *i != ino);

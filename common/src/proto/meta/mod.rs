@@ -371,6 +371,37 @@ pub struct PeerReply {
     pub len: u64,
 }
 
+/// What a mount must drop from its caches because another client changed the namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Invalidation {
+    /// The name `name` in directory `parent` now points elsewhere, or nowhere, or somewhere
+    /// where it pointed nowhere before.
+    Entry { parent: InodeId, name: String },
+    /// The inode's attributes changed; with `data`, its contents too.
+    Inode { ino: InodeId, data: bool },
+}
+
+/// One change of a volume, as the metadata server tells the mounts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// The client whose call made it (its own caches are up to date), if known.
+    pub origin: Option<u64>,
+    pub what: Invalidation,
+}
+
+/// The answer to `WatchChanges`: what changed in the volume after the position asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangePage {
+    /// The feed's identity: a new leader (or a restarted server) starts a new feed.
+    pub feed: u64,
+    /// Where the next call continues.
+    pub next: u64,
+    pub changes: Vec<Change>,
+    /// Changes were missed: the position asked is from another feed, or so old the server no
+    /// longer holds what followed it. The caller drops everything it caches.
+    pub missed: bool,
+}
+
 /// A member of the metadata group, as `dfs meta status` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetaMember {

@@ -9,9 +9,9 @@
 //! `Result<_, FsError>`.
 
 use super::{
-    Attr, BlockPlacement, ClientInfo, Committed, Digest, DirPage, FsckCursor, FsckPage, Layout,
-    LockConflict, LockKind, LockOwner, LockRange, MetaMember, NewExtent, PeerReply, PeerRpc,
-    Registered, RepairProgress, SetAttr as AttrChange, ShardLocation, StatFs as FsStats,
+    Attr, BlockPlacement, ChangePage, ClientInfo, Committed, Digest, DirPage, FsckCursor, FsckPage,
+    Layout, LockConflict, LockKind, LockOwner, LockRange, MetaMember, NewExtent, PeerReply,
+    PeerRpc, Registered, RepairProgress, SetAttr as AttrChange, ShardLocation, StatFs as FsStats,
     VolumeChange, VolumeGrant, VolumeInfo, VolumeLimits, VolumeUsage as Usage,
 };
 use crate::ec::EcPolicy;
@@ -125,6 +125,7 @@ meta_requests! {
     MetaDigest => Digest, query;
     Leader => Option<String>, query;
     Peer => PeerReply, query;
+    WatchChanges => ChangePage, query;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -497,6 +498,17 @@ pub struct Leader;
 pub struct Peer {
     pub rpc: PeerRpc,
     pub len: u64,
+}
+
+/// Waits up to `wait_ms` for changes in the volume of `root` after position `after` of feed
+/// `feed`, and answers with those there are (or none, when the wait ends). Mounts call it in
+/// a loop to drop what they cache as soon as another client changes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchChanges {
+    pub root: InodeId,
+    pub feed: u64,
+    pub after: u64,
+    pub wait_ms: u32,
 }
 
 #[cfg(test)]

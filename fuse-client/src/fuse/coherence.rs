@@ -1,0 +1,65 @@
+//! Coherence with other mounts: a task follows the metadata server's change feed for the
+//! mounted volume and drops from this mount's caches (the kernel's entries, attributes and
+//! pages, and the mount's own) whatever another client changed, so a rename, unlink, chmod
+//! or write elsewhere shows here at once rather than when the attribute timeout runs out.
+//!
+//! The timeout stays the fallback: for changes the feed missed (this mount fell behind, or a
+//! new metadata leader started a new feed), the mount drops what it caches itself and the
+//! kernel's entries age out.
+
+use crate::client::Client;
+use dfs_common::proto::meta::Invalidation;
+use dfs_common::InodeId;
+use std::future::Future;
+use std::sync::Weak;
+use std::time::Duration;
+
+/// How long one call waits for changes.
+const WAIT: Duration = Duration::from_secs(9);
+/// Pause after a failed call (the metadata server is away; calls retry on their own).
+const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// The caches a change is dropped from.
+pub trait Caches: Send + Sync + 'static {
+    /// The name `name` in `parent` may point elsewhere now.
+    fn drop_entry(&self, parent: InodeId, name: &str);
+    /// The inode's attributes changed, and with `data` its contents.
+    fn drop_inode(&self, ino: InodeId, data: bool) -> impl Future<Output = ()> + Send;
+    /// Changes were missed: drop what can be dropped.
+    fn drop_all(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// Follows the change feed of the volume whose root is `root` until `caches` is gone.
+pub async fn follow<C: Caches>(caches: Weak<C>, client: Client, root: InodeId) {
+    let origin = client.call_origin();
+    let (mut feed, mut next) = (0, 0);
+    loop {
+        let page = client.watch_changes(root, feed, next, WAIT).await;
+        let Some(caches) = caches.upgrade() else {
+            return;
+        };
+        let page = match page {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::debug!("following the change feed: {e}");
+                tokio::time::sleep(PAUSE_AFTER_FAILURE).await;
+                continue;
+            }
+        };
+        (feed, next) = (page.feed, page.next);
+        if page.missed {
+            tracing::debug!("changes by other clients were missed: dropping cached state");
+            caches.drop_all().await;
+        }
+        for change in page.changes {
+            // This mount's own changes are in its caches already.
+            if change.origin == Some(origin) {
+                continue;
+            }
+            match change.what {
+                Invalidation::Entry { parent, name } => caches.drop_entry(parent, &name),
+                Invalidation::Inode { ino, data } => caches.drop_inode(ino, data).await,
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Changes made on one mount show on another at once: the metadata server's change feed
+//! drops them from the other mount's caches. The watching mount caches entries and attributes
+//! for 60 s, so nothing but the feed can make a change show there within the test's limits.
+
+use crate::mount::cluster_with_volume;
+use dfs_tests::process::Mount;
+use std::fs::{self, File};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::time::{Duration, Instant};
+
+/// Far below the watching mount's 60 s caches, far above a change's trip on a busy host.
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// Waits until `check` holds, for at most [`LIMIT`].
+fn shows(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not seen by the other mount within {LIMIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read_at(file: &File, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    let n = file.read_at(&mut buf, 0).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn changes_on_one_mount_show_on_another_long_before_its_caches_expire() {
+    let cluster = cluster_with_volume();
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    let b = Mount::new(&cluster, "default", "b", "attr_timeout=60").unwrap();
+
+    // Rename: the watching mount has the old name and its attributes cached.
+    fs::write(a.path("old"), b"one").unwrap();
+    assert_eq!(fs::read(b.path("old")).unwrap(), b"one");
+    fs::rename(a.path("old"), a.path("new")).unwrap();
+    shows("a rename", || {
+        fs::metadata(b.path("old")).is_err() && fs::metadata(b.path("new")).is_ok()
+    });
+
+    // Chmod of a file whose attributes the watching mount caches.
+    let mode = |m: &Mount| fs::metadata(m.path("new")).unwrap().permissions().mode() & 0o777;
+    assert_ne!(mode(&b), 0o600);
+    fs::set_permissions(a.path("new"), fs::Permissions::from_mode(0o600)).unwrap();
+    shows("a chmod", || mode(&b) == 0o600);
+
+    // A write, read through a file the watching mount keeps open with the old bytes cached.
+    let held = File::open(b.path("new")).unwrap();
+    assert_eq!(read_at(&held, 16), b"one");
+    fs::write(a.path("new"), b"two").unwrap();
+    shows("a write", || read_at(&held, 16) == b"two");
+    drop(held);
+
+    // Unlink.
+    fs::remove_file(a.path("new")).unwrap();
+    shows("an unlink", || fs::metadata(b.path("new")).is_err());
+
+    // A directory made, then removed.
+    fs::create_dir(a.path("d")).unwrap();
+    shows("a mkdir", || {
+        fs::metadata(b.path("d")).is_ok_and(|m| m.is_dir())
+    });
+    fs::remove_dir(a.path("d")).unwrap();
+    shows("an rmdir", || fs::metadata(b.path("d")).is_err());
+
+    // The watching mount's own changes still show on it at once (its caches stay right).
+    fs::write(b.path("mine"), b"x").unwrap();
+    fs::rename(b.path("mine"), b.path("ours")).unwrap();
+    assert!(fs::metadata(b.path("mine")).is_err());
+    assert_eq!(fs::read(a.path("ours")).unwrap(), b"x");
+}
