@@ -7,9 +7,9 @@
 //! leader (whose feed has another id), is told it missed changes and drops everything it
 //! caches; the caches' timeout stays the fallback for a change that is never told.
 
-use dfs_common::proto::meta::{req, Change, ChangePage, Invalidation, MetaRequest};
+use dfs_common::proto::meta::{req, ChangePage, Invalidation, MetaRequest};
 use dfs_common::{InodeId, VolumeId};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -19,11 +19,21 @@ const CAPACITY: usize = 16_384;
 const MAX_PAGE: usize = 1024;
 /// Longest wait of one call (well inside every call timeout).
 pub const MAX_WAIT: Duration = Duration::from_secs(10);
-/// Changes are recorded only while some mount asked for them this recently.
+/// Changes are recorded only while another mount asked for them this recently.
 const WATCHED_FOR: Duration = Duration::from_secs(60);
+/// Once a waiting watcher is woken, how long more changes may gather before it is answered
+/// (so a busy volume costs a call per batch of changes, not per change).
+const GATHER: Duration = Duration::from_millis(5);
+/// Inodes whose volume is remembered at most (past this, the memory starts afresh).
+const MAX_REMEMBERED_VOLUMES: usize = 65_536;
+/// Watchers remembered at most (past this, those not seen lately are forgotten).
+const MAX_WATCHERS: usize = 4096;
 
 pub struct ChangeFeed {
     ring: Mutex<Ring>,
+    /// The volume of inodes changes were recorded for (an inode never changes volume, and its
+    /// number is never reused), so most changes need no store read to find it.
+    volumes: Mutex<HashMap<InodeId, VolumeId>>,
     /// The position after the newest change: callers wait for it to pass theirs.
     head: tokio::sync::watch::Sender<u64>,
 }
@@ -33,8 +43,16 @@ struct Ring {
     id: u64,
     /// Position of `entries[0]`.
     first: u64,
-    entries: VecDeque<(VolumeId, Change)>,
-    watched_at: Option<Instant>,
+    entries: VecDeque<Entry>,
+    /// Each watching client, and when it last asked.
+    watchers: HashMap<u64, Instant>,
+}
+
+struct Entry {
+    volume: VolumeId,
+    /// The client whose call made the change.
+    origin: Option<u64>,
+    what: Invalidation,
 }
 
 impl Ring {
@@ -62,10 +80,24 @@ impl ChangeFeed {
                 id: new_id(),
                 first: 0,
                 entries: VecDeque::new(),
-                watched_at: None,
+                watchers: HashMap::new(),
             }),
+            volumes: Mutex::new(HashMap::new()),
             head: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// The volume of `ino`, if a change of it was recorded lately.
+    pub fn volume_of(&self, ino: InodeId) -> Option<VolumeId> {
+        self.volumes.lock().expect("volumes").get(&ino).copied()
+    }
+
+    pub fn remember_volume(&self, ino: InodeId, volume: VolumeId) {
+        let mut volumes = self.volumes.lock().expect("volumes");
+        if volumes.len() >= MAX_REMEMBERED_VOLUMES {
+            volumes.clear();
+        }
+        volumes.insert(ino, volume);
     }
 
     /// Starts a new feed (a member that becomes leader): every watcher is told it missed
@@ -77,10 +109,13 @@ impl ChangeFeed {
         ring.entries.clear();
     }
 
-    /// Whether a mount asked for changes lately (otherwise they are not worth recording).
-    pub fn is_watched(&self) -> bool {
+    /// Whether a client other than `origin` asked for changes lately: otherwise the changes
+    /// `origin` makes are not worth recording.
+    pub fn is_watched_by_others(&self, origin: Option<u64>) -> bool {
         let ring = self.ring.lock().expect("change feed");
-        ring.watched_at.is_some_and(|at| at.elapsed() < WATCHED_FOR)
+        ring.watchers
+            .iter()
+            .any(|(&w, at)| Some(w) != origin && at.elapsed() < WATCHED_FOR)
     }
 
     /// Records the changes of one mutation of `volume`, made by client `origin`.
@@ -91,19 +126,24 @@ impl ChangeFeed {
                 ring.entries.pop_front();
                 ring.first += 1;
             }
-            ring.entries.push_back((volume, Change { origin, what }));
+            ring.entries.push_back(Entry {
+                volume,
+                origin,
+                what,
+            });
         }
         let end = ring.end();
         drop(ring);
         self.head.send_replace(end);
     }
 
-    /// The changes of `volume` after position `after` of feed `feed`, waiting up to `wait` for
-    /// one. Feed 0 is a new watcher's: it starts at the newest position, having missed
-    /// nothing.
+    /// The changes of `volume` after position `after` of feed `feed` made by clients other
+    /// than `origin`, waiting up to `wait` for one. Feed 0 is a new watcher's: it starts at
+    /// the newest position, having missed nothing.
     pub async fn watch(
         &self,
         volume: VolumeId,
+        origin: u64,
         feed: u64,
         after: u64,
         wait: Duration,
@@ -112,21 +152,29 @@ impl ChangeFeed {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         let mut after = after;
         loop {
-            let page = self.read(volume, feed, after);
+            let page = self.read(volume, origin, feed, after);
             if !page.changes.is_empty() || page.missed || page.feed != feed {
                 return page;
             }
             after = page.next;
-            let waited = tokio::time::timeout_at(deadline, head.wait_for(|&end| end > after)).await;
-            if !matches!(waited, Ok(Ok(_))) {
-                return self.read(volume, feed, after);
+            let woken = tokio::time::timeout_at(deadline, head.wait_for(|&end| end > after))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if !woken {
+                return self.read(volume, origin, feed, after);
             }
+            tokio::time::sleep(GATHER).await;
         }
     }
 
-    fn read(&self, volume: VolumeId, feed: u64, after: u64) -> ChangePage {
+    fn read(&self, volume: VolumeId, origin: u64, feed: u64, after: u64) -> ChangePage {
         let mut ring = self.ring.lock().expect("change feed");
-        ring.watched_at = Some(Instant::now());
+        if ring.watchers.len() >= MAX_WATCHERS {
+            ring.watchers.retain(|_, at| at.elapsed() < WATCHED_FOR);
+        }
+        if ring.watchers.len() < MAX_WATCHERS {
+            ring.watchers.insert(origin, Instant::now());
+        }
         if feed != ring.id || after < ring.first || after > ring.end() {
             return ChangePage {
                 feed: ring.id,
@@ -138,13 +186,13 @@ impl ChangeFeed {
         let mut changes = Vec::new();
         let mut next = after;
         let skip = (after - ring.first) as usize;
-        for (v, change) in ring.entries.iter().skip(skip) {
+        for entry in ring.entries.iter().skip(skip) {
             if changes.len() == MAX_PAGE {
                 break;
             }
             next += 1;
-            if *v == volume {
-                changes.push(change.clone());
+            if entry.volume == volume && entry.origin != Some(origin) {
+                changes.push(entry.what.clone());
             }
         }
         ChangePage {
@@ -219,6 +267,9 @@ pub fn stale(request: &MetaRequest) -> Option<Stale> {
 mod tests {
     use super::*;
 
+    /// The watching client.
+    const ME: u64 = 5;
+
     fn attrs(ino: u64) -> Invalidation {
         Invalidation::Inode {
             ino: InodeId(ino),
@@ -229,18 +280,24 @@ mod tests {
     #[tokio::test]
     async fn a_watcher_gets_the_changes_of_its_volume_after_its_position() {
         let feed = ChangeFeed::new();
-        let first = feed.watch(VolumeId(1), 0, 0, Duration::ZERO).await;
+        let first = feed.watch(VolumeId(1), ME, 0, 0, Duration::ZERO).await;
         assert!(!first.missed && first.changes.is_empty());
         feed.publish(VolumeId(2), None, vec![attrs(7)]);
+        feed.publish(VolumeId(1), Some(ME), vec![attrs(6)]);
         feed.publish(VolumeId(1), Some(9), vec![attrs(8)]);
         let page = feed
-            .watch(VolumeId(1), first.feed, first.next, Duration::ZERO)
+            .watch(VolumeId(1), ME, first.feed, first.next, Duration::ZERO)
             .await;
-        assert_eq!(page.changes.len(), 1, "only its own volume's changes");
-        assert_eq!(page.changes[0].origin, Some(9));
-        assert_eq!(page.next, first.next + 2, "past the other volume's too");
+        assert_eq!(
+            page.changes,
+            vec![attrs(8)],
+            "only its volume's changes, made by others"
+        );
+        assert_eq!(page.next, first.next + 3, "past the others too");
+        assert!(feed.is_watched_by_others(Some(9)));
+        assert!(!feed.is_watched_by_others(Some(ME)), "only ME watches");
         let empty = feed
-            .watch(VolumeId(1), page.feed, page.next, Duration::ZERO)
+            .watch(VolumeId(1), ME, page.feed, page.next, Duration::ZERO)
             .await;
         assert!(empty.changes.is_empty() && !empty.missed);
     }
@@ -248,12 +305,18 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_watcher_wakes_when_a_change_comes() {
         let feed = std::sync::Arc::new(ChangeFeed::new());
-        let start = feed.watch(VolumeId(1), 0, 0, Duration::ZERO).await;
+        let start = feed.watch(VolumeId(1), ME, 0, 0, Duration::ZERO).await;
         let waiting = {
             let feed = feed.clone();
             tokio::spawn(async move {
-                feed.watch(VolumeId(1), start.feed, start.next, Duration::from_secs(30))
-                    .await
+                feed.watch(
+                    VolumeId(1),
+                    ME,
+                    start.feed,
+                    start.next,
+                    Duration::from_secs(30),
+                )
+                .await
             })
         };
         // The watcher may or may not be waiting yet: either way it must see the change.
@@ -268,17 +331,17 @@ mod tests {
     #[tokio::test]
     async fn a_watcher_left_behind_or_on_another_feed_is_told_it_missed_changes() {
         let feed = ChangeFeed::new();
-        let start = feed.watch(VolumeId(1), 0, 0, Duration::ZERO).await;
+        let start = feed.watch(VolumeId(1), ME, 0, 0, Duration::ZERO).await;
         for i in 0..CAPACITY as u64 + 1 {
             feed.publish(VolumeId(1), None, vec![attrs(i)]);
         }
         let behind = feed
-            .watch(VolumeId(1), start.feed, start.next, Duration::ZERO)
+            .watch(VolumeId(1), ME, start.feed, start.next, Duration::ZERO)
             .await;
         assert!(behind.missed);
         feed.restart();
         let other = feed
-            .watch(VolumeId(1), behind.feed, behind.next, Duration::ZERO)
+            .watch(VolumeId(1), ME, behind.feed, behind.next, Duration::ZERO)
             .await;
         assert!(other.missed && other.feed != behind.feed);
     }

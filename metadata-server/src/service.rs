@@ -666,7 +666,7 @@ impl MetaService {
                         .query(move |t| get_inode(&t.inodes, root).map(|r| r.volume))
                         .await?;
                     let wait = Duration::from_millis(q.wait_ms.into());
-                    Ok(self.changes.watch(volume, q.feed, q.after, wait).await)
+                    Ok(self.changes.watch(volume, q.origin, q.feed, q.after, wait).await)
                 })
                 .await
             }
@@ -681,17 +681,24 @@ impl MetaService {
     }
 
     /// Tells the mounts watching the volume what a mutation made stale. The volume comes from
-    /// the reply where it carries one, else from the store.
+    /// the reply where it carries one, else from the feed's memory or the store.
     async fn publish(&self, stale: changes::Stale, origin: Option<u64>, reply: &Answer) {
-        let volume = match reply {
-            Answer::Attr(attr) => Ok(attr.volume),
-            Answer::Committed(c) => Ok(c.after.volume),
-            _ => {
-                let anchor = stale.anchor;
+        let anchor = stale.anchor;
+        let known = match reply {
+            Answer::Attr(attr) => Some(attr.volume),
+            Answer::Committed(c) => Some(c.after.volume),
+            _ => self.changes.volume_of(anchor),
+        };
+        let volume = match known {
+            Some(volume) => Ok(volume),
+            None => {
                 self.query(move |t| get_inode(&t.inodes, anchor).map(|r| r.volume))
                     .await
             }
         };
+        if let Ok(volume) = volume {
+            self.changes.remember_volume(anchor, volume);
+        }
         match volume {
             Ok(volume) => self.changes.publish(volume, origin, stale.what),
             // Gone meanwhile: whoever cached it learns on their next call.
@@ -1091,10 +1098,11 @@ impl Service for MetaService {
             self.faults.hit(&point).await?;
         }
         let mutation = request.is_mutation().then(|| request.name());
-        let stale = changes::stale(&request).filter(|_| self.changes.is_watched());
+        let origin = id.map(|id| id.client);
+        let stale = changes::stale(&request).filter(|_| self.changes.is_watched_by_others(origin));
         let reply = self.dispatch(request, id, grants).await?;
         if let Some(stale) = stale {
-            self.publish(stale, id.map(|id| id.client), &reply).await;
+            self.publish(stale, origin, &reply).await;
         }
         if let (Some(name), true) = (mutation, self.faults.is_enabled()) {
             // "The leader dies after the commit, before the reply."

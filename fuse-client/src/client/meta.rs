@@ -362,6 +362,7 @@ impl Client {
         let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
         self.call(req::WatchChanges {
             root,
+            origin: self.call_origin(),
             feed,
             after,
             wait_ms,

@@ -31,7 +31,6 @@ pub trait Caches: Send + Sync + 'static {
 
 /// Follows the change feed of the volume whose root is `root` until `caches` is gone.
 pub async fn follow<C: Caches>(caches: Weak<C>, client: Client, root: InodeId) {
-    let origin = client.call_origin();
     let (mut feed, mut next) = (0, 0);
     loop {
         let page = client.watch_changes(root, feed, next, WAIT).await;
@@ -51,12 +50,9 @@ pub async fn follow<C: Caches>(caches: Weak<C>, client: Client, root: InodeId) {
             tracing::debug!("changes by other clients were missed: dropping cached state");
             caches.drop_all().await;
         }
+        // The server leaves out this mount's own changes: its caches have them already.
         for change in page.changes {
-            // This mount's own changes are in its caches already.
-            if change.origin == Some(origin) {
-                continue;
-            }
-            match change.what {
+            match change {
                 Invalidation::Entry { parent, name } => caches.drop_entry(parent, &name),
                 Invalidation::Inode { ino, data } => caches.drop_inode(ino, data).await,
             }

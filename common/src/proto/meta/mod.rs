@@ -381,14 +381,6 @@ pub enum Invalidation {
     Inode { ino: InodeId, data: bool },
 }
 
-/// One change of a volume, as the metadata server tells the mounts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Change {
-    /// The client whose call made it (its own caches are up to date), if known.
-    pub origin: Option<u64>,
-    pub what: Invalidation,
-}
-
 /// The answer to `WatchChanges`: what changed in the volume after the position asked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangePage {
@@ -396,7 +388,8 @@ pub struct ChangePage {
     pub feed: u64,
     /// Where the next call continues.
     pub next: u64,
-    pub changes: Vec<Change>,
+    /// What other clients changed.
+    pub changes: Vec<Invalidation>,
     /// Changes were missed: the position asked is from another feed, or so old the server no
     /// longer holds what followed it. The caller drops everything it caches.
     pub missed: bool,

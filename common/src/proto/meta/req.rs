@@ -502,10 +502,12 @@ pub struct Peer {
 
 /// Waits up to `wait_ms` for changes in the volume of `root` after position `after` of feed
 /// `feed`, and answers with those there are (or none, when the wait ends). Mounts call it in
-/// a loop to drop what they cache as soon as another client changes it.
+/// a loop to drop what they cache as soon as another client changes it. Changes made by
+/// `origin` (the caller's own calls) are left out.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchChanges {
     pub root: InodeId,
+    pub origin: u64,
     pub feed: u64,
     pub after: u64,
     pub wait_ms: u32,
