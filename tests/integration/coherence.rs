@@ -61,7 +61,8 @@ fn changes_on_one_mount_show_on_another_long_before_its_caches_expire() {
     fs::remove_file(a.path("new")).unwrap();
     shows("an unlink", || fs::metadata(b.path("new")).is_err());
 
-    // A directory made, then removed.
+    // A directory made where the watching mount keeps the name's absence, then removed.
+    assert!(fs::metadata(b.path("d")).is_err());
     fs::create_dir(a.path("d")).unwrap();
     shows("a mkdir", || {
         fs::metadata(b.path("d")).is_ok_and(|m| m.is_dir())
@@ -74,4 +75,30 @@ fn changes_on_one_mount_show_on_another_long_before_its_caches_expire() {
     fs::rename(b.path("mine"), b.path("ours")).unwrap();
     assert!(fs::metadata(b.path("mine")).is_err());
     assert_eq!(fs::read(a.path("ours")).unwrap(), b"x");
+}
+
+#[test]
+fn a_mount_keeps_a_name_absence_for_the_attribute_timeout() {
+    let mut cluster = cluster_with_volume();
+    let m = Mount::new(&cluster, "default", "m", "attr_timeout=60,retry=60").unwrap();
+    let missing = m.path("missing");
+    assert!(fs::metadata(&missing).is_err());
+    // With the metadata server gone, only a kept absence can answer at once; a lookup would
+    // wait for the server to come back.
+    cluster.kill_meta();
+    let asked = std::thread::spawn(move || fs::metadata(&missing).is_err());
+    let deadline = Instant::now() + LIMIT;
+    while !asked.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answered = asked.is_finished();
+    cluster.start_meta();
+    assert!(
+        answered,
+        "the absence was asked of the metadata server again"
+    );
+    assert!(asked.join().unwrap(), "the name is still absent");
+    // The mount's own create replaces the kept absence at once.
+    fs::write(m.path("missing"), b"here").unwrap();
+    assert_eq!(fs::read(m.path("missing")).unwrap(), b"here");
 }

@@ -216,6 +216,31 @@ impl Shared {
         }
     }
 
+    /// Answers a lookup of a name that does not exist with an entry of inode 0: the kernel
+    /// keeps that absence for the attribute timeout, so asking again (a search path, a
+    /// build's probes for files) costs no round trip. Another client that creates the name
+    /// drops it through the change feed.
+    fn reply_absent(&self, reply: ReplyEntry) {
+        let absent = fuser::FileAttr {
+            ino: INodeNo(0),
+            size: 0,
+            blocks: 0,
+            atime: SystemTime::UNIX_EPOCH,
+            mtime: SystemTime::UNIX_EPOCH,
+            ctime: SystemTime::UNIX_EPOCH,
+            crtime: SystemTime::UNIX_EPOCH,
+            kind: fuser::FileType::RegularFile,
+            perm: 0,
+            nlink: 0,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        };
+        reply.entry(&self.ttl, &absent, Generation(0));
+    }
+
     fn reply_attr(&self, reply: ReplyAttr, result: FsResult<dfs_common::proto::meta::Attr>) {
         match result {
             Ok(a) => reply.attr(&self.ttl, &self.fresh_attr(a)),
@@ -575,8 +600,10 @@ impl Filesystem for DfsFs {
             Err(e) => return reply.error(e),
         };
         self.spawn("lookup", |s| async move {
-            let result = s.client.lookup(s.ino(parent), &name).await;
-            s.reply_entry(reply, result);
+            match s.client.lookup(s.ino(parent), &name).await {
+                Err(FsError::NotFound) => s.reply_absent(reply),
+                result => s.reply_entry(reply, result),
+            }
         });
     }
 
