@@ -540,3 +540,39 @@ fn a_dead_member_is_replaced_by_a_new_one() {
         b"kept through the replacement"
     );
 }
+
+/// A mount's poll for changes is held by the leader for seconds by design: the mount must not
+/// take that silence for a dead leader and keep asking the other members who leads.
+#[test]
+fn a_mount_waiting_for_changes_does_not_ask_the_others_who_leads() {
+    let mut cluster = group_of_three(|_| {});
+    // The first member, the only one with a metrics page, becomes a follower.
+    cluster.kill_member(0);
+    wait_until(&cluster, Duration::from_secs(60), "a new leader", || {
+        let out = cluster
+            .member_cli(1)
+            .args(["--json", "meta", "status"])
+            .output();
+        out.is_ok_and(|o| {
+            serde_json::from_slice::<Vec<MetaMember>>(&o.stdout)
+                .is_ok_and(|group| leader(&group).is_some())
+        })
+    });
+    cluster.restart_member(0);
+    caught_up(&cluster, 0);
+    let m = Mount::new(&cluster, "v", "m", "").unwrap();
+    fs::write(m.path("f"), b"x").unwrap();
+    let questions = || {
+        let samples = crate::observe::scrape(cluster.meta_http);
+        crate::observe::value(&samples, "dfs_meta_requests_total{op=\"Leader\"}")
+    };
+    let before = questions();
+    // The window spans a whole poll (9 s) and the next one's start.
+    std::thread::sleep(Duration::from_secs(12));
+    let asked = questions() - before;
+    assert!(
+        asked <= 2.0,
+        "{asked} questions of who leads reached a follower while the mount only waited for changes"
+    );
+    drop(m);
+}

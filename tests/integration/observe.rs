@@ -74,13 +74,13 @@ fn parse_metrics(text: &str) -> HashMap<String, f64> {
     samples
 }
 
-fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
+pub(crate) fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
     let (status, body) = http_get(addr, "/metrics");
     assert_eq!(status, 200, "{body}");
     parse_metrics(&body)
 }
 
-fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
+pub(crate) fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
     samples.get(series).copied().unwrap_or(0.0)
 }
 

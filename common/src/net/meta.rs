@@ -118,13 +118,30 @@ impl MetaLink {
         Q: Serialize,
         R: DeserializeOwned,
     {
+        self.exchange_waiting(request, body, max_reply, Duration::ZERO)
+            .await
+    }
+
+    /// [`Self::exchange`] for a call the server may hold for up to `wait` before it answers
+    /// (a long poll): other members are asked who leads only once it is overdue.
+    pub async fn exchange_waiting<Q, R>(
+        &self,
+        request: &Q,
+        body: Option<Bytes>,
+        max_reply: usize,
+        wait: Duration,
+    ) -> FsResult<(FsResult<R>, ReplyStream)>
+    where
+        Q: Serialize,
+        R: DeserializeOwned,
+    {
         let mut last = None;
         // Each member gets a few chances: one for each hint, one for each election.
         for _ in 0..3 * self.count() + 1 {
             let n = self.count();
             let (at, member) = self.member(self.current.load(Ordering::Relaxed));
             let attempt = self
-                .attempt(at, &member, request, body.clone(), max_reply)
+                .attempt(at, &member, request, body.clone(), max_reply, wait)
                 .await;
             let failure = match attempt {
                 Attempt::Answered(Ok((Err(FsError::NotLeader(hint)), _))) => {
@@ -158,11 +175,11 @@ impl MetaLink {
         )))
     }
 
-    /// One exchange with member `at`. While it goes unanswered for [`ASK_OTHERS_AFTER`], the
-    /// other members are asked who leads; if they name another, the call is moved there. If
-    /// they name `at` itself for [`STALE_AFTER`] and it does not answer a question either, the
-    /// connection to it is to a process that died and came back: the call starts again on a
-    /// new one.
+    /// One exchange with member `at`. While it goes unanswered for [`ASK_OTHERS_AFTER`] beyond
+    /// the `wait` the server may take by design, the other members are asked who leads; if
+    /// they name another, the call is moved there. If they name `at` itself for [`STALE_AFTER`]
+    /// beyond `wait` and it does not answer a question either, the connection to it is to a
+    /// process that died and came back: the call starts again on a new one.
     async fn attempt<Q, R>(
         &self,
         at: usize,
@@ -170,6 +187,7 @@ impl MetaLink {
         request: &Q,
         body: Option<Bytes>,
         max_reply: usize,
+        wait: Duration,
     ) -> Attempt<R>
     where
         Q: Serialize,
@@ -181,7 +199,7 @@ impl MetaLink {
         }
         let mut exchange = std::pin::pin!(exchange);
         let started = tokio::time::Instant::now();
-        let mut ask_at = started + ASK_OTHERS_AFTER;
+        let mut ask_at = started + wait + ASK_OTHERS_AFTER;
         loop {
             tokio::select! {
                 answer = &mut exchange => return Attempt::Answered(answer),
@@ -194,7 +212,7 @@ impl MetaLink {
                             self.move_to(at, leader);
                             return Attempt::Moved;
                         }
-                        Some(_) if started.elapsed() >= STALE_AFTER && !self.answers(member).await => {
+                        Some(_) if started.elapsed() >= wait + STALE_AFTER && !self.answers(member).await => {
                             member.reset().await;
                             return Attempt::Moved;
                         }

@@ -161,10 +161,11 @@ impl Client {
 
     /// One attempt at a metadata request; the outer error is a failed exchange.
     async fn exchange<R: DeserializeOwned>(&self, call: MetaCallRef<'_>) -> FsResult<FsResult<R>> {
+        let wait = call.request.wait();
         let (reply, _) = self
             .inner
             .meta
-            .exchange::<_, R>(&call, None, dfs_common::codec::MAX_FRAME)
+            .exchange_waiting::<_, R>(&call, None, dfs_common::codec::MAX_FRAME, wait)
             .await?;
         let faults = &self.inner.options.faults;
         if faults.is_enabled() {

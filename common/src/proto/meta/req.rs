@@ -128,6 +128,17 @@ meta_requests! {
     WatchChanges => ChangePage, query;
 }
 
+impl MetaRequest {
+    /// How long the server may hold the request before it answers, by design (a long poll):
+    /// callers wait that long before they suspect the server.
+    pub fn wait(&self) -> std::time::Duration {
+        match self {
+            MetaRequest::WatchChanges(q) => std::time::Duration::from_millis(q.wait_ms.into()),
+            _ => std::time::Duration::ZERO,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateVolume {
     pub name: String,
