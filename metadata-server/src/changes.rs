@@ -18,7 +18,7 @@ const CAPACITY: usize = 16_384;
 /// Most changes in one answer.
 const MAX_PAGE: usize = 1024;
 /// Longest wait of one call (well inside every call timeout).
-pub const MAX_WAIT: Duration = Duration::from_secs(10);
+const MAX_WAIT: Duration = Duration::from_secs(10);
 /// Changes are recorded only while another mount asked for them this recently.
 const WATCHED_FOR: Duration = Duration::from_secs(60);
 /// Once a waiting watcher is woken, how long more changes may gather before it is answered
@@ -186,7 +186,7 @@ impl ChangeFeed {
         let mut changes = Vec::new();
         let mut next = after;
         let skip = (after - ring.first) as usize;
-        for entry in ring.entries.iter().skip(skip) {
+        for entry in ring.entries.range(skip..) {
             if changes.len() == MAX_PAGE {
                 break;
             }
@@ -233,8 +233,11 @@ pub fn stale(request: &MetaRequest) -> Option<Stale> {
             q.ino,
         ),
         R::Rename(q) => {
-            let mut what = vec![entry(q.parent, &q.name), attrs(q.parent)];
-            what.push(entry(q.new_parent, &q.new_name));
+            let mut what = vec![
+                entry(q.parent, &q.name),
+                attrs(q.parent),
+                entry(q.new_parent, &q.new_name),
+            ];
             if q.new_parent != q.parent {
                 what.push(attrs(q.new_parent));
             }

@@ -351,7 +351,7 @@ impl MetaService {
             }
             R::RevokeClient(q) => {
                 answer(q, |q| async move {
-                    let op = Op::RevokeClient { name: q.name };
+                    let op = op!(q => RevokeClient { name });
                     self.mutate_as::<()>(op, call).await?;
                     self.reload_clients()
                 })
@@ -442,10 +442,7 @@ impl MetaService {
                 answer(q, |q| self.mutate_as(op!(q => MoveShard { key, from, to }), call)).await
             }
             R::DropBlocks(q) => {
-                answer(q, |q| {
-                    self.mutate_as(Op::DropBlocks { blocks: q.blocks }, call)
-                })
-                .await
+                answer(q, |q| self.mutate_as(op!(q => DropBlocks { blocks }), call)).await
             }
             R::DrainServer(q) => {
                 answer(q, |q| async move {
@@ -661,11 +658,8 @@ impl MetaService {
             )),
             R::WatchChanges(q) => {
                 answer(q, |q| async move {
-                    let root = q.root;
-                    let volume = self
-                        .query(move |t| get_inode(&t.inodes, root).map(|r| r.volume))
-                        .await?;
-                    let wait = Duration::from_millis(q.wait_ms.into());
+                    let volume = self.volume_of(q.root).await?;
+                    let wait = q.wait();
                     Ok(self.changes.watch(volume, q.origin, q.feed, q.after, wait).await)
                 })
                 .await
@@ -683,27 +677,28 @@ impl MetaService {
     /// Tells the mounts watching the volume what a mutation made stale. The volume comes from
     /// the reply where it carries one, else from the feed's memory or the store.
     async fn publish(&self, stale: changes::Stale, origin: Option<u64>, reply: &Answer) {
-        let anchor = stale.anchor;
-        let known = match reply {
-            Answer::Attr(attr) => Some(attr.volume),
-            Answer::Committed(c) => Some(c.after.volume),
-            _ => self.changes.volume_of(anchor),
+        let volume = match reply {
+            Answer::Attr(attr) => Ok(attr.volume),
+            Answer::Committed(c) => Ok(c.after.volume),
+            _ => self.volume_of(stale.anchor).await,
         };
-        let volume = match known {
-            Some(volume) => Ok(volume),
-            None => {
-                self.query(move |t| get_inode(&t.inodes, anchor).map(|r| r.volume))
-                    .await
-            }
-        };
-        if let Ok(volume) = volume {
-            self.changes.remember_volume(anchor, volume);
-        }
         match volume {
-            Ok(volume) => self.changes.publish(volume, origin, stale.what),
+            Ok(volume) => {
+                self.changes.remember_volume(stale.anchor, volume);
+                self.changes.publish(volume, origin, stale.what);
+            }
             // Gone meanwhile: whoever cached it learns on their next call.
             Err(e) => tracing::debug!("no volume for a change: {e}"),
         }
+    }
+
+    /// The volume of `ino`: remembered by the change feed, or read from the store.
+    async fn volume_of(&self, ino: InodeId) -> FsResult<VolumeId> {
+        if let Some(volume) = self.changes.volume_of(ino) {
+            return Ok(volume);
+        }
+        self.query(move |t| get_inode(&t.inodes, ino).map(|r| r.volume))
+            .await
     }
 
     /// Registers a chunk server on first contact, refreshes its liveness, and hands it the

@@ -414,6 +414,14 @@ impl Shared {
         });
     }
 
+    /// Drops the kernel's cached attributes of `ino`, and with `data` its pages.
+    fn drop_kernel_inode(&self, ino: InodeId, data: bool) {
+        let fuse_ino = self.map.to_fuse(ino);
+        // Offset -1: the attributes only; 0 (with length 0): the pages too.
+        let offset = if data { 0 } else { -1 };
+        self.notify(move |n| n.inval_inode(fuse_ino, offset, 0));
+    }
+
     /// Records the version of a file as this mount now knows it; returns the one it knew.
     fn remember_version(&self, attr: &Attr) -> Option<FileVersion> {
         let mut versions = self.versions.lock().expect("version lock");
@@ -553,10 +561,7 @@ impl super::coherence::Caches for Shared {
             self.versions.lock().expect("version lock").remove(&ino);
             self.forget_layouts(ino).await;
         }
-        let fuse_ino = self.map.to_fuse(ino);
-        // Offset -1: the attributes only; 0 (with length 0): the pages too.
-        let offset = if data { 0 } else { -1 };
-        self.notify(move |n| n.inval_inode(fuse_ino, offset, 0));
+        self.drop_kernel_inode(ino, data);
     }
 
     async fn drop_all(&self) {
@@ -573,8 +578,7 @@ impl super::coherence::Caches for Shared {
             .copied()
             .collect();
         for ino in open {
-            let fuse_ino = self.map.to_fuse(ino);
-            self.notify(move |n| n.inval_inode(fuse_ino, 0, 0));
+            self.drop_kernel_inode(ino, true);
         }
     }
 }

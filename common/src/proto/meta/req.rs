@@ -133,7 +133,7 @@ impl MetaRequest {
     /// callers wait that long before they suspect the server.
     pub fn wait(&self) -> std::time::Duration {
         match self {
-            MetaRequest::WatchChanges(q) => std::time::Duration::from_millis(q.wait_ms.into()),
+            MetaRequest::WatchChanges(q) => q.wait(),
             _ => std::time::Duration::ZERO,
         }
     }
@@ -522,6 +522,13 @@ pub struct WatchChanges {
     pub feed: u64,
     pub after: u64,
     pub wait_ms: u32,
+}
+
+impl WatchChanges {
+    /// How long the server may wait for changes before it answers.
+    pub fn wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.wait_ms.into())
+    }
 }
 
 #[cfg(test)]
