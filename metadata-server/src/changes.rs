@@ -253,12 +253,13 @@ pub fn stale(request: &MetaRequest) -> Option<Stale> {
         R::SetXattr(req::SetXattr { ino, .. }) | R::RemoveXattr(req::RemoveXattr { ino, .. }) => {
             (vec![attrs(*ino)], *ino)
         }
-        R::CommitWrite(q) => (
+        R::CommitWrite(req::CommitWrite { ino, .. })
+        | R::WriteInline(req::WriteInline { ino, .. }) => (
             vec![Inode {
-                ino: q.ino,
+                ino: *ino,
                 data: true,
             }],
-            q.ino,
+            *ino,
         ),
         // Volumes, clients, servers and blocks: nothing a mount caches by name or inode.
         _ => return None,

@@ -187,6 +187,15 @@ pub enum Op {
         files: Vec<(InodeId, Vec<HeldLock>)>,
         sessions: Vec<(u64, bool)>,
     },
+    /// Small data kept in the metadata store: a new inline block holding `pieces` (file
+    /// offset, length) laid end to end in `data`, committed as `CommitWrite` commits.
+    WriteInline {
+        ino: InodeId,
+        pieces: Vec<(u64, u64)>,
+        data: Vec<u8>,
+        mtime: Timestamp,
+        append: bool,
+    },
 }
 
 /// What applying a command gave, in the store's own terms.
@@ -269,6 +278,7 @@ impl Op {
         match self {
             Op::SetXattr { name, value, .. } => BASE + name.len() + value.len(),
             Op::CommitWrite { extents, .. } => BASE + extents.len() * 48,
+            Op::WriteInline { pieces, data, .. } => BASE + pieces.len() * 16 + data.len(),
             Op::AllocateBlock { placement, .. } => BASE + placement.len() * 8,
             Op::DropBlocks { blocks } => BASE + blocks.len() * 8,
             Op::SetLocks { files, sessions } => {
@@ -314,6 +324,7 @@ impl Op {
             Op::RemoveServer { .. } => "RemoveServer",
             Op::ExpireCalls => "ExpireCalls",
             Op::SetLocks { .. } => "SetLocks",
+            Op::WriteInline { .. } => "WriteInline",
         }
     }
 }
@@ -478,6 +489,13 @@ mod tests {
                 ],
                 sessions: vec![(0xabcd, true), (7, false)],
             },
+            Op::WriteInline {
+                ino,
+                pieces: vec![(0, 2), (10, 1)],
+                data: vec![7, 8, 9],
+                mtime: Timestamp { secs: 9, nanos: 1 },
+                append: true,
+            },
         ];
         ops.into_iter()
             .enumerate()
@@ -500,7 +518,7 @@ mod tests {
     /// Each sample as format 1 encodes it. Commands are the log: a change that alters these
     /// bytes makes older logs unreadable. Add operations at the end of [`Op`]; change one only
     /// with a new format.
-    const GOLDEN: [(&str, &str); 25] = [
+    const GOLDEN: [(&str, &str); 26] = [
         ("CreateVolume", "01fc00e2a7ca0001fbcdab000100000000000000000000000000000000000000000000000000000000000000000001760402fc0000400001fc00000040000000"),
         ("SetVolume", "01fc00e2a7ca0100010176000100010100"),
         ("DeleteVolume", "01fc00e2a7ca0201fbcdab0201020202020202020202020202020202020202020202020202020202020202020202017601"),
@@ -526,6 +544,7 @@ mod tests {
         ("RemoveServer", "01fc00e2a7ca1601fbcdab160116161616161616161616161616161616161616161616161616161616161616161601"),
         ("ExpireCalls", "01fc00e2a7ca170017"),
         ("SetLocks", "01fc00e2a7ca1801fbcdab1801181818181818181818181818181818181818181818181818181818181818181818020501fbcdab032a006301060002fbcdab010700"),
+        ("WriteInline", "01fc00e2a7ca190019050200020a0103070809120101"),
     ];
 
     fn hex(bytes: &[u8]) -> String {

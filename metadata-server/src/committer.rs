@@ -157,8 +157,9 @@ mod tests {
             block_size: 1 << 20,
             limits: VolumeLimits::default(),
         };
-        let Ok(Outcome::Volume { record: v, .. }) = committer.submit(command(create)).await else {
-            panic!("volume not created")
+        let created = committer.submit(command(create)).await;
+        let Ok(Outcome::Volume { record: v, .. }) = created else {
+            panic!("volume not created: {created:?}")
         };
         let make = |name: String| {
             command(Op::MakeNode {

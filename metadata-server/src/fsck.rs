@@ -3,8 +3,9 @@
 //! For every inode of the volume: a directory's entries name inodes that exist, of the kind
 //! the entry says; a file's extents lie within its size and within committed blocks of its
 //! volume that still count the reference; every shard of those blocks is placed on a server
-//! that is up (else the block is degraded, or unavailable below k shards). The blocks met go
-//! back with the page, so the CLI can have each chunk server re-verify their checksums.
+//! that is up (else the block is degraded, or unavailable below k shards), or for a block
+//! kept inline, its bytes are there. The blocks with shards go back with the page, so the CLI
+//! can have each chunk server re-verify their checksums.
 
 use crate::store::schema::{decode, kind_from_code, BlockRecord, InodeRecord, ServerRecord};
 use crate::store::tables::{get_inode, ReadTables};
@@ -198,6 +199,28 @@ fn check_file(
                 format!("extent at {file_offset} reaches past its {block_len}-byte block {block}"),
             );
         }
+        if b.is_inline() {
+            // Its bytes are in the metadata store: nothing for a chunk server to verify.
+            let stored = t
+                .inline_data
+                .get(block.0)
+                .db()?
+                .map(|v| v.value().len() as u64);
+            if stored != Some(block_len) {
+                report(
+                    page,
+                    Some(block),
+                    false,
+                    match stored {
+                        Some(n) => format!(
+                            "inline block {block} holds {n} bytes, its record says {block_len}"
+                        ),
+                        None => format!("inline block {block} has lost its bytes"),
+                    },
+                );
+            }
+            continue;
+        }
         let up = b.shards.iter().filter(|s| live.contains(s)).count();
         let k = b.policy.k() as usize;
         if up < k {
@@ -244,6 +267,7 @@ fn check_file(
                 len: block_len,
                 policy: b.policy,
                 shards,
+                inline: None,
             },
         );
     }

@@ -27,6 +27,7 @@ pub mod changes;
 pub mod command;
 pub mod committer;
 pub mod fsck;
+pub mod inline;
 pub mod layout;
 pub mod locks;
 pub mod maintenance;

@@ -81,6 +81,9 @@ pub fn drop_blocks(t: &mut WriteTables, blocks: &[BlockId]) -> FsResult<Outcome>
         };
         if rec.refs == 0 {
             t.blocks.remove(block.0).db()?;
+            if rec.is_inline() {
+                t.inline_data.remove(block.0).db()?;
+            }
             dropped.push(block);
         }
     }

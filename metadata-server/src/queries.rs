@@ -164,11 +164,25 @@ pub fn get_layout(t: &ReadTables, ino: InodeId, offset: u64, len: u64) -> FsResu
                 })
             })
             .collect::<FsResult<Vec<_>>>()?;
+        let inline = if rec.is_inline() {
+            match t.inline_data.get(e.block.0).db()? {
+                Some(v) => Some(v.value().to_vec()),
+                None => {
+                    return Err(FsError::Corrupt(format!(
+                        "inline block {} has no bytes",
+                        e.block
+                    )))
+                }
+            }
+        } else {
+            None
+        };
         let info = BlockInfo {
             block: e.block,
             len: rec.len.unwrap_or(0),
             policy: rec.policy,
             shards,
+            inline,
         };
         blocks.insert(e.block, info);
     }
@@ -265,6 +279,10 @@ pub fn volume_usage(
         }
         usage.blocks += 1;
         usage.block_bytes += len;
+        if rec.is_inline() {
+            usage.inline_blocks += 1;
+            usage.inline_bytes += len;
+        }
         if rec.shards.iter().any(|s| !live.contains(s)) {
             usage.degraded_blocks += 1;
         }

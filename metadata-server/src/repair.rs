@@ -565,6 +565,11 @@ fn scan(
             garbage.push((block, rec));
             continue;
         }
+        if rec.is_inline() {
+            // Replicated with the metadata: nothing to rebuild or move.
+            health.healthy += 1;
+            continue;
+        }
         for s in &rec.shards {
             *placed.entry(*s).or_default() += 1;
         }

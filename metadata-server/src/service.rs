@@ -435,6 +435,9 @@ impl MetaService {
                 })
                 .await
             }
+            R::WriteInline(q) => {
+                answer(q, |q| self.mutate_as(op!(q => WriteInline { ino, pieces, data, mtime, append }), call)).await
+            }
             R::ReportBadShard(q) => {
                 answer(q, |q| self.mutate_as(op!(q => ReportBadShard { server, key }), call)).await
             }

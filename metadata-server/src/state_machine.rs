@@ -178,6 +178,13 @@ fn apply_op(t: &mut WriteTables, now: Timestamp, op: &Op) -> FsResult<Outcome> {
             Ok(Outcome::Done)
         }
         Op::SetLocks { files, sessions } => crate::locks::record(t, files, sessions),
+        Op::WriteInline {
+            ino,
+            pieces,
+            data,
+            mtime,
+            append,
+        } => crate::inline::write(t, now, *ino, pieces, data, *mtime, *append),
     }
 }
 
@@ -703,7 +710,7 @@ fn replace_shard(
     Ok(Outcome::Shard(location))
 }
 
-fn commit_write(
+pub(crate) fn commit_write(
     t: &mut WriteTables,
     now: Timestamp,
     ino: InodeId,

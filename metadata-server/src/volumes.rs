@@ -227,7 +227,8 @@ fn volume_of(t: &WriteTables, op: &Op) -> FsResult<Option<VolumeId>> {
         | Op::SetXattr { ino, .. }
         | Op::RemoveXattr { ino, .. }
         | Op::AllocateBlock { ino, .. }
-        | Op::CommitWrite { ino, .. } => *ino,
+        | Op::CommitWrite { ino, .. }
+        | Op::WriteInline { ino, .. } => *ino,
         Op::CreateVolume { .. }
         | Op::SetVolume { .. }
         | Op::DeleteVolume { .. }

@@ -205,15 +205,18 @@ async fn stopped_servers_are_tolerated_up_to_m() {
         read_all(&client, ino).await == data,
         "read with m servers stopped"
     );
-    // New writes go to the remaining servers only when they are enough: 4 live < 6 needed.
+    // New blocks go to the remaining servers only when they are enough: 4 live < 6 needed.
     dfs_tests::wait_for_live_servers(&client, 4).await;
     let mut f = client.create(volume.root, "g", 0o644, 0, 0).await.unwrap();
-    f.write(0, b"hello").await.unwrap();
+    f.write(0, &data[..100 * 1024]).await.unwrap();
     let err = f.close().await.unwrap_err();
     assert!(
         matches!(err, dfs_common::FsError::Unavailable(_)),
         "{err:?}"
     );
+    // A small file is kept in the metadata store: it needs no chunk server.
+    let small = write_file(&client, &volume, "small", b"hello", 1 << 20).await;
+    assert_eq!(read_all(&client, small).await, b"hello");
     cluster.restart_chunk(0).await;
     cluster.restart_chunk(3).await;
     dfs_tests::wait_for_live_servers(&client, 6).await;

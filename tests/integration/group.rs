@@ -135,13 +135,13 @@ fn caught_up(cluster: &ProcessCluster, i: usize) {
 #[test]
 fn a_leader_that_dies_between_commit_and_reply_has_the_retry_applied_once() {
     // The first leader dies right after it commits a create; whichever member leads next dies
-    // right after it commits a write.
+    // right after it commits a small write (kept inline).
     let mut cluster = group_of_three(|c| {
         c.member_faults
             .insert(0, "meta.after_commit.MakeNode=exit".into());
         for i in [1, 2] {
             c.member_faults
-                .insert(i, "meta.after_commit.CommitWrite=exit".into());
+                .insert(i, "meta.after_commit.WriteInline=exit".into());
         }
     });
     let mount = Mount::new(&cluster, "v", "mnt", "")

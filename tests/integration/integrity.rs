@@ -317,16 +317,24 @@ async fn retried_mutations_whose_replies_were_lost_apply_once() {
     };
     let lost = |kind: &str| faults.hits(&format!("client.lose_reply.{kind}"));
 
-    // An append commits once.
+    // An append commits once: a small one kept inline, and one of blocks.
     let mut log = client.create(root, "log", 0o644, 0, 0).await.unwrap();
     let ino = log.ino();
     log.set_append();
     log.write(0, b"hello").await.unwrap();
+    lose_next("WriteInline");
+    log.flush().await.unwrap();
+    assert!(lost("WriteInline") >= 1);
+    assert_eq!(client.getattr(ino).await.unwrap().size, 5);
+    assert_eq!(client.read_range(ino, 0, 100).await.unwrap(), b"hello");
+    let large = random_bytes(100 * 1024, 4);
+    log.write(0, &large).await.unwrap();
     lose_next("CommitWrite");
     log.close().await.unwrap();
     assert!(lost("CommitWrite") >= 1);
-    assert_eq!(client.getattr(ino).await.unwrap().size, 5);
-    assert_eq!(client.read_range(ino, 0, 100).await.unwrap(), b"hello");
+    let mut whole = b"hello".to_vec();
+    whole.extend_from_slice(&large);
+    assert!(client.read_range(ino, 0, u64::MAX).await.unwrap() == whole);
 
     // A create reports success, not "exists".
     lose_next("MakeNode");

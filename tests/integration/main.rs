@@ -9,6 +9,7 @@ mod deploy;
 mod faults;
 mod group;
 mod heal;
+mod inline;
 mod integrity;
 mod model;
 mod mount;

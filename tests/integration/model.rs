@@ -1,7 +1,8 @@
 //! An fsx-style model test: a seeded random sequence of file operations on a live mount —
 //! writes, reads, truncates, fallocate, mmap reads and writes, fsync, close and reopen — with
 //! every byte read checked against an in-memory model, including reads through a second mount
-//! (close-to-open) and through `dfs get`. One file grows to 64 MiB, another to 20,000 extents.
+//! (close-to-open) and through `dfs get`. One file grows to 64 MiB, another to 20,000 extents,
+//! and one stays around the 64 KiB a file keeps in the metadata store.
 //! The same model then runs on while a chunk server is killed and its shards are repaired.
 //!
 //! The seed is printed, and `DFS_MODEL_SEED` replays one; a mismatch panics with the seed and
@@ -35,6 +36,20 @@ struct Subject {
     file: Option<File>,
     /// Operations since the last fsync or close: another client may not see them yet.
     unsynced: bool,
+    /// The random phase keeps the file within this size.
+    limit: u64,
+}
+
+impl Subject {
+    fn new(name: &'static str, limit: u64) -> Subject {
+        Subject {
+            name,
+            model: Vec::new(),
+            file: None,
+            unsynced: false,
+            limit,
+        }
+    }
 }
 
 struct Run {
@@ -277,6 +292,7 @@ impl Run {
     fn step(&mut self, cluster: &ProcessCluster) {
         let i = self.rng.random_range(0..self.files.len());
         let size = self.files[i].model.len() as u64;
+        let limit = self.files[i].limit;
         let roll = self.rng.random_range(0..1000);
         match roll {
             0..=399 => {
@@ -286,7 +302,8 @@ impl Run {
                 } else {
                     self.rng.random_range(1..=512 * KIB)
                 };
-                let at = self.rng.random_range(0..=(size + 64 * KIB).min(8 * MIB));
+                let at = self.rng.random_range(0..=(size + 64 * KIB).min(limit));
+                let len = len.min(limit.saturating_sub(at)).max(1);
                 let mut data = vec![0u8; len as usize];
                 self.rng.fill_bytes(&mut data);
                 self.write(i, at, &data);
@@ -297,12 +314,13 @@ impl Run {
                 self.read(i, at, len);
             }
             700..=729 => {
-                let to = self.rng.random_range(0..=(size + MIB).min(8 * MIB));
+                let to = self.rng.random_range(0..=(size + MIB).min(limit));
                 self.truncate(i, to);
             }
             730..=749 => {
                 let at = self.rng.random_range(0..=size);
                 let len = self.rng.random_range(1..=256 * KIB);
+                let len = len.min(limit.saturating_sub(at)).max(1);
                 self.fallocate(i, at, len);
             }
             750..=789 => self.mmap(i, false),
@@ -326,12 +344,7 @@ fn seed() -> u64 {
 /// through the mount and synced every 500 records, then read back three ways.
 fn fragmented_log(run: &mut Run, cluster: &ProcessCluster) {
     let i = run.files.len();
-    run.files.push(Subject {
-        name: "log",
-        model: Vec::new(),
-        file: None,
-        unsynced: false,
-    });
+    run.files.push(Subject::new("log", u64::MAX));
     for n in 0..LOG_EXTENTS {
         let mut record = [0u8; 97];
         run.rng.fill_bytes(&mut record);
@@ -349,12 +362,7 @@ fn fragmented_log(run: &mut Run, cluster: &ProcessCluster) {
 /// A file written to 64 MiB in 1 MiB pieces, read back whole through both paths.
 fn big_file(run: &mut Run, cluster: &ProcessCluster) {
     let i = run.files.len();
-    run.files.push(Subject {
-        name: "big",
-        model: Vec::new(),
-        file: None,
-        unsynced: false,
-    });
+    run.files.push(Subject::new("big", u64::MAX));
     let mut piece = vec![0u8; MIB as usize];
     for n in 0..BIG / MIB {
         run.rng.fill_bytes(&mut piece);
@@ -378,15 +386,13 @@ fn random_operations_match_a_model_also_while_a_server_is_repaired() {
         seed,
         a: Mount::new(&cluster, "default", "a", "").unwrap(),
         b: Mount::new(&cluster, "default", "b", "").unwrap(),
-        files: ["f0", "f1", "f2"]
-            .into_iter()
-            .map(|name| Subject {
-                name,
-                model: Vec::new(),
-                file: None,
-                unsynced: false,
-            })
-            .collect(),
+        // "s" stays around the 64 KiB a file keeps in the metadata store, crossing it both ways.
+        files: vec![
+            Subject::new("f0", 8 * MIB),
+            Subject::new("f1", 8 * MIB),
+            Subject::new("f2", 8 * MIB),
+            Subject::new("s", 96 * KIB),
+        ],
         history: VecDeque::new(),
         ops: 0,
     };
@@ -396,8 +402,8 @@ fn random_operations_match_a_model_also_while_a_server_is_repaired() {
     }
     big_file(&mut run, &cluster);
     fragmented_log(&mut run, &cluster);
-    // The random phase works on the three small files.
-    run.files.truncate(3);
+    // The random phase works on the first four files.
+    run.files.truncate(4);
     let started = std::time::Instant::now();
     for _ in 0..OPS {
         run.step(&cluster);

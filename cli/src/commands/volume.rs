@@ -187,8 +187,9 @@ pub async fn run(client: &Client, cmd: VolumeCommand, json: bool) -> anyhow::Res
             if json {
                 return output::json(&VolumeReport { volume, usage });
             }
-            let stored =
-                usage.block_bytes / volume.policy.k() as u64 * volume.policy.total() as u64;
+            // Blocks kept inline are stored with the metadata, without parity.
+            let coded = usage.block_bytes.saturating_sub(usage.inline_bytes);
+            let stored = coded / volume.policy.k() as u64 * volume.policy.total() as u64;
             output::table(
                 &["FIELD", "VALUE"],
                 &[
@@ -215,6 +216,14 @@ pub async fn run(client: &Client, cmd: VolumeCommand, json: bool) -> anyhow::Res
                     vec!["file bytes".into(), output::size(usage.bytes)],
                     vec!["blocks".into(), usage.blocks.to_string()],
                     vec!["stored (with parity)".into(), output::size(stored)],
+                    vec![
+                        "kept inline".into(),
+                        format!(
+                            "{} in {} blocks",
+                            output::size(usage.inline_bytes),
+                            usage.inline_blocks
+                        ),
+                    ],
                     vec!["degraded blocks".into(), usage.degraded_blocks.to_string()],
                 ],
             );

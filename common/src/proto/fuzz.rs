@@ -108,6 +108,7 @@ fn block_info() -> BlockInfo {
             };
             6
         ],
+        inline: None,
     }
 }
 
@@ -162,6 +163,13 @@ fn metadata_requests_and_replies() {
             value: vec![1, 2, 3],
             flags: 0,
         })),
+        MetaCall::untracked(MetaRequest::WriteInline(req::WriteInline {
+            ino: InodeId(1),
+            pieces: vec![(0, 2), (7, 1)],
+            data: vec![1, 2, 3],
+            mtime: Timestamp { secs: 1, nanos: 2 },
+            append: false,
+        })),
     ];
     fuzz(1, &calls);
     let attrs: Vec<Result<Attr, FsError>> = vec![Ok(attr()), Err(FsError::Invalid("bad".into()))];
@@ -169,7 +177,16 @@ fn metadata_requests_and_replies() {
     let layouts: Vec<Result<Layout, FsError>> = vec![Ok(Layout {
         size: 10,
         extents: vec![extent; 4],
-        blocks: vec![block_info()],
+        blocks: vec![
+            block_info(),
+            BlockInfo {
+                block: BlockId(4),
+                len: 3,
+                policy: EcPolicy::new(4, 2).expect("valid policy"),
+                shards: vec![],
+                inline: Some(vec![7, 8, 9]),
+            },
+        ],
         complete_to: u64::MAX,
     })];
     fuzz(5, &layouts);

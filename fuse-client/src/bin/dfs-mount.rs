@@ -163,6 +163,7 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
             &identity,
             ClientOptions {
                 meta_retry: options.meta_retry,
+                inline_max: options.inline_max,
                 faults: dfs_common::fault::Faults::from_env()?,
                 ..ClientOptions::default()
             },

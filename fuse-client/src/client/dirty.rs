@@ -18,6 +18,13 @@ impl DirtyBuffer {
         self.runs.is_empty()
     }
 
+    /// Where the last buffered byte ends; 0 when nothing is buffered.
+    pub fn end(&self) -> u64 {
+        self.runs
+            .last_key_value()
+            .map_or(0, |(&start, run)| start + run.len() as u64)
+    }
+
     /// Takes ownership of `data`: when it touches no buffered run it is kept as it is, with
     /// no copy (the common case of a large sequential write).
     pub fn write_owned(&mut self, offset: u64, data: Vec<u8>) {
@@ -212,8 +219,10 @@ mod tests {
         assert_eq!(blocks.len(), 2);
         assert_eq!(blocks[1].0, 8);
         assert_eq!(buf.bytes(), 4);
+        assert_eq!(buf.end(), 20);
         buf.truncate(18);
         assert_eq!(buf.bytes(), 2);
+        assert_eq!(buf.end(), 18);
         buf.truncate(0);
         assert!(buf.is_empty());
     }

@@ -1,6 +1,8 @@
 //! An open file: writes are buffered and uploaded a block at a time in the background, several
 //! blocks in flight; `flush` (also called by `fsync` and `close`) uploads what is left and
-//! commits every written block in one metadata transaction. Reads see this handle's own writes
+//! commits every written block in one metadata transaction. What is left within a file's
+//! first `inline_max` bytes goes, instead, into the metadata store with its commit
+//! (`WriteInline`): a small file costs one metadata commit. Reads see this handle's own writes
 //! because they flush first.
 
 use super::dirty::DirtyBuffer;
@@ -386,17 +388,90 @@ impl FileHandle {
             mtime: Timestamp::now(),
             append: self.append,
         };
-        let Committed { before, after } = self.client.call(request).await?;
+        let committed = self.client.call(request).await?;
+        self.committed(committed);
+        Ok(())
+    }
+
+    /// Takes note of a commit of this handle's writes.
+    fn committed(&mut self, Committed { before, after }: Committed) {
         self.size = self.size.max(after.size);
         self.settle_reserved(after.size);
         if self.commits.len() < MAX_KEPT_COMMITS {
             self.commits.push((before, after));
         }
-        Ok(())
+    }
+
+    /// Whether what is buffered may be kept in the metadata store: every byte of it lies
+    /// within the file's first `inline_max` bytes, and nothing is on its way to blocks (the
+    /// inline commit must land after them: later writes win).
+    fn fits_inline(&self) -> bool {
+        let max = self.client.inner.options.inline_max;
+        let end = if self.append {
+            self.size
+        } else {
+            self.dirty.end()
+        };
+        max > 0
+            && !self.dirty.is_empty()
+            && end <= max
+            && self.uploads.is_empty()
+            && self.uploaded.is_empty()
+    }
+
+    /// Commits everything buffered as one block kept in the metadata store: one metadata
+    /// commit, no shard writes. The server refuses (`TooBig`) when appends of other clients
+    /// have moved the file's end past what it keeps inline; the bytes then stay buffered, for
+    /// blocks.
+    async fn write_inline(&mut self) -> FsResult<()> {
+        let runs = self.dirty.take_all(self.block_size);
+        let mut pieces: Vec<(u64, u64)> =
+            runs.iter().map(|(at, r)| (*at, r.len() as u64)).collect();
+        let data: Vec<u8> = runs.into_iter().flat_map(|(_, r)| r).collect();
+        let base = if self.append { pieces[0].0 } else { 0 };
+        for piece in &mut pieces {
+            // Appends count from the file's end as the server finds it.
+            piece.0 -= base;
+        }
+        self.forget_layout();
+        let request = req::WriteInline {
+            ino: self.ino,
+            pieces,
+            data,
+            mtime: Timestamp::now(),
+            append: self.append,
+        };
+        let outcome = self.client.call(request.clone()).await;
+        match outcome {
+            Ok(committed) => {
+                self.committed(committed);
+                self.count_dirty();
+                Ok(())
+            }
+            Err(FsError::TooBig(_)) => {
+                let mut at = 0;
+                for (offset, len) in request.pieces {
+                    let len = len as usize;
+                    self.dirty.write(base + offset, &request.data[at..at + len]);
+                    at += len;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // As with a failed block write: the range keeps its old bytes.
+                self.count_dirty();
+                Err(e)
+            }
+        }
     }
 
     /// Makes every write so far durable and visible to other clients.
     pub async fn flush(&mut self) -> FsResult<()> {
+        if self.fits_inline() {
+            if let Err(e) = self.write_inline().await {
+                self.failed.get_or_insert(e);
+            }
+        }
         self.upload_dirty().await?;
         while !self.uploads.is_empty() {
             self.finish_oldest_upload().await;

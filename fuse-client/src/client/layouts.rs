@@ -137,6 +137,7 @@ mod tests {
                     len: size,
                     policy: EcPolicy::new(4, 2).unwrap(),
                     shards: Vec::new(),
+                    inline: None,
                 }],
                 complete_to,
             },

@@ -42,6 +42,10 @@ pub struct ClientOptions {
     /// Bytes of blocks being uploaded at once by all open files of this client; a writer
     /// waits for room.
     pub max_upload_bytes: usize,
+    /// Data written within a file's first this many bytes (at most
+    /// [`MAX_INLINE_END`](dfs_common::proto::MAX_INLINE_END)) is kept in the metadata store,
+    /// one metadata commit instead of a block of k+m shard writes; 0 never does.
+    pub inline_max: u64,
     /// Bound on one metadata call.
     pub meta_timeout: Duration,
     /// How long a metadata call keeps trying while the metadata server cannot be reached (it
@@ -60,6 +64,7 @@ impl Default for ClientOptions {
             max_dirty_bytes: 64 * 1024 * 1024,
             max_dirty_total: 256 * 1024 * 1024,
             max_upload_bytes: 256 * 1024 * 1024,
+            inline_max: dfs_common::proto::MAX_INLINE_END,
             meta_timeout: Duration::from_secs(20),
             meta_retry: Some(Duration::ZERO),
             chunk_timeout: Duration::from_secs(10),

@@ -2,7 +2,7 @@
 //! shards, and fetch every piece in parallel straight from the data shards (no decoding).
 //! A piece whose server is down, fails, or returns corrupt data is rebuilt from the same byte
 //! range of any k other shards; a block with fewer than k readable shards is an error, never
-//! wrong data.
+//! wrong data. A block kept inline came with the layout: its bytes are copied from there.
 
 use super::layouts::LayoutPage;
 use super::Client;
@@ -81,6 +81,16 @@ pub async fn read_with_layout(
             .block(e.block)
             .ok_or_else(|| FsError::protocol(format!("layout lacks block {}", e.block)))?;
         let in_block = e.block_offset + (start - e.file_offset);
+        if let Some(bytes) = &block.inline {
+            let at = (start - offset) as usize;
+            copy_inline(
+                block,
+                bytes,
+                in_block,
+                &mut out[at..at + (stop - start) as usize],
+            )?;
+            continue;
+        }
         split_into_pieces(
             block,
             in_block,
@@ -107,6 +117,23 @@ pub async fn read_with_layout(
     }
     drop(fetches);
     Ok(out)
+}
+
+/// Copies bytes of a block kept inline (they came with the layout) from `in_block` on.
+fn copy_inline(block: &BlockInfo, bytes: &[u8], in_block: u64, slot: &mut [u8]) -> FsResult<()> {
+    let from = usize::try_from(in_block).unwrap_or(usize::MAX);
+    let source = (bytes.len() as u64 == block.len)
+        .then(|| bytes.get(from..from.saturating_add(slot.len())))
+        .flatten()
+        .ok_or_else(|| {
+            FsError::Corrupt(format!(
+                "extent does not fit inline block {} of {} bytes",
+                block.block,
+                bytes.len()
+            ))
+        })?;
+    slot.copy_from_slice(source);
+    Ok(())
 }
 
 /// Splits block bytes `[in_block, in_block + len)` into per-data-shard pieces.

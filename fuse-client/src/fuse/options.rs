@@ -57,7 +57,12 @@ pub struct MountOptions {
     /// The kernel's read-ahead window for sequential reads, in KiB (`readahead=KIB`, at most
     /// [`MAX_READAHEAD_KIB`]); the kernel's own default is 128 KiB.
     pub readahead_kib: u32,
+    /// Writes within a file's first this many bytes are kept in the metadata store
+    /// (`inline=BYTES`, at most [`MAX_INLINE_END`]; `noinline` for 0).
+    pub inline_max: u64,
 }
+
+use dfs_common::proto::MAX_INLINE_END;
 
 /// The largest read-ahead window the mount offers the kernel: one 4 MiB block.
 pub const MAX_READAHEAD_KIB: u32 = 4096;
@@ -82,6 +87,7 @@ impl Default for MountOptions {
             no_suid: false,
             no_dev: false,
             readahead_kib: MAX_READAHEAD_KIB,
+            inline_max: MAX_INLINE_END,
         }
     }
 }
@@ -132,6 +138,16 @@ impl MountOptions {
                     }
                     into.readahead_kib = kib;
                 }
+                ("inline", Some(bytes)) => {
+                    let bytes: u64 = bytes
+                        .parse()
+                        .map_err(|_| format!("bad inline value {bytes:?}: bytes"))?;
+                    if bytes > MAX_INLINE_END {
+                        return Err(format!("inline must be at most {MAX_INLINE_END} bytes"));
+                    }
+                    into.inline_max = bytes;
+                }
+                ("noinline", None) => into.inline_max = 0,
                 ("exec", None) => into.no_exec = false,
                 ("noexec", None) => into.no_exec = true,
                 ("suid", None) => into.no_suid = false,
@@ -218,6 +234,12 @@ mod tests {
         MountOptions::parse("writeback=2", &mut o).unwrap();
         assert_eq!(o.writeback, Duration::from_secs(2));
         assert!(MountOptions::parse("writeback=0", &mut o).is_err());
+        assert_eq!(o.inline_max, MAX_INLINE_END);
+        MountOptions::parse("inline=4096", &mut o).unwrap();
+        assert_eq!(o.inline_max, 4096);
+        MountOptions::parse("noinline", &mut o).unwrap();
+        assert_eq!(o.inline_max, 0);
+        assert!(MountOptions::parse("inline=65537", &mut o).is_err());
         assert!(MountOptions::parse("bogus", &mut o).is_err());
         MountOptions::parse("noexec,nosuid,nodev", &mut o).unwrap();
         assert!(o.no_exec && o.no_suid && o.no_dev);

@@ -421,7 +421,8 @@ fn state_tables(each: &mut impl EachTable) -> FsResult<()> {
     each.table(CALLS)?;
     each.table(SERVER_CERTS)?;
     each.table(LOCKS)?;
-    each.table(LOCK_SESSIONS)
+    each.table(LOCK_SESSIONS)?;
+    each.table(INLINE_DATA)
 }
 
 /// A digest of the replicated state at the entry it has applied: members that applied the

@@ -7,6 +7,7 @@
 //! | `dentries` | (parent inode, name)      | (child inode, [`kind_code`])       | readdir is one range scan, in name order, resumable after any name |
 //! | `extents`  | (inode, file offset)      | (length, block, offset in block)   | a read finds its extents with one range scan |
 //! | `blocks`   | block id                  | [`BlockRecord`]                    | placement and reference count per block |
+//! | `inline_data` | block id               | the block's bytes                  | a small write is one metadata commit, not k+m shard writes |
 //! | `xattrs`   | (inode, name)             | value bytes                        | listxattr is one range scan           |
 //! | `servers`  | server id                 | [`ServerRecord`]                   | chunk-server addresses survive restarts |
 //! | `counters` | counter name              | next id                            | ids are never reused                  |
@@ -36,6 +37,9 @@ pub const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
 pub const DENTRIES: TableDefinition<(u64, &str), (u64, u8)> = TableDefinition::new("dentries");
 pub const EXTENTS: TableDefinition<(u64, u64), (u64, u64, u64)> = TableDefinition::new("extents");
 pub const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
+/// Bytes of blocks kept in the metadata store (blocks with no shards; see
+/// [`BlockRecord::is_inline`]).
+pub const INLINE_DATA: TableDefinition<u64, &[u8]> = TableDefinition::new("inline_data");
 pub const XATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("xattrs");
 pub const SERVERS: TableDefinition<u64, &[u8]> = TableDefinition::new("servers");
 pub const DRAINING: TableDefinition<u64, i64> = TableDefinition::new("draining");
@@ -125,11 +129,19 @@ pub struct BlockRecord {
     /// `None` until a commit makes the block visible; a block allocated but never committed is
     /// garbage once its grace period passes.
     pub len: Option<u64>,
-    /// One server per shard index.
+    /// One server per shard index; none for a block kept inline.
     pub shards: Vec<ServerId>,
     /// Extents referring to this block.
     pub refs: u32,
     pub created: Timestamp,
+}
+
+impl BlockRecord {
+    /// The block's bytes are in `inline_data`, replicated with the metadata, not in shards.
+    /// Such a block is committed when it is made, so it is never pending.
+    pub fn is_inline(&self) -> bool {
+        self.shards.is_empty()
+    }
 }
 
 /// The outcome of one client mutation, kept until the client has seen it. Stored as format

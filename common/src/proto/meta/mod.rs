@@ -114,6 +114,9 @@ pub struct VolumeUsage {
     pub blocks: u64,
     pub block_bytes: u64,
     pub degraded_blocks: u64,
+    /// Of those, blocks kept in the metadata store (no shards), and their bytes.
+    pub inline_blocks: u64,
+    pub inline_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,7 +251,16 @@ pub struct BlockInfo {
     pub block: BlockId,
     pub len: u64,
     pub policy: EcPolicy,
+    /// One per shard index; none for a block kept inline.
     pub shards: Vec<ShardLocation>,
+    /// The bytes of a block kept in the metadata store (see `WriteInline`).
+    pub inline: Option<Vec<u8>>,
+}
+
+impl BlockInfo {
+    pub fn is_inline(&self) -> bool {
+        self.inline.is_some()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

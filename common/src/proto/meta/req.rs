@@ -126,6 +126,7 @@ meta_requests! {
     Leader => Option<String>, query;
     Peer => PeerReply, query;
     WatchChanges => ChangePage, query;
+    WriteInline => Committed, mutation;
 }
 
 impl MetaRequest {
@@ -352,6 +353,20 @@ pub struct ReplaceShard {
 pub struct CommitWrite {
     pub ino: InodeId,
     pub extents: Vec<NewExtent>,
+    pub mtime: Timestamp,
+    pub append: bool,
+}
+
+/// Writes small data into the metadata store: one new block kept inline holding `pieces`
+/// (file offset, length) laid end to end in `data`, committed at once as `CommitWrite` would
+/// commit it. Every piece must end within [`MAX_INLINE_END`](crate::proto::MAX_INLINE_END)
+/// (after the shift to the file's end with `append`); else `TooBig`, and the writer stores
+/// the data in erasure-coded blocks instead.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteInline {
+    pub ino: InodeId,
+    pub pieces: Vec<(u64, u64)>,
+    pub data: Vec<u8>,
     pub mtime: Timestamp,
     pub append: bool,
 }

@@ -1,0 +1,310 @@
+//! Small data kept in the metadata store. A write that lies within a file's first
+//! [`MAX_INLINE_END`] bytes may come with its bytes (`WriteInline`): they become a block like
+//! any other (extents, reference counts, garbage collection, quotas), but one with no shards,
+//! whose bytes sit in the `inline_data` table and are replicated with the metadata. A small
+//! file then costs one metadata commit to write, instead of a block allocation, k+m fsynced
+//! shard writes and a commit, and its reads are served from the layout. As Lustre's
+//! Data-on-MDT, only the start of a file is kept this way, which bounds the inline bytes of any
+//! file; the rest of a growing file goes to erasure-coded blocks.
+
+use crate::command::Outcome;
+use crate::state_machine::commit_write;
+use crate::store::schema::{encode, BlockRecord, NEXT_BLOCK};
+use crate::store::tables::{get_inode, get_volume_by_id, WriteTables};
+use crate::store::DbResult;
+use dfs_common::model::{Extent, FileKind, NewExtent};
+use dfs_common::proto::MAX_INLINE_END;
+use dfs_common::{BlockId, FsError, FsResult, InodeId, Timestamp};
+
+/// Keeps small data in the metadata store: one new block, kept inline and committed at once,
+/// holding `pieces` laid end to end in `data`; then the same commit as [`commit_write`]. The
+/// pieces must end within [`MAX_INLINE_END`], which bounds the inline bytes of one file.
+pub fn write(
+    t: &mut WriteTables,
+    now: Timestamp,
+    ino: InodeId,
+    pieces: &[(u64, u64)],
+    data: &[u8],
+    mtime: Timestamp,
+    append: bool,
+) -> FsResult<Outcome> {
+    let rec = get_inode(&t.inodes, ino)?;
+    if rec.kind != FileKind::File {
+        return Err(FsError::invalid("writes go to regular files"));
+    }
+    let total = pieces.iter().try_fold(0u64, |sum, &(_, len)| {
+        (len > 0).then(|| sum.checked_add(len))?
+    });
+    if data.is_empty() || total != Some(data.len() as u64) {
+        return Err(FsError::invalid(
+            "inline pieces must be non-empty and add up to the data",
+        ));
+    }
+    if data.len() as u64 > MAX_INLINE_END {
+        return Err(FsError::TooBig(format!(
+            "{} bytes to keep inline, at most {MAX_INLINE_END}",
+            data.len()
+        )));
+    }
+    let base = if append { rec.size } else { 0 };
+    let beyond = pieces.iter().any(|&(offset, len)| {
+        base.checked_add(offset)
+            .and_then(|o| o.checked_add(len))
+            .is_none_or(|end| end > MAX_INLINE_END)
+    });
+    if beyond {
+        return Err(FsError::TooBig(format!(
+            "only a file's first {MAX_INLINE_END} bytes are kept inline"
+        )));
+    }
+    let (_, volume) = get_volume_by_id(&t.volumes, rec.volume)?;
+    let block = BlockId(t.next_id(NEXT_BLOCK, 1)?);
+    let block_len = data.len() as u64;
+    let block_rec = BlockRecord {
+        volume: rec.volume,
+        policy: volume.policy,
+        len: Some(block_len),
+        shards: Vec::new(),
+        refs: 0,
+        created: now,
+    };
+    t.blocks
+        .insert(block.0, encode(&block_rec).as_slice())
+        .db()?;
+    t.inline_data.insert(block.0, data).db()?;
+    let mut block_offset = 0;
+    let extents: Vec<NewExtent> = pieces
+        .iter()
+        .map(|&(file_offset, len)| {
+            let extent = Extent {
+                file_offset,
+                len,
+                block,
+                block_offset,
+            };
+            block_offset += len;
+            NewExtent {
+                extent,
+                block_len,
+                missing_shards: 0,
+            }
+        })
+        .collect();
+    commit_write(t, now, ino, &extents, mtime, append)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, Op};
+    use crate::store::schema::{decode, INLINE_DATA};
+    use crate::store::tables::ReadTables;
+    use crate::{fsck, queries, state_machine, store};
+    use dfs_common::model::{SetAttr, VolumeLimits};
+    use redb::{Database, ReadableDatabase, ReadableTableMetadata};
+    use std::collections::HashSet;
+
+    fn run(db: &Database, op: Op) -> FsResult<Outcome> {
+        let tx = db.begin_write().unwrap();
+        let command = Command::internal(Timestamp { secs: 1, nanos: 0 }, op);
+        let outcome = state_machine::apply(&tx, &command);
+        if outcome.is_ok() {
+            tx.commit().unwrap();
+        }
+        outcome
+    }
+
+    fn read(db: &Database) -> ReadTables {
+        ReadTables::open(&db.begin_read().unwrap()).unwrap()
+    }
+
+    fn inline(ino: InodeId, pieces: Vec<(u64, u64)>, data: Vec<u8>, append: bool) -> Op {
+        Op::WriteInline {
+            ino,
+            pieces,
+            data,
+            mtime: Timestamp { secs: 2, nanos: 0 },
+            append,
+        }
+    }
+
+    /// A volume "v" (quota as given) with an empty file "f": the root and the file.
+    fn volume_with_file(db: &Database, quota_bytes: Option<u64>) -> (InodeId, InodeId) {
+        let Ok(Outcome::Volume { record, .. }) = run(
+            db,
+            Op::CreateVolume {
+                name: "v".into(),
+                policy: "2+1".parse().unwrap(),
+                block_size: 1 << 20,
+                limits: VolumeLimits {
+                    quota_bytes,
+                    ..Default::default()
+                },
+            },
+        ) else {
+            panic!("volume not created")
+        };
+        (record.root, make_file(db, record.root, "f"))
+    }
+
+    fn make_file(db: &Database, parent: InodeId, name: &str) -> InodeId {
+        let make = Op::MakeNode {
+            parent,
+            name: name.into(),
+            kind: FileKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            target: None,
+        };
+        let Ok(Outcome::Node { ino, .. }) = run(db, make) else {
+            panic!("file not created")
+        };
+        ino
+    }
+
+    /// The file's bytes as a reader assembles them from its layout.
+    fn contents(db: &Database, ino: InodeId) -> Vec<u8> {
+        let layout = queries::get_layout(&read(db), ino, 0, u64::MAX).unwrap();
+        let mut out = vec![0; layout.size as usize];
+        for e in &layout.extents {
+            let block = layout.blocks.iter().find(|b| b.block == e.block).unwrap();
+            let bytes = block.inline.as_ref().expect("every block is inline");
+            let from = e.block_offset as usize;
+            out[e.file_offset as usize..(e.file_offset + e.len) as usize]
+                .copy_from_slice(&bytes[from..from + e.len as usize]);
+        }
+        out
+    }
+
+    fn stored_blocks(db: &Database) -> usize {
+        let tx = db.begin_read().unwrap();
+        tx.open_table(INLINE_DATA).unwrap().len().unwrap() as usize
+    }
+
+    #[test]
+    fn inline_writes_commit_read_back_and_are_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store::open(&dir.path().join("meta.redb")).unwrap();
+        let (_, ino) = volume_with_file(&db, None);
+        // Two runs in one block: "hello" at 0 and "abc" at 10, a hole between.
+        let Ok(Outcome::Committed { after, .. }) = run(
+            &db,
+            inline(ino, vec![(0, 5), (10, 3)], b"helloabc".to_vec(), false),
+        ) else {
+            panic!("inline write refused")
+        };
+        assert_eq!(after.size, 13);
+        assert_eq!(contents(&db, ino), b"hello\0\0\0\0\0abc");
+        let layout = queries::get_layout(&read(&db), ino, 0, u64::MAX).unwrap();
+        assert_eq!(layout.blocks.len(), 1);
+        assert!(layout.blocks[0].shards.is_empty());
+        let first = layout.blocks[0].block;
+        let rec: BlockRecord =
+            decode(read(&db).blocks.get(first.0).unwrap().unwrap().value()).unwrap();
+        assert!(rec.is_inline() && rec.refs == 2 && rec.len == Some(8));
+        // Appends land at the end as the server sees it.
+        run(&db, inline(ino, vec![(0, 2)], b"XY".to_vec(), true)).unwrap();
+        assert_eq!(contents(&db, ino), b"hello\0\0\0\0\0abcXY");
+        let usage = queries::volume_usage(&read(&db), "v", &HashSet::new()).unwrap();
+        assert_eq!((usage.inline_blocks, usage.inline_bytes), (2, 10));
+        assert_eq!(
+            usage.degraded_blocks, 0,
+            "an inline block has no shards to lose"
+        );
+        let page = fsck::check_page(&read(&db), "v", None, &HashSet::new()).unwrap();
+        assert!(page.problems.is_empty(), "{:?}", page.problems);
+        assert!(
+            page.blocks.is_empty(),
+            "no shards for chunk servers to verify"
+        );
+
+        // Overwritten whole: the first block loses its references and is collectable, with
+        // its bytes.
+        run(&db, inline(ino, vec![(0, 15)], vec![7; 15], false)).unwrap();
+        assert_eq!(contents(&db, ino), vec![7; 15]);
+        assert_eq!(stored_blocks(&db), 3);
+        let Ok(Outcome::Dropped(dropped)) = run(
+            &db,
+            Op::DropBlocks {
+                blocks: vec![first],
+            },
+        ) else {
+            panic!("drop refused")
+        };
+        assert_eq!(dropped, vec![first]);
+        assert_eq!(stored_blocks(&db), 2);
+        // Truncated to nothing: every block is collectable.
+        let truncate = Op::SetAttr {
+            ino,
+            set: SetAttr {
+                size: Some(0),
+                ..Default::default()
+            },
+        };
+        run(&db, truncate).unwrap();
+        let all: Vec<BlockId> = (1..10).map(BlockId).collect();
+        run(&db, Op::DropBlocks { blocks: all }).unwrap();
+        assert_eq!(stored_blocks(&db), 0);
+    }
+
+    #[test]
+    fn inline_writes_stay_within_the_start_of_a_file_and_the_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store::open(&dir.path().join("meta.redb")).unwrap();
+        let (root, ino) = volume_with_file(&db, Some(MAX_INLINE_END + 100));
+        let refused = |op| {
+            let outcome = run(&db, op);
+            assert_eq!(stored_blocks(&db), 0, "a refused write leaves no bytes");
+            outcome
+        };
+        let end = MAX_INLINE_END;
+        assert!(matches!(
+            refused(inline(ino, vec![(end - 2, 3)], vec![1; 3], false)),
+            Err(FsError::TooBig(_))
+        ));
+        assert!(matches!(
+            refused(inline(ino, vec![(u64::MAX, 3)], vec![1; 3], false)),
+            Err(FsError::TooBig(_))
+        ));
+        // Overlapping pieces may not carry more than the limit either.
+        let many = vec![(0, end); 2];
+        assert!(matches!(
+            refused(inline(ino, many, vec![1; 2 * end as usize], false)),
+            Err(FsError::TooBig(_))
+        ));
+        assert!(matches!(
+            refused(inline(ino, vec![(0, 3)], vec![1; 4], false)),
+            Err(FsError::Invalid(_))
+        ));
+        assert!(matches!(
+            refused(inline(ino, vec![(0, 0)], vec![], false)),
+            Err(FsError::Invalid(_))
+        ));
+        // Exactly up to the limit is kept; an append beyond it is refused.
+        run(
+            &db,
+            inline(ino, vec![(0, end)], vec![1; end as usize], false),
+        )
+        .unwrap();
+        assert!(matches!(
+            refused_after(&db, inline(ino, vec![(0, 1)], vec![2], true)),
+            Err(FsError::TooBig(_))
+        ));
+        // A second file may not take the volume past its quota.
+        let g = make_file(&db, root, "g");
+        assert!(matches!(
+            run(&db, inline(g, vec![(0, 200)], vec![3; 200], false)),
+            Err(FsError::QuotaExceeded(_))
+        ));
+        run(&db, inline(g, vec![(0, 100)], vec![3; 100], false)).unwrap();
+    }
+
+    fn refused_after(db: &Database, op: Op) -> FsResult<Outcome> {
+        let before = stored_blocks(db);
+        let outcome = run(db, op);
+        assert_eq!(stored_blocks(db), before);
+        outcome
+    }
+}
