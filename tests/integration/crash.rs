@@ -165,6 +165,7 @@ async fn metadata_server_kill_9_keeps_every_acknowledged_operation() {
     let client = client_for(&cluster).await;
     wait_for_live_servers(&client, 6).await;
     let dir = client.lookup(volume.root, "d").await.unwrap();
+    let mut kept_inline = 0;
     for (name, data) in &acked {
         let attr = client
             .lookup(dir.ino, name)
@@ -175,7 +176,13 @@ async fn metadata_server_kill_9_keeps_every_acknowledged_operation() {
             &read_all(&client, attr.ino).await.unwrap() == data,
             "{name} differs"
         );
+        let layout = client.layout(attr.ino, 0, u64::MAX).await.unwrap();
+        if layout.blocks.iter().any(|b| b.is_inline()) {
+            kept_inline += 1;
+        }
     }
+    // Small files were kept in the metadata store, and survived with it.
+    assert!(kept_inline > 0 && kept_inline < acked.len());
     // Nothing torn: a file that was not acknowledged is either absent, empty (created but not
     // committed) or complete.
     let listing = client.readdir_all(dir.ino, true).await.unwrap();

@@ -162,3 +162,98 @@ fn small_files_are_kept_inline_and_cross_the_threshold_both_ways() {
     assert_eq!(shard_files(&cluster, 6), shards + 6);
     assert_eq!(fs::read(a.path("g")).unwrap(), b"small but coded");
 }
+
+/// The process serving the mount at `dir` (the daemonized `dfs-mount`).
+fn mount_process(dir: &std::path::Path) -> i32 {
+    let wanted = dir.to_str().unwrap();
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            args.first().is_some_and(|a| a.ends_with(b"dfs-mount"))
+                && args.iter().any(|a| *a == wanted.as_bytes())
+        })
+        .expect("the mount's process")
+}
+
+/// What the workload saw acknowledged: file name and content.
+type Acked = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+#[test]
+fn a_mount_killed_mid_write_loses_nothing_it_acknowledged() {
+    let cluster = cluster_with_volume_on(6);
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    // Files of both kinds: kept inline, and in blocks.
+    let content = |i: usize| {
+        random_bytes(
+            if i % 2 == 0 {
+                1 + i * 997 % 60_000
+            } else {
+                100_000 + i * 7919 % 200_000
+            },
+            i as u64,
+        )
+    };
+    let acked: Acked = Default::default();
+    let writer = {
+        let (dir, acked) = (a.dir.clone(), acked.clone());
+        std::thread::spawn(move || {
+            for i in 0.. {
+                let name = format!("file-{i:04}");
+                let data = content(i);
+                let written = (|| {
+                    let mut f = fs::File::create(dir.join(&name))?;
+                    f.write_all(&data)?;
+                    f.sync_all()
+                })();
+                if written.is_err() {
+                    return i;
+                }
+                acked.lock().unwrap().push((name, data));
+            }
+            unreachable!()
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 30 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workload stalled\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) of the mount's process, which this test started.
+    assert_eq!(
+        unsafe { libc::kill(mount_process(&a.dir), libc::SIGKILL) },
+        0
+    );
+    let stopped_at = writer.join().unwrap();
+    drop(a);
+
+    let b = Mount::new(&cluster, "default", "b", "").unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(stopped_at >= acked.len());
+    for (name, data) in &acked {
+        let got = fs::read(b.path(name)).unwrap_or_else(|e| panic!("{name} lost: {e}"));
+        assert!(
+            &got == data,
+            "{name} differs ({} bytes, {} expected)",
+            got.len(),
+            data.len()
+        );
+    }
+    // The file being written when the mount died is absent, empty or whole: never torn.
+    let name = format!("file-{stopped_at:04}");
+    if let Ok(got) = fs::read(b.path(&name)) {
+        assert!(
+            got.is_empty() || got == content(stopped_at),
+            "{name} is torn ({} bytes)",
+            got.len()
+        );
+    }
+    fsck_is_clean(&cluster);
+}
