@@ -174,7 +174,7 @@ fn mount_process(dir: &std::path::Path) -> i32 {
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
             args.first().is_some_and(|a| a.ends_with(b"dfs-mount"))
-                && args.iter().any(|a| *a == wanted.as_bytes())
+                && args.contains(&wanted.as_bytes())
         })
         .expect("the mount's process")
 }
@@ -189,7 +189,7 @@ fn a_mount_killed_mid_write_loses_nothing_it_acknowledged() {
     // Files of both kinds: kept inline, and in blocks.
     let content = |i: usize| {
         random_bytes(
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 1 + i * 997 % 60_000
             } else {
                 100_000 + i * 7919 % 200_000

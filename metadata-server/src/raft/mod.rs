@@ -232,7 +232,10 @@ pub async fn start(
             }
         }
     }
-    if group.voters() == 1 && group.is_voter() {
+    // A group just created has this one member, though the metrics may not show its
+    // membership yet: wait for the election all the same, else the first write is refused.
+    let created = !initialized && how == Start::Create;
+    if created || (group.voters() == 1 && group.is_voter()) {
         let last = group.log.last_index();
         let wait = group.raft.wait(Some(STARTUP_TIMEOUT));
         wait.state(openraft::ServerState::Leader, "leading the group")
