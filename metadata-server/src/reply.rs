@@ -74,6 +74,7 @@ answers! {
     Leader(Option<String>),
     Peer(PeerReply),
     Changes(ChangePage),
+    Made(Made),
 }
 
 /// A reply type that a command's [`Outcome`] turns into.
@@ -219,7 +220,7 @@ mod tests {
             decode_body(&encode_body(&sent).unwrap()).unwrap();
         assert_eq!(got, Ok(page));
         let sent: FsResult<Answer> = Ok(().into());
-        let got: FsResult<<req::Unlink as MetaRpc>::Reply> =
+        let got: FsResult<<req::Rename as MetaRpc>::Reply> =
             decode_body(&encode_body(&sent).unwrap()).unwrap();
         assert_eq!(got, Ok(()));
         let sent: FsResult<Answer> = Err(FsError::NotFound);

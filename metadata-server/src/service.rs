@@ -304,11 +304,24 @@ impl MetaService {
     }
 
     /// Applies a mutation that makes an inode, and gives its attributes.
-    async fn make_node(&self, op: Op, call: Option<Call>) -> FsResult<Attr> {
+    async fn make_node(&self, op: Op, call: Option<Call>) -> FsResult<Made> {
+        let Op::MakeNode { parent, .. } = op else {
+            return Err(FsError::invalid("not a MakeNode"));
+        };
         let mut attr: Attr = self.mutate_as(op, call).await?;
         // A new inode has no extended attributes.
         attr.has_xattrs = false;
-        Ok(attr)
+        Ok(Made {
+            attr,
+            dir: self.dir_after(parent).await?,
+        })
+    }
+
+    /// The attributes of a directory just after this call changed it, for its reply: the
+    /// kernel asks for them after every change to a directory, and the mount then answers
+    /// without a round trip. Read after the change was applied, so never older than it.
+    async fn dir_after(&self, dir: InodeId) -> FsResult<Attr> {
+        self.query(move |t| queries::get_attr(t, dir)).await
     }
 
     /// Sorts a request into a mutation (applied by the committer), a query (answered from a
@@ -400,13 +413,28 @@ impl MetaService {
                 .await
             }
             R::Link(q) => {
-                answer(q, |q| self.mutate_as(op!(q => Link { ino, new_parent, new_name }), call)).await
+                answer(q, |q| async move {
+                    let dir = q.new_parent;
+                    let attr = self.mutate_as(op!(q => Link { ino, new_parent, new_name }), call).await?;
+                    Ok(Made { attr, dir: self.dir_after(dir).await? })
+                })
+                .await
             }
             R::Unlink(q) => {
-                answer(q, |q| self.mutate_as(op!(q => Unlink { parent, name }), call)).await
+                answer(q, |q| async move {
+                    let dir = q.parent;
+                    self.mutate_as::<()>(op!(q => Unlink { parent, name }), call).await?;
+                    self.dir_after(dir).await
+                })
+                .await
             }
             R::Rmdir(q) => {
-                answer(q, |q| self.mutate_as(op!(q => Rmdir { parent, name }), call)).await
+                answer(q, |q| async move {
+                    let dir = q.parent;
+                    self.mutate_as::<()>(op!(q => Rmdir { parent, name }), call).await?;
+                    self.dir_after(dir).await
+                })
+                .await
             }
             R::Rename(q) => {
                 answer(q, |q| self.mutate_as(op!(q => Rename { parent, name, new_parent, new_name, flags }), call)).await

@@ -102,3 +102,39 @@ fn a_mount_keeps_a_name_absence_for_the_attribute_timeout() {
     fs::write(m.path("missing"), b"here").unwrap();
     assert_eq!(fs::read(m.path("missing")).unwrap(), b"here");
 }
+
+/// The kernel asks for a directory's attributes after every create or unlink in it; the
+/// mount answers from the attributes that came back with the change, so a loop of creates
+/// costs no `GetAttr` per file, and what it answers is the directory as the change left it.
+#[test]
+fn a_directory_changed_by_this_mount_is_not_asked_for_again() {
+    use crate::observe::{scrape, value};
+    use std::os::unix::fs::MetadataExt;
+    let cluster = cluster_with_volume();
+    let m = Mount::new(&cluster, "default", "m", "").unwrap();
+    fs::create_dir(m.path("d")).unwrap();
+    let getattrs = || {
+        value(
+            &scrape(cluster.meta_http),
+            "dfs_meta_requests_total{op=\"GetAttr\"}",
+        )
+    };
+    let before = getattrs();
+    for i in 0..20 {
+        fs::write(m.path(&format!("d/f{i}")), b"x").unwrap();
+        fs::remove_file(m.path(&format!("d/f{i}"))).unwrap();
+    }
+    let asked = getattrs() - before;
+    assert!(asked < 5.0, "{asked} GetAttr calls for 40 changes");
+    // What the mount answers is the directory as the last change left it.
+    let earlier = fs::metadata(m.path("d")).unwrap();
+    fs::write(m.path("d/last"), b"x").unwrap();
+    let dir = fs::metadata(m.path("d")).unwrap();
+    assert!((dir.mtime(), dir.mtime_nsec()) > (earlier.mtime(), earlier.mtime_nsec()));
+    let other = Mount::new(&cluster, "default", "other", "").unwrap();
+    let fresh = fs::metadata(other.path("d")).unwrap();
+    assert_eq!(
+        (dir.mtime(), dir.mtime_nsec(), dir.nlink()),
+        (fresh.mtime(), fresh.mtime_nsec(), fresh.nlink())
+    );
+}

@@ -177,7 +177,9 @@ impl Client {
     }
 
     pub async fn setattr(&self, ino: InodeId, set: SetAttr) -> FsResult<Attr> {
-        self.call(req::SetAttr { ino, set }).await
+        let changed = self.call(req::SetAttr { ino, set }).await;
+        self.inner.dir_attrs.forget(ino);
+        changed
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -200,7 +202,30 @@ impl Client {
             gid,
             rdev,
         };
-        self.call(request).await
+        Ok(self.made(self.call(request).await?))
+    }
+
+    /// Keeps the directory's new attributes that came with a new name; the node's attributes.
+    fn made(&self, made: Made) -> Attr {
+        self.inner.dir_attrs.note(made.dir);
+        made.attr
+    }
+
+    /// A directory's attributes as this client's last change to it left them, if that was
+    /// within `max_age` and nobody changed it since; each is given once (see
+    /// [`DirAttrs`](super::dir_attrs::DirAttrs)).
+    pub fn take_dir_attr(&self, ino: InodeId, max_age: std::time::Duration) -> Option<Attr> {
+        self.inner.dir_attrs.take(ino, max_age)
+    }
+
+    /// Drops the attributes kept of `ino` (another client changed it).
+    pub fn forget_dir_attr(&self, ino: InodeId) {
+        self.inner.dir_attrs.forget(ino);
+    }
+
+    /// Drops every directory's attributes kept (changes may have been missed).
+    pub fn forget_dir_attrs(&self) {
+        self.inner.dir_attrs.clear();
     }
 
     pub async fn mkdir(
@@ -230,7 +255,7 @@ impl Client {
             uid,
             gid,
         };
-        self.call(request).await
+        Ok(self.made(self.call(request).await?))
     }
 
     pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &str) -> FsResult<Attr> {
@@ -239,23 +264,25 @@ impl Client {
             new_parent,
             new_name: new_name.into(),
         };
-        self.call(request).await
+        Ok(self.made(self.call(request).await?))
     }
 
     pub async fn unlink(&self, parent: InodeId, name: &str) -> FsResult<()> {
-        self.call(req::Unlink {
+        let request = req::Unlink {
             parent,
             name: name.into(),
-        })
-        .await
+        };
+        self.inner.dir_attrs.note(self.call(request).await?);
+        Ok(())
     }
 
     pub async fn rmdir(&self, parent: InodeId, name: &str) -> FsResult<()> {
-        self.call(req::Rmdir {
+        let request = req::Rmdir {
             parent,
             name: name.into(),
-        })
-        .await
+        };
+        self.inner.dir_attrs.note(self.call(request).await?);
+        Ok(())
     }
 
     pub async fn rename(
@@ -273,7 +300,10 @@ impl Client {
             new_name: new_name.into(),
             flags,
         };
-        self.call(request).await
+        let renamed = self.call(request).await;
+        // Both directories changed, and a moved directory too: nothing kept is sure.
+        self.inner.dir_attrs.clear();
+        renamed
     }
 
     pub async fn readlink(&self, ino: InodeId) -> FsResult<String> {
@@ -335,7 +365,9 @@ impl Client {
             value: value.to_vec(),
             flags,
         };
-        self.call(request).await
+        let changed = self.call(request).await;
+        self.inner.dir_attrs.forget(ino);
+        changed
     }
 
     pub async fn listxattr(&self, ino: InodeId) -> FsResult<Vec<String>> {
@@ -343,11 +375,13 @@ impl Client {
     }
 
     pub async fn removexattr(&self, ino: InodeId, name: &str) -> FsResult<()> {
-        self.call(req::RemoveXattr {
+        let request = req::RemoveXattr {
             ino,
             name: name.into(),
-        })
-        .await
+        };
+        let changed = self.call(request).await;
+        self.inner.dir_attrs.forget(ino);
+        changed
     }
 
     /// Waits up to `wait` for changes to the volume of `root` after position `after` of

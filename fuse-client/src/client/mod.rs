@@ -2,6 +2,7 @@
 //! one per chunk server in use, and the erasure codecs per policy.
 
 mod calls;
+pub mod dir_attrs;
 pub mod dirty;
 pub mod file;
 pub mod layouts;
@@ -95,6 +96,8 @@ pub(crate) struct Inner {
     pub(crate) dirty_total: std::sync::atomic::AtomicUsize,
     /// Room for block uploads, in KiB (see [`ClientOptions::max_upload_bytes`]).
     pub(crate) upload_budget: Arc<tokio::sync::Semaphore>,
+    /// Directories' attributes just after this client's changes to them.
+    pub(crate) dir_attrs: dir_attrs::DirAttrs,
     _endpoint: Endpoint,
 }
 
@@ -130,6 +133,7 @@ impl Client {
                 fallback_reads: std::sync::atomic::AtomicU64::new(0),
                 dirty_total: std::sync::atomic::AtomicUsize::new(0),
                 upload_budget: Arc::new(tokio::sync::Semaphore::new(upload_units)),
+                dir_attrs: dir_attrs::DirAttrs::default(),
                 _endpoint: endpoint,
             }),
         };

@@ -557,6 +557,7 @@ impl super::coherence::Caches for Shared {
 
     async fn drop_inode(&self, ino: InodeId, data: bool) {
         self.absent_xattrs.forget(ino);
+        self.client.forget_dir_attr(ino);
         if data {
             self.versions.lock().expect("version lock").remove(&ino);
             self.forget_layouts(ino).await;
@@ -566,6 +567,7 @@ impl super::coherence::Caches for Shared {
 
     async fn drop_all(&self) {
         self.versions.lock().expect("version lock").clear();
+        self.client.forget_dir_attrs();
         self.absent_xattrs.clear();
         self.forget_layouts(None).await;
         // Open files may be read through their cached pages without another open: drop
@@ -613,7 +615,12 @@ impl Filesystem for DfsFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.spawn("getattr", |s| async move {
-            let result = s.client.getattr(s.ino(ino)).await;
+            let ino = s.ino(ino);
+            // A directory this mount just changed: the attributes came with the change.
+            let result = match s.client.take_dir_attr(ino, s.ttl) {
+                Some(attr) => Ok(attr),
+                None => s.client.getattr(ino).await,
+            };
             s.reply_attr(reply, result);
         });
     }

@@ -354,6 +354,15 @@ pub struct LockConflict {
     pub pid: u32,
 }
 
+/// The reply to a request that makes a name (`MakeNode`, `Symlink`, `Link`): the node it
+/// names, and its directory just after. The kernel asks for a directory's attributes again
+/// after every change to it; with them at hand, the mount answers without asking.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Made {
+    pub attr: Attr,
+    pub dir: Attr,
+}
+
 /// The reply to a `CommitWrite`: the file's attributes just before and just after it, in the
 /// same transaction, so a client can tell whether anyone else changed the file since it last
 /// looked (as NFS's weak cache consistency does).

@@ -10,7 +10,7 @@
 
 use super::{
     Attr, BlockPlacement, ChangePage, ClientInfo, Committed, Digest, DirPage, FsckCursor, FsckPage,
-    Layout, LockConflict, LockKind, LockOwner, LockRange, MetaMember, NewExtent, PeerReply,
+    Layout, LockConflict, LockKind, LockOwner, LockRange, Made, MetaMember, NewExtent, PeerReply,
     PeerRpc, Registered, RepairProgress, SetAttr as AttrChange, ShardLocation, StatFs as FsStats,
     VolumeChange, VolumeGrant, VolumeInfo, VolumeLimits, VolumeUsage as Usage,
 };
@@ -87,11 +87,11 @@ meta_requests! {
     Lookup => Attr, query;
     GetAttr => Attr, query;
     SetAttr => Attr, mutation;
-    MakeNode => Attr, mutation;
-    Symlink => Attr, mutation;
-    Link => Attr, mutation;
-    Unlink => (), mutation;
-    Rmdir => (), mutation;
+    MakeNode => Made, mutation;
+    Symlink => Made, mutation;
+    Link => Made, mutation;
+    Unlink => Attr, mutation;
+    Rmdir => Attr, mutation;
     Rename => (), mutation;
     ReadLink => String, query;
     ReadDir => DirPage, query;
@@ -573,7 +573,7 @@ mod tests {
     /// A reply is the bare value of the request's reply type: `()` costs nothing.
     #[test]
     fn replies_are_bare_values() {
-        let done: Result<<Unlink as MetaRpc>::Reply, crate::FsError> = Ok(());
+        let done: Result<<Rename as MetaRpc>::Reply, crate::FsError> = Ok(());
         assert_eq!(encode_body(&done).unwrap(), [0]);
         let leader: Result<<Leader as MetaRpc>::Reply, crate::FsError> = Ok(None);
         assert_eq!(encode_body(&leader).unwrap(), [0, 0]);

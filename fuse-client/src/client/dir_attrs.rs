@@ -1,0 +1,113 @@
+//! Attributes of directories just after this client changed them, as the metadata server
+//! returned them with the change. The kernel drops a directory's cached attributes after every
+//! create, unlink or mkdir in it and asks for them again at the next path walk (it checks
+//! permissions with them); answering from here saves that round trip on every such operation.
+//!
+//! An entry is taken by the first look and is good for the attribute timeout at most, as the
+//! kernel's own cache would have kept it. Other clients' changes drop it (the change feed), and
+//! so do this client's changes that do not return the directory's new attributes.
+
+use dfs_common::proto::meta::Attr;
+use dfs_common::InodeId;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Entries kept at most: past it, everything is dropped (they are taken within moments).
+const MAX_ENTRIES: usize = 4096;
+
+#[derive(Default)]
+pub struct DirAttrs {
+    fresh: Mutex<HashMap<InodeId, (Attr, Instant)>>,
+}
+
+impl DirAttrs {
+    /// Keeps `attr`, returned by a change of this client. Replies of concurrent changes may
+    /// arrive out of order: an entry is replaced only by strictly newer attributes, and
+    /// dropped when the order cannot be told.
+    pub fn note(&self, attr: Attr) {
+        let mut fresh = self.fresh.lock().expect("directory attributes lock");
+        if fresh.len() >= MAX_ENTRIES {
+            fresh.clear();
+        }
+        match fresh.get(&attr.ino) {
+            Some((kept, _)) if kept.ctime >= attr.ctime => {
+                fresh.remove(&attr.ino);
+            }
+            _ => {
+                fresh.insert(attr.ino, (attr, Instant::now()));
+            }
+        }
+    }
+
+    /// The directory's attributes if noted within `max_age`; taken, so each is used once.
+    pub fn take(&self, ino: InodeId, max_age: Duration) -> Option<Attr> {
+        let (attr, at) = self
+            .fresh
+            .lock()
+            .expect("directory attributes lock")
+            .remove(&ino)?;
+        (at.elapsed() <= max_age).then_some(attr)
+    }
+
+    /// Drops what is kept of `ino`: it changed in a way this does not know the outcome of.
+    pub fn forget(&self, ino: InodeId) {
+        self.fresh
+            .lock()
+            .expect("directory attributes lock")
+            .remove(&ino);
+    }
+
+    pub fn clear(&self) {
+        self.fresh
+            .lock()
+            .expect("directory attributes lock")
+            .clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dfs_common::proto::meta::FileKind;
+    use dfs_common::{Timestamp, VolumeId};
+
+    fn dir(ino: u64, secs: i64) -> Attr {
+        let t = Timestamp { secs, nanos: 0 };
+        Attr {
+            ino: InodeId(ino),
+            volume: VolumeId(1),
+            kind: FileKind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            nlink: 2,
+            size: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            rdev: 0,
+            has_xattrs: false,
+        }
+    }
+
+    #[test]
+    fn taken_once_newest_only_and_not_when_old() {
+        let kept = DirAttrs::default();
+        let long = Duration::from_secs(60);
+        kept.note(dir(5, 10));
+        kept.note(dir(5, 11));
+        assert_eq!(kept.take(InodeId(5), long), Some(dir(5, 11)));
+        assert_eq!(kept.take(InodeId(5), long), None, "taken once");
+        // An older reply arriving late: the order is unclear, nothing is kept.
+        kept.note(dir(5, 11));
+        kept.note(dir(5, 10));
+        assert_eq!(kept.take(InodeId(5), long), None);
+        kept.note(dir(6, 1));
+        kept.forget(InodeId(6));
+        assert_eq!(kept.take(InodeId(6), long), None);
+        kept.note(dir(7, 1));
+        assert_eq!(kept.take(InodeId(7), Duration::ZERO), None, "too old");
+    }
+}
