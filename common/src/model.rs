@@ -106,3 +106,33 @@ pub struct NewExtent {
     /// that does not hold the shard.
     pub missing_shards: u32,
 }
+
+impl NewExtent {
+    /// The extents of a new `block_len`-byte block holding the file ranges `pieces` (file
+    /// offset, length) laid end to end in it, as a writer packs several runs into one block.
+    pub fn packed(
+        block: BlockId,
+        block_len: u64,
+        missing_shards: u32,
+        pieces: impl IntoIterator<Item = (u64, u64)>,
+    ) -> Vec<NewExtent> {
+        let mut block_offset = 0;
+        pieces
+            .into_iter()
+            .map(|(file_offset, len)| {
+                let extent = Extent {
+                    file_offset,
+                    len,
+                    block,
+                    block_offset,
+                };
+                block_offset += len;
+                NewExtent {
+                    extent,
+                    block_len,
+                    missing_shards,
+                }
+            })
+            .collect()
+    }
+}

@@ -12,7 +12,7 @@ use crate::state_machine::commit_write;
 use crate::store::schema::{encode, BlockRecord, NEXT_BLOCK};
 use crate::store::tables::{get_inode, get_volume_by_id, WriteTables};
 use crate::store::DbResult;
-use dfs_common::model::{Extent, FileKind, NewExtent};
+use dfs_common::model::{FileKind, NewExtent};
 use dfs_common::proto::MAX_INLINE_END;
 use dfs_common::{BlockId, FsError, FsResult, InodeId, Timestamp};
 
@@ -72,24 +72,7 @@ pub fn write(
         .insert(block.0, encode(&block_rec).as_slice())
         .db()?;
     t.inline_data.insert(block.0, data).db()?;
-    let mut block_offset = 0;
-    let extents: Vec<NewExtent> = pieces
-        .iter()
-        .map(|&(file_offset, len)| {
-            let extent = Extent {
-                file_offset,
-                len,
-                block,
-                block_offset,
-            };
-            block_offset += len;
-            NewExtent {
-                extent,
-                block_len,
-                missing_shards: 0,
-            }
-        })
-        .collect();
+    let extents = NewExtent::packed(block, block_len, 0, pieces.iter().copied());
     commit_write(t, now, ino, &extents, mtime, append)
 }
 

@@ -304,10 +304,8 @@ impl MetaService {
     }
 
     /// Applies a mutation that makes an inode, and gives its attributes.
-    async fn make_node(&self, op: Op, call: Option<Call>) -> FsResult<Made> {
-        let Op::MakeNode { parent, .. } = op else {
-            return Err(FsError::invalid("not a MakeNode"));
-        };
+    /// Applies `op`, a `MakeNode` in `parent`.
+    async fn make_node(&self, parent: InodeId, op: Op, call: Option<Call>) -> FsResult<Made> {
         let mut attr: Attr = self.mutate_as(op, call).await?;
         // A new inode has no extended attributes.
         attr.has_xattrs = false;
@@ -382,8 +380,9 @@ impl MetaService {
                     if q.kind == FileKind::Symlink {
                         return Err(FsError::invalid("symlinks are made with Symlink"));
                     }
+                    let parent = q.parent;
                     let op = Op::MakeNode {
-                        parent: q.parent,
+                        parent,
                         name: q.name,
                         kind: q.kind,
                         mode: q.mode,
@@ -392,14 +391,15 @@ impl MetaService {
                         rdev: q.rdev,
                         target: None,
                     };
-                    self.make_node(op, call).await
+                    self.make_node(parent, op, call).await
                 })
                 .await
             }
             R::Symlink(q) => {
                 answer(q, |q| {
+                    let parent = q.parent;
                     let op = Op::MakeNode {
-                        parent: q.parent,
+                        parent,
                         name: q.name,
                         kind: FileKind::Symlink,
                         mode: 0o777,
@@ -408,7 +408,7 @@ impl MetaService {
                         rdev: 0,
                         target: Some(q.target),
                     };
-                    self.make_node(op, call)
+                    self.make_node(parent, op, call)
                 })
                 .await
             }
@@ -710,6 +710,7 @@ impl MetaService {
     async fn publish(&self, stale: changes::Stale, origin: Option<u64>, reply: &Answer) {
         let volume = match reply {
             Answer::Attr(attr) => Ok(attr.volume),
+            Answer::Made(made) => Ok(made.attr.volume),
             Answer::Committed(c) => Ok(c.after.volume),
             _ => self.volume_of(stale.anchor).await,
         };

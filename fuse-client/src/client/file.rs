@@ -425,35 +425,28 @@ impl FileHandle {
     /// blocks.
     async fn write_inline(&mut self) -> FsResult<()> {
         let runs = self.dirty.take_all(self.block_size);
-        let mut pieces: Vec<(u64, u64)> =
-            runs.iter().map(|(at, r)| (*at, r.len() as u64)).collect();
-        let data: Vec<u8> = runs.into_iter().flat_map(|(_, r)| r).collect();
-        let base = if self.append { pieces[0].0 } else { 0 };
-        for piece in &mut pieces {
-            // Appends count from the file's end as the server finds it.
-            piece.0 -= base;
-        }
-        self.forget_layout();
+        // Appends count from the file's end as the server finds it.
+        let base = if self.append { runs[0].0 } else { 0 };
         let request = req::WriteInline {
             ino: self.ino,
-            pieces,
-            data,
+            pieces: runs
+                .iter()
+                .map(|(at, r)| (at - base, r.len() as u64))
+                .collect(),
+            data: runs.iter().flat_map(|(_, r)| r).copied().collect(),
             mtime: Timestamp::now(),
             append: self.append,
         };
-        let outcome = self.client.call(request.clone()).await;
-        match outcome {
+        self.forget_layout();
+        match self.client.call(request).await {
             Ok(committed) => {
                 self.committed(committed);
                 self.count_dirty();
                 Ok(())
             }
             Err(FsError::TooBig(_)) => {
-                let mut at = 0;
-                for (offset, len) in request.pieces {
-                    let len = len as usize;
-                    self.dirty.write(base + offset, &request.data[at..at + len]);
-                    at += len;
+                for (at, run) in runs {
+                    self.dirty.write_owned(at, run);
                 }
                 Ok(())
             }

@@ -211,21 +211,10 @@ impl Client {
         made.attr
     }
 
-    /// A directory's attributes as this client's last change to it left them, if that was
-    /// within `max_age` and nobody changed it since; each is given once (see
+    /// Directories' attributes as this client's last changes to them left them (see
     /// [`DirAttrs`](super::dir_attrs::DirAttrs)).
-    pub fn take_dir_attr(&self, ino: InodeId, max_age: std::time::Duration) -> Option<Attr> {
-        self.inner.dir_attrs.take(ino, max_age)
-    }
-
-    /// Drops the attributes kept of `ino` (another client changed it).
-    pub fn forget_dir_attr(&self, ino: InodeId) {
-        self.inner.dir_attrs.forget(ino);
-    }
-
-    /// Drops every directory's attributes kept (changes may have been missed).
-    pub fn forget_dir_attrs(&self) {
-        self.inner.dir_attrs.clear();
+    pub fn dir_attrs(&self) -> &super::dir_attrs::DirAttrs {
+        &self.inner.dir_attrs
     }
 
     pub async fn mkdir(

@@ -8,7 +8,7 @@
 
 use super::Client;
 use dfs_common::proto::chunk::{ShardKey, ShardOwner};
-use dfs_common::proto::meta::{req, BlockPlacement, Extent, NewExtent, ShardLocation};
+use dfs_common::proto::meta::{req, BlockPlacement, NewExtent, ShardLocation};
 use dfs_common::{FsError, FsResult, InodeId, ServerId};
 use tokio::task::JoinSet;
 
@@ -68,24 +68,12 @@ pub async fn upload_block(
             placement.block
         )));
     }
-    let mut block_offset = 0;
-    Ok(pieces
-        .into_iter()
-        .map(|(file_offset, len)| {
-            let extent = Extent {
-                file_offset,
-                len,
-                block: placement.block,
-                block_offset,
-            };
-            block_offset += len;
-            NewExtent {
-                extent,
-                block_len,
-                missing_shards,
-            }
-        })
-        .collect())
+    Ok(NewExtent::packed(
+        placement.block,
+        block_len,
+        missing_shards,
+        pieces,
+    ))
 }
 
 /// Sends one shard, placing it again when its server fails, on up to [`ATTEMPTS_PER_SHARD`]

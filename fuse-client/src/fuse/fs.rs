@@ -557,7 +557,7 @@ impl super::coherence::Caches for Shared {
 
     async fn drop_inode(&self, ino: InodeId, data: bool) {
         self.absent_xattrs.forget(ino);
-        self.client.forget_dir_attr(ino);
+        self.client.dir_attrs().forget(ino);
         if data {
             self.versions.lock().expect("version lock").remove(&ino);
             self.forget_layouts(ino).await;
@@ -567,7 +567,7 @@ impl super::coherence::Caches for Shared {
 
     async fn drop_all(&self) {
         self.versions.lock().expect("version lock").clear();
-        self.client.forget_dir_attrs();
+        self.client.dir_attrs().clear();
         self.absent_xattrs.clear();
         self.forget_layouts(None).await;
         // Open files may be read through their cached pages without another open: drop
@@ -617,7 +617,7 @@ impl Filesystem for DfsFs {
         self.spawn("getattr", |s| async move {
             let ino = s.ino(ino);
             // A directory this mount just changed: the attributes came with the change.
-            let result = match s.client.take_dir_attr(ino, s.ttl) {
+            let result = match s.client.dir_attrs().take(ino, s.ttl) {
                 Some(attr) => Ok(attr),
                 None => s.client.getattr(ino).await,
             };
