@@ -495,3 +495,49 @@ fn files_past_4_gib_and_shared_mmap_writes() {
     assert_eq!(&back[len - 4..], b"tail");
     assert!(back[..5000].iter().all(|&b| b == b'.'));
 }
+
+/// Closing one file never waits for another file's upload: the mount locks only the
+/// descriptors of the file it closes. With every chunk server frozen, an fsync of a large file
+/// stays in its upload; a small file (kept inline, so it needs no chunk server) is then written
+/// and closed beside it, and must be done while that fsync still waits.
+#[test]
+fn closing_a_file_never_waits_for_another_files_upload() {
+    use crate::observe::{scrape, value};
+    let mut cluster = cluster_with_volume();
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
+    let m = Mount::new(&cluster, "default", "m", &format!("metrics={http}")).unwrap();
+    let big_data = random_bytes(6 << 20, 1);
+    let mut big = fs::File::create(m.path("big")).unwrap();
+
+    for i in 0..6 {
+        cluster.freeze_chunk(i, true);
+    }
+    // Buffered; the full block starts uploading and the fsync waits for it.
+    big.write_all(&big_data).unwrap();
+    let syncing = std::thread::spawn(move || big.sync_all().map(|()| big));
+    crate::heal::wait_until(&cluster, Duration::from_secs(20), "fsync in flight", || {
+        value(&scrape(http), "dfs_fuse_in_flight{op=\"fsync\"}") >= 1.0
+    });
+    fs::write(m.path("small"), b"written beside an upload").unwrap();
+    let small_closed_first = !syncing.is_finished();
+    for i in 0..6 {
+        cluster.freeze_chunk(i, false);
+    }
+    // Had the small file's close waited for the upload, the servers would have stayed frozen
+    // until the upload timed out, and the fsync would fail.
+    if let Err(e) = syncing.join().unwrap() {
+        panic!(
+            "the fsync failed (did the small file's close wait for its upload?): {e}\n{}",
+            cluster.logs()
+        );
+    }
+    assert!(
+        small_closed_first,
+        "the small file's close waited for the big file's upload"
+    );
+    assert_eq!(
+        fs::read(m.path("small")).unwrap(),
+        b"written beside an upload"
+    );
+    assert!(fs::read(m.path("big")).unwrap() == big_data);
+}

@@ -387,15 +387,18 @@ impl ProcessCluster {
 
     /// Freezes (SIGSTOP) or thaws (SIGCONT) chunk server `i`: silent to everyone while
     /// frozen, as if cut off from the network, then back with everything it had.
+    ///
+    /// The signal is sent without starting a process: a child started while this process holds
+    /// a file of a mount open would close its copy of the descriptor at exec, and that close
+    /// (a FUSE flush) waits for whatever the descriptor is doing, such as an fsync waiting for
+    /// the frozen servers.
     pub fn freeze_chunk(&mut self, i: usize, frozen: bool) {
         let child = self.chunks[i].as_ref().expect("chunk server running");
-        let signal = if frozen { "-STOP" } else { "-CONT" };
-        let ok = Command::new("kill")
-            .arg(signal)
-            .arg(child.id().to_string())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill {signal} failed");
+        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) takes plain integers; the pid is our own running child.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
     }
 
     /// The server id chunk server `i` chose (from its data directory).

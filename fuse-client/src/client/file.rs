@@ -13,7 +13,7 @@ use dfs_common::proto::meta::{req, Attr, Committed, FileKind, NewExtent, SetAttr
 use dfs_common::proto::MAX_FILE_SIZE;
 use dfs_common::{EcPolicy, FsError, FsResult, InodeId, Timestamp, VolumeId};
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 
@@ -48,6 +48,10 @@ pub struct FileHandle {
     layouts: LayoutPages,
     /// The file's layout did not fit one reply: pages are fetched from where reads need them.
     long_layout: bool,
+    /// Raised by whoever changes the file's extents through another descriptor of this
+    /// client ([`FileHandle::share_layout_epoch`]); `layouts` hold while it reads `layouts_seen`.
+    layout_epoch: Arc<AtomicU64>,
+    layouts_seen: u64,
     /// Opened with O_APPEND: every write goes to the end of the file as the metadata server
     /// sees it when the write commits, whatever offset it names.
     append: bool,
@@ -139,6 +143,8 @@ impl Client {
             failed: None,
             layouts: LayoutPages::default(),
             long_layout: false,
+            layout_epoch: Arc::default(),
+            layouts_seen: 0,
             append: false,
             append_pos: 0,
             dirty_counted: 0,
@@ -514,21 +520,13 @@ impl FileHandle {
 
     /// Reads through a handle that concurrent readers share: the handle is locked only to plan
     /// the read (and, after a failure with a cached layout, to plan it again), never across
-    /// the network. `forget_layout` first drops the cached layout (another descriptor of
-    /// this client changed the file).
+    /// the network.
     pub async fn read_shared(
         file: &tokio::sync::Mutex<FileHandle>,
         offset: u64,
         len: u64,
-        forget_layout: bool,
     ) -> FsResult<Vec<u8>> {
-        let plan = {
-            let mut file = file.lock().await;
-            if forget_layout {
-                file.forget_layout();
-            }
-            file.plan_read(offset, len).await?
-        };
+        let plan = file.lock().await.plan_read(offset, len).await?;
         let outcome = plan.run().await;
         if plan.concerns_handle(&outcome) {
             let mut file = file.lock().await;
@@ -549,6 +547,12 @@ impl FileHandle {
         self.client.check_locks(self.ino)?;
         if !self.dirty.is_empty() || !self.uploads.is_empty() || !self.uploaded.is_empty() {
             self.flush().await?;
+        }
+        // Another descriptor changed the file's extents since the layouts were cached.
+        let epoch = self.layout_epoch.load(Ordering::Acquire);
+        if epoch != self.layouts_seen {
+            self.forget_layout();
+            self.layouts_seen = epoch;
         }
         let end = offset.saturating_add(len);
         let plan = |layout: Option<Arc<LayoutPage>>, cached| ReadPlan {
@@ -616,6 +620,13 @@ impl FileHandle {
             .layout(self.ino, start, u64::MAX - start)
             .await?;
         Ok(LayoutPage::new(start, layout))
+    }
+
+    /// Shares the counter that descriptors of this client which change the file raise, so
+    /// that this handle drops its cached layouts then, without being locked for it.
+    pub(crate) fn share_layout_epoch(&mut self, epoch: Arc<AtomicU64>) {
+        self.layouts_seen = epoch.load(Ordering::Acquire);
+        self.layout_epoch = epoch;
     }
 
     /// Drops the cached layout: this handle or another descriptor of this client changed the

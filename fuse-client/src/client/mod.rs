@@ -8,6 +8,7 @@ pub mod file;
 pub mod layouts;
 pub mod locks;
 pub mod meta;
+pub mod open_files;
 mod quota;
 pub mod reader;
 pub mod writer;

@@ -10,7 +10,6 @@
 use crate::client::Client;
 use dfs_common::proto::meta::Invalidation;
 use dfs_common::InodeId;
-use std::future::Future;
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -24,9 +23,9 @@ pub trait Caches: Send + Sync + 'static {
     /// The name `name` in `parent` may point elsewhere now.
     fn drop_entry(&self, parent: InodeId, name: &str);
     /// The inode's attributes changed, and with `data` its contents.
-    fn drop_inode(&self, ino: InodeId, data: bool) -> impl Future<Output = ()> + Send;
+    fn drop_inode(&self, ino: InodeId, data: bool);
     /// Changes were missed: drop what can be dropped.
-    fn drop_all(&self) -> impl Future<Output = ()> + Send;
+    fn drop_all(&self);
 }
 
 /// Follows the change feed of the volume whose root is `root` until `caches` is gone.
@@ -48,13 +47,13 @@ pub async fn follow<C: Caches>(caches: Weak<C>, client: Client, root: InodeId) {
         (feed, next) = (page.feed, page.next);
         if page.missed {
             tracing::debug!("changes by other clients were missed: dropping cached state");
-            caches.drop_all().await;
+            caches.drop_all();
         }
         // The server leaves out this mount's own changes: its caches have them already.
         for change in page.changes {
             match change {
                 Invalidation::Entry { parent, name } => caches.drop_entry(parent, &name),
-                Invalidation::Inode { ino, data } => caches.drop_inode(ino, data).await,
+                Invalidation::Inode { ino, data } => caches.drop_inode(ino, data),
             }
         }
     }

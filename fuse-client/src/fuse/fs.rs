@@ -4,8 +4,10 @@
 use super::attr::{errno, kind_from_mode, InodeMap};
 use super::options::MountOptions;
 use super::signals::signal_pending;
-use crate::client::file::FileHandle as OpenFile;
+use crate::client::file::FileHandle as DfsHandle;
+use crate::client::open_files::{OpenFile, OpenFiles};
 use crate::Client;
+use dfs_common::metrics::OpLabel;
 use dfs_common::proto::meta::{
     Attr, DirEntry, FileKind, LockKind, LockRange, SetAttr, TimeSet, RENAME_EXCHANGE,
     RENAME_NOREPLACE,
@@ -47,35 +49,14 @@ struct Shared {
     map: InodeMap,
     ttl: Duration,
     read_only: bool,
-    files: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<OpenFile>>>>,
-    /// Open files with unflushed writes: their inode and size including those writes, so that
-    /// `stat` sees them. An entry lives from a write until the next flush of that file.
-    dirty_sizes: Mutex<HashMap<u64, (InodeId, u64)>>,
+    files: Arc<OpenFiles>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirListing>>>>,
-    next_fh: AtomicU64,
-    /// Open descriptors per inode in this mount.
-    open_counts: Mutex<HashMap<InodeId, u32>>,
-    /// Files unlinked while open: hidden under another name until their last close.
-    hidden: Mutex<HashMap<InodeId, (InodeId, String)>>,
-    /// The version (mtime, ctime, size) of each file as of its last open in this mount: an
-    /// open that finds it unchanged keeps the kernel's page cache.
-    versions: Mutex<HashMap<InodeId, FileVersion>>,
+    next_dir_fh: AtomicU64,
     /// Reaches the kernel's caches; set once the session runs.
     notifier: Arc<OnceLock<fuser::Notifier>>,
     metrics: super::metrics::FuseMetrics,
     absent_xattrs: super::xattrs::AbsentXattrs,
 }
-
-type FileVersion = (Timestamp, Timestamp, u64);
-
-/// What tells one state of a file's data from another: its modification and change times and
-/// its size (ctime is the metadata server's clock at each change).
-fn version_of(attr: &Attr) -> FileVersion {
-    (attr.mtime, attr.ctime, attr.size)
-}
-
-/// Versions remembered at most; past this the table starts afresh (costing only cache hits).
-const MAX_VERSIONS: usize = 100_000;
 
 pub struct DfsFs {
     shared: Arc<Shared>,
@@ -101,6 +82,11 @@ impl DfsFs {
         notifier: Arc<OnceLock<fuser::Notifier>>,
         metrics: super::metrics::FuseMetrics,
     ) -> Self {
+        let files = Arc::new(OpenFiles::new(client.clone()));
+        rt.spawn(OpenFiles::write_back(
+            Arc::downgrade(&files),
+            options.writeback,
+        ));
         let fs = DfsFs {
             shared: Arc::new(Shared {
                 client,
@@ -108,55 +94,18 @@ impl DfsFs {
                 map: InodeMap { root },
                 ttl: options.attr_timeout,
                 read_only: options.read_only,
-                files: Mutex::new(HashMap::new()),
-                dirty_sizes: Mutex::new(HashMap::new()),
+                files,
                 dirs: Mutex::new(HashMap::new()),
-                next_fh: AtomicU64::new(1),
-                open_counts: Mutex::new(HashMap::new()),
-                hidden: Mutex::new(HashMap::new()),
-                versions: Mutex::new(HashMap::new()),
+                next_dir_fh: AtomicU64::new(1),
                 notifier,
                 metrics,
                 absent_xattrs: super::xattrs::AbsentXattrs::new(options.attr_timeout),
             }),
         };
-        fs.start_writeback(options.writeback);
         let watcher =
             super::coherence::follow(Arc::downgrade(&fs.shared), fs.shared.client.clone(), root);
         fs.shared.rt.spawn(watcher);
         fs
-    }
-
-    /// Writes back, every `interval`, the open files that have had unflushed writes since the
-    /// previous round, so no write waits longer than about two intervals for its commit (and
-    /// blocks uploaded early never wait so long that garbage collection takes them).
-    fn start_writeback(&self, interval: Duration) {
-        let shared = Arc::downgrade(&self.shared);
-        self.shared.rt.spawn(async move {
-            let mut seen: Vec<u64> = Vec::new();
-            loop {
-                tokio::time::sleep(interval).await;
-                let Some(s) = shared.upgrade() else { return };
-                let dirty: Vec<u64> = s
-                    .dirty_sizes
-                    .lock()
-                    .expect("size lock")
-                    .keys()
-                    .copied()
-                    .collect();
-                for fh in dirty.iter().filter(|fh| seen.contains(fh)) {
-                    let Ok(file) = s.file(FileHandle(*fh)) else {
-                        continue;
-                    };
-                    if let (ino, Err(e)) = s.flush_file(FileHandle(*fh), &file).await {
-                        tracing::warn!(%ino, "writing back: {e}");
-                        // Kept for the application's next flush, fsync or close to report.
-                        file.lock().await.keep_error(e);
-                    }
-                }
-                seen = dirty;
-            }
-        });
     }
 
     /// Runs a callback's work on the runtime, timing it as operation `op`.
@@ -167,9 +116,16 @@ impl DfsFs {
     ) {
         let fut = work(self.shared.clone());
         let shared = self.shared.clone();
+        let in_flight = shared
+            .metrics
+            .in_flight
+            .get_or_create(&OpLabel { op })
+            .clone();
+        in_flight.inc();
         self.shared.rt.spawn(async move {
             let started = std::time::Instant::now();
             fut.await;
+            in_flight.dec();
             shared.metrics.ops.record_done(op, started.elapsed());
         });
     }
@@ -192,18 +148,11 @@ impl Shared {
     fn fresh_attr(&self, mut attr: dfs_common::proto::meta::Attr) -> fuser::FileAttr {
         self.absent_xattrs
             .note_attributes(attr.ino, attr.has_xattrs);
-        for (ino, size) in self.dirty_sizes.lock().expect("size lock").values() {
-            if *ino == attr.ino {
-                attr.size = attr.size.max(*size);
-            }
+        if let Some(size) = self.files.size_with_writes(attr.ino) {
+            attr.size = attr.size.max(size);
         }
         // A file unlinked while open lives on under a hidden name; to its users it has no links.
-        if self
-            .hidden
-            .lock()
-            .expect("hidden lock")
-            .contains_key(&attr.ino)
-        {
+        if self.files.is_hidden(attr.ino) {
             attr.nlink = 0;
         }
         self.map.file_attr(&attr)
@@ -248,156 +197,8 @@ impl Shared {
         }
     }
 
-    fn file(&self, fh: FileHandle) -> Result<Arc<tokio::sync::Mutex<OpenFile>>, Errno> {
-        self.files
-            .lock()
-            .expect("file lock")
-            .get(&fh.0)
-            .cloned()
-            .ok_or(Errno::EBADF)
-    }
-
-    fn add_file(&self, file: OpenFile) -> FileHandle {
-        *self
-            .open_counts
-            .lock()
-            .expect("open lock")
-            .entry(file.ino())
-            .or_default() += 1;
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files
-            .lock()
-            .expect("file lock")
-            .insert(fh, Arc::new(tokio::sync::Mutex::new(file)));
-        FileHandle(fh)
-    }
-
-    /// Flushes every open file of `ino` except `except`, so that what one descriptor wrote is
-    /// in the cluster before another descriptor truncates or reads the same file.
-    async fn flush_inode(&self, ino: InodeId, except: Option<FileHandle>) -> FsResult<bool> {
-        let others: Vec<u64> = self
-            .dirty_sizes
-            .lock()
-            .expect("size lock")
-            .iter()
-            .filter(|(fh, (i, _))| *i == ino && Some(FileHandle(**fh)) != except)
-            .map(|(fh, _)| *fh)
-            .collect();
-        let flushed = !others.is_empty();
-        for fh in others {
-            if let Ok(file) = self.file(FileHandle(fh)) {
-                let mut file = file.lock().await;
-                let result = file.flush().await;
-                self.note_commits(ino, file.take_commits());
-                result?;
-            }
-            self.clean(FileHandle(fh));
-        }
-        Ok(flushed)
-    }
-
-    /// Makes every open file of `ino` (of every inode, for `None`) fetch its layout again (its
-    /// size or extents changed).
-    async fn forget_layouts(&self, ino: impl Into<Option<InodeId>>) {
-        let ino = ino.into();
-        let files: Vec<_> = self
-            .files
-            .lock()
-            .expect("file lock")
-            .values()
-            .cloned()
-            .collect();
-        for file in files {
-            let mut file = file.lock().await;
-            if ino.is_none_or(|ino| file.ino() == ino) {
-                file.forget_layout();
-            }
-        }
-    }
-
-    /// Unlinks a name, unless it is the last name of a file open in this mount: then the file is
-    /// renamed to a hidden name and unlinked when its last descriptor closes, so it stays
-    /// readable and writable until then (as NFS clients do).
-    async fn unlink_or_hide(&self, parent: InodeId, name: &str) -> FsResult<()> {
-        let attr = self.client.lookup(parent, name).await?;
-        let open = self
-            .open_counts
-            .lock()
-            .expect("open lock")
-            .get(&attr.ino)
-            .copied()
-            .unwrap_or(0);
-        if attr.kind != FileKind::File || attr.nlink > 1 || open == 0 {
-            return self.client.unlink(parent, name).await;
-        }
-        let hidden = format!(".dfs-hidden-{}-{:08x}", attr.ino, rand_suffix());
-        self.client
-            .rename(parent, name, parent, &hidden, RENAME_NOREPLACE)
-            .await?;
-        self.hidden
-            .lock()
-            .expect("hidden lock")
-            .insert(attr.ino, (parent, hidden));
-        Ok(())
-    }
-
-    /// A descriptor of `ino` closed: at the last one, remove the file if it was unlinked.
-    async fn closed(&self, ino: InodeId) {
-        let last = {
-            let mut counts = self.open_counts.lock().expect("open lock");
-            let count = counts.entry(ino).or_default();
-            *count = count.saturating_sub(1);
-            let last = *count == 0;
-            if last {
-                counts.remove(&ino);
-            }
-            last
-        };
-        let hidden = if last {
-            self.hidden.lock().expect("hidden lock").remove(&ino)
-        } else {
-            None
-        };
-        if let Some((parent, name)) = hidden {
-            if let Err(e) = self.client.unlink(parent, &name).await {
-                tracing::warn!(%ino, "removing unlinked file {name}: {e}");
-            }
-        }
-    }
-
-    /// Flushes one open file and makes what it committed visible through the cached layouts of
-    /// the mount's other descriptors. Returns the file's inode and the flush result.
-    async fn flush_file(
-        &self,
-        fh: FileHandle,
-        file: &tokio::sync::Mutex<OpenFile>,
-    ) -> (InodeId, FsResult<()>) {
-        let mut file = file.lock().await;
-        let result = file.flush().await;
-        let ino = file.ino();
-        self.note_commits(ino, file.take_commits());
-        drop(file);
-        self.clean(fh);
-        self.forget_layouts(ino).await;
-        (ino, result)
-    }
-
-    /// Follows this mount's own commits to a file: when each started from the version this
-    /// mount knew, no other client changed the file meanwhile, so the version after it is
-    /// recorded and the next open keeps the kernel's pages (which hold this mount's writes).
-    /// When one did not, the version is forgotten and the next open drops them.
-    fn note_commits(&self, ino: InodeId, commits: Vec<(Attr, Attr)>) {
-        if commits.is_empty() {
-            return;
-        }
-        let mut versions = self.versions.lock().expect("version lock");
-        for (before, after) in commits {
-            if versions.get(&ino) == Some(&version_of(&before)) {
-                versions.insert(ino, version_of(&after));
-            } else {
-                versions.remove(&ino);
-            }
-        }
+    fn file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, Errno> {
+        self.files.get(fh.0).ok_or(Errno::EBADF)
     }
 
     /// Hands a call to the kernel's caches to a blocking thread: the kernel may hold it until
@@ -422,20 +223,11 @@ impl Shared {
         self.notify(move |n| n.inval_inode(fuse_ino, offset, 0));
     }
 
-    /// Records the version of a file as this mount now knows it; returns the one it knew.
-    fn remember_version(&self, attr: &Attr) -> Option<FileVersion> {
-        let mut versions = self.versions.lock().expect("version lock");
-        if versions.len() >= MAX_VERSIONS {
-            versions.clear();
-        }
-        versions.insert(attr.ino, version_of(attr))
-    }
-
     /// Close-to-open: `attr` was just fetched by an open. If the file changed since this mount
     /// last opened it, the kernel's cached attributes are dropped (so that it sees the new size
     /// at once) and so are its cached pages; otherwise the pages are kept.
     fn revalidate(&self, attr: &Attr) -> FopenFlags {
-        if self.remember_version(attr) == Some(version_of(attr)) {
+        if self.files.opened(attr) {
             return FopenFlags::FOPEN_KEEP_CACHE;
         }
         if let Some(notifier) = self.notifier.get() {
@@ -444,18 +236,6 @@ impl Shared {
             }
         }
         FopenFlags::empty()
-    }
-
-    /// Records that an open file has no unflushed writes any more.
-    fn clean(&self, fh: FileHandle) {
-        self.dirty_sizes.lock().expect("size lock").remove(&fh.0);
-    }
-
-    fn note_dirty(&self, fh: FileHandle, file: &OpenFile) {
-        self.dirty_sizes
-            .lock()
-            .expect("size lock")
-            .insert(fh.0, (file.ino(), file.size()));
     }
 }
 
@@ -513,16 +293,10 @@ impl Shared {
     }
 }
 
-/// A random suffix for hidden names, so two mounts hiding the same inode do not collide.
-fn rand_suffix() -> u32 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::Instant::now()) as u32
-}
-
 /// Applies the open flags that change how a handle writes. O_APPEND writes go to the end of
 /// the file as the cluster knows it, not where this kernel believes the end is, so they bypass
 /// the page cache (whose offsets would be wrong).
-fn open_mode(mut file: OpenFile, flags: i32) -> (OpenFile, FopenFlags) {
+fn open_mode(mut file: DfsHandle, flags: i32) -> (DfsHandle, FopenFlags) {
     if flags & libc::O_APPEND != 0 {
         file.set_append();
         (file, FopenFlags::FOPEN_DIRECT_IO)
@@ -555,31 +329,24 @@ impl super::coherence::Caches for Shared {
         self.notify(move |n| n.inval_entry(parent, &name));
     }
 
-    async fn drop_inode(&self, ino: InodeId, data: bool) {
+    fn drop_inode(&self, ino: InodeId, data: bool) {
         self.absent_xattrs.forget(ino);
         self.client.dir_attrs().forget(ino);
         if data {
-            self.versions.lock().expect("version lock").remove(&ino);
-            self.forget_layouts(ino).await;
+            self.files.forget_version(Some(ino));
+            self.files.forget_layouts(Some(ino));
         }
         self.drop_kernel_inode(ino, data);
     }
 
-    async fn drop_all(&self) {
-        self.versions.lock().expect("version lock").clear();
+    fn drop_all(&self) {
+        self.files.forget_version(None);
         self.client.dir_attrs().clear();
         self.absent_xattrs.clear();
-        self.forget_layouts(None).await;
+        self.files.forget_layouts(None);
         // Open files may be read through their cached pages without another open: drop
         // those. Other inodes get fresh pages at their next open (no version is known).
-        let open: Vec<InodeId> = self
-            .open_counts
-            .lock()
-            .expect("open lock")
-            .keys()
-            .copied()
-            .collect();
-        for ino in open {
+        for ino in self.files.open_inodes() {
             self.drop_kernel_inode(ino, true);
         }
     }
@@ -606,9 +373,10 @@ impl Filesystem for DfsFs {
             Err(e) => return reply.error(e),
         };
         self.spawn("lookup", |s| async move {
+            let buffered = s.files.buffered_sizes();
             match s.client.lookup(s.ino(parent), &name).await {
                 Err(FsError::NotFound) => s.reply_absent(reply),
-                result => s.reply_entry(reply, result),
+                result => s.reply_entry(reply, result.map(|a| buffered.cover(a))),
             }
         });
     }
@@ -616,12 +384,13 @@ impl Filesystem for DfsFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.spawn("getattr", |s| async move {
             let ino = s.ino(ino);
+            let buffered = s.files.buffered_sizes();
             // A directory this mount just changed: the attributes came with the change.
             let result = match s.client.dir_attrs().take(ino, s.ttl) {
                 Some(attr) => Ok(attr),
                 None => s.client.getattr(ino).await,
             };
-            s.reply_attr(reply, result);
+            s.reply_attr(reply, result.map(|a| buffered.cover(a)));
         });
     }
 
@@ -656,26 +425,22 @@ impl Filesystem for DfsFs {
                 atime: atime.map(time_set),
                 mtime: mtime.map(time_set),
             };
-            // Writes buffered by other descriptors land before the truncate, as on a local disk.
-            if size.is_some() {
-                if let Err(e) = s.flush_inode(ino, fh).await {
+            // A truncate through an open file goes through its handle, after its own writes.
+            let through = fh.and_then(|fh| s.files.get(fh.0));
+            if let (Some(new_size), Some(file)) = (size, through) {
+                if let Err(e) = s.files.truncate(&file, new_size).await {
                     return reply.error(errno(&e));
                 }
-            }
-            // A truncate through an open file goes through its handle, after its own writes.
-            if let (Some(size), Some(fh)) = (size, fh) {
-                if let Ok(file) = s.file(fh) {
-                    let mut file = file.lock().await;
-                    if let Err(e) = file.truncate(size).await {
-                        return reply.error(errno(&e));
-                    }
-                    s.clean(fh);
-                    set.size = None;
+                set.size = None;
+            } else if size.is_some() {
+                // Writes buffered by descriptors land before the truncate, as on a local disk.
+                if let Err(e) = s.files.flush_others(ino, None).await {
+                    return reply.error(errno(&e));
                 }
             }
             let result = s.client.setattr(ino, set).await;
             if size.is_some() {
-                s.forget_layouts(ino).await;
+                s.files.forget_layouts(Some(ino));
             }
             s.reply_attr(reply, result);
         });
@@ -750,7 +515,7 @@ impl Filesystem for DfsFs {
             Err(e) => return reply.error(e),
         };
         self.spawn("unlink", |s| async move {
-            let result = s.unlink_or_hide(s.ino(parent), &name).await;
+            let result = s.files.unlink(s.ino(parent), &name).await;
             reply_empty(reply, result)
         });
     }
@@ -862,7 +627,7 @@ impl Filesystem for DfsFs {
             match opened {
                 Ok((file, cache)) => {
                     let (file, open_flags) = open_mode(file, flags.0);
-                    reply.opened(s.add_file(file), open_flags | cache)
+                    reply.opened(FileHandle(s.files.add(file)), open_flags | cache)
                 }
                 Err(e) => reply.error(errno(&e)),
             }
@@ -897,9 +662,9 @@ impl Filesystem for DfsFs {
             match s.client.handle_for(attr.clone()).await {
                 Ok(file) => {
                     // A file this mount created: its pages are its own writes.
-                    s.remember_version(&attr);
+                    s.files.remember_version(&attr);
                     let (file, open_flags) = open_mode(file, flags);
-                    let fh = s.add_file(file);
+                    let fh = FileHandle(s.files.add(file));
                     reply.created(
                         &s.ttl,
                         &s.fresh_attr(attr.clone()),
@@ -930,13 +695,11 @@ impl Filesystem for DfsFs {
                 Err(e) => return reply.error(e),
             };
             // Reads see what other descriptors of this mount wrote.
-            let ino = file.lock().await.ino();
-            let others_flushed = match s.flush_inode(ino, Some(fh)).await {
-                Ok(flushed) => flushed,
-                Err(e) => return reply.error(errno(&e)),
-            };
+            if let Err(e) = s.files.flush_others(file.ino(), Some(fh.0)).await {
+                return reply.error(errno(&e));
+            }
             // The handle is held only to plan each read: reads of one file overlap.
-            let result = OpenFile::read_shared(&file, offset, size as u64, others_flushed).await;
+            let result = DfsHandle::read_shared(file.handle(), offset, size as u64).await;
             match result {
                 Ok(data) => {
                     s.metrics.bytes_read.inc_by(data.len() as u64);
@@ -968,11 +731,11 @@ impl Filesystem for DfsFs {
                 Ok(f) => f,
                 Err(e) => return reply.error(e),
             };
-            let mut file = file.lock().await;
+            let mut handle = file.lock().await;
             let len = data.len();
-            match file.write_owned(offset, data).await {
+            match handle.write_owned(offset, data).await {
                 Ok(_) => {
-                    s.note_dirty(fh, &file);
+                    s.files.wrote(&file, handle.size());
                     s.metrics.bytes_written.inc_by(len as u64);
                     reply.written(len as u32)
                 }
@@ -991,7 +754,7 @@ impl Filesystem for DfsFs {
     ) {
         self.spawn("flush", |s| async move {
             let result = match s.file(fh) {
-                Ok(file) => s.flush_file(fh, &file).await.1,
+                Ok(file) => s.files.flush(&file).await,
                 Err(e) => return reply.error(e),
             };
             // A close drops the closing process's fcntl locks on the file, as POSIX says.
@@ -1011,15 +774,7 @@ impl Filesystem for DfsFs {
         reply: ReplyEmpty,
     ) {
         self.spawn("release", |s| async move {
-            let file = s.files.lock().expect("file lock").remove(&fh.0);
-            let mut result = match file {
-                Some(file) => {
-                    let (ino, flushed) = s.flush_file(fh, &file).await;
-                    s.closed(ino).await;
-                    flushed
-                }
-                None => Err(FsError::invalid("unknown file handle")),
-            };
+            let mut result = s.files.close(fh.0).await.map(drop);
             // The last close of an open file drops its flock lock.
             if let Some(owner) = lock_owner {
                 let released = s.client.release_locks(s.ino(ino), owner.0).await;
@@ -1040,7 +795,7 @@ impl Filesystem for DfsFs {
         // Every flush is durable: chunk servers fsync shards, the metadata server its commits.
         self.spawn("fsync", |s| async move {
             let result = match s.file(fh) {
-                Ok(file) => s.flush_file(fh, &file).await.1,
+                Ok(file) => s.files.flush(&file).await,
                 Err(e) => return reply.error(e),
             };
             reply_empty(reply, result)
@@ -1162,26 +917,18 @@ impl Filesystem for DfsFs {
                 Ok(f) => f,
                 Err(e) => return reply.error(e),
             };
-            let ino = file.lock().await.ino();
-            if let Err(e) = s.flush_inode(ino, Some(fh)).await {
-                return reply.error(errno(&e));
-            }
-            let mut file = file.lock().await;
             let result = if mode & libc::FALLOC_FL_KEEP_SIZE != 0 {
                 Ok(())
             } else {
-                file.allocate(end).await
+                s.files.allocate(&file, end).await
             };
-            drop(file);
-            s.clean(fh);
-            s.forget_layouts(ino).await;
             reply_empty(reply, result)
         });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let dir = self.shared.ino(ino);
-        let fh = self.shared.next_fh.fetch_add(1, Ordering::Relaxed);
+        let fh = self.shared.next_dir_fh.fetch_add(1, Ordering::Relaxed);
         let listing = DirListing {
             dir,
             entries: Vec::new(),

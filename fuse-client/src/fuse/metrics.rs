@@ -1,16 +1,20 @@
 //! What a mount measures, served as Prometheus metrics with the `metrics=ADDR` option:
-//! FUSE operations by kind with their latency (from the kernel's request to the reply), and
-//! the bytes applications read and wrote.
+//! FUSE operations by kind with their latency (from the kernel's request to the reply), those
+//! in progress (what a stuck application waits for), and the bytes applications read and
+//! wrote.
 
 use dfs_common::http::{Handler, Page};
-use dfs_common::metrics::{counter, MetricsPage, OpMetrics};
+use dfs_common::metrics::{counter, MetricsPage, OpLabel, OpMetrics};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct FuseMetrics {
     pub ops: OpMetrics,
+    pub in_flight: Family<OpLabel, Gauge>,
     pub bytes_read: Counter,
     pub bytes_written: Counter,
 }
@@ -19,8 +23,15 @@ impl FuseMetrics {
     /// Registers the mount's metrics; returns them and the `/metrics` handler.
     pub fn new() -> (FuseMetrics, Handler) {
         let mut r = Registry::default();
+        let in_flight = Family::default();
+        r.register(
+            "dfs_fuse_in_flight",
+            "FUSE operations in progress, by operation",
+            in_flight.clone(),
+        );
         let metrics = FuseMetrics {
             ops: OpMetrics::register_without_errors(&mut r, "dfs_fuse", "FUSE operations"),
+            in_flight,
             bytes_read: counter(&mut r, "dfs_fuse_read_bytes", "Bytes applications read"),
             bytes_written: counter(&mut r, "dfs_fuse_written_bytes", "Bytes applications wrote"),
         };

@@ -1,0 +1,369 @@
+//! The open files of one mount, by descriptor and by inode.
+//!
+//! Several descriptors of one file share what is kept here:
+//! - the size including unflushed writes, so that `stat` sees them;
+//! - the hidden name of a file unlinked while open, removed at its last close;
+//! - whether the layouts the descriptors cached are stale (a counter they compare with);
+//! - the file's version as of this mount's last open or own commit, so that an open after
+//!   this mount's own writes keeps the kernel's pages.
+//!
+//! Each descriptor has its own lock, and nothing here locks a descriptor of another file
+//! than the one named: closing one file never waits for another file's upload.
+
+use super::file::FileHandle;
+use super::Client;
+use dfs_common::proto::meta::{Attr, FileKind, RENAME_NOREPLACE};
+use dfs_common::{FsError, FsResult, InodeId, Timestamp};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// One open descriptor: the handle its reads and writes go through, and its file.
+pub struct OpenFile {
+    fh: u64,
+    ino: InodeId,
+    handle: tokio::sync::Mutex<FileHandle>,
+}
+
+impl OpenFile {
+    pub fn fh(&self) -> u64 {
+        self.fh
+    }
+
+    pub fn ino(&self) -> InodeId {
+        self.ino
+    }
+
+    /// The handle, for reads that lock it only to plan ([`FileHandle::read_shared`]).
+    pub fn handle(&self) -> &tokio::sync::Mutex<FileHandle> {
+        &self.handle
+    }
+
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, FileHandle> {
+        self.handle.lock().await
+    }
+}
+
+/// What the open descriptors of one inode share.
+#[derive(Default)]
+struct Inode {
+    open: u32,
+    /// Descriptors with unflushed writes, and the file's size including them.
+    dirty: HashMap<u64, u64>,
+    /// Unlinked while open: the directory and hidden name it lives under until its last close.
+    hidden: Option<(InodeId, String)>,
+    /// Raised when the file's extents change; a descriptor that saw another value drops the
+    /// layouts it cached.
+    layouts: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct Table {
+    files: HashMap<u64, Arc<OpenFile>>,
+    inodes: HashMap<InodeId, Inode>,
+}
+
+/// Sizes of files including unflushed writes, as they stood at one moment.
+pub struct BufferedSizes(HashMap<InodeId, u64>);
+
+impl BufferedSizes {
+    /// Raises the size in `attr` (fetched after this snapshot was taken) to cover the writes
+    /// that were unflushed then.
+    pub fn cover(&self, mut attr: Attr) -> Attr {
+        if let Some(&size) = self.0.get(&attr.ino) {
+            attr.size = attr.size.max(size);
+        }
+        attr
+    }
+}
+
+/// What tells one state of a file's data from another: its modification and change times and
+/// its size (ctime is the metadata server's clock at each change).
+type FileVersion = (Timestamp, Timestamp, u64);
+
+fn version_of(attr: &Attr) -> FileVersion {
+    (attr.mtime, attr.ctime, attr.size)
+}
+
+/// Versions remembered at most; past this the table starts afresh (costing only cache hits).
+const MAX_VERSIONS: usize = 100_000;
+
+pub struct OpenFiles {
+    client: Client,
+    table: Mutex<Table>,
+    versions: Mutex<HashMap<InodeId, FileVersion>>,
+    next_fh: AtomicU64,
+}
+
+impl OpenFiles {
+    pub fn new(client: Client) -> Self {
+        OpenFiles {
+            client,
+            table: Mutex::default(),
+            versions: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().expect("open file table")
+    }
+
+    /// Registers an open file; returns its descriptor number.
+    pub fn add(&self, mut file: FileHandle) -> u64 {
+        let ino = file.ino();
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let mut table = self.table();
+        let inode = table.inodes.entry(ino).or_default();
+        inode.open += 1;
+        file.share_layout_epoch(inode.layouts.clone());
+        let handle = tokio::sync::Mutex::new(file);
+        table
+            .files
+            .insert(fh, Arc::new(OpenFile { fh, ino, handle }));
+        fh
+    }
+
+    pub fn get(&self, fh: u64) -> Option<Arc<OpenFile>> {
+        self.table().files.get(&fh).cloned()
+    }
+
+    /// Records that `file` has unflushed writes, the file's size including them being `size`.
+    pub fn wrote(&self, file: &OpenFile, size: u64) {
+        if let Some(inode) = self.table().inodes.get_mut(&file.ino) {
+            inode.dirty.insert(file.fh, size);
+        }
+    }
+
+    /// The size of `ino` including unflushed writes of its open descriptors, if it has any.
+    pub fn size_with_writes(&self, ino: InodeId) -> Option<u64> {
+        let table = self.table();
+        table.inodes.get(&ino)?.dirty.values().copied().max()
+    }
+
+    /// The sizes [`OpenFiles::size_with_writes`] gives, of every file with unflushed writes.
+    /// Taken before asking the metadata server for attributes: a flush that commits those
+    /// writes while the question is out forgets them, and the answer may predate its commit.
+    pub fn buffered_sizes(&self) -> BufferedSizes {
+        let table = self.table();
+        let sizes = table.inodes.iter().filter_map(|(ino, inode)| {
+            let size = inode.dirty.values().copied().max()?;
+            Some((*ino, size))
+        });
+        BufferedSizes(sizes.collect())
+    }
+
+    /// Whether `ino` was unlinked while open here (it has no names left to its users).
+    pub fn is_hidden(&self, ino: InodeId) -> bool {
+        self.table()
+            .inodes
+            .get(&ino)
+            .is_some_and(|i| i.hidden.is_some())
+    }
+
+    /// Inodes with open descriptors.
+    pub fn open_inodes(&self) -> Vec<InodeId> {
+        self.table().inodes.keys().copied().collect()
+    }
+
+    /// Makes the open descriptors of `ino` (of every inode, for `None`) fetch the layout again
+    /// at their next read: the file's size or extents changed. Waits for nothing.
+    pub fn forget_layouts(&self, ino: Option<InodeId>) {
+        let table = self.table();
+        let stale = |inode: &Inode| {
+            inode.layouts.fetch_add(1, Ordering::AcqRel);
+        };
+        match ino {
+            Some(ino) => table.inodes.get(&ino).into_iter().for_each(stale),
+            None => table.inodes.values().for_each(stale),
+        }
+    }
+
+    fn clean(&self, file: &OpenFile) {
+        if let Some(inode) = self.table().inodes.get_mut(&file.ino) {
+            inode.dirty.remove(&file.fh);
+        }
+    }
+
+    /// Makes what `file` wrote durable and visible: to other clients, and to the other
+    /// descriptors of this mount through their layouts.
+    pub async fn flush(&self, file: &OpenFile) -> FsResult<()> {
+        let mut handle = file.lock().await;
+        let result = handle.flush().await;
+        let commits = handle.take_commits();
+        // Under the handle's lock: a write that follows the flush records its size anew.
+        self.clean(file);
+        drop(handle);
+        if !commits.is_empty() {
+            self.note_commits(file.ino, commits);
+            self.forget_layouts(Some(file.ino));
+        }
+        result
+    }
+
+    /// Flushes the descriptors of `ino` with unflushed writes, except `except`: what one
+    /// descriptor wrote reaches the cluster before another one reads or truncates the file.
+    pub async fn flush_others(&self, ino: InodeId, except: Option<u64>) -> FsResult<()> {
+        let others: Vec<Arc<OpenFile>> = {
+            let table = self.table();
+            let dirty = table.inodes.get(&ino).map(|i| i.dirty.keys());
+            dirty
+                .into_iter()
+                .flatten()
+                .filter(|fh| Some(**fh) != except)
+                .filter_map(|fh| table.files.get(fh).cloned())
+                .collect()
+        };
+        for file in others {
+            self.flush(&file).await?;
+        }
+        Ok(())
+    }
+
+    /// Truncates the file through `file`, after its own and the other descriptors' writes.
+    pub async fn truncate(&self, file: &OpenFile, size: u64) -> FsResult<()> {
+        self.flush_others(file.ino, Some(file.fh)).await?;
+        let mut handle = file.lock().await;
+        let result = handle.truncate(size).await;
+        self.clean(file);
+        drop(handle);
+        self.forget_layouts(Some(file.ino));
+        result
+    }
+
+    /// `fallocate` without flags through `file`: the size grows to at least `end`.
+    pub async fn allocate(&self, file: &OpenFile, end: u64) -> FsResult<()> {
+        self.flush_others(file.ino, Some(file.fh)).await?;
+        let mut handle = file.lock().await;
+        let result = handle.allocate(end).await;
+        self.clean(file);
+        drop(handle);
+        self.forget_layouts(Some(file.ino));
+        result
+    }
+
+    /// Closes descriptor `fh`: flushes it and, at the last close of a file unlinked while
+    /// open, removes the file. Errors of earlier writes surface here, as with NFS.
+    pub async fn close(&self, fh: u64) -> FsResult<InodeId> {
+        let file = self
+            .table()
+            .files
+            .remove(&fh)
+            .ok_or_else(|| FsError::invalid("unknown file handle"))?;
+        let result = self.flush(&file).await;
+        let hidden = {
+            let mut table = self.table();
+            let last = table.inodes.get_mut(&file.ino).is_none_or(|inode| {
+                inode.open = inode.open.saturating_sub(1);
+                inode.open == 0
+            });
+            let gone = last.then(|| table.inodes.remove(&file.ino)).flatten();
+            gone.and_then(|inode| inode.hidden)
+        };
+        if let Some((parent, name)) = hidden {
+            if let Err(e) = self.client.unlink(parent, &name).await {
+                tracing::warn!(ino = %file.ino, "removing unlinked file {name}: {e}");
+            }
+        }
+        result.map(|()| file.ino)
+    }
+
+    /// Unlinks a name, unless it is the last name of a file open here: then the file is
+    /// renamed to a hidden name and unlinked at its last close, so it stays readable and
+    /// writable until then (as NFS clients do).
+    pub async fn unlink(&self, parent: InodeId, name: &str) -> FsResult<()> {
+        let attr = self.client.lookup(parent, name).await?;
+        let open = self.table().inodes.get(&attr.ino).map_or(0, |i| i.open);
+        if attr.kind != FileKind::File || attr.nlink > 1 || open == 0 {
+            return self.client.unlink(parent, name).await;
+        }
+        let hidden = format!(".dfs-hidden-{}-{:08x}", attr.ino, rand_suffix());
+        self.client
+            .rename(parent, name, parent, &hidden, RENAME_NOREPLACE)
+            .await?;
+        let kept = match self.table().inodes.get_mut(&attr.ino) {
+            // (A hidden name unlinked in turn: the file now lives under the new one.)
+            Some(inode) => {
+                inode.hidden = Some((parent, hidden.clone()));
+                true
+            }
+            None => false,
+        };
+        if !kept {
+            // Closed meanwhile: nobody is left to remove it later.
+            self.client.unlink(parent, &hidden).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes back open files with unflushed writes, every `interval`, until `files` is gone:
+    /// a descriptor found dirty in two rounds in a row is flushed, so no write waits longer
+    /// than about two intervals for its commit (and blocks uploaded early never wait so long
+    /// that garbage collection takes them). An error is kept for the descriptor's next flush,
+    /// fsync or close to report.
+    pub async fn write_back(files: Weak<OpenFiles>, interval: Duration) {
+        let mut seen: Vec<u64> = Vec::new();
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(files) = files.upgrade() else { return };
+            let dirty: Vec<Arc<OpenFile>> = {
+                let table = files.table();
+                let fhs = table.inodes.values().flat_map(|i| i.dirty.keys());
+                fhs.filter_map(|fh| table.files.get(fh).cloned()).collect()
+            };
+            for file in dirty.iter().filter(|f| seen.contains(&f.fh)) {
+                if let Err(e) = files.flush(file).await {
+                    tracing::warn!(ino = %file.ino, "writing back: {e}");
+                    file.lock().await.keep_error(e);
+                }
+            }
+            seen = dirty.iter().map(|f| f.fh).collect();
+        }
+    }
+
+    /// Close-to-open: `attr` was just fetched by an open. Returns whether the file is as this
+    /// mount last knew it (opened it, or committed to it), so that its cached pages hold.
+    pub fn opened(&self, attr: &Attr) -> bool {
+        self.remember_version(attr) == Some(version_of(attr))
+    }
+
+    /// Records the version of a file this mount knows to be current (it just created it).
+    pub fn remember_version(&self, attr: &Attr) -> Option<FileVersion> {
+        let mut versions = self.versions.lock().expect("version lock");
+        if versions.len() >= MAX_VERSIONS {
+            versions.clear();
+        }
+        versions.insert(attr.ino, version_of(attr))
+    }
+
+    /// Another client changed `ino` (every inode, for `None`): its next open drops its pages.
+    pub fn forget_version(&self, ino: Option<InodeId>) {
+        let mut versions = self.versions.lock().expect("version lock");
+        match ino {
+            Some(ino) => drop(versions.remove(&ino)),
+            None => versions.clear(),
+        }
+    }
+
+    /// Follows this mount's own commits to a file: when each started from the version this
+    /// mount knew, no other client changed the file meanwhile, so the version after it is
+    /// recorded and the next open keeps the kernel's pages (which hold this mount's writes).
+    /// When one did not, the version is forgotten and the next open drops them.
+    fn note_commits(&self, ino: InodeId, commits: Vec<(Attr, Attr)>) {
+        let mut versions = self.versions.lock().expect("version lock");
+        for (before, after) in commits {
+            if versions.get(&ino) == Some(&version_of(&before)) {
+                versions.insert(ino, version_of(&after));
+            } else {
+                versions.remove(&ino);
+            }
+        }
+    }
+}
+
+/// A random suffix for hidden names, so two mounts hiding the same inode do not collide.
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::Instant::now()) as u32
+}
