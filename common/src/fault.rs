@@ -13,8 +13,10 @@
 //! - [`Action::Exit`]: the process ends at once, as a crash would (daemons under process
 //!   tests only). "The leader dies after the commit, before the reply."
 //!
-//! Daemons started as processes read `DFS_FAULTS` (`name=fail,other=pause`; see
-//! [`Faults::from_env`]), so process tests can arm points too.
+//! Daemons started as processes read `DFS_FAULTS` (`name=pause,other=fail`; see
+//! [`Faults::from_env`]), so process tests can arm points too. Where such a process serves
+//! HTTP, [`Faults::http_handler`] lets the test arm, release and count points while it runs
+//! (pause here, do something, let it go on); without `DFS_FAULTS` there is no such page.
 
 use crate::{FsError, FsResult};
 use std::collections::HashMap;
@@ -80,8 +82,9 @@ impl Faults {
     }
 
     /// Points armed from `DFS_FAULTS`: comma-separated `name=pause`, `name=fail` (EIO),
-    /// `name=fail@N` (only the N-th hit) or `name=exit` (the process dies there). Unset or
-    /// empty gives the inert set.
+    /// `name=fail@N` (only the N-th hit) or `name=exit` (the process dies there); `enabled`
+    /// alone arms nothing but makes a set that can be armed later (over HTTP). Unset or empty
+    /// gives the inert set.
     pub fn from_env() -> FsResult<Faults> {
         match std::env::var("DFS_FAULTS") {
             Ok(spec) if !spec.trim().is_empty() => Faults::parse(&spec),
@@ -92,26 +95,51 @@ impl Faults {
     fn parse(spec: &str) -> FsResult<Faults> {
         let faults = Faults::enabled();
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if item == "enabled" {
+                continue;
+            }
             let (name, action) = item
                 .split_once('=')
                 .ok_or_else(|| FsError::invalid(format!("fault {item:?}: expected NAME=ACTION")))?;
-            let eio = || FsError::io(format!("injected fault at {name}"));
-            let action = match action {
-                "pause" => Action::Pause,
-                "fail" => Action::Fail(eio()),
-                "exit" => Action::Exit,
-                other => match other.strip_prefix("fail@").map(str::parse::<u32>) {
-                    Some(Ok(n)) if n > 0 => Action::FailNth(n, eio()),
-                    _ => {
-                        return Err(FsError::invalid(format!(
-                            "fault {item:?}: the action is pause, fail, fail@N or exit"
-                        )))
-                    }
-                },
-            };
+            let action = parse_action(name, action).ok_or_else(|| {
+                FsError::invalid(format!(
+                    "fault {item:?}: the action is pause, fail, fail@N or exit"
+                ))
+            })?;
             faults.arm(name, action);
         }
         Ok(faults)
+    }
+
+    /// Control of the points over HTTP, for process tests, when the set can be armed:
+    /// `/faults/NAME/ACTION` arms NAME (ACTION as in `DFS_FAULTS`), `/faults/NAME/release`
+    /// lets one paused hit go on, `/faults/NAME/disarm` disarms it, and `/faults/NAME/hits`
+    /// answers how often it was hit since it was armed. Other paths are not its own (`None`).
+    pub fn http_handler(&self) -> Option<crate::http::Handler> {
+        self.is_enabled().then_some(())?;
+        let faults = self.clone();
+        Some(std::sync::Arc::new(move |path: &str| {
+            let (name, verb) = path.strip_prefix("/faults/")?.rsplit_once('/')?;
+            let done = match verb {
+                "hits" => faults.hits(name).to_string(),
+                "release" => {
+                    faults.release(name);
+                    "released".into()
+                }
+                "disarm" => {
+                    faults.disarm(name);
+                    "disarmed".into()
+                }
+                action => {
+                    faults.arm(name, parse_action(name, action)?);
+                    "armed".into()
+                }
+            };
+            Some(crate::http::Page {
+                content_type: "text/plain",
+                body: done + "\n",
+            })
+        }))
     }
 
     /// Arms `name`, resetting its hit count.
@@ -226,9 +254,51 @@ impl Faults {
     }
 }
 
+/// The action `pause`, `fail` (EIO), `fail@N` or `exit`, for point `name`.
+fn parse_action(name: &str, action: &str) -> Option<Action> {
+    let eio = || FsError::io(format!("injected fault at {name}"));
+    match action {
+        "pause" => Some(Action::Pause),
+        "fail" => Some(Action::Fail(eio())),
+        "exit" => Some(Action::Exit),
+        other => match other.strip_prefix("fail@")?.parse::<u32>() {
+            Ok(n) if n > 0 => Some(Action::FailNth(n, eio())),
+            _ => None,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn http_handler_arms_counts_and_releases() {
+        assert!(Faults::default().http_handler().is_none());
+        let faults = Faults::parse("enabled").unwrap();
+        let page = faults.http_handler().expect("an armable set has the page");
+        let get = |path: &str| page(path).map(|p| p.body);
+        assert_eq!(get("/faults/p/pause").as_deref(), Some("armed\n"));
+        assert_eq!(get("/faults/p/sometimes"), None, "unknown action");
+        assert_eq!(get("/metrics"), None, "not its path");
+        let waiting = tokio::spawn({
+            let faults = faults.clone();
+            async move { faults.hit("p").await }
+        });
+        faults
+            .wait_hit("p", 1, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(get("/faults/p/hits").as_deref(), Some("1\n"));
+        assert!(!waiting.is_finished());
+        assert_eq!(get("/faults/p/release").as_deref(), Some("released\n"));
+        assert_eq!(waiting.await.unwrap(), Ok(()));
+        assert_eq!(get("/faults/q/fail@2").as_deref(), Some("armed\n"));
+        assert_eq!(faults.hit("q").await, Ok(()));
+        assert!(faults.hit("q").await.is_err());
+        assert_eq!(get("/faults/q/disarm").as_deref(), Some("disarmed\n"));
+        assert_eq!(faults.hit("q").await, Ok(()));
+    }
 
     #[tokio::test]
     async fn inert_set_passes_everything() {

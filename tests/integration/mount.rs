@@ -541,3 +541,39 @@ fn closing_a_file_never_waits_for_another_files_upload() {
     );
     assert!(fs::read(m.path("big")).unwrap() == big_data);
 }
+
+/// A size answered from the metadata server before a flush commits this mount's buffered
+/// writes, and replied after that flush forgot them, does not shrink the file: the mount
+/// raises it to what was buffered when it asked. Driven by a fault point that holds a getattr
+/// between the server's answer and the reply while an fsync commits.
+#[test]
+fn a_size_read_before_a_flush_commits_does_not_hide_the_flushed_writes() {
+    use crate::observe::http_get;
+    let cluster = cluster_with_volume();
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
+    let options = format!("metrics={http},attr_timeout=0");
+    let env = [("DFS_FAULTS", "enabled")];
+    let m = Mount::with_env(&cluster, "default", "m", &options, &env).unwrap();
+    let control = |path: &str| {
+        let (status, body) = http_get(http, &format!("/faults/mount.getattr_answered/{path}"));
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+
+    let mut file = fs::File::create(m.path("f")).unwrap();
+    file.write_all(&[7u8; 100]).unwrap(); // buffered in the mount: the server has 0 bytes
+    let syncer = file.try_clone().unwrap();
+    control("pause");
+    let asking = std::thread::spawn(move || file.metadata().map(|md| md.len()));
+    crate::heal::wait_until(&cluster, Duration::from_secs(20), "getattr held", || {
+        control("hits").trim() != "0"
+    });
+    syncer.sync_all().unwrap(); // commits the 100 bytes; the mount forgets its buffered size
+    control("disarm");
+    let size = asking.join().unwrap().unwrap();
+    assert_eq!(
+        size, 100,
+        "a size read before the commit hid the written bytes"
+    );
+    assert_eq!(fs::metadata(m.path("f")).unwrap().len(), 100);
+}

@@ -461,12 +461,25 @@ impl Mount {
         name: &str,
         options: &str,
     ) -> Result<Mount, String> {
+        Mount::with_env(cluster, volume, name, options, &[])
+    }
+
+    /// Like [`Mount::new`], with extra environment variables for `dfs-mount` (such as
+    /// `DFS_FAULTS`).
+    pub fn with_env(
+        cluster: &ProcessCluster,
+        volume: &str,
+        name: &str,
+        options: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Mount, String> {
         let dir = cluster.dir.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let mut cmd = Command::new(binary("dfs-mount"));
         cmd.arg(format!("{}:/{volume}", cluster.meta_spec()))
             .arg(&dir)
-            .env("DFS_CERTS", &cluster.certs_dir);
+            .env("DFS_CERTS", &cluster.certs_dir)
+            .envs(env.iter().copied());
         // The mount's log lands beside the servers' logs, in `ProcessCluster::logs`.
         let log = cluster.dir.path().join(format!("mount-{name}.log"));
         cmd.arg("-o").arg(format!("log={}", log.display()));

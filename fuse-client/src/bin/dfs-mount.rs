@@ -156,6 +156,7 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let faults = dfs_common::fault::Faults::from_env()?;
     let (client, volume) = runtime.block_on(async {
         let members = dfs_common::net::meta::resolve_list(&spec.meta)?;
         let connect = Client::connect_group(
@@ -164,7 +165,7 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
             ClientOptions {
                 meta_retry: options.meta_retry,
                 inline_max: options.inline_max,
-                faults: dfs_common::fault::Faults::from_env()?,
+                faults: faults.clone(),
                 ..ClientOptions::default()
             },
         );
@@ -186,8 +187,15 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
 
     let (metrics, metrics_page) = FuseMetrics::new();
     if let Some(addr) = options.metrics {
+        // Under test (DFS_FAULTS set), the same address also arms and releases fault points.
+        let page: dfs_common::http::Handler = match faults.http_handler() {
+            Some(control) => {
+                Arc::new(move |path: &str| control(path).or_else(|| metrics_page(path)))
+            }
+            None => metrics_page,
+        };
         let shutdown = tokio_util::sync::CancellationToken::new();
-        runtime.block_on(dfs_common::http::serve(addr, metrics_page, shutdown))?;
+        runtime.block_on(dfs_common::http::serve(addr, page, shutdown))?;
     }
     let notifier = Arc::new(OnceLock::new());
     let fs = DfsFs::new(

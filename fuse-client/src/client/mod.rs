@@ -157,6 +157,11 @@ impl Client {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The fault points this client was given (inert outside tests).
+    pub fn faults(&self) -> &dfs_common::fault::Faults {
+        &self.inner.options.faults
+    }
+
     /// How many reads so far had to rebuild data from other shards.
     pub fn fallback_reads(&self) -> u64 {
         self.inner

@@ -390,6 +390,13 @@ impl Filesystem for DfsFs {
                 Some(attr) => Ok(attr),
                 None => s.client.getattr(ino).await,
             };
+            // Between the server's answer and the reply (a flush may commit meanwhile).
+            let result = s
+                .client
+                .faults()
+                .hit("mount.getattr_answered")
+                .await
+                .and(result);
             s.reply_attr(reply, result.map(|a| buffered.cover(a)));
         });
     }
