@@ -7,9 +7,38 @@ use std::collections::BTreeMap;
 pub struct DirtyBuffer {
     runs: BTreeMap<u64, Vec<u8>>,
     bytes: usize,
+    /// Room a run is given once it grows past [`GROW_TO_BLOCK`]: a block and its parity, so
+    /// that a run cut into a block is encoded in place, never copied to a larger buffer.
+    run_capacity: usize,
 }
 
+/// A run growing past this many bytes is given its whole `run_capacity` at once (smaller ones
+/// grow as vectors do, so small files do not hold a block's worth of memory).
+const GROW_TO_BLOCK: usize = 1 << 20;
+
 impl DirtyBuffer {
+    /// A buffer whose runs grow straight to `run_capacity` bytes once past 1 MiB (see
+    /// [`FileHandle::write_buffer`](super::file::FileHandle::write_buffer)).
+    pub fn with_run_capacity(run_capacity: usize) -> Self {
+        DirtyBuffer {
+            run_capacity,
+            ..DirtyBuffer::default()
+        }
+    }
+
+    /// Makes room in `run` for `len` bytes in all.
+    fn reserve(&self, run: &mut Vec<u8>, len: usize) {
+        if len <= run.capacity() {
+            return;
+        }
+        let target = if len >= GROW_TO_BLOCK && len <= self.run_capacity {
+            self.run_capacity
+        } else {
+            len.max(run.capacity() * 2)
+        };
+        run.reserve_exact(target - run.len());
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -73,7 +102,17 @@ impl DirtyBuffer {
             Vec::new()
         };
         self.bytes -= merged.len();
-        merged.resize((new_end - new_start) as usize, 0);
+        let new_len = (new_end - new_start) as usize;
+        self.reserve(&mut merged, new_len);
+        if touching.len() == 1 && first <= offset && end == new_end {
+            // The common case, a write at or over the end of one run: copied once, no zeroing.
+            merged.truncate((offset - first) as usize);
+            merged.extend_from_slice(data);
+            self.bytes += merged.len();
+            self.runs.insert(new_start, merged);
+            return;
+        }
+        merged.resize(new_len, 0);
         for s in touching.iter().filter(|&&s| s != first || first > offset) {
             let run = self.runs.remove(s).expect("run exists");
             self.bytes -= run.len();
@@ -204,6 +243,32 @@ mod tests {
             assert_eq!(got, model);
             assert!(buf.is_empty());
         }
+    }
+
+    #[test]
+    fn a_block_written_in_pieces_has_room_for_its_parity() {
+        const MIB: usize = 1 << 20;
+        let (block, encoded) = (4 * MIB, 6 * MIB);
+        let mut buf = DirtyBuffer::with_run_capacity(encoded);
+        let mut want = Vec::new();
+        for i in 0..4u8 {
+            let piece = vec![i; MIB];
+            want.extend_from_slice(&piece);
+            buf.write_owned(u64::from(i) * MIB as u64, piece);
+        }
+        let blocks = buf.take_full_blocks_at(0, block);
+        assert_eq!(blocks.len(), 1);
+        assert!(blocks[0].1 == want);
+        assert!(blocks[0].1.capacity() >= encoded, "encoding would copy it");
+
+        // Small files keep small runs.
+        let mut small = DirtyBuffer::with_run_capacity(encoded);
+        for i in 0..16u64 {
+            small.write(i * 4096, &[1; 4096]);
+        }
+        let runs = small.take_all(block);
+        assert_eq!(runs.len(), 1);
+        assert!(runs[0].1.capacity() < MIB);
     }
 
     #[test]

@@ -137,7 +137,7 @@ impl Client {
             block_size: volume.block_size as usize,
             policy: volume.policy,
             size: attr.size,
-            dirty: DirtyBuffer::default(),
+            dirty: DirtyBuffer::with_run_capacity(encoded_len(volume.policy, volume.block_size)),
             uploads: VecDeque::new(),
             uploaded: Vec::new(),
             failed: None,
@@ -151,6 +151,12 @@ impl Client {
             commits: Vec::new(),
         })
     }
+}
+
+/// Bytes of one block of `block_size` and its parity under `policy`: what encoding a block in
+/// place needs room for.
+fn encoded_len(policy: EcPolicy, block_size: u64) -> usize {
+    policy.shard_len(block_size) as usize * policy.total()
 }
 
 impl FileHandle {
@@ -233,8 +239,7 @@ impl FileHandle {
 
     /// An empty buffer with room for one block and its parity, for [`FileHandle::write_owned`].
     pub fn write_buffer(&self) -> Vec<u8> {
-        let encoded = self.policy.shard_len(self.block_size as u64) as usize * self.policy.total();
-        Vec::with_capacity(encoded)
+        Vec::with_capacity(encoded_len(self.policy, self.block_size as u64))
     }
 
     /// The block size of the file's volume: the best size for sequential writes.
