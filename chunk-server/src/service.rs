@@ -3,7 +3,7 @@
 use crate::access::ClientAccess;
 use crate::rebuild::rebuild;
 use crate::scrub::Scrubber;
-use crate::store::{validate_put, ShardBuffer, ShardStore};
+use crate::store::{validate_put, ShardStore};
 use crate::web::ChunkMetrics;
 use dfs_common::capability::{CapabilityKey, ShardCapability};
 use dfs_common::net::chunks::ChunkPool;
@@ -200,7 +200,7 @@ impl Service for ChunkService {
                     .acquire_many(units)
                     .await
                     .map_err(|_| FsError::unavailable("shutting down"))?;
-                let mut shard = ShardBuffer::new(len as usize);
+                let mut shard = self.store.buffer(len as usize);
                 read_body_into(body, shard.data_mut(), Self::REQUEST_TIMEOUT).await?;
                 self.blocking(move |s| s.put_buffer(key, owner, shard))
                     .await?;

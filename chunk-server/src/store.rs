@@ -221,12 +221,20 @@ pub struct ShardBuffer {
 }
 
 impl ShardBuffer {
-    pub fn new(data_len: usize) -> Self {
+    /// A buffer for a shard of `data_len` bytes made in `buf`, whose bytes are reused where it
+    /// is long enough (the data and header are written over; the padding is zeroed).
+    fn in_vec(data_len: usize, mut buf: Vec<u8>) -> Self {
         let sub_blocks = checksum::sub_block_count(data_len as u64) as usize;
         let header_len = FIXED_HEADER + 32 * sub_blocks + 32;
         let padded_len = (header_len + data_len).next_multiple_of(DIRECT_ALIGN);
-        let buf = vec![0u8; padded_len + DIRECT_ALIGN];
+        let needed = padded_len + DIRECT_ALIGN;
+        if buf.len() >= needed {
+            buf.truncate(needed);
+        } else {
+            buf.resize(needed, 0);
+        }
         let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        buf[start + header_len + data_len..start + padded_len].fill(0);
         ShardBuffer {
             buf,
             start,
@@ -360,7 +368,13 @@ pub struct ShardStore {
     /// Verified headers of shards read or written lately: a read of a few KiB then costs one
     /// disk read, not two. Shard files never change once stored; a delete forgets its entry.
     headers: Mutex<HashMap<ShardKey, Arc<ShardHeader>>>,
+    /// Buffers of stored shards, for the next ones to be received into: a fresh allocation of
+    /// a shard's size costs a zero-fill and a page fault per page, every shard.
+    spare_buffers: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Bytes of spare shard buffers a store keeps at most.
+const SPARE_BUFFER_BYTES: usize = 32 << 20;
 
 /// Headers kept at most (about 600 bytes each for a 1 MiB shard); past this the cache starts
 /// afresh.
@@ -394,7 +408,24 @@ impl ShardStore {
             used_bytes: AtomicU64::new(used),
             shard_count: AtomicU64::new(count),
             headers: Mutex::new(HashMap::new()),
+            spare_buffers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A buffer to receive a shard of `data_len` bytes into, for [`ShardStore::put_buffer`].
+    pub fn buffer(&self, data_len: usize) -> ShardBuffer {
+        let spare = self.spare_buffers.lock().expect("spare buffers").pop();
+        ShardBuffer::in_vec(data_len, spare.unwrap_or_default())
+    }
+
+    /// Keeps the buffer of a stored shard for the next one, while spares stay under
+    /// [`SPARE_BUFFER_BYTES`].
+    fn recycle(&self, shard: ShardBuffer) {
+        let mut spare = self.spare_buffers.lock().expect("spare buffers");
+        let kept: usize = spare.iter().map(Vec::capacity).sum();
+        if kept + shard.buf.capacity() <= SPARE_BUFFER_BYTES {
+            spare.push(shard.buf);
+        }
     }
 
     fn cached_header(&self, key: &ShardKey) -> Option<Arc<ShardHeader>> {
@@ -461,7 +492,7 @@ impl ShardStore {
     /// Stores a shard durably. Storing the same shard again is a no-op; storing different
     /// content under an existing key is refused.
     pub fn put(&self, key: ShardKey, owner: ShardOwner, data: &[u8]) -> FsResult<()> {
-        let mut shard = ShardBuffer::new(data.len());
+        let mut shard = self.buffer(data.len());
         shard.data_mut().copy_from_slice(data);
         self.put_buffer(key, owner, shard)
     }
@@ -473,6 +504,17 @@ impl ShardStore {
         key: ShardKey,
         owner: ShardOwner,
         mut shard: ShardBuffer,
+    ) -> FsResult<()> {
+        let result = self.store_buffer(key, owner, &mut shard);
+        self.recycle(shard);
+        result
+    }
+
+    fn store_buffer(
+        &self,
+        key: ShardKey,
+        owner: ShardOwner,
+        shard: &mut ShardBuffer,
     ) -> FsResult<()> {
         let data = shard.data();
         validate_put(&key, &owner, data.len() as u64)?;
@@ -496,7 +538,7 @@ impl ShardStore {
         let guard = TempFile(&tmp_path);
         let encoded = header.encode();
         shard.set_header(&encoded);
-        write_durably(&tmp_path, &shard)?;
+        write_durably(&tmp_path, shard)?;
         let dir = path.parent().expect("shard path has a parent");
         if !dir.exists() {
             fs::create_dir_all(dir)?;
@@ -705,6 +747,34 @@ mod tests {
                 store.verify(&k).unwrap();
             }
         }
+    }
+
+    /// Buffers are reused from shard to shard, larger for smaller: each file holds exactly its
+    /// own header and bytes.
+    #[test]
+    fn reused_buffers_store_exactly_their_own_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(dir.path()).unwrap();
+        for (block, len, fill) in [
+            (1, 1usize << 20, 0xAAu8),
+            (2, 4095, 1),
+            (3, 65_537, 2),
+            (4, 1, 3),
+        ] {
+            let data = vec![fill; len];
+            let k = key(block, 0);
+            store.put(k, owner(len as u64 * 4), &data).unwrap();
+            let on_disk = fs::read(store.shard_path(&k)).unwrap();
+            assert_eq!(on_disk.len() as u64, file_len(len as u64), "length {len}");
+            assert!(on_disk[on_disk.len() - len..] == data[..], "length {len}");
+            assert_eq!(store.get(&k, 0, len as u64).unwrap(), data);
+            store.verify(&k).unwrap();
+        }
+        assert_eq!(
+            store.spare_buffers.lock().unwrap().len(),
+            1,
+            "one buffer, reused"
+        );
     }
 
     /// The non-blocking read serves only what it can check: a shard whose header is cached and
