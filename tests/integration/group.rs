@@ -576,3 +576,71 @@ fn a_mount_waiting_for_changes_does_not_ask_the_others_who_leads() {
     );
     drop(m);
 }
+
+/// A new leader's change feed is another one, so a mount that was waiting on the old leader
+/// is told it missed changes, and drops what it caches itself and the pages of its open files:
+/// a file it holds open shows a rewrite another mount made while it was not watching, though
+/// its kernel would otherwise have kept the old bytes for the minute of its attribute timeout.
+#[test]
+fn a_mount_that_missed_changes_in_a_failover_drops_the_pages_of_its_open_files() {
+    use crate::observe::http_get;
+    use std::os::unix::fs::FileExt;
+    let mut cluster = group_of_three(|_| {});
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
+    let options = format!("attr_timeout=60,metrics={http}");
+    let env = [("DFS_FAULTS", "enabled")];
+    let watcher = Mount::with_env(&cluster, "v", "watcher", &options, &env).unwrap();
+    let writer = Mount::new(&cluster, "v", "writer", "").unwrap();
+    let control = |verb: &str| {
+        let (status, body) = http_get(http, &format!("/faults/mount.watch_changes/{verb}"));
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let read = |file: &fs::File, len: usize| {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, 0).unwrap();
+        buf
+    };
+
+    let old = random_bytes(300_000, 1);
+    fs::write(writer.path("f"), &old).unwrap();
+    // The watcher stops before its next call for changes (a change ends the current one), so
+    // nothing it hears later drops its pages but what this test makes it hear.
+    control("pause");
+    fs::write(writer.path("nudge"), b"x").unwrap();
+    wait_until(
+        &cluster,
+        Duration::from_secs(30),
+        "the watcher paused",
+        || control("hits").trim() != "0",
+    );
+    let held = fs::File::open(watcher.path("f")).unwrap();
+    assert!(read(&held, old.len()) == old);
+
+    // A new leader, and a rewrite the watcher does not hear of.
+    cluster.kill_member(0);
+    wait_until(&cluster, Duration::from_secs(60), "a new leader", || {
+        let out = cluster
+            .member_cli(1)
+            .args(["--json", "meta", "status"])
+            .output();
+        out.is_ok_and(|o| {
+            serde_json::from_slice::<Vec<MetaMember>>(&o.stdout)
+                .is_ok_and(|group| leader(&group).is_some())
+        })
+    });
+    let new = random_bytes(old.len(), 2);
+    fs::write(writer.path("f"), &new).unwrap();
+    assert!(
+        read(&held, old.len()) == old,
+        "the watcher's kernel keeps its pages"
+    );
+
+    control("disarm");
+    wait_until(
+        &cluster,
+        Duration::from_secs(30),
+        "the file held open shows the rewrite",
+        || read(&held, new.len()) == new,
+    );
+}
