@@ -68,6 +68,9 @@ pub enum FsError {
     /// it knows one, is given so the caller can go there.
     #[error("not the metadata leader{}", leader_hint(.0))]
     NotLeader(Option<String>),
+    /// A guarded change found the file no longer as its caller last saw it; nothing was done.
+    #[error("the file changed meanwhile: {0}")]
+    Changed(String),
 }
 
 fn leader_hint(leader: &Option<String>) -> String {
@@ -123,6 +126,7 @@ impl FsError {
             FsError::QuotaExceeded(_) => 122, // EDQUOT
             FsError::Denied(_) => 13,         // EACCES
             FsError::NotLeader(_) => 5,       // EIO
+            FsError::Changed(_) => 116,       // ESTALE
         }
     }
 }

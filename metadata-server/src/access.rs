@@ -90,7 +90,8 @@ pub fn need(request: &MetaRequest) -> Need {
         | R::RemoveXattr(req::RemoveXattr { ino, .. })
         | R::AllocateBlock(req::AllocateBlock { ino })
         | R::CommitWrite(req::CommitWrite { ino, .. })
-        | R::WriteInline(req::WriteInline { ino, .. }) => Need::Write(Inode(*ino)),
+        | R::WriteInline(req::WriteInline { ino, .. })
+        | R::CommitIfUnchanged(req::CommitIfUnchanged { ino, .. }) => Need::Write(Inode(*ino)),
         R::ReplaceShard(req::ReplaceShard { block, .. }) => Need::Write(Block(*block)),
         R::WatchChanges(req::WatchChanges { root: ino, .. }) => Need::Read(Inode(*ino)),
         R::ReleaseLocks(_) | R::RenewSession(_) | R::CancelLockWait(_) => Need::Anyone,

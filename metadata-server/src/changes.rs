@@ -254,7 +254,8 @@ pub fn stale(request: &MetaRequest) -> Option<Stale> {
             (vec![attrs(*ino)], *ino)
         }
         R::CommitWrite(req::CommitWrite { ino, .. })
-        | R::WriteInline(req::WriteInline { ino, .. }) => (
+        | R::WriteInline(req::WriteInline { ino, .. })
+        | R::CommitIfUnchanged(req::CommitIfUnchanged { ino, .. }) => (
             vec![Inode {
                 ino: *ino,
                 data: true,

@@ -15,7 +15,7 @@ use crate::store::schema::{
     decode_body, encode_as, split_format, InodeRecord, VolumeRecord, VolumeState,
 };
 use dfs_common::model::{
-    FileKind, HeldLock, NewExtent, SetAttr, ShardKey, VolumeChange, VolumeLimits,
+    Extent, FileKind, HeldLock, NewExtent, SetAttr, ShardKey, VolumeChange, VolumeLimits,
 };
 use dfs_common::{BlockId, EcPolicy, FsError, FsResult, InodeId, ServerId, Timestamp, VolumeId};
 use serde::{Deserialize, Serialize};
@@ -196,6 +196,26 @@ pub enum Op {
         mtime: Timestamp,
         append: bool,
     },
+    /// As `WriteInline`, but anywhere in the file: the inline blocks the file refers to
+    /// afterwards must hold at most [`MAX_INLINE_PER_FILE`](dfs_common::proto::MAX_INLINE_PER_FILE)
+    /// bytes (see [`crate::inline`]).
+    KeepInline {
+        ino: InodeId,
+        pieces: Vec<(u64, u64)>,
+        data: Vec<u8>,
+        mtime: Timestamp,
+        append: bool,
+    },
+    /// `CommitWrite` (not appending) if the file still has `size` bytes and exactly the extents
+    /// `expect` from `from` to its end; else `Changed`.
+    CommitIfUnchanged {
+        ino: InodeId,
+        extents: Vec<NewExtent>,
+        mtime: Timestamp,
+        size: u64,
+        from: u64,
+        expect: Vec<Extent>,
+    },
 }
 
 /// What applying a command gave, in the store's own terms.
@@ -278,7 +298,12 @@ impl Op {
         match self {
             Op::SetXattr { name, value, .. } => BASE + name.len() + value.len(),
             Op::CommitWrite { extents, .. } => BASE + extents.len() * 48,
-            Op::WriteInline { pieces, data, .. } => BASE + pieces.len() * 16 + data.len(),
+            Op::WriteInline { pieces, data, .. } | Op::KeepInline { pieces, data, .. } => {
+                BASE + pieces.len() * 16 + data.len()
+            }
+            Op::CommitIfUnchanged {
+                extents, expect, ..
+            } => BASE + extents.len() * 48 + expect.len() * 32,
             Op::AllocateBlock { placement, .. } => BASE + placement.len() * 8,
             Op::DropBlocks { blocks } => BASE + blocks.len() * 8,
             Op::SetLocks { files, sessions } => {
@@ -325,6 +350,8 @@ impl Op {
             Op::ExpireCalls => "ExpireCalls",
             Op::SetLocks { .. } => "SetLocks",
             Op::WriteInline { .. } => "WriteInline",
+            Op::KeepInline { .. } => "KeepInline",
+            Op::CommitIfUnchanged { .. } => "CommitIfUnchanged",
         }
     }
 }
@@ -332,7 +359,7 @@ impl Op {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dfs_common::model::{Extent, TimeSet};
+    use dfs_common::model::TimeSet;
 
     /// One command of every operation, in the order of [`Op`].
     fn samples() -> Vec<Command> {
@@ -496,6 +523,35 @@ mod tests {
                 mtime: Timestamp { secs: 9, nanos: 1 },
                 append: true,
             },
+            Op::KeepInline {
+                ino,
+                pieces: vec![(70_000, 2)],
+                data: vec![7, 8],
+                mtime: Timestamp { secs: 9, nanos: 1 },
+                append: false,
+            },
+            Op::CommitIfUnchanged {
+                ino,
+                extents: vec![NewExtent {
+                    extent: Extent {
+                        file_offset: 90,
+                        len: 20,
+                        block: BlockId(8),
+                        block_offset: 0,
+                    },
+                    block_len: 20,
+                    missing_shards: 0,
+                }],
+                mtime: Timestamp { secs: 9, nanos: 1 },
+                size: 100,
+                from: 90,
+                expect: vec![Extent {
+                    file_offset: 90,
+                    len: 10,
+                    block: BlockId(7),
+                    block_offset: 0,
+                }],
+            },
         ];
         ops.into_iter()
             .enumerate()
@@ -518,7 +574,7 @@ mod tests {
     /// Each sample as format 1 encodes it. Commands are the log: a change that alters these
     /// bytes makes older logs unreadable. Add operations at the end of [`Op`]; change one only
     /// with a new format.
-    const GOLDEN: [(&str, &str); 26] = [
+    const GOLDEN: [(&str, &str); 28] = [
         ("CreateVolume", "01fc00e2a7ca0001fbcdab000100000000000000000000000000000000000000000000000000000000000000000001760402fc0000400001fc00000040000000"),
         ("SetVolume", "01fc00e2a7ca0100010176000100010100"),
         ("DeleteVolume", "01fc00e2a7ca0201fbcdab0201020202020202020202020202020202020202020202020202020202020202020202017601"),
@@ -545,6 +601,8 @@ mod tests {
         ("ExpireCalls", "01fc00e2a7ca170017"),
         ("SetLocks", "01fc00e2a7ca1801fbcdab1801181818181818181818181818181818181818181818181818181818181818181818020501fbcdab032a006301060002fbcdab010700"),
         ("WriteInline", "01fc00e2a7ca190019050200020a0103070809120101"),
+        ("KeepInline", "01fc00e2a7ca1a01fbcdab1a011a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a0501fc7011010002020708120100"),
+        ("CommitIfUnchanged", "01fc00e2a7ca1b001b05015a14080014001201645a015a0a0700"),
     ];
 
     fn hex(bytes: &[u8]) -> String {

@@ -1,24 +1,39 @@
-//! Small data kept in the metadata store. A write that lies within a file's first
-//! [`MAX_INLINE_END`] bytes may come with its bytes (`WriteInline`): they become a block like
-//! any other (extents, reference counts, garbage collection, quotas), but one with no shards,
-//! whose bytes sit in the `inline_data` table and are replicated with the metadata. A small
-//! file then costs one metadata commit to write, instead of a block allocation, k+m fsynced
-//! shard writes and a commit, and its reads are served from the layout. As Lustre's
-//! Data-on-MDT, only the start of a file is kept this way, which bounds the inline bytes of any
-//! file; the rest of a growing file goes to erasure-coded blocks.
+//! Small data kept in the metadata store. A small write may come with its bytes
+//! (`WriteInline`): they become a block like any other (extents, reference counts, garbage
+//! collection, quotas), but one with no shards, whose bytes sit in the `inline_data` table and
+//! are replicated with the metadata. A small file then costs one metadata commit to write,
+//! instead of a block allocation, k+m fsynced shard writes and a commit, and its reads are
+//! served from the layout. So does a small append to a log.
+//!
+//! What bounds the metadata one file costs is its inline allowance: the inline blocks a file
+//! refers to hold at most [`MAX_INLINE_PER_FILE`] bytes (`inline_bytes`, kept by
+//! [`crate::layout::RefDelta`]). A writer that finds it spent moves the file's inline tail
+//! into an erasure-coded block with a guarded commit ([`commit_if_unchanged`]), which frees
+//! it again. (The first format of the command, [`Op::WriteInline`](crate::command::Op), took
+//! only writes within a file's first [`MAX_INLINE_END`] bytes; it is kept for old logs.)
 
 use crate::command::Outcome;
+use crate::layout;
 use crate::state_machine::commit_write;
 use crate::store::schema::{encode, BlockRecord, NEXT_BLOCK};
 use crate::store::tables::{get_inode, get_volume_by_id, WriteTables};
 use crate::store::DbResult;
-use dfs_common::model::{FileKind, NewExtent};
-use dfs_common::proto::MAX_INLINE_END;
+use dfs_common::model::{Extent, FileKind, NewExtent};
+use dfs_common::proto::{MAX_INLINE_END, MAX_INLINE_PER_FILE, MAX_LAYOUT_EXTENTS};
 use dfs_common::{BlockId, FsError, FsResult, InodeId, Timestamp};
 
+/// Which rule an inline write is held to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// Every piece ends within a file's first [`MAX_INLINE_END`] bytes (the first format).
+    FileStart,
+    /// Anywhere, while the file's inline blocks stay within [`MAX_INLINE_PER_FILE`] bytes.
+    Allowance,
+}
+
 /// Keeps small data in the metadata store: one new block, kept inline and committed at once,
-/// holding `pieces` laid end to end in `data`; then the same commit as [`commit_write`]. The
-/// pieces must end within [`MAX_INLINE_END`], which bounds the inline bytes of one file.
+/// holding `pieces` laid end to end in `data`; then the same commit as [`commit_write`].
+#[allow(clippy::too_many_arguments)]
 pub fn write(
     t: &mut WriteTables,
     now: Timestamp,
@@ -27,6 +42,7 @@ pub fn write(
     data: &[u8],
     mtime: Timestamp,
     append: bool,
+    bound: Bound,
 ) -> FsResult<Outcome> {
     let rec = get_inode(&t.inodes, ino)?;
     if rec.kind != FileKind::File {
@@ -46,16 +62,18 @@ pub fn write(
             data.len()
         )));
     }
-    let base = if append { rec.size } else { 0 };
-    let beyond = pieces.iter().any(|&(offset, len)| {
-        base.checked_add(offset)
-            .and_then(|o| o.checked_add(len))
-            .is_none_or(|end| end > MAX_INLINE_END)
-    });
-    if beyond {
-        return Err(FsError::TooBig(format!(
-            "only a file's first {MAX_INLINE_END} bytes are kept inline"
-        )));
+    if bound == Bound::FileStart {
+        let base = if append { rec.size } else { 0 };
+        let beyond = pieces.iter().any(|&(offset, len)| {
+            base.checked_add(offset)
+                .and_then(|o| o.checked_add(len))
+                .is_none_or(|end| end > MAX_INLINE_END)
+        });
+        if beyond {
+            return Err(FsError::TooBig(format!(
+                "only a file's first {MAX_INLINE_END} bytes are kept inline"
+            )));
+        }
     }
     let (_, volume) = get_volume_by_id(&t.volumes, rec.volume)?;
     let block = BlockId(t.next_id(NEXT_BLOCK, 1)?);
@@ -73,7 +91,54 @@ pub fn write(
         .db()?;
     t.inline_data.insert(block.0, data).db()?;
     let extents = NewExtent::packed(block, block_len, 0, pieces.iter().copied());
-    commit_write(t, now, ino, &extents, mtime, append)
+    let outcome = commit_write(t, now, ino, &extents, mtime, append)?;
+    if bound == Bound::Allowance {
+        // Checked once applied, so a write that replaces inline bytes is charged only for
+        // what it adds; a refusal rolls the whole command back.
+        let charged = layout::inline_bytes(&t.inline_bytes, ino)?;
+        if charged > MAX_INLINE_PER_FILE {
+            return Err(FsError::TooBig(format!(
+                "the file would keep {charged} bytes inline, at most {MAX_INLINE_PER_FILE}"
+            )));
+        }
+    }
+    Ok(outcome)
+}
+
+/// A commit that happens only if the file is still `size` bytes long with exactly the extents
+/// `expect` from `from` to its end: blocks never change, so the bytes there are the ones the
+/// writer read. Else `Changed`, and nothing is done.
+#[allow(clippy::too_many_arguments)]
+pub fn commit_if_unchanged(
+    t: &mut WriteTables,
+    now: Timestamp,
+    ino: InodeId,
+    extents: &[NewExtent],
+    mtime: Timestamp,
+    size: u64,
+    from: u64,
+    expect: &[Extent],
+) -> FsResult<Outcome> {
+    if expect.len() > MAX_LAYOUT_EXTENTS {
+        return Err(FsError::TooBig(format!(
+            "{} extents to compare, at most {MAX_LAYOUT_EXTENTS}",
+            expect.len()
+        )));
+    }
+    let rec = get_inode(&t.inodes, ino)?;
+    if rec.size != size {
+        return Err(FsError::Changed(format!(
+            "{} bytes long, not {size}",
+            rec.size
+        )));
+    }
+    let found = layout::overlapping_at_most(&t.extents, ino, from, size, expect.len() + 1)?;
+    if found != expect {
+        return Err(FsError::Changed(format!(
+            "its extents from offset {from} differ"
+        )));
+    }
+    commit_write(t, now, ino, extents, mtime, false)
 }
 
 #[cfg(test)]
@@ -82,8 +147,9 @@ mod tests {
     use crate::command::{Command, Op};
     use crate::store::schema::{decode, INLINE_DATA};
     use crate::store::tables::ReadTables;
-    use crate::{fsck, queries, state_machine, store};
+    use crate::{fsck, layout, queries, state_machine, store};
     use dfs_common::model::{SetAttr, VolumeLimits};
+    use dfs_common::ServerId;
     use redb::{Database, ReadableDatabase, ReadableTableMetadata};
     use std::collections::HashSet;
 
@@ -289,5 +355,158 @@ mod tests {
         let outcome = run(db, op);
         assert_eq!(stored_blocks(db), before);
         outcome
+    }
+
+    fn keep(ino: InodeId, offset: u64, data: Vec<u8>, append: bool) -> Op {
+        Op::KeepInline {
+            ino,
+            pieces: vec![(offset, data.len() as u64)],
+            data,
+            mtime: Timestamp { secs: 2, nanos: 0 },
+            append,
+        }
+    }
+
+    fn charged(db: &Database, ino: InodeId) -> u64 {
+        layout::inline_bytes(&read(db).inline_bytes, ino).unwrap()
+    }
+
+    /// A block with shards, as a writer would have stored it, not yet committed.
+    fn stored_block(db: &Database) -> BlockId {
+        let tx = db.begin_write().unwrap();
+        let block = {
+            let mut t = WriteTables::open(&tx).unwrap();
+            let block = BlockId(t.next_id(NEXT_BLOCK, 1).unwrap());
+            let rec = BlockRecord {
+                volume: dfs_common::VolumeId(1),
+                policy: "2+1".parse().unwrap(),
+                len: None,
+                shards: vec![ServerId(1), ServerId(2), ServerId(3)],
+                refs: 0,
+                created: Timestamp { secs: 1, nanos: 0 },
+            };
+            t.blocks.insert(block.0, encode(&rec).as_slice()).unwrap();
+            block
+        };
+        tx.commit().unwrap();
+        block
+    }
+
+    #[test]
+    fn small_writes_anywhere_stay_within_the_files_inline_allowance() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store::open(&dir.path().join("meta.redb")).unwrap();
+        let (root, ino) = volume_with_file(&db, None);
+        let quarter = (MAX_INLINE_PER_FILE / 4) as usize;
+        // Far past the file's start, and appended: each charged in full.
+        run(&db, keep(ino, 1 << 30, vec![1; quarter], false)).unwrap();
+        run(&db, keep(ino, 0, vec![2; quarter], true)).unwrap();
+        assert_eq!(charged(&db, ino), 2 * quarter as u64);
+        // Replacing inline bytes costs only what it adds: the old block is uncharged.
+        run(&db, keep(ino, 1 << 30, vec![3; 2 * quarter], false)).unwrap();
+        assert_eq!(charged(&db, ino), 2 * quarter as u64);
+        run(&db, keep(ino, 0, vec![4; quarter], true)).unwrap();
+        run(&db, keep(ino, 0, vec![5; quarter], true)).unwrap();
+        assert_eq!(charged(&db, ino), MAX_INLINE_PER_FILE);
+        // Spent: one more byte is refused and changes nothing.
+        let size = |db: &Database| get_inode(&read(db).inodes, ino).unwrap().size;
+        let before = size(&db);
+        assert!(matches!(
+            refused_after(&db, keep(ino, 0, vec![6], true)),
+            Err(FsError::TooBig(_))
+        ));
+        assert_eq!(size(&db), before);
+        assert_eq!(charged(&db, ino), MAX_INLINE_PER_FILE);
+        // A block cut in part stays charged whole; truncating it away frees it.
+        let truncate = |size| Op::SetAttr {
+            ino,
+            set: SetAttr {
+                size: Some(size),
+                ..Default::default()
+            },
+        };
+        run(&db, truncate(before - 1)).unwrap();
+        assert_eq!(charged(&db, ino), MAX_INLINE_PER_FILE);
+        run(&db, truncate(before - quarter as u64)).unwrap();
+        assert_eq!(charged(&db, ino), MAX_INLINE_PER_FILE - quarter as u64);
+        // A second file has its own allowance; unlinking a file drops its row.
+        let g = make_file(&db, root, "g");
+        run(&db, keep(g, 0, vec![7; quarter], false)).unwrap();
+        assert_eq!(charged(&db, g), quarter as u64);
+        run(
+            &db,
+            Op::Unlink {
+                parent: root,
+                name: "g".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(charged(&db, g), 0);
+        assert!(read(&db).inline_bytes.get(g.0).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_inline_tail_moves_into_a_block_only_if_the_file_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store::open(&dir.path().join("meta.redb")).unwrap();
+        let (_, ino) = volume_with_file(&db, None);
+        // A block-backed start, then a tail of small appends kept inline.
+        let head = stored_block(&db);
+        let commit = |block, offset, len| Op::CommitWrite {
+            ino,
+            extents: NewExtent::packed(block, len, 0, [(offset, len)]),
+            mtime: Timestamp { secs: 2, nanos: 0 },
+            append: false,
+        };
+        run(&db, commit(head, 0, 1000)).unwrap();
+        for i in 0..3u8 {
+            run(&db, keep(ino, 0, vec![i; 10], true)).unwrap();
+        }
+        assert_eq!(charged(&db, ino), 30);
+        let tail = layout::overlapping(&read(&db).extents, ino, 1000, 1030).unwrap();
+        assert_eq!(tail.len(), 3);
+        let moved = |size, from, expect: Vec<Extent>| {
+            let block = stored_block(&db);
+            Op::CommitIfUnchanged {
+                ino,
+                extents: NewExtent::packed(block, 40, 0, [(1000, 40)]),
+                mtime: Timestamp { secs: 3, nanos: 0 },
+                size,
+                from,
+                expect,
+            }
+        };
+        // Another size, or other extents: nothing happens.
+        assert!(matches!(
+            run(&db, moved(1031, 1000, tail.clone())),
+            Err(FsError::Changed(_))
+        ));
+        assert!(matches!(
+            run(&db, moved(1030, 1000, tail[1..].to_vec())),
+            Err(FsError::Changed(_))
+        ));
+        assert!(matches!(
+            run(&db, moved(1030, 1010, tail.clone())),
+            Err(FsError::Changed(_))
+        ));
+        assert_eq!(charged(&db, ino), 30);
+        // As seen: the tail's blocks lose their references and the allowance is whole again.
+        let Ok(Outcome::Committed { after, .. }) = run(&db, moved(1030, 1000, tail.clone())) else {
+            panic!("guarded commit refused")
+        };
+        assert_eq!(after.size, 1040);
+        assert_eq!(charged(&db, ino), 0);
+        for e in &tail {
+            let rec: BlockRecord =
+                decode(read(&db).blocks.get(e.block.0).unwrap().unwrap().value()).unwrap();
+            assert_eq!(rec.refs, 0, "inline block {} is garbage", e.block);
+        }
+        // An inline block already referred to can never be named by another commit.
+        run(&db, keep(ino, 0, vec![9; 10], true)).unwrap();
+        let kept = layout::overlapping(&read(&db).extents, ino, 1040, 1050).unwrap()[0];
+        assert!(matches!(
+            run(&db, commit(kept.block, 0, 10)),
+            Err(FsError::Invalid(_))
+        ));
     }
 }

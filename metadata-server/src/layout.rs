@@ -1,8 +1,13 @@
 //! File layouts: extents over immutable blocks, and the block reference counts they imply.
 //!
 //! A write never changes a block; it lays a new extent over the old range, cutting any extents
-//! it covers. A block whose reference count drops to zero is recorded in `garbage` for the
-//! collector; one that gains a reference again leaves it.
+//! it covers. A block whose reference count drops to zero is garbage for the collector; one
+//! that gains a reference again is not.
+//!
+//! The same bookkeeping keeps each file's `inline_bytes`: an inline block is charged, whole, to
+//! the file whose extent makes its count leave zero, and uncharged when it returns to zero. An
+//! inline block is only ever referred to by the file that wrote it (commits may not name one
+//! already referred to), so the charge is exact.
 
 use crate::store::schema::{decode, encode, BlockRecord};
 use crate::store::tables::WriteTables;
@@ -13,17 +18,18 @@ use redb::ReadableTable;
 use std::collections::BTreeMap;
 
 /// Reference-count changes gathered during one command and applied at its end, so a block cut
-/// and re-referenced in the same command never passes through zero.
+/// and re-referenced in the same command never passes through zero. Each block's change comes
+/// with the file whose extents made it.
 #[derive(Default)]
-pub struct RefDelta(BTreeMap<u64, i64>);
+pub struct RefDelta(BTreeMap<u64, (i64, InodeId)>);
 
 impl RefDelta {
-    fn add(&mut self, block: u64, n: i64) {
-        *self.0.entry(block).or_default() += n;
+    fn add(&mut self, block: u64, ino: InodeId, n: i64) {
+        self.0.entry(block).or_insert((0, ino)).0 += n;
     }
 
     pub fn apply(self, t: &mut WriteTables) -> FsResult<()> {
-        for (block, delta) in self.0 {
+        for (block, (delta, ino)) in self.0 {
             if delta == 0 {
                 continue;
             }
@@ -41,11 +47,31 @@ impl RefDelta {
                     "block {block} reference count below zero"
                 )));
             }
+            if rec.is_inline() && (rec.refs == 0) != (refs == 0) {
+                let len = rec.len.unwrap_or(0);
+                charge_inline(t, ino, if refs == 0 { -(len as i64) } else { len as i64 })?;
+            }
             rec.refs = refs as u32;
             t.blocks.insert(block, encode(&rec).as_slice()).db()?;
         }
         Ok(())
     }
+}
+
+/// Bytes of the inline blocks `ino` refers to.
+pub fn inline_bytes(table: &impl ReadableTable<u64, u64>, ino: InodeId) -> FsResult<u64> {
+    Ok(table.get(ino.0).db()?.map_or(0, |v| v.value()))
+}
+
+fn charge_inline(t: &mut WriteTables, ino: InodeId, delta: i64) -> FsResult<()> {
+    // Stores made before the count was kept hold uncharged blocks: never below zero.
+    let bytes = inline_bytes(&t.inline_bytes, ino)?.saturating_add_signed(delta);
+    if bytes == 0 {
+        t.inline_bytes.remove(ino.0).db()?;
+    } else {
+        t.inline_bytes.insert(ino.0, bytes).db()?;
+    }
+    Ok(())
 }
 
 type ExtentValue = (u64, u64, u64);
@@ -105,7 +131,7 @@ fn cut(
 ) -> FsResult<()> {
     for e in overlapping(&t.extents, ino, start, end)? {
         t.extents.remove((ino.0, e.file_offset)).db()?;
-        refs.add(e.block.0, -1);
+        refs.add(e.block.0, ino, -1);
         let e_end = e.file_offset + e.len;
         if e.file_offset < start {
             t.extents
@@ -114,7 +140,7 @@ fn cut(
                     (start - e.file_offset, e.block.0, e.block_offset),
                 )
                 .db()?;
-            refs.add(e.block.0, 1);
+            refs.add(e.block.0, ino, 1);
         }
         if e_end > end {
             let skip = end - e.file_offset;
@@ -124,7 +150,7 @@ fn cut(
                     (e_end - end, e.block.0, e.block_offset + skip),
                 )
                 .db()?;
-            refs.add(e.block.0, 1);
+            refs.add(e.block.0, ino, 1);
         }
     }
     Ok(())
@@ -145,7 +171,7 @@ pub fn put_extent(
             (extent.len, extent.block.0, extent.block_offset),
         )
         .db()?;
-    refs.add(extent.block.0, 1);
+    refs.add(extent.block.0, ino, 1);
     Ok(())
 }
 

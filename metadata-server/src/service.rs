@@ -464,7 +464,19 @@ impl MetaService {
                 .await
             }
             R::WriteInline(q) => {
-                answer(q, |q| self.mutate_as(op!(q => WriteInline { ino, pieces, data, mtime, append }), call)).await
+                answer(q, |q| self.mutate_as(op!(q => KeepInline { ino, pieces, data, mtime, append }), call)).await
+            }
+            R::CommitIfUnchanged(q) => {
+                answer(q, |q| async move {
+                    let degraded = q.extents.iter().any(|e| e.missing_shards != 0);
+                    let op = op!(q => CommitIfUnchanged { ino, extents, mtime, size, from, expect });
+                    let committed = self.mutate_as(op, call).await?;
+                    if degraded {
+                        self.repair.kick();
+                    }
+                    Ok(committed)
+                })
+                .await
             }
             R::ReportBadShard(q) => {
                 answer(q, |q| self.mutate_as(op!(q => ReportBadShard { server, key }), call)).await

@@ -184,7 +184,42 @@ fn apply_op(t: &mut WriteTables, now: Timestamp, op: &Op) -> FsResult<Outcome> {
             data,
             mtime,
             append,
-        } => crate::inline::write(t, now, *ino, pieces, data, *mtime, *append),
+        } => crate::inline::write(
+            t,
+            now,
+            *ino,
+            pieces,
+            data,
+            *mtime,
+            *append,
+            crate::inline::Bound::FileStart,
+        ),
+        Op::KeepInline {
+            ino,
+            pieces,
+            data,
+            mtime,
+            append,
+        } => crate::inline::write(
+            t,
+            now,
+            *ino,
+            pieces,
+            data,
+            *mtime,
+            *append,
+            crate::inline::Bound::Allowance,
+        ),
+        Op::CommitIfUnchanged {
+            ino,
+            extents,
+            mtime,
+            size,
+            from,
+            expect,
+        } => {
+            crate::inline::commit_if_unchanged(t, now, *ino, extents, *mtime, *size, *from, expect)
+        }
     }
 }
 
@@ -790,6 +825,14 @@ pub(crate) fn commit_write(
         if block.volume != rec.volume {
             return Err(FsError::invalid(format!(
                 "block {} belongs to another volume",
+                e.block
+            )));
+        }
+        // An inline block belongs to the file that wrote it: that keeps its charge against
+        // the file's inline allowance exact (see `layout`).
+        if block.is_inline() && block.refs > 0 {
+            return Err(FsError::invalid(format!(
+                "block {} is kept inline for a file already",
                 e.block
             )));
         }

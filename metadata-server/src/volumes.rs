@@ -228,7 +228,9 @@ fn volume_of(t: &WriteTables, op: &Op) -> FsResult<Option<VolumeId>> {
         | Op::RemoveXattr { ino, .. }
         | Op::AllocateBlock { ino, .. }
         | Op::CommitWrite { ino, .. }
-        | Op::WriteInline { ino, .. } => *ino,
+        | Op::WriteInline { ino, .. }
+        | Op::KeepInline { ino, .. }
+        | Op::CommitIfUnchanged { ino, .. } => *ino,
         Op::CreateVolume { .. }
         | Op::SetVolume { .. }
         | Op::DeleteVolume { .. }

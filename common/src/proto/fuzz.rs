@@ -170,6 +170,18 @@ fn metadata_requests_and_replies() {
             mtime: Timestamp { secs: 1, nanos: 2 },
             append: false,
         })),
+        MetaCall::untracked(MetaRequest::CommitIfUnchanged(req::CommitIfUnchanged {
+            ino: InodeId(1),
+            extents: vec![NewExtent {
+                extent,
+                block_len: 9,
+                missing_shards: 0,
+            }],
+            mtime: Timestamp { secs: 1, nanos: 2 },
+            size: 7,
+            from: 3,
+            expect: vec![extent; 2],
+        })),
     ];
     fuzz(1, &calls);
     let attrs: Vec<Result<Attr, FsError>> = vec![Ok(attr()), Err(FsError::Invalid("bad".into()))];

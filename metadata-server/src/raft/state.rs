@@ -422,7 +422,8 @@ fn state_tables(each: &mut impl EachTable) -> FsResult<()> {
     each.table(SERVER_CERTS)?;
     each.table(LOCKS)?;
     each.table(LOCK_SESSIONS)?;
-    each.table(INLINE_DATA)
+    each.table(INLINE_DATA)?;
+    each.table(INLINE_BYTES)
 }
 
 /// A digest of the replicated state at the entry it has applied: members that applied the

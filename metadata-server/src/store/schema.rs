@@ -8,6 +8,7 @@
 //! | `extents`  | (inode, file offset)      | (length, block, offset in block)   | a read finds its extents with one range scan |
 //! | `blocks`   | block id                  | [`BlockRecord`]                    | placement and reference count per block |
 //! | `inline_data` | block id               | the block's bytes                  | a small write is one metadata commit, not k+m shard writes |
+//! | `inline_bytes` | inode id              | bytes of the inline blocks it refers to | bounds the inline bytes of each file, checked in one read |
 //! | `xattrs`   | (inode, name)             | value bytes                        | listxattr is one range scan           |
 //! | `servers`  | server id                 | [`ServerRecord`]                   | chunk-server addresses survive restarts |
 //! | `counters` | counter name              | next id                            | ids are never reused                  |
@@ -40,6 +41,9 @@ pub const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 /// Bytes of blocks kept in the metadata store (blocks with no shards; see
 /// [`BlockRecord::is_inline`]).
 pub const INLINE_DATA: TableDefinition<u64, &[u8]> = TableDefinition::new("inline_data");
+/// Per file, the bytes of the inline blocks its extents refer to (files with none have no
+/// row). Kept by [`crate::layout::RefDelta`] as block references come and go.
+pub const INLINE_BYTES: TableDefinition<u64, u64> = TableDefinition::new("inline_bytes");
 pub const XATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("xattrs");
 pub const SERVERS: TableDefinition<u64, &[u8]> = TableDefinition::new("servers");
 pub const DRAINING: TableDefinition<u64, i64> = TableDefinition::new("draining");

@@ -9,10 +9,10 @@
 //! `Result<_, FsError>`.
 
 use super::{
-    Attr, BlockPlacement, ChangePage, ClientInfo, Committed, Digest, DirPage, FsckCursor, FsckPage,
-    Layout, LockConflict, LockKind, LockOwner, LockRange, Made, MetaMember, NewExtent, PeerReply,
-    PeerRpc, Registered, RepairProgress, SetAttr as AttrChange, ShardLocation, StatFs as FsStats,
-    VolumeChange, VolumeGrant, VolumeInfo, VolumeLimits, VolumeUsage as Usage,
+    Attr, BlockPlacement, ChangePage, ClientInfo, Committed, Digest, DirPage, Extent, FsckCursor,
+    FsckPage, Layout, LockConflict, LockKind, LockOwner, LockRange, Made, MetaMember, NewExtent,
+    PeerReply, PeerRpc, Registered, RepairProgress, SetAttr as AttrChange, ShardLocation,
+    StatFs as FsStats, VolumeChange, VolumeGrant, VolumeInfo, VolumeLimits, VolumeUsage as Usage,
 };
 use crate::ec::EcPolicy;
 use crate::ids::{BlockId, InodeId, ServerId, Timestamp};
@@ -127,6 +127,7 @@ meta_requests! {
     Peer => PeerReply, query;
     WatchChanges => ChangePage, query;
     WriteInline => Committed, mutation;
+    CommitIfUnchanged => Committed, mutation;
 }
 
 impl MetaRequest {
@@ -359,9 +360,10 @@ pub struct CommitWrite {
 
 /// Writes small data into the metadata store: one new block kept inline holding `pieces`
 /// (file offset, length) laid end to end in `data`, committed at once as `CommitWrite` would
-/// commit it. Every piece must end within [`MAX_INLINE_END`](crate::proto::MAX_INLINE_END)
-/// (after the shift to the file's end with `append`); else `TooBig`, and the writer stores
-/// the data in erasure-coded blocks instead.
+/// commit it. `data` holds at most [`MAX_INLINE_END`](crate::proto::MAX_INLINE_END) bytes,
+/// and the inline blocks the file refers to afterwards at most
+/// [`MAX_INLINE_PER_FILE`](crate::proto::MAX_INLINE_PER_FILE); else `TooBig`, nothing is
+/// changed, and the writer stores the data in erasure-coded blocks instead.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteInline {
     pub ino: InodeId,
@@ -369,6 +371,21 @@ pub struct WriteInline {
     pub data: Vec<u8>,
     pub mtime: Timestamp,
     pub append: bool,
+}
+
+/// A `CommitWrite` (never an append) that happens only if the file is still as the writer
+/// last saw it: `size` bytes long, with exactly the extents `expect` from offset `from` to its
+/// end. Else `Changed`, and nothing is done. A writer moving a file's inline tail into a block
+/// commits the bytes it read from that tail this way, so it can never bring back bytes another
+/// client has overwritten meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitIfUnchanged {
+    pub ino: InodeId,
+    pub extents: Vec<NewExtent>,
+    pub mtime: Timestamp,
+    pub size: u64,
+    pub from: u64,
+    pub expect: Vec<Extent>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
