@@ -1,7 +1,9 @@
-//! Small files kept in the metadata store: a file's first 64 KiB written through a mount go
-//! into the metadata with their commit, not into shards. Checked through the kernel: files
-//! crossing the threshold both ways (writes, truncates, fallocate, mmap), hard links and
-//! renames over, a second mount, fsck, and a mount with inline data turned off.
+//! Small writes kept in the metadata store: flushes of up to 64 KiB written through a mount go
+//! into the metadata with their commit, not into shards, up to 128 KiB per file, after which a
+//! file's inline tail moves into a block. Checked through the kernel: files crossing the
+//! threshold both ways (writes, truncates, fallocate, mmap), hard links and renames over, a
+//! log of small fsynced appends, a second mount changing a tail while it moves, fsck, and a
+//! mount with inline data turned off.
 
 use crate::cli::ok;
 use crate::mount::cluster_with_volume_on;
@@ -11,6 +13,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::time::Duration;
 
 const KIB: usize = 1024;
 
@@ -161,6 +164,130 @@ fn small_files_are_kept_inline_and_cross_the_threshold_both_ways() {
     assert_eq!(kept_inline(&cluster), (0, 0));
     assert_eq!(shard_files(&cluster, 6), shards + 6);
     assert_eq!(fs::read(a.path("g")).unwrap(), b"small but coded");
+}
+
+/// A log written in small fsynced appends: each append is one inline commit, and every
+/// 128 KiB the file's inline tail moves into one erasure-coded block, so the log costs one
+/// block per 128 KiB instead of one per append, and the file never keeps more than its
+/// allowance inline.
+#[test]
+fn a_log_of_small_fsynced_appends_moves_its_inline_tail_into_one_block_at_a_time() {
+    const ALLOWANCE: u64 = dfs_common::proto::MAX_INLINE_PER_FILE;
+    let cluster = cluster_with_volume_on(6);
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    let b = Mount::new(&cluster, "default", "b", "").unwrap();
+    let shards_before = shard_files(&cluster, 6);
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(a.path("log"))
+        .unwrap();
+    let mut model = Vec::new();
+    let mut most_inline = 0;
+    // 2,000 records of 97 bytes: 194 KB, past the allowance once.
+    for n in 0..2000u32 {
+        let record = random_bytes(97, u64::from(n));
+        log.write_all(&record).unwrap();
+        log.sync_all().unwrap();
+        model.extend_from_slice(&record);
+        if n % 250 == 0 {
+            most_inline = most_inline.max(kept_inline(&cluster).1);
+        }
+    }
+    drop(log);
+    let (blocks, bytes) = kept_inline(&cluster);
+    assert!(
+        most_inline.max(bytes) <= ALLOWANCE,
+        "{most_inline} bytes inline"
+    );
+    // What did not move yet is inline: the records after the move, one block each.
+    let moved = model.len() as u64 - bytes;
+    assert!(
+        moved > ALLOWANCE - 97 && moved <= ALLOWANCE + 97,
+        "{moved} bytes moved"
+    );
+    assert_eq!(blocks, bytes / 97);
+    assert_eq!(
+        shard_files(&cluster, 6),
+        shards_before + 6,
+        "the moved tail is one block of six shards"
+    );
+    assert!(fs::read(b.path("log")).unwrap() == model);
+    fsck_is_clean(&cluster);
+    // Truncated into the moved part and appended again: still whole.
+    let f = OpenOptions::new().append(true).open(a.path("log")).unwrap();
+    f.set_len(1000).unwrap();
+    model.truncate(1000);
+    (&f).write_all(b"after the truncate").unwrap();
+    f.sync_all().unwrap();
+    model.extend_from_slice(b"after the truncate");
+    assert!(fs::read(b.path("log")).unwrap() == model);
+    fsck_is_clean(&cluster);
+}
+
+/// A second mount overwrites bytes of a file's inline tail while the writer is moving that
+/// tail into a block (held between reading the tail and committing): the writer's guarded
+/// commit is refused and its own bytes go the usual way, so the other mount's bytes stay.
+#[test]
+fn a_tail_changed_by_another_mount_while_it_moves_keeps_the_newer_bytes() {
+    use crate::observe::http_get;
+    let cluster = cluster_with_volume_on(6);
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
+    let env = [("DFS_FAULTS", "enabled")];
+    let a = Mount::with_env(&cluster, "default", "a", &format!("metrics={http}"), &env).unwrap();
+    let b = Mount::new(&cluster, "default", "b", "").unwrap();
+    let control = |path: &str| {
+        let (status, body) = http_get(http, &format!("/faults/client.inline_tail_read/{path}"));
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    // A file whose allowance is nearly spent: 128 KiB less 1,000 bytes, inline.
+    let allowance = dfs_common::proto::MAX_INLINE_PER_FILE as usize;
+    let mut model = random_bytes(allowance - 1000, 7);
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(a.path("log"))
+        .unwrap();
+    for piece in model.chunks(60 * KIB) {
+        log.write_all(piece).unwrap();
+        log.sync_all().unwrap();
+    }
+    assert_eq!(kept_inline(&cluster).1, model.len() as u64);
+
+    control("pause");
+    let appender = std::thread::spawn(move || {
+        let mut appended = Vec::new();
+        // The first records fit; the one past the allowance starts the move, and is held.
+        for n in 0..20u8 {
+            let record = [n; 97];
+            log.write_all(&record).unwrap();
+            log.sync_all().unwrap();
+            appended.extend_from_slice(&record);
+        }
+        appended
+    });
+    crate::heal::wait_until(&cluster, Duration::from_secs(30), "tail move held", || {
+        control("hits").trim() != "0"
+    });
+    // Another mount overwrites bytes inside the tail being moved, durably.
+    let f = OpenOptions::new().write(true).open(b.path("log")).unwrap();
+    f.write_all_at(b"newer bytes", 5000).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    control("disarm");
+    let appended = appender.join().unwrap();
+    model[5000..5011].copy_from_slice(b"newer bytes");
+    model.extend_from_slice(&appended);
+    let seen = fs::read(a.path("log")).unwrap();
+    assert_eq!(
+        &seen[5000..5011],
+        b"newer bytes",
+        "the move brought back older bytes"
+    );
+    assert!(seen == model);
+    assert!(fs::read(b.path("log")).unwrap() == model);
+    fsck_is_clean(&cluster);
 }
 
 /// The process serving the mount at `dir` (the daemonized `dfs-mount`).

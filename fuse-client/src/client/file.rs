@@ -1,11 +1,13 @@
 //! An open file: writes are buffered and uploaded a block at a time in the background, several
 //! blocks in flight; `flush` (also called by `fsync` and `close`) uploads what is left and
-//! commits every written block in one metadata transaction. What is left within a file's
-//! first `inline_max` bytes goes, instead, into the metadata store with its commit
-//! (`WriteInline`): a small file costs one metadata commit. Reads see this handle's own writes
-//! because they flush first.
+//! commits every written block in one metadata transaction. What is left, when it is at most
+//! `inline_max` bytes, goes instead into the metadata store with its commit (`WriteInline`): a
+//! small file, or a small append to a log, costs one metadata commit. Once the file's inline
+//! allowance is spent, the file's inline tail moves into a block with the next flush
+//! ([`super::inline_tail`]). Reads see this handle's own writes because they flush first.
 
 use super::dirty::DirtyBuffer;
+use super::inline_tail;
 use super::layouts::{LayoutPage, LayoutPages};
 use super::writer::upload_block;
 use super::{reader, Client};
@@ -62,6 +64,14 @@ pub struct FileHandle {
     dirty_counted: usize,
     /// The file's attributes before and after each commit since [`FileHandle::take_commits`].
     commits: Vec<(Attr, Attr)>,
+    /// The file's size as the metadata server had it at open or at this handle's last change.
+    known_size: u64,
+    /// The server refused to keep more of the file inline: flushes write blocks, and one at
+    /// the file's end takes the inline tail with it, which frees the allowance again.
+    inline_spent: bool,
+    /// With the allowance spent, the file was found not to end in inline bytes: there is no
+    /// tail to move, and flushes write blocks without looking again.
+    no_inline_tail: bool,
 }
 
 /// A read, planned under its handle and carried out without it.
@@ -149,6 +159,9 @@ impl Client {
             append_pos: 0,
             dirty_counted: 0,
             commits: Vec::new(),
+            known_size: attr.size,
+            inline_spent: false,
+            no_inline_tail: false,
         })
     }
 }
@@ -407,33 +420,29 @@ impl FileHandle {
     /// Takes note of a commit of this handle's writes.
     fn committed(&mut self, Committed { before, after }: Committed) {
         self.size = self.size.max(after.size);
+        self.known_size = after.size;
         self.settle_reserved(after.size);
         if self.commits.len() < MAX_KEPT_COMMITS {
             self.commits.push((before, after));
         }
     }
 
-    /// Whether what is buffered may be kept in the metadata store: every byte of it lies
-    /// within the file's first `inline_max` bytes, and nothing is on its way to blocks (the
-    /// inline commit must land after them: later writes win).
+    /// Whether what is buffered may be kept in the metadata store: it is at most `inline_max`
+    /// bytes, the file's inline allowance was not found spent, and nothing is on its way to
+    /// blocks (the inline commit must land after them: later writes win).
     fn fits_inline(&self) -> bool {
         let max = self.client.inner.options.inline_max;
-        let end = if self.append {
-            self.size
-        } else {
-            self.dirty.end()
-        };
         max > 0
+            && !self.inline_spent
             && !self.dirty.is_empty()
-            && end <= max
+            && self.dirty.bytes() as u64 <= max
             && self.uploads.is_empty()
             && self.uploaded.is_empty()
     }
 
     /// Commits everything buffered as one block kept in the metadata store: one metadata
-    /// commit, no shard writes. The server refuses (`TooBig`) when appends of other clients
-    /// have moved the file's end past what it keeps inline; the bytes then stay buffered, for
-    /// blocks.
+    /// commit, no shard writes. The server refuses (`TooBig`) when the file's inline allowance
+    /// is spent; the bytes then stay buffered, for blocks.
     async fn write_inline(&mut self) -> FsResult<()> {
         let runs = self.dirty.take_all(self.block_size);
         // Appends count from the file's end as the server finds it.
@@ -456,6 +465,7 @@ impl FileHandle {
                 Ok(())
             }
             Err(FsError::TooBig(_)) => {
+                self.inline_spent = true;
                 for (at, run) in runs {
                     self.dirty.write_owned(at, run);
                 }
@@ -469,10 +479,104 @@ impl FileHandle {
         }
     }
 
+    /// Writes what is buffered together with the file's inline tail as one erasure-coded
+    /// block, committed only if the file is still as read (see [`inline_tail`]): the tail's
+    /// inline bytes are freed. Done when what is buffered is one run at the file's end and
+    /// nothing else is on its way; otherwise, or when the file changed meanwhile, the bytes
+    /// stay buffered for the usual block write.
+    async fn move_inline_tail(&mut self) -> FsResult<()> {
+        if !self.uploads.is_empty() || !self.uploaded.is_empty() {
+            return Ok(());
+        }
+        let mut runs = self.dirty.take_all(self.block_size);
+        let size = self.known_size;
+        let span = dfs_common::proto::MAX_INLINE_PER_FILE;
+        let room = (self.block_size as u64).saturating_sub(span);
+        let fits = match runs.as_slice() {
+            [(at, run)] => (self.append || *at == size) && run.len() as u64 <= room,
+            _ => false,
+        };
+        if !fits {
+            for (at, run) in runs {
+                self.dirty.write_owned(at, run);
+            }
+            return Ok(());
+        }
+        let (at, run) = runs.pop().expect("one run");
+        let start = size.saturating_sub(span);
+        let tail = match self.client.layout(self.ino, start, size - start).await {
+            Ok(layout) if layout.size == size => {
+                let tail = inline_tail::find(&layout);
+                self.no_inline_tail = tail.is_none();
+                tail
+            }
+            // Another client changed the file's size: try again at the next flush.
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(ino = %self.ino, "no layout to move the inline tail: {e}");
+                None
+            }
+        };
+        let Some(tail) = tail else {
+            self.dirty.write_owned(at, run);
+            return Ok(());
+        };
+        // Between reading the tail and committing its move (another client may change it).
+        if let Err(e) = self.client.faults().hit("client.inline_tail_read").await {
+            self.dirty.write_owned(at, run);
+            return Err(e);
+        }
+        let mut data = tail.bytes;
+        data.extend_from_slice(&run);
+        let pieces = vec![(tail.from, data.len() as u64)];
+        let extents = match upload_block(self.client.clone(), self.ino, pieces, data).await {
+            Ok(extents) => extents,
+            Err(e) => {
+                // Nothing committed: the bytes go the usual way, which reports the failure.
+                tracing::debug!(ino = %self.ino, "moving the inline tail failed: {e}");
+                self.dirty.write_owned(at, run);
+                return Ok(());
+            }
+        };
+        self.forget_layout();
+        let request = req::CommitIfUnchanged {
+            ino: self.ino,
+            extents,
+            mtime: Timestamp::now(),
+            size,
+            from: tail.from,
+            expect: tail.extents,
+        };
+        match self.client.call(request).await {
+            Ok(committed) => {
+                self.committed(committed);
+                self.inline_spent = false;
+                self.count_dirty();
+                Ok(())
+            }
+            Err(FsError::Changed(why)) => {
+                // Another client changed the file; the block is garbage, never referred to.
+                tracing::debug!(ino = %self.ino, "inline tail not moved: {why}");
+                self.dirty.write_owned(at, run);
+                Ok(())
+            }
+            Err(e) => {
+                // As with a failed block commit: the range keeps its old bytes.
+                self.count_dirty();
+                Err(e)
+            }
+        }
+    }
+
     /// Makes every write so far durable and visible to other clients.
     pub async fn flush(&mut self) -> FsResult<()> {
         if self.fits_inline() {
             if let Err(e) = self.write_inline().await {
+                self.failed.get_or_insert(e);
+            }
+        }
+        if self.inline_spent && !self.no_inline_tail && !self.dirty.is_empty() {
+            if let Err(e) = self.move_inline_tail().await {
                 self.failed.get_or_insert(e);
             }
         }
@@ -651,6 +755,9 @@ impl FileHandle {
         };
         let attr = self.client.setattr(self.ino, set).await?;
         self.size = attr.size;
+        self.known_size = attr.size;
+        self.inline_spent = false;
+        self.no_inline_tail = false;
         Ok(())
     }
 

@@ -5,6 +5,7 @@ mod calls;
 pub mod dir_attrs;
 pub mod dirty;
 pub mod file;
+mod inline_tail;
 pub mod layouts;
 pub mod locks;
 pub mod meta;
@@ -44,9 +45,10 @@ pub struct ClientOptions {
     /// Bytes of blocks being uploaded at once by all open files of this client; a writer
     /// waits for room.
     pub max_upload_bytes: usize,
-    /// Data written within a file's first this many bytes (at most
+    /// A flush of at most this many bytes (at most
     /// [`MAX_INLINE_END`](dfs_common::proto::MAX_INLINE_END)) is kept in the metadata store,
-    /// one metadata commit instead of a block of k+m shard writes; 0 never does.
+    /// one metadata commit instead of a block of k+m shard writes, while the file's inline
+    /// allowance lasts; 0 never does.
     pub inline_max: u64,
     /// Bound on one metadata call.
     pub meta_timeout: Duration,

@@ -57,8 +57,8 @@ pub struct MountOptions {
     /// The kernel's read-ahead window for sequential reads, in KiB (`readahead=KIB`, at most
     /// [`MAX_READAHEAD_KIB`]); the kernel's own default is 128 KiB.
     pub readahead_kib: u32,
-    /// Writes within a file's first this many bytes are kept in the metadata store
-    /// (`inline=BYTES`, at most [`MAX_INLINE_END`]; `noinline` for 0).
+    /// Flushes of at most this many bytes are kept in the metadata store (`inline=BYTES`, at
+    /// most [`MAX_INLINE_END`]; `noinline` for 0).
     pub inline_max: u64,
 }
 
