@@ -4,7 +4,8 @@
 //! the entry says; a file's extents lie within its size and within committed blocks of its
 //! volume that still count the reference; every shard of those blocks is placed on a server
 //! that is up (else the block is degraded, or unavailable below k shards), or for a block
-//! kept inline, its bytes are there. The blocks with shards go back with the page, so the CLI
+//! kept inline, its bytes are there, and the file's inline allowance counts exactly the inline
+//! blocks it refers to. The blocks with shards go back with the page, so the CLI
 //! can have each chunk server re-verify their checksums.
 
 use crate::store::schema::{decode, kind_from_code, BlockRecord, InodeRecord, ServerRecord};
@@ -131,6 +132,8 @@ fn check_file(
 ) -> FsResult<Option<u64>> {
     let report =
         |page: &mut FsckPage, block, degraded, what| report(page, ino, block, degraded, what);
+    // Inline blocks the file refers to, with their lengths: what its allowance is charged.
+    let mut inline: BTreeMap<BlockId, u64> = BTreeMap::new();
     for item in t.extents.range((ino.0, offset)..(ino.0 + 1, 0)).db()? {
         let (key, value) = item.db()?;
         let file_offset = key.value().1;
@@ -200,6 +203,7 @@ fn check_file(
             );
         }
         if b.is_inline() {
+            inline.insert(block, block_len);
             // Its bytes are in the metadata store: nothing for a chunk server to verify.
             let stored = t
                 .inline_data
@@ -270,6 +274,21 @@ fn check_file(
                 inline: None,
             },
         );
+    }
+    // Known only when the whole file was read in this page.
+    if offset == 0 {
+        let held: u64 = inline.values().sum();
+        let charged = crate::layout::inline_bytes(&t.inline_bytes, ino)?;
+        if held != charged {
+            report(
+                page,
+                None,
+                false,
+                format!(
+                    "the file refers to {held} bytes kept inline, its allowance counts {charged}"
+                ),
+            );
+        }
     }
     Ok(None)
 }

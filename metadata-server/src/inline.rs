@@ -443,6 +443,18 @@ mod tests {
         .unwrap();
         assert_eq!(charged(&db, g), 0);
         assert!(read(&db).inline_bytes.get(g.0).unwrap().is_none());
+        // fsck finds the count right, and says so when it is not.
+        let problems = || fsck::check_page(&read(&db), "v", None, &HashSet::new()).unwrap();
+        assert!(problems().problems.is_empty(), "{:?}", problems().problems);
+        let tx = db.begin_write().unwrap();
+        tx.open_table(crate::store::schema::INLINE_BYTES)
+            .unwrap()
+            .insert(ino.0, 1)
+            .unwrap();
+        tx.commit().unwrap();
+        let found = problems().problems;
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].what.contains("allowance counts 1"), "{found:?}");
     }
 
     #[test]
