@@ -141,6 +141,41 @@ pub fn commit_if_unchanged(
     commit_write(t, now, ino, extents, mtime, false)
 }
 
+/// Counts the inline allowance of every file of a store made before it was kept (whose
+/// `inline_bytes` table is new): the inline blocks each file's extents refer to, once each.
+pub fn backfill(tx: &redb::WriteTransaction) -> FsResult<()> {
+    use redb::ReadableTable;
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    let mut t = WriteTables::open(tx)?;
+    let mut inline: HashMap<u64, u64> = HashMap::new();
+    for item in t.blocks.iter().db()? {
+        let (id, value) = item.db()?;
+        let rec: BlockRecord = crate::store::schema::decode(value.value())?;
+        if rec.is_inline() && rec.refs > 0 {
+            inline.insert(id.value(), rec.len.unwrap_or(0));
+        }
+    }
+    if inline.is_empty() {
+        return Ok(());
+    }
+    let mut seen: BTreeSet<(u64, u64)> = BTreeSet::new();
+    let mut charged: BTreeMap<u64, u64> = BTreeMap::new();
+    for item in t.extents.iter().db()? {
+        let (key, value) = item.db()?;
+        let (ino, block) = (key.value().0, value.value().1);
+        if let Some(&len) = inline.get(&block) {
+            if seen.insert((ino, block)) {
+                *charged.entry(ino).or_default() += len;
+            }
+        }
+    }
+    tracing::info!(files = charged.len(), "inline allowances counted");
+    for (ino, bytes) in charged {
+        t.inline_bytes.insert(ino, bytes).db()?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,6 +490,29 @@ mod tests {
         let found = problems().problems;
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].what.contains("allowance counts 1"), "{found:?}");
+    }
+
+    #[test]
+    fn a_store_made_before_the_allowance_has_it_counted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        let db = store::open(&path).unwrap();
+        let (root, f) = volume_with_file(&db, None);
+        let g = make_file(&db, root, "g");
+        run(&db, inline(f, vec![(0, 10), (20, 5)], vec![1; 15], false)).unwrap();
+        run(&db, keep(f, 1 << 20, vec![2; 7], false)).unwrap();
+        run(&db, keep(g, 0, vec![3; 30], false)).unwrap();
+        let counted = (charged(&db, f), charged(&db, g));
+        assert_eq!(counted, (22, 30));
+        // As an older store has it: no table.
+        let tx = db.begin_write().unwrap();
+        tx.delete_table(crate::store::schema::INLINE_BYTES).unwrap();
+        tx.commit().unwrap();
+        drop(db);
+        let db = store::open(&path).unwrap();
+        assert_eq!((charged(&db, f), charged(&db, g)), counted);
+        let page = fsck::check_page(&read(&db), "v", None, &HashSet::new()).unwrap();
+        assert!(page.problems.is_empty(), "{:?}", page.problems);
     }
 
     #[test]

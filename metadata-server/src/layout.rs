@@ -64,7 +64,7 @@ pub fn inline_bytes(table: &impl ReadableTable<u64, u64>, ino: InodeId) -> FsRes
 }
 
 fn charge_inline(t: &mut WriteTables, ino: InodeId, delta: i64) -> FsResult<()> {
-    // Stores made before the count was kept hold uncharged blocks: never below zero.
+    // Never below zero, whatever a damaged count says (fsck reports a wrong one).
     let bytes = inline_bytes(&t.inline_bytes, ino)?.saturating_add_signed(delta);
     if bytes == 0 {
         t.inline_bytes.remove(ino.0).db()?;

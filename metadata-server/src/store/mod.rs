@@ -27,8 +27,17 @@ pub fn open(path: &Path) -> FsResult<Arc<Database>> {
     }
     let db = Database::create(path).db()?;
     let tx = db.begin_write().db()?;
+    let allowances_kept = {
+        use redb::TableHandle;
+        tx.list_tables()
+            .db()?
+            .any(|table| table.name() == schema::INLINE_BYTES.name())
+    };
     tables::WriteTables::open(&tx)?;
     crate::volumes::backfill(&tx)?;
+    if !allowances_kept {
+        crate::inline::backfill(&tx)?;
+    }
     tx.commit().db()?;
     Ok(Arc::new(db))
 }
