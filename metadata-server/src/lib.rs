@@ -173,6 +173,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         capability_key,
         capability_key_path: config.data_dir.join("capability-key"),
         faults: config.faults.clone(),
+        stopping: shutdown.clone(),
     })?);
     tokio::spawn(service.clone().follow_leadership(shutdown.clone()));
     tracing::info!(%addr, data = %config.data_dir.display(), "metadata server listening");

@@ -75,6 +75,8 @@ pub struct MetaService {
     /// What the namespace mutations made stale, for the mounts' caches.
     changes: ChangeFeed,
     faults: Faults,
+    /// Cancelled when the server stops: long polls end then, not at their deadline.
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 /// What the service is built from; the rest it derives.
@@ -89,6 +91,7 @@ pub struct ServiceParts {
     pub capability_key: CapabilityKey,
     pub capability_key_path: std::path::PathBuf,
     pub faults: Faults,
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 impl MetaService {
@@ -120,6 +123,7 @@ impl MetaService {
             capability_key_path: parts.capability_key_path,
             changes: ChangeFeed::new(),
             faults: parts.faults,
+            stopping: parts.stopping,
         })
     }
 
@@ -703,7 +707,14 @@ impl MetaService {
                 answer(q, |q| async move {
                     let volume = self.volume_of(q.root).await?;
                     let wait = q.wait();
-                    Ok(self.changes.watch(volume, q.origin, q.feed, q.after, wait).await)
+                    // A stopping server waits for the requests in flight: not for this one's
+                    // wait (up to 10 s), which would hold up every restart.
+                    tokio::select! {
+                        page = self.changes.watch(volume, q.origin, q.feed, q.after, wait) => Ok(page),
+                        _ = self.stopping.cancelled() => {
+                            Err(FsError::unavailable("the metadata server is stopping"))
+                        }
+                    }
                 })
                 .await
             }

@@ -138,3 +138,43 @@ fn a_directory_changed_by_this_mount_is_not_asked_for_again() {
         (fresh.mtime(), fresh.mtime_nsec(), fresh.nlink())
     );
 }
+
+/// A metadata server asked to stop does not wait out the long polls of the mounts watching its
+/// change feed (up to 10 s each): it stops at once, and the poll fails instead of hanging.
+/// A fault point holds the poll at the server until the test lets it go into its wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_metadata_server_does_not_wait_for_long_polls() {
+    const POINT: &str = "meta.after_authorize.WatchChanges";
+    let mut cluster = dfs_tests::TestCluster::start(3).await;
+    let client = cluster.client().await;
+    let root = cluster.volume(&client, "v", "2+1", 1 << 20).await.root;
+    // A new watcher's first poll answers at once with the feed to follow.
+    let first = client
+        .watch_changes(root, 0, 0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let faults = cluster.faults.clone();
+    faults.arm(POINT, dfs_common::fault::Action::Pause);
+    let poll = tokio::spawn(async move {
+        client
+            .watch_changes(root, first.feed, first.next, Duration::from_secs(10))
+            .await
+    });
+    faults
+        .wait_hit(POINT, 1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    faults.disarm(POINT);
+    cluster.stop_meta().await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "stopping took {took:?}: it waited for the long poll"
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(30), poll)
+        .await
+        .expect("the poll ended")
+        .unwrap();
+    assert!(answer.is_err(), "the poll was answered: {answer:?}");
+}
