@@ -19,6 +19,7 @@ use dfs_common::capability::CapabilityKey;
 use dfs_common::codec::encode_body;
 use dfs_common::fault::Faults;
 use dfs_common::metrics::OpMetrics;
+use dfs_common::model::NewExtent;
 use dfs_common::net::server::{PeerInfo, Response, Service};
 use dfs_common::net::tls::{Fingerprint, Principal};
 use dfs_common::proto::chunk::ShardKey;
@@ -31,6 +32,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The command of a request whose fields carry over to an [`Op`] of the same name.
+/// Whether any of `extents` names a block stored with shards missing.
+fn degraded(extents: &[NewExtent]) -> bool {
+    extents.iter().any(|e| e.missing_shards != 0)
+}
+
 macro_rules! op {
     ($q:ident => $op:ident { $($field:ident),* }) => {
         Op::$op { $($field: $q.$field),* }
@@ -307,6 +313,21 @@ impl MetaService {
         T::from_outcome(self.mutate(op, call).await?)
     }
 
+    /// Applies a commit of written blocks; `degraded`: some were stored with shards missing,
+    /// and are repaired now, not at the next periodic scan.
+    async fn commit_blocks(
+        &self,
+        op: Op,
+        degraded: bool,
+        call: Option<Call>,
+    ) -> FsResult<Committed> {
+        let committed = self.mutate_as(op, call).await?;
+        if degraded {
+            self.repair.kick();
+        }
+        Ok(committed)
+    }
+
     /// Applies a mutation that makes an inode, and gives its attributes.
     /// Applies `op`, a `MakeNode` in `parent`.
     async fn make_node(&self, parent: InodeId, op: Op, call: Option<Call>) -> FsResult<Made> {
@@ -454,16 +475,9 @@ impl MetaService {
                 answer(q, |q| self.replace_shard(q.block, q.index, q.failed, call)).await
             }
             R::CommitWrite(q) => {
-                answer(q, |q| async move {
-                    let degraded = q.extents.iter().any(|e| e.missing_shards != 0);
-                    let op = op!(q => CommitWrite { ino, extents, mtime, append });
-                    let committed = self.mutate_as(op, call).await?;
-                    if degraded {
-                        // A block committed with shards missing is repaired now, not at the
-                        // next periodic scan.
-                        self.repair.kick();
-                    }
-                    Ok(committed)
+                answer(q, |q| {
+                    let degraded = degraded(&q.extents);
+                    self.commit_blocks(op!(q => CommitWrite { ino, extents, mtime, append }), degraded, call)
                 })
                 .await
             }
@@ -471,14 +485,10 @@ impl MetaService {
                 answer(q, |q| self.mutate_as(op!(q => KeepInline { ino, pieces, data, mtime, append }), call)).await
             }
             R::CommitIfUnchanged(q) => {
-                answer(q, |q| async move {
-                    let degraded = q.extents.iter().any(|e| e.missing_shards != 0);
+                answer(q, |q| {
+                    let degraded = degraded(&q.extents);
                     let op = op!(q => CommitIfUnchanged { ino, extents, mtime, size, from, expect });
-                    let committed = self.mutate_as(op, call).await?;
-                    if degraded {
-                        self.repair.kick();
-                    }
-                    Ok(committed)
+                    self.commit_blocks(op, degraded, call)
                 })
                 .await
             }

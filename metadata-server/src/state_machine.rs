@@ -184,32 +184,20 @@ fn apply_op(t: &mut WriteTables, now: Timestamp, op: &Op) -> FsResult<Outcome> {
             data,
             mtime,
             append,
-        } => crate::inline::write(
-            t,
-            now,
-            *ino,
-            pieces,
-            data,
-            *mtime,
-            *append,
-            crate::inline::Bound::FileStart,
-        ),
-        Op::KeepInline {
+        }
+        | Op::KeepInline {
             ino,
             pieces,
             data,
             mtime,
             append,
-        } => crate::inline::write(
-            t,
-            now,
-            *ino,
-            pieces,
-            data,
-            *mtime,
-            *append,
-            crate::inline::Bound::Allowance,
-        ),
+        } => {
+            let bound = match op {
+                Op::WriteInline { .. } => crate::inline::Bound::FileStart,
+                _ => crate::inline::Bound::Allowance,
+            };
+            crate::inline::write(t, now, *ino, pieces, data, *mtime, *append, bound)
+        }
         Op::CommitIfUnchanged {
             ino,
             extents,

@@ -32,6 +32,20 @@ fn leader(members: &[MetaMember]) -> Option<&MetaMember> {
 }
 
 /// Adds reserved member `i` with `dfs meta add`, once it listens.
+/// Waits until the second member knows a leader (after the first member was killed).
+fn a_new_leader_as_member_1_sees_it(cluster: &ProcessCluster) {
+    wait_until(cluster, Duration::from_secs(60), "a new leader", || {
+        let out = cluster
+            .member_cli(1)
+            .args(["--json", "meta", "status"])
+            .output();
+        out.is_ok_and(|o| {
+            serde_json::from_slice::<Vec<MetaMember>>(&o.stdout)
+                .is_ok_and(|group| leader(&group).is_some())
+        })
+    });
+}
+
 fn add_member(cluster: &mut ProcessCluster, i: usize) {
     cluster.start_member(i);
     let addr = cluster.member_addr(i).to_string();
@@ -548,16 +562,7 @@ fn a_mount_waiting_for_changes_does_not_ask_the_others_who_leads() {
     let mut cluster = group_of_three(|_| {});
     // The first member, the only one with a metrics page, becomes a follower.
     cluster.kill_member(0);
-    wait_until(&cluster, Duration::from_secs(60), "a new leader", || {
-        let out = cluster
-            .member_cli(1)
-            .args(["--json", "meta", "status"])
-            .output();
-        out.is_ok_and(|o| {
-            serde_json::from_slice::<Vec<MetaMember>>(&o.stdout)
-                .is_ok_and(|group| leader(&group).is_some())
-        })
-    });
+    a_new_leader_as_member_1_sees_it(&cluster);
     cluster.restart_member(0);
     caught_up(&cluster, 0);
     let m = Mount::new(&cluster, "v", "m", "").unwrap();
@@ -619,16 +624,7 @@ fn a_mount_that_missed_changes_in_a_failover_drops_the_pages_of_its_open_files()
 
     // A new leader, and a rewrite the watcher does not hear of.
     cluster.kill_member(0);
-    wait_until(&cluster, Duration::from_secs(60), "a new leader", || {
-        let out = cluster
-            .member_cli(1)
-            .args(["--json", "meta", "status"])
-            .output();
-        out.is_ok_and(|o| {
-            serde_json::from_slice::<Vec<MetaMember>>(&o.stdout)
-                .is_ok_and(|group| leader(&group).is_some())
-        })
-    });
+    a_new_leader_as_member_1_sees_it(&cluster);
     let new = random_bytes(old.len(), 2);
     fs::write(writer.path("f"), &new).unwrap();
     assert!(

@@ -490,8 +490,7 @@ impl FileHandle {
         }
         let mut runs = self.dirty.take_all(self.block_size);
         let size = self.known_size;
-        let span = dfs_common::proto::MAX_INLINE_PER_FILE;
-        let room = (self.block_size as u64).saturating_sub(span);
+        let room = (self.block_size as u64).saturating_sub(dfs_common::proto::MAX_INLINE_PER_FILE);
         let fits = match runs.as_slice() {
             [(at, run)] => (self.append || *at == size) && run.len() as u64 <= room,
             _ => false,
@@ -503,21 +502,7 @@ impl FileHandle {
             return Ok(());
         }
         let (at, run) = runs.pop().expect("one run");
-        let start = size.saturating_sub(span);
-        let tail = match self.client.layout(self.ino, start, size - start).await {
-            Ok(layout) if layout.size == size => {
-                let tail = inline_tail::find(&layout);
-                self.no_inline_tail = tail.is_none();
-                tail
-            }
-            // Another client changed the file's size: try again at the next flush.
-            Ok(_) => None,
-            Err(e) => {
-                tracing::debug!(ino = %self.ino, "no layout to move the inline tail: {e}");
-                None
-            }
-        };
-        let Some(tail) = tail else {
+        let Some(tail) = self.inline_tail(size).await else {
             self.dirty.write_owned(at, run);
             return Ok(());
         };
@@ -564,6 +549,26 @@ impl FileHandle {
                 // As with a failed block commit: the range keeps its old bytes.
                 self.count_dirty();
                 Err(e)
+            }
+        }
+    }
+
+    /// The inline tail of the file as it is at `size` bytes, read from a fresh layout of its
+    /// last [`MAX_INLINE_PER_FILE`](dfs_common::proto::MAX_INLINE_PER_FILE) bytes. A file of
+    /// that size found not to end in inline bytes is remembered (`no_inline_tail`).
+    async fn inline_tail(&mut self, size: u64) -> Option<inline_tail::InlineTail> {
+        let start = size.saturating_sub(dfs_common::proto::MAX_INLINE_PER_FILE);
+        match self.client.layout(self.ino, start, size - start).await {
+            Ok(layout) if layout.size == size => {
+                let tail = inline_tail::find(&layout);
+                self.no_inline_tail = tail.is_none();
+                tail
+            }
+            // Another client changed the file's size: try again at the next flush.
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(ino = %self.ino, "no layout to move the inline tail: {e}");
+                None
             }
         }
     }

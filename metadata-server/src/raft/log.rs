@@ -4,9 +4,11 @@
 //! checksum and the entry's bincode. The last segment's file is kept [`ZEROED_AHEAD`] bytes of
 //! zeros ahead of its records, so an append overwrites blocks the file already has and its
 //! fdatasync writes the data alone, not the file's size and block map too (ext4 here: about
-//! 120 µs against 200 µs per append). A zero header marks the end of a segment's records. One thread does every write, in the order Raft asked for
-//! them: it writes all the appends that are waiting, flushes them with a single fdatasync, and
-//! only then tells Raft they are durable (group commit). The vote and the last purged entry
+//! 120 µs against 200 µs per append). A zero header marks the end of a segment's records.
+//!
+//! One thread does every write, in the order Raft asked for them: it writes all the appends
+//! that are waiting, flushes them with a single fdatasync, and only then tells Raft they are
+//! durable (group commit). The vote and the last purged entry
 //! live in a small `log-state` file, replaced atomically (written, synced, renamed, the
 //! directory synced) before `save_vote` returns, as Raft requires.
 //!
