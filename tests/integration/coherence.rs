@@ -178,3 +178,98 @@ async fn a_stopping_metadata_server_does_not_wait_for_long_polls() {
         .unwrap();
     assert!(answer.is_err(), "the poll was answered: {answer:?}");
 }
+
+/// Lookups and attribute requests the metadata server has answered so far (all clients).
+fn lookups_and_getattrs(cluster: &dfs_tests::process::ProcessCluster) -> f64 {
+    use crate::observe::{scrape, value};
+    let samples = scrape(cluster.meta_http);
+    value(&samples, "dfs_meta_requests_total{op=\"Lookup\"}")
+        + value(&samples, "dfs_meta_requests_total{op=\"GetAttr\"}")
+}
+
+/// While a mount follows the change feed, the kernel keeps names and attributes for the
+/// lease, not the attribute timeout: stats of files already seen cost no round trip. A mount
+/// without a lease asks every time.
+#[test]
+fn names_and_attributes_seen_while_the_feed_is_followed_cost_no_round_trip() {
+    let cluster = cluster_with_volume();
+    let leased = Mount::new(&cluster, "default", "leased", "attr_timeout=0").unwrap();
+    let asking = Mount::new(&cluster, "default", "asking", "attr_timeout=0,lease=0").unwrap();
+    let names: Vec<String> = (0..40).map(|i| format!("f{i}")).collect();
+    for name in &names {
+        fs::write(leased.path(name), b"x").unwrap();
+    }
+    let stat_all = |m: &Mount| {
+        let before = lookups_and_getattrs(&cluster);
+        for name in &names {
+            assert_eq!(fs::metadata(m.path(name)).unwrap().len(), 1);
+        }
+        lookups_and_getattrs(&cluster) - before
+    };
+    // The first grants come once the mount's first call for changes is answered.
+    shows("stats answered by the kernel", || stat_all(&leased) == 0.0);
+    let asked = stat_all(&asking);
+    assert!(
+        asked >= names.len() as f64,
+        "{asked} requests for {} stats",
+        names.len()
+    );
+    // A change elsewhere still shows at once.
+    fs::write(asking.path("f3"), b"longer").unwrap();
+    shows("a write from the other mount", || {
+        fs::metadata(leased.path("f3")).unwrap().len() == 6
+    });
+}
+
+/// A mount whose change feed reports missed changes (here: a restarted metadata server
+/// starts a new feed) drops from its kernel every name and attribute it granted for long;
+/// otherwise they would stay stale for the rest of the lease.
+#[test]
+fn a_mount_that_missed_changes_drops_the_names_and_attributes_it_granted() {
+    use crate::heal::wait_until;
+    use crate::observe::http_get;
+    let mut cluster = cluster_with_volume();
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
+    let options = format!("attr_timeout=0,lease=600,metrics={http}");
+    let env = [("DFS_FAULTS", "enabled")];
+    let watcher = Mount::with_env(&cluster, "default", "watcher", &options, &env).unwrap();
+    let writer = Mount::new(&cluster, "default", "writer", "").unwrap();
+    let control = |verb: &str| {
+        let (status, body) = http_get(http, &format!("/faults/mount.watch_changes/{verb}"));
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let mode = |m: &Mount| fs::metadata(m.path("f")).unwrap().permissions().mode() & 0o777;
+    fs::write(writer.path("f"), b"x").unwrap();
+    fs::set_permissions(writer.path("f"), fs::Permissions::from_mode(0o644)).unwrap();
+    // The watcher stops before its next call for changes (a change ends the current one), so
+    // that no late news of the writes above drops what its kernel is granted next.
+    control("pause");
+    fs::write(writer.path("nudge"), b"x").unwrap();
+    wait_until(
+        &cluster,
+        Duration::from_secs(30),
+        "the watcher paused",
+        || control("hits").trim() != "0",
+    );
+    shows("the watcher's kernel keeps f", || {
+        mode(&watcher) == 0o644 && {
+            let before = lookups_and_getattrs(&cluster);
+            mode(&watcher);
+            lookups_and_getattrs(&cluster) == before
+        }
+    });
+    // A new feed, and a chmod the watcher does not hear of.
+    cluster.kill_meta();
+    cluster.start_meta();
+    fs::set_permissions(writer.path("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        mode(&watcher),
+        0o644,
+        "the watcher's kernel keeps the old mode"
+    );
+    control("disarm");
+    shows("the chmod after the missed changes", || {
+        mode(&watcher) == 0o600
+    });
+}

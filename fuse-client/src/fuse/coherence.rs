@@ -11,7 +11,7 @@ use crate::client::Client;
 use dfs_common::proto::meta::Invalidation;
 use dfs_common::InodeId;
 use std::sync::Weak;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long one call waits for changes.
 const WAIT: Duration = Duration::from_secs(9);
@@ -26,6 +26,10 @@ pub trait Caches: Send + Sync + 'static {
     fn drop_inode(&self, ino: InodeId, data: bool);
     /// Changes were missed: drop what can be dropped.
     fn drop_all(&self);
+    /// The feed answered a call sent at `sent`: every change before it has been dropped.
+    fn feed_whole(&self, sent: Instant);
+    /// The feed failed to answer: changes elsewhere may go untold for now.
+    fn feed_lost(&self);
 }
 
 /// Follows the change feed of the volume whose root is `root` until `caches` is gone.
@@ -33,6 +37,7 @@ pub async fn follow<C: Caches>(caches: Weak<C>, client: Client, root: InodeId) {
     let (mut feed, mut next) = (0, 0);
     loop {
         // (A test holds the mount here, not watching, while changes happen elsewhere.)
+        let sent = Instant::now();
         let page = match client.faults().hit("mount.watch_changes").await {
             Ok(()) => client.watch_changes(root, feed, next, WAIT).await,
             Err(e) => Err(e),
@@ -44,6 +49,8 @@ pub async fn follow<C: Caches>(caches: Weak<C>, client: Client, root: InodeId) {
             Ok(page) => page,
             Err(e) => {
                 tracing::debug!("following the change feed: {e}");
+                caches.feed_lost();
+                drop(caches);
                 tokio::time::sleep(PAUSE_AFTER_FAILURE).await;
                 continue;
             }
@@ -60,5 +67,6 @@ pub async fn follow<C: Caches>(caches: Weak<C>, client: Client, root: InodeId) {
                 Invalidation::Inode { ino, data } => caches.drop_inode(ino, data),
             }
         }
+        caches.feed_whole(sent);
     }
 }

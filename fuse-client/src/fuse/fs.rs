@@ -47,7 +47,10 @@ struct Shared {
     client: Client,
     rt: tokio::runtime::Handle,
     map: InodeMap,
+    /// The fallback timeout of the kernel's names and attributes (`attr_timeout`).
     ttl: Duration,
+    /// Their timeouts while the change feed is followed.
+    leases: super::leases::Leases,
     read_only: bool,
     files: Arc<OpenFiles>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirListing>>>>,
@@ -93,6 +96,7 @@ impl DfsFs {
                 rt,
                 map: InodeMap { root },
                 ttl: options.attr_timeout,
+                leases: super::leases::Leases::new(options.attr_timeout, options.lease),
                 read_only: options.read_only,
                 files,
                 dirs: Mutex::new(HashMap::new()),
@@ -158,9 +162,19 @@ impl Shared {
         self.map.file_attr(&attr)
     }
 
-    fn reply_entry(&self, reply: ReplyEntry, result: FsResult<dfs_common::proto::meta::Attr>) {
+    /// Answers an entry for `name` in `parent`.
+    fn reply_entry(
+        &self,
+        reply: ReplyEntry,
+        parent: InodeId,
+        name: &str,
+        result: FsResult<dfs_common::proto::meta::Attr>,
+    ) {
         match result {
-            Ok(a) => reply.entry(&self.ttl, &self.fresh_attr(a), Generation(0)),
+            Ok(a) => {
+                let ttl = self.leases.name(parent, name, Some(a.ino));
+                reply.entry(&ttl, &self.fresh_attr(a), Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -169,7 +183,7 @@ impl Shared {
     /// keeps that absence for the attribute timeout, so asking again (a search path, a
     /// build's probes for files) costs no round trip. Another client that creates the name
     /// drops it through the change feed.
-    fn reply_absent(&self, reply: ReplyEntry) {
+    fn reply_absent(&self, reply: ReplyEntry, parent: InodeId, name: &str) {
         let absent = fuser::FileAttr {
             ino: INodeNo(0),
             size: 0,
@@ -187,12 +201,13 @@ impl Shared {
             blksize: 4096,
             flags: 0,
         };
-        reply.entry(&self.ttl, &absent, Generation(0));
+        let ttl = self.leases.name(parent, name, None);
+        reply.entry(&ttl, &absent, Generation(0));
     }
 
     fn reply_attr(&self, reply: ReplyAttr, result: FsResult<dfs_common::proto::meta::Attr>) {
         match result {
-            Ok(a) => reply.attr(&self.ttl, &self.fresh_attr(a)),
+            Ok(a) => reply.attr(&self.leases.attr(a.ino), &self.fresh_attr(a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -340,6 +355,22 @@ impl super::coherence::Caches for Shared {
     }
 
     fn drop_all(&self) {
+        let granted = self.leases.take();
+        let (map, notifier) = (self.map, self.notifier.clone());
+        self.rt.spawn_blocking(move || {
+            let Some(notifier) = notifier.get() else {
+                return;
+            };
+            // Mostly names and inodes the kernel no longer holds: errors are expected.
+            for (parent, names) in granted.names {
+                for name in names {
+                    let _ = notifier.inval_entry(map.to_fuse(parent), std::ffi::OsStr::new(&name));
+                }
+            }
+            for ino in granted.inodes {
+                let _ = notifier.inval_inode(map.to_fuse(ino), -1, 0);
+            }
+        });
         self.files.forget_version(None);
         self.client.dir_attrs().clear();
         self.absent_xattrs.clear();
@@ -349,6 +380,14 @@ impl super::coherence::Caches for Shared {
         for ino in self.files.open_inodes() {
             self.drop_kernel_inode(ino, true);
         }
+    }
+
+    fn feed_whole(&self, sent: std::time::Instant) {
+        self.leases.confirm(sent);
+    }
+
+    fn feed_lost(&self) {
+        self.leases.lapse();
     }
 }
 
@@ -374,9 +413,10 @@ impl Filesystem for DfsFs {
         };
         self.spawn("lookup", |s| async move {
             let buffered = s.files.buffered_sizes();
-            match s.client.lookup(s.ino(parent), &name).await {
-                Err(FsError::NotFound) => s.reply_absent(reply),
-                result => s.reply_entry(reply, result.map(|a| buffered.cover(a))),
+            let parent = s.ino(parent);
+            match s.client.lookup(parent, &name).await {
+                Err(FsError::NotFound) => s.reply_absent(reply, parent, &name),
+                result => s.reply_entry(reply, parent, &name, result.map(|a| buffered.cover(a))),
             }
         });
     }
@@ -485,11 +525,12 @@ impl Filesystem for DfsFs {
         let (uid, gid) = (req.uid(), req.gid());
         self.spawn("mknod", |s| async move {
             let perm = mode & !umask & 0o7777;
+            let parent = s.ino(parent);
             let result = s
                 .client
-                .make_node(s.ino(parent), &name, kind, perm, uid, gid, rdev)
+                .make_node(parent, &name, kind, perm, uid, gid, rdev)
                 .await;
-            s.reply_entry(reply, result);
+            s.reply_entry(reply, parent, &name, result);
         });
     }
 
@@ -508,11 +549,12 @@ impl Filesystem for DfsFs {
         };
         let (uid, gid) = (req.uid(), req.gid());
         self.spawn("mkdir", |s| async move {
+            let parent = s.ino(parent);
             let result = s
                 .client
-                .mkdir(s.ino(parent), &name, mode & !umask & 0o7777, uid, gid)
+                .mkdir(parent, &name, mode & !umask & 0o7777, uid, gid)
                 .await;
-            s.reply_entry(reply, result);
+            s.reply_entry(reply, parent, &name, result);
         });
     }
 
@@ -554,11 +596,9 @@ impl Filesystem for DfsFs {
         };
         let (uid, gid) = (req.uid(), req.gid());
         self.spawn("symlink", |s| async move {
-            let result = s
-                .client
-                .symlink(s.ino(parent), &name, &target, uid, gid)
-                .await;
-            s.reply_entry(reply, result);
+            let parent = s.ino(parent);
+            let result = s.client.symlink(parent, &name, &target, uid, gid).await;
+            s.reply_entry(reply, parent, &name, result);
         });
     }
 
@@ -611,8 +651,9 @@ impl Filesystem for DfsFs {
             Err(e) => return reply.error(e),
         };
         self.spawn("link", |s| async move {
-            let result = s.client.link(s.ino(ino), s.ino(newparent), &name).await;
-            s.reply_entry(reply, result);
+            let newparent = s.ino(newparent);
+            let result = s.client.link(s.ino(ino), newparent, &name).await;
+            s.reply_entry(reply, newparent, &name, result);
         });
     }
 
@@ -658,9 +699,10 @@ impl Filesystem for DfsFs {
         let (uid, gid) = (req.uid(), req.gid());
         self.spawn("create", |s| async move {
             let perm = mode & !umask & 0o7777;
+            let parent = s.ino(parent);
             let attr = match s
                 .client
-                .make_node(s.ino(parent), &name, FileKind::File, perm, uid, gid, 0)
+                .make_node(parent, &name, FileKind::File, perm, uid, gid, 0)
                 .await
             {
                 Ok(a) => a,
@@ -673,7 +715,7 @@ impl Filesystem for DfsFs {
                     let (file, open_flags) = open_mode(file, flags);
                     let fh = FileHandle(s.files.add(file));
                     reply.created(
-                        &s.ttl,
+                        &s.leases.name(parent, &name, Some(attr.ino)),
                         &s.fresh_attr(attr.clone()),
                         Generation(0),
                         fh,
@@ -987,6 +1029,7 @@ impl Filesystem for DfsFs {
             // The kernel links no inode for "." and "..", so their attributes only carry the
             // inode number and type.
             let dot = super::attr::dir_stub(ino);
+            let dir = s.ino(ino);
             let no_ttl = Duration::ZERO;
             let result = s
                 .list_dir(fh, offset, |item, next| match item {
@@ -994,8 +1037,9 @@ impl Filesystem for DfsFs {
                     DirItem::DotDot => reply.add(ino, next, "..", &no_ttl, &dot, Generation(0)),
                     DirItem::Entry(e) => match &e.attr {
                         Some(attr) => {
+                            let ttl = s.leases.name(dir, &e.name, Some(attr.ino));
                             let attr = s.fresh_attr(attr.clone());
-                            reply.add(attr.ino, next, &e.name, &s.ttl, &attr, Generation(0))
+                            reply.add(attr.ino, next, &e.name, &ttl, &attr, Generation(0))
                         }
                         // Listed without attributes: the kernel looks the entry up itself.
                         None => false,

@@ -6,6 +6,7 @@
 //! - [`fs`]: the `fuser::Filesystem` implementation.
 //! - [`attr`]: attribute and errno translation.
 //! - [`coherence`]: drops what other clients changed from this mount's caches.
+//! - [`leases`]: how long the kernel may keep names and attributes.
 //! - [`options`]: mount specs and `-o` options, as `mount -t dfs` passes them.
 //! - [`metrics`]: FUSE operation counts and latencies, and bytes, for `metrics=ADDR`.
 //! - [`readahead`]: the kernel's read-ahead window for the mount.
@@ -14,6 +15,7 @@
 pub mod attr;
 pub mod coherence;
 pub mod fs;
+pub mod leases;
 pub mod metrics;
 pub mod options;
 pub mod readahead;

@@ -38,8 +38,12 @@ pub struct MountOptions {
     pub identity: Option<String>,
     /// Serve Prometheus metrics on this TCP address (`metrics=HOST:PORT`).
     pub metrics: Option<std::net::SocketAddr>,
-    /// How long the kernel may cache attributes and names.
+    /// How long the kernel may cache attributes and names when the change feed is not known
+    /// to be whole (`attr_timeout=SECS`).
     pub attr_timeout: Duration,
+    /// How long past the change feed's last answer the kernel may cache them while the mount
+    /// follows the feed (`lease=SECS`; at most `attr_timeout` turns long grants off).
+    pub lease: Duration,
     /// How long an operation waits for an unreachable metadata server before failing with EIO
     /// (`retry=SECS`, `soft` for 0); `None` waits as long as it takes (`hard`).
     pub meta_retry: Option<Duration>,
@@ -71,6 +75,9 @@ pub const MAX_READAHEAD_KIB: u32 = 4096;
 /// that a lost cluster shows up as errors rather than a hang.
 pub const DEFAULT_META_RETRY: Duration = Duration::from_secs(60);
 
+/// Default lease: the feed answers at least every 10 s, so a grant usually lasts 20-30 s.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
 impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
@@ -80,6 +87,7 @@ impl Default for MountOptions {
             identity: None,
             metrics: None,
             attr_timeout: Duration::from_secs(1),
+            lease: DEFAULT_LEASE,
             meta_retry: Some(DEFAULT_META_RETRY),
             log: None,
             writeback: Duration::from_secs(30),
@@ -171,6 +179,15 @@ impl MountOptions {
                     }
                     into.attr_timeout = Duration::from_secs_f64(secs);
                 }
+                ("lease", Some(secs)) => {
+                    let secs: f64 = secs
+                        .parse()
+                        .map_err(|_| format!("bad lease value {secs:?}"))?;
+                    if !(0.0..=3600.0).contains(&secs) {
+                        return Err("lease must be between 0 and 3600 seconds".into());
+                    }
+                    into.lease = Duration::from_secs_f64(secs);
+                }
                 (
                     "_netdev"
                     | "noauto"
@@ -240,6 +257,10 @@ mod tests {
         MountOptions::parse("noinline", &mut o).unwrap();
         assert_eq!(o.inline_max, 0);
         assert!(MountOptions::parse("inline=65537", &mut o).is_err());
+        assert_eq!(o.lease, DEFAULT_LEASE);
+        MountOptions::parse("lease=0", &mut o).unwrap();
+        assert_eq!(o.lease, Duration::ZERO);
+        assert!(MountOptions::parse("lease=-3", &mut o).is_err());
         assert!(MountOptions::parse("bogus", &mut o).is_err());
         MountOptions::parse("noexec,nosuid,nodev", &mut o).unwrap();
         assert!(o.no_exec && o.no_suid && o.no_dev);
