@@ -28,6 +28,7 @@ use dfs_common::proto::MAX_CHECK_SHARDS;
 use dfs_common::{BlockId, FsError, FsResult, InodeId, ServerId, Timestamp, VolumeId};
 use quinn::RecvStream;
 use redb::{Database, ReadableTable};
+use std::future::ready;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -186,9 +187,7 @@ impl MetaService {
         if let Target::Volume(name) = &target {
             // Do not tell a client whether a volume it may not use exists.
             let name = name.clone();
-            let volume = self
-                .query(move |t| access::volume_of(t, &Target::Volume(name)))
-                .await?;
+            let volume = self.query_now(|t| access::volume_of(t, &Target::Volume(name)))?;
             return match volume {
                 Some(v) if grants.iter().any(|g| g.volume == v) => Ok(Some(grants)),
                 _ => Err(FsError::Denied(format!(
@@ -201,18 +200,16 @@ impl MetaService {
         // Inode and block ids are never reused and never change volume, so a target that
         // exists now is in the volume checked here when the request applies. A target that
         // does not exist yet is refused: it could be created in another volume meanwhile.
-        let volumes = self
-            .query(move |t| {
-                let first = access::volume_of(t, &target)?.ok_or(FsError::NotFound)?;
-                let second = match second {
-                    Some(ino) => {
-                        Some(access::volume_of(t, &Target::Inode(ino))?.ok_or(FsError::NotFound)?)
-                    }
-                    None => None,
-                };
-                Ok([Some(first), second])
-            })
-            .await?;
+        let volumes = self.query_now(|t| {
+            let first = access::volume_of(t, &target)?.ok_or(FsError::NotFound)?;
+            let second = match second {
+                Some(ino) => {
+                    Some(access::volume_of(t, &Target::Inode(ino))?.ok_or(FsError::NotFound)?)
+                }
+                None => None,
+            };
+            Ok([Some(first), second])
+        })?;
         for volume in volumes.into_iter().flatten() {
             access::check_grant(&grants, volume, write)?;
         }
@@ -281,8 +278,16 @@ impl MetaService {
         }
     }
 
+    /// Runs a read of a few records (an inode, a name, an attribute) on a fresh snapshot,
+    /// on the calling task: a hand-off to the blocking pool and back costs more than the
+    /// read. Anything that scans goes through [`Self::query`].
+    fn query_now<T>(&self, f: impl FnOnce(&ReadTables) -> FsResult<T>) -> FsResult<T> {
+        let tx = store::read(&self.db)?;
+        f(&ReadTables::open(&tx)?)
+    }
+
     /// Runs a read-only query on a fresh snapshot, off the async runtime. Every read of the
-    /// store goes through here.
+    /// store that may scan goes through here.
     async fn query<T: Send + 'static>(
         &self,
         f: impl FnOnce(&ReadTables) -> FsResult<T> + Send + 'static,
@@ -344,7 +349,7 @@ impl MetaService {
     /// kernel asks for them after every change to a directory, and the mount then answers
     /// without a round trip. Read after the change was applied, so never older than it.
     async fn dir_after(&self, dir: InodeId) -> FsResult<Attr> {
-        self.query(move |t| queries::get_attr(t, dir)).await
+        self.query_now(|t| queries::get_attr(t, dir))
     }
 
     /// Sorts a request into a mutation (applied by the committer), a query (answered from a
@@ -550,13 +555,13 @@ impl MetaService {
             }
             R::Lookup(q) => {
                 answer(q, |q| {
-                    self.query(move |t| queries::lookup_attr(t, q.parent, &q.name))
+                    ready(self.query_now(|t| queries::lookup_attr(t, q.parent, &q.name)))
                 })
                 .await
             }
-            R::GetAttr(q) => answer(q, |q| self.query(move |t| queries::get_attr(t, q.ino))).await,
+            R::GetAttr(q) => answer(q, |q| ready(self.query_now(|t| queries::get_attr(t, q.ino)))).await,
             R::ReadLink(q) => {
-                answer(q, |q| self.query(move |t| queries::read_link(t, q.ino))).await
+                answer(q, |q| ready(self.query_now(|t| queries::read_link(t, q.ino)))).await
             }
             R::ReadDir(q) => {
                 answer(q, |q| {
@@ -568,12 +573,12 @@ impl MetaService {
             }
             R::GetXattr(q) => {
                 answer(q, |q| {
-                    self.query(move |t| queries::get_xattr(t, q.ino, &q.name))
+                    ready(self.query_now(|t| queries::get_xattr(t, q.ino, &q.name)))
                 })
                 .await
             }
             R::ListXattr(q) => {
-                answer(q, |q| self.query(move |t| queries::list_xattr(t, q.ino))).await
+                answer(q, |q| ready(self.query_now(|t| queries::list_xattr(t, q.ino)))).await
             }
             R::GetLayout(q) => {
                 answer(q, |q| async move {
@@ -762,8 +767,7 @@ impl MetaService {
         if let Some(volume) = self.changes.volume_of(ino) {
             return Ok(volume);
         }
-        self.query(move |t| get_inode(&t.inodes, ino).map(|r| r.volume))
-            .await
+        self.query_now(|t| get_inode(&t.inodes, ino).map(|r| r.volume))
     }
 
     /// Registers a chunk server on first contact, refreshes its liveness, and hands it the
