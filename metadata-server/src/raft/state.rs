@@ -42,6 +42,9 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 /// Entries the log keeps between snapshots.
 pub const SNAPSHOT_EVERY: u64 = 100_000;
 
+/// Commands applied on the state machine's own task at most; more go to the blocking pool.
+const APPLY_HERE_AT_MOST: u64 = 16;
+
 const APPLIED: &str = "applied";
 const MEMBERSHIP: &str = "membership";
 const PARTIAL: &str = "partial";
@@ -71,6 +74,15 @@ impl Progress {
         let started = *since.1.get_or_insert_with(Instant::now);
         since.0 += commands;
         since.0 >= CHECKPOINT_EVERY || started.elapsed() >= CHECKPOINT_INTERVAL
+    }
+
+    /// Whether applying `commands` more would call for a checkpoint.
+    fn due_after(&self, commands: u64) -> bool {
+        let since = self.since_checkpoint.lock().expect("checkpoint clock");
+        since.0 + commands >= CHECKPOINT_EVERY
+            || since
+                .1
+                .is_some_and(|started| started.elapsed() >= CHECKPOINT_INTERVAL)
     }
 
     fn reset(&self) {
@@ -198,6 +210,17 @@ fn steps_of(entries: &[Entry], e: usize, partial: Option<(LogId, u64)>) -> (usiz
     }
 }
 
+/// The commands the entries carry.
+fn commands_in(entries: &[Entry]) -> u64 {
+    entries
+        .iter()
+        .map(|e| match &e.payload {
+            EntryPayload::Normal(batch) => batch.0.len() as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
 fn begin(db: &Database) -> FsResult<WriteTransaction> {
     let mut tx = db.begin_write().db()?;
     tx.set_durability(Durability::None)
@@ -300,6 +323,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        // A few commands without a checkpoint cost less applied right here than handed to
+        // the blocking pool and back; a checkpoint (an fsync) or a long run goes there.
+        if commands_in(&entries) <= APPLY_HERE_AT_MOST
+            && !self.progress.due_after(APPLY_HERE_AT_MOST)
+        {
+            return apply_entries(&self.db, &entries, &self.progress)
+                .map_err(|e| storage_error("state machine", e));
+        }
         let db = self.db.clone();
         let progress = self.progress.clone();
         blocking(move || apply_entries(&db, &entries, &progress)).await
