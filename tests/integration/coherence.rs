@@ -273,3 +273,47 @@ fn a_mount_that_missed_changes_drops_the_names_and_attributes_it_granted() {
         mode(&watcher) == 0o600
     });
 }
+
+/// An unlink needs to know whether the name is that of a file open here (to hide it until its
+/// last close) only when some file is open: otherwise it costs the unlink alone, no lookup.
+#[test]
+fn an_unlink_while_no_file_is_open_costs_no_lookup() {
+    use crate::observe::{scrape, value};
+    let cluster = cluster_with_volume();
+    let m = Mount::new(&cluster, "default", "m", "").unwrap();
+    let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+    for name in &names {
+        fs::write(m.path(name), b"x").unwrap();
+    }
+    let lookups = || {
+        value(
+            &scrape(cluster.meta_http),
+            "dfs_meta_requests_total{op=\"Lookup\"}",
+        )
+    };
+    // The kernel keeps the names once the feed is followed, so it asks no lookup either.
+    shows("names kept by the kernel", || {
+        let before = lookups();
+        for name in &names {
+            fs::metadata(m.path(name)).unwrap();
+        }
+        lookups() == before
+    });
+    let before = lookups();
+    for name in &names[..10] {
+        fs::remove_file(m.path(name)).unwrap();
+    }
+    let asked = lookups() - before;
+    assert!(
+        asked < 3.0,
+        "{asked} lookups for 10 unlinks with no file open"
+    );
+    // With a file open, an unlink of its name hides it instead (it stays readable).
+    let held = File::open(m.path("f10")).unwrap();
+    fs::remove_file(m.path("f10")).unwrap();
+    assert_eq!(read_at(&held, 4), b"x");
+    assert!(fs::metadata(m.path("f10")).is_err());
+    fs::remove_file(m.path("f11")).unwrap();
+    drop(held);
+    assert!(fs::metadata(m.path("f11")).is_err());
+}

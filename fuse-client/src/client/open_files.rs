@@ -273,6 +273,11 @@ impl OpenFiles {
     /// renamed to a hidden name and unlinked at its last close, so it stays readable and
     /// writable until then (as NFS clients do).
     pub async fn unlink(&self, parent: InodeId, name: &str) -> FsResult<()> {
+        // With no file open here, no name can be one to hide: no lookup needed. (An open
+        // racing with this unlink is no different from one that starts just after the lookup.)
+        if !self.table().inodes.values().any(|i| i.open > 0) {
+            return self.client.unlink(parent, name).await;
+        }
         let attr = self.client.lookup(parent, name).await?;
         let open = self.table().inodes.get(&attr.ino).map_or(0, |i| i.open);
         if attr.kind != FileKind::File || attr.nlink > 1 || open == 0 {
