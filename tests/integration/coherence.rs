@@ -179,6 +179,23 @@ async fn a_stopping_metadata_server_does_not_wait_for_long_polls() {
     assert!(answer.is_err(), "the poll was answered: {answer:?}");
 }
 
+/// Holds the mount serving metrics at `http` (with `DFS_FAULTS=enabled`) before its next call
+/// for changes: the fault point is armed, and a change made through `writer` ends the call
+/// in progress.
+pub(crate) fn hold_before_next_poll(
+    cluster: &dfs_tests::process::ProcessCluster,
+    http: std::net::SocketAddr,
+    writer: &Mount,
+) {
+    use crate::observe::mount_fault;
+    let control = |verb: &str| mount_fault(http, "mount.watch_changes", verb);
+    control("pause");
+    fs::write(writer.path(".nudge"), b"x").unwrap();
+    crate::heal::wait_until(cluster, Duration::from_secs(30), "the watcher held", || {
+        control("hits").trim() != "0"
+    });
+}
+
 /// Lookups and attribute requests the metadata server has answered so far (all clients).
 fn lookups_and_getattrs(cluster: &dfs_tests::process::ProcessCluster) -> f64 {
     use crate::observe::{scrape, value};
@@ -226,32 +243,19 @@ fn names_and_attributes_seen_while_the_feed_is_followed_cost_no_round_trip() {
 /// otherwise they would stay stale for the rest of the lease.
 #[test]
 fn a_mount_that_missed_changes_drops_the_names_and_attributes_it_granted() {
-    use crate::heal::wait_until;
-    use crate::observe::http_get;
+    use crate::observe::mount_fault;
     let mut cluster = cluster_with_volume();
     let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
     let options = format!("attr_timeout=0,lease=600,metrics={http}");
     let env = [("DFS_FAULTS", "enabled")];
     let watcher = Mount::with_env(&cluster, "default", "watcher", &options, &env).unwrap();
     let writer = Mount::new(&cluster, "default", "writer", "").unwrap();
-    let control = |verb: &str| {
-        let (status, body) = http_get(http, &format!("/faults/mount.watch_changes/{verb}"));
-        assert_eq!(status, 200, "{body}");
-        body
-    };
+    let control = |verb: &str| mount_fault(http, "mount.watch_changes", verb);
     let mode = |m: &Mount| fs::metadata(m.path("f")).unwrap().permissions().mode() & 0o777;
     fs::write(writer.path("f"), b"x").unwrap();
     fs::set_permissions(writer.path("f"), fs::Permissions::from_mode(0o644)).unwrap();
-    // The watcher stops before its next call for changes (a change ends the current one), so
-    // that no late news of the writes above drops what its kernel is granted next.
-    control("pause");
-    fs::write(writer.path("nudge"), b"x").unwrap();
-    wait_until(
-        &cluster,
-        Duration::from_secs(30),
-        "the watcher paused",
-        || control("hits").trim() != "0",
-    );
+    // No late news of the writes above may drop what the watcher's kernel is granted next.
+    hold_before_next_poll(&cluster, http, &writer);
     shows("the watcher's kernel keeps f", || {
         mode(&watcher) == 0o644 && {
             let before = lookups_and_getattrs(&cluster);

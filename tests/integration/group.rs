@@ -588,7 +588,7 @@ fn a_mount_waiting_for_changes_does_not_ask_the_others_who_leads() {
 /// its kernel would otherwise have kept the old bytes for the minute of its attribute timeout.
 #[test]
 fn a_mount_that_missed_changes_in_a_failover_drops_the_pages_of_its_open_files() {
-    use crate::observe::http_get;
+    use crate::observe::mount_fault;
     use std::os::unix::fs::FileExt;
     let mut cluster = group_of_three(|_| {});
     let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
@@ -596,11 +596,7 @@ fn a_mount_that_missed_changes_in_a_failover_drops_the_pages_of_its_open_files()
     let env = [("DFS_FAULTS", "enabled")];
     let watcher = Mount::with_env(&cluster, "v", "watcher", &options, &env).unwrap();
     let writer = Mount::new(&cluster, "v", "writer", "").unwrap();
-    let control = |verb: &str| {
-        let (status, body) = http_get(http, &format!("/faults/mount.watch_changes/{verb}"));
-        assert_eq!(status, 200, "{body}");
-        body
-    };
+    let control = |verb: &str| mount_fault(http, "mount.watch_changes", verb);
     let read = |file: &fs::File, len: usize| {
         let mut buf = vec![0u8; len];
         file.read_exact_at(&mut buf, 0).unwrap();
@@ -609,16 +605,8 @@ fn a_mount_that_missed_changes_in_a_failover_drops_the_pages_of_its_open_files()
 
     let old = random_bytes(300_000, 1);
     fs::write(writer.path("f"), &old).unwrap();
-    // The watcher stops before its next call for changes (a change ends the current one), so
-    // nothing it hears later drops its pages but what this test makes it hear.
-    control("pause");
-    fs::write(writer.path("nudge"), b"x").unwrap();
-    wait_until(
-        &cluster,
-        Duration::from_secs(30),
-        "the watcher paused",
-        || control("hits").trim() != "0",
-    );
+    // Nothing the watcher hears later drops its pages but what this test makes it hear.
+    crate::coherence::hold_before_next_poll(&cluster, http, &writer);
     let held = fs::File::open(watcher.path("f")).unwrap();
     assert!(read(&held, old.len()) == old);
 

@@ -548,17 +548,13 @@ fn closing_a_file_never_waits_for_another_files_upload() {
 /// between the server's answer and the reply while an fsync commits.
 #[test]
 fn a_size_read_before_a_flush_commits_does_not_hide_the_flushed_writes() {
-    use crate::observe::http_get;
+    use crate::observe::mount_fault;
     let cluster = cluster_with_volume();
     let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
     let options = format!("metrics={http},attr_timeout=0");
     let env = [("DFS_FAULTS", "enabled")];
     let m = Mount::with_env(&cluster, "default", "m", &options, &env).unwrap();
-    let control = |path: &str| {
-        let (status, body) = http_get(http, &format!("/faults/mount.getattr_answered/{path}"));
-        assert_eq!(status, 200, "{body}");
-        body
-    };
+    let control = |verb: &str| mount_fault(http, "mount.getattr_answered", verb);
 
     let mut file = fs::File::create(m.path("f")).unwrap();
     file.write_all(&[7u8; 100]).unwrap(); // buffered in the mount: the server has 0 bytes

@@ -11,6 +11,14 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Drives fault point `point` of a mount serving metrics at `http` (`DFS_FAULTS=enabled`):
+/// `verb` is pause, release, disarm, hits, ...; gives the answer's body.
+pub(crate) fn mount_fault(http: SocketAddr, point: &str, verb: &str) -> String {
+    let (status, body) = http_get(http, &format!("/faults/{point}/{verb}"));
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
 /// One GET over HTTP/1.0; returns the status code and the body.
 pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();

@@ -128,15 +128,7 @@ impl MountOptions {
                             format!("bad metrics address {addr:?}: expected HOST:PORT")
                         })?)
                 }
-                ("writeback", Some(secs)) => {
-                    let secs: f64 = secs
-                        .parse()
-                        .map_err(|_| format!("bad writeback value {secs:?}"))?;
-                    if !(0.1..=3600.0).contains(&secs) {
-                        return Err("writeback must be between 0.1 and 3600 seconds".into());
-                    }
-                    into.writeback = Duration::from_secs_f64(secs);
-                }
+                ("writeback", Some(secs)) => into.writeback = seconds(key, secs, 0.1)?,
                 ("readahead", Some(kib)) => {
                     let kib: u32 = kib
                         .parse()
@@ -171,23 +163,9 @@ impl MountOptions {
                     into.meta_retry = Some(Duration::from_secs(secs));
                 }
                 ("attr_timeout" | "actimeo", Some(secs)) => {
-                    let secs: f64 = secs
-                        .parse()
-                        .map_err(|_| format!("bad {key} value {secs:?}"))?;
-                    if !(0.0..=3600.0).contains(&secs) {
-                        return Err(format!("{key} must be between 0 and 3600 seconds"));
-                    }
-                    into.attr_timeout = Duration::from_secs_f64(secs);
+                    into.attr_timeout = seconds(key, secs, 0.0)?
                 }
-                ("lease", Some(secs)) => {
-                    let secs: f64 = secs
-                        .parse()
-                        .map_err(|_| format!("bad lease value {secs:?}"))?;
-                    if !(0.0..=3600.0).contains(&secs) {
-                        return Err("lease must be between 0 and 3600 seconds".into());
-                    }
-                    into.lease = Duration::from_secs_f64(secs);
-                }
+                ("lease", Some(secs)) => into.lease = seconds(key, secs, 0.0)?,
                 (
                     "_netdev"
                     | "noauto"
@@ -209,6 +187,17 @@ impl MountOptions {
         }
         Ok(())
     }
+}
+
+/// A duration option given in seconds (fractions allowed), from `min` to an hour.
+fn seconds(key: &str, value: &str, min: f64) -> Result<Duration, String> {
+    let secs: f64 = value
+        .parse()
+        .map_err(|_| format!("bad {key} value {value:?}: seconds"))?;
+    if !(min..=3600.0).contains(&secs) {
+        return Err(format!("{key} must be between {min} and 3600 seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]
