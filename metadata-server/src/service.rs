@@ -33,15 +33,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The command of a request whose fields carry over to an [`Op`] of the same name.
-/// Whether any of `extents` names a block stored with shards missing.
-fn degraded(extents: &[NewExtent]) -> bool {
-    extents.iter().any(|e| e.missing_shards != 0)
-}
-
 macro_rules! op {
     ($q:ident => $op:ident { $($field:ident),* }) => {
         Op::$op { $($field: $q.$field),* }
     };
+}
+
+/// Whether any of `extents` names a block stored with shards missing.
+fn degraded(extents: &[NewExtent]) -> bool {
+    extents.iter().any(|e| e.missing_shards != 0)
 }
 
 /// How often a leader whose take-over failed tries again.
@@ -333,22 +333,21 @@ impl MetaService {
         Ok(committed)
     }
 
-    /// Applies a mutation that makes an inode, and gives its attributes.
-    /// Applies `op`, a `MakeNode` in `parent`.
+    /// Applies `op`, a `MakeNode` in `parent`, and gives the new inode's attributes.
     async fn make_node(&self, parent: InodeId, op: Op, call: Option<Call>) -> FsResult<Made> {
         let mut attr: Attr = self.mutate_as(op, call).await?;
         // A new inode has no extended attributes.
         attr.has_xattrs = false;
         Ok(Made {
             attr,
-            dir: self.dir_after(parent).await?,
+            dir: self.dir_after(parent)?,
         })
     }
 
     /// The attributes of a directory just after this call changed it, for its reply: the
     /// kernel asks for them after every change to a directory, and the mount then answers
     /// without a round trip. Read after the change was applied, so never older than it.
-    async fn dir_after(&self, dir: InodeId) -> FsResult<Attr> {
+    fn dir_after(&self, dir: InodeId) -> FsResult<Attr> {
         self.query_now(|t| queries::get_attr(t, dir))
     }
 
@@ -446,7 +445,7 @@ impl MetaService {
                 answer(q, |q| async move {
                     let dir = q.new_parent;
                     let attr = self.mutate_as(op!(q => Link { ino, new_parent, new_name }), call).await?;
-                    Ok(Made { attr, dir: self.dir_after(dir).await? })
+                    Ok(Made { attr, dir: self.dir_after(dir)? })
                 })
                 .await
             }
@@ -454,7 +453,7 @@ impl MetaService {
                 answer(q, |q| async move {
                     let dir = q.parent;
                     self.mutate_as::<()>(op!(q => Unlink { parent, name }), call).await?;
-                    self.dir_after(dir).await
+                    self.dir_after(dir)
                 })
                 .await
             }
@@ -462,7 +461,7 @@ impl MetaService {
                 answer(q, |q| async move {
                     let dir = q.parent;
                     self.mutate_as::<()>(op!(q => Rmdir { parent, name }), call).await?;
-                    self.dir_after(dir).await
+                    self.dir_after(dir)
                 })
                 .await
             }
@@ -559,7 +558,9 @@ impl MetaService {
                 })
                 .await
             }
-            R::GetAttr(q) => answer(q, |q| ready(self.query_now(|t| queries::get_attr(t, q.ino)))).await,
+            R::GetAttr(q) => {
+                answer(q, |q| ready(self.query_now(|t| queries::get_attr(t, q.ino)))).await
+            }
             R::ReadLink(q) => {
                 answer(q, |q| ready(self.query_now(|t| queries::read_link(t, q.ino)))).await
             }
@@ -720,7 +721,7 @@ impl MetaService {
             )),
             R::WatchChanges(q) => {
                 answer(q, |q| async move {
-                    let volume = self.volume_of(q.root).await?;
+                    let volume = self.volume_of(q.root)?;
                     let wait = q.wait();
                     // A stopping server waits for the requests in flight: not for this one's
                     // wait (up to 10 s), which would hold up every restart.
@@ -745,12 +746,12 @@ impl MetaService {
 
     /// Tells the mounts watching the volume what a mutation made stale. The volume comes from
     /// the reply where it carries one, else from the feed's memory or the store.
-    async fn publish(&self, stale: changes::Stale, origin: Option<u64>, reply: &Answer) {
+    fn publish(&self, stale: changes::Stale, origin: Option<u64>, reply: &Answer) {
         let volume = match reply {
             Answer::Attr(attr) => Ok(attr.volume),
             Answer::Made(made) => Ok(made.attr.volume),
             Answer::Committed(c) => Ok(c.after.volume),
-            _ => self.volume_of(stale.anchor).await,
+            _ => self.volume_of(stale.anchor),
         };
         match volume {
             Ok(volume) => {
@@ -763,7 +764,7 @@ impl MetaService {
     }
 
     /// The volume of `ino`: remembered by the change feed, or read from the store.
-    async fn volume_of(&self, ino: InodeId) -> FsResult<VolumeId> {
+    fn volume_of(&self, ino: InodeId) -> FsResult<VolumeId> {
         if let Some(volume) = self.changes.volume_of(ino) {
             return Ok(volume);
         }
@@ -1166,7 +1167,7 @@ impl Service for MetaService {
         let stale = changes::stale(&request).filter(|_| self.changes.is_watched_by_others(origin));
         let reply = self.dispatch(request, id, grants).await?;
         if let Some(stale) = stale {
-            self.publish(stale, origin, &reply).await;
+            self.publish(stale, origin, &reply);
         }
         if let (Some(name), true) = (mutation, self.faults.is_enabled()) {
             // "The leader dies after the commit, before the reply."

@@ -325,9 +325,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<Entry> = entries.into_iter().collect();
         // A few commands without a checkpoint cost less applied right here than handed to
         // the blocking pool and back; a checkpoint (an fsync) or a long run goes there.
-        if commands_in(&entries) <= APPLY_HERE_AT_MOST
-            && !self.progress.due_after(APPLY_HERE_AT_MOST)
-        {
+        let commands = commands_in(&entries);
+        if commands <= APPLY_HERE_AT_MOST && !self.progress.due_after(commands) {
             return apply_entries(&self.db, &entries, &self.progress)
                 .map_err(|e| storage_error("state machine", e));
         }
