@@ -238,6 +238,97 @@ fn names_and_attributes_seen_while_the_feed_is_followed_cost_no_round_trip() {
     });
 }
 
+/// Directory listing requests the metadata server has answered so far (all clients).
+fn listings(cluster: &dfs_tests::process::ProcessCluster) -> f64 {
+    use crate::observe::{scrape, value};
+    value(
+        &scrape(cluster.meta_http),
+        "dfs_meta_requests_total{op=\"ReadDir\"}",
+    )
+}
+
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// While a mount follows the change feed, the kernel lists a directory it listed before from
+/// its own copy: no request reaches the metadata server. Changes still show at once: this
+/// mount's own (the kernel drops its copy) and another mount's (the feed), here with a lease
+/// long enough that nothing else could make them show. A mount without a lease asks every
+/// time.
+#[test]
+fn a_directory_listed_while_the_feed_is_followed_is_listed_again_without_a_round_trip() {
+    let cluster = cluster_with_volume();
+    let leased = Mount::new(&cluster, "default", "leased", "lease=600").unwrap();
+    let asking = Mount::new(&cluster, "default", "asking", "lease=0").unwrap();
+    fs::create_dir(leased.path("d")).unwrap();
+    for i in 0..5 {
+        fs::write(leased.path(&format!("d/f{i}")), b"x").unwrap();
+    }
+    let expected: Vec<String> = (0..5).map(|i| format!("f{i}")).collect();
+    let list_thrice = |m: &Mount| {
+        let before = listings(&cluster);
+        for _ in 0..3 {
+            assert_eq!(names_in(&m.path("d")), expected);
+        }
+        listings(&cluster) - before
+    };
+    // Kept once the mount's first call for changes is answered and the directory was listed.
+    shows("listings answered by the kernel", || {
+        list_thrice(&leased) == 0.0
+    });
+    let asked = list_thrice(&asking);
+    assert!(asked >= 3.0, "{asked} listing requests for 3 listings");
+
+    // This mount's own create and unlink show in its next listing.
+    fs::write(leased.path("d/mine"), b"x").unwrap();
+    assert!(names_in(&leased.path("d")).contains(&"mine".to_string()));
+    fs::remove_file(leased.path("d/mine")).unwrap();
+    assert_eq!(names_in(&leased.path("d")), expected);
+
+    // Another mount's create, rename and unlink show through the feed.
+    let listed = |name: &str| names_in(&leased.path("d")).contains(&name.to_string());
+    shows("the listing kept again", || list_thrice(&leased) == 0.0);
+    fs::write(asking.path("d/theirs"), b"x").unwrap();
+    shows("a create in a listed directory", || listed("theirs"));
+    fs::rename(asking.path("d/theirs"), asking.path("d/moved")).unwrap();
+    shows("a rename in a listed directory", || {
+        listed("moved") && !listed("theirs")
+    });
+    fs::remove_file(asking.path("d/moved")).unwrap();
+    shows("an unlink in a listed directory", || !listed("moved"));
+    assert_eq!(names_in(&leased.path("d")), expected);
+}
+
+/// A file unlinked while open lives on under a hidden name until its last close, which
+/// removes that name behind the kernel's back: the kernel's listing must not keep it.
+#[test]
+fn a_hidden_name_removed_at_the_last_close_leaves_the_kept_listing() {
+    let cluster = cluster_with_volume();
+    let m = Mount::new(&cluster, "default", "m", "lease=600").unwrap();
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/f"), b"x").unwrap();
+    let held = File::open(m.path("d/f")).unwrap();
+    fs::remove_file(m.path("d/f")).unwrap();
+    let hidden = |names: Vec<String>| names.iter().any(|n| n.starts_with(".dfs-hidden-"));
+    shows(
+        "the listing with the hidden name kept by the kernel",
+        || {
+            let before = listings(&cluster);
+            hidden(names_in(&m.path("d"))) && listings(&cluster) == before
+        },
+    );
+    drop(held);
+    shows("the hidden name gone after the last close", || {
+        !hidden(names_in(&m.path("d")))
+    });
+}
+
 /// A mount whose change feed reports missed changes (here: a restarted metadata server
 /// starts a new feed) drops from its kernel every name and attribute it granted for long;
 /// otherwise they would stay stale for the rest of the lease.
@@ -263,19 +354,28 @@ fn a_mount_that_missed_changes_drops_the_names_and_attributes_it_granted() {
             lookups_and_getattrs(&cluster) == before
         }
     });
-    // A new feed, and a chmod the watcher does not hear of.
+    let root = watcher.path("");
+    let has = |name: &str| names_in(&root).iter().any(|n| n == name);
+    shows("the watcher's kernel keeps the listing", || {
+        let before = listings(&cluster);
+        has("f") && listings(&cluster) == before
+    });
+    // A new feed, and a chmod and a create the watcher does not hear of.
     cluster.kill_meta();
     cluster.start_meta();
     fs::set_permissions(writer.path("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(writer.path("g"), b"x").unwrap();
     assert_eq!(
         mode(&watcher),
         0o644,
         "the watcher's kernel keeps the old mode"
     );
+    assert!(!has("g"), "the watcher's kernel keeps the listing");
     control("disarm");
     shows("the chmod after the missed changes", || {
         mode(&watcher) == 0o600
     });
+    shows("the create after the missed changes", || has("g"));
 }
 
 /// An unlink needs to know whether the name is that of a file open here (to hide it until its

@@ -162,6 +162,12 @@ impl OpenFiles {
             .is_some_and(|i| i.hidden.is_some())
     }
 
+    /// The directory whose hidden name `ino` lives under, if it was unlinked while open here.
+    pub fn hidden_in(&self, ino: InodeId) -> Option<InodeId> {
+        let table = self.table();
+        table.inodes.get(&ino)?.hidden.as_ref().map(|(dir, _)| *dir)
+    }
+
     /// Inodes with open descriptors.
     pub fn open_inodes(&self) -> Vec<InodeId> {
         self.table().inodes.keys().copied().collect()

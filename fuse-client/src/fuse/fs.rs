@@ -238,6 +238,20 @@ impl Shared {
         self.notify(move |n| n.inval_inode(fuse_ino, offset, 0));
     }
 
+    /// How the kernel may cache the listing of `dir` it opens: kept from earlier opens while
+    /// the leases allow ([`keep_listing`](super::leases::Leases::keep_listing)), else listed
+    /// from the mount again and kept for later opens. Without leases it keeps no listing.
+    fn listing_flags(&self, dir: InodeId) -> FopenFlags {
+        if !self.leases.enabled() {
+            return FopenFlags::empty();
+        }
+        if self.leases.keep_listing(dir) {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::FOPEN_CACHE_DIR
+        }
+    }
+
     /// Close-to-open: `attr` was just fetched by an open. If the file changed since this mount
     /// last opened it, the kernel's cached attributes are dropped (so that it sees the new size
     /// at once) and so are its cached pages; otherwise the pages are kept.
@@ -339,12 +353,14 @@ fn reply_empty(reply: ReplyEmpty, result: FsResult<()>) {
 
 impl super::coherence::Caches for Shared {
     fn drop_entry(&self, parent: InodeId, name: &str) {
+        self.leases.listing_changed(parent);
         let parent = self.map.to_fuse(parent);
         let name = std::ffi::OsString::from(name);
         self.notify(move |n| n.inval_entry(parent, &name));
     }
 
     fn drop_inode(&self, ino: InodeId, data: bool) {
+        self.leases.listing_changed(ino);
         self.absent_xattrs.forget(ino);
         self.client.dir_attrs().forget(ino);
         if data {
@@ -823,7 +839,13 @@ impl Filesystem for DfsFs {
         reply: ReplyEmpty,
     ) {
         self.spawn("release", |s| async move {
+            // The last close of a file unlinked while open removes its hidden name, which the
+            // kernel does not see: its listing of the directory must go.
+            let hidden_in = s.files.hidden_in(s.ino(ino));
             let mut result = s.files.close(fh.0).await.map(drop);
+            if let Some(dir) = hidden_in {
+                s.leases.listing_changed(dir);
+            }
             // The last close of an open file drops its flock lock.
             if let Some(owner) = lock_owner {
                 let released = s.client.release_locks(s.ino(ino), owner.0).await;
@@ -988,7 +1010,7 @@ impl Filesystem for DfsFs {
             .lock()
             .expect("dir lock")
             .insert(fh, Arc::new(tokio::sync::Mutex::new(listing)));
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+        reply.opened(FileHandle(fh), self.shared.listing_flags(dir));
     }
 
     fn readdir(

@@ -15,6 +15,12 @@
 //!   missed changes can drop all of them from the kernel. Past [`MAX_REMEMBERED`] names,
 //!   long grants pause for one lease (those already made run out meanwhile) and the memory
 //!   starts afresh.
+//!
+//! Directory listings follow the same rules, enforced where the kernel asks to open the
+//! directory: the kernel may list it from the listing it keeps ([`Leases::keep_listing`])
+//! only while the feed is confirmed, at most one lease after it last listed from the mount,
+//! and only if the feed reported no change in it since ([`Leases::listing_changed`]). The
+//! mount's own changes go through the kernel, which drops its listing itself.
 
 use dfs_common::InodeId;
 use std::collections::{HashMap, HashSet};
@@ -43,6 +49,9 @@ pub struct Granted {
     /// Names by their directory (absent names too).
     pub names: HashMap<InodeId, HashSet<String>>,
     pub inodes: HashSet<InodeId>,
+    /// Directories the kernel may list from its own copy, and when it last listed each from
+    /// the mount.
+    listings: HashMap<InodeId, Instant>,
     count: usize,
     /// Long grants wait until then (the memory filled up).
     paused_until: Option<Instant>,
@@ -114,6 +123,38 @@ impl Leases {
     /// The timeout for the attributes of `ino`.
     pub fn attr(&self, ino: InodeId) -> Duration {
         self.grant(|g| g.inodes.insert(ino))
+    }
+
+    /// Whether the kernel may list `dir` from the listing it keeps (an open with
+    /// `FOPEN_KEEP_CACHE`). If not, the kernel drops that listing and lists from the mount
+    /// again, and may keep the new one for one lease, until the feed reports a change in `dir`.
+    pub fn keep_listing(&self, dir: InodeId) -> bool {
+        let now = Instant::now();
+        if self.left(now).is_none() {
+            return false;
+        }
+        let mut granted = self.granted.lock().expect("leases lock");
+        if let Some(&listed) = granted.listings.get(&dir) {
+            if now < listed + self.lease && granted.paused_until.is_none() {
+                return true;
+            }
+        }
+        granted.remember(now, self.lease, |g| g.listings.insert(dir, now).is_none());
+        false
+    }
+
+    /// The feed reported a change in `dir`: the kernel's listing goes at its next open.
+    pub fn listing_changed(&self, dir: InodeId) {
+        self.granted
+            .lock()
+            .expect("leases lock")
+            .listings
+            .remove(&dir);
+    }
+
+    /// Whether long grants are on at all (the lease is longer than the fallback).
+    pub fn enabled(&self) -> bool {
+        self.lease > self.fallback
     }
 
     /// Forgets every long grant, for the caller to drop from the kernel.
@@ -205,6 +246,42 @@ mod tests {
         );
         assert_eq!(taken.inodes, HashSet::from([InodeId(2), InodeId(7)]));
         assert_eq!(leases.take(), Granted::default());
+    }
+
+    #[test]
+    fn a_listing_is_kept_from_the_open_after_it_was_listed_until_a_change_or_a_lapse() {
+        let leases = Leases::new(SHORT, LONG);
+        let dir = InodeId(5);
+        // No confirmed feed: never kept, and nothing remembered.
+        assert!(!leases.keep_listing(dir));
+        assert!(!leases.keep_listing(dir));
+        leases.confirm(Instant::now());
+        // The first open lists from the mount; the next ones keep that listing.
+        assert!(!leases.keep_listing(dir));
+        assert!(leases.keep_listing(dir));
+        assert!(leases.keep_listing(dir));
+        // A change reported in the directory: listed afresh once, then kept again.
+        leases.listing_changed(dir);
+        assert!(!leases.keep_listing(dir));
+        assert!(leases.keep_listing(dir));
+        // Missed changes: every listing goes.
+        leases.take();
+        assert!(!leases.keep_listing(dir));
+        assert!(leases.keep_listing(dir));
+        // A lapse of the feed: not kept while it lasts.
+        leases.lapse();
+        assert!(!leases.keep_listing(dir));
+        // A listing is kept for one lease after it was listed, no longer.
+        leases.confirm(Instant::now());
+        let listed = Instant::now() - LONG;
+        leases.granted.lock().unwrap().listings.insert(dir, listed);
+        assert!(!leases.keep_listing(dir));
+        assert!(leases.keep_listing(dir));
+        // Without long grants there is nothing to keep.
+        let off = Leases::new(SHORT, SHORT);
+        off.confirm(Instant::now());
+        assert!(!off.enabled());
+        assert!(!off.keep_listing(dir) && !off.keep_listing(dir));
     }
 
     #[test]
