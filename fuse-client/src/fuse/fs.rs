@@ -2,6 +2,7 @@
 //! replies from the spawned task, so fuser's request loop never waits on the network.
 
 use super::attr::{errno, kind_from_mode, InodeMap};
+use super::dir_names::DirNames;
 use super::options::MountOptions;
 use super::signals::signal_pending;
 use crate::client::file::FileHandle as DfsHandle;
@@ -41,6 +42,8 @@ struct DirListing {
     dir: InodeId,
     entries: Vec<DirEntry>,
     complete: bool,
+    /// Taken when the first page was fetched (see [`DirNames::mark`]).
+    mark: Option<u64>,
 }
 
 struct Shared {
@@ -59,6 +62,8 @@ struct Shared {
     notifier: Arc<OnceLock<fuser::Notifier>>,
     metrics: super::metrics::FuseMetrics,
     absent_xattrs: super::xattrs::AbsentXattrs,
+    /// Directories whose whole contents this mount knows.
+    dir_names: DirNames,
 }
 
 pub struct DfsFs {
@@ -104,6 +109,7 @@ impl DfsFs {
                 notifier,
                 metrics,
                 absent_xattrs: super::xattrs::AbsentXattrs::new(options.attr_timeout),
+                dir_names: DirNames::new(options.lease),
             }),
         };
         let watcher =
@@ -177,6 +183,26 @@ impl Shared {
             }
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    /// Notes in [`DirNames`] the outcome of this mount's attempt to add `name` to `parent`:
+    /// a failure says the directory may not hold what was known.
+    fn note_added<T>(&self, parent: InodeId, name: &str, result: FsResult<T>) -> FsResult<T> {
+        match &result {
+            Ok(_) => self.dir_names.added(parent, name),
+            Err(_) => self.dir_names.forget(parent),
+        }
+        result
+    }
+
+    /// Notes in [`DirNames`] the outcome of this mount's attempt to remove `name` from
+    /// `parent`.
+    fn note_removed(&self, parent: InodeId, name: &str, result: FsResult<()>) -> FsResult<()> {
+        match &result {
+            Ok(()) => self.dir_names.removed(parent, name),
+            Err(_) => self.dir_names.forget(parent),
+        }
+        result
     }
 
     /// Answers a lookup of a name that does not exist with an entry of inode 0: the kernel
@@ -307,6 +333,9 @@ impl Shared {
                 return Ok(());
             }
             let after = listing.entries.last().map(|e| e.name.clone());
+            if after.is_none() {
+                listing.mark = Some(self.dir_names.mark());
+            }
             match self
                 .client
                 .readdir_page(listing.dir, after, DIR_PAGE, true)
@@ -315,6 +344,10 @@ impl Shared {
                 Ok(page) => {
                     listing.complete = !page.more;
                     listing.entries.extend(page.entries);
+                    if let (true, Some(mark)) = (listing.complete, listing.mark) {
+                        let names = listing.entries.iter().map(|e| e.name.as_str());
+                        self.dir_names.listed(listing.dir, names, mark);
+                    }
                 }
                 Err(e) => return Err(errno(&e)),
             }
@@ -354,6 +387,7 @@ fn reply_empty(reply: ReplyEmpty, result: FsResult<()>) {
 impl super::coherence::Caches for Shared {
     fn drop_entry(&self, parent: InodeId, name: &str) {
         self.leases.listing_changed(parent);
+        self.dir_names.forget(parent);
         let parent = self.map.to_fuse(parent);
         let name = std::ffi::OsString::from(name);
         self.notify(move |n| n.inval_entry(parent, &name));
@@ -361,6 +395,7 @@ impl super::coherence::Caches for Shared {
 
     fn drop_inode(&self, ino: InodeId, data: bool) {
         self.leases.listing_changed(ino);
+        self.dir_names.forget(ino);
         self.absent_xattrs.forget(ino);
         self.client.dir_attrs().forget(ino);
         if data {
@@ -388,6 +423,7 @@ impl super::coherence::Caches for Shared {
             }
         });
         self.files.forget_version(None);
+        self.dir_names.clear();
         self.client.dir_attrs().clear();
         self.absent_xattrs.clear();
         self.files.forget_layouts(None);
@@ -427,6 +463,11 @@ impl Filesystem for DfsFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
+        let dir = self.shared.ino(parent);
+        // A name not in a directory whose contents are known: no round trip.
+        if self.shared.leases.confirmed() && self.shared.dir_names.absent(dir, &name) {
+            return self.shared.reply_absent(reply, dir, &name);
+        }
         self.spawn("lookup", |s| async move {
             let buffered = s.files.buffered_sizes();
             let parent = s.ino(parent);
@@ -546,6 +587,7 @@ impl Filesystem for DfsFs {
                 .client
                 .make_node(parent, &name, kind, perm, uid, gid, rdev)
                 .await;
+            let result = s.note_added(parent, &name, result);
             s.reply_entry(reply, parent, &name, result);
         });
     }
@@ -570,6 +612,10 @@ impl Filesystem for DfsFs {
                 .client
                 .mkdir(parent, &name, mode & !umask & 0o7777, uid, gid)
                 .await;
+            if let Ok(made) = &result {
+                s.dir_names.made(made.ino);
+            }
+            let result = s.note_added(parent, &name, result);
             s.reply_entry(reply, parent, &name, result);
         });
     }
@@ -580,8 +626,9 @@ impl Filesystem for DfsFs {
             Err(e) => return reply.error(e),
         };
         self.spawn("unlink", |s| async move {
-            let result = s.files.unlink(s.ino(parent), &name).await;
-            reply_empty(reply, result)
+            let parent = s.ino(parent);
+            let result = s.files.unlink(parent, &name).await;
+            reply_empty(reply, s.note_removed(parent, &name, result))
         });
     }
 
@@ -591,7 +638,9 @@ impl Filesystem for DfsFs {
             Err(e) => return reply.error(e),
         };
         self.spawn("rmdir", |s| async move {
-            reply_empty(reply, s.client.rmdir(s.ino(parent), &name).await)
+            let parent = s.ino(parent);
+            let result = s.client.rmdir(parent, &name).await;
+            reply_empty(reply, s.note_removed(parent, &name, result))
         });
     }
 
@@ -614,6 +663,7 @@ impl Filesystem for DfsFs {
         self.spawn("symlink", |s| async move {
             let parent = s.ino(parent);
             let result = s.client.symlink(parent, &name, &target, uid, gid).await;
+            let result = s.note_added(parent, &name, result);
             s.reply_entry(reply, parent, &name, result);
         });
     }
@@ -646,10 +696,25 @@ impl Filesystem for DfsFs {
             return reply.error(Errno::EINVAL);
         }
         self.spawn("rename", |s| async move {
+            let (parent, newparent) = (s.ino(parent), s.ino(newparent));
             let result = s
                 .client
-                .rename(s.ino(parent), &name, s.ino(newparent), &newname, dfs_flags)
+                .rename(parent, &name, newparent, &newname, dfs_flags)
                 .await;
+            match &result {
+                Ok(()) if dfs_flags & RENAME_EXCHANGE != 0 => {
+                    s.dir_names.added(parent, &name);
+                    s.dir_names.added(newparent, &newname);
+                }
+                Ok(()) => {
+                    s.dir_names.removed(parent, &name);
+                    s.dir_names.added(newparent, &newname);
+                }
+                Err(_) => {
+                    s.dir_names.forget(parent);
+                    s.dir_names.forget(newparent);
+                }
+            }
             reply_empty(reply, result)
         });
     }
@@ -669,6 +734,7 @@ impl Filesystem for DfsFs {
         self.spawn("link", |s| async move {
             let newparent = s.ino(newparent);
             let result = s.client.link(s.ino(ino), newparent, &name).await;
+            let result = s.note_added(newparent, &name, result);
             s.reply_entry(reply, newparent, &name, result);
         });
     }
@@ -716,11 +782,11 @@ impl Filesystem for DfsFs {
         self.spawn("create", |s| async move {
             let perm = mode & !umask & 0o7777;
             let parent = s.ino(parent);
-            let attr = match s
+            let made = s
                 .client
                 .make_node(parent, &name, FileKind::File, perm, uid, gid, 0)
-                .await
-            {
+                .await;
+            let attr = match s.note_added(parent, &name, made) {
                 Ok(a) => a,
                 Err(e) => return reply.error(errno(&e)),
             };
@@ -1004,6 +1070,7 @@ impl Filesystem for DfsFs {
             dir,
             entries: Vec::new(),
             complete: false,
+            mark: None,
         };
         self.shared
             .dirs

@@ -152,6 +152,11 @@ impl Leases {
             .remove(&dir);
     }
 
+    /// Whether a grant made now would be long: the feed is confirmed within the lease.
+    pub fn confirmed(&self) -> bool {
+        self.left(Instant::now()).is_some()
+    }
+
     /// Whether long grants are on at all (the lease is longer than the fallback).
     pub fn enabled(&self) -> bool {
         self.lease > self.fallback

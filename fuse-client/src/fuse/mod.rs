@@ -6,6 +6,7 @@
 //! - [`fs`]: the `fuser::Filesystem` implementation.
 //! - [`attr`]: attribute and errno translation.
 //! - [`coherence`]: drops what other clients changed from this mount's caches.
+//! - [`dir_names`]: the names in directories whose whole contents the mount knows.
 //! - [`leases`]: how long the kernel may keep names and attributes.
 //! - [`options`]: mount specs and `-o` options, as `mount -t dfs` passes them.
 //! - [`metrics`]: FUSE operation counts and latencies, and bytes, for `metrics=ADDR`.
@@ -14,6 +15,7 @@
 
 pub mod attr;
 pub mod coherence;
+pub mod dir_names;
 pub mod fs;
 pub mod leases;
 pub mod metrics;
