@@ -13,7 +13,7 @@ use crate::queries;
 use crate::repair::Repair;
 use crate::reply::{answer, Answer, FromOutcome};
 use crate::store::schema::{decode, BlockRecord};
-use crate::store::tables::{get_inode, get_volume_by_id, get_volume_state, ReadTables};
+use crate::store::tables::{get_inode, get_volume_by_id, get_volume_state, lookup, ReadTables};
 use crate::store::{self, DbResult};
 use dfs_common::capability::CapabilityKey;
 use dfs_common::codec::encode_body;
@@ -763,6 +763,23 @@ impl MetaService {
         }
     }
 
+    /// The inodes whose names `request` removes or moves: each loses a link or gets a new
+    /// ctime, which other mounts may have cached with their attributes. Read just before the
+    /// change is made; a name changed meanwhile costs at worst an attribute refresh.
+    fn named_inodes(&self, request: &MetaRequest) -> Vec<InodeId> {
+        let names: Vec<(InodeId, &str)> = match request {
+            MetaRequest::Unlink(req::Unlink { parent, name })
+            | MetaRequest::Rmdir(req::Rmdir { parent, name }) => vec![(*parent, name)],
+            MetaRequest::Rename(q) => vec![(q.parent, &q.name), (q.new_parent, &q.new_name)],
+            _ => return Vec::new(),
+        };
+        let named = |(parent, name): (InodeId, &str)| {
+            let found = self.query_now(|t| lookup(&t.dentries, parent, name));
+            found.ok().flatten().map(|(ino, _)| ino)
+        };
+        names.into_iter().filter_map(named).collect()
+    }
+
     /// The volume of `ino`: remembered by the change feed, or read from the store.
     fn volume_of(&self, ino: InodeId) -> FsResult<VolumeId> {
         if let Some(volume) = self.changes.volume_of(ino) {
@@ -1164,7 +1181,15 @@ impl Service for MetaService {
         }
         let mutation = request.is_mutation().then(|| request.name());
         let origin = id.map(|id| id.client);
-        let stale = changes::stale(&request).filter(|_| self.changes.is_watched_by_others(origin));
+        let stale = changes::stale(&request)
+            .filter(|_| self.changes.is_watched_by_others(origin))
+            .map(|mut stale| {
+                let touched = self.named_inodes(&request).into_iter();
+                stale
+                    .what
+                    .extend(touched.map(|ino| Invalidation::Inode { ino, data: false }));
+                stale
+            });
         let reply = self.dispatch(request, id, grants).await?;
         if let Some(stale) = stale {
             self.publish(stale, origin, &reply);

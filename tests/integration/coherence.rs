@@ -421,6 +421,30 @@ fn a_name_not_in_a_directory_known_whole_is_found_absent_without_a_round_trip() 
     });
 }
 
+/// Another mount's unlink of one name of a file, or a rename over it, changes the file's
+/// link count: a mount that keeps the file's attributes for a long lease sees the new count
+/// through another name at once, though no name it looked up changed.
+#[test]
+fn a_link_removed_elsewhere_shows_in_the_attributes_kept_here() {
+    use std::os::unix::fs::MetadataExt;
+    let cluster = cluster_with_volume();
+    let watcher = Mount::new(&cluster, "default", "watcher", "lease=600").unwrap();
+    let other = Mount::new(&cluster, "default", "other", "").unwrap();
+    fs::write(other.path("a"), b"x").unwrap();
+    fs::hard_link(other.path("a"), other.path("b")).unwrap();
+    fs::hard_link(other.path("a"), other.path("c")).unwrap();
+    let links = || fs::metadata(watcher.path("b")).unwrap().nlink();
+    shows("the attributes kept by the watcher's kernel", || {
+        let before = lookups_and_getattrs(&cluster);
+        links() == 3 && lookups_and_getattrs(&cluster) == before
+    });
+    fs::remove_file(other.path("a")).unwrap();
+    shows("an unlink of another name", || links() == 2);
+    fs::write(other.path("x"), b"y").unwrap();
+    fs::rename(other.path("x"), other.path("c")).unwrap();
+    shows("a rename over another name", || links() == 1);
+}
+
 /// A mount whose change feed reports missed changes (here: a restarted metadata server
 /// starts a new feed) drops from its kernel every name and attribute it granted for long;
 /// otherwise they would stay stale for the rest of the lease.
