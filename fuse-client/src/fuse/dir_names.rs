@@ -12,6 +12,7 @@
 //! while this mount changed any directory is not kept: the change may have fallen between its
 //! pages.
 
+use dfs_common::proto::MAX_NAME_LEN;
 use dfs_common::InodeId;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -91,9 +92,10 @@ impl DirNames {
         self.state().keep(dir, HashSet::new());
     }
 
-    /// Whether `name` is known not to be in `dir` (false: not known either way).
+    /// Whether `name` is known not to be in `dir` (false: not known either way). A name too
+    /// long to exist is not: the metadata server answers it with its own error.
     pub fn absent(&self, dir: InodeId, name: &str) -> bool {
-        if name.starts_with(HIDDEN_PREFIX) {
+        if name.starts_with(HIDDEN_PREFIX) || name.len() > MAX_NAME_LEN {
             return false;
         }
         let mut state = self.state();
@@ -177,6 +179,9 @@ mod tests {
         assert!(names.absent(DIR, "a"));
         // Hidden names come and go behind its back: never known absent.
         assert!(!names.absent(DIR, ".dfs-hidden-5-00000001"));
+        // Nor is a name too long to exist (the server says so with ENAMETOOLONG).
+        assert!(names.absent(DIR, &"x".repeat(MAX_NAME_LEN)));
+        assert!(!names.absent(DIR, &"x".repeat(MAX_NAME_LEN + 1)));
         names.forget(DIR);
         assert!(!names.absent(DIR, "a"));
         names.made(DIR);
