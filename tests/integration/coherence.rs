@@ -435,6 +435,35 @@ fn a_link_removed_elsewhere_shows_in_the_attributes_kept_here() {
     shows("a rename over another name", || links() == 1);
 }
 
+/// `df` asks the mount for the volume's usage; within the attribute timeout the mount answers
+/// again what the metadata server said (a mount with `attr_timeout=0` asks every time).
+#[test]
+fn usage_is_asked_of_the_metadata_server_once_per_attribute_timeout() {
+    use crate::observe::{scrape, value};
+    let cluster = cluster_with_volume();
+    let keeping = Mount::new(&cluster, "default", "keeping", "attr_timeout=600").unwrap();
+    let asking = Mount::new(&cluster, "default", "asking", "attr_timeout=0").unwrap();
+    let asked = |m: &Mount| {
+        let count = || {
+            value(
+                &scrape(cluster.meta_http),
+                "dfs_meta_requests_total{op=\"StatFs\"}",
+            )
+        };
+        let before = count();
+        for _ in 0..3 {
+            let df = std::process::Command::new("df")
+                .arg(&m.dir)
+                .output()
+                .unwrap();
+            assert!(df.status.success(), "{df:?}");
+        }
+        count() - before
+    };
+    assert!(asked(&keeping) <= 1.0);
+    assert_eq!(asked(&asking), 3.0);
+}
+
 /// A mount whose change feed reports missed changes (here: a restarted metadata server
 /// starts a new feed) drops from its kernel every name and attribute it granted for long;
 /// otherwise they would stay stale for the rest of the lease.

@@ -26,7 +26,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How often a blocked lock request (F_SETLKW, flock without LOCK_NB) tries again: starting
 /// fast for short critical sections, backing off to spare the metadata server.
@@ -64,6 +64,9 @@ struct Shared {
     absent_xattrs: super::xattrs::AbsentXattrs,
     /// Directories whose whole contents this mount knows.
     dir_names: DirNames,
+    /// The volume's usage as last asked, and when: answered again for the attribute timeout
+    /// (`df`, and programs that check free space before they write, ask over and over).
+    usage: Mutex<Option<(Instant, dfs_common::proto::meta::StatFs)>>,
 }
 
 pub struct DfsFs {
@@ -110,6 +113,7 @@ impl DfsFs {
                 metrics,
                 absent_xattrs: super::xattrs::AbsentXattrs::new(options.attr_timeout),
                 dir_names: DirNames::new(options.lease),
+                usage: Mutex::new(None),
             }),
         };
         let watcher =
@@ -183,6 +187,18 @@ impl Shared {
             }
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    /// The volume's usage: asked of the metadata server at most once per attribute timeout.
+    async fn usage(&self, ino: InodeId) -> FsResult<dfs_common::proto::meta::StatFs> {
+        let recent = self.usage.lock().expect("usage lock").clone();
+        if let Some((_, usage)) = recent.filter(|(at, _)| at.elapsed() < self.ttl) {
+            return Ok(usage);
+        }
+        let asked = Instant::now();
+        let usage = self.client.statfs(ino).await?;
+        *self.usage.lock().expect("usage lock") = Some((asked, usage.clone()));
+        Ok(usage)
     }
 
     /// Notes in [`DirNames`] the outcome of this mount's attempt to add `name` to `parent`:
@@ -1156,7 +1172,7 @@ impl Filesystem for DfsFs {
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         self.spawn("statfs", |s| async move {
-            match s.client.statfs(s.ino(ino)).await {
+            match s.usage(s.ino(ino)).await {
                 Ok(st) => {
                     let bsize = 4096u64;
                     let blocks = st.total_bytes / bsize;
