@@ -4,6 +4,8 @@
 # and unlinks per second (one process, 2,000 files in a new directory), fs_mark files per
 # second (1,000 files of 16 KiB, fsync before close) and dbench MB/s (4 clients, 15 s).
 # Needs fs_mark and dbench; the mount runs with one runtime worker, as the dev cluster's does.
+# (Unmount the dev cluster's own mount first to have the measured one truly alone: a second
+# mount follows the change feed and is woken by every change.)
 #
 # usage: scripts/bench-mount-alone.sh DFS_MOUNT_BINARY [LABEL]
 # (with the cluster's settings in the environment: . $DFS_DEV_DIR/cluster.env)
