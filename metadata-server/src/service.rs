@@ -773,11 +773,14 @@ impl MetaService {
             MetaRequest::Rename(q) => vec![(q.parent, &q.name), (q.new_parent, &q.new_name)],
             _ => return Vec::new(),
         };
-        let named = |(parent, name): (InodeId, &str)| {
-            let found = self.query_now(|t| lookup(&t.dentries, parent, name));
-            found.ok().flatten().map(|(ino, _)| ino)
-        };
-        names.into_iter().filter_map(named).collect()
+        // One read of the store for all the names; a name it cannot read is left out.
+        let found = self.query_now(|t| {
+            let named = names
+                .iter()
+                .filter_map(|&(parent, name)| lookup(&t.dentries, parent, name).ok().flatten());
+            Ok(named.map(|(ino, _)| ino).collect())
+        });
+        found.unwrap_or_default()
     }
 
     /// The volume of `ino`: remembered by the change feed, or read from the store.

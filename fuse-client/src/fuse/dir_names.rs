@@ -44,10 +44,14 @@ struct Known {
 }
 
 impl State {
-    fn keep(&mut self, dir: InodeId, names: HashSet<String>) {
+    fn drop_dir(&mut self, dir: InodeId) {
         if let Some(old) = self.dirs.remove(&dir) {
             self.names -= old.names.len();
         }
+    }
+
+    fn keep(&mut self, dir: InodeId, names: HashSet<String>) {
+        self.drop_dir(dir);
         if self.names + names.len() > MAX_NAMES {
             // Full: start afresh (costing only round trips).
             self.dirs.clear();
@@ -103,8 +107,7 @@ impl DirNames {
             return false;
         };
         if known.since.elapsed() >= self.lease {
-            let old = state.dirs.remove(&dir).expect("known");
-            state.names -= old.names.len();
+            state.drop_dir(dir);
             return false;
         }
         !known.names.contains(name)
@@ -145,9 +148,7 @@ impl DirNames {
     pub fn forget(&self, dir: InodeId) {
         let mut state = self.state();
         state.changes += 1;
-        if let Some(old) = state.dirs.remove(&dir) {
-            state.names -= old.names.len();
-        }
+        state.drop_dir(dir);
     }
 
     /// Changes were missed: nothing is known.
