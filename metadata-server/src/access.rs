@@ -24,7 +24,7 @@ pub struct ClientRegistry {
 impl ClientRegistry {
     pub fn reload(&self, t: &ReadTables) -> FsResult<()> {
         let mut map = HashMap::new();
-        for item in t.clients.iter().db()? {
+        for item in t.clients.table()?.iter().db()? {
             let (_, value) = item.db()?;
             let rec: ClientRecord = decode(value.value())?;
             if !rec.revoked {
@@ -142,18 +142,18 @@ pub fn second_inode(request: &MetaRequest) -> Option<InodeId> {
 /// request then fails on its own with ENOENT, which reveals nothing).
 pub fn volume_of(t: &ReadTables, target: &Target) -> FsResult<Option<VolumeId>> {
     match target {
-        Target::Inode(ino) => match get_inode(&t.inodes, *ino) {
+        Target::Inode(ino) => match get_inode(t.inodes.table()?, *ino) {
             Ok(rec) => Ok(Some(rec.volume)),
             Err(FsError::NotFound) => Ok(None),
             Err(e) => Err(e),
         },
-        Target::Block(block) => match t.blocks.get(block.0).db()? {
+        Target::Block(block) => match t.blocks.table()?.get(block.0).db()? {
             Some(v) => Ok(Some(
                 decode::<crate::store::schema::BlockRecord>(v.value())?.volume,
             )),
             None => Ok(None),
         },
-        Target::Volume(name) => match t.volumes.get(name.as_str()).db()? {
+        Target::Volume(name) => match t.volumes.table()?.get(name.as_str()).db()? {
             Some(v) => Ok(Some(decode::<VolumeRecord>(v.value())?.id)),
             None => Ok(None),
         },
@@ -181,10 +181,10 @@ pub fn add_client(
 ) -> FsResult<Outcome> {
     validate_volume_name(name)
         .map_err(|_| FsError::invalid(format!("invalid client name {name:?}")))?;
-    if t.clients.get(name).db()?.is_some() {
+    if t.clients.table()?.get(name).db()?.is_some() {
         return Err(FsError::Exists);
     }
-    for item in t.clients.iter().db()? {
+    for item in t.clients.table()?.iter().db()? {
         let (_, value) = item.db()?;
         if decode::<ClientRecord>(value.value())?.fingerprint == fingerprint {
             return Err(FsError::invalid(
@@ -194,7 +194,7 @@ pub fn add_client(
     }
     let mut grants = Vec::new();
     for (volume, write) in volumes {
-        let rec: VolumeRecord = match t.volumes.get(volume.as_str()).db()? {
+        let rec: VolumeRecord = match t.volumes.table()?.get(volume.as_str()).db()? {
             Some(v) => decode(v.value())?,
             None => return Err(FsError::invalid(format!("no volume named {volume:?}"))),
         };
@@ -209,23 +209,29 @@ pub fn add_client(
         created: now,
         revoked: false,
     };
-    t.clients.insert(name, encode(&rec).as_slice()).db()?;
+    t.clients
+        .table()?
+        .insert(name, encode(&rec).as_slice())
+        .db()?;
     Ok(Outcome::Done)
 }
 
 pub fn revoke_client(t: &mut WriteTables, name: &str) -> FsResult<Outcome> {
-    let mut rec: ClientRecord = match t.clients.get(name).db()? {
+    let mut rec: ClientRecord = match t.clients.table()?.get(name).db()? {
         Some(v) => decode(v.value())?,
         None => return Err(FsError::NotFound),
     };
     rec.revoked = true;
-    t.clients.insert(name, encode(&rec).as_slice()).db()?;
+    t.clients
+        .table()?
+        .insert(name, encode(&rec).as_slice())
+        .db()?;
     Ok(Outcome::Done)
 }
 
 pub fn list_clients(t: &ReadTables) -> FsResult<Vec<ClientInfo>> {
     let mut names = HashMap::new();
-    for item in t.volumes.iter().db()? {
+    for item in t.volumes.table()?.iter().db()? {
         let (name, value) = item.db()?;
         names.insert(
             decode::<VolumeRecord>(value.value())?.id,
@@ -233,7 +239,7 @@ pub fn list_clients(t: &ReadTables) -> FsResult<Vec<ClientInfo>> {
         );
     }
     let mut out = Vec::new();
-    for item in t.clients.iter().db()? {
+    for item in t.clients.table()?.iter().db()? {
         let (name, value) = item.db()?;
         let rec: ClientRecord = decode(value.value())?;
         out.push(ClientInfo {

@@ -55,8 +55,8 @@ fn decode_call(bytes: &[u8]) -> FsResult<CallRecord> {
 }
 
 /// The outcome of an earlier application of this call, if there was one.
-pub fn replay(t: &WriteTables, call: &Call) -> FsResult<Option<Outcome>> {
-    let Some(value) = t.calls.get((call.client, call.seq)).db()? else {
+pub fn replay(t: &mut WriteTables, call: &Call) -> FsResult<Option<Outcome>> {
+    let Some(value) = t.calls.table()?.get((call.client, call.seq)).db()? else {
         return Ok(None);
     };
     let record = decode_call(value.value())?;
@@ -77,6 +77,7 @@ pub fn record(t: &mut WriteTables, call: &Call, outcome: &Outcome, now: Timestam
         .min(call.seq);
     if forget_below > 0 {
         t.calls
+            .table()?
             .retain_in((call.client, 0)..(call.client, forget_below), |_, _| false)
             .db()?;
     }
@@ -86,6 +87,7 @@ pub fn record(t: &mut WriteTables, call: &Call, outcome: &Outcome, now: Timestam
         at: now,
     };
     t.calls
+        .table()?
         .insert(
             (call.client, call.seq),
             encode_as(CALL_FORMAT, &record).as_slice(),
@@ -99,6 +101,7 @@ pub fn expire(t: &mut WriteTables, now: Timestamp) -> FsResult<u64> {
     let cutoff = now.secs.saturating_sub(RECORD_TTL.as_secs() as i64);
     let mut expired = 0;
     t.calls
+        .table()?
         .retain(|_, value| {
             let keep = decode_call(value).is_ok_and(|r| r.at.secs >= cutoff);
             expired += u64::from(!keep);
@@ -224,12 +227,12 @@ mod tests {
         tx.commit().unwrap();
         let tx = db.begin_write().unwrap();
         let mut t = WriteTables::open(&tx).unwrap();
-        let outcome = replay(&t, &call(1, 0, b"old")).unwrap();
+        let outcome = replay(&mut t, &call(1, 0, b"old")).unwrap();
         assert_eq!(outcome, Some(Outcome::WireReply(vec![9, 8, 7])));
         // Records of both formats expire by their time.
         record(&mut t, &call(2, 0, b"new"), &Outcome::Done, at).unwrap();
         assert_eq!(
-            replay(&t, &call(2, 0, b"new")).unwrap(),
+            replay(&mut t, &call(2, 0, b"new")).unwrap(),
             Some(Outcome::Done)
         );
         let later = Timestamp {

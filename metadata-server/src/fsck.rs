@@ -33,7 +33,7 @@ pub fn check_page(
     let mut blocks: BTreeMap<BlockId, BlockInfo> = BTreeMap::new();
     let start = from.map_or(0, |c| c.ino.0);
     let mut scanned = 0;
-    for item in t.inodes.range(start..).db()? {
+    for item in t.inodes.table()?.range(start..).db()? {
         let (key, value) = item.db()?;
         let ino = InodeId(key.value());
         scanned += 1;
@@ -93,11 +93,16 @@ fn check_dir(
     dir: InodeId,
     problem: &mut impl FnMut(InodeId, String),
 ) -> FsResult<()> {
-    for item in t.dentries.range((dir.0, "")..(dir.0 + 1, "")).db()? {
+    for item in t
+        .dentries
+        .table()?
+        .range((dir.0, "")..(dir.0 + 1, ""))
+        .db()?
+    {
         let (key, value) = item.db()?;
         let name = key.value().1.to_string();
         let (child, code) = value.value();
-        match get_inode(&t.inodes, InodeId(child)) {
+        match get_inode(t.inodes.table()?, InodeId(child)) {
             Ok(rec) => {
                 if kind_from_code(code)? != rec.kind {
                     problem(
@@ -134,7 +139,12 @@ fn check_file(
         |page: &mut FsckPage, block, degraded, what| report(page, ino, block, degraded, what);
     // Inline blocks the file refers to, with their lengths: what its allowance is charged.
     let mut inline: BTreeMap<BlockId, u64> = BTreeMap::new();
-    for item in t.extents.range((ino.0, offset)..(ino.0 + 1, 0)).db()? {
+    for item in t
+        .extents
+        .table()?
+        .range((ino.0, offset)..(ino.0 + 1, 0))
+        .db()?
+    {
         let (key, value) = item.db()?;
         let file_offset = key.value().1;
         if page.extents as usize >= EXTENTS_PER_PAGE {
@@ -157,7 +167,7 @@ fn check_file(
         if blocks.contains_key(&block) {
             continue;
         }
-        let b: BlockRecord = match t.blocks.get(block.0).db()? {
+        let b: BlockRecord = match t.blocks.table()?.get(block.0).db()? {
             Some(v) => decode(v.value())?,
             None => {
                 report(
@@ -207,6 +217,7 @@ fn check_file(
             // Its bytes are in the metadata store: nothing for a chunk server to verify.
             let stored = t
                 .inline_data
+                .table()?
                 .get(block.0)
                 .db()?
                 .map(|v| v.value().len() as u64);
@@ -252,7 +263,7 @@ fn check_file(
             .shards
             .iter()
             .map(|&server| {
-                let addr = match t.servers.get(server.0).db()? {
+                let addr = match t.servers.table()?.get(server.0).db()? {
                     Some(v) => decode::<ServerRecord>(v.value())?.addr,
                     None => String::new(),
                 };
@@ -278,7 +289,7 @@ fn check_file(
     // Known only when the whole file was read in this page.
     if offset == 0 {
         let held: u64 = inline.values().sum();
-        let charged = crate::layout::inline_bytes(&t.inline_bytes, ino)?;
+        let charged = crate::layout::inline_bytes(t.inline_bytes.table()?, ino)?;
         if held != charged {
             report(
                 page,

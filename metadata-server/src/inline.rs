@@ -44,7 +44,7 @@ pub fn write(
     append: bool,
     bound: Bound,
 ) -> FsResult<Outcome> {
-    let rec = get_inode(&t.inodes, ino)?;
+    let rec = get_inode(t.inodes.table()?, ino)?;
     if rec.kind != FileKind::File {
         return Err(FsError::invalid("writes go to regular files"));
     }
@@ -75,7 +75,7 @@ pub fn write(
             )));
         }
     }
-    let (_, volume) = get_volume_by_id(&t.volumes, rec.volume)?;
+    let (_, volume) = get_volume_by_id(t.volumes.table()?, rec.volume)?;
     let block = BlockId(t.next_id(NEXT_BLOCK, 1)?);
     let block_len = data.len() as u64;
     let block_rec = BlockRecord {
@@ -87,15 +87,16 @@ pub fn write(
         created: now,
     };
     t.blocks
+        .table()?
         .insert(block.0, encode(&block_rec).as_slice())
         .db()?;
-    t.inline_data.insert(block.0, data).db()?;
+    t.inline_data.table()?.insert(block.0, data).db()?;
     let extents = NewExtent::packed(block, block_len, 0, pieces.iter().copied());
     let outcome = commit_write(t, now, ino, &extents, mtime, append)?;
     if bound == Bound::Allowance {
         // Checked once applied, so a write that replaces inline bytes is charged only for
         // what it adds; a refusal rolls the whole command back.
-        let charged = layout::inline_bytes(&t.inline_bytes, ino)?;
+        let charged = layout::inline_bytes(t.inline_bytes.table()?, ino)?;
         if charged > MAX_INLINE_PER_FILE {
             return Err(FsError::TooBig(format!(
                 "the file would keep {charged} bytes inline, at most {MAX_INLINE_PER_FILE}"
@@ -125,14 +126,14 @@ pub fn commit_if_unchanged(
             expect.len()
         )));
     }
-    let rec = get_inode(&t.inodes, ino)?;
+    let rec = get_inode(t.inodes.table()?, ino)?;
     if rec.size != size {
         return Err(FsError::Changed(format!(
             "{} bytes long, not {size}",
             rec.size
         )));
     }
-    let found = layout::overlapping_at_most(&t.extents, ino, from, size, expect.len() + 1)?;
+    let found = layout::overlapping_at_most(t.extents.table()?, ino, from, size, expect.len() + 1)?;
     if found != expect {
         return Err(FsError::Changed(format!(
             "its extents from offset {from} differ"
@@ -148,7 +149,7 @@ pub fn backfill(tx: &redb::WriteTransaction) -> FsResult<()> {
     use std::collections::{BTreeMap, BTreeSet, HashMap};
     let mut t = WriteTables::open(tx)?;
     let mut inline: HashMap<u64, u64> = HashMap::new();
-    for item in t.blocks.iter().db()? {
+    for item in t.blocks.table()?.iter().db()? {
         let (id, value) = item.db()?;
         let rec: BlockRecord = crate::store::schema::decode(value.value())?;
         if rec.is_inline() && rec.refs > 0 {
@@ -160,7 +161,7 @@ pub fn backfill(tx: &redb::WriteTransaction) -> FsResult<()> {
     }
     let mut seen: BTreeSet<(u64, u64)> = BTreeSet::new();
     let mut charged: BTreeMap<u64, u64> = BTreeMap::new();
-    for item in t.extents.iter().db()? {
+    for item in t.extents.table()?.iter().db()? {
         let (key, value) = item.db()?;
         let (ino, block) = (key.value().0, value.value().1);
         if let Some(&len) = inline.get(&block) {
@@ -171,7 +172,7 @@ pub fn backfill(tx: &redb::WriteTransaction) -> FsResult<()> {
     }
     tracing::info!(files = charged.len(), "inline allowances counted");
     for (ino, bytes) in charged {
-        t.inline_bytes.insert(ino, bytes).db()?;
+        t.inline_bytes.table()?.insert(ino, bytes).db()?;
     }
     Ok(())
 }
@@ -198,8 +199,12 @@ mod tests {
         outcome
     }
 
-    fn read(db: &Database) -> ReadTables {
-        ReadTables::open(&db.begin_read().unwrap()).unwrap()
+    fn read(db: &Database) -> redb::ReadTransaction {
+        db.begin_read().unwrap()
+    }
+
+    fn tables(tx: &redb::ReadTransaction) -> ReadTables<'_> {
+        ReadTables::open(tx).unwrap()
     }
 
     fn inline(ino: InodeId, pieces: Vec<(u64, u64)>, data: Vec<u8>, append: bool) -> Op {
@@ -250,7 +255,7 @@ mod tests {
 
     /// The file's bytes as a reader assembles them from its layout.
     fn contents(db: &Database, ino: InodeId) -> Vec<u8> {
-        let layout = queries::get_layout(&read(db), ino, 0, u64::MAX).unwrap();
+        let layout = queries::get_layout(&tables(&read(db)), ino, 0, u64::MAX).unwrap();
         let mut out = vec![0; layout.size as usize];
         for e in &layout.extents {
             let block = layout.blocks.iter().find(|b| b.block == e.block).unwrap();
@@ -281,23 +286,32 @@ mod tests {
         };
         assert_eq!(after.size, 13);
         assert_eq!(contents(&db, ino), b"hello\0\0\0\0\0abc");
-        let layout = queries::get_layout(&read(&db), ino, 0, u64::MAX).unwrap();
+        let layout = queries::get_layout(&tables(&read(&db)), ino, 0, u64::MAX).unwrap();
         assert_eq!(layout.blocks.len(), 1);
         assert!(layout.blocks[0].shards.is_empty());
         let first = layout.blocks[0].block;
-        let rec: BlockRecord =
-            decode(read(&db).blocks.get(first.0).unwrap().unwrap().value()).unwrap();
+        let rec: BlockRecord = decode(
+            tables(&read(&db))
+                .blocks
+                .table()
+                .unwrap()
+                .get(first.0)
+                .unwrap()
+                .unwrap()
+                .value(),
+        )
+        .unwrap();
         assert!(rec.is_inline() && rec.refs == 2 && rec.len == Some(8));
         // Appends land at the end as the server sees it.
         run(&db, inline(ino, vec![(0, 2)], b"XY".to_vec(), true)).unwrap();
         assert_eq!(contents(&db, ino), b"hello\0\0\0\0\0abcXY");
-        let usage = queries::volume_usage(&read(&db), "v", &HashSet::new()).unwrap();
+        let usage = queries::volume_usage(&tables(&read(&db)), "v", &HashSet::new()).unwrap();
         assert_eq!((usage.inline_blocks, usage.inline_bytes), (2, 10));
         assert_eq!(
             usage.degraded_blocks, 0,
             "an inline block has no shards to lose"
         );
-        let page = fsck::check_page(&read(&db), "v", None, &HashSet::new()).unwrap();
+        let page = fsck::check_page(&tables(&read(&db)), "v", None, &HashSet::new()).unwrap();
         assert!(page.problems.is_empty(), "{:?}", page.problems);
         assert!(
             page.blocks.is_empty(),
@@ -403,7 +417,7 @@ mod tests {
     }
 
     fn charged(db: &Database, ino: InodeId) -> u64 {
-        layout::inline_bytes(&read(db).inline_bytes, ino).unwrap()
+        layout::inline_bytes(tables(&read(db)).inline_bytes.table().unwrap(), ino).unwrap()
     }
 
     /// A block with shards, as a writer would have stored it, not yet committed.
@@ -420,7 +434,11 @@ mod tests {
                 refs: 0,
                 created: Timestamp { secs: 1, nanos: 0 },
             };
-            t.blocks.insert(block.0, encode(&rec).as_slice()).unwrap();
+            t.blocks
+                .table()
+                .unwrap()
+                .insert(block.0, encode(&rec).as_slice())
+                .unwrap();
             block
         };
         tx.commit().unwrap();
@@ -444,7 +462,11 @@ mod tests {
         run(&db, keep(ino, 0, vec![5; quarter], true)).unwrap();
         assert_eq!(charged(&db, ino), MAX_INLINE_PER_FILE);
         // Spent: one more byte is refused and changes nothing.
-        let size = |db: &Database| get_inode(&read(db).inodes, ino).unwrap().size;
+        let size = |db: &Database| {
+            get_inode(tables(&read(db)).inodes.table().unwrap(), ino)
+                .unwrap()
+                .size
+        };
         let before = size(&db);
         assert!(matches!(
             refused_after(&db, keep(ino, 0, vec![6], true)),
@@ -477,9 +499,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(charged(&db, g), 0);
-        assert!(read(&db).inline_bytes.get(g.0).unwrap().is_none());
+        assert!(tables(&read(&db))
+            .inline_bytes
+            .table()
+            .unwrap()
+            .get(g.0)
+            .unwrap()
+            .is_none());
         // fsck finds the count right, and says so when it is not.
-        let problems = || fsck::check_page(&read(&db), "v", None, &HashSet::new()).unwrap();
+        let problems =
+            || fsck::check_page(&tables(&read(&db)), "v", None, &HashSet::new()).unwrap();
         assert!(problems().problems.is_empty(), "{:?}", problems().problems);
         let tx = db.begin_write().unwrap();
         tx.open_table(crate::store::schema::INLINE_BYTES)
@@ -511,7 +540,7 @@ mod tests {
         drop(db);
         let db = store::open(&path).unwrap();
         assert_eq!((charged(&db, f), charged(&db, g)), counted);
-        let page = fsck::check_page(&read(&db), "v", None, &HashSet::new()).unwrap();
+        let page = fsck::check_page(&tables(&read(&db)), "v", None, &HashSet::new()).unwrap();
         assert!(page.problems.is_empty(), "{:?}", page.problems);
     }
 
@@ -533,7 +562,9 @@ mod tests {
             run(&db, keep(ino, 0, vec![i; 10], true)).unwrap();
         }
         assert_eq!(charged(&db, ino), 30);
-        let tail = layout::overlapping(&read(&db).extents, ino, 1000, 1030).unwrap();
+        let tail =
+            layout::overlapping(tables(&read(&db)).extents.table().unwrap(), ino, 1000, 1030)
+                .unwrap();
         assert_eq!(tail.len(), 3);
         let moved = |size, from, expect: Vec<Extent>| {
             let block = stored_block(&db);
@@ -567,13 +598,24 @@ mod tests {
         assert_eq!(after.size, 1040);
         assert_eq!(charged(&db, ino), 0);
         for e in &tail {
-            let rec: BlockRecord =
-                decode(read(&db).blocks.get(e.block.0).unwrap().unwrap().value()).unwrap();
+            let rec: BlockRecord = decode(
+                tables(&read(&db))
+                    .blocks
+                    .table()
+                    .unwrap()
+                    .get(e.block.0)
+                    .unwrap()
+                    .unwrap()
+                    .value(),
+            )
+            .unwrap();
             assert_eq!(rec.refs, 0, "inline block {} is garbage", e.block);
         }
         // An inline block already referred to can never be named by another commit.
         run(&db, keep(ino, 0, vec![9; 10], true)).unwrap();
-        let kept = layout::overlapping(&read(&db).extents, ino, 1040, 1050).unwrap()[0];
+        let kept =
+            layout::overlapping(tables(&read(&db)).extents.table().unwrap(), ino, 1040, 1050)
+                .unwrap()[0];
         assert!(matches!(
             run(&db, commit(kept.block, 0, 10)),
             Err(FsError::Invalid(_))

@@ -33,7 +33,7 @@ impl RefDelta {
             if delta == 0 {
                 continue;
             }
-            let mut rec: BlockRecord = match t.blocks.get(block).db()? {
+            let mut rec: BlockRecord = match t.blocks.table()?.get(block).db()? {
                 Some(v) => decode(v.value())?,
                 None => {
                     return Err(FsError::Corrupt(format!(
@@ -52,7 +52,10 @@ impl RefDelta {
                 charge_inline(t, ino, if refs == 0 { -(len as i64) } else { len as i64 })?;
             }
             rec.refs = refs as u32;
-            t.blocks.insert(block, encode(&rec).as_slice()).db()?;
+            t.blocks
+                .table()?
+                .insert(block, encode(&rec).as_slice())
+                .db()?;
         }
         Ok(())
     }
@@ -65,11 +68,11 @@ pub fn inline_bytes(table: &impl ReadableTable<u64, u64>, ino: InodeId) -> FsRes
 
 fn charge_inline(t: &mut WriteTables, ino: InodeId, delta: i64) -> FsResult<()> {
     // Never below zero, whatever a damaged count says (fsck reports a wrong one).
-    let bytes = inline_bytes(&t.inline_bytes, ino)?.saturating_add_signed(delta);
+    let bytes = inline_bytes(t.inline_bytes.table()?, ino)?.saturating_add_signed(delta);
     if bytes == 0 {
-        t.inline_bytes.remove(ino.0).db()?;
+        t.inline_bytes.table()?.remove(ino.0).db()?;
     } else {
-        t.inline_bytes.insert(ino.0, bytes).db()?;
+        t.inline_bytes.table()?.insert(ino.0, bytes).db()?;
     }
     Ok(())
 }
@@ -129,12 +132,13 @@ fn cut(
     end: u64,
     refs: &mut RefDelta,
 ) -> FsResult<()> {
-    for e in overlapping(&t.extents, ino, start, end)? {
-        t.extents.remove((ino.0, e.file_offset)).db()?;
+    for e in overlapping(t.extents.table()?, ino, start, end)? {
+        t.extents.table()?.remove((ino.0, e.file_offset)).db()?;
         refs.add(e.block.0, ino, -1);
         let e_end = e.file_offset + e.len;
         if e.file_offset < start {
             t.extents
+                .table()?
                 .insert(
                     (ino.0, e.file_offset),
                     (start - e.file_offset, e.block.0, e.block_offset),
@@ -145,6 +149,7 @@ fn cut(
         if e_end > end {
             let skip = end - e.file_offset;
             t.extents
+                .table()?
                 .insert(
                     (ino.0, end),
                     (e_end - end, e.block.0, e.block_offset + skip),
@@ -166,6 +171,7 @@ pub fn put_extent(
     let end = extent.file_offset + extent.len;
     cut(t, ino, extent.file_offset, end, refs)?;
     t.extents
+        .table()?
         .insert(
             (ino.0, extent.file_offset),
             (extent.len, extent.block.0, extent.block_offset),

@@ -395,17 +395,17 @@ pub fn record(
 ) -> FsResult<Outcome> {
     for (ino, held) in files {
         if held.is_empty() {
-            t.locks.remove(ino.0).db()?;
+            t.locks.table()?.remove(ino.0).db()?;
         } else {
             let record = encode(&LocksRecord { held: held.clone() });
-            t.locks.insert(ino.0, record.as_slice()).db()?;
+            t.locks.table()?.insert(ino.0, record.as_slice()).db()?;
         }
     }
     for &(session, live) in sessions {
         if live {
-            t.lock_sessions.insert(session, 1).db()?;
+            t.lock_sessions.table()?.insert(session, 1).db()?;
         } else {
-            t.lock_sessions.remove(session).db()?;
+            t.lock_sessions.table()?.remove(session).db()?;
         }
     }
     Ok(Outcome::Done)
@@ -415,13 +415,13 @@ pub fn record(
 pub fn recorded(t: &crate::store::tables::ReadTables) -> FsResult<(FileLocks, Vec<u64>)> {
     use redb::ReadableTable;
     let mut files = Vec::new();
-    for item in t.locks.iter().db()? {
+    for item in t.locks.table()?.iter().db()? {
         let (ino, record) = item.db()?;
         let record: LocksRecord = decode(record.value())?;
         files.push((InodeId(ino.value()), record.held));
     }
     let mut sessions = Vec::new();
-    for item in t.lock_sessions.iter().db()? {
+    for item in t.lock_sessions.table()?.iter().db()? {
         sessions.push(item.db()?.0.value());
     }
     Ok((files, sessions))

@@ -10,15 +10,18 @@ use dfs_common::model::ShardKey;
 use dfs_common::{BlockId, FsError, FsResult, ServerId};
 use redb::ReadableTable;
 
-fn get_block(t: &WriteTables, block: BlockId) -> FsResult<Option<BlockRecord>> {
-    match t.blocks.get(block.0).db()? {
+fn get_block(t: &mut WriteTables, block: BlockId) -> FsResult<Option<BlockRecord>> {
+    match t.blocks.table()?.get(block.0).db()? {
         Some(v) => Ok(Some(decode(v.value())?)),
         None => Ok(None),
     }
 }
 
 fn put_block(t: &mut WriteTables, block: BlockId, rec: &BlockRecord) -> FsResult<()> {
-    t.blocks.insert(block.0, encode(rec).as_slice()).db()?;
+    t.blocks
+        .table()?
+        .insert(block.0, encode(rec).as_slice())
+        .db()?;
     Ok(())
 }
 
@@ -80,9 +83,9 @@ pub fn drop_blocks(t: &mut WriteTables, blocks: &[BlockId]) -> FsResult<Outcome>
             continue;
         };
         if rec.refs == 0 {
-            t.blocks.remove(block.0).db()?;
+            t.blocks.table()?.remove(block.0).db()?;
             if rec.is_inline() {
-                t.inline_data.remove(block.0).db()?;
+                t.inline_data.table()?.remove(block.0).db()?;
             }
             dropped.push(block);
         }
@@ -96,34 +99,34 @@ pub fn drain_server(
     server: ServerId,
     drain: bool,
 ) -> FsResult<Outcome> {
-    if t.servers.get(server.0).db()?.is_none() {
+    if t.servers.table()?.get(server.0).db()?.is_none() {
         return Err(FsError::NotFound);
     }
     if drain {
-        if t.draining.get(server.0).db()?.is_none() {
-            t.draining.insert(server.0, now.secs).db()?;
+        if t.draining.table()?.get(server.0).db()?.is_none() {
+            t.draining.table()?.insert(server.0, now.secs).db()?;
         }
     } else {
-        t.draining.remove(server.0).db()?;
+        t.draining.table()?.remove(server.0).db()?;
     }
     Ok(Outcome::Done)
 }
 
 /// Forgets a server; refused while any block still places a shard on it.
 pub fn remove_server(t: &mut WriteTables, server: ServerId) -> FsResult<Outcome> {
-    if t.servers.get(server.0).db()?.is_none() {
+    if t.servers.table()?.get(server.0).db()?.is_none() {
         return Err(FsError::NotFound);
     }
-    for item in t.blocks.iter().db()? {
+    for item in t.blocks.table()?.iter().db()? {
         let (_, value) = item.db()?;
         let rec: BlockRecord = decode(value.value())?;
         if rec.shards.contains(&server) {
             return Err(FsError::NotEmpty);
         }
     }
-    t.servers.remove(server.0).db()?;
-    t.draining.remove(server.0).db()?;
-    t.server_certs.remove(server.0).db()?;
+    t.servers.table()?.remove(server.0).db()?;
+    t.draining.table()?.remove(server.0).db()?;
+    t.server_certs.table()?.remove(server.0).db()?;
     Ok(Outcome::Done)
 }
 
@@ -134,14 +137,19 @@ pub fn bind_server(
     server: ServerId,
     fingerprint: [u8; 32],
 ) -> FsResult<Outcome> {
-    let bound = t.server_certs.get(server.0).db()?.map(|v| v.value());
+    let bound = t
+        .server_certs
+        .table()?
+        .get(server.0)
+        .db()?
+        .map(|v| v.value());
     match bound {
         Some(bound) if bound != fingerprint => Err(FsError::Denied(format!(
             "chunk server {server} is registered with another certificate"
         ))),
         Some(_) => Ok(Outcome::Done),
         None => {
-            t.server_certs.insert(server.0, fingerprint).db()?;
+            t.server_certs.table()?.insert(server.0, fingerprint).db()?;
             Ok(Outcome::Done)
         }
     }

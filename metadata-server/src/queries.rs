@@ -13,13 +13,13 @@ use std::collections::BTreeMap;
 pub const MAX_DIR_PAGE: u32 = 1024;
 
 fn volume_info(t: &ReadTables, name: &str, rec: VolumeRecord) -> FsResult<VolumeInfo> {
-    let state = get_volume_state(&t.volume_state, rec.id)?;
+    let state = get_volume_state(t.volume_state.table()?, rec.id)?;
     Ok(crate::volumes::volume_info(name, &rec, &state))
 }
 
 pub fn list_volumes(t: &ReadTables) -> FsResult<Vec<VolumeInfo>> {
     let mut out = Vec::new();
-    for item in t.volumes.iter().db()? {
+    for item in t.volumes.table()?.iter().db()? {
         let (name, value) = item.db()?;
         out.push(volume_info(t, name.value(), decode(value.value())?)?);
     }
@@ -27,7 +27,7 @@ pub fn list_volumes(t: &ReadTables) -> FsResult<Vec<VolumeInfo>> {
 }
 
 pub fn get_volume(t: &ReadTables, name: &str) -> FsResult<VolumeInfo> {
-    match t.volumes.get(name).db()? {
+    match t.volumes.table()?.get(name).db()? {
         Some(v) => volume_info(t, name, decode(v.value())?),
         None => Err(FsError::NotFound),
     }
@@ -37,17 +37,17 @@ pub fn lookup_attr(t: &ReadTables, parent: InodeId, name: &str) -> FsResult<Attr
     if name.len() > dfs_common::proto::MAX_NAME_LEN {
         return Err(FsError::NameTooLong);
     }
-    get_dir(&t.inodes, parent)?;
-    let (ino, _) = lookup(&t.dentries, parent, name)?.ok_or(FsError::NotFound)?;
-    attr_of(&t.xattrs, ino, &get_inode(&t.inodes, ino)?)
+    get_dir(t.inodes.table()?, parent)?;
+    let (ino, _) = lookup(t.dentries.table()?, parent, name)?.ok_or(FsError::NotFound)?;
+    attr_of(t.xattrs.table()?, ino, &get_inode(t.inodes.table()?, ino)?)
 }
 
 pub fn get_attr(t: &ReadTables, ino: InodeId) -> FsResult<Attr> {
-    attr_of(&t.xattrs, ino, &get_inode(&t.inodes, ino)?)
+    attr_of(t.xattrs.table()?, ino, &get_inode(t.inodes.table()?, ino)?)
 }
 
 pub fn read_link(t: &ReadTables, ino: InodeId) -> FsResult<String> {
-    get_inode(&t.inodes, ino)?
+    get_inode(t.inodes.table()?, ino)?
         .target
         .ok_or_else(|| FsError::invalid("not a symbolic link"))
 }
@@ -59,12 +59,17 @@ pub fn read_dir(
     limit: u32,
     with_attrs: bool,
 ) -> FsResult<DirPage> {
-    get_dir(&t.inodes, dir)?;
+    get_dir(t.inodes.table()?, dir)?;
     let limit = limit.clamp(1, MAX_DIR_PAGE) as usize;
     let start = after.unwrap_or("");
     let mut entries = Vec::new();
     let mut more = false;
-    for item in t.dentries.range((dir.0, start)..(dir.0 + 1, "")).db()? {
+    for item in t
+        .dentries
+        .table()?
+        .range((dir.0, start)..(dir.0 + 1, ""))
+        .db()?
+    {
         let (key, value) = item.db()?;
         let (_, name) = key.value();
         if after == Some(name) {
@@ -77,7 +82,11 @@ pub fn read_dir(
         let (ino, kind) = value.value();
         let ino = InodeId(ino);
         let attr = if with_attrs {
-            Some(attr_of(&t.xattrs, ino, &get_inode(&t.inodes, ino)?)?)
+            Some(attr_of(
+                t.xattrs.table()?,
+                ino,
+                &get_inode(t.inodes.table()?, ino)?,
+            )?)
         } else {
             None
         };
@@ -92,17 +101,17 @@ pub fn read_dir(
 }
 
 pub fn get_xattr(t: &ReadTables, ino: InodeId, name: &str) -> FsResult<Vec<u8>> {
-    get_inode(&t.inodes, ino)?;
-    match t.xattrs.get((ino.0, name)).db()? {
+    get_inode(t.inodes.table()?, ino)?;
+    match t.xattrs.table()?.get((ino.0, name)).db()? {
         Some(v) => Ok(v.value().to_vec()),
         None => Err(FsError::NoAttribute),
     }
 }
 
 pub fn list_xattr(t: &ReadTables, ino: InodeId) -> FsResult<Vec<String>> {
-    get_inode(&t.inodes, ino)?;
+    get_inode(t.inodes.table()?, ino)?;
     let mut names = Vec::new();
-    for item in t.xattrs.range((ino.0, "")..(ino.0 + 1, "")).db()? {
+    for item in t.xattrs.table()?.range((ino.0, "")..(ino.0 + 1, "")).db()? {
         let (k, _) = item.db()?;
         names.push(k.value().1.to_string());
     }
@@ -110,21 +119,21 @@ pub fn list_xattr(t: &ReadTables, ino: InodeId) -> FsResult<Vec<String>> {
 }
 
 fn server_addr(t: &ReadTables, server: ServerId) -> FsResult<String> {
-    match t.servers.get(server.0).db()? {
+    match t.servers.table()?.get(server.0).db()? {
         Some(v) => Ok(decode::<ServerRecord>(v.value())?.addr),
         None => Ok(String::new()),
     }
 }
 
 pub fn get_layout(t: &ReadTables, ino: InodeId, offset: u64, len: u64) -> FsResult<Layout> {
-    let rec = get_inode(&t.inodes, ino)?;
+    let rec = get_inode(t.inodes.table()?, ino)?;
     if rec.kind != FileKind::File {
         return Err(FsError::invalid("only regular files have layouts"));
     }
     let end = offset.saturating_add(len).min(rec.size);
     // One more than a page holds tells where the page stops.
     let mut extents = layout::overlapping_at_most(
-        &t.extents,
+        t.extents.table()?,
         ino,
         offset,
         end.max(offset),
@@ -143,7 +152,7 @@ pub fn get_layout(t: &ReadTables, ino: InodeId, offset: u64, len: u64) -> FsResu
         if blocks.contains_key(&e.block) {
             continue;
         }
-        let rec: BlockRecord = match t.blocks.get(e.block.0).db()? {
+        let rec: BlockRecord = match t.blocks.table()?.get(e.block.0).db()? {
             Some(v) => decode(v.value())?,
             None => {
                 return Err(FsError::Corrupt(format!(
@@ -165,7 +174,7 @@ pub fn get_layout(t: &ReadTables, ino: InodeId, offset: u64, len: u64) -> FsResu
             })
             .collect::<FsResult<Vec<_>>>()?;
         let inline = if rec.is_inline() {
-            match t.inline_data.get(e.block.0).db()? {
+            match t.inline_data.table()?.get(e.block.0).db()? {
                 Some(v) => Some(v.value().to_vec()),
                 None => {
                     return Err(FsError::Corrupt(format!(
@@ -197,16 +206,16 @@ pub fn get_layout(t: &ReadTables, ino: InodeId, offset: u64, len: u64) -> FsResu
 /// Counts for `cluster status`.
 pub fn counts(t: &ReadTables) -> FsResult<(u64, u64, u64)> {
     Ok((
-        t.volumes.len().db()?,
-        t.inodes.len().db()?,
-        t.blocks.len().db()?,
+        t.volumes.table()?.len().db()?,
+        t.inodes.table()?.len().db()?,
+        t.blocks.table()?.len().db()?,
     ))
 }
 
 /// Every chunk server ever registered, with its last known address.
 pub fn registered_servers(t: &ReadTables) -> FsResult<Vec<(ServerId, String)>> {
     let mut out = Vec::new();
-    for item in t.servers.iter().db()? {
+    for item in t.servers.table()?.iter().db()? {
         let (k, v) = item.db()?;
         out.push((ServerId(k.value()), decode::<ServerRecord>(v.value())?.addr));
     }
@@ -215,7 +224,7 @@ pub fn registered_servers(t: &ReadTables) -> FsResult<Vec<(ServerId, String)>> {
 
 pub fn draining_servers(t: &ReadTables) -> FsResult<Vec<ServerId>> {
     let mut out = Vec::new();
-    for item in t.draining.iter().db()? {
+    for item in t.draining.table()?.iter().db()? {
         out.push(ServerId(item.db()?.0.value()));
     }
     Ok(out)
@@ -232,7 +241,7 @@ pub fn stale_shards(
 ) -> FsResult<Vec<dfs_common::proto::chunk::ShardKey>> {
     let mut stale = Vec::new();
     for &key in keys {
-        let placed = match t.blocks.get(key.block.0).db()? {
+        let placed = match t.blocks.table()?.get(key.block.0).db()? {
             Some(v) => decode::<BlockRecord>(v.value())?
                 .shards
                 .get(key.index as usize)
@@ -255,7 +264,7 @@ pub fn volume_usage(
 ) -> FsResult<VolumeUsage> {
     let volume = get_volume(t, name)?.id;
     let mut usage = VolumeUsage::default();
-    for item in t.inodes.iter().db()? {
+    for item in t.inodes.table()?.iter().db()? {
         let (_, value) = item.db()?;
         let rec: crate::store::schema::InodeRecord = decode(value.value())?;
         if rec.volume != volume {
@@ -270,7 +279,7 @@ pub fn volume_usage(
             _ => usage.other += 1,
         }
     }
-    for item in t.blocks.iter().db()? {
+    for item in t.blocks.table()?.iter().db()? {
         let (_, value) = item.db()?;
         let rec: BlockRecord = decode(value.value())?;
         let Some(len) = rec.len else { continue };

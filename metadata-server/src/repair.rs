@@ -549,7 +549,7 @@ fn scan(
     let mut garbage = Vec::new();
     let mut health = BlockHealth::default();
     let mut placed: HashMap<ServerId, u64> = HashMap::new();
-    for item in t.blocks.iter().db()? {
+    for item in t.blocks.table()?.iter().db()? {
         let (block, value) = item.db()?;
         let block = BlockId(block.value());
         let rec: BlockRecord = decode(value.value())?;

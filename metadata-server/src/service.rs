@@ -108,7 +108,7 @@ impl MetaService {
         let tables = ReadTables::open(&tx)?;
         clients.reload(&tables)?;
         let mut server_certs = std::collections::HashMap::new();
-        for item in tables.server_certs.iter().db()? {
+        for item in tables.server_certs.table()?.iter().db()? {
             let (server, fingerprint) = item.db()?;
             server_certs.insert(ServerId(server.value()), Fingerprint(fingerprint.value()));
         }
@@ -235,7 +235,13 @@ impl MetaService {
             // Bound through another member, perhaps: the store has what the group decided.
             None => {
                 let stored = self
-                    .query(move |t| Ok(t.server_certs.get(server.0).db()?.map(|f| f.value())))
+                    .query(move |t| {
+                        Ok(t.server_certs
+                            .table()?
+                            .get(server.0)
+                            .db()?
+                            .map(|f| f.value()))
+                    })
                     .await?
                     .map(Fingerprint);
                 if let Some(b) = stored {
@@ -639,7 +645,7 @@ impl MetaService {
                     let ino = q.ino;
                     // Only files that exist can be locked; anything can be unlocked.
                     if q.kind != LockKind::Unlock {
-                        self.query(move |t| get_inode(&t.inodes, ino).map(drop))
+                        self.query(move |t| get_inode(t.inodes.table()?, ino).map(drop))
                             .await?;
                     }
                     let set = self
@@ -775,9 +781,10 @@ impl MetaService {
         };
         // One read of the store for all the names; a name it cannot read is left out.
         let found = self.query_now(|t| {
+            let dentries = t.dentries.table()?;
             let named = names
                 .iter()
-                .filter_map(|&(parent, name)| lookup(&t.dentries, parent, name).ok().flatten());
+                .filter_map(|&(parent, name)| lookup(dentries, parent, name).ok().flatten());
             Ok(named.map(|(ino, _)| ino).collect())
         });
         found.unwrap_or_default()
@@ -788,7 +795,7 @@ impl MetaService {
         if let Some(volume) = self.changes.volume_of(ino) {
             return Ok(volume);
         }
-        self.query_now(|t| get_inode(&t.inodes, ino).map(|r| r.volume))
+        self.query_now(|t| get_inode(t.inodes.table()?, ino).map(|r| r.volume))
     }
 
     /// Registers a chunk server on first contact, refreshes its liveness, and hands it the
@@ -1011,7 +1018,7 @@ impl MetaService {
         let (certs, draining) = self
             .query(|t| {
                 let mut certs = std::collections::HashMap::new();
-                for item in t.server_certs.iter().db()? {
+                for item in t.server_certs.table()?.iter().db()? {
                     let (server, fingerprint) = item.db()?;
                     certs.insert(ServerId(server.value()), Fingerprint(fingerprint.value()));
                 }
@@ -1042,9 +1049,9 @@ impl MetaService {
     async fn allocate_block(&self, ino: InodeId, call: Option<Call>) -> FsResult<BlockPlacement> {
         let (policy, block_size, full) = self
             .query(move |t| {
-                let rec = get_inode(&t.inodes, ino)?;
-                let (_, vol) = get_volume_by_id(&t.volumes, rec.volume)?;
-                let state = get_volume_state(&t.volume_state, rec.volume)?;
+                let rec = get_inode(t.inodes.table()?, ino)?;
+                let (_, vol) = get_volume_by_id(t.volumes.table()?, rec.volume)?;
+                let state = get_volume_state(t.volume_state.table()?, rec.volume)?;
                 Ok((vol.policy, vol.block_size, state.limits.require_full_writes))
             })
             .await?;
@@ -1092,7 +1099,7 @@ impl MetaService {
         call: Option<Call>,
     ) -> FsResult<ShardLocation> {
         let rec: BlockRecord = self
-            .query(move |t| match t.blocks.get(block.0).db()? {
+            .query(move |t| match t.blocks.table()?.get(block.0).db()? {
                 Some(v) => decode(v.value()),
                 None => Err(FsError::NotFound),
             })
@@ -1127,8 +1134,8 @@ impl MetaService {
     async fn stat_fs(&self, ino: InodeId) -> FsResult<StatFs> {
         let state = self
             .query(move |t| {
-                let rec = get_inode(&t.inodes, ino)?;
-                get_volume_state(&t.volume_state, rec.volume)
+                let rec = get_inode(t.inodes.table()?, ino)?;
+                get_volume_state(t.volume_state.table()?, rec.volume)
             })
             .await?;
         let (mut total_bytes, mut free_bytes) = self.membership.capacity();

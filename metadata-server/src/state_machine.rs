@@ -41,7 +41,7 @@ pub fn apply(tx: &WriteTransaction, cmd: &Command) -> FsResult<Outcome> {
         let now = t.advance_clock(cmd.now)?;
         return apply_op(&mut t, now, &cmd.op);
     };
-    if let Some(outcome) = calls::replay(&t, &call)? {
+    if let Some(outcome) = calls::replay(&mut t, &call)? {
         return Ok(outcome);
     }
     let now = t.advance_clock(cmd.now)?;
@@ -72,7 +72,10 @@ fn apply_op(t: &mut WriteTables, now: Timestamp, op: &Op) -> FsResult<Outcome> {
                 addr: addr.clone(),
                 registered: now,
             };
-            t.servers.insert(server.0, encode(&rec).as_slice()).db()?;
+            t.servers
+                .table()?
+                .insert(server.0, encode(&rec).as_slice())
+                .db()?;
             Ok(Outcome::Done)
         }
         Op::BindServer {
@@ -144,8 +147,13 @@ fn apply_op(t: &mut WriteTables, now: Timestamp, op: &Op) -> FsResult<Outcome> {
             flags,
         } => set_xattr(t, now, *ino, name, value, *flags),
         Op::RemoveXattr { ino, name } => {
-            let mut rec = get_inode(&t.inodes, *ino)?;
-            if t.xattrs.remove((ino.0, name.as_str())).db()?.is_none() {
+            let mut rec = get_inode(t.inodes.table()?, *ino)?;
+            if t.xattrs
+                .table()?
+                .remove((ino.0, name.as_str()))
+                .db()?
+                .is_none()
+            {
                 return Err(FsError::NoAttribute);
             }
             rec.ctime = now;
@@ -238,11 +246,11 @@ fn make_node(
     node: NewNode,
 ) -> FsResult<Outcome> {
     validate_name(name)?;
-    let mut parent_rec = get_dir(&t.inodes, parent)?;
+    let mut parent_rec = get_dir(t.inodes.table()?, parent)?;
     if parent_rec.nlink == 0 {
         return Err(FsError::NotFound);
     }
-    if lookup(&t.dentries, parent, name)?.is_some() {
+    if lookup(t.dentries.table()?, parent, name)?.is_some() {
         return Err(FsError::Exists);
     }
     let ino = InodeId(t.next_id(NEXT_INODE, 2)?);
@@ -266,6 +274,7 @@ fn make_node(
     volumes::charge(t, rec.volume, 0, 1)?;
     t.put_inode(ino, &rec)?;
     t.dentries
+        .table()?
         .insert((parent.0, name), (ino.0, kind_code(node.kind)))
         .db()?;
     if is_dir {
@@ -285,15 +294,15 @@ fn link(
     new_name: &str,
 ) -> FsResult<Outcome> {
     validate_name(new_name)?;
-    let mut rec = get_inode(&t.inodes, ino)?;
+    let mut rec = get_inode(t.inodes.table()?, ino)?;
     if rec.kind == FileKind::Dir {
         return Err(FsError::NotPermitted);
     }
-    let mut parent_rec = get_dir(&t.inodes, new_parent)?;
+    let mut parent_rec = get_dir(t.inodes.table()?, new_parent)?;
     if parent_rec.volume != rec.volume {
         return Err(FsError::invalid("hard links cannot cross volumes"));
     }
-    if lookup(&t.dentries, new_parent, new_name)?.is_some() {
+    if lookup(t.dentries.table()?, new_parent, new_name)?.is_some() {
         return Err(FsError::Exists);
     }
     if rec.nlink == 0 {
@@ -303,6 +312,7 @@ fn link(
     rec.ctime = now;
     t.put_inode(ino, &rec)?;
     t.dentries
+        .table()?
         .insert((new_parent.0, new_name), (ino.0, kind_code(rec.kind)))
         .db()?;
     parent_rec.mtime = now;
@@ -313,7 +323,7 @@ fn link(
 
 /// Drops one link of a non-directory; frees it with its extents and xattrs at zero links.
 fn drop_link(t: &mut WriteTables, now: Timestamp, ino: InodeId) -> FsResult<()> {
-    let mut rec = get_inode(&t.inodes, ino)?;
+    let mut rec = get_inode(t.inodes.table()?, ino)?;
     rec.nlink = rec.nlink.saturating_sub(1);
     rec.ctime = now;
     if rec.nlink > 0 {
@@ -323,7 +333,7 @@ fn drop_link(t: &mut WriteTables, now: Timestamp, ino: InodeId) -> FsResult<()> 
 }
 
 fn free_inode(t: &mut WriteTables, ino: InodeId) -> FsResult<()> {
-    let rec = get_inode(&t.inodes, ino)?;
+    let rec = get_inode(t.inodes.table()?, ino)?;
     let bytes = if rec.kind == FileKind::File {
         rec.size
     } else {
@@ -341,19 +351,20 @@ pub fn purge_inode(t: &mut WriteTables, ino: InodeId, refs: &mut RefDelta) -> Fs
     layout::truncate(t, ino, 0, refs)?;
     let names: Vec<String> = t
         .xattrs
+        .table()?
         .range((ino.0, "")..(ino.0 + 1, ""))
         .db()?
         .map(|item| item.db().map(|(k, _)| k.value().1.to_string()))
         .collect::<FsResult<_>>()?;
     for name in names {
-        t.xattrs.remove((ino.0, name.as_str())).db()?;
+        t.xattrs.table()?.remove((ino.0, name.as_str())).db()?;
     }
-    t.inodes.remove(ino.0).db()?;
+    t.inodes.table()?.remove(ino.0).db()?;
     Ok(())
 }
 
 fn touch_dir(t: &mut WriteTables, now: Timestamp, dir: InodeId, nlink_delta: i32) -> FsResult<()> {
-    let mut rec = get_inode(&t.inodes, dir)?;
+    let mut rec = get_inode(t.inodes.table()?, dir)?;
     rec.nlink = (rec.nlink as i64 + nlink_delta as i64).max(0) as u32;
     rec.mtime = now;
     rec.ctime = now;
@@ -361,12 +372,12 @@ fn touch_dir(t: &mut WriteTables, now: Timestamp, dir: InodeId, nlink_delta: i32
 }
 
 fn unlink(t: &mut WriteTables, now: Timestamp, parent: InodeId, name: &str) -> FsResult<Outcome> {
-    get_dir(&t.inodes, parent)?;
-    let (child, kind) = lookup(&t.dentries, parent, name)?.ok_or(FsError::NotFound)?;
+    get_dir(t.inodes.table()?, parent)?;
+    let (child, kind) = lookup(t.dentries.table()?, parent, name)?.ok_or(FsError::NotFound)?;
     if kind == FileKind::Dir {
         return Err(FsError::IsDir);
     }
-    t.dentries.remove((parent.0, name)).db()?;
+    t.dentries.table()?.remove((parent.0, name)).db()?;
     drop_link(t, now, child)?;
     touch_dir(t, now, parent, 0)?;
     Ok(Outcome::Done)
@@ -379,29 +390,29 @@ fn rmdir(t: &mut WriteTables, now: Timestamp, parent: InodeId, name: &str) -> Fs
     if name == ".." {
         return Err(FsError::NotEmpty);
     }
-    get_dir(&t.inodes, parent)?;
-    let (child, kind) = lookup(&t.dentries, parent, name)?.ok_or(FsError::NotFound)?;
+    get_dir(t.inodes.table()?, parent)?;
+    let (child, kind) = lookup(t.dentries.table()?, parent, name)?.ok_or(FsError::NotFound)?;
     if kind != FileKind::Dir {
         return Err(FsError::NotDir);
     }
-    if !dir_is_empty(&t.dentries, child)? {
+    if !dir_is_empty(t.dentries.table()?, child)? {
         return Err(FsError::NotEmpty);
     }
-    t.dentries.remove((parent.0, name)).db()?;
+    t.dentries.table()?.remove((parent.0, name)).db()?;
     free_inode(t, child)?;
     touch_dir(t, now, parent, -1)?;
     Ok(Outcome::Done)
 }
 
 /// Whether `candidate` is `dir` or lies below it.
-fn is_within(t: &WriteTables, candidate: InodeId, dir: InodeId) -> FsResult<bool> {
+fn is_within(t: &mut WriteTables, candidate: InodeId, dir: InodeId) -> FsResult<bool> {
     let mut cur = candidate;
     // Bounded walk: a cycle in parent pointers would be corruption, not an infinite loop.
     for _ in 0..100_000 {
         if cur == dir {
             return Ok(true);
         }
-        let rec = get_inode(&t.inodes, cur)?;
+        let rec = get_inode(t.inodes.table()?, cur)?;
         if rec.parent == cur {
             return Ok(false);
         }
@@ -426,13 +437,13 @@ fn rename(
     }
     validate_name(name)?;
     validate_name(new_name)?;
-    let parent_rec = get_dir(&t.inodes, parent)?;
-    let new_parent_rec = get_dir(&t.inodes, new_parent)?;
+    let parent_rec = get_dir(t.inodes.table()?, parent)?;
+    let new_parent_rec = get_dir(t.inodes.table()?, new_parent)?;
     if parent_rec.volume != new_parent_rec.volume {
         return Err(FsError::invalid("rename cannot cross volumes"));
     }
-    let (src, src_kind) = lookup(&t.dentries, parent, name)?.ok_or(FsError::NotFound)?;
-    let dst = lookup(&t.dentries, new_parent, new_name)?;
+    let (src, src_kind) = lookup(t.dentries.table()?, parent, name)?.ok_or(FsError::NotFound)?;
+    let dst = lookup(t.dentries.table()?, new_parent, new_name)?;
 
     if flags & RENAME_EXCHANGE != 0 {
         let (dst, dst_kind) = dst.ok_or(FsError::NotFound)?;
@@ -446,9 +457,11 @@ fn rename(
             return Err(FsError::invalid("cannot move a directory into itself"));
         }
         t.dentries
+            .table()?
             .insert((parent.0, name), (dst.0, kind_code(dst_kind)))
             .db()?;
         t.dentries
+            .table()?
             .insert((new_parent.0, new_name), (src.0, kind_code(src_kind)))
             .db()?;
         let src_dir = (src_kind == FileKind::Dir) as i32;
@@ -481,7 +494,7 @@ fn rename(
             return Err(FsError::invalid("cannot move a directory into itself"));
         }
         if dst_kind == FileKind::Dir {
-            if !dir_is_empty(&t.dentries, dst)? {
+            if !dir_is_empty(t.dentries.table()?, dst)? {
                 return Err(FsError::NotEmpty);
             }
             free_inode(t, dst)?;
@@ -493,8 +506,9 @@ fn rename(
         return Err(FsError::invalid("cannot move a directory into itself"));
     }
 
-    t.dentries.remove((parent.0, name)).db()?;
+    t.dentries.table()?.remove((parent.0, name)).db()?;
     t.dentries
+        .table()?
         .insert((new_parent.0, new_name), (src.0, kind_code(src_kind)))
         .db()?;
     reparent(t, now, src, new_parent)?;
@@ -515,7 +529,7 @@ fn reparent(
     ino: InodeId,
     new_parent: InodeId,
 ) -> FsResult<()> {
-    let mut rec = get_inode(&t.inodes, ino)?;
+    let mut rec = get_inode(t.inodes.table()?, ino)?;
     if rec.kind == FileKind::Dir {
         rec.parent = new_parent;
     }
@@ -531,7 +545,7 @@ fn set_attr(t: &mut WriteTables, now: Timestamp, ino: InodeId, set: &SetAttr) ->
             }
         }
     }
-    let mut rec = get_inode(&t.inodes, ino)?;
+    let mut rec = get_inode(t.inodes.table()?, ino)?;
     if let Some(size) = set.size {
         match rec.kind {
             FileKind::File => {}
@@ -603,8 +617,8 @@ fn set_xattr(
     if flags & !(XATTR_CREATE | XATTR_REPLACE) != 0 {
         return Err(FsError::invalid(format!("bad setxattr flags {flags:#x}")));
     }
-    let mut rec = get_inode(&t.inodes, ino)?;
-    let exists = t.xattrs.get((ino.0, name)).db()?.is_some();
+    let mut rec = get_inode(t.inodes.table()?, ino)?;
+    let exists = t.xattrs.table()?.get((ino.0, name)).db()?.is_some();
     if flags & XATTR_CREATE != 0 && exists {
         return Err(FsError::Exists);
     }
@@ -613,7 +627,7 @@ fn set_xattr(
     }
     // Bounded per inode, like a local file system's xattr space: ENOSPC when full.
     let (mut count, mut bytes) = (1usize, name.len() + value.len());
-    for item in t.xattrs.range((ino.0, "")..(ino.0 + 1, "")).db()? {
+    for item in t.xattrs.table()?.range((ino.0, "")..(ino.0 + 1, "")).db()? {
         let (k, v) = item.db()?;
         if k.value().1 != name {
             count += 1;
@@ -625,13 +639,13 @@ fn set_xattr(
             "extended attributes of inode {ino} are full ({MAX_XATTRS_PER_INODE} names, {MAX_XATTR_BYTES_PER_INODE} bytes at most)"
         )));
     }
-    t.xattrs.insert((ino.0, name), value).db()?;
+    t.xattrs.table()?.insert((ino.0, name), value).db()?;
     rec.ctime = now;
     t.put_inode(ino, &rec)?;
     Ok(Outcome::Done)
 }
 
-fn shard_locations(t: &WriteTables, servers: &[ServerId]) -> FsResult<Vec<ShardAt>> {
+fn shard_locations(t: &mut WriteTables, servers: &[ServerId]) -> FsResult<Vec<ShardAt>> {
     servers
         .iter()
         .map(|&server| {
@@ -641,7 +655,7 @@ fn shard_locations(t: &WriteTables, servers: &[ServerId]) -> FsResult<Vec<ShardA
                     addr: String::new(),
                 });
             }
-            let rec: ServerRecord = match t.servers.get(server.0).db()? {
+            let rec: ServerRecord = match t.servers.table()?.get(server.0).db()? {
                 Some(v) => decode(v.value())?,
                 None => {
                     return Err(FsError::unavailable(format!(
@@ -663,11 +677,11 @@ fn allocate_block(
     ino: InodeId,
     placement: &[ServerId],
 ) -> FsResult<Outcome> {
-    let rec = get_inode(&t.inodes, ino)?;
+    let rec = get_inode(t.inodes.table()?, ino)?;
     if rec.kind != FileKind::File {
         return Err(FsError::invalid("blocks belong to regular files"));
     }
-    let (_, volume) = get_volume_by_id(&t.volumes, rec.volume)?;
+    let (_, volume) = get_volume_by_id(t.volumes.table()?, rec.volume)?;
     if placement.len() != volume.policy.total() {
         return Err(FsError::unavailable(format!(
             "placement of {} servers for a {} block",
@@ -676,7 +690,7 @@ fn allocate_block(
         )));
     }
     let shards = shard_locations(t, placement)?;
-    let full = get_volume_state(&t.volume_state, rec.volume)?
+    let full = get_volume_state(t.volume_state.table()?, rec.volume)?
         .limits
         .require_full_writes;
     let block = BlockId(t.next_id(NEXT_BLOCK, 1)?);
@@ -689,6 +703,7 @@ fn allocate_block(
         created: now,
     };
     t.blocks
+        .table()?
         .insert(block.0, encode(&block_rec).as_slice())
         .db()?;
     Ok(Outcome::Placement {
@@ -711,7 +726,7 @@ fn replace_shard(
     failed: ServerId,
     to: Option<ServerId>,
 ) -> FsResult<Outcome> {
-    let mut rec: BlockRecord = match t.blocks.get(block.0).db()? {
+    let mut rec: BlockRecord = match t.blocks.table()?.get(block.0).db()? {
         Some(v) => decode(v.value())?,
         None => return Err(FsError::NotFound),
     };
@@ -728,7 +743,10 @@ fn replace_shard(
         *slot = to.unwrap_or(ServerId::NONE);
     }
     let current = rec.shards[index as usize];
-    t.blocks.insert(block.0, encode(&rec).as_slice()).db()?;
+    t.blocks
+        .table()?
+        .insert(block.0, encode(&rec).as_slice())
+        .db()?;
     let location = shard_locations(t, &[current])?.remove(0);
     Ok(Outcome::Shard(location))
 }
@@ -741,7 +759,7 @@ pub(crate) fn commit_write(
     mtime: Timestamp,
     append: bool,
 ) -> FsResult<Outcome> {
-    let mut rec = get_inode(&t.inodes, ino)?;
+    let mut rec = get_inode(t.inodes.table()?, ino)?;
     if rec.kind != FileKind::File {
         return Err(FsError::invalid("writes go to regular files"));
     }
@@ -801,7 +819,7 @@ pub(crate) fn commit_write(
             continue;
         }
         seen.insert(e.block, ne.block_len);
-        let block: BlockRecord = match t.blocks.get(e.block.0).db()? {
+        let block: BlockRecord = match t.blocks.table()?.get(e.block.0).db()? {
             Some(v) => decode(v.value())?,
             None => {
                 return Err(FsError::invalid(format!(
@@ -837,7 +855,7 @@ pub(crate) fn commit_write(
             }
         }
     }
-    let full = get_volume_state(&t.volume_state, rec.volume)?
+    let full = get_volume_state(t.volume_state.table()?, rec.volume)?
         .limits
         .require_full_writes;
     for (block, (mut block_rec, len, missing)) in first_commits {
@@ -869,6 +887,7 @@ pub(crate) fn commit_write(
         }
         block_rec.len = Some(len);
         t.blocks
+            .table()?
             .insert(block.0, encode(&block_rec).as_slice())
             .db()?;
     }

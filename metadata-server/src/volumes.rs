@@ -48,15 +48,18 @@ pub fn volume_info(name: &str, rec: &VolumeRecord, state: &VolumeState) -> Volum
     }
 }
 
-fn get_volume(t: &WriteTables, name: &str) -> FsResult<VolumeRecord> {
-    match t.volumes.get(name).db()? {
+fn get_volume(t: &mut WriteTables, name: &str) -> FsResult<VolumeRecord> {
+    match t.volumes.table()?.get(name).db()? {
         Some(v) => decode(v.value()),
         None => Err(FsError::NotFound),
     }
 }
 
 fn put_state(t: &mut WriteTables, id: VolumeId, state: &VolumeState) -> FsResult<()> {
-    t.volume_state.insert(id.0, encode(state).as_slice()).db()?;
+    t.volume_state
+        .table()?
+        .insert(id.0, encode(state).as_slice())
+        .db()?;
     Ok(())
 }
 
@@ -74,7 +77,7 @@ pub fn create(
             "block size {block_size} out of range {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}"
         )));
     }
-    if t.volumes.get(name).db()?.is_some() {
+    if t.volumes.table()?.get(name).db()?.is_some() {
         return Err(FsError::Exists);
     }
     let id = VolumeId(t.next_id(NEXT_VOLUME, 1)?);
@@ -87,7 +90,10 @@ pub fn create(
         block_size,
         created: now,
     };
-    t.volumes.insert(name, encode(&rec).as_slice()).db()?;
+    t.volumes
+        .table()?
+        .insert(name, encode(&rec).as_slice())
+        .db()?;
     let state = VolumeState {
         limits,
         bytes: 0,
@@ -120,7 +126,7 @@ pub fn create(
 
 pub fn set(t: &mut WriteTables, name: &str, change: &VolumeChange) -> FsResult<Outcome> {
     let rec = get_volume(t, name)?;
-    let mut state = get_volume_state(&t.volume_state, rec.id)?;
+    let mut state = get_volume_state(t.volume_state.table()?, rec.id)?;
     if let Some(q) = change.quota_bytes {
         state.limits.quota_bytes = q;
     }
@@ -144,14 +150,14 @@ pub fn set(t: &mut WriteTables, name: &str, change: &VolumeChange) -> FsResult<O
 /// Deletes a volume. Its blocks lose their references and go to the garbage collector.
 pub fn delete(t: &mut WriteTables, name: &str, force: bool) -> FsResult<Outcome> {
     let rec = get_volume(t, name)?;
-    let state = get_volume_state(&t.volume_state, rec.id)?;
+    let state = get_volume_state(t.volume_state.table()?, rec.id)?;
     if state.inodes > 0 && !force {
         return Err(FsError::NotEmpty);
     }
     // One pass over the inode table finds the volume's inodes; then each is purged along with
     // the entries of the directories among them.
     let mut inodes = Vec::new();
-    for item in t.inodes.iter().db()? {
+    for item in t.inodes.table()?.iter().db()? {
         let (ino, value) = item.db()?;
         let inode: InodeRecord = decode(value.value())?;
         if inode.volume == rec.id {
@@ -163,19 +169,20 @@ pub fn delete(t: &mut WriteTables, name: &str, force: bool) -> FsResult<Outcome>
         if kind == FileKind::Dir {
             let names: Vec<String> = t
                 .dentries
+                .table()?
                 .range((ino.0, "")..(ino.0 + 1, ""))
                 .db()?
                 .map(|item| item.db().map(|(k, _)| k.value().1.to_string()))
                 .collect::<FsResult<_>>()?;
             for entry in names {
-                t.dentries.remove((ino.0, entry.as_str())).db()?;
+                t.dentries.table()?.remove((ino.0, entry.as_str())).db()?;
             }
         }
         purge_inode(t, ino, &mut refs)?;
     }
     refs.apply(t)?;
-    t.volumes.remove(name).db()?;
-    t.volume_state.remove(rec.id.0).db()?;
+    t.volumes.table()?.remove(name).db()?;
+    t.volume_state.table()?.remove(rec.id.0).db()?;
     Ok(Outcome::Done)
 }
 
@@ -185,7 +192,7 @@ pub fn charge(t: &mut WriteTables, volume: VolumeId, bytes: i64, inodes: i64) ->
     if bytes == 0 && inodes == 0 {
         return Ok(());
     }
-    let mut state = get_volume_state(&t.volume_state, volume)?;
+    let mut state = get_volume_state(t.volume_state.table()?, volume)?;
     let new_bytes = state.bytes.saturating_add_signed(bytes);
     let new_inodes = state.inodes.saturating_add_signed(inodes);
     if bytes > 0 {
@@ -216,7 +223,7 @@ pub fn size_delta(old: u64, new: u64) -> i64 {
 /// The volume a namespace or data mutation changes, if it names an inode that exists.
 /// Volume-wide, membership and maintenance operations are not refused by a read-only flag
 /// (repair must go on; an administrator must be able to clear the flag).
-fn volume_of(t: &WriteTables, op: &Op) -> FsResult<Option<VolumeId>> {
+fn volume_of(t: &mut WriteTables, op: &Op) -> FsResult<Option<VolumeId>> {
     let ino = match op {
         Op::MakeNode { parent, .. }
         | Op::Unlink { parent, .. }
@@ -247,7 +254,7 @@ fn volume_of(t: &WriteTables, op: &Op) -> FsResult<Option<VolumeId>> {
         | Op::ExpireCalls
         | Op::SetLocks { .. } => return Ok(None),
     };
-    match get_inode(&t.inodes, ino) {
+    match get_inode(t.inodes.table()?, ino) {
         Ok(rec) => Ok(Some(rec.volume)),
         Err(FsError::NotFound) => Ok(None),
         Err(e) => Err(e),
@@ -255,9 +262,12 @@ fn volume_of(t: &WriteTables, op: &Op) -> FsResult<Option<VolumeId>> {
 }
 
 /// Refuses any change to a read-only volume with EROFS.
-pub fn check_writable(t: &WriteTables, op: &Op) -> FsResult<()> {
+pub fn check_writable(t: &mut WriteTables, op: &Op) -> FsResult<()> {
     if let Some(volume) = volume_of(t, op)? {
-        if get_volume_state(&t.volume_state, volume)?.limits.read_only {
+        if get_volume_state(t.volume_state.table()?, volume)?
+            .limits
+            .read_only
+        {
             return Err(FsError::ReadOnly);
         }
     }
@@ -269,10 +279,10 @@ pub fn check_writable(t: &WriteTables, op: &Op) -> FsResult<()> {
 pub fn backfill(tx: &WriteTransaction) -> FsResult<()> {
     let mut t = WriteTables::open(tx)?;
     let mut missing = Vec::new();
-    for item in t.volumes.iter().db()? {
+    for item in t.volumes.table()?.iter().db()? {
         let (_, value) = item.db()?;
         let rec: VolumeRecord = decode(value.value())?;
-        if t.volume_state.get(rec.id.0).db()?.is_none() {
+        if t.volume_state.table()?.get(rec.id.0).db()?.is_none() {
             missing.push(rec.id);
         }
     }
@@ -280,7 +290,7 @@ pub fn backfill(tx: &WriteTransaction) -> FsResult<()> {
         return Ok(());
     }
     let mut states: Vec<VolumeState> = vec![VolumeState::default(); missing.len()];
-    for item in t.inodes.iter().db()? {
+    for item in t.inodes.table()?.iter().db()? {
         let (_, value) = item.db()?;
         let inode: InodeRecord = decode(value.value())?;
         if let Some(i) = missing.iter().position(|&v| v == inode.volume) {

@@ -33,7 +33,7 @@ pub fn open(path: &Path) -> FsResult<Arc<Database>> {
             .db()?
             .any(|table| table.name() == schema::INLINE_BYTES.name())
     };
-    tables::WriteTables::open(&tx)?;
+    tables::WriteTables::create_all(&tx)?;
     crate::volumes::backfill(&tx)?;
     if !allowances_kept {
         crate::inline::backfill(&tx)?;

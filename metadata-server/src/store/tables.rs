@@ -6,52 +6,107 @@ use super::schema::*;
 use super::DbResult;
 use dfs_common::proto::meta::{Attr, FileKind};
 use dfs_common::{FsError, FsResult, InodeId, Timestamp, VolumeId};
-use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
+use redb::{
+    Key, ReadOnlyTable, ReadTransaction, ReadableTable, Table, TableDefinition, Value,
+    WriteTransaction,
+};
+use std::cell::OnceCell;
 
 pub type InodeTable<'t> = Table<'t, u64, &'static [u8]>;
 
-/// Every table, opened for writing within one transaction.
+/// A table of a write transaction, opened at its first use: a command touches a few of the
+/// tables, and opening one costs about as much as a lookup in it.
+pub struct WriteTable<'t, K: Key + 'static, V: Value + 'static> {
+    tx: &'t WriteTransaction,
+    definition: TableDefinition<'static, K, V>,
+    table: Option<Table<'t, K, V>>,
+}
+
+impl<'t, K: Key + 'static, V: Value + 'static> WriteTable<'t, K, V> {
+    fn new(tx: &'t WriteTransaction, definition: TableDefinition<'static, K, V>) -> Self {
+        WriteTable {
+            tx,
+            definition,
+            table: None,
+        }
+    }
+
+    /// The table, opened now if this is its first use in the transaction.
+    pub fn table(&mut self) -> FsResult<&mut Table<'t, K, V>> {
+        let table = match self.table.take() {
+            Some(table) => table,
+            None => self.tx.open_table(self.definition).db()?,
+        };
+        Ok(self.table.insert(table))
+    }
+}
+
+/// Every table of one write transaction, each opened at its first use.
 pub struct WriteTables<'t> {
-    pub volumes: Table<'t, &'static str, &'static [u8]>,
-    pub inodes: InodeTable<'t>,
-    pub dentries: Table<'t, (u64, &'static str), (u64, u8)>,
-    pub extents: Table<'t, (u64, u64), (u64, u64, u64)>,
-    pub blocks: Table<'t, u64, &'static [u8]>,
-    pub inline_data: Table<'t, u64, &'static [u8]>,
-    pub inline_bytes: Table<'t, u64, u64>,
-    pub xattrs: Table<'t, (u64, &'static str), &'static [u8]>,
-    pub servers: Table<'t, u64, &'static [u8]>,
-    pub counters: Table<'t, &'static str, u64>,
-    pub draining: Table<'t, u64, i64>,
-    pub volume_state: Table<'t, u64, &'static [u8]>,
-    pub clients: Table<'t, &'static str, &'static [u8]>,
-    pub calls: Table<'t, (u64, u64), &'static [u8]>,
-    pub server_certs: Table<'t, u64, [u8; 32]>,
-    pub locks: Table<'t, u64, &'static [u8]>,
-    pub lock_sessions: Table<'t, u64, u8>,
+    pub volumes: WriteTable<'t, &'static str, &'static [u8]>,
+    pub inodes: WriteTable<'t, u64, &'static [u8]>,
+    pub dentries: WriteTable<'t, (u64, &'static str), (u64, u8)>,
+    pub extents: WriteTable<'t, (u64, u64), (u64, u64, u64)>,
+    pub blocks: WriteTable<'t, u64, &'static [u8]>,
+    pub inline_data: WriteTable<'t, u64, &'static [u8]>,
+    pub inline_bytes: WriteTable<'t, u64, u64>,
+    pub xattrs: WriteTable<'t, (u64, &'static str), &'static [u8]>,
+    pub servers: WriteTable<'t, u64, &'static [u8]>,
+    pub counters: WriteTable<'t, &'static str, u64>,
+    pub draining: WriteTable<'t, u64, i64>,
+    pub volume_state: WriteTable<'t, u64, &'static [u8]>,
+    pub clients: WriteTable<'t, &'static str, &'static [u8]>,
+    pub calls: WriteTable<'t, (u64, u64), &'static [u8]>,
+    pub server_certs: WriteTable<'t, u64, [u8; 32]>,
+    pub locks: WriteTable<'t, u64, &'static [u8]>,
+    pub lock_sessions: WriteTable<'t, u64, u8>,
 }
 
 impl<'t> WriteTables<'t> {
+    /// The tables of `tx`; none is opened until it is used.
     pub fn open(tx: &'t WriteTransaction) -> FsResult<Self> {
         Ok(WriteTables {
-            volumes: tx.open_table(VOLUMES).db()?,
-            inodes: tx.open_table(INODES).db()?,
-            dentries: tx.open_table(DENTRIES).db()?,
-            extents: tx.open_table(EXTENTS).db()?,
-            blocks: tx.open_table(BLOCKS).db()?,
-            inline_data: tx.open_table(INLINE_DATA).db()?,
-            inline_bytes: tx.open_table(INLINE_BYTES).db()?,
-            xattrs: tx.open_table(XATTRS).db()?,
-            servers: tx.open_table(SERVERS).db()?,
-            counters: tx.open_table(COUNTERS).db()?,
-            draining: tx.open_table(DRAINING).db()?,
-            volume_state: tx.open_table(VOLUME_STATE).db()?,
-            clients: tx.open_table(CLIENTS).db()?,
-            calls: tx.open_table(CALLS).db()?,
-            server_certs: tx.open_table(SERVER_CERTS).db()?,
-            locks: tx.open_table(LOCKS).db()?,
-            lock_sessions: tx.open_table(LOCK_SESSIONS).db()?,
+            volumes: WriteTable::new(tx, VOLUMES),
+            inodes: WriteTable::new(tx, INODES),
+            dentries: WriteTable::new(tx, DENTRIES),
+            extents: WriteTable::new(tx, EXTENTS),
+            blocks: WriteTable::new(tx, BLOCKS),
+            inline_data: WriteTable::new(tx, INLINE_DATA),
+            inline_bytes: WriteTable::new(tx, INLINE_BYTES),
+            xattrs: WriteTable::new(tx, XATTRS),
+            servers: WriteTable::new(tx, SERVERS),
+            counters: WriteTable::new(tx, COUNTERS),
+            draining: WriteTable::new(tx, DRAINING),
+            volume_state: WriteTable::new(tx, VOLUME_STATE),
+            clients: WriteTable::new(tx, CLIENTS),
+            calls: WriteTable::new(tx, CALLS),
+            server_certs: WriteTable::new(tx, SERVER_CERTS),
+            locks: WriteTable::new(tx, LOCKS),
+            lock_sessions: WriteTable::new(tx, LOCK_SESSIONS),
         })
+    }
+
+    /// Creates every table a new store lacks (a read finds no table never written).
+    pub fn create_all(tx: &'t WriteTransaction) -> FsResult<()> {
+        let mut t = WriteTables::open(tx)?;
+        t.volumes.table()?;
+        t.inodes.table()?;
+        t.dentries.table()?;
+        t.extents.table()?;
+        t.blocks.table()?;
+        t.inline_data.table()?;
+        t.inline_bytes.table()?;
+        t.xattrs.table()?;
+        t.servers.table()?;
+        t.counters.table()?;
+        t.draining.table()?;
+        t.volume_state.table()?;
+        t.clients.table()?;
+        t.calls.table()?;
+        t.server_certs.table()?;
+        t.locks.table()?;
+        t.lock_sessions.table()?;
+        Ok(())
     }
 
     /// The time a command applies at: its own, or the latest applied before it if that is
@@ -63,14 +118,19 @@ impl<'t> WriteTables<'t> {
             return Ok(now);
         };
         let stamped = secs.saturating_mul(1_000_000_000) + u64::from(now.nanos);
-        let latest = self.counters.get(CLOCK).db()?.map_or(0, |v| v.value());
+        let latest = self
+            .counters
+            .table()?
+            .get(CLOCK)
+            .db()?
+            .map_or(0, |v| v.value());
         if latest >= stamped {
             return Ok(Timestamp {
                 secs: (latest / 1_000_000_000) as i64,
                 nanos: (latest % 1_000_000_000) as u32,
             });
         }
-        self.counters.insert(CLOCK, stamped).db()?;
+        self.counters.table()?.insert(CLOCK, stamped).db()?;
         Ok(now)
     }
 
@@ -78,16 +138,20 @@ impl<'t> WriteTables<'t> {
     pub fn next_id(&mut self, counter: &str, first: u64) -> FsResult<u64> {
         let id = self
             .counters
+            .table()?
             .get(counter)
             .db()?
             .map(|v| v.value())
             .unwrap_or(first);
-        self.counters.insert(counter, id + 1).db()?;
+        self.counters.table()?.insert(counter, id + 1).db()?;
         Ok(id)
     }
 
     pub fn put_inode(&mut self, ino: InodeId, rec: &InodeRecord) -> FsResult<()> {
-        self.inodes.insert(ino.0, encode(rec).as_slice()).db()?;
+        self.inodes
+            .table()?
+            .insert(ino.0, encode(rec).as_slice())
+            .db()?;
         Ok(())
     }
 }
@@ -188,43 +252,70 @@ pub fn attr_of(
     Ok(attr)
 }
 
-/// Read-only handles on the tables the queries use.
-pub struct ReadTables {
-    pub volumes: redb::ReadOnlyTable<&'static str, &'static [u8]>,
-    pub inodes: redb::ReadOnlyTable<u64, &'static [u8]>,
-    pub dentries: redb::ReadOnlyTable<(u64, &'static str), (u64, u8)>,
-    pub extents: redb::ReadOnlyTable<(u64, u64), (u64, u64, u64)>,
-    pub blocks: redb::ReadOnlyTable<u64, &'static [u8]>,
-    pub inline_data: redb::ReadOnlyTable<u64, &'static [u8]>,
-    pub inline_bytes: redb::ReadOnlyTable<u64, u64>,
-    pub xattrs: redb::ReadOnlyTable<(u64, &'static str), &'static [u8]>,
-    pub servers: redb::ReadOnlyTable<u64, &'static [u8]>,
-    pub draining: redb::ReadOnlyTable<u64, i64>,
-    pub volume_state: redb::ReadOnlyTable<u64, &'static [u8]>,
-    pub clients: redb::ReadOnlyTable<&'static str, &'static [u8]>,
-    pub server_certs: redb::ReadOnlyTable<u64, [u8; 32]>,
-    pub locks: redb::ReadOnlyTable<u64, &'static [u8]>,
-    pub lock_sessions: redb::ReadOnlyTable<u64, u8>,
+/// A table of a read snapshot, opened at its first use.
+pub struct ReadTable<'a, K: Key + 'static, V: Value + 'static> {
+    tx: &'a ReadTransaction,
+    definition: TableDefinition<'static, K, V>,
+    table: OnceCell<ReadOnlyTable<K, V>>,
 }
 
-impl ReadTables {
-    pub fn open(tx: &ReadTransaction) -> FsResult<Self> {
+impl<'a, K: Key + 'static, V: Value + 'static> ReadTable<'a, K, V> {
+    fn new(tx: &'a ReadTransaction, definition: TableDefinition<'static, K, V>) -> Self {
+        ReadTable {
+            tx,
+            definition,
+            table: OnceCell::new(),
+        }
+    }
+
+    /// The table, opened now if this is its first use in the snapshot.
+    pub fn table(&self) -> FsResult<&ReadOnlyTable<K, V>> {
+        if let Some(table) = self.table.get() {
+            return Ok(table);
+        }
+        let table = self.tx.open_table(self.definition).db()?;
+        Ok(self.table.get_or_init(|| table))
+    }
+}
+
+/// The tables of one read snapshot, each opened at its first use: a query reads a few.
+pub struct ReadTables<'a> {
+    pub volumes: ReadTable<'a, &'static str, &'static [u8]>,
+    pub inodes: ReadTable<'a, u64, &'static [u8]>,
+    pub dentries: ReadTable<'a, (u64, &'static str), (u64, u8)>,
+    pub extents: ReadTable<'a, (u64, u64), (u64, u64, u64)>,
+    pub blocks: ReadTable<'a, u64, &'static [u8]>,
+    pub inline_data: ReadTable<'a, u64, &'static [u8]>,
+    pub inline_bytes: ReadTable<'a, u64, u64>,
+    pub xattrs: ReadTable<'a, (u64, &'static str), &'static [u8]>,
+    pub servers: ReadTable<'a, u64, &'static [u8]>,
+    pub draining: ReadTable<'a, u64, i64>,
+    pub volume_state: ReadTable<'a, u64, &'static [u8]>,
+    pub clients: ReadTable<'a, &'static str, &'static [u8]>,
+    pub server_certs: ReadTable<'a, u64, [u8; 32]>,
+    pub locks: ReadTable<'a, u64, &'static [u8]>,
+    pub lock_sessions: ReadTable<'a, u64, u8>,
+}
+
+impl<'a> ReadTables<'a> {
+    /// The tables of snapshot `tx`; none is opened until it is used.
+    pub fn open(tx: &'a ReadTransaction) -> FsResult<Self> {
         Ok(ReadTables {
-            volumes: tx.open_table(VOLUMES).db()?,
-            inodes: tx.open_table(INODES).db()?,
-            dentries: tx.open_table(DENTRIES).db()?,
-            extents: tx.open_table(EXTENTS).db()?,
-            blocks: tx.open_table(BLOCKS).db()?,
-            inline_data: tx.open_table(INLINE_DATA).db()?,
-            inline_bytes: tx.open_table(INLINE_BYTES).db()?,
-            xattrs: tx.open_table(XATTRS).db()?,
-            servers: tx.open_table(SERVERS).db()?,
-            draining: tx.open_table(DRAINING).db()?,
-            volume_state: tx.open_table(VOLUME_STATE).db()?,
-            clients: tx.open_table(CLIENTS).db()?,
-            server_certs: tx.open_table(SERVER_CERTS).db()?,
-            locks: tx.open_table(LOCKS).db()?,
-            lock_sessions: tx.open_table(LOCK_SESSIONS).db()?,
+            volumes: ReadTable::new(tx, VOLUMES),
+            inodes: ReadTable::new(tx, INODES),
+            dentries: ReadTable::new(tx, DENTRIES),
+            extents: ReadTable::new(tx, EXTENTS),
+            blocks: ReadTable::new(tx, BLOCKS),
+            inline_data: ReadTable::new(tx, INLINE_DATA),
+            inline_bytes: ReadTable::new(tx, INLINE_BYTES),
+            xattrs: ReadTable::new(tx, XATTRS),
+            servers: ReadTable::new(tx, SERVERS),
+            draining: ReadTable::new(tx, DRAINING),
+            volume_state: ReadTable::new(tx, VOLUME_STATE),
+            clients: ReadTable::new(tx, CLIENTS),
+            server_certs: ReadTable::new(tx, SERVER_CERTS),
+            locks: ReadTable::new(tx, LOCKS),
+            lock_sessions: ReadTable::new(tx, LOCK_SESSIONS),
         })
     }
 }
