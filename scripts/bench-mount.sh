@@ -182,7 +182,12 @@ meta_workloads() {
         "$local_dir"/c? "$local_dir/s" "$local_dir/db" "$local_dir/append.log"
 }
 
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -r); fio $(fio --version)"
+# How long an idle CPU takes to wake decides much of a metadata operation's latency (it passes
+# through several threads); on a KVM guest the haltpoll driver polls this long before halting.
+idle=$(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo unknown)
+poll=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+[ -r "$poll" ] && idle="$idle, guest_halt_poll_ns=$(cat "$poll")"
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -r); cpuidle $idle; fio $(fio --version)"
 echo
 case $what in
     data) data_workloads ;;

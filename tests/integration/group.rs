@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// flock(2) on an open file: the errno on failure.
-fn flock(file: &fs::File, how: libc::c_int) -> Result<(), i32> {
+pub(crate) fn flock(file: &fs::File, how: libc::c_int) -> Result<(), i32> {
     use std::os::fd::AsRawFd;
     // SAFETY: flock only reads the descriptor, which `file` keeps open.
     match unsafe { libc::flock(file.as_raw_fd(), how) } {

@@ -496,6 +496,67 @@ fn files_past_4_gib_and_shared_mmap_writes() {
     assert!(back[..5000].iter().all(|&b| b == b'.'));
 }
 
+/// A close, flush or `getattr` with nothing to wait for is answered on the thread that read it
+/// from the kernel, with no hand-off to the mount's runtime; one with writes to commit or a
+/// lock to drop still does its work.
+#[test]
+fn requests_with_nothing_to_wait_for_are_answered_on_arrival() {
+    use crate::group::flock;
+    use crate::observe::{scrape, value};
+    let cluster = cluster_with_volume();
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
+    let m = Mount::new(&cluster, "default", "m", &format!("metrics={http}")).unwrap();
+    let arrived = |op: &str| {
+        let series = format!("dfs_fuse_answered_on_arrival_total{{op=\"{op}\"}}");
+        value(&scrape(http), &series)
+    };
+    fs::create_dir(m.path("d")).unwrap();
+    let (flushes, releases, getattrs) = (arrived("flush"), arrived("release"), arrived("getattr"));
+    for i in 0..10 {
+        fs::File::create(m.path(&format!("d/f{i}"))).unwrap();
+    }
+    // Each close of an empty new file: its flush and release. The kernel asks again for the
+    // attributes of the directory each create changed, which came back with the create.
+    assert!(arrived("flush") - flushes >= 10.0, "flushes waited");
+    assert!(arrived("release") - releases >= 10.0, "releases waited");
+    assert!(
+        arrived("getattr") - getattrs >= 1.0,
+        "directory attributes waited"
+    );
+
+    // Writes to commit: the close's flush commits them, the long way (the release after it
+    // has nothing left to do).
+    let flushes = arrived("flush");
+    fs::write(m.path("d/data"), b"committed by its close").unwrap();
+    assert_eq!(
+        arrived("flush"),
+        flushes,
+        "a flush with writes was answered on arrival"
+    );
+    let other = Mount::new(&cluster, "default", "other", "").unwrap();
+    assert_eq!(
+        fs::read(other.path("d/data")).unwrap(),
+        b"committed by its close"
+    );
+
+    // A lock held at the last close is dropped by it: the other mount can take it at once.
+    let held = fs::File::open(m.path("d/f0")).unwrap();
+    assert_eq!(flock(&held, libc::LOCK_EX | libc::LOCK_NB), Ok(()));
+    let wanted = fs::File::open(other.path("d/f0")).unwrap();
+    assert_eq!(
+        flock(&wanted, libc::LOCK_EX | libc::LOCK_NB),
+        Err(libc::EWOULDBLOCK)
+    );
+    let releases = arrived("release");
+    drop(held);
+    assert_eq!(
+        arrived("release"),
+        releases,
+        "a close holding a lock was answered on arrival"
+    );
+    assert_eq!(flock(&wanted, libc::LOCK_EX | libc::LOCK_NB), Ok(()));
+}
+
 /// Closing one file never waits for another file's upload: the mount locks only the
 /// descriptors of the file it closes. With every chunk server frozen, an fsync of a large file
 /// stays in its upload; a small file (kept inline, so it needs no chunk server) is then written

@@ -601,6 +601,17 @@ impl FileHandle {
         }
     }
 
+    /// Whether a flush would have nothing to do: nothing buffered, uploading or waiting for a
+    /// commit, and no error of an earlier write to report.
+    pub fn is_clean(&self) -> bool {
+        self.dirty.is_empty()
+            && self.uploads.is_empty()
+            && self.uploaded.is_empty()
+            && self.failed.is_none()
+            && self.quota_reserved == 0
+            && self.commits.is_empty()
+    }
+
     /// The file's attributes just before and just after each of this handle's commits since
     /// the last call, in order. A cache holder chains them: if each `before` is what it last
     /// knew, only this handle changed the file.

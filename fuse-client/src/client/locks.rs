@@ -144,6 +144,17 @@ impl Client {
         self.call(request).await
     }
 
+    /// What [`Client::release_locks`] does when `owner` holds no lock on `ino`, done here
+    /// with no request; `false` (and nothing done) when it holds one.
+    pub fn release_no_locks(&self, ino: InodeId, owner: u64) -> bool {
+        let held = self.inner.locks.held.lock().expect("lock set");
+        if held.contains(&(ino, owner)) {
+            return false;
+        }
+        self.inner.locks.lost.lock().expect("lost set").remove(&ino);
+        true
+    }
+
     /// Drops every lock `owner` holds on `ino` (at close). Costs nothing when it holds none.
     /// A close also ends the EIO state of a file whose locks were lost.
     pub async fn release_locks(&self, ino: InodeId, owner: u64) -> FsResult<()> {

@@ -208,6 +208,48 @@ impl OpenFiles {
         result
     }
 
+    /// [`OpenFiles::flush`] of a descriptor with nothing to flush, done at once; `false` (and
+    /// nothing done) when it has something to flush or is busy (a write, a read being
+    /// planned, a write-back): that flush must wait, on the runtime.
+    pub fn flush_if_clean(&self, file: &OpenFile) -> bool {
+        let Ok(handle) = file.handle.try_lock() else {
+            return false;
+        };
+        if !handle.is_clean() {
+            return false;
+        }
+        self.clean(file);
+        true
+    }
+
+    /// [`OpenFiles::close`] of a descriptor with nothing to flush, done at once, unless it is
+    /// the last close of a file unlinked while open (whose removal is a request). `None` (and
+    /// nothing done) when the close must wait, on the runtime.
+    pub fn close_if_clean(&self, fh: u64) -> Option<InodeId> {
+        let mut table = self.table();
+        let file = table.files.get(&fh)?.clone();
+        let handle = file.handle.try_lock().ok()?;
+        if !handle.is_clean() {
+            return None;
+        }
+        let inode = table.inodes.get_mut(&file.ino);
+        if inode
+            .as_ref()
+            .is_some_and(|i| i.open <= 1 && i.hidden.is_some())
+        {
+            return None;
+        }
+        if let Some(inode) = inode {
+            inode.dirty.remove(&fh);
+            inode.open = inode.open.saturating_sub(1);
+            if inode.open == 0 {
+                table.inodes.remove(&file.ino);
+            }
+        }
+        table.files.remove(&fh);
+        Some(file.ino)
+    }
+
     /// Flushes the descriptors of `ino` with unflushed writes, except `except`: what one
     /// descriptor wrote reaches the cluster before another one reads or truncates the file.
     pub async fn flush_others(&self, ino: InodeId, except: Option<u64>) -> FsResult<()> {

@@ -144,6 +144,15 @@ impl DfsFs {
         });
     }
 
+    /// Counts a request answered on fuser's thread as it arrived: it had nothing to wait for,
+    /// so it was not handed to the runtime (a wake-up of another thread, on a small VM about
+    /// as long as the answer itself; see docs/BENCHMARKS.md).
+    fn answered_on_arrival(&self, op: &'static str, started: Instant) {
+        let metrics = &self.shared.metrics;
+        metrics.ops.record_done(op, started.elapsed());
+        metrics.on_arrival.get_or_create(&OpLabel { op }).inc();
+    }
+
     fn writable(&self) -> Result<(), Errno> {
         if self.shared.read_only {
             Err(Errno::EROFS)
@@ -189,10 +198,17 @@ impl Shared {
         }
     }
 
+    /// The volume's usage if it was asked within the attribute timeout.
+    fn recent_usage(&self) -> Option<dfs_common::proto::meta::StatFs> {
+        let recent = self.usage.lock().expect("usage lock").clone();
+        recent
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, usage)| usage)
+    }
+
     /// The volume's usage: asked of the metadata server at most once per attribute timeout.
     async fn usage(&self, ino: InodeId) -> FsResult<dfs_common::proto::meta::StatFs> {
-        let recent = self.usage.lock().expect("usage lock").clone();
-        if let Some((_, usage)) = recent.filter(|(at, _)| at.elapsed() < self.ttl) {
+        if let Some(usage) = self.recent_usage() {
             return Ok(usage);
         }
         let asked = Instant::now();
@@ -479,10 +495,12 @@ impl Filesystem for DfsFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
+        let started = Instant::now();
         let dir = self.shared.ino(parent);
         // A name not in a directory whose contents are known: no round trip.
         if self.shared.leases.confirmed() && self.shared.dir_names.absent(dir, &name) {
-            return self.shared.reply_absent(reply, dir, &name);
+            self.shared.reply_absent(reply, dir, &name);
+            return self.answered_on_arrival("lookup", started);
         }
         self.spawn("lookup", |s| async move {
             let buffered = s.files.buffered_sizes();
@@ -495,14 +513,17 @@ impl Filesystem for DfsFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let started = Instant::now();
+        let s = &self.shared;
+        // A directory this mount just changed: the attributes came with the change.
+        if let Some(attr) = s.client.dir_attrs().take(s.ino(ino), s.ttl) {
+            s.reply_attr(reply, Ok(attr));
+            return self.answered_on_arrival("getattr", started);
+        }
         self.spawn("getattr", |s| async move {
             let ino = s.ino(ino);
             let buffered = s.files.buffered_sizes();
-            // A directory this mount just changed: the attributes came with the change.
-            let result = match s.client.dir_attrs().take(ino, s.ttl) {
-                Some(attr) => Ok(attr),
-                None => s.client.getattr(ino).await,
-            };
+            let result = s.client.getattr(ino).await;
             // Between the server's answer and the reply (a flush may commit meanwhile).
             let result = s
                 .client
@@ -899,6 +920,16 @@ impl Filesystem for DfsFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        // Nothing to write and no lock to drop (a file only read, or fsynced): no hand-off.
+        let started = Instant::now();
+        let s = &self.shared;
+        if let Ok(file) = s.file(fh) {
+            if s.files.flush_if_clean(&file) && s.client.release_no_locks(s.ino(ino), lock_owner.0)
+            {
+                reply.ok();
+                return self.answered_on_arrival("flush", started);
+            }
+        }
         self.spawn("flush", |s| async move {
             let result = match s.file(fh) {
                 Ok(file) => s.files.flush(&file).await,
@@ -920,6 +951,15 @@ impl Filesystem for DfsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // Nothing to write, no lock to drop and nothing to remove: no hand-off.
+        let started = Instant::now();
+        let s = &self.shared;
+        let no_locks =
+            lock_owner.is_none_or(|owner| s.client.release_no_locks(s.ino(ino), owner.0));
+        if no_locks && s.files.close_if_clean(fh.0).is_some() {
+            reply.ok();
+            return self.answered_on_arrival("release", started);
+        }
         self.spawn("release", |s| async move {
             // The last close of a file unlinked while open removes its hidden name, which the
             // kernel does not see: its listing of the directory must go.
@@ -1171,23 +1211,14 @@ impl Filesystem for DfsFs {
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let started = Instant::now();
+        if let Some(usage) = self.shared.recent_usage() {
+            reply_statfs(reply, &usage);
+            return self.answered_on_arrival("statfs", started);
+        }
         self.spawn("statfs", |s| async move {
             match s.usage(s.ino(ino)).await {
-                Ok(st) => {
-                    let bsize = 4096u64;
-                    let blocks = st.total_bytes / bsize;
-                    let free = st.free_bytes / bsize;
-                    reply.statfs(
-                        blocks,
-                        free,
-                        free,
-                        st.total_inodes,
-                        st.free_inodes,
-                        bsize as u32,
-                        255,
-                        bsize as u32,
-                    )
-                }
+                Ok(usage) => reply_statfs(reply, &usage),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -1287,4 +1318,20 @@ impl Filesystem for DfsFs {
         // Mounted with default_permissions: the kernel checks permissions from the attributes.
         reply.ok();
     }
+}
+
+/// Answers `statfs` with the volume's usage, in 4 KiB blocks.
+fn reply_statfs(reply: ReplyStatfs, usage: &dfs_common::proto::meta::StatFs) {
+    let bsize = 4096u64;
+    let free = usage.free_bytes / bsize;
+    reply.statfs(
+        usage.total_bytes / bsize,
+        free,
+        free,
+        usage.total_inodes,
+        usage.free_inodes,
+        bsize as u32,
+        255,
+        bsize as u32,
+    )
 }

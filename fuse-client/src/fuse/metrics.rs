@@ -14,6 +14,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct FuseMetrics {
     pub ops: OpMetrics,
+    /// Requests answered on the thread that read them from the kernel (also in `ops`).
+    pub on_arrival: Family<OpLabel, Counter>,
     pub in_flight: Family<OpLabel, Gauge>,
     pub bytes_read: Counter,
     pub bytes_written: Counter,
@@ -29,7 +31,14 @@ impl FuseMetrics {
             "FUSE operations in progress, by operation",
             in_flight.clone(),
         );
+        let on_arrival = Family::default();
+        r.register(
+            "dfs_fuse_answered_on_arrival",
+            "FUSE operations answered as they arrived, with nothing to wait for, by operation",
+            on_arrival.clone(),
+        );
         let metrics = FuseMetrics {
+            on_arrival,
             ops: OpMetrics::register_without_errors(&mut r, "dfs_fuse", "FUSE operations"),
             in_flight,
             bytes_read: counter(&mut r, "dfs_fuse_read_bytes", "Bytes applications read"),
