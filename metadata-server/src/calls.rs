@@ -226,7 +226,7 @@ mod tests {
             .unwrap();
         tx.commit().unwrap();
         let tx = db.begin_write().unwrap();
-        let mut t = WriteTables::open(&tx).unwrap();
+        let mut t = WriteTables::open(&tx);
         let outcome = replay(&mut t, &call(1, 0, b"old")).unwrap();
         assert_eq!(outcome, Some(Outcome::WireReply(vec![9, 8, 7])));
         // Records of both formats expire by their time.

@@ -147,7 +147,7 @@ pub fn commit_if_unchanged(
 pub fn backfill(tx: &redb::WriteTransaction) -> FsResult<()> {
     use redb::ReadableTable;
     use std::collections::{BTreeMap, BTreeSet, HashMap};
-    let mut t = WriteTables::open(tx)?;
+    let mut t = WriteTables::open(tx);
     let mut inline: HashMap<u64, u64> = HashMap::new();
     for item in t.blocks.table()?.iter().db()? {
         let (id, value) = item.db()?;
@@ -203,10 +203,6 @@ mod tests {
         db.begin_read().unwrap()
     }
 
-    fn tables(tx: &redb::ReadTransaction) -> ReadTables<'_> {
-        ReadTables::open(tx).unwrap()
-    }
-
     fn inline(ino: InodeId, pieces: Vec<(u64, u64)>, data: Vec<u8>, append: bool) -> Op {
         Op::WriteInline {
             ino,
@@ -255,7 +251,7 @@ mod tests {
 
     /// The file's bytes as a reader assembles them from its layout.
     fn contents(db: &Database, ino: InodeId) -> Vec<u8> {
-        let layout = queries::get_layout(&tables(&read(db)), ino, 0, u64::MAX).unwrap();
+        let layout = queries::get_layout(&ReadTables::open(&read(db)), ino, 0, u64::MAX).unwrap();
         let mut out = vec![0; layout.size as usize];
         for e in &layout.extents {
             let block = layout.blocks.iter().find(|b| b.block == e.block).unwrap();
@@ -286,12 +282,12 @@ mod tests {
         };
         assert_eq!(after.size, 13);
         assert_eq!(contents(&db, ino), b"hello\0\0\0\0\0abc");
-        let layout = queries::get_layout(&tables(&read(&db)), ino, 0, u64::MAX).unwrap();
+        let layout = queries::get_layout(&ReadTables::open(&read(&db)), ino, 0, u64::MAX).unwrap();
         assert_eq!(layout.blocks.len(), 1);
         assert!(layout.blocks[0].shards.is_empty());
         let first = layout.blocks[0].block;
         let rec: BlockRecord = decode(
-            tables(&read(&db))
+            ReadTables::open(&read(&db))
                 .blocks
                 .table()
                 .unwrap()
@@ -305,13 +301,15 @@ mod tests {
         // Appends land at the end as the server sees it.
         run(&db, inline(ino, vec![(0, 2)], b"XY".to_vec(), true)).unwrap();
         assert_eq!(contents(&db, ino), b"hello\0\0\0\0\0abcXY");
-        let usage = queries::volume_usage(&tables(&read(&db)), "v", &HashSet::new()).unwrap();
+        let usage =
+            queries::volume_usage(&ReadTables::open(&read(&db)), "v", &HashSet::new()).unwrap();
         assert_eq!((usage.inline_blocks, usage.inline_bytes), (2, 10));
         assert_eq!(
             usage.degraded_blocks, 0,
             "an inline block has no shards to lose"
         );
-        let page = fsck::check_page(&tables(&read(&db)), "v", None, &HashSet::new()).unwrap();
+        let page =
+            fsck::check_page(&ReadTables::open(&read(&db)), "v", None, &HashSet::new()).unwrap();
         assert!(page.problems.is_empty(), "{:?}", page.problems);
         assert!(
             page.blocks.is_empty(),
@@ -417,14 +415,18 @@ mod tests {
     }
 
     fn charged(db: &Database, ino: InodeId) -> u64 {
-        layout::inline_bytes(tables(&read(db)).inline_bytes.table().unwrap(), ino).unwrap()
+        layout::inline_bytes(
+            ReadTables::open(&read(db)).inline_bytes.table().unwrap(),
+            ino,
+        )
+        .unwrap()
     }
 
     /// A block with shards, as a writer would have stored it, not yet committed.
     fn stored_block(db: &Database) -> BlockId {
         let tx = db.begin_write().unwrap();
         let block = {
-            let mut t = WriteTables::open(&tx).unwrap();
+            let mut t = WriteTables::open(&tx);
             let block = BlockId(t.next_id(NEXT_BLOCK, 1).unwrap());
             let rec = BlockRecord {
                 volume: dfs_common::VolumeId(1),
@@ -463,7 +465,7 @@ mod tests {
         assert_eq!(charged(&db, ino), MAX_INLINE_PER_FILE);
         // Spent: one more byte is refused and changes nothing.
         let size = |db: &Database| {
-            get_inode(tables(&read(db)).inodes.table().unwrap(), ino)
+            get_inode(ReadTables::open(&read(db)).inodes.table().unwrap(), ino)
                 .unwrap()
                 .size
         };
@@ -499,7 +501,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(charged(&db, g), 0);
-        assert!(tables(&read(&db))
+        assert!(ReadTables::open(&read(&db))
             .inline_bytes
             .table()
             .unwrap()
@@ -508,7 +510,7 @@ mod tests {
             .is_none());
         // fsck finds the count right, and says so when it is not.
         let problems =
-            || fsck::check_page(&tables(&read(&db)), "v", None, &HashSet::new()).unwrap();
+            || fsck::check_page(&ReadTables::open(&read(&db)), "v", None, &HashSet::new()).unwrap();
         assert!(problems().problems.is_empty(), "{:?}", problems().problems);
         let tx = db.begin_write().unwrap();
         tx.open_table(crate::store::schema::INLINE_BYTES)
@@ -540,7 +542,8 @@ mod tests {
         drop(db);
         let db = store::open(&path).unwrap();
         assert_eq!((charged(&db, f), charged(&db, g)), counted);
-        let page = fsck::check_page(&tables(&read(&db)), "v", None, &HashSet::new()).unwrap();
+        let page =
+            fsck::check_page(&ReadTables::open(&read(&db)), "v", None, &HashSet::new()).unwrap();
         assert!(page.problems.is_empty(), "{:?}", page.problems);
     }
 
@@ -562,9 +565,13 @@ mod tests {
             run(&db, keep(ino, 0, vec![i; 10], true)).unwrap();
         }
         assert_eq!(charged(&db, ino), 30);
-        let tail =
-            layout::overlapping(tables(&read(&db)).extents.table().unwrap(), ino, 1000, 1030)
-                .unwrap();
+        let tail = layout::overlapping(
+            ReadTables::open(&read(&db)).extents.table().unwrap(),
+            ino,
+            1000,
+            1030,
+        )
+        .unwrap();
         assert_eq!(tail.len(), 3);
         let moved = |size, from, expect: Vec<Extent>| {
             let block = stored_block(&db);
@@ -599,7 +606,7 @@ mod tests {
         assert_eq!(charged(&db, ino), 0);
         for e in &tail {
             let rec: BlockRecord = decode(
-                tables(&read(&db))
+                ReadTables::open(&read(&db))
                     .blocks
                     .table()
                     .unwrap()
@@ -613,9 +620,13 @@ mod tests {
         }
         // An inline block already referred to can never be named by another commit.
         run(&db, keep(ino, 0, vec![9; 10], true)).unwrap();
-        let kept =
-            layout::overlapping(tables(&read(&db)).extents.table().unwrap(), ino, 1040, 1050)
-                .unwrap()[0];
+        let kept = layout::overlapping(
+            ReadTables::open(&read(&db)).extents.table().unwrap(),
+            ino,
+            1040,
+            1050,
+        )
+        .unwrap()[0];
         assert!(matches!(
             run(&db, commit(kept.block, 0, 10)),
             Err(FsError::Invalid(_))

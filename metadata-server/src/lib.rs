@@ -104,7 +104,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
     let db = store::open(&config.data_dir.join("meta.redb"))?;
     let (registered, draining) = {
         let tx = store::read(&db)?;
-        let t = store::tables::ReadTables::open(&tx)?;
+        let t = store::tables::ReadTables::open(&tx);
         (
             queries::registered_servers(&t)?,
             queries::draining_servers(&t)?,

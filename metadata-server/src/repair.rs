@@ -190,7 +190,7 @@ impl Repair {
             let live: HashSet<ServerId> = live.keys().copied().collect();
             tokio::task::spawn_blocking(move || -> FsResult<_> {
                 let tx = store::read(&db)?;
-                scan(&ReadTables::open(&tx)?, &live, &draining)
+                scan(&ReadTables::open(&tx), &live, &draining)
             })
             .await
             .map_err(|e| FsError::io(format!("scan task: {e}")))??

@@ -105,7 +105,7 @@ impl MetaService {
     pub fn new(parts: ServiceParts) -> FsResult<Self> {
         let clients = ClientRegistry::default();
         let tx = store::read(&parts.db)?;
-        let tables = ReadTables::open(&tx)?;
+        let tables = ReadTables::open(&tx);
         clients.reload(&tables)?;
         let mut server_certs = std::collections::HashMap::new();
         for item in tables.server_certs.table()?.iter().db()? {
@@ -289,7 +289,7 @@ impl MetaService {
     /// read. Anything that scans goes through [`Self::query`].
     fn query_now<T>(&self, f: impl FnOnce(&ReadTables) -> FsResult<T>) -> FsResult<T> {
         let tx = store::read(&self.db)?;
-        f(&ReadTables::open(&tx)?)
+        f(&ReadTables::open(&tx))
     }
 
     /// Runs a read-only query on a fresh snapshot, off the async runtime. Every read of the
@@ -301,7 +301,7 @@ impl MetaService {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let tx = store::read(&db)?;
-            f(&ReadTables::open(&tx)?)
+            f(&ReadTables::open(&tx))
         })
         .await
         .map_err(|e| FsError::io(format!("query task failed: {e}")))?
@@ -1041,7 +1041,7 @@ impl MetaService {
 
     fn reload_clients(&self) -> FsResult<()> {
         let tx = store::read(&self.db)?;
-        self.clients.reload(&ReadTables::open(&tx)?)
+        self.clients.reload(&ReadTables::open(&tx))
     }
 
     /// Places a new block on live servers, records it, and grants the capabilities to store

@@ -39,7 +39,7 @@ impl Sources {
 
     fn volumes(&self) -> FsResult<Vec<VolumeInfo>> {
         let tx = store::read(&self.db)?;
-        queries::list_volumes(&ReadTables::open(&tx)?)
+        queries::list_volumes(&ReadTables::open(&tx))
     }
 }
 

@@ -147,8 +147,14 @@ impl Client {
     /// What [`Client::release_locks`] does when `owner` holds no lock on `ino`, done here
     /// with no request; `false` (and nothing done) when it holds one.
     pub fn release_no_locks(&self, ino: InodeId, owner: u64) -> bool {
-        let held = self.inner.locks.held.lock().expect("lock set");
-        if held.contains(&(ino, owner)) {
+        if self
+            .inner
+            .locks
+            .held
+            .lock()
+            .expect("lock set")
+            .contains(&(ino, owner))
+        {
             return false;
         }
         self.inner.locks.lost.lock().expect("lost set").remove(&ino);

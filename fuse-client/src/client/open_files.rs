@@ -223,21 +223,25 @@ impl OpenFiles {
     }
 
     /// [`OpenFiles::close`] of a descriptor with nothing to flush, done at once, unless it is
-    /// the last close of a file unlinked while open (whose removal is a request). `None` (and
+    /// the last close of a file unlinked while open (whose removal is a request). `false` (and
     /// nothing done) when the close must wait, on the runtime.
-    pub fn close_if_clean(&self, fh: u64) -> Option<InodeId> {
+    pub fn close_if_clean(&self, fh: u64) -> bool {
         let mut table = self.table();
-        let file = table.files.get(&fh)?.clone();
-        let handle = file.handle.try_lock().ok()?;
+        let Some(file) = table.files.get(&fh).cloned() else {
+            return false;
+        };
+        let Ok(handle) = file.handle.try_lock() else {
+            return false;
+        };
         if !handle.is_clean() {
-            return None;
+            return false;
         }
         let inode = table.inodes.get_mut(&file.ino);
         if inode
             .as_ref()
             .is_some_and(|i| i.open <= 1 && i.hidden.is_some())
         {
-            return None;
+            return false;
         }
         if let Some(inode) = inode {
             inode.dirty.remove(&fh);
@@ -247,7 +251,7 @@ impl OpenFiles {
             }
         }
         table.files.remove(&fh);
-        Some(file.ino)
+        true
     }
 
     /// Flushes the descriptors of `ino` with unflushed writes, except `except`: what one

@@ -956,7 +956,7 @@ impl Filesystem for DfsFs {
         let s = &self.shared;
         let no_locks =
             lock_owner.is_none_or(|owner| s.client.release_no_locks(s.ino(ino), owner.0));
-        if no_locks && s.files.close_if_clean(fh.0).is_some() {
+        if no_locks && s.files.close_if_clean(fh.0) {
             reply.ok();
             return self.answered_on_arrival("release", started);
         }

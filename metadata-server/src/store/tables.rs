@@ -12,8 +12,6 @@ use redb::{
 };
 use std::cell::OnceCell;
 
-pub type InodeTable<'t> = Table<'t, u64, &'static [u8]>;
-
 /// A table of a write transaction, opened at its first use: a command touches a few of the
 /// tables, and opening one costs about as much as a lookup in it.
 pub struct WriteTable<'t, K: Key + 'static, V: Value + 'static> {
@@ -64,8 +62,8 @@ pub struct WriteTables<'t> {
 
 impl<'t> WriteTables<'t> {
     /// The tables of `tx`; none is opened until it is used.
-    pub fn open(tx: &'t WriteTransaction) -> FsResult<Self> {
-        Ok(WriteTables {
+    pub fn open(tx: &'t WriteTransaction) -> Self {
+        WriteTables {
             volumes: WriteTable::new(tx, VOLUMES),
             inodes: WriteTable::new(tx, INODES),
             dentries: WriteTable::new(tx, DENTRIES),
@@ -83,12 +81,12 @@ impl<'t> WriteTables<'t> {
             server_certs: WriteTable::new(tx, SERVER_CERTS),
             locks: WriteTable::new(tx, LOCKS),
             lock_sessions: WriteTable::new(tx, LOCK_SESSIONS),
-        })
+        }
     }
 
     /// Creates every table a new store lacks (a read finds no table never written).
     pub fn create_all(tx: &'t WriteTransaction) -> FsResult<()> {
-        let mut t = WriteTables::open(tx)?;
+        let mut t = WriteTables::open(tx);
         t.volumes.table()?;
         t.inodes.table()?;
         t.dentries.table()?;
@@ -299,8 +297,8 @@ pub struct ReadTables<'a> {
 
 impl<'a> ReadTables<'a> {
     /// The tables of snapshot `tx`; none is opened until it is used.
-    pub fn open(tx: &'a ReadTransaction) -> FsResult<Self> {
-        Ok(ReadTables {
+    pub fn open(tx: &'a ReadTransaction) -> Self {
+        ReadTables {
             volumes: ReadTable::new(tx, VOLUMES),
             inodes: ReadTable::new(tx, INODES),
             dentries: ReadTable::new(tx, DENTRIES),
@@ -316,7 +314,7 @@ impl<'a> ReadTables<'a> {
             server_certs: ReadTable::new(tx, SERVER_CERTS),
             locks: ReadTable::new(tx, LOCKS),
             lock_sessions: ReadTable::new(tx, LOCK_SESSIONS),
-        })
+        }
     }
 }
 
