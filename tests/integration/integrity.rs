@@ -755,7 +755,13 @@ async fn reads_of_one_open_file_go_to_the_network_side_by_side() {
     let read = |offset: u64| {
         let file = file.clone();
         tokio::spawn(async move {
-            dfs_client::client::file::FileHandle::read_shared(&file, offset, 4096).await
+            dfs_client::client::file::FileHandle::read_shared(
+                &file,
+                offset,
+                4096,
+                dfs_client::client::reader::CacheUse::Fill,
+            )
+            .await
         })
     };
     let first = read(0);

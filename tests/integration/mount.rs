@@ -557,6 +557,82 @@ fn requests_with_nothing_to_wait_for_are_answered_on_arrival() {
     assert_eq!(flock(&wanted, libc::LOCK_EX | libc::LOCK_NB), Ok(()));
 }
 
+/// Small reads fetch the whole 64 KiB sub-block around them and keep it: a read beside an
+/// earlier one is answered from the mount's cache as it arrives, with the written bytes. An
+/// `O_DIRECT` read keeps nothing. A block's bytes never change, so after another mount
+/// rewrites the range (new extents), the next open reads the new bytes, not the cached ones.
+#[test]
+fn small_reads_near_earlier_ones_come_from_the_read_cache_never_from_a_replaced_block() {
+    use crate::observe::{scrape, value};
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    use std::os::unix::io::AsRawFd;
+    let cluster = cluster_with_volume();
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
+    let m = Mount::new(&cluster, "default", "m", &format!("metrics={http}")).unwrap();
+    let metric = |series: &str| value(&scrape(http), series);
+    let cache = |what: &str| metric(&format!("dfs_fuse_read_cache{{what=\"{what}\"}}"));
+    let arrived = || metric("dfs_fuse_answered_on_arrival_total{op=\"read\"}");
+    let data = random_bytes(1 << 20, 77);
+    fs::write(m.path("f"), &data).unwrap();
+
+    // Without read-ahead, the kernel asks for exactly the pages read.
+    let random_reader = || {
+        let f = fs::File::open(m.path("f")).unwrap();
+        let advised = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+        assert_eq!(advised, 0);
+        f
+    };
+    let page_at = |f: &fs::File, at: usize| {
+        let mut page = vec![0u8; 4096];
+        f.read_exact_at(&mut page, at as u64).unwrap();
+        assert_eq!(page, &data[at..at + 4096], "bytes at {at}");
+    };
+    let f = random_reader();
+    let (misses, hits, on_arrival) = (cache("misses"), cache("hits"), arrived());
+    page_at(&f, 200 << 10);
+    assert_eq!(cache("misses") - misses, 1.0, "the first read fetches");
+    assert!(cache("bytes") >= 65536.0, "a whole sub-block is kept");
+    page_at(&f, (200 << 10) + 8192);
+    assert_eq!(cache("hits") - hits, 1.0, "the read beside it is a hit");
+    assert_eq!(arrived() - on_arrival, 1.0, "and is answered on arrival");
+
+    // O_DIRECT: right bytes, nothing kept.
+    let kept = cache("bytes");
+    let direct = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(m.path("f"))
+        .unwrap();
+    let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
+    let buf = unsafe { std::alloc::alloc_zeroed(layout) };
+    let page = unsafe { std::slice::from_raw_parts_mut(buf, 4096) };
+    let read = direct.read_at(page, 600 << 10);
+    let same = page[..] == data[600 << 10..(600 << 10) + 4096];
+    unsafe { std::alloc::dealloc(buf, layout) };
+    assert_eq!(read.unwrap(), 4096);
+    assert!(same, "O_DIRECT read returned other bytes");
+    assert_eq!(cache("bytes"), kept, "an O_DIRECT read kept its sub-block");
+    drop((f, direct));
+
+    // Another mount rewrites the cached range (too long to keep inline: a new block).
+    let other = Mount::new(&cluster, "default", "other", "").unwrap();
+    let fresh = random_bytes(128 << 10, 78);
+    let w = fs::OpenOptions::new()
+        .write(true)
+        .open(other.path("f"))
+        .unwrap();
+    w.write_all_at(&fresh, 128 << 10).unwrap();
+    drop(w);
+    let f = random_reader();
+    let mut page = vec![0u8; 8192];
+    f.read_exact_at(&mut page, 200 << 10).unwrap();
+    assert_eq!(
+        page,
+        &fresh[72 << 10..80 << 10],
+        "a read after another mount's rewrite saw the old bytes"
+    );
+}
+
 /// Closing one file never waits for another file's upload: the mount locks only the
 /// descriptors of the file it closes. With every chunk server frozen, an fsync of a large file
 /// stays in its upload; a small file (kept inline, so it needs no chunk server) is then written

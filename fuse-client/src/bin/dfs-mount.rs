@@ -165,6 +165,7 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
             ClientOptions {
                 meta_retry: options.meta_retry,
                 inline_max: options.inline_max,
+                read_cache_bytes: options.read_cache_bytes,
                 faults: faults.clone(),
                 ..ClientOptions::default()
             },
@@ -185,7 +186,7 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
         anyhow::Ok((client, volume))
     })?;
 
-    let (metrics, metrics_page) = FuseMetrics::new();
+    let (metrics, metrics_page) = FuseMetrics::new(client.clone());
     if let Some(addr) = options.metrics {
         // Under test (DFS_FAULTS set), the same address also arms and releases fault points.
         let page: dfs_common::http::Handler = match faults.http_handler() {

@@ -9,8 +9,9 @@
 use super::dirty::DirtyBuffer;
 use super::inline_tail;
 use super::layouts::{LayoutPage, LayoutPages};
+use super::reader::{self, CacheUse};
 use super::writer::upload_block;
-use super::{reader, Client};
+use super::Client;
 use dfs_common::proto::meta::{req, Attr, Committed, FileKind, NewExtent, SetAttr};
 use dfs_common::proto::MAX_FILE_SIZE;
 use dfs_common::{EcPolicy, FsError, FsResult, InodeId, Timestamp, VolumeId};
@@ -84,6 +85,7 @@ pub struct ReadPlan {
     layout: Option<Arc<LayoutPage>>,
     /// The layout came from the handle's cache (and may be stale).
     cached: bool,
+    cache_use: CacheUse,
 }
 
 impl ReadPlan {
@@ -93,9 +95,19 @@ impl ReadPlan {
         let fallbacks = self.client.fallback_reads();
         let data = match &self.layout {
             Some(layout) => {
-                reader::read_with_layout(&self.client, layout, self.offset, self.len).await?
+                let (offset, len) = (self.offset, self.len);
+                reader::read_with_layout(&self.client, layout, offset, len, self.cache_use).await?
             }
-            None => reader::read(&self.client, self.ino, self.offset, self.len).await?,
+            None => {
+                reader::read(
+                    &self.client,
+                    self.ino,
+                    self.offset,
+                    self.len,
+                    self.cache_use,
+                )
+                .await?
+            }
         };
         Ok((data, self.client.fallback_reads() != fallbacks))
     }
@@ -646,22 +658,42 @@ impl FileHandle {
     /// Reads through a handle that concurrent readers share: the handle is locked only to plan
     /// the read (and, after a failure with a cached layout, to plan it again), never across
     /// the network.
+    /// `cache_use` says whether what small reads fetch is kept for later ones.
     pub async fn read_shared(
         file: &tokio::sync::Mutex<FileHandle>,
         offset: u64,
         len: u64,
+        cache_use: CacheUse,
     ) -> FsResult<Vec<u8>> {
-        let plan = file.lock().await.plan_read(offset, len).await?;
+        let mut plan = file.lock().await.plan_read(offset, len).await?;
+        plan.cache_use = cache_use;
         let outcome = plan.run().await;
         if plan.concerns_handle(&outcome) {
             let mut file = file.lock().await;
             if file.settle_read(&plan, &outcome) {
-                let fresh = file.plan_read(offset, len).await?;
+                let mut fresh = file.plan_read(offset, len).await?;
+                fresh.cache_use = cache_use;
                 drop(file);
                 return Ok(fresh.run().await?.0);
             }
         }
         outcome.map(|(data, _)| data)
+    }
+
+    /// A read answered without waiting: nothing of this handle's to flush, the layout of the
+    /// range cached, and every byte at hand (inline in the layout, or in the shard cache).
+    /// `None` when the read must go the long way ([`FileHandle::read_shared`]).
+    pub fn read_at_hand(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
+        if self.client.check_locks(self.ino).is_err()
+            || !self.dirty.is_empty()
+            || !self.uploads.is_empty()
+            || !self.uploaded.is_empty()
+            || self.layout_epoch.load(Ordering::Acquire) != self.layouts_seen
+        {
+            return None;
+        }
+        let page = self.layouts.covering(offset, offset.saturating_add(len))?;
+        reader::read_cached(&self.client, &page, offset, len)
     }
 
     /// What a read of `len` bytes at `offset` needs from this handle: its own writes flushed
@@ -687,6 +719,7 @@ impl FileHandle {
             len,
             layout,
             cached,
+            cache_use: CacheUse::Fill,
         };
         if let Some(page) = self.layouts.covering(offset, end) {
             return Ok(plan(Some(page), true));

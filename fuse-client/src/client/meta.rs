@@ -435,6 +435,6 @@ impl Client {
 impl Client {
     /// Reads committed bytes of a file without opening it (no buffered writes to see).
     pub async fn read_range(&self, ino: InodeId, offset: u64, len: u64) -> FsResult<Vec<u8>> {
-        super::reader::read(self, ino, offset, len).await
+        super::reader::read(self, ino, offset, len, super::reader::CacheUse::Fill).await
     }
 }

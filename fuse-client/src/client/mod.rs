@@ -12,6 +12,7 @@ pub mod meta;
 pub mod open_files;
 mod quota;
 pub mod reader;
+pub mod shard_cache;
 pub mod writer;
 
 use dfs_common::erasure::Erasure;
@@ -31,6 +32,10 @@ use std::time::{Duration, Instant};
 /// Pauses between attempts to reach an unreachable metadata server.
 const RETRY_PAUSE_MIN: Duration = Duration::from_millis(100);
 const RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
+
+/// Default size of the [`ShardCache`](shard_cache::ShardCache): room for the working set of
+/// a random reader of a few hundred MiB, small beside the write buffers' own bound.
+pub const DEFAULT_READ_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Tunables of a client.
 #[derive(Clone, Debug)]
@@ -57,6 +62,9 @@ pub struct ClientOptions {
     pub meta_retry: Option<Duration>,
     /// Bound on one shard transfer.
     pub chunk_timeout: Duration,
+    /// Bytes of recently read shard sub-blocks kept for small reads
+    /// ([`ShardCache`](shard_cache::ShardCache)); 0 keeps none.
+    pub read_cache_bytes: usize,
     /// Fault points tests arm (inert by default).
     pub faults: dfs_common::fault::Faults,
 }
@@ -72,6 +80,7 @@ impl Default for ClientOptions {
             meta_timeout: Duration::from_secs(20),
             meta_retry: Some(Duration::ZERO),
             chunk_timeout: Duration::from_secs(10),
+            read_cache_bytes: DEFAULT_READ_CACHE_BYTES,
             faults: dfs_common::fault::Faults::default(),
         }
     }
@@ -101,6 +110,8 @@ pub(crate) struct Inner {
     pub(crate) upload_budget: Arc<tokio::sync::Semaphore>,
     /// Directories' attributes just after this client's changes to them.
     pub(crate) dir_attrs: dir_attrs::DirAttrs,
+    /// Sub-blocks of shards read recently.
+    pub(crate) shard_cache: shard_cache::ShardCache,
     _endpoint: Endpoint,
 }
 
@@ -123,6 +134,7 @@ impl Client {
     ) -> FsResult<Client> {
         let endpoint = client_endpoint(identity)?;
         let upload_units = (options.max_upload_bytes / 1024).max(1);
+        let shard_cache = shard_cache::ShardCache::new(options.read_cache_bytes);
         let client = Client {
             inner: Arc::new(Inner {
                 meta: MetaLink::new(endpoint.clone(), members, options.meta_timeout)?,
@@ -137,6 +149,7 @@ impl Client {
                 dirty_total: std::sync::atomic::AtomicUsize::new(0),
                 upload_budget: Arc::new(tokio::sync::Semaphore::new(upload_units)),
                 dir_attrs: dir_attrs::DirAttrs::default(),
+                shard_cache,
                 _endpoint: endpoint,
             }),
         };
@@ -169,6 +182,11 @@ impl Client {
         self.inner
             .fallback_reads
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Recently read shard sub-blocks.
+    pub fn shard_cache(&self) -> &shard_cache::ShardCache {
+        &self.inner.shard_cache
     }
 
     /// The id this client's mutations carry: the origin of the changes it makes.

@@ -222,6 +222,24 @@ impl OpenFiles {
         true
     }
 
+    /// A read through descriptor `fh` answered at once from bytes at hand
+    /// ([`FileHandle::read_at_hand`]); `None` (and nothing done) when it must wait, on the
+    /// runtime: the descriptor is busy, another descriptor of the file has writes to flush
+    /// first, or some bytes must be fetched.
+    pub fn read_if_at_hand(&self, fh: u64, offset: u64, len: u64) -> Option<Vec<u8>> {
+        let file = {
+            let table = self.table();
+            let file = table.files.get(&fh)?.clone();
+            let inode = table.inodes.get(&file.ino);
+            if inode.is_some_and(|i| i.dirty.keys().any(|&other| other != fh)) {
+                return None;
+            }
+            file
+        };
+        let handle = file.handle.try_lock().ok()?;
+        handle.read_at_hand(offset, len)
+    }
+
     /// [`OpenFiles::close`] of a descriptor with nothing to flush, done at once, unless it is
     /// the last close of a file unlinked while open (whose removal is a request). `false` (and
     /// nothing done) when the close must wait, on the runtime.

@@ -3,9 +3,14 @@
 //! A piece whose server is down, fails, or returns corrupt data is rebuilt from the same byte
 //! range of any k other shards; a block with fewer than k readable shards is an error, never
 //! wrong data. A block kept inline came with the layout: its bytes are copied from there.
+//! Small pieces go through the client's [`ShardCache`](super::shard_cache::ShardCache) of whole
+//! sub-blocks.
 
 use super::layouts::LayoutPage;
+use super::shard_cache::{UnitKey, CACHED_READ_MAX};
 use super::Client;
+use bytes::Bytes;
+use dfs_common::checksum::SUB_BLOCK;
 use dfs_common::proto::chunk::ShardKey;
 use dfs_common::proto::meta::BlockInfo;
 use dfs_common::{FsError, FsResult, InodeId, ServerId};
@@ -25,7 +30,13 @@ struct Piece {
 
 /// Reads up to `len` bytes at `offset`; returns fewer at end of file. A file with more extents
 /// in the range than one layout reply holds is read a layout page at a time.
-pub async fn read(client: &Client, ino: InodeId, offset: u64, len: u64) -> FsResult<Vec<u8>> {
+pub async fn read(
+    client: &Client,
+    ino: InodeId,
+    offset: u64,
+    len: u64,
+    cache: CacheUse,
+) -> FsResult<Vec<u8>> {
     let end = offset.saturating_add(len);
     let mut out = Vec::new();
     let mut pos = offset;
@@ -40,7 +51,7 @@ pub async fn read(client: &Client, ino: InodeId, offset: u64, len: u64) -> FsRes
             }
             break;
         }
-        let part = read_with_layout(client, &layout, pos, stop - pos).await?;
+        let part = read_with_layout(client, &layout, pos, stop - pos, cache).await?;
         if out.is_empty() {
             out = part;
         } else {
@@ -51,6 +62,16 @@ pub async fn read(client: &Client, ino: InodeId, offset: u64, len: u64) -> FsRes
     Ok(out)
 }
 
+/// How a read uses the client's [`ShardCache`](super::shard_cache::ShardCache).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheUse {
+    /// Small pieces come from the cache, and what they fetch is kept there.
+    Fill,
+    /// Small pieces come from the cache when there, but a miss fetches only the piece and
+    /// keeps nothing (`O_DIRECT`: minimize cache effects).
+    Peek,
+}
+
 /// Reads up to `len` bytes at `offset` with `layout`, which must be complete for the range
 /// (up to the end of file): a range it does not describe is an error, never zeros.
 pub async fn read_with_layout(
@@ -58,10 +79,45 @@ pub async fn read_with_layout(
     layout: &LayoutPage,
     offset: u64,
     len: u64,
+    cache: CacheUse,
 ) -> FsResult<Vec<u8>> {
+    let (mut out, mut pieces) = lay_out(layout, offset, len)?;
+    fetch_pieces(client, &mut out, &mut pieces, cache).await?;
+    Ok(out)
+}
+
+/// The bytes of a read with `layout` when every one is at hand: kept inline in the layout or
+/// in the shard cache. `None` when some must be fetched, or the layout does not fit the read
+/// (the fetching read reports that).
+pub fn read_cached(client: &Client, layout: &LayoutPage, offset: u64, len: u64) -> Option<Vec<u8>> {
+    let (mut out, pieces) = lay_out(layout, offset, len).ok()?;
+    let shards = &client.inner.shard_cache;
+    if pieces.is_empty() {
+        return Some(out);
+    }
+    if !shards.enabled() || pieces.iter().any(|p| p.len >= CACHED_READ_MAX) {
+        return None;
+    }
+    let mut found = Vec::new();
+    for piece in &pieces {
+        for (key, start, _) in units_of(piece) {
+            found.push((piece, start, shards.peek(&key)?));
+        }
+    }
+    shards.count_hits(found.len() as u64);
+    for (piece, start, data) in found {
+        let at = piece.out_offset;
+        copy_overlap(piece, start, &data, &mut out[at..at + piece.len as usize]);
+    }
+    Some(out)
+}
+
+/// The output buffer of a read with `layout`, holding already the bytes kept inline, and the
+/// pieces of data shards still to fetch into it.
+fn lay_out(layout: &LayoutPage, offset: u64, len: u64) -> FsResult<(Vec<u8>, Vec<Piece>)> {
     let end = offset.saturating_add(len).min(layout.size);
     if offset >= end {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     if !layout.covers(offset, end) {
         return Err(FsError::protocol(format!(
@@ -99,24 +155,33 @@ pub async fn read_with_layout(
             &mut pieces,
         )?;
     }
+    Ok((out, pieces))
+}
+
+/// Fetches `pieces` into their parts of `out`, in parallel.
+async fn fetch_pieces(
+    client: &Client,
+    out: &mut [u8],
+    pieces: &mut [Piece],
+    cache: CacheUse,
+) -> FsResult<()> {
     // Every piece lands straight in its own disjoint part of `out`; pieces are polled together
     // in this task, so they are fetched in parallel without copying through task results.
     pieces.sort_by_key(|p| p.out_offset);
     let mut fetches = FuturesUnordered::new();
-    let mut rest: &mut [u8] = &mut out;
+    let mut rest: &mut [u8] = out;
     let mut consumed = 0;
-    for piece in &pieces {
+    for piece in pieces.iter() {
         let (_, tail) = std::mem::take(&mut rest).split_at_mut(piece.out_offset - consumed);
         let (slot, tail) = tail.split_at_mut(piece.len as usize);
         rest = tail;
         consumed = piece.out_offset + piece.len as usize;
-        fetches.push(fetch_piece(client, piece, slot));
+        fetches.push(fetch_piece(client, piece, slot, cache));
     }
     while let Some(result) = fetches.next().await {
         result?;
     }
-    drop(fetches);
-    Ok(out)
+    Ok(())
 }
 
 /// Copies bytes of a block kept inline (they came with the layout) from `in_block` on.
@@ -181,10 +246,79 @@ fn key(piece: &Piece, index: usize) -> ShardKey {
 /// a whole request timeout.
 const HEDGE_AFTER: Duration = Duration::from_millis(1500);
 
+/// Fetches one piece into `slot`: a small one through the shard cache, others straight from
+/// their data shard.
+async fn fetch_piece(
+    client: &Client,
+    piece: &Piece,
+    slot: &mut [u8],
+    cache: CacheUse,
+) -> FsResult<()> {
+    client.inner.options.faults.hit("client.read_piece").await?;
+    let shards = &client.inner.shard_cache;
+    if piece.len >= CACHED_READ_MAX || !shards.enabled() {
+        return fetch_direct(client, piece, slot).await;
+    }
+    let units = units_of(piece);
+    if cache == CacheUse::Peek && !units.iter().all(|(key, _, _)| shards.peek(key).is_some()) {
+        return fetch_direct(client, piece, slot).await;
+    }
+    for (key, start, end) in units {
+        let data = match shards.get(&key) {
+            Some(data) => data,
+            None => {
+                let whole = Piece {
+                    block: piece.block.clone(),
+                    index: piece.index,
+                    shard_offset: start,
+                    len: end - start,
+                    out_offset: 0,
+                };
+                let mut buf = vec![0u8; whole.len as usize];
+                fetch_direct(client, &whole, &mut buf).await?;
+                let data = Bytes::from(buf);
+                shards.insert(key, data.clone());
+                data
+            }
+        };
+        copy_overlap(piece, start, &data, slot);
+    }
+    Ok(())
+}
+
+/// The sub-blocks a piece touches: their keys and shard byte ranges.
+fn units_of(piece: &Piece) -> Vec<(UnitKey, u64, u64)> {
+    let sub = SUB_BLOCK as u64;
+    let shard_len = piece.block.policy.shard_len(piece.block.len);
+    let first = piece.shard_offset / sub;
+    let last = (piece.shard_offset + piece.len).saturating_sub(1) / sub;
+    (first..=last)
+        .map(|unit| {
+            let start = unit * sub;
+            let key = UnitKey {
+                block: piece.block.block,
+                index: piece.index as u8,
+                unit: unit as u32,
+            };
+            (key, start, (start + sub).min(shard_len))
+        })
+        .collect()
+}
+
+/// Copies the part of the sub-block `data` (at `start` of the shard) that `piece` covers into
+/// the piece's `slot`.
+fn copy_overlap(piece: &Piece, start: u64, data: &[u8], slot: &mut [u8]) {
+    let from = piece.shard_offset.max(start);
+    let to = (piece.shard_offset + piece.len).min(start + data.len() as u64);
+    if from < to {
+        slot[(from - piece.shard_offset) as usize..(to - piece.shard_offset) as usize]
+            .copy_from_slice(&data[(from - start) as usize..(to - start) as usize]);
+    }
+}
+
 /// Fetches one piece from its data shard into `slot`, falling back to reconstruction when the
 /// server is known down, fails, or is too slow.
-async fn fetch_piece(client: &Client, piece: &Piece, slot: &mut [u8]) -> FsResult<()> {
-    client.inner.options.faults.hit("client.read_piece").await?;
+async fn fetch_direct(client: &Client, piece: &Piece, slot: &mut [u8]) -> FsResult<()> {
     let location = &piece.block.shards[piece.index];
     let chunks = &client.inner.chunks;
     if !location.up || chunks.is_suspect(&location.addr) {

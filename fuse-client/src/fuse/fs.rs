@@ -7,6 +7,7 @@ use super::options::MountOptions;
 use super::signals::signal_pending;
 use crate::client::file::FileHandle as DfsHandle;
 use crate::client::open_files::{OpenFile, OpenFiles};
+use crate::client::reader::CacheUse;
 use crate::Client;
 use dfs_common::metrics::OpLabel;
 use dfs_common::proto::meta::{
@@ -853,11 +854,23 @@ impl Filesystem for DfsFs {
         fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.spawn("read", |s| async move {
+        // O_DIRECT asks to minimize cache effects: such reads use what is cached, keep nothing.
+        let cache_use = if flags.0 & libc::O_DIRECT != 0 {
+            CacheUse::Peek
+        } else {
+            CacheUse::Fill
+        };
+        let started = Instant::now();
+        if let Some(data) = self.shared.files.read_if_at_hand(fh.0, offset, size as u64) {
+            self.shared.metrics.bytes_read.inc_by(data.len() as u64);
+            reply.data(&data);
+            return self.answered_on_arrival("read", started);
+        }
+        self.spawn("read", move |s| async move {
             let file = match s.file(fh) {
                 Ok(f) => f,
                 Err(e) => return reply.error(e),
@@ -867,7 +880,8 @@ impl Filesystem for DfsFs {
                 return reply.error(errno(&e));
             }
             // The handle is held only to plan each read: reads of one file overlap.
-            let result = DfsHandle::read_shared(file.handle(), offset, size as u64).await;
+            let result =
+                DfsHandle::read_shared(file.handle(), offset, size as u64, cache_use).await;
             match result {
                 Ok(data) => {
                     s.metrics.bytes_read.inc_by(data.len() as u64);

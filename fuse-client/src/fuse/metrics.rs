@@ -1,10 +1,11 @@
 //! What a mount measures, served as Prometheus metrics with the `metrics=ADDR` option:
 //! FUSE operations by kind with their latency (from the kernel's request to the reply), those
-//! in progress (what a stuck application waits for), and the bytes applications read and
-//! wrote.
+//! in progress (what a stuck application waits for), the bytes applications read and
+//! wrote, and how the read cache does.
 
+use crate::Client;
 use dfs_common::http::{Handler, Page};
-use dfs_common::metrics::{counter, MetricsPage, OpLabel, OpMetrics};
+use dfs_common::metrics::{counter, gauges, MetricsPage, OpLabel, OpMetrics};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -22,8 +23,9 @@ pub struct FuseMetrics {
 }
 
 impl FuseMetrics {
-    /// Registers the mount's metrics; returns them and the `/metrics` handler.
-    pub fn new() -> (FuseMetrics, Handler) {
+    /// Registers the mount's metrics, `client`'s read cache among them; returns them and the
+    /// `/metrics` handler.
+    pub fn new(client: Client) -> (FuseMetrics, Handler) {
         let mut r = Registry::default();
         let in_flight = Family::default();
         r.register(
@@ -44,7 +46,24 @@ impl FuseMetrics {
             bytes_read: counter(&mut r, "dfs_fuse_read_bytes", "Bytes applications read"),
             bytes_written: counter(&mut r, "dfs_fuse_written_bytes", "Bytes applications wrote"),
         };
-        let page = MetricsPage::new(r, || {});
+        let cache = gauges(
+            &mut r,
+            "dfs_fuse_read_cache",
+            "Read cache of shard sub-blocks: bytes kept, small shard reads answered from it (hits) and fetched (misses)",
+        );
+        let page = MetricsPage::new(r, move || {
+            let shards = client.shard_cache();
+            let (hits, misses) = shards.hits_and_misses();
+            for (what, v) in [
+                ("bytes", shards.bytes() as u64),
+                ("hits", hits),
+                ("misses", misses),
+            ] {
+                cache
+                    .get_or_create(&vec![("what", what.to_string())])
+                    .set(v as f64);
+            }
+        });
         let handler: Handler = Arc::new(move |path: &str| {
             (path == "/metrics").then(|| Page {
                 content_type: dfs_common::metrics::CONTENT_TYPE,

@@ -64,9 +64,15 @@ pub struct MountOptions {
     /// Flushes of at most this many bytes are kept in the metadata store (`inline=BYTES`, at
     /// most [`MAX_INLINE_END`]; `noinline` for 0).
     pub inline_max: u64,
+    /// Bytes of recently read shard sub-blocks the mount keeps for small reads
+    /// (`read_cache=MIB`, at most [`MAX_READ_CACHE_MIB`]; 0 keeps none).
+    pub read_cache_bytes: usize,
 }
 
 use dfs_common::proto::MAX_INLINE_END;
+
+/// The largest read cache the mount accepts, in MiB.
+pub const MAX_READ_CACHE_MIB: usize = 64 * 1024;
 
 /// The largest read-ahead window the mount offers the kernel: one 4 MiB block.
 pub const MAX_READAHEAD_KIB: u32 = 4096;
@@ -96,6 +102,7 @@ impl Default for MountOptions {
             no_dev: false,
             readahead_kib: MAX_READAHEAD_KIB,
             inline_max: MAX_INLINE_END,
+            read_cache_bytes: crate::client::DEFAULT_READ_CACHE_BYTES,
         }
     }
 }
@@ -148,6 +155,17 @@ impl MountOptions {
                     into.inline_max = bytes;
                 }
                 ("noinline", None) => into.inline_max = 0,
+                ("read_cache", Some(mib)) => {
+                    let mib: usize = mib
+                        .parse()
+                        .map_err(|_| format!("bad read_cache value {mib:?}: MiB"))?;
+                    if mib > MAX_READ_CACHE_MIB {
+                        return Err(format!(
+                            "read_cache must be at most {MAX_READ_CACHE_MIB} MiB"
+                        ));
+                    }
+                    into.read_cache_bytes = mib << 20;
+                }
                 ("exec", None) => into.no_exec = false,
                 ("noexec", None) => into.no_exec = true,
                 ("suid", None) => into.no_suid = false,
@@ -246,6 +264,13 @@ mod tests {
         MountOptions::parse("noinline", &mut o).unwrap();
         assert_eq!(o.inline_max, 0);
         assert!(MountOptions::parse("inline=65537", &mut o).is_err());
+        assert_eq!(o.read_cache_bytes, 256 << 20);
+        MountOptions::parse("read_cache=0", &mut o).unwrap();
+        assert_eq!(o.read_cache_bytes, 0);
+        MountOptions::parse("read_cache=64", &mut o).unwrap();
+        assert_eq!(o.read_cache_bytes, 64 << 20);
+        assert!(MountOptions::parse("read_cache=lots", &mut o).is_err());
+        assert!(MountOptions::parse("read_cache=65537", &mut o).is_err());
         assert_eq!(o.lease, DEFAULT_LEASE);
         MountOptions::parse("lease=0", &mut o).unwrap();
         assert_eq!(o.lease, Duration::ZERO);
