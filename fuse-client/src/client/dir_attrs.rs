@@ -3,9 +3,12 @@
 //! create, unlink or mkdir in it and asks for them again at the next path walk (it checks
 //! permissions with them); answering from here saves that round trip on every such operation.
 //!
-//! An entry is taken by the first look and is good for the attribute timeout at most, as the
-//! kernel's own cache would have kept it. Other clients' changes drop it (the change feed), and
-//! so do this client's changes that do not return the directory's new attributes.
+//! An entry is good for the attribute timeout at most, as the kernel's own cache would have
+//! kept the first answer from it: the kernel asks again within that time when it dropped
+//! part of what it had for its own reasons (a listing marks the directory's atime stale), and
+//! gets the same answer. A newer change of this client replaces it; other clients' changes
+//! drop it (the change feed), and so do this client's changes that do not return the
+//! directory's new attributes.
 
 use dfs_common::proto::meta::Attr;
 use dfs_common::InodeId;
@@ -40,14 +43,15 @@ impl DirAttrs {
         }
     }
 
-    /// The directory's attributes if noted within `max_age`; taken, so each is used once.
-    pub fn take(&self, ino: InodeId, max_age: Duration) -> Option<Attr> {
-        let (attr, at) = self
-            .fresh
-            .lock()
-            .expect("directory attributes lock")
-            .remove(&ino)?;
-        (at.elapsed() <= max_age).then_some(attr)
+    /// The directory's attributes if noted within `max_age`.
+    pub fn get(&self, ino: InodeId, max_age: Duration) -> Option<Attr> {
+        let mut fresh = self.fresh.lock().expect("directory attributes lock");
+        let (attr, at) = fresh.get(&ino)?;
+        if at.elapsed() > max_age {
+            fresh.remove(&ino);
+            return None;
+        }
+        Some(attr.clone())
     }
 
     /// Drops what is kept of `ino`: it changed in a way this does not know the outcome of.
@@ -93,21 +97,25 @@ mod tests {
     }
 
     #[test]
-    fn taken_once_newest_only_and_not_when_old() {
+    fn newest_only_kept_until_forgotten_or_old() {
         let kept = DirAttrs::default();
         let long = Duration::from_secs(60);
         kept.note(dir(5, 10));
         kept.note(dir(5, 11));
-        assert_eq!(kept.take(InodeId(5), long), Some(dir(5, 11)));
-        assert_eq!(kept.take(InodeId(5), long), None, "taken once");
+        assert_eq!(kept.get(InodeId(5), long), Some(dir(5, 11)));
+        assert_eq!(kept.get(InodeId(5), long), Some(dir(5, 11)), "asked again");
         // An older reply arriving late: the order is unclear, nothing is kept.
-        kept.note(dir(5, 11));
         kept.note(dir(5, 10));
-        assert_eq!(kept.take(InodeId(5), long), None);
+        assert_eq!(kept.get(InodeId(5), long), None);
         kept.note(dir(6, 1));
         kept.forget(InodeId(6));
-        assert_eq!(kept.take(InodeId(6), long), None);
+        assert_eq!(kept.get(InodeId(6), long), None);
         kept.note(dir(7, 1));
-        assert_eq!(kept.take(InodeId(7), Duration::ZERO), None, "too old");
+        assert_eq!(kept.get(InodeId(7), Duration::ZERO), None, "too old");
+        assert_eq!(
+            kept.get(InodeId(7), long),
+            None,
+            "dropped when found too old"
+        );
     }
 }

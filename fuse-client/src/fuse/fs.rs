@@ -517,7 +517,7 @@ impl Filesystem for DfsFs {
         let started = Instant::now();
         let s = &self.shared;
         // A directory this mount just changed: the attributes came with the change.
-        if let Some(attr) = s.client.dir_attrs().take(s.ino(ino), s.ttl) {
+        if let Some(attr) = s.client.dir_attrs().get(s.ino(ino), s.ttl) {
             s.reply_attr(reply, Ok(attr));
             return self.answered_on_arrival("getattr", started);
         }
