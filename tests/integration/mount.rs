@@ -557,6 +557,48 @@ fn requests_with_nothing_to_wait_for_are_answered_on_arrival() {
     assert_eq!(flock(&wanted, libc::LOCK_EX | libc::LOCK_NB), Ok(()));
 }
 
+/// The kernel looks a directory up before every `mkdir` of it, even when it holds the name:
+/// for a directory this mount made and changed since, the mount answers from what it knows
+/// (fs_mark does this before every file). Once another mount removed it, `mkdir` makes it
+/// again: the change feed drops that knowledge, and the attributes it needs last only the
+/// attribute timeout anyway.
+#[test]
+fn a_directory_made_here_is_looked_up_by_the_mount_until_it_changes_elsewhere() {
+    use crate::observe::{scrape, value};
+    let cluster = cluster_with_volume();
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
+    let m = Mount::new(&cluster, "default", "m", &format!("metrics={http}")).unwrap();
+    let arrived = || {
+        value(
+            &scrape(http),
+            "dfs_fuse_answered_on_arrival_total{op=\"lookup\"}",
+        )
+    };
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/f"), b"a change in d").unwrap();
+    for _ in 0..3 {
+        let before = arrived();
+        let err = fs::create_dir(m.path("d")).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(arrived() - before, 1.0, "the lookup of d waited");
+    }
+
+    let other = Mount::new(&cluster, "default", "other", "").unwrap();
+    fs::remove_file(other.path("d/f")).unwrap();
+    fs::remove_dir(other.path("d")).unwrap();
+    crate::heal::wait_until(
+        &cluster,
+        Duration::from_secs(10),
+        "mkdir of d again",
+        || match fs::create_dir(m.path("d")) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => panic!("mkdir failed: {e}"),
+        },
+    );
+    assert!(other.path("d").is_dir());
+}
+
 /// Small reads fetch the whole 64 KiB sub-block around them and keep it: a read beside an
 /// earlier one is answered from the mount's cache as it arrives, with the written bytes. An
 /// `O_DIRECT` read keeps nothing. A block's bytes never change, so after another mount

@@ -33,6 +33,11 @@ pub struct DirNames {
 struct State {
     dirs: HashMap<InodeId, Known>,
     names: usize,
+    /// Directories this mount made, by parent and name, and when: a lookup of one (as `mkdir`
+    /// of an existing directory does) can be answered with the attributes of its last change.
+    /// Kept whether or not the parent's whole contents are known.
+    made_here: HashMap<InodeId, HashMap<String, (InodeId, Instant)>>,
+    made_count: usize,
     /// Raised by every change noted: a listing is kept only if none came while it was fetched.
     changes: u64,
 }
@@ -47,6 +52,18 @@ impl State {
     fn drop_dir(&mut self, dir: InodeId) {
         if let Some(old) = self.dirs.remove(&dir) {
             self.names -= old.names.len();
+        }
+        if let Some(made) = self.made_here.remove(&dir) {
+            self.made_count -= made.len();
+        }
+    }
+
+    /// `name` in `dir` is no longer the directory this mount made there.
+    fn unmade(&mut self, dir: InodeId, name: &str) {
+        if let Some(made) = self.made_here.get_mut(&dir) {
+            if made.remove(name).is_some() {
+                self.made_count -= 1;
+            }
         }
     }
 
@@ -113,10 +130,42 @@ impl DirNames {
         !known.names.contains(name)
     }
 
-    /// This mount added `name` to `dir`.
+    /// The directory this mount made as `name` in `dir`, if that is still known to be there:
+    /// within one lease of making it, with no change reported in `dir` since.
+    pub fn made_here(&self, dir: InodeId, name: &str) -> Option<InodeId> {
+        let mut state = self.state();
+        let (ino, at) = *state.made_here.get(&dir)?.get(name)?;
+        if at.elapsed() >= self.lease {
+            state.unmade(dir, name);
+            return None;
+        }
+        Some(ino)
+    }
+
+    /// This mount made directory `made` as `name` in `dir` (after [`DirNames::added`]).
+    pub fn made_in(&self, dir: InodeId, name: &str, made: InodeId) {
+        let mut state = self.state();
+        if state.made_count >= MAX_NAMES {
+            state.made_here.clear();
+            state.made_count = 0;
+        }
+        let entry = (made, Instant::now());
+        if state
+            .made_here
+            .entry(dir)
+            .or_default()
+            .insert(name.to_string(), entry)
+            .is_none()
+        {
+            state.made_count += 1;
+        }
+    }
+
+    /// This mount added `name` to `dir` (replacing whatever a rename found there).
     pub fn added(&self, dir: InodeId, name: &str) {
         let mut state = self.state();
         state.changes += 1;
+        state.unmade(dir, name);
         let added = match state.dirs.get_mut(&dir) {
             Some(known) => known.names.insert(name.to_string()),
             None => false,
@@ -134,6 +183,7 @@ impl DirNames {
     pub fn removed(&self, dir: InodeId, name: &str) {
         let mut state = self.state();
         state.changes += 1;
+        state.unmade(dir, name);
         if state
             .dirs
             .get_mut(&dir)
@@ -157,6 +207,8 @@ impl DirNames {
         state.changes += 1;
         state.dirs.clear();
         state.names = 0;
+        state.made_here.clear();
+        state.made_count = 0;
     }
 }
 
@@ -188,6 +240,33 @@ mod tests {
         names.made(DIR);
         names.clear();
         assert!(!names.absent(DIR, "a"));
+    }
+
+    #[test]
+    fn a_directory_made_here_is_known_by_name_until_its_name_changes() {
+        let names = DirNames::new(LEASE);
+        let sub = InodeId(9);
+        assert_eq!(names.made_here(DIR, "sub"), None);
+        // Known whether or not the parent's whole contents are.
+        names.made_in(DIR, "sub", sub);
+        assert_eq!(names.made_here(DIR, "sub"), Some(sub));
+        names.removed(DIR, "sub");
+        assert_eq!(names.made_here(DIR, "sub"), None, "removed");
+        names.made_in(DIR, "sub", sub);
+        names.added(DIR, "sub");
+        assert_eq!(names.made_here(DIR, "sub"), None, "renamed over");
+        names.made_in(DIR, "sub", sub);
+        names.forget(DIR);
+        assert_eq!(names.made_here(DIR, "sub"), None, "changed elsewhere");
+        names.made_in(DIR, "sub", sub);
+        names.listed(DIR, ["sub"].into_iter(), names.mark());
+        assert_eq!(names.made_here(DIR, "sub"), None, "listed afresh");
+        names.made_in(DIR, "sub", sub);
+        names.clear();
+        assert_eq!(names.made_here(DIR, "sub"), None, "changes missed");
+        let short = DirNames::new(Duration::ZERO);
+        short.made_in(DIR, "sub", sub);
+        assert_eq!(short.made_here(DIR, "sub"), None, "past the lease");
     }
 
     #[test]

@@ -499,9 +499,19 @@ impl Filesystem for DfsFs {
         let started = Instant::now();
         let dir = self.shared.ino(parent);
         // A name not in a directory whose contents are known: no round trip.
-        if self.shared.leases.confirmed() && self.shared.dir_names.absent(dir, &name) {
-            self.shared.reply_absent(reply, dir, &name);
-            return self.answered_on_arrival("lookup", started);
+        let s = &self.shared;
+        if s.leases.confirmed() {
+            if s.dir_names.absent(dir, &name) {
+                s.reply_absent(reply, dir, &name);
+                return self.answered_on_arrival("lookup", started);
+            }
+            // A directory this mount made there and changed since: the kernel looks it up
+            // again before every mkdir of it (which fails with EEXIST), as fs_mark does.
+            let made = s.dir_names.made_here(dir, &name);
+            if let Some(attr) = made.and_then(|ino| s.client.dir_attrs().get(ino, s.ttl)) {
+                s.reply_entry(reply, dir, &name, Ok(attr));
+                return self.answered_on_arrival("lookup", started);
+            }
         }
         self.spawn("lookup", |s| async move {
             let buffered = s.files.buffered_sizes();
@@ -654,6 +664,9 @@ impl Filesystem for DfsFs {
                 s.dir_names.made(made.ino);
             }
             let result = s.note_added(parent, &name, result);
+            if let Ok(made) = &result {
+                s.dir_names.made_in(parent, &name, made.ino);
+            }
             s.reply_entry(reply, parent, &name, result);
         });
     }
