@@ -277,7 +277,10 @@ async fn fetch_piece(
                 let mut buf = vec![0u8; whole.len as usize];
                 fetch_direct(client, &whole, &mut buf).await?;
                 let data = Bytes::from(buf);
-                shards.insert(key, data.clone());
+                // A unit evicted since the check above is fetched again, but still not kept.
+                if cache == CacheUse::Fill {
+                    shards.insert(key, data.clone());
+                }
                 data
             }
         };
