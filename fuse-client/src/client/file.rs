@@ -647,32 +647,30 @@ impl FileHandle {
 
     /// Reads up to `len` bytes at `offset`, seeing this handle's own writes.
     pub async fn read(&mut self, offset: u64, len: u64) -> FsResult<Vec<u8>> {
-        let plan = self.plan_read(offset, len).await?;
+        let plan = self.plan_read(offset, len, CacheUse::Fill).await?;
         let outcome = plan.run().await;
         if self.settle_read(&plan, &outcome) {
-            return Ok(self.plan_read(offset, len).await?.run().await?.0);
+            let fresh = self.plan_read(offset, len, CacheUse::Fill).await?;
+            return Ok(fresh.run().await?.0);
         }
         outcome.map(|(data, _)| data)
     }
 
     /// Reads through a handle that concurrent readers share: the handle is locked only to plan
     /// the read (and, after a failure with a cached layout, to plan it again), never across
-    /// the network.
-    /// `cache_use` says whether what small reads fetch is kept for later ones.
+    /// the network. `cache_use` as for [`FileHandle::plan_read`].
     pub async fn read_shared(
         file: &tokio::sync::Mutex<FileHandle>,
         offset: u64,
         len: u64,
         cache_use: CacheUse,
     ) -> FsResult<Vec<u8>> {
-        let mut plan = file.lock().await.plan_read(offset, len).await?;
-        plan.cache_use = cache_use;
+        let plan = file.lock().await.plan_read(offset, len, cache_use).await?;
         let outcome = plan.run().await;
         if plan.concerns_handle(&outcome) {
             let mut file = file.lock().await;
             if file.settle_read(&plan, &outcome) {
-                let mut fresh = file.plan_read(offset, len).await?;
-                fresh.cache_use = cache_use;
+                let fresh = file.plan_read(offset, len, cache_use).await?;
                 drop(file);
                 return Ok(fresh.run().await?.0);
             }
@@ -680,14 +678,18 @@ impl FileHandle {
         outcome.map(|(data, _)| data)
     }
 
+    /// Writes of this handle a read must see that are not committed yet: buffered, uploading
+    /// or uploaded.
+    fn has_unflushed_writes(&self) -> bool {
+        !self.dirty.is_empty() || !self.uploads.is_empty() || !self.uploaded.is_empty()
+    }
+
     /// A read answered without waiting: nothing of this handle's to flush, the layout of the
     /// range cached, and every byte at hand (inline in the layout, or in the shard cache).
     /// `None` when the read must go the long way ([`FileHandle::read_shared`]).
     pub fn read_at_hand(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
         if self.client.check_locks(self.ino).is_err()
-            || !self.dirty.is_empty()
-            || !self.uploads.is_empty()
-            || !self.uploaded.is_empty()
+            || self.has_unflushed_writes()
             || self.layout_epoch.load(Ordering::Acquire) != self.layouts_seen
         {
             return None;
@@ -700,9 +702,15 @@ impl FileHandle {
     /// and a layout of the range. The read itself ([`ReadPlan::run`]) then needs no access to
     /// the handle, so reads of one open file (the kernel's read-ahead beside the
     /// application's read, threads sharing a descriptor) go to the network side by side.
-    pub async fn plan_read(&mut self, offset: u64, len: u64) -> FsResult<ReadPlan> {
+    /// `cache_use` says whether what small reads fetch is kept for later ones.
+    pub async fn plan_read(
+        &mut self,
+        offset: u64,
+        len: u64,
+        cache_use: CacheUse,
+    ) -> FsResult<ReadPlan> {
         self.client.check_locks(self.ino)?;
-        if !self.dirty.is_empty() || !self.uploads.is_empty() || !self.uploaded.is_empty() {
+        if self.has_unflushed_writes() {
             self.flush().await?;
         }
         // Another descriptor changed the file's extents since the layouts were cached.
@@ -719,7 +727,7 @@ impl FileHandle {
             len,
             layout,
             cached,
-            cache_use: CacheUse::Fill,
+            cache_use,
         };
         if let Some(page) = self.layouts.covering(offset, end) {
             return Ok(plan(Some(page), true));

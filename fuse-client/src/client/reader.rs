@@ -260,11 +260,12 @@ async fn fetch_piece(
         return fetch_direct(client, piece, slot).await;
     }
     let units = units_of(piece);
-    if cache == CacheUse::Peek && !units.iter().all(|(key, _, _)| shards.peek(key).is_some()) {
+    let found: Vec<Option<Bytes>> = units.iter().map(|(key, _, _)| shards.get(key)).collect();
+    if cache == CacheUse::Peek && found.iter().any(Option::is_none) {
         return fetch_direct(client, piece, slot).await;
     }
-    for (key, start, end) in units {
-        let data = match shards.get(&key) {
+    for ((key, start, end), data) in units.into_iter().zip(found) {
+        let data = match data {
             Some(data) => data,
             None => {
                 let whole = Piece {
@@ -277,10 +278,7 @@ async fn fetch_piece(
                 let mut buf = vec![0u8; whole.len as usize];
                 fetch_direct(client, &whole, &mut buf).await?;
                 let data = Bytes::from(buf);
-                // A unit evicted since the check above is fetched again, but still not kept.
-                if cache == CacheUse::Fill {
-                    shards.insert(key, data.clone());
-                }
+                shards.insert(key, data.clone());
                 data
             }
         };
