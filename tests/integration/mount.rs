@@ -752,3 +752,41 @@ fn a_size_read_before_a_flush_commits_does_not_hide_the_flushed_writes() {
     );
     assert_eq!(fs::metadata(m.path("f")).unwrap().len(), 100);
 }
+
+/// A file's times set while its writes are still buffered in the mount are the times it
+/// keeps: the writes land before the change, not after it with the flush's own time. `tar`
+/// sets each file's mtime this way, through the descriptor it wrote, before closing it.
+#[test]
+fn times_set_before_close_are_kept_when_the_writes_land() {
+    use std::fs::FileTimes;
+    use std::time::SystemTime;
+    let cluster = cluster_with_volume();
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    let b = Mount::new(&cluster, "default", "b", "").unwrap();
+    let past = SystemTime::UNIX_EPOCH + Duration::from_secs(1_153_704_088);
+    // Kept inline in the metadata store, and large enough for erasure-coded blocks.
+    for (name, len) in [("small", 10_964), ("large", 5 << 20)] {
+        let data = random_bytes(len, len as u64);
+        let mut file = fs::File::create(a.path(name)).unwrap();
+        file.write_all(&data).unwrap();
+        file.set_times(FileTimes::new().set_modified(past).set_accessed(past))
+            .unwrap();
+        file.set_permissions(fs::Permissions::from_mode(0o640))
+            .unwrap();
+        drop(file);
+        let seen = fs::metadata(b.path(name)).unwrap();
+        assert_eq!(seen.mtime(), 1_153_704_088, "{name}: mtime after close");
+        assert_eq!(seen.mode() & 0o777, 0o640, "{name}: mode");
+        assert!(fs::read(b.path(name)).unwrap() == data, "{name}: bytes");
+    }
+    // The archiver itself: what it unpacks carries the archive's times.
+    let local = cluster.dir.path().join("tree");
+    fs::create_dir_all(&local).unwrap();
+    fs::write(local.join("f"), random_bytes(3000, 7)).unwrap();
+    let l = local.display();
+    sh(&a.dir, &format!("touch -d @1000000000 {l}/f && tar cf t.tar -C {l} f && mkdir out && tar xf t.tar -C out"));
+    assert_eq!(
+        fs::metadata(b.path("out/f")).unwrap().mtime(),
+        1_000_000_000
+    );
+}

@@ -291,6 +291,31 @@ impl OpenFiles {
         Ok(())
     }
 
+    /// Flushes every descriptor of `ino` with unflushed writes before a change of the file's
+    /// times: a flush after it would stamp the file with the flush's time, losing the one
+    /// set (`tar` and `cp -p` set each file's mtime before closing it). A descriptor whose
+    /// flush fails also keeps the error for its own flush or close, as a failed write-back
+    /// does: the process that wrote learns of it even when another set the times.
+    pub async fn flush_before_times(&self, ino: InodeId) -> FsResult<()> {
+        let dirty: Vec<Arc<OpenFile>> = {
+            let table = self.table();
+            let dirty = table.inodes.get(&ino).map(|i| i.dirty.keys());
+            dirty
+                .into_iter()
+                .flatten()
+                .filter_map(|fh| table.files.get(fh).cloned())
+                .collect()
+        };
+        let mut first_error = None;
+        for file in dirty {
+            if let Err(e) = self.flush(&file).await {
+                file.lock().await.keep_error(e.clone());
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Truncates the file through `file`, after its own and the other descriptors' writes.
     pub async fn truncate(&self, file: &OpenFile, size: u64) -> FsResult<()> {
         self.flush_others(file.ino, Some(file.fh)).await?;

@@ -589,6 +589,10 @@ impl Filesystem for DfsFs {
                 if let Err(e) = s.files.flush_others(ino, None).await {
                     return reply.error(errno(&e));
                 }
+            } else if atime.is_some() || mtime.is_some() {
+                if let Err(e) = s.files.flush_before_times(ino).await {
+                    return reply.error(errno(&e));
+                }
             }
             let result = s.client.setattr(ino, set).await;
             if size.is_some() {
