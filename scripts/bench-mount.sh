@@ -9,11 +9,12 @@
 #       sequential ones.
 # meta: the small-file and metadata workloads: create/stat/list/unlink loops over
 #       DFS_BENCH_FILES files, creates from 8 processes, fs_mark (files of 16 KiB fsynced
-#       before close), dbench (4 clients), and small appends each followed by fsync.
+#       before close), dbench (4 clients), unpacking an archive of small files (tar), and
+#       small appends each followed by fsync.
 #
 # Settings: DFS_BENCH_SIZE (1g), DFS_BENCH_RAND_SIZE (256m), DFS_BENCH_RUNTIME (30),
 # DFS_BENCH_FILES (10000), DFS_BENCH_SMALL_FILES (2000), DFS_BENCH_DBENCH_SECS (30),
-# DFS_BENCH_APPENDS (6000), DFS_BENCH_DIR (/tmp/dfs-bench-mount).
+# DFS_BENCH_APPENDS (6000), DFS_BENCH_TAR_FILES (3000), DFS_BENCH_DIR (/tmp/dfs-bench-mount).
 # With DFS_BENCH_MOUNT set to an existing dfs mount, that mount is measured instead of a fresh
 # dev cluster.
 set -euo pipefail
@@ -26,6 +27,7 @@ files=${DFS_BENCH_FILES:-10000}
 small_files=${DFS_BENCH_SMALL_FILES:-2000}
 dbench_secs=${DFS_BENCH_DBENCH_SECS:-30}
 appends=${DFS_BENCH_APPENDS:-6000}
+tar_files=${DFS_BENCH_TAR_FILES:-3000}
 work=${DFS_BENCH_DIR:-/tmp/dfs-bench-mount}
 case $what in data | meta | all) ;; *) echo "usage: $0 [data|meta|all]" >&2; exit 2 ;; esac
 for tool in fio:fio fs_mark:fsmark dbench:dbench; do
@@ -142,6 +144,10 @@ os.rmdir('$dir/m')
         # 4 clients of dbench's file-server load: MB/s.
         dbench) rm -rf "$dir/db"; mkdir -p "$dir/db"
             dbench -t "$dbench_secs" -D "$dir/db" 4 2>/dev/null | awk '/^Throughput/ { print $2 }' ;;
+        # Unpacking an archive of small files (a source tree): tar creates each file, writes
+        # it, sets its mtime, owner and mode, and closes it. Seconds for the whole archive.
+        untar) rm -rf "$dir/u"; mkdir -p "$dir/u"
+            seconds sh -c "tar xf '$(archive)' -C '$dir/u' && sync -f '$dir/u'" ;;
         # Small appends, each followed by fsync (a log, a mail spool): milliseconds each.
         appends) python3 -c "
 import os, time
@@ -155,6 +161,27 @@ print('%.3f' % ((time.monotonic() - start) * 1000 / $appends))
 os.close(fd)
 " ;;
     esac
+}
+# A tarball of DFS_BENCH_TAR_FILES files of 1 to 16 KiB in directories of 30, dated in the
+# past, made once under the work directory; prints its path.
+archive() {
+    local tarball=$work/tree-$tar_files.tar
+    if [ ! -f "$tarball" ]; then
+        python3 - "$work/tree" "$tar_files" <<'PY'
+import os, random, sys
+root, n = sys.argv[1], int(sys.argv[2])
+rng = random.Random(7)
+for i in range(n):
+    d = os.path.join(root, "d%d" % (i // 30))
+    os.makedirs(d, exist_ok=True)
+    p = os.path.join(d, "f%d.c" % i)
+    with open(p, "wb") as f:
+        f.write(rng.randbytes(rng.randint(1024, 16384)))
+    os.utime(p, (1_000_000_000, 1_000_000_000))
+PY
+        tar cf "$tarball" -C "$work/tree" . && rm -rf "$work/tree"
+    fi
+    echo "$tarball"
 }
 rate_row() { awk -v n="$1" -v d="$2" -v l="$3" -v c="${4:-$files}" 'BEGIN { printf "| %s | %.0f/s | %.0f/s | %.1f%% |\n", n, c / l, c / d, 100 * l / d }'; }
 
@@ -176,10 +203,12 @@ meta_workloads() {
     d=$(meta_ops "$dfs_dir" dbench); l=$(meta_ops "$local_dir" dbench)
     awk -v n="dbench, 4 clients, $dbench_secs s" -v d="$d" -v l="$l" \
         'BEGIN { printf "| %s | %.1f MB/s | %.1f MB/s | %.1f%% |\n", n, l, d, 100 * d / l }'
+    d=$(meta_ops "$dfs_dir" untar); l=$(meta_ops "$local_dir" untar)
+    rate_row "untar $tar_files files of 1-16 KiB (tar xf, then sync)" "$d" "$l" "$tar_files"
     d=$(meta_ops "$dfs_dir" appends); l=$(meta_ops "$local_dir" appends)
     echo "| $appends appends of 97 bytes, each followed by fsync | $l ms each | $d ms each | |"
-    rm -rf "$dfs_dir"/c? "$dfs_dir/s" "$dfs_dir/db" "$dfs_dir/append.log" \
-        "$local_dir"/c? "$local_dir/s" "$local_dir/db" "$local_dir/append.log"
+    rm -rf "$dfs_dir"/c? "$dfs_dir/s" "$dfs_dir/db" "$dfs_dir/u" "$dfs_dir/append.log" \
+        "$local_dir"/c? "$local_dir/s" "$local_dir/db" "$local_dir/u" "$local_dir/append.log"
 }
 
 # How long an idle CPU takes to wake decides much of a metadata operation's latency (it passes

@@ -13,7 +13,9 @@ use crate::queries;
 use crate::repair::Repair;
 use crate::reply::{answer, Answer, FromOutcome};
 use crate::store::schema::{decode, BlockRecord};
-use crate::store::tables::{get_inode, get_volume_by_id, get_volume_state, lookup, ReadTables};
+use crate::store::tables::{
+    get_inode, get_volume_by_id, get_volume_state, has_xattrs, lookup, ReadTables,
+};
 use crate::store::{self, DbResult};
 use dfs_common::capability::CapabilityKey;
 use dfs_common::codec::encode_body;
@@ -353,6 +355,15 @@ impl MetaService {
     /// The attributes of a directory just after this call changed it, for its reply: the
     /// kernel asks for them after every change to a directory, and the mount then answers
     /// without a round trip. Read after the change was applied, so never older than it.
+    /// Applies a change of attributes; the reply says whether the inode has extended
+    /// attributes, so a mount that changes a file's mode or times (as `tar` does before it
+    /// writes) still knows it has none to ask for.
+    async fn set_attr(&self, ino: InodeId, set: SetAttr, call: Option<Call>) -> FsResult<Attr> {
+        let mut attr: Attr = self.mutate_as(Op::SetAttr { ino, set }, call).await?;
+        attr.has_xattrs = self.query_now(|t| has_xattrs(t.xattrs.table()?, ino))?;
+        Ok(attr)
+    }
+
     fn dir_after(&self, dir: InodeId) -> FsResult<Attr> {
         self.query_now(|t| queries::get_attr(t, dir))
     }
@@ -407,9 +418,7 @@ impl MetaService {
             R::BindServer(q) => {
                 answer(q, |q| self.mutate_as(op!(q => BindServer { server, fingerprint }), call)).await
             }
-            R::SetAttr(q) => {
-                answer(q, |q| self.mutate_as(op!(q => SetAttr { ino, set }), call)).await
-            }
+            R::SetAttr(q) => answer(q, |q| self.set_attr(q.ino, q.set, call)).await,
             R::MakeNode(q) => {
                 answer(q, |q| async move {
                     if q.kind == FileKind::Symlink {

@@ -764,13 +764,25 @@ fn times_set_before_close_are_kept_when_the_writes_land() {
     let a = Mount::new(&cluster, "default", "a", "").unwrap();
     let b = Mount::new(&cluster, "default", "b", "").unwrap();
     let past = SystemTime::UNIX_EPOCH + Duration::from_secs(1_153_704_088);
+    let server_requests = || {
+        let page = crate::observe::scrape(cluster.meta_http);
+        let count = |op: &str| {
+            crate::observe::value(&page, &format!("dfs_meta_requests_total{{op=\"{op}\"}}"))
+        };
+        let commits = count("WriteInline") + count("CommitWrite") + count("CommitIfUnchanged");
+        (count("SetAttr"), commits)
+    };
     // Kept inline in the metadata store, and large enough for erasure-coded blocks.
     for (name, len) in [("small", 10_964), ("large", 5 << 20)] {
         let data = random_bytes(len, len as u64);
         let mut file = fs::File::create(a.path(name)).unwrap();
         file.write_all(&data).unwrap();
-        file.set_times(FileTimes::new().set_modified(past).set_accessed(past))
-            .unwrap();
+        let before = server_requests();
+        file.set_times(FileTimes::new().set_modified(past)).unwrap();
+        let after = server_requests();
+        // The new mtime came with the commit of the writes: no request of its own.
+        assert_eq!(after.0 - before.0, 0.0, "{name}: SetAttr requests");
+        assert!(after.1 > before.1, "{name}: the writes were committed");
         file.set_permissions(fs::Permissions::from_mode(0o640))
             .unwrap();
         drop(file);

@@ -65,6 +65,11 @@ pub struct FileHandle {
     dirty_counted: usize,
     /// The file's attributes before and after each commit since [`FileHandle::take_commits`].
     commits: Vec<(Attr, Attr)>,
+    /// The file's attributes after this handle's last commit.
+    last_commit: Option<Attr>,
+    /// The mtime this handle's commits give the file, while a flush stamps it with a time set
+    /// by the user ([`FileHandle::flush_stamped`]); else each commit's own time.
+    stamp: Option<Timestamp>,
     /// The file's size as the metadata server had it at open or at this handle's last change.
     known_size: u64,
     /// The server refused to keep more of the file inline: flushes write blocks, and one at
@@ -171,6 +176,8 @@ impl Client {
             append_pos: 0,
             dirty_counted: 0,
             commits: Vec::new(),
+            last_commit: None,
+            stamp: None,
             known_size: attr.size,
             inline_spent: false,
             no_inline_tail: false,
@@ -421,7 +428,7 @@ impl FileHandle {
         let request = req::CommitWrite {
             ino: self.ino,
             extents,
-            mtime: Timestamp::now(),
+            mtime: self.commit_mtime(),
             append: self.append,
         };
         let committed = self.client.call(request).await?;
@@ -429,8 +436,14 @@ impl FileHandle {
         Ok(())
     }
 
+    /// The mtime a commit of this handle's writes gives the file.
+    fn commit_mtime(&self) -> Timestamp {
+        self.stamp.unwrap_or_else(Timestamp::now)
+    }
+
     /// Takes note of a commit of this handle's writes.
     fn committed(&mut self, Committed { before, after }: Committed) {
+        self.last_commit = Some(after.clone());
         self.size = self.size.max(after.size);
         self.known_size = after.size;
         self.settle_reserved(after.size);
@@ -466,7 +479,7 @@ impl FileHandle {
                 .map(|(at, r)| (at - base, r.len() as u64))
                 .collect(),
             data: runs.iter().flat_map(|(_, r)| r).copied().collect(),
-            mtime: Timestamp::now(),
+            mtime: self.commit_mtime(),
             append: self.append,
         };
         self.forget_layout();
@@ -539,7 +552,7 @@ impl FileHandle {
         let request = req::CommitIfUnchanged {
             ino: self.ino,
             extents,
-            mtime: Timestamp::now(),
+            mtime: self.commit_mtime(),
             size,
             from: tail.from,
             expect: tail.extents,
@@ -611,6 +624,17 @@ impl FileHandle {
             Some(e) => Err(e),
             None => result,
         }
+    }
+
+    /// Flushes, every commit giving the file the mtime `mtime` rather than its own time: a
+    /// change of mtime after writes (`tar`, `cp -p`) lands with them, in the same commit.
+    /// Gives the file's attributes after the last commit, if the flush committed anything.
+    pub async fn flush_stamped(&mut self, mtime: Timestamp) -> FsResult<Option<Attr>> {
+        self.last_commit = None;
+        self.stamp = Some(mtime);
+        let result = self.flush().await;
+        self.stamp = None;
+        result.map(|()| self.last_commit.take())
     }
 
     /// Whether a flush would have nothing to do: nothing buffered, uploading or waiting for a

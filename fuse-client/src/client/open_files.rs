@@ -272,20 +272,22 @@ impl OpenFiles {
         true
     }
 
+    /// The descriptors of `ino` with unflushed writes, except `except`.
+    fn with_writes(&self, ino: InodeId, except: Option<u64>) -> Vec<Arc<OpenFile>> {
+        let table = self.table();
+        let dirty = table.inodes.get(&ino).map(|i| i.dirty.keys());
+        dirty
+            .into_iter()
+            .flatten()
+            .filter(|fh| Some(**fh) != except)
+            .filter_map(|fh| table.files.get(fh).cloned())
+            .collect()
+    }
+
     /// Flushes the descriptors of `ino` with unflushed writes, except `except`: what one
     /// descriptor wrote reaches the cluster before another one reads or truncates the file.
     pub async fn flush_others(&self, ino: InodeId, except: Option<u64>) -> FsResult<()> {
-        let others: Vec<Arc<OpenFile>> = {
-            let table = self.table();
-            let dirty = table.inodes.get(&ino).map(|i| i.dirty.keys());
-            dirty
-                .into_iter()
-                .flatten()
-                .filter(|fh| Some(**fh) != except)
-                .filter_map(|fh| table.files.get(fh).cloned())
-                .collect()
-        };
-        for file in others {
+        for file in self.with_writes(ino, except) {
             self.flush(&file).await?;
         }
         Ok(())
@@ -297,23 +299,49 @@ impl OpenFiles {
     /// flush fails also keeps the error for its own flush or close, as a failed write-back
     /// does: the process that wrote learns of it even when another set the times.
     pub async fn flush_before_times(&self, ino: InodeId) -> FsResult<()> {
-        let dirty: Vec<Arc<OpenFile>> = {
-            let table = self.table();
-            let dirty = table.inodes.get(&ino).map(|i| i.dirty.keys());
-            dirty
-                .into_iter()
-                .flatten()
-                .filter_map(|fh| table.files.get(fh).cloned())
-                .collect()
-        };
         let mut first_error = None;
-        for file in dirty {
+        for file in self.with_writes(ino, None) {
             if let Err(e) = self.flush(&file).await {
                 file.lock().await.keep_error(e.clone());
                 first_error.get_or_insert(e);
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Sets the mtime of `ino` to `mtime` with the commit of its unflushed writes, when one
+    /// descriptor holds them all: the change of time costs no commit of its own. Gives the
+    /// file's attributes after that commit; `None` when it did not happen this way (no or
+    /// several descriptors with writes, or nothing committed), and the caller changes the
+    /// time itself. A failed flush is reported as [`OpenFiles::flush_before_times`] does.
+    pub async fn flush_stamped(&self, ino: InodeId, mtime: Timestamp) -> FsResult<Option<Attr>> {
+        let file = {
+            let table = self.table();
+            let Some(inode) = table.inodes.get(&ino) else {
+                return Ok(None);
+            };
+            let mut dirty = inode.dirty.keys();
+            match (dirty.next(), dirty.next()) {
+                (Some(fh), None) => table.files.get(fh).cloned(),
+                _ => None,
+            }
+        };
+        let Some(file) = file else {
+            return Ok(None);
+        };
+        let mut handle = file.lock().await;
+        let result = handle.flush_stamped(mtime).await;
+        let commits = handle.take_commits();
+        if let Err(e) = &result {
+            handle.keep_error(e.clone());
+        }
+        self.clean(&file);
+        drop(handle);
+        if !commits.is_empty() {
+            self.note_commits(ino, commits);
+            self.forget_layouts(Some(ino));
+        }
+        Ok(result?.filter(|after| after.mtime == mtime))
     }
 
     /// Truncates the file through `file`, after its own and the other descriptors' writes.

@@ -590,6 +590,28 @@ impl Filesystem for DfsFs {
                     return reply.error(errno(&e));
                 }
             } else if atime.is_some() || mtime.is_some() {
+                // A new mtime alone, after writes (as `tar` sets it): it lands with them.
+                if let SetAttr {
+                    mtime: Some(TimeSet::At(at)),
+                    atime: None,
+                    mode: None,
+                    uid: None,
+                    gid: None,
+                    size: None,
+                } = set
+                {
+                    match s.files.flush_stamped(ino, at).await {
+                        Ok(Some(mut attr)) => {
+                            // A commit of data changes no extended attribute.
+                            if s.absent_xattrs.is_bare(ino) {
+                                attr.has_xattrs = false;
+                            }
+                            return s.reply_attr(reply, Ok(attr));
+                        }
+                        Ok(_) => {}
+                        Err(e) => return reply.error(errno(&e)),
+                    }
+                }
                 if let Err(e) = s.files.flush_before_times(ino).await {
                     return reply.error(errno(&e));
                 }

@@ -242,12 +242,20 @@ pub fn attr_of(
     rec: &InodeRecord,
 ) -> FsResult<Attr> {
     let mut attr = to_attr(ino, rec);
-    attr.has_xattrs = xattrs
+    attr.has_xattrs = has_xattrs(xattrs, ino)?;
+    Ok(attr)
+}
+
+/// Whether `ino` has any extended attribute.
+pub fn has_xattrs(
+    xattrs: &impl ReadableTable<(u64, &'static str), &'static [u8]>,
+    ino: InodeId,
+) -> FsResult<bool> {
+    Ok(xattrs
         .range((ino.0, "")..(ino.0 + 1, ""))
         .db()?
         .next()
-        .is_some();
-    Ok(attr)
+        .is_some())
 }
 
 /// A table of a read snapshot, opened at its first use.
