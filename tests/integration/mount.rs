@@ -755,50 +755,98 @@ fn a_size_read_before_a_flush_commits_does_not_hide_the_flushed_writes() {
 
 /// A file's times set while its writes are still buffered in the mount are the times it
 /// keeps: the writes land before the change, not after it with the flush's own time. `tar`
-/// sets each file's mtime this way, through the descriptor it wrote, before closing it.
+/// writes each file, then sets its mtime, owner and mode through the same descriptor, then
+/// closes it: those changes wait in the mount and travel with the flush of the writes, so
+/// they cost no request of their own before the close. A change that takes access away goes
+/// to the metadata server at once, after the waiting ones; a write after a waiting mtime
+/// dates the file anew.
 #[test]
-fn times_set_before_close_are_kept_when_the_writes_land() {
+fn attribute_changes_after_writes_travel_with_them_and_keep_their_times() {
     use std::fs::FileTimes;
+    use std::os::unix::fs::{fchown, OpenOptionsExt};
     use std::time::SystemTime;
     let cluster = cluster_with_volume();
     let a = Mount::new(&cluster, "default", "a", "").unwrap();
     let b = Mount::new(&cluster, "default", "b", "").unwrap();
     let past = SystemTime::UNIX_EPOCH + Duration::from_secs(1_153_704_088);
-    let server_requests = || {
+    let requests = || {
         let page = crate::observe::scrape(cluster.meta_http);
         let count = |op: &str| {
             crate::observe::value(&page, &format!("dfs_meta_requests_total{{op=\"{op}\"}}"))
         };
         let commits = count("WriteInline") + count("CommitWrite") + count("CommitIfUnchanged");
-        (count("SetAttr"), commits)
+        (count("SetAttr"), commits, count("GetAttr"))
     };
     // Kept inline in the metadata store, and large enough for erasure-coded blocks.
     for (name, len) in [("small", 10_964), ("large", 5 << 20)] {
         let data = random_bytes(len, len as u64);
-        let mut file = fs::File::create(a.path(name)).unwrap();
-        file.write_all(&data).unwrap();
-        let before = server_requests();
-        file.set_times(FileTimes::new().set_modified(past)).unwrap();
-        let after = server_requests();
-        // The new mtime came with the commit of the writes: no request of its own.
-        assert_eq!(after.0 - before.0, 0.0, "{name}: SetAttr requests");
-        assert!(after.1 > before.1, "{name}: the writes were committed");
-        file.set_permissions(fs::Permissions::from_mode(0o640))
+        // As tar does: created private, opened up once written.
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(a.path(name))
             .unwrap();
+        file.write_all(&data).unwrap();
+        let before = requests();
+        file.set_times(FileTimes::new().set_modified(past)).unwrap();
+        fchown(&file, Some(0), Some(0)).unwrap();
+        file.set_permissions(fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let mine = fs::metadata(a.path(name)).unwrap();
+        assert_eq!((mine.mtime(), mine.mode() & 0o777), (1_153_704_088, 0o644));
+        assert_eq!(
+            mine.len(),
+            len as u64,
+            "{name}: size with the buffered writes"
+        );
+        let waited = requests();
+        assert_eq!(
+            waited.0 - before.0,
+            0.0,
+            "{name}: SetAttr requests before the close"
+        );
+        assert_eq!(
+            waited.2 - before.2,
+            0.0,
+            "{name}: GetAttr requests before the close"
+        );
         drop(file);
         let seen = fs::metadata(b.path(name)).unwrap();
         assert_eq!(seen.mtime(), 1_153_704_088, "{name}: mtime after close");
-        assert_eq!(seen.mode() & 0o777, 0o640, "{name}: mode");
+        assert_eq!(seen.mode() & 0o777, 0o644, "{name}: mode");
         assert!(fs::read(b.path(name)).unwrap() == data, "{name}: bytes");
     }
-    // The archiver itself: what it unpacks carries the archive's times.
+
+    // Taking access away is not kept waiting: it shows elsewhere before the close, with the
+    // waiting mtime and the writes it followed.
+    let mut file = fs::File::create(a.path("private")).unwrap();
+    file.write_all(b"secret").unwrap();
+    file.set_times(FileTimes::new().set_modified(past)).unwrap();
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .unwrap();
+    let seen = fs::metadata(b.path("private")).unwrap();
+    assert_eq!(
+        (seen.mode() & 0o777, seen.mtime(), seen.len()),
+        (0o600, 1_153_704_088, 6)
+    );
+    drop(file);
+    // A write after a waiting mtime: the file is dated by that write.
+    let mut file = fs::File::create(a.path("later")).unwrap();
+    file.write_all(b"first").unwrap();
+    file.set_times(FileTimes::new().set_modified(past)).unwrap();
+    file.write_all(b" then more").unwrap();
+    drop(file);
+    let seen = fs::metadata(b.path("later")).unwrap();
+    assert!(seen.mtime() > 1_700_000_000, "mtime {}", seen.mtime());
+    assert_eq!(fs::read(b.path("later")).unwrap(), b"first then more");
+
+    // The archiver itself: what it unpacks carries the archive's times and modes.
     let local = cluster.dir.path().join("tree");
     fs::create_dir_all(&local).unwrap();
     fs::write(local.join("f"), random_bytes(3000, 7)).unwrap();
     let l = local.display();
-    sh(&a.dir, &format!("touch -d @1000000000 {l}/f && tar cf t.tar -C {l} f && mkdir out && tar xf t.tar -C out"));
-    assert_eq!(
-        fs::metadata(b.path("out/f")).unwrap().mtime(),
-        1_000_000_000
-    );
+    sh(&a.dir, &format!("touch -d @1000000000 {l}/f && chmod 751 {l}/f && tar cf t.tar -C {l} f && mkdir out && tar xf t.tar -C out"));
+    let seen = fs::metadata(b.path("out/f")).unwrap();
+    assert_eq!((seen.mtime(), seen.mode() & 0o777), (1_000_000_000, 0o751));
 }

@@ -74,25 +74,12 @@ impl DirAttrs {
 mod tests {
     use super::*;
     use dfs_common::proto::meta::FileKind;
-    use dfs_common::{Timestamp, VolumeId};
 
     fn dir(ino: u64, secs: i64) -> Attr {
-        let t = Timestamp { secs, nanos: 0 };
         Attr {
-            ino: InodeId(ino),
-            volume: VolumeId(1),
-            kind: FileKind::Dir,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
             nlink: 2,
             size: 0,
-            atime: t,
-            mtime: t,
-            ctime: t,
-            crtime: t,
-            rdev: 0,
-            has_xattrs: false,
+            ..crate::client::pending_attrs::tests::attr(ino, FileKind::Dir, 0o755, secs)
         }
     }
 

@@ -626,12 +626,12 @@ impl FileHandle {
         }
     }
 
-    /// Flushes, every commit giving the file the mtime `mtime` rather than its own time: a
+    /// Flushes, every commit giving the file the mtime `mtime` (if given) rather than its own time: a
     /// change of mtime after writes (`tar`, `cp -p`) lands with them, in the same commit.
     /// Gives the file's attributes after the last commit, if the flush committed anything.
-    pub async fn flush_stamped(&mut self, mtime: Timestamp) -> FsResult<Option<Attr>> {
+    pub async fn flush_stamped(&mut self, mtime: Option<Timestamp>) -> FsResult<Option<Attr>> {
         self.last_commit = None;
-        self.stamp = Some(mtime);
+        self.stamp = mtime;
         let result = self.flush().await;
         self.stamp = None;
         result.map(|()| self.last_commit.take())

@@ -10,6 +10,7 @@ pub mod layouts;
 pub mod locks;
 pub mod meta;
 pub mod open_files;
+pub mod pending_attrs;
 mod quota;
 pub mod reader;
 pub mod shard_cache;

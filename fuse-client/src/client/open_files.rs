@@ -11,13 +11,15 @@
 //! than the one named: closing one file never waits for another file's upload.
 
 use super::file::FileHandle;
+use super::pending_attrs;
 use super::Client;
+use dfs_common::model::{SetAttr, TimeSet};
 use dfs_common::proto::meta::{Attr, FileKind, RENAME_NOREPLACE};
 use dfs_common::{FsError, FsResult, InodeId, Timestamp};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One open descriptor: the handle its reads and writes go through, and its file.
 pub struct OpenFile {
@@ -56,6 +58,23 @@ struct Inode {
     /// Raised when the file's extents change; a descriptor that saw another value drops the
     /// layouts it cached.
     layouts: Arc<AtomicU64>,
+    /// The file's attributes as the metadata server last gave them to this mount, and when.
+    known: Option<(Attr, Instant)>,
+    /// Attribute changes waiting for the flush of one descriptor's writes.
+    waiting: Option<Waiting>,
+}
+
+/// Attribute changes answered by the mount, carried to the metadata server by the flush of
+/// the writes they followed (see [`pending_attrs`]).
+struct Waiting {
+    /// The descriptor whose writes hold the file's buffered state; its flush carries them.
+    owner: u64,
+    owner_file: Arc<OpenFile>,
+    set: SetAttr,
+    /// When the last of them was made: the change time the mount shows meanwhile.
+    at: Timestamp,
+    /// Taken by a flush that is under way: still shown, no longer added to.
+    sending: bool,
 }
 
 #[derive(Default)]
@@ -133,6 +152,145 @@ impl OpenFiles {
     pub fn wrote(&self, file: &OpenFile, size: u64) {
         if let Some(inode) = self.table().inodes.get_mut(&file.ino) {
             inode.dirty.insert(file.fh, size);
+            // A write after a waiting change of mtime dates the file itself, at its commit.
+            if let Some(waiting) = inode.waiting.as_mut().filter(|w| !w.sending) {
+                waiting.set.mtime = None;
+            }
+        }
+    }
+
+    /// Notes the attributes of `attr.ino` as the metadata server gave them, if it is open.
+    pub fn note_attr(&self, attr: &Attr) {
+        if let Some(inode) = self.table().inodes.get_mut(&attr.ino) {
+            // Answers of requests that crossed may arrive out of order; ctime tells.
+            if inode
+                .known
+                .as_ref()
+                .is_none_or(|(k, _)| k.ctime <= attr.ctime)
+            {
+                inode.known = Some((attr.clone(), Instant::now()));
+            }
+        }
+    }
+
+    /// Forgets the attributes noted of `ino` (of every file with `None`): another client
+    /// changed it. Changes waiting here stay, and still go to the metadata server.
+    pub fn forget_attr(&self, ino: Option<InodeId>) {
+        let mut table = self.table();
+        match ino {
+            Some(ino) => table
+                .inodes
+                .get_mut(&ino)
+                .into_iter()
+                .for_each(|i| i.known = None),
+            None => table.inodes.values_mut().for_each(|i| i.known = None),
+        }
+    }
+
+    /// Keeps the change `set` of `ino` to wait for the flush of its buffered writes, if it
+    /// may ([`pending_attrs::may_wait`]): one descriptor holds all of them, and the file's
+    /// attributes were given by the metadata server less than `max_age` ago. Gives the
+    /// attributes the file now has for this mount; `None` when the change must be made at
+    /// the server now.
+    pub fn defer_setattr(&self, ino: InodeId, set: &SetAttr, max_age: Duration) -> Option<Attr> {
+        let mut table = self.table();
+        let table = &mut *table;
+        let inode = table.inodes.get_mut(&ino)?;
+        let mut dirty = inode.dirty.keys();
+        let owner = match (dirty.next(), dirty.next()) {
+            (Some(&fh), None) => fh,
+            _ => return None,
+        };
+        let owner_file = table.files.get(&owner)?.clone();
+        let (known, at) = inode.known.as_ref()?;
+        if at.elapsed() >= max_age {
+            return None;
+        }
+        let now = Timestamp::now();
+        let waiting = inode.waiting.get_or_insert(Waiting {
+            owner,
+            owner_file,
+            set: SetAttr::default(),
+            at: now,
+            sending: false,
+        });
+        let shown = pending_attrs::apply(&waiting.set, known.clone(), waiting.at);
+        if waiting.owner != owner || waiting.sending || !pending_attrs::may_wait(set, &shown) {
+            if pending_attrs::is_empty(&waiting.set) && !waiting.sending {
+                inode.waiting = None;
+            }
+            return None;
+        }
+        pending_attrs::merge(&mut waiting.set, set);
+        waiting.at = now;
+        Some(pending_attrs::apply(&waiting.set, known.clone(), now))
+    }
+
+    /// `attr` with the changes waiting here made.
+    pub fn with_waiting(&self, attr: Attr) -> Attr {
+        let table = self.table();
+        match table.inodes.get(&attr.ino).and_then(|i| i.waiting.as_ref()) {
+            Some(w) => pending_attrs::apply(&w.set, attr, w.at),
+            None => attr,
+        }
+    }
+
+    /// The attributes of `ino` for this mount while changes to it wait here: what the
+    /// metadata server last gave, with those changes made.
+    pub fn attr_with_waiting(&self, ino: InodeId, max_age: Duration) -> Option<Attr> {
+        let table = self.table();
+        let inode = table.inodes.get(&ino)?;
+        let (waiting, (known, at)) = (inode.waiting.as_ref()?, inode.known.as_ref()?);
+        if at.elapsed() >= max_age {
+            return None;
+        }
+        Some(pending_attrs::apply(
+            &waiting.set,
+            known.clone(),
+            waiting.at,
+        ))
+    }
+
+    /// Whether attribute changes of `ino` wait for the flush of descriptor `fh`.
+    fn waits_for(&self, ino: InodeId, fh: u64) -> bool {
+        let table = self.table();
+        let waiting = table.inodes.get(&ino).and_then(|i| i.waiting.as_ref());
+        waiting.is_some_and(|w| w.owner == fh)
+    }
+
+    /// Sends the attribute changes waiting for `ino`, with the writes they follow: a change
+    /// about to be made at the metadata server must land after them. Waits for a flush that
+    /// is sending them already.
+    pub async fn settle(&self, ino: InodeId) -> FsResult<()> {
+        let owner = {
+            let table = self.table();
+            let waiting = table.inodes.get(&ino).and_then(|i| i.waiting.as_ref());
+            waiting.map(|w| w.owner_file.clone())
+        };
+        match owner {
+            Some(file) => self.flush(&file).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The changes waiting for `file`'s flush, marked as being sent.
+    fn take_waiting(&self, file: &OpenFile) -> Option<SetAttr> {
+        let mut table = self.table();
+        let waiting = table.inodes.get_mut(&file.ino)?.waiting.as_mut()?;
+        if waiting.owner != file.fh || waiting.sending {
+            return None;
+        }
+        waiting.sending = true;
+        Some(waiting.set.clone())
+    }
+
+    /// Drops the changes a flush took, sent or failed. Changes made while that flush was
+    /// under way were not taken: they stay for the descriptor's next flush or close.
+    fn sent_waiting(&self, file: &OpenFile) {
+        if let Some(inode) = self.table().inodes.get_mut(&file.ino) {
+            if inode.waiting.as_ref().is_some_and(|w| w.sending) {
+                inode.waiting = None;
+            }
         }
     }
 
@@ -195,17 +353,71 @@ impl OpenFiles {
     /// Makes what `file` wrote durable and visible: to other clients, and to the other
     /// descriptors of this mount through their layouts.
     pub async fn flush(&self, file: &OpenFile) -> FsResult<()> {
+        self.flush_carrying(file, None).await.map(|_| ())
+    }
+
+    /// Flushes `file`, carrying the attribute changes waiting for it: a new mtime in the
+    /// commits of its writes (else `stamp`, if given), the rest in one change made alongside
+    /// them (they touch different fields, so the two commits may land in either order, or in
+    /// one log entry). Gives the file's attributes after both, if a commit or change was made.
+    /// The waiting changes are sent even when the writes fail: they were answered for.
+    async fn flush_carrying(
+        &self,
+        file: &OpenFile,
+        stamp: Option<Timestamp>,
+    ) -> FsResult<Option<Attr>> {
         let mut handle = file.lock().await;
-        let result = handle.flush().await;
+        let mut rest = self.take_waiting(file).unwrap_or_default();
+        let mtime = rest.mtime.take();
+        let stamp = match mtime {
+            Some(TimeSet::At(t)) => Some(t),
+            Some(TimeSet::Now) => None,
+            None => stamp,
+        };
+        let change = async {
+            if pending_attrs::is_empty(&rest) {
+                return Ok(None);
+            }
+            self.client.setattr(file.ino, rest.clone()).await.map(Some)
+        };
+        let (result, changed) = tokio::join!(handle.flush_stamped(stamp), change);
         let commits = handle.take_commits();
         // Under the handle's lock: a write that follows the flush records its size anew.
         self.clean(file);
+        let committed = result.as_ref().ok().cloned().flatten();
+        let mut after = match (&committed, &changed) {
+            (Some(data), Ok(Some(attr))) => Some(pending_attrs::apply(
+                &rest,
+                data.clone(),
+                data.ctime.max(attr.ctime),
+            )),
+            (Some(data), _) => Some(data.clone()),
+            (None, Ok(changed)) => changed.clone(),
+            (None, Err(_)) => None,
+        };
+        let mut changed = changed.map(|_| ());
+        if mtime.is_some() && committed.is_none() {
+            // No commit carried the new mtime.
+            let set = SetAttr {
+                mtime,
+                ..SetAttr::default()
+            };
+            match self.client.setattr(file.ino, set).await {
+                Ok(attr) => after = Some(attr),
+                Err(e) => changed = changed.and(Err(e)),
+            }
+        }
+        self.sent_waiting(file);
         drop(handle);
         if !commits.is_empty() {
             self.note_commits(file.ino, commits);
             self.forget_layouts(Some(file.ino));
         }
-        result
+        if let Some(attr) = &after {
+            self.note_attr(attr);
+        }
+        result?;
+        changed.map(|()| after)
     }
 
     /// [`OpenFiles::flush`] of a descriptor with nothing to flush, done at once; `false` (and
@@ -215,7 +427,7 @@ impl OpenFiles {
         let Ok(handle) = file.handle.try_lock() else {
             return false;
         };
-        if !handle.is_clean() {
+        if !handle.is_clean() || self.waits_for(file.ino, file.fh) {
             return false;
         }
         self.clean(file);
@@ -251,7 +463,8 @@ impl OpenFiles {
         let Ok(handle) = file.handle.try_lock() else {
             return false;
         };
-        if !handle.is_clean() {
+        let waits = table.inodes.get(&file.ino).and_then(|i| i.waiting.as_ref());
+        if !handle.is_clean() || waits.is_some_and(|w| w.owner == fh) {
             return false;
         }
         let inode = table.inodes.get_mut(&file.ino);
@@ -329,19 +542,13 @@ impl OpenFiles {
         let Some(file) = file else {
             return Ok(None);
         };
-        let mut handle = file.lock().await;
-        let result = handle.flush_stamped(mtime).await;
-        let commits = handle.take_commits();
-        if let Err(e) = &result {
-            handle.keep_error(e.clone());
+        match self.flush_carrying(&file, Some(mtime)).await {
+            Ok(after) => Ok(after.filter(|after| after.mtime == mtime)),
+            Err(e) => {
+                file.lock().await.keep_error(e.clone());
+                Err(e)
+            }
         }
-        self.clean(&file);
-        drop(handle);
-        if !commits.is_empty() {
-            self.note_commits(ino, commits);
-            self.forget_layouts(Some(ino));
-        }
-        Ok(result?.filter(|after| after.mtime == mtime))
     }
 
     /// Truncates the file through `file`, after its own and the other descriptors' writes.

@@ -168,8 +168,15 @@ impl Shared {
         self.map.to_dfs(ino)
     }
 
-    /// Attributes with the size raised to cover unflushed writes of open files.
-    fn fresh_attr(&self, mut attr: dfs_common::proto::meta::Attr) -> fuser::FileAttr {
+    /// Attributes from the metadata server as this mount shows them: with the size raised
+    /// to cover unflushed writes of open files, and attribute changes waiting for a flush.
+    fn fresh_attr(&self, attr: dfs_common::proto::meta::Attr) -> fuser::FileAttr {
+        self.files.note_attr(&attr);
+        self.shown_attr(self.files.with_waiting(attr))
+    }
+
+    /// Attributes as this mount shows them, with the size raised to cover unflushed writes.
+    fn shown_attr(&self, mut attr: dfs_common::proto::meta::Attr) -> fuser::FileAttr {
         self.absent_xattrs
             .note_attributes(attr.ino, attr.has_xattrs);
         if let Some(size) = self.files.size_with_writes(attr.ino) {
@@ -431,6 +438,7 @@ impl super::coherence::Caches for Shared {
         self.dir_names.forget(ino);
         self.absent_xattrs.forget(ino);
         self.client.dir_attrs().forget(ino);
+        self.files.forget_attr(Some(ino));
         if data {
             self.files.forget_version(Some(ino));
             self.files.forget_layouts(Some(ino));
@@ -458,6 +466,7 @@ impl super::coherence::Caches for Shared {
         self.files.forget_version(None);
         self.dir_names.clear();
         self.client.dir_attrs().clear();
+        self.files.forget_attr(None);
         self.absent_xattrs.clear();
         self.files.forget_layouts(None);
         // Open files may be read through their cached pages without another open: drop
@@ -531,6 +540,11 @@ impl Filesystem for DfsFs {
             s.reply_attr(reply, Ok(attr));
             return self.answered_on_arrival("getattr", started);
         }
+        // A file whose attribute changes wait for its flush: this mount is their keeper.
+        if let Some(attr) = s.files.attr_with_waiting(s.ino(ino), s.ttl) {
+            reply.attr(&s.leases.attr(attr.ino), &s.shown_attr(attr));
+            return self.answered_on_arrival("getattr", started);
+        }
         self.spawn("getattr", |s| async move {
             let ino = s.ino(ino);
             let buffered = s.files.buffered_sizes();
@@ -567,16 +581,31 @@ impl Filesystem for DfsFs {
         if let Err(e) = self.writable() {
             return reply.error(e);
         }
+        let started = Instant::now();
+        let mut set = SetAttr {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+        };
+        // A change that may wait for the flush of the file's writes (see `pending_attrs`),
+        // of a file without extended attributes (no ACL to keep in step with its mode).
+        let s = &self.shared;
+        let id = s.ino(ino);
+        if s.absent_xattrs.is_bare(id) {
+            if let Some(attr) = s.files.defer_setattr(id, &set, s.ttl) {
+                reply.attr(&s.leases.attr(attr.ino), &s.shown_attr(attr));
+                return self.answered_on_arrival("setattr", started);
+            }
+        }
         self.spawn("setattr", |s| async move {
             let ino = s.ino(ino);
-            let mut set = SetAttr {
-                mode: mode.map(|m| m & 0o7777),
-                uid,
-                gid,
-                size,
-                atime: atime.map(time_set),
-                mtime: mtime.map(time_set),
-            };
+            // Changes waiting for a flush land before this one.
+            if let Err(e) = s.files.settle(ino).await {
+                return reply.error(errno(&e));
+            }
             // A truncate through an open file goes through its handle, after its own writes.
             let through = fh.and_then(|fh| s.files.get(fh.0));
             if let (Some(new_size), Some(file)) = (size, through) {
@@ -828,13 +857,15 @@ impl Filesystem for DfsFs {
                     .client
                     .handle_for(attr.clone())
                     .await
-                    .map(|file| (file, s.revalidate(&attr))),
+                    .map(|file| (file, s.revalidate(&attr), attr)),
                 Err(e) => Err(e),
             };
             match opened {
-                Ok((file, cache)) => {
+                Ok((file, cache, attr)) => {
                     let (file, open_flags) = open_mode(file, flags.0);
-                    reply.opened(FileHandle(s.files.add(file)), open_flags | cache)
+                    let fh = s.files.add(file);
+                    s.files.note_attr(&attr);
+                    reply.opened(FileHandle(fh), open_flags | cache)
                 }
                 Err(e) => reply.error(errno(&e)),
             }
@@ -1294,7 +1325,11 @@ impl Filesystem for DfsFs {
         let value = value.to_vec();
         self.spawn("setxattr", |s| async move {
             let id = s.ino(ino);
-            let result = s.client.setxattr(id, &name, &value, flags as u32).await;
+            // An ACL changes the mode: changes of it waiting for a flush land first.
+            let result = match s.files.settle(id).await {
+                Ok(()) => s.client.setxattr(id, &name, &value, flags as u32).await,
+                Err(e) => Err(e),
+            };
             // After the change: a lookup that raced with it may have noted the old absence.
             s.absent_xattrs.forget(id);
             reply_empty(reply, result)
@@ -1361,7 +1396,10 @@ impl Filesystem for DfsFs {
         };
         self.spawn("removexattr", |s| async move {
             let id = s.ino(ino);
-            let result = s.client.removexattr(id, &name).await;
+            let result = match s.files.settle(id).await {
+                Ok(()) => s.client.removexattr(id, &name).await,
+                Err(e) => Err(e),
+            };
             s.absent_xattrs.forget(id);
             reply_empty(reply, result)
         });
