@@ -89,7 +89,13 @@ async fn commit_loop(group: Group, mut rx: mpsc::Receiver<Pending>) {
         let first = match next.take() {
             Some(p) => p,
             None => match rx.recv().await {
-                Some(p) => p,
+                Some(p) => {
+                    // Let the requests that arrived with this one reach the queue first: a
+                    // client's requests sent together (a close's write and its attribute
+                    // change) then share an entry, as do other clients' that came at once.
+                    tokio::task::yield_now().await;
+                    p
+                }
                 None => return,
             },
         };
