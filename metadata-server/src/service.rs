@@ -484,7 +484,11 @@ impl MetaService {
                 answer(q, |q| self.mutate_as(op!(q => Rename { parent, name, new_parent, new_name, flags }), call)).await
             }
             R::SetXattr(q) => {
-                answer(q, |q| self.mutate_as(op!(q => SetXattr { ino, name, value, flags }), call)).await
+                answer(q, |q| async move {
+                    refuse_posix_acl(&q.name)?;
+                    self.mutate_as(op!(q => SetXattr { ino, name, value, flags }), call).await
+                })
+                .await
             }
             R::RemoveXattr(q) => {
                 answer(q, |q| self.mutate_as(op!(q => RemoveXattr { ino, name }), call)).await
@@ -1228,5 +1232,18 @@ fn request_volume_name(request: &MetaRequest) -> &str {
         MetaRequest::GetVolume(req::GetVolume { name })
         | MetaRequest::VolumeUsage(req::VolumeUsage { name }) => name,
         _ => "",
+    }
+}
+
+/// POSIX ACLs are not supported: the mode bits are a file's permissions. An ACL stored as a
+/// plain extended attribute would be enforced by nobody and would not change the mode that
+/// `cp -p` and `cp -a` set through it (they set the mode with `fchmod` when this is refused,
+/// as on a file system mounted without ACLs).
+fn refuse_posix_acl(name: &str) -> FsResult<()> {
+    match name {
+        "system.posix_acl_access" | "system.posix_acl_default" => Err(FsError::NotSupported(
+            "POSIX ACLs are not supported; permissions are the mode bits".into(),
+        )),
+        _ => Ok(()),
     }
 }

@@ -1325,7 +1325,7 @@ impl Filesystem for DfsFs {
         let value = value.to_vec();
         self.spawn("setxattr", |s| async move {
             let id = s.ino(ino);
-            // An ACL changes the mode: changes of it waiting for a flush land first.
+            // Attribute changes waiting for a flush land before this one.
             let result = match s.files.settle(id).await {
                 Ok(()) => s.client.setxattr(id, &name, &value, flags as u32).await,
                 Err(e) => Err(e),
