@@ -64,12 +64,38 @@ struct Inode {
     waiting: Option<Waiting>,
 }
 
+impl Inode {
+    /// The one descriptor holding all of the file's unflushed writes, if there is one.
+    fn sole_writer(&self) -> Option<u64> {
+        let mut dirty = self.dirty.keys();
+        match (dirty.next(), dirty.next()) {
+            (Some(&fh), None) => Some(fh),
+            _ => None,
+        }
+    }
+
+    /// Whether attribute changes wait for the flush of descriptor `fh`.
+    fn waits_for(&self, fh: u64) -> bool {
+        self.waiting.as_ref().is_some_and(|w| w.owner.fh == fh)
+    }
+
+    fn note(&mut self, attr: &Attr) {
+        // Answers of requests that crossed may arrive out of order; ctime tells.
+        if self
+            .known
+            .as_ref()
+            .is_none_or(|(k, _)| k.ctime <= attr.ctime)
+        {
+            self.known = Some((attr.clone(), Instant::now()));
+        }
+    }
+}
+
 /// Attribute changes answered by the mount, carried to the metadata server by the flush of
 /// the writes they followed (see [`pending_attrs`]).
 struct Waiting {
     /// The descriptor whose writes hold the file's buffered state; its flush carries them.
-    owner: u64,
-    owner_file: Arc<OpenFile>,
+    owner: Arc<OpenFile>,
     set: SetAttr,
     /// When the last of them was made: the change time the mount shows meanwhile.
     at: Timestamp,
@@ -162,14 +188,20 @@ impl OpenFiles {
     /// Notes the attributes of `attr.ino` as the metadata server gave them, if it is open.
     pub fn note_attr(&self, attr: &Attr) {
         if let Some(inode) = self.table().inodes.get_mut(&attr.ino) {
-            // Answers of requests that crossed may arrive out of order; ctime tells.
-            if inode
-                .known
-                .as_ref()
-                .is_none_or(|(k, _)| k.ctime <= attr.ctime)
-            {
-                inode.known = Some((attr.clone(), Instant::now()));
-            }
+            inode.note(attr);
+        }
+    }
+
+    /// [`OpenFiles::note_attr`], and gives `attr` with the changes waiting here made.
+    pub fn noted(&self, attr: Attr) -> Attr {
+        let mut table = self.table();
+        let Some(inode) = table.inodes.get_mut(&attr.ino) else {
+            return attr;
+        };
+        inode.note(&attr);
+        match &inode.waiting {
+            Some(w) => pending_attrs::apply(&w.set, attr, w.at),
+            None => attr,
         }
     }
 
@@ -196,43 +228,29 @@ impl OpenFiles {
         let mut table = self.table();
         let table = &mut *table;
         let inode = table.inodes.get_mut(&ino)?;
-        let mut dirty = inode.dirty.keys();
-        let owner = match (dirty.next(), dirty.next()) {
-            (Some(&fh), None) => fh,
-            _ => return None,
-        };
-        let owner_file = table.files.get(&owner)?.clone();
+        let owner = table.files.get(&inode.sole_writer()?)?.clone();
         let (known, at) = inode.known.as_ref()?;
         if at.elapsed() >= max_age {
             return None;
         }
+        let shown = match &inode.waiting {
+            Some(w) if w.sending || w.owner.fh != owner.fh => return None,
+            Some(w) => pending_attrs::apply(&w.set, known.clone(), w.at),
+            None => known.clone(),
+        };
+        if !pending_attrs::may_wait(set, &shown) {
+            return None;
+        }
         let now = Timestamp::now();
-        let waiting = inode.waiting.get_or_insert(Waiting {
+        let waiting = inode.waiting.get_or_insert_with(|| Waiting {
             owner,
-            owner_file,
             set: SetAttr::default(),
             at: now,
             sending: false,
         });
-        let shown = pending_attrs::apply(&waiting.set, known.clone(), waiting.at);
-        if waiting.owner != owner || waiting.sending || !pending_attrs::may_wait(set, &shown) {
-            if pending_attrs::is_empty(&waiting.set) && !waiting.sending {
-                inode.waiting = None;
-            }
-            return None;
-        }
         pending_attrs::merge(&mut waiting.set, set);
         waiting.at = now;
         Some(pending_attrs::apply(&waiting.set, known.clone(), now))
-    }
-
-    /// `attr` with the changes waiting here made.
-    pub fn with_waiting(&self, attr: Attr) -> Attr {
-        let table = self.table();
-        match table.inodes.get(&attr.ino).and_then(|i| i.waiting.as_ref()) {
-            Some(w) => pending_attrs::apply(&w.set, attr, w.at),
-            None => attr,
-        }
     }
 
     /// The attributes of `ino` for this mount while changes to it wait here: what the
@@ -254,8 +272,7 @@ impl OpenFiles {
     /// Whether attribute changes of `ino` wait for the flush of descriptor `fh`.
     fn waits_for(&self, ino: InodeId, fh: u64) -> bool {
         let table = self.table();
-        let waiting = table.inodes.get(&ino).and_then(|i| i.waiting.as_ref());
-        waiting.is_some_and(|w| w.owner == fh)
+        table.inodes.get(&ino).is_some_and(|i| i.waits_for(fh))
     }
 
     /// Sends the attribute changes waiting for `ino`, with the writes they follow: a change
@@ -265,7 +282,7 @@ impl OpenFiles {
         let owner = {
             let table = self.table();
             let waiting = table.inodes.get(&ino).and_then(|i| i.waiting.as_ref());
-            waiting.map(|w| w.owner_file.clone())
+            waiting.map(|w| w.owner.clone())
         };
         match owner {
             Some(file) => self.flush(&file).await,
@@ -277,7 +294,7 @@ impl OpenFiles {
     fn take_waiting(&self, file: &OpenFile) -> Option<SetAttr> {
         let mut table = self.table();
         let waiting = table.inodes.get_mut(&file.ino)?.waiting.as_mut()?;
-        if waiting.owner != file.fh || waiting.sending {
+        if waiting.owner.fh != file.fh || waiting.sending {
             return None;
         }
         waiting.sending = true;
@@ -463,8 +480,8 @@ impl OpenFiles {
         let Ok(handle) = file.handle.try_lock() else {
             return false;
         };
-        let waits = table.inodes.get(&file.ino).and_then(|i| i.waiting.as_ref());
-        if !handle.is_clean() || waits.is_some_and(|w| w.owner == fh) {
+        let waits = table.inodes.get(&file.ino).is_some_and(|i| i.waits_for(fh));
+        if !handle.is_clean() || waits {
             return false;
         }
         let inode = table.inodes.get_mut(&file.ino);
@@ -530,14 +547,8 @@ impl OpenFiles {
     pub async fn flush_stamped(&self, ino: InodeId, mtime: Timestamp) -> FsResult<Option<Attr>> {
         let file = {
             let table = self.table();
-            let Some(inode) = table.inodes.get(&ino) else {
-                return Ok(None);
-            };
-            let mut dirty = inode.dirty.keys();
-            match (dirty.next(), dirty.next()) {
-                (Some(fh), None) => table.files.get(fh).cloned(),
-                _ => None,
-            }
+            let writer = table.inodes.get(&ino).and_then(Inode::sole_writer);
+            writer.and_then(|fh| table.files.get(&fh).cloned())
         };
         let Some(file) = file else {
             return Ok(None);

@@ -171,8 +171,7 @@ impl Shared {
     /// Attributes from the metadata server as this mount shows them: with the size raised
     /// to cover unflushed writes of open files, and attribute changes waiting for a flush.
     fn fresh_attr(&self, attr: dfs_common::proto::meta::Attr) -> fuser::FileAttr {
-        self.files.note_attr(&attr);
-        self.shown_attr(self.files.with_waiting(attr))
+        self.shown_attr(self.files.noted(attr))
     }
 
     /// Attributes as this mount shows them, with the size raised to cover unflushed writes.
