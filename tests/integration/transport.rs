@@ -1,8 +1,10 @@
-//! The QUIC transport between real processes' endpoints: full-size datagrams on loopback, and
+//! The QUIC transport between real processes' endpoints: datagrams of tens of KiB on loopback, and
 //! a peer that accepts only small datagrams still gets every reply (no jumbo assumption).
 
 use dfs_common::codec::{encode_frame, read_frame};
-use dfs_common::net::endpoint::{client_endpoint, client_endpoint_accepting, Endpoint};
+use dfs_common::net::endpoint::{
+    client_endpoint, client_endpoint_accepting, Endpoint, LOOPBACK_FIRST_DATAGRAM, MAX_DATAGRAM,
+};
 use dfs_common::net::tls::SERVER_NAME;
 use dfs_common::proto::meta::{req, Attr, DirPage, MetaCall};
 use dfs_common::{FsError, InodeId};
@@ -70,17 +72,29 @@ async fn small_datagram_peers_get_whole_replies_and_loopback_peers_get_large_dat
         "the server sent datagrams larger than the peer accepts: {rx:?}"
     );
 
-    // A loopback peer of the default endpoint gets the same reply in large datagrams.
+    // A loopback peer of the default endpoint gets the same reply in datagrams larger than any
+    // a network path uses (one per send, no GSO batch).
     let large = client_endpoint(&identity).unwrap();
     let conn = connect(&large, cluster.meta_addr).await;
     let page = list(&conn, volume.root).await;
     assert_eq!(page.entries.len(), names.len());
-    let rx = conn.stats().udp_rx;
-    assert!(
-        rx.bytes > rx.datagrams * 1500,
-        "loopback replies come in datagrams larger than an Ethernet frame: {rx:?}"
+    let before = conn.stats().udp_rx;
+    let page = list(&conn, volume.root).await;
+    assert_eq!(page.entries.len(), names.len());
+    let after = conn.stats().udp_rx;
+    let (bytes, datagrams) = (
+        after.bytes - before.bytes,
+        after.datagrams - before.datagrams,
     );
-    assert_eq!(conn.stats().path.black_holes_detected, 0);
+    assert!(bytes > 20_000, "a listing of tens of KiB: {bytes} bytes");
+    assert!(
+        bytes > datagrams * u64::from(MAX_DATAGRAM),
+        "loopback replies come in datagrams larger than {MAX_DATAGRAM} bytes: \
+         {bytes} bytes in {datagrams} datagrams"
+    );
+    let path = conn.stats().path;
+    assert_eq!(path.black_holes_detected, 0);
+    assert!(path.current_mtu >= LOOPBACK_FIRST_DATAGRAM, "{path:?}");
 }
 
 /// A small request and its reply cost one datagram each way: the frame, body and end of a

@@ -1,7 +1,8 @@
 //! Transport counters of this process's QUIC connections, for `/metrics`: datagrams sent and
 //! received, send calls (several datagrams go out per call with GSO), packets lost, black holes
 //! detected, and the smallest datagram size in use. They tell whether bulk transfers run at
-//! full-size datagrams and without losses (see [`super::endpoint::MAX_DATAGRAM`]).
+//! full-size datagrams and without losses (see [`super::endpoint::MAX_DATAGRAM`] and
+//! [`super::endpoint::LOOPBACK_DATAGRAM`]).
 //!
 //! A connection is counted through a [`Counted`] held by its owner beside it; the registry
 //! itself holds no connection past its owner's, so a connection still closes when its owner
