@@ -137,3 +137,36 @@ async fn a_small_call_costs_one_datagram_each_way() {
         "{calls} calls took {sent} datagrams out and {received} in"
     );
 }
+
+/// A metadata server listening on IPv6 loopback serves the client library and raw calls: the
+/// client endpoint is dual-stack, and the loopback settings (large datagrams) apply over IPv6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metadata_server_on_ipv6_loopback_serves_clients() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("skipped: this host has no IPv6 loopback");
+        return;
+    }
+    let cluster = TestCluster::start_with(0, |config| {
+        config.listen = "[::1]:0".parse().unwrap();
+    })
+    .await;
+    assert!(cluster.meta_addr.is_ipv6(), "{}", cluster.meta_addr);
+    let client = cluster.client().await;
+    let volume = cluster.volume(&client, "v", "1+0", 1 << 20).await;
+    let names: Vec<String> = (0..300)
+        .map(|i| format!("{i:04}-{}", "n".repeat(60)))
+        .collect();
+    for name in &names {
+        client.mkdir(volume.root, name, 0o755, 0, 0).await.unwrap();
+    }
+
+    let endpoint = client_endpoint(&cluster.certs.client_identity()).unwrap();
+    let conn = connect(&endpoint, cluster.meta_addr).await;
+    let page = list(&conn, volume.root).await;
+    assert_eq!(page.entries.len(), names.len());
+    let rx = conn.stats().udp_rx;
+    assert!(
+        rx.bytes > rx.datagrams * u64::from(MAX_DATAGRAM),
+        "IPv6 loopback replies come in large datagrams too: {rx:?}"
+    );
+}

@@ -173,6 +173,12 @@ fn bind_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, FsError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .map_err(|e| FsError::io(format!("UDP socket: {e}")))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        // Dual-stack: IPv4 peers too, as IPv4-mapped addresses.
+        socket
+            .set_only_v6(false)
+            .map_err(|e| FsError::io(format!("UDP socket: {e}")))?;
+    }
     // Best effort: the kernel caps these at net.core.{r,w}mem_max.
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
@@ -220,14 +226,11 @@ pub fn client_endpoint_accepting(
 ) -> Result<Endpoint, FsError> {
     let runtime = quinn::default_runtime()
         .ok_or_else(|| FsError::io("no async runtime for the QUIC endpoint"))?;
-    let addr: SocketAddr = "0.0.0.0:0".parse().expect("valid address");
-    let endpoint = quinn::Endpoint::new(
-        endpoint_config(None, max_datagram),
-        None,
-        bind_socket(addr)?,
-        runtime,
-    )
-    .map_err(|e| FsError::io(format!("QUIC endpoint: {e}")))?;
+    // One socket for IPv4 and IPv6 peers; IPv4 alone where the host has no IPv6.
+    let socket = bind_socket("[::]:0".parse().expect("valid address"))
+        .or_else(|_| bind_socket("0.0.0.0:0".parse().expect("valid address")))?;
+    let endpoint = quinn::Endpoint::new(endpoint_config(None, max_datagram), None, socket, runtime)
+        .map_err(|e| FsError::io(format!("QUIC endpoint: {e}")))?;
     Endpoint::new(endpoint, identity)
 }
 
