@@ -170,3 +170,79 @@ async fn a_metadata_server_on_ipv6_loopback_serves_clients() {
         "IPv6 loopback replies come in large datagrams too: {rx:?}"
     );
 }
+
+/// A host whose loopback interface carries only 1,500-byte packets still serves clients on
+/// 127.0.0.1: the large loopback datagrams are used only where loopback carries them. Runs the
+/// real metadata server and CLI in a network namespace of the test's own, whose `lo` MTU is
+/// lowered.
+#[test]
+fn a_loopback_of_small_mtu_still_carries_connections() {
+    use dfs_common::net::tls::write_pair;
+    use dfs_tests::process::binary;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    let net = dfs_tests::netns::NetNs::create((((std::process::id() + 60) % 250) + 1) as u8);
+    let inside = |program: &std::path::Path| {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &net.name]).arg(program);
+        cmd
+    };
+    let status = inside(std::path::Path::new("ip"))
+        .args(["link", "set", "lo", "mtu", "1500"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "lowering lo's MTU in the namespace");
+
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dfs_tests::Certs::generate();
+    let certs_dir = dir.path().join("certs");
+    write_pair(&certs_dir, "ca", &certs.ca).unwrap();
+    write_pair(&certs_dir, "meta", &certs.meta).unwrap();
+    write_pair(&certs_dir, "admin", &certs.client).unwrap();
+    // The namespace has its own ports: nothing else listens there.
+    let log = std::fs::File::create(dir.path().join("meta.log")).unwrap();
+    let mut meta = inside(&binary("dfs-meta"))
+        .args(["--listen", "127.0.0.1:7000", "--data"])
+        .arg(dir.path().join("meta"))
+        .arg("--certs")
+        .arg(&certs_dir)
+        .env_remove("RUST_LOG")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _meta = Kill(&mut meta);
+
+    // The CLI in the namespace reaches it over loopback; until the server is up, each try
+    // fails quickly (connection refused) or times out.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = inside(&binary("dfs"))
+            .args(["--meta", "127.0.0.1:7000", "--certs"])
+            .arg(&certs_dir)
+            .args(["volume", "list"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        if out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("NAME"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the CLI never reached the metadata server over a 1,500-byte loopback: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.path().join("meta.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

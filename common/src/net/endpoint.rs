@@ -68,12 +68,30 @@ enum Path {
 
 impl Path {
     fn of(addr: SocketAddr) -> Path {
-        if addr.ip().is_loopback() {
+        if addr.ip().is_loopback() && loopback_takes(loopback_mtu()) {
             Path::Loopback
         } else {
             Path::Any
         }
     }
+}
+
+/// The loopback interface's MTU, where the host tells it (Linux); read once.
+fn loopback_mtu() -> Option<u32> {
+    static MTU: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *MTU.get_or_init(|| {
+        std::fs::read_to_string("/sys/class/net/lo/mtu")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    })
+}
+
+/// Whether a loopback interface of this MTU carries [`LOOPBACK_FIRST_DATAGRAM`]s (an IPv6
+/// and a UDP header besides). Loopback's MTU is 64 KiB unless someone lowered it; then its
+/// paths are treated as any network's, probed up from 1,200 bytes. Unknown counts as the
+/// default.
+fn loopback_takes(mtu: Option<u32>) -> bool {
+    mtu.is_none_or(|mtu| mtu >= u32::from(LOOPBACK_FIRST_DATAGRAM) + 48)
 }
 
 fn transport_config(path: Path) -> Arc<TransportConfig> {
@@ -248,5 +266,19 @@ pub fn load_or_create_secret(path: &std::path::Path) -> Result<[u8; 32], FsError
             Ok(key)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_settings_need_a_loopback_that_carries_their_datagrams() {
+        assert!(loopback_takes(Some(65536)));
+        assert!(loopback_takes(None));
+        assert!(loopback_takes(Some(16_048)));
+        assert!(!loopback_takes(Some(16_047)));
+        assert!(!loopback_takes(Some(1500)));
     }
 }
