@@ -46,18 +46,26 @@ async fn list(conn: &quinn::Connection, dir: InodeId) -> DirPage {
     .expect("the listing succeeds")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn small_datagram_peers_get_whole_replies_and_loopback_peers_get_large_datagrams() {
-    let cluster = TestCluster::start(1).await;
+/// A volume whose root holds 300 directories of long names: a listing reply of tens of KiB,
+/// many datagrams whatever their size. Gives the volume and the names.
+async fn directory_of_300(
+    cluster: &TestCluster,
+) -> (dfs_common::proto::meta::VolumeInfo, Vec<String>) {
     let client = cluster.client().await;
     let volume = cluster.volume(&client, "v", "1+0", 1 << 20).await;
-    // A listing reply of tens of KiB: many datagrams whatever their size.
     let names: Vec<String> = (0..300)
         .map(|i| format!("{i:04}-{}", "n".repeat(60)))
         .collect();
     for name in &names {
         client.mkdir(volume.root, name, 0o755, 0, 0).await.unwrap();
     }
+    (volume, names)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_datagram_peers_get_whole_replies_and_loopback_peers_get_large_datagrams() {
+    let cluster = TestCluster::start(1).await;
+    let (volume, names) = directory_of_300(&cluster).await;
     let identity = cluster.certs.client_identity();
 
     // A peer that accepts datagrams of at most 1,200 bytes (a path of small MTU).
@@ -151,14 +159,7 @@ async fn a_metadata_server_on_ipv6_loopback_serves_clients() {
     })
     .await;
     assert!(cluster.meta_addr.is_ipv6(), "{}", cluster.meta_addr);
-    let client = cluster.client().await;
-    let volume = cluster.volume(&client, "v", "1+0", 1 << 20).await;
-    let names: Vec<String> = (0..300)
-        .map(|i| format!("{i:04}-{}", "n".repeat(60)))
-        .collect();
-    for name in &names {
-        client.mkdir(volume.root, name, 0o755, 0, 0).await.unwrap();
-    }
+    let (volume, names) = directory_of_300(&cluster).await;
 
     let endpoint = client_endpoint(&cluster.certs.client_identity()).unwrap();
     let conn = connect(&endpoint, cluster.meta_addr).await;
