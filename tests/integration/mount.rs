@@ -567,7 +567,11 @@ fn a_directory_made_here_is_looked_up_by_the_mount_until_it_changes_elsewhere() 
     use crate::observe::{scrape, value};
     let cluster = cluster_with_volume();
     let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
-    let m = Mount::new(&cluster, "default", "m", &format!("metrics={http}")).unwrap();
+    // A long attribute timeout (below the lease, so the mount still follows the feed): the
+    // answers on arrival must not depend on how fast this test runs, and the second part then
+    // depends on the change feed alone.
+    let options = format!("metrics={http},attr_timeout=20");
+    let m = Mount::new(&cluster, "default", "m", &options).unwrap();
     let arrived = || {
         value(
             &scrape(http),
@@ -751,6 +755,61 @@ fn a_size_read_before_a_flush_commits_does_not_hide_the_flushed_writes() {
         "a size read before the commit hid the written bytes"
     );
     assert_eq!(fs::metadata(m.path("f")).unwrap().len(), 100);
+}
+
+/// An fsync that follows a failed background write-back reports the failure. The write-back
+/// takes the error out of the descriptor with its flush; it must put it back before letting
+/// the descriptor go, or an fsync taking it in between finds nothing to do and succeeds.
+/// Driven by fault points: every commit fails, and the write-back pauses right after it let
+/// the descriptor go, while the fsync runs.
+#[test]
+fn an_fsync_after_a_failed_write_back_reports_the_failure() {
+    use crate::observe::mount_fault;
+    let cluster = cluster_with_volume();
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
+    // Writes older than 2 s are written back: long after the write below returned.
+    let options = format!("metrics={http},writeback=2");
+    let env = [("DFS_FAULTS", "enabled")];
+    let m = Mount::with_env(&cluster, "default", "m", &options, &env).unwrap();
+    mount_fault(http, "client.before_commit", "fail");
+    mount_fault(http, "client.written_back", "pause");
+
+    // A block and a tail: buffered and uploaded, committed by nobody yet. Written by a child
+    // process that holds the only descriptor: a descriptor of this test process would be
+    // inherited (and closed, which flushes it) by every process a concurrent test spawns.
+    let script = "import os, sys\n\
+                  fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n\
+                  data = os.urandom(5 << 20)\n\
+                  while data:\n    data = data[os.write(fd, data):]\n\
+                  print('written', flush=True)\n\
+                  sys.stdin.readline()\n\
+                  try:\n    os.fsync(fd)\n    print('synced')\n\
+                  except OSError as e:\n    print('errno', e.errno)\n";
+    let mut writer = Command::new("python3")
+        .args(["-c", script])
+        .arg(m.path("f"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut out = std::io::BufReader::new(writer.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "written");
+    crate::heal::wait_until(&cluster, Duration::from_secs(30), "a write-back", || {
+        mount_fault(http, "client.written_back", "hits").trim() != "0"
+    });
+    writer.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let _ = writer.wait();
+    mount_fault(http, "client.written_back", "disarm");
+    mount_fault(http, "client.before_commit", "disarm");
+    assert_eq!(
+        line.trim(),
+        format!("errno {}", libc::EIO),
+        "the fsync after the failed write-back"
+    );
 }
 
 /// A file's times set while its writes are still buffered in the mount are the times it

@@ -438,14 +438,21 @@ fn degraded_writes_can_be_switched_off_per_volume() {
     }
     fs::write(m_default.path("degraded"), &data).unwrap();
     assert!(fs::read(m_default.path("degraded")).unwrap() == data);
-    let mut f = fs::File::create(m_strict.path("refused")).unwrap();
-    use std::io::Write;
-    let err = f
-        .write_all(&data)
-        .and_then(|_| f.sync_all())
-        .expect_err("a strict volume must refuse a degraded write");
-    assert_eq!(err.raw_os_error(), Some(5), "{err}");
-    drop(f);
+    // Written by a child process holding the only descriptor: one of this test process would
+    // be inherited and closed (so flushed, and the failure reported there) by every process a
+    // concurrent test spawns.
+    let dd = std::process::Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", m_strict.path("refused").display()))
+        .args(["bs=1M", "count=5", "conv=fsync"])
+        .output()
+        .expect("dd runs");
+    assert!(
+        !dd.status.success(),
+        "a strict volume must refuse a degraded write"
+    );
+    let stderr = String::from_utf8_lossy(&dd.stderr);
+    assert!(stderr.contains("Input/output error"), "{stderr}");
     assert!(fs::read(m_strict.path("before")).unwrap() == data);
 
     // Allowing it lets the same write through.

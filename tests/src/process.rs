@@ -24,43 +24,54 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// Ports this test process has handed out. The kernel may give a port that was free a moment
-/// ago to the next `bind(0)` too; two servers of concurrent tests told to listen on the same
-/// port would then fail, so no port is handed out twice.
+/// Ports this test process has handed out: never twice.
 static HANDED_OUT: std::sync::Mutex<Option<std::collections::HashSet<u16>>> =
     std::sync::Mutex::new(None);
 
-fn unique_port(pick: impl Fn() -> u16) -> u16 {
+/// Lowest port handed out.
+const FIRST_PORT: u16 = 10_000;
+
+/// The first port of the kernel's ephemeral range (what `bind(0)` and outgoing connections
+/// use).
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .filter(|&low: &u16| low > FIRST_PORT + 1000)
+        .unwrap_or(32_768)
+}
+
+/// A port that `free` finds free now, below the ephemeral range and never handed out before
+/// by this process. A handed-out port is bound by its server only later; a port of the
+/// ephemeral range could meanwhile go to any `bind(0)` or outgoing connection of a concurrent
+/// test, and its server would then fail to start. Below that range only an explicit bind
+/// takes a port.
+fn unique_port(free: impl Fn(u16) -> bool) -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let span = u32::from(ephemeral_start() - FIRST_PORT);
+    // Test processes running side by side start at different places.
+    let start = std::process::id().wrapping_mul(7919);
     let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let handed = handed.get_or_insert_with(Default::default);
-    loop {
-        let port = pick();
-        if handed.insert(port) {
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = FIRST_PORT + (start.wrapping_add(n) % span) as u16;
+        if !handed.contains(&port) && free(port) {
+            handed.insert(port);
             return port;
         }
     }
+    panic!("no free port below the ephemeral range");
 }
 
-/// A free TCP port on 127.0.0.1, chosen by the kernel, never handed out before by this process.
+/// A free TCP port on 127.0.0.1, never handed out before by this process.
 pub fn free_tcp_port() -> u16 {
-    unique_port(|| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    })
+    unique_port(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
 }
 
-/// A free UDP port on 127.0.0.1, chosen by the kernel, never handed out before by this process.
+/// A free UDP port on 127.0.0.1, never handed out before by this process.
 pub fn free_udp_port() -> u16 {
-    unique_port(|| {
-        UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    })
+    unique_port(|port| UdpSocket::bind(("127.0.0.1", port)).is_ok())
 }
 
 pub struct ProcessCluster {

@@ -370,18 +370,27 @@ impl OpenFiles {
     /// Makes what `file` wrote durable and visible: to other clients, and to the other
     /// descriptors of this mount through their layouts.
     pub async fn flush(&self, file: &OpenFile) -> FsResult<()> {
-        self.flush_carrying(file, None).await.map(|_| ())
+        self.flush_carrying(file, None, false).await.map(|_| ())
+    }
+
+    /// [`OpenFiles::flush`] by the background write-back: an error is kept for the
+    /// descriptor's next flush, fsync or close to report, before the descriptor is let go (an
+    /// fsync waiting for it must not find it clean and report success).
+    async fn write_back_flush(&self, file: &OpenFile) -> FsResult<()> {
+        self.flush_carrying(file, None, true).await.map(|_| ())
     }
 
     /// Flushes `file`, carrying the attribute changes waiting for it: a new mtime in the
     /// commits of its writes (else `stamp`, if given), the rest in one change made alongside
     /// them (they touch different fields, so the two commits may land in either order, or in
     /// one log entry). Gives the file's attributes after both, if a commit or change was made.
-    /// The waiting changes are sent even when the writes fail: they were answered for.
+    /// The waiting changes are sent even when the writes fail: they were answered for. With
+    /// `keep_error`, a failure is also kept in the descriptor for its next flush to report.
     async fn flush_carrying(
         &self,
         file: &OpenFile,
         stamp: Option<Timestamp>,
+        keep_error: bool,
     ) -> FsResult<Option<Attr>> {
         let mut handle = file.lock().await;
         let mut rest = self.take_waiting(file).unwrap_or_default();
@@ -425,6 +434,16 @@ impl OpenFiles {
             }
         }
         self.sent_waiting(file);
+        if keep_error {
+            if let Err(e) = result
+                .as_ref()
+                .map(|_| ())
+                .map_err(Clone::clone)
+                .and(changed.clone())
+            {
+                handle.keep_error(e);
+            }
+        }
         drop(handle);
         if !commits.is_empty() {
             self.note_commits(file.ino, commits);
@@ -553,7 +572,7 @@ impl OpenFiles {
         let Some(file) = file else {
             return Ok(None);
         };
-        match self.flush_carrying(&file, Some(mtime)).await {
+        match self.flush_carrying(&file, Some(mtime), false).await {
             Ok(after) => Ok(after.filter(|after| after.mtime == mtime)),
             Err(e) => {
                 file.lock().await.keep_error(e.clone());
@@ -659,10 +678,11 @@ impl OpenFiles {
                 fhs.filter_map(|fh| table.files.get(fh).cloned()).collect()
             };
             for file in dirty.iter().filter(|f| seen.contains(&f.fh)) {
-                if let Err(e) = files.flush(file).await {
+                if let Err(e) = files.write_back_flush(file).await {
                     tracing::warn!(ino = %file.ino, "writing back: {e}");
-                    file.lock().await.keep_error(e);
                 }
+                // After the descriptor was let go: an fsync may take it here.
+                let _ = files.client.faults().hit("client.written_back").await;
             }
             seen = dirty.iter().map(|f| f.fh).collect();
         }
