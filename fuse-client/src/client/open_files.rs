@@ -373,10 +373,11 @@ impl OpenFiles {
         self.flush_carrying(file, None, false).await.map(|_| ())
     }
 
-    /// [`OpenFiles::flush`] by the background write-back: an error is kept for the
-    /// descriptor's next flush, fsync or close to report, before the descriptor is let go (an
-    /// fsync waiting for it must not find it clean and report success).
-    async fn write_back_flush(&self, file: &OpenFile) -> FsResult<()> {
+    /// [`OpenFiles::flush`] on behalf of someone other than the descriptor's user (the
+    /// write-back, a change of times): an error is also kept for the descriptor's next flush,
+    /// fsync or close to report, before the descriptor is let go (an fsync waiting for it must
+    /// not find it clean and report success).
+    async fn flush_keeping_error(&self, file: &OpenFile) -> FsResult<()> {
         self.flush_carrying(file, None, true).await.map(|_| ())
     }
 
@@ -435,13 +436,8 @@ impl OpenFiles {
         }
         self.sent_waiting(file);
         if keep_error {
-            if let Err(e) = result
-                .as_ref()
-                .map(|_| ())
-                .map_err(Clone::clone)
-                .and(changed.clone())
-            {
-                handle.keep_error(e);
+            if let Some(e) = result.as_ref().err().or(changed.as_ref().err()) {
+                handle.keep_error(e.clone());
             }
         }
         drop(handle);
@@ -550,8 +546,7 @@ impl OpenFiles {
     pub async fn flush_before_times(&self, ino: InodeId) -> FsResult<()> {
         let mut first_error = None;
         for file in self.with_writes(ino, None) {
-            if let Err(e) = self.flush(&file).await {
-                file.lock().await.keep_error(e.clone());
+            if let Err(e) = self.flush_keeping_error(&file).await {
                 first_error.get_or_insert(e);
             }
         }
@@ -572,13 +567,8 @@ impl OpenFiles {
         let Some(file) = file else {
             return Ok(None);
         };
-        match self.flush_carrying(&file, Some(mtime), false).await {
-            Ok(after) => Ok(after.filter(|after| after.mtime == mtime)),
-            Err(e) => {
-                file.lock().await.keep_error(e.clone());
-                Err(e)
-            }
-        }
+        let after = self.flush_carrying(&file, Some(mtime), true).await?;
+        Ok(after.filter(|after| after.mtime == mtime))
     }
 
     /// Truncates the file through `file`, after its own and the other descriptors' writes.
@@ -678,7 +668,7 @@ impl OpenFiles {
                 fhs.filter_map(|fh| table.files.get(fh).cloned()).collect()
             };
             for file in dirty.iter().filter(|f| seen.contains(&f.fh)) {
-                if let Err(e) = files.write_back_flush(file).await {
+                if let Err(e) = files.flush_keeping_error(file).await {
                     tracing::warn!(ino = %file.ino, "writing back: {e}");
                 }
                 // After the descriptor was let go: an fsync may take it here.
