@@ -557,6 +557,86 @@ fn requests_with_nothing_to_wait_for_are_answered_on_arrival() {
     assert_eq!(flock(&wanted, libc::LOCK_EX | libc::LOCK_NB), Ok(()));
 }
 
+/// A write inside a file that only buffers its bytes is answered as it arrives, with no
+/// hand-off to the mount's runtime; a write that grows the file (quota), or completes a block
+/// (an upload to start) goes the long way. Every byte reaches the cluster either way.
+#[test]
+fn writes_that_only_buffer_are_answered_on_arrival() {
+    use crate::observe::{scrape, value};
+    use std::os::unix::fs::FileExt;
+    const MIB: usize = 1 << 20;
+    let cluster = cluster_with_volume();
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
+    let m = Mount::new(&cluster, "default", "m", &format!("metrics={http}")).unwrap();
+    let arrived = || {
+        value(
+            &scrape(http),
+            "dfs_fuse_answered_on_arrival_total{op=\"write\"}",
+        )
+    };
+    let mut want = random_bytes(8 * MIB, 31);
+    fs::write(m.path("f"), &want).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("f"))
+        .unwrap();
+    let put = |want: &mut Vec<u8>, at: usize, bytes: &[u8]| {
+        f.write_all_at(bytes, at as u64).unwrap();
+        if want.len() < at + bytes.len() {
+            want.resize(at + bytes.len(), 0);
+        }
+        want[at..at + bytes.len()].copy_from_slice(bytes);
+    };
+
+    // Scattered 4 KiB writes inside the file: each only buffers. (A flush of this descriptor
+    // by the exec of a concurrent test's child may hold it for a moment: most, not all.)
+    let before = arrived();
+    for i in 0..16 {
+        put(
+            &mut want,
+            4096 + i * 300_000,
+            &random_bytes(4096, 100 + i as u64),
+        );
+    }
+    let answered = arrived() - before;
+    assert!(
+        answered >= 12.0,
+        "only {answered} of 16 writes answered on arrival"
+    );
+
+    // Growth goes the long way (its quota is reserved at the metadata server).
+    let before = arrived();
+    let end = want.len();
+    put(&mut want, end + 100, b"past the end");
+    assert_eq!(arrived(), before, "a growing write was answered on arrival");
+
+    // The second block written whole in pieces: the piece that completes it starts its
+    // upload, the long way; the pieces before it only buffer.
+    let before = arrived();
+    for i in 0..16 {
+        put(
+            &mut want,
+            4 * MIB + i * 256 * 1024,
+            &random_bytes(256 * 1024, 200 + i as u64),
+        );
+    }
+    let answered = arrived() - before;
+    assert!(answered >= 1.0, "no piece answered on arrival");
+
+    // fsync sends what the answered writes buffered; another mount reads it all.
+    f.sync_all().unwrap();
+    let other = Mount::new(&cluster, "default", "other", "").unwrap();
+    assert!(
+        fs::read(other.path("f")).unwrap() == want,
+        "bytes differ after fsync"
+    );
+    drop(f);
+    assert!(
+        fs::read(other.path("f")).unwrap() == want,
+        "bytes differ after close"
+    );
+}
+
 /// The kernel looks a directory up before every `mkdir` of it, even when it holds the name:
 /// for a directory this mount made and changed since, the mount answers from what it knows
 /// (fs_mark does this before every file). Once another mount removed it, `mkdir` makes it

@@ -72,6 +72,23 @@ impl DirtyBuffer {
         }
     }
 
+    /// The length of the run a write of `len` bytes at `offset` would leave (it merges with
+    /// every run it overlaps or touches), without writing.
+    pub fn run_len_after(&self, offset: u64, len: usize) -> u64 {
+        let end = offset + len as u64;
+        let start = match self.runs.range(..=offset).next_back() {
+            Some((&s, run)) if s + run.len() as u64 >= offset => s,
+            _ => offset,
+        };
+        let last_end = self
+            .runs
+            .range(start..=end)
+            .map(|(&s, run)| s + run.len() as u64)
+            .max()
+            .unwrap_or(end);
+        last_end.max(end) - start
+    }
+
     pub fn write(&mut self, offset: u64, data: &[u8]) {
         if data.is_empty() {
             return;
@@ -242,6 +259,24 @@ mod tests {
             let got = flatten(&mut buf, 16, model.len());
             assert_eq!(got, model);
             assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn the_run_a_write_leaves_is_known_before_it() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+        for _ in 0..200 {
+            let mut buf = DirtyBuffer::default();
+            for _ in 0..20 {
+                let off = rng.random_range(0..300u64);
+                let len = rng.random_range(1..60usize);
+                let predicted = buf.run_len_after(off, len);
+                buf.write(off, &vec![1; len]);
+                let (start, run) = buf.runs.range(..=off).next_back().expect("a run holds it");
+                assert!(start + run.len() as u64 >= off + len as u64);
+                assert_eq!(predicted, run.len() as u64, "write of {len} at {off}");
+            }
         }
     }
 

@@ -269,6 +269,30 @@ impl FileHandle {
         Ok(len)
     }
 
+    /// A write that only buffers, done without waiting: `None` (and nothing done) when it
+    /// has anything to wait for or to start (quota for growth, an append, a block it
+    /// completes, the dirty limits, lost locks): that write goes the long way
+    /// ([`FileHandle::write_owned`]).
+    pub fn write_at_once(&mut self, offset: u64, data: &[u8]) -> Option<usize> {
+        let len = data.len();
+        let end = Self::end_of(offset, len).ok()?;
+        let options = &self.client.inner.options;
+        let total = self.client.inner.dirty_total.load(Ordering::Relaxed);
+        let waits = self.append
+            || len == 0
+            || end > self.size
+            || self.client.check_locks(self.ino).is_err()
+            || self.dirty.run_len_after(offset, len) >= self.block_size as u64
+            || self.dirty.bytes() + len > options.max_dirty_bytes
+            || total + len > options.max_dirty_total;
+        if waits {
+            return None;
+        }
+        self.dirty.write(offset, data);
+        self.count_dirty();
+        Some(len)
+    }
+
     /// An empty buffer with room for one block and its parity, for [`FileHandle::write_owned`].
     pub fn write_buffer(&self) -> Vec<u8> {
         Vec::with_capacity(encoded_len(self.policy, self.block_size as u64))

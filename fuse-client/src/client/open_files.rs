@@ -484,6 +484,17 @@ impl OpenFiles {
         handle.read_at_hand(offset, len)
     }
 
+    /// A write through descriptor `fh` that only buffers, done at once
+    /// ([`FileHandle::write_at_once`]); `None` (and nothing done) when the descriptor is busy
+    /// or the write has something to wait for: it goes the long way, on the runtime.
+    pub fn write_if_buffered(&self, fh: u64, offset: u64, data: &[u8]) -> Option<usize> {
+        let file = self.table().files.get(&fh)?.clone();
+        let mut handle = file.handle.try_lock().ok()?;
+        let written = handle.write_at_once(offset, data)?;
+        self.wrote(&file, handle.size());
+        Some(written)
+    }
+
     /// [`OpenFiles::close`] of a descriptor with nothing to flush, done at once, unless it is
     /// the last close of a file unlinked while open (whose removal is a request). `false` (and
     /// nothing done) when the close must wait, on the runtime.

@@ -976,6 +976,12 @@ impl Filesystem for DfsFs {
         if let Err(e) = self.writable() {
             return reply.error(e);
         }
+        let started = Instant::now();
+        if let Some(len) = self.shared.files.write_if_buffered(fh.0, offset, data) {
+            self.shared.metrics.bytes_written.inc_by(len as u64);
+            reply.written(len as u32);
+            return self.answered_on_arrival("write", started);
+        }
         let data = data.to_vec();
         self.spawn("write", |s| async move {
             let file = match s.file(fh) {
