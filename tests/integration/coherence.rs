@@ -469,12 +469,10 @@ fn usage_is_asked_of_the_metadata_server_once_per_attribute_timeout() {
 /// otherwise they would stay stale for the rest of the lease.
 #[test]
 fn a_mount_that_missed_changes_drops_the_names_and_attributes_it_granted() {
-    use crate::observe::mount_fault;
+    use crate::observe::{mount_fault, mount_with_faults};
     let mut cluster = cluster_with_volume();
-    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
-    let options = format!("attr_timeout=0,lease=600,metrics={http}");
-    let env = [("DFS_FAULTS", "enabled")];
-    let watcher = Mount::with_env(&cluster, "default", "watcher", &options, &env).unwrap();
+    let (watcher, http) =
+        mount_with_faults(&cluster, "default", "watcher", "attr_timeout=0,lease=600");
     let writer = Mount::new(&cluster, "default", "writer", "").unwrap();
     let control = |verb: &str| mount_fault(http, "mount.watch_changes", verb);
     let mode = |m: &Mount| fs::metadata(m.path("f")).unwrap().permissions().mode() & 0o777;

@@ -591,10 +591,8 @@ fn a_mount_that_missed_changes_in_a_failover_drops_the_pages_of_its_open_files()
     use crate::observe::mount_fault;
     use std::os::unix::fs::FileExt;
     let mut cluster = group_of_three(|_| {});
-    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
-    let options = format!("attr_timeout=60,metrics={http}");
-    let env = [("DFS_FAULTS", "enabled")];
-    let watcher = Mount::with_env(&cluster, "v", "watcher", &options, &env).unwrap();
+    let (watcher, http) =
+        crate::observe::mount_with_faults(&cluster, "v", "watcher", "attr_timeout=60");
     let writer = Mount::new(&cluster, "v", "writer", "").unwrap();
     let control = |verb: &str| mount_fault(http, "mount.watch_changes", verb);
     let read = |file: &fs::File, len: usize| {

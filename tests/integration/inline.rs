@@ -232,9 +232,7 @@ fn a_log_of_small_fsynced_appends_moves_its_inline_tail_into_one_block_at_a_time
 fn a_tail_changed_by_another_mount_while_it_moves_keeps_the_newer_bytes() {
     use crate::observe::http_get;
     let cluster = cluster_with_volume_on(6);
-    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
-    let env = [("DFS_FAULTS", "enabled")];
-    let a = Mount::with_env(&cluster, "default", "a", &format!("metrics={http}"), &env).unwrap();
+    let (a, http) = crate::observe::mount_with_faults(&cluster, "default", "a", "");
     let b = Mount::new(&cluster, "default", "b", "").unwrap();
     let control = |path: &str| {
         let (status, body) = http_get(http, &format!("/faults/client.inline_tail_read/{path}"));

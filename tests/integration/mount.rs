@@ -811,12 +811,9 @@ fn closing_a_file_never_waits_for_another_files_upload() {
 /// between the server's answer and the reply while an fsync commits.
 #[test]
 fn a_size_read_before_a_flush_commits_does_not_hide_the_flushed_writes() {
-    use crate::observe::mount_fault;
+    use crate::observe::{mount_fault, mount_with_faults};
     let cluster = cluster_with_volume();
-    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
-    let options = format!("metrics={http},attr_timeout=0");
-    let env = [("DFS_FAULTS", "enabled")];
-    let m = Mount::with_env(&cluster, "default", "m", &options, &env).unwrap();
+    let (m, http) = mount_with_faults(&cluster, "default", "m", "attr_timeout=0");
     let control = |verb: &str| mount_fault(http, "mount.getattr_answered", verb);
 
     let mut file = fs::File::create(m.path("f")).unwrap();
@@ -844,13 +841,10 @@ fn a_size_read_before_a_flush_commits_does_not_hide_the_flushed_writes() {
 /// the descriptor go, while the fsync runs.
 #[test]
 fn an_fsync_after_a_failed_write_back_reports_the_failure() {
-    use crate::observe::mount_fault;
+    use crate::observe::{mount_fault, mount_with_faults};
     let cluster = cluster_with_volume();
-    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
     // Writes older than 2 s are written back: long after the write below returned.
-    let options = format!("metrics={http},writeback=2");
-    let env = [("DFS_FAULTS", "enabled")];
-    let m = Mount::with_env(&cluster, "default", "m", &options, &env).unwrap();
+    let (m, http) = mount_with_faults(&cluster, "default", "m", "writeback=2");
     mount_fault(http, "client.before_commit", "fail");
     mount_fault(http, "client.written_back", "pause");
 

@@ -3,13 +3,31 @@
 //! it is when loaded in headless Chromium.
 
 use crate::mount::cluster_with_volume;
-use dfs_tests::process::{free_tcp_port, Mount};
+use dfs_tests::process::{free_tcp_port, Mount, ProcessCluster};
 use dfs_tests::random_bytes;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// A mount of `volume` with its fault points enabled (`DFS_FAULTS=enabled`), serving them and
+/// its metrics on a port of its own, with `options` besides; gives the mount and that address.
+pub(crate) fn mount_with_faults(
+    cluster: &ProcessCluster,
+    volume: &str,
+    name: &str,
+    options: &str,
+) -> (Mount, SocketAddr) {
+    let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    let options = match options {
+        "" => format!("metrics={http}"),
+        more => format!("{more},metrics={http}"),
+    };
+    let env = [("DFS_FAULTS", "enabled")];
+    let mount = Mount::with_env(cluster, volume, name, &options, &env).unwrap();
+    (mount, http)
+}
 
 /// Drives fault point `point` of a mount serving metrics at `http` (`DFS_FAULTS=enabled`):
 /// `verb` is pause, release, disarm, hits, ...; gives the answer's body.

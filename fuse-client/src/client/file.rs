@@ -276,15 +276,12 @@ impl FileHandle {
     pub fn write_at_once(&mut self, offset: u64, data: &[u8]) -> Option<usize> {
         let len = data.len();
         let end = Self::end_of(offset, len).ok()?;
-        let options = &self.client.inner.options;
-        let total = self.client.inner.dirty_total.load(Ordering::Relaxed);
         let waits = self.append
             || len == 0
             || end > self.size
             || self.client.check_locks(self.ino).is_err()
             || self.dirty.run_len_after(offset, len) >= self.block_size as u64
-            || self.dirty.bytes() + len > options.max_dirty_bytes
-            || total + len > options.max_dirty_total;
+            || self.over_dirty_limits(len);
         if waits {
             return None;
         }
@@ -319,12 +316,19 @@ impl FileHandle {
             self.start_upload(vec![(at, block.len() as u64)], block)
                 .await?;
         }
-        let options = &self.client.inner.options;
-        let total = self.client.inner.dirty_total.load(Ordering::Relaxed);
-        if self.dirty.bytes() > options.max_dirty_bytes || total > options.max_dirty_total {
+        if self.over_dirty_limits(0) {
             self.upload_dirty().await?;
         }
         Ok(())
+    }
+
+    /// Whether this file's buffered bytes, or all files', would be past their limits with
+    /// `more` bytes besides.
+    fn over_dirty_limits(&self, more: usize) -> bool {
+        let options = &self.client.inner.options;
+        let total = self.client.inner.dirty_total.load(Ordering::Relaxed);
+        self.dirty.bytes() + more > options.max_dirty_bytes
+            || total + more > options.max_dirty_total
     }
 
     /// Brings this file's share of the client-wide dirty count up to date.

@@ -12,9 +12,9 @@
 //! flushed by its caller instead: on an idle server the hand-off to the thread and back (two
 //! wake-ups of sleeping threads, as long as the fdatasync on a small VM) is most of a lone
 //! command's wait. The caller's thread is busy meanwhile; requests arriving then form the
-//! next entry, which goes to the writer thread if this flush is still under way. The vote and the last purged entry
-//! live in a small `log-state` file, replaced atomically (written, synced, renamed, the
-//! directory synced) before `save_vote` returns, as Raft requires.
+//! next entry, which goes to the writer thread if this flush is still under way. The vote and
+//! the last purged entry live in a small `log-state` file, replaced atomically (written,
+//! synced, renamed, the directory synced) before `save_vote` returns, as Raft requires.
 //!
 //! Entries since the last purge are also kept in memory, where Raft reads them. At open, the
 //! segments are read back; a torn record at the end of the last segment (a crash mid-append,
@@ -249,17 +249,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Nothing queued for the writer thread: written and flushed here, saving two thread
         // wake-ups (to the writer and back) on an idle server. Order is kept: every earlier
         // job is done, and the disk is held until this one is.
-        if self.queued.load(Ordering::Acquire) == 0 {
-            if let Ok(mut disk) = self.disk.try_lock() {
-                if self.queued.load(Ordering::Acquire) == 0 {
-                    let mut failed = disk.append(&records).err().map(|e| e.to_string());
-                    disk.finish_appends(&mut vec![callback], &mut failed);
-                    self.written_here.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
-                }
+        match self.disk.try_lock() {
+            Ok(mut disk) if self.queued.load(Ordering::Acquire) == 0 => {
+                let mut failed = disk.append(&records).err().map(|e| e.to_string());
+                disk.finish_appends(&mut vec![callback], &mut failed);
+                self.written_here.fetch_add(1, Ordering::Relaxed);
+                Ok(())
             }
+            _ => self.send(Job::Append(records, callback)),
         }
-        self.send(Job::Append(records, callback))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -457,28 +455,26 @@ fn run(disk: &Mutex<Writer>, queued: &AtomicUsize, jobs: mpsc::Receiver<Job>) {
 
 impl Writer {
     fn run_round(&mut self, round: Vec<Job>) {
-        {
-            let mut flushed: Vec<LogFlushed<TypeConfig>> = Vec::new();
-            let mut failed: Option<String> = None;
-            for job in round {
-                match job {
-                    Job::Append(records, callback) => {
-                        if failed.is_none() {
-                            if let Err(e) = self.append(&records) {
-                                failed = Some(e.to_string());
-                            }
+        let mut flushed: Vec<LogFlushed<TypeConfig>> = Vec::new();
+        let mut failed: Option<String> = None;
+        for job in round {
+            match job {
+                Job::Append(records, callback) => {
+                    if failed.is_none() {
+                        if let Err(e) = self.append(&records) {
+                            failed = Some(e.to_string());
                         }
-                        flushed.push(callback);
                     }
-                    other => {
-                        // Appends before another job are flushed before it runs.
-                        self.finish_appends(&mut flushed, &mut failed);
-                        self.run_other(other);
-                    }
+                    flushed.push(callback);
+                }
+                other => {
+                    // Appends before another job are flushed before it runs.
+                    self.finish_appends(&mut flushed, &mut failed);
+                    self.run_other(other);
                 }
             }
-            self.finish_appends(&mut flushed, &mut failed);
         }
+        self.finish_appends(&mut flushed, &mut failed);
     }
 
     /// Flushes the appends written so far and answers their callbacks.
