@@ -133,6 +133,7 @@ pub enum Op {
     SetXattr {
         ino: InodeId,
         name: String,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         flags: u32,
     },
@@ -192,6 +193,7 @@ pub enum Op {
     WriteInline {
         ino: InodeId,
         pieces: Vec<(u64, u64)>,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
         mtime: Timestamp,
         append: bool,
@@ -202,6 +204,7 @@ pub enum Op {
     KeepInline {
         ino: InodeId,
         pieces: Vec<(u64, u64)>,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
         mtime: Timestamp,
         append: bool,
@@ -256,7 +259,7 @@ pub enum Outcome {
     /// format 1): the tagged reply's bytes. A client of this version cannot take them, so a
     /// retry that finds one gets an error. Such records expire within a day; applying a
     /// command never makes one.
-    WireReply(Vec<u8>),
+    WireReply(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// A shard's server and its address; `ServerId::NONE` (with no address) for a missing shard.

@@ -167,6 +167,7 @@ pub const CALL_FORMAT: u8 = 2;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireCallRecord {
     pub request: [u8; 32],
+    #[serde(with = "serde_bytes")]
     pub reply: Vec<u8>,
     pub at: Timestamp,
 }

@@ -254,6 +254,7 @@ pub struct BlockInfo {
     /// One per shard index; none for a block kept inline.
     pub shards: Vec<ShardLocation>,
     /// The bytes of a block kept in the metadata store (see `WriteInline`).
+    #[serde(with = "serde_bytes")]
     pub inline: Option<Vec<u8>>,
 }
 
