@@ -11,12 +11,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc rather than glibc's allocator: the servers allocate and free many short-lived
-/// buffers per request, and glibc's malloc took a tenth of the metadata server's CPU (see
-/// docs/BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// dfs chunk server: stores erasure-coded shards and serves them over QUIC.
 ///
 /// Every option can also be set in the TOML file given by --config (same names, with

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc rather than glibc's allocator: the servers allocate and free many short-lived
-/// buffers per request, and glibc's malloc took a tenth of the metadata server's CPU (see
-/// docs/BENCHMARKS.md).
+/// mimalloc rather than glibc's allocator: the metadata server allocates and frees many small
+/// short-lived objects per command (requests, log records, redb pages), and glibc's malloc took
+/// a tenth of its CPU (see docs/BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -22,12 +22,6 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-/// mimalloc rather than glibc's allocator: the servers allocate and free many short-lived
-/// buffers per request, and glibc's malloc took a tenth of the metadata server's CPU (see
-/// docs/BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Mount a dfs volume.
 #[derive(Parser, Debug)]
 #[command(version)]
