@@ -37,9 +37,12 @@ mkdir -p "$work/local"
 if [ -n "${DFS_BENCH_MOUNT:-}" ]; then
     mount_dir=$DFS_BENCH_MOUNT
 else
+    # A fresh cluster every run, removed afterwards: one left from an earlier run would
+    # collect that run's garbage during the measurements, and fills the disk over many runs.
     export DFS_DEV_DIR=$work/cluster
+    rm -rf --one-file-system "$DFS_DEV_DIR"
     "$repo/scripts/dev-cluster.sh" up >/dev/null
-    trap '"$repo/scripts/dev-cluster.sh" down >/dev/null' EXIT
+    trap '"$repo/scripts/dev-cluster.sh" down >/dev/null; rm -rf --one-file-system "$DFS_DEV_DIR"' EXIT
     # shellcheck disable=SC1091
     . "$DFS_DEV_DIR/cluster.env"
     mount_dir=$DFS_MOUNT
