@@ -67,7 +67,8 @@ pub(crate) fn wait_fully_healthy(cluster: &ProcessCluster, limit: Duration) -> C
     last.expect("status read")
 }
 
-fn shard_files(dir: &Path) -> Vec<PathBuf> {
+/// The shard files of the chunk server whose data directory is `dir`, sorted.
+pub(crate) fn shard_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(subdirs) = fs::read_dir(dir.join("shards")) {
         for sub in subdirs.flatten() {

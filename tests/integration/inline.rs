@@ -37,10 +37,7 @@ fn shard_files(cluster: &ProcessCluster, servers: usize) -> usize {
 /// The shard files of the first `servers` chunk servers.
 fn shard_paths(cluster: &ProcessCluster, servers: usize) -> std::collections::HashSet<PathBuf> {
     (0..servers)
-        .map(|i| cluster.chunk_dir(i).join("shards"))
-        .flat_map(|d| fs::read_dir(d).into_iter().flatten().flatten())
-        .flat_map(|sub| fs::read_dir(sub.path()).into_iter().flatten().flatten())
-        .map(|f| f.path())
+        .flat_map(|i| crate::heal::shard_files(&cluster.chunk_dir(i)))
         .collect()
 }
 
