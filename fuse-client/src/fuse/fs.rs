@@ -147,7 +147,8 @@ impl DfsFs {
 
     /// Counts a request answered on fuser's thread as it arrived: it had nothing to wait for,
     /// so it was not handed to the runtime (a wake-up of another thread, on a small VM about
-    /// as long as the answer itself; see docs/BENCHMARKS.md).
+    /// as long as the answer itself; see docs/BENCHMARKS.md). Called before the reply is sent,
+    /// so whoever has seen the answer also sees it counted.
     fn answered_on_arrival(&self, op: &'static str, started: Instant) {
         let metrics = &self.shared.metrics;
         metrics.ops.record_done(op, started.elapsed());
@@ -510,15 +511,15 @@ impl Filesystem for DfsFs {
         let s = &self.shared;
         if s.leases.confirmed() {
             if s.dir_names.absent(dir, &name) {
-                s.reply_absent(reply, dir, &name);
-                return self.answered_on_arrival("lookup", started);
+                self.answered_on_arrival("lookup", started);
+                return s.reply_absent(reply, dir, &name);
             }
             // A directory this mount made there and changed since: the kernel looks it up
             // again before every mkdir of it (which fails with EEXIST), as fs_mark does.
             let made = s.dir_names.made_here(dir, &name);
             if let Some(attr) = made.and_then(|ino| s.client.dir_attrs().get(ino, s.ttl)) {
-                s.reply_entry(reply, dir, &name, Ok(attr));
-                return self.answered_on_arrival("lookup", started);
+                self.answered_on_arrival("lookup", started);
+                return s.reply_entry(reply, dir, &name, Ok(attr));
             }
         }
         self.spawn("lookup", |s| async move {
@@ -536,13 +537,13 @@ impl Filesystem for DfsFs {
         let s = &self.shared;
         // A directory this mount just changed: the attributes came with the change.
         if let Some(attr) = s.client.dir_attrs().get(s.ino(ino), s.ttl) {
-            s.reply_attr(reply, Ok(attr));
-            return self.answered_on_arrival("getattr", started);
+            self.answered_on_arrival("getattr", started);
+            return s.reply_attr(reply, Ok(attr));
         }
         // A file whose attribute changes wait for its flush: this mount is their keeper.
         if let Some(attr) = s.files.attr_with_waiting(s.ino(ino), s.ttl) {
-            reply.attr(&s.leases.attr(attr.ino), &s.shown_attr(attr));
-            return self.answered_on_arrival("getattr", started);
+            self.answered_on_arrival("getattr", started);
+            return reply.attr(&s.leases.attr(attr.ino), &s.shown_attr(attr));
         }
         self.spawn("getattr", |s| async move {
             let ino = s.ino(ino);
@@ -595,8 +596,8 @@ impl Filesystem for DfsFs {
         let id = s.ino(ino);
         if s.absent_xattrs.is_bare(id) {
             if let Some(attr) = s.files.defer_setattr(id, &set, s.ttl) {
-                reply.attr(&s.leases.attr(attr.ino), &s.shown_attr(attr));
-                return self.answered_on_arrival("setattr", started);
+                self.answered_on_arrival("setattr", started);
+                return reply.attr(&s.leases.attr(attr.ino), &s.shown_attr(attr));
             }
         }
         self.spawn("setattr", |s| async move {
@@ -936,8 +937,8 @@ impl Filesystem for DfsFs {
         let started = Instant::now();
         if let Some(data) = self.shared.files.read_if_at_hand(fh.0, offset, size as u64) {
             self.shared.metrics.bytes_read.inc_by(data.len() as u64);
-            reply.data(&data);
-            return self.answered_on_arrival("read", started);
+            self.answered_on_arrival("read", started);
+            return reply.data(&data);
         }
         self.spawn("read", move |s| async move {
             let file = match s.file(fh) {
@@ -979,8 +980,8 @@ impl Filesystem for DfsFs {
         let started = Instant::now();
         if let Some(len) = self.shared.files.write_if_buffered(fh.0, offset, data) {
             self.shared.metrics.bytes_written.inc_by(len as u64);
-            reply.written(len as u32);
-            return self.answered_on_arrival("write", started);
+            self.answered_on_arrival("write", started);
+            return reply.written(len as u32);
         }
         let data = data.to_vec();
         self.spawn("write", |s| async move {
@@ -1015,8 +1016,8 @@ impl Filesystem for DfsFs {
         if let Ok(file) = s.file(fh) {
             if s.files.flush_if_clean(&file) && s.client.release_no_locks(s.ino(ino), lock_owner.0)
             {
-                reply.ok();
-                return self.answered_on_arrival("flush", started);
+                self.answered_on_arrival("flush", started);
+                return reply.ok();
             }
         }
         self.spawn("flush", |s| async move {
@@ -1046,8 +1047,8 @@ impl Filesystem for DfsFs {
         let no_locks =
             lock_owner.is_none_or(|owner| s.client.release_no_locks(s.ino(ino), owner.0));
         if no_locks && s.files.close_if_clean(fh.0) {
-            reply.ok();
-            return self.answered_on_arrival("release", started);
+            self.answered_on_arrival("release", started);
+            return reply.ok();
         }
         self.spawn("release", |s| async move {
             // The last close of a file unlinked while open removes its hidden name, which the
@@ -1302,8 +1303,8 @@ impl Filesystem for DfsFs {
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         let started = Instant::now();
         if let Some(usage) = self.shared.recent_usage() {
-            reply_statfs(reply, &usage);
-            return self.answered_on_arrival("statfs", started);
+            self.answered_on_arrival("statfs", started);
+            return reply_statfs(reply, &usage);
         }
         self.spawn("statfs", |s| async move {
             match s.usage(s.ino(ino)).await {
