@@ -465,8 +465,9 @@ fn usage_is_asked_of_the_metadata_server_once_per_attribute_timeout() {
 }
 
 /// A mount whose change feed reports missed changes (here: a restarted metadata server
-/// starts a new feed) drops from its kernel every name and attribute it granted for long;
-/// otherwise they would stay stale for the rest of the lease.
+/// starts a new feed) drops from its kernel every name and attribute it granted for long,
+/// and the pages of files open here; otherwise they would stay stale for the rest of the
+/// lease (the pages until the file is opened again).
 #[test]
 fn a_mount_that_missed_changes_drops_the_names_and_attributes_it_granted() {
     use crate::observe::{mount_fault, mount_with_faults};
@@ -478,8 +479,18 @@ fn a_mount_that_missed_changes_drops_the_names_and_attributes_it_granted() {
     let mode = |m: &Mount| fs::metadata(m.path("f")).unwrap().permissions().mode() & 0o777;
     fs::write(writer.path("f"), b"x").unwrap();
     fs::set_permissions(writer.path("f"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(writer.path("data"), [b'a'; 8192]).unwrap();
     // No late news of the writes above may drop what the watcher's kernel is granted next.
     hold_before_next_poll(&cluster, http, &writer);
+    // A file the watcher keeps open, its pages in the watcher's kernel.
+    let open = fs::File::open(watcher.path("data")).unwrap();
+    let contents = || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 8192];
+        open.read_exact_at(&mut buf, 0).unwrap();
+        buf
+    };
+    assert_eq!(contents(), [b'a'; 8192]);
     shows("the watcher's kernel keeps f", || {
         mode(&watcher) == 0o644 && {
             let before = lookups_and_getattrs(&cluster);
@@ -498,10 +509,16 @@ fn a_mount_that_missed_changes_drops_the_names_and_attributes_it_granted() {
     cluster.start_meta();
     fs::set_permissions(writer.path("f"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::write(writer.path("g"), b"x").unwrap();
+    fs::write(writer.path("data"), [b'b'; 8192]).unwrap();
     assert_eq!(
         mode(&watcher),
         0o644,
         "the watcher's kernel keeps the old mode"
+    );
+    assert_eq!(
+        contents(),
+        [b'a'; 8192],
+        "the watcher's kernel keeps the old pages"
     );
     // (Whether the listing still lacks g here depends on whether the kernel asks for the
     // directory's attributes meanwhile: a new mtime makes it list afresh.)
@@ -512,6 +529,10 @@ fn a_mount_that_missed_changes_drops_the_names_and_attributes_it_granted() {
     shows("the create after the missed changes", || {
         has("g") && fs::metadata(watcher.path("g")).is_ok()
     });
+    shows(
+        "the rewrite of a file open here after the missed changes",
+        || contents() == [b'b'; 8192],
+    );
 }
 
 /// An unlink needs to know whether the name is that of a file open here (to hide it until its

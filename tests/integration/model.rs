@@ -125,7 +125,22 @@ impl Run {
     }
 
     fn read(&mut self, i: usize, at: u64, len: u64) {
-        self.note(format!("read {} {at}+{len}", self.files[i].name));
+        // The kernel keeps the pages this mount wrote: half the reads drop them first, so
+        // that they reach the mount.
+        let dropped = self.rng.random_bool(0.5);
+        self.note(format!(
+            "read {} {at}+{len}{}",
+            self.files[i].name,
+            if dropped { " (pages dropped)" } else { "" }
+        ));
+        if dropped {
+            let fd = self.open(i).as_raw_fd();
+            // SAFETY: an fadvise on a descriptor this run holds open.
+            let advised = unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+            if advised != 0 {
+                self.fail(&format!("fadvise: error {advised}"));
+            }
+        }
         let size = self.files[i].model.len() as u64;
         let want_len = len.min(size.saturating_sub(at)) as usize;
         let mut got = vec![0u8; len as usize];

@@ -393,6 +393,57 @@ fn read_ahead_stops_at_end_of_file_and_never_serves_a_stale_layout() {
     );
 }
 
+/// A file this mount has just written is read back from the kernel's pages: its own commits
+/// are not a change that drops them (no read reaches the mount), while a rewrite by another
+/// mount is, at the next open.
+#[test]
+fn a_file_written_here_is_read_back_from_the_page_cache() {
+    use crate::observe::{scrape, value};
+    let cluster = cluster_with_volume();
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
+    let a = Mount::new(&cluster, "default", "a", &format!("metrics={http}")).unwrap();
+    let b = Mount::new(&cluster, "default", "b", "").unwrap();
+    let reads = || value(&scrape(http), "dfs_fuse_seconds_count{op=\"read\"}");
+    // Whole pages: the kernel writes through, and keeps only pages written whole.
+    let first = random_bytes(64 * 4096, 1);
+    fs::write(a.path("f"), &first).unwrap();
+    let before = reads();
+    assert!(fs::read(a.path("f")).unwrap() == first, "read back here");
+    // Fresh attributes (the mtime of the commit) do not drop them either.
+    assert_eq!(fs::metadata(a.path("f")).unwrap().len(), first.len() as u64);
+    assert!(
+        fs::read(a.path("f")).unwrap() == first,
+        "read back after a stat"
+    );
+    // Nor does a rewrite in place from here.
+    let mut second = first.clone();
+    second[4096..8192].fill(7);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(a.path("f"))
+        .and_then(|f| {
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(&second[4096..8192], 4096)
+        })
+        .unwrap();
+    assert!(
+        fs::read(a.path("f")).unwrap() == second,
+        "the rewrite read back"
+    );
+    assert_eq!(reads(), before, "reads of what this mount wrote reached it");
+    // Another mount's rewrite: the pages here go.
+    let third = random_bytes(64 * 4096, 3);
+    fs::write(b.path("f"), &third).unwrap();
+    assert!(
+        fs::read(a.path("f")).unwrap() == third,
+        "the other mount's rewrite"
+    );
+    assert!(
+        reads() > before,
+        "the other mount's rewrite was not read from the cluster"
+    );
+}
+
 pub(crate) fn get_xattr(path: &std::path::Path, name: &str) -> std::io::Result<Vec<u8>> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();

@@ -448,6 +448,7 @@ impl super::coherence::Caches for Shared {
 
     fn drop_all(&self) {
         let granted = self.leases.take();
+        let open = self.files.open_inodes();
         let (map, notifier) = (self.map, self.notifier.clone());
         self.rt.spawn_blocking(move || {
             let Some(notifier) = notifier.get() else {
@@ -459,8 +460,10 @@ impl super::coherence::Caches for Shared {
                     let _ = notifier.inval_entry(map.to_fuse(parent), std::ffi::OsStr::new(&name));
                 }
             }
-            for ino in granted.inodes {
-                let _ = notifier.inval_inode(map.to_fuse(ino), -1, 0);
+            // Pages too: the kernel does not drop a file's pages when it finds a new mtime
+            // (no FUSE_AUTO_INVAL_DATA), so a file open here would keep serving old bytes.
+            for ino in granted.inodes.into_iter().chain(open) {
+                let _ = notifier.inval_inode(map.to_fuse(ino), 0, 0);
             }
         });
         self.files.forget_version(None);
@@ -493,10 +496,13 @@ impl Filesystem for DfsFs {
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         // fcntl and flock locks come here, to be held at the metadata server for all clients.
         let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS);
-        // Reads check the attributes first when they are stale (as after an open that found
-        // the file changed by another client): without it the kernel trusts its old size for
-        // any read inside it, and read-ahead past the new end of file returns zeros.
-        let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
+        // Not FUSE_AUTO_INVAL_DATA: with it the kernel drops a file's pages whenever fresh
+        // attributes bring an mtime it did not know, which this mount's own writes do (the
+        // kernel sends writes through, and the commit sets the mtime), so a file just written
+        // here was read back from the cluster. Pages go instead when another client changed
+        // the file: at the next open (close-to-open, `revalidate`), when the change feed
+        // tells, and when the feed missed changes. A size another mount shrank needs no
+        // refresh before reads: the short read at the new end of file sets it.
         Ok(())
     }
 
