@@ -238,6 +238,59 @@ fn names_and_attributes_seen_while_the_feed_is_followed_cost_no_round_trip() {
     });
 }
 
+/// After this mount writes a file and closes it, `stat` is answered from the attributes the
+/// close's commit returned: no `GetAttr` reaches the metadata server. What changes them
+/// without returning them still shows at once: an unlink of another name of the file here
+/// (its link count), and another mount's chmod and write.
+#[test]
+fn a_stat_after_writes_here_costs_no_round_trip_and_shows_every_change() {
+    use crate::observe::{scrape, value};
+    use std::os::unix::fs::MetadataExt;
+    let cluster = cluster_with_volume();
+    let m = Mount::new(&cluster, "default", "m", "").unwrap();
+    let other = Mount::new(&cluster, "default", "other", "").unwrap();
+    let getattrs = || {
+        value(
+            &scrape(cluster.meta_http),
+            "dfs_meta_requests_total{op=\"GetAttr\"}",
+        )
+    };
+    let before = getattrs();
+    for i in 0..20 {
+        let path = m.path(&format!("f{i}"));
+        fs::write(&path, vec![b'x'; 1000 + i]).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), 1000 + i as u64);
+    }
+    assert_eq!(getattrs(), before, "stats after writes asked the server");
+
+    // A second name, and a write through the first: the close's commit answers with two
+    // links. Unlinking the second name here must not leave that count shown.
+    fs::hard_link(m.path("f0"), m.path("g0")).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("f0"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"more"))
+        .unwrap();
+    assert_eq!(fs::metadata(m.path("f0")).unwrap().nlink(), 2);
+    fs::remove_file(m.path("g0")).unwrap();
+    assert_eq!(
+        fs::metadata(m.path("f0")).unwrap().nlink(),
+        1,
+        "after the unlink"
+    );
+    assert_eq!(fs::metadata(m.path("f0")).unwrap().len(), 1004);
+
+    // Another mount's changes.
+    fs::set_permissions(other.path("f1"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(other.path("f2"), b"short").unwrap();
+    shows("another mount's chmod", || {
+        fs::metadata(m.path("f1")).unwrap().permissions().mode() & 0o777 == 0o600
+    });
+    shows("another mount's write", || {
+        fs::metadata(m.path("f2")).unwrap().len() == 5
+    });
+}
+
 /// Directory listing requests the metadata server has answered so far (all clients).
 fn listings(cluster: &dfs_tests::process::ProcessCluster) -> f64 {
     use crate::observe::{scrape, value};

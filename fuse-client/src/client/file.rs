@@ -12,7 +12,7 @@ use super::layouts::{LayoutPage, LayoutPages};
 use super::reader::{self, CacheUse};
 use super::writer::upload_block;
 use super::Client;
-use dfs_common::proto::meta::{req, Attr, Committed, FileKind, NewExtent, SetAttr};
+use dfs_common::proto::meta::{req, Attr, Committed, FileKind, MetaRpc, NewExtent, SetAttr};
 use dfs_common::proto::MAX_FILE_SIZE;
 use dfs_common::{EcPolicy, FsError, FsResult, InodeId, Timestamp, VolumeId};
 use std::collections::VecDeque;
@@ -459,7 +459,7 @@ impl FileHandle {
             mtime: self.commit_mtime(),
             append: self.append,
         };
-        let committed = self.client.call(request).await?;
+        let committed = self.send_commit(request).await?;
         self.committed(committed);
         Ok(())
     }
@@ -467,6 +467,15 @@ impl FileHandle {
     /// The mtime a commit of this handle's writes gives the file.
     fn commit_mtime(&self) -> Timestamp {
         self.stamp.unwrap_or_else(Timestamp::now)
+    }
+
+    /// Sends a commit of this handle's writes; the file's attributes it answers with are kept
+    /// for the kernel's next `getattr` (see [`FileAttrs`](super::file_attrs::FileAttrs)).
+    async fn send_commit<Q: MetaRpc<Reply = Committed>>(&self, request: Q) -> FsResult<Committed> {
+        let asked = self.client.file_attrs().epoch();
+        let committed = self.client.call(request).await?;
+        self.client.file_attrs().note(&committed.after, asked);
+        Ok(committed)
     }
 
     /// Takes note of a commit of this handle's writes.
@@ -511,7 +520,7 @@ impl FileHandle {
             append: self.append,
         };
         self.forget_layout();
-        match self.client.call(request).await {
+        match self.send_commit(request).await {
             Ok(committed) => {
                 self.committed(committed);
                 self.count_dirty();
@@ -585,7 +594,7 @@ impl FileHandle {
             from: tail.from,
             expect: tail.extents,
         };
-        match self.client.call(request).await {
+        match self.send_commit(request).await {
             Ok(committed) => {
                 self.committed(committed);
                 self.inline_spent = false;

@@ -173,7 +173,10 @@ impl Client {
     }
 
     pub async fn getattr(&self, ino: InodeId) -> FsResult<Attr> {
-        self.call(req::GetAttr { ino }).await
+        let asked = self.inner.file_attrs.epoch();
+        let attr = self.call(req::GetAttr { ino }).await?;
+        self.inner.file_attrs.note(&attr, asked);
+        Ok(attr)
     }
 
     pub async fn setattr(&self, ino: InodeId, set: SetAttr) -> FsResult<Attr> {
@@ -209,6 +212,12 @@ impl Client {
     fn made(&self, made: Made) -> Attr {
         self.inner.dir_attrs.note(made.dir);
         made.attr
+    }
+
+    /// Regular files' attributes as the metadata server last gave them (see
+    /// [`FileAttrs`](super::file_attrs::FileAttrs)).
+    pub fn file_attrs(&self) -> &super::file_attrs::FileAttrs {
+        &self.inner.file_attrs
     }
 
     /// Directories' attributes as this client's last changes to them left them (see

@@ -5,6 +5,7 @@ mod calls;
 pub mod dir_attrs;
 pub mod dirty;
 pub mod file;
+pub mod file_attrs;
 mod inline_tail;
 pub mod layouts;
 pub mod locks;
@@ -111,9 +112,54 @@ pub(crate) struct Inner {
     pub(crate) upload_budget: Arc<tokio::sync::Semaphore>,
     /// Directories' attributes just after this client's changes to them.
     pub(crate) dir_attrs: dir_attrs::DirAttrs,
+    /// Regular files' attributes as the metadata server last gave them.
+    pub(crate) file_attrs: file_attrs::FileAttrs,
     /// Sub-blocks of shards read recently.
     pub(crate) shard_cache: shard_cache::ShardCache,
     _endpoint: Endpoint,
+}
+
+/// Drops, when a call ends (answered, failed or abandoned), the file attributes its change
+/// may have made stale (see [`file_attrs`]).
+struct StaleFileAttrs<'a> {
+    client: &'a Client,
+    request: &'a MetaRequest,
+    /// The metadata server answered: a commit's answer carries the file's new attributes.
+    answered: bool,
+}
+
+impl Drop for StaleFileAttrs<'_> {
+    fn drop(&mut self) {
+        use MetaRequest as R;
+        let kept = &self.client.inner.file_attrs;
+        match self.request {
+            R::SetAttr(q) => kept.forget(q.ino),
+            R::SetXattr(q) => kept.forget(q.ino),
+            R::RemoveXattr(q) => kept.forget(q.ino),
+            // A commit's outcome is unknown when it was not answered.
+            R::CommitWrite(req::CommitWrite { ino, .. })
+            | R::WriteInline(req::WriteInline { ino, .. })
+            | R::CommitIfUnchanged(req::CommitIfUnchanged { ino, .. })
+                if !self.answered =>
+            {
+                kept.forget(*ino)
+            }
+            // An answered commit (noted from its answer where it is made), a new inode, or
+            // no file's attributes touched.
+            R::CommitWrite(_)
+            | R::WriteInline(_)
+            | R::CommitIfUnchanged(_)
+            | R::MakeNode(_)
+            | R::Symlink(_)
+            | R::AllocateBlock(_)
+            | R::ReplaceShard(_)
+            | R::ReportBadShard(_) => {}
+            // An unlink or rename (of a file this client does not know the inode of), a
+            // link, and whatever else: any file may have changed.
+            request if request.is_mutation() => kept.clear(),
+            _ => {}
+        }
+    }
 }
 
 impl Client {
@@ -150,6 +196,7 @@ impl Client {
                 dirty_total: std::sync::atomic::AtomicUsize::new(0),
                 upload_budget: Arc::new(tokio::sync::Semaphore::new(upload_units)),
                 dir_attrs: dir_attrs::DirAttrs::default(),
+                file_attrs: file_attrs::FileAttrs::default(),
                 shard_cache,
                 _endpoint: endpoint,
             }),
@@ -220,6 +267,12 @@ impl Client {
     pub async fn call<Q: MetaRpc>(&self, request: Q) -> FsResult<Q::Reply> {
         let request: MetaRequest = request.into();
         let outstanding = request.is_mutation().then(|| self.inner.calls.begin());
+        // However the call ends: one that failed may still have been applied.
+        let mut stale = StaleFileAttrs {
+            client: self,
+            request: &request,
+            answered: false,
+        };
         let call = MetaCallRef {
             id: outstanding.as_ref().map(|o| o.id),
             request: &request,
@@ -233,6 +286,7 @@ impl Client {
                     if warned {
                         tracing::info!("metadata server reachable again");
                     }
+                    stale.answered = true;
                     return reply;
                 }
                 Err(e) => e,

@@ -438,6 +438,7 @@ impl super::coherence::Caches for Shared {
         self.dir_names.forget(ino);
         self.absent_xattrs.forget(ino);
         self.client.dir_attrs().forget(ino);
+        self.client.file_attrs().forget(ino);
         self.files.forget_attr(Some(ino));
         if data {
             self.files.forget_version(Some(ino));
@@ -469,6 +470,7 @@ impl super::coherence::Caches for Shared {
         self.files.forget_version(None);
         self.dir_names.clear();
         self.client.dir_attrs().clear();
+        self.client.file_attrs().clear();
         self.files.forget_attr(None);
         self.absent_xattrs.clear();
         self.files.forget_layouts(None);
@@ -550,6 +552,12 @@ impl Filesystem for DfsFs {
         if let Some(attr) = s.files.attr_with_waiting(s.ino(ino), s.ttl) {
             self.answered_on_arrival("getattr", started);
             return reply.attr(&s.leases.attr(attr.ino), &s.shown_attr(attr));
+        }
+        // A file whose attributes came with this mount's open, close or last question, and
+        // that nothing changed since (the kernel asks again after every write through it).
+        if let Some(attr) = s.client.file_attrs().get(s.ino(ino), s.ttl) {
+            self.answered_on_arrival("getattr", started);
+            return s.reply_attr(reply, Ok(attr));
         }
         self.spawn("getattr", |s| async move {
             let ino = s.ino(ino);

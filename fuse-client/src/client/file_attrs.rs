@@ -1,0 +1,160 @@
+//! Attributes of regular files as the metadata server last gave them to this client, so that
+//! the kernel's `getattr` after this client's own writes, opens and closes is answered without
+//! a round trip. The kernel drops a file's cached attributes after every write through it and
+//! asks at the next `stat`; after the close commits the writes, the commit's answer holds the
+//! attributes it would get.
+//!
+//! An entry is good for the attribute timeout at most, as the kernel's own cache would have
+//! kept the first answer (other clients' changes are dropped sooner, by the change feed). Any
+//! change this client makes that may touch a file's attributes without returning them (an
+//! unlink or rename, whose victim it does not know, a link, an attribute or extended
+//! attribute change) drops entries, and so does every change of another client the feed
+//! reports. Answers cross: one sent before a drop may arrive after it, so each drop starts a
+//! new epoch and an answer is kept only if no drop happened since its question was sent.
+
+use dfs_common::proto::meta::{Attr, FileKind};
+use dfs_common::InodeId;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Entries kept at most: past it, everything is dropped (they are used within moments).
+const MAX_ENTRIES: usize = 16_384;
+
+#[derive(Default)]
+pub struct FileAttrs {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Counts drops: an answer to a question sent in an earlier epoch is not kept.
+    epoch: u64,
+    fresh: HashMap<InodeId, (Attr, Instant)>,
+}
+
+impl FileAttrs {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The epoch to give [`FileAttrs::note`] for the answer of a question sent now.
+    pub fn epoch(&self) -> u64 {
+        self.state().epoch
+    }
+
+    /// Keeps `attr`, the answer to a question sent in epoch `asked`, if it is a regular
+    /// file's and nothing was dropped since; if something was, what is kept of the file goes
+    /// too (the answer may be of a commit that changed it). Answers of concurrent questions
+    /// may arrive out of order: an entry is replaced only by strictly newer attributes, and
+    /// dropped when the order cannot be told.
+    pub fn note(&self, attr: &Attr, asked: u64) {
+        if attr.kind != FileKind::File {
+            return;
+        }
+        let mut state = self.state();
+        if state.epoch != asked {
+            state.fresh.remove(&attr.ino);
+            return;
+        }
+        if state.fresh.len() >= MAX_ENTRIES {
+            state.fresh.clear();
+        }
+        match state.fresh.get(&attr.ino) {
+            Some((kept, _)) if kept.ctime > attr.ctime => {}
+            Some((kept, _)) if kept.ctime == attr.ctime && kept != attr => {
+                state.fresh.remove(&attr.ino);
+            }
+            _ => {
+                state.fresh.insert(attr.ino, (attr.clone(), Instant::now()));
+            }
+        }
+    }
+
+    /// The file's attributes if noted within `max_age`.
+    pub fn get(&self, ino: InodeId, max_age: Duration) -> Option<Attr> {
+        let mut state = self.state();
+        let (attr, at) = state.fresh.get(&ino)?;
+        if at.elapsed() > max_age {
+            state.fresh.remove(&ino);
+            return None;
+        }
+        Some(attr.clone())
+    }
+
+    /// Drops what is kept of `ino`: it changed in a way this does not know the outcome of.
+    pub fn forget(&self, ino: InodeId) {
+        let mut state = self.state();
+        state.epoch += 1;
+        state.fresh.remove(&ino);
+    }
+
+    /// Drops everything: a change may have touched any file.
+    pub fn clear(&self) {
+        let mut state = self.state();
+        state.epoch += 1;
+        state.fresh.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(ino: u64, secs: i64, size: u64) -> Attr {
+        Attr {
+            size,
+            ..crate::client::pending_attrs::tests::attr(ino, FileKind::File, 0o644, secs)
+        }
+    }
+
+    #[test]
+    fn newest_answer_kept_until_a_drop_or_the_timeout() {
+        let kept = FileAttrs::default();
+        let long = Duration::from_secs(60);
+        let asked = kept.epoch();
+        kept.note(&file(5, 10, 1), asked);
+        kept.note(&file(5, 11, 2), asked);
+        assert_eq!(kept.get(InodeId(5), long), Some(file(5, 11, 2)));
+        // An older answer arriving late changes nothing.
+        kept.note(&file(5, 10, 1), asked);
+        assert_eq!(kept.get(InodeId(5), long), Some(file(5, 11, 2)));
+        // Two different answers with the same change time: which is newer is unclear.
+        kept.note(&file(5, 11, 3), asked);
+        assert_eq!(kept.get(InodeId(5), long), None);
+        kept.note(&file(7, 1, 1), kept.epoch());
+        assert_eq!(kept.get(InodeId(7), Duration::ZERO), None, "too old");
+    }
+
+    #[test]
+    fn an_answer_to_a_question_sent_before_a_drop_is_not_kept() {
+        let kept = FileAttrs::default();
+        let long = Duration::from_secs(60);
+        let asked = kept.epoch();
+        // An unlink elsewhere in the mount answered meanwhile: the link count may be stale.
+        kept.clear();
+        kept.note(&file(5, 10, 1), asked);
+        assert_eq!(kept.get(InodeId(5), long), None);
+        let asked = kept.epoch();
+        kept.note(&file(5, 10, 1), asked);
+        kept.note(&file(6, 10, 1), asked);
+        kept.forget(InodeId(5));
+        assert_eq!(kept.get(InodeId(5), long), None);
+        assert_eq!(kept.get(InodeId(6), long), Some(file(6, 10, 1)));
+        // A commit of file 6 sent before that drop: not kept, and what was kept of 6 is
+        // older than the commit.
+        kept.note(&file(6, 12, 2), asked);
+        assert_eq!(kept.get(InodeId(6), long), None, "asked before a drop");
+        kept.note(&file(6, 12, 2), kept.epoch());
+        kept.clear();
+        assert_eq!(kept.get(InodeId(6), long), None);
+    }
+
+    #[test]
+    fn only_regular_files_are_kept() {
+        let kept = FileAttrs::default();
+        let dir = crate::client::pending_attrs::tests::attr(3, FileKind::Dir, 0o755, 1);
+        kept.note(&dir, kept.epoch());
+        assert_eq!(kept.get(InodeId(3), Duration::from_secs(60)), None);
+    }
+}
