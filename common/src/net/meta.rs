@@ -136,8 +136,11 @@ impl MetaLink {
         R: DeserializeOwned,
     {
         let mut last = None;
-        // Each member gets a few chances: one for each hint, one for each election.
-        for _ in 0..3 * self.count() + 1 {
+        // Each member gets a few chances: one for each hint, one for each election. Members
+        // named by a hint along the way (the caller may know only one) get theirs too.
+        let mut attempts = 0;
+        while attempts < 3 * self.count() + 1 {
+            attempts += 1;
             let n = self.count();
             let (at, member) = self.member(self.current.load(Ordering::Relaxed));
             let attempt = self
