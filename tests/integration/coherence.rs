@@ -108,23 +108,16 @@ fn a_mount_keeps_a_name_absence_for_the_attribute_timeout() {
 /// costs no `GetAttr` per file, and what it answers is the directory as the change left it.
 #[test]
 fn a_directory_changed_by_this_mount_is_not_asked_for_again() {
-    use crate::observe::{scrape, value};
     use std::os::unix::fs::MetadataExt;
     let cluster = cluster_with_volume();
     let m = Mount::new(&cluster, "default", "m", "").unwrap();
     fs::create_dir(m.path("d")).unwrap();
-    let getattrs = || {
-        value(
-            &scrape(cluster.meta_http),
-            "dfs_meta_requests_total{op=\"GetAttr\"}",
-        )
-    };
-    let before = getattrs();
+    let before = getattrs(&cluster);
     for i in 0..20 {
         fs::write(m.path(&format!("d/f{i}")), b"x").unwrap();
         fs::remove_file(m.path(&format!("d/f{i}"))).unwrap();
     }
-    let asked = getattrs() - before;
+    let asked = getattrs(&cluster) - before;
     assert!(asked < 5.0, "{asked} GetAttr calls for 40 changes");
     // What the mount answers is the directory as the last change left it.
     let earlier = fs::metadata(m.path("d")).unwrap();
@@ -204,6 +197,15 @@ fn lookups_and_getattrs(cluster: &dfs_tests::process::ProcessCluster) -> f64 {
         + value(&samples, "dfs_meta_requests_total{op=\"GetAttr\"}")
 }
 
+/// Attribute requests the metadata server has answered so far (all clients).
+fn getattrs(cluster: &dfs_tests::process::ProcessCluster) -> f64 {
+    use crate::observe::{scrape, value};
+    value(
+        &scrape(cluster.meta_http),
+        "dfs_meta_requests_total{op=\"GetAttr\"}",
+    )
+}
+
 /// While a mount follows the change feed, the kernel keeps names and attributes for the
 /// lease, not the attribute timeout: stats of files already seen cost no round trip. A mount
 /// without a lease asks every time.
@@ -244,24 +246,21 @@ fn names_and_attributes_seen_while_the_feed_is_followed_cost_no_round_trip() {
 /// (its link count), and another mount's chmod and write.
 #[test]
 fn a_stat_after_writes_here_costs_no_round_trip_and_shows_every_change() {
-    use crate::observe::{scrape, value};
     use std::os::unix::fs::MetadataExt;
     let cluster = cluster_with_volume();
     let m = Mount::new(&cluster, "default", "m", "").unwrap();
     let other = Mount::new(&cluster, "default", "other", "").unwrap();
-    let getattrs = || {
-        value(
-            &scrape(cluster.meta_http),
-            "dfs_meta_requests_total{op=\"GetAttr\"}",
-        )
-    };
-    let before = getattrs();
+    let before = getattrs(&cluster);
     for i in 0..20 {
         let path = m.path(&format!("f{i}"));
         fs::write(&path, vec![b'x'; 1000 + i]).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().len(), 1000 + i as u64);
     }
-    assert_eq!(getattrs(), before, "stats after writes asked the server");
+    assert_eq!(
+        getattrs(&cluster),
+        before,
+        "stats after writes asked the server"
+    );
 
     // A second name, and a write through the first: the close's commit answers with two
     // links. Unlinking the second name here must not leave that count shown.

@@ -9,7 +9,7 @@
 //! the operations that led to it.
 
 use crate::heal::{status, wait_fully_healthy, wait_until};
-use crate::mount::cluster_with_volume_on;
+use crate::mount::{cluster_with_volume_on, fadvise};
 use dfs_tests::process::{Mount, ProcessCluster};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -134,11 +134,8 @@ impl Run {
             if dropped { " (pages dropped)" } else { "" }
         ));
         if dropped {
-            let fd = self.open(i).as_raw_fd();
-            // SAFETY: an fadvise on a descriptor this run holds open.
-            let advised = unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
-            if advised != 0 {
-                self.fail(&format!("fadvise: error {advised}"));
+            if let Err(e) = fadvise(self.open(i), libc::POSIX_FADV_DONTNEED) {
+                self.fail(&format!("fadvise: {e}"));
             }
         }
         let size = self.files[i].model.len() as u64;

@@ -9,6 +9,18 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Gives the kernel `advice` about the whole of `file` (`posix_fadvise`). With
+/// `POSIX_FADV_DONTNEED` it drops the file's clean cached pages, so the next reads reach the
+/// mount: the kernel keeps the pages a mount wrote.
+pub(crate) fn fadvise(file: &fs::File, advice: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: advice about a descriptor the caller holds open; no memory is passed.
+    match unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, advice) } {
+        0 => Ok(()),
+        code => Err(std::io::Error::from_raw_os_error(code)),
+    }
+}
+
 pub(crate) fn cluster_with_volume() -> ProcessCluster {
     cluster_with_volume_on(6)
 }
@@ -703,7 +715,6 @@ fn a_directory_made_here_is_looked_up_by_the_mount_until_it_changes_elsewhere() 
 fn small_reads_near_earlier_ones_come_from_the_read_cache_never_from_a_replaced_block() {
     use crate::observe::{scrape, value};
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    use std::os::unix::io::AsRawFd;
     let cluster = cluster_with_volume();
     let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
     let m = Mount::new(&cluster, "default", "m", &format!("metrics={http}")).unwrap();
@@ -718,10 +729,7 @@ fn small_reads_near_earlier_ones_come_from_the_read_cache_never_from_a_replaced_
     let random_reader = || {
         let f = fs::File::open(m.path("f")).unwrap();
         for advice in [libc::POSIX_FADV_DONTNEED, libc::POSIX_FADV_RANDOM] {
-            assert_eq!(
-                unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, advice) },
-                0
-            );
+            fadvise(&f, advice).unwrap();
         }
         f
     };
