@@ -82,6 +82,7 @@ pub fn need(request: &MetaRequest) -> Need {
         R::MakeNode(req::MakeNode { parent: ino, .. })
         | R::Symlink(req::Symlink { parent: ino, .. })
         | R::Unlink(req::Unlink { parent: ino, .. })
+        | R::UnlinkOrHide(req::UnlinkOrHide { parent: ino, .. })
         | R::Rmdir(req::Rmdir { parent: ino, .. })
         | R::Rename(req::Rename { parent: ino, .. })
         | R::Link(req::Link { ino, .. })

@@ -221,6 +221,7 @@ pub fn stale(request: &MetaRequest) -> Option<Stale> {
         R::MakeNode(req::MakeNode { parent, name, .. })
         | R::Symlink(req::Symlink { parent, name, .. })
         | R::Unlink(req::Unlink { parent, name })
+        | R::UnlinkOrHide(req::UnlinkOrHide { parent, name, .. })
         | R::Rmdir(req::Rmdir { parent, name }) => {
             (vec![entry(*parent, name), attrs(*parent)], *parent)
         }

@@ -219,6 +219,14 @@ pub enum Op {
         from: u64,
         expect: Vec<Extent>,
     },
+    /// Removes a name, or renames it to `.dfs-hidden-<ino>-<tag>` when it is the last link of
+    /// a regular file in `open` (files the caller has open).
+    UnlinkOrHide {
+        parent: InodeId,
+        name: String,
+        open: Vec<InodeId>,
+        tag: u32,
+    },
 }
 
 /// What applying a command gave, in the store's own terms.
@@ -260,6 +268,12 @@ pub enum Outcome {
     /// retry that finds one gets an error. Such records expire within a day; applying a
     /// command never makes one.
     WireReply(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A name removed or hidden: its inode, the links it has left, its hidden name if any.
+    Unlinked {
+        victim: InodeId,
+        links: u32,
+        hidden: Option<String>,
+    },
 }
 
 /// A shard's server and its address; `ServerId::NONE` (with no address) for a missing shard.
@@ -320,6 +334,7 @@ impl Op {
                 BASE + name.len() + target.as_ref().map_or(0, String::len)
             }
             Op::Rename { name, new_name, .. } => BASE + name.len() + new_name.len(),
+            Op::UnlinkOrHide { name, open, .. } => BASE + name.len() + open.len() * 8,
             _ => BASE,
         }
     }
@@ -355,6 +370,7 @@ impl Op {
             Op::WriteInline { .. } => "WriteInline",
             Op::KeepInline { .. } => "KeepInline",
             Op::CommitIfUnchanged { .. } => "CommitIfUnchanged",
+            Op::UnlinkOrHide { .. } => "UnlinkOrHide",
         }
     }
 }
@@ -555,6 +571,12 @@ mod tests {
                     block_offset: 0,
                 }],
             },
+            Op::UnlinkOrHide {
+                parent: InodeId(3),
+                name: "n".into(),
+                open: vec![ino, InodeId(9)],
+                tag: 0xabcd,
+            },
         ];
         ops.into_iter()
             .enumerate()
@@ -577,7 +599,7 @@ mod tests {
     /// Each sample as format 1 encodes it. Commands are the log: a change that alters these
     /// bytes makes older logs unreadable. Add operations at the end of [`Op`]; change one only
     /// with a new format.
-    const GOLDEN: [(&str, &str); 28] = [
+    const GOLDEN: [(&str, &str); 29] = [
         ("CreateVolume", "01fc00e2a7ca0001fbcdab000100000000000000000000000000000000000000000000000000000000000000000001760402fc0000400001fc00000040000000"),
         ("SetVolume", "01fc00e2a7ca0100010176000100010100"),
         ("DeleteVolume", "01fc00e2a7ca0201fbcdab0201020202020202020202020202020202020202020202020202020202020202020202017601"),
@@ -606,6 +628,7 @@ mod tests {
         ("WriteInline", "01fc00e2a7ca190019050200020a0103070809120101"),
         ("KeepInline", "01fc00e2a7ca1a01fbcdab1a011a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a0501fc7011010002020708120100"),
         ("CommitIfUnchanged", "01fc00e2a7ca1b001b05015a14080014001201645a015a0a0700"),
+        ("UnlinkOrHide", "01fc00e2a7ca1c01fbcdab1c011c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c03016e020509fbcdab"),
     ];
 
     fn hex(bytes: &[u8]) -> String {

@@ -9,7 +9,7 @@ use crate::store::tables::to_attr;
 use crate::volumes::volume_info;
 use dfs_common::proto::chunk::ShardKey;
 use dfs_common::proto::meta::*;
-use dfs_common::{BlockId, FsError, FsResult, ServerId};
+use dfs_common::{BlockId, FsError, FsResult, InodeId, ServerId};
 use serde::Serialize;
 use std::future::Future;
 
@@ -75,6 +75,7 @@ answers! {
     Peer(PeerReply),
     Changes(ChangePage),
     Made(Made),
+    Removed(Removed),
 }
 
 /// A reply type that a command's [`Outcome`] turns into.
@@ -100,6 +101,7 @@ fn unexpected<T>(outcome: &Outcome) -> FsResult<T> {
         Outcome::Shard(_) => "a shard",
         Outcome::Committed { .. } => "a commit",
         Outcome::Dropped(_) => "dropped blocks",
+        Outcome::Unlinked { .. } => "a removed name",
     };
     Err(FsError::protocol(format!(
         "the command's outcome ({what}) does not fit its reply type"
@@ -183,6 +185,31 @@ impl FromOutcome for Vec<BlockId> {
     fn from_outcome(outcome: Outcome) -> FsResult<Vec<BlockId>> {
         match outcome {
             Outcome::Dropped(blocks) => Ok(blocks),
+            other => unexpected(&other),
+        }
+    }
+}
+
+/// What an `UnlinkOrHide` did to its name's inode; the reply adds the directory after it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unlinked {
+    pub victim: InodeId,
+    pub links: u32,
+    pub hidden: Option<String>,
+}
+
+impl FromOutcome for Unlinked {
+    fn from_outcome(outcome: Outcome) -> FsResult<Unlinked> {
+        match outcome {
+            Outcome::Unlinked {
+                victim,
+                links,
+                hidden,
+            } => Ok(Unlinked {
+                victim,
+                links,
+                hidden,
+            }),
             other => unexpected(&other),
         }
     }

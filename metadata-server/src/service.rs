@@ -11,7 +11,7 @@ use crate::membership::Membership;
 use crate::placement::place;
 use crate::queries;
 use crate::repair::Repair;
-use crate::reply::{answer, Answer, FromOutcome};
+use crate::reply::{answer, Answer, FromOutcome, Unlinked};
 use crate::store::schema::{decode, BlockRecord};
 use crate::store::tables::{
     get_inode, get_volume_by_id, get_volume_state, has_xattrs, lookup, ReadTables,
@@ -472,6 +472,26 @@ impl MetaService {
                 })
                 .await
             }
+            R::UnlinkOrHide(q) => {
+                answer(q, |q| async move {
+                    let dir = q.parent;
+                    let op = Op::UnlinkOrHide {
+                        parent: q.parent,
+                        name: q.name,
+                        open: q.open,
+                        // The hidden name's tail: chosen here, so every member applies the same.
+                        tag: rand::random(),
+                    };
+                    let unlinked: Unlinked = self.mutate_as(op, call).await?;
+                    Ok(Removed {
+                        victim: unlinked.victim,
+                        links: unlinked.links,
+                        hidden: unlinked.hidden,
+                        dir: self.dir_after(dir)?,
+                    })
+                })
+                .await
+            }
             R::Rmdir(q) => {
                 answer(q, |q| async move {
                     let dir = q.parent;
@@ -788,6 +808,7 @@ impl MetaService {
     fn named_inodes(&self, request: &MetaRequest) -> Vec<InodeId> {
         let names: Vec<(InodeId, &str)> = match request {
             MetaRequest::Unlink(req::Unlink { parent, name })
+            | MetaRequest::UnlinkOrHide(req::UnlinkOrHide { parent, name, .. })
             | MetaRequest::Rmdir(req::Rmdir { parent, name }) => vec![(*parent, name)],
             MetaRequest::Rename(q) => vec![(q.parent, &q.name), (q.new_parent, &q.new_name)],
             _ => return Vec::new(),

@@ -132,6 +132,12 @@ fn apply_op(t: &mut WriteTables, now: Timestamp, op: &Op) -> FsResult<Outcome> {
             new_name,
         } => link(t, now, *ino, *new_parent, new_name),
         Op::Unlink { parent, name } => unlink(t, now, *parent, name),
+        Op::UnlinkOrHide {
+            parent,
+            name,
+            open,
+            tag,
+        } => unlink_or_hide(t, now, *parent, name, open, *tag),
         Op::Rmdir { parent, name } => rmdir(t, now, *parent, name),
         Op::Rename {
             parent,
@@ -381,6 +387,43 @@ fn unlink(t: &mut WriteTables, now: Timestamp, parent: InodeId, name: &str) -> F
     drop_link(t, now, child)?;
     touch_dir(t, now, parent, 0)?;
     Ok(Outcome::Done)
+}
+
+/// [`unlink`], unless the name is the last link of a regular file in `open`: that file is
+/// renamed to `.dfs-hidden-<ino>-<tag>` in the same directory instead.
+fn unlink_or_hide(
+    t: &mut WriteTables,
+    now: Timestamp,
+    parent: InodeId,
+    name: &str,
+    open: &[InodeId],
+    tag: u32,
+) -> FsResult<Outcome> {
+    if open.len() > req::MAX_OPEN_NAMED {
+        return Err(FsError::invalid(format!(
+            "{} open files named, at most {} may be",
+            open.len(),
+            req::MAX_OPEN_NAMED
+        )));
+    }
+    get_dir(t.inodes.table()?, parent)?;
+    let (victim, kind) = lookup(t.dentries.table()?, parent, name)?.ok_or(FsError::NotFound)?;
+    let links = get_inode(t.inodes.table()?, victim)?.nlink;
+    if kind == FileKind::File && links == 1 && open.contains(&victim) {
+        let hidden = format!(".dfs-hidden-{victim}-{tag:08x}");
+        rename(t, now, parent, name, parent, &hidden, RENAME_NOREPLACE)?;
+        return Ok(Outcome::Unlinked {
+            victim,
+            links,
+            hidden: Some(hidden),
+        });
+    }
+    unlink(t, now, parent, name)?;
+    Ok(Outcome::Unlinked {
+        victim,
+        links: links.saturating_sub(1),
+        hidden: None,
+    })
 }
 
 fn rmdir(t: &mut WriteTables, now: Timestamp, parent: InodeId, name: &str) -> FsResult<Outcome> {
@@ -907,4 +950,134 @@ pub(crate) fn commit_write(
         before,
         after: rec,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tables::ReadTables;
+    use dfs_common::model::VolumeLimits;
+    use redb::{Database, ReadableDatabase};
+
+    fn run(db: &Database, op: Op) -> FsResult<Outcome> {
+        let tx = db.begin_write().unwrap();
+        let outcome = apply(&tx, &Command::internal(Timestamp { secs: 1, nanos: 0 }, op));
+        if outcome.is_ok() {
+            tx.commit().unwrap();
+        }
+        outcome
+    }
+
+    fn make(db: &Database, parent: InodeId, name: &str, kind: FileKind) -> InodeId {
+        let op = Op::MakeNode {
+            parent,
+            name: name.into(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            target: None,
+        };
+        let Ok(Outcome::Node { ino, .. }) = run(db, op) else {
+            panic!("{name} not made")
+        };
+        ino
+    }
+
+    /// The inode `name` in `dir` names, and its links, if the name exists.
+    fn named(db: &Database, dir: InodeId, name: &str) -> Option<(InodeId, u32)> {
+        let tx = db.begin_read().unwrap();
+        let t = ReadTables::open(&tx);
+        let (ino, _) = lookup(t.dentries.table().unwrap(), dir, name).unwrap()?;
+        Some((
+            ino,
+            get_inode(t.inodes.table().unwrap(), ino).unwrap().nlink,
+        ))
+    }
+
+    fn hide(parent: InodeId, name: &str, open: Vec<InodeId>) -> Op {
+        Op::UnlinkOrHide {
+            parent,
+            name: name.into(),
+            open,
+            tag: 0x2a,
+        }
+    }
+
+    #[test]
+    fn unlink_or_hide_hides_only_the_last_link_of_a_file_open_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::open(&dir.path().join("meta.redb")).unwrap();
+        let create = Op::CreateVolume {
+            name: "v".into(),
+            policy: "2+1".parse().unwrap(),
+            block_size: 1 << 20,
+            limits: VolumeLimits::default(),
+        };
+        let Ok(Outcome::Volume { record, .. }) = run(&db, create) else {
+            panic!("volume not created")
+        };
+        let root = record.root;
+        let (open, closed) = (
+            make(&db, root, "open", FileKind::File),
+            make(&db, root, "closed", FileKind::File),
+        );
+        let sub = make(&db, root, "sub", FileKind::Dir);
+
+        // A file open there, with one link: renamed to a hidden name, the inode kept.
+        let hidden = format!(".dfs-hidden-{open}-0000002a");
+        assert_eq!(
+            run(&db, hide(root, "open", vec![closed, open])),
+            Ok(Outcome::Unlinked {
+                victim: open,
+                links: 1,
+                hidden: Some(hidden.clone()),
+            })
+        );
+        assert_eq!(named(&db, root, "open"), None);
+        assert_eq!(named(&db, root, &hidden), Some((open, 1)));
+
+        // A file not open there: removed with its inode.
+        assert_eq!(
+            run(&db, hide(root, "closed", vec![open])),
+            Ok(Outcome::Unlinked {
+                victim: closed,
+                links: 0,
+                hidden: None,
+            })
+        );
+        assert_eq!(named(&db, root, "closed"), None);
+        let tx = db.begin_read().unwrap();
+        let gone = get_inode(ReadTables::open(&tx).inodes.table().unwrap(), closed);
+        assert_eq!(gone, Err(FsError::NotFound));
+        drop(tx);
+
+        // An open file with another link: only the name goes.
+        let linked = Op::Link {
+            ino: open,
+            new_parent: root,
+            new_name: "again".into(),
+        };
+        run(&db, linked).unwrap();
+        assert_eq!(
+            run(&db, hide(root, "again", vec![open])),
+            Ok(Outcome::Unlinked {
+                victim: open,
+                links: 1,
+                hidden: None,
+            })
+        );
+        assert_eq!(named(&db, root, &hidden), Some((open, 1)));
+
+        // Directories are refused, as by an unlink, and so is an overlong list.
+        assert_eq!(run(&db, hide(root, "sub", vec![sub])), Err(FsError::IsDir));
+        let many = vec![open; req::MAX_OPEN_NAMED + 1];
+        assert!(matches!(
+            run(&db, hide(root, &hidden, many)),
+            Err(FsError::Invalid(_))
+        ));
+        assert_eq!(named(&db, root, &hidden), Some((open, 1)));
+        assert_eq!(run(&db, hide(root, "none", vec![])), Err(FsError::NotFound));
+    }
 }

@@ -227,6 +227,7 @@ fn volume_of(t: &mut WriteTables, op: &Op) -> FsResult<Option<VolumeId>> {
     let ino = match op {
         Op::MakeNode { parent, .. }
         | Op::Unlink { parent, .. }
+        | Op::UnlinkOrHide { parent, .. }
         | Op::Rmdir { parent, .. }
         | Op::Rename { parent, .. } => *parent,
         Op::Link { ino, .. }

@@ -197,13 +197,16 @@ fn lookups_and_getattrs(cluster: &dfs_tests::process::ProcessCluster) -> f64 {
         + value(&samples, "dfs_meta_requests_total{op=\"GetAttr\"}")
 }
 
+/// Requests of kind `op` the metadata server has answered so far (all clients).
+fn requests(cluster: &dfs_tests::process::ProcessCluster, op: &str) -> f64 {
+    use crate::observe::{scrape, value};
+    let name = format!("dfs_meta_requests_total{{op=\"{op}\"}}");
+    value(&scrape(cluster.meta_http), &name)
+}
+
 /// Attribute requests the metadata server has answered so far (all clients).
 fn getattrs(cluster: &dfs_tests::process::ProcessCluster) -> f64 {
-    use crate::observe::{scrape, value};
-    value(
-        &scrape(cluster.meta_http),
-        "dfs_meta_requests_total{op=\"GetAttr\"}",
-    )
+    requests(cluster, "GetAttr")
 }
 
 /// While a mount follows the change feed, the kernel keeps names and attributes for the
@@ -290,13 +293,61 @@ fn a_stat_after_writes_here_costs_no_round_trip_and_shows_every_change() {
     });
 }
 
+/// An unlink is one request, whether or not files are open here: the metadata server itself
+/// hides the last name of a file open here (no lookup or rename sent first) and removes any
+/// other, and its answer names the inode, so the attributes the mount keeps of other files
+/// stay: a stat of a file just written here still costs no round trip after an unlink.
+#[test]
+fn an_unlink_is_one_request_and_keeps_other_files_attributes() {
+    use std::io::{Read, Write};
+    let cluster = cluster_with_volume();
+    let m = Mount::new(&cluster, "default", "m", "").unwrap();
+    for name in ["kept", "held", "other", "third"] {
+        fs::write(m.path(name), name).unwrap();
+    }
+    let held = File::open(m.path("held")).unwrap();
+    let counts = || ["Lookup", "Rename", "Unlink", "UnlinkOrHide"].map(|op| requests(&cluster, op));
+    let before = counts();
+    fs::remove_file(m.path("other")).unwrap();
+    fs::remove_file(m.path("held")).unwrap();
+    let [lookup, rename, unlink, unlink_or_hide] = before;
+    assert_eq!(
+        counts(),
+        [lookup, rename, unlink, unlink_or_hide + 2.0],
+        "requests (Lookup, Rename, Unlink, UnlinkOrHide) for two unlinks, one file held open"
+    );
+    assert!(fs::metadata(m.path("other")).is_err());
+    assert!(fs::metadata(m.path("held")).is_err());
+    let mut back = String::new();
+    (&held).read_to_string(&mut back).unwrap();
+    assert_eq!(back, "held", "the file unlinked while open");
+    let hidden = |names: Vec<String>| names.iter().any(|n| n.starts_with(".dfs-hidden-"));
+    assert!(hidden(names_in(&m.dir)));
+    drop(held);
+    shows("the hidden name gone after the last close", || {
+        !hidden(names_in(&m.dir))
+    });
+
+    // The kernel asks for a file's attributes after a write to it; the mount answers from
+    // those the close's commit returned, and an unlink of another file keeps them.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("kept"))
+        .and_then(|mut f| f.write_all(b" more"))
+        .unwrap();
+    let before = getattrs(&cluster);
+    fs::remove_file(m.path("third")).unwrap();
+    assert_eq!(fs::metadata(m.path("kept")).unwrap().len(), 9);
+    assert_eq!(
+        getattrs(&cluster),
+        before,
+        "a stat after an unlink of another file asked the server"
+    );
+}
+
 /// Directory listing requests the metadata server has answered so far (all clients).
 fn listings(cluster: &dfs_tests::process::ProcessCluster) -> f64 {
-    use crate::observe::{scrape, value};
-    value(
-        &scrape(cluster.meta_http),
-        "dfs_meta_requests_total{op=\"ReadDir\"}",
-    )
+    requests(cluster, "ReadDir")
 }
 
 fn names_in(dir: &std::path::Path) -> Vec<String> {
@@ -383,11 +434,7 @@ fn a_hidden_name_removed_at_the_last_close_leaves_the_kept_listing() {
 
 /// Lookup requests the metadata server has answered so far (all clients).
 fn lookups(cluster: &dfs_tests::process::ProcessCluster) -> f64 {
-    use crate::observe::{scrape, value};
-    value(
-        &scrape(cluster.meta_http),
-        "dfs_meta_requests_total{op=\"Lookup\"}",
-    )
+    requests(cluster, "Lookup")
 }
 
 /// A mount that knows a directory's whole contents (it made the directory, or listed it)

@@ -274,6 +274,26 @@ impl Client {
         Ok(())
     }
 
+    /// Removes a name, or renames it to a hidden one when it is the last link of a file in
+    /// `open` (see [`req::UnlinkOrHide`]). Only the attributes kept of the named inode are
+    /// dropped, not every file's: the answer names it.
+    pub async fn unlink_or_hide(
+        &self,
+        parent: InodeId,
+        name: &str,
+        open: Vec<InodeId>,
+    ) -> FsResult<Removed> {
+        let request = req::UnlinkOrHide {
+            parent,
+            name: name.into(),
+            open,
+        };
+        let removed = self.call(request).await?;
+        self.inner.file_attrs.forget(removed.victim);
+        self.inner.dir_attrs.note(removed.dir.clone());
+        Ok(removed)
+    }
+
     pub async fn rmdir(&self, parent: InodeId, name: &str) -> FsResult<()> {
         let request = req::Rmdir {
             parent,

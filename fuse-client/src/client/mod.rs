@@ -144,6 +144,10 @@ impl Drop for StaleFileAttrs<'_> {
             {
                 kept.forget(*ino)
             }
+            // The inode a name was removed from is named by the answer, and dropped where
+            // it comes; unanswered, it could be any file.
+            R::UnlinkOrHide(_) if !self.answered => kept.clear(),
+            R::UnlinkOrHide(_) => {}
             // An answered commit (noted from its answer where it is made), a new inode, or
             // no file's attributes touched.
             R::CommitWrite(_)

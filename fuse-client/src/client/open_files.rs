@@ -14,6 +14,7 @@ use super::file::FileHandle;
 use super::pending_attrs;
 use super::Client;
 use dfs_common::model::{SetAttr, TimeSet};
+use dfs_common::proto::meta::req::MAX_OPEN_NAMED;
 use dfs_common::proto::meta::{Attr, FileKind, RENAME_NOREPLACE};
 use dfs_common::{FsError, FsResult, InodeId, Timestamp};
 use std::collections::HashMap;
@@ -632,13 +633,28 @@ impl OpenFiles {
 
     /// Unlinks a name, unless it is the last name of a file open here: then the file is
     /// renamed to a hidden name and unlinked at its last close, so it stays readable and
-    /// writable until then (as NFS clients do).
+    /// writable until then (as NFS clients do). The metadata server decides which, in one
+    /// request naming the files open here. (An open racing with this unlink is no different
+    /// from one that starts just after it.)
     pub async fn unlink(&self, parent: InodeId, name: &str) -> FsResult<()> {
-        // With no file open here, no name can be one to hide: no lookup needed. (An open
-        // racing with this unlink is no different from one that starts just after the lookup.)
-        if !self.table().inodes.values().any(|i| i.open > 0) {
-            return self.client.unlink(parent, name).await;
+        let open: Vec<InodeId> = {
+            let table = self.table();
+            let open = table.inodes.iter().filter(|(_, i)| i.open > 0);
+            open.map(|(ino, _)| *ino).collect()
+        };
+        if open.len() > MAX_OPEN_NAMED {
+            return self.unlink_looked_up(parent, name).await;
         }
+        let removed = self.client.unlink_or_hide(parent, name, open).await?;
+        match removed.hidden {
+            Some(hidden) => self.keep_hidden(removed.victim, parent, hidden).await,
+            None => Ok(()),
+        }
+    }
+
+    /// [`Self::unlink`] with more files open here than one request may name: the name is
+    /// looked up first, then unlinked or renamed (two requests, not one step).
+    async fn unlink_looked_up(&self, parent: InodeId, name: &str) -> FsResult<()> {
         let attr = self.client.lookup(parent, name).await?;
         let open = self.table().inodes.get(&attr.ino).map_or(0, |i| i.open);
         if attr.kind != FileKind::File || attr.nlink > 1 || open == 0 {
@@ -648,7 +664,13 @@ impl OpenFiles {
         self.client
             .rename(parent, name, parent, &hidden, RENAME_NOREPLACE)
             .await?;
-        let kept = match self.table().inodes.get_mut(&attr.ino) {
+        self.keep_hidden(attr.ino, parent, hidden).await
+    }
+
+    /// Notes that `ino`, open here, now lives under the hidden name `hidden` in `parent`,
+    /// to be removed at its last close; removes it now if that close came meanwhile.
+    async fn keep_hidden(&self, ino: InodeId, parent: InodeId, hidden: String) -> FsResult<()> {
+        let kept = match self.table().inodes.get_mut(&ino) {
             // (A hidden name unlinked in turn: the file now lives under the new one.)
             Some(inode) => {
                 inode.hidden = Some((parent, hidden.clone()));

@@ -364,6 +364,20 @@ pub struct Made {
     pub dir: Attr,
 }
 
+/// The reply to an `UnlinkOrHide`: what became of the name's inode, and the directory just
+/// after. The inode's links left tell the caller whether its cached attributes of that one
+/// inode are stale, so it need not drop every file's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    pub victim: InodeId,
+    /// Links the inode has left (0: it is gone, unless hidden).
+    pub links: u32,
+    /// The hidden name the file now has, when it was the last link of a file the caller has
+    /// open.
+    pub hidden: Option<String>,
+    pub dir: Attr,
+}
+
 /// The reply to a `CommitWrite`: the file's attributes just before and just after it, in the
 /// same transaction, so a client can tell whether anyone else changed the file since it last
 /// looked (as NFS's weak cache consistency does).

@@ -11,7 +11,7 @@
 use super::{
     Attr, BlockPlacement, ChangePage, ClientInfo, Committed, Digest, DirPage, Extent, FsckCursor,
     FsckPage, Layout, LockConflict, LockKind, LockOwner, LockRange, Made, MetaMember, NewExtent,
-    PeerReply, PeerRpc, Registered, RepairProgress, SetAttr as AttrChange, ShardLocation,
+    PeerReply, PeerRpc, Registered, Removed, RepairProgress, SetAttr as AttrChange, ShardLocation,
     StatFs as FsStats, VolumeChange, VolumeGrant, VolumeInfo, VolumeLimits, VolumeUsage as Usage,
 };
 use crate::ec::EcPolicy;
@@ -128,6 +128,7 @@ meta_requests! {
     WatchChanges => ChangePage, query;
     WriteInline => Committed, mutation;
     CommitIfUnchanged => Committed, mutation;
+    UnlinkOrHide => Removed, mutation;
 }
 
 impl MetaRequest {
@@ -272,6 +273,20 @@ pub struct Link {
 pub struct Unlink {
     pub parent: InodeId,
     pub name: String,
+}
+
+/// Most open inodes an [`UnlinkOrHide`] may name.
+pub const MAX_OPEN_NAMED: usize = 1024;
+
+/// Removes a name, as [`Unlink`] does, unless it is the last link of a regular file in `open`
+/// (the files the caller has open): that file is renamed to a hidden name in the same
+/// directory instead, so it lives on until its last close there (as an NFS client's "silly
+/// rename", but decided by the server in one step, with no name looked up before).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnlinkOrHide {
+    pub parent: InodeId,
+    pub name: String,
+    pub open: Vec<InodeId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
