@@ -293,6 +293,31 @@ fn a_stat_after_writes_here_costs_no_round_trip_and_shows_every_change() {
     });
 }
 
+/// While the feed is followed, the attributes this mount's own close returned answer the
+/// kernel for the lease, not only for the attribute timeout (here zero): a stat after a write
+/// here costs no round trip. Another mount's write still shows at once.
+#[test]
+fn attributes_kept_from_this_mounts_writes_serve_for_the_lease_while_the_feed_is_followed() {
+    let cluster = cluster_with_volume();
+    let m = Mount::new(&cluster, "default", "m", "attr_timeout=0,lease=600").unwrap();
+    let other = Mount::new(&cluster, "default", "other", "").unwrap();
+    let mut written = 0;
+    // Once the mount's first call for changes is answered.
+    shows("a stat after a write answered by the mount", || {
+        written += 1;
+        let path = m.path(&format!("f{written}"));
+        fs::write(&path, vec![b'x'; written]).unwrap();
+        let before = getattrs(&cluster);
+        assert_eq!(fs::metadata(&path).unwrap().len(), written as u64);
+        getattrs(&cluster) == before
+    });
+    let path = format!("f{written}");
+    fs::write(other.path(&path), b"written elsewhere").unwrap();
+    shows("another mount's write", || {
+        fs::metadata(m.path(&path)).unwrap().len() == 17
+    });
+}
+
 /// An unlink is one request, whether or not files are open here: the metadata server itself
 /// hides the last name of a file open here (no lookup or rename sent first) and removes any
 /// other, and its answer names the inode, so the attributes the mount keeps of other files

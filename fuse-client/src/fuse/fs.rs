@@ -543,8 +543,9 @@ impl Filesystem for DfsFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let started = Instant::now();
         let s = &self.shared;
+        let kept_for = s.leases.kept_for();
         // A directory this mount just changed: the attributes came with the change.
-        if let Some(attr) = s.client.dir_attrs().get(s.ino(ino), s.ttl) {
+        if let Some(attr) = s.client.dir_attrs().get(s.ino(ino), kept_for) {
             self.answered_on_arrival("getattr", started);
             return s.reply_attr(reply, Ok(attr));
         }
@@ -555,7 +556,7 @@ impl Filesystem for DfsFs {
         }
         // A file whose attributes came with this mount's open, close or last question, and
         // that nothing changed since (the kernel asks again after every write through it).
-        if let Some(attr) = s.client.file_attrs().get(s.ino(ino), s.ttl) {
+        if let Some(attr) = s.client.file_attrs().get(s.ino(ino), kept_for) {
             self.answered_on_arrival("getattr", started);
             return s.reply_attr(reply, Ok(attr));
         }

@@ -157,6 +157,17 @@ impl Leases {
         self.left(Instant::now()).is_some()
     }
 
+    /// How old an answer the mount kept (attributes a change or question of its own returned)
+    /// may be when it answers the kernel: while the feed is confirmed, another client's change
+    /// drops it from the mount as from the kernel, so it may serve for a lease, as a grant
+    /// does; otherwise for the fallback timeout.
+    pub fn kept_for(&self) -> Duration {
+        match self.left(Instant::now()) {
+            Some(_) => self.lease,
+            None => self.fallback,
+        }
+    }
+
     /// Whether long grants are on at all (the lease is longer than the fallback).
     pub fn enabled(&self) -> bool {
         self.lease > self.fallback
@@ -232,9 +243,11 @@ mod tests {
         let left = old.left(origin + Duration::from_secs(20)).unwrap();
         assert!(left <= Duration::from_secs(10), "{left:?}");
         assert_eq!(old.left(origin + Duration::from_secs(29) + SHORT), None);
-        // A lapse ends long grants at once.
+        // A lapse ends long grants at once, and the mount's own long keeping.
+        assert_eq!(leases.kept_for(), LONG);
         leases.lapse();
         assert_eq!(leases.attr(InodeId(3)), SHORT);
+        assert_eq!(leases.kept_for(), SHORT);
     }
 
     #[test]
