@@ -282,6 +282,24 @@ fn a_stat_after_writes_here_costs_no_round_trip_and_shows_every_change() {
     );
     assert_eq!(fs::metadata(m.path("f0")).unwrap().len(), 1004);
 
+    // A truncate here answers with the file's new attributes: a stat after it and a write
+    // through the same descriptor (which drops the kernel's copy) is answered from them.
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("f3"))
+        .unwrap();
+    f.set_len(10).unwrap();
+    f.write_at(b"abc", 0).unwrap();
+    let before = getattrs(&cluster);
+    assert_eq!(f.metadata().unwrap().len(), 10);
+    assert_eq!(
+        getattrs(&cluster),
+        before,
+        "a stat after a truncate and a write asked the server"
+    );
+    drop(f);
+
     // Another mount's changes.
     fs::set_permissions(other.path("f1"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::write(other.path("f2"), b"short").unwrap();

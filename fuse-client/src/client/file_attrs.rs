@@ -4,13 +4,15 @@
 //! asks at the next `stat`; after the close commits the writes, the commit's answer holds the
 //! attributes it would get.
 //!
-//! An entry is good for the attribute timeout at most, as the kernel's own cache would have
-//! kept the first answer (other clients' changes are dropped sooner, by the change feed). Any
-//! change this client makes that may touch a file's attributes without returning them (an
-//! unlink or rename, whose victim it does not know, a link, an attribute or extended
-//! attribute change) drops entries, and so does every change of another client the feed
-//! reports. Answers cross: one sent before a drop may arrive after it, so each drop starts a
-//! new epoch and an answer is kept only if no drop happened since its question was sent.
+//! An entry is good for as long as the caller says: the attribute timeout, as the kernel's
+//! own cache would have kept the first answer, or the lease while the change feed is
+//! confirmed (other clients' changes are dropped at once, by the feed). Any change this client
+//! makes that may touch a file's attributes without returning them drops that file's entry
+//! (an attribute or extended attribute change, an unlink, whose answer names the inode), or
+//! every entry where it cannot tell which (a rename or link), and so does every change of
+//! another client the feed reports. Answers cross: one sent before a drop may arrive after
+//! it, so each drop is numbered and an answer is kept only if neither its file nor
+//! everything was dropped since its question was sent.
 
 use dfs_common::proto::meta::{Attr, FileKind};
 use dfs_common::InodeId;
@@ -28,8 +30,13 @@ pub struct FileAttrs {
 
 #[derive(Default)]
 struct State {
-    /// Counts drops: an answer to a question sent in an earlier epoch is not kept.
+    /// Counts drops; a question is stamped with the count when it is sent.
     epoch: u64,
+    /// The drop of everything last: an answer to a question sent before it is not kept.
+    cleared: u64,
+    /// The last drop of each inode since (at most [`MAX_ENTRIES`], past which a drop of one
+    /// drops everything): an answer about that inode to a question sent before is not kept.
+    forgotten: HashMap<InodeId, u64>,
     fresh: HashMap<InodeId, (Attr, Instant)>,
 }
 
@@ -44,8 +51,8 @@ impl FileAttrs {
     }
 
     /// Keeps `attr`, the answer to a question sent in epoch `asked`, if it is a regular
-    /// file's and nothing was dropped since; if something was, what is kept of the file goes
-    /// too (the answer may be of a commit that changed it). Answers of concurrent questions
+    /// file's and neither the file nor everything was dropped since; if either was, what is
+    /// kept of the file goes too (the answer may be of a commit that changed it). Answers of concurrent questions
     /// may arrive out of order: an entry is replaced only by strictly newer attributes, and
     /// dropped when the order cannot be told.
     pub fn note(&self, attr: &Attr, asked: u64) {
@@ -53,7 +60,12 @@ impl FileAttrs {
             return;
         }
         let mut state = self.state();
-        if state.epoch != asked {
+        let dropped_since = state.cleared > asked
+            || state
+                .forgotten
+                .get(&attr.ino)
+                .is_some_and(|&dropped| dropped > asked);
+        if dropped_since {
             state.fresh.remove(&attr.ino);
             return;
         }
@@ -85,7 +97,13 @@ impl FileAttrs {
     /// Drops what is kept of `ino`: it changed in a way this does not know the outcome of.
     pub fn forget(&self, ino: InodeId) {
         let mut state = self.state();
+        if state.forgotten.len() >= MAX_ENTRIES {
+            drop(state);
+            return self.clear();
+        }
         state.epoch += 1;
+        let epoch = state.epoch;
+        state.forgotten.insert(ino, epoch);
         state.fresh.remove(&ino);
     }
 
@@ -93,6 +111,8 @@ impl FileAttrs {
     pub fn clear(&self) {
         let mut state = self.state();
         state.epoch += 1;
+        state.cleared = state.epoch;
+        state.forgotten.clear();
         state.fresh.clear();
     }
 }
@@ -141,13 +161,34 @@ mod tests {
         kept.forget(InodeId(5));
         assert_eq!(kept.get(InodeId(5), long), None);
         assert_eq!(kept.get(InodeId(6), long), Some(file(6, 10, 1)));
-        // A commit of file 6 sent before that drop: not kept, and what was kept of 6 is
-        // older than the commit.
+        // A commit of file 6 sent before that drop of another file: kept. One of file 5:
+        // not kept.
         kept.note(&file(6, 12, 2), asked);
-        assert_eq!(kept.get(InodeId(6), long), None, "asked before a drop");
-        kept.note(&file(6, 12, 2), kept.epoch());
+        assert_eq!(kept.get(InodeId(6), long), Some(file(6, 12, 2)));
+        kept.note(&file(5, 12, 2), asked);
+        assert_eq!(kept.get(InodeId(5), long), None, "asked before its drop");
+        kept.note(&file(5, 12, 2), kept.epoch());
+        assert_eq!(kept.get(InodeId(5), long), Some(file(5, 12, 2)));
         kept.clear();
         assert_eq!(kept.get(InodeId(6), long), None);
+        assert_eq!(kept.get(InodeId(5), long), None);
+    }
+
+    #[test]
+    fn past_the_bound_a_drop_of_one_file_drops_every_answer_under_way() {
+        let kept = FileAttrs::default();
+        for ino in 0..MAX_ENTRIES as u64 {
+            kept.forget(InodeId(1_000_000 + ino));
+        }
+        let asked = kept.epoch();
+        kept.forget(InodeId(1));
+        kept.note(&file(2, 10, 1), asked);
+        assert_eq!(kept.get(InodeId(2), Duration::from_secs(60)), None);
+        kept.note(&file(2, 10, 1), kept.epoch());
+        assert_eq!(
+            kept.get(InodeId(2), Duration::from_secs(60)),
+            Some(file(2, 10, 1))
+        );
     }
 
     #[test]

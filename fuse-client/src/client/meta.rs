@@ -179,9 +179,14 @@ impl Client {
         Ok(attr)
     }
 
+    /// Changes attributes; a file's new ones are kept for the kernel's next `getattr`.
     pub async fn setattr(&self, ino: InodeId, set: SetAttr) -> FsResult<Attr> {
+        let asked = self.inner.file_attrs.epoch();
         let changed = self.call(req::SetAttr { ino, set }).await;
         self.inner.dir_attrs.forget(ino);
+        if let Ok(attr) = &changed {
+            self.inner.file_attrs.note(attr, asked);
+        }
         changed
     }
 

@@ -133,7 +133,9 @@ impl Drop for StaleFileAttrs<'_> {
         use MetaRequest as R;
         let kept = &self.client.inner.file_attrs;
         match self.request {
-            R::SetAttr(q) => kept.forget(q.ino),
+            // Answered, the change's outcome is noted from its answer where it is made.
+            R::SetAttr(q) if !self.answered => kept.forget(q.ino),
+            R::SetAttr(_) => {}
             R::SetXattr(q) => kept.forget(q.ino),
             R::RemoveXattr(q) => kept.forget(q.ino),
             // A commit's outcome is unknown when it was not answered.
