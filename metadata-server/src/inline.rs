@@ -180,24 +180,15 @@ pub fn backfill(tx: &redb::WriteTransaction) -> FsResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Command, Op};
+    use crate::command::Op;
     use crate::store::schema::{decode, INLINE_DATA};
     use crate::store::tables::ReadTables;
-    use crate::{fsck, layout, queries, state_machine, store};
+    use crate::testing::{make_node, run};
+    use crate::{fsck, layout, queries, store};
     use dfs_common::model::{SetAttr, VolumeLimits};
     use dfs_common::ServerId;
     use redb::{Database, ReadableDatabase, ReadableTableMetadata};
     use std::collections::HashSet;
-
-    fn run(db: &Database, op: Op) -> FsResult<Outcome> {
-        let tx = db.begin_write().unwrap();
-        let command = Command::internal(Timestamp { secs: 1, nanos: 0 }, op);
-        let outcome = state_machine::apply(&tx, &command);
-        if outcome.is_ok() {
-            tx.commit().unwrap();
-        }
-        outcome
-    }
 
     fn read(db: &Database) -> redb::ReadTransaction {
         db.begin_read().unwrap()
@@ -233,17 +224,7 @@ mod tests {
     }
 
     fn make_file(db: &Database, parent: InodeId, name: &str) -> InodeId {
-        let make = Op::MakeNode {
-            parent,
-            name: name.into(),
-            kind: FileKind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            target: None,
-        };
-        let Ok(Outcome::Node { ino, .. }) = run(db, make) else {
+        let Ok(Outcome::Node { ino, .. }) = run(db, make_node(parent, name, FileKind::File)) else {
             panic!("file not created")
         };
         ino

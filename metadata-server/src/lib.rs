@@ -40,6 +40,8 @@ pub mod reply;
 pub mod service;
 pub mod state_machine;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod volumes;
 pub mod web;
 

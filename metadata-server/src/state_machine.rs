@@ -956,30 +956,12 @@ pub(crate) fn commit_write(
 mod tests {
     use super::*;
     use crate::store::tables::ReadTables;
+    use crate::testing::{make_node, run};
     use dfs_common::model::VolumeLimits;
     use redb::{Database, ReadableDatabase};
 
-    fn run(db: &Database, op: Op) -> FsResult<Outcome> {
-        let tx = db.begin_write().unwrap();
-        let outcome = apply(&tx, &Command::internal(Timestamp { secs: 1, nanos: 0 }, op));
-        if outcome.is_ok() {
-            tx.commit().unwrap();
-        }
-        outcome
-    }
-
     fn make(db: &Database, parent: InodeId, name: &str, kind: FileKind) -> InodeId {
-        let op = Op::MakeNode {
-            parent,
-            name: name.into(),
-            kind,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            target: None,
-        };
-        let Ok(Outcome::Node { ino, .. }) = run(db, op) else {
+        let Ok(Outcome::Node { ino, .. }) = run(db, make_node(parent, name, kind)) else {
             panic!("{name} not made")
         };
         ino

@@ -313,20 +313,9 @@ pub fn backfill(tx: &WriteTransaction) -> FsResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::Command;
-    use crate::state_machine::apply;
     use crate::store;
+    use crate::testing::{make_node, run};
     use redb::ReadableDatabase;
-
-    fn run(db: &redb::Database, op: Op) -> FsResult<Outcome> {
-        let tx = db.begin_write().unwrap();
-        let command = Command::internal(Timestamp { secs: 1, nanos: 0 }, op);
-        let reply = apply(&tx, &command);
-        if reply.is_ok() {
-            tx.commit().unwrap();
-        }
-        reply
-    }
 
     fn state(db: &redb::Database, id: VolumeId) -> VolumeState {
         let tx = db.begin_read().unwrap();
@@ -352,16 +341,7 @@ mod tests {
         ) else {
             panic!("volume not created")
         };
-        let make = |name: &str, kind| Op::MakeNode {
-            parent: v.root,
-            name: name.into(),
-            kind,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            target: None,
-        };
+        let make = |name: &str, kind| make_node(v.root, name, kind);
         let Ok(Outcome::Node { ino: file, .. }) = run(&db, make("f", FileKind::File)) else {
             panic!("file not created")
         };
