@@ -378,15 +378,34 @@ fn touch_dir(t: &mut WriteTables, now: Timestamp, dir: InodeId, nlink_delta: i32
 }
 
 fn unlink(t: &mut WriteTables, now: Timestamp, parent: InodeId, name: &str) -> FsResult<Outcome> {
+    let (child, _) = unlinkable(t, parent, name)?;
+    remove_link(t, now, parent, name, child)?;
+    Ok(Outcome::Done)
+}
+
+/// The node `name` names in directory `parent`, and its kind, if an unlink may remove it (it
+/// is not a directory).
+fn unlinkable(t: &mut WriteTables, parent: InodeId, name: &str) -> FsResult<(InodeId, FileKind)> {
     get_dir(t.inodes.table()?, parent)?;
     let (child, kind) = lookup(t.dentries.table()?, parent, name)?.ok_or(FsError::NotFound)?;
     if kind == FileKind::Dir {
         return Err(FsError::IsDir);
     }
+    Ok((child, kind))
+}
+
+/// Removes the name `name` of `child` from `parent`: the inode loses a link, and goes with
+/// its last.
+fn remove_link(
+    t: &mut WriteTables,
+    now: Timestamp,
+    parent: InodeId,
+    name: &str,
+    child: InodeId,
+) -> FsResult<()> {
     t.dentries.table()?.remove((parent.0, name)).db()?;
     drop_link(t, now, child)?;
-    touch_dir(t, now, parent, 0)?;
-    Ok(Outcome::Done)
+    touch_dir(t, now, parent, 0)
 }
 
 /// [`unlink`], unless the name is the last link of a regular file in `open`: that file is
@@ -406,8 +425,7 @@ fn unlink_or_hide(
             req::MAX_OPEN_NAMED
         )));
     }
-    get_dir(t.inodes.table()?, parent)?;
-    let (victim, kind) = lookup(t.dentries.table()?, parent, name)?.ok_or(FsError::NotFound)?;
+    let (victim, kind) = unlinkable(t, parent, name)?;
     let links = get_inode(t.inodes.table()?, victim)?.nlink;
     if kind == FileKind::File && links == 1 && open.contains(&victim) {
         let hidden = format!(".dfs-hidden-{victim}-{tag:08x}");
@@ -418,7 +436,7 @@ fn unlink_or_hide(
             hidden: Some(hidden),
         });
     }
-    unlink(t, now, parent, name)?;
+    remove_link(t, now, parent, name, victim)?;
     Ok(Outcome::Unlinked {
         victim,
         links: links.saturating_sub(1),

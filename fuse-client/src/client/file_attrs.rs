@@ -52,9 +52,9 @@ impl FileAttrs {
 
     /// Keeps `attr`, the answer to a question sent in epoch `asked`, if it is a regular
     /// file's and neither the file nor everything was dropped since; if either was, what is
-    /// kept of the file goes too (the answer may be of a commit that changed it). Answers of concurrent questions
-    /// may arrive out of order: an entry is replaced only by strictly newer attributes, and
-    /// dropped when the order cannot be told.
+    /// kept of the file goes too (the answer may be of a commit that changed it). Answers of
+    /// concurrent questions may arrive out of order: an entry is replaced only by strictly
+    /// newer attributes, and dropped when the order cannot be told.
     pub fn note(&self, attr: &Attr, asked: u64) {
         if attr.kind != FileKind::File {
             return;
