@@ -198,7 +198,7 @@ fn lookups_and_getattrs(cluster: &dfs_tests::process::ProcessCluster) -> f64 {
 }
 
 /// Requests of kind `op` the metadata server has answered so far (all clients).
-fn requests(cluster: &dfs_tests::process::ProcessCluster, op: &str) -> f64 {
+pub(crate) fn requests(cluster: &dfs_tests::process::ProcessCluster, op: &str) -> f64 {
     use crate::observe::{scrape, value};
     let name = format!("dfs_meta_requests_total{{op=\"{op}\"}}");
     value(&scrape(cluster.meta_http), &name)

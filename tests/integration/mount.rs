@@ -1013,3 +1013,73 @@ fn attribute_changes_after_writes_travel_with_them_and_keep_their_times() {
     let seen = fs::metadata(b.path("copied")).unwrap();
     assert_eq!((seen.mtime(), seen.mode() & 0o777), (1_000_000_000, 0o751));
 }
+
+/// Uploads that follow each other start from block placements the mount fetched ahead: the
+/// close that uploads a block sends its shards at once instead of first waiting for an
+/// allocation at the metadata server. A lone upload fetches nothing ahead, so nothing is left
+/// allocated and unused when a mount only writes now and then.
+#[test]
+fn uploads_following_each_other_use_placements_fetched_ahead() {
+    use crate::coherence::requests;
+    use crate::heal::wait_until;
+    use crate::observe::{scrape, value};
+    let cluster = cluster_with_volume();
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
+    let options = format!("metrics={http},spare_blocks=2,noinline");
+    let m = Mount::new(&cluster, "default", "m", &options).unwrap();
+    let spares = |what: &str| {
+        value(
+            &scrape(http),
+            &format!("dfs_fuse_spare_blocks{{what=\"{what}\"}}"),
+        )
+    };
+    let files: Vec<Vec<u8>> = (0..4)
+        .map(|i| random_bytes(100_000 + i, i as u64))
+        .collect();
+    let allocations = requests(&cluster, "AllocateBlock");
+    let fetched_at_least = |n: f64| {
+        wait_until(
+            &cluster,
+            Duration::from_secs(30),
+            "a placement fetched ahead",
+            || spares("fetched") >= n,
+        )
+    };
+    // A lone upload asks for its own placement and fetches none ahead.
+    fs::write(m.path("f0"), &files[0]).unwrap();
+    assert_eq!(
+        requests(&cluster, "AllocateBlock") - allocations,
+        1.0,
+        "a lone upload"
+    );
+    assert_eq!(spares("fetched"), 0.0);
+    // The next one follows it: its own placement, and one fetched for the upload after it.
+    fs::write(m.path("f1"), &files[1]).unwrap();
+    fetched_at_least(1.0);
+    assert_eq!(spares("used"), 0.0);
+    // Each later upload starts with the placement fetched before it and fetches the next.
+    for (i, data) in files.iter().enumerate().skip(2) {
+        fs::write(m.path(&format!("f{i}")), data).unwrap();
+        assert_eq!(
+            spares("used"),
+            (i - 1) as f64,
+            "upload f{i} asked for its own"
+        );
+        fetched_at_least(i as f64);
+    }
+    assert_eq!(
+        requests(&cluster, "AllocateBlock") - allocations,
+        5.0,
+        "two placements asked for by uploads and three fetched ahead"
+    );
+    // What was written with placements fetched ahead reads back, here and on another mount.
+    let other = Mount::new(&cluster, "default", "other", "").unwrap();
+    for (i, data) in files.iter().enumerate() {
+        let name = format!("f{i}");
+        assert!(fs::read(m.path(&name)).unwrap() == *data, "{name} here");
+        assert!(
+            fs::read(other.path(&name)).unwrap() == *data,
+            "{name} there"
+        );
+    }
+}

@@ -166,6 +166,7 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
                 meta_retry: options.meta_retry,
                 inline_max: options.inline_max,
                 read_cache_bytes: options.read_cache_bytes,
+                spare_blocks: options.spare_blocks,
                 faults: faults.clone(),
                 ..ClientOptions::default()
             },

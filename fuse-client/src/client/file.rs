@@ -368,10 +368,10 @@ impl FileHandle {
                     .map_err(|_| FsError::unavailable("client shutting down"))?
             }
         };
-        let (client, ino) = (self.client.clone(), self.ino);
+        let (client, ino, volume) = (self.client.clone(), self.ino, self.volume);
         let task = tokio::spawn(async move {
             let _permit = permit;
-            upload_block(client, ino, pieces, data).await
+            upload_block(client, ino, volume, pieces, data).await
         });
         self.uploads.push_back(task);
         if self.uploaded.len() >= MAX_EXTENTS_PER_COMMIT {
@@ -576,15 +576,16 @@ impl FileHandle {
         let mut data = tail.bytes;
         data.extend_from_slice(&run);
         let pieces = vec![(tail.from, data.len() as u64)];
-        let extents = match upload_block(self.client.clone(), self.ino, pieces, data).await {
-            Ok(extents) => extents,
-            Err(e) => {
-                // Nothing committed: the bytes go the usual way, which reports the failure.
-                tracing::debug!(ino = %self.ino, "moving the inline tail failed: {e}");
-                self.dirty.write_owned(at, run);
-                return Ok(());
-            }
-        };
+        let extents =
+            match upload_block(self.client.clone(), self.ino, self.volume, pieces, data).await {
+                Ok(extents) => extents,
+                Err(e) => {
+                    // Nothing committed: the bytes go the usual way, which reports the failure.
+                    tracing::debug!(ino = %self.ino, "moving the inline tail failed: {e}");
+                    self.dirty.write_owned(at, run);
+                    return Ok(());
+                }
+            };
         self.forget_layout();
         let request = req::CommitIfUnchanged {
             ino: self.ino,

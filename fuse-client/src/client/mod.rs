@@ -15,6 +15,7 @@ pub mod pending_attrs;
 mod quota;
 pub mod reader;
 pub mod shard_cache;
+pub mod spare_blocks;
 pub mod writer;
 
 use dfs_common::erasure::Erasure;
@@ -67,6 +68,9 @@ pub struct ClientOptions {
     /// Bytes of recently read shard sub-blocks kept for small reads
     /// ([`ShardCache`](shard_cache::ShardCache)); 0 keeps none.
     pub read_cache_bytes: usize,
+    /// Block placements kept ready per volume while uploads follow each other
+    /// ([`SpareBlocks`](spare_blocks::SpareBlocks)); 0 asks for each when it is needed.
+    pub spare_blocks: usize,
     /// Fault points tests arm (inert by default).
     pub faults: dfs_common::fault::Faults,
 }
@@ -83,6 +87,7 @@ impl Default for ClientOptions {
             meta_retry: Some(Duration::ZERO),
             chunk_timeout: Duration::from_secs(10),
             read_cache_bytes: DEFAULT_READ_CACHE_BYTES,
+            spare_blocks: 0,
             faults: dfs_common::fault::Faults::default(),
         }
     }
@@ -116,6 +121,8 @@ pub(crate) struct Inner {
     pub(crate) file_attrs: file_attrs::FileAttrs,
     /// Sub-blocks of shards read recently.
     pub(crate) shard_cache: shard_cache::ShardCache,
+    /// Block placements fetched ahead of uploads.
+    pub(crate) spare_blocks: spare_blocks::SpareBlocks,
     _endpoint: Endpoint,
 }
 
@@ -188,6 +195,7 @@ impl Client {
         let endpoint = client_endpoint(identity)?;
         let upload_units = (options.max_upload_bytes / 1024).max(1);
         let shard_cache = shard_cache::ShardCache::new(options.read_cache_bytes);
+        let spare_blocks = spare_blocks::SpareBlocks::new(options.spare_blocks);
         let client = Client {
             inner: Arc::new(Inner {
                 meta: MetaLink::new(endpoint.clone(), members, options.meta_timeout)?,
@@ -204,6 +212,7 @@ impl Client {
                 dir_attrs: dir_attrs::DirAttrs::default(),
                 file_attrs: file_attrs::FileAttrs::default(),
                 shard_cache,
+                spare_blocks,
                 _endpoint: endpoint,
             }),
         };
@@ -241,6 +250,11 @@ impl Client {
     /// Recently read shard sub-blocks.
     pub fn shard_cache(&self) -> &shard_cache::ShardCache {
         &self.inner.shard_cache
+    }
+
+    /// Block placements fetched ahead of uploads.
+    pub fn spare_blocks(&self) -> &spare_blocks::SpareBlocks {
+        &self.inner.spare_blocks
     }
 
     /// The id this client's mutations carry: the origin of the changes it makes.

@@ -9,7 +9,8 @@
 use super::Client;
 use dfs_common::proto::chunk::{ShardKey, ShardOwner};
 use dfs_common::proto::meta::{req, BlockPlacement, NewExtent, ShardLocation};
-use dfs_common::{FsError, FsResult, InodeId, ServerId};
+use dfs_common::{FsError, FsResult, InodeId, ServerId, VolumeId};
+use std::time::Instant;
 use tokio::task::JoinSet;
 
 /// Servers tried per shard before the block write fails.
@@ -21,11 +22,12 @@ const ATTEMPTS_PER_SHARD: usize = 3;
 pub async fn upload_block(
     client: Client,
     ino: InodeId,
+    volume: VolumeId,
     pieces: Vec<(u64, u64)>,
     data: Vec<u8>,
 ) -> FsResult<Vec<NewExtent>> {
     debug_assert_eq!(pieces.iter().map(|p| p.1).sum::<u64>(), data.len() as u64);
-    let placement: BlockPlacement = client.call(req::AllocateBlock { ino }).await?;
+    let placement = placement_for(&client, ino, volume).await?;
     let codec = client.codec(placement.policy)?;
     let block_len = data.len() as u64;
     // In place: the data stays in its buffer and the parity goes after it (a large buffer
@@ -74,6 +76,34 @@ pub async fn upload_block(
         missing_shards,
         pieces,
     ))
+}
+
+/// A placement for a block of file `ino` in `volume`: a spare one when ready, else one asked
+/// for now; fetches spares for the uploads after it (see [`spare_blocks`](super::spare_blocks)).
+async fn placement_for(
+    client: &Client,
+    ino: InodeId,
+    volume: VolumeId,
+) -> FsResult<BlockPlacement> {
+    let taken = client.inner.spare_blocks.take(volume, Instant::now());
+    for _ in 0..taken.fetch {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let made = Instant::now();
+            let fetched = client.call(req::AllocateBlock { ino }).await;
+            if let Err(e) = &fetched {
+                tracing::debug!(%ino, "fetching a spare block placement failed: {e}");
+            }
+            client
+                .inner
+                .spare_blocks
+                .fetched(volume, fetched.ok(), made);
+        });
+    }
+    match taken.placement {
+        Some(placement) => Ok(placement),
+        None => client.call(req::AllocateBlock { ino }).await,
+    }
 }
 
 /// Sends one shard, placing it again when its server fails, on up to [`ATTEMPTS_PER_SHARD`]

@@ -1,7 +1,7 @@
 //! What a mount measures, served as Prometheus metrics with the `metrics=ADDR` option:
 //! FUSE operations by kind with their latency (from the kernel's request to the reply), those
 //! in progress (what a stuck application waits for), the bytes applications read and
-//! wrote, and how the read cache does.
+//! wrote, how the read cache does, and the block placements fetched ahead.
 
 use crate::Client;
 use dfs_common::http::{Handler, Page};
@@ -51,7 +51,18 @@ impl FuseMetrics {
             "dfs_fuse_read_cache",
             "Read cache of shard sub-blocks: bytes kept, small shard reads answered from it (hits) and fetched (misses)",
         );
+        let spares = gauges(
+            &mut r,
+            "dfs_fuse_spare_blocks",
+            "Block placements fetched ahead of uploads (fetched) and uploads that started with one (used)",
+        );
         let page = MetricsPage::new(r, move || {
+            let (used, fetched) = client.spare_blocks().used_and_fetched();
+            for (what, v) in [("used", used), ("fetched", fetched)] {
+                spares
+                    .get_or_create(&vec![("what", what.to_string())])
+                    .set(v as f64);
+            }
             let shards = client.shard_cache();
             let (hits, misses) = shards.hits_and_misses();
             for (what, v) in [

@@ -67,9 +67,18 @@ pub struct MountOptions {
     /// Bytes of recently read shard sub-blocks the mount keeps for small reads
     /// (`read_cache=MIB`, at most [`MAX_READ_CACHE_MIB`]; 0 keeps none).
     pub read_cache_bytes: usize,
+    /// Block placements kept ready per volume while uploads follow each other
+    /// (`spare_blocks=N`, at most [`MAX_SPARE_BLOCKS`]; 0 asks for each when needed).
+    pub spare_blocks: usize,
 }
 
 use dfs_common::proto::MAX_INLINE_END;
+
+/// The most block placements the mount keeps ready per volume.
+pub const MAX_SPARE_BLOCKS: usize = 64;
+
+/// Block placements kept ready by default: one per upload a few writers have under way.
+pub const DEFAULT_SPARE_BLOCKS: usize = 4;
 
 /// The largest read cache the mount accepts, in MiB.
 pub const MAX_READ_CACHE_MIB: usize = 64 * 1024;
@@ -103,6 +112,7 @@ impl Default for MountOptions {
             readahead_kib: MAX_READAHEAD_KIB,
             inline_max: MAX_INLINE_END,
             read_cache_bytes: crate::client::DEFAULT_READ_CACHE_BYTES,
+            spare_blocks: DEFAULT_SPARE_BLOCKS,
         }
     }
 }
@@ -165,6 +175,15 @@ impl MountOptions {
                         ));
                     }
                     into.read_cache_bytes = mib << 20;
+                }
+                ("spare_blocks", Some(n)) => {
+                    into.spare_blocks = n
+                        .parse()
+                        .ok()
+                        .filter(|&n| n <= MAX_SPARE_BLOCKS)
+                        .ok_or_else(|| {
+                            format!("bad spare_blocks value {n:?}: 0 to {MAX_SPARE_BLOCKS}")
+                        })?;
                 }
                 ("exec", None) => into.no_exec = false,
                 ("noexec", None) => into.no_exec = true,
@@ -271,6 +290,13 @@ mod tests {
         assert_eq!(o.read_cache_bytes, 64 << 20);
         assert!(MountOptions::parse("read_cache=lots", &mut o).is_err());
         assert!(MountOptions::parse("read_cache=65537", &mut o).is_err());
+        assert_eq!(o.spare_blocks, DEFAULT_SPARE_BLOCKS);
+        MountOptions::parse("spare_blocks=0", &mut o).unwrap();
+        assert_eq!(o.spare_blocks, 0);
+        MountOptions::parse("spare_blocks=16", &mut o).unwrap();
+        assert_eq!(o.spare_blocks, 16);
+        assert!(MountOptions::parse("spare_blocks=65", &mut o).is_err());
+        assert!(MountOptions::parse("spare_blocks=-1", &mut o).is_err());
         assert_eq!(o.lease, DEFAULT_LEASE);
         MountOptions::parse("lease=0", &mut o).unwrap();
         assert_eq!(o.lease, Duration::ZERO);
