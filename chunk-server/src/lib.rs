@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`store`]: shard files with per-sub-block blake3 checksums, written durably.
+//! - [`slots`]: small shards kept in slots of preallocated files.
 //! - [`service`]: the QUIC request handler.
 //! - [`heartbeat`]: registration with, and liveness reports to, the metadata server.
 //! - [`identity`]: the server id and reset key kept in the data directory.
@@ -17,6 +18,7 @@ pub mod rebuild;
 pub mod reconcile;
 pub mod scrub;
 pub mod service;
+pub mod slots;
 pub mod store;
 pub mod web;
 

@@ -18,10 +18,12 @@
 //! disks alone. Each sub-block is verified when read; bytes that fail are never returned.
 //!
 //! # Durability
-//! A shard is written to `tmp/`, fsynced, renamed into `shards/XX/`, and that directory is
-//! fsynced before the write is acknowledged. A crash before the rename leaves only a temp file,
-//! removed at the next start; after it, the shard is complete.
+//! A shard is written to `tmp/`, fsynced, linked into `shards/XX/`, and that directory is
+//! fsynced before the write is acknowledged. A crash before the link leaves only a temp file,
+//! removed at the next start; after it, the shard is complete. Small shards go into slots of
+//! preallocated files instead, with the same bytes and one `fdatasync` (see [`crate::slots`]).
 
+use crate::slots::{Deleted, Put, SlotStore, Slotted};
 use bytes::Bytes;
 use dfs_common::checksum::{self, Hash, SUB_BLOCK};
 use dfs_common::proto::chunk::{ShardKey, ShardOwner};
@@ -48,7 +50,7 @@ pub struct ShardHeader {
 }
 
 impl ShardHeader {
-    fn data_offset(&self) -> u64 {
+    pub(crate) fn data_offset(&self) -> u64 {
         (FIXED_HEADER + 32 * self.hashes.len() + 32) as u64
     }
 
@@ -72,7 +74,7 @@ impl ShardHeader {
     }
 
     /// Reads and verifies a header; every field is checked before it is trusted.
-    fn read(file: &mut File, path: &Path) -> FsResult<Self> {
+    pub(crate) fn parse(file: &mut impl Read, path: &Path) -> FsResult<Self> {
         let corrupt = |what: &str| FsError::Corrupt(format!("{}: {what}", path.display()));
         // A file too short is damage; any other read error (EIO, ENOMEM...) says nothing
         // about the shard's bytes and stays an I/O error.
@@ -371,6 +373,10 @@ pub struct ShardStore {
     /// Buffers of stored shards, for the next ones to be received into: a fresh allocation of
     /// a shard's size costs a zero-fill and a page fault per page, every shard.
     spare_buffers: Mutex<Vec<Vec<u8>>>,
+    /// Slot files holding small shards (see [`crate::slots`]), when there are any.
+    slots: Option<SlotStore>,
+    /// Whether new small shards go into slots.
+    put_in_slots: bool,
 }
 
 /// Bytes of spare shard buffers a store keeps at most.
@@ -381,9 +387,15 @@ const SPARE_BUFFER_BYTES: usize = 32 << 20;
 const MAX_CACHED_HEADERS: usize = 16_384;
 
 impl ShardStore {
-    /// Opens (creating if needed) a store under `root`, removes leftover temp files and counts
-    /// what it holds.
+    /// Opens (creating if needed) a store under `root` that keeps small shards in slot files,
+    /// removes leftover temp files and counts what it holds.
     pub fn open(root: &Path) -> FsResult<Self> {
+        Self::open_with(root, true)
+    }
+
+    /// [`ShardStore::open`], keeping small shards in slot files only when `slots` is set
+    /// (shards already in slots are read either way).
+    pub fn open_with(root: &Path, use_slots: bool) -> FsResult<Self> {
         let shards = root.join("shards");
         let tmp = root.join("tmp");
         fs::create_dir_all(&shards)?;
@@ -403,12 +415,23 @@ impl ShardStore {
                 count += 1;
             }
         }
+        let slots = if use_slots || root.join("slots").exists() {
+            let slots = SlotStore::open(root)?;
+            let (slotted, bytes) = slots.usage();
+            count += slotted;
+            used += bytes;
+            Some(slots)
+        } else {
+            None
+        };
         Ok(ShardStore {
             root: root.to_path_buf(),
             used_bytes: AtomicU64::new(used),
             shard_count: AtomicU64::new(count),
             headers: Mutex::new(HashMap::new()),
             spare_buffers: Mutex::new(Vec::new()),
+            slots,
+            put_in_slots: use_slots,
         })
     }
 
@@ -486,6 +509,9 @@ impl ShardStore {
                 }
             }
         }
+        if let Some(slots) = &self.slots {
+            out.extend(slots.list());
+        }
         Ok(out)
     }
 
@@ -525,10 +551,17 @@ impl ShardStore {
             hashes: checksum::sub_block_hashes(data),
         };
         let data_len = data.len();
-        let path = self.shard_path(&key);
-        if path.exists() && self.holds_same(&key, &header)? {
+        if self.holds(&key) && self.holds_same(&key, &header)? {
             return Ok(());
         }
+        let encoded = header.encode();
+        shard.set_header(&encoded);
+        if let Some(slots) = self.slots.as_ref().filter(|_| self.put_in_slots) {
+            if SlotStore::fits(shard.padded().len()) {
+                return self.store_in_slot(slots, Arc::new(header), shard);
+            }
+        }
+        let path = self.shard_path(&key);
         let tmp_path = self.root.join("tmp").join(format!(
             "{:016x}-{:02}.{}",
             key.block.0,
@@ -536,8 +569,6 @@ impl ShardStore {
             rand::random::<u64>()
         ));
         let guard = TempFile(&tmp_path);
-        let encoded = header.encode();
-        shard.set_header(&encoded);
         write_durably(&tmp_path, shard)?;
         let dir = path.parent().expect("shard path has a parent");
         if !dir.exists() {
@@ -567,6 +598,54 @@ impl ShardStore {
         Ok(())
     }
 
+    /// Stores a small shard in a slot (see [`crate::slots`]).
+    fn store_in_slot(
+        &self,
+        slots: &SlotStore,
+        header: Arc<ShardHeader>,
+        shard: &ShardBuffer,
+    ) -> FsResult<()> {
+        let key = header.key;
+        // A second round follows a damaged copy removed by `holds_same`.
+        for _ in 0..2 {
+            match slots.put(header.clone(), shard.padded())? {
+                Put::Stored => {
+                    self.used_bytes
+                        .fetch_add(file_len(header.shard_len), Ordering::Relaxed);
+                    self.shard_count.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Put::AlreadyHeld => {
+                    if self.holds_same(&key, &header)? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Err(FsError::Exists)
+    }
+
+    /// Whether a shard is stored under `key` (in a slot, damaged or not, or a file of its own).
+    fn holds(&self, key: &ShardKey) -> bool {
+        self.slot_of(key).is_some()
+            || self.damaged_slot(key).is_some()
+            || self.shard_path(key).exists()
+    }
+
+    /// A slot holding `key` whose header was found damaged: reads of it are errors.
+    fn damaged_slot(&self, key: &ShardKey) -> Option<FsError> {
+        let place = self.slots.as_ref()?.damaged(key)?;
+        Some(FsError::Corrupt(format!(
+            "{}: damaged shard header",
+            place.display()
+        )))
+    }
+
+    fn slot_of(&self, key: &ShardKey) -> Option<(&SlotStore, Slotted)> {
+        let slots = self.slots.as_ref()?;
+        slots.lookup(key).map(|slotted| (slots, slotted))
+    }
+
     /// Whether the shard stored under `key` is exactly `header`'s and intact: a put of the
     /// same shard again is then done. A damaged copy (kept until repair placed the shard
     /// elsewhere) is removed, so the put can store the good one. A different shard under the
@@ -588,7 +667,14 @@ impl ShardStore {
         }
     }
 
+    /// The header of the shard stored under `key`, read from the disk.
     pub fn read_header(&self, key: &ShardKey) -> FsResult<ShardHeader> {
+        if let Some((slots, slotted)) = self.slot_of(key) {
+            return slots.read_header(&slotted);
+        }
+        if let Some(damaged) = self.damaged_slot(key) {
+            return Err(damaged);
+        }
         let path = self.shard_path(key);
         read_header_of(key, &mut open_shard(&path)?, &path)
     }
@@ -606,6 +692,12 @@ impl ShardStore {
         offset: u64,
         len: u64,
     ) -> FsResult<(ShardOwner, Bytes)> {
+        if let Some((slots, slotted)) = self.slot_of(key) {
+            return get_slotted(slots, key, &slotted, offset, len);
+        }
+        if let Some(damaged) = self.damaged_slot(key) {
+            return Err(damaged);
+        }
         let path = self.shard_path(key);
         let mut file = open_shard(&path)?;
         let header = match self.cached_header(key) {
@@ -637,6 +729,17 @@ impl ShardStore {
         offset: u64,
         len: u64,
     ) -> Option<FsResult<(ShardOwner, Bytes)>> {
+        if let Some((slots, slotted)) = self.slot_of(key) {
+            let header = &slotted.header;
+            let span = match Span::of(header, offset, len) {
+                Ok(Some(span)) => span,
+                Ok(None) => return Some(Ok((header.owner, Bytes::new()))),
+                Err(e) => return Some(Err(e)),
+            };
+            let mut bytes = vec![0u8; span.len];
+            slots.read_cached(&slotted, header.data_offset() + span.start, &mut bytes)?;
+            return Some(verified_slot(slots, key, &slotted, &span, bytes));
+        }
         let header = self.cached_header(key)?;
         let span = match Span::of(&header, offset, len) {
             Ok(Some(span)) => span,
@@ -666,6 +769,19 @@ impl ShardStore {
     }
 
     pub fn delete(&self, key: &ShardKey) -> FsResult<bool> {
+        if let Some(slots) = &self.slots {
+            match slots.delete(key)? {
+                Deleted::Shard(slotted) => {
+                    self.forget_header(key);
+                    self.used_bytes
+                        .fetch_sub(file_len(slotted.header.shard_len), Ordering::Relaxed);
+                    self.shard_count.fetch_sub(1, Ordering::Relaxed);
+                    return Ok(true);
+                }
+                Deleted::Damaged => return Ok(true),
+                Deleted::None => {}
+            }
+        }
         let path = self.shard_path(key);
         let len = match fs::metadata(&path) {
             Ok(m) => m.len(),
@@ -683,9 +799,62 @@ impl ShardStore {
     }
 }
 
+/// The key a shard header seems to name when it fails its checks: `None` unless `fixed` (its
+/// first 29 bytes at least) starts with the magic. Only for keeping a damaged copy listed
+/// under its key; nothing read from it is trusted otherwise.
+pub(crate) fn key_of_damaged_header(fixed: &[u8]) -> Option<ShardKey> {
+    if fixed.len() < 29 || &fixed[..8] != MAGIC {
+        return None;
+    }
+    Some(ShardKey {
+        block: BlockId(u64::from_le_bytes(fixed[20..28].try_into().ok()?)),
+        index: fixed[28],
+    })
+}
+
+/// Reads `len` bytes at `offset` of the slotted shard `key`, verifying every sub-block it
+/// touches against the header kept in memory.
+fn get_slotted(
+    slots: &SlotStore,
+    key: &ShardKey,
+    slotted: &Slotted,
+    offset: u64,
+    len: u64,
+) -> FsResult<(ShardOwner, Bytes)> {
+    let header = &slotted.header;
+    let Some(span) = Span::of(header, offset, len)? else {
+        return Ok((header.owner, Bytes::new()));
+    };
+    let mut bytes = vec![0u8; span.len];
+    slots.read(slotted, header.data_offset() + span.start, &mut bytes)?;
+    verified_slot(slots, key, slotted, &span, bytes)
+}
+
+/// Checks bytes read from a slot. Bytes that fail their checksums because the shard was
+/// deleted while they were read (and its slot perhaps reused) mean the shard is gone, not
+/// damaged.
+fn verified_slot(
+    slots: &SlotStore,
+    key: &ShardKey,
+    slotted: &Slotted,
+    span: &Span,
+    bytes: Vec<u8>,
+) -> FsResult<(ShardOwner, Bytes)> {
+    match span.verified(key, &slotted.header, &slots.describe(slotted), bytes) {
+        Err(FsError::Corrupt(_))
+            if slots
+                .lookup(key)
+                .is_none_or(|now| slots.location(&now) != slots.location(slotted)) =>
+        {
+            Err(FsError::NotFound)
+        }
+        other => other,
+    }
+}
+
 /// Reads and checks the header of the shard file `file` at `path`, which must name `key`.
 fn read_header_of(key: &ShardKey, file: &mut File, path: &Path) -> FsResult<ShardHeader> {
-    let header = ShardHeader::read(file, path)?;
+    let header = ShardHeader::parse(file, path)?;
     if header.key != *key {
         return Err(FsError::Corrupt(format!(
             "{}: header names another shard",
@@ -741,12 +910,166 @@ mod tests {
                 let data: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
                 let k = key(block, 0);
                 store.put(k, owner(len as u64 * 4), &data).unwrap();
-                let on_disk = fs::metadata(store.shard_path(&k)).unwrap().len();
-                assert_eq!(on_disk, file_len(len as u64), "length {len}");
+                let (_, _, on_disk) = stored_bytes(&store, &k);
+                assert_eq!(on_disk.len() as u64, file_len(len as u64), "length {len}");
+                assert_eq!(store.slot_of(&k).is_some(), len < 100_000, "length {len}");
                 assert_eq!(store.get(&k, 0, len as u64).unwrap(), data, "length {len}");
                 store.verify(&k).unwrap();
             }
         }
+    }
+
+    /// The bytes a shard takes on disk, from its file or its slot, with where they start.
+    fn stored_bytes(store: &ShardStore, k: &ShardKey) -> (PathBuf, u64, Vec<u8>) {
+        use std::os::unix::fs::FileExt;
+        if let Some((slots, slotted)) = store.slot_of(k) {
+            let (path, at) = slots.location(&slotted);
+            let mut bytes = vec![0u8; file_len(slotted.header.shard_len) as usize];
+            File::open(&path)
+                .unwrap()
+                .read_exact_at(&mut bytes, at)
+                .unwrap();
+            return (path, at, bytes);
+        }
+        let path = store.shard_path(k);
+        let bytes = fs::read(&path).unwrap();
+        (path, 0, bytes)
+    }
+
+    /// Flips bits of byte `i` of the stored shard `k` on disk.
+    fn damage(store: &ShardStore, k: &ShardKey, i: usize, bits: u8) {
+        use std::os::unix::fs::FileExt;
+        let (path, at, bytes) = stored_bytes(store, k);
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[bytes[i] ^ bits], at + i as u64)
+            .unwrap();
+    }
+
+    /// Small shards go into slots: they survive a reopen, a deleted one's slot is reused, and
+    /// a store told not to use slots still reads the shards already in them.
+    #[test]
+    fn small_shards_live_in_slots_across_reopens_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(dir.path()).unwrap();
+        let shards: Vec<(ShardKey, Vec<u8>)> = (0..40u64)
+            .map(|i| {
+                let len = 1 + (i as usize * 3_001) % 120_000;
+                (key(100 + i, (i % 6) as u8), vec![i as u8 ^ 0x5a; len])
+            })
+            .collect();
+        for (k, data) in &shards {
+            store.put(*k, owner(data.len() as u64 * 4), data).unwrap();
+            assert!(store.slot_of(k).is_some());
+        }
+        assert!(
+            !store.root().join("shards/64").exists(),
+            "a small shard took a file"
+        );
+        let reopened = ShardStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.shard_count(), 40);
+        assert_eq!(reopened.used_bytes(), store.used_bytes());
+        let mut listed: Vec<ShardKey> = reopened
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        listed.sort_by_key(|k| k.block);
+        assert_eq!(listed, shards.iter().map(|(k, _)| *k).collect::<Vec<_>>());
+        for (k, data) in &shards {
+            assert_eq!(reopened.get(k, 0, data.len() as u64).unwrap(), *data);
+            reopened.verify(k).unwrap();
+        }
+        // A deleted shard's slot holds the next shard of its size.
+        let (gone, data) = &shards[3];
+        let (_, slotted) = reopened.slot_of(gone).unwrap();
+        let place = reopened.slots.as_ref().unwrap().location(&slotted);
+        assert!(reopened.delete(gone).unwrap());
+        assert_eq!(reopened.get(gone, 0, 1), Err(FsError::NotFound));
+        let next = key(999, 0);
+        reopened
+            .put(next, owner(data.len() as u64 * 4), &vec![7u8; data.len()])
+            .unwrap();
+        let (slots, slotted) = reopened.slot_of(&next).unwrap();
+        assert_eq!(
+            slots.location(&slotted),
+            place,
+            "the freed slot was not reused"
+        );
+        // Without slots for new shards, small ones take files; those in slots still read.
+        let without = ShardStore::open_with(dir.path(), false).unwrap();
+        assert_eq!(without.shard_count(), 40);
+        assert!(!without.list().unwrap().iter().any(|(k, _)| k == gone));
+        assert_eq!(without.get(&next, 0, 3).unwrap(), vec![7u8; 3]);
+        without.put(key(5000, 1), owner(400), &[1u8; 100]).unwrap();
+        assert!(without.slot_of(&key(5000, 1)).is_none());
+        assert!(without.shard_path(&key(5000, 1)).exists());
+    }
+
+    /// Damage to a slotted shard is found like damage to a shard file: in its data by every
+    /// read, in its header by verification at once and, after a restart, by every read, with
+    /// the shard still listed (so scrubbing reports it) until it is deleted; then its key
+    /// can be stored again. A slot of random bytes is free.
+    #[test]
+    fn damaged_slots_are_errors_and_stay_listed_until_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        let k = key(77, 2);
+        store.put(k, owner(80_000), &data).unwrap();
+        let header_len = file_len(data.len() as u64) as usize - data.len();
+        damage(&store, &k, header_len + 10_001, 0x08);
+        assert!(matches!(store.get(&k, 10_000, 5), Err(FsError::Corrupt(_))));
+        assert!(matches!(store.verify(&k), Err(FsError::Corrupt(_))));
+        damage(&store, &k, header_len + 10_001, 0x08);
+        assert_eq!(store.get(&k, 10_000, 5).unwrap(), &data[10_000..10_005]);
+        // The header: a byte of the checksum table.
+        damage(&store, &k, 60, 0x01);
+        assert!(matches!(store.verify(&k), Err(FsError::Corrupt(_))));
+        let cold = ShardStore::open(dir.path()).unwrap();
+        assert!(cold.list().unwrap().iter().any(|(key, _)| *key == k));
+        assert!(matches!(cold.get(&k, 0, 1), Err(FsError::Corrupt(_))));
+        assert!(matches!(cold.read_header(&k), Err(FsError::Corrupt(_))));
+        // A put of the same shard replaces the damaged copy.
+        cold.put(k, owner(80_000), &data).unwrap();
+        assert_eq!(cold.get(&k, 0, 20_000).unwrap(), data);
+        assert!(cold.delete(&k).unwrap());
+        assert!(cold.list().unwrap().is_empty());
+        // Random bytes in a slot file are free slots, never shards.
+        let (path, _, _) = {
+            cold.put(k, owner(80_000), &data).unwrap();
+            stored_bytes(&cold, &k)
+        };
+        cold.delete(&k).unwrap();
+        let mut junk = vec![0u8; fs::metadata(&path).unwrap().len() as usize];
+        rand::Rng::fill(&mut rand::rng(), &mut junk[..]);
+        fs::write(&path, &junk).unwrap();
+        let reopened = ShardStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.shard_count(), 0);
+        assert!(reopened.list().unwrap().is_empty());
+    }
+
+    /// A read that found a shard's slot, then read it after the shard was deleted and the slot
+    /// given to another shard, reports the shard gone, not damaged, and never returns the other
+    /// shard's bytes.
+    #[test]
+    fn a_read_racing_a_delete_and_reuse_of_its_slot_finds_the_shard_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(dir.path()).unwrap();
+        let (a, b) = (key(1, 0), key(2, 0));
+        store.put(a, owner(40_000), &[0xaa; 10_000]).unwrap();
+        let (slots, seen) = store.slot_of(&a).unwrap();
+        assert!(store.delete(&a).unwrap());
+        store.put(b, owner(40_000), &[0xbb; 10_000]).unwrap();
+        let (_, reused) = store.slot_of(&b).unwrap();
+        assert_eq!(slots.location(&reused), slots.location(&seen));
+        assert_eq!(get_slotted(slots, &a, &seen, 0, 10), Err(FsError::NotFound));
+        // The same read while the shard is still there is its bytes.
+        let (_, held) = store.slot_of(&b).unwrap();
+        assert_eq!(
+            get_slotted(slots, &b, &held, 0, 3).unwrap().1,
+            &[0xbb; 3][..]
+        );
     }
 
     /// Buffers are reused from shard to shard, larger for smaller: each file holds exactly its
@@ -764,7 +1087,7 @@ mod tests {
             let data = vec![fill; len];
             let k = key(block, 0);
             store.put(k, owner(len as u64 * 4), &data).unwrap();
-            let on_disk = fs::read(store.shard_path(&k)).unwrap();
+            let (_, _, on_disk) = stored_bytes(&store, &k);
             assert_eq!(on_disk.len() as u64, file_len(len as u64), "length {len}");
             assert!(on_disk[on_disk.len() - len..] == data[..], "length {len}");
             assert_eq!(store.get(&k, 0, len as u64).unwrap(), data);
@@ -961,7 +1284,9 @@ mod tests {
         let store = std::sync::Arc::new(ShardStore::open(dir.path()).unwrap());
         for round in 0..40u64 {
             let k = key(1000 + round, 0);
-            let contents: Vec<Vec<u8>> = (0..2u8).map(|b| vec![b; 100_000]).collect();
+            // Odd rounds race for a slot, even ones for a file.
+            let len = if round % 2 == 1 { 10_000 } else { 100_000 };
+            let contents: Vec<Vec<u8>> = (0..2u8).map(|b| vec![b; len]).collect();
             let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
             let handles: Vec<_> = contents
                 .iter()
@@ -970,7 +1295,7 @@ mod tests {
                     let (store, barrier) = (store.clone(), barrier.clone());
                     std::thread::spawn(move || {
                         barrier.wait();
-                        store.put(k, owner(400_000), &data)
+                        store.put(k, owner(data.len() as u64 * 4), &data)
                     })
                 })
                 .collect();
@@ -980,7 +1305,7 @@ mod tests {
             assert_eq!(winners.len(), 1, "round {round}: {results:?}");
             let loser = 1 - winners[0];
             assert_eq!(results[loser], Err(FsError::Exists), "round {round}");
-            let stored = store.get(&k, 0, 100_000).unwrap();
+            let stored = store.get(&k, 0, len as u64).unwrap();
             assert_eq!(stored, contents[winners[0]], "round {round}");
         }
     }

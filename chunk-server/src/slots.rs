@@ -1,0 +1,494 @@
+//! Small shards in slot files.
+//!
+//! A shard in a file of its own costs a new inode and a directory entry: storing it durably
+//! writes the data, the inode and the directory, with a cache flush for the file and another
+//! for its directory. For a shard of a few KiB that is most of its cost, and six servers on one
+//! disk queue behind each other's flushes. Shards whose file bytes (header and data, rounded up
+//! to the 4 KiB O_DIRECT alignment) fit in [`MAX_SLOT`] go instead into a slot of a file of
+//! fixed-size slots (`slots/slots-<size>k`, sizes 8 KiB to [`MAX_SLOT`] by powers of two).
+//! Those files are grown by writing zeros and syncing, so a later shard write overwrites blocks
+//! the file already has: one write and one `fdatasync`, which writes the data alone.
+//!
+//! A slot holds exactly what a shard file holds (see [`crate::store`]): the header names the
+//! shard and carries its checksums, so the index of which slot holds which shard lives only in
+//! memory and is rebuilt at start by reading every slot's header. A slot without a shard
+//! header is free. One whose header is damaged but still names a shard (its magic and key
+//! fields are there) is kept under that key as damaged, as a shard file with a damaged header
+//! is: scrubbing reports it, repair rebuilds the shard elsewhere and reconciliation deletes
+//! it, and only then is the slot reused. Deleting a shard zeroes its slot's first 4 KiB (durably) before the slot can
+//! be used again. A crash mid-write leaves a slot whose header or data fail their checksums:
+//! the write was never acknowledged, and reads of it are errors, never other bytes.
+//!
+//! Slot files never shrink: the space of deleted shards is reused by later shards of the same
+//! size class, not given back to the file system.
+
+use crate::store::ShardHeader;
+use dfs_common::proto::chunk::ShardKey;
+use dfs_common::{FsError, FsResult};
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::SystemTime;
+
+/// The smallest slot.
+const MIN_SLOT: u64 = 8 << 10;
+/// The largest slot: shards of larger files keep a file each.
+pub const MAX_SLOT: u64 = 128 << 10;
+/// Bytes a slot file grows by when it has no free slot.
+const GROW_BYTES: u64 = 2 << 20;
+/// Bytes zeroed at the start of a deleted shard's slot: the whole header of any slotted shard.
+const CLEAR_BYTES: usize = 4096;
+
+/// Where a stored shard is, and its header, verified when written or read at start.
+#[derive(Clone, Debug)]
+pub struct Slotted {
+    class: usize,
+    slot: u64,
+    pub header: Arc<ShardHeader>,
+    /// When it was stored (at start: when the store was opened, which only lengthens grace
+    /// periods measured from it).
+    pub written: SystemTime,
+}
+
+/// One slot size's file.
+struct Class {
+    size: u64,
+    path: PathBuf,
+    /// For reads (through the page cache), and for writes where O_DIRECT is refused.
+    file: File,
+    /// For writes, with O_DIRECT where the file system takes it.
+    direct: Option<File>,
+    /// Free slots, and how many slots the file has.
+    space: Mutex<Space>,
+}
+
+#[derive(Default)]
+struct Space {
+    free: Vec<u64>,
+    slots: u64,
+}
+
+struct Index {
+    held: HashMap<ShardKey, Slotted>,
+    /// Slots whose header is damaged, under the key it seems to name: class and slot.
+    damaged: HashMap<ShardKey, (usize, u64)>,
+    /// Keys being written or deleted: others wait for them to finish.
+    busy: HashSet<ShardKey>,
+    /// When the store was opened.
+    opened: SystemTime,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            held: HashMap::new(),
+            damaged: HashMap::new(),
+            busy: HashSet::new(),
+            opened: SystemTime::now(),
+        }
+    }
+}
+
+/// What [`SlotStore::delete`] removed.
+#[derive(Debug)]
+pub enum Deleted {
+    None,
+    Shard(Slotted),
+    /// A slot whose header was found damaged.
+    Damaged,
+}
+
+/// What [`SlotStore::put`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Put {
+    Stored,
+    /// A shard was already held under the key (stored meanwhile by a racing put, say); the
+    /// caller decides whether it is the same.
+    AlreadyHeld,
+}
+
+/// The slot files of one store.
+pub struct SlotStore {
+    classes: Vec<Class>,
+    index: Mutex<Index>,
+    /// Signalled when a key stops being busy.
+    idle: Condvar,
+}
+
+/// The aligned, zeroed buffer used to clear a slot.
+fn zeroed_page() -> AlignedBuf {
+    AlignedBuf::zeroed(CLEAR_BYTES)
+}
+
+/// A buffer aligned for O_DIRECT.
+struct AlignedBuf {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn zeroed(len: usize) -> Self {
+        let buf = vec![0u8; len + 4096];
+        let start = buf.as_ptr().align_offset(4096);
+        AlignedBuf { buf, start, len }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl SlotStore {
+    /// Opens (creating if needed) the slot files under `root/slots` and reads every slot's
+    /// header to learn which shards they hold.
+    pub fn open(root: &Path) -> FsResult<SlotStore> {
+        let dir = root.join("slots");
+        if !dir.exists() {
+            fs::create_dir_all(&dir)?;
+            File::open(root)?.sync_all()?;
+        }
+        let mut classes = Vec::new();
+        let mut size = MIN_SLOT;
+        while size <= MAX_SLOT {
+            classes.push(open_class(&dir, size)?);
+            size *= 2;
+        }
+        let mut index = Index::default();
+        let now = SystemTime::now();
+        for (c, class) in classes.iter().enumerate() {
+            let mut space = class.space.lock().expect("slot space");
+            for slot in 0..space.slots {
+                match read_header_at(class, slot) {
+                    Some(header) if !index.held.contains_key(&header.key) => {
+                        let slotted = Slotted {
+                            class: c,
+                            slot,
+                            header: Arc::new(header),
+                            written: now,
+                        };
+                        index.held.insert(slotted.header.key, slotted);
+                    }
+                    Some(header) => {
+                        // Two slots naming one shard: keep the first; the other stays out of
+                        // use until a restart finds the first gone.
+                        tracing::warn!(block = %header.key.block, index = header.key.index,
+                            file = %class.path.display(), slot, "a second slot holds this shard");
+                    }
+                    None => match damaged_key_at(class, slot) {
+                        Some(key) if !index.held.contains_key(&key) => {
+                            tracing::warn!(block = %key.block, index = key.index,
+                                file = %class.path.display(), slot, "a slot's shard header is damaged");
+                            index.damaged.insert(key, (c, slot));
+                        }
+                        Some(_) => {}
+                        None => space.free.push(slot),
+                    },
+                }
+            }
+            // Lowest slots first: a store that empties and fills again stays compact.
+            space.free.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        Ok(SlotStore {
+            classes,
+            index: Mutex::new(index),
+            idle: Condvar::new(),
+        })
+    }
+
+    /// Whether a shard whose file bytes, padded for O_DIRECT, are `padded_len` goes in a slot.
+    pub fn fits(padded_len: usize) -> bool {
+        padded_len as u64 <= MAX_SLOT
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until `key` is not being written or deleted, and marks it busy.
+    fn claim(&self, key: &ShardKey) -> std::sync::MutexGuard<'_, Index> {
+        let mut index = self.index();
+        while index.busy.contains(key) {
+            index = self.idle.wait(index).unwrap_or_else(|e| e.into_inner());
+        }
+        index.busy.insert(*key);
+        index
+    }
+
+    fn release(&self, key: &ShardKey, stored: Option<Slotted>) {
+        let mut index = self.index();
+        index.busy.remove(key);
+        if let Some(slotted) = stored {
+            index.held.insert(*key, slotted);
+        }
+        drop(index);
+        self.idle.notify_all();
+    }
+
+    /// The slot holding `key`, if any.
+    pub fn lookup(&self, key: &ShardKey) -> Option<Slotted> {
+        self.index().held.get(key).cloned()
+    }
+
+    /// The slot of a shard whose header was found damaged at start, for messages; `None` when
+    /// `key` is not one.
+    pub fn damaged(&self, key: &ShardKey) -> Option<PathBuf> {
+        let index = self.index();
+        let &(class, slot) = index.damaged.get(key)?;
+        Some(PathBuf::from(format!(
+            "{} slot {slot}",
+            self.classes[class].path.display()
+        )))
+    }
+
+    /// Every shard held, damaged ones too, with when it was stored (damaged ones: when the
+    /// store was opened).
+    pub fn list(&self) -> Vec<(ShardKey, SystemTime)> {
+        let index = self.index();
+        let opened = index.opened;
+        let good = index.held.values().map(|s| (s.header.key, s.written));
+        good.chain(index.damaged.keys().map(|k| (*k, opened)))
+            .collect()
+    }
+
+    /// Shards held and their bytes as shard files would count them.
+    pub fn usage(&self) -> (u64, u64) {
+        let index = self.index();
+        let bytes = index
+            .held
+            .values()
+            .map(|s| crate::store::file_len(s.header.shard_len))
+            .sum();
+        (index.held.len() as u64, bytes)
+    }
+
+    /// Stores `padded` (a shard's header and data, padded to 4 KiB; at most [`MAX_SLOT`]
+    /// bytes) durably in a free slot, unless a shard is already held under its key.
+    pub fn put(&self, header: Arc<ShardHeader>, padded: &[u8]) -> FsResult<Put> {
+        let key = header.key;
+        let index = self.claim(&key);
+        if index.held.contains_key(&key) || index.damaged.contains_key(&key) {
+            drop(index);
+            self.release(&key, None);
+            return Ok(Put::AlreadyHeld);
+        }
+        drop(index);
+        let stored = self.write(header, padded);
+        match stored {
+            Ok(slotted) => {
+                self.release(&key, Some(slotted));
+                Ok(Put::Stored)
+            }
+            Err(e) => {
+                self.release(&key, None);
+                Err(e)
+            }
+        }
+    }
+
+    fn write(&self, header: Arc<ShardHeader>, padded: &[u8]) -> FsResult<Slotted> {
+        let len = padded.len() as u64;
+        let c = self
+            .classes
+            .iter()
+            .position(|class| class.size >= len)
+            .ok_or_else(|| FsError::invalid(format!("{len} bytes do not fit in a slot")))?;
+        let class = &self.classes[c];
+        let slot = take_slot(class)?;
+        let written = write_slot(class, slot, padded).and_then(|()| sync(class));
+        if let Err(e) = written {
+            // The slot may hold part of this shard: its header or data fail their checksums,
+            // so it reads as free at the next start; meanwhile it is reused like any other.
+            class.space.lock().expect("slot space").free.push(slot);
+            return Err(e);
+        }
+        Ok(Slotted {
+            class: c,
+            slot,
+            header,
+            written: SystemTime::now(),
+        })
+    }
+
+    /// Deletes the shard held under `key`, damaged or not.
+    pub fn delete(&self, key: &ShardKey) -> FsResult<Deleted> {
+        let mut index = self.claim(key);
+        let (class, slot, found) = if let Some(slotted) = index.held.remove(key) {
+            (slotted.class, slotted.slot, Deleted::Shard(slotted))
+        } else if let Some((class, slot)) = index.damaged.remove(key) {
+            (class, slot, Deleted::Damaged)
+        } else {
+            drop(index);
+            self.release(key, None);
+            return Ok(Deleted::None);
+        };
+        drop(index);
+        let file = &self.classes[class];
+        let cleared = write_slot(file, slot, zeroed_page().bytes()).and_then(|()| sync(file));
+        match cleared {
+            Ok(()) => {
+                file.space.lock().expect("slot space").free.push(slot);
+                self.release(key, None);
+                Ok(found)
+            }
+            Err(e) => {
+                // Still on disk: it stays held, and the delete can be tried again.
+                match found {
+                    Deleted::Shard(slotted) => self.release(key, Some(slotted)),
+                    _ => {
+                        self.index().damaged.insert(*key, (class, slot));
+                        self.release(key, None);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset` within the slot of `slotted`.
+    pub fn read(&self, slotted: &Slotted, offset: u64, buf: &mut [u8]) -> FsResult<()> {
+        let class = &self.classes[slotted.class];
+        class
+            .file
+            .read_exact_at(buf, slotted.slot * class.size + offset)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => FsError::Corrupt(format!(
+                    "{}: slot {} is cut short",
+                    class.path.display(),
+                    slotted.slot
+                )),
+                _ => e.into(),
+            })
+    }
+
+    /// Reads like [`SlotStore::read`] only what the page cache holds (`RWF_NOWAIT`); `None`
+    /// when some is not there.
+    pub fn read_cached(&self, slotted: &Slotted, offset: u64, buf: &mut [u8]) -> Option<()> {
+        let class = &self.classes[slotted.class];
+        let read = rustix::io::preadv2(
+            &class.file,
+            &mut [std::io::IoSliceMut::new(buf)],
+            slotted.slot * class.size + offset,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        );
+        (read.ok()? == buf.len()).then_some(())
+    }
+
+    /// Reads the slot's header from disk again (for verification), checking it names `key`.
+    pub fn read_header(&self, slotted: &Slotted) -> FsResult<ShardHeader> {
+        let class = &self.classes[slotted.class];
+        let mut bytes = vec![0u8; CLEAR_BYTES.min(class.size as usize)];
+        self.read(slotted, 0, &mut bytes)?;
+        let header = ShardHeader::parse(&mut &bytes[..], &self.describe(slotted))?;
+        if header.key != slotted.header.key {
+            return Err(FsError::Corrupt(format!(
+                "{}: header names another shard",
+                self.describe(slotted).display()
+            )));
+        }
+        Ok(header)
+    }
+
+    /// The slot's file and number, for messages.
+    pub fn describe(&self, slotted: &Slotted) -> PathBuf {
+        let class = &self.classes[slotted.class];
+        PathBuf::from(format!("{} slot {}", class.path.display(), slotted.slot))
+    }
+
+    /// Where a slot's bytes are on disk: its file and offset (for tests that damage them).
+    pub fn location(&self, slotted: &Slotted) -> (PathBuf, u64) {
+        let class = &self.classes[slotted.class];
+        (class.path.clone(), slotted.slot * class.size)
+    }
+}
+
+fn open_class(dir: &Path, size: u64) -> FsResult<Class> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(format!("slots-{}k", size >> 10));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    let len = file.metadata()?.len();
+    // A file cut short in the middle of a slot (a crash while it grew) loses the partial slot.
+    let slots = len / size;
+    let direct = OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(&path)
+        .ok();
+    Ok(Class {
+        size,
+        path,
+        file,
+        direct,
+        space: Mutex::new(Space {
+            free: Vec::new(),
+            slots,
+        }),
+    })
+}
+
+/// The key a slot's damaged header seems to name: `None` unless it starts with a shard
+/// header's magic.
+fn damaged_key_at(class: &Class, slot: u64) -> Option<ShardKey> {
+    let mut fixed = [0u8; 29];
+    class
+        .file
+        .read_exact_at(&mut fixed, slot * class.size)
+        .ok()?;
+    crate::store::key_of_damaged_header(&fixed)
+}
+
+/// A slot's header, if it holds a valid one.
+fn read_header_at(class: &Class, slot: u64) -> Option<ShardHeader> {
+    let mut bytes = vec![0u8; CLEAR_BYTES.min(class.size as usize)];
+    class
+        .file
+        .read_exact_at(&mut bytes, slot * class.size)
+        .ok()?;
+    ShardHeader::parse(&mut &bytes[..], &class.path).ok()
+}
+
+/// Takes a free slot, growing the file by [`GROW_BYTES`] of zeros (synced, with its new
+/// length) when there is none.
+fn take_slot(class: &Class) -> FsResult<u64> {
+    let mut space = class.space.lock().expect("slot space");
+    if let Some(slot) = space.free.pop() {
+        return Ok(slot);
+    }
+    let first = space.slots;
+    let added = (GROW_BYTES / class.size).max(1);
+    let zeros = vec![0u8; (added * class.size) as usize];
+    class.file.write_all_at(&zeros, first * class.size)?;
+    class.file.sync_all()?;
+    space.slots += added;
+    space.free.extend((first + 1..first + added).rev());
+    Ok(first)
+}
+
+/// Writes `bytes` at the start of `slot`: O_DIRECT where taken, else through the page cache.
+fn write_slot(class: &Class, slot: u64, bytes: &[u8]) -> FsResult<()> {
+    let at = slot * class.size;
+    if let Some(direct) = &class.direct {
+        match direct.write_all_at(bytes, at) {
+            Ok(()) => {
+                return Ok(());
+            }
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    class.file.write_all_at(bytes, at)?;
+    Ok(())
+}
+
+/// Flushes the class file's data: its length and blocks are already on disk.
+fn sync(class: &Class) -> FsResult<()> {
+    class.file.sync_data()?;
+    Ok(())
+}
