@@ -46,6 +46,8 @@ pub struct ChunkConfig {
     pub identity: Identity,
     /// Bytes this server offers; `None` means the free space of the data directory's disk.
     pub capacity: Option<u64>,
+    /// Whether new small shards go into slot files (see [`slots`]) rather than a file each.
+    pub small_shard_slots: bool,
     pub heartbeat_interval: Duration,
     pub maintenance: MaintenanceConfig,
     /// TCP address for Prometheus metrics; `None` serves no HTTP.
@@ -96,7 +98,10 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> FsResult<RunningChunkServer> {
     let node = identity::NodeIdentity::load_or_create(&config.data_dir)?;
-    let store = Arc::new(store::ShardStore::open(&config.data_dir)?);
+    let store = Arc::new(store::ShardStore::open_with(
+        &config.data_dir,
+        config.small_shard_slots,
+    )?);
     let endpoint = server_endpoint(config.listen, &config.identity, Some(node.reset_key))?;
     let addr = endpoint.local_addr()?;
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());

@@ -62,6 +62,11 @@ struct Args {
     /// Milliseconds between heartbeats to the metadata server [default: 1000].
     #[arg(long, env = "DFS_CHUNK_HEARTBEAT_MS")]
     heartbeat_ms: Option<u64>,
+    /// Store shards of up to 128 KiB in slots of preallocated files (one write and one
+    /// fdatasync each) rather than a file each; shards already in slots are read either way
+    /// [default: true].
+    #[arg(long, env = "DFS_CHUNK_SMALL_SHARD_SLOTS")]
+    small_shard_slots: Option<bool>,
     /// Bytes per second the background scrub reads at most, e.g. 32M [default: 32M].
     #[arg(long, env = "DFS_CHUNK_SCRUB_RATE")]
     scrub_rate: Option<String>,
@@ -138,6 +143,10 @@ fn resolve(args: Args, file: Args) -> anyhow::Result<ChunkConfig> {
         meta,
         identity: Identity::load(&tls)?,
         capacity,
+        small_shard_slots: args
+            .small_shard_slots
+            .or(file.small_shard_slots)
+            .unwrap_or(true),
         heartbeat_interval: Duration::from_millis(
             args.heartbeat_ms
                 .or(file.heartbeat_ms)

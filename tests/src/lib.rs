@@ -203,6 +203,7 @@ impl TestCluster {
                 meta: vec![self.meta_addr],
                 identity: self.certs.server_identity(),
                 capacity: None,
+                small_shard_slots: true,
                 heartbeat_interval: TEST_HEARTBEAT,
                 maintenance: dfs_chunk::MaintenanceConfig {
                     reconcile_interval: TEST_RECONCILE_INTERVAL,
