@@ -52,6 +52,13 @@ pub struct Slotted {
     pub written: SystemTime,
 }
 
+impl Slotted {
+    /// Whether both are the same slot.
+    pub fn same_place(&self, other: &Slotted) -> bool {
+        (self.class, self.slot) == (other.class, other.slot)
+    }
+}
+
 /// One slot size's file.
 struct Class {
     size: u64,
@@ -117,30 +124,6 @@ pub struct SlotStore {
     idle: Condvar,
 }
 
-/// The aligned, zeroed buffer used to clear a slot.
-fn zeroed_page() -> AlignedBuf {
-    AlignedBuf::zeroed(CLEAR_BYTES)
-}
-
-/// A buffer aligned for O_DIRECT.
-struct AlignedBuf {
-    buf: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    fn zeroed(len: usize) -> Self {
-        let buf = vec![0u8; len + 4096];
-        let start = buf.as_ptr().align_offset(4096);
-        AlignedBuf { buf, start, len }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.buf[self.start..self.start + self.len]
-    }
-}
-
 impl SlotStore {
     /// Opens (creating if needed) the slot files under `root/slots` and reads every slot's
     /// header to learn which shards they hold.
@@ -157,17 +140,17 @@ impl SlotStore {
             size *= 2;
         }
         let mut index = Index::default();
-        let now = SystemTime::now();
         for (c, class) in classes.iter().enumerate() {
             let mut space = class.space.lock().expect("slot space");
             for slot in 0..space.slots {
-                match read_header_at(class, slot) {
+                let start = read_slot_start(class, slot);
+                match ShardHeader::parse(&mut &start[..], &class.path).ok() {
                     Some(header) if !index.held.contains_key(&header.key) => {
                         let slotted = Slotted {
                             class: c,
                             slot,
                             header: Arc::new(header),
-                            written: now,
+                            written: index.opened,
                         };
                         index.held.insert(slotted.header.key, slotted);
                     }
@@ -177,7 +160,7 @@ impl SlotStore {
                         tracing::warn!(block = %header.key.block, index = header.key.index,
                             file = %class.path.display(), slot, "a second slot holds this shard");
                     }
-                    None => match damaged_key_at(class, slot) {
+                    None => match crate::store::key_of_damaged_header(&start) {
                         Some(key) if !index.held.contains_key(&key) => {
                             tracing::warn!(block = %key.block, index = key.index,
                                 file = %class.path.display(), slot, "a slot's shard header is damaged");
@@ -326,8 +309,7 @@ impl SlotStore {
         };
         drop(index);
         let file = &self.classes[class];
-        let cleared = write_slot(file, slot, zeroed_page().bytes()).and_then(|()| sync(file));
-        match cleared {
+        match clear_slot(file, slot) {
             Ok(()) => {
                 file.space.lock().expect("slot space").free.push(slot);
                 self.release(key, None);
@@ -391,6 +373,11 @@ impl SlotStore {
         Ok(header)
     }
 
+    /// The file holding the slot of `slotted` (named in checksum errors).
+    pub fn file_of(&self, slotted: &Slotted) -> &Path {
+        &self.classes[slotted.class].path
+    }
+
     /// The slot's file and number, for messages.
     pub fn describe(&self, slotted: &Slotted) -> PathBuf {
         let class = &self.classes[slotted.class];
@@ -433,25 +420,24 @@ fn open_class(dir: &Path, size: u64) -> FsResult<Class> {
     })
 }
 
-/// The key a slot's damaged header seems to name: `None` unless it starts with a shard
-/// header's magic.
-fn damaged_key_at(class: &Class, slot: u64) -> Option<ShardKey> {
-    let mut fixed = [0u8; 29];
-    class
-        .file
-        .read_exact_at(&mut fixed, slot * class.size)
-        .ok()?;
-    crate::store::key_of_damaged_header(&fixed)
+/// The first bytes of a slot, where a shard's header would be (empty when unreadable: a
+/// free slot).
+fn read_slot_start(class: &Class, slot: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; CLEAR_BYTES.min(class.size as usize)];
+    match class.file.read_exact_at(&mut bytes, slot * class.size) {
+        Ok(()) => bytes,
+        Err(_) => Vec::new(),
+    }
 }
 
-/// A slot's header, if it holds a valid one.
-fn read_header_at(class: &Class, slot: u64) -> Option<ShardHeader> {
-    let mut bytes = vec![0u8; CLEAR_BYTES.min(class.size as usize)];
+/// Zeroes the start of `slot` (the whole header of any slotted shard) and syncs it. Written
+/// through the page cache: a later O_DIRECT write to the slot writes back and drops those
+/// pages first.
+fn clear_slot(class: &Class, slot: u64) -> FsResult<()> {
     class
         .file
-        .read_exact_at(&mut bytes, slot * class.size)
-        .ok()?;
-    ShardHeader::parse(&mut &bytes[..], &class.path).ok()
+        .write_all_at(&[0u8; CLEAR_BYTES], slot * class.size)?;
+    sync(class)
 }
 
 /// Takes a free slot, growing the file by [`GROW_BYTES`] of zeros (synced, with its new

@@ -840,11 +840,9 @@ fn verified_slot(
     span: &Span,
     bytes: Vec<u8>,
 ) -> FsResult<(ShardOwner, Bytes)> {
-    match span.verified(key, &slotted.header, &slots.describe(slotted), bytes) {
+    match span.verified(key, &slotted.header, slots.file_of(slotted), bytes) {
         Err(FsError::Corrupt(_))
-            if slots
-                .lookup(key)
-                .is_none_or(|now| slots.location(&now) != slots.location(slotted)) =>
+            if slots.lookup(key).is_none_or(|now| !now.same_place(slotted)) =>
         {
             Err(FsError::NotFound)
         }
