@@ -74,6 +74,8 @@ pub struct MetaConfig {
     /// Log entries between snapshots of the store; a member further behind than the entries
     /// kept after a snapshot catches up by one.
     pub snapshot_every: u64,
+    /// Bytes of metadata log records kept decoded in memory (see `raft::log`).
+    pub log_memory: usize,
     pub data_dir: PathBuf,
     pub identity: Identity,
     /// A chunk server silent for longer is down.
@@ -134,6 +136,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         &advertise,
         how,
         config.snapshot_every,
+        config.log_memory,
     )
     .await?;
     let committer = committer::Committer::start(group.clone());

@@ -47,6 +47,10 @@ struct Args {
     /// Metadata log entries between snapshots of the store [default: 100000].
     #[arg(long, env = "DFS_META_SNAPSHOT_EVERY")]
     snapshot_every: Option<u64>,
+    /// Metadata log entries kept decoded in memory, as bytes of records (e.g. 64M); older
+    /// ones are read back from the log's files when needed [default: 64M].
+    #[arg(long, env = "DFS_META_LOG_MEMORY")]
+    log_memory: Option<String>,
     /// TCP address of the status page (/) and Prometheus metrics (/metrics), or `off`
     /// [default: the --listen address, on TCP].
     #[arg(long, env = "DFS_META_HTTP")]
@@ -197,6 +201,12 @@ fn resolve(args: Args, file: Args) -> anyhow::Result<MetaConfig> {
             .or(file.snapshot_every)
             .unwrap_or(dfs_meta::raft::state::SNAPSHOT_EVERY)
             .max(1),
+        log_memory: match args.log_memory.or(file.log_memory) {
+            Some(m) => parse_size(&m)
+                .map_err(anyhow::Error::msg)
+                .context("--log-memory")? as usize,
+            None => dfs_meta::raft::log::MEMORY_BUDGET,
+        },
         http: dfs_common::config::http_addr(args.http.or(file.http), listen)?,
         data_dir: args.data.or(file.data).context("--data DIR is required")?,
         identity: Identity::load(&tls)?,

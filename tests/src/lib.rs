@@ -156,6 +156,7 @@ impl TestCluster {
             advertise: None,
             join: false,
             snapshot_every: dfs_meta::raft::state::SNAPSHOT_EVERY,
+            log_memory: dfs_meta::raft::log::MEMORY_BUDGET,
             data_dir: dir.path().join("meta"),
             identity: certs.meta_identity(),
             server_timeout: TEST_SERVER_TIMEOUT,

@@ -16,15 +16,20 @@
 //! the last purged entry live in a small `log-state` file, replaced atomically (written,
 //! synced, renamed, the directory synced) before `save_vote` returns, as Raft requires.
 //!
-//! Entries since the last purge are also kept in memory, where Raft reads them. At open, the
-//! segments are read back; a torn record at the end of the last segment (a crash mid-append,
-//! never acknowledged) is cut off, while damage anywhere else is an error.
+//! The newest entries are also kept in memory, where Raft reads them, up to
+//! [`MEMORY_BUDGET`] bytes of records: a log of small-file writes (up to 64 KiB of data per
+//! command, 100,000 entries between snapshots) would otherwise hold gigabytes. Older entries,
+//! read when a follower catches up or when entries are applied again after a restart, come
+//! back from their segment; only an entry already written there, as that very entry (same log
+//! id), leaves memory. At open, the segments are read back; a torn record at the end of the last
+//! segment (a crash mid-append, never acknowledged) is cut off, while damage anywhere else is an
+//! error.
 
 use super::{storage_error, Entry, LogId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::RaftLogId;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -43,6 +48,8 @@ const HEADER: usize = 20;
 /// Zeros written ahead of the last record of the last segment (see the module's doc).
 const ZEROED_AHEAD: u64 = 1 << 20;
 const STATE_FILE: &str = "log-state";
+/// Bytes of records whose entries stay decoded in memory; older ones are read from disk.
+pub const MEMORY_BUDGET: usize = 64 << 20;
 
 /// What survives in `log-state`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,13 +73,112 @@ pub struct LogStore {
 }
 
 struct Memory {
-    entries: BTreeMap<u64, Entry>,
+    entries: Entries,
     state: DurableState,
     committed: Option<LogId>,
 }
 
+/// Every entry since the last purge, by index: its log id, and for the newest ones the entry
+/// itself, up to a budget of record bytes.
+struct Entries {
+    kept: BTreeMap<u64, Kept>,
+    /// Where the entries still held in memory start (those before it were shed).
+    held_from: u64,
+    held_bytes: usize,
+    budget: usize,
+}
+
+struct Kept {
+    id: LogId,
+    /// The entry, while it is held in memory.
+    entry: Option<Entry>,
+    /// Its record's length: what holding it costs, roughly.
+    bytes: usize,
+}
+
+impl Entries {
+    fn new(budget: usize) -> Entries {
+        Entries {
+            kept: BTreeMap::new(),
+            held_from: 0,
+            held_bytes: 0,
+            budget,
+        }
+    }
+
+    fn insert(&mut self, entry: Entry, bytes: usize) {
+        let index = entry.get_log_id().index;
+        let id = *entry.get_log_id();
+        let old = self.kept.insert(
+            index,
+            Kept {
+                id,
+                entry: Some(entry),
+                bytes,
+            },
+        );
+        self.held_bytes += bytes;
+        self.forget(old);
+        self.held_from = self.held_from.min(index);
+    }
+
+    fn forget(&mut self, gone: Option<Kept>) {
+        if let Some(Kept {
+            entry: Some(_),
+            bytes,
+            ..
+        }) = gone
+        {
+            self.held_bytes -= bytes;
+        }
+    }
+
+    /// Removes the entries from `index` on.
+    fn truncate(&mut self, index: u64) {
+        for (_, gone) in self.kept.split_off(&index) {
+            self.forget(Some(gone));
+        }
+        self.held_from = self.held_from.min(index);
+    }
+
+    /// Removes the entries up to `index`.
+    fn purge(&mut self, index: u64) {
+        let after = self.kept.split_off(&(index + 1));
+        for (_, gone) in std::mem::replace(&mut self.kept, after) {
+            self.forget(Some(gone));
+        }
+        self.held_from = self.held_from.max(index + 1);
+    }
+
+    fn last_id(&self) -> Option<LogId> {
+        self.kept.values().next_back().map(|k| k.id)
+    }
+
+    /// Lets go of held entries, oldest first, while they cost more than the budget and
+    /// `on_disk` says the segment holds that very entry.
+    fn shed(&mut self, on_disk: impl Fn(u64, LogId) -> bool) {
+        while self.held_bytes > self.budget {
+            let Some((&index, kept)) = self.kept.range_mut(self.held_from..).next() else {
+                break;
+            };
+            if !on_disk(index, kept.id) {
+                break;
+            }
+            if kept.entry.take().is_some() {
+                self.held_bytes -= kept.bytes;
+            }
+            self.held_from = index + 1;
+        }
+    }
+
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.kept.values().filter(|k| k.entry.is_some()).count()
+    }
+}
+
 enum Job {
-    Append(Vec<(u64, Vec<u8>)>, LogFlushed<TypeConfig>),
+    Append(Vec<(LogId, Vec<u8>)>, LogFlushed<TypeConfig>),
     Truncate(u64, mpsc::SyncSender<std::io::Result<()>>),
     SaveState(DurableState, mpsc::SyncSender<std::io::Result<()>>),
     /// Deletes the segments that hold nothing after this index (the state naming the purge is
@@ -86,15 +192,25 @@ impl LogStore {
     /// Opens (or creates) the log in `dir` and starts its writer thread, which stops when every
     /// clone of the store is dropped.
     pub fn open(dir: &Path) -> Result<LogStore, StorageError> {
+        LogStore::open_with_budget(dir, MEMORY_BUDGET)
+    }
+
+    /// As [`LogStore::open`], holding at most `budget` bytes of records in memory.
+    pub fn open_with_budget(dir: &Path, budget: usize) -> Result<LogStore, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| storage_error("creating its directory", e))?;
         let state = read_state(dir)?;
-        let found = read_segments(dir, state.last_purged.map(|l| l.index))?;
-        let entries = found.entries;
+        let found = read_segments(dir, state.last_purged.map(|l| l.index), budget)?;
+        let shared = Arc::new(Mutex::new(Memory {
+            entries: found.entries,
+            state,
+            committed: None,
+        }));
         let disk = Arc::new(Mutex::new(Writer {
             dir: dir.to_path_buf(),
             segments: found.segments,
             file: None,
             positions: found.positions,
+            memory: shared.clone(),
         }));
         let queued = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::channel();
@@ -104,11 +220,7 @@ impl LogStore {
             .spawn(move || run(&thread_disk, &thread_queued, rx))
             .map_err(|e| storage_error("starting its writer", e))?;
         Ok(LogStore {
-            shared: Arc::new(Mutex::new(Memory {
-                entries,
-                state,
-                committed: None,
-            })),
+            shared,
             writer: tx,
             disk,
             queued,
@@ -147,10 +259,9 @@ impl LogStore {
         let memory = self.memory();
         memory
             .entries
-            .keys()
-            .next_back()
-            .copied()
-            .or(memory.state.last_purged.map(|l| l.index))
+            .last_id()
+            .or(memory.state.last_purged)
+            .map(|l| l.index)
     }
 
     async fn save_state(&self, state: DurableState) -> Result<(), StorageError> {
@@ -174,12 +285,28 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        Ok(self
+        // Held entries are cloned; the others are named, to be read from their segment.
+        let found: Vec<Result<Entry, LogId>> = self
             .memory()
             .entries
+            .kept
             .range(range)
-            .map(|(_, e)| e.clone())
-            .collect())
+            .map(|(_, k)| k.entry.clone().ok_or(k.id))
+            .collect();
+        if found.iter().all(|f| f.is_ok()) {
+            return Ok(found.into_iter().flatten().collect());
+        }
+        let disk = self.disk.lock().expect("log writer");
+        let mut files = HashMap::new();
+        found
+            .into_iter()
+            .map(|f| match f {
+                Ok(entry) => Ok(entry),
+                Err(id) => disk
+                    .read(id, &mut files)
+                    .map_err(|e| storage_error("reading an entry back", e)),
+            })
+            .collect()
     }
 }
 
@@ -189,12 +316,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let memory = self.memory();
         let last_purged = memory.state.last_purged;
-        let last = memory
-            .entries
-            .values()
-            .next_back()
-            .map(|e| *e.get_log_id())
-            .or(last_purged);
+        let last = memory.entries.last_id().or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,
@@ -241,9 +363,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut memory = self.memory();
             for entry in entries {
-                let index = entry.get_log_id().index;
-                records.push((index, encode_record(&entry)?));
-                memory.entries.insert(index, entry);
+                let id = *entry.get_log_id();
+                let record = encode_record(&entry)?;
+                memory.entries.insert(entry, record.len());
+                records.push((id, record));
             }
         }
         // Nothing queued for the writer thread: written and flushed here, saving two thread
@@ -261,7 +384,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.memory().entries.split_off(&log_id.index);
+        self.memory().entries.truncate(log_id.index);
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(Job::Truncate(log_id.index, tx))?;
         wait(rx).await
@@ -270,8 +393,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let state = {
             let mut memory = self.memory();
-            let kept = memory.entries.split_off(&(log_id.index + 1));
-            memory.entries = kept;
+            memory.entries.purge(log_id.index);
             memory.state.last_purged = Some(log_id);
             memory.state.clone()
         };
@@ -320,19 +442,28 @@ fn segment_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("log-{first:020}"))
 }
 
-/// Where each entry on disk starts: index -> (its segment's first index, offset).
-type Positions = BTreeMap<u64, (u64, u64)>;
+/// Where an entry on disk starts, and which entry it is.
+#[derive(Clone, Copy)]
+struct Position {
+    /// Its segment's first index.
+    segment: u64,
+    offset: u64,
+    id: LogId,
+}
+
+/// Where each entry on disk starts, by index.
+type Positions = BTreeMap<u64, Position>;
 
 /// What the segments hold.
 struct OnDisk {
     segments: Vec<Segment>,
-    /// The entries after the last purge.
-    entries: BTreeMap<u64, Entry>,
+    /// The entries after the last purge, the newest held within the budget.
+    entries: Entries,
     positions: Positions,
 }
 
 /// Reads every segment back. Cuts a torn record off the end of the last segment.
-fn read_segments(dir: &Path, purged: Option<u64>) -> Result<OnDisk, StorageError> {
+fn read_segments(dir: &Path, purged: Option<u64>, budget: usize) -> Result<OnDisk, StorageError> {
     let mut firsts = Vec::new();
     for item in std::fs::read_dir(dir).map_err(|e| storage_error("listing segments", e))? {
         let name = item
@@ -348,7 +479,7 @@ fn read_segments(dir: &Path, purged: Option<u64>) -> Result<OnDisk, StorageError
     }
     firsts.sort_unstable();
     let mut segments = Vec::new();
-    let mut entries = BTreeMap::new();
+    let mut entries = Entries::new(budget);
     let mut positions = Positions::new();
     let count = firsts.len();
     for (i, first) in firsts.into_iter().enumerate() {
@@ -399,8 +530,19 @@ fn read_segments(dir: &Path, purged: Option<u64>) -> Result<OnDisk, StorageError
                 ));
             }
             if purged.is_none_or(|p| index > p) {
-                entries.insert(index, entry);
-                positions.insert(index, (first, at as u64));
+                let id = *entry.get_log_id();
+                let offset = at as u64;
+                positions.insert(
+                    index,
+                    Position {
+                        segment: first,
+                        offset,
+                        id,
+                    },
+                );
+                entries.insert(entry, len);
+                // Everything read here is on disk.
+                entries.shed(|_, _| true);
             }
             expected += 1;
             at += len;
@@ -432,13 +574,16 @@ fn parse_record(bytes: &[u8]) -> Option<(Entry, usize)> {
     Some((decode_entry(body)?, HEADER + len))
 }
 
-/// The writer thread's state: the segments, and where each entry starts (for truncation).
+/// The writer thread's state: the segments, and where each entry starts (for truncation and
+/// reads of entries no longer held in memory).
 struct Writer {
     dir: PathBuf,
     segments: Vec<Segment>,
     /// The open file of the last segment.
     file: Option<File>,
     positions: Positions,
+    /// The entries held in memory, shed once flushed (locked after the writer, never before).
+    memory: Arc<Mutex<Memory>>,
 }
 
 /// The writer thread: does the jobs sent to it, in order.
@@ -493,6 +638,10 @@ impl Writer {
                 }
             }
         }
+        if failed.is_none() {
+            // Before Raft hears of it, so that memory is within its budget when it does.
+            self.shed();
+        }
         for callback in flushed.drain(..) {
             let result = match failed {
                 None => Ok(()),
@@ -502,6 +651,48 @@ impl Writer {
         }
         if let Some(e) = failed.take() {
             tracing::error!("metadata log: an append failed: {e}");
+        }
+    }
+
+    /// Lets memory go of the oldest entries past its budget that this log holds on disk.
+    fn shed(&self) {
+        let positions = &self.positions;
+        let mut memory = self.memory.lock().expect("log memory");
+        memory
+            .entries
+            .shed(|index, id| positions.get(&index).is_some_and(|p| p.id == id));
+    }
+
+    /// Reads entry `id` back from its segment (`files` keeps the segments opened so far).
+    fn read(&self, id: LogId, files: &mut HashMap<u64, File>) -> std::io::Result<Entry> {
+        let missing = || std::io::Error::other(format!("entry {id} is not in the log"));
+        let at = self
+            .positions
+            .get(&id.index)
+            .filter(|p| p.id == id)
+            .ok_or_else(missing)?;
+        let file = match files.entry(at.segment) {
+            std::collections::hash_map::Entry::Occupied(f) => f.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let segment = self
+                    .segments
+                    .iter()
+                    .find(|s| s.first == at.segment)
+                    .ok_or_else(missing)?;
+                v.insert(File::open(&segment.path)?)
+            }
+        };
+        let mut header = [0u8; HEADER];
+        file.read_exact_at(&mut header, at.offset)?;
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        if len > MAX_RECORD {
+            return Err(std::io::Error::other(format!("entry {id}: damaged length")));
+        }
+        let mut record = vec![0u8; HEADER + len];
+        file.read_exact_at(&mut record, at.offset)?;
+        match parse_record(&record) {
+            Some((entry, _)) if *entry.get_log_id() == id => Ok(entry),
+            _ => Err(std::io::Error::other(format!("entry {id} is damaged"))),
         }
     }
 
@@ -525,11 +716,12 @@ impl Writer {
         }
     }
 
-    fn append(&mut self, records: &[(u64, Vec<u8>)]) -> std::io::Result<()> {
-        for (index, record) in records {
+    fn append(&mut self, records: &[(LogId, Vec<u8>)]) -> std::io::Result<()> {
+        for &(id, ref record) in records {
+            let index = id.index;
             let roll = self.segments.last().is_none_or(|s| s.len >= SEGMENT_BYTES);
             if roll {
-                self.start_segment(*index)?;
+                self.start_segment(index)?;
             }
             let segment = self.segments.last_mut().expect("a segment was started");
             let file = match &mut self.file {
@@ -548,7 +740,14 @@ impl Writer {
                 segment.size = size;
             }
             file.write_all_at(record, segment.len)?;
-            self.positions.insert(*index, (segment.first, segment.len));
+            self.positions.insert(
+                index,
+                Position {
+                    segment: segment.first,
+                    offset: segment.len,
+                    id,
+                },
+            );
             segment.len += record.len() as u64;
         }
         Ok(())
@@ -577,7 +776,12 @@ impl Writer {
 
     /// Removes the entries from `index` on.
     fn truncate(&mut self, index: u64) -> std::io::Result<()> {
-        let Some(&(first, offset)) = self.positions.get(&index) else {
+        let Some(&Position {
+            segment: first,
+            offset,
+            ..
+        }) = self.positions.get(&index)
+        else {
             return Ok(());
         };
         self.positions.split_off(&index);
@@ -645,14 +849,15 @@ mod tests {
     use openraft::testing::{StoreBuilder, Suite};
     use openraft::{CommittedLeaderId, EntryPayload};
 
-    struct Builder;
+    /// Builds stores whose log holds at most this many bytes of records in memory.
+    struct Builder(usize);
 
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
             let dir = tempfile::tempdir().map_err(|e| storage_error("test", e))?;
             let db = crate::store::open(&dir.path().join("meta.redb"))
                 .map_err(|e| storage_error("test", e))?;
-            let log = LogStore::open(&dir.path().join("raft"))?;
+            let log = LogStore::open_with_budget(&dir.path().join("raft"), self.0)?;
             let state = StateMachine::new(db, &dir.path().join("raft/snapshots"))?;
             Ok((dir, log, state))
         }
@@ -661,7 +866,14 @@ mod tests {
     /// openraft's own conformance suite for log and state-machine storage.
     #[test]
     fn passes_openraft_storage_suite() {
-        Suite::test_all(Builder).unwrap();
+        Suite::test_all(Builder(MEMORY_BUDGET)).unwrap();
+    }
+
+    /// The same with nothing held in memory once flushed: every read of an older entry goes
+    /// to its segment.
+    #[test]
+    fn passes_openraft_storage_suite_reading_every_entry_from_disk() {
+        Suite::test_all(Builder(0)).unwrap();
     }
 
     fn blank(term: u64, index: u64) -> Entry {
@@ -674,6 +886,103 @@ mod tests {
     /// Appends entries and waits until they are flushed.
     async fn append(log: &mut LogStore, entries: Vec<Entry>) {
         log.blocking_append(entries).await.unwrap();
+    }
+
+    async fn ids(log: &mut LogStore, range: std::ops::Range<u64>) -> Vec<(u64, u64)> {
+        log.try_get_log_entries(range)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect()
+    }
+
+    fn held(log: &LogStore) -> usize {
+        log.memory().entries.held()
+    }
+
+    /// Memory holds only the newest entries within its budget, and only once they are on
+    /// disk; the others are read back from their segment, as the very entries appended
+    /// (after a truncation, the new ones), before and after reopening.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // The test holds the writer's lock across awaits on purpose: it stands for a busy writer.
+    #[allow(clippy::await_holding_lock)]
+    async fn entries_past_the_memory_budget_are_read_back_from_their_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = encode_record(&blank(1, 1)).unwrap().len();
+        // Room for three records.
+        let budget = 3 * record + record / 2;
+        let mut log = LogStore::open_with_budget(dir.path(), budget).unwrap();
+        append(&mut log, (1..=20).map(|i| blank(1, i)).collect()).await;
+        assert_eq!(held(&log), 3);
+        let all: Vec<_> = (1..=20).map(|i| (1, i)).collect();
+        assert_eq!(ids(&mut log, 1..21).await, all);
+
+        // Entries not yet on disk stay in memory, whatever the budget.
+        let guard = log.disk.clone();
+        let guard = guard.lock().unwrap();
+        let mut busy = log.clone();
+        let queued = tokio::spawn(async move {
+            append(&mut busy, (21..=26).map(|i| blank(1, i)).collect()).await;
+        });
+        while log.queued.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(held(&log), 9, "unwritten entries were let go");
+        drop(guard);
+        queued.await.unwrap();
+        assert_eq!(held(&log), 3);
+
+        // A truncation over entries read from disk: the new ones are read, not the old.
+        log.truncate(blank(1, 10).log_id).await.unwrap();
+        append(&mut log, (10..=14).map(|i| blank(2, i)).collect()).await;
+        let mut expected: Vec<_> = (1..10).map(|i| (1, i)).collect();
+        expected.extend((10..=14).map(|i| (2, i)));
+        assert_eq!(ids(&mut log, 1..100).await, expected);
+        log.purge(blank(1, 4).log_id).await.unwrap();
+        log.sync().unwrap();
+        assert_eq!(ids(&mut log, 0..100).await, expected[4..]);
+        drop(log);
+
+        // Reopened with nothing held: every entry from its segment.
+        let mut log = LogStore::open_with_budget(dir.path(), 0).unwrap();
+        assert_eq!(held(&log), 0);
+        assert_eq!(ids(&mut log, 0..100).await, expected[4..]);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(blank(2, 14).log_id));
+        drop(log);
+        let log = LogStore::open_with_budget(dir.path(), budget).unwrap();
+        assert_eq!(held(&log), 3);
+    }
+
+    /// Only entries the segment holds as the very same entry leave memory, oldest first, and
+    /// only while memory is over its budget.
+    #[test]
+    fn only_entries_on_disk_are_let_go_oldest_first() {
+        let mut entries = Entries::new(2 * 10);
+        for i in 1..=6 {
+            entries.insert(blank(1, i), 10);
+        }
+        // 3 and on are not written yet.
+        entries.shed(|index, _| index <= 2);
+        assert_eq!(entries.held(), 4);
+        // 3 is on disk, but as another entry (an older term, truncated since).
+        entries.shed(|index, id| index <= 2 || id.leader_id.term == 0);
+        assert_eq!(entries.held(), 4);
+        entries.shed(|_, _| true);
+        assert_eq!(entries.held(), 2);
+        assert!(entries.kept[&5].entry.is_some() && entries.kept[&6].entry.is_some());
+        // A truncation and new entries: held again until written.
+        entries.truncate(5);
+        entries.insert(blank(2, 5), 10);
+        entries.insert(blank(2, 6), 10);
+        entries.insert(blank(2, 7), 10);
+        entries.shed(|index, _| index < 5);
+        assert_eq!(entries.held(), 3);
+        entries.purge(5);
+        assert_eq!(entries.held(), 2);
+        assert_eq!(entries.held_bytes, 20);
+        assert_eq!(entries.last_id(), Some(blank(2, 7).log_id));
     }
 
     async fn indexes(log: &mut LogStore) -> Vec<u64> {

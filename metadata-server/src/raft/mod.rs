@@ -64,7 +64,8 @@ pub fn config(snapshot_every: u64) -> openraft::Config {
         heartbeat_interval: 100,
         election_timeout_min: 500,
         election_timeout_max: 900,
-        // Entries kept in the log (and in memory) between snapshots.
+        // Entries kept in the log between snapshots (the newest also in memory, see
+        // `log::MEMORY_BUDGET`).
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
         // Entries kept behind a snapshot, for followers a little behind.
         max_in_snapshot_log_to_keep: (snapshot_every / 10).min(1000),
@@ -172,8 +173,9 @@ pub async fn start(
     advertise: &str,
     how: Start,
     snapshot_every: u64,
+    log_memory: usize,
 ) -> FsResult<Group> {
-    let log = log::LogStore::open(dir).map_err(|e| fatal("opening", e))?;
+    let log = log::LogStore::open_with_budget(dir, log_memory).map_err(|e| fatal("opening", e))?;
     let id = member_id(dir, &log, how)?;
     // Where redb stands before Raft starts: the entries after it are applied again.
     let durable = {
@@ -565,6 +567,7 @@ pub async fn start_alone(dir: &std::path::Path, db: std::sync::Arc<redb::Databas
         &addr,
         Start::Create,
         state::SNAPSHOT_EVERY,
+        log::MEMORY_BUDGET,
     )
     .await
     .unwrap()
