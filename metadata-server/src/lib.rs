@@ -74,6 +74,8 @@ pub struct MetaConfig {
     /// Log entries between snapshots of the store; a member further behind than the entries
     /// kept after a snapshot catches up by one.
     pub snapshot_every: u64,
+    /// Bytes of log records between snapshots (or half the store, if more).
+    pub snapshot_bytes: u64,
     /// Bytes of metadata log records kept decoded in memory (see `raft::log`).
     pub log_memory: usize,
     pub data_dir: PathBuf,
@@ -139,6 +141,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         config.log_memory,
     )
     .await?;
+    group.snapshot_by_size(config.data_dir.join("meta.redb"), config.snapshot_bytes);
     let committer = committer::Committer::start(group.clone());
     let pool = Arc::new(ChunkPool::new(endpoint.clone(), REPAIR_SHARD_TIMEOUT));
     let repair = Arc::new(repair::Repair::new(

@@ -47,6 +47,10 @@ struct Args {
     /// Metadata log entries between snapshots of the store [default: 100000].
     #[arg(long, env = "DFS_META_SNAPSHOT_EVERY")]
     snapshot_every: Option<u64>,
+    /// Bytes of metadata log between snapshots of the store, or half the store's size if
+    /// that is more, e.g. 1G [default: 1G].
+    #[arg(long, env = "DFS_META_SNAPSHOT_EVERY_BYTES")]
+    snapshot_every_bytes: Option<String>,
     /// Metadata log entries kept decoded in memory, as bytes of records (e.g. 64M); older
     /// ones are read back from the log's files when needed [default: 64M].
     #[arg(long, env = "DFS_META_LOG_MEMORY")]
@@ -201,6 +205,13 @@ fn resolve(args: Args, file: Args) -> anyhow::Result<MetaConfig> {
             .or(file.snapshot_every)
             .unwrap_or(dfs_meta::raft::state::SNAPSHOT_EVERY)
             .max(1),
+        snapshot_bytes: match args.snapshot_every_bytes.or(file.snapshot_every_bytes) {
+            Some(b) => parse_size(&b)
+                .map_err(anyhow::Error::msg)
+                .context("--snapshot-every-bytes")?
+                .max(1),
+            None => dfs_meta::raft::state::SNAPSHOT_EVERY_BYTES,
+        },
         log_memory: match args.log_memory.or(file.log_memory) {
             Some(m) => parse_size(&m)
                 .map_err(anyhow::Error::msg)

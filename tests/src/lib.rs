@@ -156,6 +156,7 @@ impl TestCluster {
             advertise: None,
             join: false,
             snapshot_every: dfs_meta::raft::state::SNAPSHOT_EVERY,
+            snapshot_bytes: dfs_meta::raft::state::SNAPSHOT_EVERY_BYTES,
             log_memory: dfs_meta::raft::log::MEMORY_BUDGET,
             data_dir: dir.path().join("meta"),
             identity: certs.meta_identity(),

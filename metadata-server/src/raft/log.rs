@@ -86,6 +86,8 @@ struct Entries {
     held_from: u64,
     held_bytes: usize,
     budget: usize,
+    /// Bytes of records appended (or read at open) since the log was opened.
+    appended: u64,
 }
 
 struct Kept {
@@ -103,6 +105,7 @@ impl Entries {
             held_from: 0,
             held_bytes: 0,
             budget,
+            appended: 0,
         }
     }
 
@@ -118,6 +121,7 @@ impl Entries {
             },
         );
         self.held_bytes += bytes;
+        self.appended += bytes as u64;
         self.forget(old);
         self.held_from = self.held_from.min(index);
     }
@@ -252,6 +256,11 @@ impl LogStore {
     /// the writer thread.
     pub fn appends_written_here(&self) -> usize {
         self.written_here.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of records appended since the log was opened, counting those it held then.
+    pub fn appended_bytes(&self) -> u64 {
+        self.memory().entries.appended
     }
 
     /// The index of the last entry, if any.

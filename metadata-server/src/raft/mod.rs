@@ -133,6 +133,53 @@ async fn track_quorum_acks(
     }
 }
 
+/// How often [`Group::snapshot_by_size`] looks at the log.
+const SNAPSHOT_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether a log grown by `grown` bytes since the last snapshot calls for another.
+fn snapshot_due(grown: u64, store_bytes: u64, every_bytes: u64) -> bool {
+    grown >= every_bytes.max(store_bytes / 2)
+}
+
+async fn snapshot_when_log_grows(
+    raft: Raft,
+    log: log::LogStore,
+    store_file: std::path::PathBuf,
+    every_bytes: u64,
+) {
+    let metrics = raft.metrics();
+    let mut seen = metrics.borrow().snapshot;
+    // The log read at open counts: a restart with a long log snapshots soon.
+    let mut since = 0;
+    let mut tick = tokio::time::interval(SNAPSHOT_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if metrics.has_changed().is_err() {
+            return; // Raft stopped.
+        }
+        let appended = log.appended_bytes();
+        let snapshot = metrics.borrow().snapshot;
+        if snapshot != seen {
+            seen = snapshot;
+            since = appended;
+            continue;
+        }
+        let store = std::fs::metadata(&store_file).map_or(0, |m| m.len());
+        if snapshot_due(appended - since, store, every_bytes) {
+            tracing::info!(
+                log_bytes = appended - since,
+                store_bytes = store,
+                "metadata log: snapshot, the log having grown"
+            );
+            since = appended;
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 fn fatal(what: &str, e: impl std::fmt::Display) -> FsError {
     FsError::unavailable(format!("metadata log: {what}: {e}"))
 }
@@ -527,6 +574,20 @@ impl Group {
             .collect()
     }
 
+    /// Starts a snapshot whenever the log grew by `every_bytes` since the last one, or by half
+    /// the store's file if that is more: entries of small files written inline are large,
+    /// and 100,000 of them would fill gigabytes of log, which a restart reads back. A
+    /// snapshot copies the whole store; growing the log by at least half of it in between
+    /// keeps what snapshots write within twice what the log took.
+    pub fn snapshot_by_size(&self, store_file: std::path::PathBuf, every_bytes: u64) {
+        tokio::spawn(snapshot_when_log_grows(
+            self.raft.clone(),
+            self.log.clone(),
+            store_file,
+            every_bytes,
+        ));
+    }
+
     /// Stops Raft, waits for the log writer and makes redb durable, so the next start has
     /// nothing to apply again.
     pub async fn shutdown(&self) {
@@ -571,4 +632,70 @@ pub async fn start_alone(dir: &std::path::Path, db: std::sync::Arc<redb::Databas
     )
     .await
     .unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, Op, Outcome};
+    use dfs_common::model::VolumeLimits;
+    use dfs_common::Timestamp;
+
+    #[test]
+    fn a_snapshot_is_due_past_the_bound_or_half_the_store_whichever_is_more() {
+        assert!(!snapshot_due(999, 0, 1000));
+        assert!(snapshot_due(1000, 0, 1000));
+        assert!(!snapshot_due(1999, 4000, 1000));
+        assert!(snapshot_due(2000, 4000, 1000));
+    }
+
+    /// A log of large entries gets a snapshot by its size, long before the entry count
+    /// (100,000) would call for one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_of_large_entries_gets_a_snapshot_by_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("meta.redb");
+        let db = crate::store::open(&store).unwrap();
+        let group = start_alone(&dir.path().join("raft"), db).await;
+        group.snapshot_by_size(store.clone(), 1 << 20);
+        let committer = crate::committer::Committer::start(group.clone());
+        let command = |op| Command::internal(Timestamp { secs: 1, nanos: 0 }, op);
+        let created = committer
+            .submit(command(Op::CreateVolume {
+                name: "v".into(),
+                policy: "2+1".parse().unwrap(),
+                block_size: 1 << 20,
+                limits: VolumeLimits::default(),
+            }))
+            .await;
+        let Ok(Outcome::Volume { record: v, .. }) = created else {
+            panic!("volume not created: {created:?}")
+        };
+        let metrics = group.raft.metrics();
+        let mut written = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while metrics.borrow().snapshot.is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no snapshot after {written} entries of 60 KiB"
+            );
+            committer
+                .submit(command(Op::SetXattr {
+                    ino: v.root,
+                    name: "user.big".into(),
+                    value: vec![written as u8; 60 << 10],
+                    flags: 0,
+                }))
+                .await
+                .unwrap();
+            written += 1;
+        }
+        let snapshot = metrics.borrow().snapshot.expect("a snapshot");
+        assert!(
+            snapshot.index < state::SNAPSHOT_EVERY / 10,
+            "snapshot at entry {}",
+            snapshot.index
+        );
+        group.shutdown().await;
+    }
 }

@@ -41,6 +41,9 @@ pub const CHECKPOINT_EVERY: u64 = 20_000;
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 /// Entries the log keeps between snapshots.
 pub const SNAPSHOT_EVERY: u64 = 100_000;
+/// Bytes of log records between snapshots (or half the store's file, if that is more): the
+/// bound that matters when entries are large (small files written inline).
+pub const SNAPSHOT_EVERY_BYTES: u64 = 1 << 30;
 
 /// Commands applied on the state machine's own task at most; more go to the blocking pool.
 const APPLY_HERE_AT_MOST: u64 = 16;
