@@ -1014,6 +1014,47 @@ fn attribute_changes_after_writes_travel_with_them_and_keep_their_times() {
     assert_eq!((seen.mtime(), seen.mode() & 0o777), (1_000_000_000, 0o751));
 }
 
+/// A placement fetched ahead names servers chosen when it was fetched; one of them may die
+/// before the placement is used. The upload still commits (the dead server's shard placed
+/// elsewhere or left missing, as for a placement asked for at once) and the file reads back.
+#[test]
+fn an_upload_from_a_placement_fetched_ahead_survives_a_server_killed_since() {
+    use crate::heal::wait_until;
+    use crate::observe::{scrape, value};
+    let mut cluster = cluster_with_volume();
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
+    let options = format!("metrics={http},spare_blocks=2,noinline");
+    let m = Mount::new(&cluster, "default", "m", &options).unwrap();
+    let spares = |what: &str| {
+        value(
+            &scrape(http),
+            &format!("dfs_fuse_spare_blocks{{what=\"{what}\"}}"),
+        )
+    };
+    let files: Vec<Vec<u8>> = (0..3)
+        .map(|i| random_bytes(150_000 + i, 100 + i as u64))
+        .collect();
+    fs::write(m.path("f0"), &files[0]).unwrap();
+    fs::write(m.path("f1"), &files[1]).unwrap();
+    wait_until(
+        &cluster,
+        Duration::from_secs(30),
+        "a placement fetched ahead",
+        || spares("fetched") >= 1.0,
+    );
+    // Every placement of a 4+2 block on six servers names all six: the spare names this one.
+    cluster.kill_chunk(3);
+    fs::write(m.path("f2"), &files[2]).unwrap();
+    assert_eq!(spares("used"), 1.0, "f2 was not uploaded from the spare");
+    for (i, data) in files.iter().enumerate() {
+        let name = format!("f{i}");
+        assert!(fs::read(m.path(&name)).unwrap() == *data, "{name} here");
+    }
+    // Read by another mount, from the shards on disk, not from this mount's caches.
+    let other = Mount::new(&cluster, "default", "other", "").unwrap();
+    assert!(fs::read(other.path("f2")).unwrap() == files[2], "f2 there");
+}
+
 /// Uploads that follow each other start from block placements the mount fetched ahead: the
 /// close that uploads a block sends its shards at once instead of first waiting for an
 /// allocation at the metadata server. A lone upload fetches nothing ahead, so nothing is left
