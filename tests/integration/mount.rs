@@ -1046,6 +1046,11 @@ fn an_upload_from_a_placement_fetched_ahead_survives_a_server_killed_since() {
     cluster.kill_chunk(3);
     fs::write(m.path("f2"), &files[2]).unwrap();
     assert_eq!(spares("used"), 1.0, "f2 was not uploaded from the spare");
+    let logs = cluster.logs();
+    assert!(
+        logs.contains("shard write failed"),
+        "no shard of f2 went to the killed server\n{logs}"
+    );
     for (i, data) in files.iter().enumerate() {
         let name = format!("f{i}");
         assert!(fs::read(m.path(&name)).unwrap() == *data, "{name} here");
