@@ -307,15 +307,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
         }
         let disk = self.disk.lock().expect("log writer");
         let mut files = HashMap::new();
-        found
-            .into_iter()
-            .map(|f| match f {
-                Ok(entry) => Ok(entry),
-                Err(id) => disk
-                    .read(id, &mut files)
-                    .map_err(|e| storage_error("reading an entry back", e)),
-            })
-            .collect()
+        let mut entries = Vec::with_capacity(found.len());
+        for f in found {
+            match f {
+                Ok(entry) => entries.push(entry),
+                Err(id) => entries.extend(
+                    disk.read(id, &mut files)
+                        .map_err(|e| storage_error("reading an entry back", e))?,
+                ),
+            }
+        }
+        Ok(entries)
     }
 }
 
@@ -672,14 +674,13 @@ impl Writer {
             .shed(|index, id| positions.get(&index).is_some_and(|p| p.id == id));
     }
 
-    /// Reads entry `id` back from its segment (`files` keeps the segments opened so far).
-    fn read(&self, id: LogId, files: &mut HashMap<u64, File>) -> std::io::Result<Entry> {
-        let missing = || std::io::Error::other(format!("entry {id} is not in the log"));
-        let at = self
-            .positions
-            .get(&id.index)
-            .filter(|p| p.id == id)
-            .ok_or_else(missing)?;
+    /// Reads entry `id` back from its segment (`files` keeps the segments opened so far);
+    /// `None` if the log no longer holds it (purged or truncated since it was asked for, as
+    /// an entry held in memory would have gone too).
+    fn read(&self, id: LogId, files: &mut HashMap<u64, File>) -> std::io::Result<Option<Entry>> {
+        let Some(at) = self.positions.get(&id.index).filter(|p| p.id == id) else {
+            return Ok(None);
+        };
         let file = match files.entry(at.segment) {
             std::collections::hash_map::Entry::Occupied(f) => f.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -687,7 +688,9 @@ impl Writer {
                     .segments
                     .iter()
                     .find(|s| s.first == at.segment)
-                    .ok_or_else(missing)?;
+                    .ok_or_else(|| {
+                        std::io::Error::other(format!("entry {id}: its segment is gone"))
+                    })?;
                 v.insert(File::open(&segment.path)?)
             }
         };
@@ -700,7 +703,7 @@ impl Writer {
         let mut record = vec![0u8; HEADER + len];
         file.read_exact_at(&mut record, at.offset)?;
         match parse_record(&record) {
-            Some((entry, _)) if *entry.get_log_id() == id => Ok(entry),
+            Some((entry, _)) if *entry.get_log_id() == id => Ok(Some(entry)),
             _ => Err(std::io::Error::other(format!("entry {id} is damaged"))),
         }
     }
@@ -951,6 +954,19 @@ mod tests {
         log.purge(blank(1, 4).log_id).await.unwrap();
         log.sync().unwrap();
         assert_eq!(ids(&mut log, 0..100).await, expected[4..]);
+        // Asked for by id, as a read that raced a purge or a truncation would: gone is not
+        // found, not an error, and never another entry.
+        {
+            let disk = log.disk.lock().unwrap();
+            let mut files = HashMap::new();
+            assert!(disk.read(blank(1, 2).log_id, &mut files).unwrap().is_none());
+            assert!(disk
+                .read(blank(1, 12).log_id, &mut files)
+                .unwrap()
+                .is_none());
+            let twelve = disk.read(blank(2, 12).log_id, &mut files).unwrap();
+            assert_eq!(twelve.map(|e| e.log_id), Some(blank(2, 12).log_id));
+        }
         drop(log);
 
         // Reopened with nothing held: every entry from its segment.
