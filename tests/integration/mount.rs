@@ -785,44 +785,50 @@ fn small_reads_near_earlier_ones_come_from_the_read_cache_never_from_a_replaced_
 }
 
 /// Closing one file never waits for another file's upload: the mount locks only the
-/// descriptors of the file it closes. With every chunk server frozen, an fsync of a large file
-/// stays in its upload; a small file (kept inline, so it needs no chunk server) is then written
-/// and closed beside it, and must be done while that fsync still waits.
+/// descriptors of the file it closes. A large file's upload is held at a fault point (its
+/// first shard's write), so its fsync waits; a small file (kept inline, so it needs no chunk
+/// server) is then written and closed beside it, and must be done while that fsync still
+/// waits.
 #[test]
 fn closing_a_file_never_waits_for_another_files_upload() {
-    use crate::observe::{scrape, value};
-    let mut cluster = cluster_with_volume();
-    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
-    let m = Mount::new(&cluster, "default", "m", &format!("metrics={http}")).unwrap();
+    use crate::heal::wait_until;
+    use crate::observe::{mount_fault, mount_with_faults, scrape, value};
+    let cluster = cluster_with_volume();
+    let (m, http) = mount_with_faults(&cluster, "default", "m", "");
+    let control = |verb: &str| mount_fault(http, "client.put_shard.0", verb);
     let big_data = random_bytes(6 << 20, 1);
     let mut big = fs::File::create(m.path("big")).unwrap();
 
-    for i in 0..6 {
-        cluster.freeze_chunk(i, true);
-    }
+    control("pause");
     // Buffered; the full block starts uploading and the fsync waits for it.
     big.write_all(&big_data).unwrap();
     let syncing = std::thread::spawn(move || big.sync_all().map(|()| big));
-    crate::heal::wait_until(&cluster, Duration::from_secs(20), "fsync in flight", || {
-        value(&scrape(http), "dfs_fuse_in_flight{op=\"fsync\"}") >= 1.0
-    });
-    fs::write(m.path("small"), b"written beside an upload").unwrap();
-    let small_closed_first = !syncing.is_finished();
-    for i in 0..6 {
-        cluster.freeze_chunk(i, false);
-    }
-    // Had the small file's close waited for the upload, the servers would have stayed frozen
-    // until the upload timed out, and the fsync would fail.
-    if let Err(e) = syncing.join().unwrap() {
-        panic!(
-            "the fsync failed (did the small file's close wait for its upload?): {e}\n{}",
-            cluster.logs()
-        );
-    }
-    assert!(
-        small_closed_first,
-        "the small file's close waited for the big file's upload"
+    wait_until(
+        &cluster,
+        Duration::from_secs(20),
+        "fsync held in its upload",
+        || {
+            control("hits").trim() != "0"
+                && value(&scrape(http), "dfs_fuse_in_flight{op=\"fsync\"}") >= 1.0
+        },
     );
+    let small_path = m.path("small");
+    let small = std::thread::spawn(move || fs::write(small_path, b"written beside an upload"));
+    wait_until(
+        &cluster,
+        Duration::from_secs(20),
+        "the small file closed while the upload is held",
+        || small.is_finished(),
+    );
+    small.join().unwrap().unwrap();
+    assert!(
+        !syncing.is_finished(),
+        "the fsync ended while its upload was held"
+    );
+    control("disarm");
+    if let Err(e) = syncing.join().unwrap() {
+        panic!("the fsync failed: {e}\n{}", cluster.logs());
+    }
     assert_eq!(
         fs::read(m.path("small")).unwrap(),
         b"written beside an upload"
