@@ -147,6 +147,14 @@ fn resolve(args: Args, file: Args) -> anyhow::Result<MetaConfig> {
         );
         Ok(Duration::from_secs_f64(v))
     };
+    let size = |v: Option<String>, default: u64, flag: &str| -> anyhow::Result<u64> {
+        match v {
+            Some(v) => parse_size(&v)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| flag.to_string()),
+            None => Ok(default),
+        }
+    };
     let repair = dfs_meta::repair::RepairConfig {
         interval: secs(
             args.repair_interval_secs.or(file.repair_interval_secs),
@@ -159,10 +167,12 @@ fn resolve(args: Args, file: Args) -> anyhow::Result<MetaConfig> {
             .or(file.repair_parallel)
             .unwrap_or(defaults.parallel)
             .max(1),
-        rate: match args.repair_rate.or(file.repair_rate) {
-            Some(r) => parse_size(&r).map_err(anyhow::Error::msg)?.max(1),
-            None => defaults.rate,
-        },
+        rate: size(
+            args.repair_rate.or(file.repair_rate),
+            defaults.rate,
+            "--repair-rate",
+        )?
+        .max(1),
         gc_grace: secs(
             args.gc_grace_secs.or(file.gc_grace_secs),
             defaults.gc_grace,
@@ -205,19 +215,17 @@ fn resolve(args: Args, file: Args) -> anyhow::Result<MetaConfig> {
             .or(file.snapshot_every)
             .unwrap_or(dfs_meta::raft::state::SNAPSHOT_EVERY)
             .max(1),
-        snapshot_bytes: match args.snapshot_every_bytes.or(file.snapshot_every_bytes) {
-            Some(b) => parse_size(&b)
-                .map_err(anyhow::Error::msg)
-                .context("--snapshot-every-bytes")?
-                .max(1),
-            None => dfs_meta::raft::state::SNAPSHOT_EVERY_BYTES,
-        },
-        log_memory: match args.log_memory.or(file.log_memory) {
-            Some(m) => parse_size(&m)
-                .map_err(anyhow::Error::msg)
-                .context("--log-memory")? as usize,
-            None => dfs_meta::raft::log::MEMORY_BUDGET,
-        },
+        snapshot_bytes: size(
+            args.snapshot_every_bytes.or(file.snapshot_every_bytes),
+            dfs_meta::raft::state::SNAPSHOT_EVERY_BYTES,
+            "--snapshot-every-bytes",
+        )?
+        .max(1),
+        log_memory: size(
+            args.log_memory.or(file.log_memory),
+            dfs_meta::raft::log::MEMORY_BUDGET as u64,
+            "--log-memory",
+        )? as usize,
         http: dfs_common::config::http_addr(args.http.or(file.http), listen)?,
         data_dir: args.data.or(file.data).context("--data DIR is required")?,
         identity: Identity::load(&tls)?,

@@ -1020,23 +1020,32 @@ fn attribute_changes_after_writes_travel_with_them_and_keep_their_times() {
     assert_eq!((seen.mtime(), seen.mode() & 0o777), (1_000_000_000, 0o751));
 }
 
+/// A mount of volume `default` keeping up to two spare placements, writing every file to
+/// blocks (`noinline`); its metrics are served at the address returned.
+fn mount_with_spares(cluster: &ProcessCluster) -> (Mount, std::net::SocketAddr) {
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
+    let options = format!("metrics={http},spare_blocks=2,noinline");
+    (Mount::new(cluster, "default", "m", &options).unwrap(), http)
+}
+
+/// The spare placements a mount serving metrics at `http` has `what` ("fetched" or "used").
+fn spare_count(http: std::net::SocketAddr, what: &str) -> f64 {
+    use crate::observe::{scrape, value};
+    value(
+        &scrape(http),
+        &format!("dfs_fuse_spare_blocks{{what=\"{what}\"}}"),
+    )
+}
+
 /// A placement fetched ahead names servers chosen when it was fetched; one of them may die
 /// before the placement is used. The upload still commits (the dead server's shard placed
 /// elsewhere or left missing, as for a placement asked for at once) and the file reads back.
 #[test]
 fn an_upload_from_a_placement_fetched_ahead_survives_a_server_killed_since() {
     use crate::heal::wait_until;
-    use crate::observe::{scrape, value};
     let mut cluster = cluster_with_volume();
-    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
-    let options = format!("metrics={http},spare_blocks=2,noinline");
-    let m = Mount::new(&cluster, "default", "m", &options).unwrap();
-    let spares = |what: &str| {
-        value(
-            &scrape(http),
-            &format!("dfs_fuse_spare_blocks{{what=\"{what}\"}}"),
-        )
-    };
+    let (m, http) = mount_with_spares(&cluster);
+    let spares = |what: &str| spare_count(http, what);
     let files: Vec<Vec<u8>> = (0..3)
         .map(|i| random_bytes(150_000 + i, 100 + i as u64))
         .collect();
@@ -1074,17 +1083,9 @@ fn an_upload_from_a_placement_fetched_ahead_survives_a_server_killed_since() {
 fn uploads_following_each_other_use_placements_fetched_ahead() {
     use crate::coherence::requests;
     use crate::heal::wait_until;
-    use crate::observe::{scrape, value};
     let cluster = cluster_with_volume();
-    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
-    let options = format!("metrics={http},spare_blocks=2,noinline");
-    let m = Mount::new(&cluster, "default", "m", &options).unwrap();
-    let spares = |what: &str| {
-        value(
-            &scrape(http),
-            &format!("dfs_fuse_spare_blocks{{what=\"{what}\"}}"),
-        )
-    };
+    let (m, http) = mount_with_spares(&cluster);
+    let spares = |what: &str| spare_count(http, what);
     let files: Vec<Vec<u8>> = (0..4)
         .map(|i| random_bytes(100_000 + i, i as u64))
         .collect();

@@ -110,8 +110,8 @@ impl Entries {
     }
 
     fn insert(&mut self, entry: Entry, bytes: usize) {
-        let index = entry.get_log_id().index;
         let id = *entry.get_log_id();
+        let index = id.index;
         let old = self.kept.insert(
             index,
             Kept {
@@ -542,12 +542,11 @@ fn read_segments(dir: &Path, purged: Option<u64>, budget: usize) -> Result<OnDis
             }
             if purged.is_none_or(|p| index > p) {
                 let id = *entry.get_log_id();
-                let offset = at as u64;
                 positions.insert(
                     index,
                     Position {
                         segment: first,
-                        offset,
+                        offset: at as u64,
                         id,
                     },
                 );
