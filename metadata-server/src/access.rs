@@ -85,6 +85,9 @@ pub fn need(request: &MetaRequest) -> Need {
         | R::UnlinkOrHide(req::UnlinkOrHide { parent: ino, .. })
         | R::Rmdir(req::Rmdir { parent: ino, .. })
         | R::Rename(req::Rename { parent: ino, .. })
+        | R::Move(req::Move {
+            rename: req::Rename { parent: ino, .. },
+        })
         | R::Link(req::Link { ino, .. })
         | R::SetAttr(req::SetAttr { ino, .. })
         | R::SetXattr(req::SetXattr { ino, .. })
@@ -134,6 +137,9 @@ pub fn need(request: &MetaRequest) -> Need {
 pub fn second_inode(request: &MetaRequest) -> Option<InodeId> {
     match request {
         MetaRequest::Rename(req::Rename { new_parent, .. })
+        | MetaRequest::Move(req::Move {
+            rename: req::Rename { new_parent, .. },
+        })
         | MetaRequest::Link(req::Link { new_parent, .. }) => Some(*new_parent),
         _ => None,
     }

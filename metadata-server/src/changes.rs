@@ -233,7 +233,7 @@ pub fn stale(request: &MetaRequest) -> Option<Stale> {
             ],
             q.ino,
         ),
-        R::Rename(q) => {
+        R::Rename(q) | R::Move(req::Move { rename: q }) => {
             let mut what = vec![
                 entry(q.parent, &q.name),
                 attrs(q.parent),

@@ -274,6 +274,11 @@ pub enum Outcome {
         links: u32,
         hidden: Option<String>,
     },
+    /// A name moved: the inodes whose own attributes changed (the one moved, and the one it
+    /// replaced or was exchanged with); none when the rename changed nothing.
+    Renamed {
+        touched: Vec<InodeId>,
+    },
 }
 
 /// A shard's server and its address; `ServerId::NONE` (with no address) for a missing shard.

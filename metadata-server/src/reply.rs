@@ -76,6 +76,7 @@ answers! {
     Changes(ChangePage),
     Made(Made),
     Removed(Removed),
+    Moved(Moved),
 }
 
 /// A reply type that a command's [`Outcome`] turns into.
@@ -102,6 +103,7 @@ fn unexpected<T>(outcome: &Outcome) -> FsResult<T> {
         Outcome::Committed { .. } => "a commit",
         Outcome::Dropped(_) => "dropped blocks",
         Outcome::Unlinked { .. } => "a removed name",
+        Outcome::Renamed { .. } => "a moved name",
     };
     Err(FsError::protocol(format!(
         "the command's outcome ({what}) does not fit its reply type"
@@ -210,6 +212,19 @@ impl FromOutcome for Unlinked {
                 links,
                 hidden,
             }),
+            other => unexpected(&other),
+        }
+    }
+}
+
+/// What a rename changed besides its directories: the inodes moved, replaced or exchanged.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Renamed(pub Vec<InodeId>);
+
+impl FromOutcome for Renamed {
+    fn from_outcome(outcome: Outcome) -> FsResult<Renamed> {
+        match outcome {
+            Outcome::Renamed { touched } => Ok(Renamed(touched)),
             other => unexpected(&other),
         }
     }

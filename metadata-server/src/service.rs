@@ -11,7 +11,7 @@ use crate::membership::Membership;
 use crate::placement::place;
 use crate::queries;
 use crate::repair::Repair;
-use crate::reply::{answer, Answer, FromOutcome, Unlinked};
+use crate::reply::{answer, Answer, FromOutcome, Renamed, Unlinked};
 use crate::store::schema::{decode, BlockRecord};
 use crate::store::tables::{
     get_inode, get_volume_by_id, get_volume_state, has_xattrs, lookup, ReadTables,
@@ -39,6 +39,11 @@ macro_rules! op {
     ($q:ident => $op:ident { $($field:ident),* }) => {
         Op::$op { $($field: $q.$field),* }
     };
+}
+
+/// The command of a rename, asked as `Rename` or as `Move`.
+fn rename_op(q: req::Rename) -> Op {
+    op!(q => Rename { parent, name, new_parent, new_name, flags })
 }
 
 /// Whether any of `extents` names a block stored with shards missing.
@@ -501,7 +506,23 @@ impl MetaService {
                 .await
             }
             R::Rename(q) => {
-                answer(q, |q| self.mutate_as(op!(q => Rename { parent, name, new_parent, new_name, flags }), call)).await
+                answer(q, |q| async move {
+                    let _: Renamed = self.mutate_as(rename_op(q), call).await?;
+                    Ok(())
+                })
+                .await
+            }
+            R::Move(q) => {
+                answer(q, |q| async move {
+                    let (parent, new_parent) = (q.rename.parent, q.rename.new_parent);
+                    let Renamed(touched) = self.mutate_as(rename_op(q.rename), call).await?;
+                    let mut dirs = vec![self.dir_after(parent)?];
+                    if new_parent != parent {
+                        dirs.push(self.dir_after(new_parent)?);
+                    }
+                    Ok(Moved { dirs, touched })
+                })
+                .await
             }
             R::SetXattr(q) => {
                 answer(q, |q| async move {
@@ -810,7 +831,9 @@ impl MetaService {
             MetaRequest::Unlink(req::Unlink { parent, name })
             | MetaRequest::UnlinkOrHide(req::UnlinkOrHide { parent, name, .. })
             | MetaRequest::Rmdir(req::Rmdir { parent, name }) => vec![(*parent, name)],
-            MetaRequest::Rename(q) => vec![(q.parent, &q.name), (q.new_parent, &q.new_name)],
+            MetaRequest::Rename(q) | MetaRequest::Move(req::Move { rename: q }) => {
+                vec![(q.parent, &q.name), (q.new_parent, &q.new_name)]
+            }
             _ => return Vec::new(),
         };
         // One read of the store for all the names; a name it cannot read is left out.

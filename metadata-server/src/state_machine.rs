@@ -509,7 +509,7 @@ fn rename(
     if flags & RENAME_EXCHANGE != 0 {
         let (dst, dst_kind) = dst.ok_or(FsError::NotFound)?;
         if src == dst {
-            return Ok(Outcome::Done);
+            return Ok(Outcome::Renamed { touched: vec![] });
         }
         if src_kind == FileKind::Dir && is_within(t, new_parent, src)? {
             return Err(FsError::invalid("cannot move a directory into itself"));
@@ -535,13 +535,16 @@ fn rename(
         } else {
             touch_dir(t, now, parent, 0)?;
         }
-        return Ok(Outcome::Done);
+        return Ok(Outcome::Renamed {
+            touched: vec![src, dst],
+        });
     }
 
+    let mut touched = vec![src];
     if let Some((dst, dst_kind)) = dst {
         if dst == src {
             // Two names of one file, or the same name: POSIX says do nothing.
-            return Ok(Outcome::Done);
+            return Ok(Outcome::Renamed { touched: vec![] });
         }
         if flags & RENAME_NOREPLACE != 0 {
             return Err(FsError::Exists);
@@ -563,6 +566,7 @@ fn rename(
         } else {
             drop_link(t, now, dst)?;
         }
+        touched.push(dst);
     } else if src_kind == FileKind::Dir && is_within(t, new_parent, src)? {
         return Err(FsError::invalid("cannot move a directory into itself"));
     }
@@ -580,7 +584,7 @@ fn rename(
     } else {
         touch_dir(t, now, parent, 0)?;
     }
-    Ok(Outcome::Done)
+    Ok(Outcome::Renamed { touched })
 }
 
 /// Records a moved inode's new parent (directories only) and its ctime.
@@ -1079,5 +1083,73 @@ mod tests {
         ));
         assert_eq!(named(&db, root, &hidden), Some((open, 1)));
         assert_eq!(run(&db, hide(root, "none", vec![])), Err(FsError::NotFound));
+    }
+
+    fn rename(parent: InodeId, name: &str, new_parent: InodeId, new_name: &str, flags: u32) -> Op {
+        Op::Rename {
+            parent,
+            name: name.into(),
+            new_parent,
+            new_name: new_name.into(),
+            flags,
+        }
+    }
+
+    /// A rename names the inodes whose own attributes it changed, and only those: the caller
+    /// keeps what it knows of every other.
+    #[test]
+    fn a_rename_names_the_inodes_it_moved_or_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::open(&dir.path().join("meta.redb")).unwrap();
+        let create = Op::CreateVolume {
+            name: "v".into(),
+            policy: "2+1".parse().unwrap(),
+            block_size: 1 << 20,
+            limits: VolumeLimits::default(),
+        };
+        let Ok(Outcome::Volume { record, .. }) = run(&db, create) else {
+            panic!("volume not created")
+        };
+        let root = record.root;
+        let (a, b) = (
+            make(&db, root, "a", FileKind::Dir),
+            make(&db, root, "b", FileKind::Dir),
+        );
+        let (f, g, sub) = (
+            make(&db, a, "f", FileKind::File),
+            make(&db, b, "g", FileKind::File),
+            make(&db, a, "sub", FileKind::Dir),
+        );
+        let renamed = |touched: Vec<InodeId>| Ok(Outcome::Renamed { touched });
+
+        // Into a free name: the moved inode alone.
+        assert_eq!(run(&db, rename(a, "sub", b, "sub", 0)), renamed(vec![sub]));
+        // Over another file: that one loses its name, and its link.
+        assert_eq!(run(&db, rename(a, "f", b, "g", 0)), renamed(vec![f, g]));
+        assert_eq!(named(&db, b, "g"), Some((f, 1)));
+        let tx = db.begin_read().unwrap();
+        let gone = get_inode(ReadTables::open(&tx).inodes.table().unwrap(), g);
+        assert_eq!(gone, Err(FsError::NotFound));
+        drop(tx);
+        // An exchange moves both.
+        let h = make(&db, a, "h", FileKind::File);
+        assert_eq!(
+            run(&db, rename(a, "h", b, "g", RENAME_EXCHANGE)),
+            renamed(vec![h, f])
+        );
+        assert_eq!(named(&db, a, "h"), Some((f, 1)));
+        // Two names of one file: nothing changes, nothing named.
+        run(
+            &db,
+            Op::Link {
+                ino: h,
+                new_parent: a,
+                new_name: "h2".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(run(&db, rename(b, "g", a, "h2", 0)), renamed(vec![]));
+        // A refused rename names nothing either.
+        assert_eq!(run(&db, rename(a, "h", b, "sub", 0)), Err(FsError::IsDir));
     }
 }

@@ -336,6 +336,76 @@ fn attributes_kept_from_this_mounts_writes_serve_for_the_lease_while_the_feed_is
     });
 }
 
+/// A rename answers with its directories' new attributes and the inodes it changed: the
+/// kernel's next stat of either directory is answered by the mount, and the attributes it
+/// keeps of other files stay. What the rename changed shows at once, as another mount sees
+/// it: both directories' link counts and times, a moved directory's new parent, and the link
+/// a replaced file lost.
+#[test]
+fn a_rename_keeps_its_directories_attributes_and_shows_what_it_changed() {
+    use std::os::unix::fs::MetadataExt;
+    let cluster = cluster_with_volume();
+    let m = Mount::new(&cluster, "default", "m", "attr_timeout=0,lease=600").unwrap();
+    let other = Mount::new(&cluster, "default", "other", "").unwrap();
+    for dir in ["a", "b", "a/sub"] {
+        fs::create_dir(m.path(dir)).unwrap();
+    }
+    fs::write(m.path("a/f"), b"new").unwrap();
+    fs::write(m.path("b/g"), b"old").unwrap();
+    fs::hard_link(m.path("b/g"), m.path("b/g2")).unwrap();
+    assert_eq!(fs::metadata(m.path("b/g2")).unwrap().nlink(), 2);
+
+    // Once the mount's first call for changes is answered, kept attributes serve the lease
+    // (the kernel keeps none: attr_timeout=0).
+    let mut round = 0;
+    shows("stats after a rename answered by the mount", || {
+        round += 1;
+        let (from, to) = (
+            m.path(&format!("a/r{round}")),
+            m.path(&format!("b/r{round}")),
+        );
+        fs::write(&from, b"r").unwrap();
+        assert_eq!(fs::metadata(&from).unwrap().len(), 1);
+        fs::rename(&from, &to).unwrap();
+        let before = getattrs(&cluster);
+        fs::metadata(m.path("a")).unwrap();
+        fs::metadata(m.path("b")).unwrap();
+        getattrs(&cluster) == before
+    });
+
+    fs::rename(m.path("a/sub"), m.path("b/sub")).unwrap();
+    fs::rename(m.path("a/f"), m.path("b/g")).unwrap();
+    let here = |path: &str| fs::metadata(m.path(path)).unwrap();
+    let there = |path: &str| fs::metadata(other.path(path)).unwrap();
+    assert_eq!((here("a").nlink(), here("b").nlink()), (2, 3));
+    assert_eq!(here("b/sub/..").ino(), here("b").ino());
+    assert_eq!(here("b/g2").nlink(), 1, "the replaced file's links");
+    assert_eq!(fs::read(m.path("b/g")).unwrap(), b"new");
+    for path in ["a", "b", "b/sub", "b/g", "b/g2"] {
+        let (h, t) = (here(path), there(path));
+        assert_eq!(
+            (
+                h.ino(),
+                h.nlink(),
+                h.mtime(),
+                h.mtime_nsec(),
+                h.ctime(),
+                h.ctime_nsec()
+            ),
+            (
+                t.ino(),
+                t.nlink(),
+                t.mtime(),
+                t.mtime_nsec(),
+                t.ctime(),
+                t.ctime_nsec()
+            ),
+            "{path} here and on another mount"
+        );
+    }
+    assert!(fs::metadata(m.path("a/sub")).is_err());
+}
+
 /// An unlink is one request, whether or not files are open here: the metadata server itself
 /// hides the last name of a file open here (no lookup or rename sent first) and removes any
 /// other, and its answer names the inode, so the attributes the mount keeps of other files

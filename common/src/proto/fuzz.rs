@@ -149,6 +149,15 @@ fn metadata_requests_and_replies() {
             new_name: "b".into(),
             flags: RENAME_EXCHANGE,
         })),
+        MetaCall::untracked(MetaRequest::Move(req::Move {
+            rename: req::Rename {
+                parent: InodeId(1),
+                name: "c".into(),
+                new_parent: InodeId(1),
+                new_name: "d".into(),
+                flags: 0,
+            },
+        })),
         MetaCall::untracked(MetaRequest::SetLock(req::SetLock {
             ino: InodeId(1),
             owner: owner(),

@@ -316,17 +316,32 @@ impl Client {
         new_name: &str,
         flags: u32,
     ) -> FsResult<()> {
-        let request = req::Rename {
+        let rename = req::Rename {
             parent,
             name: name.into(),
             new_parent,
             new_name: new_name.into(),
             flags,
         };
-        let renamed = self.call(request).await;
-        // Both directories changed, and a moved directory too: nothing kept is sure.
-        self.inner.dir_attrs.clear();
-        renamed
+        match self.call(req::Move { rename }).await {
+            // The answer names every inode the rename changed: only those are dropped.
+            Ok(moved) => {
+                for ino in moved.touched {
+                    self.inner.dir_attrs.forget(ino);
+                    self.inner.file_attrs.forget(ino);
+                }
+                for dir in moved.dirs {
+                    self.inner.dir_attrs.note(dir);
+                }
+                Ok(())
+            }
+            // Unanswered, it may have moved any directory: nothing kept of one is sure (the
+            // files' are dropped where the call ends).
+            Err(e) => {
+                self.inner.dir_attrs.clear();
+                Err(e)
+            }
+        }
     }
 
     pub async fn readlink(&self, ino: InodeId) -> FsResult<String> {

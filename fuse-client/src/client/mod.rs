@@ -157,6 +157,9 @@ impl Drop for StaleFileAttrs<'_> {
             // it comes; unanswered, it could be any file.
             R::UnlinkOrHide(_) if !self.answered => kept.clear(),
             R::UnlinkOrHide(_) => {}
+            // So are the inodes a move changed.
+            R::Move(_) if !self.answered => kept.clear(),
+            R::Move(_) => {}
             // An answered commit (noted from its answer where it is made), a new inode, or
             // no file's attributes touched.
             R::CommitWrite(_)

@@ -378,6 +378,15 @@ pub struct Removed {
     pub dir: Attr,
 }
 
+/// The reply to a `Move`: the attributes of the directories it changed, just after it (one
+/// directory, or the source's then the target's), and the inodes whose own attributes it
+/// changed (the one moved, and the one replaced or exchanged, if any).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moved {
+    pub dirs: Vec<Attr>,
+    pub touched: Vec<InodeId>,
+}
+
 /// The reply to a `CommitWrite`: the file's attributes just before and just after it, in the
 /// same transaction, so a client can tell whether anyone else changed the file since it last
 /// looked (as NFS's weak cache consistency does).

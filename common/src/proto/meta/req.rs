@@ -10,9 +10,10 @@
 
 use super::{
     Attr, BlockPlacement, ChangePage, ClientInfo, Committed, Digest, DirPage, Extent, FsckCursor,
-    FsckPage, Layout, LockConflict, LockKind, LockOwner, LockRange, Made, MetaMember, NewExtent,
-    PeerReply, PeerRpc, Registered, Removed, RepairProgress, SetAttr as AttrChange, ShardLocation,
-    StatFs as FsStats, VolumeChange, VolumeGrant, VolumeInfo, VolumeLimits, VolumeUsage as Usage,
+    FsckPage, Layout, LockConflict, LockKind, LockOwner, LockRange, Made, MetaMember, Moved,
+    NewExtent, PeerReply, PeerRpc, Registered, Removed, RepairProgress, SetAttr as AttrChange,
+    ShardLocation, StatFs as FsStats, VolumeChange, VolumeGrant, VolumeInfo, VolumeLimits,
+    VolumeUsage as Usage,
 };
 use crate::ec::EcPolicy;
 use crate::ids::{BlockId, InodeId, ServerId, Timestamp};
@@ -129,6 +130,7 @@ meta_requests! {
     WriteInline => Committed, mutation;
     CommitIfUnchanged => Committed, mutation;
     UnlinkOrHide => Removed, mutation;
+    Move => Moved, mutation;
 }
 
 impl MetaRequest {
@@ -302,6 +304,14 @@ pub struct Rename {
     pub new_parent: InodeId,
     pub new_name: String,
     pub flags: u32,
+}
+
+/// A [`Rename`] whose answer says what it changed ([`Moved`]): the directories' attributes
+/// after it, and the inodes it moved or replaced. A client then keeps what it knows of every
+/// other inode, instead of dropping all it kept because any file might have changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    pub rename: Rename,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
