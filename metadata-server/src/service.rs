@@ -331,17 +331,21 @@ impl MetaService {
         T::from_outcome(self.mutate(op, call).await?)
     }
 
-    /// Applies a commit of written blocks; `degraded`: some were stored with shards missing,
-    /// and are repaired now, not at the next periodic scan.
-    async fn commit_blocks(
-        &self,
-        op: Op,
-        degraded: bool,
-        call: Option<Call>,
-    ) -> FsResult<Committed> {
-        let committed = self.mutate_as(op, call).await?;
+    /// Applies a commit of written bytes; `degraded`: some blocks were stored with shards
+    /// missing, and are repaired now, not at the next periodic scan. The reply says whether
+    /// the file has extended attributes, as a `GetAttr` does: a mount keeps the attributes of
+    /// both, and two answers for one ctime that differ (one "maybe", one "none") cannot be
+    /// ordered, so it would drop them and ask again.
+    async fn commit(&self, op: Op, degraded: bool, call: Option<Call>) -> FsResult<Committed> {
+        let mut committed: Committed = self.mutate_as(op, call).await?;
         if degraded {
             self.repair.kick();
+        }
+        let ino = committed.after.ino;
+        // Unreadable: the reply keeps "maybe", which only costs the mount a question.
+        if let Ok(has) = self.query_now(|t| has_xattrs(t.xattrs.table()?, ino)) {
+            committed.before.has_xattrs = has;
+            committed.after.has_xattrs = has;
         }
         Ok(committed)
     }
@@ -357,9 +361,6 @@ impl MetaService {
         })
     }
 
-    /// The attributes of a directory just after this call changed it, for its reply: the
-    /// kernel asks for them after every change to a directory, and the mount then answers
-    /// without a round trip. Read after the change was applied, so never older than it.
     /// Applies a change of attributes; the reply says whether the inode has extended
     /// attributes, so a mount that changes a file's mode or times (as `tar` does before it
     /// writes) still knows it has none to ask for.
@@ -369,6 +370,9 @@ impl MetaService {
         Ok(attr)
     }
 
+    /// The attributes of a directory just after this call changed it, for its reply: the
+    /// kernel asks for them after every change to a directory, and the mount then answers
+    /// without a round trip. Read after the change was applied, so never older than it.
     fn dir_after(&self, dir: InodeId) -> FsResult<Attr> {
         self.query_now(|t| queries::get_attr(t, dir))
     }
@@ -520,7 +524,12 @@ impl MetaService {
                     if new_parent != parent {
                         dirs.push(self.dir_after(new_parent)?);
                     }
-                    Ok(Moved { dirs, touched })
+                    // A replaced inode may be gone; one that cannot be read is left out (the
+                    // caller then drops what it kept of it).
+                    let attrs = self.query_now(|t| {
+                        Ok(touched.iter().filter_map(|&ino| queries::get_attr(t, ino).ok()).collect())
+                    })?;
+                    Ok(Moved { dirs, touched, attrs })
                 })
                 .await
             }
@@ -541,18 +550,18 @@ impl MetaService {
             R::CommitWrite(q) => {
                 answer(q, |q| {
                     let degraded = degraded(&q.extents);
-                    self.commit_blocks(op!(q => CommitWrite { ino, extents, mtime, append }), degraded, call)
+                    self.commit(op!(q => CommitWrite { ino, extents, mtime, append }), degraded, call)
                 })
                 .await
             }
             R::WriteInline(q) => {
-                answer(q, |q| self.mutate_as(op!(q => KeepInline { ino, pieces, data, mtime, append }), call)).await
+                answer(q, |q| self.commit(op!(q => KeepInline { ino, pieces, data, mtime, append }), false, call)).await
             }
             R::CommitIfUnchanged(q) => {
                 answer(q, |q| {
                     let degraded = degraded(&q.extents);
                     let op = op!(q => CommitIfUnchanged { ino, extents, mtime, size, from, expect });
-                    self.commit_blocks(op, degraded, call)
+                    self.commit(op, degraded, call)
                 })
                 .await
             }

@@ -370,6 +370,7 @@ fn a_rename_keeps_its_directories_attributes_and_shows_what_it_changed() {
         let before = getattrs(&cluster);
         fs::metadata(m.path("a")).unwrap();
         fs::metadata(m.path("b")).unwrap();
+        assert_eq!(fs::metadata(&to).unwrap().len(), 1);
         getattrs(&cluster) == before
     });
 
@@ -406,6 +407,29 @@ fn a_rename_keeps_its_directories_attributes_and_shows_what_it_changed() {
     assert!(fs::metadata(m.path("a/sub")).is_err());
 }
 
+/// The attributes a close's commit returns and those a later open asks for (close-to-open)
+/// describe one state of the file and say the same, extended attributes included: the mount
+/// keeps them, and a stat after the reopen costs no round trip.
+#[test]
+fn a_stat_after_reopening_a_file_written_here_costs_no_round_trip() {
+    let cluster = cluster_with_volume();
+    let m = Mount::new(&cluster, "default", "m", "attr_timeout=0,lease=600").unwrap();
+    let mut round = 0;
+    shows(
+        "a stat after a write, a close and a reopen answered by the mount",
+        || {
+            round += 1;
+            let path = m.path(&format!("f{round}"));
+            fs::write(&path, vec![b'x'; round]).unwrap();
+            let reopened = File::open(&path).unwrap();
+            let before = getattrs(&cluster);
+            assert_eq!(reopened.metadata().unwrap().len(), round as u64);
+            assert_eq!(fs::metadata(&path).unwrap().len(), round as u64);
+            getattrs(&cluster) == before
+        },
+    );
+}
+
 /// An unlink is one request, whether or not files are open here: the metadata server itself
 /// hides the last name of a file open here (no lookup or rename sent first) and removes any
 /// other, and its answer names the inode, so the attributes the mount keeps of other files
@@ -419,15 +443,16 @@ fn an_unlink_is_one_request_and_keeps_other_files_attributes() {
         fs::write(m.path(name), name).unwrap();
     }
     let held = File::open(m.path("held")).unwrap();
-    let counts = || ["Lookup", "Rename", "Unlink", "UnlinkOrHide"].map(|op| requests(&cluster, op));
+    let counts =
+        || ["Lookup", "Rename", "Move", "Unlink", "UnlinkOrHide"].map(|op| requests(&cluster, op));
     let before = counts();
     fs::remove_file(m.path("other")).unwrap();
     fs::remove_file(m.path("held")).unwrap();
-    let [lookup, rename, unlink, unlink_or_hide] = before;
+    let [lookup, rename, moved, unlink, unlink_or_hide] = before;
     assert_eq!(
         counts(),
-        [lookup, rename, unlink, unlink_or_hide + 2.0],
-        "requests (Lookup, Rename, Unlink, UnlinkOrHide) for two unlinks, one file held open"
+        [lookup, rename, moved, unlink, unlink_or_hide + 2.0],
+        "requests (Lookup, Rename, Move, Unlink, UnlinkOrHide) for two unlinks, one file held open"
     );
     assert!(fs::metadata(m.path("other")).is_err());
     assert!(fs::metadata(m.path("held")).is_err());

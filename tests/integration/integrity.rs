@@ -349,7 +349,7 @@ async fn retried_mutations_whose_replies_were_lost_apply_once() {
     // An exchange swaps once.
     write_file(&client, &volume, "a", b"A").await;
     write_file(&client, &volume, "b", b"B").await;
-    lose_next("Rename");
+    lose_next("Move");
     client
         .rename(root, "a", root, "b", RENAME_EXCHANGE)
         .await
@@ -368,12 +368,12 @@ async fn retried_mutations_whose_replies_were_lost_apply_once() {
     lose_next("Unlink");
     client.unlink(root, "new").await.unwrap();
     assert_eq!(client.lookup(root, "new").await, Err(FsError::NotFound));
-    lose_next("Rename");
+    lose_next("Move");
     client.rename(root, "a", root, "c", 0).await.unwrap();
     assert_eq!(read("c").await, b"B");
     assert_eq!(client.lookup(root, "a").await, Err(FsError::NotFound));
     assert_eq!(lost("Unlink"), 2);
-    assert_eq!(lost("Rename"), 2);
+    assert_eq!(lost("Move"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -839,12 +839,13 @@ fn closing_a_file_never_waits_for_another_files_upload() {
 /// A size answered from the metadata server before a flush commits this mount's buffered
 /// writes, and replied after that flush forgot them, does not shrink the file: the mount
 /// raises it to what was buffered when it asked. Driven by a fault point that holds a getattr
-/// between the server's answer and the reply while an fsync commits.
+/// between the server's answer and the reply while an fsync commits. Nothing is kept for
+/// any time (no lease, no attribute timeout), so the getattr goes to the server.
 #[test]
 fn a_size_read_before_a_flush_commits_does_not_hide_the_flushed_writes() {
     use crate::observe::{mount_fault, mount_with_faults};
     let cluster = cluster_with_volume();
-    let (m, http) = mount_with_faults(&cluster, "default", "m", "attr_timeout=0");
+    let (m, http) = mount_with_faults(&cluster, "default", "m", "attr_timeout=0,lease=0");
     let control = |verb: &str| mount_fault(http, "mount.getattr_answered", verb);
 
     let mut file = fs::File::create(m.path("f")).unwrap();

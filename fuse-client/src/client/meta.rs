@@ -210,7 +210,11 @@ impl Client {
             gid,
             rdev,
         };
-        Ok(self.made(self.call(request).await?))
+        let asked = self.inner.file_attrs.epoch();
+        let attr = self.made(self.call(request).await?);
+        // A new file: the kernel asks for its attributes after its first write.
+        self.inner.file_attrs.note(&attr, asked);
+        Ok(attr)
     }
 
     /// Keeps the directory's new attributes that came with a new name; the node's attributes.
@@ -323,12 +327,19 @@ impl Client {
             new_name: new_name.into(),
             flags,
         };
+        let asked = self.inner.file_attrs.epoch();
         match self.call(req::Move { rename }).await {
-            // The answer names every inode the rename changed: only those are dropped.
+            // The answer names every inode the rename changed, with the attributes of those
+            // that are left: nothing else kept is dropped.
             Ok(moved) => {
                 for ino in moved.touched {
                     self.inner.dir_attrs.forget(ino);
-                    self.inner.file_attrs.forget(ino);
+                    match moved.attrs.iter().find(|a| a.ino == ino) {
+                        Some(attr) if attr.kind == FileKind::File => {
+                            self.inner.file_attrs.note(attr, asked)
+                        }
+                        _ => self.inner.file_attrs.forget(ino),
+                    }
                 }
                 for dir in moved.dirs {
                     self.inner.dir_attrs.note(dir);

@@ -161,8 +161,10 @@ impl Drop for StaleFileAttrs<'_> {
             R::Move(_) if !self.answered => kept.clear(),
             R::Move(_) => {}
             // An answered commit (noted from its answer where it is made), a new inode, or
-            // no file's attributes touched.
-            R::CommitWrite(_)
+            // no file's attributes touched (an rmdir removes an empty directory, answered or
+            // not).
+            R::Rmdir(_)
+            | R::CommitWrite(_)
             | R::WriteInline(_)
             | R::CommitIfUnchanged(_)
             | R::MakeNode(_)

@@ -379,12 +379,14 @@ pub struct Removed {
 }
 
 /// The reply to a `Move`: the attributes of the directories it changed, just after it (one
-/// directory, or the source's then the target's), and the inodes whose own attributes it
-/// changed (the one moved, and the one replaced or exchanged, if any).
+/// directory, or the source's then the target's), the inodes whose own attributes it changed
+/// (the one moved, and the one replaced or exchanged, if any), and the attributes of those
+/// of them that still exist, read just after it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Moved {
     pub dirs: Vec<Attr>,
     pub touched: Vec<InodeId>,
+    pub attrs: Vec<Attr>,
 }
 
 /// The reply to a `CommitWrite`: the file's attributes just before and just after it, in the
