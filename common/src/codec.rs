@@ -41,6 +41,15 @@ pub fn encode_body<T: Serialize>(value: &T) -> Result<Vec<u8>, FsError> {
     Ok(frame)
 }
 
+/// The blake3 hash of `value`'s frame body ([`encode_body`]), encoded straight into the
+/// hasher: no buffer as large as the message is made or copied.
+pub fn hash_body<T: Serialize>(value: &T) -> Result<crate::checksum::Hash, FsError> {
+    let mut hasher = blake3::Hasher::new();
+    bincode::serde::encode_into_std_write(value, &mut hasher, bincode_config())
+        .map_err(|e| FsError::protocol(format!("encode: {e}")))?;
+    Ok(*hasher.finalize().as_bytes())
+}
+
 /// Decodes a frame body (without its length prefix), rejecting trailing bytes.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FsError> {
     let cfg = bincode_config().with_limit::<MAX_FRAME>();
@@ -230,5 +239,22 @@ mod tests {
         // A declared vector length far beyond the limit is refused before allocating.
         let huge = [0xFC, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F];
         assert!(decode_body::<Vec<u8>>(&huge).is_err());
+    }
+
+    /// The hash of a body encoded into the hasher is the hash of the body's bytes, so a
+    /// fingerprint taken either way is the same.
+    #[test]
+    fn a_body_hashed_as_encoded_is_the_hash_of_its_bytes() {
+        for v in [
+            (0u64, String::new(), vec![]),
+            (42, "name".into(), vec![7u8; 100_000]),
+        ] {
+            let bytes = encode_body(&v).unwrap();
+            assert_eq!(hash_body(&v).unwrap(), crate::checksum::hash(&bytes));
+        }
+        assert_ne!(
+            hash_body(&(1u64, "a", [1u8])).unwrap(),
+            hash_body(&(1u64, "a", [2u8])).unwrap()
+        );
     }
 }

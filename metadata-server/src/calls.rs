@@ -33,9 +33,16 @@ pub const RECORD_TTL: Duration = Duration::from_secs(24 * 3600);
 /// `done_below`, so no client can grow the table without bound.
 pub const MAX_IN_FLIGHT: u64 = 4096;
 
-/// What identifies the request itself, so a reused sequence number is caught.
+/// What identifies the request itself, so a reused sequence number is caught: the hash of
+/// its encoding.
 pub fn fingerprint(request_bytes: &[u8]) -> [u8; 32] {
     dfs_common::checksum::hash(request_bytes)
+}
+
+/// [`fingerprint`] of a request's encoding, hashed as it is encoded (a request may carry up
+/// to 64 KiB of file data, which need not be copied for this).
+pub fn fingerprint_of<T: serde::Serialize>(request: &T) -> FsResult<[u8; 32]> {
+    dfs_common::codec::hash_body(request)
 }
 
 /// Decodes a call record of either format.

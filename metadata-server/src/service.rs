@@ -18,7 +18,6 @@ use crate::store::tables::{
 };
 use crate::store::{self, DbResult};
 use dfs_common::capability::CapabilityKey;
-use dfs_common::codec::encode_body;
 use dfs_common::fault::Faults;
 use dfs_common::metrics::OpMetrics;
 use dfs_common::model::NewExtent;
@@ -391,7 +390,7 @@ impl MetaService {
                 client: id.client,
                 seq: id.seq,
                 done_below: id.done_below,
-                request: calls::fingerprint(&encode_body(&request)?),
+                request: calls::fingerprint_of(&request)?,
             }),
             None => None,
         };

@@ -412,13 +412,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// A record: the entry encoded after room for its header, which is then filled in (the
+/// body is not copied again).
 fn encode_record(entry: &Entry) -> Result<Vec<u8>, StorageError> {
-    let body = bincode::serde::encode_to_vec(entry, bincode::config::standard())
+    let mut record = vec![0u8; HEADER];
+    bincode::serde::encode_into_std_write(entry, &mut record, bincode::config::standard())
         .map_err(|e| storage_error("encoding an entry", e))?;
-    let mut record = Vec::with_capacity(HEADER + body.len());
-    record.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    record.extend_from_slice(&dfs_common::checksum::hash(&body)[..16]);
-    record.extend_from_slice(&body);
+    let body_len =
+        u32::try_from(record.len() - HEADER).map_err(|e| storage_error("encoding an entry", e))?;
+    let hash = dfs_common::checksum::hash(&record[HEADER..]);
+    record[..4].copy_from_slice(&body_len.to_le_bytes());
+    record[4..HEADER].copy_from_slice(&hash[..16]);
     Ok(record)
 }
 
