@@ -466,8 +466,12 @@ impl MetaService {
             }
             R::Link(q) => {
                 answer(q, |q| async move {
-                    let dir = q.new_parent;
-                    let attr = self.mutate_as(op!(q => Link { ino, new_parent, new_name }), call).await?;
+                    let (dir, ino) = (q.new_parent, q.ino);
+                    let mut attr: Attr = self.mutate_as(op!(q => Link { ino, new_parent, new_name }), call).await?;
+                    // Exactly, as a `GetAttr` would say: the mount keeps these attributes.
+                    if let Ok(has) = self.query_now(|t| has_xattrs(t.xattrs.table()?, ino)) {
+                        attr.has_xattrs = has;
+                    }
                     Ok(Made { attr, dir: self.dir_after(dir)? })
                 })
                 .await

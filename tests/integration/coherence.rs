@@ -430,6 +430,39 @@ fn a_stat_after_reopening_a_file_written_here_costs_no_round_trip() {
     );
 }
 
+/// A hard link changes the one inode it names, and its answer carries that inode's new
+/// attributes: the attributes the mount keeps of other files stay (a stat of a file written
+/// to here, which the kernel asks the mount for, costs no round trip after it), and both
+/// names show two links.
+#[test]
+fn a_link_keeps_other_files_attributes() {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    let cluster = cluster_with_volume();
+    let m = Mount::new(&cluster, "default", "m", "attr_timeout=0,lease=600").unwrap();
+    let mut round = 0;
+    shows("a stat after a link answered by the mount", || {
+        round += 1;
+        let name = |prefix: &str| m.path(&format!("{prefix}{round}"));
+        fs::write(name("f"), b"linked").unwrap();
+        fs::write(name("other"), b"other").unwrap();
+        let mut other = fs::OpenOptions::new()
+            .append(true)
+            .open(name("other"))
+            .unwrap();
+        // The kernel drops its copy of the file's attributes after a write through it.
+        other.write_all(b"!").unwrap();
+        fs::hard_link(name("f"), name("g")).unwrap();
+        let before = getattrs(&cluster);
+        assert_eq!(other.metadata().unwrap().len(), 6);
+        for path in [name("f"), name("g")] {
+            let md = fs::metadata(&path).unwrap();
+            assert_eq!((md.nlink(), md.len()), (2, 6), "{path:?}");
+        }
+        getattrs(&cluster) == before
+    });
+}
+
 /// An unlink is one request, whether or not files are open here: the metadata server itself
 /// hides the last name of a file open here (no lookup or rename sent first) and removes any
 /// other, and its answer names the inode, so the attributes the mount keeps of other files

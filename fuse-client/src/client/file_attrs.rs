@@ -8,9 +8,9 @@
 //! own cache would have kept the first answer, or the lease while the change feed is
 //! confirmed (other clients' changes are dropped at once, by the feed). Any change this client
 //! makes that may touch a file's attributes without returning them drops that file's entry
-//! (an attribute or extended attribute change, an unlink or a rename, whose answers name the
-//! inodes), or every entry where it cannot tell which (a link, a call left unanswered), and so
-//! does every change of another client the feed reports. Answers cross: one sent before a
+//! (an attribute or extended attribute change, a link, an unlink or a rename, whose requests
+//! or answers name the inodes), or every entry where it cannot tell which (an unlink or rename
+//! left unanswered), and so does every change of another client the feed reports. Answers cross: one sent before a
 //! drop may arrive after it, so each drop is numbered and an answer is kept only if neither
 //! its file nor everything was dropped since its question was sent.
 

@@ -271,7 +271,11 @@ impl Client {
             new_parent,
             new_name: new_name.into(),
         };
-        Ok(self.made(self.call(request).await?))
+        let asked = self.inner.file_attrs.epoch();
+        let attr = self.made(self.call(request).await?);
+        // The file's new link count and ctime came with the answer.
+        self.inner.file_attrs.note(&attr, asked);
+        Ok(attr)
     }
 
     pub async fn unlink(&self, parent: InodeId, name: &str) -> FsResult<()> {

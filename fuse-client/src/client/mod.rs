@@ -160,6 +160,9 @@ impl Drop for StaleFileAttrs<'_> {
             // So are the inodes a move changed.
             R::Move(_) if !self.answered => kept.clear(),
             R::Move(_) => {}
+            // A link changes the inode it names; answered, its attributes come with it.
+            R::Link(q) if !self.answered => kept.forget(q.ino),
+            R::Link(_) => {}
             // An answered commit (noted from its answer where it is made), a new inode, or
             // no file's attributes touched (an rmdir removes an empty directory, answered or
             // not).
@@ -172,8 +175,8 @@ impl Drop for StaleFileAttrs<'_> {
             | R::AllocateBlock(_)
             | R::ReplaceShard(_)
             | R::ReportBadShard(_) => {}
-            // An unlink or rename (of a file this client does not know the inode of), a
-            // link, and whatever else: any file may have changed.
+            // An unlink or rename (of a file this client does not know the inode of), and
+            // whatever else: any file may have changed.
             request if request.is_mutation() => kept.clear(),
             _ => {}
         }
