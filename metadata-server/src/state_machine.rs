@@ -1000,17 +1000,9 @@ mod tests {
         ))
     }
 
-    fn hide(parent: InodeId, name: &str, open: Vec<InodeId>) -> Op {
-        Op::UnlinkOrHide {
-            parent,
-            name: name.into(),
-            open,
-            tag: 0x2a,
-        }
-    }
-
-    #[test]
-    fn unlink_or_hide_hides_only_the_last_link_of_a_file_open_there() {
+    /// A fresh store holding one volume: its directory (to keep), the store, the volume's
+    /// root.
+    fn store_with_volume() -> (tempfile::TempDir, std::sync::Arc<Database>, InodeId) {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::open(&dir.path().join("meta.redb")).unwrap();
         let create = Op::CreateVolume {
@@ -1022,7 +1014,21 @@ mod tests {
         let Ok(Outcome::Volume { record, .. }) = run(&db, create) else {
             panic!("volume not created")
         };
-        let root = record.root;
+        (dir, db, record.root)
+    }
+
+    fn hide(parent: InodeId, name: &str, open: Vec<InodeId>) -> Op {
+        Op::UnlinkOrHide {
+            parent,
+            name: name.into(),
+            open,
+            tag: 0x2a,
+        }
+    }
+
+    #[test]
+    fn unlink_or_hide_hides_only_the_last_link_of_a_file_open_there() {
+        let (_dir, db, root) = store_with_volume();
         let (open, closed) = (
             make(&db, root, "open", FileKind::File),
             make(&db, root, "closed", FileKind::File),
@@ -1099,18 +1105,7 @@ mod tests {
     /// keeps what it knows of every other.
     #[test]
     fn a_rename_names_the_inodes_it_moved_or_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = crate::store::open(&dir.path().join("meta.redb")).unwrap();
-        let create = Op::CreateVolume {
-            name: "v".into(),
-            policy: "2+1".parse().unwrap(),
-            block_size: 1 << 20,
-            limits: VolumeLimits::default(),
-        };
-        let Ok(Outcome::Volume { record, .. }) = run(&db, create) else {
-            panic!("volume not created")
-        };
-        let root = record.root;
+        let (_dir, db, root) = store_with_volume();
         let (a, b) = (
             make(&db, root, "a", FileKind::Dir),
             make(&db, root, "b", FileKind::Dir),
