@@ -43,7 +43,7 @@ pub fn encode_body<T: Serialize>(value: &T) -> Result<Vec<u8>, FsError> {
 
 /// The blake3 hash of `value`'s frame body ([`encode_body`]), encoded straight into the
 /// hasher: no buffer as large as the message is made or copied.
-pub fn hash_body<T: Serialize>(value: &T) -> Result<crate::checksum::Hash, FsError> {
+pub fn hash_body<T: Serialize + ?Sized>(value: &T) -> Result<crate::checksum::Hash, FsError> {
     let mut hasher = blake3::Hasher::new();
     bincode::serde::encode_into_std_write(value, &mut hasher, bincode_config())
         .map_err(|e| FsError::protocol(format!("encode: {e}")))?;

@@ -34,14 +34,9 @@ pub const RECORD_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_IN_FLIGHT: u64 = 4096;
 
 /// What identifies the request itself, so a reused sequence number is caught: the hash of
-/// its encoding.
-pub fn fingerprint(request_bytes: &[u8]) -> [u8; 32] {
-    dfs_common::checksum::hash(request_bytes)
-}
-
-/// [`fingerprint`] of a request's encoding, hashed as it is encoded (a request may carry up
-/// to 64 KiB of file data, which need not be copied for this).
-pub fn fingerprint_of<T: serde::Serialize>(request: &T) -> FsResult<[u8; 32]> {
+/// its encoding, hashed as it is encoded (a request may carry up to 64 KiB of file data,
+/// which need not be copied for this).
+pub fn fingerprint<T: serde::Serialize + ?Sized>(request: &T) -> FsResult<[u8; 32]> {
     dfs_common::codec::hash_body(request)
 }
 
@@ -153,7 +148,7 @@ mod tests {
             client: 7,
             seq,
             done_below,
-            request: fingerprint(request),
+            request: fingerprint(&request).unwrap(),
         }
     }
 
@@ -196,7 +191,7 @@ mod tests {
             name: "f".into(),
         };
         let reused = Call {
-            request: fingerprint(b"unlink f"),
+            request: fingerprint(&b"unlink f"[..]).unwrap(),
             ..id
         };
         assert!(matches!(
@@ -224,7 +219,7 @@ mod tests {
         };
         // A format 1 record as such a server wrote it: request hash, reply bytes, time.
         let mut v1 = vec![1u8];
-        v1.extend_from_slice(&fingerprint(b"old"));
+        v1.extend_from_slice(&fingerprint(&b"old"[..]).unwrap());
         v1.extend_from_slice(&[3, 9, 8, 7, 100, 0]);
         let tx = db.begin_write().unwrap();
         tx.open_table(crate::store::schema::CALLS)

@@ -340,9 +340,8 @@ impl MetaService {
         if degraded {
             self.repair.kick();
         }
-        let ino = committed.after.ino;
         // Unreadable: the reply keeps "maybe", which only costs the mount a question.
-        if let Ok(has) = self.query_now(|t| has_xattrs(t.xattrs.table()?, ino)) {
+        if let Ok(has) = self.xattrs_exist(committed.after.ino) {
             committed.before.has_xattrs = has;
             committed.after.has_xattrs = has;
         }
@@ -365,8 +364,14 @@ impl MetaService {
     /// writes) still knows it has none to ask for.
     async fn set_attr(&self, ino: InodeId, set: SetAttr, call: Option<Call>) -> FsResult<Attr> {
         let mut attr: Attr = self.mutate_as(Op::SetAttr { ino, set }, call).await?;
-        attr.has_xattrs = self.query_now(|t| has_xattrs(t.xattrs.table()?, ino))?;
+        attr.has_xattrs = self.xattrs_exist(ino)?;
         Ok(attr)
+    }
+
+    /// Whether `ino` has extended attributes now: the state machine's outcomes say "maybe"
+    /// (it does not look), and a reply a mount keeps must say exactly, as a `GetAttr` does.
+    fn xattrs_exist(&self, ino: InodeId) -> FsResult<bool> {
+        self.query_now(|t| has_xattrs(t.xattrs.table()?, ino))
     }
 
     /// The attributes of a directory just after this call changed it, for its reply: the
@@ -390,7 +395,7 @@ impl MetaService {
                 client: id.client,
                 seq: id.seq,
                 done_below: id.done_below,
-                request: calls::fingerprint_of(&request)?,
+                request: calls::fingerprint(&request)?,
             }),
             None => None,
         };
@@ -468,8 +473,7 @@ impl MetaService {
                 answer(q, |q| async move {
                     let (dir, ino) = (q.new_parent, q.ino);
                     let mut attr: Attr = self.mutate_as(op!(q => Link { ino, new_parent, new_name }), call).await?;
-                    // Exactly, as a `GetAttr` would say: the mount keeps these attributes.
-                    if let Ok(has) = self.query_now(|t| has_xattrs(t.xattrs.table()?, ino)) {
+                    if let Ok(has) = self.xattrs_exist(ino) {
                         attr.has_xattrs = has;
                     }
                     Ok(Made { attr, dir: self.dir_after(dir)? })
@@ -523,14 +527,16 @@ impl MetaService {
                 answer(q, |q| async move {
                     let (parent, new_parent) = (q.rename.parent, q.rename.new_parent);
                     let Renamed(touched) = self.mutate_as(rename_op(q.rename), call).await?;
-                    let mut dirs = vec![self.dir_after(parent)?];
-                    if new_parent != parent {
-                        dirs.push(self.dir_after(new_parent)?);
-                    }
-                    // A replaced inode may be gone; one that cannot be read is left out (the
-                    // caller then drops what it kept of it).
-                    let attrs = self.query_now(|t| {
-                        Ok(touched.iter().filter_map(|&ino| queries::get_attr(t, ino).ok()).collect())
+                    // Everything read just after the change, from one snapshot.
+                    let (dirs, attrs) = self.query_now(|t| {
+                        let mut dirs = vec![queries::get_attr(t, parent)?];
+                        if new_parent != parent {
+                            dirs.push(queries::get_attr(t, new_parent)?);
+                        }
+                        // A replaced inode may be gone; one that cannot be read is left out
+                        // (the caller then drops what it kept of it).
+                        let attrs = touched.iter().filter_map(|&ino| queries::get_attr(t, ino).ok());
+                        Ok((dirs, attrs.collect()))
                     })?;
                     Ok(Moved { dirs, touched, attrs })
                 })

@@ -10,9 +10,9 @@
 //! makes that may touch a file's attributes without returning them drops that file's entry
 //! (an attribute or extended attribute change, a link, an unlink or a rename, whose requests
 //! or answers name the inodes), or every entry where it cannot tell which (an unlink or rename
-//! left unanswered), and so does every change of another client the feed reports. Answers cross: one sent before a
-//! drop may arrive after it, so each drop is numbered and an answer is kept only if neither
-//! its file nor everything was dropped since its question was sent.
+//! left unanswered), and so does every change of another client the feed reports. Answers
+//! cross: one sent before a drop may arrive after it, so each drop is numbered and an answer
+//! is kept only if neither its file nor everything was dropped since its question was sent.
 
 use dfs_common::proto::meta::{Attr, FileKind};
 use dfs_common::InodeId;

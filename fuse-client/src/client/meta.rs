@@ -338,11 +338,10 @@ impl Client {
             Ok(moved) => {
                 for ino in moved.touched {
                     self.inner.dir_attrs.forget(ino);
+                    // (Only regular files' attributes are kept: a directory's are ignored.)
                     match moved.attrs.iter().find(|a| a.ino == ino) {
-                        Some(attr) if attr.kind == FileKind::File => {
-                            self.inner.file_attrs.note(attr, asked)
-                        }
-                        _ => self.inner.file_attrs.forget(ino),
+                        Some(attr) => self.inner.file_attrs.note(attr, asked),
+                        None => self.inner.file_attrs.forget(ino),
                     }
                 }
                 for dir in moved.dirs {
