@@ -239,11 +239,7 @@ impl SlotStore {
     /// Shards held and their bytes as shard files would count them.
     pub fn usage(&self) -> (u64, u64) {
         let index = self.index();
-        let bytes = index
-            .held
-            .values()
-            .map(|s| crate::store::file_len(s.header.shard_len))
-            .sum();
+        let bytes = index.held.values().map(|s| s.header.file_len()).sum();
         (index.held.len() as u64, bytes)
     }
 

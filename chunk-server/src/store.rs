@@ -9,7 +9,7 @@
 //! 28  shard index, k, m, 0       4
 //! 32  block length               8
 //! 40  shard length               8
-//! 48  sub-block size             4
+//! 48  sub-block size             4   (16 KiB; shards of earlier versions: 64 KiB)
 //! 52  one blake3 hash per sub-block (32 bytes each)
 //! ..  blake3 of everything above (32)
 //! ..  shard data
@@ -25,7 +25,7 @@
 
 use crate::slots::{Deleted, Put, SlotStore, Slotted};
 use bytes::Bytes;
-use dfs_common::checksum::{self, Hash, SUB_BLOCK};
+use dfs_common::checksum::{self, Hash, LEGACY_SUB_BLOCK, SUB_BLOCK};
 use dfs_common::proto::chunk::{ShardKey, ShardOwner};
 use dfs_common::proto::MAX_BLOCK_SIZE;
 use dfs_common::{BlockId, EcPolicy, FsError, FsResult, VolumeId};
@@ -46,12 +46,30 @@ pub struct ShardHeader {
     pub key: ShardKey,
     pub owner: ShardOwner,
     pub shard_len: u64,
+    /// Bytes each hash covers: [`SUB_BLOCK`] for shards written now.
+    pub sub_block: usize,
     pub hashes: Vec<Hash>,
 }
 
 impl ShardHeader {
+    /// The header of a shard holding `data`, with one hash per `sub_block` bytes.
+    fn of(key: ShardKey, owner: ShardOwner, data: &[u8], sub_block: usize) -> Self {
+        ShardHeader {
+            key,
+            owner,
+            shard_len: data.len() as u64,
+            sub_block,
+            hashes: checksum::sub_block_hashes(data, sub_block),
+        }
+    }
+
     pub(crate) fn data_offset(&self) -> u64 {
         (FIXED_HEADER + 32 * self.hashes.len() + 32) as u64
+    }
+
+    /// Bytes the shard takes on disk, header and data.
+    pub(crate) fn file_len(&self) -> u64 {
+        self.data_offset() + self.shard_len
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -64,7 +82,7 @@ impl ShardHeader {
         h.extend_from_slice(&[self.key.index, policy.k() as u8, policy.m() as u8, 0]);
         h.extend_from_slice(&self.owner.block_len.to_le_bytes());
         h.extend_from_slice(&self.shard_len.to_le_bytes());
-        h.extend_from_slice(&(SUB_BLOCK as u32).to_le_bytes());
+        h.extend_from_slice(&(self.sub_block as u32).to_le_bytes());
         for hash in &self.hashes {
             h.extend_from_slice(hash);
         }
@@ -92,8 +110,8 @@ impl ShardHeader {
             return Err(corrupt(&format!("unknown format version {}", fixed[8])));
         }
         let u64_at = |o: usize| u64::from_le_bytes(fixed[o..o + 8].try_into().expect("8 bytes"));
-        let sub_block = u32::from_le_bytes(fixed[48..52].try_into().expect("4 bytes"));
-        if sub_block as usize != SUB_BLOCK {
+        let sub_block = u32::from_le_bytes(fixed[48..52].try_into().expect("4 bytes")) as usize;
+        if sub_block != SUB_BLOCK && sub_block != LEGACY_SUB_BLOCK {
             return Err(corrupt(&format!("unsupported sub-block size {sub_block}")));
         }
         let shard_len = u64_at(40);
@@ -101,7 +119,7 @@ impl ShardHeader {
             return Err(corrupt("shard length out of range"));
         }
         let policy = EcPolicy::new(fixed[29], fixed[30]).map_err(|_| corrupt("bad policy"))?;
-        let count = checksum::sub_block_count(shard_len) as usize;
+        let count = checksum::sub_block_count(shard_len, sub_block) as usize;
         let mut table = vec![0u8; 32 * count + 32];
         file.read_exact(&mut table)
             .map_err(|e| short(e, "truncated checksum table"))?;
@@ -126,6 +144,7 @@ impl ShardHeader {
                 block_len: u64_at(32),
             },
             shard_len,
+            sub_block,
             hashes,
         })
     }
@@ -162,7 +181,7 @@ impl Span {
         if len == 0 {
             return Ok(None);
         }
-        let sub = SUB_BLOCK as u64;
+        let sub = header.sub_block as u64;
         let first = offset / sub;
         let last = (end - 1) / sub;
         let start = first * sub;
@@ -191,7 +210,7 @@ impl Span {
                 path.display()
             )));
         }
-        for (i, chunk) in bytes.chunks(SUB_BLOCK).enumerate() {
+        for (i, chunk) in bytes.chunks(header.sub_block).enumerate() {
             let index = self.first + i;
             if checksum::hash(chunk) != header.hashes[index] {
                 return Err(FsError::Corrupt(format!(
@@ -223,10 +242,11 @@ pub struct ShardBuffer {
 }
 
 impl ShardBuffer {
-    /// A buffer for a shard of `data_len` bytes made in `buf`, whose bytes are reused where it
-    /// is long enough (the data and header are written over; the padding is zeroed).
-    fn in_vec(data_len: usize, mut buf: Vec<u8>) -> Self {
-        let sub_blocks = checksum::sub_block_count(data_len as u64) as usize;
+    /// A buffer for a shard of `data_len` bytes hashed per `sub_block`, made in `buf`, whose
+    /// bytes are reused where it is long enough (the data and header are written over; the
+    /// padding is zeroed).
+    fn in_vec(data_len: usize, sub_block: usize, mut buf: Vec<u8>) -> Self {
+        let sub_blocks = checksum::sub_block_count(data_len as u64, sub_block) as usize;
         let header_len = FIXED_HEADER + 32 * sub_blocks + 32;
         let padded_len = (header_len + data_len).next_multiple_of(DIRECT_ALIGN);
         let needed = padded_len + DIRECT_ALIGN;
@@ -344,10 +364,12 @@ pub fn validate_put(key: &ShardKey, owner: &ShardOwner, len: u64) -> FsResult<()
     Ok(())
 }
 
-/// Bytes a shard of `shard_len` bytes takes on disk: its header (fixed part, one hash per
-/// sub-block, the header's own hash) and the data.
+/// Bytes a shard of `shard_len` bytes written now takes on disk: its header (fixed part, one
+/// hash per sub-block, the header's own hash) and the data.
 pub fn file_len(shard_len: u64) -> u64 {
-    (FIXED_HEADER as u64) + 32 * (checksum::sub_block_count(shard_len) as u64 + 1) + shard_len
+    (FIXED_HEADER as u64)
+        + 32 * (checksum::sub_block_count(shard_len, SUB_BLOCK) as u64 + 1)
+        + shard_len
 }
 
 /// The key a shard file name (`{block:016x}-{index:02}`) stands for.
@@ -377,6 +399,8 @@ pub struct ShardStore {
     slots: Option<SlotStore>,
     /// Whether new small shards go into slots.
     put_in_slots: bool,
+    /// Bytes per checksum of new shards: [`SUB_BLOCK`] (tests write older shards).
+    sub_block: usize,
 }
 
 /// Bytes of spare shard buffers a store keeps at most.
@@ -432,13 +456,14 @@ impl ShardStore {
             spare_buffers: Mutex::new(Vec::new()),
             slots,
             put_in_slots: use_slots,
+            sub_block: SUB_BLOCK,
         })
     }
 
     /// A buffer to receive a shard of `data_len` bytes into, for [`ShardStore::put_buffer`].
     pub fn buffer(&self, data_len: usize) -> ShardBuffer {
         let spare = self.spare_buffers.lock().expect("spare buffers").pop();
-        ShardBuffer::in_vec(data_len, spare.unwrap_or_default())
+        ShardBuffer::in_vec(data_len, self.sub_block, spare.unwrap_or_default())
     }
 
     /// Keeps the buffer of a stored shard for the next one, while spares stay under
@@ -544,14 +569,9 @@ impl ShardStore {
     ) -> FsResult<()> {
         let data = shard.data();
         validate_put(&key, &owner, data.len() as u64)?;
-        let header = ShardHeader {
-            key,
-            owner,
-            shard_len: data.len() as u64,
-            hashes: checksum::sub_block_hashes(data),
-        };
+        let header = ShardHeader::of(key, owner, data, self.sub_block);
         let data_len = data.len();
-        if self.holds(&key) && self.holds_same(&key, &header)? {
+        if self.holds(&key) && self.holds_same(&key, &header, data)? {
             return Ok(());
         }
         let encoded = header.encode();
@@ -581,7 +601,7 @@ impl ShardStore {
         match fs::hard_link(&tmp_path, &path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return if self.holds_same(&key, &header)? {
+                return if self.holds_same(&key, &header, shard.data())? {
                     Ok(())
                 } else {
                     Err(FsError::Exists)
@@ -611,12 +631,12 @@ impl ShardStore {
             match slots.put(header.clone(), shard.padded())? {
                 Put::Stored => {
                     self.used_bytes
-                        .fetch_add(file_len(header.shard_len), Ordering::Relaxed);
+                        .fetch_add(header.file_len(), Ordering::Relaxed);
                     self.shard_count.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
                 Put::AlreadyHeld => {
-                    if self.holds_same(&key, &header)? {
+                    if self.holds_same(&key, &header, shard.data())? {
                         return Ok(());
                     }
                 }
@@ -650,12 +670,20 @@ impl ShardStore {
     /// same shard again is then done. A damaged copy (kept until repair placed the shard
     /// elsewhere) is removed, so the put can store the good one. A different shard under the
     /// same key is `Exists`.
-    fn holds_same(&self, key: &ShardKey, header: &ShardHeader) -> FsResult<bool> {
+    fn holds_same(&self, key: &ShardKey, header: &ShardHeader, data: &[u8]) -> FsResult<bool> {
         let verified = self
             .read_header(key)
             .and_then(|existing| self.verify(key).map(|()| existing));
         match verified {
             Ok(existing) if existing == *header => Ok(true),
+            // A copy written by an earlier version hashes other sub-blocks of the same bytes.
+            Ok(existing)
+                if existing.sub_block != header.sub_block
+                    && existing
+                        == ShardHeader::of(header.key, header.owner, data, existing.sub_block) =>
+            {
+                Ok(true)
+            }
             Ok(_) => Err(FsError::Exists),
             Err(FsError::NotFound) => Ok(false),
             Err(FsError::Corrupt(why)) => {
@@ -774,7 +802,7 @@ impl ShardStore {
                 Deleted::Shard(slotted) => {
                     self.forget_header(key);
                     self.used_bytes
-                        .fetch_sub(file_len(slotted.header.shard_len), Ordering::Relaxed);
+                        .fetch_sub(slotted.header.file_len(), Ordering::Relaxed);
                     self.shard_count.fetch_sub(1, Ordering::Relaxed);
                     return Ok(true);
                 }
@@ -1193,10 +1221,62 @@ mod tests {
         assert_eq!(reopened.shard_count(), 0);
     }
 
+    /// Shards written with the 64 KiB sub-blocks of earlier versions stay readable after an
+    /// upgrade, in shard files and in slots: reads verify them per 64 KiB sub-block, a put of
+    /// the same bytes again is accepted and other bytes under the key are refused.
+    #[test]
+    fn shards_with_the_earlier_sub_block_are_read_and_matched() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = |len: usize, seed: u32| -> Vec<u8> {
+            (0..len as u32).map(|i| (i * 7 + seed) as u8).collect()
+        };
+        // One small enough for a slot, one for a shard file.
+        let small = bytes(40_000, 1);
+        let large = bytes(3 * LEGACY_SUB_BLOCK + 100, 2);
+        let shards = [(key(1, 0), &small), (key(2, 0), &large)];
+        {
+            let mut old = ShardStore::open(dir.path()).unwrap();
+            old.sub_block = LEGACY_SUB_BLOCK;
+            for (k, data) in shards {
+                old.put(k, owner(4 * data.len() as u64), data).unwrap();
+            }
+        }
+        let store = ShardStore::open(dir.path()).unwrap();
+        for (k, data) in shards {
+            let owner = owner(4 * data.len() as u64);
+            assert_eq!(store.read_header(&k).unwrap().sub_block, LEGACY_SUB_BLOCK);
+            assert_eq!(store.get(&k, 0, data.len() as u64).unwrap(), data[..]);
+            assert_eq!(store.get(&k, 30_000, 5_000).unwrap(), data[30_000..35_000]);
+            store.verify(&k).unwrap();
+            store.put(k, owner, data).unwrap();
+            let mut other = data.clone();
+            other[20_000] ^= 1;
+            assert!(matches!(store.put(k, owner, &other), Err(FsError::Exists)));
+            assert_eq!(store.get(&k, 0, data.len() as u64).unwrap(), data[..]);
+        }
+        store
+            .put(key(3, 0), owner(4 * large.len() as u64), &large)
+            .unwrap();
+        assert_eq!(store.read_header(&key(3, 0)).unwrap().sub_block, SUB_BLOCK);
+
+        // Damage in an old shard file fails reads anywhere in its 64 KiB sub-block.
+        let path = store.shard_path(&key(2, 0));
+        let mut file = fs::read(&path).unwrap();
+        let header_len = file.len() - large.len();
+        file[header_len + LEGACY_SUB_BLOCK + 5] ^= 0x10;
+        fs::write(&path, &file).unwrap();
+        assert!(matches!(
+            store.get(&key(2, 0), LEGACY_SUB_BLOCK as u64 + 60_000, 10),
+            Err(FsError::Corrupt(_))
+        ));
+        assert_eq!(store.get(&key(2, 0), 0, 100).unwrap(), large[..100]);
+    }
+
     #[test]
     fn flipped_bit_is_detected_only_in_its_sub_block() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ShardStore::open(dir.path()).unwrap();
+        // A shard file (three sub-blocks would fit a slot).
+        let store = ShardStore::open_with(dir.path(), false).unwrap();
         let data = vec![9u8; 3 * SUB_BLOCK];
         store
             .put(key(5, 1), owner(12 * SUB_BLOCK as u64), &data)

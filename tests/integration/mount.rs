@@ -707,7 +707,7 @@ fn a_directory_made_here_is_looked_up_by_the_mount_until_it_changes_elsewhere() 
     assert!(other.path("d").is_dir());
 }
 
-/// Small reads fetch the whole 64 KiB sub-block around them and keep it: a read beside an
+/// Small reads fetch the whole 64 KiB unit around them and keep it: a read beside an
 /// earlier one is answered from the mount's cache as it arrives, with the written bytes. An
 /// `O_DIRECT` read keeps nothing. A block's bytes never change, so after another mount
 /// rewrites the range (new extents), the next open reads the new bytes, not the cached ones.
@@ -742,7 +742,7 @@ fn small_reads_near_earlier_ones_come_from_the_read_cache_never_from_a_replaced_
     let (misses, hits, on_arrival) = (cache("misses"), cache("hits"), arrived());
     page_at(&f, 200 << 10);
     assert_eq!(cache("misses") - misses, 1.0, "the first read fetches");
-    assert!(cache("bytes") >= 65536.0, "a whole sub-block is kept");
+    assert!(cache("bytes") >= 65536.0, "a whole unit is kept");
     page_at(&f, (200 << 10) + 8192);
     assert_eq!(cache("hits") - hits, 1.0, "the read beside it is a hit");
     assert_eq!(arrived() - on_arrival, 1.0, "and is answered on arrival");

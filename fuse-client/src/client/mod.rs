@@ -65,7 +65,7 @@ pub struct ClientOptions {
     pub meta_retry: Option<Duration>,
     /// Bound on one shard transfer.
     pub chunk_timeout: Duration,
-    /// Bytes of recently read shard sub-blocks kept for small reads
+    /// Bytes of recently read 64 KiB shard units kept for small reads
     /// ([`ShardCache`](shard_cache::ShardCache)); 0 keeps none.
     pub read_cache_bytes: usize,
     /// Block placements kept ready per volume while uploads follow each other
@@ -255,7 +255,7 @@ impl Client {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Recently read shard sub-blocks.
+    /// Recently read 64 KiB shard units.
     pub fn shard_cache(&self) -> &shard_cache::ShardCache {
         &self.inner.shard_cache
     }

@@ -4,13 +4,12 @@
 //! range of any k other shards; a block with fewer than k readable shards is an error, never
 //! wrong data. A block kept inline came with the layout: its bytes are copied from there.
 //! Small pieces go through the client's [`ShardCache`](super::shard_cache::ShardCache) of whole
-//! sub-blocks.
+//! 64 KiB units of shards.
 
 use super::layouts::LayoutPage;
-use super::shard_cache::{UnitKey, CACHED_READ_MAX};
+use super::shard_cache::{UnitKey, CACHED_READ_MAX, CACHE_UNIT};
 use super::Client;
 use bytes::Bytes;
-use dfs_common::checksum::SUB_BLOCK;
 use dfs_common::proto::chunk::ShardKey;
 use dfs_common::proto::meta::BlockInfo;
 use dfs_common::{FsError, FsResult, InodeId, ServerId};
@@ -287,9 +286,9 @@ async fn fetch_piece(
     Ok(())
 }
 
-/// The sub-blocks a piece touches: their keys and shard byte ranges.
+/// The cache units a piece touches: their keys and shard byte ranges.
 fn units_of(piece: &Piece) -> Vec<(UnitKey, u64, u64)> {
-    let sub = SUB_BLOCK as u64;
+    let sub = CACHE_UNIT;
     let shard_len = piece.block.policy.shard_len(piece.block.len);
     let first = piece.shard_offset / sub;
     let last = (piece.shard_offset + piece.len).saturating_sub(1) / sub;
@@ -306,7 +305,7 @@ fn units_of(piece: &Piece) -> Vec<(UnitKey, u64, u64)> {
         .collect()
 }
 
-/// Copies the part of the sub-block `data` (at `start` of the shard) that `piece` covers into
+/// Copies the part of the cache unit `data` (at `start` of the shard) that `piece` covers into
 /// the piece's `slot`.
 fn copy_overlap(piece: &Piece, start: u64, data: &[u8], slot: &mut [u8]) {
     let from = piece.shard_offset.max(start);

@@ -3,33 +3,38 @@
 //! dropped a page) cost no round trip to a chunk server.
 //!
 //! A block's shards never change once written: a write makes a new block and points the
-//! file's extents at it. So a sub-block kept under its block id, shard index and position is
+//! file's extents at it. So a unit kept under its block id, shard index and position is
 //! right for as long as any layout names that block, and the cache needs no invalidation,
 //! only a bound on its size. Whether a read uses the file's current blocks is the layout's
 //! business, as it was without the cache.
 //!
-//! A small read fetches the whole sub-block around it: the chunk server reads and verifies
-//! whole sub-blocks anyway (its checksums cover them), so the rest costs only the transfer.
-//! Eviction is CLOCK (second chance): a sub-block read again since it was last passed over
+//! A small read fetches the whole unit of [`CACHE_UNIT`] bytes around it: the chunk server
+//! reads and verifies whole sub-blocks anyway (its checksums cover them), and a unit holds
+//! whole sub-blocks, so the rest costs only the transfer.
+//! Eviction is CLOCK (second chance): a unit read again since it was last passed over
 //! is kept for another round.
 
 use bytes::Bytes;
-use dfs_common::checksum::SUB_BLOCK;
 use dfs_common::BlockId;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+/// Bytes of a data shard kept as one: a multiple of the chunk servers' checksummed
+/// sub-blocks (16 KiB now, 64 KiB in shards of earlier versions), large enough that a
+/// random reader's neighbouring reads find their bytes.
+pub const CACHE_UNIT: u64 = 64 * 1024;
+
 /// Reads of a data shard shorter than this go through the cache; longer ones (sequential
 /// reads, the kernel's read-ahead) fetch exactly their range and leave the cache alone.
-pub const CACHED_READ_MAX: u64 = SUB_BLOCK as u64;
+pub const CACHED_READ_MAX: u64 = CACHE_UNIT;
 
-/// Where one sub-block of one data shard sits.
+/// Where one unit of one data shard sits.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub struct UnitKey {
     pub block: BlockId,
     pub index: u8,
-    /// Sub-block number within the shard.
+    /// Unit number within the shard.
     pub unit: u32,
 }
 
@@ -68,7 +73,7 @@ impl ShardCache {
         self.capacity > 0
     }
 
-    /// The sub-block at `key`, if kept; counts a hit or a miss.
+    /// The unit at `key`, if kept; counts a hit or a miss.
     pub fn get(&self, key: &UnitKey) -> Option<Bytes> {
         let found = self.peek(key);
         let counter = if found.is_some() {
@@ -80,7 +85,7 @@ impl ShardCache {
         found
     }
 
-    /// The sub-block at `key`, if kept, without counting.
+    /// The unit at `key`, if kept, without counting.
     pub fn peek(&self, key: &UnitKey) -> Option<Bytes> {
         let mut state = self.state.lock().expect("shard cache");
         let unit = state.units.get_mut(key)?;
@@ -88,7 +93,7 @@ impl ShardCache {
         Some(unit.data.clone())
     }
 
-    /// Keeps `data` as the sub-block at `key`, evicting others to stay within the capacity.
+    /// Keeps `data` as the unit at `key`, evicting others to stay within the capacity.
     pub fn insert(&self, key: UnitKey, data: Bytes) {
         if data.len() > self.capacity {
             return;

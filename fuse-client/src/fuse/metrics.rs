@@ -49,7 +49,7 @@ impl FuseMetrics {
         let cache = gauges(
             &mut r,
             "dfs_fuse_read_cache",
-            "Read cache of shard sub-blocks: bytes kept, small shard reads answered from it (hits) and fetched (misses)",
+            "Read cache of 64 KiB shard units: bytes kept, small shard reads answered from it (hits) and fetched (misses)",
         );
         let spares = gauges(
             &mut r,

@@ -64,7 +64,7 @@ pub struct MountOptions {
     /// Flushes of at most this many bytes are kept in the metadata store (`inline=BYTES`, at
     /// most [`MAX_INLINE_END`]; `noinline` for 0).
     pub inline_max: u64,
-    /// Bytes of recently read shard sub-blocks the mount keeps for small reads
+    /// Bytes of recently read shard units (64 KiB) the mount keeps for small reads
     /// (`read_cache=MIB`, at most [`MAX_READ_CACHE_MIB`]; 0 keeps none).
     pub read_cache_bytes: usize,
     /// Block placements kept ready per volume while uploads follow each other
