@@ -1217,7 +1217,10 @@ mod tests {
         // kept open for the deleted one.
         let other: Vec<u8> = data.iter().map(|b| b ^ 0x5a).collect();
         store.put(k, owner(800_000), &other).unwrap();
-        assert_eq!(store.get(&k, 70_000, 5_000).unwrap(), &other[70_000..75_000]);
+        assert_eq!(
+            store.get(&k, 70_000, 5_000).unwrap(),
+            &other[70_000..75_000]
+        );
         let (_, got) = store
             .get_cached(&k, 70_000, 5_000)
             .expect("header cached and bytes in the page cache")
