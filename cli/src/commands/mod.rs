@@ -68,7 +68,12 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     };
     let tls = tls_paths(cli.certs.clone(), name, None, None, None)?;
     let identity = Identity::load(&tls)?;
-    Client::connect_group(&members, &identity, ClientOptions::default())
+    // A put is a burst of uploads: placements fetched ahead let each start at once.
+    let options = ClientOptions {
+        spare_blocks: 4,
+        ..ClientOptions::default()
+    };
+    Client::connect_group(&members, &identity, options)
         .await
         .with_context(|| format!("cannot reach the metadata server at {meta}"))
 }
