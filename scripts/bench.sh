@@ -14,8 +14,11 @@ work=${DFS_BENCH_DIR:-/tmp/dfs-bench}
 export DFS_DEV_DIR=$work/cluster
 mkdir -p "$work"
 
+# A fresh cluster every run, removed afterwards: the files a run removes are collected only
+# after a grace period, by which time the cluster is down, so kept clusters fill the disk.
+rm -rf --one-file-system "$DFS_DEV_DIR"
 "$repo/scripts/dev-cluster.sh" up >/dev/null
-trap '"$repo/scripts/dev-cluster.sh" down >/dev/null' EXIT
+trap '"$repo/scripts/dev-cluster.sh" down >/dev/null; rm -rf --one-file-system "$DFS_DEV_DIR"' EXIT
 # shellcheck disable=SC1091
 . "$DFS_DEV_DIR/cluster.env"
 bench=$repo/target/release/dfs-bench
