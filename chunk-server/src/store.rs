@@ -384,6 +384,42 @@ fn parse_shard_name(name: &str) -> Option<ShardKey> {
     })
 }
 
+/// A map of at most `max` entries that starts afresh when full: a cache whose entries are
+/// cheap to make again.
+struct Kept<V> {
+    max: usize,
+    map: Mutex<HashMap<ShardKey, V>>,
+}
+
+impl<V: Clone> Kept<V> {
+    fn new(max: usize) -> Self {
+        Kept {
+            max,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ShardKey, V>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, key: &ShardKey) -> Option<V> {
+        self.lock().get(key).cloned()
+    }
+
+    fn insert(&self, key: ShardKey, value: V) {
+        let mut map = self.lock();
+        if map.len() >= self.max {
+            map.clear();
+        }
+        map.insert(key, value);
+    }
+
+    fn remove(&self, key: &ShardKey) {
+        self.lock().remove(key);
+    }
+}
+
 /// All shards of one chunk server.
 pub struct ShardStore {
     root: PathBuf,
@@ -391,11 +427,11 @@ pub struct ShardStore {
     shard_count: AtomicU64,
     /// Verified headers of shards read or written lately: a read of a few KiB then costs one
     /// disk read, not two. Shard files never change once stored; a delete forgets its entry.
-    headers: Mutex<HashMap<ShardKey, Arc<ShardHeader>>>,
+    headers: Kept<Arc<ShardHeader>>,
     /// Shard files kept open for reads from the page cache ([`ShardStore::get_cached`]), which
     /// then skip an open and a path walk (a fifth of such a read's work). Only positional reads
     /// use them: the handles are shared. A delete forgets its entry.
-    open_files: Mutex<HashMap<ShardKey, Arc<File>>>,
+    open_files: Kept<Arc<File>>,
     /// Buffers of stored shards, for the next ones to be received into: a fresh allocation of
     /// a shard's size costs a zero-fill and a page fault per page, every shard.
     spare_buffers: Mutex<Vec<Vec<u8>>>,
@@ -460,8 +496,8 @@ impl ShardStore {
             root: root.to_path_buf(),
             used_bytes: AtomicU64::new(used),
             shard_count: AtomicU64::new(count),
-            headers: Mutex::new(HashMap::new()),
-            open_files: Mutex::new(HashMap::new()),
+            headers: Kept::new(MAX_CACHED_HEADERS),
+            open_files: Kept::new(MAX_OPEN_SHARDS),
             spare_buffers: Mutex::new(Vec::new()),
             slots,
             put_in_slots: use_slots,
@@ -485,44 +521,21 @@ impl ShardStore {
         }
     }
 
-    fn cached_header(&self, key: &ShardKey) -> Option<Arc<ShardHeader>> {
-        let headers = self.headers.lock().unwrap_or_else(|e| e.into_inner());
-        headers.get(key).cloned()
-    }
-
-    fn cache_header(&self, header: Arc<ShardHeader>) {
-        let mut headers = self.headers.lock().unwrap_or_else(|e| e.into_inner());
-        if headers.len() >= MAX_CACHED_HEADERS {
-            headers.clear();
-        }
-        headers.insert(header.key, header);
-    }
-
-    fn forget_header(&self, key: &ShardKey) {
-        let mut headers = self.headers.lock().unwrap_or_else(|e| e.into_inner());
-        headers.remove(key);
-    }
-
     /// The shard file of `key`, opened now or kept from an earlier read; for positional reads
     /// only.
     fn open_file(&self, key: &ShardKey) -> FsResult<Arc<File>> {
-        let kept = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(file) = kept.get(key) {
-            return Ok(file.clone());
+        if let Some(file) = self.open_files.get(key) {
+            return Ok(file);
         }
-        drop(kept);
         let file = Arc::new(open_shard(&self.shard_path(key))?);
-        let mut kept = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() >= MAX_OPEN_SHARDS {
-            kept.clear();
-        }
-        kept.insert(*key, file.clone());
+        self.open_files.insert(*key, file.clone());
         Ok(file)
     }
 
-    fn forget_file(&self, key: &ShardKey) {
-        let mut kept = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
-        kept.remove(key);
+    /// Drops what is kept in memory of a deleted shard.
+    fn forget(&self, key: &ShardKey) {
+        self.headers.remove(key);
+        self.open_files.remove(key);
     }
 
     pub fn root(&self) -> &Path {
@@ -642,7 +655,7 @@ impl ShardStore {
         }
         drop(guard);
         File::open(dir)?.sync_all()?;
-        self.cache_header(Arc::new(header));
+        self.headers.insert(key, Arc::new(header));
         self.used_bytes
             .fetch_add((encoded.len() + data_len) as u64, Ordering::Relaxed);
         self.shard_count.fetch_add(1, Ordering::Relaxed);
@@ -759,11 +772,11 @@ impl ShardStore {
         }
         let path = self.shard_path(key);
         let mut file = open_shard(&path)?;
-        let header = match self.cached_header(key) {
+        let header = match self.headers.get(key) {
             Some(header) => header,
             None => {
                 let header = Arc::new(read_header_of(key, &mut file, &path)?);
-                self.cache_header(header.clone());
+                self.headers.insert(*key, header.clone());
                 header
             }
         };
@@ -799,7 +812,7 @@ impl ShardStore {
             slots.read_cached(&slotted, header.data_offset() + span.start, &mut bytes)?;
             return Some(verified_slot(slots, key, &slotted, &span, bytes));
         }
-        let header = self.cached_header(key)?;
+        let header = self.headers.get(key)?;
         let span = match Span::of(&header, offset, len) {
             Ok(Some(span)) => span,
             Ok(None) => return Some(Ok((header.owner, Bytes::new()))),
@@ -830,7 +843,7 @@ impl ShardStore {
         if let Some(slots) = &self.slots {
             match slots.delete(key)? {
                 Deleted::Shard(slotted) => {
-                    self.forget_header(key);
+                    self.forget(key);
                     self.used_bytes
                         .fetch_sub(slotted.header.file_len(), Ordering::Relaxed);
                     self.shard_count.fetch_sub(1, Ordering::Relaxed);
@@ -847,8 +860,7 @@ impl ShardStore {
             Err(e) => return Err(e.into()),
         };
         fs::remove_file(&path)?;
-        self.forget_header(key);
-        self.forget_file(key);
+        self.forget(key);
         if let Some(dir) = path.parent() {
             File::open(dir)?.sync_all()?;
         }
@@ -956,6 +968,16 @@ mod tests {
             block: BlockId(block),
             index,
         }
+    }
+
+    /// Flips `bits` of data byte `at` of the shard file of `k` (which holds `data_len` bytes),
+    /// in place, as damage on the disk would.
+    fn damage_data(store: &ShardStore, k: &ShardKey, data_len: usize, at: usize, bits: u8) {
+        let path = store.shard_path(k);
+        let mut bytes = fs::read(&path).unwrap();
+        let header_len = bytes.len() - data_len;
+        bytes[header_len + at] ^= bits;
+        fs::write(&path, &bytes).unwrap();
     }
 
     /// Shards of every length round-trip exactly whether the file system takes O_DIRECT (the
@@ -1197,11 +1219,7 @@ mod tests {
             Some(Err(FsError::Invalid(_)))
         ));
         // Damage written through the page cache is caught by the cached read too.
-        let path = store.shard_path(&k);
-        let mut bytes = fs::read(&path).unwrap();
-        let header_len = bytes.len() - data.len();
-        bytes[header_len + 70_001] ^= 4;
-        fs::write(&path, &bytes).unwrap();
+        damage_data(&store, &k, data.len(), 70_001, 4);
         assert!(matches!(
             store.get_cached(&k, 70_000, 10),
             Some(Err(FsError::Corrupt(_)))
@@ -1309,11 +1327,7 @@ mod tests {
         assert_eq!(store.read_header(&key(3, 0)).unwrap().sub_block, SUB_BLOCK);
 
         // Damage in an old shard file fails reads anywhere in its 64 KiB sub-block.
-        let path = store.shard_path(&key(2, 0));
-        let mut file = fs::read(&path).unwrap();
-        let header_len = file.len() - large.len();
-        file[header_len + LEGACY_SUB_BLOCK + 5] ^= 0x10;
-        fs::write(&path, &file).unwrap();
+        damage_data(&store, &key(2, 0), large.len(), LEGACY_SUB_BLOCK + 5, 0x10);
         assert!(matches!(
             store.get(&key(2, 0), LEGACY_SUB_BLOCK as u64 + 60_000, 10),
             Err(FsError::Corrupt(_))

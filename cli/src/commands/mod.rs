@@ -70,7 +70,7 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     let identity = Identity::load(&tls)?;
     // A put is a burst of uploads: placements fetched ahead let each start at once.
     let options = ClientOptions {
-        spare_blocks: 4,
+        spare_blocks: dfs_client::client::spare_blocks::DEFAULT_SPARE_BLOCKS,
         ..ClientOptions::default()
     };
     Client::connect_group(&members, &identity, options)

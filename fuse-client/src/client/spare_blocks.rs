@@ -21,6 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Placements kept ready per volume by a mount and by the `dfs` command line: one per upload
+/// a few writers have under way.
+pub const DEFAULT_SPARE_BLOCKS: usize = 4;
+
 /// How long a spare placement is used, and how close two uploads must follow each other for
 /// the second to fetch ahead.
 pub const MAX_AGE: Duration = Duration::from_secs(5);

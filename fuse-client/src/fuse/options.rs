@@ -72,13 +72,11 @@ pub struct MountOptions {
     pub spare_blocks: usize,
 }
 
+use crate::client::spare_blocks::DEFAULT_SPARE_BLOCKS;
 use dfs_common::proto::MAX_INLINE_END;
 
 /// The most block placements the mount keeps ready per volume.
 pub const MAX_SPARE_BLOCKS: usize = 64;
-
-/// Block placements kept ready by default: one per upload a few writers have under way.
-pub const DEFAULT_SPARE_BLOCKS: usize = 4;
 
 /// The largest read cache the mount accepts, in MiB.
 pub const MAX_READ_CACHE_MIB: usize = 64 * 1024;
