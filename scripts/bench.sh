@@ -4,12 +4,14 @@
 #
 #   scripts/bench.sh            (as root, so that page caches can be dropped for cold reads)
 #
-# Settings: DFS_BENCH_SIZE_MB (1024), DFS_BENCH_CREATES (2000), DFS_BENCH_DIR (/tmp/dfs-bench);
+# Settings: DFS_BENCH_SIZE_MB (1024), DFS_BENCH_ROUNDS (3), DFS_BENCH_CREATES (2000),
+# DFS_BENCH_DIR (/tmp/dfs-bench);
 # the dev cluster runs with DFS_DEV_DIR=$DFS_BENCH_DIR/cluster and the usual DFS_* settings.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 size_mb=${DFS_BENCH_SIZE_MB:-1024}
 creates=${DFS_BENCH_CREATES:-2000}
+rounds=${DFS_BENCH_ROUNDS:-3}
 work=${DFS_BENCH_DIR:-/tmp/dfs-bench}
 export DFS_DEV_DIR=$work/cluster
 mkdir -p "$work"
@@ -45,7 +47,6 @@ pct() { awk -v d="$1" -v l="$2" 'BEGIN { printf "%.0f", 100 * l / d }'; }
 
 src=$work/src.bin
 head -c $((size_mb * 1024 * 1024)) /dev/urandom >"$src"
-name=bench-$$.bin
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -r)"
 echo
@@ -55,27 +56,49 @@ echo
 echo
 echo "### ${size_mb} MiB file: dfs put / get against cp / cat on the same disk"
 echo
-drop_caches
-read -r t_cp c_cp <<<"$(measure sh -c "cp '$src' '$work/copy.bin' && sync -f '$work/copy.bin'")"
-rm -f "$work/copy.bin"
-drop_caches
-read -r t_put c_put <<<"$(measure dfs put "$src" "default:/$name")"
-drop_caches
-read -r t_cat c_cat <<<"$(measure sh -c "cat '$src' >/dev/null")"
-# Both reads discard what they read, as cat does; a second get, not timed, checks the bytes.
-drop_caches
-read -r t_get c_get <<<"$(measure dfs get "default:/$name" /dev/null)"
-dfs get "default:/$name" "$work/back.bin" >/dev/null
-cmp -s "$src" "$work/back.bin" || { echo "get returned different bytes" >&2; exit 1; }
-rm -f "$work/back.bin"
-dfs rm "default:/$name"
+# One sample of each side per round, the rounds alternating the two, and the medians compared:
+# on a shared virtual machine one transfer can run at half speed (a neighbour's load, memory
+# the host took back and must hand over again), for the local copy as for dfs.
+t_cps=() c_cps=() t_puts=() c_puts=() t_cats=() c_cats=() t_gets=() c_gets=()
+for round in $(seq "$rounds"); do
+    name=bench-$$-$round.bin
+    drop_caches
+    read -r t c <<<"$(measure sh -c "cp '$src' '$work/copy.bin' && sync -f '$work/copy.bin'")"
+    t_cps+=("$t") c_cps+=("$c")
+    rm -f "$work/copy.bin"
+    drop_caches
+    read -r t c <<<"$(measure dfs put "$src" "default:/$name")"
+    t_puts+=("$t") c_puts+=("$c")
+    drop_caches
+    read -r t c <<<"$(measure sh -c "cat '$src' >/dev/null")"
+    t_cats+=("$t") c_cats+=("$c")
+    # Both reads discard what they read, as cat does; a second get, not timed, checks the bytes.
+    drop_caches
+    read -r t c <<<"$(measure dfs get "default:/$name" /dev/null)"
+    t_gets+=("$t") c_gets+=("$c")
+    dfs get "default:/$name" "$work/back.bin" >/dev/null
+    cmp -s "$src" "$work/back.bin" || { echo "get returned different bytes" >&2; exit 1; }
+    rm -f "$work/back.bin"
+done
+for round in $(seq "$rounds"); do dfs rm "default:/bench-$$-$round.bin"; done
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+range() { printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f–%.2f s", lo, hi }'; }
+gib() { awk -v c="$1" -v s="$size_mb" 'BEGIN { printf "%.1f", c / (s / 1024) }'; } # CPU-s per GiB
+# label dfs_times dfs_cpus local_times local_cpus (arrays passed by name)
+row() {
+    local -n td=$2 cd=$3 tl=$4 cl=$5
+    local md ml
+    md=$(median "${td[@]}") ml=$(median "${tl[@]}")
+    printf '| %s | %.2f s (%s), %s MiB/s, %s CPU-s/GiB | %.2f s (%s), %s MiB/s, %s CPU-s/GiB | %s%% |\n' \
+        "$1" "$md" "$(range "${td[@]}")" "$(mbps "$md")" "$(gib "$(median "${cd[@]}")")" \
+        "$ml" "$(range "${tl[@]}")" "$(mbps "$ml")" "$(gib "$(median "${cl[@]}")")" "$(pct "$md" "$ml")"
+}
+echo "Medians of $rounds rounds (the range in brackets); CPU-s/GiB is system-wide."
+echo
 echo "| operation | dfs | local | dfs / local |"
 echo "|---|---|---|---|"
-gib() { awk -v c="$1" -v s="$size_mb" 'BEGIN { printf "%.1f", c / (s / 1024) }'; } # CPU-s per GiB
-printf '| write (put vs cp + fsync) | %.2f s, %s MiB/s, %s CPU-s/GiB | %.2f s, %s MiB/s, %s CPU-s/GiB | %s%% |\n' \
-    "$t_put" "$(mbps "$t_put")" "$(gib "$c_put")" "$t_cp" "$(mbps "$t_cp")" "$(gib "$c_cp")" "$(pct "$t_put" "$t_cp")"
-printf '| cold read (get vs cat, both to /dev/null) | %.2f s, %s MiB/s, %s CPU-s/GiB | %.2f s, %s MiB/s, %s CPU-s/GiB | %s%% |\n' \
-    "$t_get" "$(mbps "$t_get")" "$(gib "$c_get")" "$t_cat" "$(mbps "$t_cat")" "$(gib "$c_cat")" "$(pct "$t_get" "$t_cat")"
+row "write (put vs cp + fsync)" t_puts c_puts t_cps c_cps
+row "cold read (get vs cat, both to /dev/null)" t_gets c_gets t_cats c_cats
 echo
 echo "### Creates through the client library (dfs-bench creates, $creates files)"
 echo

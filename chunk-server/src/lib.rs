@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`store`]: shard files with per-sub-block blake3 checksums, written durably.
 //! - [`slots`]: small shards kept in slots of preallocated files.
+//! - [`cached_read`]: reads from the page cache alone, for the network thread.
 //! - [`service`]: the QUIC request handler.
 //! - [`heartbeat`]: registration with, and liveness reports to, the metadata server.
 //! - [`identity`]: the server id and reset key kept in the data directory.
@@ -12,6 +13,7 @@
 //! - [`reconcile`]: deleting shards the metadata server no longer places here.
 
 pub mod access;
+pub mod cached_read;
 pub mod heartbeat;
 pub mod identity;
 pub mod rebuild;

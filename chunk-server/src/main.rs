@@ -160,6 +160,7 @@ fn resolve(args: Args, file: Args) -> anyhow::Result<ChunkConfig> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    dfs_common::memory::keep_freed_memory();
     let args = Args::parse();
     let file: Args = load_toml(args.config.as_deref())?;
     let level = args.log.clone().or(file.log.clone());

@@ -343,15 +343,9 @@ impl SlotStore {
 
     /// Reads like [`SlotStore::read`] only what the page cache holds (`RWF_NOWAIT`); `None`
     /// when some is not there.
-    pub fn read_cached(&self, slotted: &Slotted, offset: u64, buf: &mut [u8]) -> Option<()> {
+    pub fn read_cached(&self, slotted: &Slotted, offset: u64, len: usize) -> Option<Vec<u8>> {
         let class = &self.classes[slotted.class];
-        let read = rustix::io::preadv2(
-            &class.file,
-            &mut [std::io::IoSliceMut::new(buf)],
-            slotted.slot * class.size + offset,
-            rustix::io::ReadWriteFlags::NOWAIT,
-        );
-        (read.ok()? == buf.len()).then_some(())
+        crate::cached_read::read_cached(&class.file, slotted.slot * class.size + offset, len)
     }
 
     /// Reads the slot's header from disk again (for verification), checking it names `key`.

@@ -808,8 +808,7 @@ impl ShardStore {
                 Ok(None) => return Some(Ok((header.owner, Bytes::new()))),
                 Err(e) => return Some(Err(e)),
             };
-            let mut bytes = vec![0u8; span.len];
-            slots.read_cached(&slotted, header.data_offset() + span.start, &mut bytes)?;
+            let bytes = slots.read_cached(&slotted, header.data_offset() + span.start, span.len)?;
             return Some(verified_slot(slots, key, &slotted, &span, bytes));
         }
         let header = self.headers.get(key)?;
@@ -819,17 +818,9 @@ impl ShardStore {
             Err(e) => return Some(Err(e)),
         };
         let file = self.open_file(key).ok()?;
-        let mut bytes = vec![0u8; span.len];
-        let read = rustix::io::preadv2(
-            &*file,
-            &mut [std::io::IoSliceMut::new(&mut bytes)],
-            header.data_offset() + span.start,
-            rustix::io::ReadWriteFlags::NOWAIT,
-        );
         // Not all cached (EAGAIN), short, or refused: the disk thread does it properly.
-        if read.ok()? != span.len {
-            return None;
-        }
+        let bytes =
+            crate::cached_read::read_cached(&file, header.data_offset() + span.start, span.len)?;
         Some(span.verified(key, &header, || self.shard_path(key), bytes))
     }
 

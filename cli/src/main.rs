@@ -81,6 +81,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    dfs_common::memory::keep_freed_memory();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -13,7 +13,7 @@
 //! - [`proto`]: request and response types of the metadata and chunk services.
 //! - [`codec`]: length-prefixed, bounded bincode frames on QUIC streams.
 //! - [`net`]: QUIC endpoints, TLS with the cluster CA, the RPC client and server loop.
-//! - [`telemetry`]: logging set-up shared by the binaries.
+//! - [`telemetry`]: logging set-up shared by the binaries; [`memory`]: allocator settings.
 //! - [`metrics`]: Prometheus counters, histograms and gauges; [`http`] serves them.
 
 pub mod capability;
@@ -27,6 +27,7 @@ pub mod error;
 pub mod fault;
 pub mod http;
 pub mod ids;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod net;

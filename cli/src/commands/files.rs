@@ -14,7 +14,6 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::AsyncWriteExt;
 
 /// Bytes one read request of `get` asks for; several are in flight.
 const GET_CHUNK: u64 = 16 * 1024 * 1024;
@@ -176,6 +175,19 @@ fn read_block(
     })
 }
 
+/// Writes `data` to the end of what `file` holds so far, on a blocking thread, from the buffer
+/// as it is (tokio's file writes copy it into a buffer of their own first).
+fn write_block(
+    file: &Arc<std::fs::File>,
+    data: Vec<u8>,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let file = file.clone();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        (&*file).write_all(&data)
+    })
+}
+
 pub async fn get(client: &Client, args: GetArgs, json: bool) -> anyhow::Result<()> {
     let (volume, path) = remote(client, &args.remote).await?;
     let attr = client
@@ -185,9 +197,9 @@ pub async fn get(client: &Client, args: GetArgs, json: bool) -> anyhow::Result<(
     if attr.kind != FileKind::File {
         bail!("{} is not a regular file", args.remote);
     }
-    let mut local = tokio::fs::File::create(&args.local)
-        .await
+    let local = std::fs::File::create(&args.local)
         .with_context(|| format!("cannot create {}", args.local.display()))?;
+    let local = Arc::new(local);
     let started = Instant::now();
     let bar = progress(attr.size, "get");
     let mut reads = VecDeque::new();
@@ -206,11 +218,13 @@ pub async fn get(client: &Client, args: GetArgs, json: bool) -> anyhow::Result<(
         if data.is_empty() {
             break;
         }
-        local.write_all(&data).await?;
-        written += data.len() as u64;
+        let n = data.len() as u64;
+        write_block(&local, data)
+            .await
+            .context("the local write stopped")??;
+        written += n;
         bar.set_position(written);
     }
-    local.flush().await?;
     bar.finish_and_clear();
     report(json, "got", written, started)
 }

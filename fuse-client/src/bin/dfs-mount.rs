@@ -62,6 +62,7 @@ struct Args {
 const NOTIFY_ENV: &str = "DFS_MOUNT_NOTIFY";
 
 fn main() -> ExitCode {
+    dfs_common::memory::keep_freed_memory();
     let args = Args::parse();
     let result = if args.foreground || std::env::var_os(NOTIFY_ENV).is_some() {
         dfs_common::telemetry::init_logging("warn");
