@@ -84,21 +84,24 @@ for round in $(seq "$rounds"); do dfs rm "default:/bench-$$-$round.bin"; done
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 range() { printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f–%.2f s", lo, hi }'; }
 gib() { awk -v c="$1" -v s="$size_mb" 'BEGIN { printf "%.1f", c / (s / 1024) }'; } # CPU-s per GiB
-# label dfs_times dfs_cpus local_times local_cpus (arrays passed by name)
+# label target_percent dfs_times dfs_cpus local_times local_cpus (arrays passed by name)
 row() {
-    local -n td=$2 cd=$3 tl=$4 cl=$5
-    local md ml
+    local -n td=$3 cd=$4 tl=$5 cl=$6
+    local md ml ratio
     md=$(median "${td[@]}") ml=$(median "${tl[@]}")
-    printf '| %s | %.2f s (%s), %s MiB/s, %s CPU-s/GiB | %.2f s (%s), %s MiB/s, %s CPU-s/GiB | %s%% |\n' \
+    ratio=$(pct "$md" "$ml")
+    printf '| %s | %.2f s (%s), %s MiB/s, %s CPU-s/GiB | %.2f s (%s), %s MiB/s, %s CPU-s/GiB | %s%% | >= %s%% | %s |\n' \
         "$1" "$md" "$(range "${td[@]}")" "$(mbps "$md")" "$(gib "$(median "${cd[@]}")")" \
-        "$ml" "$(range "${tl[@]}")" "$(mbps "$ml")" "$(gib "$(median "${cl[@]}")")" "$(pct "$md" "$ml")"
+        "$ml" "$(range "${tl[@]}")" "$(mbps "$ml")" "$(gib "$(median "${cl[@]}")")" "$ratio" \
+        "$2" "$(if [ "$ratio" -ge "$2" ]; then echo met; else echo missed; fi)"
 }
 echo "Medians of $rounds rounds (the range in brackets); CPU-s/GiB is system-wide."
 echo
-echo "| operation | dfs | local | dfs / local |"
-echo "|---|---|---|---|"
-row "write (put vs cp + fsync)" t_puts c_puts t_cps c_cps
-row "cold read (get vs cat, both to /dev/null)" t_gets c_gets t_cats c_cats
+# The data-path targets: a put at 60% of a local copy's speed, a get at 50% of a cold cat's.
+echo "| operation | dfs | local | dfs / local | target | |"
+echo "|---|---|---|---|---|---|"
+row "write (put vs cp + fsync)" 60 t_puts c_puts t_cps c_cps
+row "cold read (get vs cat, both to /dev/null)" 50 t_gets c_gets t_cats c_cats
 echo
 echo "### Creates through the client library (dfs-bench creates, $creates files)"
 echo
