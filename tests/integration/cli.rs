@@ -49,6 +49,15 @@ fn fails(cluster: &ProcessCluster, args: &[&str], message: &str) {
     );
 }
 
+/// The names `dfs ls` lists in a remote directory.
+fn names(cluster: &ProcessCluster, remote: &str) -> Vec<String> {
+    ok(cluster, &["ls", remote])
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().last().map(str::to_owned))
+        .collect()
+}
+
 #[test]
 fn cli_commands_and_their_failures() {
     let cluster = ProcessCluster::start(6);
@@ -159,6 +168,40 @@ fn cli_commands_and_their_failures() {
         ls.contains("file") && ls.contains(&data.len().to_string()),
         "{ls}"
     );
+    assert_eq!(names(&cluster, "default:/a/b"), ["file"]);
+
+    // A put's file takes its name only once complete: a put that fails leaves nothing behind,
+    // and a failed `--force` leaves the old file whole (here, the volume's quota stops them).
+    ok(
+        &cluster,
+        &[
+            "volume",
+            "create",
+            "small",
+            "--ec",
+            "4+2",
+            "--quota-bytes",
+            "1M",
+        ],
+    );
+    let little = cluster.dir.path().join("little.bin");
+    let little_data = random_bytes(10_000, 4);
+    std::fs::write(&little, &little_data).unwrap();
+    ok(&cluster, &["put", little.to_str().unwrap(), "small:/f"]);
+    fails(&cluster, &["put", l, "small:/g"], "quota");
+    fails(&cluster, &["put", "--force", l, "small:/f"], "quota");
+    assert_eq!(names(&cluster, "small:/"), ["f"]);
+    ok(&cluster, &["get", "small:/f", back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap() == little_data);
+    let other = random_bytes(20_000, 5);
+    std::fs::write(&little, &other).unwrap();
+    ok(
+        &cluster,
+        &["put", "--force", little.to_str().unwrap(), "small:/f"],
+    );
+    ok(&cluster, &["get", "small:/f", back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap() == other);
+    assert_eq!(names(&cluster, "small:/"), ["f"]);
 
     fails(&cluster, &["rm", "default:/a"], "directory not empty");
     fails(

@@ -5,7 +5,7 @@ use crate::output;
 use anyhow::{bail, Context};
 use clap::Args;
 use dfs_client::Client;
-use dfs_common::proto::meta::{Attr, FileKind, VolumeInfo};
+use dfs_common::proto::meta::{Attr, FileKind, VolumeInfo, RENAME_NOREPLACE};
 use dfs_common::FsError;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -23,7 +23,8 @@ const GET_IN_FLIGHT: usize = 3;
 pub struct PutArgs {
     pub local: PathBuf,
     pub remote: String,
-    /// Replace the remote file if it exists.
+    /// Replace the remote file if it exists: the new file, with the old one's mode and owner,
+    /// takes its name once all its bytes are committed.
     #[arg(short, long)]
     pub force: bool,
 }
@@ -125,39 +126,83 @@ pub async fn put(client: &Client, args: PutArgs, json: bool) -> anyhow::Result<(
         .resolve_parent(&volume, &path)
         .await
         .map_err(not_found(&args.remote))?;
-    let mut file = match client.create(parent.ino, name, 0o644, 0, 0).await {
-        Ok(f) => f,
-        Err(FsError::Exists) if args.force => {
-            let attr = client.lookup(parent.ino, name).await?;
-            let mut f = client
-                .handle_for(attr)
-                .await
-                .map_err(not_found(&args.remote))?;
-            f.truncate(0).await?;
-            f
-        }
-        Err(FsError::Exists) => bail!("{} exists (use --force to replace it)", args.remote),
+    // Refused before any byte is sent when the name is taken (the rename at the end checks
+    // again: the name may be taken meanwhile). A file replaced keeps its mode and owner.
+    let (mode, uid, gid) = match client.lookup(parent.ino, name).await {
+        Ok(_) if !args.force => bail!("{} exists (use --force to replace it)", args.remote),
+        Ok(old) if old.kind == FileKind::Dir => bail!("{} is a directory", args.remote),
+        Ok(old) => (old.mode & 0o7777, old.uid, old.gid),
+        Err(FsError::NotFound) => (0o644, 0, 0),
         Err(e) => return Err(not_found(&args.remote)(e)),
     };
+    // The bytes go to a new file under a hidden name, which takes the real name only once they
+    // are all committed: a put that fails leaves no partial file behind, and `--force` leaves
+    // the old file whole until the new one replaces it.
+    let temp = upload_name(name);
+    let mut file = client
+        .create(parent.ino, &temp, mode, uid, gid)
+        .await
+        .map_err(not_found(&args.remote))?;
     let started = Instant::now();
     let bar = progress(len, "put");
-    let mut offset = 0u64;
-    loop {
-        // Each block is read into its own buffer, which then travels to the encoder uncopied.
-        let buf = read_block(&local, file.write_buffer(), file.block_size())
-            .await
-            .context("the local read stopped")??;
-        if buf.is_empty() {
-            break;
+    let uploaded = async {
+        let mut offset = 0u64;
+        loop {
+            // Each block is read into its own buffer, which then travels to the encoder
+            // uncopied.
+            let buf = read_block(&local, file.write_buffer(), file.block_size())
+                .await
+                .context("the local read stopped")??;
+            if buf.is_empty() {
+                break;
+            }
+            let n = buf.len();
+            file.write_owned(offset, buf).await?;
+            offset += n as u64;
+            bar.set_position(offset);
         }
-        let n = buf.len();
-        file.write_owned(offset, buf).await?;
-        offset += n as u64;
-        bar.set_position(offset);
+        file.close().await.context("committing the file")?;
+        let flags = if args.force { 0 } else { RENAME_NOREPLACE };
+        client
+            .rename(parent.ino, &temp, parent.ino, name, flags)
+            .await
+            .map_err(|e| match e {
+                FsError::Exists => {
+                    anyhow::anyhow!("{} exists (use --force to replace it)", args.remote)
+                }
+                FsError::IsDir => anyhow::anyhow!("{} is a directory", args.remote),
+                other => anyhow::Error::from(other),
+            })?;
+        anyhow::Ok(offset)
     }
-    file.close().await.context("committing the file")?;
+    .await;
     bar.finish_and_clear();
-    report(json, "put", offset, started)
+    match uploaded {
+        Ok(bytes) => report(json, "put", bytes, started),
+        Err(e) => {
+            if let Err(left) = client.unlink(parent.ino, &temp).await {
+                eprintln!("dfs: could not remove the partial upload {temp}: {left}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The hidden name a put uploads under before the file takes its real name: the name (cut to
+/// keep within the 255-byte limit), and a part unique to this put.
+fn upload_name(name: &str) -> String {
+    let mut cut = name.len().min(200);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        ".{}.dfs-put-{}-{nonce:08x}",
+        &name[..cut],
+        std::process::id()
+    )
 }
 
 /// Reads the next `len` bytes of `file` (fewer only at its end) on a blocking thread, straight
