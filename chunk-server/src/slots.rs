@@ -19,13 +19,16 @@
 //! be used again. A crash mid-write leaves a slot whose header or data fail their checksums:
 //! the write was never acknowledged, and reads of it are errors, never other bytes.
 //!
-//! Slot files never shrink: the space of deleted shards is reused by later shards of the same
-//! size class, not given back to the file system.
+//! A new shard takes the lowest free slot, so the shards of a file gather at its start. When a
+//! delete leaves more than two growths' worth of free slots at a file's end, the file is cut to
+//! keep one: the space of deleted shards goes back to the file system, while a file that keeps
+//! filling and emptying does not shrink and grow at every step. Free slots in the middle are
+//! reused by later shards of the same size class.
 
 use crate::store::ShardHeader;
 use dfs_common::proto::chunk::ShardKey;
 use dfs_common::{FsError, FsResult};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -73,7 +76,8 @@ struct Class {
 
 #[derive(Default)]
 struct Space {
-    free: Vec<u64>,
+    /// Taken lowest first.
+    free: BTreeSet<u64>,
     slots: u64,
 }
 
@@ -167,12 +171,12 @@ impl SlotStore {
                             index.damaged.insert(key, (c, slot));
                         }
                         Some(_) => {}
-                        None => space.free.push(slot),
+                        None => {
+                            space.free.insert(slot);
+                        }
                     },
                 }
             }
-            // Lowest slots first: a store that empties and fills again stays compact.
-            space.free.sort_unstable_by(|a, b| b.cmp(a));
         }
         Ok(SlotStore {
             classes,
@@ -280,7 +284,7 @@ impl SlotStore {
         if let Err(e) = written {
             // The slot may hold part of this shard: its header or data fail their checksums,
             // so it reads as free at the next start; meanwhile it is reused like any other.
-            class.space.lock().expect("slot space").free.push(slot);
+            class.space.lock().expect("slot space").free.insert(slot);
             return Err(e);
         }
         Ok(Slotted {
@@ -307,7 +311,10 @@ impl SlotStore {
         let file = &self.classes[class];
         match clear_slot(file, slot) {
             Ok(()) => {
-                file.space.lock().expect("slot space").free.push(slot);
+                let mut space = file.space.lock().expect("slot space");
+                space.free.insert(slot);
+                shrink(file, &mut space);
+                drop(space);
                 self.release(key, None);
                 Ok(found)
             }
@@ -404,7 +411,7 @@ fn open_class(dir: &Path, size: u64) -> FsResult<Class> {
         file,
         direct,
         space: Mutex::new(Space {
-            free: Vec::new(),
+            free: BTreeSet::new(),
             slots,
         }),
     })
@@ -434,17 +441,52 @@ fn clear_slot(class: &Class, slot: u64) -> FsResult<()> {
 /// length) when there is none.
 fn take_slot(class: &Class) -> FsResult<u64> {
     let mut space = class.space.lock().expect("slot space");
-    if let Some(slot) = space.free.pop() {
+    if let Some(slot) = space.free.pop_first() {
         return Ok(slot);
     }
     let first = space.slots;
-    let added = (GROW_BYTES / class.size).max(1);
+    let added = growth(class);
     let zeros = vec![0u8; (added * class.size) as usize];
     class.file.write_all_at(&zeros, first * class.size)?;
     class.file.sync_all()?;
     space.slots += added;
-    space.free.extend((first + 1..first + added).rev());
+    space.free.extend(first + 1..first + added);
     Ok(first)
+}
+
+/// Slots a file grows by.
+fn growth(class: &Class) -> u64 {
+    (GROW_BYTES / class.size).max(1)
+}
+
+/// Cuts the file's free slots at its end, keeping one growth's worth, once more than two
+/// growths' worth are free there. The slots cut are free (their headers cleared and synced),
+/// so a crash before or after the cut leaves the same shards; a read of a shard deleted
+/// meanwhile finds its slot gone, which means the shard is gone.
+fn shrink(class: &Class, space: &mut Space) {
+    let keep = growth(class);
+    let free_at_end = space
+        .free
+        .iter()
+        .rev()
+        .zip((0..space.slots).rev())
+        .take_while(|&(&free, slot)| free == slot)
+        .count() as u64;
+    if free_at_end <= 2 * keep {
+        return;
+    }
+    let slots = space.slots - (free_at_end - keep);
+    let cut = class
+        .file
+        .set_len(slots * class.size)
+        .and_then(|()| class.file.sync_all());
+    if let Err(e) = cut {
+        // The file may or may not be cut; either way those slots are free, and a growth
+        // writes them again.
+        tracing::warn!(file = %class.path.display(), "cutting free slots off failed: {e}");
+    }
+    space.free.split_off(&slots);
+    space.slots = slots;
 }
 
 /// Writes `bytes` at the start of `slot`: O_DIRECT where taken, else through the page cache.

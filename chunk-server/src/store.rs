@@ -888,13 +888,25 @@ fn get_slotted(
         return Ok((header.owner, Bytes::new()));
     };
     let mut bytes = vec![0u8; span.len];
-    slots.read(slotted, header.data_offset() + span.start, &mut bytes)?;
+    if let Err(e) = slots.read(slotted, header.data_offset() + span.start, &mut bytes) {
+        return Err(gone_or(slots, key, slotted, e));
+    }
     verified_slot(slots, key, slotted, &span, bytes)
 }
 
-/// Checks bytes read from a slot. Bytes that fail their checksums because the shard was
-/// deleted while they were read (and its slot perhaps reused) mean the shard is gone, not
-/// damaged.
+/// `error` (from reading `slotted`), or `NotFound` when the shard is no longer in that slot:
+/// a slot read as damaged or cut short because the shard was deleted meanwhile (and its slot
+/// reused, or cut off the end of its file) means the shard is gone, not damaged.
+fn gone_or(slots: &SlotStore, key: &ShardKey, slotted: &Slotted, error: FsError) -> FsError {
+    match error {
+        FsError::Corrupt(_) if slots.lookup(key).is_none_or(|now| !now.same_place(slotted)) => {
+            FsError::NotFound
+        }
+        other => other,
+    }
+}
+
+/// Checks bytes read from a slot (see [`gone_or`] for a shard deleted while they were read).
 fn verified_slot(
     slots: &SlotStore,
     key: &ShardKey,
@@ -902,19 +914,13 @@ fn verified_slot(
     span: &Span,
     bytes: Vec<u8>,
 ) -> FsResult<(ShardOwner, Bytes)> {
-    match span.verified(
+    span.verified(
         key,
         &slotted.header,
         || slots.file_of(slotted).to_path_buf(),
         bytes,
-    ) {
-        Err(FsError::Corrupt(_))
-            if slots.lookup(key).is_none_or(|now| !now.same_place(slotted)) =>
-        {
-            Err(FsError::NotFound)
-        }
-        other => other,
-    }
+    )
+    .map_err(|e| gone_or(slots, key, slotted, e))
 }
 
 /// Reads and checks the header of the shard file `file` at `path`, which must name `key`.
@@ -1145,6 +1151,63 @@ mod tests {
             get_slotted(slots, &b, &held, 0, 3).unwrap().1,
             &[0xbb; 3][..]
         );
+    }
+
+    /// A slot file gives the space of deleted shards at its end back: new shards take the
+    /// lowest free slots, and once more than two growths' worth of slots at the end are free
+    /// the file is cut to keep one. The shards left read back, after a reopen too, and a read
+    /// of a shard whose slot was cut off finds it gone.
+    #[test]
+    fn slot_files_shrink_when_the_shards_at_their_end_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(dir.path()).unwrap();
+        let file = dir.path().join("slots/slots-8k");
+        let slots_in = |path: &Path| fs::metadata(path).unwrap().len() / 8192;
+        // 1,000-byte shards take 8 KiB slots; the file grows by 256 slots (2 MiB) at a time.
+        let data = |i: u64| vec![(i % 251) as u8; 1_000];
+        for i in 0..1_000u64 {
+            store.put(key(i, 0), owner(4_000), &data(i)).unwrap();
+        }
+        assert_eq!(slots_in(&file), 1_024);
+        let slots = store.slots.as_ref().unwrap();
+        let (_, last) = store.slot_of(&key(999, 0)).unwrap();
+        assert_eq!(
+            slots.location(&last).1,
+            999 * 8192,
+            "slots taken lowest first"
+        );
+        // Freeing 700 slots at the end (724 counting the never used) cuts the file to the
+        // highest shard kept, plus 256 free slots.
+        for i in 300..1_000u64 {
+            assert!(store.delete(&key(i, 0)).unwrap());
+        }
+        assert_eq!(slots_in(&file), 300 + 256);
+        assert_eq!(
+            get_slotted(slots, &key(999, 0), &last, 0, 10),
+            Err(FsError::NotFound),
+            "a slot cut off reads as a shard gone"
+        );
+        // Deletes in the middle leave the file as it is; the next shards fill the lowest free
+        // slots, then the file grows again.
+        for i in 0..100u64 {
+            assert!(store.delete(&key(i, 0)).unwrap());
+        }
+        assert_eq!(slots_in(&file), 556);
+        for i in 1_000..1_400u64 {
+            store.put(key(i, 0), owner(4_000), &data(i)).unwrap();
+        }
+        let (_, first) = store.slot_of(&key(1_000, 0)).unwrap();
+        assert_eq!(slots.location(&first).1, 0);
+        assert_eq!(slots_in(&file), 556 + 256);
+        let reopened = ShardStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.shard_count(), 600);
+        for i in (100..300u64).chain(1_000..1_400) {
+            assert_eq!(
+                reopened.get(&key(i, 0), 0, 1_000).unwrap(),
+                data(i),
+                "shard {i}"
+            );
+        }
     }
 
     /// Buffers are reused from shard to shard, larger for smaller: each file holds exactly its
