@@ -20,8 +20,8 @@
 //! the write was never acknowledged, and reads of it are errors, never other bytes.
 //!
 //! A new shard takes the lowest free slot, so the shards of a file gather at its start. When a
-//! delete leaves more than two growths' worth of free slots at a file's end, the file is cut to
-//! keep one: the space of deleted shards goes back to the file system, while a file that keeps
+//! delete (or the start-up scan) finds more than two growths' worth of free slots at a file's
+//! end, the file is cut to keep one: the space of deleted shards goes back to the file system, while a file that keeps
 //! filling and emptying does not shrink and grow at every step. Free slots in the middle are
 //! reused by later shards of the same size class.
 
@@ -177,6 +177,8 @@ impl SlotStore {
                     },
                 }
             }
+            // Free slots at the end of a file from before slots were given back.
+            shrink(class, &mut space);
         }
         Ok(SlotStore {
             classes,
