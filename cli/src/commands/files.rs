@@ -131,8 +131,9 @@ pub async fn put(client: &Client, args: PutArgs, json: bool) -> anyhow::Result<(
     let (mode, uid, gid) = match client.lookup(parent.ino, name).await {
         Ok(_) if !args.force => bail!("{} exists (use --force to replace it)", args.remote),
         Ok(old) if old.kind == FileKind::Dir => bail!("{} is a directory", args.remote),
-        Ok(old) => (old.mode & 0o7777, old.uid, old.gid),
-        Err(FsError::NotFound) => (0o644, 0, 0),
+        Ok(old) if old.kind == FileKind::File => (old.mode & 0o7777, old.uid, old.gid),
+        // A symlink or special file is replaced by a plain new file.
+        Ok(_) | Err(FsError::NotFound) => (0o644, 0, 0),
         Err(e) => return Err(not_found(&args.remote)(e)),
     };
     // The bytes go to a new file under a hidden name, which takes the real name only once they
