@@ -21,9 +21,9 @@
 //!
 //! A new shard takes the lowest free slot, so the shards of a file gather at its start. When a
 //! delete (or the start-up scan) finds more than two growths' worth of free slots at a file's
-//! end, the file is cut to keep one: the space of deleted shards goes back to the file system, while a file that keeps
-//! filling and emptying does not shrink and grow at every step. Free slots in the middle are
-//! reused by later shards of the same size class.
+//! end, the file is cut to keep one: the space of deleted shards goes back to the file system,
+//! while a file that keeps filling and emptying does not shrink and grow at every step. Free
+//! slots in the middle are reused by later shards of the same size class.
 
 use crate::store::ShardHeader;
 use dfs_common::proto::chunk::ShardKey;

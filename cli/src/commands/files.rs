@@ -126,11 +126,13 @@ pub async fn put(client: &Client, args: PutArgs, json: bool) -> anyhow::Result<(
         .resolve_parent(&volume, &path)
         .await
         .map_err(not_found(&args.remote))?;
+    let taken = || anyhow::anyhow!("{} exists (use --force to replace it)", args.remote);
+    let a_directory = || anyhow::anyhow!("{} is a directory", args.remote);
     // Refused before any byte is sent when the name is taken (the rename at the end checks
     // again: the name may be taken meanwhile). A file replaced keeps its mode and owner.
     let (mode, uid, gid) = match client.lookup(parent.ino, name).await {
-        Ok(_) if !args.force => bail!("{} exists (use --force to replace it)", args.remote),
-        Ok(old) if old.kind == FileKind::Dir => bail!("{} is a directory", args.remote),
+        Ok(_) if !args.force => return Err(taken()),
+        Ok(old) if old.kind == FileKind::Dir => return Err(a_directory()),
         Ok(old) if old.kind == FileKind::File => (old.mode & 0o7777, old.uid, old.gid),
         // A symlink or special file is replaced by a plain new file.
         Ok(_) | Err(FsError::NotFound) => (0o644, 0, 0),
@@ -168,10 +170,8 @@ pub async fn put(client: &Client, args: PutArgs, json: bool) -> anyhow::Result<(
             .rename(parent.ino, &temp, parent.ino, name, flags)
             .await
             .map_err(|e| match e {
-                FsError::Exists => {
-                    anyhow::anyhow!("{} exists (use --force to replace it)", args.remote)
-                }
-                FsError::IsDir => anyhow::anyhow!("{} is a directory", args.remote),
+                FsError::Exists => taken(),
+                FsError::IsDir => a_directory(),
                 other => anyhow::Error::from(other),
             })?;
         anyhow::Ok(offset)
