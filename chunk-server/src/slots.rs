@@ -23,7 +23,11 @@
 //! delete (or the start-up scan) finds more than two growths' worth of free slots at a file's
 //! end, the file is cut to keep one: the space of deleted shards goes back to the file system,
 //! while a file that keeps filling and emptying does not shrink and grow at every step. Free
-//! slots in the middle are reused by later shards of the same size class.
+//! slots elsewhere give their space back too, beyond a reserve of one growth's worth kept
+//! written: a deleted shard's slot becomes a hole (`FALLOC_FL_PUNCH_HOLE`), which reads as
+//! zeros, so as a free slot. New shards take written free slots first; one written into a hole
+//! costs a block allocation, its `fdatasync` a journal commit too (about 220 µs against 120 µs
+//! for an 8 KiB slot here).
 
 use crate::store::ShardHeader;
 use dfs_common::proto::chunk::ShardKey;
@@ -76,9 +80,18 @@ struct Class {
 
 #[derive(Default)]
 struct Space {
-    /// Taken lowest first.
+    /// Free slots whose blocks the file keeps (a shard written there overwrites them): taken
+    /// first, lowest first.
     free: BTreeSet<u64>,
+    /// Free slots given back to the file system (holes): taken when `free` is empty.
+    holes: BTreeSet<u64>,
     slots: u64,
+}
+
+impl Space {
+    fn is_free(&self, slot: u64) -> bool {
+        self.free.contains(&slot) || self.holes.contains(&slot)
+    }
 }
 
 struct Index {
@@ -171,14 +184,18 @@ impl SlotStore {
                             index.damaged.insert(key, (c, slot));
                         }
                         Some(_) => {}
+                        None if is_hole(class, slot) => {
+                            space.holes.insert(slot);
+                        }
                         None => {
                             space.free.insert(slot);
                         }
                     },
                 }
             }
-            // Free slots at the end of a file from before slots were given back.
+            // Free slots from before they were given back: at the end, then elsewhere.
             shrink(class, &mut space);
+            punch_beyond_reserve(class, &mut space);
         }
         Ok(SlotStore {
             classes,
@@ -311,10 +328,23 @@ impl SlotStore {
         };
         drop(index);
         let file = &self.classes[class];
-        match clear_slot(file, slot) {
-            Ok(()) => {
+        let reserve_full = file.space.lock().expect("slot space").free.len() as u64 >= growth(file);
+        let cleared = if reserve_full {
+            punch(file, slot, 1).map(|()| true).or_else(|e| {
+                tracing::debug!(file = %file.path.display(), slot, "punching a hole failed: {e}");
+                clear_slot(file, slot).map(|()| false)
+            })
+        } else {
+            clear_slot(file, slot).map(|()| false)
+        };
+        match cleared {
+            Ok(hole) => {
                 let mut space = file.space.lock().expect("slot space");
-                space.free.insert(slot);
+                if hole {
+                    space.holes.insert(slot);
+                } else {
+                    space.free.insert(slot);
+                }
                 shrink(file, &mut space);
                 drop(space);
                 self.release(key, None);
@@ -413,8 +443,8 @@ fn open_class(dir: &Path, size: u64) -> FsResult<Class> {
         file,
         direct,
         space: Mutex::new(Space {
-            free: BTreeSet::new(),
             slots,
+            ..Space::default()
         }),
     })
 }
@@ -443,7 +473,7 @@ fn clear_slot(class: &Class, slot: u64) -> FsResult<()> {
 /// length) when there is none.
 fn take_slot(class: &Class) -> FsResult<u64> {
     let mut space = class.space.lock().expect("slot space");
-    if let Some(slot) = space.free.pop_first() {
+    if let Some(slot) = space.free.pop_first().or_else(|| space.holes.pop_first()) {
         return Ok(slot);
     }
     let first = space.slots;
@@ -467,12 +497,9 @@ fn growth(class: &Class) -> u64 {
 /// meanwhile finds its slot gone, which means the shard is gone.
 fn shrink(class: &Class, space: &mut Space) {
     let keep = growth(class);
-    let free_at_end = space
-        .free
-        .iter()
+    let free_at_end = (0..space.slots)
         .rev()
-        .zip((0..space.slots).rev())
-        .take_while(|&(&free, slot)| free == slot)
+        .take_while(|&slot| space.is_free(slot))
         .count() as u64;
     if free_at_end <= 2 * keep {
         return;
@@ -488,7 +515,63 @@ fn shrink(class: &Class, space: &mut Space) {
         tracing::warn!(file = %class.path.display(), "cutting free slots off failed: {e}");
     }
     space.free.split_off(&slots);
+    space.holes.split_off(&slots);
     space.slots = slots;
+}
+
+/// Gives the blocks of the free slots beyond the reserve (the lowest growth's worth stays
+/// written) back to the file system, and syncs the file once.
+fn punch_beyond_reserve(class: &Class, space: &mut Space) {
+    let beyond: Vec<u64> = space
+        .free
+        .iter()
+        .skip(growth(class) as usize)
+        .copied()
+        .collect();
+    let mut punched = Vec::new();
+    for run in beyond.chunk_by(|a, b| a + 1 == *b) {
+        if let Err(e) = punch_unsynced(class, run[0], run.len() as u64) {
+            tracing::debug!(file = %class.path.display(), "punching holes failed: {e}");
+            return;
+        }
+        punched.extend_from_slice(run);
+    }
+    if punched.is_empty() {
+        return;
+    }
+    if let Err(e) = class.file.sync_all() {
+        // Holes or zeros, those slots read as free either way.
+        tracing::warn!(file = %class.path.display(), "syncing punched holes failed: {e}");
+    }
+    for slot in punched {
+        space.free.remove(&slot);
+        space.holes.insert(slot);
+    }
+}
+
+/// Gives the blocks of `count` free slots from `first` back to the file system, and syncs
+/// that: a hole reads as zeros, as a cleared slot does.
+fn punch(class: &Class, first: u64, count: u64) -> FsResult<()> {
+    punch_unsynced(class, first, count)?;
+    class.file.sync_all()?;
+    Ok(())
+}
+
+fn punch_unsynced(class: &Class, first: u64, count: u64) -> FsResult<()> {
+    use rustix::fs::FallocateFlags;
+    let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+    rustix::fs::fallocate(&class.file, mode, first * class.size, count * class.size)
+        .map_err(std::io::Error::from)?;
+    Ok(())
+}
+
+/// Whether `slot` has no blocks on disk (a hole punched when its shard was deleted).
+fn is_hole(class: &Class, slot: u64) -> bool {
+    let start = slot * class.size;
+    match rustix::fs::seek(&class.file, rustix::fs::SeekFrom::Data(start)) {
+        Ok(data) => data >= start + class.size,
+        Err(e) => e == rustix::io::Errno::NXIO,
+    }
 }
 
 /// Writes `bytes` at the start of `slot`: O_DIRECT where taken, else through the page cache.

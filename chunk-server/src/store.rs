@@ -1220,6 +1220,84 @@ mod tests {
         }
     }
 
+    /// Deleted shards in the middle of a slot file give their blocks back (holes), beyond a
+    /// reserve of one growth's worth of written free slots; so do free slots left written by
+    /// earlier versions, when the store opens. New shards take the written free slots first,
+    /// then the holes, then the file grows; every shard kept reads back throughout.
+    #[test]
+    fn slot_files_give_back_the_blocks_of_shards_deleted_in_their_middle() {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(dir.path()).unwrap();
+        let file = dir.path().join("slots/slots-8k");
+        let allocated = |path: &Path| fs::metadata(path).unwrap().blocks() * 512;
+        let data = |i: u64| vec![(i % 251) as u8; 1_000];
+        let reads_back = |store: &ShardStore, keys: &mut dyn Iterator<Item = u64>| {
+            for i in keys {
+                assert_eq!(
+                    store.get(&key(i, 0), 0, 1_000).unwrap(),
+                    data(i),
+                    "shard {i}"
+                );
+            }
+        };
+        // Shard i in slot i; slots 1,000 to 1,023 free (written zeros of the last growth).
+        for i in 0..1_000u64 {
+            store.put(key(i, 0), owner(4_000), &data(i)).unwrap();
+        }
+        let full = allocated(&file);
+        // 450 deletes in the middle: the first 232 fill the reserve of 256 written free
+        // slots, the other 218 become holes.
+        for i in (0..900u64).step_by(2) {
+            assert!(store.delete(&key(i, 0)).unwrap());
+        }
+        // Up to 64 KiB of it may go to the file's extent tree, which holes lengthen.
+        let about = |slots: u64| (slots * 8192 - (64 << 10))..=slots * 8192;
+        let freed = full - allocated(&file);
+        assert!(
+            about(218).contains(&freed),
+            "{freed} bytes given back for 218 holes"
+        );
+        reads_back(&store, &mut (1..900).step_by(2).chain(900..1_000));
+
+        // Free slots left written by an earlier version (its deletes zeroed a slot's header):
+        // 100 more, so the 100 highest written free slots beyond the reserve become holes.
+        drop(store);
+        let f = File::options().write(true).open(&file).unwrap();
+        for i in (1..200u64).step_by(2) {
+            f.write_all_at(&[0u8; 4096], i * 8192).unwrap();
+        }
+        f.sync_all().unwrap();
+        let before = allocated(&file);
+        let reopened = ShardStore::open(dir.path()).unwrap();
+        let freed = before - allocated(&file);
+        assert!(
+            about(100).contains(&freed),
+            "{freed} bytes given back at open for 100 free slots beyond the reserve"
+        );
+        assert_eq!(reopened.shard_count(), 450);
+        reads_back(&reopened, &mut (201..900).step_by(2).chain(900..1_000));
+
+        // 600 new shards: 256 written free slots, 318 holes, then 26 of a new growth.
+        for i in 2_000..2_600u64 {
+            reopened.put(key(i, 0), owner(4_000), &data(i)).unwrap();
+        }
+        let slots = reopened.slots.as_ref().unwrap();
+        let (_, first) = reopened.slot_of(&key(2_000, 0)).unwrap();
+        assert_eq!(slots.location(&first).1, 0, "written free slots first");
+        let (_, last_written) = reopened.slot_of(&key(2_255, 0)).unwrap();
+        assert_eq!(slots.location(&last_written).1, 310 * 8192);
+        let (_, first_hole) = reopened.slot_of(&key(2_256, 0)).unwrap();
+        assert_eq!(
+            slots.location(&first_hole).1,
+            312 * 8192,
+            "then the lowest hole"
+        );
+        assert_eq!(fs::metadata(&file).unwrap().len(), 1_280 * 8192);
+        reads_back(&reopened, &mut (201..900).step_by(2).chain(900..1_000));
+        reads_back(&reopened, &mut (2_000..2_600));
+    }
+
     /// Buffers are reused from shard to shard, larger for smaller: each file holds exactly its
     /// own header and bytes.
     #[test]
