@@ -1298,6 +1298,29 @@ mod tests {
         reads_back(&reopened, &mut (2_000..2_600));
     }
 
+    /// Not a check but a measurement (docs/BENCHMARKS.md): how long a store holding
+    /// `DFS_SLOT_SCAN_SHARDS` small shards (60,000) in `DFS_SLOT_SCAN_DIR` (kept; filled on
+    /// the first run) takes to open, its slot files' starts read by the scan. Drop the page
+    /// cache between runs to time a cold start.
+    #[test]
+    #[ignore]
+    fn slot_scan_speed() {
+        let dir = std::env::var("DFS_SLOT_SCAN_DIR").expect("DFS_SLOT_SCAN_DIR");
+        let shards = std::env::var("DFS_SLOT_SCAN_SHARDS").map_or(60_000, |v| v.parse().unwrap());
+        let root = Path::new(&dir);
+        let started = std::time::Instant::now();
+        let store = ShardStore::open(root).unwrap();
+        let took = started.elapsed();
+        let found = store.shard_count() as u64;
+        for i in found..shards {
+            store
+                .put(key(i, 0), owner(4_000), &[(i % 251) as u8; 1_000])
+                .unwrap();
+        }
+        eprintln!("opened a store of {found} slotted shards in {took:?}");
+        assert_eq!(store.shard_count() as u64, shards);
+    }
+
     /// Buffers are reused from shard to shard, larger for smaller: each file holds exactly its
     /// own header and bytes.
     #[test]
