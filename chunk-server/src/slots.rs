@@ -334,16 +334,7 @@ impl SlotStore {
         };
         drop(index);
         let file = &self.classes[class];
-        let reserve_full = file.space.lock().expect("slot space").free.len() as u64 >= growth(file);
-        let cleared = if reserve_full {
-            punch(file, slot, 1).map(|()| true).or_else(|e| {
-                tracing::debug!(file = %file.path.display(), slot, "punching a hole failed: {e}");
-                clear_slot(file, slot).map(|()| false)
-            })
-        } else {
-            clear_slot(file, slot).map(|()| false)
-        };
-        match cleared {
+        match free_slot(file, slot) {
             Ok(hole) => {
                 let mut space = file.space.lock().expect("slot space");
                 if hole {
@@ -480,6 +471,20 @@ fn read_slot_start(class: &Class, slot: u64) -> Vec<u8> {
         Ok(()) => bytes,
         Err(_) => Vec::new(),
     }
+}
+
+/// Frees the slot of a deleted shard, durably: cleared while fewer than a growth's worth of
+/// written free slots are kept, punched out beyond that (cleared where punching is refused).
+/// Gives whether the slot is now a hole.
+fn free_slot(class: &Class, slot: u64) -> FsResult<bool> {
+    let reserve_full = class.space.lock().expect("slot space").free.len() as u64 >= growth(class);
+    if !reserve_full {
+        return clear_slot(class, slot).map(|()| false);
+    }
+    punch(class, slot, 1).map(|()| true).or_else(|e| {
+        tracing::debug!(file = %class.path.display(), slot, "punching a hole failed: {e}");
+        clear_slot(class, slot).map(|()| false)
+    })
 }
 
 /// Zeroes the start of `slot` (the whole header of any slotted shard) and syncs it. Written
