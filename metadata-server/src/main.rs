@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 /// mimalloc rather than glibc's allocator: the metadata server allocates and frees many small
 /// short-lived objects per command (requests, log records, redb pages), and glibc's malloc took
-/// a tenth of its CPU (see docs/BENCHMARKS.md).
+/// a tenth of its CPU (see docs/BENCHMARKS.md). Without transparent huge pages, which it asks
+/// for and which cost another tenth (`main`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -242,6 +243,9 @@ async fn main() -> anyhow::Result<()> {
     let file: Args = load_toml(args.config.as_deref())?;
     let level = args.log.clone().or(file.log.clone());
     dfs_common::telemetry::init_logging(level.as_deref().unwrap_or("info"));
+    if !dfs_common::memory::no_transparent_huge_pages() {
+        tracing::debug!("transparent huge pages stay as the system sets them");
+    }
     let config = resolve(args, file)?;
     let shutdown = CancellationToken::new();
     let running = dfs_meta::start(config, shutdown.clone())
