@@ -215,12 +215,8 @@ fn check_file(
         if b.is_inline() {
             inline.insert(block, block_len);
             // Its bytes are in the metadata store: nothing for a chunk server to verify.
-            let stored = t
-                .inline_data
-                .table()?
-                .get(block.0)
-                .db()?
-                .map(|v| v.value().len() as u64);
+            let stored =
+                crate::store::inline_data::get(t, block.0)?.map(|bytes| bytes.len() as u64);
             if stored != Some(block_len) {
                 report(
                     page,

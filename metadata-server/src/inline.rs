@@ -90,7 +90,7 @@ pub fn write(
         .table()?
         .insert(block.0, encode(&block_rec).as_slice())
         .db()?;
-    t.inline_data.table()?.insert(block.0, data).db()?;
+    crate::store::inline_data::put(t, block.0, data)?;
     let extents = NewExtent::packed(block, block_len, 0, pieces.iter().copied());
     let outcome = commit_write(t, now, ino, &extents, mtime, append)?;
     if bound == Bound::Allowance {
@@ -181,13 +181,13 @@ pub fn backfill(tx: &redb::WriteTransaction) -> FsResult<()> {
 mod tests {
     use super::*;
     use crate::command::Op;
-    use crate::store::schema::{decode, INLINE_DATA};
+    use crate::store::schema::decode;
     use crate::store::tables::ReadTables;
     use crate::testing::{make_node, run};
     use crate::{fsck, layout, queries, store};
     use dfs_common::model::{SetAttr, VolumeLimits};
     use dfs_common::ServerId;
-    use redb::{Database, ReadableDatabase, ReadableTableMetadata};
+    use redb::{Database, ReadableDatabase};
     use std::collections::HashSet;
 
     fn read(db: &Database) -> redb::ReadTransaction {
@@ -245,8 +245,7 @@ mod tests {
     }
 
     fn stored_blocks(db: &Database) -> usize {
-        let tx = db.begin_read().unwrap();
-        tx.open_table(INLINE_DATA).unwrap().len().unwrap() as usize
+        crate::store::inline_data::count(&db.begin_read().unwrap()).unwrap() as usize
     }
 
     #[test]

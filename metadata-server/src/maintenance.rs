@@ -85,7 +85,7 @@ pub fn drop_blocks(t: &mut WriteTables, blocks: &[BlockId]) -> FsResult<Outcome>
         if rec.refs == 0 {
             t.blocks.table()?.remove(block.0).db()?;
             if rec.is_inline() {
-                t.inline_data.table()?.remove(block.0).db()?;
+                crate::store::inline_data::remove(t, block.0)?;
             }
             dropped.push(block);
         }

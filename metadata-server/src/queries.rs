@@ -174,8 +174,8 @@ pub fn get_layout(t: &ReadTables, ino: InodeId, offset: u64, len: u64) -> FsResu
             })
             .collect::<FsResult<Vec<_>>>()?;
         let inline = if rec.is_inline() {
-            match t.inline_data.table()?.get(e.block.0).db()? {
-                Some(v) => Some(v.value().to_vec()),
+            match crate::store::inline_data::get(t, e.block.0)? {
+                Some(bytes) => Some(bytes),
                 None => {
                     return Err(FsError::Corrupt(format!(
                         "inline block {} has no bytes",

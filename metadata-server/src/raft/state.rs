@@ -456,7 +456,9 @@ fn state_tables(each: &mut impl EachTable) -> FsResult<()> {
     each.table(LOCKS)?;
     each.table(LOCK_SESSIONS)?;
     each.table(INLINE_DATA)?;
-    each.table(INLINE_BYTES)
+    each.table(INLINE_BYTES)?;
+    each.table(INLINE_PIECES)?;
+    each.table(INLINE_TAILS)
 }
 
 /// A digest of the replicated state at the entry it has applied: members that applied the

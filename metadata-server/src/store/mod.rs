@@ -1,6 +1,7 @@
 //! The durable metadata store: redb, its schema and table access. Mutations reach it through
 //! the [`crate::committer`].
 
+pub mod inline_data;
 pub mod schema;
 pub mod tables;
 

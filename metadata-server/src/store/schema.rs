@@ -39,8 +39,13 @@ pub const DENTRIES: TableDefinition<(u64, &str), (u64, u8)> = TableDefinition::n
 pub const EXTENTS: TableDefinition<(u64, u64), (u64, u64, u64)> = TableDefinition::new("extents");
 pub const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 /// Bytes of blocks kept in the metadata store (blocks with no shards; see
-/// [`BlockRecord::is_inline`]).
+/// [`BlockRecord::is_inline`]), as earlier versions wrote them: whole. Read and emptied,
+/// never written (see [`super::inline_data`]).
 pub const INLINE_DATA: TableDefinition<u64, &[u8]> = TableDefinition::new("inline_data");
+/// Bytes of inline blocks, cut into pieces that fill redb's pages: (block, piece) -> bytes.
+pub const INLINE_PIECES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("inline_pieces");
+/// The rest of each inline block's bytes after its pieces, maybe none: block -> bytes.
+pub const INLINE_TAILS: TableDefinition<u64, &[u8]> = TableDefinition::new("inline_tails");
 /// Per file, the bytes of the inline blocks its extents refer to (files with none have no
 /// row). Kept by [`crate::layout::RefDelta`] as block references come and go.
 pub const INLINE_BYTES: TableDefinition<u64, u64> = TableDefinition::new("inline_bytes");

@@ -47,6 +47,8 @@ pub struct WriteTables<'t> {
     pub extents: WriteTable<'t, (u64, u64), (u64, u64, u64)>,
     pub blocks: WriteTable<'t, u64, &'static [u8]>,
     pub inline_data: WriteTable<'t, u64, &'static [u8]>,
+    pub inline_pieces: WriteTable<'t, (u64, u32), &'static [u8]>,
+    pub inline_tails: WriteTable<'t, u64, &'static [u8]>,
     pub inline_bytes: WriteTable<'t, u64, u64>,
     pub xattrs: WriteTable<'t, (u64, &'static str), &'static [u8]>,
     pub servers: WriteTable<'t, u64, &'static [u8]>,
@@ -70,6 +72,8 @@ impl<'t> WriteTables<'t> {
             extents: WriteTable::new(tx, EXTENTS),
             blocks: WriteTable::new(tx, BLOCKS),
             inline_data: WriteTable::new(tx, INLINE_DATA),
+            inline_pieces: WriteTable::new(tx, INLINE_PIECES),
+            inline_tails: WriteTable::new(tx, INLINE_TAILS),
             inline_bytes: WriteTable::new(tx, INLINE_BYTES),
             xattrs: WriteTable::new(tx, XATTRS),
             servers: WriteTable::new(tx, SERVERS),
@@ -93,6 +97,8 @@ impl<'t> WriteTables<'t> {
         t.extents.table()?;
         t.blocks.table()?;
         t.inline_data.table()?;
+        t.inline_pieces.table()?;
+        t.inline_tails.table()?;
         t.inline_bytes.table()?;
         t.xattrs.table()?;
         t.servers.table()?;
@@ -292,6 +298,8 @@ pub struct ReadTables<'a> {
     pub extents: ReadTable<'a, (u64, u64), (u64, u64, u64)>,
     pub blocks: ReadTable<'a, u64, &'static [u8]>,
     pub inline_data: ReadTable<'a, u64, &'static [u8]>,
+    pub inline_pieces: ReadTable<'a, (u64, u32), &'static [u8]>,
+    pub inline_tails: ReadTable<'a, u64, &'static [u8]>,
     pub inline_bytes: ReadTable<'a, u64, u64>,
     pub xattrs: ReadTable<'a, (u64, &'static str), &'static [u8]>,
     pub servers: ReadTable<'a, u64, &'static [u8]>,
@@ -313,6 +321,8 @@ impl<'a> ReadTables<'a> {
             extents: ReadTable::new(tx, EXTENTS),
             blocks: ReadTable::new(tx, BLOCKS),
             inline_data: ReadTable::new(tx, INLINE_DATA),
+            inline_pieces: ReadTable::new(tx, INLINE_PIECES),
+            inline_tails: ReadTable::new(tx, INLINE_TAILS),
             inline_bytes: ReadTable::new(tx, INLINE_BYTES),
             xattrs: ReadTable::new(tx, XATTRS),
             servers: ReadTable::new(tx, SERVERS),
