@@ -45,6 +45,10 @@ pub const SNAPSHOT_EVERY: u64 = 100_000;
 /// bound that matters when entries are large (small files written inline).
 pub const SNAPSHOT_EVERY_BYTES: u64 = 1 << 30;
 
+/// Cache of a snapshot's own redb file while it is written or read once, whole: redb's
+/// default (1 GiB) held up to that much of a large store's copy in memory for nothing.
+const SNAPSHOT_CACHE: usize = 64 << 20;
+
 /// Commands applied on the state machine's own task at most; more go to the blocking pool.
 const APPLY_HERE_AT_MOST: u64 = 16;
 
@@ -534,7 +538,10 @@ fn build(db: &Database, dir: &Path, progress: &Progress) -> FsResult<Snapshot<Ty
     let building = dir.join("building.redb");
     let _ = std::fs::remove_file(&building);
     {
-        let copy_db = Database::create(&building).db()?;
+        let copy_db = Database::builder()
+            .set_cache_size(SNAPSHOT_CACHE)
+            .create(&building)
+            .db()?;
         let to = copy_db.begin_write().db()?;
         copy_tables(&tx, &to)?;
         to.commit().db()?;
@@ -588,7 +595,9 @@ fn install(
     progress: &Progress,
 ) -> FsResult<()> {
     {
-        let snapshot = Database::open(received)
+        let snapshot = Database::builder()
+            .set_cache_size(SNAPSHOT_CACHE)
+            .open(received)
             .map_err(|e| FsError::Corrupt(format!("received snapshot: {e}")))?;
         let from = snapshot.begin_read().db()?;
         let (applied, _) = applied_state(&from)?;
