@@ -78,6 +78,8 @@ pub struct MetaConfig {
     pub snapshot_bytes: u64,
     /// Bytes of metadata log records kept decoded in memory (see `raft::log`).
     pub log_memory: usize,
+    /// Bytes of the store's pages redb keeps in memory.
+    pub store_cache: usize,
     pub data_dir: PathBuf,
     pub identity: Identity,
     /// A chunk server silent for longer is down.
@@ -107,7 +109,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
     let capability_key = dfs_common::capability::CapabilityKey(
         dfs_common::net::endpoint::load_or_create_secret(&config.data_dir.join("capability-key"))?,
     );
-    let db = store::open(&config.data_dir.join("meta.redb"))?;
+    let db = store::open_with_cache(&config.data_dir.join("meta.redb"), config.store_cache)?;
     let (registered, draining) = {
         let tx = store::read(&db)?;
         let t = store::tables::ReadTables::open(&tx);

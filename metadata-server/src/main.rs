@@ -56,6 +56,10 @@ struct Args {
     /// ones are read back from the log's files when needed [default: 64M].
     #[arg(long, env = "DFS_META_LOG_MEMORY")]
     log_memory: Option<String>,
+    /// Memory for pages of the metadata store (redb's cache), e.g. 256M; reads of pages not
+    /// there go to the page cache or the disk [default: 1G].
+    #[arg(long, env = "DFS_META_STORE_CACHE")]
+    store_cache: Option<String>,
     /// TCP address of the status page (/) and Prometheus metrics (/metrics), or `off`
     /// [default: the --listen address, on TCP].
     #[arg(long, env = "DFS_META_HTTP")]
@@ -226,6 +230,11 @@ fn resolve(args: Args, file: Args) -> anyhow::Result<MetaConfig> {
             args.log_memory.or(file.log_memory),
             dfs_meta::raft::log::MEMORY_BUDGET as u64,
             "--log-memory",
+        )? as usize,
+        store_cache: size(
+            args.store_cache.or(file.store_cache),
+            dfs_meta::store::CACHE as u64,
+            "--store-cache",
         )? as usize,
         http: dfs_common::config::http_addr(args.http.or(file.http), listen)?,
         data_dir: args.data.or(file.data).context("--data DIR is required")?,

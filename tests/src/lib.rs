@@ -158,6 +158,7 @@ impl TestCluster {
             snapshot_every: dfs_meta::raft::state::SNAPSHOT_EVERY,
             snapshot_bytes: dfs_meta::raft::state::SNAPSHOT_EVERY_BYTES,
             log_memory: dfs_meta::raft::log::MEMORY_BUDGET,
+            store_cache: dfs_meta::store::CACHE,
             data_dir: dir.path().join("meta"),
             identity: certs.meta_identity(),
             server_timeout: TEST_SERVER_TIMEOUT,

@@ -21,12 +21,24 @@ impl<T, E: Into<redb::Error>> DbResult<T> for Result<T, E> {
     }
 }
 
-/// Opens (or creates) the database file and makes sure every table exists.
+/// Memory redb keeps pages of the store in, by default: its own default.
+pub const CACHE: usize = 1 << 30;
+
+/// Opens (or creates) the database file with the default cache; see [`open_with_cache`].
 pub fn open(path: &Path) -> FsResult<Arc<Database>> {
+    open_with_cache(path, CACHE)
+}
+
+/// Opens (or creates) the database file, keeping up to `cache` bytes of its pages in memory,
+/// and makes sure every table exists.
+pub fn open_with_cache(path: &Path, cache: usize) -> FsResult<Arc<Database>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let db = Database::create(path).db()?;
+    let db = Database::builder()
+        .set_cache_size(cache)
+        .create(path)
+        .db()?;
     let tx = db.begin_write().db()?;
     let allowances_kept = {
         use redb::TableHandle;
