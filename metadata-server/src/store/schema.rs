@@ -7,11 +7,13 @@
 //! | `dentries` | (parent inode, name)      | (child inode, [`kind_code`])       | readdir is one range scan, in name order, resumable after any name |
 //! | `extents`  | (inode, file offset)      | (length, block, offset in block)   | a read finds its extents with one range scan |
 //! | `blocks`   | block id                  | [`BlockRecord`]                    | placement and reference count per block |
-//! | `inline_data` | block id               | the block's bytes                  | a small write is one metadata commit, not k+m shard writes |
+//! | `inline_data` | block id               | the block's bytes, whole (earlier versions) | a small write is one metadata commit, not k+m shard writes |
+//! | `inline_pieces` | (block id, piece)    | page-sized pieces of the block's bytes | a block of 16 KiB takes 16 KiB of pages, not 32 (see [`super::inline_data`]) |
+//! | `inline_tails` | block id              | the rest after the pieces          | small tails share leaves              |
 //! | `inline_bytes` | inode id              | bytes of the inline blocks it refers to | bounds the inline bytes of each file, checked in one read |
 //! | `xattrs`   | (inode, name)             | value bytes                        | listxattr is one range scan           |
 //! | `servers`  | server id                 | [`ServerRecord`]                   | chunk-server addresses survive restarts |
-//! | `counters` | counter name              | next id                            | ids are never reused                  |
+//! | `counters` | counter name              | next id; `store_format`            | ids are never reused; a store is not read by a `dfs-meta` too old for it |
 //! | `draining` | server id                 | seconds when the drain began       | placement avoids it, repair empties it |
 //! | `clients`  | client name               | [`ClientRecord`]                   | rights of client certificates, by fingerprint once loaded |
 //! | `volume_state` | volume id             | [`VolumeState`]                    | quotas are checked and usage kept in the same transaction as each change |
