@@ -56,6 +56,10 @@ const TAKE_OVER_RETRY: Duration = Duration::from_secs(1);
 /// How long a lock call waits for its change to reach the metadata log.
 const LOCK_RECORD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Entries of a listing page read on the calling task at most (see [`MetaService::read_dir`]):
+/// with their attributes, a few microseconds each.
+const LIST_HERE: u32 = 64;
+
 /// Batches of lock changes in the metadata log, and ones that failed to get there.
 #[derive(Clone, Copy, Debug, Default)]
 struct LocksRecorded {
@@ -642,14 +646,7 @@ impl MetaService {
             R::ReadLink(q) => {
                 answer(q, |q| ready(self.query_now(|t| queries::read_link(t, q.ino)))).await
             }
-            R::ReadDir(q) => {
-                answer(q, |q| {
-                    self.query(move |t| {
-                        queries::read_dir(t, q.dir, q.after.as_deref(), q.limit, q.with_attrs)
-                    })
-                })
-                .await
-            }
+            R::ReadDir(q) => answer(q, |q| self.read_dir(q)).await,
             R::GetXattr(q) => {
                 answer(q, |q| {
                     ready(self.query_now(|t| queries::get_xattr(t, q.ino, &q.name)))
@@ -1203,6 +1200,27 @@ impl MetaService {
         let key = ShardKey { block, index };
         self.grant(&mut shard, key, rec.volume, Timestamp::now());
         Ok(shard)
+    }
+
+    /// A page of a listing. Its first [`LIST_HERE`] entries are read on the calling task, where
+    /// most directories end: the hand-off to the blocking pool and back cost more than reading
+    /// them. The rest of a longer page is read there, from a snapshot of its own, as the next
+    /// page would be.
+    async fn read_dir(&self, q: req::ReadDir) -> FsResult<DirPage> {
+        let limit = q.limit.clamp(1, queries::MAX_DIR_PAGE);
+        let here = limit.min(LIST_HERE);
+        let mut page = self
+            .query_now(|t| queries::read_dir(t, q.dir, q.after.as_deref(), here, q.with_attrs))?;
+        let Some(last) = page.entries.last().filter(|_| page.more && limit > here) else {
+            return Ok(page);
+        };
+        let after = last.name.clone();
+        let rest = self
+            .query(move |t| queries::read_dir(t, q.dir, Some(&after), limit - here, q.with_attrs))
+            .await?;
+        page.entries.extend(rest.entries);
+        page.more = rest.more;
+        Ok(page)
     }
 
     /// Capacity of the cluster, bounded by the volume's quotas.

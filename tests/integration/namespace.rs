@@ -378,6 +378,24 @@ async fn readdir_of_100000_entries_is_complete_and_resumable() {
         .entries
         .iter()
         .all(|e| e.attr.as_ref().is_some_and(|a| a.ino == e.ino)));
+    // Pages longer than the server reads on its network task come whole and in order, the
+    // part read off it included (its first 64 entries are read there).
+    for limit in [64, 65, 300] {
+        let page = client
+            .readdir_page(dir.ino, Some("entry-050000".into()), limit, true)
+            .await
+            .unwrap();
+        let names: Vec<String> = page.entries.iter().map(|e| e.name.clone()).collect();
+        let expected: Vec<String> = (50_001..50_001 + limit as usize)
+            .map(|i| format!("entry-{i:06}"))
+            .collect();
+        assert_eq!(names, expected, "a page of {limit}");
+        assert!(page.more);
+        assert!(page
+            .entries
+            .iter()
+            .all(|e| e.attr.as_ref().is_some_and(|a| a.ino == e.ino)));
+    }
     let last = client
         .readdir_page(dir.ino, Some("entry-099998".into()), 10, false)
         .await
