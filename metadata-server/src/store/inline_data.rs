@@ -11,7 +11,6 @@
 //! there for a block without a tail. An earlier version finds no bytes for a block written
 //! here, and says so, rather than reading a part of them.
 
-use super::schema::{INLINE_DATA, INLINE_PIECES, INLINE_TAILS};
 use super::tables::{ReadTables, WriteTables};
 use super::DbResult;
 use dfs_common::FsResult;
@@ -51,58 +50,27 @@ pub fn put(t: &mut WriteTables, block: u64, data: &[u8]) -> FsResult<()> {
 
 /// The bytes of inline `block`, if the store has them.
 pub fn get(t: &ReadTables, block: u64) -> FsResult<Option<Vec<u8>>> {
-    read(
-        t.inline_pieces.table()?,
-        t.inline_tails.table()?,
-        t.inline_data.table()?,
-        block,
-    )
-}
-
-/// [`get`] within a write transaction.
-pub fn get_in(t: &mut WriteTables, block: u64) -> FsResult<Option<Vec<u8>>> {
-    let tail = t
-        .inline_tails
-        .table()?
-        .get(block)
-        .db()?
-        .map(|v| v.value().to_vec());
-    let Some(tail) = tail else {
-        return Ok(t
-            .inline_data
-            .table()?
-            .get(block)
-            .db()?
-            .map(|v| v.value().to_vec()));
-    };
-    assemble(t.inline_pieces.table()?, block, tail)
-}
-
-fn read(
-    pieces: &impl ReadableTable<(u64, u32), &'static [u8]>,
-    tails: &impl ReadableTable<u64, &'static [u8]>,
-    whole: &impl ReadableTable<u64, &'static [u8]>,
-    block: u64,
-) -> FsResult<Option<Vec<u8>>> {
-    let Some(tail) = tails.get(block).db()? else {
-        return Ok(whole.get(block).db()?.map(|v| v.value().to_vec()));
+    let Some(tail) = t.inline_tails.table()?.get(block).db()? else {
+        let whole = t.inline_data.table()?.get(block).db()?;
+        return Ok(whole.map(|v| v.value().to_vec()));
     };
     let tail = tail.value().to_vec();
-    assemble(pieces, block, tail)
+    assemble(t.inline_pieces.table()?, block, tail).map(Some)
 }
 
+/// A block's pieces in order, then its tail.
 fn assemble(
     pieces: &impl ReadableTable<(u64, u32), &'static [u8]>,
     block: u64,
     tail: Vec<u8>,
-) -> FsResult<Option<Vec<u8>>> {
+) -> FsResult<Vec<u8>> {
     let mut bytes = Vec::new();
     for item in pieces.range((block, 0)..=(block, MAX_PIECES)).db()? {
         let (_, piece) = item.db()?;
         bytes.extend_from_slice(piece.value());
     }
     bytes.extend_from_slice(&tail);
-    Ok(Some(bytes))
+    Ok(bytes)
 }
 
 /// Removes the bytes of inline `block`, wherever they are.
@@ -120,13 +88,27 @@ pub fn remove(t: &mut WriteTables, block: u64) -> FsResult<()> {
     Ok(())
 }
 
+/// [`get`] within a write transaction.
+#[cfg(test)]
+fn get_in(t: &mut WriteTables, block: u64) -> FsResult<Option<Vec<u8>>> {
+    let tail = t.inline_tails.table()?.get(block).db()?;
+    let Some(tail) = tail.map(|v| v.value().to_vec()) else {
+        let whole = t.inline_data.table()?.get(block).db()?;
+        return Ok(whole.map(|v| v.value().to_vec()));
+    };
+    assemble(t.inline_pieces.table()?, block, tail).map(Some)
+}
+
 /// Inline blocks the store holds bytes for.
+#[cfg(test)]
 pub fn count(tx: &redb::ReadTransaction) -> FsResult<u64> {
     use redb::ReadableTableMetadata;
-    let tails = tx.open_table(INLINE_TAILS).db()?.len().db()?;
-    let whole = tx.open_table(INLINE_DATA).db()?.len().db()?;
-    // Pieces belong to blocks with tails; opened so a store missing the table says so.
-    tx.open_table(INLINE_PIECES).db()?;
+    let tails = tx
+        .open_table(super::schema::INLINE_TAILS)
+        .db()?
+        .len()
+        .db()?;
+    let whole = tx.open_table(super::schema::INLINE_DATA).db()?.len().db()?;
     Ok(tails + whole)
 }
 
@@ -134,6 +116,7 @@ pub fn count(tx: &redb::ReadTransaction) -> FsResult<u64> {
 mod tests {
     use super::*;
     use crate::store;
+    use crate::store::schema::{INLINE_PIECES, INLINE_TAILS};
     use redb::{ReadableDatabase, ReadableTableMetadata};
 
     #[test]
