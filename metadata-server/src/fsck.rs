@@ -215,8 +215,7 @@ fn check_file(
         if b.is_inline() {
             inline.insert(block, block_len);
             // Its bytes are in the metadata store: nothing for a chunk server to verify.
-            let stored =
-                crate::store::inline_data::get(t, block.0)?.map(|bytes| bytes.len() as u64);
+            let stored = crate::store::inline_data::len(t, block.0)?;
             if stored != Some(block_len) {
                 report(
                     page,

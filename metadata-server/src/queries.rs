@@ -174,15 +174,10 @@ pub fn get_layout(t: &ReadTables, ino: InodeId, offset: u64, len: u64) -> FsResu
             })
             .collect::<FsResult<Vec<_>>>()?;
         let inline = if rec.is_inline() {
-            match crate::store::inline_data::get(t, e.block.0)? {
-                Some(bytes) => Some(bytes),
-                None => {
-                    return Err(FsError::Corrupt(format!(
-                        "inline block {} has no bytes",
-                        e.block
-                    )))
-                }
-            }
+            let bytes = crate::store::inline_data::get(t, e.block.0)?;
+            Some(bytes.ok_or_else(|| {
+                FsError::Corrupt(format!("inline block {} has no bytes", e.block))
+            })?)
         } else {
             None
         };

@@ -58,6 +58,24 @@ pub fn get(t: &ReadTables, block: u64) -> FsResult<Option<Vec<u8>>> {
     assemble(t.inline_pieces.table()?, block, tail).map(Some)
 }
 
+/// How many bytes inline `block` holds, if the store has them: [`get`] without the copy.
+pub fn len(t: &ReadTables, block: u64) -> FsResult<Option<u64>> {
+    let Some(tail) = t.inline_tails.table()?.get(block).db()? else {
+        let whole = t.inline_data.table()?.get(block).db()?;
+        return Ok(whole.map(|v| v.value().len() as u64));
+    };
+    let mut len = tail.value().len() as u64;
+    for item in t
+        .inline_pieces
+        .table()?
+        .range((block, 0)..=(block, MAX_PIECES))
+        .db()?
+    {
+        len += item.db()?.1.value().len() as u64;
+    }
+    Ok(Some(len))
+}
+
 /// A block's pieces in order, then its tail.
 fn assemble(
     pieces: &impl ReadableTable<(u64, u32), &'static [u8]>,
@@ -170,6 +188,11 @@ mod tests {
             }
             assert_eq!(get(&t, 100).unwrap(), Some(data(16_384, 100)));
             assert_eq!(get(&t, 99).unwrap(), None);
+            for (i, &len) in sizes.iter().enumerate() {
+                assert_eq!(super::len(&t, i as u64 + 1).unwrap(), Some(len as u64));
+            }
+            assert_eq!(super::len(&t, 100).unwrap(), Some(16_384));
+            assert_eq!(super::len(&t, 99).unwrap(), None);
             assert_eq!(count(&read).unwrap(), sizes.len() as u64 + 1);
         }
 
