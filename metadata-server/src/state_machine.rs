@@ -36,17 +36,22 @@ pub const MIN_BLOCK_SIZE: u64 = 64 * 1024;
 
 /// Applies a command, or for a retried call gives its first outcome back (see [`calls`]).
 pub fn apply(tx: &WriteTransaction, cmd: &Command) -> FsResult<Outcome> {
-    let mut t = WriteTables::open(tx);
+    apply_in(&mut WriteTables::open(tx), cmd)
+}
+
+/// [`apply`] in tables already open: the commands applied in one transaction share them, as
+/// opening a redb table and closing it again costs about as much as a small change to it.
+pub fn apply_in(t: &mut WriteTables, cmd: &Command) -> FsResult<Outcome> {
     let Some(call) = cmd.call else {
         let now = t.advance_clock(cmd.now)?;
-        return apply_op(&mut t, now, &cmd.op);
+        return apply_op(t, now, &cmd.op);
     };
-    if let Some(outcome) = calls::replay(&mut t, &call)? {
+    if let Some(outcome) = calls::replay(t, &call)? {
         return Ok(outcome);
     }
     let now = t.advance_clock(cmd.now)?;
-    let outcome = apply_op(&mut t, now, &cmd.op)?;
-    calls::record(&mut t, &call, &outcome, now)?;
+    let outcome = apply_op(t, now, &cmd.op)?;
+    calls::record(t, &call, &outcome, now)?;
     Ok(outcome)
 }
 

@@ -39,10 +39,14 @@ pub fn piece_lengths(len: usize) -> Vec<usize> {
 /// Stores `data` as the bytes of inline `block`.
 pub fn put(t: &mut WriteTables, block: u64, data: &[u8]) -> FsResult<()> {
     let mut at = 0;
-    let pieces = t.inline_pieces.table()?;
-    for (n, len) in piece_lengths(data.len()).into_iter().enumerate() {
-        pieces.insert((block, n as u32), &data[at..at + len]).db()?;
-        at += len;
+    let lengths = piece_lengths(data.len());
+    // (A short block, the commonest, has no pieces: their table is not even opened.)
+    if !lengths.is_empty() {
+        let pieces = t.inline_pieces.table()?;
+        for (n, len) in lengths.into_iter().enumerate() {
+            pieces.insert((block, n as u32), &data[at..at + len]).db()?;
+            at += len;
+        }
     }
     t.inline_tails.table()?.insert(block, &data[at..]).db()?;
     Ok(())
