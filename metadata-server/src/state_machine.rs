@@ -24,7 +24,7 @@ use dfs_common::proto::{
     MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN,
 };
 use dfs_common::{BlockId, FsError, FsResult, InodeId, ServerId, Timestamp};
-use redb::{ReadableTable, WriteTransaction};
+use redb::ReadableTable;
 use std::collections::BTreeMap;
 
 /// Extended attributes one inode may have, and their names and values together in bytes.
@@ -34,13 +34,15 @@ pub const MAX_XATTR_BYTES_PER_INODE: usize = 1 << 20;
 /// Smallest block size a volume may use.
 pub const MIN_BLOCK_SIZE: u64 = 64 * 1024;
 
-/// Applies a command, or for a retried call gives its first outcome back (see [`calls`]).
-pub fn apply(tx: &WriteTransaction, cmd: &Command) -> FsResult<Outcome> {
+/// [`apply_in`] in a transaction's tables opened for this command alone (tests).
+#[cfg(test)]
+pub fn apply(tx: &redb::WriteTransaction, cmd: &Command) -> FsResult<Outcome> {
     apply_in(&mut WriteTables::open(tx), cmd)
 }
 
-/// [`apply`] in tables already open: the commands applied in one transaction share them, as
-/// opening a redb table and closing it again costs about as much as a small change to it.
+/// Applies a command, or for a retried call gives its first outcome back (see [`calls`]), in
+/// tables already open: the commands applied in one transaction share them, as opening a redb
+/// table and closing it again costs about as much as a small change to it.
 pub fn apply_in(t: &mut WriteTables, cmd: &Command) -> FsResult<Outcome> {
     let Some(call) = cmd.call else {
         let now = t.advance_clock(cmd.now)?;
