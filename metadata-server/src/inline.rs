@@ -232,7 +232,14 @@ mod tests {
 
     /// The file's bytes as a reader assembles them from its layout.
     fn contents(db: &Database, ino: InodeId) -> Vec<u8> {
-        let layout = queries::get_layout(&ReadTables::open(&read(db)), ino, 0, u64::MAX).unwrap();
+        let layout = queries::get_layout(
+            &ReadTables::open(&read(db)),
+            ino,
+            0,
+            u64::MAX,
+            MAX_LAYOUT_EXTENTS,
+        )
+        .unwrap();
         let mut out = vec![0; layout.size as usize];
         for e in &layout.extents {
             let block = layout.blocks.iter().find(|b| b.block == e.block).unwrap();
@@ -262,7 +269,14 @@ mod tests {
         };
         assert_eq!(after.size, 13);
         assert_eq!(contents(&db, ino), b"hello\0\0\0\0\0abc");
-        let layout = queries::get_layout(&ReadTables::open(&read(&db)), ino, 0, u64::MAX).unwrap();
+        let layout = queries::get_layout(
+            &ReadTables::open(&read(&db)),
+            ino,
+            0,
+            u64::MAX,
+            MAX_LAYOUT_EXTENTS,
+        )
+        .unwrap();
         assert_eq!(layout.blocks.len(), 1);
         assert!(layout.blocks[0].shards.is_empty());
         let first = layout.blocks[0].block;

@@ -125,7 +125,13 @@ fn server_addr(t: &ReadTables, server: ServerId) -> FsResult<String> {
     }
 }
 
-pub fn get_layout(t: &ReadTables, ino: InodeId, offset: u64, len: u64) -> FsResult<Layout> {
+pub fn get_layout(
+    t: &ReadTables,
+    ino: InodeId,
+    offset: u64,
+    len: u64,
+    max_extents: usize,
+) -> FsResult<Layout> {
     let rec = get_inode(t.inodes.table()?, ino)?;
     if rec.kind != FileKind::File {
         return Err(FsError::invalid("only regular files have layouts"));
@@ -137,16 +143,16 @@ pub fn get_layout(t: &ReadTables, ino: InodeId, offset: u64, len: u64) -> FsResu
         ino,
         offset,
         end.max(offset),
-        dfs_common::proto::MAX_LAYOUT_EXTENTS + 1,
+        max_extents + 1,
     )?;
     extents.retain(|e| e.file_offset < end);
     // A long layout comes in pages: this one is complete up to the first extent it leaves out
     // (extents do not overlap, so that lies past everything listed, and past `offset`).
-    let complete_to = match extents.get(dfs_common::proto::MAX_LAYOUT_EXTENTS) {
+    let complete_to = match extents.get(max_extents) {
         Some(first_left_out) => first_left_out.file_offset,
         None => offset.saturating_add(len),
     };
-    extents.truncate(dfs_common::proto::MAX_LAYOUT_EXTENTS);
+    extents.truncate(max_extents);
     let mut blocks = BTreeMap::new();
     for e in &extents {
         if blocks.contains_key(&e.block) {

@@ -25,7 +25,7 @@ use dfs_common::net::server::{PeerInfo, Response, Service};
 use dfs_common::net::tls::{Fingerprint, Principal};
 use dfs_common::proto::chunk::ShardKey;
 use dfs_common::proto::meta::*;
-use dfs_common::proto::MAX_CHECK_SHARDS;
+use dfs_common::proto::{MAX_CHECK_SHARDS, MAX_LAYOUT_EXTENTS};
 use dfs_common::{BlockId, FsError, FsResult, InodeId, ServerId, Timestamp, VolumeId};
 use quinn::RecvStream;
 use redb::{Database, ReadableTable};
@@ -59,6 +59,9 @@ const LOCK_RECORD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Entries of a listing page read on the calling task at most (see [`MetaService::read_dir`]):
 /// with their attributes, a few microseconds each.
 const LIST_HERE: u32 = 64;
+/// Extents of a layout read on the calling task (see [`LIST_HERE`]); a longer layout is read
+/// in the blocking pool.
+const LAYOUT_HERE: usize = 64;
 
 /// Batches of lock changes in the metadata log, and ones that failed to get there.
 #[derive(Clone, Copy, Debug, Default)]
@@ -658,9 +661,18 @@ impl MetaService {
             }
             R::GetLayout(q) => {
                 answer(q, |q| async move {
-                    let mut layout = self
-                        .query(move |t| queries::get_layout(t, q.ino, q.offset, q.len))
-                        .await?;
+                    // Most layouts are a few extents, read on the calling task; a longer one
+                    // is read again, whole, off the runtime.
+                    let mut layout = self.query_now(|t| {
+                        queries::get_layout(t, q.ino, q.offset, q.len, LAYOUT_HERE)
+                    })?;
+                    if layout.complete_to < q.offset.saturating_add(q.len) {
+                        layout = self
+                            .query(move |t| {
+                                queries::get_layout(t, q.ino, q.offset, q.len, MAX_LAYOUT_EXTENTS)
+                            })
+                            .await?;
+                    }
                     let live: Vec<_> = self.membership.live().into_iter().map(|c| c.id).collect();
                     for shard in layout.blocks.iter_mut().flat_map(|b| b.shards.iter_mut()) {
                         shard.up = live.contains(&shard.server);
@@ -714,8 +726,7 @@ impl MetaService {
                     let ino = q.ino;
                     // Only files that exist can be locked; anything can be unlocked.
                     if q.kind != LockKind::Unlock {
-                        self.query(move |t| get_inode(t.inodes.table()?, ino).map(drop))
-                            .await?;
+                        self.query_now(|t| get_inode(t.inodes.table()?, ino).map(drop))?;
                     }
                     let set = self
                         .locks
@@ -1119,14 +1130,12 @@ impl MetaService {
     /// Places a new block on live servers, records it, and grants the capabilities to store
     /// its shards.
     async fn allocate_block(&self, ino: InodeId, call: Option<Call>) -> FsResult<BlockPlacement> {
-        let (policy, block_size, full) = self
-            .query(move |t| {
-                let rec = get_inode(t.inodes.table()?, ino)?;
-                let (_, vol) = get_volume_by_id(t.volumes.table()?, rec.volume)?;
-                let state = get_volume_state(t.volume_state.table()?, rec.volume)?;
-                Ok((vol.policy, vol.block_size, state.limits.require_full_writes))
-            })
-            .await?;
+        let (policy, block_size, full) = self.query_now(|t| {
+            let rec = get_inode(t.inodes.table()?, ino)?;
+            let (_, vol) = get_volume_by_id(t.volumes.table()?, rec.volume)?;
+            let state = get_volume_state(t.volume_state.table()?, rec.volume)?;
+            Ok((vol.policy, vol.block_size, state.limits.require_full_writes))
+        })?;
         let live = self.membership.live_when_known(policy.total()).await;
         if full && live.len() < policy.total() {
             return Err(FsError::unavailable(format!(
@@ -1170,12 +1179,11 @@ impl MetaService {
         failed: ServerId,
         call: Option<Call>,
     ) -> FsResult<ShardLocation> {
-        let rec: BlockRecord = self
-            .query(move |t| match t.blocks.table()?.get(block.0).db()? {
+        let rec: BlockRecord =
+            self.query_now(|t| match t.blocks.table()?.get(block.0).db()? {
                 Some(v) => decode(v.value()),
                 None => Err(FsError::NotFound),
-            })
-            .await?;
+            })?;
         let min_free = rec.policy.shard_len(rec.len.unwrap_or(0));
         // No server left for it: the shard is recorded missing, and the writer decides
         // whether the block has enough without it.
@@ -1225,12 +1233,10 @@ impl MetaService {
 
     /// Capacity of the cluster, bounded by the volume's quotas.
     async fn stat_fs(&self, ino: InodeId) -> FsResult<StatFs> {
-        let state = self
-            .query(move |t| {
-                let rec = get_inode(t.inodes.table()?, ino)?;
-                get_volume_state(t.volume_state.table()?, rec.volume)
-            })
-            .await?;
+        let state = self.query_now(|t| {
+            let rec = get_inode(t.inodes.table()?, ino)?;
+            get_volume_state(t.volume_state.table()?, rec.volume)
+        })?;
         let (mut total_bytes, mut free_bytes) = self.membership.capacity();
         if let Some(quota) = state.limits.quota_bytes {
             total_bytes = total_bytes.min(quota);
