@@ -71,6 +71,7 @@ pub fn need(request: &MetaRequest) -> Need {
         R::GetVolume(req::GetVolume { name }) => Need::Read(Volume(name.clone())),
         R::Lookup(req::Lookup { parent: ino, .. })
         | R::GetAttr(req::GetAttr { ino })
+        | R::OpenAttr(req::OpenAttr { ino, .. })
         | R::ReadLink(req::ReadLink { ino })
         | R::ReadDir(req::ReadDir { dir: ino, .. })
         | R::StatFs(req::StatFs { ino })

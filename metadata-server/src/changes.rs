@@ -6,6 +6,10 @@
 //! The feed lives in the leader's memory. A mount that falls behind the ring, or asks a new
 //! leader (whose feed has another id), is told it missed changes and drops everything it
 //! caches; the caches' timeout stays the fallback for a change that is never told.
+//!
+//! Each call for changes also tells how far its mount has taken the feed (the position it
+//! asks from): a change to a file another mount holds an open delegation of is answered only
+//! once that mount has taken it ([`ChangeFeed::wait_taken`]), or its delegation has lapsed.
 
 use dfs_common::proto::meta::{req, ChangePage, Invalidation, MetaRequest};
 use dfs_common::{InodeId, VolumeId};
@@ -24,6 +28,11 @@ const WATCHED_FOR: Duration = Duration::from_secs(60);
 /// Once a waiting watcher is woken, how long more changes may gather before it is answered
 /// (so a busy volume costs a call per batch of changes, not per change).
 const GATHER: Duration = Duration::from_millis(5);
+/// How long after a watcher's last call arrived its open delegations hold: longer than the
+/// mount's own reckoning (a lease from when it sent the last call that was answered).
+pub const DELEGATION_HELD: Duration = Duration::from_millis(
+    dfs_common::proto::meta::req::OPEN_DELEGATION_LEASE.as_millis() as u64 + 500,
+);
 /// Inodes whose volume is remembered at most (past this, the memory starts afresh).
 const MAX_REMEMBERED_VOLUMES: usize = 65_536;
 /// Watchers remembered at most (past this, those not seen lately are forgotten).
@@ -36,6 +45,8 @@ pub struct ChangeFeed {
     volumes: Mutex<HashMap<InodeId, VolumeId>>,
     /// The position after the newest change: callers wait for it to pass theirs.
     head: tokio::sync::watch::Sender<u64>,
+    /// Raised at every call for changes: what waits for a watcher to take a change looks again.
+    calls: tokio::sync::watch::Sender<u64>,
 }
 
 struct Ring {
@@ -44,8 +55,20 @@ struct Ring {
     /// Position of `entries[0]`.
     first: u64,
     entries: VecDeque<Entry>,
-    /// Each watching client, and when it last asked.
-    watchers: HashMap<u64, Instant>,
+    /// Each watching client.
+    watchers: HashMap<u64, Watcher>,
+    /// Watchers a change waits for (how many changes each): their calls are answered at once.
+    awaited: HashMap<u64, usize>,
+}
+
+struct Watcher {
+    /// When it last asked (a call arriving, or read again while it waits).
+    asked: Instant,
+    /// When its last call arrived.
+    arrived: Instant,
+    /// The position its last call asked from, in feed `feed`: it has taken every change before.
+    taken: u64,
+    feed: u64,
 }
 
 struct Entry {
@@ -81,9 +104,11 @@ impl ChangeFeed {
                 first: 0,
                 entries: VecDeque::new(),
                 watchers: HashMap::new(),
+                awaited: HashMap::new(),
             }),
             volumes: Mutex::new(HashMap::new()),
             head: tokio::sync::watch::channel(0).0,
+            calls: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -115,11 +140,109 @@ impl ChangeFeed {
         let ring = self.ring.lock().expect("change feed");
         ring.watchers
             .iter()
-            .any(|(&w, at)| Some(w) != origin && at.elapsed() < WATCHED_FOR)
+            .any(|(&w, at)| Some(w) != origin && at.asked.elapsed() < WATCHED_FOR)
     }
 
-    /// Records the changes of one mutation of `volume`, made by client `origin`.
-    pub fn publish(&self, volume: VolumeId, origin: Option<u64>, what: Vec<Invalidation>) {
+    /// The clients other than `origin` whose open delegations may still hold: their last
+    /// call for changes arrived within [`DELEGATION_HELD`].
+    pub fn delegation_holders(&self, origin: Option<u64>) -> Vec<u64> {
+        let ring = self.ring.lock().expect("change feed");
+        ring.watchers
+            .iter()
+            .filter(|(&w, at)| Some(w) != origin && at.arrived.elapsed() < DELEGATION_HELD)
+            .map(|(&w, _)| w)
+            .collect()
+    }
+
+    /// Whether `client` follows this feed now (its last call was on it and arrived lately):
+    /// only such a client is told of changes soon enough to hold a delegation.
+    pub fn follows(&self, client: u64) -> bool {
+        let ring = self.ring.lock().expect("change feed");
+        ring.watchers
+            .get(&client)
+            .is_some_and(|w| w.feed == ring.id && w.arrived.elapsed() < DELEGATION_HELD)
+    }
+
+    /// Waits until `client` has taken the feed up to position `end` (a call of its on this
+    /// feed asks from there or later), or its delegations have lapsed (no call of its arrived
+    /// for [`DELEGATION_HELD`]).
+    pub async fn wait_taken(&self, client: u64, end: u64) {
+        let mut calls = self.calls.subscribe();
+        *self
+            .ring
+            .lock()
+            .expect("change feed")
+            .awaited
+            .entry(client)
+            .or_default() += 1;
+        // (The mount's call waiting now is woken by the change itself: see `watch`.)
+        loop {
+            let lapses = {
+                let ring = self.ring.lock().expect("change feed");
+                match ring.watchers.get(&client) {
+                    Some(w) if w.feed == ring.id && w.taken >= end => break,
+                    Some(w) => w.arrived + DELEGATION_HELD,
+                    None => break,
+                }
+            };
+            if Instant::now() >= lapses {
+                break;
+            }
+            let lapses = tokio::time::Instant::from_std(lapses);
+            if tokio::time::timeout_at(lapses, calls.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let mut ring = self.ring.lock().expect("change feed");
+        if let Some(n) = ring.awaited.get_mut(&client) {
+            *n -= 1;
+            if *n == 0 {
+                ring.awaited.remove(&client);
+            }
+        }
+    }
+
+    /// Notes a call for changes from `client` asking from `after` in feed `feed`.
+    fn arrived(&self, client: u64, feed: u64, after: u64) {
+        let mut ring = self.ring.lock().expect("change feed");
+        let now = Instant::now();
+        if ring.watchers.len() >= MAX_WATCHERS {
+            ring.watchers.retain(|_, w| w.asked.elapsed() < WATCHED_FOR);
+        }
+        // A new watcher (feed 0) starts at the newest position of this feed.
+        let (feed, after) = match feed {
+            0 => (ring.id, ring.end()),
+            _ => (feed, after),
+        };
+        if ring.watchers.len() < MAX_WATCHERS || ring.watchers.contains_key(&client) {
+            ring.watchers.insert(
+                client,
+                Watcher {
+                    asked: now,
+                    arrived: now,
+                    taken: after,
+                    feed,
+                },
+            );
+        }
+        drop(ring);
+        self.calls.send_modify(|n| *n += 1);
+    }
+
+    fn awaited(&self, client: u64) -> bool {
+        self.ring
+            .lock()
+            .expect("change feed")
+            .awaited
+            .contains_key(&client)
+    }
+
+    /// Records the changes of one mutation of `volume`, made by client `origin`. Returns the
+    /// position after them.
+    pub fn publish(&self, volume: VolumeId, origin: Option<u64>, what: Vec<Invalidation>) -> u64 {
         let mut ring = self.ring.lock().expect("change feed");
         for what in what {
             if ring.entries.len() == CAPACITY {
@@ -135,6 +258,7 @@ impl ChangeFeed {
         let end = ring.end();
         drop(ring);
         self.head.send_replace(end);
+        end
     }
 
     /// The changes of `volume` after position `after` of feed `feed` made by clients other
@@ -150,6 +274,7 @@ impl ChangeFeed {
     ) -> ChangePage {
         let mut head = self.head.subscribe();
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        self.arrived(origin, feed, after);
         let mut after = after;
         loop {
             let page = self.read(volume, origin, feed, after);
@@ -163,17 +288,17 @@ impl ChangeFeed {
             if !woken {
                 return self.read(volume, origin, feed, after);
             }
-            tokio::time::sleep(GATHER).await;
+            // A change waiting for this watcher to take it is told at once.
+            if !self.awaited(origin) {
+                tokio::time::sleep(GATHER).await;
+            }
         }
     }
 
     fn read(&self, volume: VolumeId, origin: u64, feed: u64, after: u64) -> ChangePage {
         let mut ring = self.ring.lock().expect("change feed");
-        if ring.watchers.len() >= MAX_WATCHERS {
-            ring.watchers.retain(|_, at| at.elapsed() < WATCHED_FOR);
-        }
-        if ring.watchers.len() < MAX_WATCHERS {
-            ring.watchers.insert(origin, Instant::now());
+        if let Some(w) = ring.watchers.get_mut(&origin) {
+            w.asked = Instant::now();
         }
         if feed != ring.id || after < ring.first || after > ring.end() {
             return ChangePage {
@@ -206,6 +331,39 @@ impl ChangeFeed {
 
 fn new_id() -> u64 {
     rand::random::<u64>().max(1)
+}
+
+impl Stale {
+    /// The inodes whose attributes (or contents) it changes.
+    pub fn inodes(&self) -> Vec<InodeId> {
+        self.what
+            .iter()
+            .filter_map(|w| match w {
+                Invalidation::Inode { ino, .. } => Some(*ino),
+                Invalidation::Entry { .. } => None,
+            })
+            .collect()
+    }
+}
+
+/// Whether `request` may change an existing file's attributes or contents: such a change
+/// recalls the file's open delegations before it is answered.
+pub fn changes_files(request: &MetaRequest) -> bool {
+    use MetaRequest as R;
+    matches!(
+        request,
+        R::SetAttr(_)
+            | R::Link(_)
+            | R::Unlink(_)
+            | R::UnlinkOrHide(_)
+            | R::Rename(_)
+            | R::Move(_)
+            | R::SetXattr(_)
+            | R::RemoveXattr(_)
+            | R::CommitWrite(_)
+            | R::WriteInline(_)
+            | R::CommitIfUnchanged(_)
+    )
 }
 
 /// What `request` makes stale in other mounts' caches, if it changes the namespace.
@@ -332,6 +490,38 @@ mod tests {
             .expect("woken well before its wait ends")
             .unwrap();
         assert_eq!(page.changes.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_change_waits_until_a_holder_asks_from_past_it() {
+        let feed = std::sync::Arc::new(ChangeFeed::new());
+        let start = feed.watch(VolumeId(1), ME, 0, 0, Duration::ZERO).await;
+        assert!(feed.follows(ME));
+        assert_eq!(feed.delegation_holders(Some(9)), vec![ME]);
+        assert!(feed.delegation_holders(Some(ME)).is_empty(), "not its own");
+        let end = feed.publish(VolumeId(1), Some(9), vec![attrs(3)]);
+        let mut waiting = {
+            let feed = feed.clone();
+            tokio::spawn(async move { feed.wait_taken(ME, end).await })
+        };
+        // A call from before the change does not take it.
+        let page = feed
+            .watch(VolumeId(1), ME, start.feed, start.next, Duration::ZERO)
+            .await;
+        assert_eq!(page.changes, vec![attrs(3)]);
+        let early = tokio::time::timeout(Duration::from_millis(200), &mut waiting).await;
+        assert!(early.is_err(), "answered before the holder took the change");
+        // The next call, from past it, does.
+        feed.watch(VolumeId(1), ME, page.feed, page.next, Duration::ZERO)
+            .await;
+        tokio::time::timeout(Duration::from_secs(20), waiting)
+            .await
+            .expect("answered once taken")
+            .unwrap();
+        // A client that never watched holds nothing to wait for.
+        tokio::time::timeout(Duration::from_secs(20), feed.wait_taken(77, end))
+            .await
+            .expect("nothing to wait for");
     }
 
     #[tokio::test]

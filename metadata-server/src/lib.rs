@@ -26,6 +26,7 @@ pub mod calls;
 pub mod changes;
 pub mod command;
 pub mod committer;
+pub mod delegations;
 pub mod fsck;
 pub mod inline;
 pub mod layout;
@@ -182,6 +183,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         ops,
         capability_key,
         capability_key_path: config.data_dir.join("capability-key"),
+        data_dir: config.data_dir.clone(),
         faults: config.faults.clone(),
         stopping: shutdown.clone(),
     })?);

@@ -77,6 +77,7 @@ answers! {
     Made(Made),
     Removed(Removed),
     Moved(Moved),
+    Opened(Opened),
 }
 
 /// A reply type that a command's [`Outcome`] turns into.

@@ -6,6 +6,7 @@ use crate::calls;
 use crate::changes::{self, ChangeFeed};
 use crate::command::{Call, Command, Op, Outcome};
 use crate::committer::Committer;
+use crate::delegations::Delegations;
 use crate::locks::LockTable;
 use crate::membership::Membership;
 use crate::placement::place;
@@ -94,6 +95,8 @@ pub struct MetaService {
     server_certs: std::sync::Mutex<std::collections::HashMap<ServerId, Fingerprint>>,
     /// What the namespace mutations made stale, for the mounts' caches.
     changes: ChangeFeed,
+    /// Open delegations granted to mounts.
+    delegations: Delegations,
     faults: Faults,
     /// Cancelled when the server stops: long polls end then, not at their deadline.
     stopping: tokio_util::sync::CancellationToken,
@@ -110,6 +113,8 @@ pub struct ServiceParts {
     pub ops: OpMetrics,
     pub capability_key: CapabilityKey,
     pub capability_key_path: std::path::PathBuf,
+    /// The server's data directory.
+    pub data_dir: std::path::PathBuf,
     pub faults: Faults,
     pub stopping: tokio_util::sync::CancellationToken,
 }
@@ -142,6 +147,7 @@ impl MetaService {
             capability_key: std::sync::RwLock::new(parts.capability_key),
             capability_key_path: parts.capability_key_path,
             changes: ChangeFeed::new(),
+            delegations: Delegations::open(&parts.data_dir),
             faults: parts.faults,
             stopping: parts.stopping,
         })
@@ -646,6 +652,7 @@ impl MetaService {
             R::GetAttr(q) => {
                 answer(q, |q| ready(self.query_now(|t| queries::get_attr(t, q.ino)))).await
             }
+            R::OpenAttr(q) => answer(q, |q| ready(self.open_attr(q.ino, q.origin))).await,
             R::ReadLink(q) => {
                 answer(q, |q| ready(self.query_now(|t| queries::read_link(t, q.ino)))).await
             }
@@ -774,6 +781,7 @@ impl MetaService {
                         capability_key: self.capability_key(),
                         addr: q.addr.clone(),
                     };
+                    self.close_delegations().await;
                     self.log.add_member(&q.addr, &join).await?;
                     Ok(self.log.members())
                 })
@@ -830,9 +838,59 @@ impl MetaService {
         }
     }
 
+    /// A file's attributes for an open, with a delegation for `origin` when this server can
+    /// grant one: it is a group of one, and `origin` follows the change feed (so a change
+    /// can be told to it). The delegation is recorded before the attributes are read.
+    fn open_attr(&self, ino: InodeId, origin: u64) -> FsResult<Opened> {
+        let delegated = self.log.voters() <= 1
+            && self.changes.follows(origin)
+            && self.delegations.grant(ino, origin)?;
+        let attr = self.query_now(|t| queries::get_attr(t, ino))?;
+        // Directories and the rest are not opened through a delegation (nothing is recorded
+        // of them either way: no change to them is waited for).
+        let delegated = delegated && attr.kind == FileKind::File;
+        Ok(Opened { attr, delegated })
+    }
+
+    /// Before a change to files is answered: the delegations of `inos` held by clients other
+    /// than `origin` are recalled, and each holder takes the change from its feed (which
+    /// holds it from `end` on) or lets its delegation lapse. Delegations this server does not
+    /// know of (a previous process's) are waited out.
+    async fn recall_delegations(&self, inos: &[InodeId], origin: Option<u64>, end: Option<u64>) {
+        if let Some(left) = self.delegations.unknown_for() {
+            tokio::time::sleep(left).await;
+        }
+        let holders = self.changes.delegation_holders(origin);
+        if holders.is_empty() || inos.is_empty() {
+            return;
+        }
+        let recalled = self.delegations.recall(inos, &holders);
+        // (A change with holders is always published: they watch. Without a position, the
+        // holders are waited out.)
+        let end = end.unwrap_or(u64::MAX);
+        for client in recalled {
+            self.changes.wait_taken(client, end).await;
+        }
+    }
+
+    /// Stops granting delegations before the group grows: a new leader would not know them.
+    /// The feed restarts, so mounts stop renewing the ones they hold, and they are waited out.
+    async fn close_delegations(&self) {
+        let wait = self.delegations.close();
+        if wait.is_zero() {
+            return;
+        }
+        self.changes.restart();
+        tracing::info!(
+            ?wait,
+            "open delegations closed before the group grows: waiting them out"
+        );
+        tokio::time::sleep(wait).await;
+    }
+
     /// Tells the mounts watching the volume what a mutation made stale. The volume comes from
     /// the reply where it carries one, else from the feed's memory or the store.
-    fn publish(&self, stale: changes::Stale, origin: Option<u64>, reply: &Answer) {
+    fn publish(&self, stale: changes::Stale, origin: Option<u64>, reply: &Answer) -> Option<u64> {
         let volume = match reply {
             Answer::Attr(attr) => Ok(attr.volume),
             Answer::Made(made) => Ok(made.attr.volume),
@@ -842,10 +900,13 @@ impl MetaService {
         match volume {
             Ok(volume) => {
                 self.changes.remember_volume(stale.anchor, volume);
-                self.changes.publish(volume, origin, stale.what);
+                Some(self.changes.publish(volume, origin, stale.what))
             }
             // Gone meanwhile: whoever cached it learns on their next call.
-            Err(e) => tracing::debug!("no volume for a change: {e}"),
+            Err(e) => {
+                tracing::debug!("no volume for a change: {e}");
+                None
+            }
         }
     }
 
@@ -1299,9 +1360,16 @@ impl Service for MetaService {
                     .extend(touched.map(|ino| Invalidation::Inode { ino, data: false }));
                 stale
             });
+        let changes_files = changes::changes_files(&request);
         let reply = self.dispatch(request, id, grants).await?;
+        let mut recall = Vec::new();
+        let mut end = None;
         if let Some(stale) = stale {
-            self.publish(stale, origin, &reply);
+            recall = stale.inodes();
+            end = self.publish(stale, origin, &reply);
+        }
+        if changes_files {
+            self.recall_delegations(&recall, origin, end).await;
         }
         if let (Some(name), true) = (mutation, self.faults.is_enabled()) {
             // "The leader dies after the commit, before the reply."

@@ -848,3 +848,77 @@ fn an_unlink_while_no_file_is_open_costs_no_lookup() {
     drop(held);
     assert!(fs::metadata(m.path("f11")).is_err());
 }
+
+/// Requests a mount makes to open a file: `OpenAttr` (or `GetAttr`, asked of an older server).
+fn opens(cluster: &dfs_tests::process::ProcessCluster) -> f64 {
+    requests(cluster, "OpenAttr") + requests(cluster, "GetAttr")
+}
+
+/// Waits until `holder` reopens `name` without asking the metadata server: it holds an open
+/// delegation of the file (granted once its change feed has answered a call).
+fn wait_for_delegation(cluster: &dfs_tests::process::ProcessCluster, holder: &Mount, name: &str) {
+    shows("a reopen answered by the mount itself", || {
+        fs::read(holder.path(name)).unwrap();
+        let before = opens(cluster);
+        fs::read(holder.path(name)).unwrap();
+        opens(cluster) == before
+    });
+}
+
+/// Open delegations: a mount reopens a file it opened without a round trip, and still sees
+/// every change another mount closed before the open (close-to-open), not some time after:
+/// the writer's close is answered only once the holder has taken the change from its feed.
+#[test]
+fn a_reopen_under_an_open_delegation_costs_no_round_trip_and_sees_every_change_closed_before() {
+    let cluster = cluster_with_volume();
+    let holder = Mount::new(&cluster, "default", "holder", "").unwrap();
+    let writer = Mount::new(&cluster, "default", "writer", "").unwrap();
+    fs::write(writer.path("f"), b"one").unwrap();
+    wait_for_delegation(&cluster, &holder, "f");
+    for round in 0..20u32 {
+        let text = format!("round {round}{}", ".".repeat(round as usize));
+        fs::write(writer.path("f"), &text).unwrap();
+        // At once: no waiting for the change to show.
+        let seen = fs::read_to_string(holder.path("f")).unwrap();
+        assert_eq!(seen, text, "the holder's open after the writer's close");
+    }
+}
+
+/// A mount that stops following the feed cannot be told of a change: the change waits until
+/// its delegation has lapsed, and its next open asks the metadata server again.
+#[test]
+fn a_change_to_a_file_delegated_to_a_mount_not_listening_waits_for_the_delegation_to_lapse() {
+    use crate::observe::{mount_fault, mount_with_faults};
+    let cluster = cluster_with_volume();
+    let (holder, http) = mount_with_faults(&cluster, "default", "holder", "");
+    let writer = Mount::new(&cluster, "default", "writer", "").unwrap();
+    fs::write(writer.path("f"), b"one").unwrap();
+    wait_for_delegation(&cluster, &holder, "f");
+    hold_before_next_poll(&cluster, http, &writer);
+    fs::write(writer.path("f"), b"two").unwrap();
+    assert_eq!(
+        fs::read(holder.path("f")).unwrap(),
+        b"two",
+        "the open after the change, its feed held"
+    );
+    mount_fault(http, "mount.watch_changes", "disarm");
+}
+
+/// A restarted metadata server does not know the delegations it granted before: changes to
+/// files wait until those have lapsed at their mounts.
+#[test]
+fn a_restarted_metadata_server_waits_out_the_delegations_granted_before() {
+    let mut cluster = cluster_with_volume();
+    let holder = Mount::new(&cluster, "default", "holder", "").unwrap();
+    let writer = Mount::new(&cluster, "default", "writer", "").unwrap();
+    fs::write(writer.path("f"), b"one").unwrap();
+    wait_for_delegation(&cluster, &holder, "f");
+    cluster.kill_meta();
+    cluster.start_meta();
+    fs::write(writer.path("f"), b"two").unwrap();
+    assert_eq!(
+        fs::read(holder.path("f")).unwrap(),
+        b"two",
+        "the open after the change"
+    );
+}

@@ -158,6 +158,10 @@ fn metadata_requests_and_replies() {
                 flags: 0,
             },
         })),
+        MetaCall::untracked(MetaRequest::OpenAttr(req::OpenAttr {
+            ino: InodeId(2),
+            origin: 7,
+        })),
         MetaCall::untracked(MetaRequest::SetLock(req::SetLock {
             ino: InodeId(1),
             owner: owner(),

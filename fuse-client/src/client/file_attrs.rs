@@ -37,7 +37,15 @@ struct State {
     /// The last drop of each inode since (at most [`MAX_ENTRIES`], past which a drop of one
     /// drops everything): an answer about that inode to a question sent before is not kept.
     forgotten: HashMap<InodeId, u64>,
-    fresh: HashMap<InodeId, (Attr, Instant)>,
+    fresh: HashMap<InodeId, Kept>,
+}
+
+struct Kept {
+    attr: Attr,
+    at: Instant,
+    /// This client holds an open delegation of the file (see `OpenAttr`): until the change
+    /// feed drops the entry, no other client's change to the file has been answered.
+    delegated: bool,
 }
 
 impl FileAttrs {
@@ -56,6 +64,17 @@ impl FileAttrs {
     /// concurrent questions may arrive out of order: an entry is replaced only by strictly
     /// newer attributes, and dropped when the order cannot be told.
     pub fn note(&self, attr: &Attr, asked: u64) {
+        self.keep(attr, asked, false)
+    }
+
+    /// [`FileAttrs::note`] for an open's answer, which may grant an open delegation. An
+    /// answer that crossed a drop of the file is not kept, nor its delegation: the change
+    /// dropped may be newer than the attributes.
+    pub fn note_opened(&self, attr: &Attr, asked: u64, delegated: bool) {
+        self.keep(attr, asked, delegated)
+    }
+
+    fn keep(&self, attr: &Attr, asked: u64, delegated: bool) {
         if attr.kind != FileKind::File {
             return;
         }
@@ -72,13 +91,25 @@ impl FileAttrs {
         if state.fresh.len() >= MAX_ENTRIES {
             state.fresh.clear();
         }
-        match state.fresh.get(&attr.ino) {
-            Some((kept, _)) if kept.ctime > attr.ctime => {}
-            Some((kept, _)) if kept.ctime == attr.ctime && kept != attr => {
+        // A delegation stays with the file until a drop: this client's own changes do not
+        // recall it.
+        match state.fresh.get_mut(&attr.ino) {
+            Some(kept) if kept.attr.ctime > attr.ctime => kept.delegated |= delegated,
+            Some(kept) if kept.attr.ctime == attr.ctime && kept.attr != *attr => {
                 state.fresh.remove(&attr.ino);
             }
-            _ => {
-                state.fresh.insert(attr.ino, (attr.clone(), Instant::now()));
+            Some(kept) => {
+                kept.attr = attr.clone();
+                kept.at = Instant::now();
+                kept.delegated |= delegated;
+            }
+            None => {
+                let kept = Kept {
+                    attr: attr.clone(),
+                    at: Instant::now(),
+                    delegated,
+                };
+                state.fresh.insert(attr.ino, kept);
             }
         }
     }
@@ -86,12 +117,23 @@ impl FileAttrs {
     /// The file's attributes if noted within `max_age`.
     pub fn get(&self, ino: InodeId, max_age: Duration) -> Option<Attr> {
         let mut state = self.state();
-        let (attr, at) = state.fresh.get(&ino)?;
-        if at.elapsed() > max_age {
+        let kept = state.fresh.get(&ino)?;
+        if kept.at.elapsed() > max_age {
             state.fresh.remove(&ino);
             return None;
         }
-        Some(attr.clone())
+        Some(kept.attr.clone())
+    }
+
+    /// The file's attributes if this client holds an open delegation of it (the caller checks
+    /// that the change feed still answers: a delegation holds only while it does).
+    pub fn delegated(&self, ino: InodeId) -> Option<Attr> {
+        let state = self.state();
+        state
+            .fresh
+            .get(&ino)
+            .filter(|kept| kept.delegated)
+            .map(|kept| kept.attr.clone())
     }
 
     /// Drops what is kept of `ino`: it changed in a way this does not know the outcome of.
@@ -126,6 +168,35 @@ mod tests {
             size,
             ..crate::client::pending_attrs::tests::attr(ino, FileKind::File, 0o644, secs)
         }
+    }
+
+    #[test]
+    fn a_delegation_stays_with_the_file_until_a_drop_and_never_crosses_one() {
+        let kept = FileAttrs::default();
+        let asked = kept.epoch();
+        kept.note_opened(&file(5, 10, 1), asked, true);
+        assert_eq!(kept.delegated(InodeId(5)), Some(file(5, 10, 1)));
+        // This client's own change keeps it, with the new attributes.
+        kept.note(&file(5, 11, 2), kept.epoch());
+        assert_eq!(kept.delegated(InodeId(5)), Some(file(5, 11, 2)));
+        kept.forget(InodeId(5));
+        assert_eq!(
+            kept.delegated(InodeId(5)),
+            None,
+            "another client's change drops it"
+        );
+        // An open's answer to a question sent before a drop of its file is not kept.
+        let asked = kept.epoch();
+        kept.forget(InodeId(6));
+        kept.note_opened(&file(6, 10, 1), asked, true);
+        assert_eq!(kept.delegated(InodeId(6)), None);
+        // Nor after everything was dropped.
+        let asked = kept.epoch();
+        kept.clear();
+        kept.note_opened(&file(7, 10, 1), asked, true);
+        assert_eq!(kept.delegated(InodeId(7)), None);
+        kept.note_opened(&file(7, 10, 1), kept.epoch(), false);
+        assert_eq!(kept.delegated(InodeId(7)), None, "answered without one");
     }
 
     #[test]

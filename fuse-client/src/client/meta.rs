@@ -179,6 +179,31 @@ impl Client {
         Ok(attr)
     }
 
+    /// A file's attributes for an open (close-to-open): those kept with an open delegation
+    /// while `delegations_hold` (the change feed answers), else asked of the metadata server,
+    /// which may grant one.
+    pub async fn open_attr(&self, ino: InodeId, delegations_hold: bool) -> FsResult<Attr> {
+        if delegations_hold {
+            if let Some(attr) = self.inner.file_attrs.delegated(ino) {
+                return Ok(attr);
+            }
+        }
+        let asked = self.inner.file_attrs.epoch();
+        let origin = self.call_origin();
+        match self.call(req::OpenAttr { ino, origin }).await {
+            Ok(opened) => {
+                let attr = opened.attr;
+                self.inner
+                    .file_attrs
+                    .note_opened(&attr, asked, opened.delegated);
+                Ok(attr)
+            }
+            // A metadata server without delegations.
+            Err(FsError::Protocol(_)) => self.getattr(ino).await,
+            Err(e) => Err(e),
+        }
+    }
+
     /// Changes attributes; a file's new ones are kept for the kernel's next `getattr`.
     pub async fn setattr(&self, ino: InodeId, set: SetAttr) -> FsResult<Attr> {
         let asked = self.inner.file_attrs.epoch();

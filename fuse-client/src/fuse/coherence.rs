@@ -13,8 +13,9 @@ use dfs_common::InodeId;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
-/// How long one call waits for changes.
-const WAIT: Duration = Duration::from_secs(9);
+/// How long one call waits for changes: well inside the open delegations' lease, which each
+/// answer renews.
+const WAIT: Duration = Duration::from_secs(1);
 /// Pause after a failed call (the metadata server is away; calls retry on their own).
 const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
 

@@ -866,8 +866,11 @@ impl Filesystem for DfsFs {
             return reply.error(Errno::EROFS);
         }
         self.spawn("open", |s| async move {
-            // Opening revalidates with the metadata server: close-to-open consistency.
-            let opened = match s.client.getattr(s.ino(ino)).await {
+            // Opening revalidates with the metadata server (close-to-open consistency), or
+            // takes the attributes kept with an open delegation, which no other client's
+            // change has been answered since.
+            let attr = s.client.open_attr(s.ino(ino), s.leases.delegations_hold());
+            let opened = match attr.await {
                 Ok(attr) => s
                     .client
                     .handle_for(attr.clone())

@@ -22,6 +22,7 @@
 //! and only if the feed reported no change in it since ([`Leases::listing_changed`]). The
 //! mount's own changes go through the kernel, which drops its listing itself.
 
+use dfs_common::proto::meta::req::OPEN_DELEGATION_LEASE;
 use dfs_common::InodeId;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,6 +98,16 @@ impl Leases {
     pub fn confirm(&self, sent: Instant) {
         let at = sent.saturating_duration_since(self.origin).as_millis() as u64 + 1;
         self.confirmed.fetch_max(at, Ordering::Relaxed);
+    }
+
+    /// Whether open delegations hold now: the feed's last whole answer was to a call sent
+    /// within [`OPEN_DELEGATION_LEASE`] (the lease option does not matter).
+    pub fn delegations_hold(&self) -> bool {
+        let Some(confirmed) = self.confirmed.load(Ordering::Relaxed).checked_sub(1) else {
+            return false;
+        };
+        let end = self.origin + Duration::from_millis(confirmed) + OPEN_DELEGATION_LEASE;
+        Instant::now() < end
     }
 
     /// The feed failed to answer: grants fall back until it answers again.

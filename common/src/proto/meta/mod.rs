@@ -378,6 +378,14 @@ pub struct Removed {
     pub dir: Attr,
 }
 
+/// The reply to an `OpenAttr`: the file's attributes, and whether the caller holds an open
+/// delegation of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Opened {
+    pub attr: Attr,
+    pub delegated: bool,
+}
+
 /// The reply to a `Move`: the attributes of the directories it changed, just after it (one
 /// directory, or the source's then the target's), the inodes whose own attributes it changed
 /// (the one moved, and the one replaced or exchanged, if any), and the attributes of those

@@ -11,9 +11,9 @@
 use super::{
     Attr, BlockPlacement, ChangePage, ClientInfo, Committed, Digest, DirPage, Extent, FsckCursor,
     FsckPage, Layout, LockConflict, LockKind, LockOwner, LockRange, Made, MetaMember, Moved,
-    NewExtent, PeerReply, PeerRpc, Registered, Removed, RepairProgress, SetAttr as AttrChange,
-    ShardLocation, StatFs as FsStats, VolumeChange, VolumeGrant, VolumeInfo, VolumeLimits,
-    VolumeUsage as Usage,
+    NewExtent, Opened, PeerReply, PeerRpc, Registered, Removed, RepairProgress,
+    SetAttr as AttrChange, ShardLocation, StatFs as FsStats, VolumeChange, VolumeGrant, VolumeInfo,
+    VolumeLimits, VolumeUsage as Usage,
 };
 use crate::ec::EcPolicy;
 use crate::ids::{BlockId, InodeId, ServerId, Timestamp};
@@ -131,6 +131,7 @@ meta_requests! {
     CommitIfUnchanged => Committed, mutation;
     UnlinkOrHide => Removed, mutation;
     Move => Moved, mutation;
+    OpenAttr => Opened, query;
 }
 
 impl MetaRequest {
@@ -236,6 +237,22 @@ pub struct Lookup {
 pub struct GetAttr {
     pub ino: InodeId,
 }
+
+/// A file's attributes for an open (close-to-open), with an open delegation for client
+/// `origin` where the server grants one: until the server recalls it through the change feed
+/// (or the feed stops answering for [`OPEN_DELEGATION_LEASE`]), another client's change to the
+/// file is not acknowledged before `origin` has dropped the delegation, so `origin` may
+/// reopen the file with the attributes it keeps without asking again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenAttr {
+    pub ino: InodeId,
+    pub origin: u64,
+}
+
+/// How long after sending a change-feed call that was answered a mount may use its open
+/// delegations ([`OpenAttr`]) without another answer. The server holds a delegation longer
+/// (from when the call arrived, plus a margin).
+pub const OPEN_DELEGATION_LEASE: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetAttr {
