@@ -111,13 +111,16 @@ impl Delegations {
     /// its mount, whose feed is restarted by the caller so that it stops renewing them.
     pub fn close(&self) -> Duration {
         let mut state = self.state();
-        if state.closed_until.is_none() {
-            state.closed_until = Some(Instant::now() + DELEGATION_HELD);
-        }
-        state
-            .closed_until
-            .and_then(|until| until.checked_duration_since(Instant::now()))
-            .unwrap_or_default()
+        let now = Instant::now();
+        // Nothing granted by this process: nothing of its own to wait out.
+        let until = if state.marked {
+            now + DELEGATION_HELD
+        } else {
+            now
+        };
+        state.closed_until.get_or_insert(until);
+        drop(state);
+        self.unknown_for().unwrap_or_default()
     }
 
     pub fn held(&self) -> usize {
@@ -176,6 +179,15 @@ mod tests {
         let again = Delegations::open(dir.path());
         let left = again.unknown_for().expect("a grace after a restart");
         assert!(left <= DELEGATION_HELD && left > Duration::ZERO);
+    }
+
+    #[test]
+    fn a_record_that_granted_nothing_closes_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Delegations::open(dir.path());
+        assert_eq!(d.close(), Duration::ZERO);
+        assert!(!d.grant(InodeId(6), 1).unwrap());
+        assert!(!dir.path().join(MARKER).exists());
     }
 
     #[test]
