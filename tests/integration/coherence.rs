@@ -850,13 +850,17 @@ fn an_unlink_while_no_file_is_open_costs_no_lookup() {
 }
 
 /// Requests a mount makes to open a file: `OpenAttr` (or `GetAttr`, asked of an older server).
-fn opens(cluster: &dfs_tests::process::ProcessCluster) -> f64 {
+pub(crate) fn opens(cluster: &dfs_tests::process::ProcessCluster) -> f64 {
     requests(cluster, "OpenAttr") + requests(cluster, "GetAttr")
 }
 
 /// Waits until `holder` reopens `name` without asking the metadata server: it holds an open
 /// delegation of the file (granted once its change feed has answered a call).
-fn wait_for_delegation(cluster: &dfs_tests::process::ProcessCluster, holder: &Mount, name: &str) {
+pub(crate) fn wait_for_delegation(
+    cluster: &dfs_tests::process::ProcessCluster,
+    holder: &Mount,
+    name: &str,
+) {
     shows("a reopen answered by the mount itself", || {
         fs::read(holder.path(name)).unwrap();
         let before = opens(cluster);

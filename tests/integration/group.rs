@@ -631,3 +631,25 @@ fn a_mount_that_missed_changes_in_a_failover_drops_the_pages_of_its_open_files()
         || read(&held, new.len()) == new,
     );
 }
+
+/// A single metadata server that grants open delegations stops before it takes a second
+/// member (a new leader would not know them): the mounts drop theirs, and a change is seen
+/// at the next open as before.
+#[test]
+fn a_server_that_takes_a_member_stops_its_open_delegations_first() {
+    use crate::coherence::{opens, wait_for_delegation};
+    let mut cluster = one_member_of_three(|_| {});
+    let holder = Mount::new(&cluster, "v", "holder", "").unwrap();
+    let writer = Mount::new(&cluster, "v", "writer", "").unwrap();
+    std::fs::write(writer.path("f"), b"one").unwrap();
+    wait_for_delegation(&cluster, &holder, "f");
+    add_member(&mut cluster, 1);
+    std::fs::write(writer.path("f"), b"two").unwrap();
+    assert_eq!(std::fs::read(holder.path("f")).unwrap(), b"two");
+    let before = opens(&cluster);
+    assert_eq!(std::fs::read(holder.path("f")).unwrap(), b"two");
+    assert!(
+        opens(&cluster) > before,
+        "a reopen in a group asks the server"
+    );
+}
