@@ -150,12 +150,27 @@ impl Client {
     }
 
     pub async fn handle_for(&self, attr: Attr) -> FsResult<FileHandle> {
+        let volume = self.volume_by_id(attr.volume).await?;
+        self.handle_in(attr, &volume)
+    }
+
+    /// [`Client::handle_for`] without waiting: `None` when the file's volume is not known
+    /// here yet.
+    pub fn handle_now(&self, attr: Attr) -> Option<FsResult<FileHandle>> {
+        let volume = self.known_volume(attr.volume)?;
+        Some(self.handle_in(attr, &volume))
+    }
+
+    fn handle_in(
+        &self,
+        attr: Attr,
+        volume: &dfs_common::proto::meta::VolumeInfo,
+    ) -> FsResult<FileHandle> {
         match attr.kind {
             FileKind::File => {}
             FileKind::Dir => return Err(FsError::IsDir),
             _ => return Err(FsError::invalid("not a regular file")),
         }
-        let volume = self.volume_by_id(attr.volume).await?;
         Ok(FileHandle {
             client: self.clone(),
             ino: attr.ino,

@@ -354,14 +354,24 @@ impl Client {
 
     /// A volume's description by id (cached: policy and block size never change).
     pub async fn volume_by_id(&self, id: VolumeId) -> FsResult<VolumeInfo> {
-        if let Some(v) = self.inner.volumes.lock().expect("volume lock").get(&id) {
-            return Ok(v.clone());
+        if let Some(v) = self.known_volume(id) {
+            return Ok(v);
         }
         self.list_volumes()
             .await?
             .into_iter()
             .find(|v| v.id == id)
             .ok_or_else(|| FsError::Corrupt(format!("volume {id} not found")))
+    }
+
+    /// The volume, if this client has seen it.
+    pub(crate) fn known_volume(&self, id: VolumeId) -> Option<VolumeInfo> {
+        self.inner
+            .volumes
+            .lock()
+            .expect("volume lock")
+            .get(&id)
+            .cloned()
     }
 
     pub(crate) fn remember_volumes(&self, volumes: &[VolumeInfo]) {

@@ -717,6 +717,13 @@ impl OpenFiles {
         self.remember_version(attr) == Some(version_of(attr))
     }
 
+    /// Whether `attr` is the version of the file this mount knows, so its cached pages hold
+    /// ([`OpenFiles::opened`] without recording it).
+    pub fn is_current(&self, attr: &Attr) -> bool {
+        let versions = self.versions.lock().expect("version lock");
+        versions.get(&attr.ino) == Some(&version_of(attr))
+    }
+
     /// Records the version of a file this mount knows to be current (it just created it).
     pub fn remember_version(&self, attr: &Attr) -> Option<FileVersion> {
         let mut versions = self.versions.lock().expect("version lock");
