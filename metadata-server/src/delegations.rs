@@ -123,7 +123,8 @@ impl Delegations {
         self.unknown_for().unwrap_or_default()
     }
 
-    pub fn held(&self) -> usize {
+    #[cfg(test)]
+    fn held(&self) -> usize {
         self.state().held.len()
     }
 }

@@ -860,8 +860,11 @@ impl MetaService {
         if let Some(left) = self.delegations.unknown_for() {
             tokio::time::sleep(left).await;
         }
+        if inos.is_empty() {
+            return;
+        }
         let holders = self.changes.delegation_holders(origin);
-        if holders.is_empty() || inos.is_empty() {
+        if holders.is_empty() {
             return;
         }
         let recalled = self.delegations.recall(inos, &holders);

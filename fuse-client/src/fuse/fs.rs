@@ -321,6 +321,21 @@ impl Shared {
     /// Close-to-open: `attr` was just fetched by an open. If the file changed since this mount
     /// last opened it, the kernel's cached attributes are dropped (so that it sees the new size
     /// at once) and so are its cached pages; otherwise the pages are kept.
+    /// Answers an open of `attr`'s file with a new descriptor for `file`.
+    fn reply_opened(
+        &self,
+        reply: ReplyOpen,
+        file: DfsHandle,
+        flags: i32,
+        cache: FopenFlags,
+        attr: &Attr,
+    ) {
+        let (file, open_flags) = open_mode(file, flags);
+        let fh = self.files.add(file);
+        self.files.note_attr(attr);
+        reply.opened(FileHandle(fh), open_flags | cache)
+    }
+
     fn revalidate(&self, attr: &Attr) -> FopenFlags {
         if self.files.opened(attr) {
             return FopenFlags::FOPEN_KEEP_CACHE;
@@ -870,17 +885,16 @@ impl Filesystem for DfsFs {
         let started = Instant::now();
         let s = &self.shared;
         let kept = s
-            .client
-            .file_attrs()
-            .delegated(s.ino(ino))
-            .filter(|attr| s.leases.delegations_hold() && s.files.is_current(attr));
+            .leases
+            .delegations_hold()
+            .then(|| s.client.file_attrs().delegated(s.ino(ino)))
+            .flatten()
+            .filter(|attr| s.files.is_current(attr));
         if let Some(attr) = kept {
             if let Some(Ok(file)) = s.client.handle_now(attr.clone()) {
-                let (file, open_flags) = open_mode(file, flags.0);
-                let fh = s.files.add(file);
-                s.files.note_attr(&attr);
                 self.answered_on_arrival("open", started);
-                return reply.opened(FileHandle(fh), open_flags | FopenFlags::FOPEN_KEEP_CACHE);
+                let cache = FopenFlags::FOPEN_KEEP_CACHE;
+                return s.reply_opened(reply, file, flags.0, cache, &attr);
             }
         }
         self.spawn("open", |s| async move {
@@ -897,12 +911,7 @@ impl Filesystem for DfsFs {
                 Err(e) => Err(e),
             };
             match opened {
-                Ok((file, cache, attr)) => {
-                    let (file, open_flags) = open_mode(file, flags.0);
-                    let fh = s.files.add(file);
-                    s.files.note_attr(&attr);
-                    reply.opened(FileHandle(fh), open_flags | cache)
-                }
+                Ok((file, cache, attr)) => s.reply_opened(reply, file, flags.0, cache, &attr),
                 Err(e) => reply.error(errno(&e)),
             }
         });
