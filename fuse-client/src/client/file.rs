@@ -285,22 +285,36 @@ impl FileHandle {
     }
 
     /// A write that only buffers, done without waiting: `None` (and nothing done) when it
-    /// has anything to wait for or to start (quota for growth, an append, a block it
-    /// completes, the dirty limits, lost locks): that write goes the long way
-    /// ([`FileHandle::write_owned`]).
+    /// has anything to wait for or to start (a usage figure to fetch for the quota, a block
+    /// it completes, the dirty limits, lost locks): that write goes the long way
+    /// ([`FileHandle::write_owned`]), which also reports a quota it would pass.
     pub fn write_at_once(&mut self, offset: u64, data: &[u8]) -> Option<usize> {
         let len = data.len();
-        let end = Self::end_of(offset, len).ok()?;
-        let waits = self.append
-            || len == 0
-            || end > self.size
+        let at = if self.append { self.append_pos } else { offset };
+        let end = Self::end_of(at, len).ok()?;
+        let waits = len == 0
             || self.client.check_locks(self.ino).is_err()
-            || self.dirty.run_len_after(offset, len) >= self.block_size as u64
+            || self.dirty.run_len_after(at, len) >= self.block_size as u64
             || self.over_dirty_limits(len);
         if waits {
             return None;
         }
-        self.dirty.write(offset, data);
+        let growth = if self.append {
+            len as u64
+        } else {
+            end.saturating_sub(self.size)
+        };
+        if growth > 0 {
+            if !self.client.reserve_quota_at_once(self.volume, growth) {
+                return None;
+            }
+            self.quota_reserved += growth;
+        }
+        let at = self.place_write(offset, len);
+        self.dirty.write(at, data);
+        if !self.append {
+            self.size = self.size.max(end);
+        }
         self.count_dirty();
         Some(len)
     }

@@ -67,6 +67,29 @@ impl Client {
         Ok(())
     }
 
+    /// [`Client::reserve_quota`] without waiting: `true` when `growth` was counted; `false`
+    /// (nothing counted) when the usage figure must be fetched again first or the growth
+    /// would pass the quota, which the waiting path then reports.
+    pub(crate) fn reserve_quota_at_once(&self, volume: VolumeId, growth: u64) -> bool {
+        let mut views = self.inner.quotas.lock().expect("quota lock");
+        let Some(view) = views.get_mut(&volume) else {
+            return false;
+        };
+        if view.fetched.elapsed() > REFRESH_AFTER {
+            return false;
+        }
+        let fits = view.quota.is_none_or(|quota| {
+            view.used
+                .saturating_add(view.pending)
+                .saturating_add(growth)
+                <= quota
+        });
+        if fits {
+            view.pending += growth;
+        }
+        fits
+    }
+
     /// Gives back `bytes` reserved by [`Client::reserve_quota`]: committed (now part of the
     /// volume's usage) or dropped.
     pub(crate) fn settle_quota(&self, volume: VolumeId, bytes: u64, committed: bool) {
