@@ -508,9 +508,9 @@ fn files_past_4_gib_and_shared_mmap_writes() {
     assert!(back[..5000].iter().all(|&b| b == b'.'));
 }
 
-/// A close, flush or `getattr` with nothing to wait for is answered on the thread that read it
-/// from the kernel, with no hand-off to the mount's runtime; one with writes to commit or a
-/// lock to drop still does its work.
+/// A close, flush, `getattr` or listing call with nothing to wait for is answered on the
+/// thread that read it from the kernel, with no hand-off to the mount's runtime; one with
+/// writes to commit, a lock to drop or entries to fetch still does its work.
 #[test]
 fn requests_with_nothing_to_wait_for_are_answered_on_arrival() {
     use crate::group::flock;
@@ -541,6 +541,20 @@ fn requests_with_nothing_to_wait_for_are_answered_on_arrival() {
         arrived("getattr") - getattrs >= 1.0,
         "directory attributes waited"
     );
+
+    // A listing: its first call fetches the entries; the calls after it, to the end, are
+    // answered from what the first fetched.
+    let listed = || arrived("readdirplus") + arrived("readdir");
+    let before = listed();
+    let mut names: Vec<String> = fs::read_dir(m.path("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = (0..10).map(|i| format!("f{i}")).collect();
+    want.sort();
+    assert_eq!(names, want);
+    assert!(listed() - before >= 1.0, "the end of a listing waited");
 
     // Writes to commit: the close's flush commits them, the long way (the release after it
     // has nothing left to do).

@@ -366,27 +366,12 @@ impl Shared {
         offset: u64,
         mut add: impl FnMut(DirItem<'_>, u64) -> bool,
     ) -> Result<(), Errno> {
-        let Some(listing) = self.dirs.lock().expect("dir lock").get(&fh.0).cloned() else {
+        let Some(listing) = self.listing(fh) else {
             return Err(Errno::EBADF);
         };
         let mut listing = listing.lock().await;
-        if offset == 0 && add(DirItem::Dot, 1) {
-            return Ok(());
-        }
-        if offset <= 1 && add(DirItem::DotDot, 2) {
-            return Ok(());
-        }
-        let mut index = offset.saturating_sub(2) as usize;
-        loop {
-            while index < listing.entries.len() {
-                if add(DirItem::Entry(&listing.entries[index]), index as u64 + 3) {
-                    return Ok(());
-                }
-                index += 1;
-            }
-            if listing.complete {
-                return Ok(());
-            }
+        let mut walked = walk_listing(&listing, offset, &mut add);
+        while let Walked::NeedsMore(index) = walked {
             let after = listing.entries.last().map(|e| e.name.clone());
             if after.is_none() {
                 listing.mark = Some(self.dir_names.mark());
@@ -406,7 +391,126 @@ impl Shared {
                 }
                 Err(e) => return Err(errno(&e)),
             }
+            walked = walk_entries(&listing, index, &mut add);
         }
+        Ok(())
+    }
+
+    /// [`Shared::list_dir`] without waiting, for a listing already held whole (the calls
+    /// after the first of a directory's listing): `None`, with nothing handed to `add`, when
+    /// it has a page to fetch or another call holds it.
+    fn list_dir_at_once(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+        mut add: impl FnMut(DirItem<'_>, u64) -> bool,
+    ) -> Option<Result<(), Errno>> {
+        let Some(listing) = self.listing(fh) else {
+            return Some(Err(Errno::EBADF));
+        };
+        let listing = listing.try_lock().ok()?;
+        if !listing.complete {
+            return None;
+        }
+        walk_listing(&listing, offset, &mut add);
+        Some(Ok(()))
+    }
+
+    /// Adds `item` of directory `ino` to a readdir reply; `true` when the reply is full.
+    fn add_plain(
+        &self,
+        reply: &mut ReplyDirectory,
+        ino: INodeNo,
+        item: DirItem<'_>,
+        next: u64,
+    ) -> bool {
+        match item {
+            DirItem::Dot => reply.add(ino, next, fuser::FileType::Directory, "."),
+            DirItem::DotDot => reply.add(ino, next, fuser::FileType::Directory, ".."),
+            DirItem::Entry(e) => {
+                let kind = super::attr::file_type(e.kind);
+                reply.add(self.map.to_fuse(e.ino), next, kind, &e.name)
+            }
+        }
+    }
+
+    /// Adds `item` of directory `ino`, with its attributes, to a readdirplus reply; `true`
+    /// when the reply is full.
+    fn add_plus(
+        &self,
+        reply: &mut ReplyDirectoryPlus,
+        ino: INodeNo,
+        item: DirItem<'_>,
+        next: u64,
+    ) -> bool {
+        // The kernel links no inode for "." and "..", so their attributes only carry the
+        // inode number and type.
+        let no_ttl = Duration::ZERO;
+        match item {
+            DirItem::Dot | DirItem::DotDot => {
+                let name = if matches!(item, DirItem::Dot) {
+                    "."
+                } else {
+                    ".."
+                };
+                let dot = super::attr::dir_stub(ino);
+                reply.add(ino, next, name, &no_ttl, &dot, Generation(0))
+            }
+            DirItem::Entry(e) => match &e.attr {
+                Some(attr) => {
+                    let ttl = self.leases.name(self.ino(ino), &e.name, Some(attr.ino));
+                    let attr = self.fresh_attr(attr.clone());
+                    reply.add(attr.ino, next, &e.name, &ttl, &attr, Generation(0))
+                }
+                // Listed without attributes: the kernel looks the entry up itself.
+                None => false,
+            },
+        }
+    }
+
+    fn listing(&self, fh: FileHandle) -> Option<Arc<tokio::sync::Mutex<DirListing>>> {
+        self.dirs.lock().expect("dir lock").get(&fh.0).cloned()
+    }
+}
+
+/// Where a walk of a listing stopped.
+enum Walked {
+    /// The reply is full, or the listing ended.
+    Done,
+    /// The listing held no entry from this index on, and has more to fetch.
+    NeedsMore(usize),
+}
+
+/// Hands `add` the items of `listing` from the kernel's `offset` (see [`Shared::list_dir`]).
+fn walk_listing(
+    listing: &DirListing,
+    offset: u64,
+    add: &mut impl FnMut(DirItem<'_>, u64) -> bool,
+) -> Walked {
+    if offset == 0 && add(DirItem::Dot, 1) {
+        return Walked::Done;
+    }
+    if offset <= 1 && add(DirItem::DotDot, 2) {
+        return Walked::Done;
+    }
+    walk_entries(listing, offset.saturating_sub(2) as usize, add)
+}
+
+fn walk_entries(
+    listing: &DirListing,
+    mut index: usize,
+    add: &mut impl FnMut(DirItem<'_>, u64) -> bool,
+) -> Walked {
+    while index < listing.entries.len() {
+        if add(DirItem::Entry(&listing.entries[index]), index as u64 + 3) {
+            return Walked::Done;
+        }
+        index += 1;
+    }
+    if listing.complete {
+        Walked::Done
+    } else {
+        Walked::NeedsMore(index)
     }
 }
 
@@ -1279,15 +1383,22 @@ impl Filesystem for DfsFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let started = Instant::now();
+        let s = &self.shared;
+        let answered = s.list_dir_at_once(fh, offset, |item, next| {
+            s.add_plain(&mut reply, ino, item, next)
+        });
+        if let Some(result) = answered {
+            self.answered_on_arrival("readdir", started);
+            return match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            };
+        }
         self.spawn("readdir", |s| async move {
             let result = s
-                .list_dir(fh, offset, |item, next| match item {
-                    DirItem::Dot => reply.add(ino, next, fuser::FileType::Directory, "."),
-                    DirItem::DotDot => reply.add(ino, next, fuser::FileType::Directory, ".."),
-                    DirItem::Entry(e) => {
-                        let kind = super::attr::file_type(e.kind);
-                        reply.add(s.map.to_fuse(e.ino), next, kind, &e.name)
-                    }
+                .list_dir(fh, offset, |item, next| {
+                    s.add_plain(&mut reply, ino, item, next)
                 })
                 .await;
             match result {
@@ -1305,25 +1416,22 @@ impl Filesystem for DfsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let started = Instant::now();
+        let s = &self.shared;
+        let answered = s.list_dir_at_once(fh, offset, |item, next| {
+            s.add_plus(&mut reply, ino, item, next)
+        });
+        if let Some(result) = answered {
+            self.answered_on_arrival("readdirplus", started);
+            return match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            };
+        }
         self.spawn("readdirplus", |s| async move {
-            // The kernel links no inode for "." and "..", so their attributes only carry the
-            // inode number and type.
-            let dot = super::attr::dir_stub(ino);
-            let dir = s.ino(ino);
-            let no_ttl = Duration::ZERO;
             let result = s
-                .list_dir(fh, offset, |item, next| match item {
-                    DirItem::Dot => reply.add(ino, next, ".", &no_ttl, &dot, Generation(0)),
-                    DirItem::DotDot => reply.add(ino, next, "..", &no_ttl, &dot, Generation(0)),
-                    DirItem::Entry(e) => match &e.attr {
-                        Some(attr) => {
-                            let ttl = s.leases.name(dir, &e.name, Some(attr.ino));
-                            let attr = s.fresh_attr(attr.clone());
-                            reply.add(attr.ino, next, &e.name, &ttl, &attr, Generation(0))
-                        }
-                        // Listed without attributes: the kernel looks the entry up itself.
-                        None => false,
-                    },
+                .list_dir(fh, offset, |item, next| {
+                    s.add_plus(&mut reply, ino, item, next)
                 })
                 .await;
             match result {
