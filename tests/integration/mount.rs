@@ -703,6 +703,60 @@ fn writes_that_only_buffer_are_answered_on_arrival() {
     assert_eq!(fs::read(other.path("log")).unwrap(), want);
 }
 
+/// fsync through one descriptor sends what every descriptor of the file wrote in this mount,
+/// and the attribute changes answered for it: the kernel sends the fsync with the one
+/// descriptor it came through, but the file's data is all of theirs. An fsync with nothing
+/// left to send is answered on arrival.
+#[test]
+fn an_fsync_sends_what_every_descriptor_of_the_file_wrote() {
+    use crate::observe::{scrape, value};
+    use std::fs::FileTimes;
+    use std::time::SystemTime;
+    let cluster = cluster_with_volume();
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
+    let a = Mount::new(&cluster, "default", "a", &format!("metrics={http}")).unwrap();
+    let b = Mount::new(&cluster, "default", "b", "").unwrap();
+    let past = SystemTime::UNIX_EPOCH + Duration::from_secs(1_153_704_088);
+    fs::write(a.path("f"), b"").unwrap();
+    let synced = fs::OpenOptions::new()
+        .write(true)
+        .open(a.path("f"))
+        .unwrap();
+    let mut writer = fs::OpenOptions::new()
+        .write(true)
+        .open(a.path("f"))
+        .unwrap();
+    writer
+        .write_all(b"written through another descriptor")
+        .unwrap();
+    writer
+        .set_times(FileTimes::new().set_modified(past))
+        .unwrap();
+    synced.sync_all().unwrap();
+    // The writer is still open: what the other mount sees is at the metadata server.
+    assert_eq!(
+        fs::read(b.path("f")).unwrap(),
+        b"written through another descriptor"
+    );
+    assert_eq!(fs::metadata(b.path("f")).unwrap().mtime(), 1_153_704_088);
+
+    // Nothing left to send. (A flush of a descriptor by the exec of a concurrent test's
+    // child may hold it for a moment: one of two, not both.)
+    let arrived = || {
+        value(
+            &scrape(http),
+            "dfs_fuse_answered_on_arrival_total{op=\"fsync\"}",
+        )
+    };
+    let before = arrived();
+    synced.sync_all().unwrap();
+    writer.sync_all().unwrap();
+    assert!(
+        arrived() - before >= 1.0,
+        "fsyncs with nothing to send waited"
+    );
+}
+
 /// The kernel looks a directory up before every `mkdir` of it, even when it holds the name:
 /// for a directory this mount made and changed since, the mount answers from what it knows
 /// (fs_mark does this before every file). Once another mount removed it, `mkdir` makes it

@@ -453,6 +453,39 @@ impl OpenFiles {
         changed.map(|()| after)
     }
 
+    /// fsync through descriptor `file`: what every descriptor of the file in this mount
+    /// wrote, and the attribute changes answered for it, reach the metadata server, where each
+    /// commit is durable before it is answered. (The kernel sends the fsync with the one
+    /// descriptor it came through; the writes of the others are the file's data all the
+    /// same.) A failure of another descriptor's flush is also kept for that descriptor.
+    pub async fn sync(&self, file: &OpenFile) -> FsResult<()> {
+        let mut result = self.flush(file).await;
+        for other in self.with_writes(file.ino, Some(file.fh)) {
+            if let Err(e) = self.flush_keeping_error(&other).await {
+                result = result.and(Err(e));
+            }
+        }
+        // Changes answered for the file and carried by another descriptor's next flush.
+        result.and(self.settle(file.ino).await)
+    }
+
+    /// [`OpenFiles::sync`] with nothing to send, done at once; `false` (and nothing done)
+    /// when any descriptor of the file has something to flush, attribute changes wait, or
+    /// `file` is busy: that fsync goes the long way.
+    pub fn sync_if_clean(&self, file: &OpenFile) -> bool {
+        {
+            let table = self.table();
+            let inode = table.inodes.get(&file.ino);
+            let pending = inode.is_some_and(|i| {
+                i.waiting.is_some() || i.dirty.keys().any(|&other| other != file.fh)
+            });
+            if pending {
+                return false;
+            }
+        }
+        self.flush_if_clean(file)
+    }
+
     /// [`OpenFiles::flush`] of a descriptor with nothing to flush, done at once; `false` (and
     /// nothing done) when it has something to flush or is busy (a write, a read being
     /// planned, a write-back): that flush must wait, on the runtime.
