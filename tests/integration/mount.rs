@@ -757,6 +757,34 @@ fn an_fsync_sends_what_every_descriptor_of_the_file_wrote() {
     );
 }
 
+/// A write through a descriptor opened O_DSYNC is at the metadata server, durable, when it
+/// returns: an O_APPEND one too, whose writes bypass the kernel's pages and so are followed by
+/// no fsync from the kernel.
+#[test]
+fn writes_through_o_dsync_descriptors_are_sent_before_they_return() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let cluster = cluster_with_volume();
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    let b = Mount::new(&cluster, "default", "b", "").unwrap();
+    for (name, append) in [("appended", true), ("written", false)] {
+        fs::write(a.path(name), b"").unwrap();
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .append(append)
+            .custom_flags(libc::O_DSYNC)
+            .open(a.path(name))
+            .unwrap();
+        let mut want = Vec::new();
+        for i in 0..3 {
+            let line = format!("line {i}\n");
+            f.write_all(line.as_bytes()).unwrap();
+            want.extend_from_slice(line.as_bytes());
+            // Still open: what the other mount reads is at the metadata server.
+            assert_eq!(fs::read(b.path(name)).unwrap(), want, "{name}");
+        }
+    }
+}
+
 /// The kernel looks a directory up before every `mkdir` of it, even when it holds the name:
 /// for a directory this mount made and changed since, the mount answers from what it knows
 /// (fs_mark does this before every file). Once another mount removed it, `mkdir` makes it
