@@ -235,16 +235,21 @@ impl FileHandle {
     /// Reserves the growth a write of `len` bytes at `offset` causes against the volume's
     /// byte quota.
     async fn reserve_growth(&mut self, offset: u64, len: usize) -> FsResult<()> {
-        let growth = if self.append {
-            len as u64
-        } else {
-            Self::end_of(offset, len)?.saturating_sub(self.size)
-        };
+        let growth = self.growth(offset, len)?;
         if growth > 0 {
             self.client.reserve_quota(self.volume, growth).await?;
             self.quota_reserved += growth;
         }
         Ok(())
+    }
+
+    /// How much a write of `len` bytes at `offset` grows the file (an append, by all of it).
+    fn growth(&self, offset: u64, len: usize) -> FsResult<u64> {
+        if self.append {
+            Ok(len as u64)
+        } else {
+            Ok(Self::end_of(offset, len)?.saturating_sub(self.size))
+        }
     }
 
     /// After a commit: what is committed leaves the reservation; growth still buffered stays.
@@ -299,11 +304,7 @@ impl FileHandle {
         if waits {
             return None;
         }
-        let growth = if self.append {
-            len as u64
-        } else {
-            end.saturating_sub(self.size)
-        };
+        let growth = self.growth(offset, len).ok()?;
         if growth > 0 {
             if !self.client.reserve_quota_at_once(self.volume, growth) {
                 return None;

@@ -179,14 +179,20 @@ impl Client {
         Ok(attr)
     }
 
+    /// The attributes kept with an open delegation of the file, if this client holds one and
+    /// `delegations_hold` (the change feed answers).
+    pub fn delegated_attr(&self, ino: InodeId, delegations_hold: bool) -> Option<Attr> {
+        delegations_hold
+            .then(|| self.inner.file_attrs.delegated(ino))
+            .flatten()
+    }
+
     /// A file's attributes for an open (close-to-open): those kept with an open delegation
     /// while `delegations_hold` (the change feed answers), else asked of the metadata server,
     /// which may grant one.
     pub async fn open_attr(&self, ino: InodeId, delegations_hold: bool) -> FsResult<Attr> {
-        if delegations_hold {
-            if let Some(attr) = self.inner.file_attrs.delegated(ino) {
-                return Ok(attr);
-            }
+        if let Some(attr) = self.delegated_attr(ino, delegations_hold) {
+            return Ok(attr);
         }
         let asked = self.inner.file_attrs.epoch();
         let origin = self.call_origin();

@@ -75,6 +75,11 @@ impl Inode {
         }
     }
 
+    /// Whether a descriptor other than `fh` holds unflushed writes of the file.
+    fn written_besides(&self, fh: u64) -> bool {
+        self.dirty.keys().any(|&other| other != fh)
+    }
+
     /// Whether attribute changes wait for the flush of descriptor `fh`.
     fn waits_for(&self, fh: u64) -> bool {
         self.waiting.as_ref().is_some_and(|w| w.owner.fh == fh)
@@ -476,9 +481,7 @@ impl OpenFiles {
         {
             let table = self.table();
             let inode = table.inodes.get(&file.ino);
-            let pending = inode.is_some_and(|i| {
-                i.waiting.is_some() || i.dirty.keys().any(|&other| other != file.fh)
-            });
+            let pending = inode.is_some_and(|i| i.waiting.is_some() || i.written_besides(file.fh));
             if pending {
                 return false;
             }
@@ -509,7 +512,7 @@ impl OpenFiles {
             let table = self.table();
             let file = table.files.get(&fh)?.clone();
             let inode = table.inodes.get(&file.ino);
-            if inode.is_some_and(|i| i.dirty.keys().any(|&other| other != fh)) {
+            if inode.is_some_and(|i| i.written_besides(fh)) {
                 return None;
             }
             file

@@ -25,15 +25,38 @@ pub(crate) struct QuotaView {
     fetched: Instant,
 }
 
+impl QuotaView {
+    /// The usage figure is too old to decide on: it is fetched again first.
+    fn is_stale(&self) -> bool {
+        self.fetched.elapsed() > REFRESH_AFTER
+    }
+
+    /// Counts `growth` as pending, unless it would pass the quota.
+    fn count(&mut self, growth: u64) -> FsResult<()> {
+        if let Some(quota) = self.quota {
+            if self
+                .used
+                .saturating_add(self.pending)
+                .saturating_add(growth)
+                > quota
+            {
+                return Err(FsError::QuotaExceeded(format!(
+                    "volume byte quota of {quota} reached"
+                )));
+            }
+        }
+        self.pending += growth;
+        Ok(())
+    }
+}
+
 impl Client {
     /// Counts `growth` more bytes in `volume`, or fails with `QuotaExceeded` if that would
     /// pass its byte quota.
     pub(crate) async fn reserve_quota(&self, volume: VolumeId, growth: u64) -> FsResult<()> {
         let stale = {
             let views = self.inner.quotas.lock().expect("quota lock");
-            views
-                .get(&volume)
-                .is_none_or(|v| v.fetched.elapsed() > REFRESH_AFTER)
+            views.get(&volume).is_none_or(QuotaView::is_stale)
         };
         if stale {
             let name = self.volume_by_id(volume).await?.name;
@@ -50,21 +73,7 @@ impl Client {
             view.fetched = Instant::now();
         }
         let mut views = self.inner.quotas.lock().expect("quota lock");
-        let view = views.get_mut(&volume).expect("fetched above");
-        if let Some(quota) = view.quota {
-            if view
-                .used
-                .saturating_add(view.pending)
-                .saturating_add(growth)
-                > quota
-            {
-                return Err(FsError::QuotaExceeded(format!(
-                    "volume byte quota of {quota} reached"
-                )));
-            }
-        }
-        view.pending += growth;
-        Ok(())
+        views.get_mut(&volume).expect("fetched above").count(growth)
     }
 
     /// [`Client::reserve_quota`] without waiting: `true` when `growth` was counted; `false`
@@ -72,22 +81,10 @@ impl Client {
     /// would pass the quota, which the waiting path then reports.
     pub(crate) fn reserve_quota_at_once(&self, volume: VolumeId, growth: u64) -> bool {
         let mut views = self.inner.quotas.lock().expect("quota lock");
-        let Some(view) = views.get_mut(&volume) else {
-            return false;
-        };
-        if view.fetched.elapsed() > REFRESH_AFTER {
-            return false;
-        }
-        let fits = view.quota.is_none_or(|quota| {
-            view.used
-                .saturating_add(view.pending)
-                .saturating_add(growth)
-                <= quota
-        });
-        if fits {
-            view.pending += growth;
-        }
-        fits
+        views
+            .get_mut(&volume)
+            .filter(|view| !view.is_stale())
+            .is_some_and(|view| view.count(growth).is_ok())
     }
 
     /// Gives back `bytes` reserved by [`Client::reserve_quota`]: committed (now part of the

@@ -318,9 +318,6 @@ impl Shared {
         }
     }
 
-    /// Close-to-open: `attr` was just fetched by an open. If the file changed since this mount
-    /// last opened it, the kernel's cached attributes are dropped (so that it sees the new size
-    /// at once) and so are its cached pages; otherwise the pages are kept.
     /// Answers an open of `attr`'s file with a new descriptor for `file`.
     fn reply_opened(
         &self,
@@ -336,6 +333,9 @@ impl Shared {
         reply.opened(FileHandle(fh), open_flags | cache)
     }
 
+    /// Close-to-open: `attr` was just fetched by an open. If the file changed since this mount
+    /// last opened it, the kernel's cached attributes are dropped (so that it sees the new size
+    /// at once) and so are its cached pages; otherwise the pages are kept.
     fn revalidate(&self, attr: &Attr) -> FopenFlags {
         if self.files.opened(attr) {
             return FopenFlags::FOPEN_KEEP_CACHE;
@@ -443,29 +443,25 @@ impl Shared {
         item: DirItem<'_>,
         next: u64,
     ) -> bool {
+        let name = match item {
+            DirItem::Dot => ".",
+            DirItem::DotDot => "..",
+            DirItem::Entry(e) => {
+                return match &e.attr {
+                    Some(attr) => {
+                        let ttl = self.leases.name(self.ino(ino), &e.name, Some(attr.ino));
+                        let attr = self.fresh_attr(attr.clone());
+                        reply.add(attr.ino, next, &e.name, &ttl, &attr, Generation(0))
+                    }
+                    // Listed without attributes: the kernel looks the entry up itself.
+                    None => false,
+                };
+            }
+        };
         // The kernel links no inode for "." and "..", so their attributes only carry the
         // inode number and type.
-        let no_ttl = Duration::ZERO;
-        match item {
-            DirItem::Dot | DirItem::DotDot => {
-                let name = if matches!(item, DirItem::Dot) {
-                    "."
-                } else {
-                    ".."
-                };
-                let dot = super::attr::dir_stub(ino);
-                reply.add(ino, next, name, &no_ttl, &dot, Generation(0))
-            }
-            DirItem::Entry(e) => match &e.attr {
-                Some(attr) => {
-                    let ttl = self.leases.name(self.ino(ino), &e.name, Some(attr.ino));
-                    let attr = self.fresh_attr(attr.clone());
-                    reply.add(attr.ino, next, &e.name, &ttl, &attr, Generation(0))
-                }
-                // Listed without attributes: the kernel looks the entry up itself.
-                None => false,
-            },
-        }
+        let dot = super::attr::dir_stub(ino);
+        reply.add(ino, next, name, &Duration::ZERO, &dot, Generation(0))
     }
 
     fn listing(&self, fh: FileHandle) -> Option<Arc<tokio::sync::Mutex<DirListing>>> {
@@ -989,10 +985,8 @@ impl Filesystem for DfsFs {
         let started = Instant::now();
         let s = &self.shared;
         let kept = s
-            .leases
-            .delegations_hold()
-            .then(|| s.client.file_attrs().delegated(s.ino(ino)))
-            .flatten()
+            .client
+            .delegated_attr(s.ino(ino), s.leases.delegations_hold())
             .filter(|attr| s.files.is_current(attr));
         if let Some(attr) = kept {
             if let Some(Ok(file)) = s.client.handle_now(attr.clone()) {
