@@ -99,7 +99,10 @@ pub fn need(request: &MetaRequest) -> Need {
         | R::CommitIfUnchanged(req::CommitIfUnchanged { ino, .. }) => Need::Write(Inode(*ino)),
         R::ReplaceShard(req::ReplaceShard { block, .. }) => Need::Write(Block(*block)),
         R::WatchChanges(req::WatchChanges { root: ino, .. }) => Need::Read(Inode(*ino)),
-        R::ReleaseLocks(_) | R::RenewSession(_) | R::CancelLockWait(_) => Need::Anyone,
+        R::ReleaseLocks(_)
+        | R::RenewSession(_)
+        | R::CancelLockWait(_)
+        | R::StopWatching(_) => Need::Anyone,
         // Where to send calls: asked by every kind of caller.
         R::Leader(_) => Need::Anyone,
         R::CreateVolume(_)

@@ -37,6 +37,8 @@ pub const DELEGATION_HELD: Duration = Duration::from_millis(
 const MAX_REMEMBERED_VOLUMES: usize = 65_536;
 /// Watchers remembered at most (past this, those not seen lately are forgotten).
 const MAX_WATCHERS: usize = 4096;
+/// Clients that said they stopped watching, remembered at most (the oldest go first).
+const MAX_LEFT: usize = 4096;
 
 pub struct ChangeFeed {
     ring: Mutex<Ring>,
@@ -59,6 +61,9 @@ struct Ring {
     watchers: HashMap<u64, Watcher>,
     /// Watchers a change waits for (how many changes each): their calls are answered at once.
     awaited: HashMap<u64, usize>,
+    /// Clients that stopped watching (unmounted), newest last: a call of theirs still on its
+    /// way does not make them watchers again.
+    left: VecDeque<u64>,
 }
 
 struct Watcher {
@@ -105,6 +110,7 @@ impl ChangeFeed {
                 entries: VecDeque::new(),
                 watchers: HashMap::new(),
                 awaited: HashMap::new(),
+                left: VecDeque::new(),
             }),
             volumes: Mutex::new(HashMap::new()),
             head: tokio::sync::watch::channel(0).0,
@@ -164,9 +170,9 @@ impl ChangeFeed {
     }
 
     /// Waits until `client` has taken the feed up to position `end` (a call of its on this
-    /// feed asks from there or later), or its delegations have lapsed (no call of its arrived
-    /// for [`DELEGATION_HELD`]).
-    pub async fn wait_taken(&self, client: u64, end: u64) {
+    /// feed asks from there or later), stopped watching, or let its delegations lapse (no
+    /// call of its arrived for [`DELEGATION_HELD`]). Returns whether they lapsed.
+    pub async fn wait_taken(&self, client: u64, end: u64) -> bool {
         let mut calls = self.calls.subscribe();
         *self
             .ring
@@ -176,26 +182,26 @@ impl ChangeFeed {
             .entry(client)
             .or_default() += 1;
         // (The mount's call waiting now is woken by the change itself: see `watch`.)
-        loop {
+        let lapsed = loop {
             let lapses = {
                 let ring = self.ring.lock().expect("change feed");
                 match ring.watchers.get(&client) {
-                    Some(w) if w.feed == ring.id && w.taken >= end => break,
+                    Some(w) if w.feed == ring.id && w.taken >= end => break false,
                     Some(w) => w.arrived + DELEGATION_HELD,
-                    None => break,
+                    None => break false,
                 }
             };
             if Instant::now() >= lapses {
-                break;
+                break true;
             }
             let lapses = tokio::time::Instant::from_std(lapses);
             if tokio::time::timeout_at(lapses, calls.changed())
                 .await
                 .is_err()
             {
-                break;
+                break true;
             }
-        }
+        };
         let mut ring = self.ring.lock().expect("change feed");
         if let Some(n) = ring.awaited.get_mut(&client) {
             *n -= 1;
@@ -203,11 +209,31 @@ impl ChangeFeed {
                 ring.awaited.remove(&client);
             }
         }
+        lapsed
+    }
+
+    /// Forgets `client`, which stopped watching (its mount ends): changes no longer wait for
+    /// it to take them, and its open delegations end now rather than when they lapse.
+    pub fn forget(&self, client: u64) {
+        let mut ring = self.ring.lock().expect("change feed");
+        ring.watchers.remove(&client);
+        if !ring.left.contains(&client) {
+            if ring.left.len() >= MAX_LEFT {
+                ring.left.pop_front();
+            }
+            ring.left.push_back(client);
+        }
+        drop(ring);
+        // What waits for it to take a change looks again, and finds it gone.
+        self.calls.send_modify(|n| *n += 1);
     }
 
     /// Notes a call for changes from `client` asking from `after` in feed `feed`.
     fn arrived(&self, client: u64, feed: u64, after: u64) {
         let mut ring = self.ring.lock().expect("change feed");
+        if ring.left.contains(&client) {
+            return;
+        }
         let now = Instant::now();
         if ring.watchers.len() >= MAX_WATCHERS {
             ring.watchers.retain(|_, w| w.asked.elapsed() < WATCHED_FOR);
@@ -522,6 +548,31 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(20), feed.wait_taken(77, end))
             .await
             .expect("nothing to wait for");
+    }
+
+    #[tokio::test]
+    async fn a_holder_that_stops_watching_is_waited_for_no_longer() {
+        let feed = std::sync::Arc::new(ChangeFeed::new());
+        feed.watch(VolumeId(1), ME, 0, 0, Duration::ZERO).await;
+        let end = feed.publish(VolumeId(1), Some(9), vec![attrs(3)]);
+        let mut waiting = {
+            let feed = feed.clone();
+            tokio::spawn(async move { feed.wait_taken(ME, end).await })
+        };
+        let early = tokio::time::timeout(Duration::from_millis(200), &mut waiting).await;
+        assert!(early.is_err(), "answered before the holder took the change");
+        feed.forget(ME);
+        let lapsed = tokio::time::timeout(Duration::from_secs(20), waiting)
+            .await
+            .expect("answered once the holder left")
+            .unwrap();
+        assert!(!lapsed, "ended by the holder leaving, not by its lease");
+        assert!(!feed.follows(ME));
+        assert!(feed.delegation_holders(Some(9)).is_empty());
+        // A call of its still on the way does not make it a holder again.
+        feed.watch(VolumeId(1), ME, 0, 0, Duration::ZERO).await;
+        assert!(!feed.follows(ME));
+        assert!(feed.delegation_holders(Some(9)).is_empty());
     }
 
     #[tokio::test]

@@ -95,6 +95,11 @@ impl Delegations {
         recalled
     }
 
+    /// Forgets every delegation of `client`, which stopped watching (its mount ends).
+    pub fn forget_client(&self, client: u64) {
+        self.state().held.retain(|&(_, holder)| holder != client);
+    }
+
     /// How long changes to files must still wait for delegations this server does not know:
     /// a previous process's, or its own once it stopped granting.
     pub fn unknown_for(&self) -> Option<Duration> {
@@ -169,6 +174,8 @@ mod tests {
         );
         assert_eq!(d.recall(&[InodeId(7), InodeId(5)], &[1, 2]), vec![1]);
         assert_eq!(d.held(), 1);
+        d.forget_client(2);
+        assert_eq!(d.held(), 0, "a client that left holds nothing");
     }
 
     #[test]

@@ -158,6 +158,12 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
     tokio::spawn(repair.clone().run(shutdown.clone()));
     let mut registry = prometheus_client::registry::Registry::default();
     let ops = web::register_ops(&mut registry);
+    let delegation_lapses = dfs_common::metrics::counter(
+        &mut registry,
+        "dfs_meta_delegation_lapses",
+        "Changes that waited for a mount's open delegation to lapse (a mount that stopped \
+         following the change feed without saying so)",
+    );
     let http_addr = match config.http {
         Some(http) => {
             let sources = web::Sources {
@@ -181,6 +187,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         locks: locks::LockTable::new(config.lock_lease),
         repair,
         ops,
+        delegation_lapses,
         capability_key,
         capability_key_path: config.data_dir.join("capability-key"),
         data_dir: config.data_dir.clone(),

@@ -97,6 +97,9 @@ pub struct MetaService {
     changes: ChangeFeed,
     /// Open delegations granted to mounts.
     delegations: Delegations,
+    /// Changes that waited for a holder's delegation to lapse (it stopped following the
+    /// feed without saying so: a crash, or a network cut).
+    delegation_lapses: prometheus_client::metrics::counter::Counter,
     faults: Faults,
     /// Cancelled when the server stops: long polls end then, not at their deadline.
     stopping: tokio_util::sync::CancellationToken,
@@ -111,6 +114,7 @@ pub struct ServiceParts {
     pub locks: LockTable,
     pub repair: Arc<Repair>,
     pub ops: OpMetrics,
+    pub delegation_lapses: prometheus_client::metrics::counter::Counter,
     pub capability_key: CapabilityKey,
     pub capability_key_path: std::path::PathBuf,
     /// The server's data directory.
@@ -148,6 +152,7 @@ impl MetaService {
             capability_key_path: parts.capability_key_path,
             changes: ChangeFeed::new(),
             delegations: Delegations::open(&parts.data_dir),
+            delegation_lapses: parts.delegation_lapses,
             faults: parts.faults,
             stopping: parts.stopping,
         })
@@ -828,6 +833,14 @@ impl MetaService {
                 })
                 .await
             }
+            R::StopWatching(q) => {
+                answer(q, |q| async move {
+                    self.changes.forget(q.origin);
+                    self.delegations.forget_client(q.origin);
+                    Ok(())
+                })
+                .await
+            }
             R::Rebalance(q) => {
                 answer(q, |_| async move {
                     self.repair.start_rebalance();
@@ -872,7 +885,9 @@ impl MetaService {
         // holders are waited out.)
         let end = end.unwrap_or(u64::MAX);
         for client in recalled {
-            self.changes.wait_taken(client, end).await;
+            if self.changes.wait_taken(client, end).await {
+                self.delegation_lapses.inc();
+            }
         }
     }
 

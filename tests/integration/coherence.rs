@@ -905,6 +905,7 @@ fn a_change_to_a_file_delegated_to_a_mount_not_listening_waits_for_the_delegatio
         b"two",
         "the open after the change, its feed held"
     );
+    assert_eq!(delegation_lapses(&cluster), 1.0, "the change waited");
     mount_fault(http, "mount.watch_changes", "disarm");
 }
 
@@ -925,4 +926,35 @@ fn a_restarted_metadata_server_waits_out_the_delegations_granted_before() {
         b"two",
         "the open after the change"
     );
+}
+
+/// A mount that ends cleanly tells the metadata server so: a change to a file it held a
+/// delegation of is answered without waiting for the delegation to lapse.
+#[test]
+fn a_change_to_a_file_delegated_to_an_unmounted_mount_does_not_wait_for_the_lapse() {
+    let cluster = cluster_with_volume();
+    let holder = Mount::new(&cluster, "default", "holder", "").unwrap();
+    let writer = Mount::new(&cluster, "default", "writer", "").unwrap();
+    fs::write(writer.path("f"), b"one").unwrap();
+    wait_for_delegation(&cluster, &holder, "f");
+    drop(holder);
+    shows("the unmounted holder's goodbye", || {
+        requests(&cluster, "StopWatching") >= 1.0
+    });
+    fs::write(writer.path("f"), b"two").unwrap();
+    assert_eq!(
+        delegation_lapses(&cluster),
+        0.0,
+        "the change waited for the holder's lease"
+    );
+    assert_eq!(fs::read(writer.path("f")).unwrap(), b"two");
+}
+
+/// Changes the metadata server answered only once a holder's delegation lapsed.
+fn delegation_lapses(cluster: &dfs_tests::process::ProcessCluster) -> f64 {
+    let samples = crate::observe::scrape(cluster.meta_http);
+    let series = "dfs_meta_delegation_lapses_total";
+    *samples
+        .get(series)
+        .unwrap_or_else(|| panic!("{series} is missing from the metrics"))
 }

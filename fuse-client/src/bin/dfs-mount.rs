@@ -58,6 +58,8 @@ struct Args {
     verbose: bool,
 }
 
+/// How long an ending mount waits for the metadata server to hear that it stops watching.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Set in the background child: it reports readiness on stdout.
 const NOTIFY_ENV: &str = "DFS_MOUNT_NOTIFY";
 
@@ -201,6 +203,7 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
         runtime.block_on(dfs_common::http::serve(addr, page, shutdown))?;
     }
     let notifier = Arc::new(OnceLock::new());
+    let leaving = client.clone();
     let fs = DfsFs::new(
         client,
         volume.root,
@@ -257,6 +260,13 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
                 let _ = (&mut session_done).await;
             }
             _ = &mut session_done => {}
+        }
+        // Other clients' changes to files this mount opened stop waiting for it now, rather
+        // than when its delegations lapse.
+        match tokio::time::timeout(LEAVE_TIMEOUT, leaving.stop_watching()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::info!("could not tell the metadata server this mount ends: {e}"),
+            Err(_) => tracing::info!("the metadata server did not answer this mount's goodbye"),
         }
     });
     Ok(())

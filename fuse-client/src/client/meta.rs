@@ -487,6 +487,15 @@ impl Client {
         .await
     }
 
+    /// Tells the metadata server this mount stops following the change feed (it ends), so
+    /// changes by others no longer wait for it and its open delegations end now.
+    pub async fn stop_watching(&self) -> FsResult<()> {
+        self.call(req::StopWatching {
+            origin: self.call_origin(),
+        })
+        .await
+    }
+
     pub async fn layout(&self, ino: InodeId, offset: u64, len: u64) -> FsResult<Layout> {
         self.call(req::GetLayout { ino, offset, len }).await
     }

@@ -132,6 +132,7 @@ meta_requests! {
     UnlinkOrHide => Removed, mutation;
     Move => Moved, mutation;
     OpenAttr => Opened, query;
+    StopWatching => (), query;
 }
 
 impl MetaRequest {
@@ -598,6 +599,13 @@ pub struct WatchChanges {
     pub feed: u64,
     pub after: u64,
     pub wait_ms: u32,
+}
+
+/// Client `origin` stops following the change feed (its mount ends): changes no longer wait
+/// for it to take them, and its open delegations end at once instead of lapsing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopWatching {
+    pub origin: u64,
 }
 
 impl WatchChanges {
