@@ -36,7 +36,7 @@ use std::io::{Read, Write};
 use std::ops::RangeBounds;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 /// A new segment is started once the current one is this large.
@@ -70,6 +70,9 @@ pub struct LogStore {
     queued: Arc<AtomicUsize>,
     /// Appends written and flushed by their caller, not by the writer thread.
     written_here: Arc<AtomicUsize>,
+    /// Whether an append may be flushed by its caller: not on a leader with other members,
+    /// whose Raft must go on to send the entries while they are being flushed here.
+    appends_inline: Arc<AtomicBool>,
 }
 
 struct Memory {
@@ -229,7 +232,16 @@ impl LogStore {
             disk,
             queued,
             written_here: Arc::default(),
+            appends_inline: Arc::new(AtomicBool::new(true)),
         })
+    }
+
+    /// Lets appends be flushed by their caller when the log is idle (`true`, the default), or
+    /// sends every append to the writer thread. A leader with other members must not flush in
+    /// Raft's own task: the entries go to the followers only once `append` returns, so their
+    /// flush would wait for this one instead of running beside it.
+    pub fn set_appends_inline(&self, inline: bool) {
+        self.appends_inline.store(inline, Ordering::Relaxed);
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
@@ -384,7 +396,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // wake-ups (to the writer and back) on an idle server. Order is kept: every earlier
         // job is done, and the disk is held until this one is.
         match self.disk.try_lock() {
-            Ok(mut disk) if self.queued.load(Ordering::Acquire) == 0 => {
+            Ok(mut disk)
+                if self.queued.load(Ordering::Acquire) == 0
+                    && self.appends_inline.load(Ordering::Relaxed) =>
+            {
                 let mut failed = disk.append(&records).err().map(|e| e.to_string());
                 disk.finish_appends(&mut vec![callback], &mut failed);
                 self.written_here.fetch_add(1, Ordering::Relaxed);
@@ -1023,8 +1038,9 @@ mod tests {
     }
 
     /// On an idle log an append is written and flushed by its caller (no hand-off to the
-    /// writer thread and back); while the writer thread is busy, appends queue behind its
-    /// work. Either way entries land in order and survive reopening.
+    /// writer thread and back); while the writer thread is busy, or appends are not to be
+    /// flushed inline, appends queue behind its work. Either way entries land in order and
+    /// survive reopening.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     // The test holds the writer's lock across awaits on purpose: it stands for a busy writer.
     #[allow(clippy::await_holding_lock)]
@@ -1062,10 +1078,18 @@ mod tests {
         }
         append(&mut log, vec![blank(1, 7)]).await;
         assert_eq!(log.appends_written_here(), 3);
+        // A leader of other members hands even an idle log's appends to the writer thread.
+        log.set_appends_inline(false);
+        append(&mut log, vec![blank(1, 8)]).await;
+        assert_eq!(
+            log.appends_written_here(),
+            3,
+            "flushed by the caller while appends go to the writer thread"
+        );
         drop(log);
 
         let mut log = LogStore::open(dir.path()).unwrap();
-        assert_eq!(indexes(&mut log).await, (1..=7).collect::<Vec<_>>());
+        assert_eq!(indexes(&mut log).await, (1..=8).collect::<Vec<_>>());
     }
 
     #[tokio::test]

@@ -133,6 +133,22 @@ async fn track_quorum_acks(
     }
 }
 
+/// Follows this member's metrics and lets its log flush appends in Raft's own task except
+/// while it leads other members (see [`log::LogStore::set_appends_inline`]).
+async fn place_log_flushes(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<MemberId, openraft::BasicNode>>,
+    log: log::LogStore,
+) {
+    while metrics.changed().await.is_ok() {
+        let leads_others = {
+            let m = metrics.borrow_and_update();
+            m.state == openraft::ServerState::Leader
+                && m.membership_config.membership().nodes().count() > 1
+        };
+        log.set_appends_inline(!leads_others);
+    }
+}
+
 /// How often [`Group::snapshot_by_size`] looks at the log.
 const SNAPSHOT_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -245,6 +261,7 @@ pub async fn start(
         .map_err(|e| fatal("starting", e))?;
     let quorum_acked = std::sync::Arc::new(std::sync::Mutex::new(None));
     tokio::spawn(track_quorum_acks(raft.metrics(), quorum_acked.clone()));
+    tokio::spawn(place_log_flushes(raft.metrics(), log.clone()));
     let group = Group {
         raft,
         id,
