@@ -21,11 +21,11 @@ pub async fn run(client: &Client, cmd: ClusterCommand, json: bool) -> anyhow::Re
             server_table(&status.servers);
             let up = status.servers.iter().filter(|s| s.up).count();
             println!(
-                "\n{up}/{} servers up, {} volumes, {} inodes, {} blocks",
+                "\n{up}/{} servers up, {}, {}, {}",
                 status.servers.len(),
-                status.volumes,
-                status.inodes,
-                status.blocks
+                counted(status.volumes, "volume"),
+                counted(status.inodes, "inode"),
+                counted(status.blocks, "block")
             );
             let h = &status.health;
             println!(
@@ -62,4 +62,14 @@ pub fn server_table(servers: &[ServerStatus]) {
         ],
         &rows,
     );
+}
+
+/// `n` things, in the singular for one.
+fn counted(n: impl Into<u64>, thing: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
 }
