@@ -228,6 +228,15 @@ impl ChangeFeed {
         self.calls.send_modify(|n| *n += 1);
     }
 
+    /// Whether `client` said it stopped watching.
+    pub fn has_left(&self, client: u64) -> bool {
+        self.ring
+            .lock()
+            .expect("change feed")
+            .left
+            .contains(&client)
+    }
+
     /// Notes a call for changes from `client` asking from `after` in feed `feed`.
     fn arrived(&self, client: u64, feed: u64, after: u64) {
         let mut ring = self.ring.lock().expect("change feed");
@@ -570,6 +579,7 @@ mod tests {
         assert!(!feed.follows(ME));
         assert!(feed.delegation_holders(Some(9)).is_empty());
         // A call of its still on the way does not make it a holder again.
+        assert!(feed.has_left(ME));
         feed.watch(VolumeId(1), ME, 0, 0, Duration::ZERO).await;
         assert!(!feed.follows(ME));
         assert!(feed.delegation_holders(Some(9)).is_empty());

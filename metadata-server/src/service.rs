@@ -820,6 +820,10 @@ impl MetaService {
             )),
             R::WatchChanges(q) => {
                 answer(q, |q| async move {
+                    // Its changes no longer wait for it: it must not take its feed as whole.
+                    if self.changes.has_left(q.origin) {
+                        return Err(FsError::invalid("this client said it stopped watching"));
+                    }
                     let volume = self.volume_of(q.root)?;
                     let wait = q.wait();
                     // A stopping server waits for the requests in flight: not for this one's
