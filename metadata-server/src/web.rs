@@ -98,7 +98,7 @@ impl Gauges {
             log: gauges(
                 r,
                 "dfs_meta_log",
-                "The metadata log: term, last index, applied index, checkpoints, leading (1 or 0), voting members",
+                "The metadata log: term, last index, applied index, checkpoints, leading (1 or 0), voting members, appends flushed by Raft's own task and whether that is allowed now (1 or 0)",
             ),
         }
     }
@@ -139,6 +139,8 @@ impl Gauges {
             ("checkpoints", log.checkpoints),
             ("leading", u64::from(log.leader == Some(log.member))),
             ("voters", sources.log.voters() as u64),
+            ("appends_flushed_inline", log.appends_flushed_inline),
+            ("appends_inline", u64::from(log.appends_inline)),
         ] {
             set(&self.log, "what", name, v);
         }

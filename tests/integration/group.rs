@@ -31,7 +31,6 @@ fn leader(members: &[MetaMember]) -> Option<&MetaMember> {
     leaders.first().copied()
 }
 
-/// Adds reserved member `i` with `dfs meta add`, once it listens.
 /// Waits until the second member knows a leader (after the first member was killed).
 fn a_new_leader_as_member_1_sees_it(cluster: &ProcessCluster) {
     wait_until(cluster, Duration::from_secs(60), "a new leader", || {
@@ -46,6 +45,7 @@ fn a_new_leader_as_member_1_sees_it(cluster: &ProcessCluster) {
     });
 }
 
+/// Adds reserved member `i` with `dfs meta add`, once it listens.
 fn add_member(cluster: &mut ProcessCluster, i: usize) {
     cluster.start_member(i);
     let addr = cluster.member_addr(i).to_string();
@@ -652,4 +652,62 @@ fn a_server_that_takes_a_member_stops_its_open_delegations_first() {
         opens(&cluster) > before,
         "a reopen in a group asks the server"
     );
+}
+
+/// One of the first member's log figures (`dfs_meta_log{what=...}`).
+fn log_figure(cluster: &ProcessCluster, what: &str) -> f64 {
+    let samples = crate::observe::scrape(cluster.meta_http);
+    let series = format!("dfs_meta_log{{what=\"{what}\"}}");
+    *samples
+        .get(&series)
+        .unwrap_or_else(|| panic!("{series} is missing from the metrics"))
+}
+
+/// A lone server flushes an idle log's appends in Raft's own task (saving two thread
+/// wake-ups); a leader with followers hands them to the log's writer thread, so that the
+/// entries go out to the followers while its own flush runs.
+#[test]
+fn a_leader_with_followers_flushes_its_log_beside_them() {
+    let mut cluster = one_member_of_three(|_| {});
+    let mkdirs = |cluster: &ProcessCluster, names: std::ops::Range<u32>| {
+        for i in names {
+            let path = format!("v:/d{i}");
+            let out = cluster.cli().args(["mkdir", &path]).output().unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+    };
+    let before = log_figure(&cluster, "appends_flushed_inline");
+    mkdirs(&cluster, 0..5);
+    assert!(
+        log_figure(&cluster, "appends_flushed_inline") >= before + 5.0,
+        "a lone server's appends, one at a time, flushed in Raft's task"
+    );
+
+    add_member(&mut cluster, 1);
+    add_member(&mut cluster, 2);
+    let group = members(&cluster);
+    let first = cluster.member_addr(0).to_string();
+    assert_eq!(
+        leader(&group).map(|m| m.addr.clone()),
+        Some(first),
+        "the first member still leads: {group:?}"
+    );
+    wait_until(
+        &cluster,
+        Duration::from_secs(30),
+        "appends handed to the writer thread",
+        || log_figure(&cluster, "appends_inline") == 0.0,
+    );
+    let before = log_figure(&cluster, "appends_flushed_inline");
+    mkdirs(&cluster, 5..10);
+    assert_eq!(
+        log_figure(&cluster, "appends_flushed_inline"),
+        before,
+        "a leader of followers flushed an append in Raft's task"
+    );
+    let out = cluster.cli().args(["ls", "v:/"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    for i in 0..10 {
+        assert!(listed.contains(&format!("d{i}")), "d{i} missing: {listed}");
+    }
 }

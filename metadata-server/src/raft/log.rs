@@ -244,6 +244,11 @@ impl LogStore {
         self.appends_inline.store(inline, Ordering::Relaxed);
     }
 
+    /// Whether appends may be flushed by their caller (see [`Self::set_appends_inline`]).
+    pub fn appends_inline(&self) -> bool {
+        self.appends_inline.load(Ordering::Relaxed)
+    }
+
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
         self.shared.lock().expect("log memory")
     }

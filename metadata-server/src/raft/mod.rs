@@ -346,6 +346,10 @@ pub struct LogStatus {
     pub last_index: u64,
     pub applied_index: u64,
     pub checkpoints: u64,
+    /// Log appends flushed by Raft's own task (the log was idle), not by the writer thread,
+    /// and whether that is allowed now (not while leading other members).
+    pub appends_flushed_inline: u64,
+    pub appends_inline: bool,
 }
 
 impl Group {
@@ -362,6 +366,8 @@ impl Group {
                 .progress
                 .checkpoints
                 .load(std::sync::atomic::Ordering::Relaxed),
+            appends_flushed_inline: self.log.appends_written_here() as u64,
+            appends_inline: self.log.appends_inline(),
         }
     }
 
