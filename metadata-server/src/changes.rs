@@ -13,7 +13,7 @@
 
 use dfs_common::proto::meta::{req, ChangePage, Invalidation, MetaRequest};
 use dfs_common::{InodeId, VolumeId};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -61,9 +61,11 @@ struct Ring {
     watchers: HashMap<u64, Watcher>,
     /// Watchers a change waits for (how many changes each): their calls are answered at once.
     awaited: HashMap<u64, usize>,
-    /// Clients that stopped watching (unmounted), newest last: a call of theirs still on its
-    /// way does not make them watchers again.
-    left: VecDeque<u64>,
+    /// Clients that stopped watching (unmounted): a call of theirs still on its way does not
+    /// make them watchers again. Looked up at every call, so a set; `left_order` (newest
+    /// last) says which to forget first.
+    left: HashSet<u64>,
+    left_order: VecDeque<u64>,
 }
 
 struct Watcher {
@@ -110,7 +112,8 @@ impl ChangeFeed {
                 entries: VecDeque::new(),
                 watchers: HashMap::new(),
                 awaited: HashMap::new(),
-                left: VecDeque::new(),
+                left: HashSet::new(),
+                left_order: VecDeque::new(),
             }),
             volumes: Mutex::new(HashMap::new()),
             head: tokio::sync::watch::channel(0).0,
@@ -217,11 +220,13 @@ impl ChangeFeed {
     pub fn forget(&self, client: u64) {
         let mut ring = self.ring.lock().expect("change feed");
         ring.watchers.remove(&client);
-        if !ring.left.contains(&client) {
-            if ring.left.len() >= MAX_LEFT {
-                ring.left.pop_front();
+        if ring.left.insert(client) {
+            ring.left_order.push_back(client);
+            if ring.left_order.len() > MAX_LEFT {
+                if let Some(oldest) = ring.left_order.pop_front() {
+                    ring.left.remove(&oldest);
+                }
             }
-            ring.left.push_back(client);
         }
         drop(ring);
         // What waits for it to take a change looks again, and finds it gone.

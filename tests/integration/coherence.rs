@@ -952,9 +952,5 @@ fn a_change_to_a_file_delegated_to_an_unmounted_mount_does_not_wait_for_the_laps
 
 /// Changes the metadata server answered only once a holder's delegation lapsed.
 fn delegation_lapses(cluster: &dfs_tests::process::ProcessCluster) -> f64 {
-    let samples = crate::observe::scrape(cluster.meta_http);
-    let series = "dfs_meta_delegation_lapses_total";
-    *samples
-        .get(series)
-        .unwrap_or_else(|| panic!("{series} is missing from the metrics"))
+    crate::observe::required_value(cluster.meta_http, "dfs_meta_delegation_lapses_total")
 }

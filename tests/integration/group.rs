@@ -656,11 +656,8 @@ fn a_server_that_takes_a_member_stops_its_open_delegations_first() {
 
 /// One of the first member's log figures (`dfs_meta_log{what=...}`).
 fn log_figure(cluster: &ProcessCluster, what: &str) -> f64 {
-    let samples = crate::observe::scrape(cluster.meta_http);
     let series = format!("dfs_meta_log{{what=\"{what}\"}}");
-    *samples
-        .get(&series)
-        .unwrap_or_else(|| panic!("{series} is missing from the metrics"))
+    crate::observe::required_value(cluster.meta_http, &series)
 }
 
 /// A lone server flushes an idle log's appends in Raft's own task (saving two thread

@@ -110,6 +110,14 @@ pub(crate) fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
     samples.get(series).copied().unwrap_or(0.0)
 }
 
+/// The value of `series`, which the process at `addr` must export (a missing series fails
+/// the test rather than reading as 0).
+pub(crate) fn required_value(addr: SocketAddr, series: &str) -> f64 {
+    *scrape(addr)
+        .get(series)
+        .unwrap_or_else(|| panic!("{series} is missing from the metrics"))
+}
+
 #[test]
 fn metrics_parse_and_move_with_io() {
     let cluster = cluster_with_volume();

@@ -155,6 +155,32 @@ impl DfsFs {
         metrics.on_arrival.get_or_create(&OpLabel { op }).inc();
     }
 
+    /// Answers a listing call (`op`) of directory `ino` from offset `offset`: at once from a
+    /// listing held whole, else on the runtime, fetching what it lacks.
+    fn list(
+        &self,
+        op: &'static str,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: impl ListingReply,
+    ) {
+        let started = Instant::now();
+        let s = &self.shared;
+        let answered =
+            s.list_dir_at_once(fh, offset, |item, next| reply.add_item(s, ino, item, next));
+        if let Some(result) = answered {
+            self.answered_on_arrival(op, started);
+            return reply.finish(result);
+        }
+        self.spawn(op, |s| async move {
+            let result = s
+                .list_dir(fh, offset, |item, next| reply.add_item(&s, ino, item, next))
+                .await;
+            reply.finish(result)
+        });
+    }
+
     fn writable(&self) -> Result<(), Errno> {
         if self.shared.read_only {
             Err(Errno::EROFS)
@@ -416,42 +442,50 @@ impl Shared {
         Some(Ok(()))
     }
 
-    /// Adds `item` of directory `ino` to a readdir reply; `true` when the reply is full.
-    fn add_plain(
-        &self,
-        reply: &mut ReplyDirectory,
-        ino: INodeNo,
-        item: DirItem<'_>,
-        next: u64,
-    ) -> bool {
+    fn listing(&self, fh: FileHandle) -> Option<Arc<tokio::sync::Mutex<DirListing>>> {
+        self.dirs.lock().expect("dir lock").get(&fh.0).cloned()
+    }
+}
+
+/// A reply to a listing call: readdir's (names and types) or readdirplus's (with
+/// attributes).
+trait ListingReply: Send + 'static {
+    /// Adds `item` of directory `dir`; `true` when the reply is full.
+    fn add_item(&mut self, s: &Shared, dir: INodeNo, item: DirItem<'_>, next: u64) -> bool;
+    fn finish(self, result: Result<(), Errno>);
+}
+
+impl ListingReply for ReplyDirectory {
+    fn add_item(&mut self, s: &Shared, dir: INodeNo, item: DirItem<'_>, next: u64) -> bool {
         match item {
-            DirItem::Dot => reply.add(ino, next, fuser::FileType::Directory, "."),
-            DirItem::DotDot => reply.add(ino, next, fuser::FileType::Directory, ".."),
+            DirItem::Dot => self.add(dir, next, fuser::FileType::Directory, "."),
+            DirItem::DotDot => self.add(dir, next, fuser::FileType::Directory, ".."),
             DirItem::Entry(e) => {
                 let kind = super::attr::file_type(e.kind);
-                reply.add(self.map.to_fuse(e.ino), next, kind, &e.name)
+                self.add(s.map.to_fuse(e.ino), next, kind, &e.name)
             }
         }
     }
 
-    /// Adds `item` of directory `ino`, with its attributes, to a readdirplus reply; `true`
-    /// when the reply is full.
-    fn add_plus(
-        &self,
-        reply: &mut ReplyDirectoryPlus,
-        ino: INodeNo,
-        item: DirItem<'_>,
-        next: u64,
-    ) -> bool {
+    fn finish(self, result: Result<(), Errno>) {
+        match result {
+            Ok(()) => self.ok(),
+            Err(e) => self.error(e),
+        }
+    }
+}
+
+impl ListingReply for ReplyDirectoryPlus {
+    fn add_item(&mut self, s: &Shared, dir: INodeNo, item: DirItem<'_>, next: u64) -> bool {
         let name = match item {
             DirItem::Dot => ".",
             DirItem::DotDot => "..",
             DirItem::Entry(e) => {
                 return match &e.attr {
                     Some(attr) => {
-                        let ttl = self.leases.name(self.ino(ino), &e.name, Some(attr.ino));
-                        let attr = self.fresh_attr(attr.clone());
-                        reply.add(attr.ino, next, &e.name, &ttl, &attr, Generation(0))
+                        let ttl = s.leases.name(s.ino(dir), &e.name, Some(attr.ino));
+                        let attr = s.fresh_attr(attr.clone());
+                        self.add(attr.ino, next, &e.name, &ttl, &attr, Generation(0))
                     }
                     // Listed without attributes: the kernel looks the entry up itself.
                     None => false,
@@ -460,12 +494,15 @@ impl Shared {
         };
         // The kernel links no inode for "." and "..", so their attributes only carry the
         // inode number and type.
-        let dot = super::attr::dir_stub(ino);
-        reply.add(ino, next, name, &Duration::ZERO, &dot, Generation(0))
+        let dot = super::attr::dir_stub(dir);
+        self.add(dir, next, name, &Duration::ZERO, &dot, Generation(0))
     }
 
-    fn listing(&self, fh: FileHandle) -> Option<Arc<tokio::sync::Mutex<DirListing>>> {
-        self.dirs.lock().expect("dir lock").get(&fh.0).cloned()
+    fn finish(self, result: Result<(), Errno>) {
+        match result {
+            Ok(()) => self.ok(),
+            Err(e) => self.error(e),
+        }
     }
 }
 
@@ -1393,31 +1430,9 @@ impl Filesystem for DfsFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let started = Instant::now();
-        let s = &self.shared;
-        let answered = s.list_dir_at_once(fh, offset, |item, next| {
-            s.add_plain(&mut reply, ino, item, next)
-        });
-        if let Some(result) = answered {
-            self.answered_on_arrival("readdir", started);
-            return match result {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            };
-        }
-        self.spawn("readdir", |s| async move {
-            let result = s
-                .list_dir(fh, offset, |item, next| {
-                    s.add_plain(&mut reply, ino, item, next)
-                })
-                .await;
-            match result {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
-        });
+        self.list("readdir", ino, fh, offset, reply);
     }
 
     fn readdirplus(
@@ -1426,31 +1441,9 @@ impl Filesystem for DfsFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        let started = Instant::now();
-        let s = &self.shared;
-        let answered = s.list_dir_at_once(fh, offset, |item, next| {
-            s.add_plus(&mut reply, ino, item, next)
-        });
-        if let Some(result) = answered {
-            self.answered_on_arrival("readdirplus", started);
-            return match result {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            };
-        }
-        self.spawn("readdirplus", |s| async move {
-            let result = s
-                .list_dir(fh, offset, |item, next| {
-                    s.add_plus(&mut reply, ino, item, next)
-                })
-                .await;
-            match result {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
-        });
+        self.list("readdirplus", ino, fh, offset, reply);
     }
 
     fn releasedir(
