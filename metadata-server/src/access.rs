@@ -98,7 +98,11 @@ pub fn need(request: &MetaRequest) -> Need {
         | R::WriteInline(req::WriteInline { ino, .. })
         | R::CommitIfUnchanged(req::CommitIfUnchanged { ino, .. }) => Need::Write(Inode(*ino)),
         R::ReplaceShard(req::ReplaceShard { block, .. }) => Need::Write(Block(*block)),
-        R::WatchChanges(req::WatchChanges { root: ino, .. }) => Need::Read(Inode(*ino)),
+        R::WatchChanges(req::WatchChanges { root: ino, .. })
+        | R::WatchOpen(req::WatchOpen {
+            watch: req::WatchChanges { root: ino, .. },
+            ..
+        }) => Need::Read(Inode(*ino)),
         R::ReleaseLocks(_)
         | R::RenewSession(_)
         | R::CancelLockWait(_)

@@ -76,7 +76,21 @@ struct Watcher {
     /// The position its last call asked from, in feed `feed`: it has taken every change before.
     taken: u64,
     feed: u64,
+    /// The files it has open, for a watcher that reports them (`WatchOpen`): orphans it holds
+    /// are kept (see [`crate::orphans`]).
+    open: Option<HashSet<InodeId>>,
 }
+
+/// What a `WatchOpen` call says of its mount's open files.
+pub struct OpenReport {
+    /// `opened` is every open file.
+    pub all: bool,
+    pub opened: Vec<InodeId>,
+    pub released: Vec<InodeId>,
+}
+
+/// Files one watcher is known to have open at most; more are not recorded.
+const MAX_OPEN_PER_WATCHER: usize = 2 * dfs_common::proto::meta::req::MAX_OPEN_REPORTED;
 
 struct Entry {
     volume: VolumeId,
@@ -141,6 +155,33 @@ impl ChangeFeed {
         ring.id = new_id();
         ring.first = ring.end();
         ring.entries.clear();
+        // Mounts report their open files again, whole, once told they missed changes; until
+        // each has called on this feed, its orphans wait (see `may_reap`).
+        for open in ring.watchers.values_mut().filter_map(|w| w.open.as_mut()) {
+            open.clear();
+        }
+    }
+
+    /// The feed's identity and the position after its newest change.
+    pub fn position(&self) -> (u64, u64) {
+        let ring = self.ring.lock().expect("change feed");
+        (ring.id, ring.end())
+    }
+
+    /// Whether orphan `ino`, orphaned by a change published before `position` of feed `feed`,
+    /// may be freed: every watcher that reports its open files and has not lapsed (called
+    /// within [`DELEGATION_HELD`]) has since called on this feed from `position` or later (so
+    /// it reported every open made before it learnt of the change), and none has it open.
+    pub fn may_reap(&self, ino: InodeId, feed: u64, position: u64) -> bool {
+        let ring = self.ring.lock().expect("change feed");
+        if feed != ring.id {
+            return false;
+        }
+        ring.watchers.values().all(|w| match &w.open {
+            None => true,
+            Some(_) if w.arrived.elapsed() >= DELEGATION_HELD => true,
+            Some(open) => w.feed == ring.id && w.taken >= position && !open.contains(&ino),
+        })
     }
 
     /// Whether a client other than `origin` asked for changes lately: otherwise the changes
@@ -242,8 +283,9 @@ impl ChangeFeed {
             .contains(&client)
     }
 
-    /// Notes a call for changes from `client` asking from `after` in feed `feed`.
-    fn arrived(&self, client: u64, feed: u64, after: u64) {
+    /// Notes a call for changes from `client` asking from `after` in feed `feed`, with what it
+    /// reports of its open files.
+    fn arrived(&self, client: u64, feed: u64, after: u64, report: Option<OpenReport>) {
         let mut ring = self.ring.lock().expect("change feed");
         if ring.left.contains(&client) {
             return;
@@ -258,6 +300,21 @@ impl ChangeFeed {
             _ => (feed, after),
         };
         if ring.watchers.len() < MAX_WATCHERS || ring.watchers.contains_key(&client) {
+            let mut open = ring.watchers.remove(&client).and_then(|w| w.open);
+            if let Some(report) = report {
+                let open = open.get_or_insert_with(HashSet::new);
+                if report.all {
+                    open.clear();
+                }
+                for ino in &report.released {
+                    open.remove(ino);
+                }
+                for ino in report.opened {
+                    if open.len() < MAX_OPEN_PER_WATCHER {
+                        open.insert(ino);
+                    }
+                }
+            }
             ring.watchers.insert(
                 client,
                 Watcher {
@@ -265,6 +322,7 @@ impl ChangeFeed {
                     arrived: now,
                     taken: after,
                     feed,
+                    open,
                 },
             );
         }
@@ -311,10 +369,11 @@ impl ChangeFeed {
         feed: u64,
         after: u64,
         wait: Duration,
+        report: Option<OpenReport>,
     ) -> ChangePage {
         let mut head = self.head.subscribe();
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
-        self.arrived(origin, feed, after);
+        self.arrived(origin, feed, after, report);
         let mut after = after;
         loop {
             let page = self.read(volume, origin, feed, after);
@@ -481,16 +540,182 @@ mod tests {
         }
     }
 
+    fn report(all: bool, opened: &[u64], released: &[u64]) -> Option<OpenReport> {
+        let inos = |l: &[u64]| l.iter().map(|&i| InodeId(i)).collect();
+        Some(OpenReport {
+            all,
+            opened: inos(opened),
+            released: inos(released),
+        })
+    }
+
+    /// An orphan is freed once every mount that reports its open files has called after the
+    /// change that made it, and none of them has it open.
+    #[tokio::test]
+    async fn an_orphan_waits_for_each_reporting_mount_to_call_again_without_it_open() {
+        let feed = ChangeFeed::new();
+        let (other, old) = (6, 7);
+        let start = feed
+            .watch(
+                VolumeId(1),
+                ME,
+                0,
+                0,
+                Duration::ZERO,
+                report(true, &[3], &[]),
+            )
+            .await;
+        // A mount that does not report (an older one) is not waited for.
+        feed.watch(VolumeId(1), old, 0, 0, Duration::ZERO, None)
+            .await;
+        feed.watch(
+            VolumeId(1),
+            other,
+            0,
+            0,
+            Duration::ZERO,
+            report(true, &[], &[]),
+        )
+        .await;
+        let end = feed.publish(VolumeId(1), Some(other), vec![attrs(3), attrs(4)]);
+        let (id, _) = feed.position();
+        assert!(
+            !feed.may_reap(InodeId(4), id, end),
+            "the mounts called before"
+        );
+        let page = feed
+            .watch(
+                VolumeId(1),
+                ME,
+                start.feed,
+                start.next,
+                Duration::ZERO,
+                report(false, &[4], &[]),
+            )
+            .await;
+        assert_eq!(page.next, end);
+        assert!(
+            !feed.may_reap(InodeId(4), id, end),
+            "the other has not called since"
+        );
+        feed.watch(
+            VolumeId(1),
+            other,
+            id,
+            end,
+            Duration::ZERO,
+            report(false, &[], &[]),
+        )
+        .await;
+        assert!(
+            !feed.may_reap(InodeId(4), id, end),
+            "opened before this mount learnt of it"
+        );
+        assert!(!feed.may_reap(InodeId(3), id, end), "open since before");
+        feed.watch(
+            VolumeId(1),
+            ME,
+            id,
+            end,
+            Duration::ZERO,
+            report(false, &[], &[4, 3]),
+        )
+        .await;
+        assert!(feed.may_reap(InodeId(4), id, end));
+        assert!(feed.may_reap(InodeId(3), id, end));
+        // A whole report replaces what was known.
+        feed.watch(
+            VolumeId(1),
+            ME,
+            id,
+            end,
+            Duration::ZERO,
+            report(false, &[9], &[]),
+        )
+        .await;
+        assert!(!feed.may_reap(InodeId(9), id, end));
+        feed.watch(
+            VolumeId(1),
+            ME,
+            id,
+            end,
+            Duration::ZERO,
+            report(true, &[8], &[]),
+        )
+        .await;
+        assert!(feed.may_reap(InodeId(9), id, end));
+        assert!(!feed.may_reap(InodeId(8), id, end));
+        // A client that stopped watching holds nothing.
+        feed.forget(ME);
+        assert!(feed.may_reap(InodeId(8), id, end));
+        // Another feed's positions mean nothing, and a new feed knows no mount's open files
+        // until each calls on it.
+        feed.watch(
+            VolumeId(1),
+            ME + 10,
+            0,
+            0,
+            Duration::ZERO,
+            report(true, &[], &[]),
+        )
+        .await;
+        feed.restart();
+        let (new_id, new_end) = feed.position();
+        assert!(!feed.may_reap(InodeId(8), id, end));
+        assert!(!feed.may_reap(InodeId(8), new_id, new_end));
+        feed.watch(
+            VolumeId(1),
+            ME + 10,
+            id,
+            end,
+            Duration::ZERO,
+            report(false, &[], &[]),
+        )
+        .await;
+        assert!(
+            !feed.may_reap(InodeId(8), new_id, new_end),
+            "still on the old feed"
+        );
+        feed.watch(
+            VolumeId(1),
+            other,
+            new_id,
+            new_end,
+            Duration::ZERO,
+            report(true, &[], &[]),
+        )
+        .await;
+        feed.watch(
+            VolumeId(1),
+            ME + 10,
+            new_id,
+            new_end,
+            Duration::ZERO,
+            report(true, &[], &[]),
+        )
+        .await;
+        assert!(feed.may_reap(InodeId(8), new_id, new_end));
+    }
+
     #[tokio::test]
     async fn a_watcher_gets_the_changes_of_its_volume_after_its_position() {
         let feed = ChangeFeed::new();
-        let first = feed.watch(VolumeId(1), ME, 0, 0, Duration::ZERO).await;
+        let first = feed
+            .watch(VolumeId(1), ME, 0, 0, Duration::ZERO, None)
+            .await;
         assert!(!first.missed && first.changes.is_empty());
         feed.publish(VolumeId(2), None, vec![attrs(7)]);
         feed.publish(VolumeId(1), Some(ME), vec![attrs(6)]);
         feed.publish(VolumeId(1), Some(9), vec![attrs(8)]);
         let page = feed
-            .watch(VolumeId(1), ME, first.feed, first.next, Duration::ZERO)
+            .watch(
+                VolumeId(1),
+                ME,
+                first.feed,
+                first.next,
+                Duration::ZERO,
+                None,
+            )
             .await;
         assert_eq!(
             page.changes,
@@ -501,7 +726,7 @@ mod tests {
         assert!(feed.is_watched_by_others(Some(9)));
         assert!(!feed.is_watched_by_others(Some(ME)), "only ME watches");
         let empty = feed
-            .watch(VolumeId(1), ME, page.feed, page.next, Duration::ZERO)
+            .watch(VolumeId(1), ME, page.feed, page.next, Duration::ZERO, None)
             .await;
         assert!(empty.changes.is_empty() && !empty.missed);
     }
@@ -509,7 +734,9 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_watcher_wakes_when_a_change_comes() {
         let feed = std::sync::Arc::new(ChangeFeed::new());
-        let start = feed.watch(VolumeId(1), ME, 0, 0, Duration::ZERO).await;
+        let start = feed
+            .watch(VolumeId(1), ME, 0, 0, Duration::ZERO, None)
+            .await;
         let waiting = {
             let feed = feed.clone();
             tokio::spawn(async move {
@@ -519,6 +746,7 @@ mod tests {
                     start.feed,
                     start.next,
                     Duration::from_secs(30),
+                    None,
                 )
                 .await
             })
@@ -535,7 +763,9 @@ mod tests {
     #[tokio::test]
     async fn a_change_waits_until_a_holder_asks_from_past_it() {
         let feed = std::sync::Arc::new(ChangeFeed::new());
-        let start = feed.watch(VolumeId(1), ME, 0, 0, Duration::ZERO).await;
+        let start = feed
+            .watch(VolumeId(1), ME, 0, 0, Duration::ZERO, None)
+            .await;
         assert!(feed.follows(ME));
         assert_eq!(feed.delegation_holders(Some(9)), vec![ME]);
         assert!(feed.delegation_holders(Some(ME)).is_empty(), "not its own");
@@ -546,13 +776,20 @@ mod tests {
         };
         // A call from before the change does not take it.
         let page = feed
-            .watch(VolumeId(1), ME, start.feed, start.next, Duration::ZERO)
+            .watch(
+                VolumeId(1),
+                ME,
+                start.feed,
+                start.next,
+                Duration::ZERO,
+                None,
+            )
             .await;
         assert_eq!(page.changes, vec![attrs(3)]);
         let early = tokio::time::timeout(Duration::from_millis(200), &mut waiting).await;
         assert!(early.is_err(), "answered before the holder took the change");
         // The next call, from past it, does.
-        feed.watch(VolumeId(1), ME, page.feed, page.next, Duration::ZERO)
+        feed.watch(VolumeId(1), ME, page.feed, page.next, Duration::ZERO, None)
             .await;
         tokio::time::timeout(Duration::from_secs(20), waiting)
             .await
@@ -567,7 +804,8 @@ mod tests {
     #[tokio::test]
     async fn a_holder_that_stops_watching_is_waited_for_no_longer() {
         let feed = std::sync::Arc::new(ChangeFeed::new());
-        feed.watch(VolumeId(1), ME, 0, 0, Duration::ZERO).await;
+        feed.watch(VolumeId(1), ME, 0, 0, Duration::ZERO, None)
+            .await;
         let end = feed.publish(VolumeId(1), Some(9), vec![attrs(3)]);
         let mut waiting = {
             let feed = feed.clone();
@@ -585,7 +823,8 @@ mod tests {
         assert!(feed.delegation_holders(Some(9)).is_empty());
         // A call of its still on the way does not make it a holder again.
         assert!(feed.has_left(ME));
-        feed.watch(VolumeId(1), ME, 0, 0, Duration::ZERO).await;
+        feed.watch(VolumeId(1), ME, 0, 0, Duration::ZERO, None)
+            .await;
         assert!(!feed.follows(ME));
         assert!(feed.delegation_holders(Some(9)).is_empty());
     }
@@ -593,17 +832,33 @@ mod tests {
     #[tokio::test]
     async fn a_watcher_left_behind_or_on_another_feed_is_told_it_missed_changes() {
         let feed = ChangeFeed::new();
-        let start = feed.watch(VolumeId(1), ME, 0, 0, Duration::ZERO).await;
+        let start = feed
+            .watch(VolumeId(1), ME, 0, 0, Duration::ZERO, None)
+            .await;
         for i in 0..CAPACITY as u64 + 1 {
             feed.publish(VolumeId(1), None, vec![attrs(i)]);
         }
         let behind = feed
-            .watch(VolumeId(1), ME, start.feed, start.next, Duration::ZERO)
+            .watch(
+                VolumeId(1),
+                ME,
+                start.feed,
+                start.next,
+                Duration::ZERO,
+                None,
+            )
             .await;
         assert!(behind.missed);
         feed.restart();
         let other = feed
-            .watch(VolumeId(1), ME, behind.feed, behind.next, Duration::ZERO)
+            .watch(
+                VolumeId(1),
+                ME,
+                behind.feed,
+                behind.next,
+                Duration::ZERO,
+                None,
+            )
             .await;
         assert!(other.missed && other.feed != behind.feed);
     }

@@ -227,6 +227,15 @@ pub enum Op {
         open: Vec<InodeId>,
         tag: u32,
     },
+    /// An unlink or a rename (`Unlink`, `UnlinkOrHide` or `Rename`) that keeps a regular file
+    /// losing its last name as an orphan, since a mount may have it open: no name, its usage
+    /// given back, its data still readable through the open descriptors (see
+    /// [`crate::orphans`]).
+    KeepOrphans(Box<Op>),
+    /// Frees the orphans among `inos`; any other inode is left alone.
+    ReapOrphans {
+        inos: Vec<InodeId>,
+    },
 }
 
 /// What applying a command gave, in the store's own terms.
@@ -278,6 +287,11 @@ pub enum Outcome {
     /// replaced or was exchanged with); none when the rename changed nothing.
     Renamed {
         touched: Vec<InodeId>,
+    },
+    /// What a `KeepOrphans` command's unlink or rename gave, and the files it kept as orphans.
+    KeptOrphans {
+        outcome: Box<Outcome>,
+        orphans: Vec<InodeId>,
     },
 }
 
@@ -340,6 +354,8 @@ impl Op {
             }
             Op::Rename { name, new_name, .. } => BASE + name.len() + new_name.len(),
             Op::UnlinkOrHide { name, open, .. } => BASE + name.len() + open.len() * 8,
+            Op::KeepOrphans(op) => op.weight(),
+            Op::ReapOrphans { inos } => BASE + inos.len() * 8,
             _ => BASE,
         }
     }
@@ -376,6 +392,8 @@ impl Op {
             Op::KeepInline { .. } => "KeepInline",
             Op::CommitIfUnchanged { .. } => "CommitIfUnchanged",
             Op::UnlinkOrHide { .. } => "UnlinkOrHide",
+            Op::KeepOrphans(_) => "KeepOrphans",
+            Op::ReapOrphans { .. } => "ReapOrphans",
         }
     }
 }
@@ -582,6 +600,13 @@ mod tests {
                 open: vec![ino, InodeId(9)],
                 tag: 0xabcd,
             },
+            Op::KeepOrphans(Box::new(Op::Unlink {
+                parent: InodeId(3),
+                name: "n".into(),
+            })),
+            Op::ReapOrphans {
+                inos: vec![ino, InodeId(9)],
+            },
         ];
         ops.into_iter()
             .enumerate()
@@ -604,7 +629,7 @@ mod tests {
     /// Each sample as format 1 encodes it. Commands are the log: a change that alters these
     /// bytes makes older logs unreadable. Add operations at the end of [`Op`]; change one only
     /// with a new format.
-    const GOLDEN: [(&str, &str); 29] = [
+    const GOLDEN: [(&str, &str); 31] = [
         ("CreateVolume", "01fc00e2a7ca0001fbcdab000100000000000000000000000000000000000000000000000000000000000000000001760402fc0000400001fc00000040000000"),
         ("SetVolume", "01fc00e2a7ca0100010176000100010100"),
         ("DeleteVolume", "01fc00e2a7ca0201fbcdab0201020202020202020202020202020202020202020202020202020202020202020202017601"),
@@ -634,6 +659,8 @@ mod tests {
         ("KeepInline", "01fc00e2a7ca1a01fbcdab1a011a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a0501fc7011010002020708120100"),
         ("CommitIfUnchanged", "01fc00e2a7ca1b001b05015a14080014001201645a015a0a0700"),
         ("UnlinkOrHide", "01fc00e2a7ca1c01fbcdab1c011c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c03016e020509fbcdab"),
+        ("KeepOrphans", "01fc00e2a7ca1d001d0a03016e"),
+        ("ReapOrphans", "01fc00e2a7ca1e01fbcdab1e011e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e020509"),
     ];
 
     fn hex(bytes: &[u8]) -> String {

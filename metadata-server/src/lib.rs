@@ -33,6 +33,7 @@ pub mod layout;
 pub mod locks;
 pub mod maintenance;
 pub mod membership;
+pub mod orphans;
 pub mod placement;
 pub mod queries;
 pub mod raft;
@@ -164,6 +165,16 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         "Changes that waited for a mount's open delegation to lapse (a mount that stopped \
          following the change feed without saying so)",
     );
+    let orphans_kept = dfs_common::metrics::counter(
+        &mut registry,
+        "dfs_meta_orphans_kept",
+        "Files that lost their last name and were kept for the mounts that may have them open",
+    );
+    let orphans_reaped = dfs_common::metrics::counter(
+        &mut registry,
+        "dfs_meta_orphans_reaped",
+        "Orphans freed once no mount had them open",
+    );
     let http_addr = match config.http {
         Some(http) => {
             let sources = web::Sources {
@@ -188,6 +199,8 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         repair,
         ops,
         delegation_lapses,
+        orphans_kept,
+        orphans_reaped,
         capability_key,
         capability_key_path: config.data_dir.join("capability-key"),
         data_dir: config.data_dir.clone(),
@@ -195,6 +208,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         stopping: shutdown.clone(),
     })?);
     tokio::spawn(service.clone().follow_leadership(shutdown.clone()));
+    tokio::spawn(service.clone().reap_orphans(shutdown.clone()));
     tracing::info!(%addr, data = %config.data_dir.display(), "metadata server listening");
     let task = tokio::spawn(async move {
         serve(endpoint, service, shutdown).await;

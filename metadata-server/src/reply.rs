@@ -105,6 +105,7 @@ fn unexpected<T>(outcome: &Outcome) -> FsResult<T> {
         Outcome::Dropped(_) => "dropped blocks",
         Outcome::Unlinked { .. } => "a removed name",
         Outcome::Renamed { .. } => "a moved name",
+        Outcome::KeptOrphans { .. } => "kept orphans",
     };
     Err(FsError::protocol(format!(
         "the command's outcome ({what}) does not fit its reply type"

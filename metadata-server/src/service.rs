@@ -9,6 +9,7 @@ use crate::committer::Committer;
 use crate::delegations::Delegations;
 use crate::locks::LockTable;
 use crate::membership::Membership;
+use crate::orphans::Reaper;
 use crate::placement::place;
 use crate::queries;
 use crate::repair::Repair;
@@ -100,6 +101,10 @@ pub struct MetaService {
     /// Changes that waited for a holder's delegation to lapse (it stopped following the
     /// feed without saying so: a crash, or a network cut).
     delegation_lapses: prometheus_client::metrics::counter::Counter,
+    /// Files unlinked while open, waiting to be freed (see [`crate::orphans`]).
+    orphans: Reaper,
+    orphans_kept: prometheus_client::metrics::counter::Counter,
+    orphans_reaped: prometheus_client::metrics::counter::Counter,
     faults: Faults,
     /// Cancelled when the server stops: long polls end then, not at their deadline.
     stopping: tokio_util::sync::CancellationToken,
@@ -115,6 +120,8 @@ pub struct ServiceParts {
     pub repair: Arc<Repair>,
     pub ops: OpMetrics,
     pub delegation_lapses: prometheus_client::metrics::counter::Counter,
+    pub orphans_kept: prometheus_client::metrics::counter::Counter,
+    pub orphans_reaped: prometheus_client::metrics::counter::Counter,
     pub capability_key: CapabilityKey,
     pub capability_key_path: std::path::PathBuf,
     /// The server's data directory.
@@ -153,6 +160,9 @@ impl MetaService {
             changes: ChangeFeed::new(),
             delegations: Delegations::open(&parts.data_dir),
             delegation_lapses: parts.delegation_lapses,
+            orphans: Reaper::default(),
+            orphans_kept: parts.orphans_kept,
+            orphans_reaped: parts.orphans_reaped,
             faults: parts.faults,
             stopping: parts.stopping,
         })
@@ -348,6 +358,81 @@ impl MetaService {
         T::from_outcome(self.mutate(op, call).await?)
     }
 
+    /// Applies an unlink or a rename that keeps a regular file losing its last name as an
+    /// orphan, and hands the orphans it made to the reaper (see [`crate::orphans`]). `dir` is
+    /// a directory of the change, for its volume. Gives the unlink's or rename's own outcome.
+    async fn mutate_keeping_orphans(
+        &self,
+        op: Op,
+        call: Option<Call>,
+        dir: InodeId,
+    ) -> FsResult<Outcome> {
+        let origin = call.as_ref().map(|c| c.client);
+        match self.mutate(Op::KeepOrphans(Box::new(op)), call).await? {
+            Outcome::KeptOrphans { outcome, orphans } => {
+                if !orphans.is_empty() {
+                    self.track_orphans(&orphans, dir, origin);
+                }
+                Ok(*outcome)
+            }
+            // A call retried across an upgrade, recorded without the wrapper.
+            outcome => Ok(outcome),
+        }
+    }
+
+    /// Hands `orphans` to the reaper, with a change of the feed that tells the mounts they
+    /// lost their names: the reaper waits for each mount to call after it (see
+    /// [`crate::changes::ChangeFeed::may_reap`]).
+    fn track_orphans(&self, orphans: &[InodeId], dir: InodeId, origin: Option<u64>) {
+        let what = orphans
+            .iter()
+            .map(|&ino| Invalidation::Inode { ino, data: false })
+            .collect();
+        // Published even when no other mount watches: positions then still move past it.
+        let (feed, position) = match self.volume_of(dir) {
+            Ok(volume) => {
+                let end = self.changes.publish(volume, origin, what);
+                (self.changes.position().0, end)
+            }
+            Err(_) => self.changes.position(),
+        };
+        self.orphans.track(orphans, feed, position);
+        self.orphans_kept.inc_by(orphans.len() as u64);
+    }
+
+    /// Frees, as leader, the orphans no mount can have open any more (see
+    /// [`crate::orphans`]), until `shutdown`.
+    pub async fn reap_orphans(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        const EVERY: Duration = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(EVERY) => {}
+            }
+            if !self.taken_over.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            let ready = self.orphans.ready(&self.changes);
+            if ready.is_empty() {
+                continue;
+            }
+            let op = Op::ReapOrphans {
+                inos: ready.clone(),
+            };
+            match self
+                .committer
+                .submit(Command::internal(Timestamp::now(), op))
+                .await
+            {
+                Ok(_) => {
+                    self.orphans.freed(&ready);
+                    self.orphans_reaped.inc_by(ready.len() as u64);
+                }
+                Err(e) => tracing::debug!("freeing orphans (tried again shortly): {e}"),
+            }
+        }
+    }
+
     /// Applies a commit of written bytes; `degraded`: some blocks were stored with shards
     /// missing, and are repaired now, not at the next periodic scan. The reply says whether
     /// the file has extended attributes, as a `GetAttr` does: a mount keeps the attributes of
@@ -501,7 +586,8 @@ impl MetaService {
             R::Unlink(q) => {
                 answer(q, |q| async move {
                     let dir = q.parent;
-                    self.mutate_as::<()>(op!(q => Unlink { parent, name }), call).await?;
+                    self.mutate_keeping_orphans(op!(q => Unlink { parent, name }), call, dir)
+                        .await?;
                     self.dir_after(dir)
                 })
                 .await
@@ -516,7 +602,8 @@ impl MetaService {
                         // The hidden name's tail: chosen here, so every member applies the same.
                         tag: rand::random(),
                     };
-                    let unlinked: Unlinked = self.mutate_as(op, call).await?;
+                    let unlinked = self.mutate_keeping_orphans(op, call, dir).await?;
+                    let unlinked = Unlinked::from_outcome(unlinked)?;
                     Ok(Removed {
                         victim: unlinked.victim,
                         links: unlinked.links,
@@ -536,7 +623,9 @@ impl MetaService {
             }
             R::Rename(q) => {
                 answer(q, |q| async move {
-                    let _: Renamed = self.mutate_as(rename_op(q), call).await?;
+                    let dir = q.parent;
+                    let renamed = self.mutate_keeping_orphans(rename_op(q), call, dir).await?;
+                    let _ = Renamed::from_outcome(renamed)?;
                     Ok(())
                 })
                 .await
@@ -544,7 +633,10 @@ impl MetaService {
             R::Move(q) => {
                 answer(q, |q| async move {
                     let (parent, new_parent) = (q.rename.parent, q.rename.new_parent);
-                    let Renamed(touched) = self.mutate_as(rename_op(q.rename), call).await?;
+                    let renamed = self
+                        .mutate_keeping_orphans(rename_op(q.rename), call, parent)
+                        .await?;
+                    let Renamed(touched) = Renamed::from_outcome(renamed)?;
                     // Everything read just after the change, from one snapshot.
                     let (dirs, attrs) = self.query_now(|t| {
                         let mut dirs = vec![queries::get_attr(t, parent)?];
@@ -818,22 +910,29 @@ impl MetaService {
             R::Peer(_) => Err(FsError::protocol(
                 "peer messages are answered before dispatch",
             )),
-            R::WatchChanges(q) => {
+            R::WatchChanges(q) => answer(q, |q| self.watch(q, None)).await,
+            R::WatchOpen(q) => {
                 answer(q, |q| async move {
-                    // Its changes no longer wait for it: it must not take its feed as whole.
-                    if self.changes.has_left(q.origin) {
-                        return Err(FsError::invalid("this client said it stopped watching"));
+                    let req::WatchOpen {
+                        watch: q,
+                        all,
+                        opened,
+                        released,
+                    } = q;
+                    if opened.len() > req::MAX_OPEN_REPORTED
+                        || released.len() > req::MAX_OPEN_REPORTED
+                    {
+                        return Err(FsError::invalid(format!(
+                            "at most {} open files reported per call",
+                            req::MAX_OPEN_REPORTED
+                        )));
                     }
-                    let volume = self.volume_of(q.root)?;
-                    let wait = q.wait();
-                    // A stopping server waits for the requests in flight: not for this one's
-                    // wait (up to 10 s), which would hold up every restart.
-                    tokio::select! {
-                        page = self.changes.watch(volume, q.origin, q.feed, q.after, wait) => Ok(page),
-                        _ = self.stopping.cancelled() => {
-                            Err(FsError::unavailable("the metadata server is stopping"))
-                        }
-                    }
+                    let report = changes::OpenReport {
+                        all,
+                        opened,
+                        released,
+                    };
+                    self.watch(q, Some(report)).await
                 })
                 .await
             }
@@ -851,6 +950,28 @@ impl MetaService {
                     Ok(())
                 })
                 .await
+            }
+        }
+    }
+
+    /// Answers a call for changes, noting what it reports of its mount's open files.
+    async fn watch(
+        &self,
+        q: req::WatchChanges,
+        report: Option<changes::OpenReport>,
+    ) -> FsResult<ChangePage> {
+        // Its changes no longer wait for it: it must not take its feed as whole.
+        if self.changes.has_left(q.origin) {
+            return Err(FsError::invalid("this client said it stopped watching"));
+        }
+        let volume = self.volume_of(q.root)?;
+        let wait = q.wait();
+        // A stopping server waits for the requests in flight: not for this one's wait (up to
+        // 10 s), which would hold up every restart.
+        tokio::select! {
+            page = self.changes.watch(volume, q.origin, q.feed, q.after, wait, report) => Ok(page),
+            _ = self.stopping.cancelled() => {
+                Err(FsError::unavailable("the metadata server is stopping"))
             }
         }
     }
@@ -1180,6 +1301,14 @@ impl MetaService {
         self.faults.hit("meta.take_over").await?;
         // The mounts' positions in another member's feed mean nothing here.
         self.changes.restart();
+        let orphans = self.query(crate::orphans::all).await?;
+        if !orphans.is_empty() {
+            tracing::info!(
+                orphans = orphans.len(),
+                "files unlinked while open are kept until the mounts report they closed them"
+            );
+        }
+        self.orphans.reload(orphans, self.changes.position().0);
         self.reload_clients()?;
         let (certs, draining) = self
             .query(|t| {

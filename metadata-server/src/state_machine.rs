@@ -146,6 +146,26 @@ fn apply_op(t: &mut WriteTables, now: Timestamp, op: &Op) -> FsResult<Outcome> {
             tag,
         } => unlink_or_hide(t, now, *parent, name, open, *tag),
         Op::Rmdir { parent, name } => rmdir(t, now, *parent, name),
+        Op::KeepOrphans(op) => {
+            if !matches!(
+                **op,
+                Op::Unlink { .. } | Op::UnlinkOrHide { .. } | Op::Rename { .. }
+            ) {
+                return Err(FsError::invalid(format!(
+                    "{} does not keep orphans",
+                    op.name()
+                )));
+            }
+            t.keep_orphans = true;
+            t.orphaned.clear();
+            let outcome = apply_op(t, now, op);
+            t.keep_orphans = false;
+            Ok(Outcome::KeptOrphans {
+                outcome: Box::new(outcome?),
+                orphans: std::mem::take(&mut t.orphaned),
+            })
+        }
+        Op::ReapOrphans { inos } => crate::orphans::reap(t, inos),
         Op::Rename {
             parent,
             name,
@@ -341,6 +361,9 @@ fn drop_link(t: &mut WriteTables, now: Timestamp, ino: InodeId) -> FsResult<()> 
     rec.ctime = now;
     if rec.nlink > 0 {
         return t.put_inode(ino, &rec);
+    }
+    if rec.kind == FileKind::File && t.keep_orphans {
+        return crate::orphans::keep(t, ino, &rec);
     }
     free_inode(t, ino)
 }
@@ -985,8 +1008,7 @@ pub(crate) fn commit_write(
 mod tests {
     use super::*;
     use crate::store::tables::ReadTables;
-    use crate::testing::{make_node, run};
-    use dfs_common::model::VolumeLimits;
+    use crate::testing::{make_node, run, store_with_volume};
     use redb::{Database, ReadableDatabase};
 
     fn make(db: &Database, parent: InodeId, name: &str, kind: FileKind) -> InodeId {
@@ -1005,23 +1027,6 @@ mod tests {
             ino,
             get_inode(t.inodes.table().unwrap(), ino).unwrap().nlink,
         ))
-    }
-
-    /// A fresh store holding one volume: its directory (to keep), the store, the volume's
-    /// root.
-    fn store_with_volume() -> (tempfile::TempDir, std::sync::Arc<Database>, InodeId) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = crate::store::open(&dir.path().join("meta.redb")).unwrap();
-        let create = Op::CreateVolume {
-            name: "v".into(),
-            policy: "2+1".parse().unwrap(),
-            block_size: 1 << 20,
-            limits: VolumeLimits::default(),
-        };
-        let Ok(Outcome::Volume { record, .. }) = run(&db, create) else {
-            panic!("volume not created")
-        };
-        (dir, db, record.root)
     }
 
     fn hide(parent: InodeId, name: &str, open: Vec<InodeId>) -> Op {

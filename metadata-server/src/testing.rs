@@ -30,3 +30,20 @@ pub fn make_node(parent: InodeId, name: &str, kind: FileKind) -> Op {
         target: None,
     }
 }
+
+/// A fresh store holding one volume `v` (2+1, blocks of 1 MiB): its directory (to keep), the
+/// store, the volume's root.
+pub fn store_with_volume() -> (tempfile::TempDir, std::sync::Arc<Database>, InodeId) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::store::open(&dir.path().join("meta.redb")).unwrap();
+    let create = Op::CreateVolume {
+        name: "v".into(),
+        policy: "2+1".parse().unwrap(),
+        block_size: 1 << 20,
+        limits: dfs_common::model::VolumeLimits::default(),
+    };
+    let Ok(Outcome::Volume { record, .. }) = run(&db, create) else {
+        panic!("volume not created")
+    };
+    (dir, db, record.root)
+}

@@ -253,7 +253,9 @@ fn volume_of(t: &mut WriteTables, op: &Op) -> FsResult<Option<VolumeId>> {
         | Op::DrainServer { .. }
         | Op::RemoveServer { .. }
         | Op::ExpireCalls
-        | Op::SetLocks { .. } => return Ok(None),
+        | Op::SetLocks { .. }
+        | Op::ReapOrphans { .. } => return Ok(None),
+        Op::KeepOrphans(op) => return volume_of(t, op),
     };
     match get_inode(t.inodes.table()?, ino) {
         Ok(rec) => Ok(Some(rec.volume)),

@@ -15,6 +15,7 @@ mod model;
 mod mount;
 mod namespace;
 mod observe;
+mod orphans;
 mod sharing;
 mod transport;
 mod volumes;

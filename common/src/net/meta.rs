@@ -196,35 +196,50 @@ impl MetaLink {
         Q: Serialize,
         R: DeserializeOwned,
     {
-        let exchange = member.exchange(request, body, max_reply);
-        if self.count() == 1 {
-            return Attempt::Answered(exchange.await);
+        let lone = self.count() == 1;
+        // Probing a lone server only helps a call that waits by design: any other call's
+        // packets reach a restarted process, which resets the old connection.
+        if lone && wait.is_zero() {
+            return Attempt::Answered(member.exchange(request, body, max_reply).await);
         }
-        let mut exchange = std::pin::pin!(exchange);
-        let started = tokio::time::Instant::now();
-        let mut ask_at = started + wait + ASK_OTHERS_AFTER;
-        loop {
-            tokio::select! {
-                answer = &mut exchange => return Attempt::Answered(answer),
-                _ = tokio::time::sleep_until(ask_at) => {
-                    match self.leader_named_by_others(at).await {
-                        Some(leader) if leader != at => {
-                            // Its cached connection may be to a process that died since: the
-                            // moved call starts on a new one.
-                            self.member(leader).1.reset().await;
-                            self.move_to(at, leader);
-                            return Attempt::Moved;
+        let stale = {
+            // Dropped before the connection is reset: the exchange may hold it meanwhile.
+            let exchange = member.exchange(request, body, max_reply);
+            let mut exchange = std::pin::pin!(exchange);
+            let started = tokio::time::Instant::now();
+            let mut ask_at = started + wait + ASK_OTHERS_AFTER;
+            loop {
+                tokio::select! {
+                    answer = &mut exchange => return Attempt::Answered(answer),
+                    _ = tokio::time::sleep_until(ask_at) => {
+                        // A lone server restarted under a long poll (whose connection sends
+                        // nothing the new process would reset) is found out by a question,
+                        // not by the connection's idle timeout.
+                        let leader = match lone {
+                            true => Some(at),
+                            false => self.leader_named_by_others(at).await,
+                        };
+                        match leader {
+                            Some(leader) if leader != at => {
+                                // Its cached connection may be to a process that died since:
+                                // the moved call starts on a new one.
+                                self.member(leader).1.reset().await;
+                                self.move_to(at, leader);
+                                return Attempt::Moved;
+                            }
+                            Some(_) if started.elapsed() >= wait + STALE_AFTER
+                                && !self.answers(member).await => break true,
+                            _ => {}
                         }
-                        Some(_) if started.elapsed() >= wait + STALE_AFTER && !self.answers(member).await => {
-                            member.reset().await;
-                            return Attempt::Moved;
-                        }
-                        _ => {}
+                        ask_at = tokio::time::Instant::now() + ASK_AGAIN_EVERY;
                     }
-                    ask_at = tokio::time::Instant::now() + ASK_AGAIN_EVERY;
                 }
             }
+        };
+        if stale {
+            member.reset().await;
         }
+        Attempt::Moved
     }
 
     /// Whether `member` answers a question on the connection in use (a long call on it is

@@ -1,5 +1,6 @@
 //! Typed wrappers for the metadata calls, and path resolution for tools that work with paths.
 
+use super::open_files::OpenReport;
 use super::Client;
 use dfs_common::proto::meta::*;
 use dfs_common::{EcPolicy, FsError, FsResult, InodeId, ServerId};
@@ -483,6 +484,31 @@ impl Client {
             feed,
             after,
             wait_ms,
+        })
+        .await
+    }
+
+    /// [`Self::watch_changes`], reporting this mount's open files (see [`req::WatchOpen`]).
+    pub async fn watch_open(
+        &self,
+        root: InodeId,
+        feed: u64,
+        after: u64,
+        wait: std::time::Duration,
+        report: OpenReport,
+    ) -> FsResult<ChangePage> {
+        let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+        self.call(req::WatchOpen {
+            watch: req::WatchChanges {
+                root,
+                origin: self.call_origin(),
+                feed,
+                after,
+                wait_ms,
+            },
+            all: report.all,
+            opened: report.opened,
+            released: report.released,
         })
         .await
     }

@@ -14,10 +14,10 @@ use super::file::FileHandle;
 use super::pending_attrs;
 use super::Client;
 use dfs_common::model::{SetAttr, TimeSet};
-use dfs_common::proto::meta::req::MAX_OPEN_NAMED;
+use dfs_common::proto::meta::req::{MAX_OPEN_NAMED, MAX_OPEN_REPORTED};
 use dfs_common::proto::meta::{Attr, FileKind, RENAME_NOREPLACE};
 use dfs_common::{FsError, FsResult, InodeId, Timestamp};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -113,6 +113,27 @@ struct Waiting {
 struct Table {
     files: HashMap<u64, Arc<OpenFile>>,
     inodes: HashMap<InodeId, Inode>,
+    /// Files opened or closed (their first open, their last close) since the last report to
+    /// the metadata server (see [`OpenFiles::report`]).
+    changed: HashSet<InodeId>,
+}
+
+impl Table {
+    /// Forgets the open state of `ino`, whose last descriptor closed.
+    fn closed(&mut self, ino: InodeId) -> Option<Inode> {
+        self.changed.insert(ino);
+        self.inodes.remove(&ino)
+    }
+}
+
+/// What this mount tells the metadata server of its open files, with its calls for changes:
+/// a file unlinked elsewhere is kept while it is open here.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// `opened` is every file open here.
+    pub all: bool,
+    pub opened: Vec<InodeId>,
+    pub released: Vec<InodeId>,
 }
 
 /// Sizes of files including unflushed writes, as they stood at one moment.
@@ -168,6 +189,10 @@ impl OpenFiles {
         let mut table = self.table();
         let inode = table.inodes.entry(ino).or_default();
         inode.open += 1;
+        if inode.open == 1 {
+            table.changed.insert(ino);
+        }
+        let inode = table.inodes.get_mut(&ino).expect("just added");
         file.share_layout_epoch(inode.layouts.clone());
         let handle = tokio::sync::Mutex::new(file);
         table
@@ -347,6 +372,41 @@ impl OpenFiles {
     pub fn hidden_in(&self, ino: InodeId) -> Option<InodeId> {
         let table = self.table();
         table.inodes.get(&ino)?.hidden.as_ref().map(|(dir, _)| *dir)
+    }
+
+    /// What to tell the metadata server of the files open here: with `all`, every one;
+    /// else those opened or closed since the last report. At most [`MAX_OPEN_REPORTED`] in
+    /// each list (the rest wait for the next report).
+    pub fn report(&self, all: bool) -> OpenReport {
+        let mut table = self.table();
+        if all {
+            table.changed.clear();
+            let opened = table
+                .inodes
+                .keys()
+                .copied()
+                .take(MAX_OPEN_REPORTED)
+                .collect();
+            return OpenReport {
+                all,
+                opened,
+                released: Vec::new(),
+            };
+        }
+        let mut report = OpenReport::default();
+        let changed: Vec<InodeId> = table.changed.iter().copied().collect();
+        for ino in changed {
+            let list = if table.inodes.contains_key(&ino) {
+                &mut report.opened
+            } else {
+                &mut report.released
+            };
+            if list.len() < MAX_OPEN_REPORTED {
+                list.push(ino);
+                table.changed.remove(&ino);
+            }
+        }
+        report
     }
 
     /// Inodes with open descriptors.
@@ -558,7 +618,7 @@ impl OpenFiles {
             inode.dirty.remove(&fh);
             inode.open = inode.open.saturating_sub(1);
             if inode.open == 0 {
-                table.inodes.remove(&file.ino);
+                table.closed(file.ino);
             }
         }
         table.files.remove(&fh);
@@ -656,7 +716,7 @@ impl OpenFiles {
                 inode.open = inode.open.saturating_sub(1);
                 inode.open == 0
             });
-            let gone = last.then(|| table.inodes.remove(&file.ino)).flatten();
+            let gone = last.then(|| table.closed(file.ino)).flatten();
             gone.and_then(|inode| inode.hidden)
         };
         if let Some((parent, name)) = hidden {

@@ -7,6 +7,7 @@
 //! new metadata leader started a new feed), the mount drops what it caches itself and the
 //! kernel's entries age out.
 
+use crate::client::open_files::OpenReport;
 use crate::client::Client;
 use dfs_common::proto::meta::Invalidation;
 use dfs_common::InodeId;
@@ -31,16 +32,25 @@ pub trait Caches: Send + Sync + 'static {
     fn feed_whole(&self, sent: Instant);
     /// The feed failed to answer: changes elsewhere may go untold for now.
     fn feed_lost(&self);
+    /// What to tell the metadata server of the files open here (every one with `all`, else
+    /// what changed since the last report), so that it keeps them when they are unlinked
+    /// elsewhere.
+    fn open_report(&self, all: bool) -> OpenReport;
 }
 
 /// Follows the change feed of the volume whose root is `root` until `caches` is gone.
 pub async fn follow<C: Caches>(caches: Weak<C>, client: Client, root: InodeId) {
     let (mut feed, mut next) = (0, 0);
+    // The server holds no report of this mount's open files yet (or lost it): send them all.
+    let mut report_all = true;
     loop {
+        let Some(report) = caches.upgrade().map(|c| c.open_report(report_all)) else {
+            return;
+        };
         // (A test holds the mount here, not watching, while changes happen elsewhere.)
         let sent = Instant::now();
         let page = match client.faults().hit("mount.watch_changes").await {
-            Ok(()) => client.watch_changes(root, feed, next, WAIT).await,
+            Ok(()) => client.watch_open(root, feed, next, WAIT, report).await,
             Err(e) => Err(e),
         };
         let Some(caches) = caches.upgrade() else {
@@ -50,12 +60,17 @@ pub async fn follow<C: Caches>(caches: Weak<C>, client: Client, root: InodeId) {
             Ok(page) => page,
             Err(e) => {
                 tracing::debug!("following the change feed: {e}");
+                // The report may or may not have arrived.
+                report_all = true;
                 caches.feed_lost();
                 drop(caches);
                 tokio::time::sleep(PAUSE_AFTER_FAILURE).await;
                 continue;
             }
         };
+        // Another feed (a restarted server, a new leader) knows nothing of this mount's
+        // open files.
+        report_all = page.feed != feed;
         (feed, next) = (page.feed, page.next);
         if page.missed {
             tracing::debug!("changes by other clients were missed: dropping cached state");

@@ -640,6 +640,10 @@ impl super::coherence::Caches for Shared {
     fn feed_lost(&self) {
         self.leases.lapse();
     }
+
+    fn open_report(&self, all: bool) -> crate::client::open_files::OpenReport {
+        self.files.report(all)
+    }
 }
 
 impl Filesystem for DfsFs {

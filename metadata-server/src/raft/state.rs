@@ -475,7 +475,8 @@ fn state_tables(each: &mut impl EachTable) -> FsResult<()> {
     each.table(INLINE_DATA)?;
     each.table(INLINE_BYTES)?;
     each.table(INLINE_PIECES)?;
-    each.table(INLINE_TAILS)
+    each.table(INLINE_TAILS)?;
+    each.table(ORPHANS)
 }
 
 /// A digest of the replicated state at the entry it has applied: members that applied the

@@ -19,6 +19,7 @@
 //! | `volume_state` | volume id             | [`VolumeState`]                    | quotas are checked and usage kept in the same transaction as each change |
 //! | `server_certs` | server id             | certificate fingerprint (32 bytes) | a chunk server's id answers only to the certificate it registered with |
 //! | `calls`    | (client id, sequence)     | [`CallRecord`]                     | a retried mutation gets its first reply back (the duplicate-request table) |
+//! | `orphans`  | inode id                  | the file's size when it lost its last name | a file unlinked while a mount has it open lives until no mount has (see [`crate::orphans`]) |
 //! | `raft`     | `applied`, `membership`   | the last log entry applied, the group's membership | redb and the metadata log agree after a crash (see [`crate::raft`]) |
 //!
 //! Blocks at zero references are found by the collector's scan of `blocks`; their grace period
@@ -65,6 +66,9 @@ pub const RAFT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft");
 pub const LOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("locks");
 /// Lock sessions known to the group (client sessions that took a lock and have not expired).
 pub const LOCK_SESSIONS: TableDefinition<u64, u8> = TableDefinition::new("lock_sessions");
+/// Regular files without a name kept for the mounts that may have them open: inode -> the
+/// size whose usage was given back when its last name went.
+pub const ORPHANS: TableDefinition<u64, u64> = TableDefinition::new("orphans");
 
 pub const NEXT_INODE: &str = "next_inode";
 pub const NEXT_BLOCK: &str = "next_block";

@@ -60,6 +60,12 @@ pub struct WriteTables<'t> {
     pub server_certs: WriteTable<'t, u64, [u8; 32]>,
     pub locks: WriteTable<'t, u64, &'static [u8]>,
     pub lock_sessions: WriteTable<'t, u64, u8>,
+    pub orphans: WriteTable<'t, u64, u64>,
+    /// Set while a `KeepOrphans` command applies: a regular file losing its last name is kept
+    /// as an orphan rather than freed.
+    pub keep_orphans: bool,
+    /// The orphans the command applying now made.
+    pub orphaned: Vec<InodeId>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -85,6 +91,9 @@ impl<'t> WriteTables<'t> {
             server_certs: WriteTable::new(tx, SERVER_CERTS),
             locks: WriteTable::new(tx, LOCKS),
             lock_sessions: WriteTable::new(tx, LOCK_SESSIONS),
+            orphans: WriteTable::new(tx, ORPHANS),
+            keep_orphans: false,
+            orphaned: Vec::new(),
         }
     }
 
@@ -110,6 +119,7 @@ impl<'t> WriteTables<'t> {
         t.server_certs.table()?;
         t.locks.table()?;
         t.lock_sessions.table()?;
+        t.orphans.table()?;
         Ok(())
     }
 
@@ -309,6 +319,7 @@ pub struct ReadTables<'a> {
     pub server_certs: ReadTable<'a, u64, [u8; 32]>,
     pub locks: ReadTable<'a, u64, &'static [u8]>,
     pub lock_sessions: ReadTable<'a, u64, u8>,
+    pub orphans: ReadTable<'a, u64, u64>,
 }
 
 impl<'a> ReadTables<'a> {
@@ -332,6 +343,7 @@ impl<'a> ReadTables<'a> {
             server_certs: ReadTable::new(tx, SERVER_CERTS),
             locks: ReadTable::new(tx, LOCKS),
             lock_sessions: ReadTable::new(tx, LOCK_SESSIONS),
+            orphans: ReadTable::new(tx, ORPHANS),
         }
     }
 }

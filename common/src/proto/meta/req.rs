@@ -133,6 +133,7 @@ meta_requests! {
     Move => Moved, mutation;
     OpenAttr => Opened, query;
     StopWatching => (), query;
+    WatchOpen => ChangePage, query;
 }
 
 impl MetaRequest {
@@ -140,7 +141,9 @@ impl MetaRequest {
     /// callers wait that long before they suspect the server.
     pub fn wait(&self) -> std::time::Duration {
         match self {
-            MetaRequest::WatchChanges(q) => q.wait(),
+            MetaRequest::WatchChanges(q) | MetaRequest::WatchOpen(WatchOpen { watch: q, .. }) => {
+                q.wait()
+            }
             _ => std::time::Duration::ZERO,
         }
     }
@@ -607,6 +610,22 @@ pub struct WatchChanges {
 pub struct StopWatching {
     pub origin: u64,
 }
+
+/// [`WatchChanges`], telling also which files the caller has open (so the server keeps a file
+/// unlinked elsewhere while it is open here): with `all`, `opened` is every file open, and
+/// replaces what the server knew; else the files opened since the last call that was
+/// answered, and those closed. At most [`MAX_OPEN_REPORTED`] in each list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchOpen {
+    pub watch: WatchChanges,
+    pub all: bool,
+    pub opened: Vec<InodeId>,
+    pub released: Vec<InodeId>,
+}
+
+/// Most files one [`WatchOpen`] names in each list; a mount with more open reports the first
+/// this many (the others may be freed if unlinked elsewhere while open).
+pub const MAX_OPEN_REPORTED: usize = 65_536;
 
 impl WatchChanges {
     /// How long the server may wait for changes before it answers.

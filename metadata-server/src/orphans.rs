@@ -1,0 +1,347 @@
+//! Files unlinked while a mount has them open.
+//!
+//! POSIX keeps a file whose last name goes until its last descriptor closes, and here the
+//! descriptors may be on other mounts: a reader on one host goes on reading a log or a config
+//! file that another host removes or replaces with a rename. So every unlink and rename a
+//! client sends is applied as a `KeepOrphans` command: a regular file that loses its last
+//! name becomes an orphan ([`keep`]): no name, its usage given back to the volume at once, its
+//! inode and data kept in the `orphans` table, readable and writable through the descriptors
+//! already open.
+//!
+//! The leader's [`Reaper`] frees an orphan (`ReapOrphans`, [`reap`]) once no mount can still
+//! have it open: every mount that reports its open files (with its calls for changes, see
+//! [`crate::changes::ChangeFeed::may_reap`]) has called again since the orphaning change was
+//! published, so its report covers every open it made before it learnt of the change, and none
+//! reports the file open. A mount that has not called for the delegation lapse (crashed or cut
+//! off) is not waited for: its descriptors of the file fail from then on, as NFS's do after a
+//! lease is lost. A new leader, or a restarted server, knows no mount's open files: the
+//! orphans it finds wait [`STARTUP_GRACE`] for the mounts to report again.
+
+use crate::changes::ChangeFeed;
+use crate::command::Outcome;
+use crate::layout::RefDelta;
+use crate::state_machine::purge_inode;
+use crate::store::schema::InodeRecord;
+use crate::store::tables::{get_inode, ReadTables, WriteTables};
+use crate::store::DbResult;
+use crate::volumes;
+use dfs_common::{FsError, FsResult, InodeId};
+use redb::ReadableTable;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Orphans one `ReapOrphans` command frees at most: bounds the command and its transaction.
+pub const MAX_REAP: usize = 256;
+/// How long the orphans a new leader finds wait for the mounts to report their open files.
+pub const STARTUP_GRACE: Duration = Duration::from_secs(20);
+
+/// Keeps `ino`, a regular file whose last name just went (`rec`, with no links left), as an
+/// orphan: its usage goes back to the volume now, its inode and data stay.
+pub fn keep(t: &mut WriteTables, ino: InodeId, rec: &InodeRecord) -> FsResult<()> {
+    t.put_inode(ino, rec)?;
+    volumes::charge(t, rec.volume, volumes::size_delta(rec.size, 0), -1)?;
+    t.orphans.table()?.insert(ino.0, rec.size).db()?;
+    t.orphaned.push(ino);
+    Ok(())
+}
+
+/// Frees the orphans among `inos`; others (freed already, or never orphans) are left alone.
+pub fn reap(t: &mut WriteTables, inos: &[InodeId]) -> FsResult<Outcome> {
+    if inos.len() > MAX_REAP {
+        return Err(FsError::invalid(format!(
+            "{} orphans to free in one command, at most {MAX_REAP}",
+            inos.len()
+        )));
+    }
+    let mut refs = RefDelta::default();
+    for &ino in inos {
+        let given_back = t.orphans.table()?.remove(ino.0).db()?.map(|v| v.value());
+        let Some(given_back) = given_back else {
+            continue;
+        };
+        // Gone with its volume (a deleted volume takes its inodes, orphans included).
+        let rec = match get_inode(t.inodes.table()?, ino) {
+            Ok(rec) => rec,
+            Err(FsError::NotFound) => continue,
+            Err(e) => return Err(e),
+        };
+        if rec.nlink > 0 {
+            continue;
+        }
+        // Writes through open descriptors since it became an orphan were charged: given back.
+        volumes::charge(t, rec.volume, volumes::size_delta(rec.size, given_back), 0)?;
+        purge_inode(t, ino, &mut refs)?;
+    }
+    refs.apply(t)?;
+    Ok(Outcome::Done)
+}
+
+/// Every orphan in the store.
+pub fn all(t: &ReadTables) -> FsResult<Vec<InodeId>> {
+    let mut found = Vec::new();
+    for item in t.orphans.table()?.iter().db()? {
+        found.push(InodeId(item.db()?.0.value()));
+    }
+    Ok(found)
+}
+
+/// The orphans a leader waits to free, with what each waits for.
+#[derive(Default)]
+pub struct Reaper {
+    pending: Mutex<HashMap<InodeId, Since>>,
+}
+
+/// When an orphan was made, in the change feed's terms.
+#[derive(Clone, Copy, Debug)]
+struct Since {
+    feed: u64,
+    /// The position after the change that orphaned it.
+    position: u64,
+    /// Not freed before then (orphans a new leader found).
+    not_before: Option<Instant>,
+}
+
+impl Reaper {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<InodeId, Since>> {
+        self.pending.lock().expect("orphans")
+    }
+
+    /// Notes orphans made by a change published before `position` of feed `feed`.
+    pub fn track(&self, inos: &[InodeId], feed: u64, position: u64) {
+        let mut pending = self.pending();
+        for &ino in inos {
+            let since = Since {
+                feed,
+                position,
+                not_before: None,
+            };
+            let entry = pending.entry(ino).or_insert(since);
+            // Tracked twice (a retried call): the later position is the safe one.
+            if entry.feed != feed || entry.position < position {
+                *entry = Since {
+                    not_before: entry.not_before,
+                    ..since
+                };
+            }
+        }
+    }
+
+    /// Starts afresh from the orphans in the store, for a new leader on feed `feed`: they
+    /// wait [`STARTUP_GRACE`] for the mounts to report their open files.
+    pub fn reload(&self, orphans: Vec<InodeId>, feed: u64) {
+        let not_before = Some(Instant::now() + STARTUP_GRACE);
+        let mut pending = self.pending();
+        pending.clear();
+        for ino in orphans {
+            let since = Since {
+                feed,
+                position: 0,
+                not_before,
+            };
+            pending.insert(ino, since);
+        }
+    }
+
+    /// Up to [`MAX_REAP`] orphans that no mount can have open any more.
+    pub fn ready(&self, changes: &ChangeFeed) -> Vec<InodeId> {
+        let now = Instant::now();
+        let pending = self.pending();
+        pending
+            .iter()
+            .filter(|(_, s)| s.not_before.is_none_or(|t| now >= t))
+            .filter(|(&ino, s)| changes.may_reap(ino, s.feed, s.position))
+            .map(|(&ino, _)| ino)
+            .take(MAX_REAP)
+            .collect()
+    }
+
+    /// Forgets orphans that were freed.
+    pub fn freed(&self, inos: &[InodeId]) {
+        let mut pending = self.pending();
+        for ino in inos {
+            pending.remove(ino);
+        }
+    }
+
+    /// Orphans waiting to be freed.
+    pub fn len(&self) -> usize {
+        self.pending().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Op;
+    use crate::store::tables::get_volume_state;
+    use crate::testing::{make_node, run, store_with_volume};
+    use dfs_common::model::FileKind;
+    use dfs_common::Timestamp;
+    use redb::{Database, ReadableDatabase};
+
+    /// A file `name` in `dir` holding `len` bytes kept inline.
+    fn file(db: &Database, dir: InodeId, name: &str, len: u64) -> InodeId {
+        let Ok(Outcome::Node { ino, .. }) = run(db, make_node(dir, name, FileKind::File)) else {
+            panic!("{name} not made")
+        };
+        append(db, ino, len).unwrap();
+        ino
+    }
+
+    fn append(db: &Database, ino: InodeId, len: u64) -> FsResult<Outcome> {
+        let write = Op::KeepInline {
+            ino,
+            pieces: vec![(0, len)],
+            data: vec![7; len as usize],
+            mtime: Timestamp { secs: 1, nanos: 0 },
+            append: true,
+        };
+        run(db, write)
+    }
+
+    fn keeping(op: Op) -> Op {
+        Op::KeepOrphans(Box::new(op))
+    }
+
+    fn unlink(parent: InodeId, name: &str) -> Op {
+        Op::Unlink {
+            parent,
+            name: name.into(),
+        }
+    }
+
+    /// (inode's links if it exists, whether it is an orphan, its extents, the volume's bytes
+    /// and inodes).
+    fn state(db: &Database, ino: InodeId) -> (Option<u32>, bool, usize, u64, u64) {
+        let tx = db.begin_read().unwrap();
+        let t = ReadTables::open(&tx);
+        let links = get_inode(t.inodes.table().unwrap(), ino)
+            .ok()
+            .map(|r| r.nlink);
+        let orphan = t.orphans.table().unwrap().get(ino.0).unwrap().is_some();
+        let extents = t
+            .extents
+            .table()
+            .unwrap()
+            .range((ino.0, 0)..(ino.0 + 1, 0))
+            .unwrap()
+            .count();
+        let volume =
+            get_volume_state(t.volume_state.table().unwrap(), dfs_common::VolumeId(1)).unwrap();
+        (links, orphan, extents, volume.bytes, volume.inodes)
+    }
+
+    #[test]
+    fn a_file_losing_its_last_name_is_kept_until_reaped_and_gives_its_usage_back_at_once() {
+        let (_dir, db, root) = store_with_volume();
+        let f = file(&db, root, "f", 100);
+        let g = file(&db, root, "g", 10);
+        let h = file(&db, root, "h", 1000);
+        assert_eq!(state(&db, f), (Some(1), false, 1, 1110, 3));
+
+        // Unlinked: no name, no usage, but the inode and its data stay.
+        assert_eq!(
+            run(&db, keeping(unlink(root, "f"))),
+            Ok(Outcome::KeptOrphans {
+                outcome: Box::new(Outcome::Done),
+                orphans: vec![f],
+            })
+        );
+        assert_eq!(state(&db, f), (Some(0), true, 1, 1010, 2));
+        // Written through a descriptor still open: charged; no new name can be made for it.
+        append(&db, f, 50).unwrap();
+        assert_eq!(state(&db, f), (Some(0), true, 2, 1060, 2));
+        let link = Op::Link {
+            ino: f,
+            new_parent: root,
+            new_name: "back".into(),
+        };
+        assert_eq!(run(&db, link), Err(FsError::NotFound));
+
+        // Replaced by a rename: the same.
+        let over = Op::Rename {
+            parent: root,
+            name: "g".into(),
+            new_parent: root,
+            new_name: "h".into(),
+            flags: 0,
+        };
+        assert_eq!(
+            run(&db, keeping(over)),
+            Ok(Outcome::KeptOrphans {
+                outcome: Box::new(Outcome::Renamed {
+                    touched: vec![g, h]
+                }),
+                orphans: vec![h],
+            })
+        );
+        assert_eq!(state(&db, h), (Some(0), true, 1, 60, 1));
+
+        // Freed: the orphans only (the root is not one), with what was charged since.
+        let reap = Op::ReapOrphans {
+            inos: vec![f, h, root, f],
+        };
+        assert_eq!(run(&db, reap), Ok(Outcome::Done));
+        assert_eq!(state(&db, f), (None, false, 0, 10, 1));
+        assert_eq!(state(&db, h), (None, false, 0, 10, 1));
+        assert_eq!(state(&db, g).0, Some(1));
+        assert_eq!(state(&db, root).0, Some(2));
+    }
+
+    #[test]
+    fn only_regular_files_unlinked_by_a_keeping_command_become_orphans() {
+        let (_dir, db, root) = store_with_volume();
+        // Without the wrapper (an older leader's command), a file goes at once.
+        let f = file(&db, root, "f", 100);
+        run(&db, unlink(root, "f")).unwrap();
+        assert_eq!(state(&db, f), (None, false, 0, 0, 0));
+        // Nothing but a file is kept: a symlink or a device has no data to read.
+        let Ok(Outcome::Node { ino: dev, .. }) = run(&db, make_node(root, "d", FileKind::Fifo))
+        else {
+            panic!("fifo not made")
+        };
+        let kept = run(&db, keeping(unlink(root, "d")));
+        assert!(matches!(kept, Ok(Outcome::KeptOrphans { orphans, .. }) if orphans.is_empty()));
+        assert_eq!(state(&db, dev), (None, false, 0, 0, 0));
+        // A file with another name keeps living by it.
+        let g = file(&db, root, "g", 5);
+        let link = Op::Link {
+            ino: g,
+            new_parent: root,
+            new_name: "g2".into(),
+        };
+        run(&db, link).unwrap();
+        run(&db, keeping(unlink(root, "g"))).unwrap();
+        assert_eq!(state(&db, g), (Some(1), false, 1, 5, 1));
+
+        // Only unlinks and renames are wrapped, and a reap is bounded.
+        let mkdir = keeping(make_node(root, "x", FileKind::Dir));
+        assert!(matches!(run(&db, mkdir), Err(FsError::Invalid(_))));
+        let wrapped_twice = keeping(keeping(unlink(root, "g2")));
+        assert!(matches!(run(&db, wrapped_twice), Err(FsError::Invalid(_))));
+        let many = Op::ReapOrphans {
+            inos: vec![g; MAX_REAP + 1],
+        };
+        assert!(matches!(run(&db, many), Err(FsError::Invalid(_))));
+        assert_eq!(state(&db, g).0, Some(1));
+    }
+
+    #[test]
+    fn a_new_leader_waits_out_the_grace_for_the_orphans_it_finds() {
+        let reaper = Reaper::default();
+        let feed = ChangeFeed::new();
+        let (id, end) = feed.position();
+        reaper.reload(vec![InodeId(7)], id);
+        assert!(reaper.ready(&feed).is_empty(), "within the grace");
+        reaper.track(&[InodeId(8)], id, end);
+        reaper.track(&[InodeId(8)], id, end);
+        assert_eq!(reaper.ready(&feed), vec![InodeId(8)], "no mount reports");
+        reaper.freed(&[InodeId(8)]);
+        assert_eq!(reaper.len(), 1);
+    }
+}

@@ -1,0 +1,151 @@
+//! A file unlinked or replaced on one mount while another mount has it open stays readable and
+//! writable there until that mount closes it (or dies), as on a local file system: the
+//! metadata server keeps it as an orphan until no mount reports it open.
+
+use crate::heal::wait_until;
+use crate::mount::cluster_with_volume;
+use crate::observe::required_value;
+use dfs_tests::process::{Mount, ProcessCluster};
+use dfs_tests::random_bytes;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+/// Well past a mount's next call for changes (every second) and a dead mount's lapse (3.5 s),
+/// on a busy host.
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn reaped(cluster: &ProcessCluster) -> f64 {
+    required_value(cluster.meta_http, "dfs_meta_orphans_reaped_total")
+}
+
+fn kept(cluster: &ProcessCluster) -> f64 {
+    required_value(cluster.meta_http, "dfs_meta_orphans_kept_total")
+}
+
+fn read_all(file: &mut File) -> Vec<u8> {
+    let mut data = Vec::new();
+    file.seek(SeekFrom::Start(0)).unwrap();
+    file.read_to_end(&mut data).unwrap();
+    data
+}
+
+/// Unlinks a file open nowhere on mount `a`, after whatever the test changed: once it is
+/// freed, every mount has called for changes after all of those (see
+/// `ChangeFeed::may_reap`), so an orphan still kept is kept for the file being open.
+fn unlink_a_closed_file_and_wait_until_it_is_freed(cluster: &ProcessCluster, a: &Mount) {
+    let before = reaped(cluster);
+    fs::write(a.path("closed"), b"nobody has me open").unwrap();
+    fs::remove_file(a.path("closed")).unwrap();
+    wait_until(cluster, LIMIT, "the closed file freed", || {
+        reaped(cluster) > before
+    });
+}
+
+#[test]
+fn a_file_unlinked_or_replaced_elsewhere_stays_readable_and_writable_while_open() {
+    let cluster = cluster_with_volume();
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    let b = Mount::new(&cluster, "default", "b", "").unwrap();
+    // In erasure-coded blocks, kept inline, and a log written on after its unlink.
+    let big = random_bytes(700_000, 1);
+    let small = b"version 1\n".to_vec();
+    fs::write(a.path("big"), &big).unwrap();
+    fs::write(a.path("config"), &small).unwrap();
+    fs::write(a.path("log"), b"line 1\n").unwrap();
+    let mut held_big = File::open(b.path("big")).unwrap();
+    let mut held_config = File::open(b.path("config")).unwrap();
+    let mut held_log = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(b.path("log"))
+        .unwrap();
+
+    fs::remove_file(a.path("big")).unwrap();
+    fs::write(a.path("config.new"), b"version 2\n").unwrap();
+    fs::rename(a.path("config.new"), a.path("config")).unwrap();
+    fs::remove_file(a.path("log")).unwrap();
+    unlink_a_closed_file_and_wait_until_it_is_freed(&cluster, &a);
+    assert_eq!(reaped(&cluster), 1.0, "only the closed file was freed");
+    assert_eq!(kept(&cluster), 4.0);
+
+    // The other mount reads every byte it had open, and writes on.
+    assert!(read_all(&mut held_big) == big, "the unlinked file's bytes");
+    assert_eq!(
+        read_all(&mut held_config),
+        small,
+        "the replaced file's bytes"
+    );
+    held_log.write_all(b"line 2\n").unwrap();
+    held_log.sync_all().unwrap();
+    assert_eq!(read_all(&mut held_log), b"line 1\nline 2\n");
+    assert_eq!(held_log.metadata().unwrap().len(), 14);
+    // The names are gone or replaced everywhere.
+    for m in [&a, &b] {
+        assert!(fs::metadata(m.path("big")).is_err());
+        assert!(fs::metadata(m.path("log")).is_err());
+        assert_eq!(fs::read(m.path("config")).unwrap(), b"version 2\n");
+    }
+
+    // Closed: freed.
+    drop((held_big, held_config, held_log));
+    wait_until(
+        &cluster,
+        LIMIT,
+        "the orphans freed after their close",
+        || reaped(&cluster) == 4.0,
+    );
+    crate::inline::fsck_is_clean(&cluster);
+}
+
+#[test]
+fn a_file_open_on_a_mount_that_dies_is_freed_once_the_mount_lapses() {
+    let cluster = cluster_with_volume();
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    let b = Mount::new(&cluster, "default", "b", "").unwrap();
+    fs::write(a.path("f"), b"held").unwrap();
+    let held = File::open(b.path("f")).unwrap();
+    fs::remove_file(a.path("f")).unwrap();
+    unlink_a_closed_file_and_wait_until_it_is_freed(&cluster, &a);
+    assert_eq!(reaped(&cluster), 1.0, "the open file is kept");
+
+    // SAFETY: kill(2) of the mount's process, which this test started.
+    let pid = crate::inline::mount_process(&b.dir);
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    wait_until(&cluster, LIMIT, "the file of the dead mount freed", || {
+        reaped(&cluster) == 2.0
+    });
+    drop(held);
+}
+
+#[test]
+fn a_file_held_open_survives_a_restart_of_the_metadata_server() {
+    let mut cluster = cluster_with_volume();
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    let b = Mount::new(&cluster, "default", "b", "").unwrap();
+    let data = random_bytes(300_000, 2);
+    fs::write(a.path("held"), &data).unwrap();
+    fs::write(a.path("dropped"), b"closed before the restart").unwrap();
+    let mut held = File::open(b.path("held")).unwrap();
+    fs::remove_file(a.path("held")).unwrap();
+    fs::remove_file(a.path("dropped")).unwrap();
+
+    // Both orphans are in the store when the server dies; the new process knows no mount's
+    // open files and waits for the mounts to report them again.
+    cluster.kill_meta();
+    cluster.start_meta();
+    wait_until(&cluster, LIMIT, "the orphan nobody holds freed", || {
+        std::net::TcpStream::connect(cluster.meta_http).is_ok() && reaped(&cluster) >= 1.0
+    });
+    assert_eq!(reaped(&cluster), 1.0, "the held file is kept");
+    unlink_a_closed_file_and_wait_until_it_is_freed(&cluster, &a);
+    assert_eq!(reaped(&cluster), 2.0, "the held file is kept");
+    assert!(read_all(&mut held) == data);
+    drop(held);
+    wait_until(
+        &cluster,
+        LIMIT,
+        "the held file freed after its close",
+        || reaped(&cluster) == 3.0,
+    );
+}
