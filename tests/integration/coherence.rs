@@ -463,9 +463,9 @@ fn a_link_keeps_other_files_attributes() {
     });
 }
 
-/// An unlink is one request, whether or not files are open here: the metadata server itself
-/// hides the last name of a file open here (no lookup or rename sent first) and removes any
-/// other, and its answer names the inode, so the attributes the mount keeps of other files
+/// An unlink is one request, whether or not files are open here: the metadata server keeps a
+/// file open here that loses its last name (no lookup or rename sent first, no name left
+/// behind), and its answer names the inode, so the attributes the mount keeps of other files
 /// stay: a stat of a file just written here still costs no round trip after an unlink.
 #[test]
 fn an_unlink_is_one_request_and_keeps_other_files_attributes() {
@@ -492,12 +492,8 @@ fn an_unlink_is_one_request_and_keeps_other_files_attributes() {
     let mut back = String::new();
     (&held).read_to_string(&mut back).unwrap();
     assert_eq!(back, "held", "the file unlinked while open");
-    let hidden = |names: Vec<String>| names.iter().any(|n| n.starts_with(".dfs-hidden-"));
-    assert!(hidden(names_in(&m.dir)));
+    assert_eq!(names_in(&m.dir), ["kept", "third"], "no name left behind");
     drop(held);
-    shows("the hidden name gone after the last close", || {
-        !hidden(names_in(&m.dir))
-    });
 
     // The kernel asks for a file's attributes after a write to it; the mount answers from
     // those the close's commit returned, and an unlink of another file keeps them.
@@ -579,28 +575,29 @@ fn a_directory_listed_while_the_feed_is_followed_is_listed_again_without_a_round
     assert_eq!(names_in(&leased.path("d")), expected);
 }
 
-/// A file unlinked while open lives on under a hidden name until its last close, which
-/// removes that name behind the kernel's back: the kernel's listing must not keep it.
+/// A file unlinked while open here has no name left anywhere, while it stays readable, and
+/// its last close changes nothing in the listing the kernel keeps of its directory.
 #[test]
-fn a_hidden_name_removed_at_the_last_close_leaves_the_kept_listing() {
+fn a_file_unlinked_while_open_leaves_no_name_and_the_kept_listing_alone() {
     let cluster = cluster_with_volume();
     let m = Mount::new(&cluster, "default", "m", "lease=600").unwrap();
     fs::create_dir(m.path("d")).unwrap();
     fs::write(m.path("d/f"), b"x").unwrap();
     let held = File::open(m.path("d/f")).unwrap();
     fs::remove_file(m.path("d/f")).unwrap();
-    let hidden = |names: Vec<String>| names.iter().any(|n| n.starts_with(".dfs-hidden-"));
-    shows(
-        "the listing with the hidden name kept by the kernel",
-        || {
-            let before = listings(&cluster);
-            hidden(names_in(&m.path("d"))) && listings(&cluster) == before
-        },
-    );
-    drop(held);
-    shows("the hidden name gone after the last close", || {
-        !hidden(names_in(&m.path("d")))
+    shows("the empty listing kept by the kernel", || {
+        let before = listings(&cluster);
+        names_in(&m.path("d")).is_empty() && listings(&cluster) == before
     });
+    assert_eq!(read_at(&held, 4), b"x");
+    drop(held);
+    let before = listings(&cluster);
+    assert!(names_in(&m.path("d")).is_empty());
+    assert_eq!(
+        listings(&cluster),
+        before,
+        "the last close dropped the listing"
+    );
 }
 
 /// Lookup requests the metadata server has answered so far (all clients).
@@ -805,8 +802,7 @@ fn a_mount_that_missed_changes_drops_the_names_and_attributes_it_granted() {
     );
 }
 
-/// An unlink needs to know whether the name is that of a file open here (to hide it until its
-/// last close) only when some file is open: otherwise it costs the unlink alone, no lookup.
+/// An unlink costs the unlink alone, no lookup, whether or not files are open here.
 #[test]
 fn an_unlink_while_no_file_is_open_costs_no_lookup() {
     use crate::observe::{scrape, value};
@@ -839,7 +835,7 @@ fn an_unlink_while_no_file_is_open_costs_no_lookup() {
         asked < 3.0,
         "{asked} lookups for 10 unlinks with no file open"
     );
-    // With a file open, an unlink of its name hides it instead (it stays readable).
+    // With a file open, its unlink is no different (the file stays readable).
     let held = File::open(m.path("f10")).unwrap();
     fs::remove_file(m.path("f10")).unwrap();
     assert_eq!(read_at(&held, 4), b"x");

@@ -2,7 +2,6 @@
 //!
 //! Several descriptors of one file share what is kept here:
 //! - the size including unflushed writes, so that `stat` sees them;
-//! - the hidden name of a file unlinked while open, removed at its last close;
 //! - whether the layouts the descriptors cached are stale (a counter they compare with);
 //! - the file's version as of this mount's last open or own commit, so that an open after
 //!   this mount's own writes keeps the kernel's pages.
@@ -14,8 +13,8 @@ use super::file::FileHandle;
 use super::pending_attrs;
 use super::Client;
 use dfs_common::model::{SetAttr, TimeSet};
-use dfs_common::proto::meta::req::{MAX_OPEN_NAMED, MAX_OPEN_REPORTED};
-use dfs_common::proto::meta::{Attr, FileKind, RENAME_NOREPLACE};
+use dfs_common::proto::meta::req::MAX_OPEN_REPORTED;
+use dfs_common::proto::meta::Attr;
 use dfs_common::{FsError, FsResult, InodeId, Timestamp};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,8 +53,6 @@ struct Inode {
     open: u32,
     /// Descriptors with unflushed writes, and the file's size including them.
     dirty: HashMap<u64, u64>,
-    /// Unlinked while open: the directory and hidden name it lives under until its last close.
-    hidden: Option<(InodeId, String)>,
     /// Raised when the file's extents change; a descriptor that saw another value drops the
     /// layouts it cached.
     layouts: Arc<AtomicU64>,
@@ -360,20 +357,6 @@ impl OpenFiles {
         BufferedSizes(sizes.collect())
     }
 
-    /// Whether `ino` was unlinked while open here (it has no names left to its users).
-    pub fn is_hidden(&self, ino: InodeId) -> bool {
-        self.table()
-            .inodes
-            .get(&ino)
-            .is_some_and(|i| i.hidden.is_some())
-    }
-
-    /// The directory whose hidden name `ino` lives under, if it was unlinked while open here.
-    pub fn hidden_in(&self, ino: InodeId) -> Option<InodeId> {
-        let table = self.table();
-        table.inodes.get(&ino)?.hidden.as_ref().map(|(dir, _)| *dir)
-    }
-
     /// What to tell the metadata server of the files open here: with `all`, every one;
     /// else those opened or closed since the last report. At most [`MAX_OPEN_REPORTED`] in
     /// each list (the rest wait for the next report).
@@ -592,8 +575,7 @@ impl OpenFiles {
         Some(written)
     }
 
-    /// [`OpenFiles::close`] of a descriptor with nothing to flush, done at once, unless it is
-    /// the last close of a file unlinked while open (whose removal is a request). `false` (and
+    /// [`OpenFiles::close`] of a descriptor with nothing to flush, done at once. `false` (and
     /// nothing done) when the close must wait, on the runtime.
     pub fn close_if_clean(&self, fh: u64) -> bool {
         let mut table = self.table();
@@ -607,14 +589,7 @@ impl OpenFiles {
         if !handle.is_clean() || waits {
             return false;
         }
-        let inode = table.inodes.get_mut(&file.ino);
-        if inode
-            .as_ref()
-            .is_some_and(|i| i.open <= 1 && i.hidden.is_some())
-        {
-            return false;
-        }
-        if let Some(inode) = inode {
+        if let Some(inode) = table.inodes.get_mut(&file.ino) {
             inode.dirty.remove(&fh);
             inode.open = inode.open.saturating_sub(1);
             if inode.open == 0 {
@@ -701,8 +676,7 @@ impl OpenFiles {
         result
     }
 
-    /// Closes descriptor `fh`: flushes it and, at the last close of a file unlinked while
-    /// open, removes the file. Errors of earlier writes surface here, as with NFS.
+    /// Closes descriptor `fh`: flushes it. Errors of earlier writes surface here, as with NFS.
     pub async fn close(&self, fh: u64) -> FsResult<InodeId> {
         let file = self
             .table()
@@ -710,74 +684,23 @@ impl OpenFiles {
             .remove(&fh)
             .ok_or_else(|| FsError::invalid("unknown file handle"))?;
         let result = self.flush(&file).await;
-        let hidden = {
-            let mut table = self.table();
-            let last = table.inodes.get_mut(&file.ino).is_none_or(|inode| {
-                inode.open = inode.open.saturating_sub(1);
-                inode.open == 0
-            });
-            let gone = last.then(|| table.closed(file.ino)).flatten();
-            gone.and_then(|inode| inode.hidden)
-        };
-        if let Some((parent, name)) = hidden {
-            if let Err(e) = self.client.unlink(parent, &name).await {
-                tracing::warn!(ino = %file.ino, "removing unlinked file {name}: {e}");
-            }
+        let mut table = self.table();
+        let last = table.inodes.get_mut(&file.ino).is_none_or(|inode| {
+            inode.open = inode.open.saturating_sub(1);
+            inode.open == 0
+        });
+        if last {
+            table.closed(file.ino);
         }
         result.map(|()| file.ino)
     }
 
-    /// Unlinks a name, unless it is the last name of a file open here: then the file is
-    /// renamed to a hidden name and unlinked at its last close, so it stays readable and
-    /// writable until then (as NFS clients do). The metadata server decides which, in one
-    /// request naming the files open here. (An open racing with this unlink is no different
-    /// from one that starts just after it.)
+    /// Unlinks a name. A file open here (or on any mount) that loses its last name stays
+    /// readable and writable until its last close: the metadata server keeps it as an orphan
+    /// while the mounts report it open (see [`OpenFiles::report`]). Sent as `UnlinkOrHide`
+    /// naming no open file, whose answer names the inode: only its attributes are dropped.
     pub async fn unlink(&self, parent: InodeId, name: &str) -> FsResult<()> {
-        let open: Vec<InodeId> = {
-            let table = self.table();
-            let open = table.inodes.iter().filter(|(_, i)| i.open > 0);
-            open.map(|(ino, _)| *ino).collect()
-        };
-        if open.len() > MAX_OPEN_NAMED {
-            return self.unlink_looked_up(parent, name).await;
-        }
-        let removed = self.client.unlink_or_hide(parent, name, open).await?;
-        match removed.hidden {
-            Some(hidden) => self.keep_hidden(removed.victim, parent, hidden).await,
-            None => Ok(()),
-        }
-    }
-
-    /// [`Self::unlink`] with more files open here than one request may name: the name is
-    /// looked up first, then unlinked or renamed (two requests, not one step).
-    async fn unlink_looked_up(&self, parent: InodeId, name: &str) -> FsResult<()> {
-        let attr = self.client.lookup(parent, name).await?;
-        let open = self.table().inodes.get(&attr.ino).map_or(0, |i| i.open);
-        if attr.kind != FileKind::File || attr.nlink > 1 || open == 0 {
-            return self.client.unlink(parent, name).await;
-        }
-        let hidden = format!(".dfs-hidden-{}-{:08x}", attr.ino, rand_suffix());
-        self.client
-            .rename(parent, name, parent, &hidden, RENAME_NOREPLACE)
-            .await?;
-        self.keep_hidden(attr.ino, parent, hidden).await
-    }
-
-    /// Notes that `ino`, open here, now lives under the hidden name `hidden` in `parent`,
-    /// to be removed at its last close; removes it now if that close came meanwhile.
-    async fn keep_hidden(&self, ino: InodeId, parent: InodeId, hidden: String) -> FsResult<()> {
-        let kept = match self.table().inodes.get_mut(&ino) {
-            // (A hidden name unlinked in turn: the file now lives under the new one.)
-            Some(inode) => {
-                inode.hidden = Some((parent, hidden.clone()));
-                true
-            }
-            None => false,
-        };
-        if !kept {
-            // Closed meanwhile: nobody is left to remove it later.
-            self.client.unlink(parent, &hidden).await?;
-        }
+        self.client.unlink_or_hide(parent, name, Vec::new()).await?;
         Ok(())
     }
 
@@ -852,10 +775,4 @@ impl OpenFiles {
             }
         }
     }
-}
-
-/// A random suffix for hidden names, so two mounts hiding the same inode do not collide.
-fn rand_suffix() -> u32 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::Instant::now()) as u32
 }

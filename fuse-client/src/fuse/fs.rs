@@ -208,10 +208,6 @@ impl Shared {
         if let Some(size) = self.files.size_with_writes(attr.ino) {
             attr.size = attr.size.max(size);
         }
-        // A file unlinked while open lives on under a hidden name; to its users it has no links.
-        if self.files.is_hidden(attr.ino) {
-            attr.nlink = 0;
-        }
         self.map.file_attr(&attr)
     }
 
@@ -1245,13 +1241,7 @@ impl Filesystem for DfsFs {
             return reply.ok();
         }
         self.spawn("release", |s| async move {
-            // The last close of a file unlinked while open removes its hidden name, which the
-            // kernel does not see: its listing of the directory must go.
-            let hidden_in = s.files.hidden_in(s.ino(ino));
             let mut result = s.files.close(fh.0).await.map(drop);
-            if let Some(dir) = hidden_in {
-                s.leases.listing_changed(dir);
-            }
             // The last close of an open file drops its flock lock.
             if let Some(owner) = lock_owner {
                 let released = s.client.release_locks(s.ino(ino), owner.0).await;
