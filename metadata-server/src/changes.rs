@@ -168,6 +168,13 @@ impl ChangeFeed {
         (ring.id, ring.end())
     }
 
+    /// Whether `client` said, in its calls for changes, that it has `ino` open.
+    pub fn reports_open(&self, client: u64, ino: InodeId) -> bool {
+        let ring = self.ring.lock().expect("change feed");
+        let open = ring.watchers.get(&client).and_then(|w| w.open.as_ref());
+        open.is_some_and(|open| open.contains(&ino))
+    }
+
     /// Whether orphan `ino`, orphaned by a change published before `position` of feed `feed`,
     /// may be freed: every watcher that reports its open files and has not lapsed (called
     /// within [`DELEGATION_HELD`]) has since called on this feed from `position` or later (so

@@ -984,6 +984,13 @@ impl MetaService {
             && self.changes.follows(origin)
             && self.delegations.grant(ino, origin)?;
         let attr = self.query_now(|t| queries::get_attr(t, ino))?;
+        // A file unlinked while open (an orphan) is opened again only by a mount that reports
+        // it open: another reached it through a name it has not dropped yet, and the file may
+        // be freed under that open (see `crate::orphans`). To it, the file is gone.
+        if attr.kind == FileKind::File && attr.nlink == 0 && !self.changes.reports_open(origin, ino)
+        {
+            return Err(FsError::NotFound);
+        }
         // Directories and the rest are not opened through a delegation (nothing is recorded
         // of them either way: no change to them is waited for).
         let delegated = delegated && attr.kind == FileKind::File;

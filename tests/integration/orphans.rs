@@ -98,6 +98,38 @@ fn a_file_unlinked_or_replaced_elsewhere_stays_readable_and_writable_while_open(
     crate::inline::fsck_is_clean(&cluster);
 }
 
+/// An orphan is opened again only by a client that reports it open: another reached it through
+/// a name it had not dropped yet, and the file could be freed under that open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphan_is_opened_again_only_by_a_client_that_reports_it_open() {
+    use dfs_client::client::open_files::OpenReport;
+    use dfs_common::{proto::meta::FileKind, FsError};
+    let cluster = dfs_tests::TestCluster::start(3).await;
+    let holder = cluster.client().await;
+    let other = cluster.client().await;
+    let root = cluster.volume(&holder, "v", "2+1", 1 << 20).await.root;
+    let file = holder
+        .make_node(root, "f", FileKind::File, 0o644, 0, 0, 0)
+        .await
+        .unwrap();
+    let report = OpenReport {
+        all: true,
+        opened: vec![file.ino],
+        released: Vec::new(),
+    };
+    holder
+        .watch_open(root, 0, 0, Duration::ZERO, report)
+        .await
+        .unwrap();
+    assert_eq!(other.open_attr(file.ino, false).await.unwrap().nlink, 1);
+    other.unlink(root, "f").await.unwrap();
+    assert_eq!(
+        other.open_attr(file.ino, false).await,
+        Err(FsError::NotFound)
+    );
+    assert_eq!(holder.open_attr(file.ino, false).await.unwrap().nlink, 0);
+}
+
 #[test]
 fn a_file_open_on_a_mount_that_dies_is_freed_once_the_mount_lapses() {
     let cluster = cluster_with_volume();
