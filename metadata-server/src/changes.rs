@@ -11,7 +11,8 @@
 //! asks from): a change to a file another mount holds an open delegation of is answered only
 //! once that mount has taken it ([`ChangeFeed::wait_taken`]), or its delegation has lapsed.
 
-use dfs_common::proto::meta::{req, ChangePage, Invalidation, MetaRequest};
+use dfs_common::proto::meta::req::{self, OpenReport};
+use dfs_common::proto::meta::{ChangePage, Invalidation, MetaRequest};
 use dfs_common::{InodeId, VolumeId};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
@@ -81,16 +82,8 @@ struct Watcher {
     open: Option<HashSet<InodeId>>,
 }
 
-/// What a `WatchOpen` call says of its mount's open files.
-pub struct OpenReport {
-    /// `opened` is every open file.
-    pub all: bool,
-    pub opened: Vec<InodeId>,
-    pub released: Vec<InodeId>,
-}
-
 /// Files one watcher is known to have open at most; more are not recorded.
-const MAX_OPEN_PER_WATCHER: usize = 2 * dfs_common::proto::meta::req::MAX_OPEN_REPORTED;
+const MAX_OPEN_PER_WATCHER: usize = 2 * req::MAX_OPEN_REPORTED;
 
 struct Entry {
     volume: VolumeId,
@@ -556,100 +549,58 @@ mod tests {
         })
     }
 
+    /// A call of `client` for changes of volume 1 from `after` of feed `id`, answered at once.
+    async fn call(
+        feed: &ChangeFeed,
+        client: u64,
+        (id, after): (u64, u64),
+        report: Option<OpenReport>,
+    ) -> ChangePage {
+        feed.watch(VolumeId(1), client, id, after, Duration::ZERO, report)
+            .await
+    }
+
     /// An orphan is freed once every mount that reports its open files has called after the
     /// change that made it, and none of them has it open.
     #[tokio::test]
     async fn an_orphan_waits_for_each_reporting_mount_to_call_again_without_it_open() {
         let feed = ChangeFeed::new();
         let (other, old) = (6, 7);
-        let start = feed
-            .watch(
-                VolumeId(1),
-                ME,
-                0,
-                0,
-                Duration::ZERO,
-                report(true, &[3], &[]),
-            )
-            .await;
+        let start = call(&feed, ME, (0, 0), report(true, &[3], &[])).await;
         // A mount that does not report (an older one) is not waited for.
-        feed.watch(VolumeId(1), old, 0, 0, Duration::ZERO, None)
-            .await;
-        feed.watch(
-            VolumeId(1),
-            other,
-            0,
-            0,
-            Duration::ZERO,
-            report(true, &[], &[]),
-        )
-        .await;
+        call(&feed, old, (0, 0), None).await;
+        call(&feed, other, (0, 0), report(true, &[], &[])).await;
         let end = feed.publish(VolumeId(1), Some(other), vec![attrs(3), attrs(4)]);
         let (id, _) = feed.position();
         assert!(
             !feed.may_reap(InodeId(4), id, end),
             "the mounts called before"
         );
-        let page = feed
-            .watch(
-                VolumeId(1),
-                ME,
-                start.feed,
-                start.next,
-                Duration::ZERO,
-                report(false, &[4], &[]),
-            )
-            .await;
+        let page = call(
+            &feed,
+            ME,
+            (start.feed, start.next),
+            report(false, &[4], &[]),
+        )
+        .await;
         assert_eq!(page.next, end);
         assert!(
             !feed.may_reap(InodeId(4), id, end),
             "the other has not called since"
         );
-        feed.watch(
-            VolumeId(1),
-            other,
-            id,
-            end,
-            Duration::ZERO,
-            report(false, &[], &[]),
-        )
-        .await;
+        call(&feed, other, (id, end), report(false, &[], &[])).await;
         assert!(
             !feed.may_reap(InodeId(4), id, end),
             "opened before this mount learnt of it"
         );
         assert!(!feed.may_reap(InodeId(3), id, end), "open since before");
-        feed.watch(
-            VolumeId(1),
-            ME,
-            id,
-            end,
-            Duration::ZERO,
-            report(false, &[], &[4, 3]),
-        )
-        .await;
+        call(&feed, ME, (id, end), report(false, &[], &[4, 3])).await;
         assert!(feed.may_reap(InodeId(4), id, end));
         assert!(feed.may_reap(InodeId(3), id, end));
         // A whole report replaces what was known.
-        feed.watch(
-            VolumeId(1),
-            ME,
-            id,
-            end,
-            Duration::ZERO,
-            report(false, &[9], &[]),
-        )
-        .await;
+        call(&feed, ME, (id, end), report(false, &[9], &[])).await;
         assert!(!feed.may_reap(InodeId(9), id, end));
-        feed.watch(
-            VolumeId(1),
-            ME,
-            id,
-            end,
-            Duration::ZERO,
-            report(true, &[8], &[]),
-        )
-        .await;
+        call(&feed, ME, (id, end), report(true, &[8], &[])).await;
         assert!(feed.may_reap(InodeId(9), id, end));
         assert!(!feed.may_reap(InodeId(8), id, end));
         // A client that stopped watching holds nothing.
@@ -657,50 +608,18 @@ mod tests {
         assert!(feed.may_reap(InodeId(8), id, end));
         // Another feed's positions mean nothing, and a new feed knows no mount's open files
         // until each calls on it.
-        feed.watch(
-            VolumeId(1),
-            ME + 10,
-            0,
-            0,
-            Duration::ZERO,
-            report(true, &[], &[]),
-        )
-        .await;
+        call(&feed, ME + 10, (0, 0), report(true, &[], &[])).await;
         feed.restart();
         let (new_id, new_end) = feed.position();
         assert!(!feed.may_reap(InodeId(8), id, end));
         assert!(!feed.may_reap(InodeId(8), new_id, new_end));
-        feed.watch(
-            VolumeId(1),
-            ME + 10,
-            id,
-            end,
-            Duration::ZERO,
-            report(false, &[], &[]),
-        )
-        .await;
+        call(&feed, ME + 10, (id, end), report(false, &[], &[])).await;
         assert!(
             !feed.may_reap(InodeId(8), new_id, new_end),
             "still on the old feed"
         );
-        feed.watch(
-            VolumeId(1),
-            other,
-            new_id,
-            new_end,
-            Duration::ZERO,
-            report(true, &[], &[]),
-        )
-        .await;
-        feed.watch(
-            VolumeId(1),
-            ME + 10,
-            new_id,
-            new_end,
-            Duration::ZERO,
-            report(true, &[], &[]),
-        )
-        .await;
+        call(&feed, other, (new_id, new_end), report(true, &[], &[])).await;
+        call(&feed, ME + 10, (new_id, new_end), report(true, &[], &[])).await;
         assert!(feed.may_reap(InodeId(8), new_id, new_end));
     }
 

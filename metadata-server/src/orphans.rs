@@ -165,12 +165,9 @@ impl Reaper {
     }
 
     /// Orphans waiting to be freed.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
         self.pending().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -342,6 +339,6 @@ mod tests {
         reaper.track(&[InodeId(8)], id, end);
         assert_eq!(reaper.ready(&feed), vec![InodeId(8)], "no mount reports");
         reaper.freed(&[InodeId(8)]);
-        assert_eq!(reaper.len(), 1);
+        assert_eq!(reaper.waiting(), 1);
     }
 }

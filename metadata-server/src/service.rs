@@ -360,23 +360,24 @@ impl MetaService {
 
     /// Applies an unlink or a rename that keeps a regular file losing its last name as an
     /// orphan, and hands the orphans it made to the reaper (see [`crate::orphans`]). `dir` is
-    /// a directory of the change, for its volume. Gives the unlink's or rename's own outcome.
-    async fn mutate_keeping_orphans(
+    /// a directory of the change, for its volume. Gives the unlink's or rename's own outcome
+    /// as the reply type `T`, as [`Self::mutate_as`] does.
+    async fn mutate_keeping_orphans<T: FromOutcome>(
         &self,
         op: Op,
         call: Option<Call>,
         dir: InodeId,
-    ) -> FsResult<Outcome> {
+    ) -> FsResult<T> {
         let origin = call.as_ref().map(|c| c.client);
         match self.mutate(Op::KeepOrphans(Box::new(op)), call).await? {
             Outcome::KeptOrphans { outcome, orphans } => {
                 if !orphans.is_empty() {
                     self.track_orphans(&orphans, dir, origin);
                 }
-                Ok(*outcome)
+                T::from_outcome(*outcome)
             }
             // A call retried across an upgrade, recorded without the wrapper.
-            outcome => Ok(outcome),
+            outcome => T::from_outcome(outcome),
         }
     }
 
@@ -586,8 +587,8 @@ impl MetaService {
             R::Unlink(q) => {
                 answer(q, |q| async move {
                     let dir = q.parent;
-                    self.mutate_keeping_orphans(op!(q => Unlink { parent, name }), call, dir)
-                        .await?;
+                    let op = op!(q => Unlink { parent, name });
+                    self.mutate_keeping_orphans::<()>(op, call, dir).await?;
                     self.dir_after(dir)
                 })
                 .await
@@ -602,8 +603,7 @@ impl MetaService {
                         // The hidden name's tail: chosen here, so every member applies the same.
                         tag: rand::random(),
                     };
-                    let unlinked = self.mutate_keeping_orphans(op, call, dir).await?;
-                    let unlinked = Unlinked::from_outcome(unlinked)?;
+                    let unlinked: Unlinked = self.mutate_keeping_orphans(op, call, dir).await?;
                     Ok(Removed {
                         victim: unlinked.victim,
                         links: unlinked.links,
@@ -624,8 +624,7 @@ impl MetaService {
             R::Rename(q) => {
                 answer(q, |q| async move {
                     let dir = q.parent;
-                    let renamed = self.mutate_keeping_orphans(rename_op(q), call, dir).await?;
-                    let _ = Renamed::from_outcome(renamed)?;
+                    let _: Renamed = self.mutate_keeping_orphans(rename_op(q), call, dir).await?;
                     Ok(())
                 })
                 .await
@@ -633,10 +632,9 @@ impl MetaService {
             R::Move(q) => {
                 answer(q, |q| async move {
                     let (parent, new_parent) = (q.rename.parent, q.rename.new_parent);
-                    let renamed = self
+                    let Renamed(touched) = self
                         .mutate_keeping_orphans(rename_op(q.rename), call, parent)
                         .await?;
-                    let Renamed(touched) = Renamed::from_outcome(renamed)?;
                     // Everything read just after the change, from one snapshot.
                     let (dirs, attrs) = self.query_now(|t| {
                         let mut dirs = vec![queries::get_attr(t, parent)?];
@@ -913,26 +911,16 @@ impl MetaService {
             R::WatchChanges(q) => answer(q, |q| self.watch(q, None)).await,
             R::WatchOpen(q) => {
                 answer(q, |q| async move {
-                    let req::WatchOpen {
-                        watch: q,
-                        all,
-                        opened,
-                        released,
-                    } = q;
-                    if opened.len() > req::MAX_OPEN_REPORTED
-                        || released.len() > req::MAX_OPEN_REPORTED
+                    let req::WatchOpen { watch, report } = q;
+                    if report.opened.len() > req::MAX_OPEN_REPORTED
+                        || report.released.len() > req::MAX_OPEN_REPORTED
                     {
                         return Err(FsError::invalid(format!(
                             "at most {} open files reported per call",
                             req::MAX_OPEN_REPORTED
                         )));
                     }
-                    let report = changes::OpenReport {
-                        all,
-                        opened,
-                        released,
-                    };
-                    self.watch(q, Some(report)).await
+                    self.watch(watch, Some(report)).await
                 })
                 .await
             }
@@ -958,7 +946,7 @@ impl MetaService {
     async fn watch(
         &self,
         q: req::WatchChanges,
-        report: Option<changes::OpenReport>,
+        report: Option<req::OpenReport>,
     ) -> FsResult<ChangePage> {
         // Its changes no longer wait for it: it must not take its feed as whole.
         if self.changes.has_left(q.origin) {

@@ -102,7 +102,7 @@ fn a_file_unlinked_or_replaced_elsewhere_stays_readable_and_writable_while_open(
 /// a name it had not dropped yet, and the file could be freed under that open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_orphan_is_opened_again_only_by_a_client_that_reports_it_open() {
-    use dfs_client::client::open_files::OpenReport;
+    use dfs_common::proto::meta::req::OpenReport;
     use dfs_common::{proto::meta::FileKind, FsError};
     let cluster = dfs_tests::TestCluster::start(3).await;
     let holder = cluster.client().await;

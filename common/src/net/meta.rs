@@ -202,7 +202,7 @@ impl MetaLink {
         if lone && wait.is_zero() {
             return Attempt::Answered(member.exchange(request, body, max_reply).await);
         }
-        let stale = {
+        {
             // Dropped before the connection is reset: the exchange may hold it meanwhile.
             let exchange = member.exchange(request, body, max_reply);
             let mut exchange = std::pin::pin!(exchange);
@@ -228,17 +228,17 @@ impl MetaLink {
                                 return Attempt::Moved;
                             }
                             Some(_) if started.elapsed() >= wait + STALE_AFTER
-                                && !self.answers(member).await => break true,
+                                && !self.answers(member).await => break,
                             _ => {}
                         }
                         ask_at = tokio::time::Instant::now() + ASK_AGAIN_EVERY;
                     }
                 }
             }
-        };
-        if stale {
-            member.reset().await;
         }
+        // Unanswered on a connection that no longer answers a question either: the process
+        // behind it died (and maybe came back); the call starts again on a new one.
+        member.reset().await;
         Attempt::Moved
     }
 

@@ -1,6 +1,5 @@
 //! Typed wrappers for the metadata calls, and path resolution for tools that work with paths.
 
-use super::open_files::OpenReport;
 use super::Client;
 use dfs_common::proto::meta::*;
 use dfs_common::{EcPolicy, FsError, FsResult, InodeId, ServerId};
@@ -477,15 +476,23 @@ impl Client {
         after: u64,
         wait: std::time::Duration,
     ) -> FsResult<ChangePage> {
-        let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
-        self.call(req::WatchChanges {
+        self.call(self.watch_request(root, feed, after, wait)).await
+    }
+
+    fn watch_request(
+        &self,
+        root: InodeId,
+        feed: u64,
+        after: u64,
+        wait: std::time::Duration,
+    ) -> req::WatchChanges {
+        req::WatchChanges {
             root,
             origin: self.call_origin(),
             feed,
             after,
-            wait_ms,
-        })
-        .await
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        }
     }
 
     /// [`Self::watch_changes`], reporting this mount's open files (see [`req::WatchOpen`]).
@@ -495,22 +502,10 @@ impl Client {
         feed: u64,
         after: u64,
         wait: std::time::Duration,
-        report: OpenReport,
+        report: req::OpenReport,
     ) -> FsResult<ChangePage> {
-        let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
-        self.call(req::WatchOpen {
-            watch: req::WatchChanges {
-                root,
-                origin: self.call_origin(),
-                feed,
-                after,
-                wait_ms,
-            },
-            all: report.all,
-            opened: report.opened,
-            released: report.released,
-        })
-        .await
+        let watch = self.watch_request(root, feed, after, wait);
+        self.call(req::WatchOpen { watch, report }).await
     }
 
     /// Tells the metadata server this mount stops following the change feed (it ends), so

@@ -13,7 +13,7 @@ use super::file::FileHandle;
 use super::pending_attrs;
 use super::Client;
 use dfs_common::model::{SetAttr, TimeSet};
-use dfs_common::proto::meta::req::MAX_OPEN_REPORTED;
+use dfs_common::proto::meta::req::{OpenReport, MAX_OPEN_REPORTED};
 use dfs_common::proto::meta::Attr;
 use dfs_common::{FsError, FsResult, InodeId, Timestamp};
 use std::collections::{HashMap, HashSet};
@@ -117,20 +117,10 @@ struct Table {
 
 impl Table {
     /// Forgets the open state of `ino`, whose last descriptor closed.
-    fn closed(&mut self, ino: InodeId) -> Option<Inode> {
+    fn closed(&mut self, ino: InodeId) {
         self.changed.insert(ino);
-        self.inodes.remove(&ino)
+        self.inodes.remove(&ino);
     }
-}
-
-/// What this mount tells the metadata server of its open files, with its calls for changes:
-/// a file unlinked elsewhere is kept while it is open here.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OpenReport {
-    /// `opened` is every file open here.
-    pub all: bool,
-    pub opened: Vec<InodeId>,
-    pub released: Vec<InodeId>,
 }
 
 /// Sizes of files including unflushed writes, as they stood at one moment.
@@ -186,11 +176,11 @@ impl OpenFiles {
         let mut table = self.table();
         let inode = table.inodes.entry(ino).or_default();
         inode.open += 1;
-        if inode.open == 1 {
+        let first = inode.open == 1;
+        file.share_layout_epoch(inode.layouts.clone());
+        if first {
             table.changed.insert(ino);
         }
-        let inode = table.inodes.get_mut(&ino).expect("just added");
-        file.share_layout_epoch(inode.layouts.clone());
         let handle = tokio::sync::Mutex::new(file);
         table
             .files

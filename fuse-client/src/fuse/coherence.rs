@@ -7,9 +7,8 @@
 //! new metadata leader started a new feed), the mount drops what it caches itself and the
 //! kernel's entries age out.
 
-use crate::client::open_files::OpenReport;
 use crate::client::Client;
-use dfs_common::proto::meta::Invalidation;
+use dfs_common::proto::meta::{req::OpenReport, Invalidation};
 use dfs_common::InodeId;
 use std::sync::Weak;
 use std::time::{Duration, Instant};

@@ -637,7 +637,7 @@ impl super::coherence::Caches for Shared {
         self.leases.lapse();
     }
 
-    fn open_report(&self, all: bool) -> crate::client::open_files::OpenReport {
+    fn open_report(&self, all: bool) -> dfs_common::proto::meta::req::OpenReport {
         self.files.report(all)
     }
 }

@@ -611,13 +611,19 @@ pub struct StopWatching {
     pub origin: u64,
 }
 
-/// [`WatchChanges`], telling also which files the caller has open (so the server keeps a file
-/// unlinked elsewhere while it is open here): with `all`, `opened` is every file open, and
-/// replaces what the server knew; else the files opened since the last call that was
-/// answered, and those closed. At most [`MAX_OPEN_REPORTED`] in each list.
+/// [`WatchChanges`], telling also which files the caller has open, so the server keeps a file
+/// unlinked elsewhere while it is open here.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchOpen {
     pub watch: WatchChanges,
+    pub report: OpenReport,
+}
+
+/// What a mount says of its open files: with `all`, `opened` is every file open, and replaces
+/// what the server knew; else the files opened since the last call that was answered, and
+/// those closed. At most [`MAX_OPEN_REPORTED`] in each list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenReport {
     pub all: bool,
     pub opened: Vec<InodeId>,
     pub released: Vec<InodeId>,
