@@ -90,6 +90,8 @@ pub fn all(t: &ReadTables) -> FsResult<Vec<InodeId>> {
 #[derive(Default)]
 pub struct Reaper {
     pending: Mutex<HashMap<InodeId, Since>>,
+    /// Told when orphans arrive, so an idle reaper sleeps instead of polling.
+    arrived: tokio::sync::Notify,
 }
 
 /// When an orphan was made, in the change feed's terms.
@@ -125,6 +127,8 @@ impl Reaper {
                 };
             }
         }
+        drop(pending);
+        self.arrived.notify_one();
     }
 
     /// Starts afresh from the orphans in the store, for a new leader on feed `feed`: they
@@ -141,6 +145,20 @@ impl Reaper {
             };
             pending.insert(ino, since);
         }
+        drop(pending);
+        self.arrived.notify_one();
+    }
+
+    /// Returns once there are orphans to wait for: at once if some are waiting, else when
+    /// the next is tracked or reloaded.
+    pub async fn work(&self) {
+        loop {
+            let arrived = self.arrived.notified();
+            if !self.pending().is_empty() {
+                return;
+            }
+            arrived.await;
+        }
     }
 
     /// Up to [`MAX_REAP`] orphans that no mount can have open any more.
@@ -154,6 +172,11 @@ impl Reaper {
             .map(|(&ino, _)| ino)
             .take(MAX_REAP)
             .collect()
+    }
+
+    /// Forgets every orphan: this member no longer leads.
+    pub fn clear(&self) {
+        self.pending().clear();
     }
 
     /// Forgets orphans that were freed.
@@ -340,5 +363,35 @@ mod tests {
         assert_eq!(reaper.ready(&feed), vec![InodeId(8)], "no mount reports");
         reaper.freed(&[InodeId(8)]);
         assert_eq!(reaper.waiting(), 1);
+    }
+
+    /// An idle reaper sleeps until an orphan is tracked; one that lost the lead forgets its
+    /// orphans and sleeps again.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_reaper_sleeps_until_an_orphan_arrives() {
+        let reaper = std::sync::Arc::new(Reaper::default());
+        let feed = ChangeFeed::new();
+        let (id, end) = feed.position();
+        let idle = tokio::time::timeout(Duration::from_secs(3600), reaper.work()).await;
+        assert!(idle.is_err(), "work with no orphans");
+
+        let waiter = tokio::spawn({
+            let reaper = reaper.clone();
+            async move { reaper.work().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        reaper.track(&[InodeId(8)], id, end);
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("woken by the orphan")
+            .unwrap();
+        reaper.work().await;
+
+        reaper.clear();
+        let idle = tokio::time::timeout(Duration::from_secs(3600), reaper.work()).await;
+        assert!(idle.is_err(), "work after the orphans were forgotten");
+        reaper.reload(vec![InodeId(7)], id);
+        reaper.work().await;
     }
 }

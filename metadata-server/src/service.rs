@@ -406,6 +406,11 @@ impl MetaService {
     pub async fn reap_orphans(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         const EVERY: Duration = Duration::from_millis(100);
         loop {
+            // Idle (no orphans) costs nothing; waiting ones are looked at every `EVERY`.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.orphans.work() => {}
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(EVERY) => {}
@@ -1264,6 +1269,8 @@ impl MetaService {
             if !now {
                 if leading {
                     tracing::info!(member = self.log.id, leader = ?self.log.leader_addr(), "this metadata server no longer leads");
+                    // The next leader frees them (it finds them in the store).
+                    self.orphans.clear();
                 }
                 self.taken_over
                     .store(false, std::sync::atomic::Ordering::SeqCst);

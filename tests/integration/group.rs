@@ -654,6 +654,34 @@ fn a_server_that_takes_a_member_stops_its_open_delegations_first() {
     );
 }
 
+/// In a group (no open delegations), a mount reopens through /proc/self/fd a file it holds
+/// open and another mount unlinked, before its next call for changes has reported the first
+/// open: the metadata server keeps the orphan for that open, and the reopen reads it.
+#[test]
+fn a_file_held_open_is_reopened_through_proc_after_an_unlink_elsewhere() {
+    use std::os::fd::AsRawFd;
+    let cluster = group_of_three(|_| {});
+    let (holder, http) = crate::observe::mount_with_faults(&cluster, "v", "holder", "");
+    let other = Mount::new(&cluster, "v", "other", "").unwrap();
+    fs::write(other.path("f"), b"kept while open").unwrap();
+    // The holder's open is not reported until its next call.
+    crate::coherence::hold_before_next_poll(&cluster, http, &other);
+    let held = fs::File::open(holder.path("f")).unwrap();
+    fs::remove_file(other.path("f")).unwrap();
+    let again = format!("/proc/self/fd/{}", held.as_raw_fd());
+    assert_eq!(fs::read(&again).unwrap(), b"kept while open");
+
+    crate::observe::mount_fault(http, "mount.watch_changes", "disarm");
+    let before = crate::orphans::reaped(&cluster);
+    drop(held);
+    wait_until(
+        &cluster,
+        Duration::from_secs(60),
+        "the orphan freed",
+        || crate::orphans::reaped(&cluster) > before,
+    );
+}
+
 /// One of the first member's log figures (`dfs_meta_log{what=...}`).
 fn log_figure(cluster: &ProcessCluster, what: &str) -> f64 {
     let series = format!("dfs_meta_log{{what=\"{what}\"}}");

@@ -15,7 +15,7 @@ use std::time::Duration;
 /// on a busy host.
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn reaped(cluster: &ProcessCluster) -> f64 {
+pub(crate) fn reaped(cluster: &ProcessCluster) -> f64 {
     required_value(cluster.meta_http, "dfs_meta_orphans_reaped_total")
 }
 

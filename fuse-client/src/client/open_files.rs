@@ -192,6 +192,11 @@ impl OpenFiles {
         self.table().files.get(&fh).cloned()
     }
 
+    /// Whether this mount has `ino` open.
+    pub fn holds(&self, ino: InodeId) -> bool {
+        self.table().inodes.contains_key(&ino)
+    }
+
     /// Records that `file` has unflushed writes, the file's size including them being `size`.
     pub fn wrote(&self, file: &OpenFile, size: u64) {
         if let Some(inode) = self.table().inodes.get_mut(&file.ino) {

@@ -1036,8 +1036,16 @@ impl Filesystem for DfsFs {
             // Opening revalidates with the metadata server (close-to-open consistency), or
             // takes the attributes kept with an open delegation, which no other client's
             // change has been answered since.
-            let attr = s.client.open_attr(s.ino(ino), s.leases.delegations_hold());
-            let opened = match attr.await {
+            let id = s.ino(ino);
+            let attr = match s.client.open_attr(id, s.leases.delegations_hold()).await {
+                // Unlinked elsewhere while open here (a reopen through /proc/self/fd): the
+                // metadata server keeps it as an orphan for this mount's open, but opens it
+                // again only for mounts that have reported it open, which this one may not
+                // have done yet. The open it holds keeps the file; its attributes will do.
+                Err(FsError::NotFound) if s.files.holds(id) => s.client.getattr(id).await,
+                attr => attr,
+            };
+            let opened = match attr {
                 Ok(attr) => s
                     .client
                     .handle_for(attr.clone())
