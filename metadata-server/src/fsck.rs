@@ -5,8 +5,9 @@
 //! volume that still count the reference; every shard of those blocks is placed on a server
 //! that is up (else the block is degraded, or unavailable below k shards), or for a block
 //! kept inline, its bytes are there, and the file's inline allowance counts exactly the inline
-//! blocks it refers to. The blocks with shards go back with the page, so the CLI
-//! can have each chunk server re-verify their checksums.
+//! blocks it refers to; a file no name links to is kept as an orphan (to be freed after its
+//! last close). The blocks with shards go back with the page, so the CLI can have each chunk
+//! server re-verify their checksums.
 
 use crate::store::schema::{decode, kind_from_code, BlockRecord, InodeRecord, ServerRecord};
 use crate::store::tables::{get_inode, ReadTables};
@@ -61,6 +62,7 @@ pub fn check_page(
             FileKind::File => {
                 if resume_at == 0 {
                     page.files += 1;
+                    check_links(t, ino, &rec, &mut page)?;
                 }
                 let stopped = check_file(t, ino, &rec, resume_at, live, &mut page, &mut blocks)?;
                 if let Some(offset) = stopped {
@@ -126,6 +128,21 @@ fn check_dir(
 }
 
 /// Checks a file's extents from `offset`; returns where it stopped if the page filled up.
+/// A file with no name left is an orphan, kept while a mount has it open and listed as one
+/// so the leader frees it after: not listed, nothing would ever free it.
+fn check_links(
+    t: &ReadTables,
+    ino: InodeId,
+    rec: &InodeRecord,
+    page: &mut FsckPage,
+) -> FsResult<()> {
+    if rec.nlink == 0 && t.orphans.table()?.get(ino.0).db()?.is_none() {
+        let what = "no name links to it and it is not kept as an orphan: nothing frees it".into();
+        report(page, ino, None, false, what);
+    }
+    Ok(())
+}
+
 fn check_file(
     t: &ReadTables,
     ino: InodeId,

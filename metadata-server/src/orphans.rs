@@ -351,6 +351,32 @@ mod tests {
         assert_eq!(state(&db, g).0, Some(1));
     }
 
+    /// fsck: an orphan is a file with no name that is listed as one; a file with no name that
+    /// is not would never be freed, and is reported.
+    #[test]
+    fn fsck_reports_a_file_with_no_name_that_is_not_kept_as_an_orphan() {
+        use crate::store::tables::ReadTables;
+        use std::collections::HashSet;
+        let (_dir, db, root) = store_with_volume();
+        let f = file(&db, root, "f", 100);
+        run(&db, keeping(unlink(root, "f"))).unwrap();
+        let fsck = || {
+            let read = db.begin_read().unwrap();
+            crate::fsck::check_page(&ReadTables::open(&read), "v", None, &HashSet::new()).unwrap()
+        };
+        assert_eq!(fsck().problems, Vec::new(), "an orphan is no problem");
+
+        let tx = db.begin_write().unwrap();
+        tx.open_table(crate::store::schema::ORPHANS)
+            .unwrap()
+            .remove(f.0)
+            .unwrap();
+        tx.commit().unwrap();
+        let problems = fsck().problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].ino, f);
+    }
+
     #[test]
     fn a_new_leader_waits_out_the_grace_for_the_orphans_it_finds() {
         let reaper = Reaper::default();
