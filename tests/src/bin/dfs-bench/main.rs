@@ -3,6 +3,9 @@
 //! - `ec`: erasure encode and reconstruct throughput per policy (no I/O).
 //! - `creates`: file creates per second through the client library against a live cluster,
 //!   with one and with many concurrent tasks, next to the same creates in a local directory.
+//! - `apply`: the metadata server's state machine alone: commands applied to a store on this
+//!   disk as Raft hands them over (one command per entry and transaction), CPU time per
+//!   command (no log, no network).
 
 use clap::{Parser, Subcommand};
 use dfs_client::Client;
@@ -14,6 +17,8 @@ use dfs_common::proto::meta::FileKind;
 use dfs_common::EcPolicy;
 use std::path::PathBuf;
 use std::time::Instant;
+
+mod apply;
 
 #[derive(Parser)]
 struct Args {
@@ -50,12 +55,22 @@ enum Cmd {
         #[arg(long, default_value = "/tmp")]
         local: PathBuf,
     },
+    /// Commands applied to a metadata store, per kind.
+    Apply {
+        /// Commands of each kind.
+        #[arg(long, default_value_t = 3000)]
+        count: usize,
+        /// Where the store goes (a fresh directory is made in it).
+        #[arg(long, default_value = "/tmp")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {
         Cmd::Ec { block, blocks } => ec(block, blocks),
+        Cmd::Apply { count, dir } => apply::run(count, &dir),
         Cmd::Creates {
             meta,
             certs,
