@@ -75,7 +75,7 @@ pub fn write(
             )));
         }
     }
-    let (_, volume) = get_volume_by_id(t.volumes.table()?, rec.volume)?;
+    let (_, volume) = get_volume_by_id(t.volumes.table()?, t.volume_ids.table()?, rec.volume)?;
     let block = BlockId(t.next_id(NEXT_BLOCK, 1)?);
     let block_len = data.len() as u64;
     let block_rec = BlockRecord {

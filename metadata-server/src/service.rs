@@ -1346,7 +1346,7 @@ impl MetaService {
     async fn allocate_block(&self, ino: InodeId, call: Option<Call>) -> FsResult<BlockPlacement> {
         let (policy, block_size, full) = self.query_now(|t| {
             let rec = get_inode(t.inodes.table()?, ino)?;
-            let (_, vol) = get_volume_by_id(t.volumes.table()?, rec.volume)?;
+            let (_, vol) = get_volume_by_id(t.volumes.table()?, t.volume_ids.table()?, rec.volume)?;
             let state = get_volume_state(t.volume_state.table()?, rec.volume)?;
             Ok((vol.policy, vol.block_size, state.limits.require_full_writes))
         })?;

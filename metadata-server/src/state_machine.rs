@@ -776,7 +776,7 @@ fn allocate_block(
     if rec.kind != FileKind::File {
         return Err(FsError::invalid("blocks belong to regular files"));
     }
-    let (_, volume) = get_volume_by_id(t.volumes.table()?, rec.volume)?;
+    let (_, volume) = get_volume_by_id(t.volumes.table()?, t.volume_ids.table()?, rec.volume)?;
     if placement.len() != volume.policy.total() {
         return Err(FsError::unavailable(format!(
             "placement of {} servers for a {} block",

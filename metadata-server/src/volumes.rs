@@ -94,6 +94,7 @@ pub fn create(
         .table()?
         .insert(name, encode(&rec).as_slice())
         .db()?;
+    t.volume_ids.table()?.insert(id.0, name).db()?;
     let state = VolumeState {
         limits,
         bytes: 0,
@@ -182,6 +183,7 @@ pub fn delete(t: &mut WriteTables, name: &str, force: bool) -> FsResult<Outcome>
     }
     refs.apply(t)?;
     t.volumes.table()?.remove(name).db()?;
+    t.volume_ids.table()?.remove(rec.id.0).db()?;
     t.volume_state.table()?.remove(rec.id.0).db()?;
     Ok(Outcome::Done)
 }
@@ -277,6 +279,34 @@ pub fn check_writable(t: &mut WriteTables, op: &Op) -> FsResult<()> {
     Ok(())
 }
 
+/// Makes the index of volumes by id ([`VOLUME_IDS`](crate::store::schema::VOLUME_IDS)) say
+/// exactly what `volumes` holds: at open, for a store from before the index, and after a
+/// snapshot is installed (snapshots do not carry it). Writes only when it differs.
+pub fn index_ids(tx: &WriteTransaction) -> FsResult<()> {
+    let mut t = WriteTables::open(tx);
+    let mut want = Vec::new();
+    for item in t.volumes.table()?.iter().db()? {
+        let (name, value) = item.db()?;
+        let rec: VolumeRecord = decode(value.value())?;
+        want.push((rec.id.0, name.value().to_string()));
+    }
+    want.sort();
+    let mut have = Vec::new();
+    for item in t.volume_ids.table()?.iter().db()? {
+        let (id, name) = item.db()?;
+        have.push((id.value(), name.value().to_string()));
+    }
+    if have == want {
+        return Ok(());
+    }
+    let ids = t.volume_ids.table()?;
+    ids.retain(|_, _| false).db()?;
+    for (id, name) in &want {
+        ids.insert(*id, name.as_str()).db()?;
+    }
+    Ok(())
+}
+
 /// Gives every volume without a `volume_state` record (made before the table existed) one,
 /// with its usage counted from the inode table.
 pub fn backfill(tx: &WriteTransaction) -> FsResult<()> {
@@ -322,6 +352,67 @@ mod tests {
     fn state(db: &redb::Database, id: VolumeId) -> VolumeState {
         let tx = db.begin_read().unwrap();
         get_volume_state(&tx.open_table(VOLUME_STATE).unwrap(), id).unwrap()
+    }
+
+    /// Volumes are found by id through the index, which creates and deletes keep, a reopen
+    /// makes again when it is missing, and without which lookups still succeed.
+    #[test]
+    fn volumes_are_found_by_id_through_an_index_kept_and_made_at_open() {
+        use crate::store::tables::get_volume_by_id;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        let db = store::open(&path).unwrap();
+        let create = |name: &str| {
+            let op = Op::CreateVolume {
+                name: name.into(),
+                policy: "2+1".parse().unwrap(),
+                block_size: 1 << 20,
+                limits: VolumeLimits::default(),
+            };
+            let Ok(Outcome::Volume { record, .. }) = run(&db, op) else {
+                panic!("{name} not made")
+            };
+            record.id
+        };
+        let ids: Vec<VolumeId> = ["a", "b", "c"].into_iter().map(create).collect();
+        let delete = Op::DeleteVolume {
+            name: "b".into(),
+            force: false,
+        };
+        run(&db, delete).unwrap();
+        let index = |db: &redb::Database| -> Vec<(u64, String)> {
+            let tx = db.begin_read().unwrap();
+            let table = tx.open_table(VOLUME_IDS).unwrap();
+            let rows = table.iter().unwrap();
+            rows.map(|r| {
+                let (id, name) = r.unwrap();
+                (id.value(), name.value().to_string())
+            })
+            .collect()
+        };
+        let found = |db: &redb::Database, id: VolumeId| {
+            let tx = db.begin_read().unwrap();
+            let volumes = tx.open_table(VOLUMES).unwrap();
+            let ids = tx.open_table(VOLUME_IDS).unwrap();
+            get_volume_by_id(&volumes, &ids, id).map(|(name, rec)| (name, rec.id))
+        };
+        let kept = vec![(ids[0].0, "a".to_string()), (ids[2].0, "c".to_string())];
+        assert_eq!(index(&db), kept);
+        assert_eq!(found(&db, ids[2]), Ok(("c".into(), ids[2])));
+        assert!(matches!(found(&db, ids[1]), Err(FsError::Corrupt(_))));
+
+        // A store without the index: lookups go through every volume, and a reopen makes it.
+        let tx = db.begin_write().unwrap();
+        tx.open_table(VOLUME_IDS)
+            .unwrap()
+            .retain(|_, _| false)
+            .unwrap();
+        tx.commit().unwrap();
+        assert_eq!(index(&db), Vec::new());
+        assert_eq!(found(&db, ids[0]), Ok(("a".into(), ids[0])));
+        drop(db);
+        let db = store::open(&path).unwrap();
+        assert_eq!(index(&db), kept);
     }
 
     #[test]

@@ -623,6 +623,7 @@ fn install(
         }
         let to = db.begin_write().db()?;
         copy_tables(&from, &to)?;
+        crate::volumes::index_ids(&to)?;
         {
             let mut raft = to.open_table(RAFT).db()?;
             raft.insert(MEMBERSHIP, encode(&meta.last_membership).as_slice())

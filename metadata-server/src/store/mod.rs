@@ -55,6 +55,7 @@ pub fn open_with_cache(path: &Path, cache: usize) -> FsResult<Arc<Database>> {
     };
     tables::WriteTables::create_all(&tx)?;
     crate::volumes::backfill(&tx)?;
+    crate::volumes::index_ids(&tx)?;
     if !allowances_kept {
         crate::inline::backfill(&tx)?;
     }

@@ -69,6 +69,10 @@ pub const LOCK_SESSIONS: TableDefinition<u64, u8> = TableDefinition::new("lock_s
 /// Regular files without a name kept for the mounts that may have them open: inode -> the
 /// size whose usage was given back when its last name went.
 pub const ORPHANS: TableDefinition<u64, u64> = TableDefinition::new("orphans");
+/// Volume id -> name, so that a volume is found by its id without going through them all.
+/// Derived from `volumes` (made at open and after a snapshot is installed, kept by creates and
+/// deletes): not part of the replicated state that snapshots copy and digests hash.
+pub const VOLUME_IDS: TableDefinition<u64, &str> = TableDefinition::new("volume_ids");
 
 pub const NEXT_INODE: &str = "next_inode";
 pub const NEXT_BLOCK: &str = "next_block";

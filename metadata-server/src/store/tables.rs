@@ -61,6 +61,7 @@ pub struct WriteTables<'t> {
     pub locks: WriteTable<'t, u64, &'static [u8]>,
     pub lock_sessions: WriteTable<'t, u64, u8>,
     pub orphans: WriteTable<'t, u64, u64>,
+    pub volume_ids: WriteTable<'t, u64, &'static str>,
     /// Set while a `KeepOrphans` command applies: a regular file losing its last name is kept
     /// as an orphan rather than freed.
     pub keep_orphans: bool,
@@ -92,6 +93,7 @@ impl<'t> WriteTables<'t> {
             locks: WriteTable::new(tx, LOCKS),
             lock_sessions: WriteTable::new(tx, LOCK_SESSIONS),
             orphans: WriteTable::new(tx, ORPHANS),
+            volume_ids: WriteTable::new(tx, VOLUME_IDS),
             keep_orphans: false,
             orphaned: Vec::new(),
         }
@@ -120,6 +122,7 @@ impl<'t> WriteTables<'t> {
         t.locks.table()?;
         t.lock_sessions.table()?;
         t.orphans.table()?;
+        t.volume_ids.table()?;
         Ok(())
     }
 
@@ -214,11 +217,24 @@ pub fn dir_is_empty(
     Ok(range.next().is_none())
 }
 
+/// The volume with id `id`, and its name.
 pub fn get_volume_by_id(
-    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    volumes: &impl ReadableTable<&'static str, &'static [u8]>,
+    ids: &impl ReadableTable<u64, &'static str>,
     id: VolumeId,
 ) -> FsResult<(String, VolumeRecord)> {
-    for item in t.iter().db()? {
+    if let Some(name) = ids.get(id.0).db()? {
+        let name = name.value();
+        if let Some(value) = volumes.get(name).db()? {
+            let rec: VolumeRecord = decode(value.value())?;
+            if rec.id == id {
+                return Ok((name.to_string(), rec));
+            }
+        }
+    }
+    // Not in the index (a snapshot from a server without it, installed before the next
+    // restart makes it): every volume is looked at.
+    for item in volumes.iter().db()? {
         let (name, value) = item.db()?;
         let rec: VolumeRecord = decode(value.value())?;
         if rec.id == id {
@@ -320,6 +336,7 @@ pub struct ReadTables<'a> {
     pub locks: ReadTable<'a, u64, &'static [u8]>,
     pub lock_sessions: ReadTable<'a, u64, u8>,
     pub orphans: ReadTable<'a, u64, u64>,
+    pub volume_ids: ReadTable<'a, u64, &'static str>,
 }
 
 impl<'a> ReadTables<'a> {
@@ -344,6 +361,7 @@ impl<'a> ReadTables<'a> {
             locks: ReadTable::new(tx, LOCKS),
             lock_sessions: ReadTable::new(tx, LOCK_SESSIONS),
             orphans: ReadTable::new(tx, ORPHANS),
+            volume_ids: ReadTable::new(tx, VOLUME_IDS),
         }
     }
 }

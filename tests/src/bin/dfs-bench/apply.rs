@@ -93,7 +93,7 @@ fn keep_inline(ino: InodeId, len: usize, append: bool) -> Op {
     }
 }
 
-pub fn run(count: usize, dir: &Path) -> anyhow::Result<()> {
+pub fn run(count: usize, other_volumes: usize, dir: &Path) -> anyhow::Result<()> {
     let dir = tempfile::tempdir_in(dir)?;
     let db = dfs_meta::store::open(&dir.path().join("meta.redb"))?;
     let mut store = Store {
@@ -102,6 +102,15 @@ pub fn run(count: usize, dir: &Path) -> anyhow::Result<()> {
         index: 0,
         seq: 0,
     };
+    // Other volumes, listed before the one under test.
+    for i in 0..other_volumes {
+        store.apply(Op::CreateVolume {
+            name: format!("a{i:05}"),
+            policy: "4+2".parse()?,
+            block_size: 4 << 20,
+            limits: Default::default(),
+        })?;
+    }
     let Outcome::Volume { record, .. } = store.apply(Op::CreateVolume {
         name: "v".into(),
         policy: "4+2".parse()?,
@@ -171,7 +180,10 @@ pub fn run(count: usize, dir: &Path) -> anyhow::Result<()> {
         each * batches / count as f64,
     ));
 
-    println!("| command ({count} of each, one per transaction) | µs of CPU each |");
+    println!(
+        "| command ({count} of each, one per transaction; {} volumes) | µs of CPU each |",
+        other_volumes + 1
+    );
     println!("|---|---|");
     for (what, each) in rows {
         println!("| {what} | {each:.1} |");

@@ -60,6 +60,9 @@ enum Cmd {
         /// Commands of each kind.
         #[arg(long, default_value_t = 3000)]
         count: usize,
+        /// Volumes in the store besides the one written to.
+        #[arg(long, default_value_t = 0)]
+        other_volumes: usize,
         /// Where the store goes (a fresh directory is made in it).
         #[arg(long, default_value = "/tmp")]
         dir: PathBuf,
@@ -70,7 +73,11 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {
         Cmd::Ec { block, blocks } => ec(block, blocks),
-        Cmd::Apply { count, dir } => apply::run(count, &dir),
+        Cmd::Apply {
+            count,
+            other_volumes,
+            dir,
+        } => apply::run(count, other_volumes, &dir),
         Cmd::Creates {
             meta,
             certs,
