@@ -682,6 +682,38 @@ fn a_file_held_open_is_reopened_through_proc_after_an_unlink_elsewhere() {
     );
 }
 
+/// A file replaced by a rename on one mount is opened by its name on another before that one
+/// has heard of the change: its kernel still has the name for the old file, gone there but
+/// for the other mounts' reports (an orphan). The open answers ESTALE, as NFS does, and the
+/// kernel looks the name up again and opens the new file, rather than failing with ENOENT
+/// for a name that exists; a name unlinked there is found gone.
+#[test]
+fn a_name_replaced_elsewhere_opens_the_new_file_before_the_change_is_heard() {
+    use std::os::unix::fs::MetadataExt;
+    let cluster = group_of_three(|_| {});
+    // Names kept for a minute: the reader's kernel holds the old one throughout.
+    let (reader, http) =
+        crate::observe::mount_with_faults(&cluster, "v", "reader", "attr_timeout=60");
+    let writer = Mount::new(&cluster, "v", "writer", "").unwrap();
+    fs::write(writer.path("config"), b"version 1").unwrap();
+    fs::write(writer.path("gone"), b"removed soon").unwrap();
+    assert_eq!(fs::read(reader.path("config")).unwrap(), b"version 1");
+    assert_eq!(fs::read(reader.path("gone")).unwrap(), b"removed soon");
+    let old = fs::metadata(reader.path("config")).unwrap().ino();
+    // The reader hears of nothing from here on.
+    crate::coherence::hold_before_next_poll(&cluster, http, &writer);
+    fs::write(writer.path("config.new"), b"version 2").unwrap();
+    fs::rename(writer.path("config.new"), writer.path("config")).unwrap();
+    fs::remove_file(writer.path("gone")).unwrap();
+    let seen = fs::metadata(reader.path("config")).unwrap().ino();
+    assert_eq!(seen, old, "the reader's kernel still has the old name");
+    assert_eq!(fs::read(reader.path("config")).unwrap(), b"version 2");
+    // A name unlinked elsewhere: gone, as on a local file system.
+    let err = fs::read(reader.path("gone")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+    crate::observe::mount_fault(http, "mount.watch_changes", "disarm");
+}
+
 /// One of the first member's log figures (`dfs_meta_log{what=...}`).
 fn log_figure(cluster: &ProcessCluster, what: &str) -> f64 {
     let series = format!("dfs_meta_log{{what=\"{what}\"}}");

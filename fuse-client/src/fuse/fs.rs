@@ -1055,6 +1055,11 @@ impl Filesystem for DfsFs {
             };
             match opened {
                 Ok((file, cache, attr)) => s.reply_opened(reply, file, flags.0, cache, &attr),
+                // The kernel opens by inode, through a name it still holds: the file went
+                // (unlinked or replaced elsewhere) before this mount heard of it. As NFS does
+                // for a stale handle: ESTALE, and the kernel looks the path up again (at the
+                // metadata server) and retries once, finding the name's new file or none.
+                Err(FsError::NotFound) => reply.error(Errno::ESTALE),
                 Err(e) => reply.error(errno(&e)),
             }
         });
