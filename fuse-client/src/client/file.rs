@@ -545,7 +545,11 @@ impl FileHandle {
                 .iter()
                 .map(|(at, r)| (at - base, r.len() as u64))
                 .collect(),
-            data: runs.iter().flat_map(|(_, r)| r).copied().collect(),
+            data: runs
+                .iter()
+                .map(|(_, r)| r.as_slice())
+                .collect::<Vec<_>>()
+                .concat(),
             mtime: self.commit_mtime(),
             append: self.append,
         };

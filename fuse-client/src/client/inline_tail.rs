@@ -7,6 +7,8 @@
 //! are never replaced by older ones.
 
 use dfs_common::proto::meta::{Extent, Layout};
+use dfs_common::BlockId;
+use std::collections::HashMap;
 
 /// The inline tail of a file as a layout shows it.
 #[derive(Debug, PartialEq, Eq)]
@@ -29,18 +31,19 @@ pub fn find(layout: &Layout) -> Option<InlineTail> {
     }
     let mut extents: Vec<&Extent> = layout.extents.iter().collect();
     extents.sort_by_key(|e| e.file_offset);
+    // A tail of small appends is an extent and a block per append: looked up, not searched.
+    let inline: HashMap<BlockId, &[u8]> = layout
+        .blocks
+        .iter()
+        .filter_map(|b| Some((b.block, b.inline.as_deref()?)))
+        .collect();
     let mut start = size;
     let mut picked = Vec::new();
     for e in extents.iter().rev() {
         if e.file_offset.checked_add(e.len) != Some(start) || e.len == 0 {
             break;
         }
-        let Some(bytes) = layout
-            .blocks
-            .iter()
-            .find(|b| b.block == e.block)
-            .and_then(|b| b.inline.as_deref())
-        else {
+        let Some(&bytes) = inline.get(&e.block) else {
             break;
         };
         let from = usize::try_from(e.block_offset).ok()?;
@@ -55,7 +58,7 @@ pub fn find(layout: &Layout) -> Option<InlineTail> {
     Some(InlineTail {
         from: start,
         extents: picked.iter().map(|(e, _)| *e).collect(),
-        bytes: picked.iter().flat_map(|(_, s)| s.iter().copied()).collect(),
+        bytes: picked.iter().map(|(_, s)| *s).collect::<Vec<_>>().concat(),
     })
 }
 
