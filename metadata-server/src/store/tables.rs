@@ -232,8 +232,8 @@ pub fn get_volume_by_id(
             }
         }
     }
-    // Not in the index (a snapshot from a server without it, installed before the next
-    // restart makes it): every volume is looked at.
+    // The index is derived (made at open and after a snapshot is installed): should it miss
+    // the volume or name another one, every volume is looked at, so no answer rests on it.
     for item in volumes.iter().db()? {
         let (name, value) = item.db()?;
         let rec: VolumeRecord = decode(value.value())?;
