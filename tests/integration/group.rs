@@ -97,7 +97,7 @@ fn agreeing_digests(cluster: &ProcessCluster, running: &[usize]) -> String {
 }
 
 /// Six chunk servers, volume `v`, and a metadata group grown to three members.
-fn group_of_three(configure: impl FnOnce(&mut ProcessCluster)) -> ProcessCluster {
+pub(crate) fn group_of_three(configure: impl FnOnce(&mut ProcessCluster)) -> ProcessCluster {
     let mut cluster = one_member_of_three(configure);
     add_member(&mut cluster, 1);
     add_member(&mut cluster, 2);

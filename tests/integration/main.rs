@@ -16,6 +16,7 @@ mod mount;
 mod namespace;
 mod observe;
 mod orphans;
+mod shared_model;
 mod sharing;
 mod transport;
 mod volumes;
