@@ -12,9 +12,9 @@
 //!   runs out within the lease of the last time the feed was known whole, and later grants
 //!   fall back to `attr_timeout`.
 //! - Every name and inode granted a long timeout is remembered, so that a feed that reports
-//!   missed changes can drop all of them from the kernel. Past [`MAX_REMEMBERED`] names,
-//!   long grants pause for one lease (those already made run out meanwhile) and the memory
-//!   starts afresh.
+//!   missed changes can drop all of them from the kernel (with an `attr_timeout` longer than
+//!   the lease, every grant is). Past [`MAX_REMEMBERED`] names, long grants pause for one
+//!   lease (those already made run out meanwhile) and the memory starts afresh.
 //!
 //! Directory listings follow the same rules, enforced where the kernel asks to open the
 //! directory: the kernel may list it from the listing it keeps ([`Leases::keep_listing`])
@@ -196,16 +196,21 @@ impl Leases {
 
     fn grant(&self, item: impl FnOnce(&mut Granted) -> bool) -> Duration {
         let now = Instant::now();
-        let Some(left) = self.left(now) else {
-            return self.fallback;
+        let (ttl, pause) = match self.left(now) {
+            Some(left) => (left, self.lease),
+            // Long grants are off because the fallback is the longer (a mount with a long
+            // `attr_timeout`): its grants are remembered all the same, so that a feed that
+            // reports missed changes (a new leader) drops them from the kernel too.
+            None if !self.enabled() => (self.fallback, self.fallback),
+            None => return self.fallback,
         };
         let remembered = self
             .granted
             .lock()
             .expect("leases lock")
-            .remember(now, self.lease, item);
+            .remember(now, pause, item);
         if remembered {
-            left
+            ttl
         } else {
             self.fallback
         }
@@ -259,6 +264,20 @@ mod tests {
         leases.lapse();
         assert_eq!(leases.attr(InodeId(3)), SHORT);
         assert_eq!(leases.kept_for(), SHORT);
+    }
+
+    #[test]
+    fn with_a_fallback_longer_than_the_lease_every_grant_is_remembered_for_missed_changes() {
+        let leases = Leases::new(LONG, SHORT);
+        assert!(!leases.enabled());
+        assert_eq!(leases.name(InodeId(1), "a", Some(InodeId(2))), LONG);
+        assert_eq!(leases.attr(InodeId(7)), LONG);
+        let taken = leases.take();
+        assert_eq!(taken.names[&InodeId(1)], HashSet::from(["a".to_string()]));
+        assert_eq!(taken.inodes, HashSet::from([InodeId(2), InodeId(7)]));
+        // Still no listing kept by the kernel: that needs the feed's lease.
+        leases.confirm(Instant::now());
+        assert!(!leases.keep_listing(InodeId(5)) && !leases.keep_listing(InodeId(5)));
     }
 
     #[test]
