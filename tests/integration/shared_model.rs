@@ -126,8 +126,8 @@ struct Run {
     model: Model,
     /// Mode bits a create leaves out.
     umask: u32,
-    /// Files held open for reading: by which mount, and which model file (it lives on, with
-    /// its data, after its last name is gone).
+    /// Files held open (read and write): by which mount, and which model file (it lives on,
+    /// with its data, after its last name is gone).
     held: Vec<(usize, File, usize)>,
     history: VecDeque<String>,
     ops: usize,
@@ -209,7 +209,7 @@ impl Run {
     /// Makes one random operation on a random mount and checks it.
     fn step(&mut self) {
         let m = self.rng.random_range(0..2);
-        let roll = self.rng.random_range(0..110);
+        let roll = self.rng.random_range(0..115);
         // Paths whose view the operation may change, besides the names of `files`.
         let mut touched: Vec<String> = Vec::new();
         // Files whose data, attributes or links the operation may change.
@@ -408,6 +408,35 @@ impl Run {
             }
             95..=96 => return self.hold(m),
             97 => return self.read_held(),
+            110..=114 if !self.held.is_empty() => {
+                // A write through a file held open, synced: it may have no name left.
+                let i = self.rng.random_range(0..self.held.len());
+                let (hm, id) = (self.held[i].0, self.held[i].2);
+                let size = self.model.files[id].data.len();
+                let at = self.rng.random_range(0..=size);
+                let mut data = vec![0u8; self.rng.random_range(1..=3000)];
+                self.rng.fill_bytes(&mut data);
+                let file = &self.held[i].1;
+                let got = outcome(
+                    file.write_all_at(&data, at as u64)
+                        .and_then(|()| file.sync_data()),
+                );
+                let model = &mut self.model.files[id].data;
+                if model.len() < at + data.len() {
+                    model.resize(at + data.len(), 0);
+                }
+                model[at..at + data.len()].copy_from_slice(&data);
+                files.push(id);
+                self.finish(
+                    hm,
+                    format!("write held file {id} at {at} ({} bytes), fsync", data.len()),
+                    Ok(()),
+                    got,
+                    touched,
+                    files,
+                );
+                return;
+            }
             98..=105 => {
                 let path = self.some_existing(|n| matches!(n, Node::File(_)));
                 let name = XATTRS[self.rng.random_range(0..XATTRS.len())];
@@ -517,10 +546,13 @@ impl Run {
         self.finish(m, format!("rename {src} {dst}"), want, got, touched, files);
     }
 
-    /// Opens a file for reading on mount `m` and keeps it open (at most [`HELD`] at once).
+    /// Opens a file on mount `m` and keeps it open (at most [`HELD`] at once).
     fn hold(&mut self, m: usize) {
         let path = self.some_existing(|n| matches!(n, Node::File(_)));
-        let opened = File::open(self.path(m, &path));
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.path(m, &path));
         self.note(format!(
             "hold {path} open on mount {m}: {:?}",
             opened.as_ref().err()
