@@ -1265,3 +1265,62 @@ fn uploads_following_each_other_use_placements_fetched_ahead() {
         );
     }
 }
+
+/// A file cut short by a call that names no descriptor (`truncate` by path, or the truncate
+/// the kernel makes for `open(O_TRUNC)`) or names another one shows the size of what is
+/// written after it, at once: the descriptors open on it must not bring back the old size. Measured before the fix: a
+/// file of 1,796 bytes rewritten with 31 showed 1,796 (until its attributes expired) after
+/// the write, and after a change of its times as `tar x` makes before the close.
+#[test]
+fn a_file_rewritten_after_a_truncate_by_path_shows_its_new_size_at_once() {
+    let cluster = cluster_with_volume();
+    let m = Mount::new(&cluster, "default", "mnt", "").unwrap();
+    let when = std::time::UNIX_EPOCH + Duration::from_secs(1_200_000_000);
+    // Inline (in the metadata store) and in a block.
+    for (name, old_len) in [("small", 1796), ("large", 300_000)] {
+        let path = m.path(name);
+        fs::write(&path, vec![b'x'; old_len]).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), old_len as u64);
+
+        // open(O_TRUNC), a write, the times set before the close.
+        let mut f = fs::File::create(&path).unwrap();
+        assert_eq!(
+            f.metadata().unwrap().len(),
+            0,
+            "{name}: after open(O_TRUNC)"
+        );
+        f.write_all(&[b'y'; 31]).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 31, "{name}: after the write");
+        f.set_times(fs::FileTimes::new().set_modified(when))
+            .unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 31, "{name}: after the times");
+        drop(f);
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!((meta.len(), meta.mtime()), (31, 1_200_000_000), "{name}");
+        assert_eq!(fs::read(&path).unwrap(), [b'y'; 31]);
+
+        // A truncate through another descriptor, or by path, while one is open; then a write
+        // through that one.
+        for how in ["another descriptor", "truncate(1)"] {
+            fs::write(&path, vec![b'x'; old_len]).unwrap();
+            let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+            assert_eq!(f.metadata().unwrap().len(), old_len as u64);
+            if how == "truncate(1)" {
+                let status = Command::new("truncate")
+                    .args(["-s", "0"])
+                    .arg(&path)
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+            } else {
+                let g = fs::OpenOptions::new().write(true).open(&path).unwrap();
+                g.set_len(0).unwrap();
+            }
+            f.write_all(&[b'z'; 31]).unwrap();
+            assert_eq!(f.metadata().unwrap().len(), 31, "{name}: after {how}");
+            drop(f);
+            assert_eq!(fs::metadata(&path).unwrap().len(), 31, "{name}: {how}");
+            assert_eq!(fs::read(&path).unwrap(), [b'z'; 31], "{name}: {how}");
+        }
+    }
+}

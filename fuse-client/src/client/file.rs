@@ -898,6 +898,17 @@ impl FileHandle {
         self.long_layout = false;
     }
 
+    /// The file's size was set at the metadata server by another call of this client (a
+    /// truncate by path). Bytes still buffered here (written meanwhile) stay, and extend it
+    /// again as they would a local file.
+    pub fn resized(&mut self, size: u64) {
+        self.forget_layout();
+        self.size = size.max(self.dirty.end());
+        self.known_size = size;
+        self.inline_spent = false;
+        self.no_inline_tail = false;
+    }
+
     /// Sets the size: drops bytes beyond it, or extends with zeros.
     pub async fn truncate(&mut self, size: u64) -> FsResult<()> {
         self.flush().await?;

@@ -405,6 +405,34 @@ impl OpenFiles {
         }
     }
 
+    /// The size of `ino` was set at the metadata server by a call of this mount that named no
+    /// descriptor (a truncate by path, or the one the kernel makes for `open(O_TRUNC)`): its
+    /// descriptors here take the new size. Otherwise a write through one of them would raise
+    /// the size this mount shows back to the old one until its flush.
+    pub async fn resized(&self, ino: InodeId, size: u64) {
+        self.resize(ino, size, None).await;
+    }
+
+    /// Gives the descriptors of `ino` but `except` the size `size`, set at the server.
+    async fn resize(&self, ino: InodeId, size: u64, except: Option<u64>) {
+        let files: Vec<Arc<OpenFile>> = {
+            let table = self.table();
+            let files = table.files.values();
+            let files = files.filter(|f| f.ino == ino && Some(f.fh) != except);
+            files.cloned().collect()
+        };
+        for file in files {
+            let mut handle = file.lock().await;
+            handle.resized(size);
+            if let Some(inode) = self.table().inodes.get_mut(&ino) {
+                if let Some(buffered) = inode.dirty.get_mut(&file.fh) {
+                    *buffered = handle.size();
+                }
+            }
+        }
+        self.forget_layouts(Some(ino));
+    }
+
     fn clean(&self, file: &OpenFile) {
         if let Some(inode) = self.table().inodes.get_mut(&file.ino) {
             inode.dirty.remove(&file.fh);
@@ -655,8 +683,9 @@ impl OpenFiles {
         let mut handle = file.lock().await;
         let result = handle.truncate(size).await;
         self.clean(file);
+        let new_size = handle.size();
         drop(handle);
-        self.forget_layouts(Some(file.ino));
+        self.after_resize(file, &result, new_size).await;
         result
     }
 
@@ -666,9 +695,18 @@ impl OpenFiles {
         let mut handle = file.lock().await;
         let result = handle.allocate(end).await;
         self.clean(file);
+        let new_size = handle.size();
         drop(handle);
-        self.forget_layouts(Some(file.ino));
+        self.after_resize(file, &result, new_size).await;
         result
+    }
+
+    /// After a size change through `file`: the file's other descriptors take the new size.
+    async fn after_resize(&self, file: &OpenFile, result: &FsResult<()>, size: u64) {
+        match result {
+            Ok(()) => self.resize(file.ino, size, Some(file.fh)).await,
+            Err(_) => self.forget_layouts(Some(file.ino)),
+        }
     }
 
     /// Closes descriptor `fh`: flushes it. Errors of earlier writes surface here, as with NFS.

@@ -812,9 +812,14 @@ impl Filesystem for DfsFs {
                     return reply.error(errno(&e));
                 }
             }
+            let by_path = set.size;
             let result = s.client.setattr(ino, set).await;
-            if size.is_some() {
-                s.files.forget_layouts(Some(ino));
+            match (&result, by_path) {
+                // A truncate by path (or `open(O_TRUNC)`, which names no descriptor): the
+                // descriptors open here take the new size.
+                (Ok(attr), Some(_)) => s.files.resized(ino, attr.size).await,
+                (Err(_), Some(_)) => s.files.forget_layouts(Some(ino)),
+                _ => {}
             }
             s.reply_attr(reply, result);
         });
