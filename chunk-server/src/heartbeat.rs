@@ -21,8 +21,13 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     pub async fn run(self, endpoint: Endpoint, shutdown: CancellationToken) {
+        // A heartbeat that goes unanswered this long is given up and the next one goes out
+        // on a new connection: a metadata server that was restarted knows no chunk server
+        // until each heartbeats again, and holds allocations meanwhile only for its server
+        // timeout (2 s in the tests), so a call stuck on the dead process's connection must
+        // not take longer than that.
         let peer = Peer::new(endpoint, self.meta)
-            .with_timeout(self.interval.max(Duration::from_secs(2)) * 2);
+            .with_timeout((self.interval * 2).max(Duration::from_secs(1)));
         let mut reachable = true;
         loop {
             match self.beat(&peer).await {

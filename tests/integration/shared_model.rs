@@ -1,15 +1,14 @@
-//! A model test of one directory tree shared by two mounts, as an NFS share is: a seeded
-//! random sequence of namespace and small-file operations (create, write, append, truncate,
-//! rename, link, unlink, symlink, mkdir, rmdir, chmod, extended attributes, reads through
-//! files held open), each made on one mount or the other and checked against an in-memory
-//! model. An operation's outcome must be the model's (success, or the error a local file
-//! system gives). The paths it touched, their parents and every name of the files it changed
-//! must then show as the model says: at once on the mount that made the change, and on the
-//! other within [`LIMIT`]. The mounts run with the default options: while they follow the
-//! change feed they keep names and attributes for a 30 s lease, so only the feed (or, after a
-//! failover, its word that changes were missed) can bring a change there in time. Every
-//! [`FULL_CHECK_EVERY`] operations, and at the end, both mounts' whole trees are compared with
-//! the model, hard links by inode number too.
+//! A model test of one directory tree shared by two mounts, as an NFS share is: a seeded random
+//! sequence of namespace and small-file operations (create, write, append, truncate, rename, link,
+//! unlink, symlink, mkdir, rmdir, chmod, times, extended attributes, reads and writes through files
+//! held open), each made on one mount or the other and checked against an in-memory model. An
+//! operation's outcome must be the model's (success, or the error a local file system gives). The
+//! paths it touched, their parents and every name of the files it changed must then show as the
+//! model says: at once on the mount that made the change, and on the other within [`LIMIT`]. The
+//! mounts run with the default options: while they follow the change feed they keep names and
+//! attributes for a 30 s lease, so only the feed (or, after a failover, its word that changes were
+//! missed) can bring a change there in time. Every [`FULL_CHECK_EVERY`] operations, and at the end,
+//! both mounts' whole trees are compared with the model, hard links by inode number too.
 //!
 //! The seed is printed, and `DFS_SHARED_MODEL_SEED` replays one; a mismatch panics with the
 //! seed and the operations that led to it.
@@ -62,6 +61,8 @@ struct FileData {
     mode: u32,
     /// Extended attributes in the `user.` namespace.
     xattrs: BTreeMap<String, Vec<u8>>,
+    /// The modification time last set (seconds), while no write came after it.
+    mtime: Option<i64>,
 }
 
 struct Model {
@@ -209,7 +210,7 @@ impl Run {
     /// Makes one random operation on a random mount and checks it.
     fn step(&mut self) {
         let m = self.rng.random_range(0..2);
-        let roll = self.rng.random_range(0..115);
+        let roll = self.rng.random_range(0..120);
         // Paths whose view the operation may change, besides the names of `files`.
         let mut touched: Vec<String> = Vec::new();
         // Files whose data, attributes or links the operation may change.
@@ -224,6 +225,12 @@ impl Run {
                     Some(Node::Symlink(_)) => Err(libc::ENOENT),
                     _ => Ok(()),
                 };
+                // Now and then as `tar x` does: the times set before the close, while the
+                // written bytes may still wait in the mount.
+                let mtime = self
+                    .rng
+                    .random_bool(0.3)
+                    .then(|| self.rng.random_range(1_000_000_000..1_500_000_000));
                 let p = self.path(m, &path);
                 let got = outcome(
                     OpenOptions::new()
@@ -232,7 +239,13 @@ impl Run {
                         .truncate(true)
                         .mode(0o644)
                         .open(&p)
-                        .and_then(|mut f| f.write_all(&data)),
+                        .and_then(|mut f| {
+                            f.write_all(&data)?;
+                            if let Some(t) = mtime {
+                                f.set_times(times(t))?;
+                            }
+                            close(f)
+                        }),
                 );
                 if want.is_ok() {
                     let id = match self.model.paths.get(&path) {
@@ -242,6 +255,7 @@ impl Run {
                                 data: Vec::new(),
                                 mode: 0o644 & !self.umask,
                                 xattrs: BTreeMap::new(),
+                                mtime: None,
                             });
                             let id = self.model.files.len() - 1;
                             self.model.paths.insert(path.clone(), Node::File(id));
@@ -249,26 +263,27 @@ impl Run {
                         }
                     };
                     self.model.files[id].data = data.clone();
+                    self.model.files[id].mtime = mtime;
                     files.push(id);
                 }
                 touched.push(path.clone());
-                (format!("write {path} ({} bytes)", data.len()), want, got)
+                let what = format!("write {path} ({} bytes, mtime {mtime:?})", data.len());
+                (what, want, got)
             }
             20..=29 => {
                 let path = self.some_existing(|n| matches!(n, Node::File(_)));
                 let mut data = self.random_bytes();
                 data.truncate(self.rng.random_range(1..=4000));
                 let p = self.path(m, &path);
-                let got = outcome(
-                    OpenOptions::new()
-                        .append(true)
-                        .open(&p)
-                        .and_then(|mut f| f.write_all(&data)),
-                );
+                let got = outcome(OpenOptions::new().append(true).open(&p).and_then(|mut f| {
+                    f.write_all(&data)?;
+                    close(f)
+                }));
                 let want = match self.model.paths.get(&path) {
                     Some(Node::File(id)) => {
                         let id = *id;
                         self.model.files[id].data.extend_from_slice(&data);
+                        self.model.files[id].mtime = None;
                         files.push(id);
                         Ok(())
                     }
@@ -280,16 +295,15 @@ impl Run {
                 let path = self.some_existing(|n| matches!(n, Node::File(_)));
                 let to = self.rng.random_range(0..=100_000usize);
                 let p = self.path(m, &path);
-                let got = outcome(
-                    OpenOptions::new()
-                        .write(true)
-                        .open(&p)
-                        .and_then(|f| f.set_len(to as u64)),
-                );
+                let got = outcome(OpenOptions::new().write(true).open(&p).and_then(|f| {
+                    f.set_len(to as u64)?;
+                    close(f)
+                }));
                 let want = match self.model.paths.get(&path) {
                     Some(Node::File(id)) => {
                         let id = *id;
                         self.model.files[id].data.resize(to, 0);
+                        self.model.files[id].mtime = None;
                         files.push(id);
                         Ok(())
                     }
@@ -426,6 +440,7 @@ impl Run {
                     model.resize(at + data.len(), 0);
                 }
                 model[at..at + data.len()].copy_from_slice(&data);
+                self.model.files[id].mtime = None;
                 files.push(id);
                 self.finish(
                     hm,
@@ -436,6 +451,23 @@ impl Run {
                     files,
                 );
                 return;
+            }
+            115..=119 => {
+                let path = self.some_existing(|n| matches!(n, Node::File(_)));
+                let t = self.rng.random_range(1_000_000_000..1_500_000_000);
+                let got =
+                    outcome(File::open(self.path(m, &path)).and_then(|f| f.set_times(times(t))));
+                let want = match self.model.paths.get(&path) {
+                    Some(Node::File(id)) => {
+                        let id = *id;
+                        self.model.files[id].mtime = Some(t);
+                        files.push(id);
+                        Ok(())
+                    }
+                    _ => Err(libc::ENOENT),
+                };
+                touched.push(path.clone());
+                (format!("set times of {path} to {t}"), want, got)
             }
             98..=105 => {
                 let path = self.some_existing(|n| matches!(n, Node::File(_)));
@@ -727,6 +759,15 @@ impl Run {
                         want.mode
                     ));
                 }
+                if let Some(t) = want.mtime {
+                    if (meta.mtime(), meta.mtime_nsec()) != (t, 0) {
+                        return Err(format!(
+                            "{path}: mtime {}.{:09}, the model {t}",
+                            meta.mtime(),
+                            meta.mtime_nsec()
+                        ));
+                    }
+                }
                 if meta.nlink() != links {
                     return Err(format!("{path}: {} links, the model {links}", meta.nlink()));
                 }
@@ -781,6 +822,25 @@ impl Run {
             }
         }
     }
+}
+
+/// Closes `file`, with what `close(2)` says: a mount reports a failed flush there (dropping
+/// a `File` ignores it).
+fn close(file: File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let fd = file.into_raw_fd();
+    // SAFETY: `fd` was just taken from the file, which will not close it again.
+    if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Access and modification times both `secs` after the epoch.
+fn times(secs: i64) -> fs::FileTimes {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(secs as u64);
+    fs::FileTimes::new().set_accessed(t).set_modified(t)
 }
 
 fn c_path(path: &Path) -> CString {
