@@ -11,6 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// How long a heartbeat may go unanswered: long enough for a busy metadata server (a call
+/// given up costs a new connection, whose handshake costs the server more).
+pub fn heartbeat_timeout(interval: Duration) -> Duration {
+    interval.max(Duration::from_secs(2)) * 2
+}
+
 pub struct Heartbeat {
     pub server: ServerId,
     pub advertise: String,
@@ -21,13 +27,9 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     pub async fn run(self, endpoint: Endpoint, shutdown: CancellationToken) {
-        // A heartbeat that goes unanswered this long is given up and the next one goes out
-        // on a new connection: a metadata server that was restarted knows no chunk server
-        // until each heartbeats again, and holds allocations meanwhile only for its server
-        // timeout (2 s in the tests), so a call stuck on the dead process's connection must
-        // not take longer than that.
-        let peer = Peer::new(endpoint, self.meta)
-            .with_timeout((self.interval * 2).max(Duration::from_secs(1)));
+        // A heartbeat unanswered this long is given up, and the next goes out on a new
+        // connection (a restarted metadata server waits for that: `Membership::live_when_known`).
+        let peer = Peer::new(endpoint, self.meta).with_timeout(heartbeat_timeout(self.interval));
         let mut reachable = true;
         loop {
             match self.beat(&peer).await {

@@ -9,6 +9,11 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// How long after this server starts a chunk server may take to register: a heartbeat it
+/// sent to the process before (whose connection is dead) is given up after 4 s (a chunk
+/// server's `heartbeat_timeout` at its default interval), and the next one follows.
+const REGISTRATION_GRACE: Duration = Duration::from_secs(6);
+
 #[derive(Clone, Debug)]
 struct Seen {
     addr: String,
@@ -95,12 +100,14 @@ impl Membership {
     }
 
     /// Placeable servers once at least `wanted` are live, or once every server that is up has
-    /// had the time to send a heartbeat since this server started. Right after a restart no
-    /// heartbeat has arrived yet, and placing then would fail writes for no reason.
+    /// had the time to send a heartbeat since this server started: the server timeout, and
+    /// at least [`REGISTRATION_GRACE`]. Right after a restart no heartbeat has arrived yet,
+    /// and placing then would fail writes for no reason.
     pub async fn live_when_known(&self, wanted: usize) -> Vec<Candidate> {
+        let grace = self.timeout.max(REGISTRATION_GRACE);
         loop {
             let live = self.placeable();
-            if live.len() >= wanted || self.started.elapsed() > self.timeout {
+            if live.len() >= wanted || self.started.elapsed() > grace {
                 return live;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -195,5 +202,35 @@ impl Membership {
         self.live().iter().fold((0, 0), |(cap, free), c| {
             (cap + c.capacity, free + c.capacity.saturating_sub(c.used))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn after_a_start_placement_waits_for_registrations_at_least_the_grace() {
+        // A short server timeout (as in tests), long passed: a chunk server may still be giving
+        // up a heartbeat to the process before, so placement waits out the grace.
+        let mut membership = Membership::new(Duration::from_secs(2), Vec::new());
+        membership.started = Instant::now() - (REGISTRATION_GRACE - Duration::from_secs(1));
+        let asked = Instant::now();
+        assert!(membership.live_when_known(1).await.is_empty());
+        assert!(
+            asked.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            asked.elapsed()
+        );
+        // A registration ends the wait at once.
+        let membership = std::sync::Arc::new(Membership::new(Duration::from_secs(2), Vec::new()));
+        let waiting = tokio::spawn({
+            let membership = membership.clone();
+            async move { membership.live_when_known(1).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        membership.heartbeat(ServerId(7), "127.0.0.1:1", 100, 0, 0);
+        let live = waiting.await.unwrap();
+        assert_eq!(live.iter().map(|c| c.id).collect::<Vec<_>>(), [ServerId(7)]);
     }
 }

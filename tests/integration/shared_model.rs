@@ -996,25 +996,6 @@ fn random_operations_on_two_mounts_of_one_tree_match_a_model() {
     run(&mut cluster_with_volume(), "default", "", OPS, |_, _| {});
 }
 
-/// The same with the one metadata server SIGKILLed and started again a third of the way
-/// through: every operation acknowledged before survives (the log on disk), the mounts carry
-/// on once it is back, and its new change feed tells them they missed changes.
-#[test]
-fn random_operations_on_two_mounts_match_a_model_across_a_metadata_server_restart() {
-    let ops = OPS / 2;
-    run(
-        &mut cluster_with_volume(),
-        "default",
-        "",
-        ops,
-        |cluster, n| {
-            if n == ops / 3 {
-                cluster.restart_member(0);
-            }
-        },
-    );
-}
-
 /// The same in a group of three metadata servers, where mounts get no open delegations and a
 /// file unlinked while open lives on only through the mounts' reports. A third of the way
 /// through, the leader is killed (the mounts carry on with a new one, which has a change feed
