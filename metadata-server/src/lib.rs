@@ -111,7 +111,13 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
     let capability_key = dfs_common::capability::CapabilityKey(
         dfs_common::net::endpoint::load_or_create_secret(&config.data_dir.join("capability-key"))?,
     );
+    // After a crash the store is repaired as it opens, which takes time on a large one.
+    let opening = std::time::Instant::now();
     let db = store::open_with_cache(&config.data_dir.join("meta.redb"), config.store_cache)?;
+    tracing::info!(
+        ms = opening.elapsed().as_millis() as u64,
+        "metadata store opened"
+    );
     let (registered, draining) = {
         let tx = store::read(&db)?;
         let t = store::tables::ReadTables::open(&tx);

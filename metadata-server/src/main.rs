@@ -252,6 +252,7 @@ async fn main() -> anyhow::Result<()> {
     let file: Args = load_toml(args.config.as_deref())?;
     let level = args.log.clone().or(file.log.clone());
     dfs_common::telemetry::init_logging(level.as_deref().unwrap_or("info"));
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "dfs-meta starting");
     if !dfs_common::memory::no_transparent_huge_pages() {
         tracing::debug!("transparent huge pages stay as the system sets them");
     }
