@@ -700,6 +700,16 @@ fn a_name_replaced_elsewhere_opens_the_new_file_before_the_change_is_heard() {
     assert_eq!(fs::read(reader.path("config")).unwrap(), b"version 1");
     assert_eq!(fs::read(reader.path("gone")).unwrap(), b"removed soon");
     let old = fs::metadata(reader.path("config")).unwrap().ino();
+    // The reader's closes of both files reach the metadata server first (the kernel sends
+    // a release after the close returns): the second poll from now carries a report of open
+    // files made after the first one ended, and has ended once the third starts (the point
+    // counts its hits; it fails only the millionth). Else the server may still count "gone"
+    // open there, and open it again for the reader after the unlink.
+    let control = |verb: &str| crate::observe::mount_fault(http, "mount.watch_changes", verb);
+    control("fail@1000000");
+    crate::heal::wait_until(&cluster, Duration::from_secs(30), "three polls", || {
+        control("hits").trim().parse::<u32>().unwrap_or(0) >= 3
+    });
     // The reader hears of nothing from here on.
     crate::coherence::hold_before_next_poll(&cluster, http, &writer);
     fs::write(writer.path("config.new"), b"version 2").unwrap();
