@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a heartbeat may go unanswered: long enough for a busy metadata server (a call
 /// given up costs a new connection, whose handshake costs the server more).
-pub fn heartbeat_timeout(interval: Duration) -> Duration {
+fn heartbeat_timeout(interval: Duration) -> Duration {
     interval.max(Duration::from_secs(2)) * 2
 }
 

@@ -104,6 +104,17 @@ impl Model {
             .collect()
     }
 
+    /// What making a new name at `path` gives: ENOENT without its directory, EEXIST if taken.
+    fn may_add(&self, path: &str) -> Outcome {
+        if !self.is_dir(parent(path)) {
+            Err(libc::ENOENT)
+        } else if self.paths.contains_key(path) {
+            Err(libc::EEXIST)
+        } else {
+            Ok(())
+        }
+    }
+
     fn names_of(&self, id: usize) -> Vec<String> {
         self.paths
             .iter()
@@ -321,11 +332,13 @@ impl Run {
                 }
                 let dst = self.some_name(&FILE_NAMES);
                 let got = outcome(fs::hard_link(self.path(m, &src), self.path(m, &dst)));
-                let want = match self.model.paths.get(&src).cloned() {
-                    None => Err(libc::ENOENT),
-                    Some(_) if !self.model.is_dir(parent(&dst)) => Err(libc::ENOENT),
-                    Some(_) if self.model.paths.contains_key(&dst) => Err(libc::EEXIST),
-                    Some(node) => {
+                let want = match (
+                    self.model.paths.get(&src).cloned(),
+                    self.model.may_add(&dst),
+                ) {
+                    (None, _) => Err(libc::ENOENT),
+                    (Some(_), Err(e)) => Err(e),
+                    (Some(node), Ok(())) => {
                         if let Node::File(id) = node {
                             files.push(id);
                         }
@@ -357,30 +370,22 @@ impl Run {
                 let path = self.some_name(&LINK_NAMES);
                 let target = format!("{DANGLING}/{}", self.some_name(&FILE_NAMES));
                 let got = outcome(std::os::unix::fs::symlink(&target, self.path(m, &path)));
-                let want = if !self.model.is_dir(parent(&path)) {
-                    Err(libc::ENOENT)
-                } else if self.model.paths.contains_key(&path) {
-                    Err(libc::EEXIST)
-                } else {
+                let want = self.model.may_add(&path);
+                if want.is_ok() {
                     self.model
                         .paths
                         .insert(path.clone(), Node::Symlink(target.clone()));
-                    Ok(())
-                };
+                }
                 touched.push(path.clone());
                 (format!("symlink {path} -> {target}"), want, got)
             }
             76..=83 => {
                 let path = DIRS[self.rng.random_range(1..DIRS.len())].to_string();
                 let got = outcome(fs::create_dir(self.path(m, &path)));
-                let want = if !self.model.is_dir(parent(&path)) {
-                    Err(libc::ENOENT)
-                } else if self.model.paths.contains_key(&path) {
-                    Err(libc::EEXIST)
-                } else {
+                let want = self.model.may_add(&path);
+                if want.is_ok() {
                     self.model.paths.insert(path.clone(), Node::Dir);
-                    Ok(())
-                };
+                }
                 touched.push(path.clone());
                 (format!("mkdir {path}"), want, got)
             }
@@ -477,9 +482,9 @@ impl Run {
                 let mut value = vec![0u8; self.rng.random_range(0..=40)];
                 self.rng.fill_bytes(&mut value);
                 let got = if set {
-                    setxattr(&p, name, &value)
+                    outcome(crate::sharing::set_xattr(&p, name, &value))
                 } else {
-                    removexattr(&p, name)
+                    outcome(removexattr(&p, name))
                 };
                 let want = match self.model.paths.get(&path) {
                     Some(Node::File(id)) => {
@@ -843,73 +848,31 @@ fn times(secs: i64) -> fs::FileTimes {
     fs::FileTimes::new().set_accessed(t).set_modified(t)
 }
 
-fn c_path(path: &Path) -> CString {
-    CString::new(path.as_os_str().as_bytes()).expect("no NUL in a test path")
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
-}
-
-/// `setxattr(2)` (following symlinks, as `setfattr` does).
-fn setxattr(path: &Path, name: &str, value: &[u8]) -> Outcome {
-    let (p, n) = (c_path(path), CString::new(name).unwrap());
-    // SAFETY: both strings are NUL-terminated and the value is a valid buffer of its length.
-    let r = unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(errno())
-    }
-}
-
-fn removexattr(path: &Path, name: &str) -> Outcome {
-    let (p, n) = (c_path(path), CString::new(name).unwrap());
+fn removexattr(path: &Path, name: &str) -> std::io::Result<()> {
+    let path = CString::new(path.as_os_str().as_bytes()).expect("no NUL in a test path");
+    let name = CString::new(name).expect("no NUL in a name");
     // SAFETY: both strings are NUL-terminated.
-    let r = unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(errno())
+    match unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 
 /// A file's `user.` extended attributes and their values.
 fn xattrs(path: &Path) -> std::io::Result<BTreeMap<String, Vec<u8>>> {
-    let p = c_path(path);
+    let c_path = CString::new(path.as_os_str().as_bytes()).expect("no NUL in a test path");
     let mut names = vec![0u8; 4096];
     // SAFETY: the path is NUL-terminated and the buffer valid for its length.
-    let n = unsafe { libc::llistxattr(p.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    let n = unsafe { libc::llistxattr(c_path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
     names.truncate(n as usize);
     let mut found = BTreeMap::new();
     for name in names.split(|&b| b == 0).filter(|n| n.starts_with(b"user.")) {
-        let c_name = CString::new(name).expect("split at NUL");
-        let mut value = vec![0u8; 4096];
-        // SAFETY: as above.
-        let len = unsafe {
-            libc::lgetxattr(
-                p.as_ptr(),
-                c_name.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        if len < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        value.truncate(len as usize);
-        found.insert(String::from_utf8_lossy(name).into_owned(), value);
+        let name = String::from_utf8_lossy(name).into_owned();
+        let value = crate::sharing::get_xattr(path, &name)?;
+        found.insert(name, value);
     }
     Ok(found)
 }
