@@ -1046,6 +1046,47 @@ fn an_fsync_after_a_failed_write_back_reports_the_failure() {
     );
 }
 
+/// A failed flush at one close of a shared descriptor is reported again at the descriptor's
+/// next fsync: the writes it lost are lost for every process sharing it. A child that
+/// inherited a descriptor closes it at its `exec` or exit, which flushes the parent's writes
+/// and takes their failure; the parent's fsync must not then find nothing to do and report
+/// success. Driven by a fault point that fails every commit; `dup` stands for the child's
+/// copy.
+#[test]
+fn an_fsync_after_a_failed_flush_at_another_close_reports_the_failure() {
+    use crate::observe::{mount_fault, mount_with_faults};
+    let cluster = cluster_with_volume();
+    let (m, http) = mount_with_faults(&cluster, "default", "m", "");
+    mount_fault(http, "client.before_commit", "fail");
+    // The child holds the only descriptor (see the test above for why).
+    let script = "import os, sys\n\
+                  def outcome(call):\n    try:\n        call()\n        return 'ok'\n    \
+                  except OSError as e:\n        return 'errno %d' % e.errno\n\
+                  fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n\
+                  data = os.urandom(5 << 20)\n\
+                  while data:\n    data = data[os.write(fd, data):]\n\
+                  copy = os.dup(fd)\n\
+                  print(outcome(lambda: os.close(copy)), outcome(lambda: os.fsync(fd)), \
+                  outcome(lambda: os.fsync(fd)), flush=True)\n";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(m.path("f"))
+        .output()
+        .expect("python3 runs");
+    mount_fault(http, "client.before_commit", "disarm");
+    let eio = format!("errno {}", libc::EIO);
+    let said = String::from_utf8_lossy(&out.stdout);
+    if said.trim() != format!("{eio} {eio} ok") {
+        println!("{}", cluster.logs());
+    }
+    assert_eq!(
+        said.trim(),
+        format!("{eio} {eio} ok"),
+        "the close of the copy, then two fsyncs of the descriptor (stderr: {})",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A file's times set while its writes are still buffered in the mount are the times it
 /// keeps: the writes land before the change, not after it with the flush's own time. `tar`
 /// writes each file, then sets its mtime, owner and mode through the same descriptor, then

@@ -445,11 +445,15 @@ impl OpenFiles {
         self.flush_carrying(file, None, false).await.map(|_| ())
     }
 
-    /// [`OpenFiles::flush`] on behalf of someone other than the descriptor's user (the
-    /// write-back, a change of times): an error is also kept for the descriptor's next flush,
-    /// fsync or close to report, before the descriptor is let go (an fsync waiting for it must
-    /// not find it clean and report success).
-    async fn flush_keeping_error(&self, file: &OpenFile) -> FsResult<()> {
+    /// [`OpenFiles::flush`] whose error is also kept for the descriptor's next flush, fsync or
+    /// close to report, before the descriptor is let go (an fsync waiting for it must not find
+    /// it clean and report success). For a flush on behalf of someone other than the
+    /// descriptor's next user: the write-back, a change of times, and `close(2)`, which may
+    /// come from another process sharing the descriptor (a child closing what it inherited,
+    /// at its exit or `exec`): the writes that failed are gone, and whoever syncs the
+    /// descriptor next must hear of it, as Linux reports a failed write-back to every open
+    /// file of it at its next fsync.
+    pub async fn flush_keeping_error(&self, file: &OpenFile) -> FsResult<()> {
         self.flush_carrying(file, None, true).await.map(|_| ())
     }
 

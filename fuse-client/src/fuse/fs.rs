@@ -1229,8 +1229,10 @@ impl Filesystem for DfsFs {
             }
         }
         self.spawn("flush", |s| async move {
+            // The close may come from a process that shares the descriptor (a child that
+            // inherited it): the one that syncs it next hears of a failure too.
             let result = match s.file(fh) {
-                Ok(file) => s.files.flush(&file).await,
+                Ok(file) => s.files.flush_keeping_error(&file).await,
                 Err(e) => return reply.error(e),
             };
             // A close drops the closing process's fcntl locks on the file, as POSIX says.
