@@ -1046,6 +1046,31 @@ fn an_fsync_after_a_failed_write_back_reports_the_failure() {
     );
 }
 
+/// Runs the Python statements `then` in a child process, after it opened `path` as `fd` and
+/// wrote 5 MiB through it, buffered in the mount; `outcome(call)` there gives `ok` or
+/// `errno N`, and `sys.argv[2..]` are `args`. Gives what the child printed (and its stderr).
+/// The child holds the only descriptors: one of this test process would be inherited (and
+/// closed, which flushes it) by every process a concurrent test spawns.
+fn after_buffered_writes(path: &std::path::Path, then: &str, args: &[&str]) -> (String, String) {
+    let script = format!(
+        "import os, sys\n\
+         def outcome(call):\n    try:\n        call()\n        return 'ok'\n    \
+         except OSError as e:\n        return 'errno %d' % e.errno\n\
+         fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n\
+         data = os.urandom(5 << 20)\n\
+         while data:\n    data = data[os.write(fd, data):]\n\
+         {then}\n"
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .arg(path)
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    (text(&out.stdout), text(&out.stderr))
+}
+
 /// A failed flush at one close of a shared descriptor is reported again at the descriptor's
 /// next fsync: the writes it lost are lost for every process sharing it. A child that
 /// inherited a descriptor closes it at its `exec` or exit, which flushes the parent's writes
@@ -1058,33 +1083,46 @@ fn an_fsync_after_a_failed_flush_at_another_close_reports_the_failure() {
     let cluster = cluster_with_volume();
     let (m, http) = mount_with_faults(&cluster, "default", "m", "");
     mount_fault(http, "client.before_commit", "fail");
-    // The child holds the only descriptor (see the test above for why).
-    let script = "import os, sys\n\
-                  def outcome(call):\n    try:\n        call()\n        return 'ok'\n    \
-                  except OSError as e:\n        return 'errno %d' % e.errno\n\
-                  fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n\
-                  data = os.urandom(5 << 20)\n\
-                  while data:\n    data = data[os.write(fd, data):]\n\
-                  copy = os.dup(fd)\n\
-                  print(outcome(lambda: os.close(copy)), outcome(lambda: os.fsync(fd)), \
-                  outcome(lambda: os.fsync(fd)), flush=True)\n";
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(m.path("f"))
-        .output()
-        .expect("python3 runs");
+    let then = "copy = os.dup(fd)\n\
+                print(outcome(lambda: os.close(copy)), outcome(lambda: os.fsync(fd)), \
+                outcome(lambda: os.fsync(fd)))";
+    let (said, stderr) = after_buffered_writes(&m.path("f"), then, &[]);
     mount_fault(http, "client.before_commit", "disarm");
     let eio = format!("errno {}", libc::EIO);
-    let said = String::from_utf8_lossy(&out.stdout);
-    if said.trim() != format!("{eio} {eio} ok") {
-        println!("{}", cluster.logs());
-    }
     assert_eq!(
-        said.trim(),
+        said,
         format!("{eio} {eio} ok"),
-        "the close of the copy, then two fsyncs of the descriptor (stderr: {})",
-        String::from_utf8_lossy(&out.stderr)
+        "the close of the copy, then two fsyncs of the descriptor (stderr: {stderr})"
     );
+}
+
+/// A read through another descriptor, or a truncate by path, first flushes what the file's
+/// writers buffered; when that flush fails, the reader or truncater gets the error, and the
+/// writer too at its next fsync (its writes are lost for it as much). Driven by a fault
+/// point that fails every commit. (The read is `O_DIRECT`: the kernel's cache holds the
+/// bytes just written and would answer it without asking the mount.)
+#[test]
+fn a_writer_hears_of_its_writes_failing_in_a_flush_made_for_a_read_or_a_truncate() {
+    use crate::observe::{mount_fault, mount_with_faults};
+    let cluster = cluster_with_volume();
+    let (m, http) = mount_with_faults(&cluster, "default", "m", "");
+    mount_fault(http, "client.before_commit", "fail");
+    // What another process of this mount does to the file while the writer's bytes wait.
+    let then = "path, other = sys.argv[1], sys.argv[2]\n\
+                if other == 'read':\n    reader = os.open(path, os.O_RDONLY | os.O_DIRECT)\n    \
+                done = outcome(lambda: os.pread(reader, 4096, 0))\n\
+                else:\n    done = outcome(lambda: os.truncate(path, 4096))\n\
+                print(done, outcome(lambda: os.fsync(fd)), outcome(lambda: os.fsync(fd)))";
+    let eio = format!("errno {}", libc::EIO);
+    for (other, name) in [("read", "r"), ("truncate", "t")] {
+        let (said, stderr) = after_buffered_writes(&m.path(name), then, &[other]);
+        assert_eq!(
+            said,
+            format!("{eio} {eio} ok"),
+            "the {other}, then two fsyncs of the writer (stderr: {stderr})"
+        );
+    }
+    mount_fault(http, "client.before_commit", "disarm");
 }
 
 /// A file's times set while its writes are still buffered in the mount are the times it

@@ -11,7 +11,8 @@
 //! both mounts' whole trees are compared with the model, hard links by inode number too.
 //!
 //! The seed is printed, and `DFS_SHARED_MODEL_SEED` replays one; a mismatch panics with the
-//! seed and the operations that led to it.
+//! seed and the operations that led to it. `DFS_SHARED_MODEL_OPTIONS` gives the first test's
+//! mounts other options (`writeback=0.1,attr_timeout=5`, say) to explore with.
 
 use crate::mount::cluster_with_volume;
 use dfs_tests::process::{Mount, ProcessCluster};
@@ -981,7 +982,14 @@ fn run(
 
 #[test]
 fn random_operations_on_two_mounts_of_one_tree_match_a_model() {
-    run(&mut cluster_with_volume(), "default", "", OPS, |_, _, _| {});
+    let options = std::env::var("DFS_SHARED_MODEL_OPTIONS").unwrap_or_default();
+    run(
+        &mut cluster_with_volume(),
+        "default",
+        &options,
+        OPS,
+        |_, _, _| {},
+    );
 }
 
 /// The same with the one metadata server SIGKILLed and started again a third of the way

@@ -641,11 +641,16 @@ impl OpenFiles {
 
     /// Flushes the descriptors of `ino` with unflushed writes, except `except`: what one
     /// descriptor wrote reaches the cluster before another one reads or truncates the file.
+    /// A failure is reported to the caller and kept for the descriptor whose writes failed,
+    /// for its own next flush, fsync or close: its writer must hear of it too.
     pub async fn flush_others(&self, ino: InodeId, except: Option<u64>) -> FsResult<()> {
+        let mut first_error = None;
         for file in self.with_writes(ino, except) {
-            self.flush(&file).await?;
+            if let Err(e) = self.flush_keeping_error(&file).await {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Flushes every descriptor of `ino` with unflushed writes before a change of the file's
@@ -654,13 +659,7 @@ impl OpenFiles {
     /// flush fails also keeps the error for its own flush or close, as a failed write-back
     /// does: the process that wrote learns of it even when another set the times.
     pub async fn flush_before_times(&self, ino: InodeId) -> FsResult<()> {
-        let mut first_error = None;
-        for file in self.with_writes(ino, None) {
-            if let Err(e) = self.flush_keeping_error(&file).await {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        self.flush_others(ino, None).await
     }
 
     /// Sets the mtime of `ino` to `mtime` with the commit of its unflushed writes, when one
