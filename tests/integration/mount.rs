@@ -1096,13 +1096,14 @@ fn an_fsync_after_a_failed_flush_at_another_close_reports_the_failure() {
     );
 }
 
-/// A read through another descriptor, or a truncate by path, first flushes what the file's
-/// writers buffered; when that flush fails, the reader or truncater gets the error, and the
-/// writer too at its next fsync (its writes are lost for it as much). Driven by a fault
+/// A read through another descriptor, or a truncate by path or through the writer's own
+/// descriptor, first flushes what the file's writers buffered; when that flush fails, the
+/// reader or truncater gets the error, and the writer too at its next fsync (its writes are
+/// lost for it as much, and the truncate's failure is not the writes'). Driven by a fault
 /// point that fails every commit. (The read is `O_DIRECT`: the kernel's cache holds the
 /// bytes just written and would answer it without asking the mount.)
 #[test]
-fn a_writer_hears_of_its_writes_failing_in_a_flush_made_for_a_read_or_a_truncate() {
+fn a_writer_hears_of_its_writes_failing_in_a_flush_made_for_a_read_or_truncate() {
     use crate::observe::{mount_fault, mount_with_faults};
     let cluster = cluster_with_volume();
     let (m, http) = mount_with_faults(&cluster, "default", "m", "");
@@ -1111,10 +1112,11 @@ fn a_writer_hears_of_its_writes_failing_in_a_flush_made_for_a_read_or_a_truncate
     let then = "path, other = sys.argv[1], sys.argv[2]\n\
                 if other == 'read':\n    reader = os.open(path, os.O_RDONLY | os.O_DIRECT)\n    \
                 done = outcome(lambda: os.pread(reader, 4096, 0))\n\
-                else:\n    done = outcome(lambda: os.truncate(path, 4096))\n\
+                elif other == 'truncate':\n    done = outcome(lambda: os.truncate(path, 4096))\n\
+                else:\n    done = outcome(lambda: os.ftruncate(fd, 4096))\n\
                 print(done, outcome(lambda: os.fsync(fd)), outcome(lambda: os.fsync(fd)))";
     let eio = format!("errno {}", libc::EIO);
-    for (other, name) in [("read", "r"), ("truncate", "t")] {
+    for (other, name) in [("read", "r"), ("truncate", "t"), ("ftruncate", "f")] {
         let (said, stderr) = after_buffered_writes(&m.path(name), then, &[other]);
         assert_eq!(
             said,

@@ -732,6 +732,17 @@ impl FileHandle {
         self.failed.get_or_insert(e);
     }
 
+    /// [`FileHandle::flush`] before something else (a read, a truncate): its failure is
+    /// reported there and kept for the next fsync or close, which must not find the lost
+    /// writes' descriptor clean and report success.
+    async fn flush_keeping_error(&mut self) -> FsResult<()> {
+        let result = self.flush().await;
+        if let Err(e) = &result {
+            self.keep_error(e.clone());
+        }
+        result
+    }
+
     pub async fn fsync(&mut self) -> FsResult<()> {
         self.flush().await
     }
@@ -807,7 +818,7 @@ impl FileHandle {
     ) -> FsResult<ReadPlan> {
         self.client.check_locks(self.ino)?;
         if self.has_unflushed_writes() {
-            self.flush().await?;
+            self.flush_keeping_error().await?;
         }
         // Another descriptor changed the file's extents since the layouts were cached.
         let epoch = self.layout_epoch.load(Ordering::Acquire);
@@ -911,7 +922,7 @@ impl FileHandle {
 
     /// Sets the size: drops bytes beyond it, or extends with zeros.
     pub async fn truncate(&mut self, size: u64) -> FsResult<()> {
-        self.flush().await?;
+        self.flush_keeping_error().await?;
         self.forget_layout();
         let set = SetAttr {
             size: Some(size),

@@ -300,7 +300,7 @@ impl OpenFiles {
 
     /// Sends the attribute changes waiting for `ino`, with the writes they follow: a change
     /// about to be made at the metadata server must land after them. Waits for a flush that
-    /// is sending them already.
+    /// is sending them already. A failure is also kept for the descriptor they wait for.
     pub async fn settle(&self, ino: InodeId) -> FsResult<()> {
         let owner = {
             let table = self.table();
@@ -308,7 +308,7 @@ impl OpenFiles {
             waiting.map(|w| w.owner.clone())
         };
         match owner {
-            Some(file) => self.flush(&file).await,
+            Some(file) => self.flush_keeping_error(&file).await,
             None => Ok(()),
         }
     }
