@@ -139,11 +139,19 @@ struct Run {
     model: Model,
     /// Mode bits a create leaves out.
     umask: u32,
-    /// Files held open (read and write): by which mount, and which model file (it lives on,
-    /// with its data, after its last name is gone).
-    held: Vec<(usize, File, usize)>,
+    /// Files held open, at most [`HELD`].
+    held: Vec<Held>,
     history: VecDeque<String>,
     ops: usize,
+}
+
+/// A file held open: on which mount, which model file (it lives on, with its data, after its
+/// last name is gone), and whether it was opened to append.
+struct Held {
+    mount: usize,
+    file: File,
+    id: usize,
+    append: bool,
 }
 
 impl Run {
@@ -431,12 +439,17 @@ impl Run {
             110..=114 if !self.held.is_empty() => {
                 // A write through a file held open, synced: it may have no name left.
                 let i = self.rng.random_range(0..self.held.len());
-                let (hm, id) = (self.held[i].0, self.held[i].2);
+                let (hm, id, append) = (self.held[i].mount, self.held[i].id, self.held[i].append);
                 let size = self.model.files[id].data.len();
-                let at = self.rng.random_range(0..=size);
+                // An O_APPEND descriptor writes at the end as the cluster has it, whatever
+                // the offset (and whichever mount made the file longer).
+                let at = match append {
+                    true => size,
+                    false => self.rng.random_range(0..=size),
+                };
                 let mut data = vec![0u8; self.rng.random_range(1..=3000)];
                 self.rng.fill_bytes(&mut data);
-                let file = &self.held[i].1;
+                let file = &self.held[i].file;
                 let got = outcome(
                     file.write_all_at(&data, at as u64)
                         .and_then(|()| file.sync_data()),
@@ -450,7 +463,11 @@ impl Run {
                 files.push(id);
                 self.finish(
                     hm,
-                    format!("write held file {id} at {at} ({} bytes), fsync", data.len()),
+                    format!(
+                        "write held file {id}{} at {at} ({} bytes), fsync",
+                        if append { " (O_APPEND)" } else { "" },
+                        data.len()
+                    ),
                     Ok(()),
                     got,
                     touched,
@@ -584,15 +601,19 @@ impl Run {
         self.finish(m, format!("rename {src} {dst}"), want, got, touched, files);
     }
 
-    /// Opens a file on mount `m` and keeps it open (at most [`HELD`] at once).
+    /// Opens a file on mount `m` and keeps it open (at most [`HELD`] at once), for reading
+    /// and writing, one in three to append (as a log shared by several hosts is).
     fn hold(&mut self, m: usize) {
         let path = self.some_existing(|n| matches!(n, Node::File(_)));
+        let append = self.rng.random_ratio(1, 3);
         let opened = OpenOptions::new()
             .read(true)
             .write(true)
+            .append(append)
             .open(self.path(m, &path));
         self.note(format!(
-            "hold {path} open on mount {m}: {:?}",
+            "hold {path} open on mount {m}{}: {:?}",
+            if append { " to append" } else { "" },
             opened.as_ref().err()
         ));
         match (opened, self.model.paths.get(&path)) {
@@ -600,7 +621,12 @@ impl Run {
                 if self.held.len() == HELD {
                     self.held.remove(0);
                 }
-                self.held.push((m, file, *id));
+                self.held.push(Held {
+                    mount: m,
+                    file,
+                    id: *id,
+                    append,
+                });
             }
             (Err(e), None | Some(Node::Symlink(_))) if e.raw_os_error() == Some(libc::ENOENT) => {}
             (got, want) => self.fail(&format!(
@@ -617,11 +643,11 @@ impl Run {
             return;
         }
         let i = self.rng.random_range(0..self.held.len());
-        let (m, _, id) = self.held[i];
+        let (m, id) = (self.held[i].mount, self.held[i].id);
         self.note(format!("read held file {id} on mount {m}"));
         let deadline = Instant::now() + LIMIT;
         loop {
-            let (_, file, _) = &self.held[i];
+            let file = &self.held[i].file;
             let want = &self.model.files[id];
             let links = self.model.names_of(id).len() as u64;
             let mut got = vec![0u8; want.data.len() + 1];
@@ -649,7 +675,10 @@ impl Run {
 
     /// Closes every held file, checking what each close says.
     fn let_go_of_held(&mut self) {
-        for (m, file, id) in std::mem::take(&mut self.held) {
+        for Held {
+            mount: m, file, id, ..
+        } in std::mem::take(&mut self.held)
+        {
             self.note(format!("close held file {id} on mount {m}"));
             if let Err(e) = close(file) {
                 self.fail(&format!("close of held file {id} on mount {m}: {e}"));
