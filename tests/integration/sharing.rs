@@ -593,3 +593,67 @@ fn own_writes_keep_the_page_cache_and_another_mounts_drop_it() {
         "and the next reads see the other mount's bytes"
     );
 }
+
+/// A truncate made by another mount reaches the descriptors held open here: a write through
+/// one of them afterwards (at the start of the file) leaves the file at the truncated size,
+/// as it shows here and at the other mount, and reads through it find only what is left.
+/// Before, the descriptor kept the old size, which the write brought back to this mount
+/// until its flush: 99,990 bytes read that were no longer there. Once with the truncate
+/// seen here (a stat) before the write, once with the write first.
+#[test]
+fn a_truncate_by_another_mount_reaches_the_descriptors_held_open_here() {
+    use std::os::unix::fs::FileExt;
+    let cluster = cluster_with_volume();
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    let b = Mount::new(&cluster, "default", "b", "").unwrap();
+    let mut want = random_bytes(100_000, 7);
+    fs::write(a.path("f"), &want).unwrap();
+    let held = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(a.path("f"))
+        .unwrap();
+    let truncate_on_b = |size: u64| {
+        let f = OpenOptions::new().write(true).open(b.path("f")).unwrap();
+        f.set_len(size).unwrap();
+    };
+    // Within the time the change feed takes to bring a change to another mount.
+    let wait_for_size = |size: u64, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = held.metadata().unwrap().len();
+            if seen == size {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: size {seen}, not {size}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let check = |want: &[u8], what: &str| {
+        let mut got = vec![0u8; 200_000];
+        let n = held.read_at(&mut got, 0).unwrap();
+        assert!(
+            &got[..n] == want,
+            "{what}: read {n} bytes, not {}",
+            want.len()
+        );
+        assert_eq!(fs::read(b.path("f")).unwrap(), want, "{what}: on mount b");
+    };
+
+    truncate_on_b(10);
+    wait_for_size(10, "the truncate, seen on mount a");
+    held.write_all_at(b"hello", 0).unwrap();
+    want.truncate(10);
+    want[..5].copy_from_slice(b"hello");
+    assert_eq!(held.metadata().unwrap().len(), 10, "after the write");
+    held.sync_all().unwrap();
+    check(&want, "a write after a truncate seen");
+
+    truncate_on_b(7);
+    held.write_all_at(b"xy", 0).unwrap();
+    want.truncate(7);
+    want[..2].copy_from_slice(b"xy");
+    wait_for_size(7, "a write after a truncate not yet seen");
+    held.sync_all().unwrap();
+    check(&want, "a write after a truncate not yet seen");
+}

@@ -72,6 +72,9 @@ pub struct FileHandle {
     stamp: Option<Timestamp>,
     /// The file's size as the metadata server had it at open or at this handle's last change.
     known_size: u64,
+    /// The ctime of the attributes `known_size` was taken from: attributes of a later change
+    /// made elsewhere (another client's truncate) give the handle their size.
+    size_ctime: Timestamp,
     /// The server refused to keep more of the file inline: flushes write blocks, and one at
     /// the file's end takes the inline tail with it, which frees the allowance again.
     inline_spent: bool,
@@ -194,6 +197,7 @@ impl Client {
             last_commit: None,
             stamp: None,
             known_size: attr.size,
+            size_ctime: attr.ctime,
             inline_spent: false,
             no_inline_tail: false,
         })
@@ -513,6 +517,7 @@ impl FileHandle {
         self.last_commit = Some(after.clone());
         self.size = self.size.max(after.size);
         self.known_size = after.size;
+        self.size_ctime = self.size_ctime.max(after.ctime);
         self.settle_reserved(after.size);
         if self.commits.len() < MAX_KEPT_COMMITS {
             self.commits.push((before, after));
@@ -910,14 +915,37 @@ impl FileHandle {
     }
 
     /// The file's size was set at the metadata server by another call of this client (a
-    /// truncate by path). Bytes still buffered here (written meanwhile) stay, and extend it
-    /// again as they would a local file.
-    pub fn resized(&mut self, size: u64) {
+    /// truncate by path), the change having ctime `ctime`. Bytes still buffered here (written
+    /// meanwhile) stay, and extend it again as they would a local file.
+    pub fn resized(&mut self, size: u64, ctime: Timestamp) {
         self.forget_layout();
         self.size = size.max(self.dirty.end());
         self.known_size = size;
+        self.size_ctime = self.size_ctime.max(ctime);
         self.inline_spent = false;
         self.no_inline_tail = false;
+    }
+
+    /// The ctime of the change that gave the size this handle knows of the file.
+    pub fn size_ctime(&self) -> Timestamp {
+        self.size_ctime
+    }
+
+    /// `attr` is the file as the metadata server has it: if it is of a later change than the
+    /// size this handle knows and gives another size (another client truncated or extended
+    /// the file), the handle takes it, as [`FileHandle::resized`]. Not while blocks upload or
+    /// wait for their commit (whose ends this handle does not track): their commit sets the
+    /// size again. Gives whether the size was taken.
+    pub fn resized_elsewhere(&mut self, attr: &Attr) -> bool {
+        if attr.ctime <= self.size_ctime || !self.uploads.is_empty() || !self.uploaded.is_empty() {
+            return false;
+        }
+        if attr.size == self.known_size {
+            self.size_ctime = attr.ctime;
+            return false;
+        }
+        self.resized(attr.size, attr.ctime);
+        true
     }
 
     /// Sets the size: drops bytes beyond it, or extends with zeros.
@@ -931,6 +959,7 @@ impl FileHandle {
         let attr = self.client.setattr(self.ino, set).await?;
         self.size = attr.size;
         self.known_size = attr.size;
+        self.size_ctime = self.size_ctime.max(attr.ctime);
         self.inline_spent = false;
         self.no_inline_tail = false;
         Ok(())

@@ -82,15 +82,17 @@ impl Inode {
         self.waiting.as_ref().is_some_and(|w| w.owner.fh == fh)
     }
 
-    fn note(&mut self, attr: &Attr) {
+    /// Notes `attr`; gives whether it may show a size this mount did not know (it is newer
+    /// than what was known, which had another size or was forgotten).
+    fn note(&mut self, attr: &Attr) -> bool {
         // Answers of requests that crossed may arrive out of order; ctime tells.
-        if self
-            .known
-            .as_ref()
-            .is_none_or(|(k, _)| k.ctime <= attr.ctime)
-        {
-            self.known = Some((attr.clone(), Instant::now()));
-        }
+        let resized = match &self.known {
+            None => true,
+            Some((k, _)) if k.ctime <= attr.ctime => k.size != attr.size,
+            Some(_) => return false,
+        };
+        self.known = Some((attr.clone(), Instant::now()));
+        resized
     }
 }
 
@@ -120,6 +122,25 @@ impl Table {
     fn closed(&mut self, ino: InodeId) {
         self.changed.insert(ino);
         self.inodes.remove(&ino);
+    }
+
+    /// `attr` shows a size of its file this mount did not know: another client changed it.
+    /// The file's descriptors free at once take it (a write through one would otherwise
+    /// make this mount show the old size again until its flush, and reads through it find
+    /// bytes that are no longer there). A busy one keeps its size until its flush.
+    fn resized_elsewhere(&mut self, attr: &Attr) {
+        let files = self.files.values().filter(|f| f.ino == attr.ino);
+        for file in files {
+            let Ok(mut handle) = file.handle.try_lock() else {
+                continue;
+            };
+            if handle.resized_elsewhere(attr) {
+                let inode = self.inodes.get_mut(&attr.ino);
+                if let Some(buffered) = inode.and_then(|i| i.dirty.get_mut(&file.fh)) {
+                    *buffered = handle.size();
+                }
+            }
+        }
     }
 }
 
@@ -210,8 +231,11 @@ impl OpenFiles {
 
     /// Notes the attributes of `attr.ino` as the metadata server gave them, if it is open.
     pub fn note_attr(&self, attr: &Attr) {
-        if let Some(inode) = self.table().inodes.get_mut(&attr.ino) {
-            inode.note(attr);
+        let mut table = self.table();
+        if let Some(inode) = table.inodes.get_mut(&attr.ino) {
+            if inode.note(attr) {
+                table.resized_elsewhere(attr);
+            }
         }
     }
 
@@ -221,7 +245,12 @@ impl OpenFiles {
         let Some(inode) = table.inodes.get_mut(&attr.ino) else {
             return attr;
         };
-        inode.note(&attr);
+        if inode.note(&attr) {
+            table.resized_elsewhere(&attr);
+        }
+        let Some(inode) = table.inodes.get(&attr.ino) else {
+            return attr;
+        };
         match &inode.waiting {
             Some(w) => pending_attrs::apply(&w.set, attr, w.at),
             None => attr,
@@ -340,6 +369,32 @@ impl OpenFiles {
         table.inodes.get(&ino)?.dirty.values().copied().max()
     }
 
+    /// `attr`, fetched from the metadata server after `buffered` was taken, as this mount
+    /// shows it (before [`OpenFiles::noted`]): noted, so that a size changed elsewhere
+    /// reaches the descriptors; if the file still has unflushed writes, as it is (the size
+    /// they give now is shown over it); if this mount knows a later version (a flush
+    /// committed while the question was out), that one; else raised to cover the writes
+    /// unflushed when the question was asked.
+    pub fn cover(&self, buffered: &BufferedSizes, attr: Attr) -> Attr {
+        let mut table = self.table();
+        let Some(inode) = table.inodes.get_mut(&attr.ino) else {
+            return buffered.cover(attr);
+        };
+        if inode.note(&attr) {
+            table.resized_elsewhere(&attr);
+        }
+        let Some(inode) = table.inodes.get(&attr.ino) else {
+            return buffered.cover(attr);
+        };
+        if !inode.dirty.is_empty() {
+            return attr;
+        }
+        match &inode.known {
+            Some((known, _)) if known.ctime > attr.ctime => known.clone(),
+            _ => buffered.cover(attr),
+        }
+    }
+
     /// The sizes [`OpenFiles::size_with_writes`] gives, of every file with unflushed writes.
     /// Taken before asking the metadata server for attributes: a flush that commits those
     /// writes while the question is out forgets them, and the answer may predate its commit.
@@ -409,12 +464,13 @@ impl OpenFiles {
     /// descriptor (a truncate by path, or the one the kernel makes for `open(O_TRUNC)`): its
     /// descriptors here take the new size. Otherwise a write through one of them would raise
     /// the size this mount shows back to the old one until its flush.
-    pub async fn resized(&self, ino: InodeId, size: u64) {
-        self.resize(ino, size, None).await;
+    pub async fn resized(&self, ino: InodeId, size: u64, ctime: Timestamp) {
+        self.resize(ino, size, ctime, None).await;
     }
 
-    /// Gives the descriptors of `ino` but `except` the size `size`, set at the server.
-    async fn resize(&self, ino: InodeId, size: u64, except: Option<u64>) {
+    /// Gives the descriptors of `ino` but `except` the size `size`, set at the server by a
+    /// change of ctime `ctime`.
+    async fn resize(&self, ino: InodeId, size: u64, ctime: Timestamp, except: Option<u64>) {
         let files: Vec<Arc<OpenFile>> = {
             let table = self.table();
             let files = table.files.values();
@@ -423,7 +479,7 @@ impl OpenFiles {
         };
         for file in files {
             let mut handle = file.lock().await;
-            handle.resized(size);
+            handle.resized(size, ctime);
             if let Some(inode) = self.table().inodes.get_mut(&ino) {
                 if let Some(buffered) = inode.dirty.get_mut(&file.fh) {
                     *buffered = handle.size();
@@ -485,8 +541,6 @@ impl OpenFiles {
         };
         let (result, changed) = tokio::join!(handle.flush_stamped(stamp), change);
         let commits = handle.take_commits();
-        // Under the handle's lock: a write that follows the flush records its size anew.
-        self.clean(file);
         let committed = result.as_ref().ok().cloned().flatten();
         let mut after = match (&committed, &changed) {
             (Some(data), Ok(Some(attr))) => Some(pending_attrs::apply(
@@ -516,13 +570,18 @@ impl OpenFiles {
                 handle.keep_error(e.clone());
             }
         }
+        // The attributes after the flush are noted before the descriptor shows clean: an
+        // answer of the metadata server from before the commit, arriving once it is clean,
+        // is then found older than what this mount knows (see [`OpenFiles::cover`]).
+        if let Some(attr) = &after {
+            self.note_attr(attr);
+        }
+        // Under the handle's lock: a write that follows the flush records its size anew.
+        self.clean(file);
         drop(handle);
         if !commits.is_empty() {
             self.note_commits(file.ino, commits);
             self.forget_layouts(Some(file.ino));
-        }
-        if let Some(attr) = &after {
-            self.note_attr(attr);
         }
         result?;
         changed.map(|()| after)
@@ -686,7 +745,7 @@ impl OpenFiles {
         let mut handle = file.lock().await;
         let result = handle.truncate(size).await;
         self.clean(file);
-        let new_size = handle.size();
+        let new_size = (handle.size(), handle.size_ctime());
         drop(handle);
         self.after_resize(file, &result, new_size).await;
         result
@@ -698,16 +757,22 @@ impl OpenFiles {
         let mut handle = file.lock().await;
         let result = handle.allocate(end).await;
         self.clean(file);
-        let new_size = handle.size();
+        let new_size = (handle.size(), handle.size_ctime());
         drop(handle);
         self.after_resize(file, &result, new_size).await;
         result
     }
 
-    /// After a size change through `file`: the file's other descriptors take the new size.
-    async fn after_resize(&self, file: &OpenFile, result: &FsResult<()>, size: u64) {
+    /// After a size change through `file` (to `size`, by a change of ctime `ctime`): the
+    /// file's other descriptors take the new size.
+    async fn after_resize(
+        &self,
+        file: &OpenFile,
+        result: &FsResult<()>,
+        (size, ctime): (u64, Timestamp),
+    ) {
         match result {
-            Ok(()) => self.resize(file.ino, size, Some(file.fh)).await,
+            Ok(()) => self.resize(file.ino, size, ctime, Some(file.fh)).await,
             Err(_) => self.forget_layouts(Some(file.ino)),
         }
     }

@@ -687,7 +687,10 @@ impl Filesystem for DfsFs {
             let parent = s.ino(parent);
             match s.client.lookup(parent, &name).await {
                 Err(FsError::NotFound) => s.reply_absent(reply, parent, &name),
-                result => s.reply_entry(reply, parent, &name, result.map(|a| buffered.cover(a))),
+                result => {
+                    let result = result.map(|a| s.files.cover(&buffered, a));
+                    s.reply_entry(reply, parent, &name, result)
+                }
             }
         });
     }
@@ -723,7 +726,7 @@ impl Filesystem for DfsFs {
                 .hit("mount.getattr_answered")
                 .await
                 .and(result);
-            s.reply_attr(reply, result.map(|a| buffered.cover(a)));
+            s.reply_attr(reply, result.map(|a| s.files.cover(&buffered, a)));
         });
     }
 
@@ -817,7 +820,7 @@ impl Filesystem for DfsFs {
             match (&result, by_path) {
                 // A truncate by path (or `open(O_TRUNC)`, which names no descriptor): the
                 // descriptors open here take the new size.
-                (Ok(attr), Some(_)) => s.files.resized(ino, attr.size).await,
+                (Ok(attr), Some(_)) => s.files.resized(ino, attr.size, attr.ctime).await,
                 (Err(_), Some(_)) => s.files.forget_layouts(Some(ino)),
                 _ => {}
             }
