@@ -50,7 +50,8 @@ impl OpenFile {
 /// What the open descriptors of one inode share.
 #[derive(Default)]
 struct Inode {
-    open: u32,
+    /// Its descriptors open here.
+    fhs: HashSet<u64>,
     /// Descriptors with unflushed writes, and the file's size including them.
     dirty: HashMap<u64, u64>,
     /// Raised when the file's extents change; a descriptor that saw another value drops the
@@ -124,13 +125,26 @@ impl Table {
         self.inodes.remove(&ino);
     }
 
-    /// `attr` shows a size of its file this mount did not know: another client changed it.
-    /// The file's descriptors free at once take it (a write through one would otherwise
-    /// make this mount show the old size again until its flush, and reads through it find
-    /// bytes that are no longer there). A busy one keeps its size until its flush.
-    fn resized_elsewhere(&mut self, attr: &Attr) {
-        let files = self.files.values().filter(|f| f.ino == attr.ino);
-        for file in files {
+    /// The descriptors open here on `ino`.
+    fn files_of(&self, ino: InodeId) -> Vec<Arc<OpenFile>> {
+        let fhs = self.inodes.get(&ino).map(|i| &i.fhs);
+        let files = fhs.into_iter().flatten();
+        files.filter_map(|fh| self.files.get(fh).cloned()).collect()
+    }
+
+    /// Notes the attributes of `attr.ino` as the metadata server gave them, if it is open.
+    /// If they show a size this mount did not know (another client changed it), the file's
+    /// descriptors free at once take it: a write through one would otherwise make this
+    /// mount show the old size again until its flush, and reads through it find bytes that
+    /// are no longer there. A busy one keeps its size until its flush.
+    fn note(&mut self, attr: &Attr) {
+        let Some(inode) = self.inodes.get_mut(&attr.ino) else {
+            return;
+        };
+        if !inode.note(attr) {
+            return;
+        }
+        for file in self.files_of(attr.ino) {
             let Ok(mut handle) = file.handle.try_lock() else {
                 continue;
             };
@@ -196,8 +210,8 @@ impl OpenFiles {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let mut table = self.table();
         let inode = table.inodes.entry(ino).or_default();
-        inode.open += 1;
-        let first = inode.open == 1;
+        inode.fhs.insert(fh);
+        let first = inode.fhs.len() == 1;
         file.share_layout_epoch(inode.layouts.clone());
         if first {
             table.changed.insert(ino);
@@ -231,23 +245,13 @@ impl OpenFiles {
 
     /// Notes the attributes of `attr.ino` as the metadata server gave them, if it is open.
     pub fn note_attr(&self, attr: &Attr) {
-        let mut table = self.table();
-        if let Some(inode) = table.inodes.get_mut(&attr.ino) {
-            if inode.note(attr) {
-                table.resized_elsewhere(attr);
-            }
-        }
+        self.table().note(attr);
     }
 
     /// [`OpenFiles::note_attr`], and gives `attr` with the changes waiting here made.
     pub fn noted(&self, attr: Attr) -> Attr {
         let mut table = self.table();
-        let Some(inode) = table.inodes.get_mut(&attr.ino) else {
-            return attr;
-        };
-        if inode.note(&attr) {
-            table.resized_elsewhere(&attr);
-        }
+        table.note(&attr);
         let Some(inode) = table.inodes.get(&attr.ino) else {
             return attr;
         };
@@ -377,12 +381,7 @@ impl OpenFiles {
     /// unflushed when the question was asked.
     pub fn cover(&self, buffered: &BufferedSizes, attr: Attr) -> Attr {
         let mut table = self.table();
-        let Some(inode) = table.inodes.get_mut(&attr.ino) else {
-            return buffered.cover(attr);
-        };
-        if inode.note(&attr) {
-            table.resized_elsewhere(&attr);
-        }
+        table.note(&attr);
         let Some(inode) = table.inodes.get(&attr.ino) else {
             return buffered.cover(attr);
         };
@@ -471,13 +470,8 @@ impl OpenFiles {
     /// Gives the descriptors of `ino` but `except` the size `size`, set at the server by a
     /// change of ctime `ctime`.
     async fn resize(&self, ino: InodeId, size: u64, ctime: Timestamp, except: Option<u64>) {
-        let files: Vec<Arc<OpenFile>> = {
-            let table = self.table();
-            let files = table.files.values();
-            let files = files.filter(|f| f.ino == ino && Some(f.fh) != except);
-            files.cloned().collect()
-        };
-        for file in files {
+        let files = self.table().files_of(ino);
+        for file in files.iter().filter(|f| Some(f.fh) != except) {
             let mut handle = file.lock().await;
             handle.resized(size, ctime);
             if let Some(inode) = self.table().inodes.get_mut(&ino) {
@@ -677,8 +671,8 @@ impl OpenFiles {
         }
         if let Some(inode) = table.inodes.get_mut(&file.ino) {
             inode.dirty.remove(&fh);
-            inode.open = inode.open.saturating_sub(1);
-            if inode.open == 0 {
+            inode.fhs.remove(&fh);
+            if inode.fhs.is_empty() {
                 table.closed(file.ino);
             }
         }
@@ -787,8 +781,8 @@ impl OpenFiles {
         let result = self.flush(&file).await;
         let mut table = self.table();
         let last = table.inodes.get_mut(&file.ino).is_none_or(|inode| {
-            inode.open = inode.open.saturating_sub(1);
-            inode.open == 0
+            inode.fhs.remove(&fh);
+            inode.fhs.is_empty()
         });
         if last {
             table.closed(file.ino);
