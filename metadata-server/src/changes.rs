@@ -171,15 +171,19 @@ impl ChangeFeed {
     /// Whether orphan `ino`, orphaned by a change published before `position` of feed `feed`,
     /// may be freed: every watcher that reports its open files and has not lapsed (called
     /// within [`DELEGATION_HELD`]) has since called on this feed from `position` or later (so
-    /// it reported every open made before it learnt of the change), and none has it open.
-    pub fn may_reap(&self, ino: InodeId, feed: u64, position: u64) -> bool {
+    /// it reported every open made before it learnt of the change), and none has it open. A
+    /// lapsed watcher (crashed, cut off or paused) still keeps what its last report named open
+    /// until `hold` after its last call, for when it comes back.
+    pub fn may_reap(&self, ino: InodeId, feed: u64, position: u64, hold: Duration) -> bool {
         let ring = self.ring.lock().expect("change feed");
         if feed != ring.id {
             return false;
         }
         ring.watchers.values().all(|w| match &w.open {
             None => true,
-            Some(_) if w.arrived.elapsed() >= DELEGATION_HELD => true,
+            Some(open) if w.arrived.elapsed() >= DELEGATION_HELD => {
+                w.arrived.elapsed() >= hold || !open.contains(&ino)
+            }
             Some(open) => w.feed == ring.id && w.taken >= position && !open.contains(&ino),
         })
     }
@@ -549,6 +553,18 @@ mod tests {
         })
     }
 
+    /// A hold of a lapsed mount's open files longer than any of these tests (and short: an
+    /// `Instant` cannot go back past the host's boot).
+    const HOLD: Duration = Duration::from_secs(30);
+
+    /// Makes `client`'s last call `ago` older than it was, as if it had been silent since.
+    fn silent_for(feed: &ChangeFeed, client: u64, ago: Duration) {
+        let mut ring = feed.ring.lock().unwrap();
+        let w = ring.watchers.get_mut(&client).unwrap();
+        w.arrived = w.arrived.checked_sub(ago).unwrap();
+        w.asked = w.asked.checked_sub(ago).unwrap();
+    }
+
     /// A call of `client` for changes of volume 1 from `after` of feed `id`, answered at once.
     async fn call(
         feed: &ChangeFeed,
@@ -558,6 +574,33 @@ mod tests {
     ) -> ChangePage {
         feed.watch(VolumeId(1), client, id, after, Duration::ZERO, report)
             .await
+    }
+
+    /// A mount that stops calling (crashed, cut off, paused) is not waited for, but the files
+    /// its last report named open are kept for the hold after its last call.
+    #[tokio::test]
+    async fn a_silent_mount_keeps_only_what_it_reported_open_and_only_for_the_hold() {
+        let feed = ChangeFeed::new();
+        let other = 6;
+        call(&feed, ME, (0, 0), report(true, &[3], &[])).await;
+        call(&feed, other, (0, 0), report(true, &[], &[])).await;
+        let end = feed.publish(VolumeId(1), Some(other), vec![attrs(3), attrs(4)]);
+        let (id, _) = feed.position();
+        call(&feed, other, (id, end), report(false, &[], &[])).await;
+        assert!(!feed.may_reap(InodeId(4), id, end, HOLD), "not lapsed yet");
+        silent_for(&feed, ME, DELEGATION_HELD);
+        assert!(
+            feed.may_reap(InodeId(4), id, end, HOLD),
+            "lapsed: not waited for"
+        );
+        assert!(!feed.may_reap(InodeId(3), id, end, HOLD), "reported open");
+        silent_for(&feed, ME, HOLD);
+        assert!(feed.may_reap(InodeId(3), id, end, HOLD), "past the hold");
+        // Back before the hold ran out, it holds what it reports as before.
+        call(&feed, ME, (id, end), report(false, &[], &[])).await;
+        assert!(!feed.may_reap(InodeId(3), id, end, HOLD), "back, and open");
+        call(&feed, ME, (id, end), report(false, &[], &[3])).await;
+        assert!(feed.may_reap(InodeId(3), id, end, HOLD), "closed");
     }
 
     /// An orphan is freed once every mount that reports its open files has called after the
@@ -573,7 +616,7 @@ mod tests {
         let end = feed.publish(VolumeId(1), Some(other), vec![attrs(3), attrs(4)]);
         let (id, _) = feed.position();
         assert!(
-            !feed.may_reap(InodeId(4), id, end),
+            !feed.may_reap(InodeId(4), id, end, HOLD),
             "the mounts called before"
         );
         let page = call(
@@ -585,42 +628,45 @@ mod tests {
         .await;
         assert_eq!(page.next, end);
         assert!(
-            !feed.may_reap(InodeId(4), id, end),
+            !feed.may_reap(InodeId(4), id, end, HOLD),
             "the other has not called since"
         );
         call(&feed, other, (id, end), report(false, &[], &[])).await;
         assert!(
-            !feed.may_reap(InodeId(4), id, end),
+            !feed.may_reap(InodeId(4), id, end, HOLD),
             "opened before this mount learnt of it"
         );
-        assert!(!feed.may_reap(InodeId(3), id, end), "open since before");
+        assert!(
+            !feed.may_reap(InodeId(3), id, end, HOLD),
+            "open since before"
+        );
         call(&feed, ME, (id, end), report(false, &[], &[4, 3])).await;
-        assert!(feed.may_reap(InodeId(4), id, end));
-        assert!(feed.may_reap(InodeId(3), id, end));
+        assert!(feed.may_reap(InodeId(4), id, end, HOLD));
+        assert!(feed.may_reap(InodeId(3), id, end, HOLD));
         // A whole report replaces what was known.
         call(&feed, ME, (id, end), report(false, &[9], &[])).await;
-        assert!(!feed.may_reap(InodeId(9), id, end));
+        assert!(!feed.may_reap(InodeId(9), id, end, HOLD));
         call(&feed, ME, (id, end), report(true, &[8], &[])).await;
-        assert!(feed.may_reap(InodeId(9), id, end));
-        assert!(!feed.may_reap(InodeId(8), id, end));
+        assert!(feed.may_reap(InodeId(9), id, end, HOLD));
+        assert!(!feed.may_reap(InodeId(8), id, end, HOLD));
         // A client that stopped watching holds nothing.
         feed.forget(ME);
-        assert!(feed.may_reap(InodeId(8), id, end));
+        assert!(feed.may_reap(InodeId(8), id, end, HOLD));
         // Another feed's positions mean nothing, and a new feed knows no mount's open files
         // until each calls on it.
         call(&feed, ME + 10, (0, 0), report(true, &[], &[])).await;
         feed.restart();
         let (new_id, new_end) = feed.position();
-        assert!(!feed.may_reap(InodeId(8), id, end));
-        assert!(!feed.may_reap(InodeId(8), new_id, new_end));
+        assert!(!feed.may_reap(InodeId(8), id, end, HOLD));
+        assert!(!feed.may_reap(InodeId(8), new_id, new_end, HOLD));
         call(&feed, ME + 10, (id, end), report(false, &[], &[])).await;
         assert!(
-            !feed.may_reap(InodeId(8), new_id, new_end),
+            !feed.may_reap(InodeId(8), new_id, new_end, HOLD),
             "still on the old feed"
         );
         call(&feed, other, (new_id, new_end), report(true, &[], &[])).await;
         call(&feed, ME + 10, (new_id, new_end), report(true, &[], &[])).await;
-        assert!(feed.may_reap(InodeId(8), new_id, new_end));
+        assert!(feed.may_reap(InodeId(8), new_id, new_end, HOLD));
     }
 
     #[tokio::test]

@@ -88,6 +88,9 @@ pub struct MetaConfig {
     pub server_timeout: Duration,
     /// A client session's locks outlive its last request by this long.
     pub lock_lease: Duration,
+    /// The files a mount reported open, unlinked since, outlive its last call by this long
+    /// (see [`orphans`]).
+    pub orphan_hold: Duration,
     pub repair: repair::RepairConfig,
     /// TCP address for metrics and the status page; `None` serves no HTTP.
     pub http: Option<SocketAddr>,
@@ -207,6 +210,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         delegation_lapses,
         orphans_kept,
         orphans_reaped,
+        orphan_hold: config.orphan_hold,
         capability_key,
         capability_key_path: config.data_dir.join("capability-key"),
         data_dir: config.data_dir.clone(),

@@ -87,6 +87,10 @@ struct Args {
     /// [default: 30, at least 15].
     #[arg(long, env = "DFS_META_LOCK_LEASE_SECS")]
     lock_lease_secs: Option<f64>,
+    /// Seconds a mount cut off (or crashed) keeps the files it has open that were unlinked:
+    /// back within that time, it goes on using them [default: 600].
+    #[arg(long, env = "DFS_META_ORPHAN_HOLD_SECS")]
+    orphan_hold_secs: Option<f64>,
     /// Seconds between repair scans (rebuilding lost shards, collecting garbage) [default: 10].
     #[arg(long, env = "DFS_META_REPAIR_INTERVAL_SECS")]
     repair_interval_secs: Option<f64>,
@@ -193,6 +197,11 @@ fn resolve(args: Args, file: Args) -> anyhow::Result<MetaConfig> {
             .or(file.auto_rebalance)
             .unwrap_or(defaults.auto_rebalance),
     };
+    let orphan_hold = secs(
+        args.orphan_hold_secs.or(file.orphan_hold_secs),
+        dfs_meta::orphans::DEFAULT_HOLD,
+        "--orphan-hold-secs",
+    )?;
     let listen = args
         .listen
         .or(file.listen)
@@ -241,6 +250,7 @@ fn resolve(args: Args, file: Args) -> anyhow::Result<MetaConfig> {
         identity: Identity::load(&tls)?,
         server_timeout: Duration::from_secs_f64(timeout),
         lock_lease: Duration::from_secs_f64(lease),
+        orphan_hold,
         repair,
         faults: dfs_common::fault::Faults::from_env()?,
     })

@@ -12,10 +12,14 @@
 //! have it open: every mount that reports its open files (with its calls for changes, see
 //! [`crate::changes::ChangeFeed::may_reap`]) has called again since the orphaning change was
 //! published, so its report covers every open it made before it learnt of the change, and none
-//! reports the file open. A mount that has not called for the delegation lapse (crashed or cut
-//! off) is not waited for: its descriptors of the file fail from then on, as NFS's do after a
-//! lease is lost. A new leader, or a restarted server, knows no mount's open files: the
-//! orphans it finds wait [`STARTUP_GRACE`] for the mounts to report again.
+//! reports the file open. A mount that has not called for the delegation lapse (crashed, cut
+//! off, paused) is not waited for, but the files its last report named open are kept for the
+//! orphan hold ([`DEFAULT_HOLD`], `--orphan-hold-secs`) after its last call: a mount back from
+//! a network cut or a paused VM goes on using the temporary files it unlinked. Past the hold
+//! they are freed and its descriptors of them fail, as NFS's do after a lease is lost; a crashed
+//! mount's orphans hold their disk space (not their quota) that long. A new leader, or a
+//! restarted server, knows no mount's open files: the orphans it finds wait [`STARTUP_GRACE`]
+//! for the mounts to report again.
 
 use crate::changes::ChangeFeed;
 use crate::command::Outcome;
@@ -35,6 +39,8 @@ use std::time::{Duration, Instant};
 pub const MAX_REAP: usize = 256;
 /// How long the orphans a new leader finds wait for the mounts to report their open files.
 pub const STARTUP_GRACE: Duration = Duration::from_secs(20);
+/// How long after its last call a mount keeps the orphans it reported open, by default.
+pub const DEFAULT_HOLD: Duration = Duration::from_secs(600);
 
 /// Keeps `ino`, a regular file whose last name just went (`rec`, with no links left), as an
 /// orphan: its usage goes back to the volume now, its inode and data stay.
@@ -87,9 +93,10 @@ pub fn all(t: &ReadTables) -> FsResult<Vec<InodeId>> {
 }
 
 /// The orphans a leader waits to free, with what each waits for.
-#[derive(Default)]
 pub struct Reaper {
     pending: Mutex<HashMap<InodeId, Since>>,
+    /// How long after its last call a mount keeps the orphans it reported open.
+    hold: Duration,
     /// Told when orphans arrive, so an idle reaper sleeps instead of polling.
     arrived: tokio::sync::Notify,
 }
@@ -105,6 +112,14 @@ struct Since {
 }
 
 impl Reaper {
+    pub fn new(hold: Duration) -> Self {
+        Reaper {
+            pending: Mutex::default(),
+            hold,
+            arrived: tokio::sync::Notify::new(),
+        }
+    }
+
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<InodeId, Since>> {
         self.pending.lock().expect("orphans")
     }
@@ -168,7 +183,7 @@ impl Reaper {
         pending
             .iter()
             .filter(|(_, s)| s.not_before.is_none_or(|t| now >= t))
-            .filter(|(&ino, s)| changes.may_reap(ino, s.feed, s.position))
+            .filter(|(&ino, s)| changes.may_reap(ino, s.feed, s.position, self.hold))
             .map(|(&ino, _)| ino)
             .take(MAX_REAP)
             .collect()
@@ -379,7 +394,7 @@ mod tests {
 
     #[test]
     fn a_new_leader_waits_out_the_grace_for_the_orphans_it_finds() {
-        let reaper = Reaper::default();
+        let reaper = Reaper::new(DEFAULT_HOLD);
         let feed = ChangeFeed::new();
         let (id, end) = feed.position();
         reaper.reload(vec![InodeId(7)], id);
@@ -395,7 +410,7 @@ mod tests {
     /// orphans and sleeps again.
     #[tokio::test(start_paused = true)]
     async fn an_idle_reaper_sleeps_until_an_orphan_arrives() {
-        let reaper = std::sync::Arc::new(Reaper::default());
+        let reaper = std::sync::Arc::new(Reaper::new(DEFAULT_HOLD));
         let feed = ChangeFeed::new();
         let (id, end) = feed.position();
         let idle = tokio::time::timeout(Duration::from_secs(3600), reaper.work()).await;

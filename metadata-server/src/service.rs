@@ -122,6 +122,8 @@ pub struct ServiceParts {
     pub delegation_lapses: prometheus_client::metrics::counter::Counter,
     pub orphans_kept: prometheus_client::metrics::counter::Counter,
     pub orphans_reaped: prometheus_client::metrics::counter::Counter,
+    /// How long a mount cut off keeps the orphans it reported open (see [`crate::orphans`]).
+    pub orphan_hold: Duration,
     pub capability_key: CapabilityKey,
     pub capability_key_path: std::path::PathBuf,
     /// The server's data directory.
@@ -160,7 +162,7 @@ impl MetaService {
             changes: ChangeFeed::new(),
             delegations: Delegations::open(&parts.data_dir),
             delegation_lapses: parts.delegation_lapses,
-            orphans: Reaper::default(),
+            orphans: Reaper::new(parts.orphan_hold),
             orphans_kept: parts.orphans_kept,
             orphans_reaped: parts.orphans_reaped,
             faults: parts.faults,

@@ -27,7 +27,11 @@ pub(crate) fn cluster_with_volume() -> ProcessCluster {
 
 /// `chunk_servers` servers and a 4+2 volume named `default`.
 pub(crate) fn cluster_with_volume_on(chunk_servers: usize) -> ProcessCluster {
-    let cluster = ProcessCluster::start(chunk_servers);
+    with_default_volume(ProcessCluster::start(chunk_servers))
+}
+
+/// `cluster`, once it has a 4+2 volume named `default`.
+pub(crate) fn with_default_volume(cluster: ProcessCluster) -> ProcessCluster {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = cluster

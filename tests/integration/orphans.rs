@@ -3,7 +3,7 @@
 //! metadata server keeps it as an orphan until no mount reports it open.
 
 use crate::heal::wait_until;
-use crate::mount::cluster_with_volume;
+use crate::mount::{cluster_with_volume, with_default_volume};
 use crate::observe::required_value;
 use dfs_tests::process::{Mount, ProcessCluster};
 use dfs_tests::random_bytes;
@@ -130,9 +130,64 @@ async fn an_orphan_is_opened_again_only_by_a_client_that_reports_it_open() {
     assert_eq!(holder.open_attr(file.ino, false).await.unwrap().nlink, 0);
 }
 
+/// Stops a process until dropped (a paused VM, a mount cut off the network).
+struct Paused(i32);
+
+impl Paused {
+    fn new(pid: i32) -> Paused {
+        // SAFETY: kill(2) of a process this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        Paused(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        // SAFETY: as in `new`.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// A mount silent for a while (cut off the network, its VM paused) is not waited for, but the
+/// files it had open and that were unlinked meanwhile are kept for the orphan hold: back, it
+/// goes on using them (a temporary file opened and unlinked at once, say).
 #[test]
-fn a_file_open_on_a_mount_that_dies_is_freed_once_the_mount_lapses() {
+fn a_mount_silent_past_its_lapse_keeps_the_unlinked_files_it_holds() {
     let cluster = cluster_with_volume();
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    let b = Mount::new(&cluster, "default", "b", "").unwrap();
+    let data = random_bytes(200_000, 3);
+    fs::write(b.path("scratch"), &data).unwrap();
+    let mut held = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(b.path("scratch"))
+        .unwrap();
+    fs::remove_file(b.path("scratch")).unwrap();
+    unlink_a_closed_file_and_wait_until_it_is_freed(&cluster, &a);
+    assert_eq!(reaped(&cluster), 1.0, "the open file is kept");
+    {
+        let _silent = Paused::new(crate::inline::mount_process(&b.dir));
+        // Freed only once the silent mount is no longer waited for.
+        unlink_a_closed_file_and_wait_until_it_is_freed(&cluster, &a);
+        assert_eq!(reaped(&cluster), 2.0, "the silent mount's file is kept");
+    }
+    assert!(read_all(&mut held) == data, "the bytes after the silence");
+    held.write_all(b"more").unwrap();
+    held.sync_all().unwrap();
+    assert_eq!(held.metadata().unwrap().len(), 200_004);
+    drop(held);
+    wait_until(&cluster, LIMIT, "the orphan freed after its close", || {
+        reaped(&cluster) == 3.0
+    });
+}
+
+/// A mount that dies keeps the files it had open only for the orphan hold.
+#[test]
+fn a_file_open_on_a_mount_that_dies_is_freed_after_the_orphan_hold() {
+    let cluster = with_default_volume(ProcessCluster::start_with(6, |c| {
+        c.meta_args = vec!["--orphan-hold-secs".into(), "6".into()];
+    }));
     let a = Mount::new(&cluster, "default", "a", "").unwrap();
     let b = Mount::new(&cluster, "default", "b", "").unwrap();
     fs::write(a.path("f"), b"held").unwrap();

@@ -163,6 +163,7 @@ impl TestCluster {
             identity: certs.meta_identity(),
             server_timeout: TEST_SERVER_TIMEOUT,
             lock_lease: dfs_meta::locks::DEFAULT_LEASE,
+            orphan_hold: dfs_meta::orphans::DEFAULT_HOLD,
             repair: dfs_meta::repair::RepairConfig {
                 interval: TEST_REPAIR_INTERVAL,
                 gc_grace: TEST_GC_GRACE,
