@@ -18,6 +18,7 @@
 //! - [`locks`]: file locks of client sessions, in memory, with leases.
 //! - [`repair`]: rebuilding lost shards and collecting garbage, from periodic scans.
 //! - [`maintenance`]: the state-machine commands repair and collection use.
+//! - [`space`]: refusing growth while the server's disk is nearly full.
 //! - [`service`]: the QUIC request handler.
 //! - [`web`]: Prometheus metrics and the status page over HTTP.
 
@@ -40,6 +41,7 @@ pub mod raft;
 pub mod repair;
 pub mod reply;
 pub mod service;
+pub mod space;
 pub mod state_machine;
 pub mod store;
 #[cfg(test)]
@@ -91,6 +93,9 @@ pub struct MetaConfig {
     /// The files a mount reported open, unlinked since, outlive its last call by this long
     /// (see [`orphans`]).
     pub orphan_hold: Duration,
+    /// Requests that grow the metadata are refused while the data directory's disk has less
+    /// free (see [`space`]); 0 turns the check off.
+    pub min_free_space: u64,
     pub repair: repair::RepairConfig,
     /// TCP address for metrics and the status page; `None` serves no HTTP.
     pub http: Option<SocketAddr>,
@@ -102,7 +107,10 @@ pub struct RunningMetaServer {
     pub addr: SocketAddr,
     /// Where metrics and the status page are served, if anywhere.
     pub http_addr: Option<SocketAddr>,
+    /// Ends when the server has stopped: at `shutdown`, or on a failure of its own.
     pub task: JoinHandle<()>,
+    /// Why the server stopped of its own accord (its metadata log failed), if it did.
+    pub failure: Arc<std::sync::OnceLock<String>>,
 }
 
 /// Opens the store, binds the endpoint and serves until `shutdown`.
@@ -199,6 +207,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         }
         None => None,
     };
+    let failure = Arc::new(std::sync::OnceLock::new());
     let service = Arc::new(service::MetaService::new(service::ServiceParts {
         db,
         log: group.clone(),
@@ -211,11 +220,13 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         orphans_kept,
         orphans_reaped,
         orphan_hold: config.orphan_hold,
+        space: space::Space::new(config.data_dir.clone(), config.min_free_space),
         capability_key,
         capability_key_path: config.data_dir.join("capability-key"),
         data_dir: config.data_dir.clone(),
         faults: config.faults.clone(),
         stopping: shutdown.clone(),
+        failure: failure.clone(),
     })?);
     tokio::spawn(service.clone().follow_leadership(shutdown.clone()));
     tokio::spawn(service.clone().reap_orphans(shutdown.clone()));
@@ -228,5 +239,6 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         addr,
         http_addr,
         task,
+        failure,
     })
 }

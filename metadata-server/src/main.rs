@@ -91,6 +91,11 @@ struct Args {
     /// back within that time, it goes on using them [default: 600].
     #[arg(long, env = "DFS_META_ORPHAN_HOLD_SECS")]
     orphan_hold_secs: Option<f64>,
+    /// Requests that grow the metadata (creates, writes, links, extended attributes) are
+    /// refused with ENOSPC while the disk of --data has less free, e.g. 256M; 0 turns the
+    /// check off [default: 256M].
+    #[arg(long, env = "DFS_META_MIN_FREE_SPACE")]
+    min_free_space: Option<String>,
     /// Seconds between repair scans (rebuilding lost shards, collecting garbage) [default: 10].
     #[arg(long, env = "DFS_META_REPAIR_INTERVAL_SECS")]
     repair_interval_secs: Option<f64>,
@@ -202,6 +207,11 @@ fn resolve(args: Args, file: Args) -> anyhow::Result<MetaConfig> {
         dfs_meta::orphans::DEFAULT_HOLD,
         "--orphan-hold-secs",
     )?;
+    let min_free_space = size(
+        args.min_free_space.or(file.min_free_space),
+        dfs_meta::space::DEFAULT_RESERVE,
+        "--min-free-space",
+    )?;
     let listen = args
         .listen
         .or(file.listen)
@@ -251,6 +261,7 @@ fn resolve(args: Args, file: Args) -> anyhow::Result<MetaConfig> {
         server_timeout: Duration::from_secs_f64(timeout),
         lock_lease: Duration::from_secs_f64(lease),
         orphan_hold,
+        min_free_space,
         repair,
         faults: dfs_common::fault::Faults::from_env()?,
     })
@@ -271,6 +282,13 @@ async fn main() -> anyhow::Result<()> {
     let running = dfs_meta::start(config, shutdown.clone())
         .await
         .context("starting metadata server")?;
-    dfs_common::shutdown::run_until_signal(shutdown, running.task).await;
-    Ok(())
+    tokio::select! {
+        _ = dfs_common::shutdown::wait_for_signal() => shutdown.cancel(),
+        _ = shutdown.cancelled() => {}
+    }
+    let _ = running.task.await;
+    match running.failure.get() {
+        Some(why) => anyhow::bail!("{why}"),
+        None => Ok(()),
+    }
 }

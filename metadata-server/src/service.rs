@@ -103,11 +103,13 @@ pub struct MetaService {
     delegation_lapses: prometheus_client::metrics::counter::Counter,
     /// Files unlinked while open, waiting to be freed (see [`crate::orphans`]).
     orphans: Reaper,
+    space: crate::space::Space,
     orphans_kept: prometheus_client::metrics::counter::Counter,
     orphans_reaped: prometheus_client::metrics::counter::Counter,
     faults: Faults,
     /// Cancelled when the server stops: long polls end then, not at their deadline.
     stopping: tokio_util::sync::CancellationToken,
+    failure: Arc<std::sync::OnceLock<String>>,
 }
 
 /// What the service is built from; the rest it derives.
@@ -124,12 +126,15 @@ pub struct ServiceParts {
     pub orphans_reaped: prometheus_client::metrics::counter::Counter,
     /// How long a mount cut off keeps the orphans it reported open (see [`crate::orphans`]).
     pub orphan_hold: Duration,
+    pub space: crate::space::Space,
     pub capability_key: CapabilityKey,
     pub capability_key_path: std::path::PathBuf,
     /// The server's data directory.
     pub data_dir: std::path::PathBuf,
     pub faults: Faults,
     pub stopping: tokio_util::sync::CancellationToken,
+    /// Set, with the reason, when the server stops of its own accord.
+    pub failure: Arc<std::sync::OnceLock<String>>,
 }
 
 impl MetaService {
@@ -163,10 +168,12 @@ impl MetaService {
             delegations: Delegations::open(&parts.data_dir),
             delegation_lapses: parts.delegation_lapses,
             orphans: Reaper::new(parts.orphan_hold),
+            space: parts.space,
             orphans_kept: parts.orphans_kept,
             orphans_reaped: parts.orphans_reaped,
             faults: parts.faults,
             stopping: parts.stopping,
+            failure: parts.failure,
         })
     }
 
@@ -1260,6 +1267,21 @@ impl MetaService {
         Ok(self.log.id)
     }
 
+    /// The metadata log stopped under a running server (a write to its disk failed: the disk
+    /// is full, or failing): this server can neither lead nor follow any more, so it stops,
+    /// with an error for its supervisor to restart it, instead of leaving its clients to
+    /// retry until they give up. The log's own error names the cause.
+    fn stop_for_good(&self) {
+        if self.stopping.is_cancelled() {
+            return;
+        }
+        let why = "the metadata log stopped after a failed write (see the error before this); \
+                   stopping so that the server is restarted";
+        tracing::error!("{why}");
+        let _ = self.failure.set(why.to_string());
+        self.stopping.cancel();
+    }
+
     /// Reloads what the service keeps in memory from the store (client grants, chunk-server
     /// certificates, draining servers), each time this member becomes leader: as a follower
     /// it took the group's changes into the store only.
@@ -1293,7 +1315,9 @@ impl MetaService {
             leading = now;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                changed = metrics.changed() => if changed.is_err() { return },
+                changed = metrics.changed() => if changed.is_err() {
+                    return self.stop_for_good();
+                },
                 // A take-over that failed is tried again.
                 _ = tokio::time::sleep(TAKE_OVER_RETRY) => {}
             }
@@ -1500,6 +1524,7 @@ impl Service for MetaService {
         }
         self.route(&request).await?;
         let grants = self.authorize(&peer.principal, &request).await?;
+        self.space.check(&request)?;
         if self.faults.is_enabled() {
             let point = format!("meta.after_authorize.{}", request.name());
             self.faults.hit(&point).await?;

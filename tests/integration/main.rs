@@ -7,6 +7,7 @@ mod crash;
 mod data;
 mod deploy;
 mod faults;
+mod full_disk;
 mod group;
 mod heal;
 mod inline;

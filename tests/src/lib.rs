@@ -164,6 +164,7 @@ impl TestCluster {
             server_timeout: TEST_SERVER_TIMEOUT,
             lock_lease: dfs_meta::locks::DEFAULT_LEASE,
             orphan_hold: dfs_meta::orphans::DEFAULT_HOLD,
+            min_free_space: dfs_meta::space::DEFAULT_RESERVE,
             repair: dfs_meta::repair::RepairConfig {
                 interval: TEST_REPAIR_INTERVAL,
                 gc_grace: TEST_GC_GRACE,

@@ -293,14 +293,20 @@ impl ProcessCluster {
             0 => &mut self.meta,
             i => &mut self.members[i - 1].1,
         };
-        let exited = match child.as_mut() {
-            Some(c) => matches!(c.try_wait(), Ok(Some(_))),
-            None => return true,
+        child.is_none() || self.member_exit_status(i).is_some()
+    }
+
+    /// How member `i` exited, if it has since it was started (then it is reaped).
+    pub fn member_exit_status(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let child = match i {
+            0 => &mut self.meta,
+            i => &mut self.members[i - 1].1,
         };
-        if exited {
+        let status = child.as_mut()?.try_wait().ok().flatten();
+        if status.is_some() {
             *child = None;
         }
-        exited
+        status
     }
 
     /// A `dfs` CLI command pointed at member `i` alone.
