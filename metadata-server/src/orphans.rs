@@ -18,8 +18,9 @@
 //! a network cut or a paused VM goes on using the temporary files it unlinked. Past the hold
 //! they are freed and its descriptors of them fail, as NFS's do after a lease is lost; a crashed
 //! mount's orphans hold their disk space (not their quota) that long. A new leader, or a
-//! restarted server, knows no mount's open files: the orphans it finds wait [`STARTUP_GRACE`]
-//! for the mounts to report again.
+//! restarted server, knows no mount's open files, nor which mounts there are: the orphans it
+//! finds wait the hold too (at least [`STARTUP_GRACE`]), so that a mount cut off across the
+//! restart keeps them as it would have without one.
 
 use crate::changes::ChangeFeed;
 use crate::command::Outcome;
@@ -37,7 +38,8 @@ use std::time::{Duration, Instant};
 
 /// Orphans one `ReapOrphans` command frees at most: bounds the command and its transaction.
 pub const MAX_REAP: usize = 256;
-/// How long the orphans a new leader finds wait for the mounts to report their open files.
+/// How long the orphans a new leader finds wait at least for the mounts to report their open
+/// files.
 pub const STARTUP_GRACE: Duration = Duration::from_secs(20);
 /// How long after its last call a mount keeps the orphans it reported open, by default.
 pub const DEFAULT_HOLD: Duration = Duration::from_secs(600);
@@ -147,9 +149,9 @@ impl Reaper {
     }
 
     /// Starts afresh from the orphans in the store, for a new leader on feed `feed`: they
-    /// wait [`STARTUP_GRACE`] for the mounts to report their open files.
+    /// wait the hold (at least [`STARTUP_GRACE`]) for the mounts to report their open files.
     pub fn reload(&self, orphans: Vec<InodeId>, feed: u64) {
-        let not_before = Some(Instant::now() + STARTUP_GRACE);
+        let not_before = Some(Instant::now() + self.hold.max(STARTUP_GRACE));
         let mut pending = self.pending();
         pending.clear();
         for ino in orphans {

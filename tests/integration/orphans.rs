@@ -207,7 +207,10 @@ fn a_file_open_on_a_mount_that_dies_is_freed_after_the_orphan_hold() {
 
 #[test]
 fn a_file_held_open_survives_a_restart_of_the_metadata_server() {
-    let mut cluster = cluster_with_volume();
+    // The orphans a restarted server finds wait the hold: 20 s here.
+    let mut cluster = with_default_volume(ProcessCluster::start_with(6, |c| {
+        c.meta_args = vec!["--orphan-hold-secs".into(), "20".into()];
+    }));
     let a = Mount::new(&cluster, "default", "a", "").unwrap();
     let b = Mount::new(&cluster, "default", "b", "").unwrap();
     let data = random_bytes(300_000, 2);
