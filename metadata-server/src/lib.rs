@@ -192,6 +192,10 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         "dfs_meta_orphans_reaped",
         "Orphans freed once no mount had them open",
     );
+    let space = Arc::new(space::Space::new(
+        config.data_dir.clone(),
+        config.min_free_space,
+    ));
     let http_addr = match config.http {
         Some(http) => {
             let sources = web::Sources {
@@ -199,6 +203,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
                 log: group.clone(),
                 membership: membership.clone(),
                 repair: repair.clone(),
+                space: space.clone(),
             };
             let handler = web::handler(registry, sources);
             let bound = dfs_common::http::serve(http, handler, shutdown.clone()).await?;
@@ -220,7 +225,7 @@ pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> FsResult<
         orphans_kept,
         orphans_reaped,
         orphan_hold: config.orphan_hold,
-        space: space::Space::new(config.data_dir.clone(), config.min_free_space),
+        space,
         capability_key,
         capability_key_path: config.data_dir.join("capability-key"),
         data_dir: config.data_dir.clone(),

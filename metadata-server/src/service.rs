@@ -103,7 +103,7 @@ pub struct MetaService {
     delegation_lapses: prometheus_client::metrics::counter::Counter,
     /// Files unlinked while open, waiting to be freed (see [`crate::orphans`]).
     orphans: Reaper,
-    space: crate::space::Space,
+    space: Arc<crate::space::Space>,
     orphans_kept: prometheus_client::metrics::counter::Counter,
     orphans_reaped: prometheus_client::metrics::counter::Counter,
     faults: Faults,
@@ -126,7 +126,7 @@ pub struct ServiceParts {
     pub orphans_reaped: prometheus_client::metrics::counter::Counter,
     /// How long a mount cut off keeps the orphans it reported open (see [`crate::orphans`]).
     pub orphan_hold: Duration,
-    pub space: crate::space::Space,
+    pub space: Arc<crate::space::Space>,
     pub capability_key: CapabilityKey,
     pub capability_key_path: std::path::PathBuf,
     /// The server's data directory.

@@ -55,9 +55,14 @@ impl Space {
         )))
     }
 
+    /// The reserve, in bytes (0: not checked).
+    pub fn reserve(&self) -> u64 {
+        self.reserve
+    }
+
     /// Bytes free for the server's data, read at most every [`FRESH_FOR`]. A disk that
     /// cannot be asked counts as roomy: the log's own errors still stop the server.
-    fn free(&self) -> u64 {
+    pub fn free(&self) -> u64 {
         let mut last = self.last.lock().expect("space");
         if let Some((at, free)) = *last {
             if at.elapsed() < FRESH_FOR {

@@ -25,6 +25,7 @@ pub struct Sources {
     pub log: crate::raft::Group,
     pub membership: Arc<Membership>,
     pub repair: Arc<Repair>,
+    pub space: Arc<crate::space::Space>,
 }
 
 impl Sources {
@@ -47,6 +48,7 @@ impl Sources {
 struct Gauges {
     servers: GaugeFamily,
     capacity: GaugeFamily,
+    disk: GaugeFamily,
     blocks: GaugeFamily,
     repair: GaugeFamily,
     volume_bytes: GaugeFamily,
@@ -68,6 +70,11 @@ impl Gauges {
                 r,
                 "dfs_meta_capacity_bytes",
                 "Raw bytes of live chunk servers: total and free",
+            ),
+            disk: gauges(
+                r,
+                "dfs_meta_disk_bytes",
+                "The metadata server's own disk: bytes free, and the reserve below which growth is refused (--min-free-space)",
             ),
             blocks: gauges(
                 r,
@@ -121,6 +128,8 @@ impl Gauges {
         let (total, free) = sources.membership.capacity();
         set(&self.capacity, "kind", "total", total);
         set(&self.capacity, "kind", "free", free);
+        set(&self.disk, "kind", "free", sources.space.free());
+        set(&self.disk, "kind", "reserve", sources.space.reserve());
         let h = sources.repair.health();
         for (name, v) in [
             ("healthy", h.healthy),
@@ -271,8 +280,14 @@ fn status_page(sources: &Sources) -> String {
     };
     let _ = write!(
         out,
-        "<p id=\"log\">Metadata log: member {} ({role}), term {}, last entry {}, applied {}.</p>",
-        log.member, log.term, log.last_index, log.applied_index
+        "<p id=\"log\">Metadata log: member {} ({role}), term {}, last entry {}, applied {}; \
+         its disk has {} free (creates and writes are refused below {}).</p>",
+        log.member,
+        log.term,
+        log.last_index,
+        log.applied_index,
+        size(sources.space.free()),
+        size(sources.space.reserve())
     );
     out.push_str("<h2>Metadata group</h2>");
     let known = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());

@@ -5,6 +5,7 @@
 
 use crate::heal::wait_until;
 use crate::mount::with_default_volume;
+use crate::observe::required_value;
 use dfs_tests::process::{Mount, ProcessCluster};
 use dfs_tests::random_bytes;
 use std::fs;
@@ -106,6 +107,15 @@ fn growth_is_refused_with_enospc_within_the_reserve_while_the_rest_goes_on() {
         assert!(made < 10_000, "never refused");
     };
     assert_eq!(refused.raw_os_error(), Some(libc::ENOSPC), "{refused}");
+    // Operators see it coming: the disk's free bytes and the reserve are metrics.
+    let disk = |kind: &str| {
+        required_value(
+            cluster.meta_http,
+            &format!("dfs_meta_disk_bytes{{kind=\"{kind}\"}}"),
+        )
+    };
+    assert_eq!(disk("reserve"), (64 * MIB) as f64);
+    assert!(disk("free") < (64 * MIB) as f64, "{}", disk("free"));
     // Whatever grows the metadata is refused at once, with ENOSPC.
     assert!(enospc(fs::create_dir(m.path("dir"))));
     assert!(enospc(symlink("small", m.path("link"))));
