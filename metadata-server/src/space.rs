@@ -11,7 +11,7 @@
 
 use dfs_common::proto::meta::MetaRequest;
 use dfs_common::{FsError, FsResult};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -69,12 +69,18 @@ impl Space {
                 return free;
             }
         }
-        let free = rustix::fs::statvfs(&self.dir)
-            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
-            .unwrap_or(u64::MAX);
+        let free = free_bytes(&self.dir);
         *last = Some((Instant::now(), free));
         free
     }
+}
+
+/// Bytes free on the disk of `path`, as `df` shows them (not counting blocks only root may
+/// use); a disk that cannot be asked counts as roomy.
+pub fn free_bytes(path: &Path) -> u64 {
+    rustix::fs::statvfs(path)
+        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+        .unwrap_or(u64::MAX)
 }
 
 /// Whether `request` adds to what the metadata holds: a new inode or name, extended

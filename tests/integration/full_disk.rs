@@ -203,3 +203,40 @@ fn a_log_that_finds_its_disk_full_stops_the_server_and_nothing_acknowledged_is_l
     fs::write(m.path("after"), b"room again").unwrap();
     assert_eq!(fs::read(m.path("after")).unwrap(), b"room again");
 }
+
+/// A snapshot (a copy of the store) that would not fit on the disk waits for room instead of
+/// failing: Raft takes a failed build as fatal, and the server would stop, and stop again at
+/// every restart while its log is long.
+#[test]
+fn a_snapshot_without_room_waits_for_it_instead_of_stopping_the_server() {
+    let disk = SmallDisk::new("160m");
+    let mut cluster = cluster_on(&disk, &["--min-free-space", "0", "--snapshot-every", "300"]);
+    let m = Mount::new(&cluster, "default", "m", "").unwrap();
+    // A store of some 20 MiB: files of 60 KiB kept inline.
+    let file = random_bytes(60_000, 4);
+    for i in 0..350 {
+        fs::write(m.path(&format!("big{i}")), &file).unwrap();
+    }
+    // Less room than a copy of the store needs; small files until a snapshot is due.
+    let filler = disk.fill_until(8 * MIB);
+    let put_off = |cluster: &ProcessCluster| cluster.logs().contains("snapshot put off");
+    let mut made = 0;
+    while !put_off(&cluster) {
+        write_synced(&m.path(&format!("small{made}")), b"small").unwrap();
+        made += 1;
+        assert!(made < 2_000, "no snapshot was put off");
+    }
+    assert!(!cluster.member_exited(0), "the metadata server runs on");
+    write_synced(&m.path("meanwhile"), b"still served").unwrap();
+
+    fs::remove_file(filler).unwrap();
+    wait_until(
+        &cluster,
+        LIMIT,
+        "the snapshot made once there is room",
+        || cluster.logs().contains("room for the snapshot now"),
+    );
+    assert!(!cluster.member_exited(0));
+    assert!(fs::read(m.path("big0")).unwrap() == file);
+    assert_eq!(fs::read(m.path("meanwhile")).unwrap(), b"still served");
+}

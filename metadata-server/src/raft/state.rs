@@ -407,10 +407,54 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        self.wait_for_room().await?;
         let db = self.db.clone();
         let dir = self.dir.clone();
         let progress = self.progress.clone();
         blocking(move || build(&db, &dir, &progress)).await
+    }
+}
+
+/// Room a snapshot needs beyond a copy of the store's pages.
+const SNAPSHOT_MARGIN: u64 = 16 << 20;
+/// How often a snapshot waiting for room looks again, and warns.
+const ROOM_RECHECK: Duration = Duration::from_secs(5);
+const ROOM_WARN_EVERY: Duration = Duration::from_secs(60);
+
+impl SnapshotBuilder {
+    /// Waits until the snapshot directory's disk has room for a copy of the store. A build
+    /// that failed for want of it would stop Raft for good (it takes a failed build as fatal),
+    /// and the server with it, at every restart while the log is long; waiting only puts the
+    /// snapshot off (the log grows meanwhile, and grows no metadata once the disk is within
+    /// `--min-free-space`). The build runs in a task of its own: Raft goes on meanwhile.
+    async fn wait_for_room(&self) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        let needed = blocking(move || {
+            let tx = db.begin_write().db()?;
+            let stats = tx.stats().db()?;
+            tx.abort().db()?;
+            Ok(stats.allocated_pages() * stats.page_size() as u64 + SNAPSHOT_MARGIN)
+        })
+        .await?;
+        let mut warned: Option<Instant> = None;
+        loop {
+            let free = crate::space::free_bytes(&self.dir);
+            if free >= needed {
+                if warned.is_some() {
+                    tracing::info!(free, needed, "metadata log: room for the snapshot now");
+                }
+                return Ok(());
+            }
+            if warned.is_none_or(|at| at.elapsed() >= ROOM_WARN_EVERY) {
+                tracing::warn!(
+                    free,
+                    needed,
+                    "metadata log: snapshot put off until its disk has room for a copy of the store; the log grows meanwhile"
+                );
+                warned = Some(Instant::now());
+            }
+            tokio::time::sleep(ROOM_RECHECK).await;
+        }
     }
 }
 
