@@ -136,9 +136,7 @@ impl ChunkService {
     /// Identity and usage, as reported in heartbeats.
     pub fn info(&self) -> ChunkServerInfo {
         let used = self.store.used_bytes();
-        let disk_free = rustix::fs::statvfs(self.store.root())
-            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
-            .unwrap_or(0);
+        let disk_free = dfs_common::disk::free_bytes(self.store.root()).unwrap_or(0);
         let capacity = match self.capacity {
             Some(c) => c,
             None => used.saturating_add(disk_free),

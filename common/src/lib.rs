@@ -20,6 +20,7 @@ pub mod capability;
 pub mod checksum;
 pub mod codec;
 pub mod config;
+pub mod disk;
 pub mod durable;
 pub mod ec;
 pub mod erasure;

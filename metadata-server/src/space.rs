@@ -75,12 +75,10 @@ impl Space {
     }
 }
 
-/// Bytes free on the disk of `path`, as `df` shows them (not counting blocks only root may
-/// use); a disk that cannot be asked counts as roomy.
+/// Bytes free on the disk of `path` ([`dfs_common::disk::free_bytes`]); a disk that cannot
+/// be asked counts as roomy.
 pub fn free_bytes(path: &Path) -> u64 {
-    rustix::fs::statvfs(path)
-        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
-        .unwrap_or(u64::MAX)
+    dfs_common::disk::free_bytes(path).unwrap_or(u64::MAX)
 }
 
 /// Whether `request` adds to what the metadata holds: a new inode or name, extended

@@ -289,24 +289,25 @@ impl ProcessCluster {
 
     /// Whether member `i` has exited (it died at a fault point, say); reaps it if so.
     pub fn member_exited(&mut self, i: usize) -> bool {
-        let child = match i {
-            0 => &mut self.meta,
-            i => &mut self.members[i - 1].1,
-        };
-        child.is_none() || self.member_exit_status(i).is_some()
+        self.member_process(i).is_none() || self.member_exit_status(i).is_some()
     }
 
     /// How member `i` exited, if it has since it was started (then it is reaped).
     pub fn member_exit_status(&mut self, i: usize) -> Option<std::process::ExitStatus> {
-        let child = match i {
-            0 => &mut self.meta,
-            i => &mut self.members[i - 1].1,
-        };
+        let child = self.member_process(i);
         let status = child.as_mut()?.try_wait().ok().flatten();
         if status.is_some() {
             *child = None;
         }
         status
+    }
+
+    /// Member `i`'s process (0 is the first server), if it runs.
+    fn member_process(&mut self, i: usize) -> &mut Option<Child> {
+        match i {
+            0 => &mut self.meta,
+            i => &mut self.members[i - 1].1,
+        }
     }
 
     /// A `dfs` CLI command pointed at member `i` alone.

@@ -149,11 +149,16 @@ impl Table {
                 continue;
             };
             if handle.resized_elsewhere(attr) {
-                let inode = self.inodes.get_mut(&attr.ino);
-                if let Some(buffered) = inode.and_then(|i| i.dirty.get_mut(&file.fh)) {
-                    *buffered = handle.size();
-                }
+                self.set_buffered(&file, handle.size());
             }
+        }
+    }
+
+    /// A resized descriptor's size with its unflushed writes, if it has any.
+    fn set_buffered(&mut self, file: &OpenFile, size: u64) {
+        let inode = self.inodes.get_mut(&file.ino);
+        if let Some(buffered) = inode.and_then(|i| i.dirty.get_mut(&file.fh)) {
+            *buffered = size;
         }
     }
 }
@@ -474,11 +479,7 @@ impl OpenFiles {
         for file in files.iter().filter(|f| Some(f.fh) != except) {
             let mut handle = file.lock().await;
             handle.resized(size, ctime);
-            if let Some(inode) = self.table().inodes.get_mut(&ino) {
-                if let Some(buffered) = inode.dirty.get_mut(&file.fh) {
-                    *buffered = handle.size();
-                }
-            }
+            self.table().set_buffered(file, handle.size());
         }
         self.forget_layouts(Some(ino));
     }
