@@ -80,6 +80,21 @@ struct Watcher {
     /// The files it has open, for a watcher that reports them (`WatchOpen`): orphans it holds
     /// are kept (see [`crate::orphans`]).
     open: Option<HashSet<InodeId>>,
+    /// Files it opened (or created) through calls since its last call for changes arrived,
+    /// and between its last two: its reports may not name them yet (the report that goes with
+    /// a call is made before the answer to an open sent meanwhile arrives), nor ever, if it
+    /// falls silent first. Held as if reported, until its second call after them.
+    opened_since: HashSet<InodeId>,
+    opened_before: HashSet<InodeId>,
+}
+
+impl Watcher {
+    /// Whether it may have `ino` open, as far as its reports and calls tell.
+    fn holds(&self, ino: InodeId) -> bool {
+        self.open.as_ref().is_some_and(|open| open.contains(&ino))
+            || self.opened_since.contains(&ino)
+            || self.opened_before.contains(&ino)
+    }
 }
 
 /// Files one watcher is known to have open at most; more are not recorded.
@@ -150,8 +165,12 @@ impl ChangeFeed {
         ring.entries.clear();
         // Mounts report their open files again, whole, once told they missed changes; until
         // each has called on this feed, its orphans wait (see `may_reap`).
-        for open in ring.watchers.values_mut().filter_map(|w| w.open.as_mut()) {
-            open.clear();
+        for w in ring.watchers.values_mut() {
+            if let Some(open) = w.open.as_mut() {
+                open.clear();
+            }
+            w.opened_since.clear();
+            w.opened_before.clear();
         }
     }
 
@@ -161,19 +180,33 @@ impl ChangeFeed {
         (ring.id, ring.end())
     }
 
-    /// Whether `client` said, in its calls for changes, that it has `ino` open.
+    /// Whether `client` said, in its calls for changes, that it has `ino` open, or opened it
+    /// since its last two calls.
     pub fn reports_open(&self, client: u64, ino: InodeId) -> bool {
         let ring = self.ring.lock().expect("change feed");
-        let open = ring.watchers.get(&client).and_then(|w| w.open.as_ref());
-        open.is_some_and(|open| open.contains(&ino))
+        ring.watchers.get(&client).is_some_and(|w| w.holds(ino))
+    }
+
+    /// Notes that `client` opened or created file `ino` through a call: held for it (see
+    /// [`ChangeFeed::may_reap`]) until its reports can name it. Only for a watcher that
+    /// reports its open files.
+    pub fn opened_by(&self, client: u64, ino: InodeId) {
+        let mut ring = self.ring.lock().expect("change feed");
+        let Some(w) = ring.watchers.get_mut(&client) else {
+            return;
+        };
+        if w.open.is_some() && w.opened_since.len() < MAX_OPEN_PER_WATCHER {
+            w.opened_since.insert(ino);
+        }
     }
 
     /// Whether orphan `ino`, orphaned by a change published before `position` of feed `feed`,
     /// may be freed: every watcher that reports its open files and has not lapsed (called
     /// within [`DELEGATION_HELD`]) has since called on this feed from `position` or later (so
     /// it reported every open made before it learnt of the change), and none has it open. A
-    /// lapsed watcher (crashed, cut off or paused) still keeps what its last report named open
-    /// until `hold` after its last call, for when it comes back.
+    /// lapsed watcher (crashed, cut off or paused) still keeps what its last report named open,
+    /// and what it opened through calls after that report, until `hold` after its last call,
+    /// for when it comes back.
     pub fn may_reap(&self, ino: InodeId, feed: u64, position: u64, hold: Duration) -> bool {
         let ring = self.ring.lock().expect("change feed");
         if feed != ring.id {
@@ -181,10 +214,10 @@ impl ChangeFeed {
         }
         ring.watchers.values().all(|w| match &w.open {
             None => true,
-            Some(open) if w.arrived.elapsed() >= DELEGATION_HELD => {
-                w.arrived.elapsed() >= hold || !open.contains(&ino)
+            Some(_) if w.arrived.elapsed() >= DELEGATION_HELD => {
+                w.arrived.elapsed() >= hold || !w.holds(ino)
             }
-            Some(open) => w.feed == ring.id && w.taken >= position && !open.contains(&ino),
+            Some(_) => w.feed == ring.id && w.taken >= position && !w.holds(ino),
         })
     }
 
@@ -304,7 +337,11 @@ impl ChangeFeed {
             _ => (feed, after),
         };
         if ring.watchers.len() < MAX_WATCHERS || ring.watchers.contains_key(&client) {
-            let mut open = ring.watchers.remove(&client).and_then(|w| w.open);
+            let known = ring.watchers.remove(&client);
+            let (mut open, opened_before) = match known {
+                Some(w) => (w.open, w.opened_since),
+                None => (None, HashSet::new()),
+            };
             if let Some(report) = report {
                 let open = open.get_or_insert_with(HashSet::new);
                 if report.all {
@@ -327,6 +364,8 @@ impl ChangeFeed {
                     taken: after,
                     feed,
                     open,
+                    opened_since: HashSet::new(),
+                    opened_before,
                 },
             );
         }
@@ -601,6 +640,43 @@ mod tests {
         assert!(!feed.may_reap(InodeId(3), id, end, HOLD), "back, and open");
         call(&feed, ME, (id, end), report(false, &[], &[3])).await;
         assert!(feed.may_reap(InodeId(3), id, end, HOLD), "closed");
+    }
+
+    /// A file a mount opened through a call after its last report is held as if reported
+    /// (the mount may fall silent before it can report it), until its second call after.
+    #[tokio::test]
+    async fn a_file_opened_after_the_last_report_is_held_until_reports_can_name_it() {
+        let feed = ChangeFeed::new();
+        let other = 6;
+        call(&feed, ME, (0, 0), report(true, &[], &[])).await;
+        call(&feed, other, (0, 0), report(true, &[], &[])).await;
+        feed.opened_by(ME, InodeId(5));
+        // A client that does not watch, or does not report, holds nothing so.
+        feed.opened_by(7, InodeId(4));
+        let end = feed.publish(VolumeId(1), Some(other), vec![attrs(4), attrs(5)]);
+        let (id, _) = feed.position();
+        call(&feed, other, (id, end), report(false, &[], &[])).await;
+        silent_for(&feed, ME, DELEGATION_HELD);
+        assert!(feed.may_reap(InodeId(4), id, end, HOLD));
+        assert!(
+            !feed.may_reap(InodeId(5), id, end, HOLD),
+            "opened after its last report: held by the silent mount"
+        );
+        assert!(feed.reports_open(ME, InodeId(5)));
+        silent_for(&feed, ME, HOLD);
+        assert!(feed.may_reap(InodeId(5), id, end, HOLD), "past the hold");
+
+        // Back, and still calling: the open is held through the call whose report may have
+        // been made before the open's answer arrived, then it is up to the reports.
+        call(&feed, ME, (id, end), report(false, &[], &[])).await;
+        assert!(!feed.may_reap(InodeId(5), id, end, HOLD), "one call after");
+        call(&feed, ME, (id, end), report(false, &[], &[])).await;
+        assert!(feed.may_reap(InodeId(5), id, end, HOLD), "two calls after");
+        assert!(!feed.reports_open(ME, InodeId(5)));
+        // A new feed forgets them with the reports.
+        feed.opened_by(ME, InodeId(9));
+        feed.restart();
+        assert!(!feed.reports_open(ME, InodeId(9)));
     }
 
     /// An orphan is freed once every mount that reports its open files has called after the

@@ -12,7 +12,8 @@
 //! have it open: every mount that reports its open files (with its calls for changes, see
 //! [`crate::changes::ChangeFeed::may_reap`]) has called again since the orphaning change was
 //! published, so its report covers every open it made before it learnt of the change, and none
-//! reports the file open. A mount that has not called for the delegation lapse (crashed, cut
+//! reports the file open (a file it opened or created through a call counts as reported until
+//! its reports can name it). A mount that has not called for the delegation lapse (crashed, cut
 //! off, paused) is not waited for, but the files its last report named open are kept for the
 //! orphan hold ([`DEFAULT_HOLD`], `--orphan-hold-secs`) after its last call: a mount back from
 //! a network cut or a paused VM goes on using the temporary files it unlinked. Past the hold

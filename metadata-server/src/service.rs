@@ -468,7 +468,13 @@ impl MetaService {
 
     /// Applies `op`, a `MakeNode` in `parent`, and gives the new inode's attributes.
     async fn make_node(&self, parent: InodeId, op: Op, call: Option<Call>) -> FsResult<Made> {
+        let client = call.as_ref().map(|c| c.client);
         let mut attr: Attr = self.mutate_as(op, call).await?;
+        // A file is made to be opened (a create), by a mount that may fall silent before it
+        // reports it open.
+        if let (Some(client), FileKind::File) = (client, attr.kind) {
+            self.changes.opened_by(client, attr.ino);
+        }
         // A new inode has no extended attributes.
         attr.has_xattrs = false;
         Ok(Made {
@@ -996,6 +1002,9 @@ impl MetaService {
         // Directories and the rest are not opened through a delegation (nothing is recorded
         // of them either way: no change to them is waited for).
         let delegated = delegated && attr.kind == FileKind::File;
+        if attr.kind == FileKind::File {
+            self.changes.opened_by(origin, ino);
+        }
         Ok(Opened { attr, delegated })
     }
 

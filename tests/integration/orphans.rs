@@ -182,6 +182,43 @@ fn a_mount_silent_past_its_lapse_keeps_the_unlinked_files_it_holds() {
     });
 }
 
+/// A mount that falls silent before it reported the files it opened last (its call for
+/// changes held at a fault point) still keeps them when they are unlinked: the metadata server
+/// holds the files a mount opened or created through calls as if reported.
+#[test]
+fn files_opened_just_before_a_mount_falls_silent_are_kept() {
+    let cluster = cluster_with_volume();
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    let (b, http) = crate::observe::mount_with_faults(&cluster, "default", "b", "");
+    let data = random_bytes(150_000, 4);
+    fs::write(a.path("shared"), &data).unwrap();
+    crate::coherence::hold_before_next_poll(&cluster, http, &a);
+
+    // Opened on b, unlinked on a; created and unlinked at once on b (a temporary file).
+    let mut opened = File::open(b.path("shared")).unwrap();
+    let mut created = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(b.path("scratch"))
+        .unwrap();
+    created.write_all(b"scratch bytes").unwrap();
+    fs::remove_file(a.path("shared")).unwrap();
+    fs::remove_file(b.path("scratch")).unwrap();
+    // Freed only once the silent mount is no longer waited for.
+    unlink_a_closed_file_and_wait_until_it_is_freed(&cluster, &a);
+    assert_eq!(reaped(&cluster), 1.0, "the files b opened are kept");
+
+    crate::observe::mount_fault(http, "mount.watch_changes", "disarm");
+    assert!(read_all(&mut opened) == data, "the unlinked file's bytes");
+    created.sync_all().unwrap();
+    assert_eq!(read_all(&mut created), b"scratch bytes");
+    drop((opened, created));
+    wait_until(&cluster, LIMIT, "both freed after their close", || {
+        reaped(&cluster) == 3.0
+    });
+}
+
 /// A mount that dies keeps the files it had open only for the orphan hold.
 #[test]
 fn a_file_open_on_a_mount_that_dies_is_freed_after_the_orphan_hold() {
