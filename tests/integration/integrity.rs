@@ -217,6 +217,41 @@ async fn a_shard_that_cannot_be_stored_is_recorded_missing_and_repaired() {
     assert!(client.read_range(ino, 0, u64::MAX).await.unwrap() == data);
 }
 
+/// A chunk server that stops answering without closing its connection (frozen, overloaded)
+/// holds a write no longer than a grace once enough of the block's shards are stored: the
+/// late shard is left behind, recorded missing, and repaired. Its write is held at a fault
+/// point for the whole write: without the grace the write waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_is_stored_without_a_shard_whose_server_does_not_answer() {
+    let cluster = TestCluster::start(6).await;
+    let faults = cluster.faults.clone();
+    let client = cluster.client().await;
+    let volume = cluster.volume(&client, "v", "4+2", 4 * MIB).await;
+    faults.arm("client.put_shard.5", Action::Pause);
+    let data = random_bytes(3 * MIB as usize, 12);
+    let ino = tokio::time::timeout(WAIT, write_file(&client, &volume, "f", &data))
+        .await
+        .expect("the write waited for the held shard");
+    assert_eq!(faults.hits("client.put_shard.5"), 1);
+    assert_eq!(client.shard_writes_left(), 1);
+    let layout = client.layout(ino, 0, u64::MAX).await.unwrap();
+    assert_eq!(layout.blocks.len(), 1);
+    assert_eq!(
+        layout.blocks[0].shards[5].server,
+        ServerId::NONE,
+        "the shard left behind is recorded missing"
+    );
+    assert!(client.read_range(ino, 0, u64::MAX).await.unwrap() == data);
+    faults.disarm("client.put_shard.5");
+    wait_for("the block to be repaired", WAIT, || async {
+        every_placed_shard_exists(&cluster, &client, ino)
+            .await
+            .then_some(())
+    })
+    .await;
+    assert!(client.read_range(ino, 0, u64::MAX).await.unwrap() == data);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_lived_reader_follows_shards_that_moved() {
     let mut cluster = TestCluster::start(9).await;

@@ -111,6 +111,8 @@ pub(crate) struct Inner {
     /// Reads that had to rebuild a piece from other shards (a server down, failed or slow):
     /// a handle that sees this move fetches its layout again, in case shards moved.
     pub(crate) fallback_reads: std::sync::atomic::AtomicU64,
+    /// Shard writes given up because enough of their block was stored while they were slow.
+    pub(crate) shard_writes_left: std::sync::atomic::AtomicU64,
     /// Dirty bytes buffered by all open files (see [`ClientOptions::max_dirty_total`]).
     pub(crate) dirty_total: std::sync::atomic::AtomicUsize,
     /// Room for block uploads, in KiB (see [`ClientOptions::max_upload_bytes`]).
@@ -215,6 +217,7 @@ impl Client {
                 locks: locks::LockSession::new(),
                 calls: calls::CallIds::new(),
                 fallback_reads: std::sync::atomic::AtomicU64::new(0),
+                shard_writes_left: std::sync::atomic::AtomicU64::new(0),
                 dirty_total: std::sync::atomic::AtomicUsize::new(0),
                 upload_budget: Arc::new(tokio::sync::Semaphore::new(upload_units)),
                 dir_attrs: dir_attrs::DirAttrs::default(),
@@ -252,6 +255,14 @@ impl Client {
     pub fn fallback_reads(&self) -> u64 {
         self.inner
             .fallback_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many shard writes so far were left behind, their block stored without them, as
+    /// their servers were too slow (see [`writer::upload_block`]).
+    pub fn shard_writes_left(&self) -> u64 {
+        self.inner
+            .shard_writes_left
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 

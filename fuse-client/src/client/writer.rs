@@ -10,7 +10,9 @@ use super::Client;
 use dfs_common::proto::chunk::{ShardKey, ShardOwner};
 use dfs_common::proto::meta::{req, BlockPlacement, NewExtent, ShardLocation};
 use dfs_common::{FsError, FsResult, InodeId, ServerId, VolumeId};
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// Servers tried per shard before the block write fails.
@@ -38,22 +40,51 @@ pub async fn upload_block(
         policy: placement.policy,
         block_len,
     };
+    let needed = placement.min_shards as usize;
+    let skipped = slow_to_skip(&client, &placement.shards, needed);
+    let mut missing_shards = 0u32;
+    let (give_up, given_up) = watch::channel(false);
     let mut sends = JoinSet::new();
     for (index, location) in placement.shards.iter().cloned().enumerate() {
+        if skipped[index] {
+            client
+                .inner
+                .shard_writes_left
+                .fetch_add(1, Ordering::Relaxed);
+            missing_shards |= 1 << index;
+            continue;
+        }
         let client = client.clone();
         let key = ShardKey {
             block: placement.block,
             index: index as u8,
         };
         let shard = encoded.shard(index);
+        let given_up = given_up.clone();
         sends.spawn(async move {
-            let stored = put_with_retry(&client, key, owner, shard, location).await?;
+            let stored = put_with_retry(&client, key, owner, shard, location, given_up).await?;
             Ok::<_, FsError>((index, stored))
         });
     }
+    let started = Instant::now();
+    let mut stragglers_until = None;
     let mut stored = 0;
-    let mut missing_shards = 0u32;
-    while let Some(result) = sends.join_next().await {
+    loop {
+        let next = match stragglers_until {
+            Some(deadline) if !*give_up.borrow() => {
+                match tokio::time::timeout_at(deadline, sends.join_next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        give_up.send_replace(true);
+                        continue;
+                    }
+                }
+            }
+            _ => sends.join_next().await,
+        };
+        let Some(result) = next else {
+            break;
+        };
         let (index, was_stored) =
             result.map_err(|e| FsError::io(format!("shard upload task: {e}")))??;
         if was_stored {
@@ -61,8 +92,11 @@ pub async fn upload_block(
         } else {
             missing_shards |= 1 << index;
         }
+        if stored >= needed && stragglers_until.is_none() {
+            stragglers_until =
+                Some(tokio::time::Instant::now() + straggler_grace(started.elapsed()));
+        }
     }
-    let needed = placement.min_shards as usize;
     if stored < needed {
         return Err(FsError::unavailable(format!(
             "stored only {stored} of the {} shards of block {} ({needed} needed): too few chunk servers up",
@@ -76,6 +110,40 @@ pub async fn upload_block(
         missing_shards,
         pieces,
     ))
+}
+
+/// How long shard writes still going may take once enough of a block's shards are stored,
+/// after `took` for those: a server that stopped answering without closing its connection
+/// (frozen, overloaded, cut off one way) would otherwise hold every write for the transfer
+/// timeout until the metadata server marks it down. Its shard is left missing, for repair.
+fn straggler_grace(took: Duration) -> Duration {
+    (took * 4).max(MIN_STRAGGLER_GRACE)
+}
+
+/// The least time given to a block's last shard writes (see [`straggler_grace`]): well above
+/// a healthy server's time for a shard on a busy host.
+const MIN_STRAGGLER_GRACE: Duration = Duration::from_secs(2);
+
+/// Which shards of a placement go unwritten because their servers were just too slow or
+/// failed (suspects: the chunk pool remembers such a server for 10 s): all of them when the
+/// others are `needed` or more, none otherwise. A block then waits for no server it would
+/// likely have to leave behind anyway; repair writes the missing shards later.
+fn slow_to_skip(client: &Client, shards: &[ShardLocation], needed: usize) -> Vec<bool> {
+    let chunks = &client.inner.chunks;
+    let suspect: Vec<bool> = shards
+        .iter()
+        .map(|l| l.server != ServerId::NONE && chunks.is_suspect(&l.addr))
+        .collect();
+    let others = shards
+        .iter()
+        .zip(&suspect)
+        .filter(|(l, &suspect)| l.server != ServerId::NONE && !suspect)
+        .count();
+    if others >= needed {
+        suspect
+    } else {
+        vec![false; shards.len()]
+    }
 }
 
 /// A placement for a block of file `ino` in `volume`: a spare one when ready, else one asked
@@ -107,14 +175,16 @@ async fn placement_for(
 }
 
 /// Sends one shard, placing it again when its server fails, on up to [`ATTEMPTS_PER_SHARD`]
-/// servers. Returns whether it was stored; one that was not goes into the commit's
-/// `missing_shards`, so the block record never names a server that lacks it.
+/// servers, until `given_up` turns true (the block has enough shards, and this one is late).
+/// Returns whether it was stored; one that was not goes into the commit's `missing_shards`,
+/// so the block record never names a server that lacks it.
 async fn put_with_retry(
     client: &Client,
     key: ShardKey,
     owner: ShardOwner,
     shard: bytes::Bytes,
     mut location: ShardLocation,
+    mut given_up: watch::Receiver<bool>,
 ) -> FsResult<bool> {
     for attempt in 1..=ATTEMPTS_PER_SHARD {
         if location.server == ServerId::NONE {
@@ -139,7 +209,17 @@ async fn put_with_retry(
                 .put_shard(&location.addr, key, owner, cap, shard.clone())
                 .await
         };
-        let Err(e) = put.await else {
+        let result = tokio::select! {
+            result = put => result,
+            _ = wait_until_given_up(&mut given_up) => {
+                // A server this slow is avoided by readers for a while too.
+                client.inner.chunks.mark_suspect(&location.addr);
+                client.inner.shard_writes_left.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(block = %key.block, index = key.index, server = %location.server, "shard write left behind: its server is too slow; the block is stored without it");
+                return Ok(false);
+            }
+        };
+        let Err(e) = result else {
             return Ok(true);
         };
         tracing::warn!(block = %key.block, index = key.index, server = %location.server, "shard write failed: {e}");
@@ -154,4 +234,11 @@ async fn put_with_retry(
         location = client.call(request).await?;
     }
     Ok(false)
+}
+
+/// Returns once the block's upload gives up on its late shard writes (never, if it ended).
+async fn wait_until_given_up(given_up: &mut watch::Receiver<bool>) {
+    if given_up.wait_for(|&given_up| given_up).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }

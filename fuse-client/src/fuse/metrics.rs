@@ -56,7 +56,15 @@ impl FuseMetrics {
             "dfs_fuse_spare_blocks",
             "Block placements fetched ahead of uploads (fetched) and uploads that started with one (used)",
         );
+        let shard_writes = gauges(
+            &mut r,
+            "dfs_fuse_shard_writes",
+            "Shard writes left behind (left), their block stored without them as their server was too slow",
+        );
         let page = MetricsPage::new(r, move || {
+            shard_writes
+                .get_or_create(&vec![("what", "left".to_string())])
+                .set(client.shard_writes_left() as f64);
             let (used, fetched) = client.spare_blocks().used_and_fetched();
             for (what, v) in [("used", used), ("fetched", fetched)] {
                 spares
