@@ -117,12 +117,13 @@ impl MetricsPage {
         let quic = gauges(
             &mut registry,
             "dfs_quic",
-            "QUIC transport: open connections, datagrams sent and received, send calls, lost packets, black holes detected, smallest datagram size in use",
+            "QUIC transport: open connections (all, and those peers made to this process), datagrams sent and received, send calls, lost packets, black holes detected, smallest datagram size in use",
         );
         let refresh = move || {
             let t = crate::net::stats::totals();
             for (what, v) in [
                 ("open_connections", t.open_connections),
+                ("accepted_connections", t.accepted_connections),
                 ("datagrams_sent", t.datagrams_sent),
                 ("datagrams_received", t.datagrams_received),
                 ("send_calls", t.send_calls),

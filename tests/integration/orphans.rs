@@ -182,6 +182,54 @@ fn a_mount_silent_past_its_lapse_keeps_the_unlinked_files_it_holds() {
     });
 }
 
+/// A mount silent past the transport's idle timeout (its connection closed by the metadata
+/// server meanwhile, a network cut or a paused VM of more than 15 s) comes back on a new
+/// connection: the unlinked file it holds is still there, a rename made meanwhile shows, and
+/// it goes on writing.
+#[test]
+fn a_mount_silent_past_the_connection_timeout_comes_back_on_a_new_connection() {
+    let cluster = cluster_with_volume();
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    let b = Mount::new(&cluster, "default", "b", "").unwrap();
+    let data = random_bytes(120_000, 5);
+    fs::write(b.path("scratch"), &data).unwrap();
+    let mut held = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(b.path("scratch"))
+        .unwrap();
+    fs::remove_file(b.path("scratch")).unwrap();
+    fs::write(a.path("old"), b"renamed while b is away").unwrap();
+    assert!(b.path("old").exists(), "b knows the name");
+    let timed_out = || cluster.meta_logs().contains("connection timed out");
+    assert!(!timed_out(), "no connection timed out yet");
+    {
+        let _silent = Paused::new(crate::inline::mount_process(&b.dir));
+        wait_until(&cluster, LIMIT, "b's connection timed out", timed_out);
+        fs::rename(a.path("old"), a.path("new")).unwrap();
+        unlink_a_closed_file_and_wait_until_it_is_freed(&cluster, &a);
+    }
+    assert!(
+        read_all(&mut held) == data,
+        "the held file after the silence"
+    );
+    held.write_all(b"more").unwrap();
+    held.sync_all().unwrap();
+    assert_eq!(held.metadata().unwrap().len(), 120_004);
+    wait_until(&cluster, LIMIT, "the rename shown on b", || {
+        !b.path("old").exists() && b.path("new").exists()
+    });
+    fs::write(b.path("after"), b"written once back").unwrap();
+    assert_eq!(fs::read(a.path("after")).unwrap(), b"written once back");
+    drop(held);
+    wait_until(
+        &cluster,
+        LIMIT,
+        "the held file freed after its close",
+        || reaped(&cluster) == 2.0,
+    );
+}
+
 /// A mount that falls silent before it reported the files it opened last (its call for
 /// changes held at a fault point) still keeps them when they are unlinked: the metadata server
 /// holds the files a mount opened or created through calls as if reported.

@@ -439,6 +439,20 @@ impl ProcessCluster {
     }
 
     /// Every log line the servers wrote, for failure messages.
+    /// The logs of the metadata server (of its every start), without the other processes'.
+    pub fn meta_logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("meta.") && name.ends_with(".log") {
+                    out += &std::fs::read_to_string(e.path()).unwrap_or_default();
+                }
+            }
+        }
+        out
+    }
+
     pub fn logs(&self) -> String {
         let mut out = String::new();
         if let Ok(entries) = std::fs::read_dir(self.dir.path()) {

@@ -94,7 +94,7 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>, shutdown: Ca
                     return;
                 }
             };
-            let _counted = super::stats::Counted::new(conn.clone());
+            let _counted = super::stats::Counted::accepted(conn.clone());
             serve_connection(conn, service, shutdown, streams).await;
         });
     }
@@ -139,6 +139,12 @@ async fn serve_connection<S: Service>(
         };
         let (send, recv) = match stream {
             Ok(s) => s,
+            // A peer that fell silent (crashed, cut off, paused) is worth a line; the others
+            // closed on purpose.
+            Err(quinn::ConnectionError::TimedOut) => {
+                info!(peer = %peer.addr, "connection timed out: the peer fell silent");
+                return;
+            }
             Err(e) => {
                 debug!(peer = %peer.addr, "connection closed: {e}");
                 return;

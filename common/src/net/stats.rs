@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TransportTotals {
     pub open_connections: u64,
+    /// The open connections that peers made to this process (its clients, for a server).
+    pub accepted_connections: u64,
     pub datagrams_sent: u64,
     pub datagrams_received: u64,
     pub send_calls: u64,
@@ -26,6 +28,7 @@ pub struct TransportTotals {
 
 const ZERO: TransportTotals = TransportTotals {
     open_connections: 0,
+    accepted_connections: 0,
     datagrams_sent: 0,
     datagrams_received: 0,
     send_calls: 0,
@@ -38,7 +41,8 @@ const ZERO: TransportTotals = TransportTotals {
 type Slot = Mutex<Option<Connection>>;
 
 struct Registry {
-    slots: Vec<Arc<Slot>>,
+    /// Each counted connection's slot, and whether a peer made it.
+    slots: Vec<(Arc<Slot>, bool)>,
     /// What connections whose owners dropped them had counted by then.
     closed: TransportTotals,
 }
@@ -69,11 +73,21 @@ pub struct Counted {
 }
 
 impl Counted {
+    /// A connection this process made.
     pub fn new(conn: Connection) -> Self {
+        Self::register(conn, false)
+    }
+
+    /// A connection a peer made to this process.
+    pub fn accepted(conn: Connection) -> Self {
+        Self::register(conn, true)
+    }
+
+    fn register(conn: Connection, accepted: bool) -> Self {
         let slot = Arc::new(Mutex::new(Some(conn.clone())));
         let mut r = registry();
-        r.slots.retain(|s| Arc::strong_count(s) > 1);
-        r.slots.push(slot.clone());
+        r.slots.retain(|(s, _)| Arc::strong_count(s) > 1);
+        r.slots.push((slot.clone(), accepted));
         Counted { conn, slot }
     }
 
@@ -96,12 +110,13 @@ pub fn totals() -> TransportTotals {
     let r = registry();
     let mut totals = r.closed;
     let mut smallest: Option<u64> = None;
-    for slot in &r.slots {
+    for (slot, accepted) in &r.slots {
         let slot = slot.lock().unwrap_or_else(|e| e.into_inner());
         let Some(conn) = slot.as_ref() else { continue };
         add(&mut totals, conn);
         if conn.close_reason().is_none() {
             totals.open_connections += 1;
+            totals.accepted_connections += u64::from(*accepted);
             let mtu = conn.stats().path.current_mtu as u64;
             smallest = Some(smallest.map_or(mtu, |s| s.min(mtu)));
         }
