@@ -230,14 +230,16 @@ impl ChangeFeed {
             .any(|(&w, at)| Some(w) != origin && at.asked.elapsed() < WATCHED_FOR)
     }
 
-    /// The clients other than `origin` whose open delegations may still hold: their last
-    /// call for changes arrived within [`DELEGATION_HELD`].
+    /// The clients other than `origin` that may hold open delegations: every watcher. Those
+    /// whose delegations lapsed (no call of theirs arrived within [`DELEGATION_HELD`]) are not
+    /// waited for (see [`ChangeFeed::wait_taken`]), but what they held is still recalled: a
+    /// file reopened under a delegation just before its mount fell silent may be open there.
     pub fn delegation_holders(&self, origin: Option<u64>) -> Vec<u64> {
         let ring = self.ring.lock().expect("change feed");
         ring.watchers
-            .iter()
-            .filter(|(&w, at)| Some(w) != origin && at.arrived.elapsed() < DELEGATION_HELD)
-            .map(|(&w, _)| w)
+            .keys()
+            .filter(|&&w| Some(w) != origin)
+            .copied()
             .collect()
     }
 

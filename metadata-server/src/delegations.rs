@@ -79,17 +79,19 @@ impl Delegations {
     }
 
     /// Takes the delegations of `inos` held by `holders` out of the record: those clients
-    /// must take the change before it is answered.
-    pub fn recall(&self, inos: &[InodeId], holders: &[u64]) -> Vec<u64> {
+    /// must take the change before it is answered. Returns each such client with the files
+    /// it held.
+    pub fn recall(&self, inos: &[InodeId], holders: &[u64]) -> Vec<(u64, Vec<InodeId>)> {
         let mut state = self.state();
         let mut recalled = Vec::new();
         for &client in holders {
-            let mut held = false;
-            for &ino in inos {
-                held |= state.held.remove(&(ino, client));
-            }
-            if held {
-                recalled.push(client);
+            let held: Vec<InodeId> = inos
+                .iter()
+                .copied()
+                .filter(|&ino| state.held.remove(&(ino, client)))
+                .collect();
+            if !held.is_empty() {
+                recalled.push((client, held));
             }
         }
         recalled
@@ -166,13 +168,16 @@ mod tests {
             dir.path().join(MARKER).exists(),
             "marked before the first grant"
         );
-        assert_eq!(d.recall(&[InodeId(5)], &[2, 3]), vec![2]);
         assert_eq!(
-            d.recall(&[InodeId(5)], &[2]),
-            Vec::<u64>::new(),
-            "taken once"
+            d.recall(&[InodeId(5), InodeId(6)], &[2, 3]),
+            vec![(2, vec![InodeId(5), InodeId(6)])]
         );
-        assert_eq!(d.recall(&[InodeId(7), InodeId(5)], &[1, 2]), vec![1]);
+        assert_eq!(d.recall(&[InodeId(5)], &[2]), vec![], "taken once");
+        assert_eq!(
+            d.recall(&[InodeId(7), InodeId(5)], &[1, 2]),
+            vec![(1, vec![InodeId(5)])]
+        );
+        assert!(d.grant(InodeId(6), 2).unwrap());
         assert_eq!(d.held(), 1);
         d.forget_client(2);
         assert_eq!(d.held(), 0, "a client that left holds nothing");

@@ -13,7 +13,8 @@
 //! [`crate::changes::ChangeFeed::may_reap`]) has called again since the orphaning change was
 //! published, so its report covers every open it made before it learnt of the change, and none
 //! reports the file open (a file it opened or created through a call counts as reported until
-//! its reports can name it). A mount that has not called for the delegation lapse (crashed, cut
+//! its reports can name it, and so does one whose open delegation lapsed with the change: it
+//! may have reopened it without a call). A mount that has not called for the delegation lapse (crashed, cut
 //! off, paused) is not waited for, but the files its last report named open are kept for the
 //! orphan hold ([`DEFAULT_HOLD`], `--orphan-hold-secs`) after its last call: a mount back from
 //! a network cut or a paused VM goes on using the temporary files it unlinked. Past the hold

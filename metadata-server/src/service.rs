@@ -1027,9 +1027,15 @@ impl MetaService {
         // (A change with holders is always published: they watch. Without a position, the
         // holders are waited out.)
         let end = end.unwrap_or(u64::MAX);
-        for client in recalled {
+        for (client, files) in recalled {
             if self.changes.wait_taken(client, end).await {
                 self.delegation_lapses.inc();
+                // It may have reopened them under the delegation, unknown to this server,
+                // just before it fell silent: they are held as if opened through a call, so
+                // an unlink leaves them as orphans it holds (see `crate::orphans`).
+                for ino in files {
+                    self.changes.opened_by(client, ino);
+                }
             }
         }
     }

@@ -9,6 +9,7 @@ use dfs_tests::process::{Mount, ProcessCluster};
 use dfs_tests::random_bytes;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 /// Well past a mount's next call for changes (every second) and a dead mount's lapse (3.5 s),
@@ -25,14 +26,20 @@ fn kept(cluster: &ProcessCluster) -> f64 {
 
 fn read_all(file: &mut File) -> Vec<u8> {
     let mut data = Vec::new();
+    // From the mount, not from pages the kernel kept of an earlier read.
+    // SAFETY: fadvise(2) on a descriptor this test owns.
+    let dropped = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(dropped, 0, "dropping the file's cached pages");
     file.seek(SeekFrom::Start(0)).unwrap();
     file.read_to_end(&mut data).unwrap();
     data
 }
 
-/// Unlinks a file open nowhere on mount `a`, after whatever the test changed: once it is
-/// freed, every mount has called for changes after all of those (see
-/// `ChangeFeed::may_reap`), so an orphan still kept is kept for the file being open.
+/// Unlinks a file open nowhere on mount `a`, after whatever the test changed, and waits until
+/// an orphan is freed: once that file is, every mount has called for changes after all of
+/// those (see `ChangeFeed::may_reap`), so an orphan still kept is kept for the file being
+/// open. (Another orphan freed first also ends the wait: the tests read the files they hold
+/// back from the mount, which fails for a freed one.)
 fn unlink_a_closed_file_and_wait_until_it_is_freed(cluster: &ProcessCluster, a: &Mount) {
     let before = reaped(cluster);
     fs::write(a.path("closed"), b"nobody has me open").unwrap();
@@ -262,6 +269,67 @@ fn files_opened_just_before_a_mount_falls_silent_are_kept() {
     created.sync_all().unwrap();
     assert_eq!(read_all(&mut created), b"scratch bytes");
     drop((opened, created));
+    wait_until(&cluster, LIMIT, "both freed after their close", || {
+        reaped(&cluster) == 3.0
+    });
+}
+
+/// A mount that reopens files under its open delegations (no call to the metadata server)
+/// and falls silent before it reports them still keeps them when another mount unlinks them,
+/// whether the unlink comes before its delegations lapsed (and waits for that) or after: what
+/// a lapsed delegation covered is held as if opened.
+#[test]
+fn files_reopened_under_a_delegation_just_before_a_mount_falls_silent_are_kept() {
+    use crate::coherence::{opens, wait_for_delegation};
+    use crate::observe::{mount_fault, scrape, value};
+    let cluster = cluster_with_volume();
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    let (b, http) = crate::observe::mount_with_faults(&cluster, "default", "b", "");
+    let early_data = random_bytes(150_000, 6);
+    let late_data = random_bytes(3_000, 7);
+    fs::write(a.path("early"), &early_data).unwrap();
+    fs::write(a.path("late"), &late_data).unwrap();
+    wait_for_delegation(&cluster, &b, "early");
+    wait_for_delegation(&cluster, &b, "late");
+    // The kernel sends a close's release on its own time: once b took them all, its second
+    // call for changes from now reports both files closed. Its third is held.
+    wait_until(&cluster, LIMIT, "b released the files it read", || {
+        let samples = scrape(http);
+        let count = |op: &str| value(&samples, &format!("dfs_fuse_requests_total{{op=\"{op}\"}}"));
+        count("open") == count("release")
+    });
+    let watch = |verb: &str| mount_fault(http, "mount.watch_changes", verb);
+    let held = |n: u32| {
+        wait_until(&cluster, LIMIT, "b's call for changes held", || {
+            watch("hits").trim() == n.to_string()
+        })
+    };
+    watch("pause");
+    for n in 1..=2 {
+        held(n);
+        watch("release");
+    }
+    held(3);
+
+    // Its delegations hold at the mount for a second or more: its last answered call was sent
+    // that recently.
+    let before = opens(&cluster);
+    let mut early = File::open(b.path("early")).unwrap();
+    let mut late = File::open(b.path("late")).unwrap();
+    assert_eq!(opens(&cluster), before, "both reopened under delegations");
+    // Answered once b's delegation has lapsed; the next one after that.
+    fs::remove_file(a.path("early")).unwrap();
+    fs::remove_file(a.path("late")).unwrap();
+    unlink_a_closed_file_and_wait_until_it_is_freed(&cluster, &a);
+    assert_eq!(reaped(&cluster), 1.0, "the files b reopened are kept");
+
+    watch("disarm");
+    assert!(
+        read_all(&mut early) == early_data,
+        "the first unlinked file"
+    );
+    assert!(read_all(&mut late) == late_data, "the second unlinked file");
+    drop((early, late));
     wait_until(&cluster, LIMIT, "both freed after their close", || {
         reaped(&cluster) == 3.0
     });
