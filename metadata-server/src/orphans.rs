@@ -22,7 +22,10 @@
 //! mount's orphans hold their disk space (not their quota) that long. A new leader, or a
 //! restarted server, knows no mount's open files, nor which mounts there are: the orphans it
 //! finds wait the hold too (at least [`STARTUP_GRACE`]), so that a mount cut off across the
-//! restart keeps them as it would have without one.
+//! restart keeps them as it would have without one. So do the orphans it makes during that
+//! time, when the store holds a volume (else no mount can exist yet): a mount it has not heard
+//! from may have them open (its first call, which reports every file it has open, may come
+//! seconds later, or after a network cut).
 
 use crate::changes::ChangeFeed;
 use crate::command::Outcome;
@@ -103,6 +106,9 @@ pub struct Reaper {
     hold: Duration,
     /// Told when orphans arrive, so an idle reaper sleeps instead of polling.
     arrived: tokio::sync::Notify,
+    /// Until then, orphans made wait as those found at the take-over do: mounts this leader
+    /// has not heard from yet may have them open.
+    unknown_mounts_until: Mutex<Option<Instant>>,
 }
 
 /// When an orphan was made, in the change feed's terms.
@@ -121,6 +127,7 @@ impl Reaper {
             pending: Mutex::default(),
             hold,
             arrived: tokio::sync::Notify::new(),
+            unknown_mounts_until: Mutex::new(None),
         }
     }
 
@@ -130,18 +137,23 @@ impl Reaper {
 
     /// Notes orphans made by a change published before `position` of feed `feed`.
     pub fn track(&self, inos: &[InodeId], feed: u64, position: u64) {
+        let not_before = self
+            .unknown_mounts_until
+            .lock()
+            .expect("orphans")
+            .filter(|&until| Instant::now() < until);
         let mut pending = self.pending();
         for &ino in inos {
             let since = Since {
                 feed,
                 position,
-                not_before: None,
+                not_before,
             };
             let entry = pending.entry(ino).or_insert(since);
             // Tracked twice (a retried call): the later position is the safe one.
             if entry.feed != feed || entry.position < position {
                 *entry = Since {
-                    not_before: entry.not_before,
+                    not_before: entry.not_before.max(not_before),
                     ..since
                 };
             }
@@ -151,9 +163,12 @@ impl Reaper {
     }
 
     /// Starts afresh from the orphans in the store, for a new leader on feed `feed`: they
-    /// wait the hold (at least [`STARTUP_GRACE`]) for the mounts to report their open files.
-    pub fn reload(&self, orphans: Vec<InodeId>, feed: u64) {
+    /// wait the hold (at least [`STARTUP_GRACE`]) for the mounts to report their open files,
+    /// and so do those made meanwhile if `mounts_may_exist` (the store holds a volume).
+    pub fn reload(&self, orphans: Vec<InodeId>, feed: u64, mounts_may_exist: bool) {
         let not_before = Some(Instant::now() + self.hold.max(STARTUP_GRACE));
+        *self.unknown_mounts_until.lock().expect("orphans") =
+            not_before.filter(|_| mounts_may_exist);
         let mut pending = self.pending();
         pending.clear();
         for ino in orphans {
@@ -401,13 +416,32 @@ mod tests {
         let reaper = Reaper::new(DEFAULT_HOLD);
         let feed = ChangeFeed::new();
         let (id, end) = feed.position();
-        reaper.reload(vec![InodeId(7)], id);
+        reaper.reload(vec![InodeId(7)], id, false);
         assert!(reaper.ready(&feed).is_empty(), "within the grace");
         reaper.track(&[InodeId(8)], id, end);
         reaper.track(&[InodeId(8)], id, end);
         assert_eq!(reaper.ready(&feed), vec![InodeId(8)], "no mount reports");
         reaper.freed(&[InodeId(8)]);
         assert_eq!(reaper.waiting(), 1);
+    }
+
+    /// A leader of a store that holds volumes may not have heard yet from every mount: what
+    /// they have open is not known, so the orphans made in the grace wait it out too.
+    #[test]
+    fn orphans_made_before_every_mount_can_have_reported_wait_the_grace() {
+        let reaper = Reaper::new(Duration::from_millis(300));
+        let feed = ChangeFeed::new();
+        let (id, end) = feed.position();
+        reaper.reload(Vec::new(), id, true);
+        reaper.track(&[InodeId(8)], id, end);
+        assert!(reaper.ready(&feed).is_empty(), "made within the grace");
+        assert!(
+            STARTUP_GRACE > Duration::from_millis(300),
+            "the grace is the longer"
+        );
+        reaper.reload(Vec::new(), id, false);
+        reaper.track(&[InodeId(9)], id, end);
+        assert_eq!(reaper.ready(&feed), vec![InodeId(9)], "no volume, no mount");
     }
 
     /// An idle reaper sleeps until an orphan is tracked; one that lost the lead forgets its
@@ -436,7 +470,7 @@ mod tests {
         reaper.clear();
         let idle = tokio::time::timeout(Duration::from_secs(3600), reaper.work()).await;
         assert!(idle.is_err(), "work after the orphans were forgotten");
-        reaper.reload(vec![InodeId(7)], id);
+        reaper.reload(vec![InodeId(7)], id, false);
         reaper.work().await;
     }
 }

@@ -1351,7 +1351,10 @@ impl MetaService {
                 "files unlinked while open are kept until the mounts report they closed them"
             );
         }
-        self.orphans.reload(orphans, self.changes.position().0);
+        // Mounts need a volume: with none, no mount can have an orphan made from now open.
+        let (volumes, _, _) = self.query(queries::counts).await?;
+        self.orphans
+            .reload(orphans, self.changes.position().0, volumes > 0);
         self.reload_clients()?;
         let (certs, draining) = self
             .query(|t| {

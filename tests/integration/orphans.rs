@@ -335,6 +335,44 @@ fn files_reopened_under_a_delegation_just_before_a_mount_falls_silent_are_kept()
     });
 }
 
+/// A mount the restarted metadata server has not heard from yet (its first call, which
+/// reports every file it has open, held at a fault point) keeps the file it holds open when
+/// another mount unlinks it right after the restart: the orphans made before every mount can
+/// have reported wait the hold, as those found at the restart do.
+#[test]
+fn a_file_unlinked_before_a_mount_reported_to_a_restarted_server_is_kept() {
+    let mut cluster = with_default_volume(ProcessCluster::start_with(6, |c| {
+        c.meta_args = vec!["--orphan-hold-secs".into(), "20".into()];
+    }));
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    let (b, http) = crate::observe::mount_with_faults(&cluster, "default", "b", "");
+    let data = random_bytes(150_000, 8);
+    fs::write(a.path("f"), &data).unwrap();
+    let mut held = File::open(b.path("f")).unwrap();
+    crate::coherence::hold_before_next_poll(&cluster, http, &a);
+
+    cluster.kill_meta();
+    cluster.start_meta();
+    fs::remove_file(a.path("f")).unwrap();
+    // Only a calls for changes now: past its second call since the restart, only the wait
+    // keeps the file.
+    wait_until(&cluster, LIMIT, "two calls of a on the new server", || {
+        std::net::TcpStream::connect(cluster.meta_http).is_ok()
+            && crate::coherence::requests(&cluster, "WatchOpen") >= 2.0
+    });
+    crate::observe::mount_fault(http, "mount.watch_changes", "disarm");
+    unlink_a_closed_file_and_wait_until_it_is_freed(&cluster, &a);
+    assert_eq!(reaped(&cluster), 1.0, "the file b holds is kept");
+    assert!(read_all(&mut held) == data, "the held file");
+    drop(held);
+    wait_until(
+        &cluster,
+        LIMIT,
+        "the held file freed after its close",
+        || reaped(&cluster) == 2.0,
+    );
+}
+
 /// A mount that dies keeps the files it had open only for the orphan hold.
 #[test]
 fn a_file_open_on_a_mount_that_dies_is_freed_after_the_orphan_hold() {
