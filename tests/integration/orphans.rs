@@ -20,6 +20,11 @@ pub(crate) fn reaped(cluster: &ProcessCluster) -> f64 {
     required_value(cluster.meta_http, "dfs_meta_orphans_reaped_total")
 }
 
+/// Waits until `n` orphans have been freed in all (`what` names the wait in a failure).
+fn wait_until_reaped(cluster: &ProcessCluster, n: f64, what: &str) {
+    wait_until(cluster, LIMIT, what, || reaped(cluster) == n);
+}
+
 fn kept(cluster: &ProcessCluster) -> f64 {
     required_value(cluster.meta_http, "dfs_meta_orphans_kept_total")
 }
@@ -96,12 +101,7 @@ fn a_file_unlinked_or_replaced_elsewhere_stays_readable_and_writable_while_open(
 
     // Closed: freed.
     drop((held_big, held_config, held_log));
-    wait_until(
-        &cluster,
-        LIMIT,
-        "the orphans freed after their close",
-        || reaped(&cluster) == 4.0,
-    );
+    wait_until_reaped(&cluster, 4.0, "the orphans freed after their close");
     crate::inline::fsck_is_clean(&cluster);
 }
 
@@ -184,9 +184,7 @@ fn a_mount_silent_past_its_lapse_keeps_the_unlinked_files_it_holds() {
     held.sync_all().unwrap();
     assert_eq!(held.metadata().unwrap().len(), 200_004);
     drop(held);
-    wait_until(&cluster, LIMIT, "the orphan freed after its close", || {
-        reaped(&cluster) == 3.0
-    });
+    wait_until_reaped(&cluster, 3.0, "the orphan freed after its close");
 }
 
 /// A mount silent past the transport's idle timeout (its connection closed by the metadata
@@ -229,12 +227,7 @@ fn a_mount_silent_past_the_connection_timeout_comes_back_on_a_new_connection() {
     fs::write(b.path("after"), b"written once back").unwrap();
     assert_eq!(fs::read(a.path("after")).unwrap(), b"written once back");
     drop(held);
-    wait_until(
-        &cluster,
-        LIMIT,
-        "the held file freed after its close",
-        || reaped(&cluster) == 2.0,
-    );
+    wait_until_reaped(&cluster, 2.0, "the held file freed after its close");
 }
 
 /// A mount that falls silent before it reported the files it opened last (its call for
@@ -269,9 +262,7 @@ fn files_opened_just_before_a_mount_falls_silent_are_kept() {
     created.sync_all().unwrap();
     assert_eq!(read_all(&mut created), b"scratch bytes");
     drop((opened, created));
-    wait_until(&cluster, LIMIT, "both freed after their close", || {
-        reaped(&cluster) == 3.0
-    });
+    wait_until_reaped(&cluster, 3.0, "both freed after their close");
 }
 
 /// A mount that reopens files under its open delegations (no call to the metadata server)
@@ -330,9 +321,7 @@ fn files_reopened_under_a_delegation_just_before_a_mount_falls_silent_are_kept()
     );
     assert!(read_all(&mut late) == late_data, "the second unlinked file");
     drop((early, late));
-    wait_until(&cluster, LIMIT, "both freed after their close", || {
-        reaped(&cluster) == 3.0
-    });
+    wait_until_reaped(&cluster, 3.0, "both freed after their close");
 }
 
 /// A mount the restarted metadata server has not heard from yet (its first call, which
@@ -365,12 +354,7 @@ fn a_file_unlinked_before_a_mount_reported_to_a_restarted_server_is_kept() {
     assert_eq!(reaped(&cluster), 1.0, "the file b holds is kept");
     assert!(read_all(&mut held) == data, "the held file");
     drop(held);
-    wait_until(
-        &cluster,
-        LIMIT,
-        "the held file freed after its close",
-        || reaped(&cluster) == 2.0,
-    );
+    wait_until_reaped(&cluster, 2.0, "the held file freed after its close");
 }
 
 /// A mount that dies keeps the files it had open only for the orphan hold.
@@ -390,9 +374,7 @@ fn a_file_open_on_a_mount_that_dies_is_freed_after_the_orphan_hold() {
     // SAFETY: kill(2) of the mount's process, which this test started.
     let pid = crate::inline::mount_process(&b.dir);
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    wait_until(&cluster, LIMIT, "the file of the dead mount freed", || {
-        reaped(&cluster) == 2.0
-    });
+    wait_until_reaped(&cluster, 2.0, "the file of the dead mount freed");
     drop(held);
 }
 
@@ -423,10 +405,5 @@ fn a_file_held_open_survives_a_restart_of_the_metadata_server() {
     assert_eq!(reaped(&cluster), 2.0, "the held file is kept");
     assert!(read_all(&mut held) == data);
     drop(held);
-    wait_until(
-        &cluster,
-        LIMIT,
-        "the held file freed after its close",
-        || reaped(&cluster) == 3.0,
-    );
+    wait_until_reaped(&cluster, 3.0, "the held file freed after its close");
 }
