@@ -265,6 +265,31 @@ fn files_opened_just_before_a_mount_falls_silent_are_kept() {
     wait_until_reaped(&cluster, 3.0, "both freed after their close");
 }
 
+/// A mount is known to the metadata server before the kernel sends it a request: a file it
+/// opens before its first call for changes from the feed's follower (held at a fault point
+/// from the start) is kept when another mount unlinks it.
+#[test]
+fn a_file_opened_by_a_new_mount_before_it_first_followed_the_feed_is_kept() {
+    let cluster = cluster_with_volume();
+    let a = Mount::new(&cluster, "default", "a", "").unwrap();
+    let data = random_bytes(150_000, 8);
+    fs::write(a.path("shared"), &data).unwrap();
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], dfs_tests::process::free_tcp_port()));
+    let env = [("DFS_FAULTS", "mount.watch_changes=pause")];
+    let b = Mount::with_env(&cluster, "default", "b", &format!("metrics={http}"), &env).unwrap();
+
+    let mut opened = File::open(b.path("shared")).unwrap();
+    fs::remove_file(a.path("shared")).unwrap();
+    // Freed only once the silent mount is no longer waited for.
+    unlink_a_closed_file_and_wait_until_it_is_freed(&cluster, &a);
+    assert_eq!(reaped(&cluster), 1.0, "the file b opened is kept");
+
+    crate::observe::mount_fault(http, "mount.watch_changes", "disarm");
+    assert!(read_all(&mut opened) == data, "the unlinked file's bytes");
+    drop(opened);
+    wait_until_reaped(&cluster, 2.0, "freed after its close");
+}
+
 /// A mount that reopens files under its open delegations (no call to the metadata server)
 /// and falls silent before it reports them still keeps them when another mount unlinks them,
 /// whether the unlink comes before its delegations lapsed (and waits for that) or after: what

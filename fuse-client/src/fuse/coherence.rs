@@ -9,7 +9,7 @@
 
 use crate::client::Client;
 use dfs_common::proto::meta::{req::OpenReport, Invalidation};
-use dfs_common::InodeId;
+use dfs_common::{FsResult, InodeId};
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
@@ -37,11 +37,35 @@ pub trait Caches: Send + Sync + 'static {
     fn open_report(&self, all: bool) -> OpenReport;
 }
 
-/// Follows the change feed of the volume whose root is `root` until `caches` is gone.
-pub async fn follow<C: Caches>(caches: Weak<C>, client: Client, root: InodeId) {
-    let (mut feed, mut next) = (0, 0);
+/// Where a mount stands in the change feed: the feed's id and the position to ask from next.
+pub type Position = (u64, u64);
+
+/// Makes this mount known to the metadata server before it serves its first request: its
+/// first call for changes, answered at once (a new watcher starts at the feed's newest
+/// position). From then on, a file it opens is kept for it when another mount unlinks it;
+/// a mount the server had not heard from yet would lose it (see the server's orphans).
+pub async fn register<C: Caches>(caches: &C, client: &Client, root: InodeId) -> FsResult<Position> {
+    let report = caches.open_report(true);
+    let sent = Instant::now();
+    let page = client
+        .watch_open(root, 0, 0, Duration::ZERO, report)
+        .await?;
+    // A new watcher has missed nothing: the feed answers for this mount from now on.
+    caches.feed_whole(sent);
+    Ok((page.feed, page.next))
+}
+
+/// Follows the change feed of the volume whose root is `root` until `caches` is gone, from
+/// `start` if [`register`] gave it.
+pub async fn follow<C: Caches>(
+    caches: Weak<C>,
+    client: Client,
+    root: InodeId,
+    start: Option<Position>,
+) {
+    let (mut feed, mut next) = start.unwrap_or((0, 0));
     // The server holds no report of this mount's open files yet (or lost it): send them all.
-    let mut report_all = true;
+    let mut report_all = start.is_none();
     loop {
         let Some(report) = caches.upgrade().map(|c| c.open_report(report_all)) else {
             return;

@@ -33,6 +33,9 @@ use std::time::{Duration, Instant, SystemTime};
 /// fast for short critical sections, backing off to spare the metadata server.
 const LOCK_RETRY_MIN: Duration = Duration::from_millis(10);
 const LOCK_RETRY_MAX: Duration = Duration::from_millis(500);
+/// Longest wait at start for the metadata server to note this mount (see
+/// [`super::coherence::register`]).
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often a waiting lock request looks for a signal to its process.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
@@ -86,6 +89,8 @@ fn time_set(t: TimeOrNow) -> TimeSet {
 }
 
 impl DfsFs {
+    /// The file system of a mount, registered with the metadata server before it returns
+    /// (waiting up to [`REGISTER_TIMEOUT`]; call it outside the runtime).
     pub fn new(
         client: Client,
         root: InodeId,
@@ -117,9 +122,27 @@ impl DfsFs {
                 usage: Mutex::new(None),
             }),
         };
+        let shared = &fs.shared;
+        // Known to the metadata server before the kernel sends a request (a failure here is
+        // retried by the feed's follower, the way a lost feed is).
+        let registered = shared.rt.block_on(async {
+            let register = super::coherence::register(&**shared, &shared.client, root);
+            tokio::time::timeout(REGISTER_TIMEOUT, register).await
+        });
+        let start = match registered {
+            Ok(Ok(start)) => Some(start),
+            Ok(Err(e)) => {
+                tracing::warn!("could not register with the metadata server yet: {e}");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("could not register with the metadata server yet: timed out");
+                None
+            }
+        };
         let watcher =
-            super::coherence::follow(Arc::downgrade(&fs.shared), fs.shared.client.clone(), root);
-        fs.shared.rt.spawn(watcher);
+            super::coherence::follow(Arc::downgrade(shared), shared.client.clone(), root, start);
+        shared.rt.spawn(watcher);
         fs
     }
 
