@@ -717,13 +717,6 @@ fn a_name_replaced_elsewhere_opens_the_new_file_before_the_change_is_heard() {
     name_replaced_elsewhere(&group_of_three(|_| {}), "v");
 }
 
-/// [`a_name_replaced_elsewhere_opens_the_new_file_before_the_change_is_heard`] with a lone
-/// metadata server.
-#[test]
-fn a_name_replaced_elsewhere_opens_the_new_file_before_the_change_is_heard_alone() {
-    name_replaced_elsewhere(&crate::mount::cluster_with_volume(), "default");
-}
-
 fn name_replaced_elsewhere(cluster: &ProcessCluster, volume: &str) {
     use std::os::unix::fs::MetadataExt;
     // Names kept for a minute: the reader's kernel holds the old one throughout.
