@@ -127,19 +127,14 @@ impl DfsFs {
         // retried by the feed's follower, the way a lost feed is).
         let registered = shared.rt.block_on(async {
             let register = super::coherence::register(&**shared, &shared.client, root);
-            tokio::time::timeout(REGISTER_TIMEOUT, register).await
+            match tokio::time::timeout(REGISTER_TIMEOUT, register).await {
+                Ok(registered) => registered.map_err(|e| e.to_string()),
+                Err(_) => Err("timed out".to_string()),
+            }
         });
-        let start = match registered {
-            Ok(Ok(start)) => Some(start),
-            Ok(Err(e)) => {
-                tracing::warn!("could not register with the metadata server yet: {e}");
-                None
-            }
-            Err(_) => {
-                tracing::warn!("could not register with the metadata server yet: timed out");
-                None
-            }
-        };
+        let start = registered
+            .inspect_err(|e| tracing::warn!("could not register with the metadata server yet: {e}"))
+            .ok();
         let watcher =
             super::coherence::follow(Arc::downgrade(shared), shared.client.clone(), root, start);
         shared.rt.spawn(watcher);
