@@ -80,20 +80,53 @@ struct Watcher {
     /// The files it has open, for a watcher that reports them (`WatchOpen`): orphans it holds
     /// are kept (see [`crate::orphans`]).
     open: Option<HashSet<InodeId>>,
-    /// Files it opened (or created) through calls since its last call for changes arrived,
-    /// and between its last two: its reports may not name them yet (the report that goes with
-    /// a call is made before the answer to an open sent meanwhile arrives), nor ever, if it
-    /// falls silent first. Held as if reported, until its second call after them.
-    opened_since: HashSet<InodeId>,
-    opened_before: HashSet<InodeId>,
+    /// Files it opened (or created) through calls lately: its reports may not name them yet
+    /// (the report that goes with a call is made before the answer to an open sent meanwhile
+    /// arrives), nor ever, if it falls silent first. Held as if reported.
+    opened: Recent,
+    /// Files its open delegations covered when they lapsed: it may have reopened them without
+    /// a call just before it fell silent. Held as if reported, but not reopened for it
+    /// through a call: it has them open only if its next report says so.
+    covered: Recent,
 }
 
 impl Watcher {
     /// Whether it may have `ino` open, as far as its reports and calls tell.
     fn holds(&self, ino: InodeId) -> bool {
-        self.open.as_ref().is_some_and(|open| open.contains(&ino))
-            || self.opened_since.contains(&ino)
-            || self.opened_before.contains(&ino)
+        self.reports(ino) || self.covered.contains(ino)
+    }
+
+    /// Whether it said it has `ino` open, or opened it through a call lately.
+    fn reports(&self, ino: InodeId) -> bool {
+        self.open.as_ref().is_some_and(|open| open.contains(&ino)) || self.opened.contains(ino)
+    }
+}
+
+/// Files noted since a watcher's last call for changes arrived, and between its last two:
+/// kept until its second call after them, by when its reports name what it still has open.
+#[derive(Default)]
+struct Recent {
+    since: HashSet<InodeId>,
+    before: HashSet<InodeId>,
+}
+
+impl Recent {
+    fn insert(&mut self, ino: InodeId) {
+        if self.since.len() < MAX_OPEN_PER_WATCHER {
+            self.since.insert(ino);
+        }
+    }
+
+    fn contains(&self, ino: InodeId) -> bool {
+        self.since.contains(&ino) || self.before.contains(&ino)
+    }
+
+    /// At a call for changes: those noted since the last one are kept through the next.
+    fn next_call(self) -> Recent {
+        Recent {
+            since: HashSet::new(),
+            before: self.since,
+        }
     }
 }
 
@@ -169,8 +202,8 @@ impl ChangeFeed {
             if let Some(open) = w.open.as_mut() {
                 open.clear();
             }
-            w.opened_since.clear();
-            w.opened_before.clear();
+            w.opened = Recent::default();
+            w.covered = Recent::default();
         }
     }
 
@@ -181,22 +214,32 @@ impl ChangeFeed {
     }
 
     /// Whether `client` said, in its calls for changes, that it has `ino` open, or opened it
-    /// since its last two calls.
+    /// through a call since its last two calls.
     pub fn reports_open(&self, client: u64, ino: InodeId) -> bool {
         let ring = self.ring.lock().expect("change feed");
-        ring.watchers.get(&client).is_some_and(|w| w.holds(ino))
+        ring.watchers.get(&client).is_some_and(|w| w.reports(ino))
     }
 
     /// Notes that `client` opened or created file `ino` through a call: held for it (see
     /// [`ChangeFeed::may_reap`]) until its reports can name it. Only for a watcher that
     /// reports its open files.
     pub fn opened_by(&self, client: u64, ino: InodeId) {
+        self.note(client, |w| w.opened.insert(ino));
+    }
+
+    /// Notes that the lapsed open delegation of `client` covered file `ino`: held for it as
+    /// [`ChangeFeed::opened_by`] holds a file, though not reopened for it through a call
+    /// (see [`ChangeFeed::reports_open`]): it may have reopened it without a call before it
+    /// fell silent, or not.
+    pub fn delegation_lapsed(&self, client: u64, ino: InodeId) {
+        self.note(client, |w| w.covered.insert(ino));
+    }
+
+    /// Applies `note` to the watcher `client`, if it reports its open files.
+    fn note(&self, client: u64, note: impl FnOnce(&mut Watcher)) {
         let mut ring = self.ring.lock().expect("change feed");
-        let Some(w) = ring.watchers.get_mut(&client) else {
-            return;
-        };
-        if w.open.is_some() && w.opened_since.len() < MAX_OPEN_PER_WATCHER {
-            w.opened_since.insert(ino);
+        if let Some(w) = ring.watchers.get_mut(&client).filter(|w| w.open.is_some()) {
+            note(w);
         }
     }
 
@@ -340,9 +383,9 @@ impl ChangeFeed {
         };
         if ring.watchers.len() < MAX_WATCHERS || ring.watchers.contains_key(&client) {
             let known = ring.watchers.remove(&client);
-            let (mut open, opened_before) = match known {
-                Some(w) => (w.open, w.opened_since),
-                None => (None, HashSet::new()),
+            let (mut open, opened, covered) = match known {
+                Some(w) => (w.open, w.opened.next_call(), w.covered.next_call()),
+                None => (None, Recent::default(), Recent::default()),
             };
             if let Some(report) = report {
                 let open = open.get_or_insert_with(HashSet::new);
@@ -366,8 +409,8 @@ impl ChangeFeed {
                     taken: after,
                     feed,
                     open,
-                    opened_since: HashSet::new(),
-                    opened_before,
+                    opened,
+                    covered,
                 },
             );
         }
@@ -675,6 +718,10 @@ mod tests {
         call(&feed, ME, (id, end), report(false, &[], &[])).await;
         assert!(feed.may_reap(InodeId(5), id, end, HOLD), "two calls after");
         assert!(!feed.reports_open(ME, InodeId(5)));
+        // What a lapsed delegation covered is held too, but not opened again through a call.
+        feed.delegation_lapsed(ME, InodeId(8));
+        assert!(!feed.may_reap(InodeId(8), id, end, HOLD));
+        assert!(!feed.reports_open(ME, InodeId(8)));
         // A new feed forgets them with the reports.
         feed.opened_by(ME, InodeId(9));
         feed.restart();

@@ -1,19 +1,23 @@
 //! Open delegations: which mounts may reopen a file without asking for its attributes.
 //!
-//! A mount opening a file asks for its attributes (`OpenAttr`, close-to-open). When the server
-//! is a group of one and the mount follows the change feed, the answer grants a delegation,
-//! recorded here before the attributes are read. A change to the file by another client is
-//! answered only once every holder has taken the change from its feed, or its delegation has
-//! lapsed (see [`crate::changes::ChangeFeed::wait_taken`]); the holders are forgotten then, and
-//! their next open asks again. So a reopen that uses a delegation sees every change whose
-//! writer was answered before it: close-to-open holds without the round trip.
+//! A mount opening a file asks for its attributes (`OpenAttr`, close-to-open). When the mount
+//! follows the change feed, the answer grants a delegation, recorded here before the
+//! attributes are read. A change to the file by another client is answered only once every
+//! holder has taken the change from its feed, or its delegation has lapsed (see
+//! [`crate::changes::ChangeFeed::wait_taken`]); the holders are forgotten then, and their next
+//! open asks again. So a reopen that uses a delegation sees every change whose writer was
+//! answered before it: close-to-open holds without the round trip.
 //!
-//! The record lives in memory. A restarted server does not know what its predecessor granted:
-//! if that one granted any (a marker file says so, written durably before the first grant of
-//! each process), changes to files wait out one [`DELEGATION_HELD`] after start, by which time
-//! every old delegation has lapsed at its mount. Groups of more than one member grant none
-//! (a new leader would not know its predecessor's): a group of one that adds a member first
-//! stops granting and waits out the ones it gave ([`Delegations::close`]).
+//! The record lives in the leader's memory, and is made anew each time a member takes over
+//! as leader: grants wait until then. A leader does not know what another process granted,
+//! so changes to files wait out one [`DELEGATION_HELD`] after it takes over, by which time
+//! every older delegation has lapsed at its mount:
+//! - in a group, after every take-over once the store holds a volume (mounts need one). A
+//!   mount renews its delegations only with answers to calls sent before they arrived at a
+//!   member that had just confirmed it led (each call passes a read barrier), so the old
+//!   leader renewed none after the new one was elected;
+//! - a lone server that restarted waits only if it had granted any before: a marker file says
+//!   so, written durably before the first grant of each process.
 
 use crate::changes::DELEGATION_HELD;
 use dfs_common::{FsError, FsResult, InodeId};
@@ -30,8 +34,6 @@ const MARKER: &str = "delegations-granted";
 pub struct Delegations {
     state: Mutex<State>,
     marker: PathBuf,
-    /// Changes to files wait until then: delegations of a previous process may still hold.
-    grace_until: Option<Instant>,
 }
 
 struct State {
@@ -39,23 +41,25 @@ struct State {
     held: HashSet<(InodeId, u64)>,
     /// The marker is on disk for this process.
     marked: bool,
-    /// No more grants (the group grows); granted ones are waited out until then.
-    closed_until: Option<Instant>,
+    /// The leader term this record was made for (at the take-over): grants are made in it only.
+    term: Option<u64>,
+    /// Changes to files wait until then: delegations this record does not know of may hold.
+    unknown_until: Option<Instant>,
 }
 
 impl Delegations {
     /// The record of a server whose data lives in `dir`.
     pub fn open(dir: &Path) -> Delegations {
         let marker = dir.join(MARKER);
-        let grace_until = marker.exists().then(|| Instant::now() + DELEGATION_HELD);
+        let unknown_until = marker.exists().then(|| Instant::now() + DELEGATION_HELD);
         Delegations {
             state: Mutex::new(State {
                 held: HashSet::new(),
                 marked: false,
-                closed_until: None,
+                term: None,
+                unknown_until,
             }),
             marker,
-            grace_until,
         }
     }
 
@@ -63,11 +67,28 @@ impl Delegations {
         self.state.lock().expect("delegations")
     }
 
-    /// Records a delegation of `ino` to `client`, if one can be granted. The caller reads the
-    /// attributes it answers with after this, so a change made meanwhile recalls it.
-    pub fn grant(&self, ino: InodeId, client: u64) -> FsResult<bool> {
+    /// Starts the record afresh for leader term `term` (a take-over tried again in the same
+    /// term keeps what it granted since). With `others_may_have_granted` (an earlier leader,
+    /// or this member in an earlier term), changes to files wait out the delegations granted
+    /// before.
+    pub fn take_over(&self, term: u64, others_may_have_granted: bool) {
         let mut state = self.state();
-        if state.closed_until.is_some() || state.held.len() >= MAX_HELD {
+        if state.term != Some(term) {
+            state.held.clear();
+            state.term = Some(term);
+        }
+        if others_may_have_granted {
+            let until = Instant::now() + DELEGATION_HELD;
+            state.unknown_until = Some(state.unknown_until.map_or(until, |u| u.max(until)));
+        }
+    }
+
+    /// Records a delegation of `ino` to `client` in leader term `term`, if one can be granted.
+    /// The caller reads the attributes it answers with after this, so a change made meanwhile
+    /// recalls it.
+    pub fn grant(&self, ino: InodeId, client: u64, term: u64) -> FsResult<bool> {
+        let mut state = self.state();
+        if state.term != Some(term) || state.held.len() >= MAX_HELD {
             return Ok(false);
         }
         if !state.marked {
@@ -102,32 +123,19 @@ impl Delegations {
         self.state().held.retain(|&(_, holder)| holder != client);
     }
 
-    /// How long changes to files must still wait for delegations this server does not know:
-    /// a previous process's, or its own once it stopped granting.
-    pub fn unknown_for(&self) -> Option<Duration> {
-        let closed_until = self.state().closed_until;
-        [self.grace_until, closed_until]
-            .into_iter()
-            .flatten()
-            .max()
+    /// How long a change to files answered in leader term `term` must still wait for
+    /// delegations this record does not know of. In a group (`in_group`), a term not taken
+    /// over yet waits a whole [`DELEGATION_HELD`]: its take-over has yet to say whether an
+    /// earlier leader may have granted some.
+    pub fn unknown_for(&self, term: u64, in_group: bool) -> Option<Duration> {
+        let state = self.state();
+        if in_group && state.term != Some(term) {
+            return Some(DELEGATION_HELD);
+        }
+        state
+            .unknown_until
             .and_then(|until| until.checked_duration_since(Instant::now()))
             .filter(|left| !left.is_zero())
-    }
-
-    /// Stops granting. Returns how long until every delegation granted so far has lapsed at
-    /// its mount, whose feed is restarted by the caller so that it stops renewing them.
-    pub fn close(&self) -> Duration {
-        let mut state = self.state();
-        let now = Instant::now();
-        // Nothing granted by this process: nothing of its own to wait out.
-        let until = if state.marked {
-            now + DELEGATION_HELD
-        } else {
-            now
-        };
-        state.closed_until.get_or_insert(until);
-        drop(state);
-        self.unknown_for().unwrap_or_default()
     }
 
     #[cfg(test)]
@@ -158,12 +166,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = Delegations::open(dir.path());
         assert!(
-            d.unknown_for().is_none(),
+            d.unknown_for(1, false).is_none(),
             "a new server knows every delegation"
         );
-        assert!(d.grant(InodeId(5), 1).unwrap());
-        assert!(d.grant(InodeId(5), 2).unwrap());
-        assert!(d.grant(InodeId(6), 2).unwrap());
+        d.take_over(1, false);
+        assert!(d.grant(InodeId(5), 1, 1).unwrap());
+        assert!(d.grant(InodeId(5), 2, 1).unwrap());
+        assert!(d.grant(InodeId(6), 2, 1).unwrap());
         assert!(
             dir.path().join(MARKER).exists(),
             "marked before the first grant"
@@ -177,7 +186,7 @@ mod tests {
             d.recall(&[InodeId(7), InodeId(5)], &[1, 2]),
             vec![(1, vec![InodeId(5)])]
         );
-        assert!(d.grant(InodeId(6), 2).unwrap());
+        assert!(d.grant(InodeId(6), 2, 1).unwrap());
         assert_eq!(d.held(), 1);
         d.forget_client(2);
         assert_eq!(d.held(), 0, "a client that left holds nothing");
@@ -187,30 +196,48 @@ mod tests {
     fn a_restarted_server_that_granted_waits_out_what_it_granted_before() {
         let dir = tempfile::tempdir().unwrap();
         let first = Delegations::open(dir.path());
-        assert!(first.grant(InodeId(5), 1).unwrap());
+        first.take_over(1, false);
+        assert!(first.grant(InodeId(5), 1, 1).unwrap());
         drop(first);
         let again = Delegations::open(dir.path());
-        let left = again.unknown_for().expect("a grace after a restart");
+        again.take_over(2, false);
+        let left = again
+            .unknown_for(2, false)
+            .expect("a grace after a restart");
         assert!(left <= DELEGATION_HELD && left > Duration::ZERO);
     }
 
     #[test]
-    fn a_record_that_granted_nothing_closes_at_once() {
+    fn grants_wait_for_the_take_over_of_their_term() {
         let dir = tempfile::tempdir().unwrap();
         let d = Delegations::open(dir.path());
-        assert_eq!(d.close(), Duration::ZERO);
-        assert!(!d.grant(InodeId(6), 1).unwrap());
+        assert!(!d.grant(InodeId(5), 1, 1).unwrap(), "not taken over yet");
         assert!(!dir.path().join(MARKER).exists());
+        d.take_over(1, false);
+        assert!(d.grant(InodeId(5), 1, 1).unwrap());
+        d.take_over(1, false);
+        assert_eq!(d.held(), 1, "a take-over tried again keeps its grants");
+        assert!(!d.grant(InodeId(6), 1, 2).unwrap(), "a later term");
+        d.take_over(3, false);
+        assert_eq!(d.held(), 0, "a take-over starts afresh");
     }
 
     #[test]
-    fn a_closed_record_grants_nothing_and_is_waited_out() {
+    fn a_leader_of_a_group_waits_out_its_predecessors_grants() {
         let dir = tempfile::tempdir().unwrap();
         let d = Delegations::open(dir.path());
-        assert!(d.grant(InodeId(5), 1).unwrap());
-        let wait = d.close();
-        assert!(wait > Duration::ZERO && wait <= DELEGATION_HELD);
-        assert!(!d.grant(InodeId(6), 1).unwrap());
-        assert!(d.unknown_for().is_some());
+        assert_eq!(
+            d.unknown_for(4, true),
+            Some(DELEGATION_HELD),
+            "a term not taken over yet waits it all"
+        );
+        d.take_over(4, true);
+        let left = d.unknown_for(4, true).expect("a grace after a take-over");
+        assert!(left <= DELEGATION_HELD && left > Duration::ZERO);
+        d.take_over(5, false);
+        assert!(
+            d.unknown_for(5, true).is_some(),
+            "a later take-over does not shorten the wait"
+        );
     }
 }

@@ -79,6 +79,9 @@ pub struct MetaService {
     /// certificates, draining): until then it takes no lock call, which could be lost in the
     /// load.
     taken_over: std::sync::atomic::AtomicBool,
+    /// Whether this process has followed another leader: then a take-over cannot know what
+    /// that one granted, even in a group shrunk to this member alone.
+    led_by_another: std::sync::atomic::AtomicBool,
     log: crate::raft::Group,
     clients: ClientRegistry,
     db: Arc<Database>,
@@ -154,6 +157,7 @@ impl MetaService {
             server_certs: std::sync::Mutex::new(server_certs),
             locks_recorded: tokio::sync::watch::Sender::new(LocksRecorded::default()),
             taken_over: std::sync::atomic::AtomicBool::new(false),
+            led_by_another: std::sync::atomic::AtomicBool::new(false),
             ops: parts.ops,
             log: parts.log,
             clients,
@@ -896,7 +900,6 @@ impl MetaService {
                         capability_key: self.capability_key(),
                         addr: q.addr.clone(),
                     };
-                    self.close_delegations().await;
                     self.log.add_member(&q.addr, &join).await?;
                     Ok(self.log.members())
                 })
@@ -985,12 +988,12 @@ impl MetaService {
     }
 
     /// A file's attributes for an open, with a delegation for `origin` when this server can
-    /// grant one: it is a group of one, and `origin` follows the change feed (so a change
-    /// can be told to it). The delegation is recorded before the attributes are read.
+    /// grant one: `origin` follows the change feed (so a change can be told to it), and this
+    /// leader has taken over (see `crate::delegations`). The delegation is recorded before
+    /// the attributes are read.
     fn open_attr(&self, ino: InodeId, origin: u64) -> FsResult<Opened> {
-        let delegated = self.log.voters() <= 1
-            && self.changes.follows(origin)
-            && self.delegations.grant(ino, origin)?;
+        let delegated =
+            self.changes.follows(origin) && self.delegations.grant(ino, origin, self.log.term())?;
         let attr = self.query_now(|t| queries::get_attr(t, ino))?;
         // A file unlinked while open (an orphan) is opened again only by a mount that reports
         // it open: another reached it through a name it has not dropped yet, and the file may
@@ -1013,7 +1016,8 @@ impl MetaService {
     /// holds it from `end` on) or lets its delegation lapse. Delegations this server does not
     /// know of (a previous process's) are waited out.
     async fn recall_delegations(&self, inos: &[InodeId], origin: Option<u64>, end: Option<u64>) {
-        if let Some(left) = self.delegations.unknown_for() {
+        let in_group = self.log.voters() > 1;
+        if let Some(left) = self.delegations.unknown_for(self.log.term(), in_group) {
             tokio::time::sleep(left).await;
         }
         if inos.is_empty() {
@@ -1031,28 +1035,14 @@ impl MetaService {
             if self.changes.wait_taken(client, end).await {
                 self.delegation_lapses.inc();
                 // It may have reopened them under the delegation, unknown to this server,
-                // just before it fell silent: they are held as if opened through a call, so
-                // an unlink leaves them as orphans it holds (see `crate::orphans`).
+                // just before it fell silent: an unlink leaves them as orphans it holds (see
+                // `crate::orphans`), though an open through a call by a name it has not
+                // dropped yet still finds them gone.
                 for ino in files {
-                    self.changes.opened_by(client, ino);
+                    self.changes.delegation_lapsed(client, ino);
                 }
             }
         }
-    }
-
-    /// Stops granting delegations before the group grows: a new leader would not know them.
-    /// The feed restarts, so mounts stop renewing the ones they hold, and they are waited out.
-    async fn close_delegations(&self) {
-        let wait = self.delegations.close();
-        if wait.is_zero() {
-            return;
-        }
-        self.changes.restart();
-        tracing::info!(
-            ?wait,
-            "open delegations closed before the group grows: waiting them out"
-        );
-        tokio::time::sleep(wait).await;
     }
 
     /// Tells the mounts watching the volume what a mutation made stale. The volume comes from
@@ -1305,6 +1295,10 @@ impl MetaService {
         let mut leading = false;
         loop {
             let now = self.log.ensure_leader().is_ok();
+            if !now && self.log.leader_addr().is_some() {
+                self.led_by_another
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             if !now {
                 if leading {
                     tracing::info!(member = self.log.id, leader = ?self.log.leader_addr(), "this metadata server no longer leads");
@@ -1340,6 +1334,8 @@ impl MetaService {
     }
 
     async fn take_over(&self) -> FsResult<()> {
+        // The term it leads in, as the read barrier confirms (a later one takes over anew).
+        let term = self.log.term();
         self.log.read_barrier().await?;
         self.faults.hit("meta.take_over").await?;
         // The mounts' positions in another member's feed mean nothing here.
@@ -1355,6 +1351,13 @@ impl MetaService {
         let (volumes, _, _) = self.query(queries::counts).await?;
         self.orphans
             .reload(orphans, self.changes.position().0, volumes > 0);
+        // Mounts need a volume: with none, nobody holds a delegation. A lone server's own
+        // restart is told by its marker (see `crate::delegations`).
+        let others_led = self.log.voters() > 1
+            || self
+                .led_by_another
+                .load(std::sync::atomic::Ordering::SeqCst);
+        self.delegations.take_over(term, volumes > 0 && others_led);
         self.reload_clients()?;
         let (certs, draining) = self
             .query(|t| {

@@ -759,6 +759,7 @@ fn a_mount_that_missed_changes_drops_the_names_and_attributes_it_granted() {
         buf
     };
     assert_eq!(contents(), [b'a'; 8192]);
+    let _pinned = crate::mount::PinnedPages::new(&open, 8192);
     shows("the watcher's kernel keeps f", || {
         mode(&watcher) == 0o644 && {
             let before = lookups_and_getattrs(&cluster);

@@ -21,6 +21,53 @@ pub(crate) fn fadvise(file: &fs::File, advice: libc::c_int) -> std::io::Result<(
     }
 }
 
+/// The first `len` bytes of a file held in the kernel's page cache: mapped and locked
+/// (`mlock`), so that they stay until the mount drops them (`FUSE_NOTIFY_INVAL_INODE` unmaps
+/// them first). A test that shows the kernel serving old pages needs this: the memory
+/// manager of a machine may evict page-cache pages it finds cold at any moment (these test
+/// machines do, within seconds), and the next read would then reach the mount. Unlocked and
+/// unmapped when dropped.
+pub(crate) struct PinnedPages {
+    addr: *mut libc::c_void,
+    len: usize,
+}
+
+impl PinnedPages {
+    pub(crate) fn new(file: &fs::File, len: usize) -> PinnedPages {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a read-only shared mapping of a descriptor the caller holds open, of a
+        // length the mapping is checked to have; it is only locked here, never read, and
+        // unmapped once, on drop.
+        unsafe {
+            let addr = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(
+                addr,
+                libc::MAP_FAILED,
+                "{}",
+                std::io::Error::last_os_error()
+            );
+            let pinned = PinnedPages { addr, len };
+            let locked = libc::mlock(addr, len);
+            assert_eq!(locked, 0, "{}", std::io::Error::last_os_error());
+            pinned
+        }
+    }
+}
+
+impl Drop for PinnedPages {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped (and so unlocked) once.
+        unsafe { libc::munmap(self.addr, self.len) };
+    }
+}
+
 pub(crate) fn cluster_with_volume() -> ProcessCluster {
     cluster_with_volume_on(6)
 }

@@ -64,6 +64,16 @@ fn unique_port(free: impl Fn(u16) -> bool) -> u16 {
     panic!("no free port below the ephemeral range");
 }
 
+/// Sends SIGSTOP (`frozen`) or SIGCONT to `child`, without starting a process (see
+/// [`ProcessCluster::freeze_chunk`]).
+fn signal(child: &Child, frozen: bool) {
+    let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+    // SAFETY: kill(2) takes plain integers; the pid is our own running child.
+    let rc = unsafe { libc::kill(pid, signal) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+}
+
 /// A free TCP port on 127.0.0.1, never handed out before by this process.
 pub fn free_tcp_port() -> u16 {
     unique_port(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
@@ -325,6 +335,13 @@ impl ProcessCluster {
         }
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) member `i` of the metadata group (0 is the first
+    /// server): silent to everyone while frozen, its connections open, as a paused VM is.
+    pub fn freeze_member(&mut self, i: usize, frozen: bool) {
+        let child = self.member_process(i).as_ref().expect("member running");
+        signal(child, frozen);
+    }
+
     pub fn chunk_dir(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("chunk{i}"))
     }
@@ -412,11 +429,7 @@ impl ProcessCluster {
     /// the frozen servers.
     pub fn freeze_chunk(&mut self, i: usize, frozen: bool) {
         let child = self.chunks[i].as_ref().expect("chunk server running");
-        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
-        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) takes plain integers; the pid is our own running child.
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+        signal(child, frozen);
     }
 
     /// The server id chunk server `i` chose (from its data directory).

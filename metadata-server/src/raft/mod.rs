@@ -433,6 +433,12 @@ impl Group {
         self.raft.metrics().borrow().membership_config.clone()
     }
 
+    /// The term this member is in: each election starts a new one, so a leader's term names
+    /// its time of leading.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
     /// How many members vote.
     pub fn voters(&self) -> usize {
         self.membership().membership().voter_ids().count()
