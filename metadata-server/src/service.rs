@@ -992,6 +992,8 @@ impl MetaService {
     /// leader has taken over (see `crate::delegations`). The delegation is recorded before
     /// the attributes are read.
     fn open_attr(&self, ino: InodeId, origin: u64) -> FsResult<Opened> {
+        // Changes are published once applied: the attributes read below show all before this.
+        let feed_at = self.changes.position();
         let delegated =
             self.changes.follows(origin) && self.delegations.grant(ino, origin, self.log.term())?;
         let attr = self.query_now(|t| queries::get_attr(t, ino))?;
@@ -1008,7 +1010,11 @@ impl MetaService {
         if attr.kind == FileKind::File {
             self.changes.opened_by(origin, ino);
         }
-        Ok(Opened { attr, delegated })
+        Ok(Opened {
+            attr,
+            delegated,
+            feed_at,
+        })
     }
 
     /// Before a change to files is answered: the delegations of `inos` held by clients other

@@ -198,6 +198,7 @@ impl Client {
         let origin = self.call_origin();
         match self.call(req::OpenAttr { ino, origin }).await {
             Ok(opened) => {
+                self.inner.opened_at.note(ino, opened.feed_at);
                 let attr = opened.attr;
                 self.inner
                     .file_attrs
@@ -252,6 +253,12 @@ impl Client {
     fn made(&self, made: Made) -> Attr {
         self.inner.dir_attrs.note(made.dir);
         made.attr
+    }
+
+    /// Whether this client's last open of `ino` through a call showed every change of feed
+    /// `feed` before position `next` (see [`OpenedAt`](super::opened_at::OpenedAt)).
+    pub fn opened_after(&self, ino: InodeId, feed: u64, next: u64) -> bool {
+        self.inner.opened_at.shows_changes_before(ino, feed, next)
     }
 
     /// Regular files' attributes as the metadata server last gave them (see

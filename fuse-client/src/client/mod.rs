@@ -11,6 +11,7 @@ pub mod layouts;
 pub mod locks;
 pub mod meta;
 pub mod open_files;
+mod opened_at;
 pub mod pending_attrs;
 mod quota;
 pub mod reader;
@@ -121,6 +122,8 @@ pub(crate) struct Inner {
     pub(crate) dir_attrs: dir_attrs::DirAttrs,
     /// Regular files' attributes as the metadata server last gave them.
     pub(crate) file_attrs: file_attrs::FileAttrs,
+    /// Where in the change feed files were last opened through a call.
+    pub(crate) opened_at: opened_at::OpenedAt,
     /// Sub-blocks of shards read recently.
     pub(crate) shard_cache: shard_cache::ShardCache,
     /// Block placements fetched ahead of uploads.
@@ -222,6 +225,7 @@ impl Client {
                 upload_budget: Arc::new(tokio::sync::Semaphore::new(upload_units)),
                 dir_attrs: dir_attrs::DirAttrs::default(),
                 file_attrs: file_attrs::FileAttrs::default(),
+                opened_at: opened_at::OpenedAt::default(),
                 shard_cache,
                 spare_blocks,
                 _endpoint: endpoint,

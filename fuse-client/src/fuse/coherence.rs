@@ -23,8 +23,9 @@ const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
 pub trait Caches: Send + Sync + 'static {
     /// The name `name` in `parent` may point elsewhere now.
     fn drop_entry(&self, parent: InodeId, name: &str);
-    /// The inode's attributes changed, and with `data` its contents.
-    fn drop_inode(&self, ino: InodeId, data: bool);
+    /// The inode's attributes changed, and with `data` its contents, in a change the feed
+    /// holds before `before` (its id and a position).
+    fn drop_inode(&self, ino: InodeId, data: bool, before: Position);
     /// Changes were missed: drop what can be dropped.
     fn drop_all(&self);
     /// The feed answered a call sent at `sent`: every change before it has been dropped.
@@ -103,7 +104,7 @@ pub async fn follow<C: Caches>(
         for change in page.changes {
             match change {
                 Invalidation::Entry { parent, name } => caches.drop_entry(parent, &name),
-                Invalidation::Inode { ino, data } => caches.drop_inode(ino, data),
+                Invalidation::Inode { ino, data } => caches.drop_inode(ino, data, (feed, next)),
             }
         }
         caches.feed_whole(sent);

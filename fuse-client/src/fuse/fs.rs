@@ -336,14 +336,6 @@ impl Shared {
         });
     }
 
-    /// Drops the kernel's cached attributes of `ino`, and with `data` its pages.
-    fn drop_kernel_inode(&self, ino: InodeId, data: bool) {
-        let fuse_ino = self.map.to_fuse(ino);
-        // Offset -1: the attributes only; 0 (with length 0): the pages too.
-        let offset = if data { 0 } else { -1 };
-        self.notify(move |n| n.inval_inode(fuse_ino, offset, 0));
-    }
-
     /// How the kernel may cache the listing of `dir` it opens: kept from earlier opens while
     /// the leases allow ([`keep_listing`](super::leases::Leases::keep_listing)), else listed
     /// from the mount again and kept for later opens. Without leases it keeps no listing.
@@ -599,7 +591,7 @@ impl super::coherence::Caches for Shared {
         self.notify(move |n| n.inval_entry(parent, &name));
     }
 
-    fn drop_inode(&self, ino: InodeId, data: bool) {
+    fn drop_inode(&self, ino: InodeId, data: bool, (feed, next): super::coherence::Position) {
         self.leases.listing_changed(ino);
         self.dir_names.forget(ino);
         self.absent_xattrs.forget(ino);
@@ -610,7 +602,23 @@ impl super::coherence::Caches for Shared {
             self.files.forget_version(Some(ino));
             self.files.forget_layouts(Some(ino));
         }
-        self.drop_kernel_inode(ino, data);
+        // The kernel's attributes, and with `data` its pages (offset -1: the attributes only).
+        // Not if an open since showed the file after this change: that open dropped the
+        // pages if the file had changed, and a drop now could cut into reads begun since
+        // (see the client's `OpenedAt`). Checked as the drop is made, which may be later.
+        let fuse_ino = self.map.to_fuse(ino);
+        let offset = if data { 0 } else { -1 };
+        let (client, skipped) = (
+            self.client.clone(),
+            self.metrics.kernel_drops_skipped.clone(),
+        );
+        self.notify(move |n| {
+            if client.opened_after(ino, feed, next) {
+                skipped.inc();
+                return Ok(());
+            }
+            n.inval_inode(fuse_ino, offset, 0)
+        });
     }
 
     fn drop_all(&self) {
@@ -629,6 +637,7 @@ impl super::coherence::Caches for Shared {
             }
             // Pages too: the kernel does not drop a file's pages when it finds a new mtime
             // (no FUSE_AUTO_INVAL_DATA), so a file open here would keep serving old bytes.
+            // Other files get fresh pages at their next open (no version is known).
             for ino in granted.inodes.into_iter().chain(open) {
                 let _ = notifier.inval_inode(map.to_fuse(ino), 0, 0);
             }
@@ -640,11 +649,6 @@ impl super::coherence::Caches for Shared {
         self.files.forget_attr(None);
         self.absent_xattrs.clear();
         self.files.forget_layouts(None);
-        // Open files may be read through their cached pages without another open: drop
-        // those. Other inodes get fresh pages at their next open (no version is known).
-        for ino in self.files.open_inodes() {
-            self.drop_kernel_inode(ino, true);
-        }
     }
 
     fn feed_whole(&self, sent: std::time::Instant) {

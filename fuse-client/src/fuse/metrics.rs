@@ -20,6 +20,9 @@ pub struct FuseMetrics {
     pub in_flight: Family<OpLabel, Gauge>,
     pub bytes_read: Counter,
     pub bytes_written: Counter,
+    /// Drops of a file's kernel state the change feed asked for, left out because an open
+    /// since had shown the file after the change.
+    pub kernel_drops_skipped: Counter,
 }
 
 impl FuseMetrics {
@@ -45,6 +48,11 @@ impl FuseMetrics {
             in_flight,
             bytes_read: counter(&mut r, "dfs_fuse_read_bytes", "Bytes applications read"),
             bytes_written: counter(&mut r, "dfs_fuse_written_bytes", "Bytes applications wrote"),
+            kernel_drops_skipped: counter(
+                &mut r,
+                "dfs_fuse_kernel_drops_skipped",
+                "Drops of a file's kernel caches the change feed asked for, left out because an open since had shown the file after the change",
+            ),
         };
         let cache = gauges(
             &mut r,

@@ -384,6 +384,9 @@ pub struct Removed {
 pub struct Opened {
     pub attr: Attr,
     pub delegated: bool,
+    /// The change feed's id and position just before the attributes were read: they show
+    /// every change the feed holds before that position (see [`ChangePage`]).
+    pub feed_at: (u64, u64),
 }
 
 /// The reply to a `Move`: the attributes of the directories it changed, just after it (one
