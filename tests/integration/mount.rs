@@ -21,6 +21,54 @@ pub(crate) fn fadvise(file: &fs::File, advice: libc::c_int) -> std::io::Result<(
     }
 }
 
+/// A read-only shared mapping of a file's first `len` bytes, unmapped when dropped. It faults
+/// nothing in by itself.
+pub(crate) struct Mapping {
+    addr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapping {
+    pub(crate) fn new(file: &fs::File, len: usize) -> Mapping {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a read-only shared mapping of a descriptor the caller holds open; the result
+        // is checked, and unmapped once, on drop.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(
+            addr,
+            libc::MAP_FAILED,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        Mapping { addr, len }
+    }
+
+    /// Pages of the mapping in the kernel's page cache (`mincore`).
+    pub(crate) fn cached_pages(&self) -> usize {
+        let mut vec = vec![0u8; self.len.div_ceil(4096)];
+        // SAFETY: mincore writes one byte per page of the mapping into a vector of that length.
+        let r = unsafe { libc::mincore(self.addr, self.len, vec.as_mut_ptr()) };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        vec.iter().filter(|&&b| b & 1 != 0).count()
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped (and so unlocked) once.
+        unsafe { libc::munmap(self.addr, self.len) };
+    }
+}
+
 /// The first `len` bytes of a file held in the kernel's page cache: mapped and locked
 /// (`mlock`), so that they stay until the mount drops them (`FUSE_NOTIFY_INVAL_INODE` unmaps
 /// them first). A test that shows the kernel serving old pages needs this: the memory
@@ -28,43 +76,16 @@ pub(crate) fn fadvise(file: &fs::File, advice: libc::c_int) -> std::io::Result<(
 /// machines do, within seconds), and the next read would then reach the mount. Unlocked and
 /// unmapped when dropped.
 pub(crate) struct PinnedPages {
-    addr: *mut libc::c_void,
-    len: usize,
+    _mapping: Mapping,
 }
 
 impl PinnedPages {
     pub(crate) fn new(file: &fs::File, len: usize) -> PinnedPages {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a read-only shared mapping of a descriptor the caller holds open, of a
-        // length the mapping is checked to have; it is only locked here, never read, and
-        // unmapped once, on drop.
-        unsafe {
-            let addr = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            );
-            assert_ne!(
-                addr,
-                libc::MAP_FAILED,
-                "{}",
-                std::io::Error::last_os_error()
-            );
-            let pinned = PinnedPages { addr, len };
-            let locked = libc::mlock(addr, len);
-            assert_eq!(locked, 0, "{}", std::io::Error::last_os_error());
-            pinned
-        }
-    }
-}
-
-impl Drop for PinnedPages {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped (and so unlocked) once.
-        unsafe { libc::munmap(self.addr, self.len) };
+        let mapping = Mapping::new(file, len);
+        // SAFETY: locks the pages of a mapping that lives as long as the result.
+        let locked = unsafe { libc::mlock(mapping.addr, len) };
+        assert_eq!(locked, 0, "{}", std::io::Error::last_os_error());
+        PinnedPages { _mapping: mapping }
     }
 }
 

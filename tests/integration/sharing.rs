@@ -521,34 +521,9 @@ fn absent_xattrs_are_remembered_only_briefly() {
     }
 }
 
-/// Pages of `file` in the kernel's page cache, of its first `len` bytes (mincore on a mapping,
-/// which faults nothing in).
+/// Pages of `file` in the kernel's page cache, of its first `len` bytes.
 fn cached_pages(file: &File, len: usize) -> usize {
-    let page = 4096;
-    let pages = len.div_ceil(page);
-    // SAFETY: a read-only shared mapping of an open file, unmapped before returning; mincore
-    // writes one byte per page into a vector of that length.
-    unsafe {
-        let addr = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        );
-        assert_ne!(
-            addr,
-            libc::MAP_FAILED,
-            "{}",
-            std::io::Error::last_os_error()
-        );
-        let mut vec = vec![0u8; pages];
-        let r = libc::mincore(addr, len, vec.as_mut_ptr());
-        libc::munmap(addr, len);
-        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
-        vec.iter().filter(|&&b| b & 1 != 0).count()
-    }
+    crate::mount::Mapping::new(file, len).cached_pages()
 }
 
 /// A file this mount wrote keeps its pages in the kernel's cache at the next open (only this
