@@ -575,6 +575,150 @@ fn a_directory_listed_while_the_feed_is_followed_is_listed_again_without_a_round
     assert_eq!(names_in(&leased.path("d")), expected);
 }
 
+/// What a listing shows of each entry, as `ls -l` would print it.
+#[derive(Debug, PartialEq)]
+struct Shown {
+    name: String,
+    ino: u64,
+    kind: String,
+    mode: u32,
+    nlink: u64,
+    size: u64,
+    mtime: (i64, i64),
+}
+
+fn shown_in(dir: &std::path::Path) -> Vec<Shown> {
+    use std::os::unix::fs::{DirEntryExt, MetadataExt};
+    let mut shown: Vec<Shown> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            Shown {
+                name: e.file_name().into_string().unwrap(),
+                ino: e.ino(),
+                kind: format!("{:?}", e.file_type().unwrap()),
+                mode: meta.mode(),
+                nlink: meta.nlink(),
+                size: meta.size(),
+                mtime: (meta.mtime(), meta.mtime_nsec()),
+            }
+        })
+        .collect();
+    shown.sort_by(|a, b| a.name.cmp(&b.name));
+    shown
+}
+
+/// The kernel drops its kept listing of a directory at every change it makes there, and
+/// programs such as dbench list a directory right after changing it. A mount that knows the
+/// directory's contents and holds its entries' attributes answers that listing itself: no
+/// request reaches the metadata server through a run of creates, writes, renames (within the
+/// directory, in from another and over a name), links, mkdir, rmdir, truncates, chmods and
+/// unlinks, and each listing shows what a mount without a lease gets from the server, entry by
+/// entry. A rename in from a directory whose contents it does not know, and another mount's
+/// change, show too.
+#[test]
+fn a_listing_after_this_mounts_own_changes_costs_no_round_trip_and_shows_them_all() {
+    use crate::observe::{scrape, value};
+    let cluster = cluster_with_volume();
+    let (knowing, http) =
+        crate::observe::mount_with_faults(&cluster, "default", "knowing", "lease=600");
+    let asking = Mount::new(&cluster, "default", "asking", "lease=0").unwrap();
+    let from_memory = || value(&scrape(http), "dfs_fuse_listings_from_memory_total");
+    // The feed answers for a mount from its start: a directory made here is listed by it.
+    let mut probes = 0..;
+    shows("a directory made here listed from memory", || {
+        let dir = knowing.path(&format!("probe{}", probes.next().unwrap()));
+        fs::create_dir(&dir).unwrap();
+        let before = listings(&cluster);
+        names_in(&dir).is_empty() && listings(&cluster) == before
+    });
+    fs::create_dir(knowing.path("d")).unwrap();
+    fs::create_dir(knowing.path("other")).unwrap();
+    fs::write(knowing.path("other/incoming"), b"from next door").unwrap();
+    let (asked_before, memory_before) = (listings(&cluster), from_memory());
+    let steps = std::cell::Cell::new(0.0);
+    let step = |what: &str, change: &dyn Fn()| {
+        change();
+        let here = shown_in(&knowing.path("d"));
+        let truth = shown_in(&asking.path("d"));
+        assert_eq!(here, truth, "after {what}");
+        steps.set(steps.get() + 1.0);
+    };
+    let write = |name: &str, bytes: &[u8]| fs::write(knowing.path(&format!("d/{name}")), bytes);
+    step("creates", &|| {
+        for i in 0..6 {
+            write(&format!("f{i}"), &vec![b'x'; i * 1000]).unwrap();
+        }
+    });
+    step("an append", &|| {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(knowing.path("d/f1"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"more"))
+            .unwrap()
+    });
+    step("an unlink", &|| {
+        fs::remove_file(knowing.path("d/f0")).unwrap()
+    });
+    step("a rename within", &|| {
+        fs::rename(knowing.path("d/f1"), knowing.path("d/g1")).unwrap()
+    });
+    step("a rename over a name", &|| {
+        fs::rename(knowing.path("d/f2"), knowing.path("d/f3")).unwrap()
+    });
+    step("a rename in", &|| {
+        fs::rename(knowing.path("other/incoming"), knowing.path("d/incoming")).unwrap()
+    });
+    step("a hard link", &|| {
+        fs::hard_link(knowing.path("d/f4"), knowing.path("d/h4")).unwrap()
+    });
+    step("a mkdir", &|| {
+        fs::create_dir(knowing.path("d/sub")).unwrap()
+    });
+    step("a mkdir below", &|| {
+        fs::create_dir(knowing.path("d/sub/deeper")).unwrap()
+    });
+    step("a truncate", &|| {
+        File::options()
+            .write(true)
+            .open(knowing.path("d/f5"))
+            .and_then(|f| f.set_len(7))
+            .unwrap()
+    });
+    step("a chmod", &|| {
+        fs::set_permissions(knowing.path("d/g1"), fs::Permissions::from_mode(0o600)).unwrap()
+    });
+    step("an rmdir", &|| {
+        fs::remove_dir(knowing.path("d/sub/deeper")).unwrap()
+    });
+    assert_eq!(
+        listings(&cluster) - asked_before,
+        steps.get(),
+        "listing requests: only the mount without a lease asks"
+    );
+    // The kernel itself kept its listing through the changes of entries alone (an append, a
+    // truncate, a chmod, a mkdir and rmdir below): seven changed the names in `d`.
+    let answered = from_memory() - memory_before;
+    assert!(answered >= 7.0, "{answered} listings answered from memory");
+
+    // A rename in from a directory this mount never listed: what moved is not known here.
+    fs::create_dir(asking.path("unknown")).unwrap();
+    fs::write(asking.path("unknown/stranger"), b"who").unwrap();
+    let before = listings(&cluster);
+    step("a rename in from a directory not known", &|| {
+        fs::rename(knowing.path("unknown/stranger"), knowing.path("d/stranger")).unwrap()
+    });
+    assert_eq!(listings(&cluster) - before, 2.0, "both mounts asked");
+
+    // Another mount's change shows through the feed.
+    fs::write(asking.path("d/theirs"), b"x").unwrap();
+    shows("another mount's create", || {
+        names_in(&knowing.path("d")).contains(&"theirs".to_string())
+    });
+    assert_eq!(shown_in(&knowing.path("d")), shown_in(&asking.path("d")));
+}
+
 /// A file unlinked while open here has no name left anywhere, while it stays readable, and
 /// its last close changes nothing in the listing the kernel keeps of its directory.
 #[test]

@@ -249,9 +249,13 @@ impl Client {
         Ok(attr)
     }
 
-    /// Keeps the directory's new attributes that came with a new name; the node's attributes.
+    /// Keeps the directory's new attributes that came with a new name, and a new directory's
+    /// own; the node's attributes.
     fn made(&self, made: Made) -> Attr {
         self.inner.dir_attrs.note(made.dir);
+        if made.attr.kind == FileKind::Dir {
+            self.inner.dir_attrs.note(made.attr.clone());
+        }
         made.attr
     }
 

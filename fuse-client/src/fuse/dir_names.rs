@@ -1,28 +1,39 @@
-//! The names in directories whose whole contents this mount knows, so that a lookup of a name
-//! that is not there is answered without a round trip. The kernel looks a name up before
-//! every create of it (`open(O_CREAT)`, `mkdir`, ...), and builds probe for files that do not
-//! exist: both cost a metadata request each otherwise.
+//! The contents of directories whose whole contents this mount knows: each name, and the
+//! inode and kind it names. A lookup of a name that is not there is answered without a round
+//! trip (the kernel looks a name up before every create of it, `open(O_CREAT)`, `mkdir`, ...,
+//! and builds probe for files that do not exist), and so is a listing whose entries' attributes
+//! this mount holds too (the kernel drops its kept listing of a directory at every change it
+//! makes there, and programs such as dbench list a directory right after changing it).
 //!
 //! Contents are known from a directory this mount made (empty) or listed to its end, and kept
 //! up to date by this mount's own changes, which are noted here before the kernel hears of
-//! them (the kernel holds the directory's lock until then, so no lookup sees a change half
-//! made). They are trusted as the kernel's leases are (see [`super::leases`]): only while the
-//! change feed is confirmed (checked by the caller), for at most one lease after the metadata
-//! server told them, and until the feed reports a change in the directory. A listing fetched
-//! while this mount changed any directory is not kept: the change may have fallen between its
-//! pages.
+//! them (the kernel holds the directory's lock until then, so no lookup or listing sees a
+//! change half made). They are trusted as the kernel's leases are (see [`super::leases`]):
+//! only while the change feed is confirmed (checked by the caller), for at most one lease
+//! after the metadata server told them, and until the feed reports a change in the directory.
+//! A listing fetched while this mount changed any directory is not kept: the change may have
+//! fallen between its pages. A change whose outcome is not known whole (a rename from a
+//! directory whose contents are not known: which inode moved?) forgets the directory.
 
+use dfs_common::proto::meta::FileKind;
 use dfs_common::proto::MAX_NAME_LEN;
 use dfs_common::InodeId;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Names known at most, over all directories: about 100 bytes each.
+/// Names known at most, over all directories: about 120 bytes each.
 const MAX_NAMES: usize = 262_144;
 
 /// Names a file unlinked while open lives on under; they come and go without passing here.
 const HIDDEN_PREFIX: &str = ".dfs-hidden-";
+
+/// What a name in a known directory names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Named {
+    pub ino: InodeId,
+    pub kind: FileKind,
+}
 
 pub struct DirNames {
     lease: Duration,
@@ -43,7 +54,7 @@ struct State {
 }
 
 struct Known {
-    names: HashSet<String>,
+    entries: HashMap<String, Named>,
     /// When the metadata server told the contents.
     since: Instant,
 }
@@ -51,7 +62,7 @@ struct Known {
 impl State {
     fn drop_dir(&mut self, dir: InodeId) {
         if let Some(old) = self.dirs.remove(&dir) {
-            self.names -= old.names.len();
+            self.names -= old.entries.len();
         }
         if let Some(made) = self.made_here.remove(&dir) {
             self.made_count -= made.len();
@@ -67,19 +78,52 @@ impl State {
         }
     }
 
-    fn keep(&mut self, dir: InodeId, names: HashSet<String>) {
+    fn keep(&mut self, dir: InodeId, entries: HashMap<String, Named>) {
         self.drop_dir(dir);
-        if self.names + names.len() > MAX_NAMES {
+        if self.names + entries.len() > MAX_NAMES {
             // Full: start afresh (costing only round trips).
             self.dirs.clear();
             self.names = 0;
-            if names.len() > MAX_NAMES {
+            if entries.len() > MAX_NAMES {
                 return;
             }
         }
-        self.names += names.len();
+        self.names += entries.len();
         let since = Instant::now();
-        self.dirs.insert(dir, Known { names, since });
+        self.dirs.insert(dir, Known { entries, since });
+    }
+
+    /// The known contents of `dir`, if still trusted after `lease`.
+    fn known(&mut self, dir: InodeId, lease: Duration) -> Option<&mut Known> {
+        if self.dirs.get(&dir)?.since.elapsed() >= lease {
+            self.drop_dir(dir);
+            return None;
+        }
+        self.dirs.get_mut(&dir)
+    }
+
+    /// Sets `name` in `dir` to `named` (a known directory only).
+    fn set(&mut self, dir: InodeId, name: &str, named: Named) {
+        self.unmade(dir, name);
+        let added = match self.dirs.get_mut(&dir) {
+            Some(known) => known.entries.insert(name.to_string(), named).is_none(),
+            None => false,
+        };
+        if added {
+            self.names += 1;
+            if self.names > MAX_NAMES {
+                self.dirs.clear();
+                self.names = 0;
+            }
+        }
+    }
+
+    /// Takes `name` out of `dir`: what it named, if `dir` is known and held it.
+    fn take(&mut self, dir: InodeId, name: &str) -> Option<Named> {
+        self.unmade(dir, name);
+        let taken = self.dirs.get_mut(&dir)?.entries.remove(name)?;
+        self.names -= 1;
+        Some(taken)
     }
 }
 
@@ -100,17 +144,23 @@ impl DirNames {
         self.state().changes
     }
 
-    /// `dir` holds exactly `names`, as listed from the metadata server since `mark`.
-    pub fn listed<'a>(&self, dir: InodeId, names: impl Iterator<Item = &'a str>, mark: u64) {
+    /// `dir` holds exactly `entries`, as listed from the metadata server since `mark`.
+    pub fn listed<'a>(
+        &self,
+        dir: InodeId,
+        entries: impl Iterator<Item = (&'a str, Named)>,
+        mark: u64,
+    ) {
         let mut state = self.state();
         if state.changes == mark {
-            state.keep(dir, names.map(str::to_string).collect());
+            let entries = entries.map(|(name, named)| (name.to_string(), named));
+            state.keep(dir, entries.collect());
         }
     }
 
     /// This mount just made `dir`: it is empty.
     pub fn made(&self, dir: InodeId) {
-        self.state().keep(dir, HashSet::new());
+        self.state().keep(dir, HashMap::new());
     }
 
     /// Whether `name` is known not to be in `dir` (false: not known either way). A name too
@@ -119,15 +169,24 @@ impl DirNames {
         if name.starts_with(HIDDEN_PREFIX) || name.len() > MAX_NAME_LEN {
             return false;
         }
+        let lease = self.lease;
+        self.state()
+            .known(dir, lease)
+            .is_some_and(|known| !known.entries.contains_key(name))
+    }
+
+    /// The whole contents of `dir` in name order, if known.
+    pub fn contents(&self, dir: InodeId) -> Option<Vec<(String, Named)>> {
+        let lease = self.lease;
         let mut state = self.state();
-        let Some(known) = state.dirs.get(&dir) else {
-            return false;
-        };
-        if known.since.elapsed() >= self.lease {
-            state.drop_dir(dir);
-            return false;
-        }
-        !known.names.contains(name)
+        let known = state.known(dir, lease)?;
+        let mut entries: Vec<(String, Named)> = known
+            .entries
+            .iter()
+            .map(|(name, named)| (name.clone(), *named))
+            .collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Some(entries)
     }
 
     /// The directory this mount made as `name` in `dir`, if that is still known to be there:
@@ -161,35 +220,51 @@ impl DirNames {
         }
     }
 
-    /// This mount added `name` to `dir` (replacing whatever a rename found there).
-    pub fn added(&self, dir: InodeId, name: &str) {
+    /// This mount added `name` to `dir`, naming `named`.
+    pub fn added(&self, dir: InodeId, name: &str, named: Named) {
         let mut state = self.state();
         state.changes += 1;
-        state.unmade(dir, name);
-        let added = match state.dirs.get_mut(&dir) {
-            Some(known) => known.names.insert(name.to_string()),
-            None => false,
-        };
-        if added {
-            state.names += 1;
-            if state.names > MAX_NAMES {
-                state.dirs.clear();
-                state.names = 0;
-            }
-        }
+        state.set(dir, name, named);
     }
 
     /// This mount removed `name` from `dir`.
     pub fn removed(&self, dir: InodeId, name: &str) {
         let mut state = self.state();
         state.changes += 1;
-        state.unmade(dir, name);
-        if state
-            .dirs
-            .get_mut(&dir)
-            .is_some_and(|known| known.names.remove(name))
-        {
-            state.names -= 1;
+        state.take(dir, name);
+    }
+
+    /// This mount renamed `name` in `dir` to `new_name` in `new_dir`, replacing whatever was
+    /// there. What moved is known only from a known `dir`: else `new_dir` is forgotten too.
+    pub fn renamed(&self, dir: InodeId, name: &str, new_dir: InodeId, new_name: &str) {
+        let mut state = self.state();
+        state.changes += 1;
+        match state.take(dir, name) {
+            Some(moved) => state.set(new_dir, new_name, moved),
+            None => {
+                state.drop_dir(dir);
+                state.drop_dir(new_dir);
+            }
+        }
+    }
+
+    /// This mount swapped `name` in `dir` and `new_name` in `new_dir` (`RENAME_EXCHANGE`):
+    /// both names stay, each naming what the other did. A directory that learns nothing it
+    /// can trust is forgotten.
+    pub fn exchanged(&self, dir: InodeId, name: &str, new_dir: InodeId, new_name: &str) {
+        let mut state = self.state();
+        state.changes += 1;
+        let first = state.take(dir, name);
+        let second = state.take(new_dir, new_name);
+        match (first, second) {
+            (Some(first), Some(second)) => {
+                state.set(dir, name, second);
+                state.set(new_dir, new_name, first);
+            }
+            _ => {
+                state.drop_dir(dir);
+                state.drop_dir(new_dir);
+            }
         }
     }
 
@@ -219,13 +294,28 @@ mod tests {
     const LEASE: Duration = Duration::from_secs(30);
     const DIR: InodeId = InodeId(7);
 
+    fn file(ino: u64) -> Named {
+        Named {
+            ino: InodeId(ino),
+            kind: FileKind::File,
+        }
+    }
+
+    /// `names` as a listing of files numbered from 100.
+    fn listing<'a>(names: &'a [&'a str]) -> impl Iterator<Item = (&'a str, Named)> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (*n, file(100 + i as u64)))
+    }
+
     #[test]
     fn a_made_directory_is_known_empty_and_follows_this_mounts_changes() {
         let names = DirNames::new(LEASE);
         assert!(!names.absent(DIR, "a"), "unknown directory");
         names.made(DIR);
         assert!(names.absent(DIR, "a"));
-        names.added(DIR, "a");
+        names.added(DIR, "a", file(1));
         assert!(!names.absent(DIR, "a"));
         assert!(names.absent(DIR, "b"));
         names.removed(DIR, "a");
@@ -253,13 +343,13 @@ mod tests {
         names.removed(DIR, "sub");
         assert_eq!(names.made_here(DIR, "sub"), None, "removed");
         names.made_in(DIR, "sub", sub);
-        names.added(DIR, "sub");
+        names.added(DIR, "sub", file(1));
         assert_eq!(names.made_here(DIR, "sub"), None, "renamed over");
         names.made_in(DIR, "sub", sub);
         names.forget(DIR);
         assert_eq!(names.made_here(DIR, "sub"), None, "changed elsewhere");
         names.made_in(DIR, "sub", sub);
-        names.listed(DIR, ["sub"].into_iter(), names.mark());
+        names.listed(DIR, listing(&["sub"]), names.mark());
         assert_eq!(names.made_here(DIR, "sub"), None, "listed afresh");
         names.made_in(DIR, "sub", sub);
         names.clear();
@@ -273,11 +363,11 @@ mod tests {
     fn a_listing_is_kept_only_if_no_change_came_while_it_was_fetched() {
         let names = DirNames::new(LEASE);
         let mark = names.mark();
-        names.listed(DIR, ["a", "b"].into_iter(), mark);
+        names.listed(DIR, listing(&["a", "b"]), mark);
         assert!(!names.absent(DIR, "a") && names.absent(DIR, "c"));
         let mark = names.mark();
-        names.added(InodeId(8), "x");
-        names.listed(InodeId(9), ["a"].into_iter(), mark);
+        names.added(InodeId(8), "x", file(1));
+        names.listed(InodeId(9), listing(&["a"]), mark);
         assert!(!names.absent(InodeId(9), "c"), "fetched across a change");
     }
 
@@ -288,6 +378,7 @@ mod tests {
         names.state().dirs.get_mut(&DIR).unwrap().since = Instant::now() - LEASE;
         assert!(!names.absent(DIR, "a"));
         assert_eq!(names.state().names, 0);
+        assert_eq!(names.contents(DIR), None);
         assert!(names.state().dirs.is_empty());
     }
 
@@ -295,11 +386,67 @@ mod tests {
     fn the_count_of_names_stays_bounded() {
         let names = DirNames::new(LEASE);
         let many: Vec<String> = (0..MAX_NAMES).map(|i| format!("n{i}")).collect();
-        names.listed(DIR, many.iter().map(String::as_str), names.mark());
+        let entries = many.iter().map(|n| (n.as_str(), file(1)));
+        names.listed(DIR, entries, names.mark());
         assert!(names.absent(DIR, "other"));
         names.made(InodeId(8));
-        names.added(InodeId(8), "one more");
+        names.added(InodeId(8), "one more", file(1));
         assert!(names.state().names <= MAX_NAMES);
         assert!(!names.absent(DIR, "other"), "started afresh");
+    }
+
+    fn contents(names: &DirNames, dir: InodeId) -> Vec<(String, u64)> {
+        let contents = names.contents(dir).expect("known");
+        contents.into_iter().map(|(n, e)| (n, e.ino.0)).collect()
+    }
+
+    fn pairs(list: &[(&str, u64)]) -> Vec<(String, u64)> {
+        list.iter().map(|(n, i)| (n.to_string(), *i)).collect()
+    }
+
+    #[test]
+    fn contents_follow_this_mounts_changes_in_name_order() {
+        let names = DirNames::new(LEASE);
+        assert_eq!(names.contents(DIR), None, "unknown directory");
+        names.listed(DIR, listing(&["b", "a"]), names.mark());
+        assert_eq!(contents(&names, DIR), pairs(&[("a", 101), ("b", 100)]));
+        names.added(DIR, "c", file(5));
+        names.removed(DIR, "b");
+        assert_eq!(contents(&names, DIR), pairs(&[("a", 101), ("c", 5)]));
+        // A rename within the directory, over an existing name.
+        names.renamed(DIR, "a", DIR, "c");
+        assert_eq!(contents(&names, DIR), pairs(&[("c", 101)]));
+        // To another known directory, and an exchange back.
+        let other = InodeId(8);
+        names.made(other);
+        names.renamed(DIR, "c", other, "d");
+        assert!(names.contents(DIR).expect("known").is_empty());
+        assert_eq!(contents(&names, other), pairs(&[("d", 101)]));
+        names.added(DIR, "e", file(6));
+        names.exchanged(DIR, "e", other, "d");
+        assert_eq!(contents(&names, DIR), pairs(&[("e", 101)]));
+        assert_eq!(contents(&names, other), pairs(&[("d", 6)]));
+        assert_eq!(names.state().names, 2);
+    }
+
+    #[test]
+    fn a_change_whose_outcome_is_not_known_whole_forgets_the_directories() {
+        let names = DirNames::new(LEASE);
+        let unknown = InodeId(8);
+        // From a directory whose contents are not known: what moved is not known.
+        names.made(DIR);
+        names.renamed(unknown, "x", DIR, "y");
+        assert_eq!(names.contents(DIR), None);
+        // An exchange with an unknown directory leaves a name naming an unknown inode.
+        names.listed(DIR, listing(&["a"]), names.mark());
+        names.exchanged(DIR, "a", unknown, "b");
+        assert_eq!(names.contents(DIR), None);
+        // A rename of a name the known contents did not hold: they were wrong.
+        names.listed(DIR, listing(&["a"]), names.mark());
+        names.made(unknown);
+        names.renamed(DIR, "missing", unknown, "z");
+        assert_eq!(names.contents(DIR), None);
+        assert_eq!(names.contents(unknown), None);
+        assert_eq!(names.state().names, 0);
     }
 }

@@ -2,7 +2,7 @@
 //! replies from the spawned task, so fuser's request loop never waits on the network.
 
 use super::attr::{errno, kind_from_mode, InodeMap};
-use super::dir_names::DirNames;
+use super::dir_names::{DirNames, Named};
 use super::options::MountOptions;
 use super::signals::signal_pending;
 use crate::client::file::FileHandle as DfsHandle;
@@ -267,9 +267,9 @@ impl Shared {
 
     /// Notes in [`DirNames`] the outcome of this mount's attempt to add `name` to `parent`:
     /// a failure says the directory may not hold what was known.
-    fn note_added<T>(&self, parent: InodeId, name: &str, result: FsResult<T>) -> FsResult<T> {
+    fn note_added(&self, parent: InodeId, name: &str, result: FsResult<Attr>) -> FsResult<Attr> {
         match &result {
-            Ok(_) => self.dir_names.added(parent, name),
+            Ok(a) => self.dir_names.added(parent, name, named(a)),
             Err(_) => self.dir_names.forget(parent),
         }
         result
@@ -417,8 +417,14 @@ impl Shared {
                     listing.complete = !page.more;
                     listing.entries.extend(page.entries);
                     if let (true, Some(mark)) = (listing.complete, listing.mark) {
-                        let names = listing.entries.iter().map(|e| e.name.as_str());
-                        self.dir_names.listed(listing.dir, names, mark);
+                        let entries = listing.entries.iter().map(|e| {
+                            let named = Named {
+                                ino: e.ino,
+                                kind: e.kind,
+                            };
+                            (e.name.as_str(), named)
+                        });
+                        self.dir_names.listed(listing.dir, entries, mark);
                     }
                 }
                 Err(e) => return Err(errno(&e)),
@@ -429,8 +435,9 @@ impl Shared {
     }
 
     /// [`Shared::list_dir`] without waiting, for a listing already held whole (the calls
-    /// after the first of a directory's listing): `None`, with nothing handed to `add`, when
-    /// it has a page to fetch or another call holds it.
+    /// after the first of a directory's listing) or one this mount can fill from memory
+    /// ([`Shared::list_from_memory`]): `None`, with nothing handed to `add`, when it has a
+    /// page to fetch or another call holds it.
     fn list_dir_at_once(
         &self,
         fh: FileHandle,
@@ -440,12 +447,56 @@ impl Shared {
         let Some(listing) = self.listing(fh) else {
             return Some(Err(Errno::EBADF));
         };
-        let listing = listing.try_lock().ok()?;
-        if !listing.complete {
+        let mut listing = listing.try_lock().ok()?;
+        if !listing.complete && !self.list_from_memory(&mut listing) {
             return None;
         }
         walk_listing(&listing, offset, &mut add);
         Some(Ok(()))
+    }
+
+    /// Fills a listing not begun yet from the contents of its directory this mount knows
+    /// ([`DirNames`]), if it also holds every entry's attributes as `getattr` would answer
+    /// them without a round trip. The kernel drops its kept listing of a directory at every
+    /// change it makes there, so without this each listing after a change is a round trip.
+    fn list_from_memory(&self, listing: &mut DirListing) -> bool {
+        if !listing.entries.is_empty() || !self.leases.confirmed() {
+            return false;
+        }
+        let Some(contents) = self.dir_names.contents(listing.dir) else {
+            return false;
+        };
+        let kept_for = self.leases.kept_for();
+        let mut entries = Vec::with_capacity(contents.len());
+        for (name, named) in contents {
+            match self.attr_at_once(named.ino, kept_for) {
+                Some(attr) if attr.kind == named.kind => entries.push(DirEntry {
+                    name,
+                    ino: named.ino,
+                    kind: named.kind,
+                    attr: Some(attr),
+                }),
+                _ => return false,
+            }
+        }
+        listing.entries = entries;
+        listing.complete = true;
+        self.metrics.listings_from_memory.inc();
+        true
+    }
+
+    /// The attributes of `ino` that `getattr` would answer without a round trip, kept within
+    /// `kept_for`: a directory's from this mount's last change of it, a file's from its open,
+    /// close or last question. Not a file's whose attribute changes wait for its flush here
+    /// (`getattr` shows those applied; a listing then asks the metadata server).
+    fn attr_at_once(&self, ino: InodeId, kept_for: Duration) -> Option<Attr> {
+        if let Some(attr) = self.client.dir_attrs().get(ino, kept_for) {
+            return Some(attr);
+        }
+        if self.files.attr_with_waiting(ino, self.ttl).is_some() {
+            return None;
+        }
+        self.client.file_attrs().get(ino, kept_for)
     }
 
     fn listing(&self, fh: FileHandle) -> Option<Arc<tokio::sync::Mutex<DirListing>>> {
@@ -575,6 +626,14 @@ fn lock_kind(typ: i32) -> Option<LockKind> {
     }
 }
 
+/// What `attr`'s inode is, as a directory's contents note it.
+fn named(attr: &Attr) -> Named {
+    Named {
+        ino: attr.ino,
+        kind: attr.kind,
+    }
+}
+
 fn reply_empty(reply: ReplyEmpty, result: FsResult<()>) {
     match result {
         Ok(()) => reply.ok(),
@@ -696,8 +755,9 @@ impl Filesystem for DfsFs {
                 self.answered_on_arrival("lookup", started);
                 return s.reply_absent(reply, dir, &name);
             }
-            // A directory this mount made there and changed since: the kernel looks it up
-            // again before every mkdir of it (which fails with EEXIST), as fs_mark does.
+            // A directory this mount made there, with the attributes of its making or its
+            // last change here: the kernel looks it up again before every mkdir of it (which
+            // fails with EEXIST), as fs_mark does.
             let made = s.dir_names.made_here(dir, &name);
             if let Some(attr) = made.and_then(|ino| s.client.dir_attrs().get(ino, s.ttl)) {
                 self.answered_on_arrival("lookup", started);
@@ -1006,13 +1066,9 @@ impl Filesystem for DfsFs {
                 .await;
             match &result {
                 Ok(()) if dfs_flags & RENAME_EXCHANGE != 0 => {
-                    s.dir_names.added(parent, &name);
-                    s.dir_names.added(newparent, &newname);
+                    s.dir_names.exchanged(parent, &name, newparent, &newname)
                 }
-                Ok(()) => {
-                    s.dir_names.removed(parent, &name);
-                    s.dir_names.added(newparent, &newname);
-                }
+                Ok(()) => s.dir_names.renamed(parent, &name, newparent, &newname),
                 Err(_) => {
                     s.dir_names.forget(parent);
                     s.dir_names.forget(newparent);

@@ -23,6 +23,8 @@ pub struct FuseMetrics {
     /// Drops of a file's kernel state the change feed asked for, left out because an open
     /// since had shown the file after the change.
     pub kernel_drops_skipped: Counter,
+    /// Directory listings answered from the contents and attributes this mount holds.
+    pub listings_from_memory: Counter,
 }
 
 impl FuseMetrics {
@@ -52,6 +54,11 @@ impl FuseMetrics {
                 &mut r,
                 "dfs_fuse_kernel_drops_skipped",
                 "Drops of a file's kernel caches the change feed asked for, left out because an open since had shown the file after the change",
+            ),
+            listings_from_memory: counter(
+                &mut r,
+                "dfs_fuse_listings_from_memory",
+                "Directory listings answered from the contents and attributes this mount holds, without asking the metadata server",
             ),
         };
         let cache = gauges(
