@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Entries kept at most: past it, everything is dropped (they are used within moments).
-const MAX_ENTRIES: usize = 16_384;
+pub const MAX_ENTRIES: usize = 16_384;
 
 #[derive(Default)]
 pub struct FileAttrs {

@@ -175,11 +175,14 @@ impl DirNames {
             .is_some_and(|known| !known.entries.contains_key(name))
     }
 
-    /// The whole contents of `dir` in name order, if known.
-    pub fn contents(&self, dir: InodeId) -> Option<Vec<(String, Named)>> {
+    /// The whole contents of `dir` in name order, if known and at most `max` names.
+    pub fn contents(&self, dir: InodeId, max: usize) -> Option<Vec<(String, Named)>> {
         let lease = self.lease;
         let mut state = self.state();
         let known = state.known(dir, lease)?;
+        if known.entries.len() > max {
+            return None;
+        }
         let mut entries: Vec<(String, Named)> = known
             .entries
             .iter()
@@ -378,7 +381,7 @@ mod tests {
         names.state().dirs.get_mut(&DIR).unwrap().since = Instant::now() - LEASE;
         assert!(!names.absent(DIR, "a"));
         assert_eq!(names.state().names, 0);
-        assert_eq!(names.contents(DIR), None);
+        assert_eq!(names.contents(DIR, usize::MAX), None);
         assert!(names.state().dirs.is_empty());
     }
 
@@ -396,7 +399,7 @@ mod tests {
     }
 
     fn contents(names: &DirNames, dir: InodeId) -> Vec<(String, u64)> {
-        let contents = names.contents(dir).expect("known");
+        let contents = names.contents(dir, usize::MAX).expect("known");
         contents.into_iter().map(|(n, e)| (n, e.ino.0)).collect()
     }
 
@@ -407,8 +410,9 @@ mod tests {
     #[test]
     fn contents_follow_this_mounts_changes_in_name_order() {
         let names = DirNames::new(LEASE);
-        assert_eq!(names.contents(DIR), None, "unknown directory");
+        assert_eq!(names.contents(DIR, usize::MAX), None, "unknown directory");
         names.listed(DIR, listing(&["b", "a"]), names.mark());
+        assert_eq!(names.contents(DIR, 1), None, "more names than asked for");
         assert_eq!(contents(&names, DIR), pairs(&[("a", 101), ("b", 100)]));
         names.added(DIR, "c", file(5));
         names.removed(DIR, "b");
@@ -420,7 +424,7 @@ mod tests {
         let other = InodeId(8);
         names.made(other);
         names.renamed(DIR, "c", other, "d");
-        assert!(names.contents(DIR).expect("known").is_empty());
+        assert!(names.contents(DIR, usize::MAX).expect("known").is_empty());
         assert_eq!(contents(&names, other), pairs(&[("d", 101)]));
         names.added(DIR, "e", file(6));
         names.exchanged(DIR, "e", other, "d");
@@ -436,17 +440,17 @@ mod tests {
         // From a directory whose contents are not known: what moved is not known.
         names.made(DIR);
         names.renamed(unknown, "x", DIR, "y");
-        assert_eq!(names.contents(DIR), None);
+        assert_eq!(names.contents(DIR, usize::MAX), None);
         // An exchange with an unknown directory leaves a name naming an unknown inode.
         names.listed(DIR, listing(&["a"]), names.mark());
         names.exchanged(DIR, "a", unknown, "b");
-        assert_eq!(names.contents(DIR), None);
+        assert_eq!(names.contents(DIR, usize::MAX), None);
         // A rename of a name the known contents did not hold: they were wrong.
         names.listed(DIR, listing(&["a"]), names.mark());
         names.made(unknown);
         names.renamed(DIR, "missing", unknown, "z");
-        assert_eq!(names.contents(DIR), None);
-        assert_eq!(names.contents(unknown), None);
+        assert_eq!(names.contents(DIR, usize::MAX), None);
+        assert_eq!(names.contents(unknown, usize::MAX), None);
         assert_eq!(names.state().names, 0);
     }
 }

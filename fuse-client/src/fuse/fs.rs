@@ -459,11 +459,14 @@ impl Shared {
     /// ([`DirNames`]), if it also holds every entry's attributes as `getattr` would answer
     /// them without a round trip. The kernel drops its kept listing of a directory at every
     /// change it makes there, so without this each listing after a change is a round trip.
+    /// Not a directory of more entries than the attributes of files kept at most: its
+    /// entries' attributes cannot all be held.
     fn list_from_memory(&self, listing: &mut DirListing) -> bool {
         if !listing.entries.is_empty() || !self.leases.confirmed() {
             return false;
         }
-        let Some(contents) = self.dir_names.contents(listing.dir) else {
+        let most = crate::client::file_attrs::MAX_ENTRIES;
+        let Some(contents) = self.dir_names.contents(listing.dir, most) else {
             return false;
         };
         let kept_for = self.leases.kept_for();
