@@ -1,8 +1,11 @@
-//! Attributes of regular files as the metadata server last gave them to this client, so that
-//! the kernel's `getattr` after this client's own writes, opens and closes is answered without
-//! a round trip. The kernel drops a file's cached attributes after every write through it and
-//! asks at the next `stat`; after the close commits the writes, the commit's answer holds the
-//! attributes it would get.
+//! Attributes of files (every kind but directories: symlinks, devices, FIFOs and sockets too)
+//! as the metadata server last gave them to this client, so that the kernel's `getattr` after
+//! this client's own writes, opens and closes is answered without a round trip, and a listing
+//! can be (see the mount's `DirNames`). The kernel drops a file's cached attributes after every
+//! write through it and asks at the next `stat`; after the close commits the writes, the
+//! commit's answer holds the attributes it would get. A directory's attributes change with
+//! every name this client adds or removes in it: those are kept apart, from the changes'
+//! answers (`DirAttrs`).
 //!
 //! An entry is good for as long as the caller says: the attribute timeout, as the kernel's
 //! own cache would have kept the first answer, or the lease while the change feed is
@@ -58,7 +61,7 @@ impl FileAttrs {
         self.state().epoch
     }
 
-    /// Keeps `attr`, the answer to a question sent in epoch `asked`, if it is a regular
+    /// Keeps `attr`, the answer to a question sent in epoch `asked`, if it is not a directory's
     /// file's and neither the file nor everything was dropped since; if either was, what is
     /// kept of the file goes too (the answer may be of a commit that changed it). Answers of
     /// concurrent questions may arrive out of order: an entry is replaced only by strictly
@@ -75,7 +78,7 @@ impl FileAttrs {
     }
 
     fn keep(&self, attr: &Attr, asked: u64, delegated: bool) {
-        if attr.kind != FileKind::File {
+        if attr.kind == FileKind::Dir {
             return;
         }
         let mut state = self.state();
@@ -263,10 +266,13 @@ mod tests {
     }
 
     #[test]
-    fn only_regular_files_are_kept() {
+    fn every_kind_but_directories_is_kept() {
         let kept = FileAttrs::default();
-        let dir = crate::client::pending_attrs::tests::attr(3, FileKind::Dir, 0o755, 1);
-        kept.note(&dir, kept.epoch());
+        let attr = crate::client::pending_attrs::tests::attr;
+        kept.note(&attr(3, FileKind::Dir, 0o755, 1), kept.epoch());
         assert_eq!(kept.get(InodeId(3), Duration::from_secs(60)), None);
+        let link = attr(4, FileKind::Symlink, 0o777, 1);
+        kept.note(&link, kept.epoch());
+        assert_eq!(kept.get(InodeId(4), Duration::from_secs(60)), Some(link));
     }
 }

@@ -304,7 +304,10 @@ impl Client {
             uid,
             gid,
         };
-        Ok(self.made(self.call(request).await?))
+        let asked = self.inner.file_attrs.epoch();
+        let attr = self.made(self.call(request).await?);
+        self.inner.file_attrs.note(&attr, asked);
+        Ok(attr)
     }
 
     pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &str) -> FsResult<Attr> {
