@@ -615,8 +615,9 @@ fn shown_in(dir: &std::path::Path) -> Vec<Shown> {
 /// request reaches the metadata server through a run of creates, writes, renames (within the
 /// directory, in from another and over a name), a hard link, a symlink, mkdir, rmdir, a
 /// truncate, a chmod and an unlink, and each listing shows what a mount without a lease gets
-/// from the server, entry by entry. A rename in from a directory whose contents it does not know, and another mount's
-/// change, show too.
+/// from the server, entry by entry. A rename in from a directory whose contents it does not
+/// know, and another mount's change, show too; a subdirectory's attributes from a listing's
+/// answer serve the next listing, until another mount changes it.
 #[test]
 fn a_listing_after_this_mounts_own_changes_costs_no_round_trip_and_shows_them_all() {
     use crate::observe::{scrape, value};
@@ -720,6 +721,26 @@ fn a_listing_after_this_mounts_own_changes_costs_no_round_trip_and_shows_them_al
         names_in(&knowing.path("d")).contains(&"theirs".to_string())
     });
     assert_eq!(shown_in(&knowing.path("d")), shown_in(&asking.path("d")));
+
+    // A listing's answer holds every entry's attributes, a subdirectory's too: after a change
+    // here, the next listing is answered from memory with them.
+    fs::create_dir(asking.path("d/their_dir")).unwrap();
+    shows("another mount's mkdir", || {
+        names_in(&knowing.path("d")).contains(&"their_dir".to_string())
+    });
+    let before = listings(&cluster);
+    fs::write(knowing.path("d/after"), b"x").unwrap();
+    assert_eq!(shown_in(&knowing.path("d")), shown_in(&asking.path("d")));
+    assert_eq!(
+        listings(&cluster) - before,
+        1.0,
+        "only the mount without a lease asked"
+    );
+    // Until another mount changes that subdirectory: its new link count shows.
+    fs::create_dir(asking.path("d/their_dir/inner")).unwrap();
+    shows("another mount's mkdir in a subdirectory", || {
+        shown_in(&knowing.path("d")) == shown_in(&asking.path("d"))
+    });
 }
 
 /// A file unlinked while open here has no name left anywhere, while it stays readable, and

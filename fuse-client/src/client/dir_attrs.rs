@@ -1,14 +1,18 @@
-//! Attributes of directories just after this client changed them, as the metadata server
-//! returned them with the change. The kernel drops a directory's cached attributes after every
-//! create, unlink or mkdir in it and asks for them again at the next path walk (it checks
-//! permissions with them); answering from here saves that round trip on every such operation.
+//! Attributes of directories as the metadata server last gave them to this client: with this
+//! client's changes in them (the kernel drops a directory's cached attributes after every
+//! create, unlink or mkdir in it and asks for them again at the next path walk, to check
+//! permissions), and in the answers to its questions (`getattr`, listings), so that a listing
+//! of a directory holding subdirectories can be answered from memory (see the mount's
+//! `DirNames`).
 //!
-//! An entry is good for the attribute timeout at most, as the kernel's own cache would have
-//! kept the first answer from it: the kernel asks again within that time when it dropped
-//! part of what it had for its own reasons (a listing marks the directory's atime stale), and
-//! gets the same answer. A newer change of this client replaces it; other clients' changes
-//! drop it (the change feed), and so do this client's changes that do not return the
-//! directory's new attributes.
+//! An entry is good for as long as the caller says: the attribute timeout, as the kernel's
+//! own cache would have kept the first answer, or the lease while the change feed is
+//! confirmed. A newer change of this client replaces it; other clients' changes drop it (the
+//! change feed), and so do this client's changes that do not return the directory's new
+//! attributes. Answers cross: an answer to a question sent before a drop may arrive after it,
+//! so each drop is numbered and such an answer is not kept; and one computed before a change
+//! of this client may arrive after that change's answer, so an entry is only ever replaced by
+//! strictly newer attributes.
 
 use dfs_common::proto::meta::Attr;
 use dfs_common::InodeId;
@@ -16,39 +20,88 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Entries kept at most: past it, everything is dropped (they are taken within moments).
-const MAX_ENTRIES: usize = 4096;
+/// Entries kept at most: past it, everything is dropped.
+const MAX_ENTRIES: usize = 16_384;
 
 #[derive(Default)]
 pub struct DirAttrs {
-    fresh: Mutex<HashMap<InodeId, (Attr, Instant)>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    fresh: HashMap<InodeId, (Attr, Instant)>,
+    /// Counts drops; a question is stamped with the count when it is sent.
+    epoch: u64,
+    /// The drop of everything last: an answer to a question sent before it is not kept.
+    cleared: u64,
+    /// The last drop of each directory since (at most [`MAX_ENTRIES`], past which a drop of
+    /// one drops everything).
+    forgotten: HashMap<InodeId, u64>,
+}
+
+impl State {
+    fn insert(&mut self, attr: Attr) {
+        if self.fresh.len() >= MAX_ENTRIES {
+            self.fresh.clear();
+        }
+        self.fresh.insert(attr.ino, (attr, Instant::now()));
+    }
 }
 
 impl DirAttrs {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The epoch to give [`DirAttrs::note_answer`] for the answer of a question sent now.
+    pub fn epoch(&self) -> u64 {
+        self.state().epoch
+    }
+
     /// Keeps `attr`, returned by a change of this client. Replies of concurrent changes may
     /// arrive out of order: an entry is replaced only by strictly newer attributes, and
     /// dropped when the order cannot be told.
     pub fn note(&self, attr: Attr) {
-        let mut fresh = self.fresh.lock().expect("directory attributes lock");
-        if fresh.len() >= MAX_ENTRIES {
-            fresh.clear();
-        }
-        match fresh.get(&attr.ino) {
+        let mut state = self.state();
+        match state.fresh.get(&attr.ino) {
             Some((kept, _)) if kept.ctime >= attr.ctime => {
-                fresh.remove(&attr.ino);
+                state.fresh.remove(&attr.ino);
             }
-            _ => {
-                fresh.insert(attr.ino, (attr, Instant::now()));
+            _ => state.insert(attr),
+        }
+    }
+
+    /// Keeps `attr`, a directory's attributes in the answer to a question sent in epoch
+    /// `asked`, unless the directory or everything was dropped since (the answer may predate
+    /// the change dropped). Kept attributes as new are left, newer ones too (a change of this
+    /// client answered meanwhile); the same age with other contents cannot be ordered, and
+    /// goes.
+    pub fn note_answer(&self, attr: &Attr, asked: u64) {
+        let mut state = self.state();
+        let dropped_since = state.cleared > asked
+            || state
+                .forgotten
+                .get(&attr.ino)
+                .is_some_and(|&dropped| dropped > asked);
+        if dropped_since {
+            return;
+        }
+        match state.fresh.get(&attr.ino) {
+            Some((kept, _)) if kept.ctime > attr.ctime || kept == attr => {}
+            Some((kept, _)) if kept.ctime == attr.ctime => {
+                state.fresh.remove(&attr.ino);
             }
+            _ => state.insert(attr.clone()),
         }
     }
 
     /// The directory's attributes if noted within `max_age`.
     pub fn get(&self, ino: InodeId, max_age: Duration) -> Option<Attr> {
-        let mut fresh = self.fresh.lock().expect("directory attributes lock");
-        let (attr, at) = fresh.get(&ino)?;
+        let mut state = self.state();
+        let (attr, at) = state.fresh.get(&ino)?;
         if at.elapsed() > max_age {
-            fresh.remove(&ino);
+            state.fresh.remove(&ino);
             return None;
         }
         Some(attr.clone())
@@ -56,17 +109,24 @@ impl DirAttrs {
 
     /// Drops what is kept of `ino`: it changed in a way this does not know the outcome of.
     pub fn forget(&self, ino: InodeId) {
-        self.fresh
-            .lock()
-            .expect("directory attributes lock")
-            .remove(&ino);
+        let mut state = self.state();
+        if state.forgotten.len() >= MAX_ENTRIES {
+            drop(state);
+            return self.clear();
+        }
+        state.epoch += 1;
+        let epoch = state.epoch;
+        state.forgotten.insert(ino, epoch);
+        state.fresh.remove(&ino);
     }
 
+    /// Drops everything: a change may have touched any directory.
     pub fn clear(&self) {
-        self.fresh
-            .lock()
-            .expect("directory attributes lock")
-            .clear();
+        let mut state = self.state();
+        state.epoch += 1;
+        state.cleared = state.epoch;
+        state.forgotten.clear();
+        state.fresh.clear();
     }
 }
 
@@ -104,5 +164,31 @@ mod tests {
             None,
             "dropped when found too old"
         );
+    }
+
+    #[test]
+    fn an_answer_is_kept_unless_a_drop_or_a_newer_change_came_since_its_question() {
+        let kept = DirAttrs::default();
+        let long = Duration::from_secs(60);
+        let asked = kept.epoch();
+        kept.note_answer(&dir(5, 10), asked);
+        assert_eq!(kept.get(InodeId(5), long), Some(dir(5, 10)));
+        // This client's change answered meanwhile is newer: the late answer leaves it.
+        kept.note(dir(5, 12));
+        kept.note_answer(&dir(5, 11), asked);
+        assert_eq!(kept.get(InodeId(5), long), Some(dir(5, 12)));
+        kept.note_answer(&dir(5, 12), asked);
+        assert_eq!(kept.get(InodeId(5), long), Some(dir(5, 12)), "the same");
+        // Another client's change dropped it after the question: the answer may predate it.
+        let asked = kept.epoch();
+        kept.forget(InodeId(5));
+        kept.note_answer(&dir(5, 13), asked);
+        assert_eq!(kept.get(InodeId(5), long), None);
+        kept.note_answer(&dir(5, 13), kept.epoch());
+        assert_eq!(kept.get(InodeId(5), long), Some(dir(5, 13)), "asked after");
+        let asked = kept.epoch();
+        kept.clear();
+        kept.note_answer(&dir(6, 1), asked);
+        assert_eq!(kept.get(InodeId(6), long), None, "everything dropped");
     }
 }

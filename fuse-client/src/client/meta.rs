@@ -173,10 +173,26 @@ impl Client {
     }
 
     pub async fn getattr(&self, ino: InodeId) -> FsResult<Attr> {
-        let asked = self.inner.file_attrs.epoch();
+        let asked = self.asked();
         let attr = self.call(req::GetAttr { ino }).await?;
-        self.inner.file_attrs.note(&attr, asked);
+        self.note_answered(&attr, asked);
         Ok(attr)
+    }
+
+    /// The epochs of the kept files' and directories' attributes, for answers to a question
+    /// sent now (see [`Client::note_answered`]).
+    fn asked(&self) -> (u64, u64) {
+        (self.inner.file_attrs.epoch(), self.inner.dir_attrs.epoch())
+    }
+
+    /// Keeps `attr` from the answer to a question sent at `asked` (see [`Client::asked`]):
+    /// a directory's apart from files', as their changes differ.
+    fn note_answered(&self, attr: &Attr, (files, dirs): (u64, u64)) {
+        if attr.kind == FileKind::Dir {
+            self.inner.dir_attrs.note_answer(attr, dirs);
+        } else {
+            self.inner.file_attrs.note(attr, files);
+        }
     }
 
     /// The attributes kept with an open delegation of the file, if this client holds one and
@@ -415,13 +431,19 @@ impl Client {
         limit: u32,
         with_attrs: bool,
     ) -> FsResult<DirPage> {
-        self.call(req::ReadDir {
-            dir,
-            after,
-            limit,
-            with_attrs,
-        })
-        .await
+        let asked = self.asked();
+        let page = self
+            .call(req::ReadDir {
+                dir,
+                after,
+                limit,
+                with_attrs,
+            })
+            .await?;
+        for attr in page.entries.iter().filter_map(|e| e.attr.as_ref()) {
+            self.note_answered(attr, asked);
+        }
+        Ok(page)
     }
 
     /// A whole directory listing, fetched page by page.

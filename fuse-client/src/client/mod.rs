@@ -118,9 +118,9 @@ pub(crate) struct Inner {
     pub(crate) dirty_total: std::sync::atomic::AtomicUsize,
     /// Room for block uploads, in KiB (see [`ClientOptions::max_upload_bytes`]).
     pub(crate) upload_budget: Arc<tokio::sync::Semaphore>,
-    /// Directories' attributes just after this client's changes to them.
+    /// Directories' attributes as this client's changes and questions last gave them.
     pub(crate) dir_attrs: dir_attrs::DirAttrs,
-    /// Regular files' attributes as the metadata server last gave them.
+    /// Files' attributes (all but directories') as the metadata server last gave them.
     pub(crate) file_attrs: file_attrs::FileAttrs,
     /// Where in the change feed files were last opened through a call.
     pub(crate) opened_at: opened_at::OpenedAt,
@@ -132,7 +132,7 @@ pub(crate) struct Inner {
 }
 
 /// Drops, when a call ends (answered, failed or abandoned), the file attributes its change
-/// may have made stale (see [`file_attrs`]).
+/// may have made stale (see [`file_attrs`]), and directories' when it was not answered.
 struct StaleFileAttrs<'a> {
     client: &'a Client,
     request: &'a MetaRequest,
@@ -143,6 +143,11 @@ struct StaleFileAttrs<'a> {
 impl Drop for StaleFileAttrs<'_> {
     fn drop(&mut self) {
         use MetaRequest as R;
+        // Unanswered, a change may or may not have been made, to any directory's attributes
+        // (the answers name the directories a change touched).
+        if !self.answered && self.request.is_mutation() {
+            self.client.inner.dir_attrs.clear();
+        }
         let kept = &self.client.inner.file_attrs;
         match self.request {
             // Answered, the change's outcome is noted from its answer where it is made.
