@@ -399,7 +399,7 @@ impl Client {
             Ok(moved) => {
                 for ino in moved.touched {
                     self.inner.dir_attrs.forget(ino);
-                    // (Only regular files' attributes are kept: a directory's are ignored.)
+                    // (A directory's attributes are not kept with files': ignored there.)
                     match moved.attrs.iter().find(|a| a.ino == ino) {
                         Some(attr) => self.inner.file_attrs.note(attr, asked),
                         None => self.inner.file_attrs.forget(ino),

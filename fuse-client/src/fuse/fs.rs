@@ -784,7 +784,8 @@ impl Filesystem for DfsFs {
         let started = Instant::now();
         let s = &self.shared;
         let kept_for = s.leases.kept_for();
-        // A directory this mount just changed: the attributes came with the change.
+        // A directory whose attributes this mount keeps: from its last change here, or the
+        // answer to a question since which nothing changed it.
         if let Some(attr) = s.client.dir_attrs().get(s.ino(ino), kept_for) {
             self.answered_on_arrival("getattr", started);
             return s.reply_attr(reply, Ok(attr));
