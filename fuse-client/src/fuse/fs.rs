@@ -489,9 +489,10 @@ impl Shared {
     }
 
     /// The attributes of `ino` that `getattr` would answer without a round trip, kept within
-    /// `kept_for`: a directory's from this mount's last change of it, a file's from its open,
-    /// close or last question. Not a file's whose attribute changes wait for its flush here
-    /// (`getattr` shows those applied; a listing then asks the metadata server).
+    /// `kept_for`: a directory's from this mount's last change in it or an answer since, a
+    /// file's from its create, open, close or an answer. Not a file's whose attribute changes
+    /// wait for its flush here (`getattr` shows those applied; a listing then asks the
+    /// metadata server).
     fn attr_at_once(&self, ino: InodeId, kept_for: Duration) -> Option<Attr> {
         if let Some(attr) = self.client.dir_attrs().get(ino, kept_for) {
             return Some(attr);
