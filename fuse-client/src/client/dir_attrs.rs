@@ -14,6 +14,7 @@
 //! of this client may arrive after that change's answer, so an entry is only ever replaced by
 //! strictly newer attributes.
 
+use super::drops::Drops;
 use dfs_common::proto::meta::Attr;
 use dfs_common::InodeId;
 use std::collections::HashMap;
@@ -31,13 +32,8 @@ pub struct DirAttrs {
 #[derive(Default)]
 struct State {
     fresh: HashMap<InodeId, (Attr, Instant)>,
-    /// Counts drops; a question is stamped with the count when it is sent.
-    epoch: u64,
-    /// The drop of everything last: an answer to a question sent before it is not kept.
-    cleared: u64,
-    /// The last drop of each directory since (at most [`MAX_ENTRIES`], past which a drop of
-    /// one drops everything).
-    forgotten: HashMap<InodeId, u64>,
+    /// Drops since questions were sent (at most [`MAX_ENTRIES`] directories recorded).
+    drops: Drops,
 }
 
 impl State {
@@ -56,7 +52,7 @@ impl DirAttrs {
 
     /// The epoch to give [`DirAttrs::note_answer`] for the answer of a question sent now.
     pub fn epoch(&self) -> u64 {
-        self.state().epoch
+        self.state().drops.epoch()
     }
 
     /// Keeps `attr`, returned by a change of this client. Replies of concurrent changes may
@@ -79,12 +75,7 @@ impl DirAttrs {
     /// goes.
     pub fn note_answer(&self, attr: &Attr, asked: u64) {
         let mut state = self.state();
-        let dropped_since = state.cleared > asked
-            || state
-                .forgotten
-                .get(&attr.ino)
-                .is_some_and(|&dropped| dropped > asked);
-        if dropped_since {
+        if state.drops.since(attr.ino, asked) {
             return;
         }
         match state.fresh.get(&attr.ino) {
@@ -110,22 +101,17 @@ impl DirAttrs {
     /// Drops what is kept of `ino`: it changed in a way this does not know the outcome of.
     pub fn forget(&self, ino: InodeId) {
         let mut state = self.state();
-        if state.forgotten.len() >= MAX_ENTRIES {
-            drop(state);
-            return self.clear();
+        if state.drops.forget(ino, MAX_ENTRIES) {
+            state.fresh.remove(&ino);
+        } else {
+            state.fresh.clear();
         }
-        state.epoch += 1;
-        let epoch = state.epoch;
-        state.forgotten.insert(ino, epoch);
-        state.fresh.remove(&ino);
     }
 
     /// Drops everything: a change may have touched any directory.
     pub fn clear(&self) {
         let mut state = self.state();
-        state.epoch += 1;
-        state.cleared = state.epoch;
-        state.forgotten.clear();
+        state.drops.clear();
         state.fresh.clear();
     }
 }

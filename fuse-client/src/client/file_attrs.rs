@@ -17,6 +17,7 @@
 //! cross: one sent before a drop may arrive after it, so each drop is numbered and an answer
 //! is kept only if neither its file nor everything was dropped since its question was sent.
 
+use super::drops::Drops;
 use dfs_common::proto::meta::{Attr, FileKind};
 use dfs_common::InodeId;
 use std::collections::HashMap;
@@ -33,13 +34,8 @@ pub struct FileAttrs {
 
 #[derive(Default)]
 struct State {
-    /// Counts drops; a question is stamped with the count when it is sent.
-    epoch: u64,
-    /// The drop of everything last: an answer to a question sent before it is not kept.
-    cleared: u64,
-    /// The last drop of each inode since (at most [`MAX_ENTRIES`], past which a drop of one
-    /// drops everything): an answer about that inode to a question sent before is not kept.
-    forgotten: HashMap<InodeId, u64>,
+    /// Drops since questions were sent (at most [`MAX_ENTRIES`] files recorded).
+    drops: Drops,
     fresh: HashMap<InodeId, Kept>,
 }
 
@@ -58,11 +54,11 @@ impl FileAttrs {
 
     /// The epoch to give [`FileAttrs::note`] for the answer of a question sent now.
     pub fn epoch(&self) -> u64 {
-        self.state().epoch
+        self.state().drops.epoch()
     }
 
     /// Keeps `attr`, the answer to a question sent in epoch `asked`, if it is not a directory's
-    /// file's and neither the file nor everything was dropped since; if either was, what is
+    /// and neither the file nor everything was dropped since; if either was, what is
     /// kept of the file goes too (the answer may be of a commit that changed it). Answers of
     /// concurrent questions may arrive out of order: an entry is replaced only by strictly
     /// newer attributes, and dropped when the order cannot be told.
@@ -82,12 +78,7 @@ impl FileAttrs {
             return;
         }
         let mut state = self.state();
-        let dropped_since = state.cleared > asked
-            || state
-                .forgotten
-                .get(&attr.ino)
-                .is_some_and(|&dropped| dropped > asked);
-        if dropped_since {
+        if state.drops.since(attr.ino, asked) {
             state.fresh.remove(&attr.ino);
             return;
         }
@@ -142,22 +133,17 @@ impl FileAttrs {
     /// Drops what is kept of `ino`: it changed in a way this does not know the outcome of.
     pub fn forget(&self, ino: InodeId) {
         let mut state = self.state();
-        if state.forgotten.len() >= MAX_ENTRIES {
-            drop(state);
-            return self.clear();
+        if state.drops.forget(ino, MAX_ENTRIES) {
+            state.fresh.remove(&ino);
+        } else {
+            state.fresh.clear();
         }
-        state.epoch += 1;
-        let epoch = state.epoch;
-        state.forgotten.insert(ino, epoch);
-        state.fresh.remove(&ino);
     }
 
     /// Drops everything: a change may have touched any file.
     pub fn clear(&self) {
         let mut state = self.state();
-        state.epoch += 1;
-        state.cleared = state.epoch;
-        state.forgotten.clear();
+        state.drops.clear();
         state.fresh.clear();
     }
 }

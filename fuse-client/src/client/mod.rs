@@ -4,6 +4,7 @@
 mod calls;
 pub mod dir_attrs;
 pub mod dirty;
+mod drops;
 pub mod file;
 pub mod file_attrs;
 mod inline_tail;
