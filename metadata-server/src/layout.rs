@@ -2,7 +2,8 @@
 //!
 //! A write never changes a block; it lays a new extent over the old range, cutting any extents
 //! it covers. A block whose reference count drops to zero is garbage for the collector; one
-//! that gains a reference again is not.
+//! that gains a reference again is not. An inline block is dropped, bytes and all, when its
+//! count drops to zero: its readers got its bytes with their layouts.
 //!
 //! The same bookkeeping keeps each file's `inline_bytes`: an inline block is charged, whole, to
 //! the file whose extent makes its count leave zero, and uncharged when it returns to zero. An
@@ -50,6 +51,15 @@ impl RefDelta {
             if rec.is_inline() && (rec.refs == 0) != (refs == 0) {
                 let len = rec.len.unwrap_or(0);
                 charge_inline(t, ino, if refs == 0 { -(len as i64) } else { len as i64 })?;
+            }
+            if rec.is_inline() && refs == 0 {
+                // Nothing can read an inline block once no extent names it: readers get its
+                // bytes with the layout, never by its id later. So its bytes leave the store
+                // now rather than after the garbage-collection grace, which protects only
+                // readers of shards.
+                t.blocks.table()?.remove(block).db()?;
+                crate::store::inline_data::remove(t, block)?;
+                continue;
             }
             rec.refs = refs as u32;
             t.blocks
