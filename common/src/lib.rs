@@ -10,6 +10,7 @@
 //! - [`erasure`]: Reed-Solomon encode and reconstruct (the only user of reed-solomon-erasure).
 //! - [`checksum`]: blake3 hashes per sub-block of a shard.
 //! - [`model`]: plain values shared by the wire protocol and the metadata store.
+//! - [`name`]: file names and symlink targets (any bytes) as UTF-8 strings on the wire.
 //! - [`proto`]: request and response types of the metadata and chunk services.
 //! - [`codec`]: length-prefixed, bounded bincode frames on QUIC streams.
 //! - [`net`]: QUIC endpoints, TLS with the cluster CA, the RPC client and server loop.
@@ -31,6 +32,7 @@ pub mod ids;
 pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod name;
 pub mod net;
 pub mod proto;
 pub mod shutdown;

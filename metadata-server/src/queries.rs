@@ -34,7 +34,7 @@ pub fn get_volume(t: &ReadTables, name: &str) -> FsResult<VolumeInfo> {
 }
 
 pub fn lookup_attr(t: &ReadTables, parent: InodeId, name: &str) -> FsResult<Attr> {
-    if name.len() > dfs_common::proto::MAX_NAME_LEN {
+    if dfs_common::name::raw_len(name) > dfs_common::proto::MAX_NAME_LEN {
         return Err(FsError::NameTooLong);
     }
     get_dir(t.inodes.table()?, parent)?;

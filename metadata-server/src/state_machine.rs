@@ -105,8 +105,11 @@ fn apply_op(t: &mut WriteTables, now: Timestamp, op: &Op) -> FsResult<Outcome> {
                     if target.is_empty() {
                         return Err(FsError::NotFound);
                     }
-                    if target.len() > MAX_SYMLINK_LEN {
+                    if dfs_common::name::raw_len(target) > MAX_SYMLINK_LEN {
                         return Err(FsError::NameTooLong);
+                    }
+                    if target.contains('\0') || !dfs_common::name::is_canonical(target) {
+                        return Err(FsError::invalid("invalid symlink target"));
                     }
                     NewNode {
                         kind: FileKind::Symlink,
@@ -252,11 +255,19 @@ fn apply_op(t: &mut WriteTables, now: Timestamp, op: &Op) -> FsResult<Outcome> {
     }
 }
 
+/// A name is any bytes but `/` and NUL, at most [`MAX_NAME_LEN`] of them, carried as its
+/// encoding (see [`dfs_common::name`]).
 fn validate_name(name: &str) -> FsResult<()> {
-    if name.len() > MAX_NAME_LEN {
+    if dfs_common::name::raw_len(name) > MAX_NAME_LEN {
         return Err(FsError::NameTooLong);
     }
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.contains('\0')
+        || !dfs_common::name::is_canonical(name)
+    {
         return Err(FsError::invalid(format!("invalid file name {name:?}")));
     }
     Ok(())
@@ -295,7 +306,10 @@ fn make_node(
         uid: node.uid,
         gid: node.gid,
         nlink: if is_dir { 2 } else { 1 },
-        size: node.target.as_ref().map_or(0, |s| s.len() as u64),
+        size: node
+            .target
+            .as_ref()
+            .map_or(0, |s| dfs_common::name::raw_len(s) as u64),
         atime: now,
         mtime: now,
         ctime: now,
@@ -695,12 +709,17 @@ fn set_xattr(
     value: &[u8],
     flags: u32,
 ) -> FsResult<Outcome> {
-    if name.is_empty() || name.len() > MAX_XATTR_NAME_LEN {
+    if name.is_empty() || dfs_common::name::raw_len(name) > MAX_XATTR_NAME_LEN {
         return Err(FsError::Range);
     }
     if name.contains('\0') {
         return Err(FsError::invalid(
             "extended attribute names cannot contain NUL",
+        ));
+    }
+    if !dfs_common::name::is_canonical(name) {
+        return Err(FsError::invalid(
+            "an extended attribute name not encoded as dfs encodes names",
         ));
     }
     if value.len() > MAX_XATTR_VALUE_LEN {

@@ -14,6 +14,7 @@ mod inline;
 mod integrity;
 mod model;
 mod mount;
+mod names;
 mod namespace;
 mod observe;
 mod orphans;

@@ -126,6 +126,7 @@ pub async fn put(client: &Client, args: PutArgs, json: bool) -> anyhow::Result<(
         .resolve_parent(&volume, &path)
         .await
         .map_err(not_found(&args.remote))?;
+    let name = &*name;
     let taken = || anyhow::anyhow!("{} exists (use --force to replace it)", args.remote);
     let a_directory = || anyhow::anyhow!("{} is a directory", args.remote);
     // Refused before any byte is sent when the name is taken (the rename at the end checks
@@ -317,7 +318,11 @@ pub async fn ls(client: &Client, args: PathArgs, json: bool) -> anyhow::Result<(
             .readdir_all(attr.ino, true)
             .await?
             .into_iter()
-            .filter_map(|e| e.attr.map(|a| (e.name, a)))
+            // Shown as text: bytes that are not UTF-8 as U+FFFD, as `ls` shows them.
+            .filter_map(|e| {
+                let name = String::from_utf8_lossy(&dfs_common::name::decode(&e.name)).into();
+                e.attr.map(|a| (name, a))
+            })
             .collect()
     } else {
         vec![(
@@ -387,6 +392,7 @@ pub async fn rm(client: &Client, args: RmArgs) -> anyhow::Result<()> {
         .resolve_parent(&volume, &path)
         .await
         .map_err(not_found(&args.remote))?;
+    let name = &*name;
     let attr = client
         .lookup(parent.ino, name)
         .await
@@ -409,6 +415,7 @@ pub async fn mkdir(client: &Client, args: MkdirArgs) -> anyhow::Result<()> {
             .resolve_parent(&volume, &path)
             .await
             .map_err(not_found(&args.remote))?;
+        let name = &*name;
         client
             .mkdir(parent.ino, name, 0o755, 0, 0)
             .await
@@ -420,6 +427,7 @@ pub async fn mkdir(client: &Client, args: MkdirArgs) -> anyhow::Result<()> {
     }
     let mut dir = client.getattr(volume.root).await?;
     for part in path.split('/').filter(|p| !p.is_empty()) {
+        let part = &*dfs_common::name::encode(part.as_bytes());
         dir = match client.lookup(dir.ino, part).await {
             Ok(a) if a.kind == FileKind::Dir => a,
             Ok(_) => bail!("{}: {part} exists and is not a directory", args.remote),

@@ -565,7 +565,9 @@ impl Client {
             if attr.kind != FileKind::Dir {
                 return Err(FsError::NotDir);
             }
-            attr = self.lookup(attr.ino, part).await?;
+            attr = self
+                .lookup(attr.ino, &dfs_common::name::encode(part.as_bytes()))
+                .await?;
         }
         Ok(attr)
     }
@@ -575,7 +577,7 @@ impl Client {
         &self,
         volume: &VolumeInfo,
         path: &'p str,
-    ) -> FsResult<(Attr, &'p str)> {
+    ) -> FsResult<(Attr, std::borrow::Cow<'p, str>)> {
         let trimmed = path.trim_end_matches('/');
         let (dir, name) = match trimmed.rsplit_once('/') {
             Some((dir, name)) => (dir, name),
@@ -588,7 +590,7 @@ impl Client {
         if parent.kind != FileKind::Dir {
             return Err(FsError::NotDir);
         }
-        Ok((parent, name))
+        Ok((parent, dfs_common::name::encode(name.as_bytes())))
     }
 }
 

@@ -166,7 +166,7 @@ impl DirNames {
     /// Whether `name` is known not to be in `dir` (false: not known either way). A name too
     /// long to exist is not: the metadata server answers it with its own error.
     pub fn absent(&self, dir: InodeId, name: &str) -> bool {
-        if name.starts_with(HIDDEN_PREFIX) || name.len() > MAX_NAME_LEN {
+        if name.starts_with(HIDDEN_PREFIX) || dfs_common::name::raw_len(name) > MAX_NAME_LEN {
             return false;
         }
         let lease = self.lease;

@@ -22,8 +22,9 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::future::Future;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -77,8 +78,18 @@ pub struct DfsFs {
     shared: Arc<Shared>,
 }
 
+/// A name from the kernel as the metadata server carries it: any bytes, encoded (see
+/// [`dfs_common::name`]).
 fn name_str(name: &OsStr) -> Result<String, Errno> {
-    name.to_str().map(str::to_string).ok_or(Errno::EINVAL)
+    Ok(dfs_common::name::encode(name.as_bytes()).into_owned())
+}
+
+/// A name from the metadata server as the kernel takes it.
+fn kernel_name(name: &str) -> std::borrow::Cow<'_, OsStr> {
+    match dfs_common::name::decode(name) {
+        std::borrow::Cow::Borrowed(bytes) => std::borrow::Cow::Borrowed(OsStr::from_bytes(bytes)),
+        std::borrow::Cow::Owned(bytes) => std::borrow::Cow::Owned(OsString::from_vec(bytes)),
+    }
 }
 
 fn time_set(t: TimeOrNow) -> TimeSet {
@@ -523,7 +534,7 @@ impl ListingReply for ReplyDirectory {
             DirItem::DotDot => self.add(dir, next, fuser::FileType::Directory, ".."),
             DirItem::Entry(e) => {
                 let kind = super::attr::file_type(e.kind);
-                self.add(s.map.to_fuse(e.ino), next, kind, &e.name)
+                self.add(s.map.to_fuse(e.ino), next, kind, kernel_name(&e.name))
             }
         }
     }
@@ -546,7 +557,8 @@ impl ListingReply for ReplyDirectoryPlus {
                     Some(attr) => {
                         let ttl = s.leases.name(s.ino(dir), &e.name, Some(attr.ino));
                         let attr = s.fresh_attr(attr.clone());
-                        self.add(attr.ino, next, &e.name, &ttl, &attr, Generation(0))
+                        let name = kernel_name(&e.name);
+                        self.add(attr.ino, next, name, &ttl, &attr, Generation(0))
                     }
                     // Listed without attributes: the kernel looks the entry up itself.
                     None => false,
@@ -650,7 +662,7 @@ impl super::coherence::Caches for Shared {
         self.leases.listing_changed(parent);
         self.dir_names.forget(parent);
         let parent = self.map.to_fuse(parent);
-        let name = std::ffi::OsString::from(name);
+        let name = kernel_name(name).into_owned();
         self.notify(move |n| n.inval_entry(parent, &name));
     }
 
@@ -695,7 +707,7 @@ impl super::coherence::Caches for Shared {
             // Mostly names and inodes the kernel no longer holds: errors are expected.
             for (parent, names) in granted.names {
                 for name in names {
-                    let _ = notifier.inval_entry(map.to_fuse(parent), std::ffi::OsStr::new(&name));
+                    let _ = notifier.inval_entry(map.to_fuse(parent), &kernel_name(&name));
                 }
             }
             // Pages too: the kernel does not drop a file's pages when it finds a new mtime
@@ -918,7 +930,7 @@ impl Filesystem for DfsFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         self.spawn("readlink", |s| async move {
             match s.client.readlink(s.ino(ino)).await {
-                Ok(target) => reply.data(target.as_bytes()),
+                Ok(target) => reply.data(&dfs_common::name::decode(&target)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -1024,9 +1036,7 @@ impl Filesystem for DfsFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        let Some(target) = target.to_str().map(str::to_string) else {
-            return reply.error(Errno::EINVAL);
-        };
+        let target = dfs_common::name::encode(target.as_os_str().as_bytes()).into_owned();
         let (uid, gid) = (req.uid(), req.gid());
         self.spawn("symlink", |s| async move {
             let parent = s.ino(parent);
@@ -1637,7 +1647,7 @@ impl Filesystem for DfsFs {
                 Ok(names) => {
                     let mut buf = Vec::new();
                     for n in names {
-                        buf.extend_from_slice(n.as_bytes());
+                        buf.extend_from_slice(&dfs_common::name::decode(&n));
                         buf.push(0);
                     }
                     if size == 0 {
