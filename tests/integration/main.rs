@@ -3,6 +3,7 @@
 mod access;
 mod cli;
 mod coherence;
+mod copies;
 mod crash;
 mod data;
 mod deploy;

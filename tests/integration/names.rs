@@ -22,7 +22,7 @@ fn listing(mount: &Mount, dir: &str) -> BTreeSet<Vec<u8>> {
 
 /// Waits until `check` holds, failing the test after 10 s (another mount hears of a change
 /// through its change feed, well inside that).
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+pub(crate) fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !check() {
         assert!(Instant::now() < deadline, "{what}");

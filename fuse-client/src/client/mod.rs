@@ -2,6 +2,7 @@
 //! one per chunk server in use, and the erasure codecs per policy.
 
 mod calls;
+pub mod clone;
 pub mod dir_attrs;
 pub mod dirty;
 mod drops;

@@ -333,6 +333,51 @@ impl Shared {
         self.files.get(fh.0).ok_or(Errno::EBADF)
     }
 
+    /// Copies `len` bytes from `offset_in` of one open file to `offset_out` of another by
+    /// committing extents that name the source's blocks; the bytes copied (fewer at the
+    /// source's end of file), or EOPNOTSUPP for a range that holds holes or inline bytes.
+    async fn copy_by_reference(
+        &self,
+        fh_in: FileHandle,
+        offset_in: u64,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+    ) -> Result<u32, Errno> {
+        let (src, dst) = (self.file(fh_in)?, self.file(fh_out)?);
+        // The copy comes after every write this mount holds for either file.
+        self.files.sync(&src).await.map_err(|e| errno(&e))?;
+        if dst.ino() != src.ino() {
+            self.files.sync(&dst).await.map_err(|e| errno(&e))?;
+        }
+        // At most what one reply can count, in whole pages (as the kernel asks).
+        let len = len.min(u64::from(u32::MAX) & !0xfff);
+        let layout = self
+            .client
+            .layout(src.ino(), offset_in, len)
+            .await
+            .map_err(|e| errno(&e))?;
+        let len = len.min(layout.size.saturating_sub(offset_in));
+        if len == 0 {
+            return Ok(0);
+        }
+        let extents = crate::client::clone::extents_for_copy(&layout, offset_in, len, offset_out)
+            .filter(|e| e.len() <= dfs_common::proto::MAX_COMMIT_EXTENTS)
+            .ok_or(Errno::EOPNOTSUPP)?;
+        let asked = self.client.file_attrs().epoch();
+        let commit = dfs_common::proto::meta::req::CommitWrite {
+            ino: dst.ino(),
+            extents,
+            mtime: Timestamp::now(),
+            append: false,
+        };
+        let committed = self.client.call(commit).await.map_err(|e| errno(&e))?;
+        let after = committed.after;
+        self.client.file_attrs().note(&after, asked);
+        self.files.resized(dst.ino(), after.size, after.ctime).await;
+        Ok(len as u32)
+    }
+
     /// Hands a call to the kernel's caches to a blocking thread: the kernel may hold it until
     /// a request of this mount in flight is answered.
     fn notify(&self, call: impl FnOnce(&fuser::Notifier) -> std::io::Result<()> + Send + 'static) {
@@ -1514,6 +1559,39 @@ impl Filesystem for DfsFs {
                 s.files.allocate(&file, end).await
             };
             reply_empty(reply, result)
+        });
+    }
+
+    /// A copy within the mount (`cp` uses it) is made of references to the source's blocks
+    /// when it can be (see [`crate::client::clone`]); otherwise EOPNOTSUPP, and the kernel
+    /// copies the bytes through reads and writes.
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        if !flags.is_empty() {
+            return reply.error(Errno::EINVAL);
+        }
+        self.spawn("copy_file_range", |s| async move {
+            match s
+                .copy_by_reference(fh_in, offset_in, fh_out, offset_out, len)
+                .await
+            {
+                Ok(copied) => reply.written(copied),
+                Err(e) => reply.error(e),
+            }
         });
     }
 
