@@ -1,5 +1,6 @@
 //! `copy_file_range` within a mount (what `cp` uses): new references to the source's blocks
-//! where the range is wholly in erasure-coded blocks, the kernel's own copy elsewhere.
+//! where the range is in erasure-coded blocks (holes too, into a destination that holds
+//! nothing there), the kernel's own copy elsewhere.
 
 use crate::coherence::requests;
 use crate::mount::cluster_with_volume;
@@ -132,6 +133,36 @@ fn a_copy_within_the_mount_shares_the_source_blocks_and_reads_back_exactly() {
     }
     assert!(
         requests(&cluster, "AllocateBlock") > allocs,
-        "the sparse file's copy is written as new blocks"
+        "the sparse file's copy over older bytes is written as new blocks"
     );
+
+    // Into a new file, where nothing is, holes need no bytes: copied by reference too.
+    let data = random_bytes(2 << 20, 9);
+    let holed_file = open_rw(a.path("holed"));
+    std::os::unix::fs::FileExt::write_all_at(&holed_file, &data[..1 << 20], 0).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&holed_file, &data[1 << 20..], 8 << 20).unwrap();
+    drop(holed_file);
+    let mut holed = vec![0u8; 9 << 20];
+    holed[..1 << 20].copy_from_slice(&data[..1 << 20]);
+    holed[8 << 20..].copy_from_slice(&data[1 << 20..]);
+    let allocs = requests(&cluster, "AllocateBlock");
+    let from = File::open(a.path("holed")).unwrap();
+    let to = open_rw(a.path("holed-copy"));
+    assert_eq!(copy_range(&from, 0, &to, 0, holed.len()), holed.len());
+    drop(to);
+    assert_eq!(requests(&cluster, "AllocateBlock"), allocs);
+    assert_eq!(fs::read(a.path("holed-copy")).unwrap(), holed);
+    reads_back(&b, "holed-copy", &holed);
+    // A trailing hole: the blocks by reference, then the kernel's zeros to the end.
+    let grown = open_rw(a.path("holed"));
+    grown.set_len(12 << 20).unwrap();
+    drop(grown);
+    holed.resize(12 << 20, 0);
+    let from = File::open(a.path("holed")).unwrap();
+    let to = open_rw(a.path("holed-copy2"));
+    assert_eq!(copy_range(&from, 0, &to, 0, holed.len()), holed.len());
+    drop(to);
+    assert_eq!(fs::read(a.path("holed-copy2")).unwrap(), holed);
+    reads_back(&b, "holed-copy2", &holed);
+    crate::inline::fsck_is_clean(&cluster);
 }

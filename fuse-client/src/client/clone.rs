@@ -3,18 +3,29 @@
 //! Blocks never change, and each counts the extents that refer to it, so a range of one file
 //! can be copied into another by committing extents that name the source's blocks: no byte is
 //! read or written, and the copy shares the source's storage until either is overwritten.
-//! Only what such a commit can say exactly is copied this way: a range of the source wholly
-//! covered by erasure-coded blocks. Holes (the destination's old bytes there would have to
-//! become zeros) and inline blocks (each belongs to the one file that wrote it) are left to
-//! the kernel, which copies those bytes itself when told the operation is not supported.
+//! Only what such a commit can say exactly is copied this way: a range of the source in
+//! erasure-coded blocks. Inline blocks (each belongs to the one file that wrote it) are left
+//! to the kernel, which copies those bytes itself when told the operation is not supported.
+//! So are holes, unless the destination holds nothing from the copy's start on (a new file,
+//! or the copy's next piece): there a hole copied as nothing reads as zeros too, and the
+//! commit is made on that condition (`CommitIfUnchanged`). A copy that would end in such a
+//! hole ends at its last block instead; the caller asks again for the rest.
 
 use dfs_common::model::{Extent, NewExtent};
 use dfs_common::proto::meta::Layout;
 
 /// The extents that make `[to, to + len)` of a file hold what `[from, from + len)` holds in
-/// the file of `layout` (asked for that range); `None` when the range is not wholly covered
-/// by erasure-coded blocks the layout describes.
-pub fn extents_for_copy(layout: &Layout, from: u64, len: u64, to: u64) -> Option<Vec<NewExtent>> {
+/// the file of `layout` (asked for that range), with the number of bytes they copy; `None`
+/// when the range is not wholly covered by erasure-coded blocks the layout describes. With
+/// `skip_holes` (the destination holds nothing from `to` on), holes need no extent, and the
+/// copy ends where the range's last block does.
+pub fn extents_for_copy(
+    layout: &Layout,
+    from: u64,
+    len: u64,
+    to: u64,
+    skip_holes: bool,
+) -> Option<(Vec<NewExtent>, u64)> {
     let end = from.checked_add(len)?;
     to.checked_add(len)?;
     if layout.complete_to < end {
@@ -27,12 +38,14 @@ pub fn extents_for_copy(layout: &Layout, from: u64, len: u64, to: u64) -> Option
         if e_end <= at {
             continue;
         }
-        if at >= end {
+        if e.file_offset >= end {
             break;
         }
-        // A gap before this extent is a hole.
         if e.file_offset > at {
-            return None;
+            if !skip_holes {
+                return None;
+            }
+            at = e.file_offset;
         }
         let block = layout.blocks.iter().find(|b| b.block == e.block)?;
         if block.is_inline() || block.shards.is_empty() {
@@ -52,7 +65,10 @@ pub fn extents_for_copy(layout: &Layout, from: u64, len: u64, to: u64) -> Option
         });
         at += take;
     }
-    (at == end).then_some(out)
+    if out.is_empty() || (at < end && !skip_holes) {
+        return None;
+    }
+    Some((out, at - from))
 }
 
 #[cfg(test)]
@@ -103,7 +119,8 @@ mod tests {
 
     #[test]
     fn a_covered_range_becomes_the_same_blocks_at_the_destination() {
-        let got = extents_for_copy(&layout(), 40, 160, 1000).unwrap();
+        let (got, copied) = extents_for_copy(&layout(), 40, 160, 1000, false).unwrap();
+        assert_eq!(copied, 160);
         let want = vec![
             NewExtent {
                 extent: extent(1000, 60, 1, 40),
@@ -117,7 +134,7 @@ mod tests {
             },
         ];
         assert_eq!(got, want);
-        let within = extents_for_copy(&layout(), 150, 10, 0).unwrap();
+        let (within, _) = extents_for_copy(&layout(), 150, 10, 0, false).unwrap();
         assert_eq!(within[0].extent, extent(0, 10, 2, 100));
     }
 
@@ -126,17 +143,37 @@ mod tests {
         let mut holed = layout();
         holed.extents[1].file_offset = 120;
         holed.extents[1].len = 180;
-        assert!(extents_for_copy(&holed, 0, 300, 0).is_none());
-        assert!(extents_for_copy(&holed, 0, 100, 0).is_some());
+        assert!(extents_for_copy(&holed, 0, 300, 0, false).is_none());
+        assert!(extents_for_copy(&holed, 0, 100, 0, false).is_some());
         let mut inline = layout();
         inline.blocks[0] = block(1, 100, true);
-        assert!(extents_for_copy(&inline, 0, 150, 0).is_none());
-        assert!(extents_for_copy(&inline, 100, 50, 0).is_some());
+        assert!(extents_for_copy(&inline, 0, 150, 0, false).is_none());
+        assert!(extents_for_copy(&inline, 0, 150, 0, true).is_none());
+        assert!(extents_for_copy(&inline, 100, 50, 0, false).is_some());
         let mut partial = layout();
         partial.complete_to = 100;
-        assert!(extents_for_copy(&partial, 50, 100, 0).is_none());
+        assert!(extents_for_copy(&partial, 50, 100, 0, false).is_none());
         // Past the end of the extents: a hole too.
-        assert!(extents_for_copy(&layout(), 250, 100, 0).is_none());
-        assert!(extents_for_copy(&layout(), u64::MAX - 5, 10, 0).is_none());
+        assert!(extents_for_copy(&layout(), 250, 100, 0, false).is_none());
+        assert!(extents_for_copy(&layout(), u64::MAX - 5, 10, 0, false).is_none());
+    }
+
+    #[test]
+    fn holes_are_skipped_into_a_destination_that_holds_nothing_there() {
+        // [0, 100) block 1, a hole to 120, [120, 300) block 2.
+        let mut holed = layout();
+        holed.extents[1].file_offset = 120;
+        holed.extents[1].len = 180;
+        let (got, copied) = extents_for_copy(&holed, 50, 250, 1000, true).unwrap();
+        assert_eq!(copied, 250);
+        let got: Vec<Extent> = got.iter().map(|e| e.extent).collect();
+        assert_eq!(got, vec![extent(1000, 50, 1, 50), extent(1070, 180, 2, 50)]);
+        // A range ending in a hole ends at its last block; one with no block is not copied.
+        let mut asked_far = layout();
+        asked_far.complete_to = 700;
+        let (_, copied) = extents_for_copy(&asked_far, 200, 500, 0, true).unwrap();
+        assert_eq!(copied, 100);
+        assert!(extents_for_copy(&holed, 100, 20, 0, true).is_none());
+        assert!(extents_for_copy(&asked_far, 300, 50, 0, true).is_none());
     }
 }

@@ -30,6 +30,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+mod copy;
+
 /// How often a blocked lock request (F_SETLKW, flock without LOCK_NB) tries again: starting
 /// fast for short critical sections, backing off to spare the metadata server.
 const LOCK_RETRY_MIN: Duration = Duration::from_millis(10);
@@ -331,51 +333,6 @@ impl Shared {
 
     fn file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, Errno> {
         self.files.get(fh.0).ok_or(Errno::EBADF)
-    }
-
-    /// Copies `len` bytes from `offset_in` of one open file to `offset_out` of another by
-    /// committing extents that name the source's blocks; the bytes copied (fewer at the
-    /// source's end of file), or EOPNOTSUPP for a range that holds holes or inline bytes.
-    async fn copy_by_reference(
-        &self,
-        fh_in: FileHandle,
-        offset_in: u64,
-        fh_out: FileHandle,
-        offset_out: u64,
-        len: u64,
-    ) -> Result<u32, Errno> {
-        let (src, dst) = (self.file(fh_in)?, self.file(fh_out)?);
-        // The copy comes after every write this mount holds for either file.
-        self.files.sync(&src).await.map_err(|e| errno(&e))?;
-        if dst.ino() != src.ino() {
-            self.files.sync(&dst).await.map_err(|e| errno(&e))?;
-        }
-        // At most what one reply can count, in whole pages (as the kernel asks).
-        let len = len.min(u64::from(u32::MAX) & !0xfff);
-        let layout = self
-            .client
-            .layout(src.ino(), offset_in, len)
-            .await
-            .map_err(|e| errno(&e))?;
-        let len = len.min(layout.size.saturating_sub(offset_in));
-        if len == 0 {
-            return Ok(0);
-        }
-        let extents = crate::client::clone::extents_for_copy(&layout, offset_in, len, offset_out)
-            .filter(|e| e.len() <= dfs_common::proto::MAX_COMMIT_EXTENTS)
-            .ok_or(Errno::EOPNOTSUPP)?;
-        let asked = self.client.file_attrs().epoch();
-        let commit = dfs_common::proto::meta::req::CommitWrite {
-            ino: dst.ino(),
-            extents,
-            mtime: Timestamp::now(),
-            append: false,
-        };
-        let committed = self.client.call(commit).await.map_err(|e| errno(&e))?;
-        let after = committed.after;
-        self.client.file_attrs().note(&after, asked);
-        self.files.resized(dst.ino(), after.size, after.ctime).await;
-        Ok(len as u32)
     }
 
     /// Hands a call to the kernel's caches to a blocking thread: the kernel may hold it until
