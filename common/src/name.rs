@@ -27,10 +27,15 @@ fn escape(b: u8) -> char {
     char::from_u32(ESCAPE_BASE + u32::from(b)).expect("plane 16 is valid")
 }
 
+/// Whether `s` holds any of the characters that stand for bytes.
+fn has_escapes(s: &str) -> bool {
+    s.chars().any(|c| escapes(c).is_some())
+}
+
 /// The encoding of the name or target `bytes`; borrowed when it is the same string.
 pub fn encode(bytes: &[u8]) -> Cow<'_, str> {
     if let Ok(s) = std::str::from_utf8(bytes) {
-        if !s.chars().any(|c| escapes(c).is_some()) {
+        if !has_escapes(s) {
             return Cow::Borrowed(s);
         }
     }
@@ -51,7 +56,7 @@ pub fn encode(bytes: &[u8]) -> Cow<'_, str> {
 
 /// The bytes of the name or target whose encoding is `name`.
 pub fn decode(name: &str) -> Cow<'_, [u8]> {
-    if !name.chars().any(|c| escapes(c).is_some()) {
+    if !has_escapes(name) {
         return Cow::Borrowed(name.as_bytes());
     }
     let mut out = Vec::with_capacity(name.len());
@@ -67,7 +72,7 @@ pub fn decode(name: &str) -> Cow<'_, [u8]> {
 /// Whether `name` is what [`encode`] makes of some bytes. Names are stored and compared as
 /// encodings: two encodings of the same bytes would be two entries that look alike.
 pub fn is_canonical(name: &str) -> bool {
-    !name.chars().any(|c| escapes(c).is_some()) || encode(&decode(name)) == name
+    !has_escapes(name) || encode(&decode(name)) == name
 }
 
 /// The length in bytes of the name or target whose encoding is `name`.

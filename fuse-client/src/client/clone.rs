@@ -48,7 +48,7 @@ pub fn extents_for_copy(
             at = e.file_offset;
         }
         let block = layout.blocks.iter().find(|b| b.block == e.block)?;
-        if block.is_inline() || block.shards.is_empty() {
+        if block.is_inline() {
             return None;
         }
         let skip = at - e.file_offset;

@@ -47,7 +47,12 @@ impl Shared {
                 Some((extents, copied)) => (extents, copied, None),
                 // Holes: copied as nothing only where the destination holds nothing.
                 None => {
-                    let size = self.client.getattr(dst.ino()).await.map_err(not_here)?.size;
+                    let size = self
+                        .client
+                        .getattr(dst.ino())
+                        .await
+                        .map_err(|e| errno(&e))?
+                        .size;
                     if offset_out < size {
                         return Err(Errno::EOPNOTSUPP);
                     }
@@ -74,14 +79,13 @@ impl Shared {
             }
             // Only while the file is still `size` long: nothing from `offset_out` on.
             Some(size) => {
-                let (from, expect) = (offset_out, Vec::new());
                 let commit = req::CommitIfUnchanged {
                     ino,
                     extents,
                     mtime,
                     size,
-                    from,
-                    expect,
+                    from: offset_out,
+                    expect: Vec::new(),
                 };
                 self.client.call(commit).await
             }
