@@ -35,6 +35,7 @@ pub mod model;
 pub mod name;
 pub mod net;
 pub mod proto;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -115,6 +115,10 @@ struct Args {
     /// joined, say), not only on `dfs rebalance` [default: false].
     #[arg(long, env = "DFS_META_AUTO_REBALANCE")]
     auto_rebalance: Option<bool>,
+    /// Threads running requests; fewer than the cores keeps a lone request on one thread
+    /// (see docs/ARCHITECTURE.md) [default: half the cores, at least 1].
+    #[arg(long, env = "DFS_META_WORKER_THREADS")]
+    worker_threads: Option<usize>,
 }
 
 fn resolve(args: Args, file: Args) -> anyhow::Result<MetaConfig> {
@@ -267,8 +271,7 @@ fn resolve(args: Args, file: Args) -> anyhow::Result<MetaConfig> {
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let file: Args = load_toml(args.config.as_deref())?;
     let level = args.log.clone().or(file.log.clone());
@@ -277,7 +280,14 @@ async fn main() -> anyhow::Result<()> {
     if !dfs_common::memory::no_transparent_huge_pages() {
         tracing::debug!("transparent huge pages stay as the system sets them");
     }
+    let workers = args.worker_threads.or(file.worker_threads);
+    let runtime = dfs_common::runtime::build(workers).context("--worker-threads")?;
     let config = resolve(args, file)?;
+    runtime.block_on(serve(config))
+}
+
+/// Runs the metadata server until a signal stops it or it fails.
+async fn serve(config: MetaConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let running = dfs_meta::start(config, shutdown.clone())
         .await

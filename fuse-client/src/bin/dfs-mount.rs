@@ -156,9 +156,7 @@ fn mount_and_serve(args: Args, notify: bool) -> anyhow::Result<()> {
         None => pick_identity(&certs, &["client", "admin"]),
     };
     let identity = Identity::load(&tls_paths(Some(certs), name, None, None, None)?)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = dfs_common::runtime::build(options.workers)?;
     let faults = dfs_common::fault::Faults::from_env()?;
     let (client, volume) = runtime.block_on(async {
         let members = dfs_common::net::meta::resolve_list(&spec.meta)?;

@@ -70,6 +70,9 @@ pub struct MountOptions {
     /// Block placements kept ready per volume while uploads follow each other
     /// (`spare_blocks=N`, at most [`MAX_SPARE_BLOCKS`]; 0 asks for each when needed).
     pub spare_blocks: usize,
+    /// Threads of the mount's runtime (`workers=N`, 1 to [`MAX_WORKERS`]); `None` takes
+    /// [`dfs_common::runtime::default_workers`].
+    pub workers: Option<usize>,
 }
 
 use crate::client::spare_blocks::DEFAULT_SPARE_BLOCKS;
@@ -77,6 +80,9 @@ use dfs_common::proto::MAX_INLINE_END;
 
 /// The most block placements the mount keeps ready per volume.
 pub const MAX_SPARE_BLOCKS: usize = 64;
+
+/// The most runtime threads a mount takes.
+pub const MAX_WORKERS: usize = 1024;
 
 /// The largest read cache the mount accepts, in MiB.
 pub const MAX_READ_CACHE_MIB: usize = 64 * 1024;
@@ -111,6 +117,7 @@ impl Default for MountOptions {
             inline_max: MAX_INLINE_END,
             read_cache_bytes: crate::client::DEFAULT_READ_CACHE_BYTES,
             spare_blocks: DEFAULT_SPARE_BLOCKS,
+            workers: None,
         }
     }
 }
@@ -182,6 +189,14 @@ impl MountOptions {
                         .ok_or_else(|| {
                             format!("bad spare_blocks value {n:?}: 0 to {MAX_SPARE_BLOCKS}")
                         })?;
+                }
+                ("workers", Some(n)) => {
+                    let n = n
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_WORKERS).contains(n))
+                        .ok_or_else(|| format!("bad workers value {n:?}: 1 to {MAX_WORKERS}"))?;
+                    into.workers = Some(n);
                 }
                 ("exec", None) => into.no_exec = false,
                 ("noexec", None) => into.no_exec = true,
@@ -295,6 +310,11 @@ mod tests {
         assert_eq!(o.spare_blocks, 16);
         assert!(MountOptions::parse("spare_blocks=65", &mut o).is_err());
         assert!(MountOptions::parse("spare_blocks=-1", &mut o).is_err());
+        assert_eq!(o.workers, None);
+        MountOptions::parse("workers=3", &mut o).unwrap();
+        assert_eq!(o.workers, Some(3));
+        assert!(MountOptions::parse("workers=0", &mut o).is_err());
+        assert!(MountOptions::parse("workers=many", &mut o).is_err());
         assert_eq!(o.lease, DEFAULT_LEASE);
         MountOptions::parse("lease=0", &mut o).unwrap();
         assert_eq!(o.lease, Duration::ZERO);
