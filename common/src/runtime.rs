@@ -10,8 +10,17 @@
 //! daemons hand to threads of their own (the log's flush, the store's checkpoints, FUSE's
 //! reads and writes) and to the processes beside them.
 
-/// Workers when none are asked for: half the cores, at least one.
+/// Workers when none are asked for: `TOKIO_WORKER_THREADS` when set to a count (as every
+/// tokio runtime reads it, so one setting covers every dfs process of a host), else half the
+/// cores, at least one.
 pub fn default_workers() -> usize {
+    if let Some(n) = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        return n;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (cores / 2).max(1)
 }
