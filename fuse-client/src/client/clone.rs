@@ -74,6 +74,7 @@ pub fn extents_for_copy(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::test_extent as extent;
     use dfs_common::proto::meta::{BlockInfo, ShardLocation};
     use dfs_common::{BlockId, EcPolicy, ServerId};
 
@@ -95,15 +96,6 @@ mod tests {
                     .collect()
             },
             inline: inline.then(|| vec![0; len as usize]),
-        }
-    }
-
-    fn extent(file_offset: u64, len: u64, block: u64, block_offset: u64) -> Extent {
-        Extent {
-            file_offset,
-            len,
-            block: BlockId(block),
-            block_offset,
         }
     }
 

@@ -65,17 +65,9 @@ pub fn find(layout: &Layout) -> Option<InlineTail> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::test_extent as extent;
     use dfs_common::proto::meta::BlockInfo;
     use dfs_common::BlockId;
-
-    fn extent(file_offset: u64, len: u64, block: u64, block_offset: u64) -> Extent {
-        Extent {
-            file_offset,
-            len,
-            block: BlockId(block),
-            block_offset,
-        }
-    }
 
     fn block(id: u64, inline: Option<&[u8]>) -> BlockInfo {
         BlockInfo {

@@ -35,6 +35,23 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The extent `[file_offset, file_offset + len)` of a file, from `block_offset` of block
+/// `block`: for the layouts of unit tests.
+#[cfg(test)]
+pub(crate) fn test_extent(
+    file_offset: u64,
+    len: u64,
+    block: u64,
+    block_offset: u64,
+) -> dfs_common::model::Extent {
+    dfs_common::model::Extent {
+        file_offset,
+        len,
+        block: dfs_common::BlockId(block),
+        block_offset,
+    }
+}
+
 /// Pauses between attempts to reach an unreachable metadata server.
 const RETRY_PAUSE_MIN: Duration = Duration::from_millis(100);
 const RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
